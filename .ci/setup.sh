@@ -1,0 +1,62 @@
+#!/usr/bin/env bash
+# Idempotent environment set-up: Debian packages (when root and missing), the
+# virtual environment, torch, this project with its test extras, and a patched
+# Horovod 0.28.1 built once and cached under ~/.cache/pixpro-of/wheels.
+# Quiet when everything is already in place.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+VENV="${VENV:-$ROOT/.venv}"
+PY="$VENV/bin/python"
+TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
+TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.29.1}"
+HOROVOD_VERSION=0.28.1
+CACHE="${PIXPRO_CACHE:-$HOME/.cache/pixpro-of}"
+APT_PACKAGES=(openmpi-bin libopenmpi-dev shellcheck hdf5-tools slurm-wlm munge)
+
+say() { echo "[setup] $*"; }
+
+# --- Debian packages -------------------------------------------------------
+missing=()
+for p in "${APT_PACKAGES[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  if [[ $(id -u) == 0 ]] && command -v apt-get >/dev/null; then
+    say "installing Debian packages: ${missing[*]}"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  else
+    say "warning: missing Debian packages (${missing[*]}); install them or load the cluster's modules"
+  fi
+fi
+
+# --- virtual environment + torch -----------------------------------------
+if [[ ! -x "$PY" ]]; then
+  say "creating $VENV"
+  python3 -m venv "$VENV"
+fi
+if ! "$PY" - <<PYEOF 2>/dev/null
+import torch, torchvision, sys
+ok = torch.__version__.split("+")[0] == "$TORCH_VERSION" and torchvision.__version__.split("+")[0] == "$TORCHVISION_VERSION"
+sys.exit(0 if ok else 1)
+PYEOF
+then
+  say "installing torch==$TORCH_VERSION torchvision==$TORCHVISION_VERSION"
+  "$VENV/bin/pip" install -q "torch==$TORCH_VERSION" "torchvision==$TORCHVISION_VERSION" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import torch, torchvision" # fail loudly if the install did not work
+fi
+
+# --- the project (editable) with test extras ------------------------------
+STAMP="$VENV/.pixpro-of-installed"
+if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" ]]; then
+  say "installing the project (editable) with test extras"
+  "$VENV/bin/pip" install -q -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$PY" -c "import pixpro_of, flow, hdf5_tools, launcher"
+  touch "$STAMP"
+fi
+
+# --- Horovod --------------------------------------------------------------
+if ! "$PY" -c "import horovod.torch" 2>/dev/null; then
+  bash "$ROOT/.ci/horovod/build.sh" "$VENV" "$CACHE/wheels"
+fi
