@@ -5,6 +5,7 @@ from pixpro_of.cli_util import run_subcommands
 
 # command -> (module with main(argv), one-line help). Modules load lazily.
 COMMANDS = {
+    "demo": ("pixpro_of.demo", "The main job on the synthetic world, end to end (make demo)"),
     "smoke": ("pixpro_of.smoke", "2-rank Horovod/MPI smoke check of the distributed stack"),
 }
 
