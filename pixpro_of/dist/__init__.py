@@ -1,0 +1,1 @@
+"""Distributed backends behind one interface (pixpro_of.dist.backend)."""

@@ -1,0 +1,182 @@
+"""PyTorch DDP backend (``dist.backend=ddp``): ``torch.distributed`` with NCCL on GPU, gloo on CPU.
+
+Rank, world size and local rank come from, in this order: torchrun (``RANK``, ``WORLD_SIZE``,
+``LOCAL_RANK``), Open MPI (``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``) or SLURM
+(``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``). The rendezvous address is
+``MASTER_ADDR:MASTER_PORT``; under ``mpirun`` without them, rank 0 picks its host name and a free
+port and shares them with mpi4py.
+
+- ``wrap_model`` gives ``DistributedDataParallel(broadcast_buffers=False)`` as the original did.
+- SyncBN: ``nn.SyncBatchNorm`` on GPU; on CPU (which ``nn.SyncBatchNorm`` refuses)
+  :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm` over ``all_reduce``.
+- Shutdown: with the default TCP store, ``destroy_process_group()`` under ``mpirun`` aborts one
+  rank at exit (the store's host rank leaves while others still talk to it). :meth:`shutdown`
+  therefore ends with a barrier and leaves the group to process exit, so every rank exits 0.
+"""
+from __future__ import annotations
+
+import datetime
+import os
+import socket
+import sys
+from typing import Any, Tuple
+
+import torch
+import torch.distributed as dist
+
+from pixpro_of.dist.backend import Backend, register_backend
+from pixpro_of.errors import UserError
+
+
+def env_topology(env=None) -> Tuple[int, int, int]:
+    """(rank, world size, local rank) from torchrun, Open MPI or SLURM variables."""
+    env = os.environ if env is None else env
+    for r, w, l in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+                    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                    ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
+                    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
+        if r in env and w in env:
+            try:
+                return int(env[r]), int(env[w]), int(env.get(l, "0"))
+            except ValueError:
+                raise UserError(f"dist.backend=ddp: non-integer rank variables {r}={env[r]!r} {w}={env[w]!r}") from None
+    return 0, 1, 0
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+def _rendezvous(rank: int, world: int) -> Tuple[str, int]:
+    addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
+    if addr and port:
+        return addr, int(port)
+    if world == 1:
+        return "127.0.0.1", _free_port()
+    if "OMPI_COMM_WORLD_SIZE" in os.environ:
+        from mpi4py import MPI
+
+        info = (socket.gethostname(), _free_port()) if rank == 0 else None
+        host, p = MPI.COMM_WORLD.bcast(info, root=0)
+        return addr or host, int(port or p)
+    raise UserError("dist.backend=ddp needs MASTER_ADDR and MASTER_PORT (set by the launcher, srun jobs or torchrun)")
+
+
+class DDPBackend(Backend):
+    name = "ddp"
+
+    def __init__(self, device: str = "auto", timeout_s: float = 120.0):
+        super().__init__(device)
+        self._rank, self._world, self._local = env_topology()
+        if not dist.is_initialized():
+            addr, port = _rendezvous(self._rank, self._world)
+            use_cuda = self.device.type == "cuda"
+            if use_cuda:
+                torch.cuda.set_device(self.device)
+            dist.init_process_group(
+                "nccl" if use_cuda else "gloo",
+                init_method=f"tcp://{addr}:{port}",
+                rank=self._rank,
+                world_size=self._world,
+                timeout=datetime.timedelta(seconds=timeout_s),
+            )
+
+    @property
+    def rank(self) -> int:
+        return self._rank
+
+    @property
+    def world_size(self) -> int:
+        return self._world
+
+    @property
+    def local_rank(self) -> int:
+        return self._local
+
+    @property
+    def local_size(self) -> int:
+        for v in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
+            if os.environ.get(v, "").isdigit():
+                return int(os.environ[v])
+        return 1
+
+    def allreduce(self, tensor, op: str = "mean"):
+        if op not in ("mean", "sum"):
+            raise ValueError(f"allreduce op must be 'mean' or 'sum', got {op!r}")
+        out = tensor.detach().clone()
+        dist.all_reduce(out, op=dist.ReduceOp.SUM)
+        if op == "mean":
+            out = out / self._world if out.is_floating_point() else out // self._world
+        return out
+
+    def broadcast(self, tensor, src: int = 0):
+        dist.broadcast(tensor, src=src)
+        return tensor
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        box = [obj]
+        dist.broadcast_object_list(box, src=src)
+        return box[0]
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None, 0)
+        optimizer.load_state_dict(state)
+
+    def wrap_model(self, module):
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        if self._world == 1:
+            return module
+        import inspect
+
+        ids = [self.device.index] if self.device.type == "cuda" else None
+        # The seed used broadcast_buffers=False: buffers are synchronised once at construction
+        # (from rank 0), not before every forward. Newer torch spells it forward_sync_buffers.
+        if "forward_sync_buffers" in inspect.signature(DDP.__init__).parameters:
+            return DDP(module, device_ids=ids, forward_sync_buffers=False)
+        return DDP(module, device_ids=ids, broadcast_buffers=False)
+
+    def convert_sync_batchnorm(self, module):
+        from pixpro_of.dist.syncbn import collective_bn_factory, convert_batchnorm
+
+        if self._world == 1:
+            return module
+        if self.device.type == "cuda":
+            return torch.nn.SyncBatchNorm.convert_sync_batchnorm(module)
+
+        def allreduce_sum(t, name):
+            t = t.clone()
+            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            return t
+
+        return convert_batchnorm(module, collective_bn_factory(allreduce_sum))
+
+    def abort(self, code: int = 1) -> None:
+        """End this rank now; the others fail their next collective within the timeout."""
+        sys.stderr.flush()
+        sys.stdout.flush()
+        if "OMPI_COMM_WORLD_SIZE" in os.environ:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Abort(code)
+        os._exit(code)
+
+    def shutdown(self) -> None:
+        if not dist.is_initialized():
+            return
+        dist.barrier()
+        dist.destroy_process_group()
+        # The TCP store lives in rank 0: rank 0 must not tear it down while another rank's
+        # client still uses it, so wait for everyone once more outside torch.distributed.
+        if "OMPI_COMM_WORLD_SIZE" in os.environ:
+            from mpi4py import MPI
+
+            MPI.COMM_WORLD.Barrier()
+
+
+register_backend("ddp", DDPBackend)

@@ -1,0 +1,111 @@
+"""Horovod backend (``dist.backend=horovod``): ``horovod.torch`` over MPI, started by plain ``mpirun``.
+
+- Gradients: ``hvd.DistributedOptimizer`` over the online parameters only (momentum-branch
+  parameters have no gradients and are never registered).
+- Start/resume: ``broadcast_parameters`` (parameters and buffers, momentum branch included) and
+  ``broadcast_optimizer_state`` from rank 0.
+- SyncBN: Horovod has no converter; :func:`pixpro_of.dist.syncbn.convert_batchnorm` replaces every
+  BatchNorm by ``hvd.SyncBatchNorm`` on GPU, or by :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm`
+  (Horovod allreduce of the per-channel sums) on CPU, where ``hvd.SyncBatchNorm`` refuses to run.
+- Failure: a rank that raises calls ``MPI_Abort`` (see :meth:`abort`), so ``mpirun`` ends the
+  whole job instead of leaving the other ranks blocked in a collective.
+"""
+from __future__ import annotations
+
+import sys
+from typing import Any
+
+from pixpro_of.dist.backend import Backend, register_backend
+from pixpro_of.errors import UserError
+
+try:
+    import horovod.torch as hvd
+except ImportError as exc:  # pragma: no cover - exercised by a test that hides horovod
+    raise UserError(
+        f"dist.backend=horovod: Horovod is not installed ({exc}); run `make setup` to build it, "
+        "or use dist.backend=ddp (PyTorch DDP, no extra install)"
+    ) from None
+
+
+class HorovodBackend(Backend):
+    name = "horovod"
+
+    def __init__(self, device: str = "auto"):
+        super().__init__(device)
+        hvd.init()
+        dev = self.device
+        if dev.type == "cuda":
+            import torch
+
+            torch.cuda.set_device(dev)
+
+    @property
+    def rank(self) -> int:
+        return hvd.rank()
+
+    @property
+    def world_size(self) -> int:
+        return hvd.size()
+
+    @property
+    def local_rank(self) -> int:
+        return hvd.local_rank()
+
+    @property
+    def local_size(self) -> int:
+        return hvd.local_size()
+
+    def allreduce(self, tensor, op: str = "mean"):
+        if op not in ("mean", "sum"):
+            raise ValueError(f"allreduce op must be 'mean' or 'sum', got {op!r}")
+        return hvd.allreduce(tensor, op=hvd.Average if op == "mean" else hvd.Sum)
+
+    def broadcast(self, tensor, src: int = 0):
+        return hvd.broadcast_(tensor, root_rank=src)
+
+    def broadcast_object(self, obj: Any, src: int = 0) -> Any:
+        return hvd.broadcast_object(obj, root_rank=src)
+
+    def barrier(self) -> None:
+        hvd.barrier()
+
+    def broadcast_parameters(self, module) -> None:
+        hvd.broadcast_parameters(module.state_dict(), root_rank=0)
+
+    def broadcast_optimizer_state(self, optimizer) -> None:
+        hvd.broadcast_optimizer_state(optimizer, root_rank=0)
+
+    def wrap_optimizer(self, optimizer, module):
+        named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+        in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
+        named = [(n, p) for n, p in named if id(p) in in_opt]
+        return hvd.DistributedOptimizer(optimizer, named_parameters=named, op=hvd.Average)
+
+    def convert_sync_batchnorm(self, module):
+        from pixpro_of.dist.syncbn import collective_bn_factory, convert_batchnorm
+
+        if self.world_size == 1:
+            return module
+        if self.device.type == "cuda":
+            def make(bn):
+                return hvd.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
+            return convert_batchnorm(module, make)
+
+        def allreduce_sum(t, name):
+            return hvd.allreduce(t, op=hvd.Sum, name=name)
+
+        return convert_batchnorm(module, collective_bn_factory(allreduce_sum))
+
+    def abort(self, code: int = 1) -> None:
+        """End every rank of the job now (after an exception on this rank)."""
+        sys.stderr.flush()
+        sys.stdout.flush()
+        from mpi4py import MPI
+
+        MPI.COMM_WORLD.Abort(code)
+
+    def shutdown(self) -> None:
+        hvd.shutdown()
+
+
+register_backend("horovod", HorovodBackend)
