@@ -42,6 +42,7 @@ setup(
         "av>=11",
         "simplejpeg>=1.7",
         "tensorboard>=2.12",
+        "cityscapesscripts>=2.2",
     ],
     extras_require={
         "test": ["pytest>=7", "pytest-timeout>=2"],

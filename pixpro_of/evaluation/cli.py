@@ -1,0 +1,14 @@
+"""``python -m pixpro_of eval TASK ...``: downstream evaluations, loaded lazily."""
+from __future__ import annotations
+
+from typing import Sequence
+
+from pixpro_of.cli_util import run_subcommands
+
+TASKS = {
+    "seg": ("pixpro_of.evaluation.seg", "Frozen backbone + DeepLabV3 head or linear probe on Cityscapes; mIoU"),
+}
+
+
+def main(argv: Sequence[str]) -> int:
+    return run_subcommands("pixpro_of eval", TASKS, argv)

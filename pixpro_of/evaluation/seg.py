@@ -1,0 +1,364 @@
+"""``python -m pixpro_of eval seg``: frozen-backbone semantic segmentation on a Cityscapes-layout tree.
+
+Trains a DeepLabV3 head (or a linear probe) on ``train`` with the backbone frozen, then scores the
+whole ``val`` split with cityscapesScripts' 19-class mIoU (:mod:`pixpro_of.evaluation.miou`).
+Defaults are the seed's (seed-system.md §3): 40k iterations, batch 8, crop 512x1024, SGD lr 0.01
+momentum 0.9 weight decay 1e-4 (0 on norm parameters, detectron2's ``WEIGHT_DECAY_NORM``),
+``WarmupPolyLR`` (linear warmup over 1000 iterations from factor 0.001, then power 0.9), random
+scale 0.5–2.0, crop and flip; test at full resolution.
+
+Writes into ``--out``:
+  ``scores.json``      mIoU and per-class IoU in percent (None where undefined), the confusion
+                       matrix, the configuration, the backbone, timings
+  ``predictions.png``  rows of (image | ground truth | prediction) in Cityscapes colours
+  ``train_log.csv``    iteration, learning rate, loss
+  ``val_preds/<city>/<stem>_pred_labelIds.png``  with ``--save-preds``: every val prediction in
+                       Cityscapes label ids, the input cityscapesScripts' evaluation reads
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import io
+import json
+import math
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from pixpro_of.errors import UserError
+
+MODES = ("deeplab", "linear")
+
+
+@dataclass
+class SegConfig:
+    """Everything ``eval seg`` does. Sizes are (height, width) in pixels."""
+
+    backbone: str = "random"  # random | torchvision:PATH | detectron2:PATH | checkpoint file | run directory
+    data: str = ""  # Cityscapes-layout root
+    out: str = ""  # output folder
+    mode: str = "deeplab"  # deeplab | linear
+    arch: str = "resnet50"  # only for --backbone random
+    iters: int = 40000
+    batch: int = 8
+    crop: Tuple[int, int] = (512, 1024)
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 1e-4
+    weight_decay_norm: float = 0.0
+    warmup_iters: int = 1000
+    warmup_factor: float = 0.001
+    poly_power: float = 0.9
+    scale_range: Tuple[float, float] = (0.5, 2.0)
+    flip: bool = True
+    test_scale: float = 1.0
+    output_stride: int = 16
+    multi_grid: Tuple[int, ...] = (1, 2, 4)
+    train_split: str = "train"
+    val_split: str = "val"
+    max_val: int = 0  # 0 = the whole val split
+    vis: int = 4  # images in predictions.png
+    save_preds: bool = False  # write val predictions as label-id PNGs under OUT/val_preds/
+    workers: int = 8  # capped at the CPU count on the command line
+    device: str = "auto"  # auto | cpu | cuda | cuda:N
+    seed: int = 0
+    log_every: int = 50
+
+    def validate(self) -> "SegConfig":
+        if self.mode not in MODES:
+            raise UserError(f"--mode must be one of {', '.join(MODES)}, got {self.mode!r}")
+        for name in ("iters", "batch"):
+            if int(getattr(self, name)) < 1:
+                raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
+        if len(self.crop) != 2 or min(self.crop) < 1:
+            raise UserError(f"--crop must be HxW with positive sides, got {self.crop}")
+        if not (0 < self.scale_range[0] <= self.scale_range[1]):
+            raise UserError(f"--scale-range must be 0 < MIN <= MAX, got {self.scale_range}")
+        if not self.test_scale > 0:
+            raise UserError(f"--test-scale must be > 0, got {self.test_scale}")
+        if not self.lr > 0:
+            raise UserError(f"--lr must be > 0, got {self.lr}")
+        for name in ("max_val", "vis", "workers", "warmup_iters"):
+            if int(getattr(self, name)) < 0:
+                raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
+        if not self.out:
+            raise UserError("--out is required")
+        if not self.data:
+            raise UserError("--data is required")
+        return self
+
+
+def lr_at(cfg: SegConfig, it: int) -> float:
+    """detectron2's WarmupPolyLR at iteration ``it`` (0-based): linear warmup, then ``(1 − it/iters)^power``."""
+    factor = 1.0
+    warm = min(cfg.warmup_iters, cfg.iters)
+    if it < warm:
+        alpha = it / warm
+        factor = cfg.warmup_factor * (1 - alpha) + alpha
+    return cfg.lr * factor * (1.0 - it / cfg.iters) ** cfg.poly_power
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        dev = torch.device(name)
+    except RuntimeError:
+        raise UserError(f"--device {name!r} is not a device (auto, cpu, cuda, cuda:N)") from None
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"--device {name}: CUDA is not available here")
+    return dev
+
+
+def _param_groups(head, cfg: SegConfig) -> List[Dict]:
+    import torch
+
+    norm, other = [], []
+    for m in head.modules():
+        params = [p for p in m.parameters(recurse=False) if p.requires_grad]
+        (norm if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) else other).extend(params)
+    return [{"params": other, "weight_decay": cfg.weight_decay},
+            {"params": norm, "weight_decay": cfg.weight_decay_norm}]
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    try:
+        tmp.write_bytes(data)
+        os.replace(tmp, path)
+    finally:
+        if tmp.exists():
+            tmp.unlink()
+
+
+def train_head(model, cfg: SegConfig, pairs, device, log) -> Dict[str, object]:
+    """SGD on the head for ``cfg.iters`` iterations; returns losses and timings."""
+    import torch
+    import torch.nn.functional as F
+
+    from pixpro_of.evaluation.data import TrainSegDataset
+
+    ds = TrainSegDataset(pairs, cfg.crop, cfg.scale_range, cfg.flip, cfg.seed, length=cfg.iters * cfg.batch)
+    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers,
+                                         drop_last=True, pin_memory=device.type == "cuda")
+    opt = torch.optim.SGD(_param_groups(model.head, cfg), lr=cfg.lr, momentum=cfg.momentum)
+    model.train()
+    rows, t0, loss_val = [], time.perf_counter(), float("nan")
+    for it, (x, y) in enumerate(loader):
+        lr = lr_at(cfg, it)
+        for g in opt.param_groups:
+            g["lr"] = lr
+        x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        logits = model(x)
+        n_valid = int((y != 255).sum())
+        # Mean over non-ignored pixels (detectron2's ignore_index=255 mean); 0 when a batch has none.
+        loss = F.cross_entropy(logits, y, ignore_index=255, reduction="sum") / max(n_valid, 1)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        loss_val = float(loss.detach())
+        if not math.isfinite(loss_val):
+            raise RuntimeError(f"eval seg: loss became {loss_val} at iteration {it}")
+        rows.append((it, lr, loss_val))
+        if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iters - 1):
+            log(f"iter {it + 1}/{cfg.iters}  lr {lr:.5f}  loss {loss_val:.4f}  "
+                f"{(time.perf_counter() - t0) / (it + 1):.3f} s/iter")
+    return {"rows": rows, "final_loss": loss_val, "seconds": time.perf_counter() - t0}
+
+
+def evaluate(model, cfg: SegConfig, pairs, device, log,
+             preds_dir: Optional[Path] = None) -> Tuple[np.ndarray, List[Tuple[np.ndarray, ...]], float]:
+    """Confusion matrix over the val images, the first ``cfg.vis`` (image, gt, pred) triples, seconds.
+
+    With ``preds_dir``, each prediction is also written as a label-id PNG
+    ``preds_dir/<city>/<stem>_pred_labelIds.png``.
+    """
+    import cv2
+    import torch
+    import torch.nn.functional as F
+
+    from pixpro_of.evaluation.data import IMG_SUFFIX
+    from pixpro_of.evaluation.labels import train_id_to_label_id
+
+    from pixpro_of.evaluation.data import ValSegDataset
+    from pixpro_of.evaluation.miou import ConfusionMatrix
+
+    ds = ValSegDataset(pairs, cfg.test_scale)
+    conf = ConfusionMatrix()
+    shown, t0 = [], time.perf_counter()
+    to_label = np.array(train_id_to_label_id(), np.uint8)
+    model.eval()
+    with torch.no_grad():
+        for i in range(len(ds)):
+            x, y, _ = ds[i]
+            logits = model(x[None].to(device))
+            if logits.shape[-2:] != y.shape:
+                logits = F.interpolate(logits, size=tuple(y.shape), mode="bilinear", align_corners=False)
+            pred = logits.argmax(1)[0].to("cpu", torch.uint8).numpy()
+            gt = y.numpy().astype(np.uint8)
+            conf.update(gt, pred)
+            if preds_dir is not None:
+                img = pairs[i].image
+                dest = preds_dir / img.parent.name / (img.name[: -len(IMG_SUFFIX)] + "_pred_labelIds.png")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                ok, png = cv2.imencode(".png", to_label[pred])
+                if not ok:
+                    raise RuntimeError(f"could not encode {dest}")
+                _atomic_write_bytes(dest, png.tobytes())
+            if len(shown) < cfg.vis:
+                rgb, _ = ds.raw(i)
+                shown.append((rgb, gt, pred))
+    log(f"evaluated {len(ds)} val images in {time.perf_counter() - t0:.1f} s")
+    return conf.conf, shown, time.perf_counter() - t0
+
+
+def prediction_picture(shown: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]], max_width: int = 512) -> np.ndarray:
+    """Rows of (image | ground truth | prediction), Cityscapes colours, each panel ≤ ``max_width`` wide.
+
+    Returns uint8 RGB ``[H, W, 3]``; panels are separated by 4 white pixels.
+    """
+    import cv2
+
+    from pixpro_of.evaluation.labels import colorize
+
+    rows = []
+    for rgb, gt, pred in shown:
+        h, w = gt.shape
+        s = min(1.0, max_width / w)
+        size = (max(1, round(w * s)), max(1, round(h * s)))
+        panels = [cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+                  cv2.resize(colorize(gt), size, interpolation=cv2.INTER_NEAREST),
+                  cv2.resize(colorize(pred), size, interpolation=cv2.INTER_NEAREST)]
+        gap = np.full((size[1], 4, 3), 255, np.uint8)
+        rows.append(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
+    width = max(r.shape[1] for r in rows)
+    out = []
+    for r in rows:
+        pad = np.full((r.shape[0], width - r.shape[1], 3), 255, np.uint8)
+        out += [np.concatenate([r, pad], axis=1), np.full((4, width, 3), 255, np.uint8)]
+    return np.concatenate(out[:-1], axis=0)
+
+
+def run(cfg: SegConfig, log=print) -> Dict[str, object]:
+    """Train the head, evaluate, write the outputs; returns the scores dict (also in scores.json)."""
+    import cv2
+    import torch
+
+    from pixpro_of.evaluation.backbone import resolve_backbone
+    from pixpro_of.evaluation.data import list_pairs
+    from pixpro_of.evaluation.deeplab import build_model
+    from pixpro_of.evaluation.miou import score_report
+
+    cfg.validate()
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a folder")
+    train_pairs = list_pairs(cfg.data, cfg.train_split)
+    val_pairs = list_pairs(cfg.data, cfg.val_split)
+    if cfg.max_val:
+        val_pairs = val_pairs[: cfg.max_val]
+    device = _device(cfg.device)
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True  # as the seed; fixed crop and val sizes on Cityscapes
+    bb = resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
+    torch.manual_seed(cfg.seed)
+    model = build_model(bb.arch, bb.state, cfg.mode, crop=tuple(cfg.crop), output_stride=cfg.output_stride,
+                        multi_grid=cfg.multi_grid).to(device)
+    log(f"eval seg: {cfg.mode} head on frozen {bb.description}; {len(train_pairs)} train / "
+        f"{len(val_pairs)} val images; {cfg.iters} iters x batch {cfg.batch}, crop {cfg.crop[0]}x{cfg.crop[1]}, "
+        f"device {device}")
+    trained = train_head(model, cfg, train_pairs, device, log)
+    out.mkdir(parents=True, exist_ok=True)
+    conf, shown, eval_s = evaluate(model, cfg, val_pairs, device, log, out / "val_preds" if cfg.save_preds else None)
+    report = score_report(conf)
+    scores = dict(report)
+    scores.update({
+        "n_val_images": len(val_pairs), "n_train_images": len(train_pairs),
+        "backbone": {"spec": cfg.backbone, "arch": bb.arch, "description": bb.description},
+        "train": {"iters": cfg.iters, "final_loss": trained["final_loss"], "seconds": round(trained["seconds"], 3)},
+        "eval_seconds": round(eval_s, 3), "device": str(device),
+        "confusion": conf.tolist(), "config": asdict(cfg),
+    })
+    buf = io.StringIO()
+    w = csv.writer(buf)
+    w.writerow(["iter", "lr", "loss"])
+    w.writerows([(i, f"{lr:.8g}", f"{loss:.6g}") for i, lr, loss in trained["rows"]])
+    _atomic_write_bytes(out / "train_log.csv", buf.getvalue().encode())
+    if shown:
+        ok, png = cv2.imencode(".png", cv2.cvtColor(prediction_picture(shown), cv2.COLOR_RGB2BGR))
+        if not ok:
+            raise RuntimeError("could not encode predictions.png")
+        _atomic_write_bytes(out / "predictions.png", png.tobytes())
+    _atomic_write_bytes(out / "scores.json", (json.dumps(scores, indent=1) + "\n").encode())
+    miou = "n/a" if scores["mIoU"] is None else f"{scores['mIoU']:.2f}"
+    log(f"mIoU {miou} over {report['classes_evaluated']} classes -> {out / 'scores.json'}"
+        + (f", {out / 'predictions.png'}" if shown else ""))
+    return scores
+
+
+def _hw(text: str) -> Tuple[int, int]:
+    try:
+        h, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 512x1024), got {text!r}") from None
+    return h, w
+
+
+def build_parser() -> argparse.ArgumentParser:
+    d = SegConfig()
+    p = argparse.ArgumentParser(
+        prog="pixpro_of eval seg",
+        description="Frozen-backbone semantic segmentation (the seed's DeepLabV3 transfer, or a linear probe) on a "
+                    "Cityscapes-layout tree; 19-class mIoU as cityscapesScripts computes it. Defaults are the seed's.")
+    p.add_argument("--backbone", required=True,
+                   help="checkpoint file or run directory, 'torchvision:PATH' (a torchvision ResNet state dict), "
+                        "'detectron2:PATH' (a detectron2 ResNet .pkl), "
+                        "or 'random' (pretraining initialisation, see --arch)")
+    p.add_argument("--data", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
+    p.add_argument("--out", required=True, help="output folder (scores.json, predictions.png, train_log.csv)")
+    p.add_argument("--mode", choices=MODES, default=d.mode, help="head: DeepLabV3 (ASPP) or a 1x1 linear probe")
+    p.add_argument("--arch", default=d.arch, help="architecture for --backbone random (default %(default)s)")
+    p.add_argument("--iters", type=int, default=d.iters, help="training iterations (default %(default)s)")
+    p.add_argument("--batch", type=int, default=d.batch, help="images per iteration (default %(default)s)")
+    p.add_argument("--crop", type=_hw, default=d.crop, help="training crop HxW (default 512x1024)")
+    p.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
+    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters, help="linear warmup (default %(default)s)")
+    p.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("MIN", "MAX"),
+                   help="random resize factor range (default 0.5 2.0)")
+    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
+    p.add_argument("--test-scale", type=float, default=d.test_scale, help="val resize factor (default 1.0)")
+    p.add_argument("--output-stride", type=int, choices=(16, 32), default=d.output_stride,
+                   help="16: dilated res5 with multi-grid 1-2-4 (the seed); 32: plain ResNet")
+    p.add_argument("--max-val", type=int, default=d.max_val, help="score only the first N val images (0 = all)")
+    p.add_argument("--vis", type=int, default=d.vis, help="val images drawn in predictions.png (default 4)")
+    p.add_argument("--save-preds", action="store_true",
+                   help="also write every val prediction as OUT/val_preds/<city>/<stem>_pred_labelIds.png")
+    p.add_argument("--workers", type=int, default=min(d.workers, os.cpu_count() or 1), help="data loader workers")
+    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
+    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
+    p.add_argument("--log-every", type=int, default=d.log_every, help="print every N iterations (0 = never)")
+    return p
+
+
+def config_from_args(args: argparse.Namespace) -> SegConfig:
+    return SegConfig(backbone=args.backbone, data=args.data, out=args.out, mode=args.mode, arch=args.arch,
+                     iters=args.iters, batch=args.batch, crop=tuple(args.crop), lr=args.lr,
+                     weight_decay=args.weight_decay, warmup_iters=args.warmup_iters,
+                     scale_range=tuple(args.scale_range), flip=not args.no_flip, test_scale=args.test_scale,
+                     output_stride=args.output_stride, max_val=args.max_val, vis=args.vis,
+                     save_preds=args.save_preds, workers=args.workers,
+                     device=args.device, seed=args.seed, log_every=args.log_every)
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    run(config_from_args(args))
+    return 0
