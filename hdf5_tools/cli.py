@@ -3,7 +3,12 @@ import sys
 
 from pixpro_of.cli_util import run_subcommands
 
-COMMANDS: dict = {}
+COMMANDS: dict = {
+    "pack": ("hdf5_tools.pack", "Pack frame folders, .mov videos or the synthetic world into per-node shards"),
+    "verify": ("hdf5_tools.verify", "Check shards: schema, counts, CRCs (--deep decodes every JPEG)"),
+    "info": ("hdf5_tools.info", "Summarise shards or a manifest: videos, frames, flows, bytes, nodes"),
+    "stage": ("hdf5_tools.stage", "Copy one node's shards to node-local storage (one copier per node under mpirun)"),
+}
 
 
 def main(argv=None) -> int:

@@ -28,6 +28,7 @@ def mpi_env() -> dict:
         OMPI_ALLOW_RUN_AS_ROOT="1",
         OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
         OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_mpi_yield_when_idle="1",  # ranks share 2 cores: do not busy-poll
         PYTHONUNBUFFERED="1",
     )
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"

@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import sys
+import types
 from typing import Any
 
 from pixpro_of.dist.backend import Backend, register_backend
@@ -33,6 +34,7 @@ class HorovodBackend(Backend):
     def __init__(self, device: str = "auto"):
         super().__init__(device)
         hvd.init()
+        self._object_broadcasts = 0
         dev = self.device
         if dev.type == "cuda":
             import torch
@@ -64,7 +66,10 @@ class HorovodBackend(Backend):
         return hvd.broadcast_(tensor, root_rank=src)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
-        return hvd.broadcast_object(obj, root_rank=src)
+        # Horovod names the collective after type(obj) unless told otherwise, so ranks passing
+        # placeholders of another type (None vs a str) would wait for each other forever.
+        self._object_broadcasts += 1
+        return hvd.broadcast_object(obj, root_rank=src, name=f"broadcast_object.{self._object_broadcasts}")
 
     def barrier(self) -> None:
         hvd.barrier()
@@ -79,7 +84,19 @@ class HorovodBackend(Backend):
         named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
         in_opt = {id(p) for g in optimizer.param_groups for p in g["params"]}
         named = [(n, p) for n, p in named if id(p) in in_opt]
-        return hvd.DistributedOptimizer(optimizer, named_parameters=named, op=hvd.Average)
+        opt = hvd.DistributedOptimizer(optimizer, named_parameters=named, op=hvd.Average)
+        base_class = optimizer.__class__
+
+        def zero_grad(self, set_to_none: bool = True):
+            # Horovod 0.28's zero_grad() takes no arguments; keep its pending-allreduce check
+            # and accept torch's set_to_none.
+            if self._handles:
+                raise AssertionError("optimizer.zero_grad() called between backward() and step(): "
+                                     "Horovod gradient allreduces are still in flight")
+            return base_class.zero_grad(self, set_to_none=set_to_none)
+
+        opt.zero_grad = types.MethodType(zero_grad, opt)
+        return opt
 
     def convert_sync_batchnorm(self, module):
         from pixpro_of.dist.syncbn import collective_bn_factory, convert_batchnorm
@@ -91,8 +108,21 @@ class HorovodBackend(Backend):
                 return hvd.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
             return convert_batchnorm(module, make)
 
-        def allreduce_sum(t, name):
-            return hvd.allreduce(t, op=hvd.Sum, name=name)
+        from mpi4py import MPI
+
+        if MPI.Query_thread() == MPI.THREAD_MULTIPLE:
+            # CPU tensors: a direct MPI_Allreduce of the few per-channel sums costs microseconds,
+            # while a Horovod op waits for the background thread's negotiation cycle. Horovod
+            # initialised MPI with THREAD_MULTIPLE and talks on its own communicator, so this is safe.
+            comm = MPI.COMM_WORLD.Dup()
+
+            def allreduce_sum(t, name):
+                out = t.detach().contiguous().clone()
+                comm.Allreduce(MPI.IN_PLACE, out.numpy(), op=MPI.SUM)
+                return out
+        else:
+            def allreduce_sum(t, name):
+                return hvd.allreduce(t, op=hvd.Sum, name=name)
 
         return convert_batchnorm(module, collective_bn_factory(allreduce_sum))
 

@@ -1,0 +1,163 @@
+"""The shard manifest: a JSON file beside the shards that lists them and their node assignment.
+
+``manifest.json`` (written atomically by ``hdf5_tools pack``)::
+
+    {"format": "pixpro_of.manifest", "schema_version": 1, "nodes": N,
+     "shards": [{"file": "shard-00000.h5", "node": 0, "bytes": 123, "crc32": "1a2b3c4d",
+                 "num_videos": 3, "num_frames": 1200, "num_pairs": 1197, "pairs_present": 1197,
+                 "videos": [{"name": "...", "split": "train", "num_frames": 400}, ...]}, ...]}
+
+``file`` is relative to the manifest's folder. ``crc32`` is the zlib CRC32 of the whole file
+(hex), used by ``stage`` and ``verify`` to check copies. Filling flows into shards changes
+their bytes: call :func:`refresh_manifest` afterwards (``python -m flow compute`` does).
+
+Node sets: ``pack --nodes N`` balances frames across N node sets. A job with M <= N nodes gives
+node ``i`` the node sets ``j`` with ``j % M == i`` (:func:`node_sets_for`), so ``stage`` and the
+reader agree on which shards a node holds (:func:`shards_for_node`).
+"""
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import List, Optional
+
+from hdf5_tools.errors import UserError
+from hdf5_tools import schema
+
+MANIFEST_FORMAT = "pixpro_of.manifest"
+MANIFEST_NAME = "manifest.json"
+
+
+@dataclass
+class ShardEntry:
+    """One shard in the manifest. ``bytes`` is the file size; ``crc32`` its hex zlib CRC32."""
+
+    file: str
+    node: int
+    bytes: int
+    crc32: str
+    num_videos: int
+    num_frames: int
+    num_pairs: int
+    pairs_present: int
+    videos: List[dict] = field(default_factory=list)
+
+
+@dataclass
+class Manifest:
+    """All shards of one pack. ``root`` is the manifest's folder (not stored)."""
+
+    nodes: int
+    shards: List[ShardEntry]
+    root: str = "."
+    schema_version: int = schema.SCHEMA_VERSION
+
+    def path_of(self, entry: ShardEntry) -> str:
+        return os.path.join(self.root, entry.file)
+
+    def to_json(self) -> dict:
+        return {"format": MANIFEST_FORMAT, "schema_version": self.schema_version, "nodes": self.nodes,
+                "shards": [asdict(s) for s in self.shards]}
+
+
+def file_crc32(path, block: int = 8 << 20) -> str:
+    """Hex zlib CRC32 of a whole file, read in blocks."""
+    crc = 0
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                break
+            crc = zlib.crc32(b, crc)
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def describe_shard(path, node: int, root: Optional[str] = None) -> ShardEntry:
+    """Build a manifest entry by reading the shard's per-video table and checksumming the file."""
+    path = os.fspath(path)
+    with schema.open_shard(path) as h5:
+        videos = schema.list_videos(h5)
+    rel = os.path.relpath(path, root) if root else os.path.basename(path)
+    return ShardEntry(file=rel, node=int(node), bytes=os.path.getsize(path), crc32=file_crc32(path),
+                      num_videos=len(videos), num_frames=sum(v.num_frames for v in videos),
+                      num_pairs=sum(v.num_pairs for v in videos),
+                      pairs_present=sum(v.flows_present for v in videos),
+                      videos=[{"name": v.name, "split": v.split, "num_frames": v.num_frames} for v in videos])
+
+
+def write_manifest(path, manifest: Manifest) -> None:
+    """Write ``manifest`` as JSON at ``path`` (temporary name, then rename)."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def load_manifest(path, check_files: bool = True) -> Manifest:
+    """Read a manifest; with ``check_files`` every listed shard must exist."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        path = os.path.join(path, MANIFEST_NAME)
+    try:
+        with open(path) as f:
+            data = json.load(f)
+    except FileNotFoundError:
+        raise UserError(f"{path}: manifest not found") from None
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: cannot read manifest ({exc})") from None
+    if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
+        raise UserError(f"{path}: not a shard manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+    if data.get("schema_version") != schema.SCHEMA_VERSION:
+        raise UserError(f"{path}: unknown schema_version {data.get('schema_version')!r} "
+                        f"(this code reads version {schema.SCHEMA_VERSION})")
+    try:
+        shards = [ShardEntry(**s) for s in data["shards"]]
+        nodes = int(data["nodes"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise UserError(f"{path}: malformed manifest ({exc})") from None
+    m = Manifest(nodes=nodes, shards=shards, root=os.path.dirname(os.path.abspath(path)))
+    for i, s in enumerate(shards):
+        if not 0 <= s.node < nodes:
+            raise UserError(f"{path}: shard {i} ({s.file}) has node {s.node} outside [0, {nodes})")
+        if check_files and not os.path.exists(m.path_of(s)):
+            raise UserError(f"{path}: shard {i} lists a missing file {m.path_of(s)}")
+    return m
+
+
+def refresh_manifest(path) -> Manifest:
+    """Recompute every entry's sizes, counts and checksums (e.g. after flows were filled in)."""
+    m = load_manifest(path)
+    m.shards = [describe_shard(m.path_of(s), s.node, m.root) for s in m.shards]
+    write_manifest(os.path.join(m.root, MANIFEST_NAME) if os.path.isdir(os.fspath(path)) else path, m)
+    return m
+
+
+def node_sets_for(node_index: int, num_nodes: int, manifest_nodes: int) -> List[int]:
+    """Node sets (0 .. manifest_nodes-1) that node ``node_index`` of a ``num_nodes``-node job holds."""
+    if num_nodes < 1 or not 0 <= node_index < num_nodes:
+        raise UserError(f"node index {node_index} outside [0, {num_nodes})")
+    if num_nodes > manifest_nodes:
+        raise UserError(f"the job has {num_nodes} nodes but the shards were packed for {manifest_nodes} "
+                        f"(repack with --nodes {num_nodes} or use fewer nodes)")
+    return [j for j in range(manifest_nodes) if j % num_nodes == node_index]
+
+
+def shards_for_node(manifest, node_index: int, num_nodes: Optional[int] = None,
+                    root: Optional[str] = None) -> List[str]:
+    """Paths of the shards node ``node_index`` reads, in manifest order.
+
+    ``manifest`` is a :class:`Manifest` or a path to one. ``num_nodes`` defaults to the manifest's
+    node count. ``root`` (default: the manifest's folder) is where the shards are, e.g. the
+    node-local directory ``stage --to`` copied them to.
+    """
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
+    sets = set(node_sets_for(node_index, m.nodes if num_nodes is None else num_nodes, m.nodes))
+    base = m.root if root is None else os.fspath(root)
+    paths = [os.path.join(base, s.file) for s in m.shards if s.node in sets]
+    for p in paths:
+        if not os.path.exists(p):
+            raise UserError(f"manifest in {m.root}: node {node_index} shard {p} is missing")
+    return paths

@@ -1,0 +1,301 @@
+"""``hdf5_tools pack SRC OUT --nodes N``: pack videos into per-node HDF5 shards plus a manifest.
+
+Plan (deterministic from SRC and the options, so a rerun resumes the same plan):
+
+1. List SRC's videos sorted by (split, name) (:mod:`hdf5_tools.sources`).
+2. Balance frames across N node sets: longest video first to the node set with the fewest frames.
+3. Within a node set, cut the videos (sorted by split, name) into shards of at most
+   ``--shard-size`` estimated bytes (whole videos; a single larger video gets its own shard).
+   Shards are named ``shard-n<node>-<index>.h5``.
+4. Write each shard under a temporary name ``.<name>.partial`` in OUT, then rename it; ``-j``
+   shards are written in parallel. A shard whose final name exists is not redone (resume after a
+   kill); ``OUT/.pack-plan.json`` records the plan and a rerun with a different plan is refused.
+5. Write ``OUT/manifest.json`` (:mod:`hdf5_tools.manifest`).
+
+Flows from ``--flows DIR`` are stored as they are packed; without it the flow datasets are
+allocated empty for ``python -m flow compute``. ``synth:`` sources carry their exact flows.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import threading
+from dataclasses import asdict, dataclass
+from multiprocessing import get_context
+from pathlib import Path
+from typing import Callable, List, Optional
+
+from hdf5_tools import manifest as mf
+from hdf5_tools import schema, sources
+from hdf5_tools.errors import UserError
+
+PLAN_NAME = ".pack-plan.json"
+PARTIAL_SUFFIX = ".partial"
+
+
+@dataclass
+class PackConfig:
+    """Options of one pack run. ``shard_size`` in bytes; ``fps`` for decoding ``.mov`` sources."""
+
+    src: str
+    out: str
+    nodes: int
+    shard_size: int = 8 << 30
+    flows: Optional[str] = None
+    jobs: int = 1
+    fps: float = 10.0
+    jpeg_quality: int = 95
+    splits: Optional[List[str]] = None
+    src_kind: str = "auto"
+    progress: bool = True
+
+
+@dataclass
+class ShardPlan:
+    """One shard to write: its file name, node set, and videos as (split, name) pairs."""
+
+    file: str
+    node: int
+    videos: List[List[str]]
+    est_frames: int
+    est_bytes: int
+
+
+def _abs(src: str) -> str:
+    return src if src.startswith("synth:") else os.path.abspath(src)
+
+
+def parse_size(text: str) -> int:
+    """'8GiB', '500MB', '1.5G', '123' -> bytes (binary units for KiB/MiB/GiB and K/M/G)."""
+    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, re.IGNORECASE)
+    if not m:
+        raise UserError(f"--shard-size {text!r}: expected a size such as 8GiB, 500MiB or 123456")
+    value, unit, suffix = float(m.group(1)), m.group(2).upper(), m.group(3).lower()
+    base = 1000 if suffix == "b" else 1024  # "MB" is decimal, "MiB"/"M" binary
+    n = int(value * base ** "_KMGT".index(unit or "_")) if unit else int(value)
+    if n <= 0:
+        raise UserError(f"--shard-size {text!r}: must be positive")
+    return n
+
+
+def make_plan(videos: List[sources.VideoSource], nodes: int, shard_size: int) -> List[ShardPlan]:
+    """Assign videos to node sets (frames balanced) and cut each node set into shards."""
+    load = [0] * nodes
+    members: List[List[sources.VideoSource]] = [[] for _ in range(nodes)]
+    for v in sorted(videos, key=lambda v: (-v.est_frames, v.split, v.name)):
+        n = min(range(nodes), key=lambda i: (load[i], i))
+        load[n] += v.est_frames
+        members[n].append(v)
+    plans = []
+    for node, vs in enumerate(members):
+        vs.sort(key=lambda v: (v.split, v.name))
+        cur: List[sources.VideoSource] = []
+        for v in vs + [None]:
+            if cur and (v is None or sum(x.est_bytes for x in cur) + v.est_bytes > shard_size):
+                plans.append(ShardPlan(file=f"shard-n{node:03d}-{len([p for p in plans if p.node == node]):05d}.h5",
+                                       node=node, videos=[[x.split, x.name] for x in cur],
+                                       est_frames=sum(x.est_frames for x in cur),
+                                       est_bytes=sum(x.est_bytes for x in cur)))
+                cur = []
+            if v is not None:
+                cur.append(v)
+    return plans
+
+
+def write_shard(plan: ShardPlan, by_key: dict, out: str, flows: Optional[str],
+                on_video: Optional[Callable[[int], None]] = None) -> mf.ShardEntry:
+    """Write one shard (temporary name, then rename) and return its manifest entry.
+
+    ``on_video(frames)`` is called after each video is written (for the progress bar).
+    """
+    final = os.path.join(out, plan.file)
+    tmp = os.path.join(out, f".{plan.file}{PARTIAL_SUFFIX}")
+    flow_dir = sources.FlowDir(flows) if flows else None
+    try:
+        with schema.create_shard(tmp) as h5:
+            for split, name in plan.videos:
+                src = by_key[(split, name)]
+                v = src.load()
+                schema.add_video(h5, name, v.jpegs, split=split, height=v.height, width=v.width,
+                                 fps=v.fps, source=f"{src.kind}:{src.location}")
+                fwd, bwd = v.fwd, v.bwd
+                if flow_dir is not None:
+                    fwd, bwd = flow_dir.load(src, len(v.jpegs), v.height, v.width)
+                if fwd is not None and len(v.jpegs) > 1:
+                    schema.write_flows(h5, name, fwd, bwd)
+                if on_video is not None:
+                    on_video(src.est_frames)
+                del v
+        os.replace(tmp, final)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    entry = mf.describe_shard(final, plan.node, out)
+    _write_json(_entry_path(out, plan.file), asdict(entry))
+    return entry
+
+
+def _entry_path(out: str, file: str) -> str:
+    return os.path.join(out, f".{file}.entry.json")
+
+
+def _write_json(path: str, obj) -> None:
+    tmp = f"{path}.tmp{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+# State for pool workers, set in the parent just before the pool forks (the workers inherit it,
+# so the source listing, with its loader closures, is not redone or pickled per worker).
+_WORKER = {}
+
+
+def _worker_run(plan_dict: dict):
+    cfg = _WORKER["cfg"]
+    plan = ShardPlan(**plan_dict)
+    try:
+        return asdict(write_shard(plan, _WORKER["by_key"], cfg.out, cfg.flows, _WORKER["progress"].put)), None
+    except UserError as exc:
+        return None, str(exc)
+
+
+def pack(cfg: PackConfig) -> mf.Manifest:
+    """Run the whole pack (see the module docstring) and return the manifest written."""
+    if cfg.nodes < 1:
+        raise UserError(f"--nodes must be >= 1, got {cfg.nodes}")
+    if cfg.jobs < 1:
+        raise UserError(f"-j must be >= 1, got {cfg.jobs}")
+    kind, videos = sources.find_videos(cfg.src, cfg.fps, cfg.jpeg_quality, cfg.splits, kind=cfg.src_kind)
+    if len(videos) < cfg.nodes:
+        raise UserError(f"SRC {cfg.src}: {len(videos)} videos cannot fill --nodes {cfg.nodes} node sets")
+    if cfg.flows:
+        sources.FlowDir(cfg.flows)  # fail early on a wrong folder
+    plans = make_plan(videos, cfg.nodes, cfg.shard_size)
+    os.makedirs(cfg.out, exist_ok=True)
+    plan_json = {"src": _abs(cfg.src), "src_kind": kind, "nodes": cfg.nodes, "shard_size": cfg.shard_size,
+                 "flows": _abs(cfg.flows) if cfg.flows else None,
+                 "fps": cfg.fps, "jpeg_quality": cfg.jpeg_quality, "shards": [asdict(p) for p in plans]}
+    plan_path = os.path.join(cfg.out, PLAN_NAME)
+    if os.path.exists(plan_path):
+        with open(plan_path) as f:
+            old = json.load(f)
+        if old != plan_json:
+            raise UserError(f"{cfg.out}: holds shards of a different pack plan ({PLAN_NAME} differs: other SRC, "
+                            f"options or source files); use an empty OUT")
+    else:
+        _write_json(plan_path, plan_json)
+    for stale in Path(cfg.out).glob(f".*{PARTIAL_SUFFIX}"):
+        stale.unlink()  # left by a killed run; never under a final name
+
+    entries: dict = {}
+    todo = []
+    for p in plans:
+        final = os.path.join(cfg.out, p.file)
+        if os.path.exists(final):
+            entries[p.file] = _load_entry(cfg.out, p)
+        else:
+            todo.append(p)
+    total_frames = sum(p.est_frames for p in plans)
+    done_frames = sum(p.est_frames for p in plans if p.file in entries)
+    bar = _progress(cfg, total_frames, done_frames, len(plans) - len(todo), len(plans))
+    if todo:
+        if cfg.jobs == 1:
+            by_key = {(v.split, v.name): v for v in videos}
+            for p in todo:
+                entries[p.file] = write_shard(p, by_key, cfg.out, cfg.flows, bar.update)
+        else:
+            ctx = get_context("fork")
+            progress = ctx.SimpleQueue()  # workers report frames per video; a thread moves the bar
+            _WORKER.update(cfg=cfg, by_key={(v.split, v.name): v for v in videos}, progress=progress)
+            mover = threading.Thread(target=_move_bar, args=(progress, bar), daemon=True)
+            mover.start()
+            errors = []
+            # No pool.terminate() on a bad video: the other workers finish their shards (valid,
+            # kept for the resume) and the first error is raised once the pool has drained.
+            with ctx.Pool(min(cfg.jobs, len(todo))) as pool:
+                for entry, err in pool.imap_unordered(_worker_run, [asdict(p) for p in todo]):
+                    if err is not None:
+                        errors.append(err)
+                        continue
+                    entries[entry["file"]] = mf.ShardEntry(**entry)
+                pool.close()
+                pool.join()
+            progress.put(None)
+            mover.join()
+            if errors:
+                bar.close()
+                raise UserError(errors[0] + (f" (and {len(errors) - 1} more bad shards)" if len(errors) > 1 else ""))
+    bar.close()
+    m = mf.Manifest(nodes=cfg.nodes, shards=[entries[p.file] for p in plans], root=cfg.out)
+    mf.write_manifest(os.path.join(cfg.out, mf.MANIFEST_NAME), m)
+    return m
+
+
+def _move_bar(queue, bar) -> None:
+    while True:
+        n = queue.get()
+        if n is None:
+            return
+        bar.update(n)
+
+
+def _load_entry(out: str, plan: ShardPlan) -> mf.ShardEntry:
+    path = _entry_path(out, plan.file)
+    if os.path.exists(path):
+        with open(path) as f:
+            entry = mf.ShardEntry(**json.load(f))
+        if entry.bytes == os.path.getsize(os.path.join(out, plan.file)):
+            return entry
+    entry = mf.describe_shard(os.path.join(out, plan.file), plan.node, out)
+    _write_json(path, asdict(entry))
+    return entry
+
+
+class _NoBar:
+    def update(self, n):
+        pass
+
+    def close(self):
+        pass
+
+
+def _progress(cfg: PackConfig, total: int, done: int, shards_done: int, shards: int):
+    if not cfg.progress:
+        return _NoBar()
+    from tqdm import tqdm
+
+    if shards_done:
+        print(f"resuming: {shards_done} of {shards} shards already packed", file=sys.stderr)
+    return tqdm(total=total, initial=done, unit="frame", desc="pack", file=sys.stderr, dynamic_ncols=True)
+
+
+def main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="hdf5_tools pack", description=__doc__.splitlines()[0])
+    ap.add_argument("src", metavar="SRC", help="images/{split}/<video>/*.jpg folder root, videos/{split}/*.mov "
+                    "root, or synth:videos=N,frames=T,size=WxH,seed=S")
+    ap.add_argument("out", metavar="OUT", help="output folder for the shards and manifest.json")
+    ap.add_argument("--nodes", type=int, required=True, help="number of node sets to balance frames across")
+    ap.add_argument("--shard-size", default="8GiB", help="largest shard (estimated bytes; default 8GiB)")
+    ap.add_argument("--flows", metavar="DIR", help="seed .pth flows (forward/, backward/) or .flo folders")
+    ap.add_argument("-j", "--jobs", type=int, default=1, help="shards written in parallel")
+    ap.add_argument("--fps", type=float, default=10.0, help="frame rate for decoding videos (default 10)")
+    ap.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when encoding decoded frames")
+    ap.add_argument("--src-kind", choices=sources.SRC_KINDS, default="auto",
+                    help="which SRC layout to read when a folder has both images/ and videos/ (default: images)")
+    ap.add_argument("--split", action="append", dest="splits", help="pack only this split (repeatable)")
+    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
+    a = ap.parse_args(argv)
+    cfg = PackConfig(src=a.src, out=a.out, nodes=a.nodes, shard_size=parse_size(a.shard_size), flows=a.flows,
+                     jobs=a.jobs, fps=a.fps, jpeg_quality=a.jpeg_quality, splits=a.splits,
+                     src_kind=a.src_kind, progress=not a.no_progress)
+    m = pack(cfg)
+    frames = sum(s.num_frames for s in m.shards)
+    size = sum(s.bytes for s in m.shards)
+    print(f"packed {sum(s.num_videos for s in m.shards)} videos, {frames} frames into {len(m.shards)} shards "
+          f"({size / 1e6:.1f} MB) for {m.nodes} nodes: {os.path.join(cfg.out, mf.MANIFEST_NAME)}")
+    return 0

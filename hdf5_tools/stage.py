@@ -1,0 +1,165 @@
+"""``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage.
+
+Each shard of node ``I`` (of ``--num-nodes``, default the manifest's node count; see
+:func:`hdf5_tools.manifest.node_sets_for`) is copied to ``DIR/.<file>.staging`` while its CRC32
+is computed, checked against the manifest and renamed into place; a shard already in DIR with the
+manifest's size and CRC32 is skipped. The manifest is copied to ``DIR/manifest.json`` last, so the
+trainer can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
+
+Under ``mpirun`` without ``--node``, the ranks of each node (``Split_type(COMM_TYPE_SHARED)``)
+elect their lowest rank as the copier; the node index is that copier's rank among the copiers and
+the node count their number. The other ranks wait for the copier and share its outcome: every rank
+exits 0 after a good stage, 2 with the copier's error message otherwise.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import time
+import zlib
+from dataclasses import dataclass
+from typing import Optional
+
+from hdf5_tools import manifest as mf
+from hdf5_tools.errors import UserError
+
+MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
+
+
+@dataclass
+class StageConfig:
+    manifest: str
+    to: str
+    node: Optional[int] = None
+    num_nodes: Optional[int] = None
+    quiet: bool = False
+
+
+@dataclass
+class StageResult:
+    node: int
+    num_nodes: int
+    copied: int
+    skipped: int
+    bytes_copied: int
+    seconds: float
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes_copied / 1e6 / max(self.seconds, 1e-9)
+
+    def line(self) -> str:
+        return (f"node {self.node} of {self.num_nodes}: copied {self.copied} shards "
+                f"({self.bytes_copied / 1e6:.1f} MB in {self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s), "
+                f"{self.skipped} already there and verified")
+
+
+def _copy_checked(src: str, dst_tmp: str, block: int = 16 << 20) -> str:
+    crc = 0
+    with open(src, "rb") as fi, open(dst_tmp, "wb") as fo:
+        while True:
+            b = fi.read(block)
+            if not b:
+                break
+            crc = zlib.crc32(b, crc)
+            fo.write(b)
+        fo.flush()
+        os.fsync(fo.fileno())
+    return f"{crc & 0xFFFFFFFF:08x}"
+
+
+def stage(cfg: StageConfig) -> StageResult:
+    """Copy node ``cfg.node``'s shards into ``cfg.to`` (see the module docstring)."""
+    m = mf.load_manifest(cfg.manifest, check_files=False)
+    num_nodes = m.nodes if cfg.num_nodes is None else cfg.num_nodes
+    sets = set(mf.node_sets_for(cfg.node, num_nodes, m.nodes))
+    os.makedirs(cfg.to, exist_ok=True)
+    copied = skipped = nbytes = 0
+    t0 = time.perf_counter()
+    for i, s in enumerate(m.shards):
+        if s.node not in sets:
+            continue
+        src = m.path_of(s)
+        dst = os.path.join(cfg.to, s.file)
+        if os.path.exists(dst) and os.path.getsize(dst) == s.bytes and mf.file_crc32(dst) == s.crc32:
+            skipped += 1
+            continue
+        if not os.path.exists(src):
+            raise UserError(f"{cfg.manifest}: shard {i} lists a missing file {src}")
+        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
+        tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.staging")
+        try:
+            crc = _copy_checked(src, tmp)
+            if crc != s.crc32 or os.path.getsize(tmp) != s.bytes:
+                raise UserError(f"{src}: shard {i} has CRC32 {crc} and {os.path.getsize(tmp)} bytes, the manifest "
+                                f"says {s.crc32} and {s.bytes} (changed or damaged; refresh or repack)")
+            os.replace(tmp, dst)
+        finally:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+        copied += 1
+        nbytes += s.bytes
+    src_manifest = cfg.manifest if not os.path.isdir(cfg.manifest) else os.path.join(cfg.manifest, mf.MANIFEST_NAME)
+    dst_manifest = os.path.join(cfg.to, mf.MANIFEST_NAME)
+    if os.path.abspath(src_manifest) != os.path.abspath(dst_manifest):
+        tmp = dst_manifest + ".staging"
+        shutil.copyfile(src_manifest, tmp)
+        os.replace(tmp, dst_manifest)
+    return StageResult(node=cfg.node, num_nodes=num_nodes, copied=copied, skipped=skipped, bytes_copied=nbytes,
+                       seconds=time.perf_counter() - t0)
+
+
+def under_mpirun() -> bool:
+    return any(k in os.environ for k in MPI_ENV)
+
+
+def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
+    """One copier per node (lowest rank of each shared-memory communicator); returns its result on it."""
+    from mpi4py import MPI
+
+    world = MPI.COMM_WORLD
+    local = world.Split_type(MPI.COMM_TYPE_SHARED, key=world.rank)
+    leader = local.rank == 0
+    leaders = world.Split(0 if leader else MPI.UNDEFINED, key=world.rank)
+    node_info = (leaders.rank, leaders.size) if leader else None
+    node, num_nodes = local.bcast(node_info, root=0)
+    result, error = None, None
+    if leader:
+        try:
+            result = stage(StageConfig(manifest=cfg.manifest, to=cfg.to, node=node,
+                                       num_nodes=cfg.num_nodes or num_nodes, quiet=cfg.quiet))
+        except UserError as exc:
+            error = str(exc)
+        except Exception as exc:  # any failure must reach the waiting ranks, or they hang
+            error = f"node {node}: stage failed ({type(exc).__name__}: {exc})"
+    error = local.bcast(error, root=0)
+    local.Barrier()
+    if leaders != MPI.COMM_NULL:
+        leaders.Free()
+    local.Free()
+    if error is not None:
+        raise UserError(f"rank {world.rank}: {error}" if not leader else error)
+    return result
+
+
+def main(argv) -> int:
+    ap = argparse.ArgumentParser(prog="hdf5_tools stage", description=__doc__.splitlines()[0])
+    ap.add_argument("manifest", metavar="MANIFEST", help="manifest.json written by pack (or its folder)")
+    ap.add_argument("--to", required=True, metavar="DIR", help="node-local folder to copy the shards into")
+    ap.add_argument("--node", type=int, help="this node's index (not needed under mpirun)")
+    ap.add_argument("--num-nodes", type=int, help="nodes in the job (default: the manifest's node count; "
+                    "under mpirun: the job's node count)")
+    ap.add_argument("--quiet", action="store_true")
+    a = ap.parse_args(argv)
+    cfg = StageConfig(manifest=a.manifest, to=a.to, node=a.node, num_nodes=a.num_nodes, quiet=a.quiet)
+    if cfg.node is None:
+        if not under_mpirun():
+            raise UserError("--node is required outside mpirun")
+        result = stage_mpi(cfg)
+    else:
+        result = stage(cfg)
+    if result is not None and not cfg.quiet:
+        print(f"stage: {result.line()}", file=sys.stdout, flush=True)
+    return 0

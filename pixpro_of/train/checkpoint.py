@@ -1,0 +1,251 @@
+"""Crash-safe checkpoints: atomic writes, a ``latest`` pointer, retention, validated loading.
+
+Layout of ``RUN_DIR/checkpoints/``::
+
+    step_00001234.pt     torch.save of the training state (only tensors and plain Python types,
+                         so it loads with ``weights_only=True``)
+    step_00001234.json   manifest: file name, size, crc32, step, epoch, time, milestone flag
+    latest               one line: the file name of the newest complete checkpoint
+
+A checkpoint counts only once its manifest exists and its size and CRC32 match, and it
+unpickles (CRC32, as the shards use: it catches damage, not tampering, at ~3x sha256's speed).
+The payload is streamed to a temporary name in the same folder (CRC computed on the way),
+flushed, fsync'ed, renamed into place, and the folder is fsync'ed, so a ``kill -9`` at any
+moment leaves either the old or the new checkpoint, never a half one that would be trusted. Loading tries the
+newest checkpoint first and falls back to older ones when it is damaged.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import time
+import zlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Tuple
+
+from pixpro_of.errors import UserError
+
+log = logging.getLogger(__name__)
+
+_NAME = re.compile(r"^step_(\d{8,})\.json$")
+REQUIRED_KEYS = ("format", "step", "epoch")
+FORMAT = "pixpro_of.checkpoint/1"
+
+
+def fsync_dir(path: Path) -> None:
+    """Make a rename or unlink in ``path`` durable (no-op where directories cannot be opened)."""
+    try:
+        fd = os.open(str(path), os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class _HashingWriter:
+    """A write-only file wrapper that computes the CRC32 and size of what passes through."""
+
+    def __init__(self, f):
+        self.f = f
+        self.crc = 0
+        self.size = 0
+
+    def write(self, data) -> int:
+        self.crc = zlib.crc32(data, self.crc)
+        self.size += len(data)
+        return self.f.write(data)
+
+    def flush(self) -> None:
+        self.f.flush()
+
+
+@dataclass
+class CheckpointInfo:
+    """One checkpoint on disk, as described by its manifest."""
+    step: int
+    epoch: int
+    path: Path
+    manifest: Path
+    crc32: str
+    size: int
+    milestone: bool
+    save_seconds: float
+
+
+class CheckpointStore:
+    """Saves and loads training states in one run's ``checkpoints/`` folder.
+
+    ``keep``: how many of the newest checkpoints to keep; milestone checkpoints are never deleted.
+    Only the rank that owns the run directory (rank 0) should call :meth:`save`.
+    """
+
+    def __init__(self, directory: os.PathLike, keep: int = 3):
+        self.dir = Path(directory)
+        self.keep = int(keep)
+
+    # ------------------------------------------------------------------ listing
+    def entries(self) -> List[CheckpointInfo]:
+        """All checkpoints with a readable manifest, newest (highest step) first."""
+        out = []
+        if not self.dir.is_dir():
+            return out
+        for p in self.dir.iterdir():
+            if not _NAME.match(p.name):
+                continue
+            try:
+                m = json.loads(p.read_text())
+                out.append(CheckpointInfo(step=int(m["step"]), epoch=int(m["epoch"]), path=self.dir / m["file"],
+                                          manifest=p, crc32=str(m["crc32"]), size=int(m["size"]),
+                                          milestone=bool(m.get("milestone", False)),
+                                          save_seconds=float(m.get("save_seconds", 0.0))))
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                log.warning("checkpoint manifest %s is damaged (%s); ignoring it", p, exc)
+        out.sort(key=lambda e: e.step, reverse=True)
+        return out
+
+    def latest_name(self) -> Optional[str]:
+        """The file name the ``latest`` pointer names, or None."""
+        try:
+            return (self.dir / "latest").read_text().strip() or None
+        except OSError:
+            return None
+
+    def clean_temporaries(self) -> None:
+        """Remove temp files left by a writer that was killed mid-write."""
+        if self.dir.is_dir():
+            for p in self.dir.iterdir():
+                if p.name.startswith(".") and ".tmp." in p.name:
+                    p.unlink(missing_ok=True)
+
+    # ------------------------------------------------------------------ saving
+    def save(self, state: Dict[str, Any], milestone: bool = False) -> Tuple[CheckpointInfo, float]:
+        """Write ``state`` (must hold ``step`` and ``epoch``) atomically; update ``latest``; prune.
+
+        Returns the new checkpoint's info and the seconds the whole save took.
+        """
+        import torch
+
+        t0 = time.perf_counter()
+        step, epoch = int(state["step"]), int(state["epoch"])
+        state = dict(state, format=FORMAT)
+        self.dir.mkdir(parents=True, exist_ok=True)
+        name = f"step_{step:08d}.pt"
+        final = self.dir / name
+        tmp = final.with_name(f".{name}.tmp.{os.getpid()}")
+        with open(tmp, "wb") as f:
+            writer = _HashingWriter(f)
+            torch.save(state, writer)  # streamed: no second copy of the state in memory
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, final)
+        fsync_dir(self.dir)
+        digest, size = f"{writer.crc:08x}", writer.size
+        seconds = time.perf_counter() - t0
+        manifest = {"file": name, "size": size, "crc32": digest, "step": step, "epoch": epoch,
+                    "milestone": bool(milestone), "time": time.time(), "save_seconds": seconds}
+        mpath = self.dir / f"step_{step:08d}.json"
+        atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode())
+        atomic_write_bytes(self.dir / "latest", (name + "\n").encode())
+        self.prune()
+        seconds = time.perf_counter() - t0
+        info = CheckpointInfo(step, epoch, final, mpath, digest, size, bool(milestone), seconds)
+        return info, seconds
+
+    def prune(self) -> List[Path]:
+        """Delete all but the ``keep`` newest non-milestone checkpoints; returns what was deleted."""
+        entries = self.entries()
+        latest = self.latest_name()
+        regular = [e for e in entries if not e.milestone]
+        removed = []
+        for e in regular[self.keep:]:
+            if e.path.name == latest:
+                continue
+            e.manifest.unlink(missing_ok=True)  # manifest first: a checkpoint without one is ignored
+            e.path.unlink(missing_ok=True)
+            removed += [e.manifest, e.path]
+        # Payload files whose manifest never got written (killed between the two renames).
+        named = {e.path.name for e in entries}
+        newest = entries[0].step if entries else -1
+        for p in self.dir.glob("step_*.pt"):
+            m = re.match(r"^step_(\d+)\.pt$", p.name)
+            if m and p.name not in named and int(m.group(1)) < newest:
+                p.unlink(missing_ok=True)
+                removed.append(p)
+        if removed:
+            fsync_dir(self.dir)
+        return removed
+
+    # ------------------------------------------------------------------ loading
+    def verify(self, info: CheckpointInfo) -> Optional[str]:
+        """None when the payload matches its manifest, else why not."""
+        try:
+            size = info.path.stat().st_size
+        except OSError:
+            return "file missing"
+        if size != info.size:
+            return f"size {size} != {info.size} in manifest"
+        crc = 0
+        with open(info.path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 22), b""):
+                crc = zlib.crc32(chunk, crc)
+        if f"{crc:08x}" != info.crc32:
+            return "crc32 mismatch"
+        return None
+
+    def load(self, info: CheckpointInfo, map_location: Any = "cpu") -> Dict[str, Any]:
+        """Load one checkpoint after verifying it; raises ValueError when damaged."""
+        import torch
+
+        why = self.verify(info)
+        if why:
+            raise ValueError(why)
+        try:
+            state = torch.load(info.path, map_location=map_location, weights_only=True)
+        except Exception as exc:  # any unpickling failure means a damaged file
+            raise ValueError(f"cannot unpickle: {exc}".splitlines()[0]) from None
+        if not isinstance(state, dict) or any(k not in state for k in REQUIRED_KEYS) or state["format"] != FORMAT:
+            raise ValueError("not a pixpro_of checkpoint")
+        if int(state["step"]) != info.step:
+            raise ValueError(f"holds step {state['step']}, manifest says {info.step}")
+        return state
+
+    def load_latest(self, map_location: Any = "cpu") -> Optional[Tuple[Dict[str, Any], CheckpointInfo]]:
+        """The newest valid checkpoint, falling back past damaged ones; None when there is none.
+
+        Raises UserError when checkpoints exist but every one is damaged (starting over would
+        silently discard the run).
+        """
+        entries = self.entries()
+        damaged = []
+        for info in entries:
+            try:
+                state = self.load(info, map_location)
+            except ValueError as exc:
+                log.warning("checkpoint %s is damaged (%s); falling back to the previous one", info.path, exc)
+                damaged.append(f"{info.path.name}: {exc}")
+                continue
+            if damaged:
+                log.warning("resuming from %s after skipping %d damaged checkpoint(s)", info.path.name, len(damaged))
+            return state, info
+        if damaged:
+            raise UserError(f"{self.dir}: every checkpoint is damaged ({'; '.join(damaged)})")
+        return None

@@ -1,0 +1,70 @@
+"""``python -m pixpro_of train --config FILE [key=value ...]``: pretrain PixPro(+flow).
+
+Exit codes: 0 finished (``RUN_DIR/done`` written; running again exits 0 at once), 75
+checkpointed and stopped early (deadline or signal), resume by running the same command again;
+2 bad input (one-line error); anything else is a failure.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Sequence
+
+from pixpro_of.errors import UserError
+from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
+
+__all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="pixpro_of train",
+        description="Pretrain PixPro(+flow). Config = dataclass defaults < --config file or preset < key=value "
+                    "overrides (e.g. optim.base_lr=0.5 data.shards=[a.h5,b.h5]). Exit 0 = finished, "
+                    "75 = checkpointed, run again to resume.",
+    )
+    p.add_argument("--config", required=False, help="YAML file, or a preset name (see --list-presets)")
+    p.add_argument("--run-dir", required=False, help="run directory (created; resumed when it holds checkpoints)")
+    p.add_argument("--deadline", help="stop with a checkpoint before this: duration (90m, 1h30m, 3600) from now, "
+                                      "clock time HH:MM, ISO date-time or @unix; overrides stop.deadline")
+    p.add_argument("--signals", help="comma-separated stop signals (default SIGUSR2,SIGTERM); overrides stop.signals")
+    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
+    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
+    return p
+
+
+def main(argv: Sequence[str]) -> int:
+    args = build_parser().parse_args(list(argv))
+    from pixpro_of.config import list_presets, load_config
+
+    if args.list_presets:
+        print("\n".join(list_presets()))
+        return 0
+    overrides = list(args.overrides)
+    if args.deadline is not None:
+        overrides.append(f"stop.deadline={args.deadline}")
+    if args.signals is not None:
+        overrides.append(f"stop.signals=[{args.signals}]")
+    cfg = load_config(args.config, overrides)
+    if args.print_config:
+        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        return 0
+    if not args.run_dir:
+        raise UserError("--run-dir is required")
+    run_dir = Path(args.run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise UserError(f"--run-dir {run_dir}: exists and is not a directory")
+    if (run_dir / "done").exists():  # a resubmitted finished job: nothing to do, and fast
+        print(f"pixpro_of train: {run_dir} has finished already (done marker present)", file=sys.stderr)
+        return EXIT_FINISHED
+    if cfg.stop.deadline is not None:
+        # A duration counts from the command's start, not from when the config was first parsed.
+        from pixpro_of.train.stopping import parse_deadline
+
+        cfg.stop.deadline = f"@{parse_deadline(cfg.stop.deadline):.3f}"
+    from pixpro_of.train.trainer import Trainer
+
+    return Trainer(cfg, run_dir).run()

@@ -1,0 +1,162 @@
+"""Per-step metrics to ``RUN_DIR/metrics.csv`` and TensorBoard (``RUN_DIR/tensorboard/``).
+
+The CSV has one row per logged step with a fixed header chosen at the first row (``step`` and
+``epoch`` first). On resume from step S, rows with step > S (written by a job that died before
+its next checkpoint) are dropped so the file reads as one uninterrupted run; TensorBoard does
+the same with ``purge_step``.
+
+With ``wandb`` = ``offline`` or ``online`` (optional package) the rows also go to a wandb run
+kept in ``RUN_DIR/wandb`` (:func:`start_wandb`).
+
+Keys follow the seed (seed-system.md §1.3): ``loss``, ``loss/plus`` (loss + 4), ``lr``,
+``momentum``, ``positive_pair/...``, ``mask_ratio...``, plus the time split ``time/data``
+(seconds waiting for the batch), ``time/compute`` (forward, backward, optimizer step) and
+``time/step``.
+"""
+from __future__ import annotations
+
+import csv
+import logging
+import os
+from pathlib import Path
+from typing import Dict, List, Mapping, Optional
+
+log = logging.getLogger(__name__)
+
+
+class MetricsLog:
+    """Appends metric rows; ``enabled=False`` (non-zero ranks) makes every call a no-op."""
+
+    def __init__(self, run_dir: os.PathLike, enabled: bool = True, csv_enabled: bool = True,
+                 tensorboard: bool = True, resume_step: int = 0, wandb: str = "off",
+                 wandb_project: str = "pixpro_of", wandb_entity: str = "", config: Optional[dict] = None):
+        self.run_dir = Path(run_dir)
+        self.enabled = enabled
+        self.csv_path = self.run_dir / "metrics.csv"
+        self._csv_enabled = enabled and csv_enabled
+        self._fields: Optional[List[str]] = None
+        self._file = None
+        self._writer = None
+        self._tb = None
+        self._wandb = None
+        if not enabled:
+            return
+        if self._csv_enabled:
+            self._fields = truncate_csv(self.csv_path, resume_step)
+        if tensorboard:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
+        if wandb != "off":
+            self._wandb = start_wandb(self.run_dir, wandb, wandb_project, wandb_entity, config or {}, resume_step)
+
+    def write(self, step: int, values: Mapping[str, float]) -> None:
+        """Log one step. ``values`` maps metric names to numbers (tensors must be converted)."""
+        if not self.enabled:
+            return
+        row = {"step": int(step)}
+        row.update({k: int(v) if k == "epoch" else float(v) for k, v in values.items()})
+        if self._csv_enabled:
+            if self._file is None:
+                new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+                if self._fields is None:
+                    self._fields = ["step", "epoch"] + sorted(k for k in row if k not in ("step", "epoch"))
+                self._file = open(self.csv_path, "a", newline="")
+                self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore",
+                                              restval="")
+                if new:
+                    self._writer.writeheader()
+            self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+            self._file.flush()
+        if self._tb is not None:
+            for k, v in row.items():
+                if k != "step":
+                    self._tb.add_scalar(k, v, global_step=int(step))
+        if self._wandb is not None:
+            self._wandb.log({k: v for k, v in row.items() if k != "step"}, step=int(step))
+
+    def flush(self) -> None:
+        if self._file is not None:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        if self._tb is not None:
+            self._tb.flush()
+
+    def close(self) -> None:
+        self.flush()
+        if self._file is not None:
+            self._file.close()
+            self._file = None
+        if self._tb is not None:
+            self._tb.close()
+            self._tb = None
+        if self._wandb is not None:
+            self._wandb.finish()
+            self._wandb = None
+
+
+def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dict, resume_step: int):
+    """A wandb run for this run directory (``mode`` ``offline`` or ``online``).
+
+    The wandb run id is kept in ``RUN_DIR/wandb_id`` so every job of the run appends to one wandb
+    run (``resume="allow"``); files go to ``RUN_DIR/wandb/`` (``wandb sync`` uploads an offline
+    run later). Steps re-run after a resume that wandb already has are dropped by wandb (its steps
+    only increase; its "rewind" is a private preview), so the CSV is the exact record.
+    """
+    try:
+        import wandb
+    except ImportError:
+        from pixpro_of.errors import UserError
+
+        raise UserError(f"log.wandb={mode} needs the wandb package (pip install wandb), or set log.wandb=off") from None
+    id_file = run_dir / "wandb_id"
+    if id_file.exists():
+        run_id = id_file.read_text().strip()
+    else:
+        run_id = wandb.util.generate_id()
+        tmp = id_file.with_name(f".{id_file.name}.tmp.{os.getpid()}")
+        tmp.write_text(run_id + "\n")
+        os.replace(tmp, id_file)
+    (run_dir / "wandb").mkdir(exist_ok=True)
+    log.info("wandb %s run %s (resuming at step %d)", mode, run_id, resume_step)
+    return wandb.init(project=project, entity=entity or None, name=run_dir.name, id=run_id, dir=str(run_dir),
+                      mode=mode, config=config, resume="allow")
+
+
+def _fmt(v: float) -> str:
+    return repr(v) if isinstance(v, float) else str(v)
+
+
+def truncate_csv(path: Path, resume_step: int) -> Optional[List[str]]:
+    """Drop rows with step > ``resume_step`` (atomically); return the existing header or None."""
+    if not path.exists() or path.stat().st_size == 0:
+        return None
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    if not rows:
+        return None
+    header, body = rows[0], rows[1:]
+    keep = []
+    for r in body:
+        try:
+            if len(r) == len(header) and int(r[0]) <= resume_step:
+                keep.append(r)
+        except ValueError:
+            continue  # a line cut short by a kill
+    if len(keep) != len(body):
+        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(header)
+            w.writerows(keep)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        log.info("metrics.csv: dropped %d row(s) after step %d", len(body) - len(keep), resume_step)
+    return header
+
+
+def read_csv(path: os.PathLike) -> List[Dict[str, str]]:
+    """All rows of a metrics CSV as dicts (for tests and tools)."""
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))

@@ -1,0 +1,144 @@
+"""When to stop early: a wall-clock deadline and stop signals, checked at step boundaries.
+
+A signal handler only sets a flag (nothing else is safe inside a handler); the trainer asks
+:meth:`StopControl.should_stop` after every optimizer step and, when it says so, writes a
+checkpoint and exits with code 75 ("checkpointed, resume me").
+
+The deadline rule: stop when ``time left < safety_factor × (step time + checkpoint time) + margin``,
+where the step time is the slowest of the recent steps and the checkpoint time is the slowest
+checkpoint measured so far (or an estimate until one has been written).
+"""
+from __future__ import annotations
+
+import datetime as _dt
+import re
+import signal
+import time
+from collections import deque
+from typing import Callable, Deque, Dict, Iterable, List, Optional
+
+from pixpro_of.errors import UserError
+
+EXIT_FINISHED = 0  # training finished; RUN_DIR/done exists
+EXIT_RESUME = 75   # EX_TEMPFAIL (sysexits.h): checkpointed, run the same command again to resume
+
+_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
+
+
+def parse_deadline(text: str, now: Optional[float] = None) -> float:
+    """The deadline as a Unix time in seconds.
+
+    Accepted: a duration from ``now`` (``3600``, ``45s``, ``90m``, ``1h30m``, ``2d``), a Unix time
+    (``@1767225600``), a clock time today or, if already past, tomorrow (``10:30``, ``10:30:15``,
+    local time), or an ISO 8601 date-time (``2026-11-26T10:30:00``, with or without a UTC offset;
+    without one it is local time).
+    """
+    now = time.time() if now is None else now
+    s = str(text).strip()
+    if not s:
+        raise UserError("--deadline: empty value")
+    if s.startswith("@"):
+        try:
+            return float(s[1:])
+        except ValueError:
+            raise UserError(f"--deadline {text!r}: '@' must be followed by a Unix time in seconds") from None
+    m = _DURATION.match(s.lower())
+    ambiguous = s[-1].isdigit() and any(c.isalpha() for c in s)  # "1h30": minutes or seconds?
+    if m and any(m.groups()) and not ambiguous:
+        d, h, mi, se = (float(g) if g else 0.0 for g in m.groups())
+        return now + d * 86400 + h * 3600 + mi * 60 + se
+    clock = re.match(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$", s)
+    if clock:
+        hh, mm, ss = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
+        if hh > 23 or mm > 59 or ss > 59:
+            raise UserError(f"--deadline {text!r}: not a valid clock time")
+        base = _dt.datetime.fromtimestamp(now)
+        target = base.replace(hour=hh, minute=mm, second=ss, microsecond=0)
+        if target.timestamp() <= now:
+            target += _dt.timedelta(days=1)
+        return target.timestamp()
+    try:
+        return _dt.datetime.fromisoformat(s).timestamp()
+    except ValueError:
+        raise UserError(f"--deadline {text!r}: expected a duration (90m, 1h30m, 3600), a clock time (HH:MM), "
+                        "an ISO date-time or @unix-seconds") from None
+
+
+def signal_numbers(names: Iterable[str]) -> List[int]:
+    """``['SIGUSR2', 'term']`` → signal numbers; UserError for unknown or uncatchable names."""
+    out = []
+    for name in names:
+        n = name.upper()
+        if not n.startswith("SIG"):
+            n = "SIG" + n
+        sig = getattr(signal, n, None)
+        if not isinstance(sig, signal.Signals) or n in ("SIGKILL", "SIGSTOP"):
+            raise UserError(f"stop.signals: {name!r} is not a catchable signal")
+        out.append(int(sig))
+    return out
+
+
+class StopControl:
+    """Decides, at each step boundary, whether to checkpoint and stop.
+
+    ``deadline``: Unix time or None. ``clock``: a ``time.time``-like function (tests pass a fake).
+    """
+
+    def __init__(self, deadline: Optional[float] = None, margin_s: float = 30.0, safety_factor: float = 1.5,
+                 signals: Iterable[str] = ("SIGUSR2", "SIGTERM"), clock: Callable[[], float] = time.time,
+                 window: int = 20):
+        self.deadline = deadline
+        self.margin_s = float(margin_s)
+        self.safety_factor = float(safety_factor)
+        self.signal_nums = signal_numbers(signals)
+        self.clock = clock
+        self._steps: Deque[float] = deque(maxlen=window)
+        self.checkpoint_s = 0.0
+        self.signal_received: Optional[int] = None
+        self._previous: Dict[int, object] = {}
+        self.reason = ""
+
+    # -- signals
+    def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal API
+        # Only set a flag: the checkpoint happens at the next step boundary.
+        self.signal_received = signum
+
+    def install(self) -> None:
+        """Install the flag-setting handler for the configured signals (main thread only)."""
+        for num in self.signal_nums:
+            self._previous[num] = signal.signal(num, self._handler)
+
+    def uninstall(self) -> None:
+        for num, prev in self._previous.items():
+            signal.signal(num, prev)
+        self._previous.clear()
+
+    # -- timing
+    def record_step(self, seconds: float) -> None:
+        self._steps.append(float(seconds))
+
+    def record_checkpoint(self, seconds: float) -> None:
+        self.checkpoint_s = max(self.checkpoint_s, float(seconds))
+
+    def step_estimate(self) -> float:
+        return max(self._steps) if self._steps else 0.0
+
+    def needed_s(self) -> float:
+        """Seconds that must remain to run one more step and then checkpoint safely."""
+        return self.safety_factor * (self.step_estimate() + self.checkpoint_s) + self.margin_s
+
+    def time_left(self) -> Optional[float]:
+        return None if self.deadline is None else self.deadline - self.clock()
+
+    def should_stop(self) -> bool:
+        """True when a stop signal arrived or the deadline is too close for another step."""
+        if self.signal_received is not None:
+            self.reason = f"signal {signal.Signals(self.signal_received).name}"
+            return True
+        left = self.time_left()
+        if left is not None and left < self.needed_s():
+            self.reason = (f"deadline: {left:.1f} s left < {self.needed_s():.1f} s needed "
+                           f"(step {self.step_estimate():.2f} s, checkpoint {self.checkpoint_s:.2f} s, "
+                           f"x{self.safety_factor:g} + {self.margin_s:g} s margin)")
+            return True
+        return False

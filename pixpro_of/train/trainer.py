@@ -1,0 +1,519 @@
+"""The PixPro(+flow) training loop with exact resume, deadline/signal stops and metrics.
+
+``Trainer(cfg, run_dir).run()`` returns the process exit code:
+
+- :data:`EXIT_FINISHED` (0): training reached its last step; the final checkpoint and the
+  ``done`` marker are written. Running again returns 0 at once.
+- :data:`EXIT_RESUME` (75, ``EX_TEMPFAIL``): stopped early by the deadline or a signal, with a
+  checkpoint at the step boundary; run the same command again to continue.
+
+Exact resume: a checkpoint holds the model (online and momentum branch, BN statistics), the
+optimizer, the LR schedule, the AMP scaler, the global step (which also drives the momentum
+schedule), the epoch, the batch position inside the epoch and every RNG state (torch, CUDA,
+numpy, python). Samples are pure functions of (seed, epoch, node, position)
+(:mod:`pixpro_of.train.data`). With ``run.deterministic=true`` on CPU, a run killed at any point
+and resumed ends with bit-identical weights to an uninterrupted run.
+
+Run directory (ARCHITECTURE.md "Runs")::
+
+    config.json   logs/train.log   checkpoints/ (+ latest)   metrics.csv   tensorboard/   done
+"""
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import io
+import json
+import logging
+import os
+import random
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+import numpy as np
+import torch
+
+from pixpro_of.config import TrainConfig, check_resume_compatible, dump_json
+from pixpro_of.dist.backend import Backend, make_backend
+from pixpro_of.errors import UserError
+from pixpro_of.train.checkpoint import CheckpointStore, atomic_write_bytes
+from pixpro_of.train.data import EpochBatches, SampleSet, make_loader, resolve_shards
+from pixpro_of.train.metrics_log import MetricsLog
+from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME, StopControl, parse_deadline
+
+log = logging.getLogger("pixpro_of.train")
+
+
+# --------------------------------------------------------------------------- components
+
+def _dataclass_kwargs(cls, values: Dict[str, Any]) -> Dict[str, Any]:
+    names = {f.name for f in dataclasses.fields(cls)}
+    return {k: v for k, v in values.items() if k in names}
+
+
+def build_model(cfg: TrainConfig) -> torch.nn.Module:
+    """The real PixPro model from ``cfg.model``."""
+    from pixpro_of.model.pixpro import ModelConfig, PixPro
+
+    return PixPro(ModelConfig(**_dataclass_kwargs(ModelConfig, dataclasses.asdict(cfg.model))))
+
+
+def build_clips(cfg: TrainConfig, run_dir: Path, node_index: int, num_nodes: int):
+    """The clip reader over ``data.shards`` (or the synthetic world packed into the run dir)."""
+    from pixpro_of.data.shards import ShardClipDataset
+    from pixpro_of.train.synth_data import data_entries
+
+    return ShardClipDataset(resolve_shards(data_entries(cfg, run_dir), node_index, num_nodes), cfg.data.k)
+
+
+def build_sample_builder(cfg: TrainConfig) -> Callable:
+    """The augmentation + positives pipeline: ``builder(clip, rng) -> sample dict``."""
+    from pixpro_of.data.pipeline import SampleBuilder, SampleConfig
+    from pixpro_of.model.pixpro import PixPro
+
+    d = cfg.data
+    sc = SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+                      pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
+                      positive_rule=d.positive_rule, flow_resolution=d.flow_resolution)
+    return SampleBuilder(sc, feature_size=PixPro.feature_size(d.image_size))
+
+
+def default_collate(samples: List[dict]) -> dict:
+    from pixpro_of.data.pipeline import collate
+
+    return collate(samples)
+
+
+def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torch.optim.Optimizer:
+    from pixpro_of.optim.lars import LARS, param_groups
+
+    modules = model.online_modules() if hasattr(model, "online_modules") else [model]
+    return LARS(param_groups(modules, cfg.optim.weight_decay), lr=lr, momentum=cfg.optim.momentum,
+                weight_decay=cfg.optim.weight_decay)
+
+
+def build_scheduler(cfg: TrainConfig, optimizer, lr: float, warmup_iters: int, total_iters: int):
+    from pixpro_of.optim.schedule import build_lr_scheduler
+
+    return build_lr_scheduler(optimizer, lr, warmup_iters, total_iters,
+                              warmup_multiplier=cfg.optim.warmup_multiplier, eta_min=cfg.optim.eta_min)
+
+
+def momentum_schedule(step: int, total_steps: int, base: float) -> float:
+    from pixpro_of.model.pixpro import momentum_at
+
+    return momentum_at(step, total_steps, base)
+
+
+@dataclass
+class Components:
+    """The pieces the loop trains with. The defaults are the real model, reader and pipeline;
+    tests may swap in small doubles. ``clips`` returns an object with ``num_videos``,
+    ``num_frames(i)``, ``video_name(i)``, ``k`` and ``[(video_index, t)] -> clip dict``."""
+    model: Callable[[TrainConfig], torch.nn.Module] = build_model
+    clips: Callable[..., Any] = build_clips
+    sample_builder: Callable[[TrainConfig], Callable] = build_sample_builder
+    collate: Callable[[List[dict]], dict] = default_collate
+    optimizer: Callable[..., torch.optim.Optimizer] = build_optimizer
+    scheduler: Callable[..., Any] = build_scheduler
+    momentum: Callable[[int, int, float], float] = momentum_schedule
+
+
+# --------------------------------------------------------------------------- RNG state
+
+def rng_state() -> Dict[str, Any]:
+    """Every global RNG state, as tensors and plain Python values (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, cached = np.random.get_state()
+    py = random.getstate()
+    state = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
+                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+    return state
+
+
+def set_rng_state(state: Dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    n = state["numpy"]
+    np.random.set_state((n["kind"], n["keys"].numpy().astype(np.uint32), n["pos"], n["has_gauss"], n["cached"]))
+    p = state["python"]
+    random.setstate((p["version"], tuple(p["state"]), p["gauss"]))
+    if state.get("cuda") and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# --------------------------------------------------------------------------- logging
+
+def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
+    """Append to ``logs/train.log`` (rank 0; ``train.rank{r}.log`` otherwise); rank 0 also to stderr."""
+    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    name = "train.log" if rank == 0 else f"train.rank{rank}.log"
+    fh = logging.FileHandler(run_dir / "logs" / name)
+    fmt = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s")
+    fh.setFormatter(fmt)
+    root = logging.getLogger("pixpro_of")
+    root.setLevel(logging.INFO)
+    root.addHandler(fh)
+    if rank == 0 and not any(getattr(h, "_pixpro_console", False) for h in root.handlers):
+        ch = logging.StreamHandler(sys.stderr)
+        ch.setFormatter(fmt)
+        ch._pixpro_console = True  # type: ignore[attr-defined]
+        root.addHandler(ch)
+    return fh
+
+
+# --------------------------------------------------------------------------- trainer
+
+class Trainer:
+    """One training run in ``run_dir``; see the module docstring."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: os.PathLike, backend: Optional[Backend] = None,
+                 components: Optional[Components] = None, stop: Optional[StopControl] = None):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device)
+        self.parts = components or Components()
+        self.stop = stop
+        self.store = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.step = 0
+        self.epoch = 0
+        self.batch_in_epoch = 0
+        self._last_saved_step = -1
+
+    # ------------------------------------------------------------------ setup
+    def _prepare_run_dir(self) -> None:
+        be = self.backend
+        if be.is_main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            cfg_path = self.run_dir / "config.json"
+            if cfg_path.exists():
+                try:
+                    saved = json.loads(cfg_path.read_text())
+                except ValueError as exc:
+                    raise UserError(f"{cfg_path}: not valid JSON ({exc})") from None
+                check_resume_compatible(saved, self.cfg, str(cfg_path))
+            atomic_write_bytes(cfg_path, dump_json(self.cfg).encode())
+            self.store.clean_temporaries()
+            if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
+                from pixpro_of.train.synth_data import ensure_synthetic_shards
+
+                ensure_synthetic_shards(self.cfg, self.run_dir)
+        be.barrier()
+
+    def _configure_torch(self) -> None:
+        r = self.cfg.run
+        if r.threads > 0:
+            torch.set_num_threads(r.threads)
+        if r.deterministic:
+            torch.use_deterministic_algorithms(True)
+            torch.backends.cudnn.benchmark = False
+            torch.backends.cudnn.deterministic = True
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        else:
+            torch.backends.cudnn.benchmark = True
+
+    def _build(self) -> None:
+        cfg, be = self.cfg, self.backend
+        self.device = be.device
+        # Data: one node reads its node's shards; ranks of the node split its clip order.
+        from pixpro_of.train.synth_data import data_entries
+
+        entries = data_entries(cfg, self.run_dir) if self.parts.clips is build_clips else list(cfg.data.shards)
+        if any(str(s).endswith(".json") or Path(s).is_dir() for s in entries):
+            self.node_index, num_nodes = be.rank // be.local_size, max(be.world_size // be.local_size, 1)
+            self.sampler_rank, self.sampler_world = be.local_rank, be.local_size
+        else:
+            self.node_index, num_nodes = 0, 1
+            self.sampler_rank, self.sampler_world = be.rank, be.world_size
+        self.clips = self.parts.clips(cfg, self.run_dir, self.node_index, num_nodes)
+        if cfg.data.batch_size % be.world_size:
+            raise UserError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
+                            f"{be.world_size} ranks")
+        self.rank_batch = cfg.data.batch_size // be.world_size
+        per_rank = self.clips.num_videos // self.sampler_world
+        self.steps_per_epoch = per_rank // self.rank_batch
+        if self.steps_per_epoch < 1:
+            raise UserError(f"data.batch_size={cfg.data.batch_size} needs at least {self.rank_batch} videos per "
+                            f"rank but the shards hold {self.clips.num_videos} videos for {self.sampler_world} "
+                            f"rank(s); lower the batch size or add data")
+        self.total_steps = cfg.run.epochs * self.steps_per_epoch
+        self.end_step = min(self.total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else self.total_steps
+        self.warmup_steps = cfg.optim.warmup_epochs * self.steps_per_epoch
+        self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg), cfg.run.seed, self.node_index)
+
+        # Model: identical initial weights on every rank (seeded, then broadcast from rank 0).
+        torch.manual_seed(cfg.run.seed)
+        model = self.parts.model(cfg)
+        if cfg.dist.sync_bn:
+            model = be.convert_sync_batchnorm(model)
+        model = model.to(self.device)
+        if cfg.optim.channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        be.broadcast_parameters(model)
+        self.model = model
+        self.lr = cfg.lr()
+        # Wrap first (Horovod's DistributedOptimizer is a new object), then schedule the wrapped one.
+        self.optimizer = be.wrap_optimizer(self.parts.optimizer(cfg, model, self.lr), model)
+        self.scheduler = self.parts.scheduler(cfg, self.optimizer, self.lr, self.warmup_steps, self.total_steps)
+        self.forward_model = be.wrap_model(model)
+        if cfg.optim.compile:
+            self.forward_model = torch.compile(self.forward_model)
+        prec = cfg.optim.precision
+        self.autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(prec)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=(prec == "fp16"))
+
+    # ------------------------------------------------------------------ state
+    def state_dict(self) -> Dict[str, Any]:
+        """Everything needed to continue exactly from the current step boundary."""
+        return {
+            "step": self.step,
+            "epoch": self.epoch,
+            "batch_in_epoch": self.batch_in_epoch,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "rng": rng_state(),
+            "config": self.cfg.to_dict(),
+            "world_size": self.backend.world_size,
+            "steps_per_epoch": self.steps_per_epoch,
+            "timing": {"step_s": self.stop.step_estimate() if self.stop else 0.0,
+                       "checkpoint_s": self.stop.checkpoint_s if self.stop else 0.0},
+        }
+
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
+        if int(state.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
+            raise UserError(f"checkpoint step {state['step']}: it had {state['steps_per_epoch']} steps per epoch, "
+                            f"this run has {self.steps_per_epoch} (different data or world size)")
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        if state.get("scaler"):
+            self.scaler.load_state_dict(state["scaler"])
+        self.step, self.epoch = int(state["step"]), int(state["epoch"])
+        self.batch_in_epoch = int(state["batch_in_epoch"])
+        set_rng_state(state["rng"])
+        if self.stop is not None:
+            self.stop.record_checkpoint(float(state.get("timing", {}).get("checkpoint_s", 0.0)))
+
+    def save_checkpoint(self, milestone: bool = False) -> None:
+        """Rank 0 writes the state; every rank waits for it."""
+        if self._last_saved_step == self.step and not milestone:
+            return
+        if self.backend.is_main:
+            info, seconds = self.store.save(self.state_dict(), milestone=milestone)
+            log.info("checkpoint %s (step %d, epoch %d) in %.2f s", info.path.name, self.step, self.epoch, seconds)
+        else:
+            seconds = 0.0
+        seconds = float(self.backend.broadcast_object(seconds, 0))
+        if self.stop is not None:
+            self.stop.record_checkpoint(seconds)
+        self._last_saved_step = self.step
+        self.backend.barrier()
+
+    def _estimate_checkpoint_time(self) -> float:
+        """Seconds to serialise the state in memory, doubled for the disk write (before any real save)."""
+        t0 = time.perf_counter()
+        torch.save(self.state_dict(), io.BytesIO())
+        return 2.0 * (time.perf_counter() - t0)
+
+    # ------------------------------------------------------------------ loop pieces
+    def _to_device(self, batch: dict) -> dict:
+        out = {}
+        for k, v in batch.items():
+            if torch.is_tensor(v):
+                v = v.to(self.device, non_blocking=True)
+                if v.ndim == 4 and k.startswith("view") and self.cfg.optim.channels_last:
+                    v = v.contiguous(memory_format=torch.channels_last)
+            out[k] = v
+        return out
+
+    def train_step(self, batch: dict) -> Dict[str, float]:
+        """One optimizer step on ``batch``; returns this step's metrics as floats."""
+        core = self.backend.unwrap(self.model)
+        m = self.parts.momentum(self.step, self.total_steps, self.cfg.model.momentum_base)
+        core.momentum_update(m)  # EMA first, as the seed does
+        lr = float(self.optimizer.param_groups[0]["lr"])
+        b = self._to_device(batch)
+        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
+               else contextlib.nullcontext())
+        with ctx:
+            loss, metrics = self.forward_model(b["view1"], b["view2"], b["pos12"], b["pos21"])
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        if not torch.isfinite(loss.detach()):
+            raise FloatingPointError(f"loss is {loss.item()} at step {self.step} (epoch {self.epoch})")
+        out = {"loss": float(loss.detach()), "lr": lr, "momentum": float(m)}
+        out["loss/plus"] = out["loss"] + 4.0
+        for k, v in metrics.items():
+            out[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+        mr = batch.get("mask_ratio")
+        if mr is not None:
+            out["mask_ratio"] = float(torch.as_tensor(mr, dtype=torch.float32).mean())
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+        return out
+
+    def _average_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
+        """Metrics averaged over ranks (counts too: they become per-rank means)."""
+        if self.backend.world_size == 1:
+            return values
+        keys = sorted(values)
+        avg = self.backend.allreduce(torch.tensor([values[k] for k in keys], dtype=torch.float64), op="mean")
+        return dict(zip(keys, avg.tolist()))
+
+    def _make_loader(self):
+        from pixpro_of.data.sampler import ClipSampler
+
+        order = ClipSampler(self.clips, self.cfg.run.seed, self.epoch, rank=self.sampler_rank,
+                            world_size=self.sampler_world).items()
+        batches = EpochBatches(order[: self.steps_per_epoch * self.rank_batch], self.epoch, self.rank_batch,
+                               start_batch=self.batch_in_epoch, sampler_rank=self.sampler_rank,
+                               sampler_world=self.sampler_world)
+        return make_loader(self.samples, batches, self.parts.collate, self.cfg.data.num_workers,
+                           self.cfg.data.prefetch_factor, self.device.type == "cuda", self.cfg.run.seed,
+                           self.backend.rank, ignore_signals=self.stop.signal_nums if self.stop else ())
+
+    def _stop_requested(self) -> bool:
+        """Every rank must stop at the same step, or collectives would hang: any rank's request counts."""
+        mine = 1.0 if (self.stop is not None and self.stop.should_stop()) else 0.0
+        flag = self.backend.allreduce(torch.tensor([mine]), op="sum")
+        return bool(flag.item() > 0)
+
+    # ------------------------------------------------------------------ run
+    def run(self) -> int:
+        """Train until finished (returns 0) or stopped with a checkpoint (returns 75)."""
+        be = self.backend
+        if (self.run_dir / "done").exists():
+            log.info("%s: training already finished (done marker present)", self.run_dir)
+            return EXIT_FINISHED
+        cfg = self.cfg
+        if self.stop is None:
+            deadline = parse_deadline(cfg.stop.deadline) if cfg.stop.deadline else None
+            self.stop = StopControl(deadline, cfg.stop.margin_s, cfg.stop.safety_factor, cfg.stop.signals)
+        self.stop.install()  # from here on a stop signal only sets a flag, even during set-up
+        try:
+            self._prepare_run_dir()
+            handler = setup_logging(self.run_dir, be.rank)
+            try:
+                return self._setup_and_loop()
+            finally:
+                logging.getLogger("pixpro_of").removeHandler(handler)
+                handler.close()
+        finally:
+            self.stop.uninstall()
+
+    def _resume(self) -> bool:
+        """Load the newest valid checkpoint (rank 0 chooses, every rank loads it); False if none."""
+        be = self.backend
+        loaded = self.store.load_latest() if be.is_main else None
+        name = be.broadcast_object(loaded[1].path.name if loaded else None, 0)
+        if name is None:
+            return False
+        if loaded is not None:
+            state = loaded[0]
+        else:
+            info = next((e for e in self.store.entries() if e.path.name == name), None)
+            if info is None:
+                raise UserError(f"{self.store.dir}: rank {be.rank} cannot see checkpoint {name} (not a shared file system?)")
+            state = self.store.load(info)
+        self.load_state_dict(state)
+        self._last_saved_step = self.step
+        log.info("resumed from step %d (epoch %d, batch %d of %d)", self.step, self.epoch,
+                 self.batch_in_epoch, self.steps_per_epoch)
+        return True
+
+    def _setup_and_loop(self) -> int:
+        cfg, be = self.cfg, self.backend
+        self._configure_torch()
+        self._build()
+        if not self._resume():
+            log.info("starting: %d steps (%d epochs x %d steps), global batch %d on %d rank(s), lr %.4g",
+                     self.end_step, cfg.run.epochs, self.steps_per_epoch, cfg.data.batch_size, be.world_size,
+                     self.lr)
+        if self.stop.deadline is not None and self.stop.checkpoint_s == 0.0:
+            self.stop.record_checkpoint(self._estimate_checkpoint_time())
+        metrics = MetricsLog(self.run_dir, enabled=be.is_main, csv_enabled=cfg.log.csv,
+                             tensorboard=cfg.log.tensorboard, resume_step=self.step, wandb=cfg.log.wandb,
+                             wandb_project=cfg.log.wandb_project, wandb_entity=cfg.log.wandb_entity,
+                             config=cfg.to_dict())
+        try:
+            return self._loop(metrics)
+        finally:
+            metrics.close()
+
+    def _finish(self) -> int:
+        self.save_checkpoint(milestone=True)
+        if self.backend.is_main:
+            marker = {"step": self.step, "epoch": self.epoch, "finished": time.time(),
+                      "checkpoint": self.store.latest_name()}
+            atomic_write_bytes(self.run_dir / "done", (json.dumps(marker) + "\n").encode())
+        log.info("finished at step %d (epoch %d)", self.step, self.epoch)
+        return EXIT_FINISHED
+
+    def _stop(self) -> int:
+        log.info("stopping at step %d: %s", self.step, self.stop.reason or "requested on another rank")
+        self.save_checkpoint()
+        return EXIT_RESUME
+
+    def _loop(self, metrics: MetricsLog) -> int:
+        cfg = self.cfg
+        if self.step >= self.end_step:
+            return self._finish()
+        if self._stop_requested():
+            return self._stop()
+        while self.step < self.end_step:
+            loader = self._make_loader()
+            t_ready = time.perf_counter()
+            stepped = False
+            for batch in loader:
+                stepped = True
+                t_data = time.perf_counter()
+                values = self.train_step(batch)
+                t_done = time.perf_counter()
+                self.step += 1
+                self.batch_in_epoch += 1
+                epoch_end = self.batch_in_epoch == self.steps_per_epoch
+                if epoch_end:
+                    self.epoch += 1
+                    self.batch_in_epoch = 0
+                data_s, compute_s = t_data - t_ready, t_done - t_data
+                self.stop.record_step(data_s + compute_s)
+                if self.step % cfg.log.every_steps == 0 or epoch_end:
+                    values = self._average_over_ranks(values)
+                    values.update({"epoch": self.epoch - (1 if epoch_end else 0), "time/data": data_s,
+                                   "time/compute": compute_s, "time/step": data_s + compute_s,
+                                   "samples_per_s": cfg.data.batch_size / max(data_s + compute_s, 1e-9)})
+                    metrics.write(self.step, values)
+                    log.info("step %d/%d epoch %d loss %.4f lr %.4g m %.5f data %.3fs compute %.3fs",
+                             self.step, self.end_step, values["epoch"], values["loss"], values["lr"],
+                             values["momentum"], data_s, compute_s)
+                if self.step >= self.end_step:
+                    break
+                ck = cfg.checkpoint
+                milestone = epoch_end and self.epoch in ck.keep_epochs
+                if milestone or (ck.every_steps and self.step % ck.every_steps == 0) or \
+                        (epoch_end and ck.every_epochs and self.epoch % ck.every_epochs == 0):
+                    metrics.flush()
+                    self.save_checkpoint(milestone=milestone)
+                if self._stop_requested():
+                    metrics.flush()
+                    return self._stop()
+                if epoch_end:
+                    break
+                t_ready = time.perf_counter()
+            del loader
+            if not stepped:
+                raise RuntimeError(f"epoch {self.epoch} yielded no batch from batch {self.batch_in_epoch}")
+        metrics.flush()
+        return self._finish()

@@ -1,0 +1,133 @@
+"""BYOL view augmentations: all randomness from the passed generator; geometry matches the boxes."""
+import numpy as np
+import torch
+import torchvision.transforms.v2.functional as TF
+
+from pixpro_of.data.augment import (BYOL_VIEW1, BYOL_VIEW2, ViewParams, adjust_hue, apply_view, draw_view_params, gaussian_blur,
+                                    sample_crop, to_normalized_float)
+from pixpro_of.positives import cell_centres
+
+torch.set_num_threads(1)
+
+
+def _frame(h=90, w=160, seed=0):
+    return torch.from_numpy(np.random.default_rng(seed).integers(0, 256, (h, w, 3), dtype=np.uint8)).permute(2, 0, 1)
+
+
+def _views(seed):
+    rng = np.random.default_rng(seed)
+    f = _frame()
+    out = []
+    for aug in (BYOL_VIEW1, BYOL_VIEW2):
+        p = draw_view_params(rng, (90, 160), aug)
+        out.append((p, apply_view(f, p, 48)))
+    return out
+
+
+def test_views_are_a_function_of_the_generator_only():
+    torch.manual_seed(1)
+    np.random.seed(1)
+    a = _views(7)
+    torch.manual_seed(2)
+    np.random.seed(2)
+    import random
+
+    random.seed(2)
+    b = _views(7)
+    for (pa, va), (pb, vb) in zip(a, b):
+        assert pa == pb
+        assert torch.equal(va, vb)
+    c = _views(8)
+    assert any(pa != pc for (pa, _), (pc, _) in zip(a, c))
+
+
+def test_global_rng_state_is_not_consumed():
+    np.random.seed(3)
+    torch.manual_seed(3)
+    before_np = np.random.get_state()[1].copy()
+    before_torch = torch.get_rng_state().clone()
+    _views(5)
+    assert np.array_equal(np.random.get_state()[1], before_np)
+    assert torch.equal(torch.get_rng_state(), before_torch)
+
+
+def test_crop_boxes_lie_inside_the_frame_and_follow_the_scale_range():
+    rng = np.random.default_rng(0)
+    areas = []
+    for _ in range(500):
+        left, top, w, h = sample_crop(rng, 720, 1280)
+        assert 0 <= left and 0 <= top and left + w <= 1280 and top + h <= 720 and w > 0 and h > 0
+        areas.append(w * h / (720 * 1280))
+    assert 0.07 < min(areas) < 0.15 and 0.7 < max(areas) <= 0.76  # ratio <= 4/3 on 16:9: at most 960x720
+    # impossible ratios fall back to the centre crop with the ratio clamped (torchvision's rule)
+    assert sample_crop(np.random.default_rng(0), 100, 1000, scale=(0.99, 1.0), ratio=(1.0, 1.0)) == (450, 0, 100, 100)
+
+
+def test_view_pixels_come_from_the_box_and_flip_like_the_positive_cells():
+    """A frame whose pixels encode their own coordinates: each view cell shows the frame position
+    that pixpro_of.positives assigns to that cell (within a pixel), flipped or not."""
+    H, W, S, Fg = 120, 200, 70, 7
+    ys, xs = np.mgrid[0:H, 0:W]
+    frame = torch.from_numpy(np.stack([xs, ys, np.zeros_like(xs)], 0).astype(np.uint8))
+    for flip in (False, True):
+        p = ViewParams(box=(30, 20, 140, 91), flip=flip, jitter=None, grayscale=False, blur_sigma=None, solarize=False)
+        view = apply_view(frame, p, S).float()
+        cells = cell_centres(torch.tensor([p.box], dtype=torch.float64), torch.tensor([flip]), Fg)[0]
+        for i in range(Fg * Fg):
+            v, u = divmod(i, Fg)
+            cx = (u + 0.5) * S / Fg - 0.5
+            cy = (v + 0.5) * S / Fg - 0.5
+            x_here = view[0, int(round(cy)), int(round(cx))].item()
+            y_here = view[1, int(round(cy)), int(round(cx))].item()
+            assert abs(x_here - cells[i, 0].item()) < 2.0
+            assert abs(y_here - cells[i, 1].item()) < 2.0
+
+
+def test_colour_operations_are_applied_as_drawn():
+    f = _frame()
+    base = ViewParams(box=(0, 0, 160, 90), flip=False, jitter=None, grayscale=False, blur_sigma=None, solarize=False)
+    plain = apply_view(f, base, 32)
+    gray = apply_view(f, ViewParams(**{**base.__dict__, "grayscale": True}), 32)
+    assert torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    sol = apply_view(f, ViewParams(**{**base.__dict__, "solarize": True}), 32)
+    assert torch.equal(sol, torch.where(plain >= 128, 255 - plain, plain))
+    jit = apply_view(f, ViewParams(**{**base.__dict__, "jitter": ((1, 0, 3, 2), 1.3, 0.7, 1.1, 0.05)}), 32)
+    want = TF.adjust_saturation(TF.adjust_hue(TF.adjust_brightness(TF.adjust_contrast(plain, 0.7), 1.3), 0.05), 1.1)
+    assert (jit.int() - want.int()).abs().max() <= 2  # the CPU hue path is OpenCV's (within 1 level)
+    assert (jit.int() - want.int()).abs().float().mean() < 0.2
+    x = to_normalized_float(plain)
+    assert x.dtype == torch.float32 and x.shape == (3, 32, 32) and -2.2 < x.min() and x.max() < 2.7
+
+
+def test_hue_paths_agree():
+    img = _frame(64, 64)
+    for hue in (-0.1, 0.03, 0.1):
+        a = adjust_hue(img, hue, use_cv2=True)
+        b = adjust_hue(img, hue, use_cv2=False)
+        assert (a.int() - b.int()).abs().max() <= 1
+        assert not torch.equal(a, img)
+
+
+def test_blur_paths_agree_and_match_torchvision():
+    img = _frame(64, 64)
+    for sigma in (0.3, 1.0, 2.0):
+        a = gaussian_blur(img, sigma, use_cv2=True)
+        b = gaussian_blur(img, sigma, use_cv2=False)
+        r = int(np.ceil(3 * sigma))
+        ref = TF.gaussian_blur(img, [2 * r + 1, 2 * r + 1], [sigma, sigma])
+        assert (a.int() - b.int()).abs().max() <= 1
+        assert (a.int() - ref.int()).abs().max() <= 1
+    assert gaussian_blur(img, 2.0).float().std() < img.float().std() * 0.6
+
+
+def test_view2_solarizes_and_view1_always_blurs():
+    rng = np.random.default_rng(0)
+    p1 = [draw_view_params(rng, (90, 160), BYOL_VIEW1) for _ in range(400)]
+    p2 = [draw_view_params(rng, (90, 160), BYOL_VIEW2) for _ in range(400)]
+    assert all(p.blur_sigma is not None and 0.1 <= p.blur_sigma <= 2.0 for p in p1)
+    assert not any(p.solarize for p in p1)
+    assert 0.05 < np.mean([p.blur_sigma is not None for p in p2]) < 0.16
+    assert 0.14 < np.mean([p.solarize for p in p2]) < 0.27
+    assert 0.74 < np.mean([p.jitter is not None for p in p1]) < 0.86
+    assert 0.14 < np.mean([p.grayscale for p in p1]) < 0.27
+    assert 0.43 < np.mean([p.flip for p in p1]) < 0.57

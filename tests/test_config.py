@@ -1,0 +1,95 @@
+"""Training config: presets hold the seed's values, overrides are typed, mistakes are one line."""
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from pixpro_of.config import (TrainConfig, check_resume_compatible, config_from_dict, list_presets, load_config)
+from pixpro_of.errors import UserError
+
+
+@pytest.mark.parametrize("k,precision", [(1, "bf16"), (2, "fp32"), (6, "fp32")])
+def test_seed_presets_hold_the_seed_recipe(k, precision):
+    cfg = load_config(f"pixpro_k{k}")
+    assert cfg.data.k == k and cfg.run.epochs == 2000 and cfg.data.batch_size == 1024
+    assert cfg.lr() == 4.0  # base 1.0 x 1024 / 256
+    assert cfg.optim.weight_decay == 1e-5 and cfg.optim.warmup_epochs == 5
+    assert cfg.optim.warmup_multiplier == 100 and cfg.optim.eta_min == 1e-6 and cfg.optim.momentum == 0.9
+    assert cfg.model.arch == "resnet50" and cfg.model.proj_hidden == 4096 and cfg.model.proj_dim == 256
+    assert cfg.model.ppm_gamma == 2.0 and cfg.model.momentum_base == 0.99
+    assert cfg.data.pos_ratio == 0.7 and (cfg.data.alpha1, cfg.data.alpha2) == (0.01, 0.5)
+    assert cfg.optim.precision == precision
+    assert cfg.data.synthetic is False  # the BDD runs must name their shards
+
+
+def test_presets_are_listed_and_cpu_preset_is_small():
+    assert {"pixpro_k1", "pixpro_k2", "pixpro_k6", "cpu_small"} <= set(list_presets())
+    cfg = load_config("cpu_small")
+    assert cfg.model.arch == "resnet18" and cfg.data.image_size == 64 and cfg.data.synthetic
+
+
+def test_overrides_are_typed():
+    cfg = load_config("pixpro_k6", ["optim.base_lr=0.5", "data.shards=[a.h5, b.h5]", "run.deterministic=yes",
+                                    "data.batch_size=256", "stop.signals=SIGTERM,SIGUSR1", "stop.deadline=2h"])
+    assert cfg.optim.base_lr == 0.5 and cfg.lr() == 0.5
+    assert cfg.data.shards == ["a.h5", "b.h5"] and cfg.run.deterministic is True
+    assert cfg.stop.signals == ["SIGTERM", "SIGUSR1"] and cfg.stop.deadline == "2h"
+
+
+@pytest.mark.parametrize("override,message", [
+    ("optim.lrr=3", "unknown config key 'optim.lrr' (did you mean 'optim.base_lr'?)"),
+    ("optim.base_lr=abc", "optim.base_lr must be a number (got 'abc')"),
+    ("data.batch_size=0", "data.batch_size must be >= 1 (got 0)"),
+    ("data.batch_size=1.5", "data.batch_size must be an integer (got 1.5)"),
+    ("model.arch=resnet51", "model.arch must be one of resnet18, resnet34, resnet50 (got 'resnet51')"),
+    ("optim.precision=fp8", "optim.precision must be one of fp32, bf16, fp16"),
+    ("data.image_size=100", "data.image_size must be a multiple of 32"),
+    ("run.deterministic=maybe", "run.deterministic must be true or false"),
+    ("optim.warmup_epochs=2000", "optim.warmup_epochs must be in [0, run.epochs = 2000)"),
+    ("stop.signals=[SIGKILL]", "stop.signals must name catchable signals"),
+    ("stop.deadline=soon", "--deadline 'soon': expected a duration"),
+    ("run=3", "unknown config key 'run'"),
+    ("nokey", "expected key=value"),
+])
+def test_bad_values_give_one_line_errors(override, message):
+    with pytest.raises(UserError) as e:
+        load_config("pixpro_k6", [override])
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+def test_bad_files_give_one_line_errors(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("optim:\n  base_lr: [1,\n")
+    with pytest.raises(UserError, match=r"bad.yaml line \d+: not valid YAML"):
+        load_config(str(bad))
+    unknown = tmp_path / "unknown.yaml"
+    unknown.write_text("optim:\n  lars_trust: 0.001\n")
+    with pytest.raises(UserError, match=r"unknown.yaml: unknown config key 'optim.lars_trust'"):
+        load_config(str(unknown))
+    with pytest.raises(UserError, match="no such file or preset"):
+        load_config("no_such_preset")
+    with pytest.raises(UserError, match="no such file"):
+        load_config(str(tmp_path / "missing.yaml"))
+
+
+def test_cli_prints_one_line_and_exits_2():
+    r = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", "x",
+                        "data.k=0"], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip() == "pixpro_of train: error: config: data.k must be >= 1 (got 0)"
+
+
+def test_config_round_trips_through_json():
+    cfg = load_config("cpu_small", ["optim.base_lr=0.25"])
+    assert config_from_dict(cfg.to_dict()) == cfg
+
+
+def test_resume_compatibility_allows_stop_and_log_changes_only():
+    saved = load_config("pixpro_k6").to_dict()
+    check_resume_compatible(saved, load_config("pixpro_k6", ["stop.deadline=1h", "log.tensorboard=false",
+                                                             "data.num_workers=8"]), "cfg")
+    with pytest.raises(UserError, match=r"data.k: 6 -> 2"):
+        check_resume_compatible(saved, load_config("pixpro_k6", ["data.k=2"]), "cfg")
+    assert isinstance(load_config(None), TrainConfig)

@@ -1,0 +1,149 @@
+"""Packing what pixpro_of.synth.write_dataset writes (frames + .flo, and .mov videos); the fast
+reader path (pread of the JPEG blob and flow chunks) and its corruption checks."""
+from __future__ import annotations
+
+import shutil
+
+import numpy as np
+import pytest
+import simplejpeg
+import torch
+
+from hdf5_tools import schema, testdata
+from hdf5_tools.errors import UserError as ShardError
+from hdf5_tools.pack import PackConfig, pack
+from pixpro_of.data import ShardClipDataset
+from pixpro_of.data.shards import f16_to_f32
+from pixpro_of.errors import UserError
+
+
+@pytest.fixture(scope="module")
+def synth_tree(tmp_path_factory):
+    from pixpro_of.synth import SynthConfig, write_dataset
+
+    root = tmp_path_factory.mktemp("synth") / "bdd"
+    write_dataset(root, SynthConfig(videos=2, frames=5, size=(64, 48), fps=10, seed=2, format="bdd"))
+    return root
+
+
+def _block_mean8(flow):
+    _, h, w = flow.shape
+    return flow.reshape(2, h // 8, 8, w // 8, 8).mean(axis=(2, 4)) / 8
+
+
+def test_write_dataset_frames_and_flo_flows_pack_exactly(synth_tree, tmp_path):
+    from pixpro_of.synth import render_video, video_seed
+
+    m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1,
+                        flows=str(synth_tree / "flow"), progress=False))
+    with schema.open_shard(m.path_of(m.shards[0])) as h5:
+        infos = {v.name: v for v in schema.list_videos(h5)}
+        assert sorted(infos) == ["synth-00000", "synth-00001"]
+        v = infos["synth-00001"]
+        assert (v.split, v.num_frames, v.width, v.height, v.flows_present) == ("val", 5, 64, 48, 4)
+        assert schema.read_frame_jpeg(h5, v.name, 2) == (synth_tree / "images/val/synth-00001/00003.jpg").read_bytes()
+        fwd, bwd = schema.read_flows(h5, v.name, 0, 4)
+    truth = render_video(video_seed(2, 1), 5, size=(64, 48))
+    np.testing.assert_allclose(fwd, np.stack([_block_mean8(f) for f in truth.fwd]), atol=2e-3)
+    np.testing.assert_allclose(bwd, np.stack([_block_mean8(f) for f in truth.bwd]), atol=2e-3)
+    assert np.abs(fwd).max() > 0.05  # the camera moves
+
+
+def test_mov_videos_decode_at_fps_into_jpeg_frames(synth_tree, tmp_path):
+    from pixpro_of.synth import render_video, video_seed
+
+    m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1, src_kind="videos", fps=10,
+                        progress=False))
+    with schema.open_shard(m.path_of(m.shards[0])) as h5:
+        v = {x.name: x for x in schema.list_videos(h5)}["synth-00000"]
+        assert (v.num_frames, v.width, v.height, v.fps) == (5, 64, 48, 10.0)
+        assert v.source.startswith("videos:") and v.source.endswith("synth-00000.mov")
+        frames = [simplejpeg.decode_jpeg(schema.read_frame_jpeg(h5, v.name, i)) for i in range(5)]
+    truth = render_video(video_seed(2, 0), 5, size=(64, 48)).rgb
+    for i in range(5):  # H.264 then JPEG: close to the rendered frame with the same index
+        errs = [np.abs(frames[i].astype(int) - truth[j]).mean() for j in range(5)]
+        assert int(np.argmin(errs)) == i and errs[i] < 12
+    # At 5 fps every other frame is kept.
+    m5 = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out5"), nodes=1, src_kind="videos", fps=5,
+                         progress=False))
+    assert {x["name"]: x["num_frames"] for s in m5.shards for x in s.videos}["synth-00000"] == 3
+
+
+def test_f16_to_f32_is_exact_on_both_paths():
+    rng = np.random.default_rng(0)
+    a = np.concatenate([rng.normal(0, 30, 5000), [0.0, -0.0, 6e-8, -6e-5, 65504.0, -65504.0]]).astype(np.float16)
+    expect = a.astype(np.float32)
+    threads = torch.get_num_threads()
+    try:
+        for n in (1, 2):
+            torch.set_num_threads(n)
+            got = f16_to_f32(a.reshape(-1, 2))
+            assert got.dtype == np.float32
+            np.testing.assert_array_equal(got.reshape(-1).view(np.uint32), expect.view(np.uint32))
+    finally:
+        torch.set_num_threads(threads)
+
+
+@pytest.fixture()
+def one_shard(tmp_path):
+    rng = np.random.default_rng(3)
+    rgb = (rng.random((6, 32, 48, 3)) * 255).astype(np.uint8)
+    jpegs = testdata.write_frame_folder(tmp_path / "src", "train", "v", rgb)
+    fwd, bwd = testdata.random_flows(rng, 5, 32, 48)
+    testdata.write_seed_flows(tmp_path / "flow", "train", "v", fwd, bwd)
+    m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1,
+                        flows=str(tmp_path / "flow"), progress=False))
+    path = tmp_path / "shard.h5"
+    shutil.copyfile(m.path_of(m.shards[0]), path)
+    return path, jpegs, fwd, bwd
+
+
+def _flip(path, offset):
+    with open(path, "r+b") as f:
+        f.seek(offset)
+        b = f.read(1)
+        f.seek(offset)
+        f.write(bytes([b[0] ^ 1]))
+
+
+def test_fast_reader_reads_through_pread_and_matches_h5py(one_shard):
+    path, jpegs, fwd, bwd = one_shard
+    r = schema.ShardReader(path)
+    try:
+        h = r._handles("v")
+        assert h.blob_at > 0 and (h.fwd_at > 0).all() and (h.bwd_at > 0).all()
+        assert [r.jpeg("v", i) for i in range(6)] == jpegs
+        f, b = r.flows("v", 1, 4)
+        with schema.open_shard(path) as h5:
+            f2, b2 = schema.read_flows(h5, "v", 1, 4)
+        np.testing.assert_array_equal(f, f2)
+        np.testing.assert_array_equal(b, b2)
+        np.testing.assert_array_equal(b, bwd[1:5].astype(np.float16).astype(np.float32))
+    finally:
+        r.close()
+
+
+def test_fast_reader_names_bit_flips_in_flow_chunks_and_frames(one_shard):
+    path, jpegs, _, _ = one_shard
+    _flip(path, testdata.file_offset(path, "v", schema.FLOW_FWD, 2) + 10)  # chunks are 96 bytes
+    _flip(path, testdata.file_offset(path, "v", schema.JPEG) + sum(len(b) for b in jpegs[:3]) + 50)
+    ds = ShardClipDataset([path], k=2)
+    ds.get_clip(0, 0)  # frames 0, 1 and pair 0 are intact
+    with pytest.raises(UserError, match=r"shard\.h5: video 'v' frame 3: JPEG bytes fail their CRC32"):
+        ds.get_clip(0, 2)
+    ds.get_clip(0, 4)
+    ds3 = ShardClipDataset([path], k=3)
+    with pytest.raises(UserError, match=r"shard\.h5: video 'v' flow_fwd pair 2 fails its CRC32"):
+        ds3.get_clip(0, 2)
+    # Without CRC checks the damaged bytes are returned as they are.
+    assert ShardClipDataset([path], k=3, check_crc=False).get_clip(0, 2)["fwd"].shape == (2, 2, 4, 6)
+
+
+def test_truncated_shard_is_named_by_the_reader(one_shard):
+    path, _, _, _ = one_shard
+    with open(path, "r+b") as f:
+        f.truncate(path.stat().st_size - 4096)
+    with pytest.raises(UserError, match=r"shard\.h5: cannot open shard \(truncated or not HDF5"):
+        ShardClipDataset([path], k=1)
+    with pytest.raises(ShardError, match=r"shard\.h5: cannot open shard"):
+        schema.ShardReader(path)
