@@ -360,5 +360,9 @@ def config_from_args(args: argparse.Namespace) -> SegConfig:
 
 def main(argv: Sequence[str]) -> int:
     args = build_parser().parse_args(list(argv))
+    # Frozen pretrained features can be subnormal floats, which run ~10x slower on x86 CPUs.
+    import torch
+
+    torch.set_flush_denormal(True)
     run(config_from_args(args))
     return 0
