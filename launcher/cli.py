@@ -3,7 +3,15 @@ import sys
 
 from pixpro_of.cli_util import run_subcommands
 
-COMMANDS: dict = {}
+COMMANDS: dict = {
+    "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),
+    "submit": ("launcher.submit", "Render the job script into a new run directory and submit it"),
+    "status": ("launcher.status", "Where a run stands (rate-limited scheduler queries)"),
+    "cancel": ("launcher.cancel", "Stop a run and cancel its jobs"),
+    "logs": ("launcher.logs", "The run's log, appended across requeues"),
+    "resume": ("launcher.resume", "Continue a stopped or failed run from its checkpoint"),
+    "list": ("launcher.list_runs", "The runs under a directory"),
+}
 
 
 def main(argv=None) -> int:

@@ -1,0 +1,194 @@
+"""Cluster profiles: what one cluster's nodes, queues and MPI look like, read from a data file.
+
+Profiles ship as TOML files in ``configs/clusters/`` (installed as the package ``launcher.profiles``).
+A user directory given with ``--profile-dir`` (or ``$LAUNCHER_PROFILE_DIR``) is searched first, and
+``--cluster`` also accepts a path to a ``.toml`` file.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import re
+import tomllib
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from launcher.errors import UserError
+
+SCHEDULERS = ("slurm", "pbs", "sge", "pjm", "local")
+LAUNCH_METHODS = ("mpirun", "horovodrun", "srun", "torchrun")
+
+#: The profile used when ``--cluster`` is not given.
+DEFAULT_PROFILE = {"slurm": "slurm", "pbs": "pbs", "sge": "sge", "pjm": "pjm", "local": "local"}
+
+
+@dataclass(frozen=True)
+class ClusterProfile:
+    """One cluster. Times are in seconds; counts are per node.
+
+    ``setup`` lines are shell written by whoever wrote the profile (trusted, not user input);
+    every other value is quoted when it goes into a job script.
+    """
+
+    name: str
+    scheduler: str
+    description: str = ""
+    gpus_per_node: int = 0
+    cpus_per_node: int = 1
+    cpu_ranks_per_node: int = 1  # ranks per node when --gpus 0
+    queue: str = ""  # SLURM partition, PBS queue, SGE queue, PJM resource group
+    node_resource: str = ""  # SGE: exclusive-node resource (rt_F, f_node); empty = use a parallel environment
+    parallel_env: str = ""  # SGE: parallel environment name when node_resource is empty
+    gpu_resource: str = "gpu"  # SGE/PBS name of the GPU resource when nodes are shared
+    exclusive: bool = True  # ask for whole nodes (SLURM --exclusive)
+    select_resources: Tuple[str, ...] = ("ncpus", "ngpus")  # PBS: per-chunk resources written in select=
+    place: str = "scatter:excl"  # PBS -l place=; "" = leave it to the queue
+    max_walltime_s: int = 24 * 3600
+    default_walltime_s: int = 3600
+    modules: Tuple[str, ...] = ()
+    setup: Tuple[str, ...] = ()
+    mpirun_flags: Tuple[str, ...] = ()
+    env: Tuple[Tuple[str, str], ...] = ()  # exported in the job and forwarded to ranks
+    local_dir_var: str = "TMPDIR"  # node-local scratch; /tmp when unset in the job
+    warning_signal: str = ""  # scheduler's pre-kill signal (SLURM: USR2); "" = none
+    warning_lead_s: int = 300
+    deadline_margin_s: int = 600  # trainer deadline = job start + walltime - margin
+    can_requeue: bool = False  # a job may requeue itself (scontrol requeue)
+    group_on_command_line: bool = False  # SGE on ABCI 2.0: -g only on the qsub command line
+    launch_method: str = "mpirun"
+    python: str = "python3"
+    max_timeouts: int = 20
+    max_preemptions: int = 100
+    source: str = ""
+
+    def validate(self) -> None:
+        where = self.source or self.name
+        if self.scheduler not in SCHEDULERS:
+            raise UserError(f"profile {where}: scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
+        if self.launch_method not in LAUNCH_METHODS:
+            raise UserError(f"profile {where}: launch_method {self.launch_method!r} is not one of {', '.join(LAUNCH_METHODS)}")
+        if self.gpus_per_node < 0 or self.cpus_per_node < 1 or self.cpu_ranks_per_node < 1:
+            raise UserError(f"profile {where}: gpus_per_node must be >= 0, cpus_per_node and cpu_ranks_per_node >= 1")
+        if self.default_walltime_s > self.max_walltime_s:
+            raise UserError(f"profile {where}: default_walltime exceeds max_walltime")
+        if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.local_dir_var):
+            raise UserError(f"profile {where}: local_dir_var {self.local_dir_var!r} is not an environment variable name")
+        for key, _ in self.env:
+            if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+                raise UserError(f"profile {where}: env name {key!r} is not an environment variable name")
+        bad = [r for r in self.select_resources if r not in ("ncpus", "ngpus", "mem")]
+        if bad:
+            raise UserError(f"profile {where}: select_resources {bad} (known: ncpus, ngpus)")
+        if self.warning_signal and self.warning_signal not in ("USR1", "USR2", "TERM", "INT", "HUP", "URG"):
+            raise UserError(f"profile {where}: warning_signal {self.warning_signal!r} is not a signal name like USR2")
+
+
+def parse_duration(text: str, what: str = "--walltime") -> int:
+    """``HH:MM:SS``, ``HH:MM``, ``D-HH:MM:SS`` or a number of minutes -> seconds."""
+    s = str(text).strip()
+    try:
+        days = 0
+        if "-" in s:
+            d, s = s.split("-", 1)
+            days = int(d)
+        parts = [int(p) for p in s.split(":")]
+    except ValueError:
+        raise UserError(f"{what}: {text!r} is not a duration (use HH:MM:SS, HH:MM or minutes)") from None
+    if len(parts) == 1:
+        secs = parts[0] * 60
+    elif len(parts) == 2:
+        secs = parts[0] * 3600 + parts[1] * 60
+    elif len(parts) == 3:
+        secs = parts[0] * 3600 + parts[1] * 60 + parts[2]
+    else:
+        raise UserError(f"{what}: {text!r} is not a duration (use HH:MM:SS, HH:MM or minutes)")
+    secs += days * 86400
+    if secs <= 0 or any(p < 0 for p in parts):
+        raise UserError(f"{what}: {text!r} must be a positive duration")
+    return secs
+
+
+def format_hms(seconds: int) -> str:
+    """Seconds -> ``HH:MM:SS`` (hours may exceed 24), the form every scheduler accepts."""
+    h, rem = divmod(int(seconds), 3600)
+    m, s = divmod(rem, 60)
+    return f"{h:02d}:{m:02d}:{s:02d}"
+
+
+_FIELDS = {f.name: f for f in dataclasses.fields(ClusterProfile)}
+
+
+def profile_from_dict(data: dict, source: str) -> ClusterProfile:
+    """Build a profile from parsed TOML; unknown keys are errors that list the known ones."""
+    kwargs = {}
+    for key, value in data.items():
+        if key in ("max_walltime", "default_walltime"):
+            kwargs[key + "_s"] = parse_duration(value, f"profile {source}: {key}")
+            continue
+        if key not in _FIELDS or key in ("source",):
+            known = sorted(k for k in _FIELDS if k not in ("source", "max_walltime_s", "default_walltime_s"))
+            raise UserError(f"profile {source}: unknown key {key!r} (known: {', '.join(known + ['max_walltime', 'default_walltime'])})")
+        if key == "env":
+            if not isinstance(value, dict):
+                raise UserError(f"profile {source}: env must be a table of NAME = \"value\"")
+            value = tuple((str(k), str(v)) for k, v in value.items())
+        elif isinstance(value, list):
+            value = tuple(str(v) for v in value)
+        kwargs[key] = value
+    if "name" not in kwargs or "scheduler" not in kwargs:
+        raise UserError(f"profile {source}: 'name' and 'scheduler' are required")
+    try:
+        prof = ClusterProfile(source=source, **kwargs)
+    except TypeError as exc:
+        raise UserError(f"profile {source}: {exc}") from None
+    prof.validate()
+    return prof
+
+
+def _search_dirs(profile_dir: Optional[str]) -> List[Path]:
+    dirs = []
+    for d in (profile_dir, os.environ.get("LAUNCHER_PROFILE_DIR")):
+        if d:
+            dirs.append(Path(d))
+    return dirs
+
+
+def _builtin_files() -> Dict[str, object]:
+    root = resources.files("launcher.profiles")
+    return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".toml")}
+
+
+def available_profiles(profile_dir: Optional[str] = None) -> List[str]:
+    """Names of every profile: the user's directories first, then the shipped ones."""
+    names = set(_builtin_files())
+    for d in _search_dirs(profile_dir):
+        if d.is_dir():
+            names.update(p.stem for p in d.glob("*.toml"))
+    return sorted(names)
+
+
+def load_profile(name: str, profile_dir: Optional[str] = None) -> ClusterProfile:
+    """Load a profile by name (user directory first, then shipped) or by path to a .toml file."""
+    if name.endswith(".toml") or os.sep in name:
+        path = Path(name)
+        if not path.is_file():
+            raise UserError(f"--cluster: profile file {name} does not exist")
+        return _parse(path.read_bytes(), str(path))
+    for d in _search_dirs(profile_dir):
+        path = d / f"{name}.toml"
+        if path.is_file():
+            return _parse(path.read_bytes(), str(path))
+    builtin = _builtin_files()
+    if name in builtin:
+        return _parse(builtin[name].read_bytes(), f"{name}.toml")
+    raise UserError(f"--cluster: unknown profile {name!r} (available: {', '.join(available_profiles(profile_dir))})")
+
+
+def _parse(raw: bytes, source: str) -> ClusterProfile:
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise UserError(f"profile {source}: not valid TOML ({exc})") from None
+    return profile_from_dict(data, source)

@@ -1,0 +1,40 @@
+"""``launcher list [ROOT]``: the runs under ROOT (default ``runs``), one line each."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launcher.rundir import RunDir
+from launcher.status import run_state
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="launcher list", description=__doc__.splitlines()[0])
+    ap.add_argument("root", nargs="?", default="runs")
+    args = ap.parse_args(argv)
+    root = Path(args.root)
+    rows = []
+    for req_file in sorted(root.glob("*/job/request.json")):
+        rd = RunDir(str(req_file.parent.parent))
+        try:
+            req = json.loads(req_file.read_text())
+        except json.JSONDecodeError:
+            continue
+        jobs = rd.jobs()
+        last = jobs[-1].job_id if jobs else "-"
+        rows.append((req_file.parent.parent.name, req.get("scheduler", "?"), req.get("profile", "?"),
+                     last or "-", run_state(rd)))
+    if not rows:
+        print(f"no runs under {root}", file=sys.stderr)
+        return 0
+    print(f"{'RUN':30s} {'SCHEDULER':9s} {'PROFILE':10s} {'LAST JOB':12s} STATE")
+    for r in rows:
+        print(f"{r[0]:30s} {r[1]:9s} {r[2]:10s} {r[3]:12s} {r[4]}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

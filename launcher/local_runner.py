@@ -1,0 +1,99 @@
+"""Run a job script on this machine, as a scheduler would: ``python -m launcher.local_runner SCRIPT``.
+
+The runner plays the batch system for ``--scheduler local``. It runs ``bash SCRIPT`` with
+``LAUNCHER_JOB_ID`` and ``LAUNCHER_RESTART_COUNT`` set, and runs it again (restart count + 1)
+while the script exits 75 ("resume me"), the local form of a requeue. With a walltime it sends
+the warning signal ``--signal`` ``--lead`` seconds before the end and SIGTERM at the end, then
+SIGKILL 10 s later, like a batch system's time limit. SIGTERM to the runner (``launcher cancel``)
+is passed to the script and ends the loop. State goes to ``RUN_DIR/job/local.json``.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Optional, Sequence
+
+from launcher.rundir import atomic_write
+
+EXIT_RESUME = 75
+MAX_RESTARTS = 1000
+
+
+class _Cancel:
+    requested = False
+
+
+def _write_state(path: Path, **state) -> None:
+    atomic_write(path, json.dumps(state, sort_keys=True) + "\n")
+
+
+def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: float, warn_signal: str,
+               state_file: Optional[Path]) -> int:
+    cancel = _Cancel()
+    child: Optional[subprocess.Popen] = None
+
+    def on_term(signum, frame):
+        cancel.requested = True
+        if child is not None and child.poll() is None:
+            child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
+    restarts = 0
+    rc = 0
+    while True:
+        env = dict(os.environ, LAUNCHER_JOB_ID=job_id, LAUNCHER_RESTART_COUNT=str(restarts), LAUNCHER_LINK=str(link))
+        if state_file:
+            _write_state(state_file, job_id=job_id, pid=os.getpid(), state="running", restarts=restarts, rc=None)
+        child = subprocess.Popen(["bash", script], env=env)
+        start = time.monotonic()
+        warned = killed = False
+        while True:
+            try:
+                rc = child.wait(timeout=0.2)
+                break
+            except subprocess.TimeoutExpired:
+                pass
+            elapsed = time.monotonic() - start
+            if walltime_s > 0:
+                if warn_signal and not warned and elapsed >= walltime_s - lead_s:
+                    child.send_signal(getattr(signal, "SIG" + warn_signal))
+                    warned = True
+                if not killed and elapsed >= walltime_s:
+                    child.send_signal(signal.SIGTERM)
+                    killed = True
+                if elapsed >= walltime_s + 10:
+                    child.kill()
+        if rc == EXIT_RESUME and not cancel.requested and restarts < MAX_RESTARTS:
+            restarts += 1
+            continue
+        break
+    if state_file:
+        state = "cancelled" if cancel.requested else ("finished" if rc == 0 else "failed")
+        _write_state(state_file, job_id=job_id, pid=os.getpid(), state=state, restarts=restarts, rc=rc)
+    return rc
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m launcher.local_runner", description=__doc__.splitlines()[0])
+    ap.add_argument("script")
+    ap.add_argument("--job-id", default=None, help="default: local-<pid>")
+    ap.add_argument("--link", type=int, default=0)
+    ap.add_argument("--walltime", type=float, default=0.0, help="seconds; 0 = no limit")
+    ap.add_argument("--lead", type=float, default=0.0, help="seconds before the walltime to send --signal")
+    ap.add_argument("--signal", default="USR2", help="warning signal name without SIG; '' for none")
+    ap.add_argument("--state-file", default=None)
+    args = ap.parse_args(argv)
+    job_id = args.job_id or f"local-{os.getpid()}"
+    return run_script(args.script, job_id, args.link, args.walltime, args.lead, args.signal,
+                      Path(args.state_file) if args.state_file else None)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,31 @@
+"""``launcher render``: the dry run. The job script goes to stdout, the exact submit command(s) to stderr.
+
+``launcher render ... > job.sh`` gives a runnable script; nothing is written or submitted.
+"""
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from typing import Optional, Sequence
+
+from launcher.options import add_job_options
+from launcher.submit import prepare
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="launcher render", description=__doc__.splitlines()[0], allow_abbrev=False,
+                                 epilog="Any other --option value or key=value goes to the trainer.")
+    add_job_options(ap)
+    args, extra = ap.parse_known_args(argv)
+    prep = prepare(args, extra)
+    sys.stdout.write(prep.script)
+    after = None
+    for link in range(prep.plan.chain):
+        print(shlex.join(prep.link_argv(link, after)), file=sys.stderr)
+        after = f"<job id of link {link}>"
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,257 @@
+"""A job request (what the user asked for) and its plan (nodes, ranks, batch, deadline).
+
+Resource math: ``--gpus G`` on a profile with P GPUs per node gives ``G / P`` nodes of P ranks
+(or one node of G ranks when G < P); ``--gpus 0`` gives CPU ranks (``cpu_ranks_per_node`` per
+node). A global batch must divide evenly over the ranks. Anything that does not divide is a
+:class:`UserError` that says what would work.
+"""
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+from pathlib import Path
+from typing import List, Optional, Sequence, Tuple
+
+from launcher.errors import UserError
+from launcher.clusters import ClusterProfile, format_hms
+
+#: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
+DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.:=,+/@%^-]*$")
+
+EXIT_RESUME = 75  # trainer: checkpointed, resume me (ARCHITECTURE.md)
+
+
+@dataclass(frozen=True)
+class JobRequest:
+    """What the user asked for, after argument parsing. Times in seconds, paths absolute."""
+
+    scheduler: str
+    profile: ClusterProfile
+    gpus: int
+    name: str
+    run_dir: str
+    frames: Optional[int] = None
+    preset: Optional[str] = None
+    walltime_s: Optional[int] = None
+    chain: int = 1
+    launch_method: Optional[str] = None
+    backend: Optional[str] = None
+    trainer_command: Optional[str] = None  # replaces "PYTHON -m pixpro_of train"
+    trainer_config: Optional[str] = None
+    passthrough: Tuple[str, ...] = ()  # key=value for the trainer
+    data_manifest: Optional[str] = None
+    data_key: str = "data.shards"  # receives [STAGED_DIR/manifest.json]
+    global_batch: Optional[int] = None
+    batch_key: str = "data.batch_size"  # receives the global batch
+    nodes: Optional[int] = None  # only for --gpus 0
+    ranks_per_node: Optional[int] = None  # only for --gpus 0
+    group: str = ""
+    queue: Optional[str] = None
+    python: Optional[str] = None
+    max_timeouts: Optional[int] = None
+    max_preemptions: Optional[int] = None
+
+
+@dataclass(frozen=True)
+class JobPlan:
+    """Everything the templates need, all derived and checked. Times in seconds."""
+
+    request: JobRequest
+    name: str  # safe for directives
+    run_dir: str
+    nodes: int
+    ranks_per_node: int
+    gpus_per_node: int  # GPUs asked for per node (0 for CPU runs)
+    cpus_per_rank: int
+    walltime_s: int
+    walltime_hms: str
+    deadline_margin_s: int
+    warning_lead_s: int
+    launch_method: str
+    backend: str
+    queue: str
+    group: str
+    chain: int
+    max_timeouts: int
+    max_preemptions: int
+    python: str
+    trainer_argv: Tuple[str, ...]  # command and options (the script adds --deadline)
+    trainer_overrides: Tuple[str, ...]  # key=value (the script adds the staged data directory)
+    per_rank_batch: Optional[int]
+    data_manifest: str
+
+    @property
+    def ranks(self) -> int:
+        return self.nodes * self.ranks_per_node
+
+    @property
+    def profile(self) -> ClusterProfile:
+        return self.request.profile
+
+
+def safe_job_name(name: str) -> str:
+    """A job name schedulers accept in a directive: letters, digits, ``_ . -``; at most 64 chars.
+
+    PBS also wants the first character to be a letter.
+    """
+    cleaned = re.sub(r"[^A-Za-z0-9_.-]", "_", name)[:64]
+    if not cleaned or not cleaned[0].isalpha():
+        cleaned = ("r" + cleaned)[:64]
+    return cleaned
+
+
+def _divisors_hint(total: int, per: int) -> str:
+    lo = (total // per) * per
+    hi = lo + per
+    options = [str(v) for v in (lo, hi) if v > 0]
+    return " or ".join(options)
+
+
+def plan_job(req: JobRequest) -> JobPlan:
+    """Check a request against its profile and derive nodes, ranks, batch and walltime."""
+    prof = req.profile
+    if req.gpus < 0:
+        raise UserError(f"--gpus {req.gpus}: must be 0 (CPU ranks) or more")
+    if req.chain < 1:
+        raise UserError(f"--chain {req.chain}: must be at least 1")
+    if req.gpus == 0:
+        rpn = req.ranks_per_node or prof.cpu_ranks_per_node
+        nodes = req.nodes or 1
+        gpn = 0
+    else:
+        if req.nodes is not None or req.ranks_per_node is not None:
+            raise UserError("--nodes/--ranks-per-node are for CPU runs (--gpus 0); with GPUs they follow from the profile")
+        if prof.gpus_per_node == 0:
+            raise UserError(f"--gpus {req.gpus}: profile {prof.name} has no GPUs (use --gpus 0)")
+        if req.gpus <= prof.gpus_per_node:
+            nodes, rpn = 1, req.gpus
+        elif req.gpus % prof.gpus_per_node:
+            raise UserError(
+                f"--gpus {req.gpus} does not fill whole nodes of profile {prof.name} "
+                f"({prof.gpus_per_node} GPUs per node); use {_divisors_hint(req.gpus, prof.gpus_per_node)}")
+        else:
+            nodes, rpn = req.gpus // prof.gpus_per_node, prof.gpus_per_node
+        gpn = rpn
+    if nodes < 1 or rpn < 1:
+        raise UserError("--nodes and --ranks-per-node must be at least 1")
+    ranks = nodes * rpn
+    per_rank_batch = None
+    if req.global_batch is not None:
+        if req.global_batch < 1 or req.global_batch % ranks:
+            lo = max(ranks, (req.global_batch // ranks) * ranks)
+            raise UserError(
+                f"--global-batch {req.global_batch} does not divide over {ranks} ranks; "
+                f"use a multiple of {ranks} such as {lo} or {lo + ranks}")
+        per_rank_batch = req.global_batch // ranks
+    walltime = req.walltime_s if req.walltime_s is not None else prof.default_walltime_s
+    if walltime > prof.max_walltime_s:
+        raise UserError(
+            f"--walltime {format_hms(walltime)} exceeds the maximum {format_hms(prof.max_walltime_s)} of profile {prof.name}; "
+            f"use --chain to continue in further jobs")
+    margin = min(prof.deadline_margin_s, walltime // 4)
+    lead = min(prof.warning_lead_s, walltime // 4)
+    method = req.launch_method or prof.launch_method
+    if method == "srun" and req.scheduler != "slurm":
+        raise UserError(f"--launch srun needs --scheduler slurm (got {req.scheduler})")
+    backend = req.backend or ("horovod" if method in ("mpirun", "horovodrun") else "ddp")
+    if backend not in ("horovod", "ddp"):
+        raise UserError(f"--backend {backend!r}: use horovod or ddp")
+    if method == "horovodrun" and backend != "horovod":
+        raise UserError("--launch horovodrun starts Horovod ranks; use --backend horovod")
+    if method == "torchrun" and backend != "ddp":
+        raise UserError("--launch torchrun starts torch.distributed ranks; use --backend ddp")
+    queue = prof.queue if req.queue is None else req.queue
+    for label, value in (("--queue", queue), ("--group", req.group)):
+        if not DIRECTIVE_SAFE.match(value):
+            raise UserError(f"{label} {value!r}: only letters, digits and _ . : = , + / @ % ^ - are allowed")
+    if req.data_manifest:
+        manifest = Path(req.data_manifest)
+        if not manifest.is_file():
+            raise UserError(f"--data: shard manifest {req.data_manifest} does not exist")
+    python = req.python or prof.python
+    trainer, overrides = _trainer_argv(req, python, backend)
+    cpus = max(1, prof.cpus_per_node // rpn)
+    return JobPlan(
+        request=req, name=safe_job_name(req.name), run_dir=req.run_dir, nodes=nodes, ranks_per_node=rpn,
+        gpus_per_node=gpn, cpus_per_rank=cpus, walltime_s=walltime, walltime_hms=format_hms(walltime),
+        deadline_margin_s=margin, warning_lead_s=lead, launch_method=method, backend=backend, queue=queue,
+        group=req.group, chain=req.chain,
+        max_timeouts=prof.max_timeouts if req.max_timeouts is None else req.max_timeouts,
+        max_preemptions=prof.max_preemptions if req.max_preemptions is None else req.max_preemptions,
+        python=python, trainer_argv=tuple(trainer), trainer_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
+        data_manifest=str(Path(req.data_manifest).resolve()) if req.data_manifest else "",
+    )
+
+
+def _trainer_argv(req: JobRequest, python: str, backend: str) -> Tuple[List[str], List[str]]:
+    """The trainer's command and options, and its ``key=value`` overrides.
+
+    The job script puts ``--deadline ISO`` between the two and appends the staged data directory.
+    Shape: ``PYTHON -m pixpro_of train --run-dir DIR [--config FILE|PRESET] [key=value ...]``.
+    """
+    if req.trainer_command:
+        try:
+            argv = shlex.split(req.trainer_command)
+        except ValueError as exc:
+            raise UserError(f"--trainer-command: {exc}") from None
+        if not argv:
+            raise UserError("--trainer-command is empty")
+    else:
+        argv = [python, "-m", "pixpro_of", "train"]
+    argv += ["--run-dir", req.run_dir]
+    overrides: List[str] = []
+    if req.frames is not None and req.frames < 1:
+        raise UserError(f"--frames {req.frames}: must be at least 1")
+    if req.trainer_config:
+        if req.preset:
+            raise UserError("--config and --preset both choose the trainer config; give one")
+        if not Path(req.trainer_config).is_file():
+            raise UserError(f"--config: trainer config {req.trainer_config} does not exist")
+        argv += ["--config", str(Path(req.trainer_config).resolve())]
+        if req.frames is not None:
+            overrides.append(f"data.k={req.frames}")
+    elif req.preset:
+        argv += ["--config", req.preset]
+        if req.frames is not None:
+            overrides.append(f"data.k={req.frames}")
+    elif req.frames is not None:
+        argv += ["--config", f"pixpro_k{req.frames}"]
+    overrides.append(f"dist.backend={backend}")
+    if req.global_batch is not None:
+        overrides.append(f"{req.batch_key}={req.global_batch}")
+    overrides += list(req.passthrough)
+    return argv, overrides
+
+
+def passthrough_args(extra: Sequence[str]) -> List[str]:
+    """Unknown CLI words -> trainer ``key=value`` overrides.
+
+    ``key=value`` stays; ``--some-option value`` and ``--some-option=value`` become
+    ``some_option=value``; a ``--flag`` followed by another option (or nothing) becomes ``flag=true``.
+    """
+    out: List[str] = []
+    i = 0
+    words = list(extra)
+    while i < len(words):
+        w = words[i]
+        if w.startswith("--") and len(w) > 2:
+            key = w[2:]
+            if "=" in key:
+                k, v = key.split("=", 1)
+                out.append(f"{k.replace('-', '_')}={v}")
+                i += 1
+                continue
+            if i + 1 < len(words) and not words[i + 1].startswith("--"):
+                out.append(f"{key.replace('-', '_')}={words[i + 1]}")
+                i += 2
+            else:
+                out.append(f"{key.replace('-', '_')}=true")
+                i += 1
+            continue
+        if "=" in w and not w.startswith("-") and w.split("=", 1)[0]:
+            out.append(w)
+            i += 1
+            continue
+        raise UserError(f"unexpected argument {w!r}: trainer options are key=value or --option value")
+    return out

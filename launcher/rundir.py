@@ -1,0 +1,143 @@
+"""The run directory as the launcher sees it (layout in ARCHITECTURE.md "Runs").
+
+``job/`` holds what the launcher owns: ``job.sh`` (the rendered script), ``request.json`` (the
+options it was rendered from), ``submit.txt`` (each exact submit command), ``jobs.tsv`` (job-id
+history: time, kind, link, job id, raw submit output), ``events.tsv`` (written by the job
+script: start, staged, checkpointed, requeued, finished, failures), ``stopped`` (why the run
+was stopped; links exit at once while it exists), ``timeout.count``/``preemption.count``.
+``logs/run.log`` is appended by every link; ``done`` is written by the trainer.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional
+
+from launcher.errors import UserError
+
+
+def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
+    """Write ``text`` to a temporary file in the same directory, then rename it into place."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(tmp, mode)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def now_iso() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+
+
+@dataclass(frozen=True)
+class JobRecord:
+    time: str
+    kind: str  # submit | chain | extend | resume
+    link: str
+    job_id: str
+    raw: str
+
+
+class RunDir:
+    def __init__(self, path: str):
+        self.path = Path(path).resolve()
+
+    @property
+    def job(self) -> Path:
+        return self.path / "job"
+
+    @property
+    def script(self) -> Path:
+        return self.job / "job.sh"
+
+    @property
+    def log(self) -> Path:
+        return self.path / "logs" / "run.log"
+
+    def exists(self) -> bool:
+        return (self.job / "request.json").is_file()
+
+    def require(self) -> "RunDir":
+        if not self.exists():
+            raise UserError(f"{self.path} is not a launcher run directory (no job/request.json)")
+        return self
+
+    def is_done(self) -> bool:
+        return (self.path / "done").exists()
+
+    def stopped_reason(self) -> Optional[str]:
+        p = self.job / "stopped"
+        return p.read_text().strip() if p.exists() else None
+
+    def stop(self, reason: str) -> None:
+        atomic_write(self.job / "stopped", reason + "\n")
+
+    def clear_stop(self) -> None:
+        try:
+            (self.job / "stopped").unlink()
+        except FileNotFoundError:
+            pass
+
+    def create(self, script: str, request: dict) -> None:
+        for sub in ("job", "logs", "checkpoints"):
+            (self.path / sub).mkdir(parents=True, exist_ok=True)
+        atomic_write(self.script, script, 0o755)
+        atomic_write(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+
+    def request(self) -> dict:
+        return json.loads((self.job / "request.json").read_text())
+
+    def record_submit(self, argv: List[str]) -> None:
+        with open(self.job / "submit.txt", "a") as f:
+            f.write(f"{now_iso()}\t{shlex.join(argv)}\n")
+
+    def record_job(self, kind: str, link: int, job_id: str, raw: str) -> None:
+        raw1 = " ".join(raw.split())
+        with open(self.job / "jobs.tsv", "a") as f:
+            f.write(f"{now_iso()}\t{kind}\t{link}\t{job_id}\t{raw1}\n")
+
+    def jobs(self, parse_id=None) -> List[JobRecord]:
+        """Job-id history, oldest first; ids the job script recorded raw are parsed with ``parse_id``."""
+        p = self.job / "jobs.tsv"
+        out = []
+        if not p.exists():
+            return out
+        for line in p.read_text().splitlines():
+            parts = line.split("\t")
+            if len(parts) < 5:
+                parts += [""] * (5 - len(parts))
+            t, kind, link, job_id, raw = parts[:5]
+            if not job_id and parse_id is not None:
+                try:
+                    job_id = parse_id(raw)
+                except UserError:
+                    job_id = "?"
+            out.append(JobRecord(t, kind, link, job_id, raw))
+        return out
+
+    def events(self) -> List[List[str]]:
+        p = self.job / "events.tsv"
+        if not p.exists():
+            return []
+        return [line.split("\t") for line in p.read_text().splitlines() if line]
+
+    def counters(self) -> Dict[str, int]:
+        out = {}
+        for kind in ("timeout", "preemption"):
+            p = self.job / f"{kind}.count"
+            try:
+                out[kind] = int(p.read_text().strip() or 0)
+            except (FileNotFoundError, ValueError):
+                out[kind] = 0
+        return out

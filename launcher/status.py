@@ -1,0 +1,101 @@
+"""``launcher status RUN_DIR``: where a run stands, from its run directory and the scheduler.
+
+Scheduler queries are rate-limited: the answer is cached in ``job/status_cache.json`` and reused
+for ``--min-interval`` seconds (default 30), so a loop of ``launcher status`` does not flood the
+batch system.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from typing import Dict, List, Optional, Sequence
+
+from launcher.errors import UserError
+from launcher.rundir import RunDir, atomic_write
+from launcher.schedulers import get_scheduler
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def local_state(rd: RunDir) -> Dict[str, str]:
+    p = rd.job / "local.json"
+    if not p.exists():
+        return {}
+    st = json.loads(p.read_text())
+    state = st.get("state", "?")
+    if state == "running" and not pid_alive(int(st.get("pid", 0))):
+        state = "gone (runner died)"
+    return {st.get("job_id", "?"): f"{state} (restarts {st.get('restarts', 0)}, rc {st.get('rc')})"}
+
+
+def query_states(rd: RunDir, ids: List[str], min_interval: float) -> Dict[str, str]:
+    """Scheduler states of ``ids``; jobs the scheduler no longer lists are 'finished (not in queue)'."""
+    req = rd.request()
+    sched = get_scheduler(req["scheduler"])
+    if sched.name == "local":
+        return local_state(rd)
+    cache = rd.job / "status_cache.json"
+    if cache.exists():
+        c = json.loads(cache.read_text())
+        if time.time() - c.get("time", 0) < min_interval and c.get("ids") == ids:
+            return c["states"]
+    argv = sched.status_argv(ids)
+    try:
+        proc = subprocess.run(argv, capture_output=True, text=True, timeout=60)
+        output = proc.stdout
+    except (FileNotFoundError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"{argv[0]}: cannot query the scheduler ({exc.__class__.__name__})") from None
+    found = sched.parse_status(output, ids)
+    states = {i: found.get(i, "finished (not in queue)") for i in ids}
+    atomic_write(cache, json.dumps({"time": time.time(), "ids": ids, "states": states}) + "\n")
+    return states
+
+
+def run_state(rd: RunDir) -> str:
+    if rd.is_done():
+        return "done"
+    reason = rd.stopped_reason()
+    if reason:
+        return f"stopped: {reason}"
+    return "in progress"
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="launcher status", description=__doc__.splitlines()[0])
+    ap.add_argument("run_dir")
+    ap.add_argument("--min-interval", type=float, default=30.0, help="seconds between scheduler queries")
+    ap.add_argument("--events", type=int, default=5, help="how many recent job events to show")
+    args = ap.parse_args(argv)
+    rd = RunDir(args.run_dir).require()
+    req = rd.request()
+    sched = get_scheduler(req["scheduler"])
+    jobs = rd.jobs(sched.parse_job_id)
+    ids = [j.job_id for j in jobs if j.job_id not in ("", "?")]
+    recent = ids[-5:]
+    states = query_states(rd, recent, args.min_interval) if recent else {}
+    counts = rd.counters()
+    print(f"run      {rd.path}")
+    print(f"state    {run_state(rd)}")
+    print(f"profile  {req['profile']} ({req['scheduler']}), {req['nodes']} node(s) x {req['ranks_per_node']} rank(s)")
+    print(f"resumes  {counts['timeout']} after timeouts, {counts['preemption']} after preemptions")
+    for j in jobs[-5:]:
+        print(f"job      {j.job_id}  link {j.link}  {j.kind:7s} {states.get(j.job_id, '')}")
+    for ev in rd.events()[-args.events:]:
+        print("event    " + "  ".join(ev))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

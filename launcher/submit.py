@@ -1,0 +1,126 @@
+"""``launcher submit``: render the job script into a new run directory and submit it.
+
+``launcher render`` runs the same path without touching anything (:func:`prepare`).
+With ``--chain N`` the first N links are submitted at once, each waiting for the previous one
+(``afterany``); later links are added by the jobs themselves while the run needs them.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from typing import List, Optional, Sequence
+
+from launcher.errors import UserError
+from launcher.options import add_job_options, build_request
+from launcher.request import JobPlan, plan_job
+from launcher.rundir import RunDir
+from launcher.schedulers import Scheduler, get_scheduler
+from launcher.templating import render_script
+
+
+@dataclass(frozen=True)
+class Prepared:
+    plan: JobPlan
+    scheduler: Scheduler
+    script: str
+
+    @property
+    def script_path(self) -> str:
+        return os.path.join(self.plan.run_dir, "job", "job.sh")
+
+    def link_argv(self, link: int, after: Optional[str]) -> List[str]:
+        return self.scheduler.submit_argv(self.plan, self.script_path, link, after)
+
+
+def prepare(args: argparse.Namespace, extra: Sequence[str]) -> Prepared:
+    req = build_request(args, extra)
+    plan = plan_job(req)
+    sched = get_scheduler(req.scheduler)
+    return Prepared(plan, sched, render_script(plan, sched, args.template_dir))
+
+
+def request_record(prep: Prepared, args: argparse.Namespace, extra: Sequence[str]) -> dict:
+    req = prep.plan.request
+    rec = {k: v for k, v in dataclasses.asdict(req).items() if k != "profile"}
+    rec["profile"] = req.profile.name
+    rec["profile_source"] = req.profile.source
+    rec["nodes"] = prep.plan.nodes
+    rec["ranks_per_node"] = prep.plan.ranks_per_node
+    rec["walltime_s"] = prep.plan.walltime_s
+    rec["cwd"] = os.getcwd()
+    return rec
+
+
+def run_submit(argv: List[str], cwd: str) -> str:
+    """Run one submit command; its stdout (the job id line). Failures are UserErrors."""
+    try:
+        proc = subprocess.run(argv, cwd=cwd, capture_output=True, text=True, timeout=120)
+    except FileNotFoundError:
+        raise UserError(f"{argv[0]}: command not found (is this a login node of the cluster?)") from None
+    except subprocess.TimeoutExpired:
+        raise UserError(f"{argv[0]}: no answer in 120 s") from None
+    if proc.returncode != 0:
+        msg = " ".join((proc.stderr or proc.stdout).split())[:300]
+        raise UserError(f"{shlex.join(argv)} failed (exit {proc.returncode}): {msg}")
+    return proc.stdout
+
+
+def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
+    """Start the local runner (detached unless ``wait``); returns (job id, exit code or None)."""
+    job_id = f"local-{os.getpid()}{link:03d}"
+    full = argv[:3] + ["--job-id", job_id] + argv[3:]
+    rd.record_submit(full)
+    rd.record_job("submit", link, job_id, job_id)
+    log = open(rd.path / "logs" / "local-runner.log", "a")
+    if wait:
+        rc = subprocess.call(full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT)
+        return job_id, rc
+    subprocess.Popen(full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                     start_new_session=True)
+    return job_id, None
+
+
+def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: str, wait: bool = False) -> int:
+    """Submit ``count`` links starting at ``first_link``, each depending on the one before."""
+    after = None
+    for i in range(first_link, first_link + count):
+        argv = prep.link_argv(i, after)
+        if prep.scheduler.name == "local":
+            job_id, rc = start_local(rd, argv, i, wait)
+            print(f"launcher: started {job_id} (run {rd.path})", file=sys.stderr)
+            if rc is not None:
+                return rc
+            continue
+        rd.record_submit(argv)
+        out = run_submit(argv, str(rd.path))
+        job_id = prep.scheduler.parse_job_id(out)
+        rd.record_job(kind if i == first_link else "chain", i, job_id, out)
+        print(f"launcher: submitted {job_id} (link {i}, run {rd.path})", file=sys.stderr)
+        print(job_id)
+        after = prep.scheduler.chain_dependency_id(job_id)
+    return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="launcher submit", description=__doc__.splitlines()[0], allow_abbrev=False,
+                                 epilog="Any other --option value or key=value goes to the trainer.")
+    add_job_options(ap)
+    ap.add_argument("--wait", action="store_true", help="local scheduler: run in the foreground, exit with its code")
+    args, extra = ap.parse_known_args(argv)
+    prep = prepare(args, extra)
+    rd = RunDir(prep.plan.run_dir)
+    if rd.is_done():
+        raise UserError(f"--run-dir {rd.path} holds a finished run (done marker); choose another --run-dir or --name")
+    if rd.exists():
+        raise UserError(f"--run-dir {rd.path} already holds a run; continue it with 'launcher resume {rd.path}'")
+    rd.create(prep.script, request_record(prep, args, extra))
+    return submit_links(prep, rd, 0, prep.plan.chain, "submit", wait=args.wait)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

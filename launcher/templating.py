@@ -1,0 +1,112 @@
+"""Render job scripts from Jinja templates with every value shell-quoted.
+
+Templates live in ``templates/`` (package ``launcher.templates``); a user directory
+(``--template-dir`` or ``$LAUNCHER_TEMPLATE_DIR``) is searched first, so a site can override
+``base.sh.j2`` or one scheduler's template. Filters:
+
+- ``sh``: one value -> one shell word (``shlex.quote``); a list -> quoted words joined by spaces.
+- ``sh_argv``: like ``sh`` for a list, but the placeholders of :mod:`launcher.schedulers`
+  become double-quoted shell variables (``"${LAUNCHER_NEXT_LINK}"``, ``"${LAUNCHER_AFTER}"``).
+- ``directive``: a value for a ``#SBATCH``/``#PBS``/``#$``/``#PJM`` line; only a safe character
+  set passes, anything else fails the render.
+"""
+from __future__ import annotations
+
+import os
+import shlex
+from importlib import resources
+from typing import Iterable, Optional
+
+import jinja2
+
+from launcher.errors import UserError
+from launcher.request import DIRECTIVE_SAFE, JobPlan
+from launcher.schedulers import AFTER, LINK, Scheduler
+
+_PLACEHOLDER_VARS = {LINK: "${LAUNCHER_NEXT_LINK}", AFTER: "${LAUNCHER_AFTER}"}
+
+
+class _TemplateFailure(Exception):
+    pass
+
+
+def sh(value) -> str:
+    """Quote for bash: a scalar -> one word, a list/tuple -> space-joined words."""
+    if isinstance(value, (list, tuple)):
+        return " ".join(sh(v) for v in value)
+    if isinstance(value, bool):
+        value = "1" if value else "0"
+    text = str(value)
+    quoted = shlex.quote(text)
+    if quoted == text and "," in text:
+        quoted = f"'{text}'"  # harmless, and shellcheck reads a bare comma in an array as a mistake
+    return quoted
+
+
+def sh_argv(words: Iterable[str]) -> str:
+    """Quote an argv whose words may contain placeholders for shell variables."""
+    out = []
+    for word in words:
+        pieces = [word]
+        for ph, var in _PLACEHOLDER_VARS.items():
+            nxt = []
+            for p in pieces:
+                if isinstance(p, tuple):
+                    nxt.append(p)
+                    continue
+                parts = p.split(ph)
+                for i, part in enumerate(parts):
+                    if i:
+                        nxt.append((var,))
+                    nxt.append(part)
+            pieces = nxt
+        rendered = "".join(f'"{p[0]}"' if isinstance(p, tuple) else (shlex.quote(p) if p else "") for p in pieces)
+        out.append(rendered or "''")
+    return " ".join(out)
+
+
+def directive(value) -> str:
+    text = str(value)
+    if not DIRECTIVE_SAFE.match(text):
+        raise _TemplateFailure(f"value {text!r} is not allowed in a scheduler directive")
+    return text
+
+
+def make_environment(template_dir: Optional[str] = None) -> jinja2.Environment:
+    loaders = []
+    for d in (template_dir, os.environ.get("LAUNCHER_TEMPLATE_DIR")):
+        if d:
+            if not os.path.isdir(d):
+                raise UserError(f"--template-dir: {d} is not a directory")
+            loaders.append(jinja2.FileSystemLoader(d))
+    loaders.append(jinja2.FileSystemLoader(str(resources.files("launcher.templates"))))
+    env = jinja2.Environment(
+        loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined, autoescape=False,
+        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+    env.filters["sh"] = sh
+    env.filters["sh_argv"] = sh_argv
+    env.filters["directive"] = directive
+    return env
+
+
+def render_script(plan: JobPlan, scheduler: Scheduler, template_dir: Optional[str] = None) -> str:
+    """The job script for ``plan`` as text (bash)."""
+    env = make_environment(template_dir)
+    script_path = os.path.join(plan.run_dir, "job", "job.sh")
+    use_requeue = plan.profile.can_requeue and plan.chain == 1 and scheduler.name in ("slurm", "local")
+    context = dict(
+        job=plan, profile=plan.profile, scheduler=scheduler.name, use_requeue=use_requeue,
+        extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER),
+        exit_resume=75,
+    )
+    try:
+        text = env.get_template(scheduler.template).render(**context)
+    except _TemplateFailure as exc:
+        raise UserError(f"render {scheduler.template}: {exc}") from None
+    except jinja2.TemplateNotFound as exc:
+        raise UserError(f"template {exc.name} not found (searched --template-dir, then the shipped templates)") from None
+    except jinja2.UndefinedError as exc:
+        raise UserError(f"template {scheduler.template}: {exc.message}") from None
+    except jinja2.TemplateSyntaxError as exc:
+        raise UserError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
+    return text if text.endswith("\n") else text + "\n"

@@ -1,0 +1,219 @@
+#!/bin/bash
+#PBS -N golden-abci3-horovodrun
+#PBS -l select=2:mpiprocs=8
+
+#PBS -l walltime=12:00:00
+#PBS -q rt_HF
+#PBS -j oe
+#PBS -r y
+#
+# Training job for run golden-abci3-horovodrun, rendered by `launcher` (profile abci3).
+# 2 node(s) x 8 rank(s) via horovodrun, backend horovod, walltime 12:00:00.
+# Every link of the run executes this same script: it exits at once when the run is done,
+# stages shards to node-local disk, starts the trainer, and on exit code 75
+# ("checkpointed, resume me") keeps a chain of dependent jobs going.
+set -uo pipefail
+
+RUN_DIR=/runs/golden-abci3-horovodrun
+LAUNCHER_NNODES=2
+LAUNCHER_RANKS_PER_NODE=8
+LAUNCHER_NRANKS=16
+LAUNCHER_WALLTIME_S=43200
+LAUNCHER_MARGIN_S=900
+LAUNCHER_WARNING_LEAD_S=300
+LAUNCHER_CHAIN_LENGTH=1
+LAUNCHER_MAX_TIMEOUTS=20
+LAUNCHER_MAX_PREEMPTIONS=100
+LAUNCHER_LINK="${LAUNCHER_LINK:-0}"
+LAUNCHER_START=$(date +%s)
+LAUNCHER_JOB_ID="${PBS_JOBID:?this script runs under PBS (qsub)}"
+LAUNCHER_RESTART_COUNT="$LAUNCHER_LINK"
+launcher_hosts() { cat "$PBS_NODEFILE"; }
+LAUNCHER_LOCALDIR="${PBS_LOCALDIR:-/tmp}"
+export RUN_DIR LAUNCHER_JOB_ID LAUNCHER_RESTART_COUNT LAUNCHER_LINK LAUNCHER_CHAIN_LENGTH LAUNCHER_LOCALDIR
+
+mkdir -p "$RUN_DIR/logs" "$RUN_DIR/job" "$RUN_DIR/checkpoints" || exit 1
+cd "$RUN_DIR" || exit 1
+exec >>"$RUN_DIR/logs/run.log" 2>&1
+
+launcher_event() {
+    printf '%s\t%s\t%s\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LAUNCHER_JOB_ID" "$LAUNCHER_LINK" "$*" >>"$RUN_DIR/job/events.tsv"
+    echo "launcher: $*"
+}
+
+launcher_event "start restart=$LAUNCHER_RESTART_COUNT host=$(hostname)"
+if [ -e "$RUN_DIR/done" ]; then
+    launcher_event "skip: the run is done"
+    exit 0
+fi
+if [ -e "$RUN_DIR/job/stopped" ]; then
+    launcher_event "skip: the run was stopped ($(head -n1 "$RUN_DIR/job/stopped")); 'launcher resume' continues it"
+    exit 0
+fi
+
+# Software environment (from the cluster profile).
+# shellcheck source=/dev/null
+source /etc/profile.d/modules.sh
+module load cuda/12.6/12.6.1
+module load cudnn/9.5/9.5.1
+module load nccl/2.23/2.23.4-1
+module load hpcx/2.20
+
+# Hosts: one line per node, "host slots=N", in the scheduler's order.
+LAUNCHER_HOSTFILE="$RUN_DIR/job/hostfile.$LAUNCHER_JOB_ID"
+launcher_hosts | awk -v slots="$LAUNCHER_RANKS_PER_NODE" 'NF && !seen[$1]++ { print $1 " slots=" slots }' >"$LAUNCHER_HOSTFILE"
+launcher_got_hosts=$(wc -l <"$LAUNCHER_HOSTFILE")
+if [ "$launcher_got_hosts" -ne "$LAUNCHER_NNODES" ]; then
+    launcher_event "fail: expected $LAUNCHER_NNODES hosts, the scheduler gave $launcher_got_hosts"
+    exit 1
+fi
+MASTER_ADDR=$(awk 'NR == 1 { print $1 }' "$LAUNCHER_HOSTFILE")
+launcher_id_digits=$(printf '%s' "$LAUNCHER_JOB_ID" | tr -cd '0-9' | tail -c 6)
+MASTER_PORT=$((10000 + 10#${launcher_id_digits:-0} % 50000))
+export MASTER_ADDR MASTER_PORT LAUNCHER_HOSTFILE
+
+# The trainer stops by this deadline (walltime minus a margin, counted from job start, so
+# staging time is included) and exits 75 after writing a checkpoint.
+LAUNCHER_DEADLINE=$((LAUNCHER_START + LAUNCHER_WALLTIME_S - LAUNCHER_MARGIN_S))
+LAUNCHER_DEADLINE_ISO=$(date -u -d "@$LAUNCHER_DEADLINE" +%Y-%m-%dT%H:%M:%SZ)
+export LAUNCHER_DEADLINE LAUNCHER_DEADLINE_ISO
+
+# Signals: the scheduler's warning or termination signal is passed on to the rank launcher as
+# SIGUSR2 (mpirun forwards USR2 to every rank; the trainer checkpoints at its next step).
+launcher_child=""
+launcher_got_signal=""
+launcher_interrupted=0
+# shellcheck disable=SC2317  # called from the traps below
+launcher_on_signal() {
+    launcher_got_signal=$1
+    launcher_interrupted=1
+    echo "launcher: received SIG$1"
+    if [ -n "$launcher_child" ]; then
+        kill -s USR2 "$launcher_child" 2>/dev/null || true
+    fi
+}
+trap 'launcher_on_signal TERM' TERM
+trap 'launcher_on_signal USR2' USR2
+trap 'launcher_on_signal USR1' USR1
+trap 'launcher_on_signal INT' INT
+
+# Run a command in the background and wait for it; a trapped signal interrupts `wait`,
+# so wait again until the command itself has exited. Sets launcher_rc.
+launcher_run() {
+    launcher_rc=0
+    "$@" &
+    launcher_child=$!
+    if [ -n "$launcher_got_signal" ]; then
+        kill -s USR2 "$launcher_child" 2>/dev/null || true
+    fi
+    while :; do
+        launcher_interrupted=0
+        wait "$launcher_child"
+        launcher_rc=$?
+        [ "$launcher_interrupted" = 1 ] || break
+    done
+    launcher_child=""
+    return "$launcher_rc"
+}
+
+# One process per node (staging, torchrun).
+launcher_per_node=(mpirun -np "$LAUNCHER_NNODES" -hostfile "$LAUNCHER_HOSTFILE" -map-by ppr:1:node -bind-to none -mca pml ob1 -mca btl 'self,tcp' -x PATH -x LAUNCHER_LOCALDIR -x MASTER_ADDR -x MASTER_PORT)
+
+# Stage this node's shards to node-local disk (one copier per node); the trainer reads the
+# staged manifest. Staging time counts against the walltime: the deadline is from job start.
+LAUNCHER_DATA_DIR="$LAUNCHER_LOCALDIR/pixpro_shards"
+launcher_stage_start=$(date +%s)
+launcher_run "${launcher_per_node[@]}" python3 -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
+if [ "$launcher_rc" -ne 0 ]; then
+    if [ -n "$launcher_got_signal" ]; then
+        launcher_rc=75
+    else
+        launcher_event "fail: staging exited $launcher_rc"
+        echo "staging failed (exit $launcher_rc)" >"$RUN_DIR/job/stopped"
+        exit "$launcher_rc"
+    fi
+else
+    launcher_event "staged in $(( $(date +%s) - launcher_stage_start )) s"
+fi
+
+# Start the ranks.
+launcher_trainer=(python3 -m pixpro_of train --run-dir /runs/golden-abci3-horovodrun --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
+launcher_trainer+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
+launcher_ranks=(horovodrun --mpi -np "$LAUNCHER_NRANKS" -hostfile "$LAUNCHER_HOSTFILE" --mpi-args='-bind-to none -mca pml ob1 -mca btl self,tcp')
+if [ -z "$launcher_got_signal" ]; then
+    launcher_event "train: ${launcher_ranks[0]} with $LAUNCHER_NRANKS ranks, deadline $LAUNCHER_DEADLINE_ISO"
+    launcher_run "${launcher_ranks[@]}" "${launcher_trainer[@]}"
+fi
+
+# Continue the run in a new job that waits for this one, unless a pre-submitted link already will.
+launcher_extend_chain() {
+    if [ "$LAUNCHER_LINK" -lt $((LAUNCHER_CHAIN_LENGTH - 1)) ]; then
+        launcher_event "chain: link $((LAUNCHER_LINK + 1)) is already queued"
+        return 0
+    fi
+    LAUNCHER_NEXT_LINK=$((LAUNCHER_LINK + 1))
+    LAUNCHER_AFTER=$LAUNCHER_JOB_ID
+    if [ ! -e "$RUN_DIR/job/job.sh" ]; then
+        cp -- "$0" "$RUN_DIR/job/job.sh"
+    fi
+    local out
+    if out=$(qsub -v LAUNCHER_LINK="${LAUNCHER_NEXT_LINK}" -o /runs/golden-abci3-horovodrun/logs/pbs.out -W depend=afterany:"${LAUNCHER_AFTER}" /runs/golden-abci3-horovodrun/job/job.sh 2>&1); then
+        printf '%s\textend\t%s\t\t%s\n' "$(date -u +%Y-%m-%dT%H:%M:%SZ)" "$LAUNCHER_NEXT_LINK" "$(printf '%s' "$out" | tr '\t\n' '  ')" >>"$RUN_DIR/job/jobs.tsv"
+        launcher_event "chain: submitted link $LAUNCHER_NEXT_LINK: $out"
+    else
+        launcher_event "fail: could not submit link $LAUNCHER_NEXT_LINK: $out"
+        echo "could not submit link $LAUNCHER_NEXT_LINK of the chain" >"$RUN_DIR/job/stopped"
+        return 1
+    fi
+}
+
+if [ "$launcher_rc" -ne 0 ] && [ "$launcher_rc" -ne 75 ] && [ -n "$launcher_got_signal" ]; then
+    # The scheduler signalled the job (walltime or preemption; it often signals every process,
+    # and mpirun then aborts): the run continues from its newest valid checkpoint, as after
+    # exit 75.
+    launcher_event "interrupted by SIG$launcher_got_signal (exit $launcher_rc); resuming from the last checkpoint"
+    launcher_rc=75
+fi
+case "$launcher_rc" in
+    0)
+        if [ -e "$RUN_DIR/done" ]; then
+            launcher_event "finished"
+        else
+            launcher_event "finished: exit 0 but no done marker"
+        fi
+        exit 0
+        ;;
+    75)
+        if [ -e "$RUN_DIR/job/stopped" ]; then
+            launcher_event "checkpointed; the run was stopped ($(head -n1 "$RUN_DIR/job/stopped")), not continuing"
+            exit 0
+        fi
+        launcher_now=$(date +%s)
+        if [ "$launcher_got_signal" = TERM ] && [ "$launcher_now" -lt $((LAUNCHER_START + LAUNCHER_WALLTIME_S - LAUNCHER_WARNING_LEAD_S)) ]; then
+            launcher_kind=preemption
+            launcher_max=$LAUNCHER_MAX_PREEMPTIONS
+        else
+            launcher_kind=timeout
+            launcher_max=$LAUNCHER_MAX_TIMEOUTS
+        fi
+        launcher_count_file="$RUN_DIR/job/$launcher_kind.count"
+        launcher_count=$(( $(cat "$launcher_count_file" 2>/dev/null || echo 0) + 1 ))
+        echo "$launcher_count" >"$launcher_count_file"
+        if [ "$launcher_count" -gt "$launcher_max" ]; then
+            launcher_event "stop: $launcher_kind budget of $launcher_max used up"
+            echo "$launcher_kind budget of $launcher_max used up" >"$RUN_DIR/job/stopped"
+            exit 1
+        fi
+        launcher_event "checkpointed: $launcher_kind $launcher_count of $launcher_max"
+        launcher_extend_chain || exit 1
+        exit 0
+        ;;
+    *)
+        launcher_event "fail: trainer exited $launcher_rc"
+        echo "trainer exited $launcher_rc in job $LAUNCHER_JOB_ID" >"$RUN_DIR/job/stopped"
+        exit "$launcher_rc"
+        ;;
+esac
+
+# ---- submit command(s) on stderr ----
+# qsub -v LAUNCHER_LINK=0 -o /runs/golden-abci3-horovodrun/logs/pbs.out /runs/golden-abci3-horovodrun/job/job.sh

@@ -1,0 +1,300 @@
+"""Real SLURM on this machine: submit with the launcher, preempt with ``scontrol requeue``,
+and the run finishes from its checkpoint with the same final state as an uninterrupted run.
+
+The fixture starts its own munged (private socket), slurmctld and slurmd (private ports, spool
+and state directories under a temporary directory, ``SLURM_CONF`` pointing at its own
+slurm.conf), so it touches nothing of the system's SLURM set-up, and stops them by PID.
+Installs ``slurm-wlm munge`` from Debian when they are missing (root only).
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+
+HERE = Path(__file__).resolve().parent
+FAKES = HERE / "fake_schedulers"
+FIXTURE = FAKES / "fixture_trainer.py"
+sys.path.insert(0, str(FAKES))
+from fixture_trainer import advance  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.mpi]
+
+
+def _install_if_missing() -> None:
+    if shutil.which("slurmctld") and shutil.which("munged"):
+        return
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        pytest.skip("slurm-wlm/munge are not installed and this user cannot install them")
+    env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
+    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"],
+                   check=True, env=env, capture_output=True, timeout=600)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait(pred, timeout, what):
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(0.3)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def slurm():
+    """A one-node SLURM cluster; yields the environment for its client commands."""
+    if os.geteuid() != 0:
+        pytest.skip("the SLURM daemons need root here")
+    _install_if_missing()
+    # munged runs as user munge and must reach its socket: pytest's tmp dirs are root-only.
+    base = Path(tempfile.mkdtemp(prefix="launcher-slurm-"))
+    for sub in ("ctld", "d", "munge", "log"):
+        (base / sub).mkdir()
+    shutil.chown(base / "munge", "munge", "munge")
+    os.chmod(base, 0o755)
+    sock = base / "munge" / "munge.sock"
+    host = socket.gethostname().split(".")[0]
+    ctld_port, d_port = _free_port(), _free_port()
+    conf = base / "slurm.conf"
+    conf.write_text(f"""ClusterName=launchertest
+SlurmctldHost={host}(127.0.0.1)
+SlurmUser=root
+SlurmdUser=root
+AuthType=auth/munge
+CredType=cred/munge
+AuthInfo=socket={sock}
+StateSaveLocation={base}/ctld
+SlurmdSpoolDir={base}/d
+SlurmctldPidFile={base}/slurmctld.pid
+SlurmdPidFile={base}/slurmd.pid
+SlurmctldLogFile={base}/log/slurmctld.log
+SlurmdLogFile={base}/log/slurmd.log
+SlurmctldPort={ctld_port}
+SlurmdPort={d_port}
+ProctrackType=proctrack/linuxproc
+TaskPlugin=task/none
+SwitchType=switch/none
+MpiDefault=none
+ReturnToService=2
+SchedulerType=sched/backfill
+SelectType=select/cons_tres
+SelectTypeParameters=CR_Core
+JobCompType=jobcomp/none
+JobAcctGatherType=jobacct_gather/none
+AccountingStorageType=accounting_storage/none
+SlurmctldTimeout=30
+SlurmdTimeout=30
+InactiveLimit=0
+KillWait=10
+MinJobAge=300
+Waittime=0
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=2000 State=UNKNOWN
+PartitionName=launchertest Nodes={host} Default=YES MaxTime=INFINITE State=UP
+""")
+    env = dict(os.environ, SLURM_CONF=str(conf))
+    procs = []
+    munged = subprocess.Popen(
+        ["runuser", "-u", "munge", "--", "munged", "--foreground", f"--socket={sock}",
+         f"--pid-file={base}/munge/munged.pid", f"--seed-file={base}/munge/seed", "--log-file=/dev/null"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    procs.append(munged)
+    try:
+        _wait(sock.exists, 10, "munged's socket")
+        ctld = subprocess.Popen(["slurmctld", "-D", "-c", "-f", str(conf)], env=env,
+                                stdout=open(base / "log" / "ctld.out", "w"), stderr=subprocess.STDOUT)
+        procs.append(ctld)
+        slurmd = subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env,
+                                  stdout=open(base / "log" / "d.out", "w"), stderr=subprocess.STDOUT)
+        procs.append(slurmd)
+
+        _wait(lambda: _node_idle(env), 30, "the SLURM node to become idle")
+        yield env
+    finally:
+        for p in reversed(procs):
+            if p.poll() is None:
+                p.send_signal(signal.SIGTERM)
+                try:
+                    p.wait(timeout=10)
+                except subprocess.TimeoutExpired:
+                    p.kill()
+                    p.wait()
+        _kill_stepds(str(conf))
+        shutil.rmtree(base, ignore_errors=True)
+
+
+def _node_idle(env):
+    r = subprocess.run(["sinfo", "-h", "-o", "%t"], env=env, capture_output=True, text=True)
+    return r.stdout.strip() == "idle"
+
+
+def _kill_stepds(conf: str) -> None:
+    """slurmstepd daemonizes and can outlive slurmd: end the ones of this test cluster (by PID)."""
+    for pid in os.listdir("/proc"):
+        if not pid.isdigit():
+            continue
+        try:
+            cmd = open(f"/proc/{pid}/cmdline", "rb").read()
+            environ = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+        except OSError:
+            continue
+        if cmd.startswith(b"slurmstepd") and f"SLURM_CONF={conf}".encode() in environ:
+            try:
+                os.kill(int(pid), signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _stepd_alive(job_id):
+    """Whether a slurmstepd of the job still runs (its old instance is still cleaning up)."""
+    tag = f"[{job_id}."
+    for pid in os.listdir("/proc"):
+        if pid.isdigit():
+            try:
+                cmd = open(f"/proc/{pid}/cmdline", "rb").read().decode(errors="replace")
+            except OSError:
+                continue
+            if cmd.startswith("slurmstepd") and tag in cmd:
+                return True
+    return False
+
+
+def _job_state(env, job_id):
+    r = subprocess.run(["squeue", "-h", "-j", job_id, "-o", "%T|%r"], env=env, capture_output=True, text=True)
+    return r.stdout.strip()
+
+
+def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_root):
+    env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
+    profile = tmp_path / "slurmtest.toml"
+    profile.write_text("""name = "slurmtest"
+scheduler = "slurm"
+gpus_per_node = 0
+cpus_per_node = 2
+cpu_ranks_per_node = 2
+exclusive = false
+max_walltime = "01:00:00"
+default_walltime = "00:10:00"
+mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
+warning_signal = "USR2"
+warning_lead_s = 60
+deadline_margin_s = 60
+can_requeue = true
+""")
+    steps = 40
+    run_dir = tmp_path / "run with space"
+    cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
+           "--gpus", "0", "--name", "slurm-requeue", "--run-dir", str(run_dir),
+           "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25",
+           "deadline_at_step=5"]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    assert job_id.isdigit()
+    steps_log = run_dir / "steps.log"
+
+    def n_steps():
+        return len(steps_log.read_text().splitlines()) if steps_log.exists() else 0
+
+    def restarts_seen():
+        log = run_dir / "logs" / "run.log"
+        return log.read_text().count("launcher: start restart=") if log.exists() else 0
+
+    def restart_now():
+        before = max(1, restarts_seen())
+        settled = None
+        # A requeued job waits ~120 s (BeginTime) before it may start again; start it now.
+        started = time.time()
+        while time.time() - started < 60:
+            # Only once the old instance is gone: it shares the job's spool directory, and a
+            # job started while its previous instance is still cleaning up fails at once.
+            # slurmd also refuses, for a few seconds, to launch a job id it has just killed
+            # ("already killed, do not launch batch job"), hence the settling time.
+            if (_job_state(env, job_id) == "PENDING|BeginTime" and _node_idle(env)
+                    and not _stepd_alive(job_id)):
+                if settled is None:
+                    settled = time.time()
+                elif time.time() - settled >= 3.0:
+                    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=env, timeout=30)
+            else:
+                settled = None
+                if restarts_seen() > before:
+                    return
+            time.sleep(0.3)
+        raise AssertionError("the requeued job did not start again")
+
+    try:
+        # 1. The trainer stops at its deadline (step 5, exit 75): the job requeues itself.
+        restart_now()
+        # 2. The walltime warning (--signal=B:USR2): the batch shell passes it to mpirun, which
+        #    passes it to the ranks; the trainer checkpoints and the job requeues itself.
+        _wait(lambda: n_steps() >= 9, 60, "steps after the first requeue")
+        subprocess.run(["scancel", "--signal=USR2", "--batch", job_id], env=env, check=True, timeout=30)
+        restart_now()
+        # 3. Preempt the resumed job from outside.
+        _wait(lambda: n_steps() >= 15, 60, "steps after the second requeue")
+        subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
+        restart_now()
+        events_file = run_dir / "job" / "events.tsv"
+        _wait(lambda: (run_dir / "done").exists() and events_file.read_text().rstrip().endswith("finished"),
+              90, "the run to finish after the requeues")
+    except AssertionError:
+        show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True)
+        for f in ("logs/run.log", "job/events.tsv"):
+            p = run_dir / f
+            print(f"==== {f}\n" + (p.read_text() if p.exists() else "(missing)"))
+        print("==== scontrol show job\n" + show.stdout + show.stderr)
+        slurmd_log = Path(env["SLURM_CONF"]).parent / "log" / "slurmd.log"
+        print("==== slurmd.log\n" + "\n".join(slurmd_log.read_text().splitlines()[-40:]))
+        print("==== squeue/sinfo", _job_state(env, job_id), _node_idle(env),
+              subprocess.run(["sinfo"], env=env, capture_output=True, text=True).stdout)
+        raise
+    state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
+    expected = 0
+    for s in range(steps):
+        expected = advance(expected, s)
+    assert state == {"step": steps, "value": expected}
+    lines = [[int(x) for x in l.split()] for l in steps_log.read_text().splitlines()]
+    assert {l[1] for l in lines} == {int(job_id)}, "SLURM requeues keep the job id"
+    segments = {}
+    for step, _, restart in lines:
+        segments.setdefault(restart, []).append(step)
+    assert sorted(segments) == [0, 1, 2, 3], segments
+    assert segments[0] == [1, 2, 3, 4, 5], "the first run stops at its (fake) deadline after step 5"
+    assert segments[1][0] == 6, "the self-requeued job resumes from the step-5 checkpoint"
+    assert segments[2][0] == segments[1][-1] + 1, "the USR2 checkpoint is where the next run starts"
+    # After the preemption the job resumes from the newest checkpoint: the one written on the
+    # signal or, when SLURM's SIGTERM to every process won the race, the previous one.
+    assert segments[3][0] in (segments[2][0], segments[2][-1] + 1), segments
+    assert segments[3][-1] == steps
+    for seg in segments.values():
+        assert seg == list(range(seg[0], seg[-1] + 1)), "steps within a run are consecutive"
+    events = (run_dir / "job" / "events.tsv").read_text()
+    assert "checkpointed: timeout 1 of 20" in events and "checkpointed: timeout 2 of 20" in events
+    assert events.count("\trequeued") == 2
+    assert "checkpointed: preemption 1 of 100" in events
+    assert events.rstrip().endswith("finished")
+    assert (run_dir / "job" / "preemption.count").read_text().strip() == "1"
+    assert (run_dir / "job" / "timeout.count").read_text().strip() == "2"
+    log = (run_dir / "logs" / "run.log").read_text()
+    assert log.count("launcher: start restart=") == 4  # appended across the requeues
+    assert "launcher: received SIGUSR2" in log
+    stops = [l.split() for l in (run_dir / "stops.log").read_text().splitlines()]
+    assert stops[0] == ["5", "deadline"] and stops[1] == [str(segments[1][-1]), "SIGUSR2"], stops
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(run_dir)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "state    done" in status.stdout
