@@ -178,6 +178,30 @@ def _job_state(env, job_id):
     return r.stdout.strip()
 
 
+def _restart_now(env, job_id, restarts_seen):
+    """Start a requeued job now instead of after SLURM's ~120 s BeginTime; wait until it restarted."""
+    before = max(1, restarts_seen())
+    settled = None
+    started = time.time()
+    while time.time() - started < 60:
+        # Only once the old instance is gone: it shares the job's spool directory, and a
+        # job started while its previous instance is still cleaning up fails at once.
+        # slurmd also refuses, for a few seconds, to launch a job id it has just killed
+        # ("already killed, do not launch batch job"), hence the settling time.
+        if (_job_state(env, job_id) == "PENDING|BeginTime" and _node_idle(env)
+                and not _stepd_alive(job_id)):
+            if settled is None:
+                settled = time.time()
+            elif time.time() - settled >= 3.0:
+                subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=env, timeout=30)
+        else:
+            settled = None
+            if restarts_seen() > before:
+                return
+        time.sleep(0.3)
+    raise AssertionError("the requeued job did not start again")
+
+
 def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_root):
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
     profile = tmp_path / "slurmtest.toml"
@@ -215,27 +239,7 @@ can_requeue = true
         return log.read_text().count("launcher: start restart=") if log.exists() else 0
 
     def restart_now():
-        before = max(1, restarts_seen())
-        settled = None
-        # A requeued job waits ~120 s (BeginTime) before it may start again; start it now.
-        started = time.time()
-        while time.time() - started < 60:
-            # Only once the old instance is gone: it shares the job's spool directory, and a
-            # job started while its previous instance is still cleaning up fails at once.
-            # slurmd also refuses, for a few seconds, to launch a job id it has just killed
-            # ("already killed, do not launch batch job"), hence the settling time.
-            if (_job_state(env, job_id) == "PENDING|BeginTime" and _node_idle(env)
-                    and not _stepd_alive(job_id)):
-                if settled is None:
-                    settled = time.time()
-                elif time.time() - settled >= 3.0:
-                    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], env=env, timeout=30)
-            else:
-                settled = None
-                if restarts_seen() > before:
-                    return
-            time.sleep(0.3)
-        raise AssertionError("the requeued job did not start again")
+        _restart_now(env, job_id, restarts_seen)
 
     try:
         # 1. The trainer stops at its deadline (step 5, exit 75): the job requeues itself.
@@ -298,3 +302,72 @@ can_requeue = true
     status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(run_dir)], env=env,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "state    done" in status.stdout
+
+
+def test_slurm_preempted_real_training_ends_with_the_weights_of_an_uninterrupted_run(slurm, tmp_path, mpi_env):
+    """The real trainer (cpu_small, 2 Horovod ranks) under sbatch, preempted with `scontrol requeue`."""
+    import torch
+
+    env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
+    profile = tmp_path / "slurmtest.toml"
+    profile.write_text("""name = "slurmtest"
+scheduler = "slurm"
+gpus_per_node = 0
+cpus_per_node = 2
+cpu_ranks_per_node = 2
+exclusive = false
+max_walltime = "01:00:00"
+default_walltime = "00:10:00"
+mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
+warning_signal = "USR2"
+warning_lead_s = 60
+deadline_margin_s = 60
+can_requeue = true
+""")
+    train_args = ["run.epochs=4", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
+                  "checkpoint.every_steps=2"]
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
+           "--gpus", "0", "--preset", "cpu_small", "--python", sys.executable, "--name", "slurm-real",
+           "--run-dir", str(run_dir), *train_args]
+    out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    metrics = run_dir / "metrics.csv"
+
+    def step():
+        rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
+        return int(rows[-1].split(",")[0]) if rows else 0
+
+    def restarts_seen():
+        log = run_dir / "logs" / "run.log"
+        return log.read_text().count("launcher: start restart=") if log.exists() else 0
+
+    try:
+        _wait(lambda: step() >= 7, 240, "step 7 of the first job instance")
+        subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
+        _restart_now(env, job_id, restarts_seen)
+        _wait(lambda: (run_dir / "done").exists(), 300, "the requeued run to finish")
+    except AssertionError:
+        for f in ("logs/run.log", "job/events.tsv", "logs/train.log"):
+            p = run_dir / f
+            print(f"==== {f}\n" + (p.read_text()[-4000:] if p.exists() else "(missing)"))
+        raise
+    assert "checkpointed: preemption 1 of 100" in (run_dir / "job" / "events.tsv").read_text()
+    assert restarts_seen() == 2
+    # The same training, uninterrupted, started directly with mpirun.
+    ref_dir = tmp_path / "ref"
+    ref = subprocess.run(["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m",
+                          "pixpro_of", "train", "--run-dir", str(ref_dir), "--config", "cpu_small",
+                          "dist.backend=horovod", *train_args], env=mpi_env, capture_output=True, text=True,
+                         timeout=300)
+    assert ref.returncode == 0, ref.stderr[-3000:]
+
+    def final(d):
+        name = (d / "checkpoints" / "latest").read_text().strip()
+        return torch.load(d / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+    a, b = final(ref_dir), final(run_dir)
+    assert a["step"] == b["step"] == 16
+    for k, v in a["model"].items():
+        assert torch.equal(b["model"][k], v), f"{k} differs after the SLURM preemption"
