@@ -210,6 +210,9 @@ CHOICES = {
 RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
     "run.threads", "run.device", "run.max_steps",
+    # The backend and world size may change between links of a run (see ARCHITECTURE.md,
+    # "Resuming with another world size"); the global batch may not.
+    "dist.",
 )
 
 

@@ -149,3 +149,32 @@ def test_signal_to_rank1_only_stops_every_rank_at_the_same_step(backend, tmp_pat
     assert int(r0[-1][0]) == int(r1[-1][0]) == ck["step"], (r0, r1, ck["step"])
     assert r0[-1][1] == "requested on another rank"
     assert "SIGUSR2" in r1[-1][1]
+
+
+@pytest.mark.mpi
+@pytest.mark.slow
+def test_resume_with_a_different_world_size_continues_the_same_sample_order(tmp_path, mpi_env):
+    """A 1-rank run stopped mid-epoch and resumed on 2 ranks ends like the uninterrupted 1-rank run.
+
+    Same global batch: the interleaved sampler gives the same global sample sequence and every
+    sample's RNG is keyed by its global position, so only floating-point summation order differs.
+    """
+    ref, run = tmp_path / "ref", tmp_path / "resized"
+    extra = ("run.epochs=3",)
+    res = _run(_train_cmd(ref, 1, "single", *extra), mpi_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    proc = subprocess.Popen(_train_cmd(run, 1, "single", *extra), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=mpi_env)
+    _wait_for_step(run, 5, proc)
+    proc.send_signal(signal.SIGUSR2)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out[-2000:]
+    stopped_at = _final_model(run)["step"]
+    assert 5 <= stopped_at < 12
+    res = _run(_train_cmd(run, 2, "horovod", *extra), mpi_env)
+    assert res.returncode == 0, res.stderr[-3000:]
+    a, b = _final_model(ref), _final_model(run)
+    assert a["step"] == b["step"] == 12 and b["world_size"] == 2
+    for k, v in a["model"].items():
+        if v.is_floating_point():
+            torch.testing.assert_close(b["model"][k], v, rtol=1e-4, atol=1e-5, msg=k)

@@ -189,23 +189,36 @@ class Trainer:
     # ------------------------------------------------------------------ setup
     def _prepare_run_dir(self) -> None:
         be = self.backend
+        problem = None
         if be.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
-            cfg_path = self.run_dir / "config.json"
-            if cfg_path.exists():
-                try:
-                    saved = json.loads(cfg_path.read_text())
-                except ValueError as exc:
-                    raise UserError(f"{cfg_path}: not valid JSON ({exc})") from None
-                check_resume_compatible(saved, self.cfg, str(cfg_path))
-            atomic_write_bytes(cfg_path, dump_json(self.cfg).encode())
-            self.store.clean_temporaries()
-            if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
-                from pixpro_of.train.synth_data import ensure_synthetic_shards
-
-                ensure_synthetic_shards(self.cfg, self.run_dir)
+            try:
+                self._prepare_run_dir_main()
+            except UserError as exc:
+                problem = str(exc)
+        # Every rank learns of a set-up error and raises it: no rank waits in a collective
+        # for one that has left, and each prints the same one-line message.
+        problem = be.broadcast_object(problem, 0) if be.world_size > 1 else problem
+        if problem is not None:
+            raise UserError(problem)
         be.barrier()
+
+    def _prepare_run_dir_main(self) -> None:
+        """Rank 0: create the run directory, check a resumed config, pack synthetic data if needed."""
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        cfg_path = self.run_dir / "config.json"
+        if cfg_path.exists():
+            try:
+                saved = json.loads(cfg_path.read_text())
+            except ValueError as exc:
+                raise UserError(f"{cfg_path}: not valid JSON ({exc})") from None
+            check_resume_compatible(saved, self.cfg, str(cfg_path))
+        atomic_write_bytes(cfg_path, dump_json(self.cfg).encode())
+        self.store.clean_temporaries()
+        if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
+            from pixpro_of.train.synth_data import ensure_synthetic_shards
+
+            ensure_synthetic_shards(self.cfg, self.run_dir)
 
     def _configure_torch(self) -> None:
         r = self.cfg.run
