@@ -7,31 +7,67 @@ backward flows at 1/8 resolution (90x160, the world's exact flow area-averaged i
 - floor:    decoding the two JPEGs (simplejpeg, as the shard reader);
 - pipeline: decoding + ``SampleBuilder`` (crops, flips, colour jitter, grayscale, blur, solarize,
             normalisation, flow chaining over 5 steps, FB masks, positives) = one training sample;
-- parts:    the augmentation alone and the positives alone (for the breakdown).
+- parts:    the augmentation alone and the positives alone (for the breakdown);
+- baseline: the same pipeline and parts with ``pixpro_of/data/augment.py``, ``pipeline.py`` and
+            ``positives.py`` as they were at git revision ``--baseline`` (default: the commit before
+            the issue-6 speed-up), loaded from ``git show`` — so before/after come from one run.
 
-Methods are interleaved over rounds; the median rate of each is reported, with ratios from this
-one run (goal: pipeline / floor >= 0.8).
+Methods are interleaved over rounds; the median of each is reported, as wall-clock rate and as
+thread CPU time (``time.thread_time``, steadier on a shared, loaded machine), with the ratios
+from this one run (goal: pipeline / floor >= 0.8).
 
-    .venv/bin/python bench/bench_pipeline.py                   # ~30 s
-    .venv/bin/python bench/bench_pipeline.py --samples 200 --rounds 7 --flow-resolution full
+    .venv/bin/python bench/bench_pipeline.py                   # ~40 s
+    .venv/bin/python bench/bench_pipeline.py --samples 200 --rounds 7 --no-baseline
+    .venv/bin/python bench/bench_pipeline.py --mask-ratio-stride 8   # sampled mask_ratio, sparse chaining
+    .venv/bin/python bench/bench_pipeline.py --defer-positives       # worker without positives (GPU later)
 """
 from __future__ import annotations
 
 import argparse
 import statistics
+import subprocess
+import sys
 import time
+import types
+from pathlib import Path
 
 import numpy as np
+
+# The last revision before the CPU fast paths (crop-first LUT colour ops, sparse flow chaining).
+BASELINE_REV = "016264747aa699828a965176d765945493e56d10"
+_ROOT = Path(__file__).resolve().parents[1]
+
+
+def load_baseline(rev: str):
+    """``(augment, positives, pipeline)`` modules as they were at git revision ``rev``."""
+    mods = {}
+    for name, path in (("augment", "pixpro_of/data/augment.py"), ("positives", "pixpro_of/positives.py"),
+                       ("pipeline", "pixpro_of/data/pipeline.py")):
+        src = subprocess.run(["git", "-C", str(_ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True,
+                             check=True).stdout
+        src = src.replace("from pixpro_of.data.augment import", "from _baseline_augment import")
+        src = src.replace("from pixpro_of.positives import", "from _baseline_positives import")
+        mod = types.ModuleType(f"_baseline_{name}")
+        sys.modules[mod.__name__] = mod  # dataclasses look their module up
+        exec(compile(src, f"{rev[:10]}:{path}", "exec"), mod.__dict__)
+        mods[name] = mod
+    return mods["augment"], mods["positives"], mods["pipeline"]
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_pipeline", description=__doc__.splitlines()[0])
-    ap.add_argument("--samples", type=int, default=60, help="samples per method per round (default 60)")
+    ap.add_argument("--samples", type=int, default=40, help="samples per method per round (default 40)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
     ap.add_argument("--k", type=int, default=6, help="clip length (default 6)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--flow-resolution", default="coarse", choices=["coarse", "full"])
+    ap.add_argument("--mask-ratio-stride", type=int, default=None,
+                    help="SampleConfig.mask_ratio_stride (default: the SampleConfig default)")
+    ap.add_argument("--defer-positives", action="store_true",
+                    help="SampleConfig.defer_positives: the worker skips positives (computed per batch later, e.g. on GPU)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality of the test frames (default 95)")
+    ap.add_argument("--baseline", default=BASELINE_REV, help="git revision of the 'before' code (default: %(default).10s)")
+    ap.add_argument("--no-baseline", action="store_true", help="skip the before/after comparison")
     args = ap.parse_args(argv)
 
     import cv2
@@ -54,53 +90,82 @@ def main(argv=None) -> int:
     n = args.k - 1
     fwd = np.repeat(f8, n, axis=0)[:n]
     bwd = np.repeat(b8, n, axis=0)[:n]
-    cfg = SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution)
+    extra = {} if args.mask_ratio_stride is None else {"mask_ratio_stride": args.mask_ratio_stride}
+    cfg = SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
+                       defer_positives=args.defer_positives, **extra)
     F = c5_size(args.image_size)
     builder = SampleBuilder(cfg, F)
     decoded = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
     print(f"frames {decoded[0].shape[1]}x{decoded[0].shape[0]}, JPEG {sum(map(len, jpegs)) / 2 / 1024:.0f} KiB each, "
           f"k={args.k}, flows {tuple(fwd.shape)} per direction, views {args.image_size}px, F={F}, "
-          f"flow_resolution={args.flow_resolution}")
+          f"flow_resolution={args.flow_resolution}, mask_ratio_stride={cfg.mask_ratio_stride}, "
+          f"defer_positives={cfg.defer_positives}")
+    box = torch.tensor([[100.0, 50.0, 700.0, 500.0]], dtype=torch.float64)
+    flip = torch.tensor([True])
+    fwd_t, bwd_t = torch.from_numpy(fwd)[None], torch.from_numpy(bwd)[None]
+    clip = {"fwd": fwd, "bwd": bwd, "video": "bench", "t": 0, "k": args.k}
 
     def decode():
         return [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
 
-    def floor(rng):
-        decode()
+    def make(builder_, augment_mod, pos_fn, pos_cfg):
+        def pipeline(rng):
+            f1, f2 = decode()
+            builder_({**clip, "frame1": f1, "frame2": f2}, rng)
 
-    def pipeline(rng):
-        f1, f2 = decode()
-        builder({"frame1": f1, "frame2": f2, "fwd": fwd, "bwd": bwd, "video": "bench", "t": 0, "k": args.k}, rng)
+        def augment_only(rng):
+            for aug, frame in ((augment_mod.BYOL_VIEW1, decoded[0]), (augment_mod.BYOL_VIEW2, decoded[1])):
+                p = augment_mod.draw_view_params(rng, frame.shape[:2], aug)
+                augment_mod.to_normalized_float(augment_mod.apply_view(frame_tensor(frame), p, args.image_size))
 
-    def augment_only(rng):
-        for aug, frame in ((BYOL_VIEW1, decoded[0]), (BYOL_VIEW2, decoded[1])):
-            p = draw_view_params(rng, frame.shape[:2], aug)
-            to_normalized_float(apply_view(frame_tensor(frame), p, args.image_size))
+        def positives_only(rng):
+            pos_fn(box, flip, box, ~flip, (720, 1280), F, pos_cfg, fwd_t, bwd_t)
 
-    box = torch.tensor([[100.0, 50.0, 700.0, 500.0]], dtype=torch.float64)
-    flip = torch.tensor([True])
-    fwd_t, bwd_t = torch.from_numpy(fwd)[None], torch.from_numpy(bwd)[None]
+        return pipeline, augment_only, positives_only
 
-    def positives_only(rng):
-        compute_positives(box, flip, box, ~flip, (720, 1280), F, cfg.positive_config(), fwd_t, bwd_t)
-
-    methods = {"floor (decode 2 JPEGs)": floor, "pipeline (decode + sample)": pipeline,
-               "  part: augment 2 views": augment_only, "  part: positives (k-1 = %d steps)" % n: positives_only}
-    rates = {m: [] for m in methods}
+    this = types.SimpleNamespace(BYOL_VIEW1=BYOL_VIEW1, BYOL_VIEW2=BYOL_VIEW2, draw_view_params=draw_view_params,
+                                 apply_view=apply_view, to_normalized_float=to_normalized_float)
+    pipe, aug, pos = make(builder, this, compute_positives, cfg.positive_config())
+    methods = {"floor (decode 2 JPEGs)": lambda rng: decode(), "pipeline (decode + sample)": pipe,
+               "  part: augment 2 views": aug, f"  part: positives (k-1 = {n} steps)": pos}
+    if not args.no_baseline:
+        try:
+            old_aug, old_pos, old_pipe = load_baseline(args.baseline)
+        except (subprocess.CalledProcessError, OSError) as exc:
+            print(f"(no baseline: cannot load revision {args.baseline[:10]}: {exc})")
+        else:
+            old_cfg = old_pipe.SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
+                                            defer_positives=args.defer_positives)
+            b_pipe, b_aug, b_pos = make(old_pipe.SampleBuilder(old_cfg, F), old_aug, old_pos.compute_positives,
+                                        old_cfg.positive_config())
+            methods.update({"baseline pipeline": b_pipe, "  baseline part: augment": b_aug,
+                            "  baseline part: positives": b_pos})
+    wall = {m: [] for m in methods}
+    cpu = {m: [] for m in methods}
     rng = np.random.default_rng(0)
     for fn in methods.values():  # warm-up
         fn(rng)
     for _ in range(args.rounds):
         for name, fn in methods.items():
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.thread_time()
             for _ in range(args.samples):
                 fn(rng)
-            rates[name].append(args.samples / (time.perf_counter() - t0))
-    med = {m: statistics.median(r) for m, r in rates.items()}
-    for m, r in med.items():
-        print(f"{m:38s} {r:8.1f} samples/s  ({1000 / r:6.2f} ms/sample)")
-    ratio = med["pipeline (decode + sample)"] / med["floor (decode 2 JPEGs)"]
-    print(f"pipeline / decode-only floor = {ratio:.3f}  (goal >= 0.8)")
+            wall[name].append((time.perf_counter() - t0) / args.samples)
+            cpu[name].append((time.thread_time() - c0) / args.samples)
+    w = {m: statistics.median(r) for m, r in wall.items()}
+    c = {m: statistics.median(r) for m, r in cpu.items()}
+    print(f"{'':38s} {'wall: samples/s':>16s} {'ms/sample':>10s}   {'CPU ms/sample':>13s}")
+    for m in methods:
+        print(f"{m:38s} {1 / w[m]:16.1f} {1000 * w[m]:10.2f}   {1000 * c[m]:13.2f}")
+    floor = "floor (decode 2 JPEGs)"
+    for name in ("pipeline (decode + sample)", "baseline pipeline"):
+        if name in w:
+            print(f"{name:27s} / decode-only floor = {w[floor] / w[name]:.3f} wall, {c[floor] / c[name]:.3f} CPU time"
+                  f"  (goal >= 0.8)")
+    if "baseline pipeline" in w:
+        print(f"speed-up of the sample work (pipeline - floor): "
+              f"{(w['baseline pipeline'] - w[floor]) / (w['pipeline (decode + sample)'] - w[floor]):.2f}x wall, "
+              f"{(c['baseline pipeline'] - c[floor]) / (c['pipeline (decode + sample)'] - c[floor]):.2f}x CPU time")
     return 0
 
 

@@ -99,6 +99,8 @@ def test_bad_clips_and_configs_are_user_errors():
         SampleBuilder(SampleConfig(mask="fb"))
     with pytest.raises(UserError, match="sample.crop_scale"):
         SampleBuilder(SampleConfig(crop_scale=(0.5, 0.2)))
+    with pytest.raises(UserError, match="sample.mask_ratio_stride must be >= 1, got 0"):
+        SampleBuilder(SampleConfig(mask_ratio_stride=0))
 
 
 def test_collate_stacks_a_batch():

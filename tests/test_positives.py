@@ -232,3 +232,78 @@ def test_flow_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="matches neither the frame"):
         _run((0, 0, 50, 50), False, (0, 0, 50, 50), False, 96, 64, 7, PositiveConfig(),
              torch.zeros(1, 1, 2, 9, 9), torch.zeros(1, 1, 2, 9, 9))
+
+
+# ---------------------------------------------------------------- the fast paths equal the plain ones
+def _random_flows(rng, b, n, h8, w8, scale):
+    """Smooth random 1/8-resolution flows (bilinear blow-up of a 4x4 field) and noisy inverses, so
+    that the FB masks reject a part of the grid and trajectories leave the frame."""
+    coarse = torch.from_numpy(rng.normal(0, scale, (b * n, 2, 4, 4)).astype(np.float32))
+    fwd = torch.nn.functional.interpolate(coarse, size=(h8, w8), mode="bilinear", align_corners=True)
+    bwd = -fwd + torch.from_numpy(rng.normal(0, 0.15 * scale, fwd.shape).astype(np.float32))
+    return fwd.reshape(b, n, 2, h8, w8), bwd.reshape(b, n, 2, h8, w8)
+
+
+def test_flow_grid_composites_and_masks_equal_flow_ops():
+    """FlowGrid chains both directions as one batch: the same bits as flow.ops per direction."""
+    from flow import ops
+    from pixpro_of.positives import FlowGrid
+
+    rng = np.random.default_rng(21)
+    W, H = 200, 120
+    for n, mask in ((1, "seed"), (3, "seed"), (4, "unflow")):
+        fwd, bwd = _random_flows(rng, 2, n, 15, 25, 1.5)
+        cfg = PositiveConfig(mask=mask)
+        grid = FlowGrid(fwd, bwd, (H, W), cfg)
+        sx, sy = (8 * 25 - 1) / 24, (8 * 15 - 1) / 14
+        unit = torch.tensor([8.0 / sx, 8.0 / sy]).view(1, 1, 2, 1, 1)
+        f_ref = ops.chain_flows(fwd * unit)
+        b_ref = ops.chain_backward(bwd * unit)
+        assert torch.equal(grid.fwd, f_ref) and torch.equal(grid.bwd, b_ref)
+        if mask == "seed":
+            a2 = cfg.alpha2 * math.sqrt(15 ** 2 + 25 ** 2) / math.sqrt(H * H + W * W)
+            want = ops.fb_consistency(f_ref, b_ref, "seed", cfg.alpha1, a2)
+        else:
+            want = ops.fb_consistency(f_ref, b_ref, "unflow", cfg.alpha1, cfg.alpha2, alpha2_size=(H, W))
+        assert torch.equal(grid.valid_fwd, want)
+        assert 0 < int((~want).sum()) < want.numel()  # the masks are exercised
+
+
+@pytest.mark.parametrize("mask", ["seed", "unflow", "none"])
+def test_sparse_chaining_equals_the_full_grid(mask):
+    """compute_positives with mask_ratio_stride > 1 chains only the pixels its look-ups read: every
+    output equals the full-grid run (stride 1) bit for bit, and mask_ratio is the full-grid mask
+    counted on the sample pixels."""
+    from pixpro_of.positives import FlowGrid, mask_ratio_sample
+
+    rng = np.random.default_rng(31 + len(mask))
+    W, H = 400, 240  # 50x30 flow grid: the stride stays 3
+    h8, w8 = 30, 50
+    masked = positives = 0
+    ratios = []
+    for case in range(8):
+        b, n = int(rng.integers(1, 3)), int(rng.integers(1, 5))
+        fwd, bwd = _random_flows(rng, b, n, h8, w8, float(rng.uniform(0.5, 3.0)))
+        boxes1 = torch.tensor([sample_crop(rng, H, W) for _ in range(b)], dtype=torch.float64)
+        boxes2 = torch.tensor([sample_crop(rng, H, W) for _ in range(b)], dtype=torch.float64)
+        f1, f2 = torch.from_numpy(rng.random(b) < 0.5), torch.from_numpy(rng.random(b) < 0.5)
+        full = compute_positives(boxes1, f1, boxes2, f2, (H, W), 7, PositiveConfig(mask=mask, mask_ratio_stride=1), fwd, bwd)
+        cfg = PositiveConfig(mask=mask, mask_ratio_stride=3)
+        sparse = compute_positives(boxes1, f1, boxes2, f2, (H, W), 7, cfg, fwd, bwd)
+        for key in ("pos12", "pos21", "valid1", "valid2", "centres1", "centres2", "warped1", "warped2"):
+            assert torch.equal(full[key], sparse[key]), (case, key)
+        grid = FlowGrid(fwd, bwd, (H, W), cfg)
+        ys, xs = mask_ratio_sample(h8, w8, 3)
+        assert len(ys) == 10 and len(xs) == 17
+        for key, valid in (("mask_ratio_fwd", grid.valid_fwd), ("mask_ratio_bwd", grid.valid_bwd)):
+            want = 1.0 - valid[:, ys][:, :, xs].flatten(1).double().mean(1)
+            assert torch.equal(sparse[key], want), (case, key)
+            assert torch.equal(grid.mask_ratio()[0 if key.endswith("fwd") else 1], want)
+        masked += int((~full["valid1"]).sum() + (~full["valid2"]).sum())
+        positives += int(full["pos12"].sum() + full["pos21"].sum())
+        ratios += sparse["mask_ratio"].tolist()
+    assert positives > 100
+    if mask == "none":
+        assert masked == 0 and max(ratios) == 0
+    else:  # the query masks and the sampled ratio are exercised, not trivially all-valid
+        assert masked > 0 and 0 < max(ratios) < 1

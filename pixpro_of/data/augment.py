@@ -9,7 +9,10 @@ Split in two halves so the pixel work can move to the GPU unchanged:
   ``torchvision.transforms.v2.functional`` (works on CPU or CUDA tensors, e.g. frames from
   ``torchvision.io.decode_jpeg(device='cuda')``), and :func:`to_normalized_float` converts to the
   network input. On CPU tensors the hue rotation and the blur use OpenCV (several times faster,
-  within ±1 grey level of the torch path used on other devices).
+  within ±1 grey level of the torch path used on other devices), and the whole view runs a fast
+  path (crop and resize first, then brightness / contrast / solarize as uint8 look-up tables built
+  with torchvision's own float32 arithmetic, OpenCV hue and blur without layout round trips) that
+  returns the same bytes as :func:`apply_view_reference` (tested on random views).
 
 Per view (in this order): RandomResizedCrop to ``image_size`` (scale (0.08, 1), ratio (3/4, 4/3),
 bilinear, antialiased — the torchvision algorithm: 10 tries, then a centre crop with the ratio
@@ -107,7 +110,24 @@ def draw_view_params(rng: np.random.Generator, frame_hw: Tuple[int, int], aug: V
 
 
 def apply_view(frame: torch.Tensor, params: ViewParams, size: int) -> torch.Tensor:
-    """Apply ``params`` to a uint8 ``[3, H, W]`` RGB frame; returns uint8 ``[3, size, size]``."""
+    """Apply ``params`` to a uint8 ``[3, H, W]`` RGB frame; returns uint8 ``[3, size, size]``.
+
+    On CPU tensors this runs the fast path (:func:`_apply_view_cpu`: the crop is resized first,
+    then every colour operation works on the ``size``×``size`` crop with uint8 look-up tables and
+    OpenCV), which gives the same bytes as :func:`apply_view_reference` on CPU (tested); on other
+    devices it is :func:`apply_view_reference` (torchvision tensor ops).
+    """
+    if frame.ndim != 3 or frame.shape[0] != 3 or frame.dtype != torch.uint8:
+        raise ValueError(f"frame should be a uint8 tensor [3, H, W], got {frame.dtype} {tuple(frame.shape)}")
+    if frame.device.type == "cpu":
+        return _apply_view_cpu(frame, params, size)
+    return apply_view_reference(frame, params, size)
+
+
+def apply_view_reference(frame: torch.Tensor, params: ViewParams, size: int) -> torch.Tensor:
+    """The plain implementation of :func:`apply_view`: one torchvision op per step (hue and blur
+    through OpenCV on CPU tensors, see :func:`adjust_hue` / :func:`gaussian_blur`). Used on non-CPU
+    devices, and as the reference the CPU fast path is tested against."""
     if frame.ndim != 3 or frame.shape[0] != 3 or frame.dtype != torch.uint8:
         raise ValueError(f"frame should be a uint8 tensor [3, H, W], got {frame.dtype} {tuple(frame.shape)}")
     left, top, w, h = params.box
@@ -132,6 +152,128 @@ def apply_view(frame: torch.Tensor, params: ViewParams, size: int) -> torch.Tens
     if params.solarize:
         img = torch.where(img >= 128, 255 - img, img)  # PIL ImageOps.solarize(threshold=128)
     return img
+
+
+# ------------------------------------------------------------------ CPU fast path
+# uint8 ramp 0..255 as a [1, 1, 256] image: per-value look-up tables are built by running the very
+# torch op of the reference path on it (the same vectorised float32 kernels), so a table maps each
+# grey level exactly as the op maps it inside an image.
+_RAMP = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
+_SOLARIZE_LUT = np.where(np.arange(256) >= 128, 255 - np.arange(256), np.arange(256)).astype(np.uint8)
+
+
+def _lut(img: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
+    """Per-value table look-up of a contiguous uint8 ``[3, S, S]`` tensor (one OpenCV pass)."""
+    import cv2
+
+    c, hh, ww = img.shape
+    out = cv2.LUT(img.numpy().reshape(c * hh, ww), lut)
+    return torch.from_numpy(out.reshape(c, hh, ww))
+
+
+def _brightness_lut(factor: float) -> np.ndarray:
+    # torchvision adjust_brightness_image: image.mul(f).clamp_(0, 255).to(uint8)
+    return _RAMP.mul(factor).clamp_(0, 255).to(torch.uint8).numpy().reshape(256)
+
+
+def _contrast_lut(img: torch.Tensor, factor: float) -> np.ndarray:
+    # torchvision adjust_contrast_image on uint8: mean of the floored float grey image, then
+    # _blend(image, mean, f) = image.mul(f).add_(mean, alpha=1 - f).clamp_(0, 255).to(uint8).
+    r, g, b = img.unbind(dim=-3)
+    grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
+    mean = torch.mean(grey, dim=(-3, -2, -1), keepdim=True)
+    factor = float(factor)
+    return _RAMP.mul(factor).add_(mean, alpha=(1.0 - factor)).clamp_(0, 255).to(torch.uint8).numpy().reshape(256)
+
+
+def _apply_view_cpu(frame: torch.Tensor, params: ViewParams, size: int) -> torch.Tensor:
+    """:func:`apply_view_reference` on CPU, faster: brightness, contrast and solarize become one
+    ``cv2.LUT`` pass each (tables built with torchvision's own arithmetic), the hue rotation avoids
+    ``np.mod``, and the blur kernel is built in numpy. Same output bytes as the reference."""
+    left, top, w, h = params.box
+    img = TF.resized_crop(frame, top, left, h, w, [size, size], antialias=True)
+    if params.flip:
+        img = img.flip(-1)
+    img = img.contiguous()
+    if params.jitter is not None:
+        order, b, c, s, hue = params.jitter
+        for op in order:
+            if op == 0:
+                img = _lut(img, _brightness_lut(b))
+            elif op == 1:
+                img = _lut(img, _contrast_lut(img, c))
+            elif op == 2:
+                img = TF.adjust_saturation(img, s)
+            else:
+                img = _adjust_hue_cv2(img, hue) if hue != 0.0 else TF.adjust_hue(img, hue)
+    if params.grayscale:
+        img = TF.rgb_to_grayscale(img, num_output_channels=3).contiguous()
+    if params.blur_sigma is not None:
+        img = _blur_cv2(img, _gaussian_kernel(params.blur_sigma, img.shape[-2:]))
+    if params.solarize:
+        img = _lut(img, _SOLARIZE_LUT)
+    return img
+
+
+def _gaussian_kernel(sigma: float, hw) -> np.ndarray:
+    """1-D kernel of :func:`gaussian_blur` (radius ``ceil(3σ)`` clamped to the image), float32."""
+    radius = int(math.ceil(3.0 * sigma))
+    radius = max(1, min(radius, int(hw[-1]) - 1, int(hw[-2]) - 1))
+    x = np.arange(-radius, radius + 1, dtype=np.float64)
+    kernel = np.exp(-0.5 * (x / sigma) ** 2)
+    return (kernel / kernel.sum()).astype(np.float32)
+
+
+def _hwc(img: torch.Tensor) -> np.ndarray:
+    """Contiguous CPU uint8 ``[3, S, S]`` tensor → contiguous ``[S, S, 3]`` array (``cv2.merge``,
+    several times faster than a numpy transpose copy)."""
+    import cv2
+
+    a = img.numpy()
+    return cv2.merge([a[0], a[1], a[2]])
+
+
+def _chw(hwc: np.ndarray) -> torch.Tensor:
+    """Contiguous ``[S, S, 3]`` uint8 array → contiguous ``[3, S, S]`` tensor (``cv2.split``)."""
+    import cv2
+
+    out = np.empty((3,) + hwc.shape[:2], dtype=hwc.dtype)
+    planes = cv2.split(hwc, [out[0], out[1], out[2]])
+    if not all(np.shares_memory(p, out[c]) for c, p in enumerate(planes)):  # binding allocated anew
+        out = np.stack(planes)
+    return torch.from_numpy(out)
+
+
+def _blur_cv2(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
+    """:func:`gaussian_blur`'s OpenCV path on a contiguous CPU uint8 ``[3, S, S]``, one plane at a
+    time (no layout change; the same bytes as filtering the interleaved image)."""
+    import cv2
+
+    a = img.numpy()
+    out = np.empty_like(a)
+    for c in range(a.shape[0]):
+        cv2.sepFilter2D(a[c], -1, kernel, kernel, dst=out[c], borderType=cv2.BORDER_REFLECT_101)
+    return torch.from_numpy(out)
+
+
+def _adjust_hue_cv2(img: torch.Tensor, hue: float) -> torch.Tensor:
+    """:func:`adjust_hue`'s OpenCV path on a contiguous CPU uint8 ``[3, S, S]``, same bytes, faster:
+    the wrap of the rotated hue x into [0, 360) is a conditional subtract / add instead of
+    ``np.mod`` (equal for x in (−360, 720): ``x − 360`` is exact there, and ``x + 360`` for x < 0 is
+    what ``np.mod`` computes)."""
+    import cv2
+
+    rgb = np.multiply(_hwc(img), np.float32(1.0 / 255.0), dtype=np.float32)
+    hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
+    h = hsv[..., 0]
+    shift = np.float32(hue * 360.0)
+    h += shift
+    np.subtract(h, np.float32(360.0), out=h, where=h >= np.float32(360.0))
+    np.add(h, np.float32(360.0), out=h, where=h < np.float32(0.0))
+    out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
+    # = clip(rint(out·255), 0, 255) as uint8: OpenCV rounds half to even as np.rint, and the HSV→RGB
+    # output is never below −0.5/255, so the absolute value does not change a result
+    return _chw(cv2.convertScaleAbs(out, alpha=255.0))
 
 
 def adjust_hue(img: torch.Tensor, hue: float, use_cv2: Optional[bool] = None) -> torch.Tensor:

@@ -8,9 +8,12 @@
     pos12, pos21   bool [F·F, F·F]   positives (rows: view-1 cells / view-2 cells)
     box1, box2     float32 [4]       crop boxes (left, top, width, height) in frame pixels
     flip1, flip2   bool
-    mask_ratio     float             fraction of flow pixels the FB mask rejects (0 for k = 1);
-                                     mask_ratio_fwd / mask_ratio_bwd per direction (the seed's
-                                     mask_ratio/fwd, /bwd), mask_ratio = their mean
+    mask_ratio     float             fraction of flow pixels the FB mask rejects (0 for k = 1),
+                                     over every flow-grid pixel (``mask_ratio_stride`` = 1, the
+                                     default) or every s-th one per axis (s > 1: only the needed
+                                     pixels are chained; positives unchanged); mask_ratio_fwd /
+                                     mask_ratio_bwd per direction (the seed's mask_ratio/fwd, /bwd),
+                                     mask_ratio = their mean
     frame_hw       (H, W)            original frame size
     video, t, k
 
@@ -52,6 +55,7 @@ class SampleConfig:
     alpha2: float = 0.5  # FB-mask α2 (--alpha2); "unflow": px² at full resolution
     positive_rule: str = "pixel"  # "pixel" (the seed fork) or "normalized" (original PixPro)
     flow_resolution: str = "coarse"  # chain/mask on the 1/8 grid, or "full" (seed-exact, ~64x slower)
+    mask_ratio_stride: int = 1  # 1: mask_ratio over every flow-grid pixel; s > 1: every s-th per axis (cheaper)
     defer_positives: bool = False  # True: samples carry no pos12/pos21 (flow computed later, e.g. RAFT on GPU)
 
     def validate(self) -> None:
@@ -72,12 +76,15 @@ class SampleConfig:
             raise UserError(f"sample.alpha1 and sample.alpha2 must be >= 0, got {self.alpha1}, {self.alpha2}")
         if self.positive_rule not in POSITIVE_RULES:
             raise UserError(f"sample.positive_rule must be one of {', '.join(POSITIVE_RULES)}, got {self.positive_rule!r}")
+        if int(self.mask_ratio_stride) < 1:
+            raise UserError(f"sample.mask_ratio_stride must be >= 1, got {self.mask_ratio_stride}")
         if self.flow_resolution not in FLOW_RESOLUTIONS:
             raise UserError(f"sample.flow_resolution must be one of {', '.join(FLOW_RESOLUTIONS)}, got {self.flow_resolution!r}")
 
     def positive_config(self) -> PositiveConfig:
         return PositiveConfig(pos_ratio=self.pos_ratio, mask=self.mask, alpha1=self.alpha1, alpha2=self.alpha2,
-                              positive_rule=self.positive_rule, flow_resolution=self.flow_resolution)
+                              positive_rule=self.positive_rule, flow_resolution=self.flow_resolution,
+                              mask_ratio_stride=int(self.mask_ratio_stride))
 
 
 def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[str, torch.device] = "cpu") -> torch.Tensor:
