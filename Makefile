@@ -22,6 +22,9 @@ test: setup
 demo: setup
 	@PATH=$(VENV)/bin:$$PATH $(PY) -m pixpro_of demo --out demo_out
 
+reproduce: setup
+	@PATH=$(VENV)/bin:$$PATH $(PY) -m pixpro_of reproduce --out reproduce_out
+
 bench: setup
 	@for b in bench/bench_*.py; do echo "== $$b"; PATH=$(VENV)/bin:$$PATH $(PY) $$b || exit 1; done
 

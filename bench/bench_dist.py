@@ -5,7 +5,7 @@
 2. Training-step time of 2 ranks vs 1 rank at a fixed per-rank batch (SyncBN on, gradient
    averaging), each backend: the ratio is the distributed overhead (goal <= 1.15x).
 
-usage: python bench/bench_dist.py [--numel 25557032] [--reps 5] [--arch resnet18] [--batch 8] [--size 64] [--steps 6]
+usage: python bench/bench_dist.py [--numel 25557032] [--reps 5] [--arch resnet18] [--batch 16] [--size 112] [--steps 6]
 """
 from __future__ import annotations
 
@@ -84,8 +84,8 @@ def main() -> None:
     ap.add_argument("--numel", type=int, default=25_557_032, help="elements (ResNet-50 has 25,557,032 parameters)")
     ap.add_argument("--reps", type=int, default=5)
     ap.add_argument("--arch", default="resnet18")
-    ap.add_argument("--batch", type=int, default=8, help="per-rank batch")
-    ap.add_argument("--size", type=int, default=64)
+    ap.add_argument("--batch", type=int, default=16, help="per-rank batch")
+    ap.add_argument("--size", type=int, default=112)
     ap.add_argument("--steps", type=int, default=6)
     ap.add_argument("--worker", choices=["allreduce", "step"], help=argparse.SUPPRESS)
     ap.add_argument("--backend", help=argparse.SUPPRESS)

@@ -8,6 +8,7 @@ COMMANDS = {
     "convert": ("pixpro_of.transfer.convert", "Export a checkpoint's online encoder to detectron2 (.pkl) or torchvision (.pth)"),
     "eval": ("pixpro_of.evaluation.cli", "Downstream evaluation: 'eval seg' (frozen backbone, DeepLabV3 or linear probe, Cityscapes mIoU)"),
     "demo": ("pixpro_of.demo", "The main job on the synthetic world, end to end (make demo)"),
+    "reproduce": ("pixpro_of.reproduce", "The mini-reproduction on the synthetic world (make reproduce)"),
     "smoke": ("pixpro_of.smoke", "2-rank Horovod/MPI smoke check of the distributed stack"),
     "synth": ("pixpro_of.synth.cli", "Render the synthetic driving world (videos, frames, GT flow, Cityscapes layout)"),
     "train": ("pixpro_of.train.cli", "Pretrain PixPro(+flow): python -m pixpro_of train --config FILE [key=value ...]"),
