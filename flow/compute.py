@@ -278,7 +278,6 @@ def run(cfg: ComputeConfig, log=print) -> int:
 
     from flow.estimators import make_estimator
     from hdf5_tools import manifest as mf
-    from hdf5_tools import schema
 
     comm = _mpi_comm()
     rank, size = (comm.Get_rank(), comm.Get_size()) if comm is not None else (0, 1)

@@ -14,6 +14,7 @@ divided by 8 (:func:`flow.ops.full_flow_to_shard`).
 """
 from __future__ import annotations
 
+import abc
 import math
 import os
 from dataclasses import dataclass
@@ -67,14 +68,15 @@ def to_uint8_hwc(images: Union[np.ndarray, torch.Tensor], name: str = "images") 
     return x.round().clamp(0, 255).to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
-class FlowEstimator:
+class FlowEstimator(abc.ABC):
     """Base class: ``est(img1, img2) -> FlowResult``. ``name`` is one of :data:`MODELS`."""
 
     name: str = ""
     device: torch.device = torch.device("cpu")
 
-    def __call__(self, img1, img2) -> FlowResult:  # pragma: no cover - interface
-        raise NotImplementedError
+    @abc.abstractmethod
+    def __call__(self, img1, img2) -> FlowResult:
+        """Flow from ``img1`` to ``img2`` (batches of the same shape)."""
 
     @staticmethod
     def _check_pair(img1, img2) -> None:

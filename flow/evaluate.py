@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
+from pixpro_of.atomic import atomic_write_text
 from flow.errors import UserError
 
 
@@ -200,8 +201,5 @@ def main(argv) -> int:
     r = evaluate(cfg)
     print(format_result(r))
     if a.json:
-        tmp = f"{a.json}.tmp{os.getpid()}"
-        with open(tmp, "w") as f:
-            json.dump(r, f, indent=1)
-        os.replace(tmp, a.json)
+        atomic_write_text(a.json, json.dumps(r, indent=1))
     return 0

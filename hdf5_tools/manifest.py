@@ -21,9 +21,9 @@ import json
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from pathlib import Path
 from typing import List, Optional
 
+from pixpro_of.atomic import atomic_write_text
 from hdf5_tools.errors import UserError
 from hdf5_tools import schema
 
@@ -90,10 +90,7 @@ def describe_shard(path, node: int, root: Optional[str] = None) -> ShardEntry:
 
 def write_manifest(path, manifest: Manifest) -> None:
     """Write ``manifest`` as JSON at ``path`` (temporary name, then rename)."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    tmp.write_text(json.dumps(manifest.to_json(), indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(manifest.to_json(), indent=1) + "\n")
 
 
 def load_manifest(path, check_files: bool = True) -> Manifest:

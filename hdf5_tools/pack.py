@@ -28,6 +28,7 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, List, Optional
 
+from pixpro_of.atomic import atomic_write_text
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema, sources
 from hdf5_tools.errors import UserError
@@ -144,10 +145,7 @@ def _entry_path(out: str, file: str) -> str:
 
 
 def _write_json(path: str, obj) -> None:
-    tmp = f"{path}.tmp{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(obj, indent=1))
 
 
 # State for pool workers, set in the parent just before the pool forks (the workers inherit it,
@@ -256,18 +254,11 @@ def _load_entry(out: str, plan: ShardPlan) -> mf.ShardEntry:
     return entry
 
 
-class _NoBar:
-    def update(self, n):
-        pass
-
-    def close(self):
-        pass
-
-
 def _progress(cfg: PackConfig, total: int, done: int, shards_done: int, shards: int):
-    if not cfg.progress:
-        return _NoBar()
     from tqdm import tqdm
+
+    if not cfg.progress:
+        return tqdm(total=total, initial=done, disable=True)
 
     if shards_done:
         print(f"resuming: {shards_done} of {shards} shards already packed", file=sys.stderr)

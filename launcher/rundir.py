@@ -10,30 +10,19 @@ was stopped; links exit at once while it exists), ``timeout.count``/``preemption
 from __future__ import annotations
 
 import json
-import os
 import shlex
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
 from launcher.errors import UserError
+from pixpro_of.atomic import atomic_write_text
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
     """Write ``text`` to a temporary file in the same directory, then rename it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=str(path.parent))
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.chmod(tmp, mode)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    atomic_write_text(path, text, chmod=mode)
 
 
 def now_iso() -> str:

@@ -7,6 +7,7 @@ variables when the command is rendered into a job script (the job extends its ow
 """
 from __future__ import annotations
 
+import abc
 import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
@@ -18,7 +19,7 @@ AFTER = "@@AFTER@@"
 
 
 @dataclass(frozen=True)
-class Scheduler:
+class Scheduler(abc.ABC):
     """Base: one batch system. ``template`` is the job-script template it renders."""
 
     name: str
@@ -26,17 +27,21 @@ class Scheduler:
     submit_exe: str
     cancel_exe: str
 
+    @abc.abstractmethod
     def submit_argv(self, plan, script: str, link, after: Optional[str]) -> List[str]:
-        raise NotImplementedError
+        """The command line that submits ``script`` (link ``link``, after job ``after``)."""
 
+    @abc.abstractmethod
     def parse_job_id(self, output: str) -> str:
-        raise NotImplementedError
+        """The job id in the submit command's output."""
 
+    @abc.abstractmethod
     def status_argv(self, ids: Sequence[str]) -> List[str]:
-        raise NotImplementedError
+        """The command line that queries the states of ``ids``."""
 
+    @abc.abstractmethod
     def parse_status(self, output: str, ids: Sequence[str]) -> Dict[str, str]:
-        raise NotImplementedError
+        """``{job id: state}`` from the status command's output."""
 
     def cancel_argv(self, ids: Sequence[str]) -> List[str]:
         return [self.cancel_exe, *ids]

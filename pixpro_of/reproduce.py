@@ -43,6 +43,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pixpro_of.atomic import atomic_write_text
 from pixpro_of.errors import UserError
 
 
@@ -496,12 +497,6 @@ def bar_chart(cfg: ReproduceConfig, results: Dict, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
-
-
 # ----------------------------------------------------------------------------- command
 
 
@@ -527,8 +522,8 @@ def run(cfg: ReproduceConfig, command: str = "") -> int:
     results["seconds"] = round(time.time() - t0, 1)
     results["failed"] = failed
     table = markdown_table(cfg, results)
-    _atomic_text(out / "results.json", json.dumps(results, indent=1) + "\n")
-    _atomic_text(out / "table.md", table)
+    atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
+    atomic_write_text(out / "table.md", table)
     bar_chart(cfg, results, out / "miou.png")
     print()
     print(table)

@@ -317,7 +317,6 @@ def gaussian_blur(img: torch.Tensor, sigma: float, use_cv2: Optional[bool] = Non
         k = kernel.numpy()
         out = cv2.sepFilter2D(hwc, -1, k, k, borderType=cv2.BORDER_REFLECT_101)
         return torch.from_numpy(out).permute(2, 0, 1)
-    c = img.shape[0]
     kernel = kernel.to(img.device)
     out = torch.nn.functional.pad(img.to(torch.float32)[:, None], (radius, radius, radius, radius), mode="reflect")
     out = torch.nn.functional.conv2d(out, kernel.view(1, 1, 1, -1))

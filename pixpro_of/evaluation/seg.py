@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from pixpro_of.atomic import atomic_write_bytes
 from pixpro_of.errors import UserError
 
 MODES = ("deeplab", "linear")
@@ -128,16 +129,6 @@ def _param_groups(head, cfg: SegConfig) -> List[Dict]:
             {"params": norm, "weight_decay": cfg.weight_decay_norm}]
 
 
-def _atomic_write_bytes(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        tmp.write_bytes(data)
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
-
-
 def train_head(model, cfg: SegConfig, pairs, device, log) -> Dict[str, object]:
     """SGD on the head for ``cfg.iters`` iterations; returns losses and timings."""
     import torch
@@ -211,7 +202,7 @@ def evaluate(model, cfg: SegConfig, pairs, device, log,
                 ok, png = cv2.imencode(".png", to_label[pred])
                 if not ok:
                     raise RuntimeError(f"could not encode {dest}")
-                _atomic_write_bytes(dest, png.tobytes())
+                atomic_write_bytes(dest, png.tobytes())
             if len(shown) < cfg.vis:
                 rgb, _ = ds.raw(i)
                 shown.append((rgb, gt, pred))
@@ -290,13 +281,13 @@ def run(cfg: SegConfig, log=print) -> Dict[str, object]:
     w = csv.writer(buf)
     w.writerow(["iter", "lr", "loss"])
     w.writerows([(i, f"{lr:.8g}", f"{loss:.6g}") for i, lr, loss in trained["rows"]])
-    _atomic_write_bytes(out / "train_log.csv", buf.getvalue().encode())
+    atomic_write_bytes(out / "train_log.csv", buf.getvalue().encode())
     if shown:
         ok, png = cv2.imencode(".png", cv2.cvtColor(prediction_picture(shown), cv2.COLOR_RGB2BGR))
         if not ok:
             raise RuntimeError("could not encode predictions.png")
-        _atomic_write_bytes(out / "predictions.png", png.tobytes())
-    _atomic_write_bytes(out / "scores.json", (json.dumps(scores, indent=1) + "\n").encode())
+        atomic_write_bytes(out / "predictions.png", png.tobytes())
+    atomic_write_bytes(out / "scores.json", (json.dumps(scores, indent=1) + "\n").encode())
     miou = "n/a" if scores["mIoU"] is None else f"{scores['mIoU']:.2f}"
     log(f"mIoU {miou} over {report['classes_evaluated']} classes -> {out / 'scores.json'}"
         + (f", {out / 'predictions.png'}" if shown else ""))

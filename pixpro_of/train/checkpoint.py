@@ -26,6 +26,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
+from pixpro_of.atomic import atomic_write_bytes as _atomic_write_bytes
+from pixpro_of.atomic import fsync_dir
 from pixpro_of.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -35,30 +37,9 @@ REQUIRED_KEYS = ("format", "step", "epoch")
 FORMAT = "pixpro_of.checkpoint/1"
 
 
-def fsync_dir(path: Path) -> None:
-    """Make a rename or unlink in ``path`` durable (no-op where directories cannot be opened)."""
-    try:
-        fd = os.open(str(path), os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    _atomic_write_bytes(path, data, durable=True)
 
 
 class _HashingWriter:

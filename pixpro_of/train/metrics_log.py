@@ -109,14 +109,14 @@ def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dic
         from pixpro_of.errors import UserError
 
         raise UserError(f"log.wandb={mode} needs the wandb package (pip install wandb), or set log.wandb=off") from None
+    from pixpro_of.atomic import atomic_write_text
+
     id_file = run_dir / "wandb_id"
     if id_file.exists():
         run_id = id_file.read_text().strip()
     else:
         run_id = wandb.util.generate_id()
-        tmp = id_file.with_name(f".{id_file.name}.tmp.{os.getpid()}")
-        tmp.write_text(run_id + "\n")
-        os.replace(tmp, id_file)
+        atomic_write_text(id_file, run_id + "\n")
     (run_dir / "wandb").mkdir(exist_ok=True)
     log.info("wandb %s run %s (resuming at step %d)", mode, run_id, resume_step)
     return wandb.init(project=project, entity=entity or None, name=run_dir.name, id=run_id, dir=str(run_dir),

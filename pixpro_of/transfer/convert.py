@@ -33,6 +33,7 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
+from pixpro_of.atomic import atomic_open
 from pixpro_of.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state, infer_arch, load_encoder_state
 
@@ -154,17 +155,8 @@ def read_detectron2(path) -> Dict[str, object]:
 
 
 def _atomic_write(path: Path, write) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    with atomic_open(path, "wb", durable=True) as f:
+        write(f)
 
 
 def write_detectron2(state: Dict[str, object], out: Path) -> Dict[str, object]:
