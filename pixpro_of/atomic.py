@@ -16,6 +16,16 @@ from typing import IO, Iterator, Optional, Union
 PathLike = Union[str, os.PathLike]
 
 
+def _default_mode() -> int:
+    """What ``open(path, "w")`` would give a new file (mkstemp's own files are 0600)."""
+    umask = os.umask(0o022)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+_DEFAULT_MODE = _default_mode()
+
+
 def fsync_dir(path: PathLike) -> None:
     """Make a rename or unlink in ``path`` durable (no-op where directories cannot be opened)."""
     try:
@@ -35,7 +45,8 @@ def atomic_open(path: PathLike, mode: str = "wb", *, durable: bool = False,
                 chmod: Optional[int] = None) -> Iterator[IO]:
     """``with atomic_open(p) as f: ...`` writes to a temporary file; on success it becomes ``p``.
 
-    On an exception the temporary file is removed and ``p`` is left as it was.
+    On an exception the temporary file is removed and ``p`` is left as it was. The new file gets
+    ``chmod`` or, by default, the permissions a plain ``open()`` would give it.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -46,8 +57,7 @@ def atomic_open(path: PathLike, mode: str = "wb", *, durable: bool = False,
             f.flush()
             if durable:
                 os.fsync(f.fileno())
-        if chmod is not None:
-            os.chmod(tmp, chmod)
+        os.chmod(tmp, _DEFAULT_MODE if chmod is None else chmod)
         os.replace(tmp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
