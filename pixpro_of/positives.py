@@ -43,7 +43,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Dict, Optional, Tuple
+from typing import Dict, Optional, Protocol, Tuple
 
 import numpy as np
 import torch
@@ -535,9 +535,24 @@ def _fb_seed_both(comp: torch.Tensor, batch: int, alpha1: float, alpha2: float) 
     return valid & (cycle - eps <= 0)
 
 
+class Correspondence(Protocol):
+    """Where query points of one frame are in the other: what :func:`compute_positives` needs of
+    a flow field. :class:`FlowGrid` / :class:`SparseFlowGrid` implement it from chained flows; a
+    source of exact geometry (the synthetic world) can implement it directly."""
+
+    def warp_both(self, points1: torch.Tensor, points2: torch.Tensor
+                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``points1 [B, N, 2]`` of frame t moved to frame t+k−1 and ``points2`` of frame t+k−1
+        moved to frame t: ``(moved1, valid1 [B, N], moved2, valid2)``."""
+
+    def mask_ratio(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Fraction of points rejected as occluded, forward and backward, ``[B]`` each."""
+
+
 def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, flip2: torch.Tensor,
                       frame_hw: Tuple[int, int], grid: int, cfg: PositiveConfig,
-                      fwd: Optional[torch.Tensor] = None, bwd: Optional[torch.Tensor] = None) -> Dict[str, torch.Tensor]:
+                      fwd: Optional[torch.Tensor] = None, bwd: Optional[torch.Tensor] = None,
+                      correspondence: Optional[Correspondence] = None) -> Dict[str, torch.Tensor]:
     """Positive matrices of a batch of samples.
 
     Args:
@@ -546,6 +561,8 @@ def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tenso
         frame_hw: ``(H, W)`` of the original frames (all samples of the batch share it).
         grid: F, the side of the feature map.
         fwd, bwd: ``[B, k−1, 2, h, w]`` flows in time order, or None / ``k − 1 = 0`` for k = 1.
+        correspondence: instead of flows, any object with the :class:`Correspondence` methods
+            (e.g. the synthetic world's exact geometry, :class:`pixpro_of.synth.ExactCorrespondence`).
     All inputs may live on any device (e.g. CUDA, with flows from RAFT on the fly); the outputs
     are on the same device.
     Returns:
@@ -567,7 +584,12 @@ def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tenso
     # both views in one batch (elementwise: the same values as two calls)
     c1, c2 = cell_centres(torch.cat([box1, box2]), torch.cat([flip1, flip2]), grid).split(b)
     bin1, bin2 = bin_size(torch.cat([box1, box2]), grid).split(b)
-    if fwd is None or fwd.shape[1] == 0:
+    if correspondence is not None:
+        if fwd is not None or bwd is not None:
+            raise ValueError("give either flows (fwd, bwd) or a correspondence, not both")
+        w1, v1, w2, v2 = correspondence.warp_both(c1, c2)
+        ratio_f, ratio_b = correspondence.mask_ratio()
+    elif fwd is None or fwd.shape[1] == 0:
         w1, w2 = c1, c2
         v1 = torch.ones(b, grid * grid, dtype=torch.bool, device=box1.device)
         v2 = v1

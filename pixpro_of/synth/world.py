@@ -1045,6 +1045,29 @@ class Renderer:
     def camera(self, t: int) -> Camera:
         return self.path.camera(t / self.fps, self.width, self.height)
 
+    def track(self, t0: int, t1: int, points: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+        """Exact correspondences: where the surface points seen through sub-pixel ``points [N, 2]``
+        (x, y) of frame ``t0`` are in frame ``t1``, and whether they are visible there.
+
+        Rays are cast through the exact points (no pixel grid, no interpolation) and the hit points
+        are moved and projected as the ground-truth flow is (:func:`_flow_to`, any frame distance).
+        Returns ``(positions [N, 2] float64, visible [N] bool)``; visible = inside frame ``t1`` and
+        not occluded there (the module docstring's validity).
+        """
+        pts = np.asarray(points, dtype=np.float64).reshape(-1, 2)
+        for name, t in (("t0", t0), ("t1", t1)):
+            if not 0 <= int(t) < self.n:
+                raise ValueError(f"{name}={t} out of range [0, {self.n})")
+        if pts.shape[0] == 0:
+            return pts.copy(), np.zeros(0, bool)
+        u = pts[:, 0].astype(np.float32)
+        v = pts[:, 1].astype(np.float32)
+        cam = self.camera(int(t0))
+        time = int(t0) / self.fps
+        state = _State(self.scene, cam, cast(self.scene, cam, u, v, time), u, v, time)
+        flow, valid = _flow_to(self.scene, state, _Viewpoint(self.camera(int(t1)), int(t1) / self.fps))
+        return pts + flow.T.astype(np.float64), valid
+
     def frames(self) -> Iterator[Frame]:
         h, w = self.height, self.width
         prev: Optional[_State] = None
@@ -1064,6 +1087,13 @@ class Renderer:
                 frame.bwd, frame.valid_bwd = bwd.reshape(2, h, w), vb.reshape(h, w)
             prev = state
             yield frame
+
+
+class _Viewpoint:
+    """The camera and time of a frame: all that :func:`_flow_to` reads of its target state."""
+
+    def __init__(self, cam: Camera, time: float):
+        self.cam, self.time = cam, time
 
 
 def render_video(seed: int, frames: int, size=(640, 360), fps: float = 10.0) -> Video:
