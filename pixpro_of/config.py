@@ -67,6 +67,12 @@ class DataConfig:
     image datasets). ``mask`` is the occlusion mask (``seed`` FB check, ``unflow`` or ``none``)
     with constants ``alpha1``/``alpha2`` (seed §2.6); ``flow_resolution`` ``coarse`` (1/8 grid) or
     ``full`` (seed-exact, slower). These are passed to ``pixpro_of.data.pipeline.SampleConfig``.
+
+    ``flow_source``: ``shards`` (the flows stored in the shards) or ``raft`` (estimated on the fly
+    on the training device from every frame of the clip, the seed's no-storage mode:
+    ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
+    ``raft_amp`` precision, ``raft_chunk`` frame pairs per RAFT call; see
+    ``pixpro_of.data.online_flow``).
     """
     shards: List[str] = field(default_factory=list)
     synthetic: bool = True
@@ -83,6 +89,12 @@ class DataConfig:
     alpha1: float = 0.01
     alpha2: float = 0.5
     flow_resolution: str = "coarse"
+    flow_source: str = "shards"
+    raft_model: str = "raft-small"
+    raft_weights: str = ""
+    raft_iters: int = 12
+    raft_amp: str = "fp32"
+    raft_chunk: int = 32
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 
 
@@ -199,6 +211,9 @@ CHOICES = {
     "data.positive_rule": ("pixel", "normalized"),
     "data.mask": ("seed", "unflow", "none"),
     "data.flow_resolution": ("coarse", "full"),
+    "data.flow_source": ("shards", "raft"),
+    "data.raft_model": ("raft-small", "raft-large"),
+    "data.raft_amp": ("fp32", "bf16", "fp16"),
     "model.loss_norm": ("seed", "pixel"),
     "optim.precision": ("fp32", "bf16", "fp16"),
     "dist.backend": ("single", "horovod", "ddp"),
@@ -209,7 +224,7 @@ CHOICES = {
 # steps-per-epoch check on resume).
 RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
-    "run.threads", "run.device", "run.max_steps",
+    "run.threads", "run.device", "run.max_steps", "data.raft_chunk", "data.raft_weights",
     # The backend and world size may change between links of a run (see ARCHITECTURE.md,
     # "Resuming with another world size"); the global batch may not.
     "dist.",
@@ -402,6 +417,10 @@ def validate(cfg: TrainConfig) -> None:
     need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
          "must be [min, max] with 0 < min <= max", d.crop_ratio)
     sy = d.synth
+    need(d.raft_iters >= 1, "data.raft_iters", "must be >= 1", d.raft_iters)
+    need(d.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", d.raft_chunk)
+    need(d.flow_source != "raft" or d.k == 1 or bool(d.raft_weights), "data.raft_weights",
+         "must name a RAFT checkpoint (a local .pth file) when data.flow_source=raft", d.raft_weights)
     need(sy.videos >= 1, "data.synth.videos", "must be >= 1", sy.videos)
     need(sy.frames >= d.k, "data.synth.frames", f"must be >= data.k = {d.k}", sy.frames)
     need(sy.width >= 16 and sy.height >= 16, "data.synth.width/height", "must be >= 16", (sy.width, sy.height))

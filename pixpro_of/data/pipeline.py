@@ -19,7 +19,9 @@
 
 With ``defer_positives=True`` the sample has no ``pos12``/``pos21``/``mask_ratio`` and needs no
 flow: the caller computes them for the whole batch with :func:`batch_positives` (e.g. on the GPU
-from flows estimated on the fly, the seed's no-storage mode).
+from flows estimated on the fly, the seed's no-storage mode: :mod:`pixpro_of.data.online_flow`).
+A clip with ``frames`` (uint8 [k, H, W, 3], every frame of the clip) passes them on as the
+sample's ``frames`` tensor (the same layout), for that flow estimation.
 
 Randomness: every draw (crops, flips, jitter, grayscale, blur, solarize) comes from the ``rng``
 argument, in a fixed order, so a sample is a pure function of (clip, rng state).
@@ -158,6 +160,8 @@ class SampleBuilder:
             "frame_hw": (H, W),
         }
         if self.cfg.defer_positives:
+            if clip.get("frames") is not None:
+                out["frames"] = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
             return out
         if k > 1:
             fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))[None]
@@ -177,11 +181,14 @@ def collate(samples: Sequence[dict]) -> Dict[str, object]:
     """Batch samples: tensors are stacked (``view*`` [B, 3, S, S], ``pos*`` [B, F·F, F·F], ``box*``
     [B, 4]); ``flip*`` → bool [B], ``mask_ratio{,_fwd,_bwd}`` → float32 [B], ``t``/``k`` → int64 [B];
     ``video`` → list of str; ``frame_hw`` → int64 [B, 2]. ``pos*``/``mask_ratio`` only when the
-    samples have them (not with ``defer_positives``)."""
+    samples have them (not with ``defer_positives``); ``frames`` → uint8 [B, k, H, W, 3] when they
+    have it."""
     if not samples:
         raise ValueError("collate needs at least one sample")
     out: Dict[str, object] = {}
     keys = ("view1", "view2", "pos12", "pos21", "box1", "box2") if "pos12" in samples[0] else ("view1", "view2", "box1", "box2")
+    if "frames" in samples[0]:
+        keys += ("frames",)
     for key in keys:
         out[key] = torch.stack([s[key] for s in samples])
     out["flip1"] = torch.tensor([s["flip1"] for s in samples], dtype=torch.bool)

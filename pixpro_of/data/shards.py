@@ -8,6 +8,10 @@
   ``fwd``, ``bwd``: float32 [k-1, 2, h8, w8] in 1/8-resolution pixels (``fwd[j]``: frame t+j ->
   t+j+1, ``bwd[j]``: t+j+1 -> t+j, both in time order; [0, 2, h8, w8] when k = 1);
   ``video`` (str), ``t`` (int), ``k`` (int).
+  With ``all_frames=True`` the clip also has ``frames``: uint8 [k, H, W, 3], every frame t … t+k−1
+  (for flow estimated on the fly; ``frame1``/``frame2`` are its first and last); with
+  ``flows=False`` the stored flows are not read (``fwd``/``bwd`` are None), so shards packed
+  without flows serve too.
 - ``len(dataset)`` is the number of videos (one clip per video per epoch, as the seed defined an
   epoch); use :class:`pixpro_of.data.sampler.ClipSampler` to draw (video_index, t) items.
 
@@ -62,10 +66,13 @@ class ShardClipDataset(torch.utils.data.Dataset):
     ``check_crc`` verifies every JPEG's and flow chunk's CRC32 on read.
     """
 
-    def __init__(self, shard_paths: Sequence, k: int, check_crc: bool = True, drop_short: bool = False):
+    def __init__(self, shard_paths: Sequence, k: int, check_crc: bool = True, drop_short: bool = False,
+                 all_frames: bool = False, flows: bool = True):
         if int(k) < 1:
             raise UserError(f"clip length k must be >= 1, got {k}")
         self.k = int(k)
+        self.all_frames = bool(all_frames)
+        self.read_flows = bool(flows)
         self.check_crc = bool(check_crc)
         self.shard_paths: List[str] = [os.fspath(p) for p in shard_paths]
         if not self.shard_paths:
@@ -148,16 +155,30 @@ class ShardClipDataset(torch.utils.data.Dataset):
                              f"[0, {n - k}] for k={k}")
         reader = self._reader(int(self._shard[vi]))
         where = f"{os.path.basename(shard)}: video {name!r} frame"
+        frames = None
+        fwd = bwd = None
         try:
-            frame1 = decode_jpeg(reader.jpeg(name, t), f"{where} {t}")
-            frame2 = frame1 if k == 1 else decode_jpeg(reader.jpeg(name, t + k - 1), f"{where} {t + k - 1}")
-            fwd16, bwd16 = reader.flows(name, t, k - 1, as_stored=True)
+            if self.all_frames:
+                first = decode_jpeg(reader.jpeg(name, t), f"{where} {t}")
+                frames = np.empty((k,) + first.shape, np.uint8)
+                frames[0] = first
+                for i in range(1, k):
+                    frames[i] = decode_jpeg(reader.jpeg(name, t + i), f"{where} {t + i}")
+                frame1, frame2 = frames[0], frames[k - 1]
+            else:
+                frame1 = decode_jpeg(reader.jpeg(name, t), f"{where} {t}")
+                frame2 = frame1 if k == 1 else decode_jpeg(reader.jpeg(name, t + k - 1), f"{where} {t + k - 1}")
+            if self.read_flows:
+                fwd16, bwd16 = reader.flows(name, t, k - 1, as_stored=True)
+                fwd, bwd = f16_to_f32(fwd16), f16_to_f32(bwd16)
         except ShardError as exc:
             raise UserError(str(exc)) from None
         if k == 1:
             frame2 = frame1.copy()
-        fwd, bwd = f16_to_f32(fwd16), f16_to_f32(bwd16)
-        return {"frame1": frame1, "frame2": frame2, "fwd": fwd, "bwd": bwd, "video": name, "t": t, "k": k}
+        clip = {"frame1": frame1, "frame2": frame2, "fwd": fwd, "bwd": bwd, "video": name, "t": t, "k": k}
+        if frames is not None:
+            clip["frames"] = frames
+        return clip
 
     def __getitem__(self, item) -> dict:
         try:

@@ -66,19 +66,49 @@ def build_clips(cfg: TrainConfig, run_dir: Path, node_index: int, num_nodes: int
     from pixpro_of.data.shards import ShardClipDataset
     from pixpro_of.train.synth_data import data_entries
 
-    return ShardClipDataset(resolve_shards(data_entries(cfg, run_dir), node_index, num_nodes), cfg.data.k)
+    on_the_fly = cfg.data.flow_source != "shards" and cfg.data.k > 1
+    return ShardClipDataset(resolve_shards(data_entries(cfg, run_dir), node_index, num_nodes), cfg.data.k,
+                            all_frames=on_the_fly, flows=not on_the_fly)
+
+
+def build_sample_config(cfg: TrainConfig):
+    """``data.*`` as the pipeline's :class:`~pixpro_of.data.pipeline.SampleConfig`."""
+    from pixpro_of.data.pipeline import SampleConfig
+
+    d = cfg.data
+    return SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
+                        pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
+                        positive_rule=d.positive_rule, flow_resolution=d.flow_resolution,
+                        defer_positives=d.flow_source != "shards" and d.k > 1)
 
 
 def build_sample_builder(cfg: TrainConfig) -> Callable:
     """The augmentation + positives pipeline: ``builder(clip, rng) -> sample dict``."""
-    from pixpro_of.data.pipeline import SampleBuilder, SampleConfig
+    from pixpro_of.data.pipeline import SampleBuilder
     from pixpro_of.model.pixpro import PixPro
 
+    return SampleBuilder(build_sample_config(cfg), feature_size=PixPro.feature_size(cfg.data.image_size))
+
+
+def build_clip_flow(cfg: TrainConfig, device: torch.device):
+    """The on-the-fly flow estimator (``data.flow_source=raft``) on the training device, or None."""
     d = cfg.data
-    sc = SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                      pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
-                      positive_rule=d.positive_rule, flow_resolution=d.flow_resolution)
-    return SampleBuilder(sc, feature_size=PixPro.feature_size(d.image_size))
+    if d.flow_source == "shards" or d.k == 1:
+        return None
+    from flow.errors import UserError as FlowError
+    from flow.estimators import make_estimator
+    from pixpro_of.data.online_flow import ClipFlow
+
+    path = Path(os.path.expanduser(d.raft_weights))
+    if not path.is_file():
+        raise UserError(f"data.raft_weights: {d.raft_weights} is not a file (a RAFT checkpoint is needed "
+                        f"for data.flow_source=raft)")
+    try:
+        est = make_estimator(d.raft_model, weights=str(path), device=device, iters=d.raft_iters,
+                             amp=None if d.raft_amp == "fp32" else d.raft_amp)
+    except FlowError as exc:
+        raise UserError(f"data.raft_weights: {exc}") from None
+    return ClipFlow(est, chunk=d.raft_chunk)
 
 
 def default_collate(samples: List[dict]) -> dict:
@@ -117,6 +147,7 @@ class Components:
     clips: Callable[..., Any] = build_clips
     sample_builder: Callable[[TrainConfig], Callable] = build_sample_builder
     collate: Callable[[List[dict]], dict] = default_collate
+    clip_flow: Callable[..., Any] = build_clip_flow
     optimizer: Callable[..., torch.optim.Optimizer] = build_optimizer
     scheduler: Callable[..., Any] = build_scheduler
     momentum: Callable[[int, int, float], float] = momentum_schedule
@@ -263,6 +294,8 @@ class Trainer:
         self.end_step = min(self.total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else self.total_steps
         self.warmup_steps = cfg.optim.warmup_epochs * self.steps_per_epoch
         self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg), cfg.run.seed, self.node_index)
+        self.clip_flow = self.parts.clip_flow(cfg, self.device)
+        self.sample_cfg = build_sample_config(cfg)
 
         # Model: identical initial weights on every rank (seeded, then broadcast from rank 0).
         torch.manual_seed(cfg.run.seed)
@@ -358,6 +391,13 @@ class Trainer:
         core.momentum_update(m)  # EMA first, as the seed does
         lr = float(self.optimizer.param_groups[0]["lr"])
         b = self._to_device(batch)
+        flow_s = None
+        if "pos12" not in b:  # flow on the fly: positives of the whole batch on the device
+            t0 = time.perf_counter()
+            b.update(self._positives_on_device(b))
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            flow_s = time.perf_counter() - t0
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
@@ -373,12 +413,24 @@ class Trainer:
         out["loss/plus"] = out["loss"] + 4.0
         for k, v in metrics.items():
             out[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
-        mr = batch.get("mask_ratio")
+        mr = b.get("mask_ratio")
         if mr is not None:
             out["mask_ratio"] = float(torch.as_tensor(mr, dtype=torch.float32).mean())
+        if flow_s is not None:
+            out["time/flow"] = flow_s
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out
+
+    def _positives_on_device(self, b: dict) -> Dict[str, torch.Tensor]:
+        """``pos12``, ``pos21`` and ``mask_ratio`` of a ``defer_positives`` batch (frames on the device)."""
+        from pixpro_of.data.online_flow import positives_on_the_fly
+        from pixpro_of.model.pixpro import PixPro
+
+        if self.clip_flow is None:
+            raise RuntimeError("the batch has no positives and no on-the-fly flow is configured")
+        pos = positives_on_the_fly(b, self.clip_flow, self.sample_cfg, PixPro.feature_size(self.cfg.data.image_size))
+        return {"pos12": pos["pos12"], "pos21": pos["pos21"], "mask_ratio": pos["mask_ratio"].float()}
 
     def _average_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
         """Metrics averaged over ranks (counts too: they become per-rank means)."""
