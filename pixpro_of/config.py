@@ -68,6 +68,8 @@ class DataConfig:
     with constants ``alpha1``/``alpha2`` (seed §2.6); ``flow_resolution`` ``coarse`` (1/8 grid) or
     ``full`` (seed-exact, slower). These are passed to ``pixpro_of.data.pipeline.SampleConfig``.
 
+    ``positives_on``: ``worker`` (each sample's positives in the DataLoader workers) or ``device``
+    (the batch's positives on the training device, from the stored flows the workers pass on).
     ``flow_source``: ``shards`` (the flows stored in the shards) or ``raft`` (estimated on the fly
     on the training device from every frame of the clip, the seed's no-storage mode:
     ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
@@ -89,6 +91,7 @@ class DataConfig:
     alpha1: float = 0.01
     alpha2: float = 0.5
     flow_resolution: str = "coarse"
+    positives_on: str = "worker"
     flow_source: str = "shards"
     raft_model: str = "raft-small"
     raft_weights: str = ""
@@ -212,6 +215,7 @@ CHOICES = {
     "data.mask": ("seed", "unflow", "none"),
     "data.flow_resolution": ("coarse", "full"),
     "data.flow_source": ("shards", "raft"),
+    "data.positives_on": ("worker", "device"),
     "data.raft_model": ("raft-small", "raft-large"),
     "data.raft_amp": ("fp32", "bf16", "fp16"),
     "model.loss_norm": ("seed", "pixel"),
@@ -225,6 +229,7 @@ CHOICES = {
 RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
     "run.threads", "run.device", "run.max_steps", "data.raft_chunk", "data.raft_weights",
+    "data.positives_on",
     # The backend and world size may change between links of a run (see ARCHITECTURE.md,
     # "Resuming with another world size"); the global batch may not.
     "dist.",

@@ -200,6 +200,8 @@ def _render_case(name, capsys):
                                  "--name", f"golden-{name}", "--run-dir", f"/runs/golden-{name}"]
     rc, out, err = render(args, capsys)
     assert rc == 0, err
+    # The local runner's command is this interpreter (python or python3, wherever it lives).
+    out, err = out.replace(sys.executable, "<PYTHON>"), err.replace(sys.executable, "<PYTHON>")
     return out.replace(str(ROOT), "<REPO>"), err.replace(str(ROOT), "<REPO>")
 
 

@@ -1,8 +1,11 @@
 """Flow on the fly (data.flow_source=raft): frame pairs, directions, positives and the trainer path."""
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -105,22 +108,72 @@ def train(run: Path, *extra: str) -> subprocess.CompletedProcess:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=900)
 
 
+def final_model(run: Path) -> dict:
+    from pixpro_of.train.checkpoint import CheckpointStore
+
+    state, _ = CheckpointStore(run / "checkpoints").load_latest()
+    return state["model"]
+
+
+def assert_same_weights(a: Path, b: Path) -> None:
+    ma, mb = final_model(a), final_model(b)
+    assert ma.keys() == mb.keys()
+    for key in ma:
+        assert torch.equal(ma[key], mb[key]), key
+
+
 @pytest.mark.slow
-def test_trainer_estimates_raft_flow_on_the_fly(tmp_path):
+def test_positives_on_the_device_train_the_same_weights(tmp_path):
+    """data.positives_on=device (stored flows passed to the trainer, positives per batch) trains
+    bit-identical weights to the worker-side positives on CPU."""
+    assert train(tmp_path / "worker", "data.num_workers=1").returncode == 0
+    p = train(tmp_path / "device", "data.positives_on=device", "data.num_workers=1")
+    assert p.returncode == 0, p.stderr[-3000:]
+    rows = read_csv(tmp_path / "device" / "metrics.csv")
+    assert all(float(r["time/positives"]) > 0 for r in rows)
+    ref = read_csv(tmp_path / "worker" / "metrics.csv")
+    assert [r["positive_pair/num"] for r in rows] == [r["positive_pair/num"] for r in ref]
+    assert [r["mask_ratio"] for r in rows] == [r["mask_ratio"] for r in ref]
+    assert_same_weights(tmp_path / "worker", tmp_path / "device")
+
+
+@pytest.mark.slow
+def test_trainer_estimates_raft_flow_on_the_fly_and_resumes_exactly(tmp_path):
     from torchvision.models.optical_flow import raft_small
 
     torch.manual_seed(0)
     weights = tmp_path / "raft-small.pth"
     torch.save(raft_small(weights=None).state_dict(), weights)  # a real checkpoint file (random weights)
+    raft = ("data.flow_source=raft", f"data.raft_weights={weights}", "data.raft_iters=2", "data.raft_chunk=3",
+            "run.max_steps=3")
     run = tmp_path / "run"
-    p = train(run, "data.flow_source=raft", f"data.raft_weights={weights}", "data.raft_iters=2", "data.raft_chunk=3")
+    p = train(run, *raft)
     assert p.returncode == 0, p.stderr[-3000:]
     rows = read_csv(run / "metrics.csv")
-    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert [int(r["step"]) for r in rows] == [1, 2, 3]
     for r in rows:
-        assert float(r["time/flow"]) > 0
+        assert float(r["time/positives"]) > 0
         assert 0.0 <= float(r["mask_ratio"]) <= 1.0
         assert np.isfinite(float(r["loss"]))
+
+    # Exact resume holds with flow on the fly: stopped by SIGTERM after the first step, resumed.
+    split = tmp_path / "split"
+    cmd = [sys.executable, "-m", "pixpro_of", "train", "--config", "cpu_small", "--run-dir", str(split), *QUICK, *raft]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    t0 = time.time()
+    while proc.poll() is None and time.time() - t0 < 300:
+        try:
+            if read_csv(split / "metrics.csv"):
+                break
+        except (OSError, ValueError, KeyError):
+            pass
+        time.sleep(0.05)
+    os.killpg(proc.pid, signal.SIGTERM)
+    _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 75, err[-3000:]
+    p = train(split, *raft)
+    assert p.returncode == 0, p.stderr[-3000:]
+    assert_same_weights(run, split)
 
     p = train(tmp_path / "bad", "data.flow_source=raft", f"data.raft_weights={tmp_path / 'missing.pth'}")
     assert p.returncode == 2

@@ -79,7 +79,7 @@ def build_sample_config(cfg: TrainConfig):
     return SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                         pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
                         positive_rule=d.positive_rule, flow_resolution=d.flow_resolution,
-                        defer_positives=d.flow_source != "shards" and d.k > 1)
+                        defer_positives=d.k > 1 and (d.flow_source != "shards" or d.positives_on == "device"))
 
 
 def build_sample_builder(cfg: TrainConfig) -> Callable:
@@ -391,13 +391,13 @@ class Trainer:
         core.momentum_update(m)  # EMA first, as the seed does
         lr = float(self.optimizer.param_groups[0]["lr"])
         b = self._to_device(batch)
-        flow_s = None
+        positives_s = None
         if "pos12" not in b:  # flow on the fly: positives of the whole batch on the device
             t0 = time.perf_counter()
             b.update(self._positives_on_device(b))
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            flow_s = time.perf_counter() - t0
+            positives_s = time.perf_counter() - t0
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
@@ -416,20 +416,30 @@ class Trainer:
         mr = b.get("mask_ratio")
         if mr is not None:
             out["mask_ratio"] = float(torch.as_tensor(mr, dtype=torch.float32).mean())
-        if flow_s is not None:
-            out["time/flow"] = flow_s
+        if positives_s is not None:
+            out["time/positives"] = positives_s
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out
 
     def _positives_on_device(self, b: dict) -> Dict[str, torch.Tensor]:
-        """``pos12``, ``pos21`` and ``mask_ratio`` of a ``defer_positives`` batch (frames on the device)."""
+        """``pos12``, ``pos21`` and ``mask_ratio`` of a ``defer_positives`` batch on the device:
+        from flow estimated from its ``frames`` (``data.flow_source=raft``) or from the stored
+        flows it carries (``data.positives_on=device``)."""
         from pixpro_of.data.online_flow import positives_on_the_fly
         from pixpro_of.model.pixpro import PixPro
 
-        if self.clip_flow is None:
-            raise RuntimeError("the batch has no positives and no on-the-fly flow is configured")
-        pos = positives_on_the_fly(b, self.clip_flow, self.sample_cfg, PixPro.feature_size(self.cfg.data.image_size))
+        from pixpro_of.data.pipeline import batch_positives
+
+        fs = PixPro.feature_size(self.cfg.data.image_size)
+        if "frames" in b:
+            if self.clip_flow is None:
+                raise RuntimeError("the batch carries frames but no on-the-fly flow is configured")
+            pos = positives_on_the_fly(b, self.clip_flow, self.sample_cfg, fs)
+        elif "fwd" in b:
+            pos = batch_positives(b, b["fwd"], b["bwd"], self.sample_cfg, fs)
+        else:
+            raise RuntimeError("the batch has neither positives nor what they are computed from")
         return {"pos12": pos["pos12"], "pos21": pos["pos21"], "mask_ratio": pos["mask_ratio"].float()}
 
     def _average_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:

@@ -182,4 +182,4 @@ case "$launcher_rc" in
 esac
 
 # ---- submit command(s) on stderr ----
-# <REPO>/.venv/bin/python -m launcher.local_runner --link 0 --walltime 3600 --lead 60 --signal USR2 --state-file /runs/golden-local/job/local.json /runs/golden-local/job/job.sh
+# <PYTHON> -m launcher.local_runner --link 0 --walltime 3600 --lead 60 --signal USR2 --state-file /runs/golden-local/job/local.json /runs/golden-local/job/job.sh
