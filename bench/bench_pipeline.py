@@ -7,7 +7,11 @@ backward flows at 1/8 resolution (90x160, the world's exact flow area-averaged i
 - floor:    decoding the two JPEGs (simplejpeg, as the shard reader);
 - pipeline: decoding + ``SampleBuilder`` (crops, flips, colour jitter, grayscale, blur, solarize,
             normalisation, flow chaining over 5 steps, FB masks, positives) = one training sample;
-- parts:    the augmentation alone and the positives alone (for the breakdown);
+- deferred: the same with ``SampleConfig.defer_positives`` (the worker leaves the positives to the
+            batch, computed later on the training device), measured in the same run;
+- parts:    the augmentation alone and the positives alone (for the breakdown), each timed right
+            after decoding the two frames (untimed), so that the caches are as cold as inside the
+            pipeline; what the parts do not explain (draws, small tensors, Python) is printed too;
 - baseline: the same pipeline and parts with ``pixpro_of/data/augment.py``, ``pipeline.py`` and
             ``positives.py`` as they were at git revision ``--baseline`` (default: the commit before
             the issue-6 speed-up), loaded from ``git show`` — so before/after come from one run.
@@ -24,6 +28,7 @@ from this one run (goal: pipeline / floor >= 0.8).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import statistics
 import subprocess
 import sys
@@ -96,38 +101,69 @@ def main(argv=None) -> int:
     F = c5_size(args.image_size)
     builder = SampleBuilder(cfg, F)
     decoded = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
+    H, W = decoded[0].shape[:2]
     print(f"frames {decoded[0].shape[1]}x{decoded[0].shape[0]}, JPEG {sum(map(len, jpegs)) / 2 / 1024:.0f} KiB each, "
           f"k={args.k}, flows {tuple(fwd.shape)} per direction, views {args.image_size}px, F={F}, "
           f"flow_resolution={args.flow_resolution}, mask_ratio_stride={cfg.mask_ratio_stride}, "
           f"defer_positives={cfg.defer_positives}")
-    box = torch.tensor([[100.0, 50.0, 700.0, 500.0]], dtype=torch.float64)
-    flip = torch.tensor([True])
     fwd_t, bwd_t = torch.from_numpy(fwd)[None], torch.from_numpy(bwd)[None]
     clip = {"fwd": fwd, "bwd": bwd, "video": "bench", "t": 0, "k": args.k}
 
     def decode():
         return [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
 
+    def timed(fn):
+        """A method that times all of ``fn(rng)``; returns (wall, thread CPU) seconds."""
+        def run(rng):
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn(rng)
+            return time.perf_counter() - t0, time.thread_time() - c0
+        return run
+
+    def after_decode(prepare, fn):
+        """A part: decode the two frames and run ``prepare(rng)`` untimed, then time ``fn(frames,
+        prepared)``. Timing a part right after a decode leaves the caches as the pipeline leaves
+        them: the decoder writes 2 x 2.7 MiB, more than a core's L2, so a part that reuses the same
+        frames or flows in a tight loop (hot in cache) runs ~0.5-1 ms/sample faster than inside the
+        pipeline."""
+        def run(rng):
+            frames = decode()
+            arg = prepare(rng)
+            t0, c0 = time.perf_counter(), time.thread_time()
+            fn(frames, arg)
+            return time.perf_counter() - t0, time.thread_time() - c0
+        return run
+
     def make(builder_, augment_mod, pos_fn, pos_cfg):
         def pipeline(rng):
             f1, f2 = decode()
             builder_({**clip, "frame1": f1, "frame2": f2}, rng)
 
-        def augment_only(rng):
-            for aug, frame in ((augment_mod.BYOL_VIEW1, decoded[0]), (augment_mod.BYOL_VIEW2, decoded[1])):
+        def augment_only(frames, rng):  # draws, crops, colour, blur, normalisation of both views
+            for aug, frame in ((augment_mod.BYOL_VIEW1, frames[0]), (augment_mod.BYOL_VIEW2, frames[1])):
                 p = augment_mod.draw_view_params(rng, frame.shape[:2], aug)
                 augment_mod.to_normalized_float(augment_mod.apply_view(frame_tensor(frame), p, args.image_size))
 
-        def positives_only(rng):
-            pos_fn(box, flip, box, ~flip, (720, 1280), F, pos_cfg, fwd_t, bwd_t)
+        def boxes(rng):  # the two views' boxes and flips, drawn as the pipeline draws them
+            ps = [augment_mod.draw_view_params(rng, (H, W), aug)
+                  for aug in (augment_mod.BYOL_VIEW1, augment_mod.BYOL_VIEW2)]
+            return [(torch.tensor([p.box], dtype=torch.float64), torch.tensor([p.flip])) for p in ps]
 
-        return pipeline, augment_only, positives_only
+        def positives_only(frames, bf):
+            (box1, flip1), (box2, flip2) = bf
+            pos_fn(box1, flip1, box2, flip2, (H, W), F, pos_cfg, fwd_t, bwd_t)
+
+        return timed(pipeline), after_decode(lambda rng: rng, augment_only), after_decode(boxes, positives_only)
 
     this = types.SimpleNamespace(BYOL_VIEW1=BYOL_VIEW1, BYOL_VIEW2=BYOL_VIEW2, draw_view_params=draw_view_params,
                                  apply_view=apply_view, to_normalized_float=to_normalized_float)
     pipe, aug, pos = make(builder, this, compute_positives, cfg.positive_config())
-    methods = {"floor (decode 2 JPEGs)": lambda rng: decode(), "pipeline (decode + sample)": pipe,
-               "  part: augment 2 views": aug, f"  part: positives (k-1 = {n} steps)": pos}
+    floor, main, deferred = "floor (decode 2 JPEGs)", "pipeline (decode + sample)", "pipeline, positives deferred"
+    methods = {floor: timed(lambda rng: decode()), main: pipe}
+    if not cfg.defer_positives:  # the same worker with SampleConfig.defer_positives (positives per batch, later)
+        methods[deferred] = make(SampleBuilder(dataclasses.replace(cfg, defer_positives=True), F), this,
+                                 compute_positives, cfg.positive_config())[0]
+    methods.update({"  part: augment 2 views": aug, f"  part: positives (k-1 = {n} steps)": pos})
     if not args.no_baseline:
         try:
             old_aug, old_pos, old_pipe = load_baseline(args.baseline)
@@ -140,6 +176,11 @@ def main(argv=None) -> int:
                                         old_cfg.positive_config())
             methods.update({"baseline pipeline": b_pipe, "  baseline part: augment": b_aug,
                             "  baseline part: positives": b_pos})
+            if not cfg.defer_positives:
+                old_deferred = old_pipe.SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
+                                                     defer_positives=True)
+                methods["baseline pipeline, deferred"] = make(old_pipe.SampleBuilder(old_deferred, F), old_aug,
+                                                              old_pos.compute_positives, old_cfg.positive_config())[0]
     wall = {m: [] for m in methods}
     cpu = {m: [] for m in methods}
     rng = np.random.default_rng(0)
@@ -147,25 +188,34 @@ def main(argv=None) -> int:
         fn(rng)
     for _ in range(args.rounds):
         for name, fn in methods.items():
-            t0, c0 = time.perf_counter(), time.thread_time()
+            tw = tc = 0.0
             for _ in range(args.samples):
-                fn(rng)
-            wall[name].append((time.perf_counter() - t0) / args.samples)
-            cpu[name].append((time.thread_time() - c0) / args.samples)
+                dw, dc = fn(rng)
+                tw, tc = tw + dw, tc + dc
+            wall[name].append(tw / args.samples)
+            cpu[name].append(tc / args.samples)
     w = {m: statistics.median(r) for m, r in wall.items()}
     c = {m: statistics.median(r) for m, r in cpu.items()}
-    print(f"{'':38s} {'wall: samples/s':>16s} {'ms/sample':>10s}   {'CPU ms/sample':>13s}")
+    print(f"{'':38s} {'wall: samples/s':>16s} {'ms/sample':>10s}   {'CPU ms/sample':>13s}"
+          f"   (parts: timed after a decode)")
     for m in methods:
         print(f"{m:38s} {1 / w[m]:16.1f} {1000 * w[m]:10.2f}   {1000 * c[m]:13.2f}")
-    floor = "floor (decode 2 JPEGs)"
-    for name in ("pipeline (decode + sample)", "baseline pipeline"):
+    aug_name, pos_name = "  part: augment 2 views", f"  part: positives (k-1 = {n} steps)"
+    rest = {main: (aug_name,) if cfg.defer_positives else (aug_name, pos_name), deferred: (aug_name,)}
+    for name, parts in rest.items():
         if name in w:
-            print(f"{name:27s} / decode-only floor = {w[floor] / w[name]:.3f} wall, {c[floor] / c[name]:.3f} CPU time"
+            minus = " - ".join(p.strip().split(" (")[0].replace("part: ", "") for p in parts)
+            print(f"{name:30s} - floor - {minus:22s}"
+                  f" = {1000 * (w[name] - w[floor] - sum(w[p] for p in parts)):5.2f} ms wall, "
+                  f"{1000 * (c[name] - c[floor] - sum(c[p] for p in parts)):5.2f} ms CPU (draws, tensors, Python)")
+    for name in (main, deferred, "baseline pipeline", "baseline pipeline, deferred"):
+        if name in w:
+            print(f"{name:30s} / decode-only floor = {w[floor] / w[name]:.3f} wall, {c[floor] / c[name]:.3f} CPU time"
                   f"  (goal >= 0.8)")
     if "baseline pipeline" in w:
         print(f"speed-up of the sample work (pipeline - floor): "
-              f"{(w['baseline pipeline'] - w[floor]) / (w['pipeline (decode + sample)'] - w[floor]):.2f}x wall, "
-              f"{(c['baseline pipeline'] - c[floor]) / (c['pipeline (decode + sample)'] - c[floor]):.2f}x CPU time")
+              f"{(w['baseline pipeline'] - w[floor]) / (w[main] - w[floor]):.2f}x wall, "
+              f"{(c['baseline pipeline'] - c[floor]) / (c[main] - c[floor]):.2f}x CPU time")
     return 0
 
 

@@ -165,3 +165,49 @@ def test_fast_hue_wraps_like_np_mod():
         p = ViewParams(box=(0, 0, 40, 40), flip=False, jitter=((3, 0, 1, 2), 1.0, 1.0, 1.0, hue), grayscale=False,
                        blur_sigma=None, solarize=False)
         assert torch.equal(apply_view(img, p, 40), apply_view_reference(img, p, 40)), hue
+
+
+def test_cpu_fast_path_gives_the_reference_bytes_on_large_frames_in_both_layouts():
+    """720p frames at 224 px (the training sizes: crops much larger than the view, antialiased),
+    given as an interleaved-strided [3, H, W] view of an [H, W, 3] array (the decoder's output) and
+    as a contiguous planar tensor; a crop of exactly the view size (no resize) and every layout
+    change of the fast path (hue on interleaved pixels, saturation / contrast / grayscale on planes)."""
+    rng = np.random.default_rng(21)
+    hwc = _frame(720, 1280, seed=3)
+    frames = (hwc, hwc.contiguous())
+    assert not hwc.is_contiguous() and frames[1].is_contiguous()
+    for i in range(16):
+        p = draw_view_params(rng, (720, 1280), BYOL_VIEW1 if i % 2 else BYOL_VIEW2)
+        order = tuple(int(j) for j in rng.permutation(4))
+        jitter = (order, float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.8, 1.2)),
+                  float(rng.uniform(-0.1, 0.1)))
+        box = (int(rng.integers(0, 1000)), int(rng.integers(0, 490)), 224, 224) if i % 4 == 3 else p.box
+        p = ViewParams(box=box, flip=bool(i % 3 == 0), jitter=jitter if i % 4 else p.jitter, grayscale=bool(i % 5 == 0),
+                       blur_sigma=p.blur_sigma if i % 2 else float(rng.uniform(0.1, 2.0)), solarize=bool(i % 3 == 1))
+        for f in frames:
+            fast = apply_view(f, p, 224)
+            assert fast.is_contiguous() and fast.shape == (3, 224, 224)
+            assert torch.equal(fast, apply_view_reference(f, p, 224)), (i, p)
+    # the view never shares memory with the frame (a full-size crop without any operation)
+    f = _frame(40, 40, seed=4)
+    p = ViewParams(box=(0, 0, 40, 40), flip=False, jitter=None, grayscale=False, blur_sigma=None, solarize=False)
+    v = apply_view(f, p, 40)
+    assert torch.equal(v, f) and v.data_ptr() != f.data_ptr()
+    v[0, 0, 0] = 255 - int(v[0, 0, 0])
+    assert not torch.equal(v, f)
+
+
+def test_normalisation_lookup_gives_the_formula_bits():
+    """to_normalized_float's per-channel table path (contiguous CPU [3, S, S]) equals
+    ((x / 255) − mean) / std computed in float32, bit for bit; other inputs take the formula."""
+    g = torch.Generator().manual_seed(0)
+    mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
+    std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
+    for img in (torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g),
+                torch.arange(256, dtype=torch.uint8).repeat(3, 3, 1),
+                torch.randint(0, 256, (3, 37, 37), dtype=torch.uint8, generator=g).permute(0, 2, 1),
+                torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8, generator=g)):
+        want = ((img.to(torch.float32) / 255.0) - mean) / std
+        got = to_normalized_float(img)
+        assert got.dtype == torch.float32 and got.shape == img.shape
+        assert torch.equal(got, want)

@@ -167,9 +167,92 @@ def test_pointwise_conv_equals_a_1x1_convolution():
     fast = Conv1x1(6, 5)
     ref = torch.nn.Conv2d(6, 5, kernel_size=1)
     ref.load_state_dict(fast.state_dict())
+    assert list(fast.state_dict()) == ["weight", "bias"] and fast.weight.shape == (5, 6, 1, 1)
     x = torch.randn(2, 6, 3, 4)
     torch.testing.assert_close(fast(x), ref(x))
     torch.testing.assert_close(fast(x.to(memory_format=torch.channels_last)), ref(x))
+
+
+@pytest.mark.parametrize("path", ["onednn", "linear"])
+@pytest.mark.parametrize("layout", ["contiguous", "channels_last"])
+@pytest.mark.parametrize("bias", [True, False])
+def test_conv1x1_matches_conv2d_forward_and_backward_on_both_cpu_paths(monkeypatch, path, layout, bias):
+    """Both CPU code paths of Conv1x1 (oneDNN matmul, and the F.linear fallback used where oneDNN is
+    missing and on CUDA) give F.conv2d's output and the gradients of input, weight and bias."""
+    from pixpro_of.model import heads
+
+    if path == "onednn" and heads._onednn_linear() is None:
+        pytest.skip("this PyTorch build has no oneDNN linear")
+    if path == "linear":
+        monkeypatch.setattr(heads, "_LINEAR_POINTWISE", None)
+    torch.manual_seed(1)
+    conv = heads.Conv1x1(48, 80, bias=bias)
+    x = torch.randn(3, 48, 7, 5)
+    if layout == "channels_last":
+        x = x.to(memory_format=torch.channels_last)
+    grad_out = torch.randn(3, 80, 7, 5)
+    x1 = x.clone().requires_grad_()
+    y = conv(x1)
+    assert type(y.grad_fn).__name__.startswith("PermuteBackward")
+    inner = y.grad_fn.next_functions[0][0].next_functions[0][0]  # permute <- view <- the product
+    assert ("OneDNN" in type(inner).__name__) == (path == "onednn")
+    y.backward(grad_out)
+    x2 = x.clone().requires_grad_()
+    w2 = conv.weight.detach().clone().requires_grad_()
+    b2 = conv.bias.detach().clone().requires_grad_() if bias else None
+    want = F.conv2d(x2, w2, b2)
+    want.backward(grad_out)
+    torch.testing.assert_close(y, want)
+    torch.testing.assert_close(x1.grad, x2.grad)
+    torch.testing.assert_close(conv.weight.grad, w2.grad)
+    if bias:
+        torch.testing.assert_close(conv.bias.grad, b2.grad)
+    # no gradient asked for (the momentum branch): the same output
+    with torch.no_grad():
+        torch.testing.assert_close(conv(x), want.detach())
+
+
+def test_projector_on_the_onednn_path_matches_the_reference_formula():
+    """The whole projector (conv1x1 → BN → ReLU → conv1x1) against F.conv2d / F.batch_norm, with
+    gradients, at the real C5 map size (7×7) and channel counts that use the oneDNN kernels."""
+    from pixpro_of.model.heads import Projector
+
+    torch.manual_seed(2)
+    proj = Projector(64, 256, 32).train()
+    x = torch.randn(4, 64, 7, 7)
+    grad_out = torch.randn(4, 32, 7, 7)
+    x1 = x.clone().requires_grad_()
+    proj(x1).backward(grad_out)
+    x2 = x.clone().requires_grad_()
+    params = {n: p.detach().clone().requires_grad_() for n, p in proj.named_parameters()}
+    h = F.conv2d(x2, params["linear1.weight"], params["linear1.bias"])
+    h = F.relu(F.batch_norm(h, None, None, params["bn1.weight"], params["bn1.bias"], training=True, eps=proj.bn1.eps))
+    want = F.conv2d(h, params["linear2.weight"], params["linear2.bias"])
+    want.backward(grad_out)
+    torch.testing.assert_close(proj(x), want.detach())
+    torch.testing.assert_close(x1.grad, x2.grad)
+    for n, p in proj.named_parameters():
+        torch.testing.assert_close(p.grad, params[n].grad, msg=n)
+
+
+@pytest.mark.parametrize("m", [0.99, 0.996, 0.5, 0.123])
+def test_momentum_update_is_the_ema_formula(m):
+    torch.manual_seed(3)
+    model = PixPro(ModelConfig(**SMALL))
+    with torch.no_grad():
+        for p in list(model.encoder.parameters()) + list(model.projector.parameters()):
+            p.add_(torch.randn_like(p))
+        for p in list(model.encoder_k.parameters()) + list(model.projector_k.parameters()):
+            p.mul_(0.5).sub_(torch.rand_like(p))
+    k_params = list(model.encoder_k.parameters()) + list(model.projector_k.parameters())
+    q_params = list(model.encoder.parameters()) + list(model.projector.parameters())
+    want = [m * pk.detach().clone() + (1 - m) * pq.detach() for pk, pq in zip(k_params, q_params)]
+    model.momentum_update(m)
+    assert len(k_params) == len(want) > 0
+    for got, w in zip(k_params, want):
+        torch.testing.assert_close(got, w, rtol=1e-6, atol=1e-6)
+        assert not got.requires_grad
+    assert all(p.grad is None for p in q_params)  # the online branch is read, not touched
 
 
 def test_channels_last_and_bf16_autocast_give_the_same_loss():

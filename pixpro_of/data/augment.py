@@ -11,8 +11,10 @@ Split in two halves so the pixel work can move to the GPU unchanged:
   network input. On CPU tensors the hue rotation and the blur use OpenCV (several times faster,
   within ±1 grey level of the torch path used on other devices), and the whole view runs a fast
   path (crop and resize first, then brightness / contrast / solarize as uint8 look-up tables built
-  with torchvision's own float32 arithmetic, OpenCV hue and blur without layout round trips) that
-  returns the same bytes as :func:`apply_view_reference` (tested on random views).
+  with torchvision's own float32 arithmetic, OpenCV hue and blur, the pixels kept interleaved or
+  planar as the last operation left them) that returns the same bytes as
+  :func:`apply_view_reference` (tested on random views); there :func:`to_normalized_float` is a
+  per-channel float32 look-up table (the same bits as its formula).
 
 Per view (in this order): RandomResizedCrop to ``image_size`` (scale (0.08, 1), ratio (3/4, 4/3),
 bilinear, antialiased — the torchvision algorithm: 10 tries, then a centre crop with the ratio
@@ -162,13 +164,12 @@ _RAMP = torch.arange(256, dtype=torch.uint8).view(1, 1, 256)
 _SOLARIZE_LUT = np.where(np.arange(256) >= 128, 255 - np.arange(256), np.arange(256)).astype(np.uint8)
 
 
-def _lut(img: torch.Tensor, lut: np.ndarray) -> torch.Tensor:
-    """Per-value table look-up of a contiguous uint8 ``[3, S, S]`` tensor (one OpenCV pass)."""
+def _lut(a: np.ndarray, lut: np.ndarray) -> np.ndarray:
+    """Per-value table look-up of a contiguous uint8 image array, ``[S, S, 3]`` or ``[3, S, S]``
+    (one OpenCV pass over it as a 2-D single-channel array; the layout does not matter)."""
     import cv2
 
-    c, hh, ww = img.shape
-    out = cv2.LUT(img.numpy().reshape(c * hh, ww), lut)
-    return torch.from_numpy(out.reshape(c, hh, ww))
+    return cv2.LUT(a.reshape(a.shape[0], -1), lut).reshape(a.shape)
 
 
 def _brightness_lut(factor: float) -> np.ndarray:
@@ -176,10 +177,12 @@ def _brightness_lut(factor: float) -> np.ndarray:
     return _RAMP.mul(factor).clamp_(0, 255).to(torch.uint8).numpy().reshape(256)
 
 
-def _contrast_lut(img: torch.Tensor, factor: float) -> np.ndarray:
+def _contrast_lut(chw: np.ndarray, factor: float) -> np.ndarray:
     # torchvision adjust_contrast_image on uint8: mean of the floored float grey image, then
     # _blend(image, mean, f) = image.mul(f).add_(mean, alpha=1 - f).clamp_(0, 255).to(uint8).
-    r, g, b = img.unbind(dim=-3)
+    # ``chw``: contiguous uint8 [3, S, S] (its planes are the contiguous [S, S] tensors that
+    # torchvision's unbind gives, so the grey image and its mean are computed identically).
+    r, g, b = torch.from_numpy(chw).unbind(dim=-3)
     grey = r.mul(0.2989).add_(g, alpha=0.587).add_(b, alpha=0.114).unsqueeze(dim=-3).floor_()
     mean = torch.mean(grey, dim=(-3, -2, -1), keepdim=True)
     factor = float(factor)
@@ -187,32 +190,52 @@ def _contrast_lut(img: torch.Tensor, factor: float) -> np.ndarray:
 
 
 def _apply_view_cpu(frame: torch.Tensor, params: ViewParams, size: int) -> torch.Tensor:
-    """:func:`apply_view_reference` on CPU, faster: brightness, contrast and solarize become one
-    ``cv2.LUT`` pass each (tables built with torchvision's own arithmetic), the hue rotation avoids
-    ``np.mod``, and the blur kernel is built in numpy. Same output bytes as the reference."""
+    """:func:`apply_view_reference` on CPU, faster, same output bytes.
+
+    - the crop is copied to a contiguous ``[h, w, 3]`` block before the resize: torch's uint8
+      antialiased resize then reads it in place as channels_last and writes a channels_last
+      ``[3, S, S]`` (from the strided crop of a frame it repacks the input first: same bytes,
+      ~20% slower on 720p frames);
+    - the view then stays a numpy array in whichever layout the last operation produced,
+      interleaved ``[S, S, 3]`` (``hwc``) or planar ``[3, S, S]``, and changes layout only for an
+      operation that needs the other one: OpenCV's hue rotation works on interleaved pixels,
+      torchvision's saturation / contrast mean / grayscale on planes; flip, look-up tables and the
+      blur work on both. The result is planar;
+    - brightness, contrast and solarize are one ``cv2.LUT`` pass each (tables built with
+      torchvision's own arithmetic), the hue rotation avoids ``np.mod``, and the blur kernel is
+      built in numpy.
+    """
+    import cv2
+
     left, top, w, h = params.box
-    img = TF.resized_crop(frame, top, left, h, w, [size, size], antialias=True)
+    crop = frame[:, top:top + h, left:left + w].permute(1, 2, 0).contiguous()
+    img = TF.resize(crop.permute(2, 0, 1), [size, size], antialias=True)
+    a, hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy()), True
     if params.flip:
-        img = img.flip(-1)
-    img = img.contiguous()
+        a = cv2.flip(a, 1)  # mirror the columns (pixels keep their channel order)
     if params.jitter is not None:
         order, b, c, s, hue = params.jitter
         for op in order:
             if op == 0:
-                img = _lut(img, _brightness_lut(b))
+                a = _lut(a, _brightness_lut(b))
             elif op == 1:
-                img = _lut(img, _contrast_lut(img, c))
+                a, hwc = _planar(a, hwc), False
+                a = _lut(a, _contrast_lut(a, c))
             elif op == 2:
-                img = TF.adjust_saturation(img, s)
-            else:
-                img = _adjust_hue_cv2(img, hue) if hue != 0.0 else TF.adjust_hue(img, hue)
+                a, hwc = _planar(a, hwc), False
+                a = TF.adjust_saturation(torch.from_numpy(a), s).numpy()
+            elif hue != 0.0:
+                a, hwc = _adjust_hue_hwc(_interleaved(a, hwc), hue), True
+            else:  # torchvision's float HSV round trip (not a no-op), as the reference
+                a, hwc = TF.adjust_hue(torch.from_numpy(_planar(a, hwc)), hue).contiguous().numpy(), False
     if params.grayscale:
-        img = TF.rgb_to_grayscale(img, num_output_channels=3).contiguous()
+        grey = TF.rgb_to_grayscale(torch.from_numpy(_planar(a, hwc)), num_output_channels=3)
+        a, hwc = grey.contiguous().numpy(), False
     if params.blur_sigma is not None:
-        img = _blur_cv2(img, _gaussian_kernel(params.blur_sigma, img.shape[-2:]))
+        a = _blur_cv2(a, hwc, _gaussian_kernel(params.blur_sigma, (size, size)))
     if params.solarize:
-        img = _lut(img, _SOLARIZE_LUT)
-    return img
+        a = _lut(a, _SOLARIZE_LUT)
+    return torch.from_numpy(_planar(a, hwc))
 
 
 def _gaussian_kernel(sigma: float, hw) -> np.ndarray:
@@ -224,46 +247,50 @@ def _gaussian_kernel(sigma: float, hw) -> np.ndarray:
     return (kernel / kernel.sum()).astype(np.float32)
 
 
-def _hwc(img: torch.Tensor) -> np.ndarray:
-    """Contiguous CPU uint8 ``[3, S, S]`` tensor → contiguous ``[S, S, 3]`` array (``cv2.merge``,
-    several times faster than a numpy transpose copy)."""
+def _interleaved(a: np.ndarray, hwc: bool) -> np.ndarray:
+    """A contiguous uint8 image array as ``[S, S, 3]``: itself when ``hwc``, else the planar
+    ``[3, S, S]`` merged (``cv2.merge``, several times faster than a numpy transpose copy)."""
     import cv2
 
-    a = img.numpy()
-    return cv2.merge([a[0], a[1], a[2]])
+    return a if hwc else cv2.merge([a[0], a[1], a[2]])
 
 
-def _chw(hwc: np.ndarray) -> torch.Tensor:
-    """Contiguous ``[S, S, 3]`` uint8 array → contiguous ``[3, S, S]`` tensor (``cv2.split``)."""
+def _planar(a: np.ndarray, hwc: bool) -> np.ndarray:
+    """A contiguous uint8 image array as contiguous ``[3, S, S]``: itself unless ``hwc``, else the
+    interleaved ``[S, S, 3]`` split (``cv2.split`` into the planes of one array)."""
     import cv2
 
-    out = np.empty((3,) + hwc.shape[:2], dtype=hwc.dtype)
-    planes = cv2.split(hwc, [out[0], out[1], out[2]])
+    if not hwc:
+        return a
+    out = np.empty((3,) + a.shape[:2], dtype=a.dtype)
+    planes = cv2.split(a, [out[0], out[1], out[2]])
     if not all(np.shares_memory(p, out[c]) for c, p in enumerate(planes)):  # binding allocated anew
         out = np.stack(planes)
-    return torch.from_numpy(out)
+    return out
 
 
-def _blur_cv2(img: torch.Tensor, kernel: np.ndarray) -> torch.Tensor:
-    """:func:`gaussian_blur`'s OpenCV path on a contiguous CPU uint8 ``[3, S, S]``, one plane at a
-    time (no layout change; the same bytes as filtering the interleaved image)."""
+def _blur_cv2(a: np.ndarray, hwc: bool, kernel: np.ndarray) -> np.ndarray:
+    """:func:`gaussian_blur`'s OpenCV path on a contiguous uint8 image array in either layout: the
+    interleaved image in one call (as :func:`gaussian_blur`), a planar one plane at a time (no
+    layout change; the same bytes, the filter is separable per channel)."""
     import cv2
 
-    a = img.numpy()
+    if hwc:
+        return cv2.sepFilter2D(a, -1, kernel, kernel, borderType=cv2.BORDER_REFLECT_101)
     out = np.empty_like(a)
     for c in range(a.shape[0]):
         cv2.sepFilter2D(a[c], -1, kernel, kernel, dst=out[c], borderType=cv2.BORDER_REFLECT_101)
-    return torch.from_numpy(out)
+    return out
 
 
-def _adjust_hue_cv2(img: torch.Tensor, hue: float) -> torch.Tensor:
-    """:func:`adjust_hue`'s OpenCV path on a contiguous CPU uint8 ``[3, S, S]``, same bytes, faster:
-    the wrap of the rotated hue x into [0, 360) is a conditional subtract / add instead of
-    ``np.mod`` (equal for x in (−360, 720): ``x − 360`` is exact there, and ``x + 360`` for x < 0 is
-    what ``np.mod`` computes)."""
+def _adjust_hue_hwc(hwc: np.ndarray, hue: float) -> np.ndarray:
+    """:func:`adjust_hue`'s OpenCV path on a contiguous uint8 ``[S, S, 3]`` array (returned in the
+    same layout), same bytes, faster: the wrap of the rotated hue x into [0, 360) is a conditional
+    subtract / add instead of ``np.mod`` (equal for x in (−360, 720): ``x − 360`` is exact there,
+    and ``x + 360`` for x < 0 is what ``np.mod`` computes)."""
     import cv2
 
-    rgb = np.multiply(_hwc(img), np.float32(1.0 / 255.0), dtype=np.float32)
+    rgb = np.multiply(hwc, np.float32(1.0 / 255.0), dtype=np.float32)
     hsv = cv2.cvtColor(rgb, cv2.COLOR_RGB2HSV)  # H in degrees [0, 360)
     h = hsv[..., 0]
     shift = np.float32(hue * 360.0)
@@ -273,7 +300,7 @@ def _adjust_hue_cv2(img: torch.Tensor, hue: float) -> torch.Tensor:
     out = cv2.cvtColor(hsv, cv2.COLOR_HSV2RGB)
     # = clip(rint(out·255), 0, 255) as uint8: OpenCV rounds half to even as np.rint, and the HSV→RGB
     # output is never below −0.5/255, so the absolute value does not change a result
-    return _chw(cv2.convertScaleAbs(out, alpha=255.0))
+    return cv2.convertScaleAbs(out, alpha=255.0)
 
 
 def adjust_hue(img: torch.Tensor, hue: float, use_cv2: Optional[bool] = None) -> torch.Tensor:
@@ -325,11 +352,42 @@ def gaussian_blur(img: torch.Tensor, sigma: float, use_cv2: Optional[bool] = Non
 
 
 def to_normalized_float(img: torch.Tensor) -> torch.Tensor:
-    """uint8 ``[..., 3, S, S]`` → float32 scaled to [0, 1] and ImageNet-normalised."""
+    """uint8 ``[..., 3, S, S]`` → float32 scaled to [0, 1] and ImageNet-normalised.
+
+    A contiguous CPU ``[3, S, S]`` (one view, in a DataLoader worker) takes one ``cv2.LUT`` pass per
+    channel with a 256-entry float32 table per channel, built by this very formula on the grey
+    ramp (:func:`_normalize_lut`), instead of four passes over the float image; subtraction and
+    division are correctly rounded however they are vectorised, so the values are the same bits.
+    """
+    if img.device.type == "cpu" and img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3 \
+            and img.is_contiguous():
+        import cv2
+
+        out = np.empty(tuple(img.shape), dtype=np.float32)
+        a, lut = img.numpy(), _normalize_lut()
+        for c in range(3):
+            cv2.LUT(a[c], lut[c], dst=out[c])
+        return torch.from_numpy(out)
+    return _normalize(img)
+
+
+def _normalize(img: torch.Tensor) -> torch.Tensor:
+    """The formula of :func:`to_normalized_float`: ``(img / 255 − mean) / std`` in float32."""
     x = img.to(torch.float32).div_(255.0)
     mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(3, 1, 1)
     return x.sub_(mean).div_(std)
+
+
+_NORMALIZE_LUT: Optional[np.ndarray] = None
+
+
+def _normalize_lut() -> np.ndarray:
+    """float32 ``[3, 256]``: row c is :func:`_normalize` of grey levels 0…255 in channel c."""
+    global _NORMALIZE_LUT
+    if _NORMALIZE_LUT is None:
+        _NORMALIZE_LUT = np.ascontiguousarray(_normalize(_RAMP.expand(3, 1, 256)).numpy().reshape(3, 256))
+    return _NORMALIZE_LUT
 
 
 def denormalize_to_uint8(x: torch.Tensor) -> torch.Tensor:

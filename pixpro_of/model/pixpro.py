@@ -108,6 +108,12 @@ class PixPro(nn.Module):
     def momentum_update(self, m: float) -> None:
         """``θ_k ← m·θ_k + (1 − m)·θ`` for every parameter of the momentum branch.
 
+        Computed as one ``torch._foreach_lerp_`` (``θ_k + (1 − m)·(θ − θ_k)``, the same value up to
+        float rounding): a single read-modify-write pass over the momentum parameters instead of
+        two (``mul_`` then ``add_``), which matters on CPU for ~14 M (ResNet-18) to ~33 M
+        (ResNet-50) parameters. ``m = 1`` leaves ``θ_k`` unchanged and ``m = 0`` copies ``θ``
+        exactly (lerp with weight 0 / 1).
+
         Buffers (BN running statistics) are not copied: as in the seed, the momentum branch runs
         in train mode and keeps its own running statistics from its own forward passes.
         """
@@ -117,8 +123,7 @@ class PixPro(nn.Module):
             for pq, pk in zip(q_mod.parameters(), k_mod.parameters()):
                 online.append(pq.detach())
                 momentum.append(pk)
-        torch._foreach_mul_(momentum, float(m))
-        torch._foreach_add_(momentum, online, alpha=1.0 - float(m))
+        torch._foreach_lerp_(momentum, online, 1.0 - float(m))
 
     def _check_inputs(self, view1, view2, pos12, pos21) -> None:
         if view1.ndim != 4 or view1.shape[1] != 3:
