@@ -396,7 +396,7 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         b = self._to_device(batch)
         positives_s = None
-        if "pos12" not in b:  # flow on the fly: positives of the whole batch on the device
+        if "pos12" not in b:  # positives of the whole batch on the device (flow on the fly or stored)
             t0 = time.perf_counter()
             b.update(self._positives_on_device(b))
             if self.device.type == "cuda":
@@ -431,9 +431,8 @@ class Trainer:
         from flow estimated from its ``frames`` (``data.flow_source=raft``) or from the stored
         flows it carries (``data.positives_on=device``)."""
         from pixpro_of.data.online_flow import positives_on_the_fly
-        from pixpro_of.model.pixpro import PixPro
-
         from pixpro_of.data.pipeline import batch_positives
+        from pixpro_of.model.pixpro import PixPro
 
         fs = PixPro.feature_size(self.cfg.data.image_size)
         if "frames" in b:
