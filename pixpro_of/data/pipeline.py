@@ -162,18 +162,20 @@ class SampleBuilder:
             "video": clip.get("video", ""), "t": int(clip.get("t", 0)), "k": k,
             "frame_hw": (H, W),
         }
+        has_flow = k > 1 and fwd is not None and bwd is not None
+        if has_flow:
+            fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))
+            bwd_t = torch.as_tensor(np.asarray(bwd, dtype=np.float32))
         if self.cfg.defer_positives:
             if clip.get("frames") is not None:
                 out["frames"] = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
-            elif k > 1 and fwd is not None and bwd is not None:
-                out["fwd"] = torch.as_tensor(np.asarray(fwd, dtype=np.float32))
-                out["bwd"] = torch.as_tensor(np.asarray(bwd, dtype=np.float32))
+            elif has_flow:
+                out["fwd"], out["bwd"] = fwd_t, bwd_t
             return out
         if k > 1:
-            fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))[None]
-            bwd_t = torch.as_tensor(np.asarray(bwd, dtype=np.float32))[None]
             try:
-                pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.pos_cfg, fwd_t, bwd_t)
+                pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.pos_cfg,
+                                        fwd_t[None], bwd_t[None])
             except ValueError as exc:
                 raise UserError(f"{self._where(clip)}: {exc}") from None
         else:

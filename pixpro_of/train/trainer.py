@@ -66,9 +66,14 @@ def build_clips(cfg: TrainConfig, run_dir: Path, node_index: int, num_nodes: int
     from pixpro_of.data.shards import ShardClipDataset
     from pixpro_of.train.synth_data import data_entries
 
-    on_the_fly = cfg.data.flow_source != "shards" and cfg.data.k > 1
+    on_the_fly = flow_on_the_fly(cfg)
     return ShardClipDataset(resolve_shards(data_entries(cfg, run_dir), node_index, num_nodes), cfg.data.k,
                             all_frames=on_the_fly, flows=not on_the_fly)
+
+
+def flow_on_the_fly(cfg: TrainConfig) -> bool:
+    """Whether the trainer estimates flow itself (``data.flow_source`` not ``shards``, k > 1)."""
+    return cfg.data.flow_source != "shards" and cfg.data.k > 1
 
 
 def build_sample_config(cfg: TrainConfig):
@@ -79,7 +84,7 @@ def build_sample_config(cfg: TrainConfig):
     return SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
                         pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
                         positive_rule=d.positive_rule, flow_resolution=d.flow_resolution,
-                        defer_positives=d.k > 1 and (d.flow_source != "shards" or d.positives_on == "device"))
+                        defer_positives=flow_on_the_fly(cfg) or (d.k > 1 and d.positives_on == "device"))
 
 
 def build_sample_builder(cfg: TrainConfig) -> Callable:
@@ -93,7 +98,7 @@ def build_sample_builder(cfg: TrainConfig) -> Callable:
 def build_clip_flow(cfg: TrainConfig, device: torch.device):
     """The on-the-fly flow estimator (``data.flow_source=raft``) on the training device, or None."""
     d = cfg.data
-    if d.flow_source == "shards" or d.k == 1:
+    if not flow_on_the_fly(cfg):
         return None
     from flow.errors import UserError as FlowError
     from flow.estimators import make_estimator
