@@ -44,7 +44,9 @@ shuffle would save another ~1.4x on flows but every reader would then need ``hdf
 
 Writers: one process writes a shard at a time; readers open shards read-only. A user mistake
 (an unknown video or index, a damaged shard) raises :class:`hdf5_tools.errors.UserError` naming the
-shard, the video and the index.
+shard, the video and the index; damaged HDF5 structure (a deleted dataset, a broken object
+header, a truncated file) names the shard, the video and the dataset, never a bare KeyError or
+OSError from h5py.
 """
 from __future__ import annotations
 
@@ -52,7 +54,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -77,6 +79,13 @@ VIDEO_DATASETS = (JPEG, JPEG_OFFSET, JPEG_LENGTH, JPEG_CRC, FLOW_FWD, FLOW_BWD, 
                   FLOW_BWD_CRC, FLOW_PRESENT)
 VIDEO_ATTRS = ("name", "split", "num_frames", "height", "width", "fps", "source", "flow_height",
                "flow_width")
+STR_ATTRS = ("name", "split", "source")
+INT_ATTRS = ("num_frames", "height", "width", "flow_height", "flow_width")
+# dtype and rank of every per-video dataset
+DATASET_TYPES = {JPEG: ("u1", 1), JPEG_OFFSET: ("i8", 1), JPEG_LENGTH: ("i8", 1), JPEG_CRC: ("u4", 1),
+                 FLOW_FWD: ("f2", 4), FLOW_BWD: ("f2", 4), FLOW_FWD_CRC: ("u4", 1), FLOW_BWD_CRC: ("u4", 1),
+                 FLOW_PRESENT: ("u1", 1)}
+H5_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError)  # what h5py raises on damaged files
 
 
 @dataclass(frozen=True)
@@ -147,18 +156,25 @@ def open_shard(path, mode: str = "r", **kwargs) -> h5py.File:
 
 def check_header(h5: h5py.File) -> None:
     """Raise UserError unless ``h5`` carries this module's format tag and schema version."""
-    fmt = h5.attrs.get("format")
+    try:
+        fmt = h5.attrs.get("format")
+        version = h5.attrs.get("schema_version")
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: root attributes are damaged ({_short(exc)})") from None
     if isinstance(fmt, bytes):
-        fmt = fmt.decode()
+        fmt = fmt.decode(errors="replace")
     if fmt != FORMAT:
         raise UserError(f"{shard_name(h5)}: not a pixpro_of shard (format attribute {fmt!r})")
-    version = h5.attrs.get("schema_version")
     if isinstance(version, np.generic):
         version = version.item()
     if not isinstance(version, int) or version != SCHEMA_VERSION:
         raise UserError(f"{shard_name(h5)}: unknown schema_version {version!r} "
                         f"(this code reads version {SCHEMA_VERSION})")
-    if VIDEOS not in h5:
+    try:
+        ok = VIDEOS in h5 and isinstance(h5[VIDEOS], h5py.Group)
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: group /{VIDEOS} is damaged ({_short(exc)})") from None
+    if not ok:
         raise UserError(f"{shard_name(h5)}: missing group /{VIDEOS}")
 
 
@@ -222,28 +238,107 @@ def add_video(h5: h5py.File, name: str, jpegs: Sequence[bytes], *, split: str, h
 
 def _video_group(h5: h5py.File, video: str) -> h5py.Group:
     try:
-        return h5[VIDEOS][video]
+        g = h5[VIDEOS][video]
     except KeyError:
         raise UserError(f"{shard_name(h5)}: no video {video!r}") from None
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: video {video!r}: group is damaged ({_short(exc)})") from None
+    if not isinstance(g, h5py.Group):
+        raise UserError(f"{shard_name(h5)}: video {video!r} is not a group")
+    return g
+
+
+def _dataset(h5: h5py.File, g: h5py.Group, video: str, name: str) -> h5py.Dataset:
+    """Dataset ``name`` of a video group; UserError naming shard, video and dataset when it is
+    missing or its object header cannot be read."""
+    try:
+        ds = g[name]
+    except KeyError:
+        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is missing") from None
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is damaged ({_short(exc)})") from None
+    if not isinstance(ds, h5py.Dataset):
+        raise UserError(f"{shard_name(h5)}: video {video!r}: {name} is not a dataset")
+    return ds
+
+
+def _read(h5: h5py.File, video: str, name: str, ds: h5py.Dataset, sel=()) -> np.ndarray:
+    """``ds[sel]``; UserError naming shard, video and dataset when HDF5 cannot read it."""
+    try:
+        return ds[sel]
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} cannot be read ({_short(exc)})") from None
+
+
+def _array(h5: h5py.File, g: h5py.Group, video: str, name: str) -> np.ndarray:
+    return _read(h5, video, name, _dataset(h5, g, video, name))
+
+
+def video_attrs(h5: h5py.File, video: str, g: Optional[h5py.Group] = None) -> dict:
+    """A video's table row as checked Python values; UserError naming the attribute when one is
+    missing, of the wrong type or out of range, or does not match the group's name."""
+    g = _video_group(h5, video) if g is None else g
+    where = f"{shard_name(h5)}: video {video!r}"
+    try:
+        a = dict(g.attrs)
+    except H5_ERRORS as exc:
+        raise UserError(f"{where}: attributes are damaged ({_short(exc)})") from None
+    missing = [k for k in VIDEO_ATTRS if k not in a]
+    if missing:
+        raise UserError(f"{where} lacks attributes {missing}")
+    out = {}
+    for k in STR_ATTRS:
+        v = a[k]
+        if isinstance(v, bytes):
+            try:
+                v = v.decode()
+            except UnicodeDecodeError:
+                raise UserError(f"{where}: attribute {k} is not UTF-8 text") from None
+        if not isinstance(v, str):
+            raise UserError(f"{where}: attribute {k} must be a string, got {type(v).__name__} {v!r}")
+        out[k] = v
+    for k in INT_ATTRS:
+        v = a[k]
+        if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
+            raise UserError(f"{where}: attribute {k} must be an integer, got {type(v).__name__} {v!r}")
+        if int(v) < 1:
+            raise UserError(f"{where}: attribute {k} must be >= 1, got {int(v)}")
+        out[k] = int(v)
+    fps = a["fps"]
+    if not isinstance(fps, (int, float, np.integer, np.floating)) or isinstance(fps, (bool, np.bool_)) \
+            or not math.isfinite(float(fps)) or float(fps) <= 0:
+        raise UserError(f"{where}: attribute fps must be a positive number, got {fps!r}")
+    out["fps"] = float(fps)
+    if out["name"] != video:
+        raise UserError(f"{where}: attribute name is {out['name']!r}, not the group's name {video!r}")
+    h8, w8 = flow_size(out["height"], out["width"])
+    if (out["flow_height"], out["flow_width"]) != (h8, w8):
+        raise UserError(f"{where}: flow size {out['flow_height']}x{out['flow_width']} != {h8}x{w8} "
+                        f"(ceil of {out['height']}x{out['width']} / {FLOW_STRIDE})")
+    return out
 
 
 def video_info(h5: h5py.File, video: str) -> VideoInfo:
     """The per-video table row of ``video``."""
     g = _video_group(h5, video)
-    a = g.attrs
-    missing = [k for k in VIDEO_ATTRS if k not in a]
-    if missing:
-        raise UserError(f"{shard_name(h5)}: video {video!r} lacks attributes {missing}")
-    present = g[FLOW_PRESENT][()] if FLOW_PRESENT in g else np.zeros(0, np.uint8)
-    return VideoInfo(name=str(a["name"]), split=str(a["split"]), num_frames=int(a["num_frames"]),
-                     height=int(a["height"]), width=int(a["width"]), fps=float(a["fps"]),
-                     source=str(a["source"]), flow_height=int(a["flow_height"]),
-                     flow_width=int(a["flow_width"]), flows_present=int(np.count_nonzero(present)))
+    a = video_attrs(h5, video, g)
+    present = _array(h5, g, video, FLOW_PRESENT) if FLOW_PRESENT in g else np.zeros(0, np.uint8)
+    return VideoInfo(name=a["name"], split=a["split"], num_frames=a["num_frames"], height=a["height"],
+                     width=a["width"], fps=a["fps"], source=a["source"], flow_height=a["flow_height"],
+                     flow_width=a["flow_width"], flows_present=int(np.count_nonzero(present)))
+
+
+def video_names(h5: h5py.File) -> List[str]:
+    """The shard's video group names, sorted."""
+    try:
+        return sorted(h5[VIDEOS].keys())
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: group /{VIDEOS} cannot be listed ({_short(exc)})") from None
 
 
 def list_videos(h5: h5py.File) -> List[VideoInfo]:
     """Every video in the shard (sorted by name) with its table row."""
-    return [video_info(h5, name) for name in sorted(h5[VIDEOS].keys())]
+    return [video_info(h5, name) for name in video_names(h5)]
 
 
 def _check_frame_index(h5, video, i, n):
@@ -254,28 +349,33 @@ def _check_frame_index(h5, video, i, n):
 def read_frame_jpeg(h5: h5py.File, video: str, i: int, check_crc: bool = True) -> bytes:
     """The JPEG bytes of frame ``i`` (0-based) of ``video``, as packed (CRC-checked)."""
     g = _video_group(h5, video)
-    n = g[JPEG_OFFSET].shape[0]
+    offsets = _dataset(h5, g, video, JPEG_OFFSET)
+    n = offsets.shape[0]
     i = int(i)
     _check_frame_index(h5, video, i, n)
-    off, length = int(g[JPEG_OFFSET][i]), int(g[JPEG_LENGTH][i])
-    data = g[JPEG][off:off + length].tobytes()
-    if check_crc and crc32(data) != int(g[JPEG_CRC][i]):
+    off = int(_read(h5, video, JPEG_OFFSET, offsets, i))
+    length = int(_read(h5, video, JPEG_LENGTH, _dataset(h5, g, video, JPEG_LENGTH), i))
+    data = _read(h5, video, JPEG, _dataset(h5, g, video, JPEG), slice(off, off + length)).tobytes()
+    if len(data) != length:
+        raise UserError(f"{shard_name(h5)}: video {video!r} frame {i}: JPEG bytes end outside the blob")
+    if check_crc and crc32(data) != int(_read(h5, video, JPEG_CRC, _dataset(h5, g, video, JPEG_CRC), i)):
         raise UserError(f"{shard_name(h5)}: video {video!r} frame {i}: JPEG bytes fail their CRC32")
     return data
 
 
 def flows_present(h5: h5py.File, video: str) -> np.ndarray:
     """Boolean [T-1]: which adjacent pairs of ``video`` have their flows stored."""
-    return _video_group(h5, video)[FLOW_PRESENT][()].astype(bool)
+    return _array(h5, _video_group(h5, video), video, FLOW_PRESENT).astype(bool)
 
 
 def flow_pair_present(h5: h5py.File, video: str, i: int) -> bool:
     """Whether pair ``i`` (frames i, i+1) of ``video`` has both flows stored."""
     g = _video_group(h5, video)
-    pairs = g[FLOW_PRESENT].shape[0]
+    present = _array(h5, g, video, FLOW_PRESENT)
+    pairs = present.shape[0]
     if not 0 <= int(i) < pairs:
         raise UserError(f"{shard_name(h5)}: video {video!r} flow pair {i} out of range [0, {pairs})")
-    return bool(g[FLOW_PRESENT][int(i)])
+    return bool(present[int(i)])
 
 
 def read_flows(h5: h5py.File, video: str, start: int, count: int,
@@ -286,7 +386,7 @@ def read_flows(h5: h5py.File, video: str, start: int, count: int,
     Raises UserError naming the pair when a flow is missing or fails its CRC.
     """
     g = _video_group(h5, video)
-    pairs = g[FLOW_PRESENT].shape[0]
+    pairs = _dataset(h5, g, video, FLOW_PRESENT).shape[0]
     start, count = int(start), int(count)
     if start < 0 or count < 0 or start + count > pairs:
         raise UserError(f"{shard_name(h5)}: video {video!r} flow pairs [{start}, {start + count}) "
@@ -295,20 +395,20 @@ def read_flows(h5: h5py.File, video: str, start: int, count: int,
 
 
 def _read_flows(h5, video, g, start, count, check_crc):
-    h8, w8 = g[FLOW_FWD].shape[2:]
+    h8, w8 = _dataset(h5, g, video, FLOW_FWD).shape[2:]
     if count == 0:
         z = np.zeros((0, 2, h8, w8), np.float32)
         return z, z.copy()
-    present = g[FLOW_PRESENT][start:start + count]
+    present = _read(h5, video, FLOW_PRESENT, _dataset(h5, g, video, FLOW_PRESENT), slice(start, start + count))
     if not present.all():
         j = start + int(np.argmin(present))
         raise UserError(f"{shard_name(h5)}: video {video!r} flow pair {j} is missing "
                         f"(run 'python -m flow compute' on this shard)")
     out = []
     for ds, crc_ds in ((FLOW_FWD, FLOW_FWD_CRC), (FLOW_BWD, FLOW_BWD_CRC)):
-        arr = g[ds][start:start + count]
+        arr = _read(h5, video, ds, _dataset(h5, g, video, ds), slice(start, start + count))
         if check_crc:
-            crcs = g[crc_ds][start:start + count]
+            crcs = _read(h5, video, crc_ds, _dataset(h5, g, video, crc_ds), slice(start, start + count))
             for j in range(count):
                 if flow_crc(arr[j]) != int(crcs[j]):
                     raise UserError(f"{shard_name(h5)}: video {video!r} {ds} pair {start + j} "
@@ -385,21 +485,35 @@ class _VideoHandles:
     __slots__ = ("blob", "offset", "length", "crc", "fwd", "bwd", "fwd_crc", "bwd_crc", "present",
                  "blob_at", "fwd_at", "bwd_at", "chunk_bytes")
 
-    def __init__(self, g: h5py.Group):
-        self.blob = g[JPEG]
-        self.offset = g[JPEG_OFFSET][()]
-        self.length = g[JPEG_LENGTH][()]
-        self.crc = g[JPEG_CRC][()]
-        self.fwd = g[FLOW_FWD]
-        self.bwd = g[FLOW_BWD]
-        self.fwd_crc = g[FLOW_FWD_CRC][()]
-        self.bwd_crc = g[FLOW_BWD_CRC][()]
-        self.present = g[FLOW_PRESENT][()]
-        at = self.blob.id.get_offset() if self.blob.compression is None else None
-        self.blob_at = -1 if at is None else int(at)
-        self.chunk_bytes = int(np.prod(self.fwd.shape[1:])) * 2
-        self.fwd_at = self._chunk_offsets(self.fwd)
-        self.bwd_at = self._chunk_offsets(self.bwd)
+    def __init__(self, h5: h5py.File, g: h5py.Group, video: str):
+        self.blob = _dataset(h5, g, video, JPEG)
+        self.offset = _array(h5, g, video, JPEG_OFFSET)
+        self.length = _array(h5, g, video, JPEG_LENGTH)
+        self.crc = _array(h5, g, video, JPEG_CRC)
+        self.fwd = _dataset(h5, g, video, FLOW_FWD)
+        self.bwd = _dataset(h5, g, video, FLOW_BWD)
+        self.fwd_crc = _array(h5, g, video, FLOW_FWD_CRC)
+        self.bwd_crc = _array(h5, g, video, FLOW_BWD_CRC)
+        self.present = _array(h5, g, video, FLOW_PRESENT)
+        n = self.offset.shape[0]
+        for name, arr in ((JPEG_LENGTH, self.length), (JPEG_CRC, self.crc)):
+            if arr.shape != (n,):
+                raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape}, "
+                                f"{JPEG_OFFSET} has {(n,)}")
+        pairs = max(n - 1, 0)
+        for name, arr in ((FLOW_PRESENT, self.present), (FLOW_FWD_CRC, self.fwd_crc), (FLOW_BWD_CRC, self.bwd_crc),
+                          (FLOW_FWD, self.fwd), (FLOW_BWD, self.bwd)):
+            if arr.shape[:1] != (pairs,) or (arr.ndim == 4) != (name in (FLOW_FWD, FLOW_BWD)):
+                raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape} "
+                                f"for {n} frames")
+        try:
+            at = self.blob.id.get_offset() if self.blob.compression is None else None
+            self.blob_at = -1 if at is None else int(at)
+            self.chunk_bytes = int(np.prod(self.fwd.shape[1:])) * 2
+            self.fwd_at = self._chunk_offsets(self.fwd)
+            self.bwd_at = self._chunk_offsets(self.bwd)
+        except H5_ERRORS as exc:
+            raise UserError(f"{shard_name(h5)}: video {video!r}: dataset layout cannot be read ({_short(exc)})") from None
 
     def _chunk_offsets(self, ds) -> np.ndarray:
         n = ds.shape[0]
@@ -429,7 +543,11 @@ class ShardReader:
         self.check_crc = check_crc
         self.h5 = open_shard(self.path, "r", rdcc_nbytes=rdcc_nbytes)
         self.name = os.path.basename(self.path)
-        self._fd = os.open(self.path, os.O_RDONLY)
+        try:
+            self._fd = os.open(self.path, os.O_RDONLY)
+        except OSError as exc:
+            self.h5.close()
+            raise UserError(f"{self.path}: cannot open shard ({exc.strerror})") from None
         self._cache = {}
 
     def close(self) -> None:
@@ -442,7 +560,7 @@ class ShardReader:
     def _handles(self, video: str) -> _VideoHandles:
         h = self._cache.get(video)
         if h is None:
-            h = self._cache[video] = _VideoHandles(_video_group(self.h5, video))
+            h = self._cache[video] = _VideoHandles(self.h5, _video_group(self.h5, video), video)
         return h
 
     def _pread(self, n: int, at: int, what: str) -> bytes:
@@ -456,10 +574,13 @@ class ShardReader:
         i = int(i)
         _check_frame_index(self.h5, video, i, h.offset.shape[0])
         off, n = int(h.offset[i]), int(h.length[i])
+        if off < 0 or n < 0 or off + n > h.blob.shape[0]:
+            raise UserError(f"{self.name}: video {video!r} frame {i}: JPEG bytes [{off}, {off + n}) lie outside "
+                            f"the {h.blob.shape[0]}-byte {JPEG} dataset")
         if h.blob_at >= 0:
             data = self._pread(n, h.blob_at + off, f"video {video!r} frame {i}")
         else:
-            data = h.blob[off:off + n].tobytes()
+            data = _read(self.h5, video, JPEG, h.blob, slice(off, off + n)).tobytes()
         if self.check_crc and crc32(data) != int(h.crc[i]):
             raise UserError(f"{self.name}: video {video!r} frame {i}: JPEG bytes fail their CRC32")
         return data
@@ -474,7 +595,7 @@ class ShardReader:
                 raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
                                 f"file ends early (truncated shard)")
             return buf
-        return ds[start:start + count]
+        return _read(self.h5, video, label, ds, slice(start, start + count))
 
     @staticmethod
     def chunk_bytes_of(ds) -> int:
@@ -511,65 +632,101 @@ class ShardReader:
 
 # --------------------------------------------------------------------------- verification
 
-def iter_problems(h5: h5py.File, deep: bool = False, decode=None):
+def iter_problems(h5: h5py.File, deep: bool = False, decode=None, require_flows: bool = False):
     """Yield one message per problem found in an open shard (schema, counts, CRCs).
 
-    Messages name the video and index (the caller prefixes the shard). With ``deep``, ``decode``
-    (bytes -> uint8 [H, W, 3], raising on bad data) is applied to every frame and its size checked.
+    Messages name the video and the index or dataset (the caller prefixes the shard). Always:
+    the header, every video's attributes (present, typed, in range, ``name`` equal to the group's
+    name, flow size), datasets (present, readable, dtype, shape), that the JPEG offsets tile the
+    blob, every frame's CRC32, the ``flow_present`` flags (0 or 1) and every flagged flow chunk's
+    CRC32. With ``deep``: ``decode`` (bytes -> uint8 [H, W, 3], raising on bad data) is applied
+    to every frame and its size checked, stored flows must be finite, and a pair whose flows are
+    stored (allocated, matching their CRCs) but not flagged is reported (training would call it
+    missing). ``require_flows``: every pair must be flagged (what training with stored flows and
+    k > 1 reads).
     """
     try:
         check_header(h5)
+        names = video_names(h5)
     except UserError as exc:
         yield str(exc).split(": ", 1)[-1]
         return
-    for name in sorted(h5[VIDEOS].keys()):
-        yield from _video_problems(h5, name, deep, decode)
+    for name in names:
+        try:
+            yield from _video_problems(h5, name, deep, decode, require_flows)
+        except UserError as exc:
+            yield str(exc).split(": ", 1)[-1]
 
 
-def _video_problems(h5, name, deep, decode):
+def _unprefixed(exc: UserError) -> str:
+    return str(exc).split(": ", 1)[-1]
+
+
+def _video_problems(h5, name, deep, decode, require_flows=False):
     v = f"video {name!r}"
     try:
-        g = h5[VIDEOS][name]
-    except (KeyError, OSError) as exc:
-        yield f"{v}: cannot open group ({_short(exc)})"
+        check_video_name(name)
+    except UserError as exc:
+        yield f"{v}: {exc}"
         return
-    missing = [d for d in VIDEO_DATASETS if d not in g]
+    g = _video_group(h5, name)
+    try:
+        a = video_attrs(h5, name, g)
+    except UserError as exc:
+        yield _unprefixed(exc)
+        return
+    missing, damaged, wrong_type = [], [], []
+    ds = {}
+    for d in VIDEO_DATASETS:
+        try:
+            present = d in g
+        except H5_ERRORS:
+            present = True  # let _dataset name the damage
+        if not present:
+            missing.append(d)
+            continue
+        try:
+            ds[d] = _dataset(h5, g, name, d)
+        except UserError as exc:
+            damaged.append(_unprefixed(exc))
     if missing:
         yield f"{v}: missing datasets {missing}"
+    for m in damaged:
+        yield m
+    if missing or damaged:
         return
-    missing = [a for a in VIDEO_ATTRS if a not in g.attrs]
-    if missing:
-        yield f"{v}: missing attributes {missing}"
+    for d, (kind, rank) in DATASET_TYPES.items():
+        dt = ds[d].dtype
+        ok = dt.kind == kind[0] and dt.itemsize == int(kind[1:]) and len(ds[d].shape) == rank
+        if d in (FLOW_FWD, FLOW_BWD):
+            ok = ok and dt.str == "<f2"  # read as raw little-endian float16 chunks
+        if not ok:
+            wrong_type.append(f"{d} is {dt.str} with {len(ds[d].shape)} dimensions (expected {kind}, {rank})")
+    if wrong_type:
+        yield f"{v}: wrong dataset types: {'; '.join(wrong_type)}"
         return
-    a = g.attrs
-    n, height, width = int(a["num_frames"]), int(a["height"]), int(a["width"])
-    h8, w8 = flow_size(height, width)
+    n, height, width = a["num_frames"], a["height"], a["width"]
+    h8, w8 = a["flow_height"], a["flow_width"]
     expect = {JPEG_OFFSET: (n,), JPEG_LENGTH: (n,), JPEG_CRC: (n,), FLOW_FWD: (n - 1, 2, h8, w8),
               FLOW_BWD: (n - 1, 2, h8, w8), FLOW_FWD_CRC: (n - 1,), FLOW_BWD_CRC: (n - 1,),
               FLOW_PRESENT: (n - 1,)}
-    bad = [f"{d} {g[d].shape} != {s}" for d, s in expect.items() if g[d].shape != s]
-    if (int(a["flow_height"]), int(a["flow_width"])) != (h8, w8):
-        bad.append(f"flow size {int(a['flow_height'])}x{int(a['flow_width'])} != {h8}x{w8}")
+    bad = [f"{d} {ds[d].shape} != {s}" for d, s in expect.items() if ds[d].shape != s]
     if bad:
         yield f"{v}: wrong shapes: {'; '.join(bad)}"
         return
-    try:
-        offset, length, crcs = g[JPEG_OFFSET][()], g[JPEG_LENGTH][()], g[JPEG_CRC][()]
-        present = g[FLOW_PRESENT][()]
-        fcrc, bcrc = g[FLOW_FWD_CRC][()], g[FLOW_BWD_CRC][()]
-    except OSError as exc:
-        yield f"{v}: cannot read index arrays ({_short(exc)})"
-        return
-    blob_len = g[JPEG].shape[0]
+    offset, length, crcs = (_read(h5, name, d, ds[d]) for d in (JPEG_OFFSET, JPEG_LENGTH, JPEG_CRC))
+    present = _read(h5, name, FLOW_PRESENT, ds[FLOW_PRESENT])
+    fcrc, bcrc = _read(h5, name, FLOW_FWD_CRC, ds[FLOW_FWD_CRC]), _read(h5, name, FLOW_BWD_CRC, ds[FLOW_BWD_CRC])
+    blob_len = ds[JPEG].shape[0]
     ends = offset + length
     if n and (offset[0] != 0 or (length <= 0).any() or (offset[1:] != ends[:-1]).any() or ends[-1] != blob_len):
-        yield f"{v}: JPEG offsets/lengths do not tile the {blob_len}-byte blob"
+        yield f"{v}: {JPEG_OFFSET}/{JPEG_LENGTH} do not tile the {blob_len}-byte {JPEG} dataset"
         return
     for i in range(n):
         try:
-            data = g[JPEG][int(offset[i]):int(ends[i])].tobytes()
-        except OSError as exc:
-            yield f"{v} frame {i}: cannot read JPEG bytes ({_short(exc)})"
+            data = _read(h5, name, JPEG, ds[JPEG], slice(int(offset[i]), int(ends[i]))).tobytes()
+        except UserError as exc:
+            yield f"{v} frame {i}: {_unprefixed(exc)}"
             continue
         if crc32(data) != int(crcs[i]):
             yield f"{v} frame {i}: JPEG bytes fail their CRC32"
@@ -582,15 +739,46 @@ def _video_problems(h5, name, deep, decode):
                 continue
             if tuple(img.shape[:2]) != (height, width):
                 yield f"{v} frame {i}: decodes to {img.shape[1]}x{img.shape[0]}, table says {width}x{height}"
-    for ds, crc_arr in ((FLOW_FWD, fcrc), (FLOW_BWD, bcrc)):
+    odd = np.flatnonzero((present != 0) & (present != 1))
+    if odd.size:
+        yield f"{v}: {FLOW_PRESENT} holds {int(present[odd[0]])} at pair {int(odd[0])} (flags are 0 or 1)"
+    for d, crc_arr in ((FLOW_FWD, fcrc), (FLOW_BWD, bcrc)):
         for i in np.flatnonzero(present):
             try:
-                arr = g[ds][int(i)]
-            except OSError as exc:
-                yield f"{v} {ds} pair {int(i)}: cannot read ({_short(exc)})"
+                arr = _read(h5, name, d, ds[d], int(i))
+            except UserError:
+                yield f"{v} {d} pair {int(i)}: cannot read the flow chunk"
                 continue
             if flow_crc(arr) != int(crc_arr[i]):
-                yield f"{v} {ds} pair {int(i)}: flow chunk fails its CRC32"
+                yield f"{v} {d} pair {int(i)}: flow chunk fails its CRC32"
+            elif deep and not np.isfinite(arr).all():
+                yield f"{v} {d} pair {int(i)}: flow chunk holds non-finite values"
+    if deep:
+        for i in np.flatnonzero(present == 0):
+            if _pair_stored(h5, name, ds, int(i), fcrc, bcrc):
+                yield (f"{v} flow pair {int(i)}: its flows are stored and match their CRC32s but {FLOW_PRESENT} is 0 "
+                       f"(a cleared flag, or flow compute stopped before setting it; training would call it missing)")
+    if require_flows and n > 1 and not present.all():
+        missing_pairs = np.flatnonzero(present == 0)
+        yield (f"{v}: {missing_pairs.size} of {n - 1} flow pairs are missing (first: pair {int(missing_pairs[0])}); "
+               f"run 'python -m flow compute' on this shard")
+
+
+def _pair_stored(h5, name, ds, i, fcrc, bcrc) -> bool:
+    """Whether pair ``i``'s flow chunks are both written and match their stored CRCs."""
+    if int(fcrc[i]) == 0 and int(bcrc[i]) == 0:
+        return False
+    for d, crc_arr in ((FLOW_FWD, fcrc), (FLOW_BWD, bcrc)):
+        try:
+            info = ds[d].id.get_chunk_info_by_coord((i, 0, 0, 0))
+            if info.byte_offset is None:
+                return False
+            arr = _read(h5, name, d, ds[d], i)
+        except (UserError,) + H5_ERRORS:
+            return False
+        if flow_crc(arr) != int(crc_arr[i]):
+            return False
+    return True
 
 
 def storage_bytes(h5: h5py.File, video: str) -> dict:

@@ -1,10 +1,16 @@
-"""``hdf5_tools verify SHARD... [--deep] [--manifest M]``: check shards; name each bad shard and index.
+"""``hdf5_tools verify SHARD... [--deep] [--require-flows] [--manifest M]``: check shards; name each
+bad shard and index.
 
-Checks the format tag and schema version, every video's datasets, shapes and counts, that the
-JPEG offsets tile the blob, every frame's CRC32 and every stored flow chunk's CRC32. ``--deep``
-also decodes every JPEG and checks its size. When a manifest lists the shard (``--manifest``, or a
-``manifest.json`` beside it), the file's size and CRC32 are compared too. Prints one line per
-problem (``SHARD: video 'v' frame 3: ...``) and exits 1 if any shard is bad, 0 otherwise.
+Checks the format tag and schema version, every video's attributes (present, typed, in range, the
+``name`` attribute equal to the group's name), datasets (present, readable, dtype, shape), that the
+JPEG offsets tile the blob, every frame's CRC32, the ``flow_present`` flags and every flagged flow
+chunk's CRC32 (:func:`hdf5_tools.schema.iter_problems`). ``--deep`` also decodes every JPEG and
+checks its size, checks stored flows are finite and reports pairs whose flows are stored but not
+flagged. ``--require-flows`` reports pairs without flows (what training with stored flows and
+k > 1 needs). When a manifest lists the shard (``--manifest``, or a ``manifest.json`` beside it),
+the file's size and CRC32 and, with ``--deep``, its video names, frame counts and flow counts are
+compared too. Prints one line per problem (``SHARD: video 'v' frame 3: ...``) and exits 1 if any
+shard is bad, 0 otherwise.
 """
 from __future__ import annotations
 
@@ -25,6 +31,7 @@ class VerifyConfig:
     deep: bool = False
     manifest: Optional[str] = None
     max_problems: int = 20
+    require_flows: bool = False
 
 
 @dataclass
@@ -57,8 +64,37 @@ def _manifest_entry(path: str, manifest_path: Optional[str]):
     return None
 
 
+def _manifest_problems(h5, entry) -> List[str]:
+    """The shard's table against its manifest entry: names, splits, frame and flow counts."""
+    out = []
+    try:
+        videos = {v.name: v for v in schema.list_videos(h5)}
+    except UserError:
+        return out  # the content checks name the damage
+    listed = {}
+    for v in entry.videos:
+        if isinstance(v, dict) and "name" in v:
+            listed[str(v["name"])] = v
+    for name in sorted(set(listed) - set(videos)):
+        out.append(f"video {name!r} is listed in the manifest but not in the shard")
+    for name in sorted(set(videos) - set(listed)):
+        out.append(f"video {name!r} is in the shard but not listed in the manifest")
+    for name in sorted(set(videos) & set(listed)):
+        for key in ("split", "num_frames"):
+            if key in listed[name] and listed[name][key] != getattr(videos[name], key):
+                out.append(f"video {name!r}: {key} is {getattr(videos[name], key)!r} in the shard, "
+                           f"{listed[name][key]!r} in the manifest")
+    counts = {"num_videos": len(videos), "num_frames": sum(v.num_frames for v in videos.values()),
+              "num_pairs": sum(v.num_pairs for v in videos.values()),
+              "pairs_present": sum(v.flows_present for v in videos.values())}
+    for key, value in counts.items():
+        if getattr(entry, key) != value:
+            out.append(f"{key} is {value} in the shard, {getattr(entry, key)} in the manifest")
+    return out
+
+
 def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = None,
-                 max_problems: int = 20) -> ShardReport:
+                 max_problems: int = 20, require_flows: bool = False) -> ShardReport:
     """Check one shard file; the report lists at most ``max_problems`` problems (plus a count)."""
     rep = ShardReport(path)
     if not os.path.exists(path):
@@ -78,14 +114,18 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
         return rep
     extra = 0
     with h5:
+        found = []
         try:
-            for p in schema.iter_problems(h5, deep=deep, decode=_decode):
-                if len(rep.problems) < max_problems:
-                    rep.problems.append(p)
-                else:
-                    extra += 1
-        except (OSError, RuntimeError, KeyError) as exc:  # HDF5 metadata damaged beyond one dataset
-            rep.problems.append(f"unreadable HDF5 structure ({str(exc).splitlines()[0][:160]})")
+            found = list(schema.iter_problems(h5, deep=deep, decode=_decode, require_flows=require_flows))
+            if deep and entry is not None:
+                found += _manifest_problems(h5, entry)
+        except schema.H5_ERRORS as exc:  # HDF5 metadata damaged beyond one dataset
+            found.append(f"unreadable HDF5 structure ({str(exc).splitlines()[0][:160]})")
+        for p in found:
+            if len(rep.problems) < max_problems:
+                rep.problems.append(p)
+            else:
+                extra += 1
     if extra:
         rep.problems.append(f"... and {extra} more problems")
     return rep
@@ -94,15 +134,19 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
 def main(argv) -> int:
     ap = argparse.ArgumentParser(prog="hdf5_tools verify", description=__doc__.splitlines()[0])
     ap.add_argument("shards", nargs="+", metavar="SHARD")
-    ap.add_argument("--deep", action="store_true", help="also decode every JPEG")
+    ap.add_argument("--deep", action="store_true", help="also decode every JPEG, check flows are finite, "
+                    "flags against stored flows and names against the manifest")
+    ap.add_argument("--require-flows", action="store_true",
+                    help="every frame pair must have its flows (what training with k > 1 reads)")
     ap.add_argument("--manifest", help="manifest to compare file sizes and checksums with "
                     "(default: manifest.json beside each shard, if any)")
     ap.add_argument("--max-problems", type=int, default=20, help="problems listed per shard (default 20)")
     a = ap.parse_args(argv)
-    cfg = VerifyConfig(shards=a.shards, deep=a.deep, manifest=a.manifest, max_problems=a.max_problems)
+    cfg = VerifyConfig(shards=a.shards, deep=a.deep, manifest=a.manifest, max_problems=a.max_problems,
+                       require_flows=a.require_flows)
     bad = 0
     for path in cfg.shards:
-        rep = verify_shard(path, cfg.deep, cfg.manifest, cfg.max_problems)
+        rep = verify_shard(path, cfg.deep, cfg.manifest, cfg.max_problems, cfg.require_flows)
         if rep.ok:
             print(f"{path}: ok")
         else:

@@ -2,16 +2,22 @@
 into place, so a reader or a killed writer never sees a half-written file under the final name.
 
 ``durable=True`` also fsyncs the file and the directory (checkpoints, markers a resumed job acts on).
-Temporary names are ``.NAME.tmp.XXXXXX`` (what the checkpoint store sweeps after a kill).
+Temporary names are ``.NAME.tmp.XXXXXX`` (what the checkpoint store sweeps after a kill;
+:func:`remove_temporaries` sweeps a folder). :func:`disk_error` turns a failed write (full disk,
+quota, read-only file system) into one line naming the path and the bytes needed.
 Importing this module is cheap (standard library only).
 """
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import IO, Iterator, Optional, Union
+from typing import IO, Iterator, List, Optional, Union
+
+from pixpro_of.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 
@@ -77,3 +83,79 @@ def atomic_write_text(path: PathLike, text: str, *, durable: bool = False, chmod
     """Write ``text`` to ``path`` atomically (see :func:`atomic_open`)."""
     with atomic_open(path, "w", durable=durable, chmod=chmod) as f:
         f.write(text)
+
+
+# --------------------------------------------------------------------------- failed writes
+
+class DiskWriteError(UserError):
+    """A write failed for lack of space or permission; the message names the path and the bytes."""
+
+    def __init__(self, message: str, path: PathLike, needed: Optional[int] = None, free: Optional[int] = None,
+                 errno_: Optional[int] = None):
+        super().__init__(message)
+        self.path = str(path)
+        self.needed = needed
+        self.free = free
+        self.errno = errno_
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if n >= scale:
+            return f"{n} bytes ({n / scale:.1f} {unit})"
+    return f"{n} bytes"
+
+
+def free_bytes(path: PathLike) -> Optional[int]:
+    """Bytes free to an unprivileged writer on the file system holding ``path`` (or its nearest
+    existing parent), or None when it cannot be told."""
+    p = Path(path)
+    for q in [p] + list(p.parents):
+        try:
+            return shutil.disk_usage(q).free
+        except OSError:
+            continue
+    return None
+
+
+def disk_error(exc: OSError, path: PathLike, needed: Optional[int] = None, what: str = "") -> UserError:
+    """One line for a failed write of ``path`` (``needed`` bytes, if known; ``what`` was being done).
+
+    ENOSPC/EDQUOT: the bytes needed and free; EROFS, EACCES/EPERM: read-only or not writable. Other
+    errors keep their text. Returns a :class:`DiskWriteError` (a UserError) to raise.
+    """
+    code = getattr(exc, "errno", None)
+    doing = f" while {what}" if what else ""
+    need = f"needs {_size(needed)}" if needed is not None else "needs more space"
+    free = free_bytes(path)
+    if code in (errno.ENOSPC, errno.EDQUOT):
+        kind = "no space left on device" if code == errno.ENOSPC else "disk quota exceeded"
+        have = f", {_size(free)} free" if free is not None else ""
+        msg = f"{path}: {kind}{doing}: {need}{have}; free some space and run the same command again to resume"
+    elif code == errno.EROFS:
+        msg = f"{path}: read-only file system{doing}" + (f" ({need})" if needed is not None else "")
+    elif code in (errno.EACCES, errno.EPERM):
+        msg = f"{path}: permission denied{doing}" + (f" ({need})" if needed is not None else "")
+    else:
+        text = str(exc).strip()
+        reason = getattr(exc, "strerror", None) or (text.splitlines()[0] if text else type(exc).__name__)
+        msg = f"{path}: cannot write{doing}: {reason}" + (f" ({need})" if needed is not None else "")
+    return DiskWriteError(msg, path, needed, free, code)
+
+
+def is_temporary_name(name: str) -> bool:
+    """Whether ``name`` is one of :func:`atomic_open`'s (or the checkpoint store's) temporary names."""
+    return name.startswith(".") and ".tmp." in name
+
+
+def remove_temporaries(folder: PathLike) -> List[Path]:
+    """Delete the temporary files a killed writer left directly in ``folder``; returns them."""
+    removed = []
+    d = Path(folder)
+    if not d.is_dir():
+        return removed
+    for p in d.iterdir():
+        if is_temporary_name(p.name) and p.is_file():
+            p.unlink(missing_ok=True)
+            removed.append(p)
+    return removed

@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import json
+import math
 import os
 import typing
 from dataclasses import dataclass, field
@@ -75,6 +76,12 @@ class DataConfig:
     ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
     ``raft_amp`` precision, ``raft_chunk`` frame pairs per RAFT call; see
     ``pixpro_of.data.online_flow``).
+
+    ``on_bad_sample``: what a clip that cannot be read (corrupt JPEG or flow chunk, truncated
+    shard) does: ``fail`` ends training with one line naming the shard, video and frame; ``skip``
+    logs it, counts it in the metrics and trains on a substitute clip drawn from the sample's
+    seed, failing once more than ``bad_sample_budget`` samples were skipped in one epoch (over all
+    ranks). A shard that cannot be opened at all always fails.
     """
     shards: List[str] = field(default_factory=list)
     synthetic: bool = True
@@ -98,6 +105,8 @@ class DataConfig:
     raft_iters: int = 12
     raft_amp: str = "fp32"
     raft_chunk: int = 32
+    on_bad_sample: str = "fail"
+    bad_sample_budget: int = 100
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 
 
@@ -216,6 +225,7 @@ CHOICES = {
     "data.flow_resolution": ("coarse", "full"),
     "data.flow_source": ("shards", "raft"),
     "data.positives_on": ("worker", "device"),
+    "data.on_bad_sample": ("fail", "skip"),
     "data.raft_model": ("raft-small", "raft-large"),
     "data.raft_amp": ("fp32", "bf16", "fp16"),
     "model.loss_norm": ("seed", "pixel"),
@@ -229,7 +239,7 @@ CHOICES = {
 RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
     "run.threads", "run.device", "run.max_steps", "data.raft_chunk", "data.raft_weights",
-    "data.positives_on",
+    "data.positives_on", "data.on_bad_sample", "data.bad_sample_budget",
     # The backend and world size may change between links of a run (see ARCHITECTURE.md,
     # "Resuming with another world size"); the global batch may not.
     "dist.",
@@ -293,9 +303,12 @@ def _coerce(value: Any, tp: Any, key: str, where: str) -> Any:
         if isinstance(value, bool) or not isinstance(value, (int, float, str)):
             raise UserError(f"{where}: {key} must be a number (got {value!r})")
         try:
-            return float(value)
+            number = float(value)
         except ValueError:
             raise UserError(f"{where}: {key} must be a number (got {value!r})") from None
+        if not math.isfinite(number):
+            raise UserError(f"{where}: {key} must be a finite number (got {value!r})")
+        return number
     if tp is str:
         if isinstance(value, (dict, list)) or value is None:
             raise UserError(f"{where}: {key} must be a string (got {value!r})")
@@ -395,12 +408,27 @@ def config_from_dict(data: Mapping[str, Any], where: str = "config") -> TrainCon
     return cfg
 
 
+def _float_values(obj: Any, prefix: str = ""):
+    """``(dotted key, value)`` of every float (and float list item) in a config tree."""
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        key = prefix + f.name
+        if dataclasses.is_dataclass(value):
+            yield from _float_values(value, key + ".")
+        elif isinstance(value, float):
+            yield key, value
+        elif isinstance(value, list):
+            yield from ((key, v) for v in value if isinstance(v, float))
+
+
 def validate(cfg: TrainConfig) -> None:
     """Range and choice checks; raises UserError naming the first bad key."""
     def need(ok: bool, key: str, what: str, value: Any) -> None:
         if not ok:
             raise UserError(f"config: {key} {what} (got {value!r})")
 
+    for key, value in _float_values(cfg):
+        need(math.isfinite(value), key, "must be a finite number", value)
     for key, choices in CHOICES.items():
         section, name = key.split(".")
         value = getattr(getattr(cfg, section), name)
@@ -426,9 +454,11 @@ def validate(cfg: TrainConfig) -> None:
     need(d.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", d.raft_chunk)
     need(d.flow_source != "raft" or d.k == 1 or bool(d.raft_weights), "data.raft_weights",
          "must name a RAFT checkpoint (a local .pth file) when data.flow_source=raft", d.raft_weights)
-    need(sy.videos >= 1, "data.synth.videos", "must be >= 1", sy.videos)
-    need(sy.frames >= d.k, "data.synth.frames", f"must be >= data.k = {d.k}", sy.frames)
-    need(sy.width >= 16 and sy.height >= 16, "data.synth.width/height", "must be >= 16", (sy.width, sy.height))
+    need(d.bad_sample_budget >= 0, "data.bad_sample_budget", "must be >= 0", d.bad_sample_budget)
+    if d.synthetic and not d.shards:  # the synthetic world is used only without shards
+        need(sy.videos >= 1, "data.synth.videos", "must be >= 1", sy.videos)
+        need(sy.frames >= d.k, "data.synth.frames", f"must be >= data.k = {d.k}", sy.frames)
+        need(sy.width >= 16 and sy.height >= 16, "data.synth.width/height", "must be >= 16", (sy.width, sy.height))
     need(m.proj_hidden >= 1, "model.proj_hidden", "must be >= 1", m.proj_hidden)
     need(m.proj_dim >= 1, "model.proj_dim", "must be >= 1", m.proj_dim)
     need(m.ppm_layers in (0, 1, 2), "model.ppm_layers", "must be 0, 1 or 2", m.ppm_layers)

@@ -19,8 +19,9 @@ The constructor reads each shard's per-video table once and closes it; files are
 once per process, on first access (h5py handles do not survive fork), so the dataset works with
 DataLoader workers. Metadata is held in numpy arrays (no per-sample Python objects to copy-on-read).
 Videos shorter than k raise :class:`UserError` naming the shard and video, unless ``drop_short``.
-A missing flow pair (k > 1), a corrupt JPEG or a CRC mismatch raise UserError naming the shard,
-video and index.
+A missing flow pair (k > 1), a corrupt JPEG, a CRC mismatch, a truncated file or damaged HDF5
+metadata raise UserError naming the shard, video and index (never a KeyError or OSError from
+h5py); a shard that has gone or cannot be opened raises :class:`ShardUnavailableError`.
 """
 from __future__ import annotations
 
@@ -33,6 +34,10 @@ import torch.utils.data
 from hdf5_tools import schema
 from hdf5_tools.errors import UserError as ShardError
 from pixpro_of.errors import UserError
+
+
+class ShardUnavailableError(UserError):
+    """A whole shard is missing or cannot be opened (not one sample's damage)."""
 
 
 def decode_jpeg(data: bytes, where: str) -> np.ndarray:
@@ -140,7 +145,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
             try:
                 r = schema.ShardReader(self.shard_paths[shard_index], check_crc=self.check_crc)
             except ShardError as exc:
-                raise UserError(str(exc)) from None
+                raise ShardUnavailableError(str(exc)) from None
             self._readers[shard_index] = r
         return r
 
@@ -173,6 +178,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
                 fwd, bwd = f16_to_f32(fwd16), f16_to_f32(bwd16)
         except ShardError as exc:
             raise UserError(str(exc)) from None
+        except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py on damaged metadata or data
+            raise UserError(f"{where} {t}: cannot read ({type(exc).__name__}: "
+                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         if k == 1:
             frame2 = frame1.copy()
         clip = {"frame1": frame1, "frame2": frame2, "fwd": fwd, "bwd": bwd, "video": name, "t": t, "k": k}

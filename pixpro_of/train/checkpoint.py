@@ -13,6 +13,10 @@ The payload is streamed to a temporary name in the same folder (CRC computed on 
 flushed, fsync'ed, renamed into place, and the folder is fsync'ed, so a ``kill -9`` at any
 moment leaves either the old or the new checkpoint, never a half one that would be trusted. Loading tries the
 newest checkpoint first and falls back to older ones when it is damaged.
+
+A save that fails (a full disk, a quota, a read-only file system) removes what it wrote, so the
+previous checkpoint stays the newest valid one, and raises
+:class:`~pixpro_of.atomic.DiskWriteError`: one line naming the path and the bytes needed.
 """
 from __future__ import annotations
 
@@ -27,7 +31,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
 from pixpro_of.atomic import atomic_write_bytes as _atomic_write_bytes
-from pixpro_of.atomic import fsync_dir
+from pixpro_of.atomic import disk_error, fsync_dir, is_temporary_name
 from pixpro_of.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,11 +53,16 @@ class _HashingWriter:
         self.f = f
         self.crc = 0
         self.size = 0
+        self.error: Optional[OSError] = None  # torch.save reports a failed write as a RuntimeError
 
     def write(self, data) -> int:
         self.crc = zlib.crc32(data, self.crc)
         self.size += len(data)
-        return self.f.write(data)
+        try:
+            return self.f.write(data)
+        except OSError as exc:
+            self.error = exc
+            raise
 
     def flush(self) -> None:
         self.f.flush()
@@ -114,7 +123,7 @@ class CheckpointStore:
         """Remove temp files left by a writer that was killed mid-write."""
         if self.dir.is_dir():
             for p in self.dir.iterdir():
-                if p.name.startswith(".") and ".tmp." in p.name:
+                if is_temporary_name(p.name):
                     p.unlink(missing_ok=True)
 
     # ------------------------------------------------------------------ saving
@@ -132,20 +141,35 @@ class CheckpointStore:
         name = f"step_{step:08d}.pt"
         final = self.dir / name
         tmp = final.with_name(f".{name}.tmp.{os.getpid()}")
-        with open(tmp, "wb") as f:
-            writer = _HashingWriter(f)
-            torch.save(state, writer)  # streamed: no second copy of the state in memory
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, final)
-        fsync_dir(self.dir)
-        digest, size = f"{writer.crc:08x}", writer.size
-        seconds = time.perf_counter() - t0
-        manifest = {"file": name, "size": size, "crc32": digest, "step": step, "epoch": epoch,
-                    "milestone": bool(milestone), "time": time.time(), "save_seconds": seconds}
         mpath = self.dir / f"step_{step:08d}.json"
-        atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode())
-        atomic_write_bytes(self.dir / "latest", (name + "\n").encode())
+        writer = None
+        target, counted = final, False
+        try:
+            with open(tmp, "wb") as f:
+                writer = _HashingWriter(f)
+                torch.save(state, writer)  # streamed: no second copy of the state in memory
+                f.flush()
+                os.fsync(f.fileno())
+            os.replace(tmp, final)
+            fsync_dir(self.dir)
+            digest, size = f"{writer.crc:08x}", writer.size
+            seconds = time.perf_counter() - t0
+            manifest = {"file": name, "size": size, "crc32": digest, "step": step, "epoch": epoch,
+                        "milestone": bool(milestone), "time": time.time(), "save_seconds": seconds}
+            target = mpath
+            atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode())
+            counted = True  # payload + manifest: a valid checkpoint from here on
+            target = self.dir / "latest"
+            atomic_write_bytes(target, (name + "\n").encode())
+        except (OSError, RuntimeError) as exc:
+            cause = exc if isinstance(exc, OSError) else (writer.error if writer is not None else None)
+            tmp.unlink(missing_ok=True)
+            if not counted:
+                final.unlink(missing_ok=True)  # a payload without a manifest would only hold space
+            if cause is None:
+                raise  # not a failed write (e.g. a bug in what is saved)
+            raise disk_error(cause, target, needed=state_nbytes(state),
+                             what=f"writing the checkpoint of step {step}") from None
         self.prune()
         seconds = time.perf_counter() - t0
         info = CheckpointInfo(step, epoch, final, mpath, digest, size, bool(milestone), seconds)
@@ -230,3 +254,24 @@ class CheckpointStore:
         if damaged:
             raise UserError(f"{self.dir}: every checkpoint is damaged ({'; '.join(damaged)})")
         return None
+
+
+def state_nbytes(state: Any) -> int:
+    """About the bytes ``torch.save(state)`` writes: every distinct tensor storage, plus 64 KiB."""
+    import torch
+
+    seen, total = set(), 1 << 16
+    stack = [state]
+    while stack:
+        x = stack.pop()
+        if torch.is_tensor(x):
+            st = x.untyped_storage()
+            key = (st.data_ptr(), st.nbytes())
+            if key not in seen:
+                seen.add(key)
+                total += st.nbytes()
+        elif isinstance(x, dict):
+            stack.extend(x.values())
+        elif isinstance(x, (list, tuple)):
+            stack.extend(x)
+    return total

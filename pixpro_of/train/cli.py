@@ -2,7 +2,8 @@
 
 Exit codes: 0 finished (``RUN_DIR/done`` written; running again exits 0 at once), 75
 checkpointed and stopped early (deadline or signal), resume by running the same command again;
-2 bad input (one-line error); anything else is a failure.
+2 failure with a one-line error (bad input, a bad sample, a full disk, a failed rank; with more
+than one rank the whole job is aborted, see :func:`fail_job`); anything else is a failure.
 """
 from __future__ import annotations
 
@@ -65,6 +66,32 @@ def main(argv: Sequence[str]) -> int:
         from pixpro_of.train.stopping import parse_deadline
 
         cfg.stop.deadline = f"@{parse_deadline(cfg.stop.deadline):.3f}"
-    from pixpro_of.train.trainer import Trainer
+    from pixpro_of.train.trainer import Trainer, TrainingFailure
 
-    return Trainer(cfg, run_dir).run()
+    trainer = Trainer(cfg, run_dir)
+    try:
+        return trainer.run()
+    except TrainingFailure as exc:
+        if trainer.backend.world_size > 1:
+            fail_job(trainer.backend, exc)
+        raise
+
+
+def fail_job(backend, exc, code: int = 2, quiet_wait_s: float = 20.0) -> None:
+    """End every rank of the job after ``exc`` (a TrainingFailure) on this one; never returns.
+
+    The rank that met the fault prints its one line and aborts the job (``MPI_Abort`` under
+    ``mpirun``, so the other ranks do not wait in a collective for it; under torchrun or srun
+    the launcher ends the others when this rank exits). A rank whose failure another rank reports
+    (``exc.quiet``) waits for that rank's abort, and aborts silently if it does not come.
+    """
+    import time
+
+    if exc.quiet:
+        time.sleep(quiet_wait_s)
+    else:
+        if exc.grace_s > 0:
+            time.sleep(exc.grace_s)
+        print(f"pixpro_of train: error: {exc}", file=sys.stderr, flush=True)
+    sys.stdout.flush()
+    backend.abort(code)

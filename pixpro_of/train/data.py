@@ -6,15 +6,30 @@ Every sample is a pure function of ``(seed, epoch, node, position)``: the clip c
 the node's (world-size-independent for one node) epoch order. So batches do not depend on the
 number of DataLoader workers, and a run resumed at batch ``b`` of an epoch sees exactly the
 batches an uninterrupted run would have seen.
+
+Bad samples (``data.on_bad_sample``): a clip that cannot be read (a JPEG or flow chunk failing its
+CRC, a frame that does not decode, a missing flow pair, a truncated file) never raises inside a
+DataLoader worker (torch would wrap the one-line message in a traceback). :class:`SampleSet`
+returns it as a :class:`BadSample` record under the ``"_failed"`` key of the item instead, and
+:class:`SafeCollate` passes it on to the trainer, which fails with that one line. With
+``skip`` the sample is replaced by a substitute drawn from ``(seed, epoch, node, position,
+attempt)`` (so a resumed run skips and substitutes exactly the same samples), and the records
+of what was skipped travel with the batch under ``"_bad"`` for the trainer to log, count and hold
+against ``data.bad_sample_budget``. Workers die with their parent process (``PR_SET_PDEATHSIG``),
+so a killed trainer leaves no orphaned worker behind.
 """
 from __future__ import annotations
 
+import ctypes
 import glob
 import os
 import random
 import signal
+import time
+import traceback
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Iterator, List, Sequence, Tuple
+from typing import Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -84,25 +99,118 @@ def sample_rng(seed: int, epoch: int, node: int, position: int) -> np.random.Gen
     return np.random.default_rng([int(seed), int(epoch), int(node), int(position)])
 
 
+_SALT_SUBSTITUTE = 0x5B5717
+
+
+@dataclass
+class BadSample:
+    """One sample that could not be built. ``message`` is one line naming the shard, video and
+    frame (from the reader); ``skippable`` is false for errors that are not about one sample's data
+    (a shard that cannot be opened, a bug in the sample pipeline), whose traceback is ``detail``.
+    ``when`` is the Unix time of the failed read (for the fail-fast measurements)."""
+    epoch: int
+    position: int
+    video_index: int
+    t: int
+    message: str
+    skippable: bool = True
+    when: float = 0.0
+    detail: str = ""
+
+    def describe(self) -> str:
+        return f"epoch {self.epoch} sample {self.position}: {self.message}"
+
+
+def _one_line(exc: BaseException) -> str:
+    text = str(exc).strip()
+    first = text.splitlines()[0] if text else ""
+    return first or type(exc).__name__
+
+
+def is_unavailable_shard(exc: BaseException) -> bool:
+    """A whole shard is missing or cannot be opened: never skipped sample by sample."""
+    from pixpro_of.data.shards import ShardUnavailableError
+
+    return isinstance(exc, ShardUnavailableError)
+
+
 class SampleSet(torch.utils.data.Dataset):
     """Maps a key ``(epoch, position, video_index, t)`` to a built sample dict.
 
     ``clips[(video_index, t)]`` gives the clip dict; ``build(clip, rng)`` augments it.
+    ``substitutes``: with ``data.on_bad_sample=skip``, how many substitute clips to try for a clip
+    that cannot be read (0: fail on the first bad read). A sample that cannot be built comes back
+    as ``{"_failed": BadSample, "_bad": [...]}``; one built after skipping bad clips carries
+    their records in ``"_bad"`` (see the module docstring).
     """
 
-    def __init__(self, clips, build: Callable, seed: int, node: int = 0):
+    def __init__(self, clips, build: Callable, seed: int, node: int = 0, substitutes: int = 0):
         self.clips = clips
         self.build = build
         self.seed = int(seed)
         self.node = int(node)
+        self.substitutes = int(substitutes)
 
     def __len__(self) -> int:
         return len(self.clips)
 
+    def substitute(self, epoch: int, position: int, attempt: int) -> Tuple[int, int, np.random.Generator]:
+        """The ``attempt``-th substitute ``(video_index, t, rng)`` for the sample at ``position``: a
+        pure function of (seed, epoch, node, position, attempt), like every sample."""
+        rng = np.random.default_rng([self.seed, int(epoch), self.node, int(position), _SALT_SUBSTITUTE, int(attempt)])
+        v = int(rng.integers(0, self.clips.num_videos))
+        t = int(rng.integers(0, self.clips.num_frames(v) - self.clips.k + 1))
+        return v, t, rng
+
     def __getitem__(self, key: Tuple[int, int, int, int]) -> dict:
-        epoch, position, video_index, t = key
-        clip = self.clips[(int(video_index), int(t))]
-        return self.build(clip, sample_rng(self.seed, epoch, self.node, position))
+        epoch, position, video_index, t = (int(x) for x in key)
+        skipped: List[BadSample] = []
+        rng = sample_rng(self.seed, epoch, self.node, position)
+        attempt = 0
+        while True:
+            try:
+                clip = self.clips[(video_index, t)]
+            except Exception as exc:  # noqa: BLE001 - every read error becomes a record, see above
+                bad = BadSample(epoch, position, video_index, t, _one_line(exc),
+                                skippable=not is_unavailable_shard(exc), when=time.time())
+                if not isinstance(exc, (UserError, OSError)) and not is_unavailable_shard(exc):
+                    bad.detail = traceback.format_exc()
+                if not bad.skippable or attempt >= self.substitutes:
+                    return {"_failed": bad, "_bad": skipped}
+                skipped.append(bad)
+                attempt += 1
+                video_index, t, rng = self.substitute(epoch, position, attempt)
+                continue
+            try:
+                sample = self.build(clip, rng)
+            except Exception as exc:  # noqa: BLE001 - a bug in the pipeline: fail with its traceback
+                where = f"video {clip.get('video', video_index)!r} frame {t}" if isinstance(clip, dict) else ""
+                return {"_failed": BadSample(epoch, position, video_index, t,
+                                             f"building the sample of {where}: {type(exc).__name__}: {_one_line(exc)}",
+                                             skippable=False, when=time.time(), detail=traceback.format_exc()),
+                        "_bad": skipped}
+            if skipped:
+                sample = dict(sample)
+                sample["_bad"] = skipped
+            return sample
+
+
+class SafeCollate:
+    """Wraps a collate function: strips the bad-sample records from the samples, collates the
+    rest, and puts the records under ``"_bad"`` (a list) and, when a sample could not be built at
+    all, ``"_failed"`` (the first such record; the batch then holds nothing else)."""
+
+    def __init__(self, collate: Callable):
+        self.collate = collate
+
+    def __call__(self, samples: List[dict]) -> dict:
+        bad = [r for s in samples for r in s.get("_bad", ())]
+        failed = [s["_failed"] for s in samples if "_failed" in s]
+        if failed:
+            return {"_failed": failed[0], "_bad": bad}
+        out = self.collate([{k: v for k, v in s.items() if k != "_bad"} if "_bad" in s else s for s in samples])
+        out["_bad"] = bad
+        return out
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -146,12 +254,33 @@ def _seed_worker(seed: int, epoch: int, rank: int, worker_id: int) -> None:
     torch.manual_seed(int(s[0]) << 32 | int(s[1]))
 
 
+_PR_SET_PDEATHSIG = 1
+
+
+def die_with_parent(parent_pid: int) -> None:
+    """Ask the kernel to SIGKILL this process when its parent dies (Linux; no-op elsewhere).
+
+    A DataLoader worker otherwise outlives a trainer killed by ``kill -9`` or the OOM killer for
+    up to torch's 5 s watchdog interval, and may print tracebacks (``ConnectionResetError``) into
+    the job's log while it notices."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(_PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent_pid:  # the parent died before the request took effect
+        os._exit(1)
+
+
 class _WorkerInit:
-    def __init__(self, seed: int, epoch: int, rank: int, ignore_signals: Sequence[int] = ()):
+    def __init__(self, seed: int, epoch: int, rank: int, ignore_signals: Sequence[int] = (),
+                 parent_pid: Optional[int] = None):
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.ignore_signals = tuple(int(s) for s in ignore_signals)
+        self.parent_pid = os.getpid() if parent_pid is None else int(parent_pid)
 
     def __call__(self, worker_id: int) -> None:
+        die_with_parent(self.parent_pid)
         # A scheduler signals the whole process group; torch's worker handler would kill the
         # worker (and with it the step). The main process handles the stop and ends its workers.
         for num in self.ignore_signals:
@@ -164,7 +293,9 @@ def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, nu
                 ignore_signals: Sequence[int] = ()) -> torch.utils.data.DataLoader:
     """A DataLoader over ``batches`` (one epoch, from its start batch).
 
-    ``ignore_signals``: signal numbers the worker processes ignore (the trainer's stop signals).
+    ``collate`` is wrapped in :class:`SafeCollate` (batches carry ``"_bad"``, see the module
+    docstring). ``ignore_signals``: signal numbers the worker processes ignore (the trainer's stop
+    signals). End an iterator over it with :func:`close_loader_iter`.
     """
     # The loader draws its workers' base seed from ``generator``; a private one keeps the global
     # torch RNG untouched, so its state does not depend on how many loaders a resumed run made.
@@ -174,5 +305,54 @@ def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, nu
     if num_workers > 0:
         kw = dict(prefetch_factor=prefetch_factor,
                   worker_init_fn=_WorkerInit(seed, batches.epoch, rank, ignore_signals))
-    return torch.utils.data.DataLoader(samples, batch_sampler=batches, collate_fn=collate,
+    return torch.utils.data.DataLoader(samples, batch_sampler=batches, collate_fn=SafeCollate(collate),
                                        num_workers=num_workers, pin_memory=pin_memory, generator=gen, **kw)
+
+
+def loader_worker_pids(it) -> List[int]:
+    """Process ids of a DataLoader iterator's workers (empty without workers)."""
+    return [w.pid for w in getattr(it, "_workers", ()) if w.pid is not None]
+
+
+def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
+    """End a DataLoader iterator's workers now, leaving no process behind.
+
+    ``kill=True`` (after an error): SIGKILL the workers first, without waiting for them to finish
+    what they read. Otherwise they are asked to exit (torch's own shutdown) and killed only if they
+    have not within ``timeout`` seconds. Workers ignore the stop signals (SIGTERM among them), so
+    torch's ``terminate()`` alone would leave them running and Python's exit would wait for them
+    forever.
+    """
+    if it is None:
+        return
+    workers = list(getattr(it, "_workers", ()))
+    if kill and workers:
+        # Stop torch's SIGCHLD watch first: these deaths are ours, not a failure to report.
+        if getattr(it, "_worker_pids_set", False):
+            from torch.utils.data._utils import signal_handling
+
+            signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+        for w in workers:
+            _kill(w.pid)
+    shutdown = getattr(it, "_shutdown_workers", None)
+    if shutdown is not None:
+        try:
+            shutdown()
+        except Exception:  # noqa: BLE001 - a queue broken by a killed worker; the kill below still runs
+            pass
+    deadline = time.monotonic() + timeout
+    for w in workers:
+        w.join(timeout=max(0.0, deadline - time.monotonic()))
+        if w.is_alive():
+            _kill(w.pid)
+            w.join(timeout=timeout)
+
+
+def _kill(pid: Optional[int]) -> None:
+    if pid is None:
+        return
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass

@@ -42,7 +42,10 @@ class MetricsLog:
         if not enabled:
             return
         if self._csv_enabled:
-            self._fields = truncate_csv(self.csv_path, resume_step)
+            try:
+                self._fields = truncate_csv(self.csv_path, resume_step)
+            except OSError as exc:
+                raise _disk_error(exc, self.csv_path, "rewriting the metrics for the resume") from None
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
@@ -57,17 +60,20 @@ class MetricsLog:
         row = {"step": int(step)}
         row.update({k: int(v) if k == "epoch" else float(v) for k, v in values.items()})
         if self._csv_enabled:
-            if self._file is None:
-                new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
-                if self._fields is None:
-                    self._fields = ["step", "epoch"] + sorted(k for k in row if k not in ("step", "epoch"))
-                self._file = open(self.csv_path, "a", newline="")
-                self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore",
-                                              restval="")
-                if new:
-                    self._writer.writeheader()
-            self._writer.writerow({k: _fmt(v) for k, v in row.items()})
-            self._file.flush()
+            try:
+                if self._file is None:
+                    new = not self.csv_path.exists() or self.csv_path.stat().st_size == 0
+                    if self._fields is None:
+                        self._fields = ["step", "epoch"] + sorted(k for k in row if k not in ("step", "epoch"))
+                    self._file = open(self.csv_path, "a", newline="")
+                    self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore",
+                                                  restval="")
+                    if new:
+                        self._writer.writeheader()
+                self._writer.writerow({k: _fmt(v) for k, v in row.items()})
+                self._file.flush()
+            except OSError as exc:
+                raise _disk_error(exc, self.csv_path, f"writing the metrics of step {step}") from None
         if self._tb is not None:
             for k, v in row.items():
                 if k != "step":
@@ -77,22 +83,38 @@ class MetricsLog:
 
     def flush(self) -> None:
         if self._file is not None:
-            self._file.flush()
-            os.fsync(self._file.fileno())
+            try:
+                self._file.flush()
+                os.fsync(self._file.fileno())
+            except OSError as exc:
+                raise _disk_error(exc, self.csv_path, "flushing the metrics") from None
         if self._tb is not None:
             self._tb.flush()
 
-    def close(self) -> None:
-        self.flush()
-        if self._file is not None:
-            self._file.close()
-            self._file = None
-        if self._tb is not None:
-            self._tb.close()
-            self._tb = None
-        if self._wandb is not None:
-            self._wandb.finish()
-            self._wandb = None
+    def close(self, quiet: bool = False) -> None:
+        """Flush and close; ``quiet``: ignore a failed write (training has failed already)."""
+        try:
+            self.flush()
+        except Exception:  # noqa: BLE001
+            if not quiet:
+                raise
+        finally:
+            if self._file is not None:
+                try:
+                    self._file.close()
+                except OSError:
+                    pass  # the flush above already reported a failed write
+                self._file = None
+            if self._tb is not None:
+                try:
+                    self._tb.close()
+                except Exception:  # noqa: BLE001
+                    if not quiet:
+                        raise
+                self._tb = None
+            if self._wandb is not None:
+                self._wandb.finish()
+                self._wandb = None
 
 
 def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dict, resume_step: int):
@@ -121,6 +143,12 @@ def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dic
     log.info("wandb %s run %s (resuming at step %d)", mode, run_id, resume_step)
     return wandb.init(project=project, entity=entity or None, name=run_dir.name, id=run_id, dir=str(run_dir),
                       mode=mode, config=config, resume="allow")
+
+
+def _disk_error(exc: OSError, path: Path, what: str):
+    from pixpro_of.atomic import disk_error
+
+    return disk_error(exc, path, what=what)
 
 
 def _fmt(v: float) -> str:

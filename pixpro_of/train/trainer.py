@@ -14,6 +14,17 @@ numpy, python). Samples are pure functions of (seed, epoch, node, position)
 (:mod:`pixpro_of.train.data`). With ``run.deterministic=true`` on CPU, a run killed at any point
 and resumed ends with bit-identical weights to an uninterrupted run.
 
+Failing fast: any error on a rank (a bad sample met by a DataLoader worker, a worker killed by
+the OOM killer, a failed collective, a full disk) ends :meth:`Trainer.run` at once with a
+:class:`TrainingFailure` holding one line that names the shard, video and frame (or the rank and
+what it was doing); the loader's workers are killed first, so no process is left behind and
+Python's exit never waits for one. The full traceback, where there is one, goes to the rank's log
+file only. ``python -m pixpro_of train`` prints the line and, with more than one rank, aborts the
+whole job (:func:`pixpro_of.train.cli.fail_job`). Bad samples follow ``data.on_bad_sample``:
+``fail`` (default) or ``skip`` (substitutes, at most ``data.bad_sample_budget`` per epoch over
+all ranks, each logged and counted in the metrics as ``data/skipped``, ``data/skipped_epoch``;
+the count is part of the checkpoint, so a resumed run skips exactly the same samples).
+
 Run directory (ARCHITECTURE.md "Runs")::
 
     config.json   logs/train.log   checkpoints/ (+ latest)   metrics.csv   tensorboard/   done
@@ -22,6 +33,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import errno
 import io
 import json
 import logging
@@ -29,6 +41,7 @@ import os
 import random
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -39,12 +52,29 @@ import torch
 from pixpro_of.config import TrainConfig, check_resume_compatible, dump_json
 from pixpro_of.dist.backend import Backend, make_backend
 from pixpro_of.errors import UserError
+from pixpro_of.atomic import DiskWriteError, disk_error, remove_temporaries
 from pixpro_of.train.checkpoint import CheckpointStore, atomic_write_bytes
-from pixpro_of.train.data import EpochBatches, SampleSet, make_loader, resolve_shards
+from pixpro_of.train.data import (BadSample, EpochBatches, SampleSet, close_loader_iter, make_loader,
+                                  resolve_shards)
 from pixpro_of.train.metrics_log import MetricsLog
 from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME, StopControl, parse_deadline
 
 log = logging.getLogger("pixpro_of.train")
+
+
+class TrainingFailure(UserError):
+    """Training cannot go on; ``str()`` is the one line to print.
+
+    ``quiet``: another rank reports this failure (this one only exits). ``grace_s``: seconds to
+    wait, with more than one rank, before reporting (an error in a collective is usually the echo
+    of another rank's failure, which ends the job first). ``when``: Unix time of the fault, if known.
+    """
+
+    def __init__(self, message: str, quiet: bool = False, grace_s: float = 0.0, when: Optional[float] = None):
+        super().__init__(message)
+        self.quiet = quiet
+        self.grace_s = grace_s
+        self.when = when
 
 
 # --------------------------------------------------------------------------- components
@@ -158,6 +188,18 @@ class Components:
     momentum: Callable[[int, int, float], float] = momentum_schedule
 
 
+def _first_line(exc: BaseException) -> str:
+    """The one-line gist of ``exc``. For an exception torch re-raised from a DataLoader worker
+    ("Caught X in DataLoader worker process N." + the worker's traceback), the worker's own
+    last line, prefixed with the worker."""
+    text = str(exc).strip()
+    lines = [ln for ln in text.splitlines() if ln.strip()]
+    if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
+        worker = lines[0][len("Caught "):].split(" in ", 1)[-1].rstrip(".")
+        return f"{worker}: {lines[-1].strip()}"
+    return (lines[0] if lines else "") or type(exc).__name__
+
+
 # --------------------------------------------------------------------------- RNG state
 
 def rng_state() -> Dict[str, Any]:
@@ -186,11 +228,29 @@ def set_rng_state(state: Dict[str, Any]) -> None:
 
 # --------------------------------------------------------------------------- logging
 
+FILE_ONLY = {"file_only": True}  # ``log.error(..., extra=FILE_ONLY)``: not echoed to stderr
+
+
+class _LogFileHandler(logging.FileHandler):
+    """A log file that stays quiet when it cannot be written (a full disk): logging's default
+    prints a traceback per record to stderr. The first error is kept in ``error``."""
+
+    error: Optional[BaseException] = None
+
+    def handleError(self, record: logging.LogRecord) -> None:  # noqa: N802 - logging API
+        if self.error is None:
+            self.error = sys.exc_info()[1]
+
+
+def _not_file_only(record: logging.LogRecord) -> bool:
+    return not getattr(record, "file_only", False)
+
+
 def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
     """Append to ``logs/train.log`` (rank 0; ``train.rank{r}.log`` otherwise); rank 0 also to stderr."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    fh = logging.FileHandler(run_dir / "logs" / name)
+    fh = _LogFileHandler(run_dir / "logs" / name)
     fmt = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s")
     fh.setFormatter(fmt)
     root = logging.getLogger("pixpro_of")
@@ -199,6 +259,7 @@ def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
     if rank == 0 and not any(getattr(h, "_pixpro_console", False) for h in root.handlers):
         ch = logging.StreamHandler(sys.stderr)
         ch.setFormatter(fmt)
+        ch.addFilter(_not_file_only)
         ch._pixpro_console = True  # type: ignore[attr-defined]
         root.addHandler(ch)
     return fh
@@ -221,6 +282,10 @@ class Trainer:
         self.epoch = 0
         self.batch_in_epoch = 0
         self._last_saved_step = -1
+        self.skipped_in_epoch = 0  # bad samples skipped in this epoch, all ranks (data.on_bad_sample=skip)
+        self._skipped_step = 0
+        self._loader_it = None
+        self._doing = "starting"
 
     # ------------------------------------------------------------------ setup
     def _prepare_run_dir(self) -> None:
@@ -239,18 +304,33 @@ class Trainer:
         be.barrier()
 
     def _prepare_run_dir_main(self) -> None:
-        """Rank 0: create the run directory, check a resumed config, pack synthetic data if needed."""
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+        """Rank 0: create the run directory, check a resumed config, pack synthetic data if needed.
+
+        Temporary files left by a writer that died (e.g. a checkpoint cut short by a full disk)
+        are removed first: they may hold the space the rest needs. ``config.json`` is rewritten
+        only when its content changes."""
+        try:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            self.store.clean_temporaries()
+            remove_temporaries(self.run_dir)
+        except OSError as exc:
+            raise disk_error(exc, exc.filename or self.run_dir, what="preparing the run directory") from None
         cfg_path = self.run_dir / "config.json"
+        text = dump_json(self.cfg).encode()
+        old = None
         if cfg_path.exists():
             try:
-                saved = json.loads(cfg_path.read_text())
+                old = cfg_path.read_bytes()
+                saved = json.loads(old)
             except ValueError as exc:
                 raise UserError(f"{cfg_path}: not valid JSON ({exc})") from None
             check_resume_compatible(saved, self.cfg, str(cfg_path))
-        atomic_write_bytes(cfg_path, dump_json(self.cfg).encode())
-        self.store.clean_temporaries()
+        if old != text:
+            try:
+                atomic_write_bytes(cfg_path, text)
+            except OSError as exc:
+                raise disk_error(exc, cfg_path, needed=len(text), what="writing the config") from None
         if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
             from pixpro_of.train.synth_data import ensure_synthetic_shards
 
@@ -302,7 +382,9 @@ class Trainer:
         self.total_steps = cfg.run.epochs * self.steps_per_epoch
         self.end_step = min(self.total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else self.total_steps
         self.warmup_steps = cfg.optim.warmup_epochs * self.steps_per_epoch
-        self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg), cfg.run.seed, self.node_index)
+        self.skip_bad = cfg.data.on_bad_sample == "skip"
+        self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg), cfg.run.seed, self.node_index,
+                                 substitutes=cfg.data.bad_sample_budget if self.skip_bad else 0)
         self.clip_flow = self.parts.clip_flow(cfg, self.device)
         self.sample_cfg = build_sample_config(cfg)
 
@@ -334,6 +416,7 @@ class Trainer:
             "step": self.step,
             "epoch": self.epoch,
             "batch_in_epoch": self.batch_in_epoch,
+            "skipped_in_epoch": self.skipped_in_epoch,
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
@@ -357,6 +440,7 @@ class Trainer:
             self.scaler.load_state_dict(state["scaler"])
         self.step, self.epoch = int(state["step"]), int(state["epoch"])
         self.batch_in_epoch = int(state["batch_in_epoch"])
+        self.skipped_in_epoch = int(state.get("skipped_in_epoch", 0))
         set_rng_state(state["rng"])
         if self.stop is not None:
             self.stop.record_checkpoint(float(state.get("timing", {}).get("checkpoint_s", 0.0)))
@@ -365,12 +449,25 @@ class Trainer:
         """Rank 0 writes the state; every rank waits for it."""
         if self._last_saved_step == self.step and not milestone:
             return
+        self._doing = f"writing the checkpoint of step {self.step}"
+        problem = None
         if self.backend.is_main:
-            info, seconds = self.store.save(self.state_dict(), milestone=milestone)
-            log.info("checkpoint %s (step %d, epoch %d) in %.2f s", info.path.name, self.step, self.epoch, seconds)
+            try:
+                info, seconds = self.store.save(self.state_dict(), milestone=milestone)
+            except DiskWriteError as exc:
+                problem, seconds = str(exc), 0.0
+            else:
+                log.info("checkpoint %s (step %d, epoch %d) in %.2f s", info.path.name, self.step, self.epoch,
+                         seconds)
         else:
             seconds = 0.0
-        seconds = float(self.backend.broadcast_object(seconds, 0))
+        if self.backend.world_size > 1:
+            # Every rank learns that the write failed: the others do not wait in the barrier for
+            # a rank that has left, and only rank 0 reports it.
+            seconds, problem = self.backend.broadcast_object((seconds, problem), 0)
+        if problem is not None:
+            raise TrainingFailure(problem, quiet=not self.backend.is_main)
+        seconds = float(seconds)
         if self.stop is not None:
             self.stop.record_checkpoint(seconds)
         self._last_saved_step = self.step
@@ -472,9 +569,116 @@ class Trainer:
 
     def _stop_requested(self) -> bool:
         """Every rank must stop at the same step, or collectives would hang: any rank's request counts."""
+        self._doing = f"agreeing whether to stop after step {self.step}"
         mine = 1.0 if (self.stop is not None and self.stop.should_stop()) else 0.0
         flag = self.backend.allreduce(torch.tensor([mine]), op="sum")
         return bool(flag.item() > 0)
+
+    # ------------------------------------------------------------------ bad samples and failures
+    def _next_batch(self, it) -> Optional[dict]:
+        """The next batch of the epoch, or None at its end; a sample that could not be built ends
+        training with its one-line message (the substitutes' records stay in ``"_bad"``)."""
+        self._doing = f"reading batch {self.batch_in_epoch} of epoch {self.epoch}"
+        try:
+            batch = next(it)
+        except StopIteration:
+            return None
+        failed = batch.pop("_failed", None)
+        if failed is not None:
+            for rec in batch.get("_bad", ()):
+                self._log_skip(rec)
+            raise self._sample_failure(failed)
+        return batch
+
+    def _sample_failure(self, rec: BadSample) -> TrainingFailure:
+        be = self.backend
+        where = f"rank {be.rank}, " if be.world_size > 1 else ""
+        where += f"epoch {rec.epoch}, batch {self.batch_in_epoch}"
+        if rec.detail:
+            log.error("sample %d of epoch %d failed:\n%s", rec.position, rec.epoch, rec.detail, extra=FILE_ONLY)
+            return TrainingFailure(f"rank {be.rank}: {rec.message} ({where})", when=rec.when)
+        if not rec.skippable:
+            return TrainingFailure(f"{rec.message} ({where})", when=rec.when)
+        if self.skip_bad:
+            return TrainingFailure(f"{rec.message} ({where}; data.bad_sample_budget="
+                                   f"{self.cfg.data.bad_sample_budget} substitutes for this sample were bad too)",
+                                   when=rec.when)
+        return TrainingFailure(f"{rec.message} ({where}; data.on_bad_sample=skip would skip it)", when=rec.when)
+
+    def _log_skip(self, rec: BadSample) -> None:
+        log.warning("skipped bad sample (epoch %d sample %d): %s", rec.epoch, rec.position, rec.message)
+
+    def _gather(self, obj: Any) -> List[Any]:
+        """Every rank's ``obj``, in rank order, on every rank."""
+        be = self.backend
+        if be.world_size == 1:
+            return [obj]
+        return [be.broadcast_object(obj if be.rank == r else None, r) for r in range(be.world_size)]
+
+    def _account_skips(self, bad: List[BadSample]) -> None:
+        """Count this step's skipped samples over all ranks; rank 0 logs each; fail when the
+        epoch's count passes ``data.bad_sample_budget`` (every rank decides alike)."""
+        be = self.backend
+        self._doing = f"counting skipped samples of step {self.step + 1}"
+        if be.world_size > 1:
+            total = int(be.allreduce(torch.tensor([float(len(bad))], dtype=torch.float64), op="sum").item())
+        else:
+            total = len(bad)
+        self._skipped_step = total
+        if not total:
+            return
+        records = [r for mine in self._gather([(r.epoch, r.position, r.message) for r in bad]) for r in mine]
+        if be.world_size > 1 and not be.is_main:
+            for rec in bad:  # the rank's own log names what it read; rank 0's names them all
+                self._log_skip(rec)
+        elif be.is_main:
+            for epoch, position, message in records:
+                log.warning("skipped bad sample (epoch %d sample %d): %s", epoch, position, message)
+        self.skipped_in_epoch += total
+        budget = self.cfg.data.bad_sample_budget
+        if self.skipped_in_epoch > budget:
+            epoch, position, message = records[-1]
+            raise TrainingFailure(f"data.bad_sample_budget={budget} spent: {self.skipped_in_epoch} bad samples in "
+                                  f"epoch {self.epoch}; the last: {message}", quiet=not be.is_main,
+                                  when=min((r.when for r in bad), default=None))
+
+    def _close_loader(self, kill: bool) -> None:
+        it, self._loader_it = self._loader_it, None
+        close_loader_iter(it, kill=kill)
+
+    def _failure(self, exc: BaseException) -> TrainingFailure:
+        """The one-line failure for ``exc``; the full story goes to the rank's log file."""
+        be = self.backend
+        rank = f"rank {be.rank}" if be.world_size > 1 else "the trainer"
+        if isinstance(exc, TrainingFailure):
+            failure = exc
+        elif isinstance(exc, DiskWriteError):
+            failure = TrainingFailure(str(exc))
+        elif isinstance(exc, UserError) or type(exc).__name__ == "UserError":  # flow/hdf5_tools errors too
+            # Usually the same on every rank (config, data): rank 0 reports it, the others only
+            # report theirs if the job is still alive a few seconds later.
+            failure = TrainingFailure(_first_line(exc), grace_s=0.0 if be.is_main else 5.0)
+        elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
+            failure = TrainingFailure(str(disk_error(exc, exc.filename or self.run_dir, what=self._doing)))
+        elif isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
+            # torch: "DataLoader worker (pid(s) 123) exited unexpectedly" / "... is killed by signal: Killed."
+            failure = TrainingFailure(f"{rank}: {_first_line(exc)} while {self._doing} (killed by the OOM killer? "
+                                      f"lower data.num_workers or data.prefetch_factor)")
+        else:
+            failure = TrainingFailure(f"{rank} failed while {self._doing}: {type(exc).__name__}: {_first_line(exc)}",
+                                      grace_s=3.0)
+        # stderr gets the one line from the command (pixpro_of.train.cli); the log file gets the story.
+        if failure.quiet:
+            log.error("stopping: %s (reported by rank 0)", failure, extra=FILE_ONLY)
+        else:
+            log.error("failed: %s", failure, extra=FILE_ONLY)
+        if failure.when is not None:
+            log.error("first bad read at %.3f (Unix time), %.3f s ago", failure.when, time.time() - failure.when,
+                      extra=FILE_ONLY)
+        if not isinstance(exc, UserError) and type(exc).__name__ != "UserError":
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            log.error("while %s:\n%s", self._doing, tb, extra=FILE_ONLY)
+        return failure
 
     # ------------------------------------------------------------------ run
     def run(self) -> int:
@@ -489,13 +693,29 @@ class Trainer:
             self.stop = StopControl(deadline, cfg.stop.margin_s, cfg.stop.safety_factor, cfg.stop.signals)
         self.stop.install()  # from here on a stop signal only sets a flag, even during set-up
         try:
+            self._doing = "preparing the run directory"
             self._prepare_run_dir()
-            handler = setup_logging(self.run_dir, be.rank)
+            try:
+                handler = setup_logging(self.run_dir, be.rank)
+            except OSError as exc:
+                raise disk_error(exc, exc.filename or self.run_dir / "logs", what="opening the log") from None
             try:
                 return self._setup_and_loop()
+            except (KeyboardInterrupt, SystemExit):
+                self._close_loader(kill=True)
+                raise
+            except BaseException as exc:  # noqa: BLE001 - every failure ends as one line, see the docstring
+                self._close_loader(kill=True)
+                raise self._failure(exc) from None
             finally:
+                self._close_loader(kill=True)
                 logging.getLogger("pixpro_of").removeHandler(handler)
                 handler.close()
+        except UserError as exc:
+            if isinstance(exc, TrainingFailure):
+                raise
+            # Set-up errors (before the log exists): every rank raises the same one (rank 0 reports it).
+            raise TrainingFailure(_first_line(exc), quiet=not be.is_main) from None
         finally:
             self.stop.uninstall()
 
@@ -534,21 +754,31 @@ class Trainer:
                              wandb_project=cfg.log.wandb_project, wandb_entity=cfg.log.wandb_entity,
                              config=cfg.to_dict())
         try:
-            return self._loop(metrics)
-        finally:
-            metrics.close()
+            result = self._loop(metrics)
+        except BaseException:
+            metrics.close(quiet=True)  # the first failure is the one to report
+            raise
+        self._doing = "closing the metrics files"
+        metrics.close()
+        return result
 
     def _finish(self) -> int:
+        self._close_loader(kill=False)
         self.save_checkpoint(milestone=True)
         if self.backend.is_main:
             marker = {"step": self.step, "epoch": self.epoch, "finished": time.time(),
                       "checkpoint": self.store.latest_name()}
-            atomic_write_bytes(self.run_dir / "done", (json.dumps(marker) + "\n").encode())
+            data = (json.dumps(marker) + "\n").encode()
+            try:
+                atomic_write_bytes(self.run_dir / "done", data)
+            except OSError as exc:
+                raise disk_error(exc, self.run_dir / "done", needed=len(data), what="writing the done marker") from None
         log.info("finished at step %d (epoch %d)", self.step, self.epoch)
         return EXIT_FINISHED
 
     def _stop(self) -> int:
         log.info("stopping at step %d: %s", self.step, self.stop.reason or "requested on another rank")
+        self._close_loader(kill=False)
         self.save_checkpoint()
         return EXIT_RESUME
 
@@ -559,13 +789,24 @@ class Trainer:
         if self._stop_requested():
             return self._stop()
         while self.step < self.end_step:
-            loader = self._make_loader()
+            self._doing = f"starting the DataLoader of epoch {self.epoch}"
+            self._loader_it = iter(self._make_loader())
             t_ready = time.perf_counter()
             stepped = False
-            for batch in loader:
+            while True:
+                batch = self._next_batch(self._loader_it)
+                if batch is None:
+                    break
                 stepped = True
+                bad = batch.pop("_bad", [])
+                if self.skip_bad:
+                    self._account_skips(bad)
                 t_data = time.perf_counter()
+                self._doing = f"training step {self.step + 1}"
                 values = self.train_step(batch)
+                if self.skip_bad:
+                    values["data/skipped"] = float(self._skipped_step)
+                    values["data/skipped_epoch"] = float(self.skipped_in_epoch)
                 t_done = time.perf_counter()
                 self.step += 1
                 self.batch_in_epoch += 1
@@ -573,9 +814,11 @@ class Trainer:
                 if epoch_end:
                     self.epoch += 1
                     self.batch_in_epoch = 0
+                    self.skipped_in_epoch = 0
                 data_s, compute_s = t_data - t_ready, t_done - t_data
                 self.stop.record_step(data_s + compute_s)
                 if self.step % cfg.log.every_steps == 0 or epoch_end:
+                    self._doing = f"logging the metrics of step {self.step}"
                     values = self._average_over_ranks(values)
                     values.update({"epoch": self.epoch - (1 if epoch_end else 0), "time/data": data_s,
                                    "time/compute": compute_s, "time/step": data_s + compute_s,
@@ -598,7 +841,7 @@ class Trainer:
                 if epoch_end:
                     break
                 t_ready = time.perf_counter()
-            del loader
+            self._close_loader(kill=False)
             if not stepped:
                 raise RuntimeError(f"epoch {self.epoch} yielded no batch from batch {self.batch_in_epoch}")
         metrics.flush()
