@@ -6,6 +6,10 @@ is computed, checked against the manifest and renamed into place; a shard alread
 manifest's size and CRC32 is skipped. The manifest is copied to ``DIR/manifest.json`` last, so the
 trainer can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
 
+In a SLURM step (``srun --ntasks-per-node=1``, no MPI needed, so it works with SLURM's default
+``MpiDefault=none``) without ``--node``, the node index is ``SLURM_NODEID`` and the node count
+``SLURM_STEP_NUM_NODES``: one copier per node.
+
 Under ``mpirun`` without ``--node``, the ranks of each node (``Split_type(COMM_TYPE_SHARED)``)
 elect their lowest rank as the copier; the node index is that copier's rank among the copiers and
 the node count their number. The other ranks wait for the copier and share its outcome: every rank
@@ -115,6 +119,22 @@ def under_mpirun() -> bool:
     return any(k in os.environ for k in MPI_ENV)
 
 
+def slurm_step_node() -> Optional[tuple]:
+    """``(node index, node count)`` inside an srun step with one task per node, else None."""
+    env = os.environ
+    if "SLURM_STEP_NUM_NODES" not in env or "SLURM_NODEID" not in env:
+        return None
+    try:
+        node, nodes = int(env["SLURM_NODEID"]), int(env["SLURM_STEP_NUM_NODES"])
+        tasks = int(env.get("SLURM_STEP_NUM_TASKS", nodes))
+    except ValueError:
+        return None
+    if tasks != nodes:
+        raise UserError(f"stage runs one copier per node: start it with srun --ntasks-per-node=1 "
+                        f"(this step has {tasks} tasks on {nodes} nodes), or give --node")
+    return node, nodes
+
+
 def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
     """One copier per node (lowest rank of each shared-memory communicator); returns its result on it."""
     from mpi4py import MPI
@@ -154,9 +174,14 @@ def main(argv) -> int:
     ap.add_argument("--quiet", action="store_true")
     a = ap.parse_args(argv)
     cfg = StageConfig(manifest=a.manifest, to=a.to, node=a.node, num_nodes=a.num_nodes, quiet=a.quiet)
-    if cfg.node is None:
+    slurm = slurm_step_node() if cfg.node is None and not under_mpirun() else None
+    if slurm is not None:
+        cfg.node = slurm[0]
+        cfg.num_nodes = cfg.num_nodes or slurm[1]
+        result = stage(cfg)
+    elif cfg.node is None:
         if not under_mpirun():
-            raise UserError("--node is required outside mpirun")
+            raise UserError("--node is required outside mpirun and srun")
         result = stage_mpi(cfg)
     else:
         result = stage(cfg)

@@ -10,6 +10,7 @@ import dataclasses
 import os
 import re
 import tomllib
+import typing
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -38,6 +39,8 @@ class ClusterProfile:
     gpus_per_node: int = 0
     cpus_per_node: int = 1
     cpu_ranks_per_node: int = 1  # ranks per node when --gpus 0
+    cpus_per_rank: int = 0  # 0 = cpus_per_node / ranks per node (SLURM --cpus-per-task)
+    max_nodes: int = 256  # the most nodes one job may ask for on this cluster
     queue: str = ""  # SLURM partition, PBS queue, SGE queue, PJM resource group
     node_resource: str = ""  # SGE: exclusive-node resource (rt_F, f_node); empty = use a parallel environment
     parallel_env: str = ""  # SGE: parallel environment name when node_resource is empty
@@ -58,7 +61,9 @@ class ClusterProfile:
     can_requeue: bool = False  # a job may requeue itself (scontrol requeue)
     group_on_command_line: bool = False  # SGE on ABCI 2.0: -g only on the qsub command line
     launch_method: str = "mpirun"
-    python: str = "python3"
+    python: str = ""  # interpreter on the compute nodes; "" = the one running the launcher
+    activate: str = "auto"  # "auto": activate the launcher's venv/conda env in the job; "none"
+    group_required: bool = False  # the cluster refuses jobs without --group (ABCI)
     max_timeouts: int = 20
     max_preemptions: int = 100
     source: str = ""
@@ -71,6 +76,13 @@ class ClusterProfile:
             raise UserError(f"profile {where}: launch_method {self.launch_method!r} is not one of {', '.join(LAUNCH_METHODS)}")
         if self.gpus_per_node < 0 or self.cpus_per_node < 1 or self.cpu_ranks_per_node < 1:
             raise UserError(f"profile {where}: gpus_per_node must be >= 0, cpus_per_node and cpu_ranks_per_node >= 1")
+        if self.cpus_per_rank < 0 or self.max_nodes < 1:
+            raise UserError(f"profile {where}: cpus_per_rank must be >= 0 and max_nodes >= 1")
+        if self.activate not in ("auto", "none"):
+            raise UserError(f"profile {where}: activate {self.activate!r} is not 'auto' or 'none'")
+        for key in ("warning_lead_s", "deadline_margin_s", "max_timeouts", "max_preemptions"):
+            if getattr(self, key) < 0:
+                raise UserError(f"profile {where}: {key} must be >= 0")
         if self.default_walltime_s > self.max_walltime_s:
             raise UserError(f"profile {where}: default_walltime exceeds max_walltime")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.local_dir_var):
@@ -105,8 +117,12 @@ def parse_duration(text: str, what: str = "--walltime") -> int:
     else:
         raise UserError(f"{what}: {text!r} is not a duration (use HH:MM:SS, HH:MM or minutes)")
     secs += days * 86400
-    if secs <= 0 or any(p < 0 for p in parts):
+    if secs <= 0 or days < 0 or any(p < 0 for p in parts):
         raise UserError(f"{what}: {text!r} must be a positive duration")
+    if len(parts) > 1 and any(p > 59 for p in parts[1:]):
+        raise UserError(f"{what}: {text!r}: minutes and seconds must be 0-59 (e.g. 100:39:00, not 99:99:00)")
+    if days and parts[0] > 23 and len(parts) > 1:
+        raise UserError(f"{what}: {text!r}: hours must be 0-23 after a day count (D-HH:MM:SS)")
     return secs
 
 
@@ -118,6 +134,25 @@ def format_hms(seconds: int) -> str:
 
 
 _FIELDS = {f.name: f for f in dataclasses.fields(ClusterProfile)}
+_TYPES = typing.get_type_hints(ClusterProfile)
+
+
+def _check_type(key: str, value, source: str):
+    """``value`` as the field's type (lists become tuples of strings); UserError naming the key."""
+    want = _TYPES[key]
+    if want is bool:
+        ok, what = isinstance(value, bool), "true or false"
+    elif want is int:
+        ok, what = isinstance(value, int) and not isinstance(value, bool), "a whole number"
+    elif want is str:
+        ok, what = isinstance(value, str), "a string"
+    else:  # Tuple[str, ...]
+        ok, what = isinstance(value, list) and all(isinstance(v, str) for v in value), "a list of strings"
+        if ok:
+            value = tuple(value)
+    if not ok:
+        raise UserError(f"profile {source}: {key} = {value!r} must be {what}")
+    return value
 
 
 def profile_from_dict(data: dict, source: str) -> ClusterProfile:
@@ -131,11 +166,11 @@ def profile_from_dict(data: dict, source: str) -> ClusterProfile:
             known = sorted(k for k in _FIELDS if k not in ("source", "max_walltime_s", "default_walltime_s"))
             raise UserError(f"profile {source}: unknown key {key!r} (known: {', '.join(known + ['max_walltime', 'default_walltime'])})")
         if key == "env":
-            if not isinstance(value, dict):
+            if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
                 raise UserError(f"profile {source}: env must be a table of NAME = \"value\"")
             value = tuple((str(k), str(v)) for k, v in value.items())
-        elif isinstance(value, list):
-            value = tuple(str(v) for v in value)
+        else:
+            value = _check_type(key, value, source)
         kwargs[key] = value
     if "name" not in kwargs or "scheduler" not in kwargs:
         raise UserError(f"profile {source}: 'name' and 'scheduler' are required")
@@ -149,8 +184,10 @@ def profile_from_dict(data: dict, source: str) -> ClusterProfile:
 
 def _search_dirs(profile_dir: Optional[str]) -> List[Path]:
     dirs = []
-    for d in (profile_dir, os.environ.get("LAUNCHER_PROFILE_DIR")):
+    for label, d in (("--profile-dir", profile_dir), ("$LAUNCHER_PROFILE_DIR", os.environ.get("LAUNCHER_PROFILE_DIR"))):
         if d:
+            if not Path(d).is_dir():
+                raise UserError(f"{label}: {d} is not a directory of cluster profiles")
             dirs.append(Path(d))
     return dirs
 

@@ -7,7 +7,9 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
+from launcher.errors import UserError
 from launcher.rundir import RunDir
+from launcher.schedulers import get_scheduler
 from launcher.status import run_state
 
 
@@ -23,7 +25,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             req = json.loads(req_file.read_text())
         except json.JSONDecodeError:
             continue
-        jobs = rd.jobs()
+        try:
+            parse_id = get_scheduler(req.get("scheduler", "")).parse_job_id
+        except UserError:  # an unknown scheduler name in a hand-edited request: ids stay as recorded
+            parse_id = None
+        jobs = rd.jobs(parse_id)
         last = jobs[-1].job_id if jobs else "-"
         rows.append((req_file.parent.parent.name, req.get("scheduler", "?"), req.get("profile", "?"),
                      last or "-", run_state(rd)))

@@ -7,7 +7,7 @@ from typing import Sequence
 
 from launcher.errors import UserError
 from launcher.clusters import DEFAULT_PROFILE, LAUNCH_METHODS, SCHEDULERS, load_profile, parse_duration
-from launcher.request import JobRequest, passthrough_args
+from launcher.request import JobRequest, check_name, passthrough_args
 
 
 def add_job_options(ap: argparse.ArgumentParser) -> None:
@@ -38,7 +38,11 @@ def add_job_options(ap: argparse.ArgumentParser) -> None:
     ap.add_argument("--ranks-per-node", type=int, default=None, help="CPU runs only: ranks per node")
     ap.add_argument("--group", default="", help="group/project/account to charge")
     ap.add_argument("--queue", default=None, help="queue/partition/resource group (default: the profile's)")
-    ap.add_argument("--python", default=None, help="python on the compute nodes (default: the profile's)")
+    ap.add_argument("--python", default=None,
+                    help="python on the compute nodes (default: the profile's, else this interpreter, whose "
+                         "venv/conda environment the job activates)")
+    ap.add_argument("--cpus-per-rank", type=int, default=None,
+                    help="CPU cores per rank (SLURM --cpus-per-task; default: the profile's share of a node)")
     ap.add_argument("--max-timeouts", type=int, default=None, help="resumes after walltime/deadline stops")
     ap.add_argument("--max-preemptions", type=int, default=None, help="resumes after preemptions")
 
@@ -52,10 +56,18 @@ def build_request(args: argparse.Namespace, extra: Sequence[str]) -> JobRequest:
     if args.scheduler == "local" and args.chain != 1:
         raise UserError("--chain is for batch schedulers; the local runner resumes the run itself")
     gpus = profile.gpus_per_node if args.gpus is None else args.gpus
-    name = args.name or (f"pixpro-k{args.frames}-g{gpus}" if args.frames else f"pixpro-g{gpus}")
-    if not name.strip() or "/" in name or name in (".", ".."):
-        raise UserError(f"--name {name!r}: give a non-empty name without '/'")
+    if args.name is not None:
+        name = args.name
+    else:
+        name = f"pixpro-k{args.frames}-g{gpus}" if args.frames else f"pixpro-g{gpus}"
+    check_name(name)
+    if args.run_dir is not None and not args.run_dir.strip():
+        raise UserError("--run-dir: the path is empty")
     run_dir = os.path.abspath(args.run_dir or os.path.join("runs", name))
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise UserError(f"--run-dir {run_dir} is a file, not a directory; choose another --run-dir or --name")
+    if len(os.path.basename(run_dir).encode()) > 255:
+        raise UserError(f"--run-dir: the last part of {run_dir[:60]}... is longer than a file name may be (255 bytes)")
     walltime = parse_duration(args.walltime) if args.walltime else None
     return JobRequest(
         scheduler=args.scheduler, profile=profile, gpus=gpus, name=name, run_dir=run_dir,
@@ -65,4 +77,5 @@ def build_request(args: argparse.Namespace, extra: Sequence[str]) -> JobRequest:
         data_key=args.data_key, global_batch=args.global_batch, batch_key=args.batch_key,
         nodes=args.nodes, ranks_per_node=args.ranks_per_node, group=args.group, queue=args.queue,
         python=args.python, max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
+        cpus_per_rank=args.cpus_per_rank,
     )

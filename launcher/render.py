@@ -5,12 +5,11 @@
 from __future__ import annotations
 
 import argparse
-import shlex
 import sys
 from typing import Optional, Sequence
 
 from launcher.options import add_job_options
-from launcher.submit import prepare
+from launcher.submit import prepare, print_dry_run
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -18,12 +17,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  epilog="Any other --option value or key=value goes to the trainer.")
     add_job_options(ap)
     args, extra = ap.parse_known_args(argv)
-    prep = prepare(args, extra)
-    sys.stdout.write(prep.script)
-    after = None
-    for link in range(prep.plan.chain):
-        print(shlex.join(prep.link_argv(link, after)), file=sys.stderr)
-        after = f"<job id of link {link}>"
+    print_dry_run(prepare(args, extra))
     return 0
 
 

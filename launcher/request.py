@@ -7,9 +7,12 @@ node). A global batch must divide evenly over the ranks. Anything that does not 
 """
 from __future__ import annotations
 
+import os
 import re
 import shlex
+import sys
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -51,6 +54,7 @@ class JobRequest:
     python: Optional[str] = None
     max_timeouts: Optional[int] = None
     max_preemptions: Optional[int] = None
+    cpus_per_rank: Optional[int] = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +80,7 @@ class JobPlan:
     max_timeouts: int
     max_preemptions: int
     python: str
+    activate: Tuple[str, ...]  # shell lines that activate the submitting Python environment
     trainer_argv: Tuple[str, ...]  # command and options (the script adds --deadline)
     trainer_overrides: Tuple[str, ...]  # key=value (the script adds the staged data directory)
     per_rank_batch: Optional[int]
@@ -101,6 +106,49 @@ def safe_job_name(name: str) -> str:
     return cleaned
 
 
+#: Longest run name: the run directory and the staging directory ``<name>-<job id>`` must fit a
+#: file name (255 bytes) with room for the job id.
+MAX_NAME = 200
+
+
+def check_name(name: str) -> None:
+    if not name or not name.strip():
+        raise UserError("--name: the run name is empty; give a name such as pixpro-k6")
+    if "/" in name or name in (".", "..") or name.startswith("-") or "\0" in name:
+        raise UserError(f"--name {name!r}: give a name without '/' that does not start with '-'")
+    if len(name.encode()) > MAX_NAME:
+        raise UserError(f"--name: {len(name.encode())} bytes is too long for a file name; use at most {MAX_NAME}")
+
+
+def trainer_presets() -> List[str]:
+    """The trainer's shipped presets (``configs/train/*.yaml``), read without importing the trainer."""
+    try:
+        root = resources.files("pixpro_of.configs")
+        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    except (ModuleNotFoundError, FileNotFoundError):
+        return []
+
+
+def submitting_environment() -> Tuple[str, ...]:
+    """Shell lines that activate the Python environment running the launcher (venv or conda).
+
+    Empty for a system interpreter. The lines quote every path; they run before anything else
+    of the job, so console scripts (``horovodrun``, ``torchrun``) and the environment's libraries
+    come from the same place as the interpreter.
+    """
+    prefix = sys.prefix
+    conda_exe = os.environ.get("CONDA_EXE", "")
+    if os.environ.get("CONDA_PREFIX") == prefix and conda_exe and os.path.isfile(conda_exe):
+        hook = Path(conda_exe).resolve().parent.parent / "etc" / "profile.d" / "conda.sh"
+        if hook.is_file():
+            # conda's activation scripts are not written for ``set -u``
+            return ("set +u", f"source {shlex.quote(str(hook))}", f"conda activate {shlex.quote(prefix)}", "set -u")
+    activate = Path(prefix) / "bin" / "activate"
+    if prefix != sys.base_prefix and activate.is_file():
+        return (f"source {shlex.quote(str(activate))}",)
+    return ()
+
+
 def _divisors_hint(total: int, per: int) -> str:
     lo = (total // per) * per
     hi = lo + per
@@ -115,6 +163,10 @@ def plan_job(req: JobRequest) -> JobPlan:
         raise UserError(f"--gpus {req.gpus}: must be 0 (CPU ranks) or more")
     if req.chain < 1:
         raise UserError(f"--chain {req.chain}: must be at least 1")
+    check_name(req.name)
+    for label, value in (("--max-timeouts", req.max_timeouts), ("--max-preemptions", req.max_preemptions)):
+        if value is not None and value < 0:
+            raise UserError(f"{label} {value}: must be 0 or more (0 = stop at the first one)")
     if req.gpus == 0:
         rpn = req.ranks_per_node or prof.cpu_ranks_per_node
         nodes = req.nodes or 1
@@ -135,6 +187,20 @@ def plan_job(req: JobRequest) -> JobPlan:
         gpn = rpn
     if nodes < 1 or rpn < 1:
         raise UserError("--nodes and --ranks-per-node must be at least 1")
+    if nodes > prof.max_nodes:
+        what = f"--gpus {req.gpus} needs {nodes} nodes" if req.gpus else f"--nodes {nodes}"
+        most = (f"at most {prof.max_nodes} nodes ({prof.max_nodes * prof.gpus_per_node} GPUs)" if req.gpus
+                else f"at most {prof.max_nodes} nodes")
+        raise UserError(f"{what}; profile {prof.name} allows {most}")
+    if prof.group_required and not req.group:
+        raise UserError(f"profile {prof.name} needs --group: the cluster charges every job to a group or project")
+    cpus_each = prof.cpus_per_node // rpn
+    cpus = req.cpus_per_rank if req.cpus_per_rank is not None else (prof.cpus_per_rank or max(1, cpus_each))
+    if cpus < 1:
+        raise UserError(f"--cpus-per-rank {cpus}: must be at least 1")
+    if cpus > max(1, cpus_each):
+        raise UserError(f"--cpus-per-rank {cpus}: {rpn} ranks per node x {cpus} CPUs exceed the {prof.cpus_per_node} "
+                        f"CPUs of a node of profile {prof.name}; use at most {max(1, cpus_each)}")
     ranks = nodes * rpn
     per_rank_batch = None
     if req.global_batch is not None:
@@ -166,12 +232,10 @@ def plan_job(req: JobRequest) -> JobPlan:
         if not DIRECTIVE_SAFE.match(value):
             raise UserError(f"{label} {value!r}: only letters, digits and _ . : = , + / @ % ^ - are allowed")
     if req.data_manifest:
-        manifest = Path(req.data_manifest)
-        if not manifest.is_file():
-            raise UserError(f"--data: shard manifest {req.data_manifest} does not exist")
-    python = req.python or prof.python
+        _check_manifest(req.data_manifest, nodes)
+    python = req.python or prof.python or sys.executable
+    activate = submitting_environment() if not (req.python or prof.python) and prof.activate == "auto" else ()
     trainer, overrides = _trainer_argv(req, python, backend)
-    cpus = max(1, prof.cpus_per_node // rpn)
     return JobPlan(
         request=req, name=safe_job_name(req.name), run_dir=req.run_dir, nodes=nodes, ranks_per_node=rpn,
         gpus_per_node=gpn, cpus_per_rank=cpus, walltime_s=walltime, walltime_hms=format_hms(walltime),
@@ -179,9 +243,25 @@ def plan_job(req: JobRequest) -> JobPlan:
         group=req.group, chain=req.chain,
         max_timeouts=prof.max_timeouts if req.max_timeouts is None else req.max_timeouts,
         max_preemptions=prof.max_preemptions if req.max_preemptions is None else req.max_preemptions,
-        python=python, trainer_argv=tuple(trainer), trainer_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
+        python=python, activate=activate, trainer_argv=tuple(trainer), trainer_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
         data_manifest=str(Path(req.data_manifest).resolve()) if req.data_manifest else "",
     )
+
+
+def _check_manifest(path: str, nodes: int) -> None:
+    """``--data`` must be a shard manifest (every shard present) packed for at least ``nodes`` node sets."""
+    from hdf5_tools import manifest as mf
+    from hdf5_tools.errors import UserError as ShardError
+
+    if not Path(path).is_file():
+        raise UserError(f"--data: shard manifest {path} does not exist")
+    try:
+        m = mf.load_manifest(path)
+    except ShardError as exc:
+        raise UserError(f"--data: {exc}") from None
+    if nodes > m.nodes:
+        raise UserError(f"--data: {path} was packed for {m.nodes} node set(s) but the job has {nodes} nodes; "
+                        f"repack with 'hdf5_tools pack --nodes {nodes}' or use at most {m.nodes} nodes")
 
 
 def _trainer_argv(req: JobRequest, python: str, backend: str) -> Tuple[List[str], List[str]]:
@@ -212,11 +292,20 @@ def _trainer_argv(req: JobRequest, python: str, backend: str) -> Tuple[List[str]
         if req.frames is not None:
             overrides.append(f"data.k={req.frames}")
     elif req.preset:
+        presets = trainer_presets()
+        if presets and req.preset not in presets:
+            raise UserError(f"--preset {req.preset!r}: no such trainer preset (presets: {', '.join(presets)})")
         argv += ["--config", req.preset]
         if req.frames is not None:
             overrides.append(f"data.k={req.frames}")
     elif req.frames is not None:
-        argv += ["--config", f"pixpro_k{req.frames}"]
+        presets = trainer_presets()
+        if f"pixpro_k{req.frames}" in presets or not presets:
+            argv += ["--config", f"pixpro_k{req.frames}"]
+        else:
+            # Any clip length: the flow preset (k = 6) with k changed; they differ only in data.k.
+            argv += ["--config", "pixpro_k6"]
+            overrides.append(f"data.k={req.frames}")
     overrides.append(f"dist.backend={backend}")
     if req.global_batch is not None:
         overrides.append(f"{req.batch_key}={req.global_batch}")

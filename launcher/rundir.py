@@ -79,10 +79,14 @@ class RunDir:
             pass
 
     def create(self, script: str, request: dict) -> None:
-        for sub in ("job", "logs", "checkpoints"):
-            (self.path / sub).mkdir(parents=True, exist_ok=True)
-        atomic_write(self.script, script, 0o755)
-        atomic_write(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+        try:
+            for sub in ("job", "logs", "checkpoints"):
+                (self.path / sub).mkdir(parents=True, exist_ok=True)
+            atomic_write(self.script, script, 0o755)
+            atomic_write(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+        except OSError as exc:
+            raise UserError(f"--run-dir {self.path}: cannot create the run directory "
+                            f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})") from None
 
     def request(self) -> dict:
         return json.loads((self.job / "request.json").read_text())

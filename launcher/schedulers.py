@@ -67,8 +67,10 @@ class Slurm(Scheduler):
               "OUT_OF_MEMORY": "failed", "SPECIAL_EXIT": "held"}
 
     def submit_argv(self, plan, script, link, after):
+        # --output is a filename pattern: a literal % in the run directory is written %%.
+        out = plan.run_dir.replace("%", "%%")
         argv = ["sbatch", "--parsable", f"--chdir={plan.run_dir}",
-                f"--output={plan.run_dir}/logs/slurm-%j.out", f"--export=ALL,LAUNCHER_LINK={link}"]
+                f"--output={out}/logs/slurm-%j.out", f"--export=ALL,LAUNCHER_LINK={link}"]
         if after:
             argv.append(f"--dependency=afterany:{after}")
         return argv + [script]

@@ -1,8 +1,10 @@
 """``launcher submit``: render the job script into a new run directory and submit it.
 
-``launcher render`` runs the same path without touching anything (:func:`prepare`).
-With ``--chain N`` the first N links are submitted at once, each waiting for the previous one
-(``afterany``); later links are added by the jobs themselves while the run needs them.
+``launcher render`` (or ``submit --dry-run``) runs the same checks without writing or submitting
+anything (:func:`prepare`). With ``--chain N`` the first N links are submitted at once, each
+waiting for the previous one (``afterany``); later links are added by the jobs themselves while
+the run needs them. A submit that fails before any job was queued removes the run directory it
+created, so the same command can simply be run again.
 """
 from __future__ import annotations
 
@@ -10,6 +12,7 @@ import argparse
 import dataclasses
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
@@ -111,15 +114,38 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                                  epilog="Any other --option value or key=value goes to the trainer.")
     add_job_options(ap)
     ap.add_argument("--wait", action="store_true", help="local scheduler: run in the foreground, exit with its code")
+    ap.add_argument("--dry-run", action="store_true",
+                    help="check and render only: the job script on stdout, the submit command(s) on stderr")
     args, extra = ap.parse_known_args(argv)
     prep = prepare(args, extra)
+    if args.dry_run:
+        print_dry_run(prep)
+        return 0
     rd = RunDir(prep.plan.run_dir)
     if rd.is_done():
         raise UserError(f"--run-dir {rd.path} holds a finished run (done marker); choose another --run-dir or --name")
     if rd.exists():
         raise UserError(f"--run-dir {rd.path} already holds a run; continue it with 'launcher resume {rd.path}'")
+    created = not rd.path.exists()
     rd.create(prep.script, request_record(prep, args, extra))
-    return submit_links(prep, rd, 0, prep.plan.chain, "submit", wait=args.wait)
+    try:
+        return submit_links(prep, rd, 0, prep.plan.chain, "submit", wait=args.wait)
+    except UserError:
+        if not rd.jobs():  # nothing was queued: leave nothing behind, so a retry starts clean
+            if created:
+                shutil.rmtree(rd.path, ignore_errors=True)
+            else:
+                shutil.rmtree(rd.job, ignore_errors=True)
+        raise
+
+
+def print_dry_run(prep: Prepared) -> None:
+    """The job script on stdout and the exact submit command of each link on stderr."""
+    sys.stdout.write(prep.script)
+    after = None
+    for link in range(prep.plan.chain):
+        print(shlex.join(prep.link_argv(link, after)), file=sys.stderr)
+        after = f"<job id of link {link}>"
 
 
 if __name__ == "__main__":

@@ -85,7 +85,8 @@ def test_parse_duration_forms():
     ("pjm", "pjm", 16, 4, 4), ("slurm", "slurm", 2, 1, 2), ("abci3", "pbs", 8, 1, 8),
 ])
 def test_gpus_become_nodes_and_ranks(cluster, sched, gpus, nodes, rpn):
-    plan = plan_for(["--scheduler", sched, "--cluster", cluster, "--gpus", str(gpus), "--global-batch", "256"])
+    plan = plan_for(["--scheduler", sched, "--cluster", cluster, "--gpus", str(gpus), "--global-batch", "256",
+                     "--group", "grp01"])
     assert (plan.nodes, plan.ranks_per_node, plan.ranks) == (nodes, rpn, gpus)
     assert plan.per_rank_batch == 256 // gpus
     assert "data.batch_size=256" in plan.trainer_overrides  # the trainer's batch is global
@@ -94,7 +95,8 @@ def test_gpus_become_nodes_and_ranks(cluster, sched, gpus, nodes, rpn):
 def test_frames_select_preset_and_other_options_pass_through(tmp_path):
     plan = plan_for(["--scheduler", "slurm", "--gpus", "4", "--frames", "6", "--run-dir", str(tmp_path / "r"),
                      "--lr", "0.5", "optim.wd=1e-5", "--amp", "--epochs=3"])
-    assert plan.trainer_argv == ("python3", "-m", "pixpro_of", "train", "--run-dir", str(tmp_path / "r"),
+    # The job runs the interpreter that submitted it (absolute path), not whatever "python3" is there.
+    assert plan.trainer_argv == (sys.executable, "-m", "pixpro_of", "train", "--run-dir", str(tmp_path / "r"),
                                  "--config", "pixpro_k6")
     assert plan.trainer_overrides == ("dist.backend=horovod", "lr=0.5", "optim.wd=1e-5", "amp=true", "epochs=3")
     cpu = plan_for(["--gpus", "0", "--preset", "cpu_small", "--frames", "2"])
@@ -186,7 +188,8 @@ GOLDEN_CASES = {
     "slurm-chain": ["--scheduler", "slurm", "--cluster", "slurm", "--gpus", "8", "--chain", "3"],
     "pbs": ["--scheduler", "pbs", "--cluster", "pbs", "--gpus", "8", "--group", "grp01", "--queue", "workq"],
     "abci3": ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "16", "--group", "grp01", "--walltime", "24:00:00"],
-    "abci3-horovodrun": ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "16", "--launch", "horovodrun"],
+    "abci3-horovodrun": ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "16", "--group", "grp01",
+                         "--launch", "horovodrun"],
     "sge": ["--scheduler", "sge", "--cluster", "sge", "--gpus", "8", "--group", "proj1"],
     "abci2": ["--scheduler", "sge", "--cluster", "abci2", "--gpus", "16", "--group", "grp01", "--chain", "2"],
     "tsubame3": ["--scheduler", "sge", "--cluster", "tsubame3", "--gpus", "8", "--group", "grp01"],
@@ -200,8 +203,10 @@ def _render_case(name, capsys):
                                  "--name", f"golden-{name}", "--run-dir", f"/runs/golden-{name}"]
     rc, out, err = render(args, capsys)
     assert rc == 0, err
-    # The local runner's command is this interpreter (python or python3, wherever it lives).
+    # The job's interpreter is this one (python or python3, wherever it lives), and it activates
+    # this interpreter's environment.
     out, err = out.replace(sys.executable, "<PYTHON>"), err.replace(sys.executable, "<PYTHON>")
+    out = out.replace(sys.prefix, "<PREFIX>")
     return out.replace(str(ROOT), "<REPO>"), err.replace(str(ROOT), "<REPO>")
 
 

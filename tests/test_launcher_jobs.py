@@ -272,10 +272,14 @@ def test_local_job_stages_shards_once_per_node_and_passes_the_staged_manifest(en
                  "--data", shards / "manifest.json", "--wait", "--trainer-command", TRAINER,
                  "steps=2", "step_time=0", timeout=150)
     assert r.returncode == 0, r.stderr
-    staged = nodelocal / "pixpro_shards"
-    assert sorted(p.name for p in staged.iterdir()) == ["manifest.json", "shard-n000-00000.h5"]
+    # Staged into a directory private to the run and the job, removed when the job ended.
+    job_id = (run / "job" / "jobs.tsv").read_text().split("\t")[3]
+    staged = nodelocal / f"pixpro-g0-{job_id}"
     argv = json.loads((run / "argv.log").read_text().splitlines()[0])
     assert argv[-1] == f"data.shards=[{staged}/manifest.json]"
+    log = (run / "logs" / "run.log").read_text()
+    assert "stage: node 0 of 1: copied 1 shards" in log, log[-2000:]
+    assert list(nodelocal.iterdir()) == []
     events = (run / "job" / "events.tsv").read_text()
     assert "\tstaged in " in events and events.index("staged in") < events.index("train:")
 

@@ -104,9 +104,14 @@ class StopControl:
         self.signal_received = signum
 
     def install(self) -> None:
-        """Install the flag-setting handler for the configured signals (main thread only)."""
+        """Install the flag-setting handler for the configured signals (main thread only).
+
+        The signals are also unblocked: a launcher under ``launcher.supervise --shield`` starts
+        with SIGTERM blocked, and launchers that do not reset the mask (torchrun) pass it on.
+        """
         for num in self.signal_nums:
             self._previous[num] = signal.signal(num, self._handler)
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, self.signal_nums)
 
     def uninstall(self) -> None:
         for num, prev in self._previous.items():

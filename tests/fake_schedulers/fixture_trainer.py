@@ -79,6 +79,11 @@ def main(argv):
             with open(tmp, "w") as f:
                 json.dump(state, f)
             os.replace(tmp, ckpt)
+            # the run layout's pointer to the newest checkpoint (ARCHITECTURE.md "Runs")
+            latest = os.path.join(run_dir, "checkpoints", "latest")
+            with open(latest + ".tmp", "w") as f:
+                f.write("state.json\n")
+            os.replace(latest + ".tmp", latest)
 
     if stop_every:
         fake_deadline_step = state["step"] + stop_every

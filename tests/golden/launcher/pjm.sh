@@ -60,6 +60,17 @@ module load nccl/2.7.3
 module load gcc/8.4.0
 module load cudnn/8.2.1
 module load openmpi/4.0.4
+# The Python environment that submitted the job (<PYTHON>).
+# shellcheck source=/dev/null
+source <PREFIX>/bin/activate
+LAUNCHER_PYTHON=<PYTHON>
+if [ "$(id -u)" -eq 0 ]; then
+    # Open MPI refuses to run as root unless told twice; only set when the job runs as root.
+    export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+fi
+# What every rank on every node needs: mpirun starts remote ranks with the environment sshd
+# gives (only -x variables reach them). Variables that are not set are not forwarded.
+launcher_forward=(PATH LD_LIBRARY_PATH PYTHONPATH VIRTUAL_ENV CONDA_PREFIX OMPI_ALLOW_RUN_AS_ROOT OMPI_ALLOW_RUN_AS_ROOT_CONFIRM RUN_DIR LAUNCHER_JOB_ID LAUNCHER_RESTART_COUNT LAUNCHER_LOCALDIR)
 
 # Hosts: one line per node, "host slots=N", in the scheduler's order.
 LAUNCHER_HOSTFILE="$RUN_DIR/job/hostfile.$LAUNCHER_JOB_ID"
@@ -73,15 +84,25 @@ MASTER_ADDR=$(awk 'NR == 1 { print $1 }' "$LAUNCHER_HOSTFILE")
 launcher_id_digits=$(printf '%s' "$LAUNCHER_JOB_ID" | tr -cd '0-9' | tail -c 6)
 MASTER_PORT=$((10000 + 10#${launcher_id_digits:-0} % 50000))
 export MASTER_ADDR MASTER_PORT LAUNCHER_HOSTFILE
+launcher_forward+=(MASTER_ADDR MASTER_PORT)
 
 # The trainer stops by this deadline (walltime minus a margin, counted from job start, so
 # staging time is included) and exits 75 after writing a checkpoint.
 LAUNCHER_DEADLINE=$((LAUNCHER_START + LAUNCHER_WALLTIME_S - LAUNCHER_MARGIN_S))
 LAUNCHER_DEADLINE_ISO=$(date -u -d "@$LAUNCHER_DEADLINE" +%Y-%m-%dT%H:%M:%SZ)
 export LAUNCHER_DEADLINE LAUNCHER_DEADLINE_ISO
+launcher_forward+=(LAUNCHER_DEADLINE)
+launcher_mpi_env=()
+for launcher_var in "${launcher_forward[@]}"; do
+    if [ -n "${!launcher_var+x}" ]; then
+        launcher_mpi_env+=(-x "$launcher_var")
+    fi
+done
 
-# Signals: the scheduler's warning or termination signal is passed on to the rank launcher as
-# SIGUSR2 (mpirun forwards USR2 to every rank; the trainer checkpoints at its next step).
+# Signals: the scheduler's warning or termination signal is passed on to the rank launcher's
+# supervisor (launcher.supervise) as SIGUSR2; it passes a stop to every rank (mpirun and srun
+# forward USR2) and keeps mpirun from aborting on SIGTERM, so the trainer checkpoints at its next
+# step. Schedulers that signal every process of the job reach the same supervisor.
 launcher_child=""
 launcher_got_signal=""
 launcher_interrupted=0
@@ -119,13 +140,21 @@ launcher_run() {
 }
 
 # One process per node (staging, torchrun).
-launcher_per_node=(mpirun -np "$LAUNCHER_NNODES" -hostfile "$LAUNCHER_HOSTFILE" -map-by ppr:1:node -bind-to none -x NCCL_BUFFSIZE=1048576 -x NCCL_IB_TIMEOUT=14 -x PATH -x LAUNCHER_LOCALDIR -x MASTER_ADDR -x MASTER_PORT)
+launcher_per_node=(mpirun -np "$LAUNCHER_NNODES" -hostfile "$LAUNCHER_HOSTFILE" -map-by ppr:1:node -bind-to none -x NCCL_BUFFSIZE=1048576 -x NCCL_IB_TIMEOUT=14 "${launcher_mpi_env[@]}")
 
-# Stage this node's shards to node-local disk (one copier per node); the trainer reads the
-# staged manifest. Staging time counts against the walltime: the deadline is from job start.
-LAUNCHER_DATA_DIR="$LAUNCHER_LOCALDIR/pixpro_shards"
+# Stage this node's shards to node-local disk (one copier per node; it knows its node from the
+# MPI or SLURM step environment); the trainer reads the staged manifest. The directory is private
+# to this run and job and removed on every node when the job ends. Staging time counts against
+# the walltime: the deadline is from job start.
+LAUNCHER_DATA_DIR="$LAUNCHER_LOCALDIR/golden-pjm-$LAUNCHER_JOB_ID"
+# shellcheck disable=SC2317  # called from the EXIT trap
+launcher_unstage() {
+    timeout 120 "${launcher_per_node[@]}" rm -rf -- "$LAUNCHER_DATA_DIR" >/dev/null 2>&1 || true
+    rm -rf -- "$LAUNCHER_DATA_DIR"
+}
+trap launcher_unstage EXIT
 launcher_stage_start=$(date +%s)
-launcher_run "${launcher_per_node[@]}" python3 -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
+launcher_run "${launcher_per_node[@]}" "$LAUNCHER_PYTHON" -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
 if [ "$launcher_rc" -ne 0 ]; then
     if [ -n "$launcher_got_signal" ]; then
         launcher_rc=75
@@ -139,12 +168,19 @@ else
 fi
 
 # Start the ranks.
-launcher_trainer=(python3 -m pixpro_of train --run-dir /runs/golden-pjm --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
+launcher_trainer=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-pjm --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
 launcher_trainer+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
-launcher_ranks=(mpirun -np "$LAUNCHER_NRANKS" -hostfile "$LAUNCHER_HOSTFILE" -map-by "ppr:$LAUNCHER_RANKS_PER_NODE:node" -bind-to none -x NCCL_BUFFSIZE=1048576 -x NCCL_IB_TIMEOUT=14 -x PATH -x MASTER_ADDR -x MASTER_PORT -x RUN_DIR -x LAUNCHER_JOB_ID -x LAUNCHER_RESTART_COUNT -x LAUNCHER_LOCALDIR -x LAUNCHER_DEADLINE)
+launcher_ranks=(mpirun -np "$LAUNCHER_NRANKS" -hostfile "$LAUNCHER_HOSTFILE" -map-by "ppr:$LAUNCHER_RANKS_PER_NODE:node" -bind-to none -x NCCL_BUFFSIZE=1048576 -x NCCL_IB_TIMEOUT=14 "${launcher_mpi_env[@]}")
+# The newest checkpoint (name and time), to tell afterwards whether this job wrote one.
+launcher_ckpt_stamp() {
+    local name
+    name=$(cat "$RUN_DIR/checkpoints/latest" 2>/dev/null) || return 0
+    printf '%s@%s' "$name" "$(stat -c %.9Y "$RUN_DIR/checkpoints/$name" 2>/dev/null)"
+}
+launcher_ckpt_before=$(launcher_ckpt_stamp)
 if [ -z "$launcher_got_signal" ]; then
     launcher_event "train: ${launcher_ranks[0]} with $LAUNCHER_NRANKS ranks, deadline $LAUNCHER_DEADLINE_ISO"
-    launcher_run "${launcher_ranks[@]}" "${launcher_trainer[@]}"
+    launcher_run "$LAUNCHER_PYTHON" -m launcher.supervise --shield -- "${launcher_ranks[@]}" "${launcher_trainer[@]}"
 fi
 
 # Continue the run in a new job that waits for this one, unless a pre-submitted link already will.
@@ -206,7 +242,13 @@ case "$launcher_rc" in
             echo "$launcher_kind budget of $launcher_max used up" >"$RUN_DIR/job/stopped"
             exit 1
         fi
-        launcher_event "checkpointed: $launcher_kind $launcher_count of $launcher_max"
+        launcher_ckpt_after=$(launcher_ckpt_stamp)
+        launcher_ckpt_name=$(cat "$RUN_DIR/checkpoints/latest" 2>/dev/null || echo "the start")
+        if [ -n "$launcher_ckpt_after" ] && [ "$launcher_ckpt_after" != "$launcher_ckpt_before" ]; then
+            launcher_event "checkpointed: $launcher_kind $launcher_count of $launcher_max ($launcher_ckpt_name)"
+        else
+            launcher_event "stopped without a new checkpoint: $launcher_kind $launcher_count of $launcher_max; the next job resumes from $launcher_ckpt_name"
+        fi
         launcher_extend_chain || exit 1
         exit 0
         ;;
