@@ -17,6 +17,9 @@ checkpoint, and exit 1. Under this supervisor:
   processes that pass it to the ranks: ``mpirun``/``srun`` themselves (they forward SIGUSR2 to every
   rank on every node), the ``mpirun`` under ``horovodrun``, the workers under ``torchrun``. The
   trainer checkpoints at its next step boundary and exits 75.
+- The supervisor is a child subreaper: if the launcher dies (``horovodrun`` becomes a shell that
+  SIGTERM kills), the MPI launcher and ranks it leaves behind are adopted, stopped the same way
+  and waited for, so no process outlives the supervisor.
 - Exit code: the command's, except that after a stop request any non-zero exit becomes 75
   (``EX_TEMPFAIL``: the run continues from its newest valid checkpoint; the trainer only ever
   replaces a checkpoint by a complete newer one).
@@ -27,7 +30,6 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
 import sys
 import time
 from typing import Dict, List, Optional, Sequence
@@ -36,6 +38,7 @@ EXIT_RESUME = 75
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 SHIELDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "srun")
+WRAPPERS = ("horovodrun", "sh", "bash", "dash")
 POLL_S = 0.25
 
 
@@ -71,6 +74,14 @@ def _descendants(root: int, table: Dict[int, tuple]) -> List[int]:
     return out
 
 
+def _ancestors(pid: int, table: Dict[int, tuple], stop: int) -> List[int]:
+    out = []
+    while pid in table and pid != stop:
+        pid = table[pid][0]
+        out.append(pid)
+    return out
+
+
 def _base(argv: Sequence[str]) -> str:
     """The program a process runs: its argv[0], or the script a Python interpreter runs."""
     if not argv:
@@ -88,17 +99,23 @@ def forward_targets(child: int, table: Optional[Dict[int, tuple]] = None) -> Lis
     table = _proc_table() if table is None else table
     if child not in table:
         return []
-    prog = _base(table[child][2]) or table[child][1]
-    if prog in MPI_LAUNCHERS or table[child][1] in MPI_LAUNCHERS:
+    def is_mpi(pid):
+        return table[pid][1] in MPI_LAUNCHERS or _base(table[pid][2]) in MPI_LAUNCHERS
+
+    if is_mpi(child):
         return [child]
-    below = _descendants(child, table)
-    if prog == "horovodrun":
-        mpis = [p for p in below if table[p][1] in MPI_LAUNCHERS or _base(table[p][2]) in MPI_LAUNCHERS]
-        return mpis or [child]
+    prog = _base(table[child][2]) or table[child][1]
     if prog == "torchrun" or (prog == "run" and "torch.distributed.run" in " ".join(table[child][2])):
-        workers = [p for p in below if table.get(p, (None,))[0] == child]
-        return workers
-    return [child]
+        return [p for p in table if table[p][0] == child]  # its workers
+    # A wrapper (horovodrun, which becomes "sh -c 'mpirun ...'", or a site script): the topmost
+    # MPI launchers below it; signalling the wrapper itself would kill it and orphan the ranks.
+    mpis = [p for p in _descendants(child, table) if is_mpi(p)]
+    top = [p for p in mpis if not any(a in mpis for a in _ancestors(p, table, child))]
+    if top:
+        return top
+    if prog in WRAPPERS or table[child][1] in WRAPPERS:
+        return []  # its MPI launcher has not started yet: the supervisor tries again
+    return [child]  # anything else (one rank on its own) takes the signal itself
 
 
 def signal_pending(pid: int, signums: Sequence[int]) -> Optional[int]:
@@ -128,7 +145,9 @@ class Supervisor:
         self.verbose = verbose
         self.stop_reason: Optional[str] = None
         self.forwarded = False
-        self.proc: Optional[subprocess.Popen] = None
+        self.pid = 0
+        self.alive: set = set()
+        self.codes: Dict[int, int] = {}
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -136,56 +155,96 @@ class Supervisor:
 
     def _on_signal(self, signum, frame) -> None:  # noqa: ARG002 - signal API
         if self.stop_reason is None:
-            self.stop_reason = f"SIG{signal.Signals(signum).name[3:]}"
-
-    def _preexec(self) -> None:
-        for s in STOP_SIGNALS:
-            signal.signal(s, signal.SIG_DFL)
-        signal.pthread_sigmask(signal.SIG_SETMASK, set(SHIELDED) if self.shield else set())
+            self.stop_reason = signal.Signals(signum).name
 
     def _forward_now(self) -> None:
-        self.forwarded = True
-        targets = forward_targets(self.proc.pid)
+        """Pass the stop on once to whatever carries it to the ranks (retried while nothing does)."""
+        targets: List[int] = []
+        table = _proc_table()
+        roots = [self.pid] if self.pid in self.alive else []
+        roots += [p for p in self.alive if p != self.pid]  # orphans of a launcher that died
+        for root in roots:
+            targets += [t for t in forward_targets(root, table) if t not in targets]
         name = signal.Signals(self.forward).name
-        self.say(f"stop requested ({self.stop_reason}): {name} to {' '.join(map(str, targets)) or 'nothing yet'}")
+        if targets:
+            self.say(f"stop requested ({self.stop_reason}): {name} to {' '.join(map(str, targets))}")
         for pid in targets:
             try:
                 os.kill(pid, self.forward)
             except ProcessLookupError:
                 pass
-        if not targets:
-            self.forwarded = False  # the launcher has no ranks yet: try again at the next poll
+        self.forwarded = bool(targets)
+
+    def _reap(self) -> None:
+        """Collect every exited child (the launcher and, as subreaper, its orphans)."""
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                self.alive.clear()
+                return
+            if pid == 0:
+                return
+            self.alive.discard(pid)
+            code = os.waitstatus_to_exitcode(status)
+            self.codes[pid] = 128 - code if code < 0 else code
+            if pid == self.pid and code < 0 and -code in SHIELDED and self.stop_reason is None:
+                self.stop_reason = f"{signal.Signals(-code).name} to {os.path.basename(self.argv[0])}"
+
+    def _adopted(self) -> None:
+        """Orphans reparented to this process (it is a child subreaper) are waited for too."""
+        me = os.getpid()
+        for pid, (ppid, _, _) in _proc_table().items():
+            if ppid == me:
+                self.alive.add(pid)
 
     def run(self) -> int:
         for s in STOP_SIGNALS:
             signal.signal(s, self._on_signal)
+        _become_subreaper()
+        mask = set(SHIELDED) if self.shield else set()
         try:
-            self.proc = subprocess.Popen(self.argv, preexec_fn=self._preexec)
+            self.pid = os.posix_spawnp(self.argv[0], self.argv, os.environ, setsigmask=mask,
+                                       setsigdef=STOP_SIGNALS)
         except FileNotFoundError:
             print(f"supervise: error: {self.argv[0]}: command not found", file=sys.stderr)
             return 127
         except PermissionError:
             print(f"supervise: error: {self.argv[0]}: permission denied", file=sys.stderr)
             return 126
-        while True:
-            try:
-                rc = self.proc.wait(timeout=POLL_S)
-                break
-            except subprocess.TimeoutExpired:
-                pass
-            if self.stop_reason is None and self.shield:
-                pending = signal_pending(self.proc.pid, SHIELDED)
+        self.alive = {self.pid}
+        self.codes: Dict[int, int] = {}
+        while self.alive:
+            time.sleep(POLL_S)
+            self._reap()
+            if self.pid not in self.alive:
+                self._adopted()  # a launcher that died may have left ranks or daemons behind
+            if self.stop_reason is None and self.shield and self.pid in self.alive:
+                pending = signal_pending(self.pid, SHIELDED)
                 if pending is not None:
-                    self.stop_reason = f"SIG{signal.Signals(pending).name[3:]} to {os.path.basename(self.argv[0])}"
-            if self.stop_reason is not None and not self.forwarded:
+                    self.stop_reason = f"{signal.Signals(pending).name} to {os.path.basename(self.argv[0])}"
+            if self.stop_reason is not None and not self.forwarded and self.alive:
                 self._forward_now()
-        if rc < 0:
-            rc = 128 - rc
+        rc = self.codes.get(self.pid, 1)
+        if rc == 0 or (rc > 128 and rc - 128 in SHIELDED):
+            # The launcher died of its signal and left its MPI launcher to finish: that one's code counts.
+            rc = max((c for p, c in self.codes.items() if p != self.pid), default=rc) or rc
         if self.stop_reason is not None and rc != 0:
             self.say(f"{os.path.basename(self.argv[0])} exited {rc} after {self.stop_reason}: exit {EXIT_RESUME} "
                      f"(resume from the newest checkpoint)")
             return EXIT_RESUME
         return rc
+
+
+def _become_subreaper() -> None:
+    """PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented here, not to init."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(36, 1, 0, 0, 0)
+    except (OSError, AttributeError):
+        pass
 
 
 def _signal_number(name: str) -> int:
