@@ -1,0 +1,334 @@
+"""Real one-node Grid Engine and OpenPBS clusters for the launcher tests, and what those tests share.
+
+``grid_engine()`` and ``openpbs()`` are context managers: they install the scheduler when it is
+missing (``.ci/gridengine/install.sh``: Debian's gridengine 8.1.9; ``.ci/openpbs/build.sh``:
+OpenPBS from the pinned source, built once and cached), start its daemons with the set-up scripts
+(``.ci/*/start.sh``, idempotent), yield a handle, and on exit stop, by PID, the daemons they
+started. Only a missing root account or a missing package manager makes them skip.
+
+``reference_run()`` trains the tiny configuration the chain tests use once, uninterrupted,
+straight under mpirun, and keeps its final weights and timing for every test in the session.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import stat
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Dict, Iterator, List, Optional, Sequence
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CI = ROOT / ".ci"
+
+# The training every chain test runs: the cpu_small preset (ResNet-18 on 64-px views of the
+# built-in synthetic world), 4 epochs = 16 steps of global batch 4 on 2 Horovod ranks,
+# deterministic, a checkpoint every 2 steps. About 30 s uninterrupted on 2 cores.
+TRAIN_ARGS = ["run.epochs=4", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
+              "checkpoint.every_steps=2"]
+TOTAL_STEPS = 16
+
+
+def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: float = 0.3) -> None:
+    end = time.time() + timeout
+    while time.time() < end:
+        if pred():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
+def _parse_kv(text: str) -> Dict[str, str]:
+    out = {}
+    for line in text.splitlines():
+        if "=" in line:
+            k, v = line.split("=", 1)
+            out[k.strip()] = v.strip()
+    return out
+
+
+def _alive(pid: int) -> bool:
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("State:"):
+                    return "Z" not in line.split()[1]
+    except OSError:
+        return False
+    return False
+
+
+def stop_pids(pids: Sequence[int], timeout: float = 30.0) -> None:
+    """SIGTERM each process (in order, waiting for each), SIGKILL what is left after ``timeout``."""
+    for pid in pids:
+        if not _alive(pid):
+            continue
+        try:
+            os.kill(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            continue
+        end = time.time() + timeout
+        while _alive(pid) and time.time() < end:
+            time.sleep(0.2)
+        if _alive(pid):
+            try:
+                os.kill(pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _need_root(what: str) -> None:
+    if os.geteuid() != 0:
+        pytest.skip(f"{what}: installing and starting its daemons needs root here")
+
+
+def _run_setup(argv: List[str], what: str, timeout: float) -> subprocess.CompletedProcess:
+    proc = subprocess.run(argv, capture_output=True, text=True, timeout=timeout)
+    if proc.returncode != 0:
+        pytest.fail(f"{what} failed (exit {proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}")
+    return proc
+
+
+# --------------------------------------------------------------------------- Grid Engine
+@dataclass
+class GridEngine:
+    env: Dict[str, str]  # for client commands: SGE_ROOT, SGE_CELL, Grid Engine's bin first on PATH
+    host: str
+
+    def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check,
+                              timeout=timeout)
+
+
+@contextlib.contextmanager
+def grid_engine() -> Iterator[GridEngine]:
+    _need_root("Grid Engine")
+    if not shutil.which("apt-get") and not Path("/usr/sbin/sge_qmaster").exists():
+        pytest.skip("Grid Engine is not installed and there is no apt-get to install it")
+    _run_setup(["bash", str(CI / "gridengine" / "install.sh")], ".ci/gridengine/install.sh", 900)
+    info = _parse_kv(_run_setup(["bash", str(CI / "gridengine" / "start.sh")], ".ci/gridengine/start.sh",
+                                180).stdout)
+    started = set(filter(None, info.get("STARTED", "").split(",")))
+    env = dict(os.environ, SGE_ROOT=info["SGE_ROOT"], SGE_CELL=info["SGE_CELL"])
+    # Grid Engine's own qsub first: /usr/bin/qsub may be another scheduler's (PBS, Torque wrappers).
+    env["PATH"] = f"{info['SGE_BIN']}:{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    try:
+        yield GridEngine(env=env, host=info["HOST"])
+    finally:
+        pids = []
+        if "execd" in started:
+            pids.append(int(info["EXECD_PID"]))
+        if "qmaster" in started:
+            pids.append(int(info["QMASTER_PID"]))
+        stop_pids(pids)
+
+
+# --------------------------------------------------------------------------- OpenPBS
+@dataclass
+class OpenPBS:
+    exec_dir: str
+    netns: str
+    host: str
+    user: str
+    path: str  # PATH for commands in the namespace: PBS's bin first
+    _restore: List = field(default_factory=list)
+
+    def ns(self, argv: Sequence[str], user: Optional[str] = None, env: Optional[Dict[str, str]] = None,
+           cwd: Optional[str] = None, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+        """Run ``argv`` inside the PBS network namespace, as ``user`` (default root)."""
+        environ = dict(env or {})
+        environ.setdefault("PATH", self.path)
+        environ.setdefault("LANG", "C.UTF-8")
+        if user:
+            environ.setdefault("HOME", os.path.expanduser(f"~{user}"))
+            environ.setdefault("USER", user)
+            environ.setdefault("LOGNAME", user)
+        prefix = ["ip", "netns", "exec", self.netns]
+        if user:
+            prefix += ["runuser", "-u", user, "--"]
+        full = prefix + ["env", "-i"] + [f"{k}={v}" for k, v in environ.items()] + list(argv)
+        return subprocess.run(full, capture_output=True, text=True, timeout=timeout, check=check, cwd=cwd)
+
+    def qcmd(self, name: str, *args: str, user: Optional[str] = None, check: bool = True):
+        return self.ns([f"{self.exec_dir}/bin/{name}", *args], user=user, check=check)
+
+    def job_attrs(self, job_id: str) -> Dict:
+        out = self.qcmd("qstat", "-x", "-f", "-F", "json", job_id).stdout
+        return json.loads(out)["Jobs"][job_id]
+
+
+def _grant_traverse(user: str, path: Path, restore: List) -> None:
+    """Let ``user`` reach ``path`` (the interpreter): add search permission for others to every
+    directory above it that lacks it (e.g. /root, when the interpreter is a pyenv build under
+    root's home), remembering the old modes to put back. On a cluster, software lives where
+    every user can run it; PBS will not run jobs as root (pbs_mom ignores root's processes)."""
+    probe = ["runuser", "-u", user, "--", "test", "-x", str(path)]
+    if subprocess.run(probe).returncode == 0:
+        return
+    for d in reversed(path.parents):
+        mode = d.stat().st_mode
+        if not mode & stat.S_IXOTH:
+            restore.append((d, stat.S_IMODE(mode)))
+            os.chmod(d, stat.S_IMODE(mode) | stat.S_IXOTH)
+    if subprocess.run(probe).returncode != 0:
+        pytest.fail(f"{user} cannot run {path} even after adding search permissions")
+
+
+@contextlib.contextmanager
+def openpbs() -> Iterator[OpenPBS]:
+    _need_root("OpenPBS")
+    if not Path("/opt/pbs/sbin/pbs_server").exists() and not shutil.which("apt-get"):
+        pytest.skip("OpenPBS is not installed and there is no apt-get to install its build dependencies")
+    _run_setup(["bash", str(CI / "openpbs" / "build.sh")], ".ci/openpbs/build.sh (first run: ~5 min build)", 1800)
+    info = _parse_kv(_run_setup(["bash", str(CI / "openpbs" / "start.sh")], ".ci/openpbs/start.sh", 300).stdout)
+    pbs = OpenPBS(exec_dir=info["PBS_EXEC"], netns=info["NETNS"], host=info["HOST"], user=info["TEST_USER"],
+                  path=f"{info['PBS_EXEC']}/bin:/usr/local/bin:/usr/bin:/bin")
+    try:
+        python = Path(sys.executable)
+        _grant_traverse(pbs.user, python.resolve(), pbs._restore)
+        _grant_traverse(pbs.user, python, pbs._restore)
+        yield pbs
+    finally:
+        for d, mode in reversed(pbs._restore):
+            os.chmod(d, mode)
+        if info.get("STARTED") == "1":
+            # The server first (on SIGTERM it also stops its datastore), then the others.
+            stop_pids([int(p) for p in info["PIDS"].split() if p.isdigit()])
+
+
+def user_dir(prefix: str, user: Optional[str]) -> Path:
+    """A fresh directory outside pytest's root-only tmp tree, owned by ``user``."""
+    d = Path(tempfile.mkdtemp(prefix=prefix))
+    os.chmod(d, 0o755)
+    if user:
+        shutil.chown(d, user, user)
+    return d
+
+
+# --------------------------------------------------------------------------- the reference run
+_REFERENCE: Dict[str, object] = {}
+
+
+def mpirun_env() -> Dict[str, str]:
+    env = dict(os.environ)
+    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", PYTHONUNBUFFERED="1")
+    env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
+    return env
+
+
+def final_checkpoint(run_dir: Path) -> Dict:
+    import torch
+    name = (run_dir / "checkpoints" / "latest").read_text().strip()
+    return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
+
+
+@dataclass
+class Reference:
+    """The uninterrupted run: its final checkpoint, and how long it took to reach its first step
+    (``startup_s``, from mpirun's start) and each step after that (``step_s``) on this machine now."""
+    checkpoint: Dict
+    startup_s: float
+    step_s: float
+
+    def stop_margin_for(self, walltime_s: int, job_margin_s: int, fraction: float = 0.55) -> int:
+        """``stop.margin_s`` that makes the trainer of a job stop at its deadline after about
+        ``fraction`` of the steps. The job script's deadline is ``walltime_s - job_margin_s``
+        after the job starts (LAUNCHER_WALLTIME_S and LAUNCHER_MARGIN_S of the rendered script)."""
+        # A job starts slower than the reference (the scheduler, the job script, the supervisor,
+        # and the first link also packs the synthetic world): 1.4 x its start-up.
+        stop_after = 1.4 * self.startup_s + max(3.0, fraction * TOTAL_STEPS) * self.step_s
+        # The trainer stops when time left < 1.5 x (step + checkpoint) + margin.
+        return max(0, int(walltime_s - job_margin_s - stop_after - 1.5 * (self.step_s + 0.5)))
+
+
+def script_times(script: str) -> Dict[str, int]:
+    """LAUNCHER_WALLTIME_S and LAUNCHER_MARGIN_S of a rendered job script."""
+    got = {}
+    for line in script.splitlines():
+        for key in ("LAUNCHER_WALLTIME_S", "LAUNCHER_MARGIN_S"):
+            if line.startswith(key + "="):
+                got[key] = int(line.split("=", 1)[1].strip("'\""))
+    assert set(got) == {"LAUNCHER_WALLTIME_S", "LAUNCHER_MARGIN_S"}, got
+    return got
+
+
+def _log_times(log: Path) -> Dict[int, float]:
+    """{step: unix time} from the trainer's log lines ``YYYY-mm-dd HH:MM:SS,mmm rank0 INFO step N/M``."""
+    import datetime as dt
+    out = {}
+    for line in log.read_text().splitlines():
+        parts = line.split()
+        if len(parts) >= 6 and parts[3] == "INFO" and parts[4] == "step" and "/" in parts[5]:
+            t = dt.datetime.strptime(f"{parts[0]} {parts[1]}", "%Y-%m-%d %H:%M:%S,%f").timestamp()
+            out[int(parts[5].split("/")[0])] = t
+    return out
+
+
+def reference_run(base: Path) -> Reference:
+    """TRAIN_ARGS trained uninterrupted straight under mpirun (computed once per session)."""
+    if "ref" not in _REFERENCE:
+        ref_dir = base / "reference-run"
+        t0 = time.time()
+        proc = subprocess.run(["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m",
+                               "pixpro_of", "train", "--run-dir", str(ref_dir), "--config", "cpu_small",
+                               "dist.backend=horovod", *TRAIN_ARGS], env=mpirun_env(), capture_output=True,
+                              text=True, timeout=600)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        times = _log_times(ref_dir / "logs" / "train.log")
+        assert sorted(times) == list(range(1, TOTAL_STEPS + 1)), sorted(times)
+        _REFERENCE["ref"] = Reference(final_checkpoint(ref_dir), startup_s=times[1] - t0,
+                                      step_s=(times[TOTAL_STEPS] - times[1]) / (TOTAL_STEPS - 1))
+    return _REFERENCE["ref"]  # type: ignore[return-value]
+
+
+def assert_same_weights(run_dir: Path, ref: Reference, what: str) -> None:
+    import torch
+    reference = ref.checkpoint
+    got = final_checkpoint(run_dir)
+    assert got["step"] == reference["step"] == TOTAL_STEPS
+    assert got["model"].keys() == reference["model"].keys()
+    for k, v in reference["model"].items():
+        assert torch.equal(got["model"][k], v), f"{k} differs from the uninterrupted run after {what}"
+
+
+# --------------------------------------------------------------------------- run-directory readers
+def metrics_step(run_dir: Path) -> int:
+    """The last step in metrics.csv (0 before the first)."""
+    p = run_dir / "metrics.csv"
+    rows = p.read_text().splitlines()[1:] if p.exists() else []
+    rows = [r for r in rows if r and r[0].isdigit()]
+    return int(rows[-1].split(",")[0]) if rows else 0
+
+
+def events(run_dir: Path) -> List[List[str]]:
+    p = run_dir / "job" / "events.tsv"
+    return [l.split("\t") for l in p.read_text().splitlines()] if p.exists() else []
+
+
+def event_texts(run_dir: Path) -> List[str]:
+    return [e[3] for e in events(run_dir) if len(e) >= 4]
+
+
+def checkpoint_steps(run_dir: Path) -> List[int]:
+    return sorted(int(p.stem.split("_")[1]) for p in (run_dir / "checkpoints").glob("step_*.pt"))
+
+
+def dump_run(run_dir: Path, extra: str = "") -> str:
+    parts = []
+    for f in ("job/events.tsv", "job/jobs.tsv", "logs/run.log", "logs/train.log"):
+        p = run_dir / f
+        parts.append(f"==== {f}\n" + (p.read_text()[-5000:] if p.exists() else "(missing)"))
+    for p in sorted((run_dir / "logs").glob("*")):
+        if p.name not in ("run.log", "train.log", "train.rank1.log") and p.is_file():
+            parts.append(f"==== logs/{p.name}\n" + p.read_text()[-3000:])
+    return "\n".join(parts) + ("\n" + extra if extra else "")
