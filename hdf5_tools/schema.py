@@ -52,6 +52,7 @@ from __future__ import annotations
 
 import math
 import os
+import time
 import zlib
 from dataclasses import dataclass
 from typing import List, Optional, Sequence, Tuple
@@ -549,6 +550,28 @@ class ShardReader:
             self.h5.close()
             raise UserError(f"{self.path}: cannot open shard ({exc.strerror})") from None
         self._cache = {}
+        self._size = os.fstat(self._fd).st_size
+        self._checked = time.monotonic()
+
+    def changed(self, every_s: float = 1.0) -> Optional[str]:
+        """None while the file is still linked and as long as when it was opened; otherwise one line
+        saying what happened (deleted, truncated or rewritten). Checks at most every ``every_s``
+        seconds (an ``fstat``); reads through the open descriptor would go on serving a deleted
+        file, and fail only sample by sample on a truncated one."""
+        now = time.monotonic()
+        if now - self._checked < every_s or self._fd < 0:
+            return None
+        self._checked = now
+        try:
+            st = os.fstat(self._fd)
+        except OSError as exc:
+            return f"{self.path}: shard cannot be checked ({exc.strerror})"
+        if st.st_nlink == 0:
+            return f"{self.path}: shard was deleted while training read it"
+        if st.st_size != self._size:
+            return (f"{self.path}: shard changed size from {self._size} to {st.st_size} bytes while training "
+                    f"read it (truncated or rewritten)")
+        return None
 
     def close(self) -> None:
         self._cache.clear()

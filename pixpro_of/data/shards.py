@@ -159,6 +159,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
             raise IndexError(f"{os.path.basename(shard)}: video {name!r}: clip start {t} out of range "
                              f"[0, {n - k}] for k={k}")
         reader = self._reader(int(self._shard[vi]))
+        gone = reader.changed()
+        if gone:
+            raise ShardUnavailableError(gone)
         where = f"{os.path.basename(shard)}: video {name!r} frame"
         frames = None
         fwd = bwd = None
@@ -177,8 +180,14 @@ class ShardClipDataset(torch.utils.data.Dataset):
                 fwd16, bwd16 = reader.flows(name, t, k - 1, as_stored=True)
                 fwd, bwd = f16_to_f32(fwd16), f16_to_f32(bwd16)
         except ShardError as exc:
+            gone = reader.changed(every_s=0.0)  # a truncated or replaced file fails the whole shard
+            if gone:
+                raise ShardUnavailableError(gone) from None
             raise UserError(str(exc)) from None
         except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py on damaged metadata or data
+            gone = reader.changed(every_s=0.0)
+            if gone:
+                raise ShardUnavailableError(gone) from None
             raise UserError(f"{where} {t}: cannot read ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
         if k == 1:

@@ -71,27 +71,39 @@ def main(argv: Sequence[str]) -> int:
     trainer = Trainer(cfg, run_dir)
     try:
         return trainer.run()
-    except TrainingFailure as exc:
+    except (KeyboardInterrupt, SystemExit):
+        raise
+    except BaseException as exc:  # noqa: BLE001
+        if not isinstance(exc, TrainingFailure):
+            # Only an exception raised asynchronously (a signal handler) while the trainer was
+            # handling another gets here; it still ends as one line and takes the workers along.
+            trainer._close_loader(kill=True)
+            text = (str(exc).strip().splitlines() or [""])[0]
+            exc = TrainingFailure(f"{type(exc).__name__}: {text}")
         if trainer.backend.world_size > 1:
             fail_job(trainer.backend, exc)
-        raise
+        raise exc from None
 
 
-def fail_job(backend, exc, code: int = 2, quiet_wait_s: float = 20.0) -> None:
+def fail_job(backend, exc, code: int = 2, quiet_wait_s: float = 20.0, other_rank_grace_s: float = 2.0) -> None:
     """End every rank of the job after ``exc`` (a TrainingFailure) on this one; never returns.
 
     The rank that met the fault prints its one line and aborts the job (``MPI_Abort`` under
     ``mpirun``, so the other ranks do not wait in a collective for it; under torchrun or srun
-    the launcher ends the others when this rank exits). A rank whose failure another rank reports
-    (``exc.quiet``) waits for that rank's abort, and aborts silently if it does not come.
+    the launcher ends the others when this rank exits). So that one line is printed when several
+    ranks meet the same fault (they read the same shards), rank 0 reports at once and the others
+    wait ``other_rank_grace_s`` (or ``exc.grace_s``) first: rank 0's abort usually ends them in
+    that time. A rank whose failure another rank reports (``exc.quiet``) waits for that rank's
+    abort, and aborts silently if it does not come.
     """
     import time
 
     if exc.quiet:
         time.sleep(quiet_wait_s)
     else:
-        if exc.grace_s > 0:
-            time.sleep(exc.grace_s)
+        grace = exc.grace_s if exc.grace_s is not None else (0.0 if backend.is_main else other_rank_grace_s)
+        if grace > 0:
+            time.sleep(grace)
         print(f"pixpro_of train: error: {exc}", file=sys.stderr, flush=True)
     sys.stdout.flush()
     backend.abort(code)

@@ -67,10 +67,12 @@ class TrainingFailure(UserError):
 
     ``quiet``: another rank reports this failure (this one only exits). ``grace_s``: seconds to
     wait, with more than one rank, before reporting (an error in a collective is usually the echo
-    of another rank's failure, which ends the job first). ``when``: Unix time of the fault, if known.
+    of another rank's failure, which ends the job first; see :func:`pixpro_of.train.cli.fail_job`
+    for the default). ``when``: Unix time of the fault, if known.
     """
 
-    def __init__(self, message: str, quiet: bool = False, grace_s: float = 0.0, when: Optional[float] = None):
+    def __init__(self, message: str, quiet: bool = False, grace_s: Optional[float] = None,
+                 when: Optional[float] = None):
         super().__init__(message)
         self.quiet = quiet
         self.grace_s = grace_s
@@ -579,9 +581,13 @@ class Trainer:
         """The next batch of the epoch, or None at its end; a sample that could not be built ends
         training with its one-line message (the substitutes' records stay in ``"_bad"``)."""
         self._doing = f"reading batch {self.batch_in_epoch} of epoch {self.epoch}"
+        self._check_workers(f"found before {self._doing}")
         try:
             batch = next(it)
         except StopIteration:
+            # A worker killed after it had read its share lost nothing, but whatever killed it
+            # (the OOM killer) will strike again: the rule stays one, a killed worker ends the job.
+            self._check_workers(f"found at the end of epoch {self.epoch}")
             return None
         failed = batch.pop("_failed", None)
         if failed is not None:
@@ -589,6 +595,12 @@ class Trainer:
                 self._log_skip(rec)
             raise self._sample_failure(failed)
         return batch
+
+    def _check_workers(self, when: str) -> None:
+        dead = self._dead_workers()
+        if dead:
+            be = self.backend
+            raise TrainingFailure(f"{'rank %d: ' % be.rank if be.world_size > 1 else ''}{dead} ({when})")
 
     def _sample_failure(self, rec: BadSample) -> TrainingFailure:
         be = self.backend
@@ -642,6 +654,51 @@ class Trainer:
                                   f"epoch {self.epoch}; the last: {message}", quiet=not be.is_main,
                                   when=min((r.when for r in bad), default=None))
 
+    def _stop_worker_watch(self) -> None:
+        """Stop torch's SIGCHLD handler from raising for this loader's workers: while a dead worker
+        stays registered, every SIGCHLD raises again, anywhere, even inside the failure handling."""
+        it = self._loader_it
+        if it is not None and getattr(it, "_worker_pids_set", False):
+            from torch.utils.data._utils import signal_handling
+
+            signal_handling._remove_worker_pids(id(it))
+            it._worker_pids_set = False
+
+    def _safe_failure(self, exc: BaseException) -> TrainingFailure:
+        """:meth:`_failure`, retried when an asynchronous exception (torch's SIGCHLD handler
+        reporting the same dead worker again) interrupts it."""
+        for _ in range(5):
+            try:
+                self._stop_worker_watch()
+                return self._failure(exc)
+            except Exception:  # noqa: BLE001 - raised by a signal handler while reporting
+                continue
+        return TrainingFailure(f"{type(exc).__name__}: {_first_line(exc)}")
+
+    def _dead_workers(self, wait_s: float = 0.0) -> str:
+        """Which DataLoader workers died and how, e.g. "DataLoader worker (pid 123) was killed by
+        SIGKILL (the OOM killer?; ...)"; empty when none is known to have died (within ``wait_s``)."""
+        import signal as _signal
+
+        workers = [w for w in getattr(self._loader_it, "_workers", ()) if w.pid is not None]
+        deadline = time.monotonic() + wait_s
+        while True:
+            codes = [(w, w.exitcode) for w in workers]
+            if any(c not in (None, 0) for _, c in codes) or time.monotonic() >= deadline:
+                break
+            time.sleep(0.02)
+        out = []
+        for w, code in codes:
+            if code is None or code == 0:
+                continue
+            if code < 0:
+                name = _signal.Signals(-code).name if -code in _signal.valid_signals() else f"signal {-code}"
+                hint = " (the OOM killer?; lower data.num_workers or data.prefetch_factor)" if -code == _signal.SIGKILL else ""
+                out.append(f"DataLoader worker (pid {w.pid}) was killed by {name}{hint}")
+            else:
+                out.append(f"DataLoader worker (pid {w.pid}) exited with code {code}")
+        return "; ".join(out)
+
     def _close_loader(self, kill: bool) -> None:
         it, self._loader_it = self._loader_it, None
         close_loader_iter(it, kill=kill)
@@ -650,20 +707,25 @@ class Trainer:
         """The one-line failure for ``exc``; the full story goes to the rank's log file."""
         be = self.backend
         rank = f"rank {be.rank}" if be.world_size > 1 else "the trainer"
+        who = f"rank {be.rank}: " if be.world_size > 1 else ""
+        # A pipe torn by a dying worker can be seen before the worker's exit status: wait a moment.
+        wait = 2.0 if isinstance(exc, (ConnectionError, EOFError)) else 0.0
+        dead = "" if isinstance(exc, (TrainingFailure, DiskWriteError)) else self._dead_workers(wait)
         if isinstance(exc, TrainingFailure):
             failure = exc
+        elif dead:
+            # A worker's death shows up as whatever the main process was doing with it: torch's
+            # RuntimeError, or a ConnectionResetError/EOFError from a half-sent batch.
+            failure = TrainingFailure(f"{who}{dead} while {self._doing}")
         elif isinstance(exc, DiskWriteError):
             failure = TrainingFailure(str(exc))
         elif isinstance(exc, UserError) or type(exc).__name__ == "UserError":  # flow/hdf5_tools errors too
-            # Usually the same on every rank (config, data): rank 0 reports it, the others only
-            # report theirs if the job is still alive a few seconds later.
-            failure = TrainingFailure(_first_line(exc), grace_s=0.0 if be.is_main else 5.0)
+            failure = TrainingFailure(_first_line(exc))
         elif isinstance(exc, OSError) and exc.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES):
             failure = TrainingFailure(str(disk_error(exc, exc.filename or self.run_dir, what=self._doing)))
         elif isinstance(exc, RuntimeError) and "DataLoader worker" in str(exc):
             # torch: "DataLoader worker (pid(s) 123) exited unexpectedly" / "... is killed by signal: Killed."
-            failure = TrainingFailure(f"{rank}: {_first_line(exc)} while {self._doing} (killed by the OOM killer? "
-                                      f"lower data.num_workers or data.prefetch_factor)")
+            failure = TrainingFailure(f"{who}{_first_line(exc)} while {self._doing}")
         else:
             failure = TrainingFailure(f"{rank} failed while {self._doing}: {type(exc).__name__}: {_first_line(exc)}",
                                       grace_s=3.0)
@@ -705,8 +767,9 @@ class Trainer:
                 self._close_loader(kill=True)
                 raise
             except BaseException as exc:  # noqa: BLE001 - every failure ends as one line, see the docstring
+                failure = self._safe_failure(exc)  # before the workers are killed: it reports how they died
                 self._close_loader(kill=True)
-                raise self._failure(exc) from None
+                raise failure from None
             finally:
                 self._close_loader(kill=True)
                 logging.getLogger("pixpro_of").removeHandler(handler)
@@ -791,6 +854,10 @@ class Trainer:
         while self.step < self.end_step:
             self._doing = f"starting the DataLoader of epoch {self.epoch}"
             self._loader_it = iter(self._make_loader())
+            # torch's SIGCHLD handler would raise the death of a worker at any point of the main
+            # thread (inside a checkpoint write, inside logging, which swallows it); the loop
+            # checks its workers at each batch instead (_next_batch).
+            self._stop_worker_watch()
             t_ready = time.perf_counter()
             stepped = False
             while True:
