@@ -853,6 +853,7 @@ class Trainer:
             return self._stop()
         while self.step < self.end_step:
             self._doing = f"starting the DataLoader of epoch {self.epoch}"
+            loader_epoch = self.epoch
             self._loader_it = iter(self._make_loader())
             # torch's SIGCHLD handler would raise the death of a worker at any point of the main
             # thread (inside a checkpoint write, inside logging, which swallows it); the loop
@@ -908,6 +909,7 @@ class Trainer:
                 if epoch_end:
                     break
                 t_ready = time.perf_counter()
+            self._check_workers(f"found after the last batch read in epoch {loader_epoch}")
             self._close_loader(kill=False)
             if not stepped:
                 raise RuntimeError(f"epoch {self.epoch} yielded no batch from batch {self.batch_in_epoch}")
