@@ -593,7 +593,7 @@ class Trainer:
         if failed is not None:
             for rec in batch.get("_bad", ()):
                 self._log_skip(rec)
-            raise self._sample_failure(failed)
+            raise self._sample_failure(failed, len(batch.get("_bad", ())))
         return batch
 
     def _check_workers(self, when: str) -> None:
@@ -602,7 +602,7 @@ class Trainer:
             be = self.backend
             raise TrainingFailure(f"{'rank %d: ' % be.rank if be.world_size > 1 else ''}{dead} ({when})")
 
-    def _sample_failure(self, rec: BadSample) -> TrainingFailure:
+    def _sample_failure(self, rec: BadSample, skipped_in_batch: int = 0) -> TrainingFailure:
         be = self.backend
         where = f"rank {be.rank}, " if be.world_size > 1 else ""
         where += f"epoch {rec.epoch}, batch {self.batch_in_epoch}"
@@ -612,9 +612,11 @@ class Trainer:
         if not rec.skippable:
             return TrainingFailure(f"{rec.message} ({where})", when=rec.when)
         if self.skip_bad:
-            return TrainingFailure(f"{rec.message} ({where}; data.bad_sample_budget="
-                                   f"{self.cfg.data.bad_sample_budget} substitutes for this sample were bad too)",
-                                   when=rec.when)
+            # The worker tried as many substitutes as the budget allows: the budget is spent.
+            total = self.skipped_in_epoch + skipped_in_batch + 1
+            mine = f" (counting rank {be.rank}'s of this step)" if be.world_size > 1 else ""
+            return TrainingFailure(f"data.bad_sample_budget={self.cfg.data.bad_sample_budget} spent: {total} bad "
+                                   f"samples in epoch {rec.epoch}{mine}; the last: {rec.message}", when=rec.when)
         return TrainingFailure(f"{rec.message} ({where}; data.on_bad_sample=skip would skip it)", when=rec.when)
 
     def _log_skip(self, rec: BadSample) -> None:
