@@ -163,9 +163,11 @@ class CheckpointStore:
             atomic_write_bytes(target, (name + "\n").encode())
         except (OSError, RuntimeError) as exc:
             cause = exc if isinstance(exc, OSError) else (writer.error if writer is not None else None)
-            tmp.unlink(missing_ok=True)
-            if not counted:
-                final.unlink(missing_ok=True)  # a payload without a manifest would only hold space
+            for leftover in (tmp,) if counted else (tmp, final):  # a payload without a manifest only holds space
+                try:
+                    leftover.unlink(missing_ok=True)
+                except OSError:
+                    pass  # a read-only file system: nothing could be written there either
             if cause is None:
                 raise  # not a failed write (e.g. a bug in what is saved)
             raise disk_error(cause, target, needed=state_nbytes(state),

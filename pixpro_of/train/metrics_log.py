@@ -172,14 +172,15 @@ def truncate_csv(path: Path, resume_step: int) -> Optional[List[str]]:
         except ValueError:
             continue  # a line cut short by a kill
     if len(keep) != len(body):
-        tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-        with open(tmp, "w", newline="") as f:
-            w = csv.writer(f)
-            w.writerow(header)
-            w.writerows(keep)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+        import io
+
+        from pixpro_of.atomic import atomic_write_bytes
+
+        buf = io.StringIO(newline="")
+        w = csv.writer(buf)
+        w.writerow(header)
+        w.writerows(keep)
+        atomic_write_bytes(path, buf.getvalue().encode(), durable=True)  # no temporary left if it fails
         log.info("metrics.csv: dropped %d row(s) after step %d", len(body) - len(keep), resume_step)
     return header
 
