@@ -377,9 +377,26 @@ class Trainer:
         self.rank_batch = cfg.data.batch_size // be.world_size
         per_rank = self.clips.num_videos // self.sampler_world
         self.steps_per_epoch = per_rank // self.rank_batch
+        videos, node = self.clips.num_videos, self.node_index
+        if num_nodes > 1:
+            # Node sets may hold different numbers of videos (pack balances frames, not videos):
+            # every rank takes the fewest steps per epoch of any node, or the ranks of a smaller
+            # node set end their epochs and the run early while the others wait for them forever.
+            mine = torch.zeros(2 * be.world_size, dtype=torch.float64)
+            mine[2 * be.rank], mine[2 * be.rank + 1] = self.steps_per_epoch, videos
+            every = be.allreduce(mine, op="sum").view(-1, 2)
+            least = int(torch.argmin(every[:, 0]).item())
+            if int(every[least, 0]) != self.steps_per_epoch or int(every[:, 0].max()) != self.steps_per_epoch:
+                if be.is_main:
+                    log.info("node sets differ: %s videos on nodes 0..%d; every node takes %d steps per epoch "
+                             "(node %d's)", "/".join(str(int(v)) for v in every[::be.local_size, 1]),
+                             num_nodes - 1, int(every[least, 0]), least // be.local_size)
+            self.steps_per_epoch = int(every[least, 0])
+            videos, node = int(every[least, 1]), least // be.local_size
         if self.steps_per_epoch < 1:
+            where = f" on node {node}" if num_nodes > 1 else ""
             raise UserError(f"data.batch_size={cfg.data.batch_size} needs at least {self.rank_batch} videos per "
-                            f"rank but the shards hold {self.clips.num_videos} videos for {self.sampler_world} "
+                            f"rank but the shards hold {videos} videos{where} for {self.sampler_world} "
                             f"rank(s); lower the batch size or add data")
         self.total_steps = cfg.run.epochs * self.steps_per_epoch
         self.end_step = min(self.total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else self.total_steps
