@@ -10,9 +10,9 @@
 # Traps this handles:
 #  - PBS refuses loopback addresses ("Could not find any usable IP address for host"), and this
 #    machine's name may resolve only to 127.0.0.1. Every daemon and command runs in a network
-#    namespace ($NETNS) whose lo also carries a private address ($ADDR, /32, no route anywhere),
-#    with /etc/netns/$NETNS/hosts mapping the host name to it. The namespace must exist before
-#    the very first start: the datastore records the address it was initialised with.
+#    namespace ($NETNS) with a private address ($ADDR/32 on a veth pair inside it, no route
+#    anywhere), with /etc/netns/$NETNS/hosts mapping the host name to it. The namespace must
+#    exist before the very first start: the datastore records the address it was initialised with.
 #  - pbs_mom ignores processes owned by root (qsig finds nothing to signal), so jobs are
 #    submitted as $TEST_USER, created here when missing.
 #  - `make install` does not make pbs_iff set-uid: build.sh does, or ordinary users cannot
@@ -20,12 +20,14 @@
 # Server settings changed from OpenPBS's defaults (none that the launcher's job scripts rely on):
 # scheduler_iteration 10 s (default 600: a job released from a dependency could wait 10
 # minutes), job_history_enable (so `qstat -x` shows finished jobs), mailer /bin/true (no MTA),
-# flatuid. For the ABCI 3.0 profile: queue rt_HF and the custom resource ngpus (type long,
-# host-level consumable), as ABCI defines them; PBS knows no ngpus by itself.
+# flatuid. For the cluster profiles' directives: ABCI 3.0's queue rt_HF (accepting jobs, never
+# starting them here) and the resource ngpus (type long, host-level consumable) that the generic
+# profile's GPU chunks ask for; OpenPBS does not define ngpus by itself.
 set -euo pipefail
 PBS_EXEC="${PBS_EXEC:-/opt/pbs}"
 NETNS="${PBS_NETNS:-pixpro-pbs}"
 ADDR="${PBS_NETNS_ADDR:-10.254.254.1}"
+IFACE=pbs0
 TEST_USER="${PBS_TEST_USER:-pbstest}"
 HOST="$(hostname | cut -d. -f1)"
 CONF=/etc/pbs.conf
@@ -40,7 +42,16 @@ if ! ip netns list | awk '{ print $1 }' | grep -qx -- "$NETNS"; then
 fi
 in_ns() { ip netns exec "$NETNS" "$@"; }
 in_ns ip link set lo up
-in_ns ip -4 addr show dev lo | grep -q "inet $ADDR/" || in_ns ip addr add "$ADDR/32" dev lo
+# The address sits on a veth pair whose two ends are both inside the namespace (no route in or
+# out): an ordinary interface, as a compute node has. On lo alone, Open MPI finds "no network
+# interfaces ... for out-of-band communications" (it skips loopback interfaces) and mpirun fails.
+if ! in_ns ip link show "$IFACE" >/dev/null 2>&1; then
+  in_ns ip link add "$IFACE" type veth peer name "${IFACE}p"
+fi
+in_ns ip link set "${IFACE}p" up
+in_ns ip link set "$IFACE" up
+in_ns ip -4 addr show dev "$IFACE" | grep -q "inet $ADDR/" || in_ns ip addr add "$ADDR/32" dev "$IFACE"
+if in_ns ip -4 addr show dev lo | grep -q "inet $ADDR/"; then in_ns ip addr del "$ADDR/32" dev lo; fi
 mkdir -p "/etc/netns/$NETNS"
 printf '127.0.0.1\tlocalhost\n%s\t%s\n' "$ADDR" "$HOST" >"/etc/netns/$NETNS/hosts.new"
 mv "/etc/netns/$NETNS/hosts.new" "/etc/netns/$NETNS/hosts"
@@ -86,8 +97,9 @@ in_ns "$PBS_EXEC/bin/qmgr" -c "list resource ngpus" >/dev/null 2>&1 || qmgr "cre
 if ! in_ns "$PBS_EXEC/bin/qstat" -Q rt_HF >/dev/null 2>&1; then
   qmgr "create queue rt_HF queue_type = execution"
 fi
+# Enabled (it accepts jobs) but not started (none runs): this node is no ABCI node.
 qmgr "set queue rt_HF enabled = true"
-qmgr "set queue rt_HF started = true"
+qmgr "set queue rt_HF started = false"
 
 # The node: created by the server on its first start; wait until the MOM reports it free.
 node_free() { in_ns "$PBS_EXEC/bin/pbsnodes" "$HOST" 2>/dev/null | grep -Eq '^ *state = (free|job-busy)$'; }
