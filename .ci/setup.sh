@@ -60,3 +60,13 @@ fi
 if ! "$PY" -c "import horovod.torch" 2>/dev/null; then
   bash "$ROOT/.ci/horovod/build.sh" "$VENV" "$CACHE/wheels"
 fi
+
+# --- Grid Engine and OpenPBS for the batch-scheduler tests (root only) --------------------
+# Debian's Grid Engine 8.1.9 (.ci/gridengine/install.sh) and OpenPBS built once from the pinned
+# source and cached under $CACHE (.ci/openpbs/build.sh, ~5 minutes the first time). Both are
+# quiet when already installed; the tests' fixtures start and stop the daemons
+# (.ci/gridengine/start.sh, .ci/openpbs/start.sh). Without root the tests skip and say why.
+if [[ $(id -u) == 0 ]]; then
+  bash "$ROOT/.ci/gridengine/install.sh" || say "warning: Grid Engine could not be installed; its tests will fail"
+  bash "$ROOT/.ci/openpbs/build.sh" "$CACHE" || say "warning: OpenPBS could not be built; its tests will fail"
+fi
