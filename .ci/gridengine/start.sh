@@ -28,7 +28,7 @@ log() { echo "[gridengine] $*" >&2; }
 [[ -x /usr/sbin/sge_qmaster && -d "$COMMON" ]] || { log "Grid Engine is not installed (run .ci/gridengine/install.sh)"; exit 3; }
 
 alive() { [[ -n "${1:-}" ]] && kill -0 "$1" 2>/dev/null; }
-pid_of() { [[ -r "$1" ]] && tr -dc '0-9' <"$1" || true; }
+pid_of() { if [[ -r "$1" ]]; then tr -dc '0-9' <"$1"; fi; }
 wait_for() {  # wait_for SECONDS DESCRIPTION COMMAND...
   local t="$1" what="$2"; shift 2
   local end=$((SECONDS + t))
@@ -181,13 +181,13 @@ h_vmem                INFINITY
 EOF
 add_or_modify q all.q "$work/all.q"
 
-execd_pidfile() { ls "$SPOOL"/execd/*/execd.pid 2>/dev/null | head -1 || true; }
+execd_pidfile() { find "$SPOOL/execd" -mindepth 2 -maxdepth 2 -name execd.pid 2>/dev/null | head -1; }
 execd_pid=""
 f="$(execd_pidfile)"; [[ -n "$f" ]] && execd_pid="$(pid_of "$f")"
 if ! alive "$execd_pid"; then
   rm -f "$SPOOL"/execd/*/execd.pid
   daemon /usr/sbin/sge_execd
-  wait_for 30 "sge_execd's pid file" bash -c "f=\$(ls $SPOOL/execd/*/execd.pid 2>/dev/null | head -1); [[ -s \$f ]] && kill -0 \$(cat \$f)"
+  wait_for 30 "sge_execd's pid file" bash -c "f=\$(find $SPOOL/execd -mindepth 2 -maxdepth 2 -name execd.pid | head -1); [[ -s \$f ]] && kill -0 \$(cat \$f)"
   execd_pid="$(pid_of "$(execd_pidfile)")"
   started+=(execd)
 fi

@@ -58,7 +58,10 @@ mv "/etc/netns/$NETNS/hosts.new" "/etc/netns/$NETNS/hosts"
 
 # --- configuration files ---------------------------------------------------------------------
 if [[ ! -f "$CONF" ]]; then
-  (cd / && "$PBS_EXEC/libexec/pbs_postinstall" server >/dev/null)
+  # (It also tries to register an init script with update-rc.d, which fails harmlessly here.)
+  if ! out="$(cd / && "$PBS_EXEC/libexec/pbs_postinstall" server 2>&1)" || [[ ! -f "$CONF" ]]; then
+    log "pbs_postinstall failed:"; echo "$out" >&2; exit 1
+  fi
 fi
 sed -i -E "s/^PBS_START_MOM=.*/PBS_START_MOM=1/; s/^PBS_SERVER=.*/PBS_SERVER=$HOST/" "$CONF"
 # shellcheck source=/dev/null
@@ -70,7 +73,7 @@ if ! id -u "$TEST_USER" >/dev/null 2>&1; then
 fi
 
 # --- daemons -----------------------------------------------------------------------------------
-pid_in() { [[ -r "$1" ]] && tr -dc '0-9' <"$1" || true; }
+pid_in() { if [[ -r "$1" ]]; then tr -dc '0-9' <"$1"; fi; }
 alive() { [[ -n "${1:-}" ]] && [[ -e "/proc/$1" ]] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; }
 locks=(server_priv/server.lock sched_priv/sched.lock mom_priv/mom.lock server_priv/comm.lock)
 started=0
