@@ -277,19 +277,46 @@ class Reference:
     startup_s: float
     step_s: float
 
-    def stop_margin_for(self, walltime_s: int, job_margin_s: int) -> int:
-        """``stop.margin_s`` that makes the trainer of a job stop at its deadline partway through.
+    def job_timing_estimate(self) -> "JobTiming":
+        """What a job probably takes: it reaches its first step later (the scheduler, the job
+        script, the supervisor; the first link also packs the synthetic world), about 1.3-2.5
+        times the reference's start-up on this machine."""
+        return JobTiming(startup_s=2.0 * self.startup_s, step_s=self.step_s)
+
+
+@dataclass
+class JobTiming:
+    """A job's start-up (from its first event to its first step) and its median step time."""
+    startup_s: float
+    step_s: float
+
+    def stop_margin_for(self, walltime_s: int, job_margin_s: int, fraction: float = 0.5) -> int:
+        """``stop.margin_s`` that makes a job's trainer stop at its deadline after about
+        ``fraction`` of the steps.
 
         The job script's deadline is ``walltime_s - job_margin_s`` after the job starts
-        (LAUNCHER_WALLTIME_S and LAUNCHER_MARGIN_S of the rendered script). A job reaches its
-        first step later than the reference run (the scheduler, the job script, the supervisor;
-        the first link also packs the synthetic world): about 1.5-2.5 times the reference's
-        start-up. The trainer is told to stop 2 x start-up + half the steps after the job starts:
-        the first link then stops partway and later ones resume it (a link that starts too slowly
-        stops at once without a new checkpoint, and the next one tries again)."""
-        stop_after = 2.0 * self.startup_s + 0.5 * TOTAL_STEPS * self.step_s
-        # The trainer stops when time left < 1.5 x (step + checkpoint) + margin.
+        (LAUNCHER_WALLTIME_S and LAUNCHER_MARGIN_S of the rendered script); the trainer stops when
+        the time left is below 1.5 x (step + checkpoint) + its margin. On a busy machine a link
+        may start too late to run a step: it stops at once without a new checkpoint and the next
+        link tries again; what must not happen is a first link finishing before its deadline."""
+        stop_after = self.startup_s + fraction * TOTAL_STEPS * self.step_s
         return max(0, int(walltime_s - job_margin_s - stop_after - 1.5 * (self.step_s + 0.5)))
+
+
+def job_timing(run_dir: Path) -> Optional[JobTiming]:
+    """The first job's timing in a run directory: from its "start restart=0" event to its first
+    step, and the median interval between consecutive steps of the run."""
+    import calendar
+    import statistics
+    first = next((e for e in events(run_dir) if len(e) >= 4 and e[3].startswith("start restart=0")), None)
+    times = _log_times(run_dir / "logs" / "train.log")
+    if first is None or 1 not in times:
+        return None
+    started = calendar.timegm(time.strptime(first[0], "%Y-%m-%dT%H:%M:%SZ"))
+    gaps = [times[s + 1] - times[s] for s in times if s + 1 in times]
+    if not gaps:
+        return None
+    return JobTiming(startup_s=times[1] - started, step_s=statistics.median(gaps))
 
 
 def script_times(script: str) -> Dict[str, int]:

@@ -28,10 +28,11 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (TOTAL_STEPS, TRAIN_ARGS, assert_same_weights, checkpoint_steps,  # noqa: E402
-                            deadline_stops, dump_run, event_texts, job_ids, job_kinds, metrics_step,
+                            deadline_stops, dump_run, job_timing, event_texts, job_ids, job_kinds, metrics_step,
                             openpbs, reference_run, script_times, user_dir, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
+TIMING = {}  # "job": JobTiming of the cancel test's first job
 
 # The generic pbs profile, sized for this node (2 cores instead of 32: select=1:ncpus=2:mpiprocs=2).
 PROFILE = """name = "pbs-one-node"
@@ -107,6 +108,49 @@ def show(pbs, run_dir):
     return dump_run(run_dir, pbs.qcmd("qstat", "-x", "-f", check=False).stdout[-4000:])
 
 
+def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, home):
+    run_dir = home / "cancel"
+    (job_id,) = submit(pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00")
+    try:
+        wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
+        # launcher cancel: the stopped marker, then qdel: SIGTERM to every process of the job
+        # (the login shell dies, the job script and the supervisor under it trap it), SIGKILL
+        # after the queue's kill_delay (10 s by default).
+        out = launcher(pbs, home, "cancel", str(run_dir))
+        assert out.returncode == 0, out.stderr
+        assert "qdel" in out.stderr
+        wait_for(lambda: state(pbs, job_id) == "F", 90, "the cancelled job to end")
+    except AssertionError:
+        print(show(pbs, run_dir))
+        raise
+    texts = event_texts(run_dir)
+    print("pbs cancel: events:\n" + "\n".join(texts))
+    # How long a job takes here now to start and to step: the chain test, next, sets its
+    # deadline from this.
+    TIMING["job"] = job_timing(run_dir)
+    stopped_at = metrics_step(run_dir)
+    assert 3 <= stopped_at < TOTAL_STEPS
+    assert any(t.startswith("checkpointed; the run was stopped (cancelled by the user)") for t in texts), texts
+    assert checkpoint_steps(run_dir)[-1] == stopped_at, "qdel's SIGTERM led to a checkpoint at the last step"
+    assert "launcher: received SIGTERM" in (run_dir / "logs" / "run.log").read_text()
+    assert job_kinds(run_dir) == ["submit"], "no link after the cancel"
+    status = launcher(pbs, home, "status", str(run_dir), "--min-interval", "0")
+    assert status.returncode == 0 and "stopped: cancelled by the user" in status.stdout, status.stdout
+
+    out = launcher(pbs, home, "resume", str(run_dir))
+    assert out.returncode == 0, out.stderr
+    (resumed,) = out.stdout.split()
+    try:
+        wait_until_done(run_dir, 300, "the resumed run to finish")
+        wait_for(lambda: state(pbs, resumed) == "F", 60, "the resumed job to end")
+    except AssertionError:
+        print(show(pbs, run_dir))
+        raise
+    assert pbs.job_attrs(resumed)["Exit_status"] == 0
+    assert metrics_steps(run_dir) == list(range(1, TOTAL_STEPS + 1)), "steps lost or repeated"
+    assert_same_weights(run_dir, reference, "qdel and launcher resume")
+
+
 def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weights(pbs, reference, home):
     run_dir = home / "chain"
     # As for Grid Engine: a 4-minute walltime, the trainer's own margin chosen from the reference
@@ -114,7 +158,10 @@ def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weigh
     rendered = launcher(pbs, home, "render", *job_args(home, "pbs-chain", run_dir, "--walltime", "00:04:00"))
     assert rendered.returncode == 0, rendered.stderr
     times = script_times(rendered.stdout)
-    margin = reference.stop_margin_for(times["LAUNCHER_WALLTIME_S"], times["LAUNCHER_MARGIN_S"])
+    # The first job of the cancel test (run just before) is the best guess of how long this
+    # link takes to start and step; the reference run's timing is the fallback.
+    timing = TIMING.get("job") or reference.job_timing_estimate()
+    margin = timing.stop_margin_for(times["LAUNCHER_WALLTIME_S"], times["LAUNCHER_MARGIN_S"])
     t0 = time.time()
     ids = submit(pbs, home, "pbs-chain", run_dir, "--walltime", "00:04:00", "--chain", "2",
                  "--max-timeouts", "100", extra=[f"stop.margin_s={margin}"])
@@ -130,7 +177,8 @@ def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weigh
         raise
     texts = event_texts(run_dir)
     links = [t for t in texts if t.startswith("start restart=")]
-    print(f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
+    print(f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, stop.margin_s={margin} ({timing}), "
+          f"deadline stops at steps "
           f"{deadline_stops(run_dir)}; events:\n" + "\n".join(texts))
     assert any(0 < s < TOTAL_STEPS for s in deadline_stops(run_dir)), texts
     assert "chain: link 1 is already queued" in texts
@@ -179,46 +227,6 @@ def test_pbs_qsig_int_checkpoints_at_the_current_step_and_continues_the_chain(pb
                      "signal (stop.signals = SIGUSR2, SIGTERM): the ranks die of KeyboardInterrupt, the "
                      "supervisor turns that into exit 75, and the steps since the last checkpoint are lost")
     assert checkpoint_steps(run_dir)[-1] == metrics_step(run_dir), texts
-
-
-def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, home):
-    run_dir = home / "cancel"
-    (job_id,) = submit(pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00")
-    try:
-        wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
-        # launcher cancel: the stopped marker, then qdel: SIGTERM to every process of the job
-        # (the login shell dies, the job script and the supervisor under it trap it), SIGKILL
-        # after the queue's kill_delay (10 s by default).
-        out = launcher(pbs, home, "cancel", str(run_dir))
-        assert out.returncode == 0, out.stderr
-        assert "qdel" in out.stderr
-        wait_for(lambda: state(pbs, job_id) == "F", 90, "the cancelled job to end")
-    except AssertionError:
-        print(show(pbs, run_dir))
-        raise
-    texts = event_texts(run_dir)
-    print("pbs cancel: events:\n" + "\n".join(texts))
-    stopped_at = metrics_step(run_dir)
-    assert 3 <= stopped_at < TOTAL_STEPS
-    assert any(t.startswith("checkpointed; the run was stopped (cancelled by the user)") for t in texts), texts
-    assert checkpoint_steps(run_dir)[-1] == stopped_at, "qdel's SIGTERM led to a checkpoint at the last step"
-    assert "launcher: received SIGTERM" in (run_dir / "logs" / "run.log").read_text()
-    assert job_kinds(run_dir) == ["submit"], "no link after the cancel"
-    status = launcher(pbs, home, "status", str(run_dir), "--min-interval", "0")
-    assert status.returncode == 0 and "stopped: cancelled by the user" in status.stdout, status.stdout
-
-    out = launcher(pbs, home, "resume", str(run_dir))
-    assert out.returncode == 0, out.stderr
-    (resumed,) = out.stdout.split()
-    try:
-        wait_until_done(run_dir, 300, "the resumed run to finish")
-        wait_for(lambda: state(pbs, resumed) == "F", 60, "the resumed job to end")
-    except AssertionError:
-        print(show(pbs, run_dir))
-        raise
-    assert pbs.job_attrs(resumed)["Exit_status"] == 0
-    assert metrics_steps(run_dir) == list(range(1, TOTAL_STEPS + 1)), "steps lost or repeated"
-    assert_same_weights(run_dir, reference, "qdel and launcher resume")
 
 
 @pytest.mark.parametrize("profile_args, expect", [
