@@ -20,6 +20,11 @@ checkpoint, and exit 1. Under this supervisor:
 - The supervisor is a child subreaper: if the launcher dies (``horovodrun`` becomes a shell that
   SIGTERM kills), the MPI launcher and ranks it leaves behind are adopted, stopped the same way
   and waited for, so no process outlives the supervisor.
+- A launcher that exits on its own (no stop requested, not killed by a shielded signal) may leave
+  processes behind: ``mpirun`` under SLURM starts its remote daemons with ``srun``, and when a node
+  dies that ``srun`` waits for the dead node until SLURM declares it down (``SlurmdTimeout``,
+  300 s by default). They get ``LEFTOVER_GRACE_S`` to end, then SIGTERM, then SIGKILL, so a dead
+  node ends the job in seconds instead of hanging it.
 - Exit code: the command's, except that after a stop request any non-zero exit becomes 75
   (``EX_TEMPFAIL``: the run continues from its newest valid checkpoint; the trainer only ever
   replaces a checkpoint by a complete newer one).
@@ -40,6 +45,7 @@ SHIELDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "srun")
 WRAPPERS = ("horovodrun", "sh", "bash", "dash")
 POLL_S = 0.25
+LEFTOVER_GRACE_S = 3.0  # after the launcher exited on its own: time its leftovers get to end
 
 
 def _proc_table() -> Dict[int, tuple]:
@@ -148,6 +154,7 @@ class Supervisor:
         self.pid = 0
         self.alive: set = set()
         self.codes: Dict[int, int] = {}
+        self.ended: set = set()  # leftovers this supervisor signalled itself
 
     def say(self, text: str) -> None:
         if self.verbose:
@@ -191,6 +198,28 @@ class Supervisor:
             if pid == self.pid and code < 0 and -code in SHIELDED and self.stop_reason is None:
                 self.stop_reason = f"{signal.Signals(-code).name} to {os.path.basename(self.argv[0])}"
 
+    def _launcher_left_on_its_own(self) -> bool:
+        code = self.codes.get(self.pid)
+        return (self.stop_reason is None and code is not None
+                and not (code > 128 and code - 128 in SHIELDED))
+
+    def _end_leftovers(self, sig: int) -> None:
+        """Send ``sig`` to every process still alive below this supervisor."""
+        table = _proc_table()
+        pids = []
+        for root in sorted(self.alive):
+            pids += [p for p in [root] + _descendants(root, table) if p not in pids]
+        if sig == signal.SIGTERM and pids:
+            names = ", ".join(f"{_base(table[p][2]) or table[p][1]} (pid {p})" for p in pids if p in table)
+            self.say(f"{os.path.basename(self.argv[0])} exited {self.codes.get(self.pid)} and left "
+                     f"{len(pids)} process(es) running after {LEFTOVER_GRACE_S:.0f} s: ending {names}")
+        for p in pids:
+            try:
+                os.kill(p, sig)
+            except ProcessLookupError:
+                pass
+        self.ended.update(pids)
+
     def _adopted(self) -> None:
         """Orphans reparented to this process (it is a child subreaper) are waited for too."""
         me = os.getpid()
@@ -214,11 +243,21 @@ class Supervisor:
             return 126
         self.alive = {self.pid}
         self.codes: Dict[int, int] = {}
+        left_at: Optional[float] = None
+        terminated = False
         while self.alive:
             time.sleep(POLL_S)
             self._reap()
             if self.pid not in self.alive:
                 self._adopted()  # a launcher that died may have left ranks or daemons behind
+                if self._launcher_left_on_its_own() and self.alive:
+                    now = time.monotonic()
+                    left_at = now if left_at is None else left_at
+                    if not terminated and now - left_at >= LEFTOVER_GRACE_S:
+                        self._end_leftovers(signal.SIGTERM)
+                        terminated = True
+                    elif terminated and now - left_at >= 2 * LEFTOVER_GRACE_S:
+                        self._end_leftovers(signal.SIGKILL)
             if self.stop_reason is None and self.shield and self.pid in self.alive:
                 pending = signal_pending(self.pid, SHIELDED)
                 if pending is not None:
@@ -228,7 +267,7 @@ class Supervisor:
         rc = self.codes.get(self.pid, 1)
         if rc == 0 or (rc > 128 and rc - 128 in SHIELDED):
             # The launcher died of its signal and left its MPI launcher to finish: that one's code counts.
-            rc = max((c for p, c in self.codes.items() if p != self.pid), default=rc) or rc
+            rc = max((c for p, c in self.codes.items() if p != self.pid and p not in self.ended), default=rc) or rc
         if self.stop_reason is not None and rc != 0:
             self.say(f"{os.path.basename(self.argv[0])} exited {rc} after {self.stop_reason}: exit {EXIT_RESUME} "
                      f"(resume from the newest checkpoint)")

@@ -107,6 +107,22 @@ def test_exit_codes_pass_through_without_a_stop(mpi_env, tmp_path):
     assert missing.returncode == 127 and "no-such-launcher: command not found" in missing.stderr
 
 
+def test_leftovers_of_a_launcher_that_exited_on_its_own_are_ended(mpi_env, tmp_path):
+    """mpirun under SLURM leaves the srun of a dead node's daemon behind, and that srun waits for
+    SLURM to declare the node down (minutes): the supervisor ends such leftovers after a grace
+    period and returns the launcher's own code (tests/test_twonode.py kills a real node)."""
+    script = "sleep 300 & echo $! > leftover.pid; exit 3"
+    t0 = time.time()
+    r = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", "bash", "-c", script],
+                       env=_env(mpi_env), cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    took = time.time() - t0
+    assert r.returncode == 3, r.stderr
+    assert took < supervise.LEFTOVER_GRACE_S + 10, took
+    assert "bash exited 3 and left 1 process(es) running" in r.stderr and "sleep (pid" in r.stderr
+    pid = int((tmp_path / "leftover.pid").read_text())
+    assert not os.path.exists(f"/proc/{pid}"), "the leftover process still runs"
+
+
 def test_the_shield_blocks_sigterm_in_the_launcher_only(mpi_env, tmp_path):
     """The launcher starts with SIGTERM blocked; the ranks Open MPI starts have it unblocked."""
     script = ("import signal; b = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
