@@ -134,6 +134,28 @@ launcher_run() {
     return "$launcher_rc"
 }
 
+# After a failure: the job's hosts that do not run `hostname` within 10 s (a node that died), so
+# the failure line names them and the clean-up does not wait for them. One probe per host.
+launcher_silent_nodes() {
+    local host got silent="" n=0 i
+    local -a hosts=() pids=()
+    local dir
+    dir=$(mktemp -d "$RUN_DIR/job/.probe.XXXXXX") || return 0
+    while read -r host _; do
+        hosts+=("$host")
+        n=$((n + 1))
+        timeout 10 srun --nodes=1 --ntasks=1 --nodelist="$host" hostname >"$dir/$n" 2>/dev/null &
+        pids+=($!)
+    done <"$LAUNCHER_HOSTFILE"
+    wait "${pids[@]}" 2>/dev/null
+    for ((i = 0; i < n; i++)); do
+        got=$(head -n1 "$dir/$((i + 1))" 2>/dev/null)
+        [ "${got%%.*}" = "${hosts[$i]%%.*}" ] || silent+="${silent:+ }${hosts[$i]}"
+    done
+    rm -rf -- "$dir"
+    printf '%s' "$silent"
+}
+
 # One process per node (staging, torchrun).
 launcher_per_node=(srun --nodes="$LAUNCHER_NNODES" --ntasks-per-node=1 --ntasks="$LAUNCHER_NNODES" --kill-on-bad-exit=1)
 
@@ -144,7 +166,11 @@ launcher_per_node=(srun --nodes="$LAUNCHER_NNODES" --ntasks-per-node=1 --ntasks=
 LAUNCHER_DATA_DIR="$LAUNCHER_LOCALDIR/golden-slurm-chain-$LAUNCHER_JOB_ID"
 # shellcheck disable=SC2317  # called from the EXIT trap
 launcher_unstage() {
-    timeout 120 "${launcher_per_node[@]}" rm -rf -- "$LAUNCHER_DATA_DIR" >/dev/null 2>&1 || true
+    # A node that died never answers (its copy went with it): the others' copies are removed at
+    # once, so do not wait long for it.
+    local limit=120
+    [ -z "${LAUNCHER_SILENT_NODES:-}" ] || limit=10
+    timeout "$limit" "${launcher_per_node[@]}" rm -rf -- "$LAUNCHER_DATA_DIR" >/dev/null 2>&1 || true
     rm -rf -- "$LAUNCHER_DATA_DIR"
 }
 trap launcher_unstage EXIT
@@ -248,7 +274,8 @@ case "$launcher_rc" in
         exit 0
         ;;
     *)
-        launcher_event "fail: trainer exited $launcher_rc"
+        LAUNCHER_SILENT_NODES=$(launcher_silent_nodes)
+        launcher_event "fail: trainer exited $launcher_rc${LAUNCHER_SILENT_NODES:+; no answer from $LAUNCHER_SILENT_NODES within 10 s (node down?)}"
         echo "trainer exited $launcher_rc in job $LAUNCHER_JOB_ID" >"$RUN_DIR/job/stopped"
         exit "$launcher_rc"
         ;;
