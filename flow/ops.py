@@ -194,7 +194,7 @@ def full_flow_to_shard(flow: torch.Tensor) -> torch.Tensor:
 
 
 def chain_flows(flows: torch.Tensor) -> torch.Tensor:
-    """Compose ``n`` adjacent flows into one: t → t+n (seed-system.md §2.5, ``concat_flow``).
+    """Compose ``n`` adjacent flows into one: t → t+n (docs/original-system.md §2.5, ``concat_flow``).
 
     ``p ← grid; for s in 0..n-1: p ← p + bilinear(flows[:, s], at p); return p − grid``, with
     ``grid_sample(align_corners=True, padding_mode="zeros")``: a point that leaves the frame reads
@@ -244,7 +244,7 @@ def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alp
 
     With ``b̂(x) = bilinear(bwd, at x + fwd(x))`` (zeros outside the frame):
 
-    - ``mode="seed"`` — exactly the seed's ``forward_backward_consistency`` (seed-system.md §2.6):
+    - ``mode="seed"`` — exactly the seed's ``forward_backward_consistency`` (docs/original-system.md §2.6):
       flows are normalised to [-1, 1] units (``u·2/(W-1)``, ``v·2/(H-1)``); valid iff the target is
       strictly inside (``|x_n| < 1`` and ``|y_n| < 1``, so a target exactly on the border row or
       column is rejected, as in the seed) and

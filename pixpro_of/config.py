@@ -1,7 +1,7 @@
 """The training configuration: typed sections, YAML presets and ``key=value`` overrides.
 
 A config is one :class:`TrainConfig` built from the dataclass defaults (the seed's values,
-seed-system.md §2), then a YAML file (a path or the name of a preset shipped in
+docs/original-system.md §2), then a YAML file (a path or the name of a preset shipped in
 ``pixpro_of.configs``), then command-line overrides such as ``optim.base_lr=0.5``.
 Every value is type-checked and range-checked; a mistake raises :class:`UserError` with a
 one-line message naming the key (and the file or override it came from).

@@ -1,4 +1,4 @@
-"""Positive cell pairs between two views from crop boxes, flips and flow (seed-system.md §2.4–2.7).
+"""Positive cell pairs between two views from crop boxes, flips and flow (docs/original-system.md §2.4–2.7).
 
 Everything lives in original-frame pixel coordinates (pixel centres at integers, ARCHITECTURE.md):
 

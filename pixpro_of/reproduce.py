@@ -1,6 +1,6 @@
 """``python -m pixpro_of reproduce --out DIR``: the mini-reproduction on the synthetic world (``make reproduce``).
 
-The seed's results table (seed-system.md §3) compares, by frozen-backbone Cityscapes mIoU,
+The seed's results table (docs/original-system.md §3) compares, by frozen-backbone Cityscapes mIoU,
 PixPro on BDD100K with k = 1 (53.0), PixPro + optical flow with k = 6 (53.4) and the k = 2
 ablation without / with the forward-backward mask (48.37 / 48.71). This command reruns that
 comparison in miniature on the synthetic world, on CPUs:
@@ -55,7 +55,7 @@ class Row:
     label: str
     k: Optional[int]
     mask: Optional[str]  # data.mask: none | seed (the seed's FB check) | unflow
-    seed_miou: Optional[float]  # the seed's reported mIoU on real Cityscapes (seed-system.md §3)
+    seed_miou: Optional[float]  # the seed's reported mIoU on real Cityscapes (docs/original-system.md §3)
 
 
 ROWS: Dict[str, Row] = {r.name: r for r in (

@@ -114,7 +114,7 @@ def test_fb_mask_out_of_frame_targets_always_invalid(mode):
 
 
 def test_seed_mode_threshold_matches_documented_arithmetic():
-    # seed-system.md 2.6: at 720x1280, static points allow ~11.8 px cycle error in x and ~6.6 px in y.
+    # docs/original-system.md 2.6: at 720x1280, static points allow ~11.8 px cycle error in x and ~6.6 px in y.
     h, w = 720, 1280
     allowed_x = (w - 1) / 2 * math.sqrt(0.5 / math.hypot(h, w))
     allowed_y = (h - 1) / 2 * math.sqrt(0.5 / math.hypot(h, w))
@@ -230,7 +230,7 @@ def test_endpoint_error_with_and_without_mask():
 
 
 def _seed_reference(flows, fwd, bwd, alpha1=0.01, alpha2=0.5):
-    """The seed's chain and mask, written directly from the formulas in seed-system.md 2.5 and 2.6."""
+    """The seed's chain and mask, written directly from the formulas in docs/original-system.md 2.5 and 2.6."""
     import torch.nn.functional as F
 
     def to_unit(c, h, w):  # pixel positions -> [-1, 1]

@@ -1,4 +1,4 @@
-"""The seed's two BYOL view augmentations (seed-system.md §2.4), with the crop box and flip kept.
+"""The seed's two BYOL view augmentations (docs/original-system.md §2.4), with the crop box and flip kept.
 
 Split in two halves so the pixel work can move to the GPU unchanged:
 

@@ -1,4 +1,4 @@
-"""Flow estimated on the fly for a batch of clips (the seed's no-storage mode, seed-system.md §2.5).
+"""Flow estimated on the fly for a batch of clips (the seed's no-storage mode, docs/original-system.md §2.5).
 
 Instead of reading the precomputed flows from the shards, the trainer reads every frame of each
 clip (``ShardClipDataset(all_frames=True, flows=False)``), builds the views in the DataLoader

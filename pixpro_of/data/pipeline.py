@@ -49,7 +49,7 @@ from pixpro_of.positives import FLOW_RESOLUTIONS, MASK_MODES, POSITIVE_RULES, Po
 
 @dataclass
 class SampleConfig:
-    """Sample settings; defaults are the seed's (seed-system.md §2.4–2.8)."""
+    """Sample settings; defaults are the seed's (docs/original-system.md §2.4–2.8)."""
 
     image_size: int = 224  # side S of both views (--image-size)
     crop_scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (--crop)

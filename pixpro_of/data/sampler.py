@@ -3,7 +3,7 @@
 ``ClipSampler(dataset, seed, epoch, rank=0, world_size=1, start=0, num_samples=None)`` yields
 ``(video_index, t)`` tuples for :class:`pixpro_of.data.shards.ShardClipDataset`:
 
-- An epoch is one clip per video (the seed's definition, seed-system.md §2.3).
+- An epoch is one clip per video (the seed's definition, docs/original-system.md §2.3).
 - The video order is a permutation drawn from ``(seed, epoch)`` only.
 - ``t`` is drawn uniformly from ``[0, num_frames - k]`` by a generator seeded with
   ``(seed, epoch, crc32(video name))``, so it does not depend on rank, world size or order.

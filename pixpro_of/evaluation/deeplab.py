@@ -1,6 +1,6 @@
 """Frozen ResNet backbone and the segmentation heads (DeepLabV3 with ASPP, or a linear probe).
 
-The seed's transfer model (seed-system.md §3; detectron2 ``projects/DeepLab``,
+The seed's transfer model (docs/original-system.md §3; detectron2 ``projects/DeepLab``,
 ``deeplab_v3_R_50_myencoder_mg124_poly_40k_bs8`` with ``--no_finetune``):
 
 * Backbone: the whole ResNet frozen (``FREEZE_AT = 5``, BN as FrozenBN: running statistics, never

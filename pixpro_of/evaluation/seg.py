@@ -2,7 +2,7 @@
 
 Trains a DeepLabV3 head (or a linear probe) on ``train`` with the backbone frozen, then scores the
 whole ``val`` split with cityscapesScripts' 19-class mIoU (:mod:`pixpro_of.evaluation.miou`).
-Defaults are the seed's (seed-system.md §3): 40k iterations, batch 8, crop 512x1024, SGD lr 0.01
+Defaults are the seed's (docs/original-system.md §3): 40k iterations, batch 8, crop 512x1024, SGD lr 0.01
 momentum 0.9 weight decay 1e-4 (0 on norm parameters, detectron2's ``WEIGHT_DECAY_NORM``),
 ``WarmupPolyLR`` (linear warmup over 1000 iterations from factor 0.001, then power 0.9), random
 scale 0.5–2.0, crop and flip; test at full resolution.

@@ -3,7 +3,7 @@
 Shapes: input ``[B, 3, S, S]`` → C5 ``[B, C5, ceil(S/32), ceil(S/32)]`` (7×7 at S = 224), with
 ``C5 = 2048`` for ResNet-50 and ``512`` for ResNet-18/34.
 
-Initialisation follows the seed (seed-system.md §2.1): convolutions ``N(0, sqrt(2 / (k·k·out)))``
+Initialisation follows the seed (docs/original-system.md §2.1): convolutions ``N(0, sqrt(2 / (k·k·out)))``
 (Kaiming normal, fan-out), BN γ = 1 and β = 0, and the last BN of every residual block zero-initialised
 (torchvision's ``zero_init_residual=True``: ``bn3`` of a Bottleneck, ``bn2`` of a BasicBlock).
 """

@@ -126,7 +126,7 @@ class Projector(nn.Module):
 
 
 class PixelPropagation(nn.Module):
-    """Pixel propagation module (PPM; seed ``featprop``), seed-system.md §2.1.
+    """Pixel propagation module (PPM; seed ``featprop``), docs/original-system.md §2.1.
 
     For a projected map ``z [B, C, H, W]``:
 

@@ -1,4 +1,4 @@
-"""PixPro with a momentum branch (seed-system.md §2.1), taking precomputed positive-pair masks.
+"""PixPro with a momentum branch (docs/original-system.md §2.1), taking precomputed positive-pair masks.
 
 One training step, in the seed's order::
 
@@ -7,7 +7,7 @@ One training step, in the seed's order::
     loss.backward(); optimizer.step()
 
 ``step`` is the global iteration counter, which the trainer stores in checkpoints (the seed kept it
-outside the state dict and restarted it at every resume, seed-system.md §4.3; fixed here).
+outside the state dict and restarted it at every resume, docs/original-system.md §4.3; fixed here).
 
 Shapes: ``view1``, ``view2`` ``[B, 3, S, S]`` normalised images; ``pos12``, ``pos21`` bool
 ``[B, F·F, F·F]`` with ``F = c5_size(S)`` (7 at 224). ``pos12[b, i, j]`` says cell i of view 1 and
@@ -32,7 +32,7 @@ from pixpro_of.model.heads import PixelPropagation, Projector
 
 @dataclass
 class ModelConfig:
-    """Model settings; defaults are the seed's (seed-system.md §2.1, §2.8)."""
+    """Model settings; defaults are the seed's (docs/original-system.md §2.1, §2.8)."""
 
     arch: str = "resnet50"  # resnet18 / resnet34 / resnet50 (torchvision); C5 map 7x7 at 224
     proj_hidden: int = 4096  # projector hidden width

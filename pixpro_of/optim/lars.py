@@ -1,4 +1,4 @@
-"""LARS with the seed's semantics (seed-system.md §2.2; the seed wrapped ``SGD(momentum=0.9)``).
+"""LARS with the seed's semantics (docs/original-system.md §2.2; the seed wrapped ``SGD(momentum=0.9)``).
 
 For each parameter ``p`` with gradient ``g`` in a group with ``lars_exclude=False``::
 

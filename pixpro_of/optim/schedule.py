@@ -1,4 +1,4 @@
-"""Learning-rate schedule of the seed (seed-system.md §2.2), stepped once per iteration.
+"""Learning-rate schedule of the seed (docs/original-system.md §2.2), stepped once per iteration.
 
 ``lr(it)`` for ``it`` = number of ``scheduler.step()`` calls so far:
 

@@ -247,7 +247,7 @@ class EpochBatches(torch.utils.data.Sampler):
 
 def _seed_worker(seed: int, epoch: int, rank: int, worker_id: int) -> None:
     # Samples draw from their own generator; this only keeps library code that touches the
-    # global RNGs from repeating the same numbers in every worker (seed-system.md §4, bug 9).
+    # global RNGs from repeating the same numbers in every worker (docs/original-system.md §4, bug 9).
     s = np.random.SeedSequence([seed, epoch, rank, worker_id]).generate_state(2)
     np.random.seed(int(s[0]))
     random.seed(int(s[1]))

@@ -8,7 +8,7 @@ the same with ``purge_step``.
 With ``wandb`` = ``offline`` or ``online`` (optional package) the rows also go to a wandb run
 kept in ``RUN_DIR/wandb`` (:func:`start_wandb`).
 
-Keys follow the seed (seed-system.md §1.3): ``loss``, ``loss/plus`` (loss + 4), ``lr``,
+Keys follow the seed (docs/original-system.md §1.3): ``loss``, ``loss/plus`` (loss + 4), ``lr``,
 ``momentum``, ``positive_pair/...``, ``mask_ratio...``, plus the time split ``time/data``
 (seconds waiting for the batch), ``time/compute`` (forward, backward, optimizer step) and
 ``time/step``.

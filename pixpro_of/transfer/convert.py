@@ -1,6 +1,6 @@
 """``python -m pixpro_of convert CKPT --to {detectron2,torchvision} OUT``: export the online encoder.
 
-detectron2 (``.pkl``; seed-system.md §3, ``convert_pretrain_to_d2.py``): a pickle of
+detectron2 (``.pkl``; docs/original-system.md §3, ``convert_pretrain_to_d2.py``): a pickle of
 ``{"model": {d2 key: numpy array}, "__author__": "PixPro", "matching_heuristics": True}`` with keys
 
     conv1.weight                     -> stem.conv1.weight

@@ -6,7 +6,7 @@ Accepted inputs (all read with ``torch.load(..., weights_only=True)``; the seed'
 * a ``pixpro_of`` training checkpoint: ``{"model": PixPro.state_dict(), "step", "epoch", ...}``
   with the online encoder under ``encoder.*`` (``encoder_k``, ``projector``, ``projector_k`` and
   ``ppm`` are dropped);
-* the seed's checkpoints (seed-system.md §1.4): ``{"opt", "model": DDP state dict, ...}`` with the
+* the seed's checkpoints (docs/original-system.md §1.4): ``{"opt", "model": DDP state dict, ...}`` with the
   encoder under ``module.encoder.*``;
 * a run directory: its newest valid checkpoint (as the trainer resumes), or the seed's
   ``current.pth``;
