@@ -27,12 +27,12 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_clusters import (TOTAL_STEPS, TRAIN_ARGS, assert_same_weights, checkpoint_steps,  # noqa: E402
-                            deadline_stops, dump_run, job_timing, event_texts, job_ids, job_kinds, metrics_step,
-                            openpbs, reference_run, script_times, user_dir, wait_for, wait_until_done)
+from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
+                            assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
+                            events, job_ids, job_kinds, metrics_step, openpbs, reference_run,
+                            stall_first_link_into_its_deadline, user_dir, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
-TIMING = {}  # "job": JobTiming of the cancel test's first job
 
 # The generic pbs profile, sized for this node (2 cores instead of 32: select=1:ncpus=2:mpiprocs=2).
 PROFILE = """name = "pbs-one-node"
@@ -125,9 +125,6 @@ def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, h
         raise
     texts = event_texts(run_dir)
     print("pbs cancel: events:\n" + "\n".join(texts))
-    # How long a job takes here now to start and to step: the chain test, next, sets its
-    # deadline from this.
-    TIMING["job"] = job_timing(run_dir)
     stopped_at = metrics_step(run_dir)
     assert 3 <= stopped_at < TOTAL_STEPS
     assert any(t.startswith("checkpointed; the run was stopped (cancelled by the user)") for t in texts), texts
@@ -151,24 +148,28 @@ def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, h
     assert_same_weights(run_dir, reference, "qdel and launcher resume")
 
 
-def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weights(pbs, reference, home):
+def test_pbs_afterany_chain_through_a_deadline_stop_ends_with_uninterrupted_weights(pbs, reference, home):
     run_dir = home / "chain"
-    # As for Grid Engine: a 4-minute walltime, the trainer's own margin chosen from the reference
-    # run so that the job's deadline stops it partway.
-    rendered = launcher(pbs, home, "render", *job_args(home, "pbs-chain", run_dir, "--walltime", "00:04:00"))
-    assert rendered.returncode == 0, rendered.stderr
-    times = script_times(rendered.stdout)
-    # The first job of the cancel test (run just before) is the best guess of how long this
-    # link takes to start and step; the reference run's timing is the fallback.
-    timing = TIMING.get("job") or reference.job_timing_estimate()
-    margin = timing.stop_margin_for(times["LAUNCHER_WALLTIME_S"], times["LAUNCHER_MARGIN_S"])
+    # As for Grid Engine: two links, the second with -W depend=afterany on the first, which stops
+    # at its deadline partway. Here PBS itself suspends the first link (qsig -s suspend: SIGSTOP
+    # to every process of the job) until its deadline is near and resumes it.
     t0 = time.time()
-    ids = submit(pbs, home, "pbs-chain", run_dir, "--walltime", "00:04:00", "--chain", "2",
-                 "--max-timeouts", "100", extra=[f"stop.margin_s={margin}"])
+    ids = submit(pbs, home, "pbs-chain", run_dir, "--walltime", CHAIN_WALLTIME, "--chain", "2",
+                 "--max-timeouts", "50", extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"])
     assert len(ids) == 2
     second = pbs.job_attrs(ids[1])
     assert second["depend"].startswith(f"afterany:{ids[0]}"), second["depend"]
+    assert second["job_state"] == "H"
+
+    def suspend():
+        pbs.qcmd("qsig", "-s", "suspend", ids[0])
+        wait_for(lambda: state(pbs, ids[0]) == "S", 30, "the first link to be suspended")
+
+    def resume():
+        pbs.qcmd("qsig", "-s", "resume", ids[0])
+
     try:
+        how = stall_first_link_into_its_deadline(run_dir, suspend, resume)
         wait_until_done(run_dir, 600, "the chain to finish the run")
         wait_for(lambda: all(state(pbs, i) == "F" for i in job_ids(run_dir, "pbs")), 60,
                  "every job of the chain to finish")
@@ -177,11 +178,13 @@ def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weigh
         raise
     texts = event_texts(run_dir)
     links = [t for t in texts if t.startswith("start restart=")]
-    print(f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, stop.margin_s={margin} ({timing}), "
-          f"deadline stops at steps "
-          f"{deadline_stops(run_dir)}; events:\n" + "\n".join(texts))
-    assert any(0 < s < TOTAL_STEPS for s in deadline_stops(run_dir)), texts
-    assert "chain: link 1 is already queued" in texts
+    print(f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
+          f"{deadline_stops(run_dir)}; {how}; events:\n" + "\n".join(texts))
+    stops = [s for s in deadline_stops(run_dir) if 0 < s < TOTAL_STEPS]
+    assert stops, texts
+    assert f"resumed from step {stops[0]} " in (run_dir / "logs" / "train.log").read_text()
+    first = [e[3] for e in events(run_dir) if e[2] == "0"]
+    assert first[-1] == "chain: link 1 is already queued", first
     assert len(links) >= 2 and texts[-1] == "finished"
     assert metrics_steps(run_dir) == list(range(1, TOTAL_STEPS + 1))
     all_ids = job_ids(run_dir, "pbs")
@@ -191,7 +194,7 @@ def test_pbs_afterany_chain_through_deadline_stops_ends_with_uninterrupted_weigh
         attrs = pbs.job_attrs(i)
         assert attrs["Exit_status"] == 0, (i, attrs.get("Exit_status"))
         assert attrs["euser"] == pbs.user
-    assert_same_weights(run_dir, reference, "an afterany chain with deadline stops")
+    assert_same_weights(run_dir, reference, "an afterany chain with a deadline stop")
     status = launcher(pbs, home, "status", str(run_dir))
     assert status.returncode == 0 and "state    done" in status.stdout, status.stdout + status.stderr
 
