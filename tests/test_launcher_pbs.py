@@ -4,8 +4,10 @@ The server, scheduler, MOM and comm run in a private network namespace (PBS refu
 addresses), and jobs are submitted by an ordinary user (pbs_mom ignores root's processes); see
 ``.ci/openpbs/start.sh``. Jobs train the real model (cpu_small, 2 Horovod ranks under mpirun).
 
-- A deadline stop ends a link with a checkpoint; the pre-submitted ``-W depend=afterany`` link,
-  and links the jobs submit themselves, resume it; the final weights equal an uninterrupted run.
+- A deadline stop ends the first link partway with a checkpoint (PBS suspends the job with
+  ``qsig -s suspend`` after a few steps and resumes it when its deadline is near); the
+  pre-submitted ``-W depend=afterany`` link, and links the jobs submit themselves, resume it;
+  the final weights equal those of the same training run uninterrupted.
 - ``launcher cancel`` (stop marker + ``qdel``: SIGTERM to every process of the job, SIGKILL after
   kill_delay) ends the run cleanly with a checkpoint, and ``launcher resume`` finishes it to the
   same weights. ``qsig -s INT`` (the one signal a PBS job's login shell survives) makes the job

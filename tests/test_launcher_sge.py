@@ -2,8 +2,10 @@
 ``sge`` profile as shipped (parallel environment ``mpi``, ``-notify``, a chain of ``-hold_jid``
 links), training the real model (cpu_small, 2 Horovod ranks under mpirun).
 
-- A deadline stop (the job's walltime minus the profile's margin) ends a link with a checkpoint;
-  the pre-submitted ``-hold_jid`` link, and links the jobs submit themselves, resume it; the final
+- A deadline stop (the job's walltime minus the profile's margin) ends the first link partway
+  with a checkpoint (its ranks are stalled with SIGSTOP after a few steps until the deadline is
+  near: the step time on a shared machine is too uncertain for a walltime alone to do it); the
+  pre-submitted ``-hold_jid`` link, and links the jobs submit themselves, resume it; the final
   weights equal those of the same training run uninterrupted.
 - ``launcher cancel`` (stop marker + ``qdel``) on a ``-notify`` job: Grid Engine sends SIGUSR2
   before the kill, the trainer checkpoints at the next step, the job exits cleanly without
