@@ -5,8 +5,8 @@ second node, and flow computation across nodes, all through the project's real c
 `python -m flow compute`, SLURM's sbatch/scontrol, mpirun, horovodrun).
 
 Training is the cpu_small preset (ResNet-18, 64-px views) on 16 synthetic videos packed for 2
-nodes (2 shards per node set), global batch 4: 4 steps per epoch, 3 epochs. Each node has 2
-cores' worth of slots but both nodes share this machine's 2 cores: a step takes 1-2 s.
+nodes (2 shards per node set), global batch 4: 4 steps per epoch, 2 epochs, a checkpoint every 2
+steps. Each node has 2 slots but both share this machine's 2 cores: a step takes 1-2 s.
 """
 from __future__ import annotations
 
@@ -48,11 +48,11 @@ deadline_margin_s = 60
 can_requeue = true
 """
 PROFILE_VAR = ("PIXPRO_TWONODE_PROFILE_VAR", "set by the profile")
-# Every training run: 3 epochs x 4 steps, a checkpoint every 4 steps (all kept).
-EPOCHS, STEPS_PER_EPOCH = 3, 4
+# Every training run: 2 epochs x 4 steps, a checkpoint every 2 steps (all kept).
+EPOCHS, STEPS_PER_EPOCH = 2, 4
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 TRAIN = [f"run.epochs={EPOCHS}", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
-         "data.synthetic=false", "checkpoint.every_steps=4", "checkpoint.every_epochs=0", "checkpoint.keep=10"]
+         "data.synthetic=false", "checkpoint.every_steps=2", "checkpoint.every_epochs=0", "checkpoint.keep=10"]
 OMPI_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 TIMINGS = {}  # name -> seconds, printed at the end of the module
 
@@ -92,6 +92,17 @@ def work(cluster, tmp_path_factory):
                        env=cluster.env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     return d
+
+
+@pytest.fixture(scope="module")
+def shards15(cluster, work):
+    """15 videos packed for 2 nodes: node sets of 8 and 7 videos (pack balances frames)."""
+    shards = work / "shards15"
+    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "pack", "synth:videos=15,frames=6,size=128x64,seed=0",
+                        str(shards), "--nodes", "2", "--shard-size", "40KB", "--no-progress"], env=cluster.env,
+                       capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    return shards
 
 
 def manifest_sets(shards: Path):
@@ -214,8 +225,8 @@ def observe_nodes(cluster, run_dir, name, job_id, timeout=240):
             raise AssertionError("the run ended before both nodes were seen reading\n" + tail(run_dir / "logs" / "run.log"))
         for n in twonode.NODES:
             d = cluster.local_dir(n) / staged_name
-            if d.is_dir():
-                seen[n]["staged"] |= {p.name for p in d.iterdir()}
+            if d.is_dir():  # (a copy in progress has a hidden temporary name)
+                seen[n]["staged"] |= {p.name for p in d.iterdir() if not p.name.startswith(".")}
             for pid in rank_pids(n):
                 seen[n]["ranks"].add(pid)
                 for path in open_shards(pid, cluster.local_mount / staged_name):
@@ -317,44 +328,42 @@ def test_mpirun_each_node_stages_and_reads_only_its_node_set(cluster, work, ref)
 @pytest.mark.parametrize("launch", ["srun", "horovodrun"])
 def test_srun_and_horovodrun_stage_per_node_and_match_mpirun(cluster, work, ref, launch):
     """The same 2 x 1 training started by srun (DDP, no MPI: SLURM's MpiDefault=none) and by
-    horovodrun (over the ssh stand-in): the same node sets read, the same weights after 4 steps."""
+    horovodrun (over the ssh stand-in): the same node sets read, the same weights after 2 steps."""
+    if launch == "horovodrun" and not shutil.which("horovodrun", path=cluster.env["PATH"]):
+        pytest.skip("horovodrun is not installed (make setup builds Horovod)")
     t0 = time.time()
     name = f"launch-{launch}"
-    job_id, run_dir = train_submit(cluster, work, name, "run.max_steps=4", launch=launch)
+    job_id, run_dir = train_submit(cluster, work, name, "run.max_steps=2", launch=launch)
     seen = observe_nodes(cluster, run_dir, name, job_id)
     wait_done(run_dir, 300, f"the {launch} run")
     wait_for(lambda: not stepd_alive(job_id), 60, "the job to end")
-    TIMINGS[f"{launch} 2x1, 4 steps"] = time.time() - t0
+    TIMINGS[f"{launch} 2x1, 2 steps"] = time.time() - t0
     assert_own_node_sets(seen, manifest_sets(work / "shards"))
     assert f"train: {launch} with 2 ranks" in "\n".join(events(run_dir))
     b = checkpoint(run_dir)
-    assert b["step"] == 4
-    same_weights(checkpoint(ref["run_dir"], 4), b, exact=True)
+    assert b["step"] == 2
+    same_weights(checkpoint(ref["run_dir"], 2), b, exact=True)
     assert_unstaged(cluster, name, job_id)
 
 
 # ---------------------------------------------------------------------------- equivalence
-def test_ranks_per_node_do_not_change_training_but_the_node_count_does(cluster, work, ref):
-    """ARCHITECTURE.md: with the same node sets, R ranks per node see the samples of 1 rank per
-    node (2 x 2 = 2 x 1 within floating-point tolerance); 1 node x 2 ranks reads both node sets
-    in one node's order, so its samples (and weights) differ while steps and schedule match."""
+def test_two_ranks_per_node_train_like_one_rank_per_node(cluster, work, ref):
+    """ARCHITECTURE.md: with the same node sets, R ranks per node see exactly the samples of 1 rank
+    per node at the same global batch: 2 nodes x 2 ranks = 2 nodes x 1 rank within floating-point
+    tolerance (only the summation order differs). (1 node x 2 ranks, which reads both node sets in
+    one node's order, is the documented difference: test_resume_on_another_node_count...)"""
     t0 = time.time()
-    two_by_two = train_submit(cluster, work, "eq-2x2", "run.max_steps=4", rpn=2)
-    wait_done(two_by_two[1], 300, "the 2 x 2 run")
-    one_by_two = train_submit(cluster, work, "eq-1x2", "run.max_steps=4", nodes=1, rpn=2)
-    wait_done(one_by_two[1], 300, "the 1 x 2 run")
-    TIMINGS["2x2 + 1x2, 4 steps each"] = time.time() - t0
-    a = checkpoint(ref["run_dir"], 4)
-    b, c = checkpoint(two_by_two[1]), checkpoint(one_by_two[1])
-    assert b["world_size"] == 4 and c["world_size"] == 2
+    job_id, run_dir = train_submit(cluster, work, "eq-2x2", "run.max_steps=2", rpn=2)
+    seen = observe_nodes(cluster, run_dir, "eq-2x2", job_id)
+    wait_done(run_dir, 300, "the 2 x 2 run")
+    TIMINGS["2x2, 2 steps"] = time.time() - t0
+    assert_own_node_sets(seen, manifest_sets(work / "shards"), ranks_per_node=2)
+    a, b = checkpoint(ref["run_dir"], 2), checkpoint(run_dir)
+    assert b["world_size"] == 4 and b["steps_per_epoch"] == STEPS_PER_EPOCH
     same_weights(a, b, exact=False)
-    assert a["steps_per_epoch"] == c["steps_per_epoch"] == STEPS_PER_EPOCH and c["step"] == 4
-    d = max_weight_diff(a, c)
-    assert d > 1e-3, f"1 node x 2 ranks should train on other batches than 2 nodes x 1 rank (max diff {d})"
-    ra, rc = metrics(ref["run_dir"])[:4], metrics(one_by_two[1])
-    assert [r["lr"] for r in ra] == [r["lr"] for r in rc], "the schedule depends on steps only"
-    assert [r["loss"] for r in ra] != [r["loss"] for r in rc]
-    print(f"2x2 vs 2x1 max weight diff {max_weight_diff(a, b):.2e}; 1x2 vs 2x1 {d:.2e}")
+    losses = [(float(a["loss"]), float(b["loss"])) for a, b in zip(metrics(run_dir), metrics(ref["run_dir"]))]
+    assert len(losses) == 2 and all(abs(x - y) < 1e-4 for x, y in losses), losses
+    print(f"2x2 vs 2x1 after 2 steps: max weight diff {max_weight_diff(a, b):.2e}")
 
 
 # ---------------------------------------------------------------------------- preemption
@@ -392,7 +401,7 @@ def test_scontrol_requeue_of_a_two_node_job_loses_no_step(cluster, work, ref):
         p = run_dir / "logs" / "train.log"
         return [int(m) for m in re.findall(r"resumed from step (\d+)", p.read_text())] if p.exists() else []
 
-    at = random.Random().randint(2, 8)
+    at = random.Random().randint(2, TOTAL - 2)
     wait_for(lambda: last_step(run_dir) >= at, 300, f"step {at}")
     t_req = time.time()
     cluster.scontrol("requeue", job_id)
@@ -412,8 +421,11 @@ def test_scontrol_requeue_of_a_two_node_job_loses_no_step(cluster, work, ref):
     assert "checkpointed: preemption 1 of 100" in ev and "requeued by SLURM" in ev
     rows = [int(r["step"]) for r in metrics(run_dir)]
     assert rows == list(range(1, TOTAL + 1)), "every step logged once"
-    log_text = log.read_text()
-    assert log_text.count("stage: node 1 of 2: copied 2 shards") == 2, "node2 stages again after the requeue"
+    # Each node stages its own set again (SLURM refuses the clean-up's srun while it ends the job,
+    # so node2's copy may still be there: it is verified and reused, never mixed up).
+    for i in range(2):
+        staged = re.findall(rf"stage: node {i} of 2: copied (\d+) shards .*?, (\d+) already there", log.read_text())
+        assert len(staged) == 2 and all(int(c) + int(k) == 2 for c, k in staged), staged
     same_weights(checkpoint(ref["run_dir"]), checkpoint(run_dir), exact=True)
     assert_unstaged(cluster, name, job_id)
 
@@ -423,7 +435,7 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
     t0 = time.time()
     name = "nodedeath"
     job_id, run_dir = train_submit(cluster, work, name)
-    at = random.Random().randint(5, 7)  # after the step-4 checkpoint
+    at = random.Random().randint(3, TOTAL - 3)  # after the step-2 checkpoint
     wait_for(lambda: last_step(run_dir) >= at, 300, f"step {at}")
     killed_at = time.time()
     n_killed = twonode.kill_node("node2")
@@ -447,6 +459,7 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
     fail = events(run_dir)[-1]
     assert "node2" in fail and "node1" not in fail.split("no answer from", 1)[-1], fail
     # node2 comes back; `launcher resume` submits the next link, which resumes from the newest checkpoint.
+    saved_latest = (run_dir / "checkpoints" / "latest").read_text()
     cluster.start_slurmd("node2")
     cluster.wait_idle(120)
     before = len(events(run_dir))
@@ -456,7 +469,9 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
     wait_done(run_dir, 300, "the resumed run", since=before)
     TIMINGS["node death + resume"] = time.time() - t0
     train_log = (run_dir / "logs" / "train.log").read_text()
-    assert re.findall(r"resumed from step (\d+)", train_log) == ["4"]
+    newest = int(re.search(r"step_(\d+)", saved_latest).group(1))
+    assert newest >= 2 and step_at_death - newest <= 3
+    assert re.findall(r"resumed from step (\d+)", train_log) == [str(newest)], "the next link resumes from the newest checkpoint"
     same_weights(checkpoint(ref["run_dir"]), checkpoint(run_dir), exact=True)
     left = [p.name for p in cluster.local_dir("node1").iterdir() if p.name.startswith(f"{name}-")]
     assert left == [], f"node1 kept the dead job's staged data: {left}"
@@ -465,7 +480,7 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
 
 
 # ---------------------------------------------------------------------------- node count changes
-def mpirun_on(cluster, hosts, ranks, run_dir, work, *extra):
+def mpirun_on(cluster, hosts, ranks, run_dir, work, *extra, shards=None):
     """`mpirun` started on node1 as a user would (the ssh stand-in reaches node2), the trainer on the
     shared shards."""
     hostfile = run_dir.parent / f"{run_dir.name}.hosts"
@@ -474,7 +489,7 @@ def mpirun_on(cluster, hosts, ranks, run_dir, work, *extra):
     return cluster.on("node1", ["mpirun", "-np", str(ranks), "-hostfile", hostfile, "-map-by",
                                 f"ppr:{ranks // len(hosts)}:node", "-bind-to", "none", *fwd,
                                 PY, "-m", "pixpro_of", "train", "--run-dir", run_dir, "--config", "cpu_small",
-                                *TRAIN, f"data.shards=[{work / 'shards' / 'manifest.json'}]",
+                                *TRAIN, f"data.shards=[{(shards or work / 'shards') / 'manifest.json'}]",
                                 "dist.backend=horovod", *extra])
 
 
@@ -495,53 +510,53 @@ def run_until_stopped(cluster, argv, run_dir, at_least):
 
 
 def test_resume_on_another_node_count_keeps_step_and_schedule(cluster, work, ref):
-    """2 nodes -> 1 node -> 2 nodes in one run (ARCHITECTURE.md): each resume continues at the saved
-    step with the same steps per epoch and learning-rate schedule; the node count changes which
-    shards each node reads, so the weights differ from the uninterrupted 2-node run."""
+    """1 node -> 2 nodes -> 1 node in one run, as ARCHITECTURE.md says: each resume continues at the
+    saved step with the same steps per epoch and learning-rate schedule; the node count decides
+    which shards each node reads and in which order, so 1 node x 2 ranks trains on other batches
+    than 2 nodes x 1 rank (other losses from step 1) and the weights end different."""
     t0 = time.time()
     run_dir = work / "nodecount"
-    s1 = run_until_stopped(cluster, mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work), run_dir, 2)
-    s2 = run_until_stopped(cluster, mpirun_on(cluster, ["node1"], 2, run_dir, work), run_dir, s1 + 3)
+    s1 = run_until_stopped(cluster, mpirun_on(cluster, ["node1"], 2, run_dir, work), run_dir, 2)
+    s2 = run_until_stopped(cluster, mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work), run_dir, s1 + 1)
     env = dict(cluster.env, **OMPI_ROOT)
-    r = subprocess.run(mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work), env=env, capture_output=True,
+    r = subprocess.run(mpirun_on(cluster, ["node1"], 2, run_dir, work), env=env, capture_output=True,
                        text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
-    TIMINGS["2 -> 1 -> 2 nodes"] = time.time() - t0
+    TIMINGS["1 -> 2 -> 1 nodes"] = time.time() - t0
     log = (run_dir / "logs" / "train.log").read_text()
     assert re.findall(r"resumed from step (\d+)", log) == [str(s1), str(s2)]
-    assert s1 < s2 < TOTAL
-    rows = metrics(run_dir)
+    assert 2 <= s1 < s2 < TOTAL
+    rows, ref_rows = metrics(run_dir), metrics(ref["run_dir"])
     assert [int(r["step"]) for r in rows] == list(range(1, TOTAL + 1)), "no step lost or repeated"
-    assert [r["lr"] for r in rows] == [r["lr"] for r in metrics(ref["run_dir"])], "schedule carried over"
-    assert [r["loss"] for r in rows[:s1]] == [r["loss"] for r in metrics(ref["run_dir"])[:s1]], \
-        "until the first resume this is the 2-node run"
+    assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows], "the schedule carries over"
+    assert all(a["loss"] != b["loss"] for a, b in zip(rows[:s1], ref_rows[:s1])), \
+        "1 node reads both node sets in its own order: other batches than 2 nodes from step 1"
     final = checkpoint(run_dir)
-    assert final["step"] == TOTAL and final["steps_per_epoch"] == STEPS_PER_EPOCH
+    assert final["step"] == TOTAL and final["steps_per_epoch"] == STEPS_PER_EPOCH and final["world_size"] == 2
     d = max_weight_diff(checkpoint(ref["run_dir"]), final)
-    assert d > 1e-3, f"a node-count change reorders the samples; weights equal the 2-node run's (diff {d})"
-    print(f"stopped at {s1} (2 nodes) and {s2} (1 node); final max weight diff to the 2-node run {d:.2e}")
+    assert d > 1e-3, f"the weights should differ from the uninterrupted 2-node run's (max diff {d})"
+    print(f"1 node to step {s1}, 2 nodes to {s2}, 1 node to {TOTAL}: max weight diff to the 2-node run {d:.2e}")
 
 
-def test_node_sets_of_different_sizes_take_the_same_steps_on_every_node(cluster, work):
+def test_node_sets_of_different_sizes_take_the_same_steps_on_every_node(cluster, work, shards15):
     """15 videos pack into node sets of 8 and 7: every rank must take the same number of steps
     per epoch (the smaller node's), or the ranks of node2 end the run early and node1 hangs."""
     t0 = time.time()
-    shards = work / "shards15"
-    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "pack", "synth:videos=15,frames=6,size=128x64,seed=0",
-                        str(shards), "--nodes", "2", "--no-progress"], env=cluster.env, capture_output=True,
-                       text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
-    videos = {s["node"]: s["num_videos"] for s in json.loads((shards / "manifest.json").read_text())["shards"]}
+    videos = {}
+    for s in json.loads((shards15 / "manifest.json").read_text())["shards"]:
+        videos[s["node"]] = videos.get(s["node"], 0) + s["num_videos"]
     assert videos == {0: 8, 1: 7}
-    job_id, run_dir = submit(cluster, work, "uneven", "--preset", "cpu_small", "--nodes", "2", "--data",
-                             str(shards / "manifest.json"), *TRAIN[1:], "run.epochs=1")
-    wait_done(run_dir, 300, "the run on uneven node sets")
+    run_dir = work / "uneven"
+    argv = mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work, "run.epochs=1", "optim.warmup_epochs=0",
+                     shards=shards15)
+    r = subprocess.run(argv, env=dict(cluster.env, **OMPI_ROOT), capture_output=True, text=True, timeout=300)
     TIMINGS["uneven node sets"] = time.time() - t0
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     logs = run_dir / "logs"
     for f in ("train.log", "train.rank1.log"):
         assert "starting: 3 steps (1 epochs x 3 steps)" in (logs / f).read_text(), f
     assert "node sets differ: 8/7 videos" in (logs / "train.log").read_text()
-    assert checkpoint(run_dir)["step"] == 3
+    assert checkpoint(run_dir)["step"] == 3 and (run_dir / "done").exists()
 
 
 # ---------------------------------------------------------------------------- environment on node2
@@ -601,20 +616,16 @@ def test_stage_under_mpirun_elects_one_copier_on_each_node(cluster, work):
         shutil.rmtree(cluster.local_dir(n) / "stage-mpi")
 
 
-def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster, work):
+def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster, work, shards15):
     """`python -m flow compute` with one rank on each node over shared shards: every shard is
     opened by exactly one process (its owner), the shards verify, and the flows are byte for byte
     those of a one-process run."""
-    src = work / "flowsrc"
-    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "pack", "synth:videos=8,frames=10,size=256x128,seed=1",
-                        str(src), "--nodes", "2", "--shard-size", "250KB", "--no-progress"], env=cluster.env,
-                       capture_output=True, text=True, timeout=300)
-    assert r.returncode == 0, r.stderr
+    src = shards15
     one, two = work / "flow1", work / "flow2"
     shutil.copytree(src, one)
     shutil.copytree(src, two)
     shard_names = sorted(p.name for p in src.glob("*.h5"))
-    assert len(shard_names) >= 4
+    assert len(shard_names) >= 4, shard_names
     r = subprocess.run([PY, "-m", "flow", "compute", str(one), "--model", "dis", "--recompute", "--no-progress"],
                        env=cluster.env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
@@ -654,7 +665,7 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     try:
         r = cluster.run_on("node1", ["mpirun", "-np", "2", "-hostfile", hostfile, "-map-by", "ppr:1:node",
                                      "-bind-to", "none", *fwd, PY, "-m", "flow", "compute", two, "--model", "dis",
-                                     "--recompute", "--no-progress", "--chunk", "2", "-v"],
+                                     "--recompute", "--no-progress", "--chunk", "1", "--batch", "1", "-v"],
                            env=dict(cluster.env, **OMPI_ROOT), timeout=300)
     finally:
         stop.set()
