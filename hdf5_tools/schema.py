@@ -254,8 +254,14 @@ def _dataset(h5: h5py.File, g: h5py.Group, video: str, name: str) -> h5py.Datase
     missing or its object header cannot be read."""
     try:
         ds = g[name]
-    except KeyError:
-        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is missing") from None
+    except KeyError as exc:  # h5py says KeyError both for no link and for a header it cannot read
+        try:
+            linked = name in g
+        except H5_ERRORS:
+            linked = True
+        if not linked:
+            raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is missing") from None
+        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is damaged ({_short(exc)})") from None
     except H5_ERRORS as exc:
         raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} is damaged ({_short(exc)})") from None
     if not isinstance(ds, h5py.Dataset):
@@ -273,6 +279,11 @@ def _read(h5: h5py.File, video: str, name: str, ds: h5py.Dataset, sel=()) -> np.
 
 def _array(h5: h5py.File, g: h5py.Group, video: str, name: str) -> np.ndarray:
     return _read(h5, video, name, _dataset(h5, g, video, name))
+
+
+def _plain(v):
+    """numpy scalars as Python values (for messages)."""
+    return v.item() if isinstance(v, np.generic) else v
 
 
 def video_attrs(h5: h5py.File, video: str, g: Optional[h5py.Group] = None) -> dict:
@@ -296,19 +307,19 @@ def video_attrs(h5: h5py.File, video: str, g: Optional[h5py.Group] = None) -> di
             except UnicodeDecodeError:
                 raise UserError(f"{where}: attribute {k} is not UTF-8 text") from None
         if not isinstance(v, str):
-            raise UserError(f"{where}: attribute {k} must be a string, got {type(v).__name__} {v!r}")
+            raise UserError(f"{where}: attribute {k} must be a string, got {type(v).__name__} {_plain(v)!r}")
         out[k] = v
     for k in INT_ATTRS:
         v = a[k]
         if not isinstance(v, (int, np.integer)) or isinstance(v, (bool, np.bool_)):
-            raise UserError(f"{where}: attribute {k} must be an integer, got {type(v).__name__} {v!r}")
+            raise UserError(f"{where}: attribute {k} must be an integer, got {type(v).__name__} {_plain(v)!r}")
         if int(v) < 1:
             raise UserError(f"{where}: attribute {k} must be >= 1, got {int(v)}")
         out[k] = int(v)
     fps = a["fps"]
     if not isinstance(fps, (int, float, np.integer, np.floating)) or isinstance(fps, (bool, np.bool_)) \
             or not math.isfinite(float(fps)) or float(fps) <= 0:
-        raise UserError(f"{where}: attribute fps must be a positive number, got {fps!r}")
+        raise UserError(f"{where}: attribute fps must be a positive number, got {_plain(fps)!r}")
     out["fps"] = float(fps)
     if out["name"] != video:
         raise UserError(f"{where}: attribute name is {out['name']!r}, not the group's name {video!r}")
@@ -323,7 +334,11 @@ def video_info(h5: h5py.File, video: str) -> VideoInfo:
     """The per-video table row of ``video``."""
     g = _video_group(h5, video)
     a = video_attrs(h5, video, g)
-    present = _array(h5, g, video, FLOW_PRESENT) if FLOW_PRESENT in g else np.zeros(0, np.uint8)
+    try:
+        has_flags = FLOW_PRESENT in g
+    except H5_ERRORS as exc:
+        raise UserError(f"{shard_name(h5)}: video {video!r}: the group's links are damaged ({_short(exc)})") from None
+    present = _array(h5, g, video, FLOW_PRESENT) if has_flags else np.zeros(0, np.uint8)
     return VideoInfo(name=a["name"], split=a["split"], num_frames=a["num_frames"], height=a["height"],
                      width=a["width"], fps=a["fps"], source=a["source"], flow_height=a["flow_height"],
                      flow_width=a["flow_width"], flows_present=int(np.count_nonzero(present)))
