@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
                             assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
                             events, job_ids, job_kinds, metrics_step, openpbs, reference_run,
-                            stall_first_link_into_its_deadline, user_dir, wait_for, wait_until_done)
+                            stall_link_into_its_deadline, user_dir, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -171,7 +171,7 @@ def test_pbs_afterany_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
         pbs.qcmd("qsig", "-s", "resume", ids[0])
 
     try:
-        how = stall_first_link_into_its_deadline(run_dir, suspend, resume)
+        how = stall_link_into_its_deadline(run_dir, 0, suspend=suspend, resume=resume)
         wait_until_done(run_dir, 600, "the chain to finish the run")
         wait_for(lambda: all(state(pbs, i) == "F" for i in job_ids(run_dir, "pbs")), 60,
                  "every job of the chain to finish")

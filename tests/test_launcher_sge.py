@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
                             assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
                             events, grid_engine, job_ids, job_kinds, metrics_step, reference_run,
-                            stall_first_link_into_its_deadline, wait_for, wait_until_done)
+                            stall_link_into_its_deadline, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -115,8 +115,9 @@ def test_sge_hold_jid_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     run_dir = tmp_path / "chain"
     # Two links, the second held by -hold_jid on the first. The first stops at its deadline
     # (walltime 1:20 minus the profile's margin, capped at a quarter of it) partway through the
-    # 16 steps, with a checkpoint; the second resumes it (any further link needed on a slow
-    # machine is submitted by the jobs themselves).
+    # 16 steps, with a checkpoint; the second resumes it, stops at its own deadline too and
+    # submits the third link itself (qsub -hold_jid on itself, from inside the job), which
+    # finishes the run.
     t0 = time.time()
     ids = submit(sge, run_dir, "sge-chain", "--walltime", CHAIN_WALLTIME, "--chain", "2", "--max-timeouts", "50",
                  extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"])
@@ -125,7 +126,7 @@ def test_sge_hold_jid_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     assert any(l.split(":")[0].strip() == "jid_predecessor_list" and ids[0] in l for l in detail.splitlines()) \
         or not job_listed(sge, ids[0]), detail
     try:
-        how = stall_first_link_into_its_deadline(run_dir)
+        how = [stall_link_into_its_deadline(run_dir, 0), stall_link_into_its_deadline(run_dir, 1, steps=2)]
         wait_until_done(run_dir, 600, "the chain to finish the run")
         wait_for(lambda: not any(job_listed(sge, i) for i in job_ids(run_dir, "sge")), 60,
                  "the chain's jobs to leave the queue")
@@ -144,7 +145,8 @@ def test_sge_hold_jid_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     assert f"resumed from step {stops[0]} " in (run_dir / "logs" / "train.log").read_text()
     first = [e[3] for e in events(run_dir) if e[2] == "0"]
     assert first[-1] == "chain: link 1 is already queued", first
-    assert len(links) >= 2 and texts[-1] == "finished"
+    assert len(links) >= 3 and texts[-1] == "finished"
+    assert any(t.startswith("chain: submitted link 2: ") for t in texts), texts
     # Each step ran exactly once, in order, across the links.
     assert metrics_steps(run_dir) == list(range(1, TOTAL_STEPS + 1))
     assert job_ids(run_dir, "sge")[:2] == ids

@@ -3,6 +3,7 @@
 # pinned source tarball and caching the installed tree, as .ci/horovod/build.sh caches its wheel.
 # Usage: build.sh [CACHE_DIR]    (root only; quiet when /opt/pbs already holds this version)
 #   OPENPBS_TARBALL  the source (default: ../shared/vendor/openpbs-cd7ab5eda.tar.gz next to the repo)
+# Exit status 4: no cached build and no source to build from.
 # The cache is CACHE_DIR/openpbs-<commit>-<debian release>/opt-pbs.tar.gz: the build takes 3-5
 # minutes on 2 cores the first time (3 min 12 s measured alone, 4.5 min next to another build),
 # unpacking the cache about a second.
@@ -51,7 +52,7 @@ cached="$DEST/opt-pbs.tar.gz"
 if [[ ! -f "$cached" ]]; then
   if [[ ! -f "$TARBALL" ]]; then
     say "error: the OpenPBS source $TARBALL is missing (set OPENPBS_TARBALL)" >&2
-    exit 1
+    exit 4
   fi
   if [[ "$(sha256sum "$TARBALL" | cut -d' ' -f1)" != "$SHA256" ]]; then
     say "error: $TARBALL does not have the pinned sha256 $SHA256" >&2
