@@ -68,5 +68,5 @@ fi
 # (.ci/gridengine/start.sh, .ci/openpbs/start.sh). Without root the tests skip and say why.
 if [[ $(id -u) == 0 ]]; then
   bash "$ROOT/.ci/gridengine/install.sh" || say "warning: Grid Engine could not be installed; its tests will fail"
-  bash "$ROOT/.ci/openpbs/build.sh" "$CACHE" || say "warning: OpenPBS could not be built; its tests will fail"
+  bash "$ROOT/.ci/openpbs/build.sh" "$CACHE" || say "warning: OpenPBS could not be installed; its tests will skip (no source) or fail"
 fi
