@@ -228,7 +228,8 @@ def observe_nodes(cluster, run_dir, name, job_id, timeout=240):
             if d.is_dir():  # (a copy in progress has a hidden temporary name)
                 seen[n]["staged"] |= {p.name for p in d.iterdir() if not p.name.startswith(".")}
             for pid in rank_pids(n):
-                seen[n]["ranks"].add(pid)
+                env = twonode.environ(pid)  # a rank's forked children have its command line, not a new rank
+                seen[n]["ranks"].add(env.get("OMPI_COMM_WORLD_RANK", env.get("SLURM_PROCID", pid)))
                 for path in open_shards(pid, cluster.local_mount / staged_name):
                     seen[n]["open"].add(Path(path).name)
         return all(seen[n]["open"] for n in twonode.NODES) and last_step(run_dir) >= 1
