@@ -563,7 +563,8 @@ def test_node_sets_of_different_sizes_take_the_same_steps_on_every_node(cluster,
 # ---------------------------------------------------------------------------- environment on node2
 def test_profile_and_run_variables_reach_the_rank_on_node2(cluster, work):
     """mpirun launching over ssh (as on clusters without SLURM integration): the stand-in gives the
-    remote side a fresh environment, so only what the job forwards (-x) reaches node2."""
+    remote side a fresh environment, so only what the job forwards (-x) reaches node2; Horovod
+    there sees 2 hosts (local size 1, cross size 2)."""
     (work / "twonode-rsh.toml").write_text(
         PROFILE.replace('name = "twonode"', 'name = "twonode-rsh"')
         + f'\n[env]\n{PROFILE_VAR[0]} = "{PROFILE_VAR[1]}"\nOMPI_MCA_plm = "rsh"\n')
@@ -582,6 +583,9 @@ def test_profile_and_run_variables_reach_the_rank_on_node2(cluster, work):
         assert p.exists(), tail(run_dir / "logs" / "run.log")
         recs[i] = json.loads(p.read_text())
     assert recs[0]["host"] == "node1" and recs[1]["host"] == "node2"
+    for i in range(2):  # Horovod sees two hosts: one local rank each, cross rank = node
+        assert recs[i]["horovod"] == {"rank": i, "size": 2, "local_rank": 0, "local_size": 1, "cross_rank": i,
+                                      "cross_size": 2}, recs[i].get("horovod")
     assert recs[1]["netns"] == os.stat(f"/run/netns/{twonode.NETNS['node2']}").st_ino
     r1, r0 = recs[1]["env"], recs[0]["env"]
     assert r1.get(PROFILE_VAR[0]) == PROFILE_VAR[1]
