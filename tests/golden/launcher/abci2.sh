@@ -27,10 +27,14 @@ LAUNCHER_LINK="${LAUNCHER_LINK:-0}"
 LAUNCHER_START=$(date +%s)
 LAUNCHER_JOB_ID="${JOB_ID:?this script runs under Grid Engine (qsub)}"
 LAUNCHER_RESTART_COUNT="$LAUNCHER_LINK"
-# Grid Engine's own commands first on PATH ($SGE_ROOT/bin/$SGE_ARCH): the job submits the next
-# link of its chain with qsub, which may also be another batch system's (PBS, Torque wrappers).
-if [ -n "${SGE_ROOT:-}" ] && [ -n "${SGE_ARCH:-}" ] && [ -x "$SGE_ROOT/bin/$SGE_ARCH/qsub" ]; then
-    PATH="$SGE_ROOT/bin/$SGE_ARCH:$PATH"
+# The job submits the next link of its chain with the qsub that submitted it (the first on the
+# submitter's PATH, $SGE_O_PATH, when this node has it), not whichever comes first on the job's
+# PATH: /usr/bin/qsub may be another batch system's (PBS, slurm-wlm-torque's wrappers).
+if [ -n "${SGE_O_PATH:-}" ]; then
+    launcher_qsub=$(PATH="$SGE_O_PATH" command -v qsub 2>/dev/null || true)
+    case "$launcher_qsub" in
+        /*) PATH="${launcher_qsub%/*}:$PATH" ;;
+    esac
 fi
 launcher_hosts() {
     if [ -n "${SGE_JOB_HOSTLIST:-}" ] && [ -r "$SGE_JOB_HOSTLIST" ]; then
@@ -153,7 +157,7 @@ launcher_run() {
 # After a failure: the job's hosts that do not run `hostname` within 10 s (a node that died), so
 # the failure line names them and the clean-up does not wait for them. One probe per host.
 launcher_silent_nodes() {
-    local host got silent="" n=0 i
+    local host silent="" n=0 i
     local -a hosts=() pids=()
     local dir
     dir=$(mktemp -d "$RUN_DIR/job/.probe.XXXXXX") || return 0
@@ -165,8 +169,8 @@ launcher_silent_nodes() {
     done <"$LAUNCHER_HOSTFILE"
     wait "${pids[@]}" 2>/dev/null
     for ((i = 0; i < n; i++)); do
-        got=$(head -n1 "$dir/$((i + 1))" 2>/dev/null)
-        [ "${got%%.*}" = "${hosts[$i]%%.*}" ] || silent+="${silent:+ }${hosts[$i]}"
+        # Any answer counts (the scheduler's host names need not be what `hostname` prints).
+        [ -s "$dir/$((i + 1))" ] || silent+="${silent:+ }${hosts[$i]}"
     done
     rm -rf -- "$dir"
     printf '%s' "$silent"

@@ -30,12 +30,14 @@ LAUNCHER_START=$(date +%s)
 LAUNCHER_JOB_ID="${PBS_JOBID:?this script runs under PBS (qsub)}"
 LAUNCHER_RESTART_COUNT="$LAUNCHER_LINK"
 launcher_hosts() { cat "$PBS_NODEFILE"; }
-# PBS's own commands first on PATH ($PBS_EXEC/bin from pbs.conf): the job submits the next link
-# of its chain with qsub, and /usr/bin/qsub may be another batch system's (Grid Engine, the
-# Torque wrappers of slurm-wlm-torque) while the login PATH puts PBS's directory last.
-launcher_pbs_exec=$(sed -n 's/^[[:space:]]*PBS_EXEC=//p' "${PBS_CONF_FILE:-/etc/pbs.conf}" 2>/dev/null | tail -n 1)
-if [ -n "$launcher_pbs_exec" ] && [ -x "$launcher_pbs_exec/bin/qsub" ]; then
-    PATH="$launcher_pbs_exec/bin:$PATH"
+# The job submits the next link of its chain with the qsub that submitted it (the first on the
+# submitter's PATH, $PBS_O_PATH, when this node has it), not whichever comes first on the login
+# PATH: /usr/bin/qsub may be another batch system's (Grid Engine, slurm-wlm-torque's wrappers).
+if [ -n "${PBS_O_PATH:-}" ]; then
+    launcher_qsub=$(PATH="$PBS_O_PATH" command -v qsub 2>/dev/null || true)
+    case "$launcher_qsub" in
+        /*) PATH="${launcher_qsub%/*}:$PATH" ;;
+    esac
 fi
 LAUNCHER_LOCALDIR="${TMPDIR:-/tmp}"
 export RUN_DIR LAUNCHER_JOB_ID LAUNCHER_RESTART_COUNT LAUNCHER_LINK LAUNCHER_CHAIN_LENGTH LAUNCHER_LOCALDIR
@@ -142,7 +144,7 @@ launcher_run() {
 # After a failure: the job's hosts that do not run `hostname` within 10 s (a node that died), so
 # the failure line names them and the clean-up does not wait for them. One probe per host.
 launcher_silent_nodes() {
-    local host got silent="" n=0 i
+    local host silent="" n=0 i
     local -a hosts=() pids=()
     local dir
     dir=$(mktemp -d "$RUN_DIR/job/.probe.XXXXXX") || return 0
@@ -154,8 +156,8 @@ launcher_silent_nodes() {
     done <"$LAUNCHER_HOSTFILE"
     wait "${pids[@]}" 2>/dev/null
     for ((i = 0; i < n; i++)); do
-        got=$(head -n1 "$dir/$((i + 1))" 2>/dev/null)
-        [ "${got%%.*}" = "${hosts[$i]%%.*}" ] || silent+="${silent:+ }${hosts[$i]}"
+        # Any answer counts (the scheduler's host names need not be what `hostname` prints).
+        [ -s "$dir/$((i + 1))" ] || silent+="${silent:+ }${hosts[$i]}"
     done
     rm -rf -- "$dir"
     printf '%s' "$silent"

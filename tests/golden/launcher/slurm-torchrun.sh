@@ -137,7 +137,7 @@ launcher_run() {
 # After a failure: the job's hosts that do not run `hostname` within 10 s (a node that died), so
 # the failure line names them and the clean-up does not wait for them. One probe per host.
 launcher_silent_nodes() {
-    local host got silent="" n=0 i
+    local host silent="" n=0 i
     local -a hosts=() pids=()
     local dir
     dir=$(mktemp -d "$RUN_DIR/job/.probe.XXXXXX") || return 0
@@ -149,8 +149,8 @@ launcher_silent_nodes() {
     done <"$LAUNCHER_HOSTFILE"
     wait "${pids[@]}" 2>/dev/null
     for ((i = 0; i < n; i++)); do
-        got=$(head -n1 "$dir/$((i + 1))" 2>/dev/null)
-        [ "${got%%.*}" = "${hosts[$i]%%.*}" ] || silent+="${silent:+ }${hosts[$i]}"
+        # Any answer counts (the scheduler's host names need not be what `hostname` prints).
+        [ -s "$dir/$((i + 1))" ] || silent+="${silent:+ }${hosts[$i]}"
     done
     rm -rf -- "$dir"
     printf '%s' "$silent"
