@@ -173,12 +173,13 @@ class StopConfig:
     ``deadline``: a clock time (``HH:MM``, ISO 8601, ``@unix``) or a duration from start
     (``90m``, ``1h30m``, ``3600``). Training stops when the time left is below
     ``safety_factor`` × (step time + checkpoint time) + ``margin_s``. ``signals``: names of the
-    signals whose handler requests a stop at the next step boundary.
+    signals whose handler requests a stop at the next step boundary (SIGINT too: PBS's ``qsig -s
+    INT`` is the one signal a PBS job's login shell survives, and Ctrl-C then checkpoints).
     """
     deadline: Optional[str] = None
     margin_s: float = 30.0
     safety_factor: float = 1.5
-    signals: List[str] = field(default_factory=lambda: ["SIGUSR2", "SIGTERM"])
+    signals: List[str] = field(default_factory=lambda: ["SIGUSR2", "SIGTERM", "SIGINT"])
 
 
 @dataclass

@@ -11,8 +11,8 @@ addresses), and jobs are submitted by an ordinary user (pbs_mom ignores root's p
 - ``launcher cancel`` (stop marker + ``qdel``: SIGTERM to every process of the job, SIGKILL after
   kill_delay) ends the run cleanly with a checkpoint, and ``launcher resume`` finishes it to the
   same weights. ``qsig -s INT`` (the one signal a PBS job's login shell survives) makes the job
-  checkpoint and continue in a new link: expected to fail until the trainer treats SIGINT as a
-  stop signal.
+  checkpoint at its next step (SIGINT is one of the trainer's stop signals) and continue in a
+  new link.
 - The ABCI 3.0 profile's directives (``-q rt_HF``, ``select=N:mpiprocs=8``, ``-P group``) and the
   generic profile's GPU chunks (``select=N:ncpus=32:ngpus=4:mpiprocs=4``, ``place=scatter:excl``)
   are accepted by the real server.
@@ -226,11 +226,9 @@ def test_pbs_qsig_int_checkpoints_at_the_current_step_and_continues_the_chain(pb
     log = (run_dir / "logs" / "run.log").read_text()
     assert "launcher: received SIGINT" in log
     assert any(t.startswith("checkpointed: timeout 1 of") for t in texts), texts
-    # The checkpoint should be at the last step the job ran, not an older periodic one.
-    if checkpoint_steps(run_dir)[-1] != metrics_step(run_dir) and "pixpro_of train: interrupted" in log:
-        pytest.xfail("qsig -s INT reaches the ranks too, and the trainer does not treat SIGINT as a stop "
-                     "signal (stop.signals = SIGUSR2, SIGTERM): the ranks die of KeyboardInterrupt, the "
-                     "supervisor turns that into exit 75, and the steps since the last checkpoint are lost")
+    # The checkpoint is at the last step the job ran (SIGINT is one of the trainer's stop signals),
+    # not an older periodic one.
+    assert "pixpro_of train: interrupted" not in log
     assert checkpoint_steps(run_dir)[-1] == metrics_step(run_dir), texts
 
 
