@@ -97,6 +97,28 @@ def stop_pids(pids: Sequence[int], timeout: float = 30.0) -> None:
                 pass
 
 
+@contextlib.contextmanager
+def _exclusive(name: str, timeout: float = 3600) -> Iterator[None]:
+    """Hold an exclusive lock while a test module uses the machine's one Grid Engine cell or PBS
+    complex: two test sessions at once (two checkouts on one machine) would otherwise stop each
+    other's daemons."""
+    import fcntl
+    with open(f"/tmp/pixpro-of-{name}.lock", "w") as f:
+        end = time.time() + timeout
+        while True:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.time() > end:
+                    pytest.fail(f"another test session has held /tmp/pixpro-of-{name}.lock for {timeout:.0f} s")
+                time.sleep(2)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
 def _need_root(what: str) -> None:
     if os.geteuid() != 0:
         pytest.skip(f"{what}: installing and starting its daemons needs root here")
@@ -123,6 +145,11 @@ class GridEngine:
 @contextlib.contextmanager
 def grid_engine() -> Iterator[GridEngine]:
     _need_root("Grid Engine")
+    with _exclusive("gridengine"):
+        yield from _grid_engine()
+
+
+def _grid_engine() -> Iterator[GridEngine]:
     if not shutil.which("apt-get") and not Path("/usr/sbin/sge_qmaster").exists():
         pytest.skip("Grid Engine is not installed and there is no apt-get to install it")
     _run_setup(["bash", str(CI / "gridengine" / "install.sh")], ".ci/gridengine/install.sh", 900)
@@ -220,6 +247,11 @@ def _grant_traverse(user: str, path: Path, restore: List) -> None:
 @contextlib.contextmanager
 def openpbs() -> Iterator[OpenPBS]:
     _need_root("OpenPBS")
+    with _exclusive("openpbs"):
+        yield from _openpbs()
+
+
+def _openpbs() -> Iterator[OpenPBS]:
     if not Path("/opt/pbs/sbin/pbs_server").exists() and not shutil.which("apt-get"):
         pytest.skip("OpenPBS is not installed and there is no apt-get to install its build dependencies")
     build = subprocess.run(["bash", str(CI / "openpbs" / "build.sh")], capture_output=True, text=True, timeout=1800)
