@@ -499,7 +499,7 @@ class _VideoHandles:
     """
 
     __slots__ = ("blob", "offset", "length", "crc", "fwd", "bwd", "fwd_crc", "bwd_crc", "present",
-                 "blob_at", "fwd_at", "bwd_at", "chunk_bytes")
+                 "blob_at", "fwd_at", "bwd_at", "chunk_bytes", "file_size")
 
     def __init__(self, h5: h5py.File, g: h5py.Group, video: str):
         self.blob = _dataset(h5, g, video, JPEG)
@@ -522,9 +522,10 @@ class _VideoHandles:
             if arr.shape[:1] != (pairs,) or (arr.ndim == 4) != (name in (FLOW_FWD, FLOW_BWD)):
                 raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape} "
                                 f"for {n} frames")
+        self.file_size = os.path.getsize(h5.filename)
         try:
             at = self.blob.id.get_offset() if self.blob.compression is None else None
-            self.blob_at = -1 if at is None else int(at)
+            self.blob_at = -1 if at is None or not 0 <= int(at) <= self.file_size - self.blob.shape[0] else int(at)
             self.chunk_bytes = int(np.prod(self.fwd.shape[1:])) * 2
             self.fwd_at = self._chunk_offsets(self.fwd)
             self.bwd_at = self._chunk_offsets(self.bwd)
@@ -538,7 +539,8 @@ class _VideoHandles:
             return out
         for k in range(ds.id.get_num_chunks()):
             info = ds.id.get_chunk_info(k)
-            if info.byte_offset is not None and info.size == self.chunk_bytes and info.chunk_offset[0] < n:
+            if info.byte_offset is not None and info.size == self.chunk_bytes and 0 <= info.chunk_offset[0] < n \
+                    and 0 <= info.byte_offset <= self.file_size - info.size:  # damaged indexes go through h5py
                 out[info.chunk_offset[0]] = info.byte_offset
         return out
 
@@ -602,7 +604,10 @@ class ShardReader:
         return h
 
     def _pread(self, n: int, at: int, what: str) -> bytes:
-        data = os.pread(self._fd, n, at)
+        try:
+            data = os.pread(self._fd, n, at)
+        except (OSError, OverflowError, ValueError) as exc:
+            raise UserError(f"{self.name}: {what}: cannot read {n} bytes at {at} ({exc})") from None
         if len(data) != n:
             raise UserError(f"{self.name}: {what}: file ends early (truncated shard)")
         return data
@@ -628,7 +633,11 @@ class ShardReader:
         cb = self.chunk_bytes_of(ds)
         if (sel >= 0).all() and (count == 1 or (np.diff(sel) == cb).all()):
             buf = np.empty((count,) + ds.shape[1:], "<f2")
-            n = os.preadv(self._fd, [buf], int(sel[0]))
+            try:
+                n = os.preadv(self._fd, [buf], int(sel[0]))
+            except (OSError, OverflowError, ValueError) as exc:
+                raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
+                                f"cannot read ({exc})") from None
             if n != buf.nbytes:
                 raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
                                 f"file ends early (truncated shard)")
@@ -718,8 +727,9 @@ def _video_problems(h5, name, deep, decode, require_flows=False):
     for d in VIDEO_DATASETS:
         try:
             present = d in g
-        except H5_ERRORS:
-            present = True  # let _dataset name the damage
+        except H5_ERRORS as exc:  # the reader checks links too: report it, as it would fail
+            yield f"{v}: the group's links are damaged ({_short(exc)})"
+            return
         if not present:
             missing.append(d)
             continue
