@@ -135,8 +135,8 @@ def signal_pending(pid: int, signums: Sequence[int]) -> Optional[int]:
     for key in ("ShdPnd", "SigPnd"):
         try:
             mask |= int(fields.get(key, "0").strip(), 16)
-        except ValueError:
-            pass
+        except ValueError:  # a kernel that formats the field otherwise: treat as nothing pending
+            continue
     for s in signums:
         if mask & (1 << (int(s) - 1)):
             return int(s)
@@ -175,11 +175,7 @@ class Supervisor:
         name = signal.Signals(self.forward).name
         if targets:
             self.say(f"stop requested ({self.stop_reason}): {name} to {' '.join(map(str, targets))}")
-        for pid in targets:
-            try:
-                os.kill(pid, self.forward)
-            except ProcessLookupError:
-                pass
+        _send(targets, self.forward)
         self.forwarded = bool(targets)
 
     def _reap(self) -> None:
@@ -213,11 +209,7 @@ class Supervisor:
             names = ", ".join(f"{_base(table[p][2]) or table[p][1]} (pid {p})" for p in pids if p in table)
             self.say(f"{os.path.basename(self.argv[0])} exited {self.codes.get(self.pid)} and left "
                      f"{len(pids)} process(es) running after {LEFTOVER_GRACE_S:.0f} s: ending {names}")
-        for p in pids:
-            try:
-                os.kill(p, sig)
-            except ProcessLookupError:
-                pass
+        _send(pids, sig)
         self.ended.update(pids)
 
     def _adopted(self) -> None:
@@ -275,6 +267,15 @@ class Supervisor:
         return rc
 
 
+def _send(pids: Sequence[int], sig: int) -> None:
+    """Signal each of ``pids``; one that has exited meanwhile is simply skipped."""
+    for pid in pids:
+        try:
+            os.kill(pid, sig)
+        except ProcessLookupError:
+            continue
+
+
 def _become_subreaper() -> None:
     """PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented here, not to init."""
     try:
@@ -283,7 +284,9 @@ def _become_subreaper() -> None:
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(36, 1, 0, 0, 0)
     except (OSError, AttributeError):
-        pass
+        # No prctl (not Linux/glibc): orphans go to init instead; the launcher itself is still
+        # supervised, only a dying horovodrun's leftovers are not adopted.
+        return
 
 
 def _signal_number(name: str) -> int:
