@@ -12,7 +12,6 @@ import re
 import shlex
 import sys
 from dataclasses import dataclass
-from importlib import resources
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -121,12 +120,10 @@ def check_name(name: str) -> None:
 
 
 def trainer_presets() -> List[str]:
-    """The trainer's shipped presets (``configs/train/*.yaml``), read without importing the trainer."""
-    try:
-        root = resources.files("pixpro_of.configs")
-        return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
-    except (ModuleNotFoundError, FileNotFoundError):
-        return []
+    """The trainer's shipped presets (``configs/train/*.yaml``); the config module imports no torch."""
+    from pixpro_of.config import list_presets
+
+    return list_presets()
 
 
 def submitting_environment() -> Tuple[str, ...]:
