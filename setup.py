@@ -7,7 +7,8 @@ setup(
     description="PixPro + optical flow pretraining on driving videos, HDF5 shards, and cluster launchers",
     python_requires=">=3.9",
     packages=find_packages(include=["pixpro_of", "pixpro_of.*", "flow", "flow.*", "hdf5_tools", "hdf5_tools.*",
-                                    "launcher", "launcher.*"])
+                                    "launcher", "launcher.*", "plumbing", "plumbing.*",
+                                    "synth", "synth.*"])
     + ["pixpro_of.configs", "launcher.templates", "launcher.profiles"],
     # templates/ and configs/ live at the top of the checkout (the design fixes the
     # layout) and install as package data under launcher/ and pixpro_of/.
@@ -28,6 +29,7 @@ setup(
         "numpy>=1.23",
         "h5py>=3.8",
         "jinja2>=3.1",
+        "click>=8.1",
         "opencv-python-headless>=4.8",
         "pillow>=9",
         "tqdm>=4.60",

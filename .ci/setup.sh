@@ -52,7 +52,7 @@ STAMP="$VENV/.pixpro-of-installed"
 if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" ]]; then
   say "installing the project (editable) with test extras"
   "$VENV/bin/pip" install -q -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -c "import pixpro_of, flow, hdf5_tools, launcher"
+  "$PY" -c "import pixpro_of, flow, hdf5_tools, launcher, plumbing, synth, click"
   touch "$STAMP"
 fi
 

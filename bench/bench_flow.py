@@ -34,7 +34,7 @@ def parse_size(text):
 
 
 def frames(size, n=3, seed=0):
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     return render_video(seed, n, size=size).rgb
 

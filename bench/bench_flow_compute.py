@@ -1,4 +1,4 @@
-"""Benchmark: ``python -m flow compute`` end to end (JPEG decode, flow, float16 write) into shards.
+"""Benchmark: ``hdf5_tools flow`` end to end (JPEG decode, flow, float16 write) into shards.
 
 Packs synthetic videos into two shards, then fills their flows with one process and with
 ``mpirun -np N`` (one thread per rank), and prints pairs/s of each and the speed-up ratio from this
@@ -29,7 +29,7 @@ def build(folder: Path, videos: int, frames: int, size) -> int:
     import simplejpeg
 
     from hdf5_tools import schema
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     folder.mkdir(parents=True)
     pairs = 0
@@ -62,13 +62,13 @@ def main() -> None:
         args = ["--model", a.model, "--threads", "1", "--no-progress"] + (["--weights", a.weights] if a.weights else [])
         env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "flow", "compute", str(tmp / "src"), *args], cwd=REPO, env=env,
+        r = subprocess.run([sys.executable, "-m", "hdf5_tools", "flow", str(tmp / "src"), *args], cwd=REPO, env=env,
                            capture_output=True, text=True)
         t1 = time.perf_counter() - t0
         if r.returncode:
             raise SystemExit(r.stderr)
         t0 = time.perf_counter()
-        r2 = subprocess.run(["mpirun", "-np", str(a.np), "--oversubscribe", sys.executable, "-m", "flow", "compute",
+        r2 = subprocess.run(["mpirun", "-np", str(a.np), "--oversubscribe", sys.executable, "-m", "hdf5_tools", "flow",
                              str(tmp / "mpi"), *args], cwd=REPO, env=env, capture_output=True, text=True)
         t2 = time.perf_counter() - t0
         if r2.returncode:

@@ -84,7 +84,7 @@ def main(argv=None) -> int:
     from pixpro_of.data.pipeline import SampleBuilder, SampleConfig, frame_tensor
     from pixpro_of.model.encoder import c5_size
     from pixpro_of.positives import compute_positives
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)

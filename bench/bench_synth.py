@@ -25,9 +25,9 @@ import tempfile
 import time
 from pathlib import Path
 
-from pixpro_of.synth import SynthConfig, write_dataset
-from pixpro_of.synth.cli import parse_size
-from pixpro_of.synth.world import Renderer
+from synth import SynthConfig, write_dataset
+from synth.cli import parse_size
+from synth.world import Renderer
 
 GOAL_S, GOAL_VIDEOS, GOAL_FRAMES = 60.0, 8, 60
 

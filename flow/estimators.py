@@ -24,7 +24,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flow.errors import UserError
+from plumbing.errors import UserError
 from flow.ops import full_flow_to_shard
 
 MODELS = ("raft-small", "raft-large", "dis")

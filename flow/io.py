@@ -12,7 +12,7 @@ from typing import Tuple, Union
 
 import numpy as np
 
-from flow.errors import UserError
+from plumbing.errors import UserError
 
 FLO_MAGIC = 202021.25  # "PIEH" as a little-endian float32
 PathLike = Union[str, os.PathLike]

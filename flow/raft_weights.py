@@ -30,7 +30,7 @@ bottleneck blocks, 2 in raft-large's basic blocks)::
     update_block.mask.0 / mask.2      (large)     -> mask_predictor.convrelu.0 / mask_predictor.conv
 
 Loading is strict: every source key must be consumed, every torchvision key filled, and every
-shape must match; anything else raises :class:`flow.errors.UserError` naming the file and key.
+shape must match; anything else raises :class:`plumbing.errors.UserError` naming the file and key.
 Both architectures compute the same function (same normalisation: images scaled to [-1, 1];
 the large model's up-sampling mask is multiplied by 0.25 in both).
 """
@@ -44,7 +44,7 @@ from typing import Dict, Mapping, Optional, Tuple, Union
 
 import torch
 
-from flow.errors import UserError
+from plumbing.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

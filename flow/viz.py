@@ -1,24 +1,15 @@
-"""``python -m flow viz``: PNG pictures of flows, occlusion masks and composite flows.
+"""Flow pictures: colour-coded flows, validity masks, overlays, panels; ``python -m flow viz``.
 
-    python -m flow viz SHARD --video NAME --t 10 --k 6 --out pics/      # from a shard's stored flows
     python -m flow viz --flo pair.flo [--frame img.jpg] --out pics/    # a Middlebury .flo file
 
-From a shard it writes, for the clip (t, k) (frames t and t+k-1, the k-1 adjacent flows chained at
-full resolution as the trainer does):
-
-- ``frame_first.png``, ``frame_last.png``: frames t and t+k-1;
-- ``flow_fwd.png``, ``flow_bwd.png``: composite flow t -> t+k-1 and back, colour-coded with
-  ``torchvision.utils.flow_to_image`` (hue = direction, saturation = magnitude / max magnitude);
-- ``mask_fwd_<mode>.png``, ``mask_bwd_<mode>.png``: FB-consistency masks (white = valid, black =
-  occluded or leaving the frame) for ``--mask seed|unflow|both``;
-- ``overlay_fwd.png``: the forward flow's colours blended over frame t, occluded pixels darkened;
-- ``panel.png``: all of the above in one picture (two rows).
-Every PNG is written under a temporary name and renamed into place.
+The drawing functions take arrays (flows ``[2, H, W]`` in pixels, masks ``[H, W]`` True = valid,
+frames uint8 ``[H, W, 3]``); :func:`clip_pictures` draws a clip's composite flows and FB masks
+(``hdf5_tools viz`` reads a clip from a shard and calls it). Every PNG is written under a
+temporary name and renamed into place.
 """
 from __future__ import annotations
 
 import argparse
-import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
@@ -26,20 +17,16 @@ from typing import Dict, List, Optional
 import numpy as np
 import torch
 
-from flow.errors import UserError
+from plumbing.atomic import atomic_open
+from plumbing.errors import UserError
 
 
 @dataclass
 class VizConfig:
-    """Options of ``flow viz``."""
+    """Options of ``python -m flow viz``."""
 
-    shard: Optional[str]
-    video: Optional[str]
-    t: int
-    k: int
+    flo: Optional[str]
     out: str
-    masks: List[str]
-    flo: Optional[str] = None
     frame: Optional[str] = None
 
 
@@ -77,12 +64,11 @@ def panel(images: List[np.ndarray], cols: int, pad: int = 4) -> np.ndarray:
 
 
 def save_png(path: Path, img: np.ndarray) -> None:
+    """Write a uint8 picture as a PNG, atomically."""
     from PIL import Image
 
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}.png")
-    Image.fromarray(img).save(tmp)
-    os.replace(tmp, path)
+    with atomic_open(path, "wb") as f:
+        Image.fromarray(img).save(f, format="PNG")
 
 
 def clip_pictures(frames: np.ndarray, fwd8: np.ndarray, bwd8: np.ndarray, masks: List[str]) -> Dict[str, np.ndarray]:
@@ -102,37 +88,6 @@ def clip_pictures(frames: np.ndarray, fwd8: np.ndarray, bwd8: np.ndarray, masks:
         first_mask = mf_ if first_mask is None else first_mask
     out["overlay_fwd"] = overlay(frames[0], out["flow_fwd"], first_mask)
     return out
-
-
-def _decode(data: bytes, where: str) -> np.ndarray:
-    import simplejpeg
-
-    try:
-        return simplejpeg.decode_jpeg(data, colorspace="RGB")
-    except Exception as exc:
-        raise UserError(f"{where}: cannot decode JPEG ({exc})") from None
-
-
-def viz_shard(cfg: VizConfig) -> Dict[str, np.ndarray]:
-    from hdf5_tools import schema
-
-    if cfg.video is None:
-        raise UserError("--video is required with a shard")
-    if cfg.k < 2:
-        raise UserError(f"--k should be >= 2 (a clip with flow), got {cfg.k}")
-    with schema.open_shard(cfg.shard, "r") as h5:
-        info = schema.video_info(h5, cfg.video)
-        last = cfg.t + cfg.k - 1
-        if cfg.t < 0 or last >= info.num_frames:
-            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} has {info.num_frames} frames; "
-                            f"--t {cfg.t} --k {cfg.k} needs frames {cfg.t}..{last}")
-        frames = np.stack([_decode(schema.read_frame_jpeg(h5, cfg.video, i), f"{cfg.shard}: video {cfg.video!r} frame {i}")
-                           for i in (cfg.t, last)])
-        if frames.shape[1:3] != (info.height, info.width):
-            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} frames are {frames.shape[2]}x{frames.shape[1]}, "
-                            f"the video's table says {info.width}x{info.height}")
-        fwd, bwd = schema.read_flows(h5, cfg.video, cfg.t, cfg.k - 1)
-    return clip_pictures(frames, fwd, bwd, cfg.masks)
 
 
 def viz_flo(cfg: VizConfig) -> Dict[str, np.ndarray]:
@@ -155,35 +110,25 @@ def viz_flo(cfg: VizConfig) -> Dict[str, np.ndarray]:
 
 
 def run(cfg: VizConfig) -> List[Path]:
-    if (cfg.shard is None) == (cfg.flo is None):
-        raise UserError("give either a SHARD (with --video) or --flo FILE")
-    pics = viz_shard(cfg) if cfg.shard is not None else viz_flo(cfg)
+    if cfg.flo is None:
+        raise UserError("--flo FILE is required (pictures of a shard clip: 'hdf5_tools viz SHARD --video NAME')")
+    pics = viz_flo(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     written = []
     for name, img in pics.items():
         save_png(out / f"{name}.png", img)
         written.append(out / f"{name}.png")
-    if cfg.shard is not None:
-        save_png(out / "panel.png", panel(list(pics.values()), cols=(len(pics) + 1) // 2))
-        written.append(out / "panel.png")
     return written
 
 
 def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m flow viz", description="PNG pictures of flows, occlusion masks and "
-                                                                        "composite flows over k frames.")
-    p.add_argument("shard", nargs="?", help="a shard with flows (see 'python -m flow compute')")
-    p.add_argument("--video", help="video name in the shard")
-    p.add_argument("--t", type=int, default=0, help="first frame of the clip (0-based, default 0)")
-    p.add_argument("--k", type=int, default=2, help="clip length in frames: flow t -> t+k-1 (default 2)")
-    p.add_argument("--mask", choices=["seed", "unflow", "both"], default="both", help="FB mask mode(s) to draw")
-    p.add_argument("--flo", help="draw a Middlebury .flo file instead of a shard clip")
-    p.add_argument("--frame", help="with --flo: an image to overlay the flow on")
+    p = argparse.ArgumentParser(prog="python -m flow viz", description="PNG pictures of a Middlebury .flo file "
+                                "(a shard clip's flows and masks: 'hdf5_tools viz').")
+    p.add_argument("--flo", required=True, help="the .flo file to draw")
+    p.add_argument("--frame", help="an image to overlay the flow on")
     p.add_argument("--out", required=True, help="output folder for the PNGs")
     a = p.parse_args(argv)
-    masks = ["seed", "unflow"] if a.mask == "both" else [a.mask]
-    written = run(VizConfig(shard=a.shard, video=a.video, t=a.t, k=a.k, out=a.out, masks=masks, flo=a.flo, frame=a.frame))
-    for w in written:
+    for w in run(VizConfig(flo=a.flo, out=a.out, frame=a.frame)):
         print(w)
     return 0

@@ -14,7 +14,7 @@ from typing import List, Optional
 
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 
 
 @dataclass

@@ -9,7 +9,7 @@
 
 ``file`` is relative to the manifest's folder. ``crc32`` is the zlib CRC32 of the whole file
 (hex), used by ``stage`` and ``verify`` to check copies. Filling flows into shards changes
-their bytes: call :func:`refresh_manifest` afterwards (``python -m flow compute`` does).
+their bytes: call :func:`refresh_manifest` afterwards (``hdf5_tools flow`` does).
 
 Node sets: ``pack --nodes N`` balances frames across N node sets. A job with M <= N nodes gives
 node ``i`` the node sets ``j`` with ``j % M == i`` (:func:`node_sets_for`), so ``stage`` and the
@@ -23,8 +23,8 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional
 
-from pixpro_of.atomic import atomic_write_text
-from hdf5_tools.errors import UserError
+from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError
 from hdf5_tools import schema
 
 MANIFEST_FORMAT = "pixpro_of.manifest"

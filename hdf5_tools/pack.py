@@ -13,7 +13,7 @@ Plan (deterministic from SRC and the options, so a rerun resumes the same plan):
 5. Write ``OUT/manifest.json`` (:mod:`hdf5_tools.manifest`).
 
 Flows from ``--flows DIR`` are stored as they are packed; without it the flow datasets are
-allocated empty for ``python -m flow compute``. ``synth:`` sources carry their exact flows.
+allocated empty for ``hdf5_tools flow``. ``synth:`` sources carry their exact flows.
 """
 from __future__ import annotations
 
@@ -28,10 +28,10 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from pixpro_of.atomic import atomic_write_text
+from plumbing.atomic import atomic_write_text
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema, sources
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 
 PLAN_NAME = ".pack-plan.json"
 PARTIAL_SUFFIX = ".partial"

@@ -20,7 +20,7 @@ plain h5py and Debian's ``h5ls``/``h5dump`` (no filters, no plugins). Layout, sc
 Flows follow ARCHITECTURE.md: channel 0 = x, channel 1 = y, in pixels of the 1/8-resolution grid
 (``h8 = ceil(H/8)``, ``w8 = ceil(W/8)``). Flow datasets are pre-allocated (chunks are only
 allocated when written, so a shard packed without flows stays small) and filled later by
-``python -m flow compute``; ``flow_present`` says which pairs exist.
+``hdf5_tools flow``; ``flow_present`` says which pairs exist.
 
 Public API (other parts use these names):
 
@@ -43,7 +43,7 @@ shuffle would save another ~1.4x on flows but every reader would then need ``hdf
 ``h5ls``/``h5dump`` could no longer show the data, so it is not used.
 
 Writers: one process writes a shard at a time; readers open shards read-only. A user mistake
-(an unknown video or index, a damaged shard) raises :class:`hdf5_tools.errors.UserError` naming the
+(an unknown video or index, a damaged shard) raises :class:`plumbing.errors.UserError` naming the
 shard, the video and the index; damaged HDF5 structure (a deleted dataset, a broken object
 header, a truncated file) names the shard, the video and the dataset, never a bare KeyError or
 OSError from h5py.
@@ -60,7 +60,7 @@ from typing import List, Optional, Sequence, Tuple
 import h5py
 import numpy as np
 
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 
 SCHEMA_VERSION = 1
 FORMAT = "pixpro_of.shard"
@@ -419,7 +419,7 @@ def _read_flows(h5, video, g, start, count, check_crc):
     if not present.all():
         j = start + int(np.argmin(present))
         raise UserError(f"{shard_name(h5)}: video {video!r} flow pair {j} is missing "
-                        f"(run 'python -m flow compute' on this shard)")
+                        f"(run 'hdf5_tools flow' on this shard)")
     out = []
     for ds, crc_ds in ((FLOW_FWD, FLOW_FWD_CRC), (FLOW_BWD, FLOW_BWD_CRC)):
         arr = _read(h5, video, ds, _dataset(h5, g, video, ds), slice(start, start + count))
@@ -664,7 +664,7 @@ class ShardReader:
         if not present.all():
             j = start + int(np.argmin(present))
             raise UserError(f"{self.name}: video {video!r} flow pair {j} is missing "
-                            f"(run 'python -m flow compute' on this shard)")
+                            f"(run 'hdf5_tools flow' on this shard)")
         out = []
         for ds, at, crcs, label in ((h.fwd, h.fwd_at, h.fwd_crc, FLOW_FWD), (h.bwd, h.bwd_at, h.bwd_crc, FLOW_BWD)):
             arr = self._read_chunks(ds, at, start, count, video, label)
@@ -809,7 +809,7 @@ def _video_problems(h5, name, deep, decode, require_flows=False):
     if require_flows and n > 1 and not present.all():
         missing_pairs = np.flatnonzero(present == 0)
         yield (f"{v}: {missing_pairs.size} of {n - 1} flow pairs are missing (first: pair {int(missing_pairs[0])}); "
-               f"run 'python -m flow compute' on this shard")
+               f"run 'hdf5_tools flow' on this shard")
 
 
 def _pair_stored(h5, name, ds, i, fcrc, bcrc) -> bool:

@@ -7,8 +7,8 @@ SRC kinds (:func:`find_videos`):
 - ``videos``: BDD100K's ``SRC/videos/{split}/*.mov`` (or ``.mp4``), decoded with PyAV at ``fps``
   frames per second straight into JPEG bytes (no intermediate files).
 - ``synth``: ``synth:videos=4,frames=20,size=64x48,seed=0[,fps=10]`` renders the synthetic world
-  (``pixpro_of.synth.render_video``) in memory, with the names, seeds and splits
-  ``write_dataset`` would use, JPEG-encodes the frames and stores their exact flows. A folder written by ``pixpro_of.synth.write_dataset`` is a ``frames`` SRC
+  (``synth.render_video``) in memory, with the names, seeds and splits
+  ``write_dataset`` would use, JPEG-encodes the frames and stores their exact flows. A folder written by ``synth.write_dataset`` is a ``frames`` SRC
   (pass ``--flows SRC/flow`` for its ``.flo`` flows), or with ``--src-kind videos`` a ``videos`` SRC.
 
 Each video is a :class:`VideoSource` with a cheap size estimate (for planning) and a ``load()``
@@ -33,7 +33,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 import numpy as np
 
 from hdf5_tools import schema
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mov", ".mp4")
@@ -207,7 +207,7 @@ def parse_synth_spec(spec: str) -> dict:
 
 def _render_synth(seed: int, frames: int, size, fps: float, quality: int, with_flows: bool) -> LoadedVideo:
     import simplejpeg
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     v = render_video(seed, frames, size=size, fps=fps)
     rgb = np.asarray(v.rgb)
@@ -221,9 +221,9 @@ def _render_synth(seed: int, frames: int, size, fps: float, quality: int, with_f
 
 
 def _synth_sources(spec: str, quality: int, with_flows: bool) -> List[VideoSource]:
-    """Videos named, seeded and split exactly as ``pixpro_of.synth.write_dataset`` would write them."""
-    from pixpro_of.synth import SynthConfig, video_name, video_seed
-    from pixpro_of.synth.writers import split_of
+    """Videos named, seeded and split exactly as ``synth.write_dataset`` would write them."""
+    from synth import SynthConfig, video_name, video_seed
+    from synth.writers import split_of
 
     o = parse_synth_spec(spec)
     w, h = o["size"]
@@ -310,7 +310,7 @@ class FlowDir:
 
     def load(self, video: VideoSource, num_frames: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(fwd, bwd)`` float32 [T-1, 2, h8, w8], 1/8-res units, time order; UserError if absent or wrong."""
-        from flow.errors import UserError as FlowError
+        from plumbing.errors import UserError as FlowError
         from flow.io import read_flo, read_seed_pth
 
         h8, w8 = schema.flow_size(height, width)

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 from typing import Optional
 
 from hdf5_tools import manifest as mf
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 
 MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
 

@@ -20,7 +20,7 @@ from hdf5_tools import schema
 
 def render_frames(seed: int, frames: int, size: Tuple[int, int]):
     """(rgb [T, H, W, 3] uint8, fwd [T-1, 2, H, W], bwd [T-1, 2, H, W]) from the synthetic world."""
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     v = render_video(seed, frames, size=size)
     return np.asarray(v.rgb), np.asarray(v.fwd, np.float32), np.asarray(v.bwd, np.float32)

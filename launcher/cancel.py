@@ -13,7 +13,7 @@ import subprocess
 import sys
 from typing import Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 

@@ -1,7 +1,7 @@
 """``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list."""
 import sys
 
-from pixpro_of.cli_util import run_subcommands
+from plumbing.cli import run_subcommands
 
 COMMANDS: dict = {
     "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),

@@ -16,7 +16,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 
 SCHEDULERS = ("slurm", "pbs", "sge", "pjm", "local")
 LAUNCH_METHODS = ("mpirun", "horovodrun", "srun", "torchrun")

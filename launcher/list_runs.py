@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 from typing import Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import run_state

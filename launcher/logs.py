@@ -7,7 +7,7 @@ import time
 from collections import deque
 from typing import Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.rundir import RunDir
 
 

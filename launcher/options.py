@@ -5,7 +5,7 @@ import argparse
 import os
 from typing import Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.clusters import DEFAULT_PROFILE, LAUNCH_METHODS, SCHEDULERS, load_profile, parse_duration
 from launcher.request import JobRequest, check_name, passthrough_args
 

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.clusters import ClusterProfile, format_hms
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
@@ -248,7 +248,7 @@ def plan_job(req: JobRequest) -> JobPlan:
 def _check_manifest(path: str, nodes: int) -> None:
     """``--data`` must be a shard manifest (every shard present) packed for at least ``nodes`` node sets."""
     from hdf5_tools import manifest as mf
-    from hdf5_tools.errors import UserError as ShardError
+    from plumbing.errors import UserError as ShardError
 
     if not Path(path).is_file():
         raise UserError(f"--data: shard manifest {path} does not exist")

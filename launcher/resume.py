@@ -11,7 +11,7 @@ import sys
 from typing import Optional, Sequence
 
 from launcher.clusters import load_profile
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import query_states

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from launcher.errors import UserError
-from pixpro_of.atomic import atomic_write_text
+from plumbing.errors import UserError
+from plumbing.atomic import atomic_write_text
 
 
 def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:

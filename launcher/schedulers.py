@@ -12,7 +12,7 @@ import re
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 
 LINK = "@@LINK@@"
 AFTER = "@@AFTER@@"

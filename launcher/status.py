@@ -14,7 +14,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.rundir import RunDir, atomic_write
 from launcher.schedulers import get_scheduler
 

@@ -18,7 +18,7 @@ import sys
 from dataclasses import dataclass
 from typing import List, Optional, Sequence
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.options import add_job_options, build_request
 from launcher.request import JobPlan, plan_job
 from launcher.rundir import RunDir

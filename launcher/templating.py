@@ -19,7 +19,7 @@ from typing import Iterable, Optional
 
 import jinja2
 
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.request import DIRECTIVE_SAFE, JobPlan
 from launcher.schedulers import AFTER, LINK, Scheduler
 

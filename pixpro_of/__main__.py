@@ -1,7 +1,7 @@
 """``python -m pixpro_of COMMAND``: every user-facing pixpro_of command."""
 import sys
 
-from pixpro_of.cli_util import run_subcommands
+from plumbing.cli import run_subcommands
 
 # command -> (module with main(argv), one-line help). Modules load lazily.
 COMMANDS = {
@@ -10,7 +10,7 @@ COMMANDS = {
     "demo": ("pixpro_of.demo", "The main job on the synthetic world, end to end (make demo)"),
     "reproduce": ("pixpro_of.reproduce", "The mini-reproduction on the synthetic world (make reproduce)"),
     "smoke": ("pixpro_of.smoke", "2-rank Horovod/MPI smoke check of the distributed stack"),
-    "synth": ("pixpro_of.synth.cli", "Render the synthetic driving world (videos, frames, GT flow, Cityscapes layout)"),
+    "synth": ("synth.cli", "Render the synthetic driving world (videos, frames, GT flow, Cityscapes layout)"),
     "train": ("pixpro_of.train.cli", "Pretrain PixPro(+flow): python -m pixpro_of train --config FILE [key=value ...]"),
     "viz": ("pixpro_of.viz_pairs", "Pictures: 'viz pairs' draws positive cells between two views"),
 }

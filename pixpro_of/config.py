@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 PRESET_PACKAGE = "pixpro_of.configs"
 

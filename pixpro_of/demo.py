@@ -4,7 +4,7 @@ The same commands a user runs on a cluster with BDD100K, at laptop scale:
 
 1. ``python -m pixpro_of synth``      render driving videos (pretraining) and a Cityscapes-layout set (evaluation)
 2. ``hdf5_tools pack`` + ``verify``   pack the training videos into a shard with a manifest
-3. ``python -m flow compute``         DIS optical flow for every adjacent pair, 2 MPI ranks
+3. ``hdf5_tools flow``         DIS optical flow for every adjacent pair, 2 MPI ranks
 4. ``launcher submit``                local scheduler, ``--gpus 0``: 2 CPU ranks through mpirun, Horovod, k = 6
 5. ``python -m pixpro_of viz pairs`` and ``python -m flow viz``   the pictures users check first
 6. ``python -m pixpro_of convert``    detectron2 .pkl and torchvision .pth of the online encoder
@@ -24,7 +24,7 @@ import time
 from pathlib import Path
 from typing import Dict, List, Sequence
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 MARKER = ".pixpro_demo"
 
@@ -95,7 +95,7 @@ def main(argv: Sequence[str] = ()) -> int:
                          "--size", args.size, "--format", "cityscapes", "--val-videos", 2, "--seed", 1000, "--quiet"])
     stage("pack", [py, "-m", "hdf5_tools.cli", "pack", out / "world", out / "shards", "--nodes", 1,
                    "--split", "train", "--no-progress"])
-    stage("flow", mpirun + [py, "-m", "flow", "compute", out / "shards", "--model", "dis", "--no-progress"])
+    stage("flow", mpirun + [py, "-m", "hdf5_tools", "flow", out / "shards", "--model", "dis", "--no-progress"])
     shards = sorted((out / "shards").glob("*.h5"))
     stage("verify", [py, "-m", "hdf5_tools.cli", "verify", *shards, "--deep"])
     stage("train", [py, "-m", "launcher.cli", "submit", "--scheduler", "local", "--gpus", 0, "--frames", 6,
@@ -106,7 +106,7 @@ def main(argv: Sequence[str] = ()) -> int:
     first_video = first_video["name"] if isinstance(first_video, dict) else first_video
     stage("viz-pairs", [py, "-m", "pixpro_of", "viz", "pairs", "--shards", *shards, "--video", 0, "--t", 0,
                         "--k", 6, "--image-size", 128, "--seed", 3, "--out", out / "pictures" / "positive_pairs.png"])
-    stage("viz-flow", [py, "-m", "flow", "viz", shards[0], "--video", first_video, "--t", 0, "--k", 6,
+    stage("viz-flow", [py, "-m", "hdf5_tools", "viz", shards[0], "--video", first_video, "--t", 0, "--k", 6,
                        "--mask", "both", "--out", out / "pictures" / "flow"])
     stage("convert-d2", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "detectron2", out / "encoder_d2.pkl"])
     stage("convert-tv", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "torchvision", out / "encoder_tv.pth"])

@@ -562,7 +562,7 @@ def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tenso
         grid: F, the side of the feature map.
         fwd, bwd: ``[B, k−1, 2, h, w]`` flows in time order, or None / ``k − 1 = 0`` for k = 1.
         correspondence: instead of flows, any object with the :class:`Correspondence` methods
-            (e.g. the synthetic world's exact geometry, :class:`pixpro_of.synth.ExactCorrespondence`).
+            (e.g. the synthetic world's exact geometry, :class:`synth.ExactCorrespondence`).
     All inputs may live on any device (e.g. CUDA, with flows from RAFT on the fly); the outputs
     are on the same device.
     Returns:

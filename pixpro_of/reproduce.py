@@ -6,11 +6,11 @@ ablation without / with the forward-backward mask (48.37 / 48.71). This command 
 comparison in miniature on the synthetic world, on CPUs:
 
 1. Pretraining videos: ``hdf5_tools pack synth:videos=V,frames=T,size=WxH,seed=S`` (frames
-   and the world's exact flows), then ``python -m flow compute --model dis --recompute --into``
+   and the world's exact flows), then ``hdf5_tools flow --model dis --recompute --into``
    replaces the exact flows by OpenCV DIS flow (what a user without GPUs computes). ``--flow gt``
    keeps the exact flows instead.
 2. Evaluation images: a *different* world seed written with
-   ``pixpro_of.synth.write_dataset(format="cityscapes")`` (leftImg8bit/ + gtFine/), so the
+   ``synth.write_dataset(format="cityscapes")`` (leftImg8bit/ + gtFine/), so the
    pretraining videos and the evaluation scenes are disjoint.
 3. For each row and seed: ``python -m pixpro_of train --config cpu_small`` with the row's
    ``data.k`` / ``data.mask``, a step budget (``run.max_steps``; the schedules span it) and a time
@@ -43,8 +43,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from pixpro_of.atomic import atomic_write_text
-from pixpro_of.errors import UserError
+from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -199,7 +199,7 @@ def prepare_pretraining_shards(cfg: ReproduceConfig, data: Path, logs: Path) -> 
     dis = data / "pretrain_dis"
     done = dis / ".dis-done"
     if not done.is_file():
-        _run_logged("flow dis", [py, "-m", "flow", "compute", str(gt), "--model", "dis", "--recompute",
+        _run_logged("flow dis", [py, "-m", "hdf5_tools", "flow", str(gt), "--model", "dis", "--recompute",
                                  "--into", str(dis), "--threads", "1", "--no-progress"], logs / "flow_dis.log")
         done.write_text("DIS flow computed over every pair of the packed shards\n")
     return dis
@@ -207,7 +207,7 @@ def prepare_pretraining_shards(cfg: ReproduceConfig, data: Path, logs: Path) -> 
 
 def prepare_eval_set(cfg: ReproduceConfig, data: Path) -> Path:
     """The Cityscapes-layout evaluation set (world seed ``eval_seed``); returns its root."""
-    from pixpro_of.synth.writers import SynthConfig, write_dataset
+    from synth.writers import SynthConfig, write_dataset
 
     root = data / "cityscapes"
     if (root / "synth.json").is_file():

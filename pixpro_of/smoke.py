@@ -14,7 +14,7 @@ import subprocess
 import sys
 from typing import Sequence
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 def _worker() -> int:

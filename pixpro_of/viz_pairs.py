@@ -18,7 +18,7 @@ from typing import List, Optional, Sequence
 
 import numpy as np
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -45,7 +45,7 @@ def _synthetic_clip(seed: int, k: int, size: str, t: Optional[int], rng: np.rand
     import torch
 
     from flow.ops import full_flow_to_shard
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     try:
         w, h = (int(x) for x in size.lower().split("x"))

@@ -7,7 +7,7 @@ import zlib
 import pytest
 import torch
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 
 

@@ -7,7 +7,7 @@ import sys
 import pytest
 
 from pixpro_of.config import (TrainConfig, check_resume_compatible, config_from_dict, list_presets, load_config)
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 @pytest.mark.parametrize("k,precision", [(1, "bf16"), (2, "fp32"), (6, "fp32")])

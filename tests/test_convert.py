@@ -215,7 +215,7 @@ def test_detectron2_key_mapping_rules():
 
 def test_detectron2_round_trip_and_safe_loading(r18, tmp_path):
     from pixpro_of.evaluation.backbone import resolve_backbone
-    from pixpro_of.errors import UserError
+    from plumbing.errors import UserError
     from pixpro_of.transfer.convert import read_detectron2, torchvision_key
 
     model, _, ckpt = r18
@@ -242,7 +242,7 @@ def test_detectron2_round_trip_and_safe_loading(r18, tmp_path):
 
 
 def test_run_directory_uses_newest_valid_checkpoint_and_seed_current_pth(tmp_path, capsys):
-    from pixpro_of.errors import UserError
+    from plumbing.errors import UserError
     from pixpro_of.transfer.encoder_state import load_encoder_state
 
     a, b = _pixpro("resnet18", seed=10), _pixpro("resnet18", seed=20)

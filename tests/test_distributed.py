@@ -50,7 +50,7 @@ def test_killed_rank_ends_the_job_within_60s(backend, mpi_env):
 def test_missing_horovod_is_a_one_line_error_naming_ddp():
     code = ("import sys; sys.modules['horovod'] = None; sys.modules['horovod.torch'] = None\n"
             "from pixpro_of.dist.backend import make_backend\n"
-            "from pixpro_of.errors import UserError\n"
+            "from plumbing.errors import UserError\n"
             "try:\n    make_backend('horovod', device='cpu')\n"
             "except UserError as e:\n    print(e)\n")
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)

@@ -25,7 +25,7 @@ def _one_thread():
 @pytest.fixture(scope="module")
 def cs_root(tmp_path_factory):
     """A tiny synthetic Cityscapes tree: 2 videos x 3 frames at 64x32 (1 train video, 1 val video)."""
-    from pixpro_of.synth import SynthConfig, write_dataset
+    from synth import SynthConfig, write_dataset
 
     root = tmp_path_factory.mktemp("cs") / "cityscapes"
     write_dataset(root, SynthConfig(videos=2, frames=3, size=(64, 32), format="cityscapes", val_videos=1))

@@ -9,7 +9,7 @@ import sys
 import pytest
 
 from pixpro_of.config import TrainConfig, check_resume_compatible, config_from_dict, load_config, validate
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 @pytest.mark.parametrize("override, shown", [

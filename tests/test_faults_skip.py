@@ -23,7 +23,7 @@ import numpy as np
 import pytest
 import torch
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.data import BadSample, EpochBatches, SafeCollate, SampleSet, make_loader
 from pixpro_of.train.metrics_log import read_csv
@@ -251,7 +251,7 @@ def test_kill9_and_resume_with_skips_is_bit_identical(tmp_path):
 
 
 def _driver(argv) -> int:
-    from pixpro_of.cli_util import user_error_types
+    from plumbing.cli import user_error_types
 
     sleep = float(os.environ.get("TINY_STEP_SLEEP", "0"))
     bad = tuple(int(v) for v in os.environ.get("BAD_VIDEOS", "3,7").split(","))

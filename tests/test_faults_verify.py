@@ -27,7 +27,7 @@ from hdf5_tools import schema
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.verify import verify_shard
 from pixpro_of.data.shards import ShardClipDataset
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 HERE = Path(__file__).resolve().parent
 
@@ -72,7 +72,7 @@ def test_a_cleared_flow_flag_over_stored_flows_is_caught_by_deep(packed, tmp_pat
         "video 'synth-00001' flow pair 2: its flows are stored and match their CRC32s but flow_present is 0 "
         "(a cleared flag, or flow compute stopped before setting it; training would call it missing)"]
     assert verify_shard(str(path), require_flows=True).problems == [
-        "video 'synth-00001': 1 of 5 flow pairs are missing (first: pair 2); run 'python -m flow compute' on this shard"]
+        "video 'synth-00001': 1 of 5 flow pairs are missing (first: pair 2); run 'hdf5_tools flow' on this shard"]
     r = _cli("verify", "--deep", str(path))
     assert r.returncode == 1 and r.stderr.splitlines()[0].startswith(f"{path}: video 'synth-00001' flow pair 2: its flows")
 
@@ -190,7 +190,7 @@ def _data_ranges(path: Path):
 def fuzz_child(shard: str, offsets: list, workdir: str) -> None:
     """For each offset: flip one byte of a copy, verify --deep it, read every clip (k=2); print a
     JSON line {offset, verify: [problems] or an exception, read: "ok" / one-line error / exception}."""
-    from hdf5_tools.errors import UserError as ShardError
+    from plumbing.errors import UserError as ShardError
 
     for off in offsets:
         dst = os.path.join(workdir, "fuzz.h5")

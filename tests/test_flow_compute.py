@@ -1,4 +1,4 @@
-"""``python -m flow compute``: flows into shards, mpirun equality, resume after a kill, one-line errors."""
+"""``hdf5_tools flow``: flows into shards, mpirun equality, resume after a kill, one-line errors."""
 import os
 import shutil
 import signal
@@ -11,7 +11,7 @@ import pytest
 import simplejpeg
 import torch
 
-from flow.__main__ import main as flow_main
+from hdf5_tools.cli import main as shard_main
 from flow.estimators import make_estimator
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
@@ -25,7 +25,7 @@ def encode(rgb):
 
 
 def synth_frames(seed, frames, size):
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     return render_video(seed, frames, size=size).rgb
 
@@ -63,13 +63,13 @@ LAYOUT = {"a.h5": [("v0", 5, 1), ("v1", 4, 2)], "b.h5": [("v2", 6, 3)]}
 def run_cli(args, env_extra=None, **kw):
     env = dict(os.environ, OMP_NUM_THREADS="1")
     env.update(env_extra or {})
-    return subprocess.run([PY, "-m", "flow", "compute", *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
+    return subprocess.run([PY, "-m", "hdf5_tools", "flow", *args], cwd=REPO, env=env, capture_output=True, text=True, **kw)
 
 
 def test_compute_dis_fills_every_pair_with_the_estimators_flow(tmp_path, capsys):
     src = make_shards(tmp_path / "src", LAYOUT)
     before = (src / "a.h5").read_bytes()
-    rc = flow_main(["compute", str(src), "--model", "dis", "--into", str(tmp_path / "out"), "--no-progress",
+    rc = shard_main(["flow", str(src), "--model", "dis", "--into", str(tmp_path / "out"), "--no-progress",
                     "--chunk", "2", "--batch", "3", "--threads", "1"])
     assert rc == 0
     assert (src / "a.h5").read_bytes() == before  # --into leaves the source alone
@@ -93,7 +93,7 @@ def test_compute_dis_fills_every_pair_with_the_estimators_flow(tmp_path, capsys)
     out = capsys.readouterr().out
     assert "12 pair(s) with dis" in out and "pairs/s" in out
     # A second run has nothing to do.
-    assert flow_main(["compute", str(tmp_path / "out"), "--model", "dis", "--no-progress"]) == 0
+    assert shard_main(["flow", str(tmp_path / "out"), "--model", "dis", "--no-progress"]) == 0
     assert "skipping 12 pair(s) already present" in capsys.readouterr().out
 
 
@@ -108,7 +108,7 @@ def test_compute_under_mpirun_np2_writes_the_same_flows_as_one_process(tmp_path)
     r1 = run_cli([str(one), "--model", "dis", "--no-progress", "--chunk", "2", "--threads", "1"])
     assert r1.returncode == 0, r1.stderr
     env = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1", "OMPI_MCA_rmaps_base_oversubscribe": "1"}
-    r2 = subprocess.run(["mpirun", "-np", "2", "--oversubscribe", PY, "-m", "flow", "compute", str(two), "--model", "dis",
+    r2 = subprocess.run(["mpirun", "-np", "2", "--oversubscribe", PY, "-m", "hdf5_tools", "flow", str(two), "--model", "dis",
                          "--no-progress", "--chunk", "2", "--threads", "1"], cwd=REPO, capture_output=True, text=True,
                         env=dict(os.environ, **env), timeout=240)
     assert r2.returncode == 0, r2.stdout + r2.stderr
@@ -142,7 +142,7 @@ def test_killed_compute_resumes_and_ends_with_the_same_flows(tmp_path):
     args = ["--model", "raft-small", "--weights", str(ckpt), "--iters", "2", "--chunk", "1", "--threads", "1",
             "--no-progress", "-v"]
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    proc = subprocess.Popen([PY, "-m", "flow", "compute", str(killed), *args], cwd=REPO, env=env,
+    proc = subprocess.Popen([PY, "-m", "hdf5_tools", "flow", str(killed), *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
         seen = 0
@@ -172,7 +172,7 @@ def test_killed_compute_resumes_and_ends_with_the_same_flows(tmp_path):
 
 def test_sigterm_stops_after_the_current_chunk_with_exit_75(tmp_path):
     src = make_shards(tmp_path / "src", {"t.h5": [("v", 40, 7)]}, size=(160, 96), manifest=False)
-    proc = subprocess.Popen([PY, "-m", "flow", "compute", str(src), "--model", "dis", "--chunk", "1", "--threads", "1",
+    proc = subprocess.Popen([PY, "-m", "hdf5_tools", "flow", str(src), "--model", "dis", "--chunk", "1", "--threads", "1",
                              "--no-progress", "-v"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     for line in proc.stdout:
         if line.startswith("wrote "):
@@ -191,7 +191,7 @@ def test_bad_input_gives_one_line_errors(tmp_path, capsys):
     src = make_shards(tmp_path / "src", {"a.h5": [("v0", 3, 1)]}, manifest=False)
 
     def err_of(args):
-        rc = flow_main(["compute", *args])
+        rc = shard_main(["flow", *args])
         e = capsys.readouterr().err
         assert rc == 2 and e.count("\n") == 1, e
         return e

@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import raft_large, raft_small
 
-from flow.errors import UserError
+from plumbing.errors import UserError
 from flow.estimators import make_estimator
 from flow.ops import full_flow_to_shard, shard_flow_to_full
 from flow.raft_weights import load_raft_state, official_to_torchvision, torchvision_to_official

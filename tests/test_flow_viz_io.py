@@ -1,4 +1,4 @@
-"""flow.io round trips, ``python -m flow viz`` pictures and ``python -m flow evaluate`` on the synthetic world."""
+"""flow.io round trips, ``python -m flow viz`` / ``hdf5_tools viz`` pictures and ``python -m pixpro_of eval flow`` on the synthetic world."""
 import json
 
 import numpy as np
@@ -7,7 +7,9 @@ import torch
 from PIL import Image
 
 from flow.__main__ import main as flow_main
-from flow.errors import UserError
+from hdf5_tools.cli import main as shard_main
+from pixpro_of.evaluation.cli import main as eval_main
+from plumbing.errors import UserError
 from flow.io import read_flo, read_seed_pth, write_flo, write_seed_pth
 from flow.ops import fb_consistency, in_frame
 
@@ -44,7 +46,7 @@ def test_seed_pth_round_trip_reorders_backward(tmp_path):
 
 def test_fb_masks_on_synthetic_ground_truth_flow():
     """On exact flows: every out-of-frame target masked; (almost) no visible pixel flagged."""
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     v = render_video(11, 3, size=(128, 80))
     f, b = torch.from_numpy(v.fwd), torch.from_numpy(v.bwd)
@@ -61,14 +63,14 @@ def test_fb_masks_on_synthetic_ground_truth_flow():
 
 def _shard_with_flows(tmp_path):
     src = make_shards(tmp_path / "s", {"a.h5": [("v0", 4, 1)]}, size=(64, 48), manifest=False)
-    assert flow_main(["compute", str(src), "--model", "dis", "--no-progress", "--threads", "1"]) == 0
+    assert shard_main(["flow", str(src), "--model", "dis", "--no-progress", "--threads", "1"]) == 0
     return src / "a.h5"
 
 
 def test_viz_writes_flow_mask_and_composite_pictures(tmp_path, capsys):
     shard = _shard_with_flows(tmp_path)
     out = tmp_path / "pics"
-    assert flow_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "3", "--out", str(out)]) == 0
+    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "3", "--out", str(out)]) == 0
     names = {"frame_first", "frame_last", "flow_fwd", "flow_bwd", "mask_fwd_seed", "mask_bwd_seed", "mask_fwd_unflow",
              "mask_bwd_unflow", "overlay_fwd", "panel"}
     assert {p.stem for p in out.glob("*.png")} == names
@@ -83,10 +85,10 @@ def test_viz_writes_flow_mask_and_composite_pictures(tmp_path, capsys):
     assert panel.shape[0] > 2 * 48 and panel.shape[1] > 4 * 64
     capsys.readouterr()
     # k larger than the video -> one line, exit 2.
-    assert flow_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "4", "--out", str(out)]) == 2
+    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "video 'v0' has 4 frames; --t 1 --k 4 needs frames 1..4" in err
-    assert flow_main(["viz", str(shard), "--video", "nope", "--out", str(out)]) == 2
+    assert shard_main(["viz", str(shard), "--video", "nope", "--out", str(out)]) == 2
     assert "no video 'nope'" in capsys.readouterr().err
 
 
@@ -105,7 +107,7 @@ def test_viz_of_a_flo_file(tmp_path):
 
 def test_evaluate_reports_epe_and_mask_figures(tmp_path, capsys):
     out = tmp_path / "ev.json"
-    assert flow_main(["evaluate", "--videos", "1", "--frames", "4", "--size", "96x64", "--kmax", "3",
+    assert eval_main(["flow", "--videos", "1", "--frames", "4", "--size", "96x64", "--kmax", "3",
                       "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     epe = {(e["k"], e["flow"]): e["epe_px"] for e in r["epe"]}
@@ -117,5 +119,5 @@ def test_evaluate_reports_epe_and_mask_figures(tmp_path, capsys):
         m = masks[(2, mode, "gt", "all")]
         assert m["precision"] > 0.95 and m["recall"] > 0.9, m
     assert "end-point error" in capsys.readouterr().out
-    assert flow_main(["evaluate", "--frames", "3", "--kmax", "6"]) == 2
+    assert eval_main(["flow", "--frames", "3", "--kmax", "6"]) == 2
     assert "--kmax 6 is larger than the video (--frames 3)" in capsys.readouterr().err

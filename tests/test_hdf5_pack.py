@@ -11,7 +11,7 @@ import pytest
 
 from hdf5_tools import pack as pack_mod
 from hdf5_tools import schema, testdata
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 from hdf5_tools.manifest import load_manifest
 from hdf5_tools.pack import PackConfig, pack, parse_size
 
@@ -107,7 +107,7 @@ def _block_mean8(flow):
 
 
 def test_synth_source_packs_exact_flows(tmp_path):
-    from pixpro_of.synth import video_seed
+    from synth import video_seed
 
     m = pack(_cfg("synth:videos=2,frames=4,size=64x48,seed=3", tmp_path / "out", nodes=1))
     rgb, fwd, _ = testdata.render_frames(video_seed(3, 1), 4, SIZE)

@@ -1,4 +1,4 @@
-"""Packing what pixpro_of.synth.write_dataset writes (frames + .flo, and .mov videos); the fast
+"""Packing what synth.write_dataset writes (frames + .flo, and .mov videos); the fast
 reader path (pread of the JPEG blob and flow chunks) and its corruption checks."""
 from __future__ import annotations
 
@@ -10,16 +10,16 @@ import simplejpeg
 import torch
 
 from hdf5_tools import schema, testdata
-from hdf5_tools.errors import UserError as ShardError
+from plumbing.errors import UserError as ShardError
 from hdf5_tools.pack import PackConfig, pack
 from pixpro_of.data import ShardClipDataset
 from pixpro_of.data.shards import f16_to_f32
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 @pytest.fixture(scope="module")
 def synth_tree(tmp_path_factory):
-    from pixpro_of.synth import SynthConfig, write_dataset
+    from synth import SynthConfig, write_dataset
 
     root = tmp_path_factory.mktemp("synth") / "bdd"
     write_dataset(root, SynthConfig(videos=2, frames=5, size=(64, 48), fps=10, seed=2, format="bdd"))
@@ -32,7 +32,7 @@ def _block_mean8(flow):
 
 
 def test_write_dataset_frames_and_flo_flows_pack_exactly(synth_tree, tmp_path):
-    from pixpro_of.synth import render_video, video_seed
+    from synth import render_video, video_seed
 
     m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1,
                         flows=str(synth_tree / "flow"), progress=False))
@@ -50,7 +50,7 @@ def test_write_dataset_frames_and_flo_flows_pack_exactly(synth_tree, tmp_path):
 
 
 def test_mov_videos_decode_at_fps_into_jpeg_frames(synth_tree, tmp_path):
-    from pixpro_of.synth import render_video, video_seed
+    from synth import render_video, video_seed
 
     m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1, src_kind="videos", fps=10,
                         progress=False))

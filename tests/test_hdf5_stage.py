@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from hdf5_tools import testdata
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 from hdf5_tools.manifest import file_crc32, load_manifest
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.stage import StageConfig, stage

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from hdf5_tools import schema, testdata
-from hdf5_tools.errors import UserError
+from plumbing.errors import UserError
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.verify import verify_shard
 

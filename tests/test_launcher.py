@@ -16,7 +16,7 @@ import pytest
 
 from launcher import cli
 from launcher.clusters import available_profiles, load_profile, parse_duration
-from launcher.errors import UserError
+from plumbing.errors import UserError
 from launcher.options import add_job_options, build_request
 from launcher.request import passthrough_args, plan_job, safe_job_name
 from launcher.templating import sh_argv

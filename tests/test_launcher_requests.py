@@ -14,7 +14,7 @@ import pytest
 
 from launcher import cli
 from launcher.clusters import load_profile, parse_duration
-from launcher.errors import UserError
+from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 FAKES = ROOT / "tests" / "fake_schedulers"

@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.losses import pixpro_loss
 from pixpro_of.model import ModelConfig, PixPro, momentum_at
 from pixpro_of.model.encoder import build_encoder, c5_size

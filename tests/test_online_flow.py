@@ -21,7 +21,7 @@ W, H, T = 160, 128, 5
 
 @pytest.fixture(scope="module")
 def video():
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     return render_video(5, T, size=(W, H))
 

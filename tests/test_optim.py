@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.optim import LARS, build_lr_scheduler, lr_at, param_groups
 
 

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from pixpro_of.data.pipeline import SampleBuilder, SampleConfig, batch_positives, collate, frame_tensor
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 torch.set_num_threads(1)
 H, W = 72, 128

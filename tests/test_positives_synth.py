@@ -18,7 +18,7 @@ SEED = 3
 
 @pytest.fixture(scope="module")
 def video():
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     torch.set_num_threads(1)
     return render_video(SEED, T, size=(W, H))
@@ -26,7 +26,7 @@ def video():
 
 @pytest.fixture(scope="module")
 def world():
-    from pixpro_of.synth import Renderer
+    from synth import Renderer
 
     return Renderer(SEED, T, size=(W, H))
 
@@ -72,7 +72,7 @@ def samples(video, world, k, flows="gt", n=30, seed=0):
     ``flows``: "exact" (the world's geometry), "gt" (exact per-step flows in shard units),
     "gt-full" (exact per-step flows at full resolution), "swapped" (gt, directions exchanged), "dis"."""
     from pixpro_of.positives import PositiveConfig, compute_positives
-    from pixpro_of.synth import ExactCorrespondence
+    from synth import ExactCorrespondence
 
     dis = None
     if flows == "dis":

@@ -9,7 +9,7 @@ import torch
 from hdf5_tools import schema, testdata
 from hdf5_tools.pack import PackConfig, pack
 from pixpro_of.data import ClipSampler, ShardClipDataset, node_shard_paths
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 H, W = 24, 40  # flows 3 x 5
 LENGTHS = {"a": 7, "b": 9, "c": 6, "d": 8, "e": 10}

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of import reproduce as rp
 
 TINY = ["--rows", "random,k2-mask", "--seeds", "0", "--steps", "3", "--time-box", "3m", "--videos", "4",

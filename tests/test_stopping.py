@@ -7,7 +7,7 @@ import signal
 
 import pytest
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.train.stopping import StopControl, parse_deadline, signal_numbers
 
 NOW = 1_800_000_000.0

@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pixpro_of.errors import UserError
-from pixpro_of.synth import LABEL_IDS, SKY_DEPTH, Renderer, render_video
+from plumbing.errors import UserError
+from synth import LABEL_IDS, SKY_DEPTH, Renderer, render_video
 
 W, H, T = 256, 144, 6
 

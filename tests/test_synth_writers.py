@@ -12,9 +12,9 @@ import pytest
 
 from flow.io import read_flo
 from pixpro_of.__main__ import main as pixpro_main
-from pixpro_of.errors import UserError
-from pixpro_of.synth import SynthConfig, read_video, render_video, video_name, video_seed, write_dataset
-from pixpro_of.synth import writers
+from plumbing.errors import UserError
+from synth import SynthConfig, read_video, render_video, video_name, video_seed, write_dataset
+from synth import writers
 
 W, H, T = 160, 96, 5
 

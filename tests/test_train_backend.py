@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from pixpro_of.dist.backend import Backend, SingleProcessBackend, make_backend, register_backend
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.metrics_log import read_csv
 from test_train_support import make_trainer

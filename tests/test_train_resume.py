@@ -212,7 +212,7 @@ def test_a_damaged_newest_checkpoint_falls_back_and_the_run_still_ends_identical
 
 
 def test_resuming_with_a_different_config_is_refused(tmp_path, torch_globals):
-    from pixpro_of.errors import UserError
+    from plumbing.errors import UserError
 
     run = tmp_path / "run"
     assert make_trainer(run, ["run.max_steps=2"]).run() == EXIT_FINISHED

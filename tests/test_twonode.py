@@ -2,7 +2,7 @@
 equivalence, preemption, a dying node, resuming on another node count, the environment on the
 second node, and flow computation across nodes, all through the project's real commands
 (`hdf5_tools pack/stage/verify`, `launcher submit/resume`, `python -m pixpro_of train`,
-`python -m flow compute`, SLURM's sbatch/scontrol, mpirun, horovodrun).
+`hdf5_tools flow`, SLURM's sbatch/scontrol, mpirun, horovodrun).
 
 Training is the cpu_small preset (ResNet-18, 64-px views) on 16 synthetic videos packed for 2
 nodes (2 shards per node set), global batch 4: 4 steps per epoch, 2 epochs, a checkpoint every 2
@@ -622,7 +622,7 @@ def test_stage_under_mpirun_elects_one_copier_on_each_node(cluster, work):
 
 
 def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster, work, shards15):
-    """`python -m flow compute` with one rank on each node over shared shards: every shard is
+    """`hdf5_tools flow` with one rank on each node over shared shards: every shard is
     opened by exactly one process (its owner), the shards verify, and the flows are byte for byte
     those of a one-process run."""
     src = shards15
@@ -631,7 +631,7 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     shutil.copytree(src, two)
     shard_names = sorted(p.name for p in src.glob("*.h5"))
     assert len(shard_names) >= 4, shard_names
-    r = subprocess.run([PY, "-m", "flow", "compute", str(one), "--model", "dis", "--recompute", "--no-progress"],
+    r = subprocess.run([PY, "-m", "hdf5_tools", "flow", str(one), "--model", "dis", "--recompute", "--no-progress"],
                        env=cluster.env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     hostfile = work / "flow.hosts"
@@ -669,7 +669,7 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     t.start()
     try:
         r = cluster.run_on("node1", ["mpirun", "-np", "2", "-hostfile", hostfile, "-map-by", "ppr:1:node",
-                                     "-bind-to", "none", *fwd, PY, "-m", "flow", "compute", two, "--model", "dis",
+                                     "-bind-to", "none", *fwd, PY, "-m", "hdf5_tools", "flow", two, "--model", "dis",
                                      "--recompute", "--no-progress", "--chunk", "1", "--batch", "1", "-v"],
                            env=dict(cluster.env, **OMPI_ROOT), timeout=300)
     finally:

@@ -43,7 +43,7 @@ import numpy as np
 import torch
 
 from pixpro_of.data.augment import BYOL_VIEW1, BYOL_VIEW2, apply_view, draw_view_params, to_normalized_float
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.positives import FLOW_RESOLUTIONS, MASK_MODES, POSITIVE_RULES, PositiveConfig, compute_positives
 
 

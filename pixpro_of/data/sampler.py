@@ -26,7 +26,7 @@ from typing import Iterator, List, Optional, Tuple
 import numpy as np
 import torch.utils.data
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 _SALT_ORDER = 0x0F1E2D3C
 _SALT_START = 0x5A17E5
@@ -97,7 +97,7 @@ class ClipSampler(torch.utils.data.Sampler):
 
 def node_shard_paths(manifest, node_index: int, num_nodes: Optional[int] = None, root=None) -> List[str]:
     """The shard paths node ``node_index`` (of ``num_nodes``) reads; see hdf5_tools.manifest."""
-    from hdf5_tools.errors import UserError as ShardError
+    from plumbing.errors import UserError as ShardError
     from hdf5_tools.manifest import shards_for_node
 
     try:

@@ -32,8 +32,8 @@ import numpy as np
 import torch.utils.data
 
 from hdf5_tools import schema
-from hdf5_tools.errors import UserError as ShardError
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError as ShardError
+from plumbing.errors import UserError
 
 
 class ShardUnavailableError(UserError):

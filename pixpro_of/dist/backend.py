@@ -20,7 +20,7 @@ import abc
 import importlib
 from typing import Any, Callable, Dict, Optional
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 class Backend(abc.ABC):

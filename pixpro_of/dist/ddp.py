@@ -25,7 +25,7 @@ import torch
 import torch.distributed as dist
 
 from pixpro_of.dist.backend import Backend, register_backend
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 def env_topology(env=None) -> Tuple[int, int, int]:

@@ -17,7 +17,7 @@ import types
 from typing import Any
 
 from pixpro_of.dist.backend import Backend, register_backend
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 try:
     import horovod.torch as hvd

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import (ARCH_LAYOUTS, complete_trunk_state, extract_encoder, infer_arch,
                                               load_encoder_state, read_torch_file)
 

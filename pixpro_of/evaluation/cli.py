@@ -3,9 +3,10 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from pixpro_of.cli_util import run_subcommands
+from plumbing.cli import run_subcommands
 
 TASKS = {
+    "flow": ("pixpro_of.evaluation.flow_accuracy", "Flow EPE (adjacent and chained) and FB-mask precision/recall on the synthetic world"),
     "seg": ("pixpro_of.evaluation.seg", "Frozen backbone + DeepLabV3 head or linear probe on Cityscapes; mIoU"),
 }
 

@@ -22,7 +22,7 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.evaluation.labels import IGNORE, label_ids_to_train_ids
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state
 
 C5_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}

@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from pixpro_of.atomic import atomic_write_bytes
-from pixpro_of.errors import UserError
+from plumbing.atomic import atomic_write_bytes
+from plumbing.errors import UserError
 
 MODES = ("deeplab", "linear")
 

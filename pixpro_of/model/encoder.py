@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 C5_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}

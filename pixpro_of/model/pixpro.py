@@ -24,7 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.losses.pixpro_loss import LOSS_NORMS, pixpro_loss
 from pixpro_of.model.encoder import ARCHS, build_encoder, c5_size
 from pixpro_of.model.heads import PixelPropagation, Projector

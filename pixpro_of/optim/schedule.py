@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 def lr_at(it: int, base_lr: float, warmup_iters: int, total_iters: int,

@@ -16,7 +16,7 @@ newest checkpoint first and falls back to older ones when it is damaged.
 
 A save that fails (a full disk, a quota, a read-only file system) removes what it wrote, so the
 previous checkpoint stays the newest valid one, and raises
-:class:`~pixpro_of.atomic.DiskWriteError`: one line naming the path and the bytes needed.
+:class:`~plumbing.atomic.DiskWriteError`: one line naming the path and the bytes needed.
 """
 from __future__ import annotations
 
@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from pixpro_of.atomic import atomic_write_bytes as _atomic_write_bytes
-from pixpro_of.atomic import disk_error, fsync_dir, is_temporary_name
-from pixpro_of.errors import UserError
+from plumbing.atomic import atomic_write_bytes as _atomic_write_bytes
+from plumbing.atomic import disk_error, fsync_dir, is_temporary_name
+from plumbing.errors import UserError
 
 log = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Sequence
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
 
 __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]

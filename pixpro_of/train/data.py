@@ -35,7 +35,7 @@ import numpy as np
 import torch
 import torch.utils.data
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 SHARD_SUFFIXES = (".h5", ".hdf5")
 
@@ -85,7 +85,7 @@ def resolve_shards(entries: Sequence[str], node_index: int = 0, num_nodes: int =
 
 
 def _from_manifest(path: Path, node_index: int, num_nodes: int) -> List[str]:
-    from hdf5_tools.errors import UserError as ShardError
+    from plumbing.errors import UserError as ShardError
     from hdf5_tools.manifest import shards_for_node
 
     try:

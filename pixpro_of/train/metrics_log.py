@@ -128,10 +128,10 @@ def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dic
     try:
         import wandb
     except ImportError:
-        from pixpro_of.errors import UserError
+        from plumbing.errors import UserError
 
         raise UserError(f"log.wandb={mode} needs the wandb package (pip install wandb), or set log.wandb=off") from None
-    from pixpro_of.atomic import atomic_write_text
+    from plumbing.atomic import atomic_write_text
 
     id_file = run_dir / "wandb_id"
     if id_file.exists():
@@ -146,7 +146,7 @@ def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dic
 
 
 def _disk_error(exc: OSError, path: Path, what: str):
-    from pixpro_of.atomic import disk_error
+    from plumbing.atomic import disk_error
 
     return disk_error(exc, path, what=what)
 
@@ -174,7 +174,7 @@ def truncate_csv(path: Path, resume_step: int) -> Optional[List[str]]:
     if len(keep) != len(body):
         import io
 
-        from pixpro_of.atomic import atomic_write_bytes
+        from plumbing.atomic import atomic_write_bytes
 
         buf = io.StringIO(newline="")
         w = csv.writer(buf)

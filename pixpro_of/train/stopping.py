@@ -17,7 +17,7 @@ import time
 from collections import deque
 from typing import Callable, Deque, Dict, Iterable, List, Optional
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 EXIT_FINISHED = 0  # training finished; RUN_DIR/done exists
 EXIT_RESUME = 75   # EX_TEMPFAIL (sysexits.h): checkpointed, run the same command again to resume

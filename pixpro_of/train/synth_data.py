@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from pixpro_of.config import TrainConfig
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 
 def synth_spec(cfg: TrainConfig) -> str:
@@ -23,7 +23,7 @@ def synthetic_manifest(run_dir: Path) -> Path:
 
 def ensure_synthetic_shards(cfg: TrainConfig, run_dir: Path) -> Path:
     """Pack the synthetic world into ``run_dir/data`` unless done already; returns the manifest path."""
-    from hdf5_tools.errors import UserError as ShardError
+    from plumbing.errors import UserError as ShardError
     from hdf5_tools.pack import PackConfig, pack
 
     manifest = synthetic_manifest(run_dir)

@@ -51,8 +51,8 @@ import torch
 
 from pixpro_of.config import TrainConfig, check_resume_compatible, dump_json
 from pixpro_of.dist.backend import Backend, make_backend
-from pixpro_of.errors import UserError
-from pixpro_of.atomic import DiskWriteError, disk_error, remove_temporaries
+from plumbing.errors import UserError
+from plumbing.atomic import DiskWriteError, disk_error, remove_temporaries
 from pixpro_of.train.checkpoint import CheckpointStore, atomic_write_bytes
 from pixpro_of.train.data import (BadSample, EpochBatches, SampleSet, close_loader_iter, make_loader,
                                   resolve_shards)
@@ -132,7 +132,7 @@ def build_clip_flow(cfg: TrainConfig, device: torch.device):
     d = cfg.data
     if not flow_on_the_fly(cfg):
         return None
-    from flow.errors import UserError as FlowError
+    from plumbing.errors import UserError as FlowError
     from flow.estimators import make_estimator
     from pixpro_of.data.online_flow import ClipFlow
 

@@ -33,8 +33,8 @@ import re
 from pathlib import Path
 from typing import Dict, Optional, Sequence
 
-from pixpro_of.atomic import atomic_open
-from pixpro_of.errors import UserError
+from plumbing.atomic import atomic_open
+from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state, infer_arch, load_encoder_state
 
 TARGETS = ("detectron2", "torchvision")

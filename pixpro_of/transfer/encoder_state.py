@@ -26,7 +26,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 # arch -> (block type, blocks per layer1..layer4), torchvision's definitions.
 ARCH_LAYOUTS = {

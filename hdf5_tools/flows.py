@@ -1,7 +1,7 @@
-"""``python -m flow compute``: forward and backward flow for every adjacent pair, into the shards.
+"""``hdf5_tools flow``: forward and backward flow for every adjacent pair, into the shards.
 
-    python -m flow compute SHARDS... --model raft-small --weights raft-small.pth [--into DIR]
-    mpirun -np 8 python -m flow compute shards/ --model raft-small --weights raft-small.pth
+    hdf5_tools flow SHARDS... --model raft-small --weights raft-small.pth [--into DIR]
+    mpirun -np 8 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth
 
 ``SHARDS`` are shard files or folders (a folder's ``manifest.json`` lists its shards; without one,
 every ``*.h5`` in it). With ``--into DIR`` each shard is first copied to ``DIR`` (temporary name,
@@ -40,7 +40,7 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 
-from flow.errors import UserError
+from plumbing.errors import UserError
 
 EX_TEMPFAIL = 75
 TAG_REQ, TAG_FRAMES, TAG_RESULT = 11, 12, 13
@@ -317,7 +317,7 @@ def run(cfg: ComputeConfig, log=print) -> int:
                                    dis_preset=cfg.dis_preset, threads=threads)
     except UserError as exc:
         if comm is not None:
-            log(f"python -m flow compute: error: {exc}", file=sys.stderr)
+            log(f"hdf5_tools flow: error: {exc}", file=sys.stderr)
             comm.Abort(2)
         raise
 
@@ -427,7 +427,7 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
             time.sleep(0.0005)
     except UserError as exc:
         if comm is not None:
-            log(f"python -m flow compute: error: {exc}", file=sys.stderr, flush=True)
+            log(f"hdf5_tools flow: error: {exc}", file=sys.stderr, flush=True)
             for h in handles.values():
                 h.flush()
             comm.Abort(2)
@@ -450,7 +450,7 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m flow compute",
+    p = argparse.ArgumentParser(prog="hdf5_tools flow",
                                 description="Forward and backward flow for every adjacent pair, written into the shards "
                                             "(resumable; runs under mpirun with one writer per shard).")
     p.add_argument("sources", nargs="+", metavar="SHARDS", help="shard files, or folders of shards (manifest.json or *.h5)")

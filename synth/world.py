@@ -51,7 +51,7 @@ from typing import Iterator, List, Optional, Tuple
 
 import numpy as np
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 # Cityscapes label ids (cityscapesScripts labels.py).
 LABEL_UNLABELED = 0

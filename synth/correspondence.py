@@ -2,7 +2,7 @@
 
 ``ExactCorrespondence(renderers, starts, ks)`` implements
 :class:`pixpro_of.positives.Correspondence` for a batch of clips: sample ``b`` is video
-``renderers[b]`` (a :class:`~pixpro_of.synth.world.Renderer`), view 1 from frame ``starts[b]``,
+``renderers[b]`` (a :class:`~synth.world.Renderer`), view 1 from frame ``starts[b]``,
 view 2 from frame ``starts[b] + ks[b] − 1``. Query points are tracked with
 :meth:`Renderer.track` — rays cast through the exact sub-pixel cell centres, hit points moved and
 projected into the other frame, visibility tested there — so positives computed with it are the
@@ -17,7 +17,7 @@ from typing import List, Sequence, Tuple
 import numpy as np
 import torch
 
-from pixpro_of.synth.world import Renderer
+from synth.world import Renderer
 
 
 class ExactCorrespondence:

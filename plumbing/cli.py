@@ -5,16 +5,12 @@ import importlib
 import sys
 from typing import Callable, Dict, Optional, Sequence, Tuple
 
+from plumbing.errors import UserError
+
 
 def user_error_types() -> Tuple[type, ...]:
-    """Exception types that mean 'the user gave bad input' across all packages."""
-    types = []
-    for mod in ("pixpro_of.errors", "flow.errors", "hdf5_tools.errors", "launcher.errors"):
-        try:
-            types.append(importlib.import_module(mod).UserError)
-        except ImportError:  # pragma: no cover - a package is missing from the install
-            pass
-    return tuple(types)
+    """Exception types that mean 'the user gave bad input'."""
+    return (UserError,)
 
 
 def run_subcommands(prog: str, commands: Dict[str, Tuple[str, str]], argv: Optional[Sequence[str]] = None) -> int:

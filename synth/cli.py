@@ -1,7 +1,7 @@
 """``python -m pixpro_of synth``: render the synthetic driving world to disk.
 
 Example: ``python -m pixpro_of synth --out data/synth --videos 8 --frames 60 --size 640x360 --fps 10
---seed 0 --format all``. The layout is documented in :mod:`pixpro_of.synth.writers`.
+--seed 0 --format all``. The layout is documented in :mod:`synth.writers`.
 """
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ import os
 import re
 from typing import Sequence, Tuple
 
-from pixpro_of.errors import UserError
-from pixpro_of.synth.writers import FORMATS, SynthConfig, write_dataset
+from plumbing.errors import UserError
+from synth.writers import FORMATS, SynthConfig, write_dataset
 
 
 def parse_size(text: str) -> Tuple[int, int]:

@@ -1,8 +1,8 @@
-"""``python -m flow evaluate``: flow accuracy and FB-mask quality on the synthetic driving world.
+"""``python -m pixpro_of eval flow``: flow accuracy and FB-mask quality on the synthetic driving world.
 
-    python -m flow evaluate --model dis --videos 2 --frames 7 --size 320x192 [--json out.json]
+    python -m pixpro_of eval flow --model dis --videos 2 --frames 7 --size 320x192 [--json out.json]
 
-For each rendered video (exact flows and validity from :mod:`pixpro_of.synth`) the estimator runs
+For each rendered video (exact flows and validity from :mod:`synth`) the estimator runs
 on every adjacent pair, forward and backward. Figures (all pooled over videos and clip starts):
 
 - **End-point error** (pixels, over ground-truth-valid pixels) for adjacent pairs (k = 2) of the
@@ -30,8 +30,8 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 import torch
 
-from pixpro_of.atomic import atomic_write_text
-from flow.errors import UserError
+from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError
 
 
 @dataclass
@@ -88,7 +88,7 @@ def evaluate(cfg: EvalConfig, log=print) -> Dict:
     """Run the evaluation and return the figures (see the module docstring) as a dict."""
     from flow.estimators import make_estimator
     from flow.ops import chain_backward, chain_flows, fb_consistency, in_frame, shard_flow_to_full
-    from pixpro_of.synth import render_video
+    from synth import render_video
 
     if cfg.kmax < 2:
         raise UserError(f"--kmax should be >= 2, got {cfg.kmax}")
@@ -177,7 +177,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 
 
 def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m flow evaluate",
+    p = argparse.ArgumentParser(prog="python -m pixpro_of eval flow",
                                 description="End-point error (adjacent and chained) and FB-mask precision/recall on the "
                                             "synthetic driving world.")
     p.add_argument("--model", choices=["raft-small", "raft-large", "dis"], default="dis")

@@ -43,8 +43,8 @@ from typing import Dict, List, Optional, Tuple
 import cv2
 import numpy as np
 
-from pixpro_of.errors import UserError
-from pixpro_of.synth.world import Frame, Renderer, check_size
+from plumbing.errors import UserError
+from synth.world import Frame, Renderer, check_size
 
 FORMATS = ("bdd", "cityscapes", "all")
 CITY = "synth"
@@ -278,7 +278,7 @@ def write_dataset(out_dir, cfg: SynthConfig, progress: bool = False) -> Dict:
             for i in range(cfg.videos):
                 entries.append(write_video(tmp, cfg, i, on_frame=lambda: bar.update(1)))
         bar.close()
-        manifest = {"generator": "pixpro_of.synth", "config": asdict(cfg), "videos": entries}
+        manifest = {"generator": "synth", "config": asdict(cfg), "videos": entries}
         manifest["config"]["size"] = list(cfg.size)
         (tmp / "synth.json").write_text(json.dumps(manifest, indent=1) + "\n")
         if out.exists():

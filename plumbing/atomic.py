@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import IO, Iterator, List, Optional, Union
 
-from pixpro_of.errors import UserError
+from plumbing.errors import UserError
 
 PathLike = Union[str, os.PathLike]
 

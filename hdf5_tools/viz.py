@@ -1,0 +1,98 @@
+"""``hdf5_tools viz``: pictures of a shard clip's stored flows, chained over k frames, and FB masks.
+
+    hdf5_tools viz SHARD --video NAME --t 10 --k 6 --out pics/
+
+For the clip (t, k) (frames t and t+k-1, the k-1 adjacent flows chained at full resolution as the
+trainer does) it writes:
+
+- ``frame_first.png``, ``frame_last.png``: frames t and t+k-1;
+- ``flow_fwd.png``, ``flow_bwd.png``: composite flow t -> t+k-1 and back, colour-coded with
+  ``torchvision.utils.flow_to_image`` (hue = direction, saturation = magnitude / max magnitude);
+- ``mask_fwd_<mode>.png``, ``mask_bwd_<mode>.png``: FB-consistency masks (white = valid, black =
+  occluded or leaving the frame) for ``--mask seed|unflow|both``;
+- ``overlay_fwd.png``: the forward flow's colours blended over frame t, occluded pixels darkened;
+- ``panel.png``: all of the above in one picture (two rows).
+The drawing is :func:`flow.viz.clip_pictures`; this module only reads the clip.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List
+
+import numpy as np
+
+from flow.viz import clip_pictures, panel, save_png
+from hdf5_tools import schema
+from plumbing.errors import UserError
+
+
+@dataclass
+class ShardVizConfig:
+    """Options of ``hdf5_tools viz``."""
+
+    shard: str
+    video: str
+    t: int
+    k: int
+    out: str
+    masks: List[str]
+
+
+def _decode(data: bytes, where: str) -> np.ndarray:
+    import simplejpeg
+
+    try:
+        return simplejpeg.decode_jpeg(data, colorspace="RGB")
+    except Exception as exc:
+        raise UserError(f"{where}: cannot decode JPEG ({exc})") from None
+
+
+def clip_from_shard(cfg: ShardVizConfig) -> Dict[str, np.ndarray]:
+    """Pictures of the clip (t, k) of ``cfg.video`` in ``cfg.shard``: frames t and t+k-1, its flows chained."""
+    if cfg.k < 2:
+        raise UserError(f"--k should be >= 2 (a clip with flow), got {cfg.k}")
+    with schema.open_shard(cfg.shard, "r") as h5:
+        info = schema.video_info(h5, cfg.video)
+        last = cfg.t + cfg.k - 1
+        if cfg.t < 0 or last >= info.num_frames:
+            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} has {info.num_frames} frames; "
+                            f"--t {cfg.t} --k {cfg.k} needs frames {cfg.t}..{last}")
+        frames = np.stack([_decode(schema.read_frame_jpeg(h5, cfg.video, i), f"{cfg.shard}: video {cfg.video!r} frame {i}")
+                           for i in (cfg.t, last)])
+        if frames.shape[1:3] != (info.height, info.width):
+            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} frames are {frames.shape[2]}x{frames.shape[1]}, "
+                            f"the video's table says {info.width}x{info.height}")
+        fwd, bwd = schema.read_flows(h5, cfg.video, cfg.t, cfg.k - 1)
+    return clip_pictures(frames, fwd, bwd, cfg.masks)
+
+
+def run(cfg: ShardVizConfig) -> List[Path]:
+    pics = clip_from_shard(cfg)
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, img in pics.items():
+        save_png(out / f"{name}.png", img)
+        written.append(out / f"{name}.png")
+    save_png(out / "panel.png", panel(list(pics.values()), cols=(len(pics) + 1) // 2))
+    written.append(out / "panel.png")
+    return written
+
+
+def main(argv) -> int:
+    p = argparse.ArgumentParser(prog="hdf5_tools viz", description="PNG pictures of a shard clip's flows, "
+                                "chained over k frames, and its FB-consistency masks.")
+    p.add_argument("shard", help="a shard with flows (see 'hdf5_tools flow')")
+    p.add_argument("--video", required=True, help="video name in the shard")
+    p.add_argument("--t", type=int, default=0, help="first frame of the clip (0-based, default 0)")
+    p.add_argument("--k", type=int, default=2, help="clip length in frames: flow t -> t+k-1 (default 2)")
+    p.add_argument("--mask", choices=["seed", "unflow", "both"], default="both", help="FB mask mode(s) to draw")
+    p.add_argument("--out", required=True, help="output folder for the PNGs")
+    a = p.parse_args(argv)
+    masks = ["seed", "unflow"] if a.mask == "both" else [a.mask]
+    for w in run(ShardVizConfig(shard=a.shard, video=a.video, t=a.t, k=a.k, out=a.out, masks=masks)):
+        print(w)
+    return 0
