@@ -27,7 +27,6 @@ Distribution (under ``mpirun -np N``, mpi4py): rank 0 plans and broadcasts the p
 """
 from __future__ import annotations
 
-import argparse
 import glob
 import math
 import os
@@ -38,11 +37,14 @@ import time
 from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import click
 import numpy as np
 
 from plumbing.errors import UserError
+from plumbing.jobenv import job_environment
+from plumbing.runs import EXIT_RESUME
+from plumbing.cli import call, command as cli_command
 
-EX_TEMPFAIL = 75
 TAG_REQ, TAG_FRAMES, TAG_RESULT = 11, 12, 13
 
 
@@ -242,23 +244,12 @@ class _Stop:
 
 def _mpi_comm():
     """The MPI world communicator when launched by mpirun with more than one rank, else None."""
-    for var in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"):
-        if var in os.environ and int(os.environ.get(var, "1")) > 1:
-            from mpi4py import MPI
+    job = job_environment()
+    if job.mpi and job.world_size > 1:
+        from mpi4py import MPI
 
-            return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
+        return MPI.COMM_WORLD if MPI.COMM_WORLD.Get_size() > 1 else None
     return None
-
-
-def _local_rank_and_size() -> Tuple[int, int]:
-    for r, s in (("OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE"), ("MPI_LOCALRANKID", "MPI_LOCALNRANKS"),
-                 ("SLURM_LOCALID", "SLURM_NTASKS_PER_NODE")):
-        if r in os.environ:
-            try:
-                return int(os.environ[r]), int(os.environ.get(s, "1").split("(")[0])
-            except ValueError:
-                pass
-    return 0, 1
 
 
 def _pick_device(spec: str) -> str:
@@ -267,7 +258,7 @@ def _pick_device(spec: str) -> str:
     if spec != "auto":
         return spec
     if torch.cuda.is_available():
-        local, _ = _local_rank_and_size()
+        local = job_environment().local_rank
         return f"cuda:{local % torch.cuda.device_count()}"
     return "cpu"
 
@@ -308,7 +299,7 @@ def run(cfg: ComputeConfig, log=print) -> int:
 
     threads = cfg.threads
     if threads is None:
-        _, local_size = _local_rank_and_size()
+        local_size = job_environment().local_size
         threads = max(1, (os.cpu_count() or 1) // max(local_size, size if comm is not None else 1))
     torch.set_num_threads(threads)
     device = _pick_device(cfg.device)
@@ -441,7 +432,7 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
     if stop.flag:
         log(f"stopped after {done_pairs} of {total} pair(s){f' on rank {rank}' if comm else ''}; "
             f"run the same command again to resume", file=sys.stderr, flush=True)
-        return EX_TEMPFAIL
+        return EXIT_RESUME
     if comm is not None:
         comm.Barrier()
     log(f"{'rank %d: ' % rank if comm else ''}{done_pairs} pair(s) with {estimator.name} in {dt:.1f} s "
@@ -449,31 +440,39 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="hdf5_tools flow",
-                                description="Forward and backward flow for every adjacent pair, written into the shards "
-                                            "(resumable; runs under mpirun with one writer per shard).")
-    p.add_argument("sources", nargs="+", metavar="SHARDS", help="shard files, or folders of shards (manifest.json or *.h5)")
-    p.add_argument("--model", choices=["raft-small", "raft-large", "dis"], default="raft-small")
-    p.add_argument("--weights", help="local RAFT checkpoint (official princeton-vl .pth or torchvision state dict)")
-    p.add_argument("--into", metavar="DIR", help="copy the shards into DIR and fill the copies (default: in place)")
-    p.add_argument("--device", default="auto", help="torch device for RAFT (default: this rank's GPU, else cpu)")
-    p.add_argument("--iters", type=int, default=12, help="RAFT refinement iterations (default 12, as the seed)")
-    p.add_argument("--amp", choices=["fp32", "bf16", "fp16"], default="fp32", help="RAFT autocast dtype (default fp32)")
-    p.add_argument("--dis-preset", choices=["ultrafast", "fast", "medium"], default="medium")
-    p.add_argument("--batch", type=int, default=8, help="pairs per estimator call (default 8)")
-    p.add_argument("--chunk", type=int, default=16, help="pairs computed between writes; a kill loses at most this many "
-                                                         "per rank (default 16)")
-    p.add_argument("--threads", type=int, help="CPU threads per rank (default: cores / ranks on the node)")
-    p.add_argument("--recompute", action="store_true", help="recompute pairs that are already present")
-    p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
-    p.add_argument("-v", "--verbose", action="store_true", help="print one line per chunk written")
-    return p
+@cli_command("flow", epilog="Examples: mpirun -np 4 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth; "
+                             "hdf5_tools flow shards/ --model dis --into shards-dis/")
+@click.argument("sources", nargs=-1, required=True, metavar="SHARDS...")
+@click.option("--model", type=click.Choice(["raft-small", "raft-large", "dis"]), default="raft-small",
+              show_default=True)
+@click.option("--weights", default=None,
+              help="local RAFT checkpoint (official princeton-vl .pth or torchvision state dict)")
+@click.option("--into", metavar="DIR", default=None, help="copy the shards into DIR and fill the copies (default: in place)")
+@click.option("--device", default="auto", help="torch device for RAFT (default: this rank's GPU, else cpu)")
+@click.option("--iters", type=int, default=12, show_default=True, help="RAFT refinement iterations (as the seed)")
+@click.option("--amp", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
+              help="RAFT autocast dtype")
+@click.option("--dis-preset", type=click.Choice(["ultrafast", "fast", "medium"]), default="medium", show_default=True)
+@click.option("--batch", type=int, default=8, show_default=True, help="pairs per estimator call")
+@click.option("--chunk", type=int, default=16, show_default=True,
+              help="pairs computed between writes; a kill loses at most this many per rank")
+@click.option("--threads", type=int, default=None, help="CPU threads per rank (default: cores / ranks on the node)")
+@click.option("--recompute", is_flag=True, help="recompute pairs that are already present")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+@click.option("-v", "--verbose", is_flag=True, help="print one line per chunk written")
+def command(sources, model, weights, into, device, iters, amp, dis_preset, batch, chunk, threads, recompute,
+            no_progress, verbose) -> int:
+    """Forward and backward flow for every adjacent pair, written into the shards.
 
-
-def main(argv) -> int:
-    a = build_parser().parse_args(argv)
-    cfg = ComputeConfig(sources=a.sources, model=a.model, weights=a.weights, into=a.into, device=a.device,
-                        iters=a.iters, amp=None if a.amp == "fp32" else a.amp, dis_preset=a.dis_preset, batch=a.batch,
-                        chunk=a.chunk, threads=a.threads, recompute=a.recompute, progress=a.progress, verbose=a.verbose)
+    Resumable; runs under mpirun with one writer per shard. SHARDS are shard files, or folders of
+    shards (manifest.json or *.h5).
+    """
+    cfg = ComputeConfig(sources=list(sources), model=model, weights=weights, into=into, device=device,
+                        iters=iters, amp=None if amp == "fp32" else amp, dis_preset=dis_preset, batch=batch,
+                        chunk=chunk, threads=threads, recompute=recompute, progress=not no_progress,
+                        verbose=verbose)
     return run(cfg)
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools flow")

@@ -17,7 +17,6 @@ exits 0 after a good stage, 2 with the copier's error message otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import sys
@@ -26,10 +25,13 @@ import zlib
 from dataclasses import dataclass
 from typing import Optional
 
+import click
+
 from hdf5_tools import manifest as mf
 from plumbing.errors import UserError
+from plumbing.jobenv import JobEnvironment, job_environment
+from plumbing.cli import call, command as cli_command
 
-MPI_ENV = ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_RANK", "MV2_COMM_WORLD_SIZE")
 
 
 @dataclass
@@ -115,24 +117,14 @@ def stage(cfg: StageConfig) -> StageResult:
                        seconds=time.perf_counter() - t0)
 
 
-def under_mpirun() -> bool:
-    return any(k in os.environ for k in MPI_ENV)
-
-
-def slurm_step_node() -> Optional[tuple]:
+def slurm_step_node(job: JobEnvironment) -> Optional[tuple]:
     """``(node index, node count)`` inside an srun step with one task per node, else None."""
-    env = os.environ
-    if "SLURM_STEP_NUM_NODES" not in env or "SLURM_NODEID" not in env:
+    if job.launcher != "srun":
         return None
-    try:
-        node, nodes = int(env["SLURM_NODEID"]), int(env["SLURM_STEP_NUM_NODES"])
-        tasks = int(env.get("SLURM_STEP_NUM_TASKS", nodes))
-    except ValueError:
-        return None
-    if tasks != nodes:
+    if job.world_size != job.nodes:
         raise UserError(f"stage runs one copier per node: start it with srun --ntasks-per-node=1 "
-                        f"(this step has {tasks} tasks on {nodes} nodes), or give --node")
-    return node, nodes
+                        f"(this step has {job.world_size} tasks on {job.nodes} nodes), or give --node")
+    return job.node, job.nodes
 
 
 def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
@@ -164,23 +156,27 @@ def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
     return result
 
 
-def main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="hdf5_tools stage", description=__doc__.splitlines()[0])
-    ap.add_argument("manifest", metavar="MANIFEST", help="manifest.json written by pack (or its folder)")
-    ap.add_argument("--to", required=True, metavar="DIR", help="node-local folder to copy the shards into")
-    ap.add_argument("--node", type=int, help="this node's index (not needed under mpirun)")
-    ap.add_argument("--num-nodes", type=int, help="nodes in the job (default: the manifest's node count; "
-                    "under mpirun: the job's node count)")
-    ap.add_argument("--quiet", action="store_true")
-    a = ap.parse_args(argv)
-    cfg = StageConfig(manifest=a.manifest, to=a.to, node=a.node, num_nodes=a.num_nodes, quiet=a.quiet)
-    slurm = slurm_step_node() if cfg.node is None and not under_mpirun() else None
+@cli_command("stage", epilog="Example: mpirun -npernode 1 hdf5_tools stage shards/manifest.json --to $LOCALDIR/data")
+@click.argument("manifest", metavar="MANIFEST")
+@click.option("--to", required=True, metavar="DIR", help="node-local folder to copy the shards into")
+@click.option("--node", type=int, default=None, help="this node's index (not needed under mpirun or srun)")
+@click.option("--num-nodes", type=int, default=None, help="nodes in the job (default: the manifest's node count; "
+              "under mpirun: the job's node count)")
+@click.option("--quiet", is_flag=True, help="no summary line")
+def command(manifest, to, node, num_nodes, quiet) -> int:
+    """Copy one node's shards to node-local storage (one copier per node under mpirun or srun).
+
+    MANIFEST is the manifest.json written by pack (or its folder).
+    """
+    cfg = StageConfig(manifest=manifest, to=to, node=node, num_nodes=num_nodes, quiet=quiet)
+    job = job_environment()
+    slurm = slurm_step_node(job) if cfg.node is None else None
     if slurm is not None:
         cfg.node = slurm[0]
         cfg.num_nodes = cfg.num_nodes or slurm[1]
         result = stage(cfg)
     elif cfg.node is None:
-        if not under_mpirun():
+        if not job.mpi:
             raise UserError("--node is required outside mpirun and srun")
         result = stage_mpi(cfg)
     else:
@@ -188,3 +184,7 @@ def main(argv) -> int:
     if result is not None and not cfg.quiet:
         print(f"stage: {result.line()}", file=sys.stdout, flush=True)
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools stage")

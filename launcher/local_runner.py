@@ -19,9 +19,9 @@ import time
 from pathlib import Path
 from typing import Optional, Sequence
 
-from launcher.rundir import atomic_write
+from plumbing.atomic import atomic_write_text
+from plumbing.runs import EXIT_RESUME
 
-EXIT_RESUME = 75
 MAX_RESTARTS = 1000
 
 
@@ -30,7 +30,7 @@ class _Cancel:
 
 
 def _write_state(path: Path, **state) -> None:
-    atomic_write(path, json.dumps(state, sort_keys=True) + "\n")
+    atomic_write_text(path, json.dumps(state, sort_keys=True) + "\n")
 
 
 def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: float, warn_signal: str,

@@ -4,14 +4,20 @@ Resource math: ``--gpus G`` on a profile with P GPUs per node gives ``G / P`` no
 (or one node of G ranks when G < P); ``--gpus 0`` gives CPU ranks (``cpu_ranks_per_node`` per
 node). A global batch must divide evenly over the ranks. Anything that does not divide is a
 :class:`UserError` that says what would work.
+
+The launcher knows the trainer only by its command line (``PYTHON -m pixpro_of train``): its
+presets come from ``--list-presets``, and :func:`check_trainer_config` has the trainer resolve the
+job's config (``--print-config``) before anything waits in a queue.
 """
 from __future__ import annotations
 
 import os
 import re
 import shlex
+import subprocess
 import sys
 from dataclasses import dataclass
+from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
@@ -20,8 +26,6 @@ from launcher.clusters import ClusterProfile, format_hms
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
 DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.:=,+/@%^-]*$")
-
-EXIT_RESUME = 75  # trainer: checkpointed, resume me (ARCHITECTURE.md)
 
 
 @dataclass(frozen=True)
@@ -119,11 +123,56 @@ def check_name(name: str) -> None:
         raise UserError(f"--name: {len(name.encode())} bytes is too long for a file name; use at most {MAX_NAME}")
 
 
-def trainer_presets() -> List[str]:
-    """The trainer's shipped presets (``configs/train/*.yaml``); the config module imports no torch."""
-    from pixpro_of.config import list_presets
+#: The trainer as the job runs it, after the interpreter (unless ``--trainer-command`` replaces it).
+TRAINER_MODULE = ("-m", "pixpro_of", "train")
 
-    return list_presets()
+
+def _ask_trainer(args: Sequence[str]) -> subprocess.CompletedProcess:
+    """Run ``THIS_PYTHON -m pixpro_of train ARGS`` (the submitting interpreter; no torch is imported)."""
+    argv = [sys.executable, *TRAINER_MODULE, *args]
+    try:
+        return subprocess.run(argv, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise UserError(f"cannot ask the trainer ({shlex.join(argv[:4])} ...): {exc}") from None
+
+
+def _one_line(proc: subprocess.CompletedProcess) -> str:
+    """The trainer's own one-line message: its last line on stderr, without the ``PROG: error:`` prefix."""
+    lines = [ln.strip() for ln in (proc.stderr or proc.stdout or "").splitlines() if ln.strip()]
+    if not lines:
+        return f"exit code {proc.returncode}"
+    last = lines[-1]
+    head, sep, rest = last.partition("error: ")
+    return rest if sep and rest else last
+
+
+@lru_cache(maxsize=None)
+def trainer_presets() -> Tuple[str, ...]:
+    """The trainer's shipped presets as its command line lists them; empty when it cannot say."""
+    proc = _ask_trainer(["--list-presets"])
+    if proc.returncode != 0:
+        return ()
+    return tuple(line.strip() for line in proc.stdout.splitlines() if line.strip())
+
+
+def check_trainer_config(plan: "JobPlan") -> None:
+    """Have the trainer resolve the job's config (``--config``, every ``key=value``) before submitting.
+
+    A refusal becomes one UserError line carrying the trainer's own message. A custom
+    ``--trainer-command`` is not asked: the launcher knows no way to check it.
+    """
+    if plan.request.trainer_command:
+        return
+    argv = list(plan.trainer_argv[len(TRAINER_MODULE) + 1:])
+    if "--run-dir" in argv:  # the config check writes nothing and needs no run directory
+        i = argv.index("--run-dir")
+        del argv[i:i + 2]
+    overrides = list(plan.trainer_overrides)
+    if plan.data_manifest:
+        overrides.append(f"{plan.request.data_key}=[{plan.data_manifest}]")
+    proc = _ask_trainer([*argv, "--print-config", *overrides])
+    if proc.returncode != 0:
+        raise UserError(f"the trainer refuses this config: {_one_line(proc)}")
 
 
 def submitting_environment() -> Tuple[str, ...]:

@@ -1,4 +1,4 @@
-"""The run directory as the launcher sees it (layout in ARCHITECTURE.md "Runs").
+"""The run directory as the launcher sees it: the files of ``job/`` (the run's own layout is :mod:`plumbing.runs`).
 
 ``job/`` holds what the launcher owns: ``job.sh`` (the rendered script), ``request.json`` (the
 options it was rendered from), ``submit.txt`` (each exact submit command), ``jobs.tsv`` (job-id
@@ -16,13 +16,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
-from plumbing.errors import UserError
 from plumbing.atomic import atomic_write_text
-
-
-def atomic_write(path: Path, text: str, mode: int = 0o644) -> None:
-    """Write ``text`` to a temporary file in the same directory, then rename it into place."""
-    atomic_write_text(path, text, chmod=mode)
+from plumbing.errors import UserError
+from plumbing.runs import RunLayout
 
 
 def now_iso() -> str:
@@ -38,13 +34,15 @@ class JobRecord:
     raw: str
 
 
-class RunDir:
+class RunDir(RunLayout):
+    """A run directory (resolved to an absolute path) with the launcher's files in ``job/``."""
+
     def __init__(self, path: str):
-        self.path = Path(path).resolve()
+        super().__init__(Path(path).resolve())
 
     @property
-    def job(self) -> Path:
-        return self.path / "job"
+    def path(self) -> Path:
+        return self.root
 
     @property
     def script(self) -> Path:
@@ -52,7 +50,7 @@ class RunDir:
 
     @property
     def log(self) -> Path:
-        return self.path / "logs" / "run.log"
+        return self.logs / "run.log"
 
     def exists(self) -> bool:
         return (self.job / "request.json").is_file()
@@ -62,15 +60,12 @@ class RunDir:
             raise UserError(f"{self.path} is not a launcher run directory (no job/request.json)")
         return self
 
-    def is_done(self) -> bool:
-        return (self.path / "done").exists()
-
     def stopped_reason(self) -> Optional[str]:
         p = self.job / "stopped"
         return p.read_text().strip() if p.exists() else None
 
     def stop(self, reason: str) -> None:
-        atomic_write(self.job / "stopped", reason + "\n")
+        atomic_write_text(self.job / "stopped", reason + "\n")
 
     def clear_stop(self) -> None:
         try:
@@ -80,10 +75,10 @@ class RunDir:
 
     def create(self, script: str, request: dict) -> None:
         try:
-            for sub in ("job", "logs", "checkpoints"):
-                (self.path / sub).mkdir(parents=True, exist_ok=True)
-            atomic_write(self.script, script, 0o755)
-            atomic_write(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
+            for sub in (self.job, self.logs, self.checkpoints):
+                sub.mkdir(parents=True, exist_ok=True)
+            atomic_write_text(self.script, script, chmod=0o755)
+            atomic_write_text(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
             raise UserError(f"--run-dir {self.path}: cannot create the run directory "
                             f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})") from None

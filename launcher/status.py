@@ -6,16 +6,20 @@ batch system.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import subprocess
 import sys
 import time
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
-from launcher.rundir import RunDir, atomic_write
+from plumbing.atomic import atomic_write_text
+from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 
 
@@ -59,7 +63,7 @@ def query_states(rd: RunDir, ids: List[str], min_interval: float) -> Dict[str, s
         raise UserError(f"{argv[0]}: cannot query the scheduler ({exc.__class__.__name__})") from None
     found = sched.parse_status(output, ids)
     states = {i: found.get(i, "finished (not in queue)") for i in ids}
-    atomic_write(cache, json.dumps({"time": time.time(), "ids": ids, "states": states}) + "\n")
+    atomic_write_text(cache, json.dumps({"time": time.time(), "ids": ids, "states": states}) + "\n")
     return states
 
 
@@ -72,12 +76,13 @@ def run_state(rd: RunDir) -> str:
     return "in progress"
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher status", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    ap.add_argument("--min-interval", type=float, default=30.0, help="seconds between scheduler queries")
-    ap.add_argument("--events", type=int, default=5, help="how many recent job events to show")
-    args = ap.parse_args(argv)
+@cli_command("status", epilog="Example: launcher status runs/pixpro-k6-g8 --events 10")
+@click.argument("run_dir")
+@click.option("--min-interval", type=float, default=30.0, show_default=True, help="seconds between scheduler queries")
+@click.option("--events", type=int, default=5, show_default=True, help="how many recent job events to show")
+def command(**opts) -> int:
+    """Where a run stands, from its run directory and the scheduler (queries are rate-limited)."""
+    args = SimpleNamespace(**opts)
     rd = RunDir(args.run_dir).require()
     req = rd.request()
     sched = get_scheduler(req["scheduler"])
@@ -95,6 +100,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for ev in rd.events()[-args.events:]:
         print("event    " + "  ".join(ev))
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "launcher status")
 
 
 if __name__ == "__main__":

@@ -8,7 +8,6 @@ created, so the same command can simply be run again.
 """
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import os
 import shlex
@@ -16,11 +15,15 @@ import shutil
 import subprocess
 import sys
 from dataclasses import dataclass
-from typing import List, Optional, Sequence
+from types import SimpleNamespace
+from typing import Any, List, Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
-from launcher.options import add_job_options, build_request
-from launcher.request import JobPlan, plan_job
+from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, build_request, job_options
+from launcher.request import JobPlan, check_trainer_config, plan_job
 from launcher.rundir import RunDir
 from launcher.schedulers import Scheduler, get_scheduler
 from launcher.templating import render_script
@@ -34,20 +37,22 @@ class Prepared:
 
     @property
     def script_path(self) -> str:
-        return os.path.join(self.plan.run_dir, "job", "job.sh")
+        return str(RunDir(self.plan.run_dir).script)
 
     def link_argv(self, link: int, after: Optional[str]) -> List[str]:
         return self.scheduler.submit_argv(self.plan, self.script_path, link, after)
 
 
-def prepare(args: argparse.Namespace, extra: Sequence[str]) -> Prepared:
+def prepare(args: Any, extra: Sequence[str]) -> Prepared:
+    """Check a request (resource math, then the trainer's own config check) and render its job script."""
     req = build_request(args, extra)
     plan = plan_job(req)
+    check_trainer_config(plan)
     sched = get_scheduler(req.scheduler)
     return Prepared(plan, sched, render_script(plan, sched, args.template_dir))
 
 
-def request_record(prep: Prepared, args: argparse.Namespace, extra: Sequence[str]) -> dict:
+def request_record(prep: Prepared, args: Any, extra: Sequence[str]) -> dict:
     req = prep.plan.request
     rec = {k: v for k, v in dataclasses.asdict(req).items() if k != "profile"}
     rec["profile"] = req.profile.name
@@ -79,7 +84,7 @@ def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
     full = argv[:3] + ["--job-id", job_id] + argv[3:]
     rd.record_submit(full)
     rd.record_job("submit", link, job_id, job_id)
-    log = open(rd.path / "logs" / "local-runner.log", "a")
+    log = open(rd.logs / "local-runner.log", "a")
     if wait:
         rc = subprocess.call(full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT)
         return job_id, rc
@@ -109,14 +114,16 @@ def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: 
     return 0
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher submit", description=__doc__.splitlines()[0], allow_abbrev=False,
-                                 epilog="Any other --option value or key=value goes to the trainer.")
-    add_job_options(ap)
-    ap.add_argument("--wait", action="store_true", help="local scheduler: run in the foreground, exit with its code")
-    ap.add_argument("--dry-run", action="store_true",
-                    help="check and render only: the job script on stdout, the submit command(s) on stderr")
-    args, extra = ap.parse_known_args(argv)
+@cli_command("submit", context_settings=PASSTHROUGH,
+             epilog="Examples: launcher submit --scheduler slurm --cluster abci3 --gpus 32 --frames 6 --chain 3; "
+                    "launcher submit --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP)
+@job_options
+@click.option("--wait", is_flag=True, help="local scheduler: run in the foreground, exit with its code")
+@click.option("--dry-run", is_flag=True,
+              help="check and render only: the job script on stdout, the submit command(s) on stderr")
+def command(trainer_args, **opts) -> int:
+    """Render the job script into a new run directory and submit it (--chain N: N dependent links)."""
+    args, extra = SimpleNamespace(**opts), list(trainer_args)
     prep = prepare(args, extra)
     if args.dry_run:
         print_dry_run(prep)
@@ -137,6 +144,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 shutil.rmtree(rd.job, ignore_errors=True)
         raise
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return call(command, argv, "launcher submit")
 
 
 def print_dry_run(prep: Prepared) -> None:

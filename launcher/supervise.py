@@ -39,7 +39,8 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
-EXIT_RESUME = 75
+from plumbing.runs import EXIT_RESUME, EXIT_USAGE
+
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
 SHIELDED = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP)
 MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "srun")
@@ -313,15 +314,15 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 forward = _signal_number(args.pop(0))
             except ValueError as exc:
                 print(f"launcher supervise: error: --forward {exc}: not a signal name", file=sys.stderr)
-                return 2
+                return EXIT_USAGE
         else:
             print(f"launcher supervise: error: unknown option {opt!r} "
                   "(usage: [--shield] [--forward SIG] [--quiet] -- COMMAND ...)", file=sys.stderr)
-            return 2
+            return EXIT_USAGE
     if not args or args[0] != "--" or len(args) < 2:
         print("launcher supervise: error: no command (usage: [--shield] [--forward SIG] -- COMMAND ...)",
               file=sys.stderr)
-        return 2
+        return EXIT_USAGE
     return Supervisor(args[1:], shield=shield, forward=forward, verbose=not quiet).run()
 
 

@@ -20,6 +20,7 @@ from typing import Iterable, Optional
 import jinja2
 
 from plumbing.errors import UserError
+from plumbing.runs import JOB, EXIT_RESUME
 from launcher.request import DIRECTIVE_SAFE, JobPlan
 from launcher.schedulers import AFTER, LINK, Scheduler
 
@@ -92,12 +93,12 @@ def make_environment(template_dir: Optional[str] = None) -> jinja2.Environment:
 def render_script(plan: JobPlan, scheduler: Scheduler, template_dir: Optional[str] = None) -> str:
     """The job script for ``plan`` as text (bash)."""
     env = make_environment(template_dir)
-    script_path = os.path.join(plan.run_dir, "job", "job.sh")
+    script_path = os.path.join(plan.run_dir, JOB, "job.sh")
     use_requeue = plan.profile.can_requeue and plan.chain == 1 and scheduler.name in ("slurm", "local")
     context = dict(
         job=plan, profile=plan.profile, scheduler=scheduler.name, use_requeue=use_requeue,
         extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER),
-        exit_resume=75,
+        exit_resume=EXIT_RESUME,
     )
     try:
         text = env.get_template(scheduler.template).render(**context)

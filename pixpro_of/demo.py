@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Dict, List, Sequence
 
 from plumbing.errors import UserError
+from plumbing.runs import RunLayout
 
 MARKER = ".pixpro_demo"
 
@@ -118,8 +119,7 @@ def main(argv: Sequence[str] = ()) -> int:
                           "--out", out / "eval" / "random", *probe])
 
     scores = {name: json.loads((out / "eval" / name / "scores.json").read_text()) for name in ("pretrained", "random")}
-    ckpt_dir = out / "run" / "checkpoints"
-    latest = ckpt_dir / (ckpt_dir / "latest").read_text().strip()
+    latest = RunLayout(out / "run").latest_checkpoint()
     lines = [
         "# pixpro_of demo",
         "",

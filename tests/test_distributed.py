@@ -62,13 +62,18 @@ def test_missing_horovod_is_a_one_line_error_naming_ddp():
 
 
 def test_ddp_topology_from_scheduler_variables():
-    from pixpro_of.dist.ddp import env_topology
+    # The DDP backend takes its ranks from plumbing.jobenv (tests/test_jobenv.py covers every launcher).
+    from plumbing.jobenv import job_environment
 
-    assert env_topology({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (3, 8, 1)
-    assert env_topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16",
-                         "OMPI_COMM_WORLD_LOCAL_RANK": "1"}) == (5, 16, 1)
-    assert env_topology({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}) == (2, 4, 0)
-    assert env_topology({}) == (0, 1, 0)
+    def topology(env):
+        job = job_environment(env)
+        return job.rank, job.world_size, job.local_rank
+
+    assert topology({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (3, 8, 1)
+    assert topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16",
+                     "OMPI_COMM_WORLD_LOCAL_RANK": "1"}) == (5, 16, 1)
+    assert topology({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}) == (2, 4, 0)
+    assert topology({}) == (0, 1, 0)
 
 
 def test_collective_batchnorm_matches_batchnorm_on_one_rank():

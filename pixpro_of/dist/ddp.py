@@ -1,10 +1,9 @@
 """PyTorch DDP backend (``dist.backend=ddp``): ``torch.distributed`` with NCCL on GPU, gloo on CPU.
 
-Rank, world size and local rank come from, in this order: torchrun (``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK``), Open MPI (``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``) or SLURM
-(``SLURM_PROCID``, ``SLURM_NTASKS``, ``SLURM_LOCALID``). The rendezvous address is
-``MASTER_ADDR:MASTER_PORT``; under ``mpirun`` without them, rank 0 picks its host name and a free
-port and shares them with mpi4py.
+Rank, world size, local rank and local size come from the launch environment
+(:func:`plumbing.jobenv.job_environment`: torchrun, an MPI launcher or SLURM). The rendezvous
+address is ``MASTER_ADDR:MASTER_PORT``; under ``mpirun`` without them, rank 0 picks its host name
+and a free port and shares them with mpi4py.
 
 - ``wrap_model`` gives ``DistributedDataParallel(broadcast_buffers=False)`` as the original did.
 - SyncBN: ``nn.SyncBatchNorm`` on GPU; on CPU (which ``nn.SyncBatchNorm`` refuses)
@@ -26,21 +25,7 @@ import torch.distributed as dist
 
 from pixpro_of.dist.backend import Backend, register_backend
 from plumbing.errors import UserError
-
-
-def env_topology(env=None) -> Tuple[int, int, int]:
-    """(rank, world size, local rank) from torchrun, Open MPI or SLURM variables."""
-    env = os.environ if env is None else env
-    for r, w, l in (("RANK", "WORLD_SIZE", "LOCAL_RANK"),
-                    ("OMPI_COMM_WORLD_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-                    ("PMIX_RANK", "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK"),
-                    ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")):
-        if r in env and w in env:
-            try:
-                return int(env[r]), int(env[w]), int(env.get(l, "0"))
-            except ValueError:
-                raise UserError(f"dist.backend=ddp: non-integer rank variables {r}={env[r]!r} {w}={env[w]!r}") from None
-    return 0, 1, 0
+from plumbing.jobenv import JobEnvironment, job_environment
 
 
 def _free_port() -> int:
@@ -49,16 +34,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _rendezvous(rank: int, world: int) -> Tuple[str, int]:
+def _rendezvous(job: JobEnvironment) -> Tuple[str, int]:
     addr, port = os.environ.get("MASTER_ADDR"), os.environ.get("MASTER_PORT")
     if addr and port:
         return addr, int(port)
-    if world == 1:
+    if job.world_size == 1:
         return "127.0.0.1", _free_port()
-    if "OMPI_COMM_WORLD_SIZE" in os.environ:
+    if job.mpi:
         from mpi4py import MPI
 
-        info = (socket.gethostname(), _free_port()) if rank == 0 else None
+        info = (socket.gethostname(), _free_port()) if job.rank == 0 else None
         host, p = MPI.COMM_WORLD.bcast(info, root=0)
         return addr or host, int(port or p)
     raise UserError("dist.backend=ddp needs MASTER_ADDR and MASTER_PORT (set by the launcher, srun jobs or torchrun)")
@@ -69,9 +54,10 @@ class DDPBackend(Backend):
 
     def __init__(self, device: str = "auto", timeout_s: float = 120.0):
         super().__init__(device)
-        self._rank, self._world, self._local = env_topology()
+        self.job = job_environment()
+        self._rank, self._world, self._local = self.job.rank, self.job.world_size, self.job.local_rank
         if not dist.is_initialized():
-            addr, port = _rendezvous(self._rank, self._world)
+            addr, port = _rendezvous(self.job)
             use_cuda = self.device.type == "cuda"
             if use_cuda:
                 torch.cuda.set_device(self.device)
@@ -97,10 +83,7 @@ class DDPBackend(Backend):
 
     @property
     def local_size(self) -> int:
-        for v in ("LOCAL_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_SIZE", "SLURM_NTASKS_PER_NODE"):
-            if os.environ.get(v, "").isdigit():
-                return int(os.environ[v])
-        return 1
+        return self.job.local_size
 
     def allreduce(self, tensor, op: str = "mean"):
         if op not in ("mean", "sum"):
@@ -160,7 +143,7 @@ class DDPBackend(Backend):
         """End this rank now; the others fail their next collective within the timeout."""
         sys.stderr.flush()
         sys.stdout.flush()
-        if "OMPI_COMM_WORLD_SIZE" in os.environ:
+        if self.job.mpi:
             from mpi4py import MPI
 
             MPI.COMM_WORLD.Abort(code)
@@ -173,7 +156,7 @@ class DDPBackend(Backend):
         dist.destroy_process_group()
         # The TCP store lives in rank 0: rank 0 must not tear it down while another rank's
         # client still uses it, so wait for everyone once more outside torch.distributed.
-        if "OMPI_COMM_WORLD_SIZE" in os.environ:
+        if self.job.mpi:
             from mpi4py import MPI
 
             MPI.COMM_WORLD.Barrier()

@@ -30,20 +30,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from plumbing.atomic import atomic_write_bytes as _atomic_write_bytes
-from plumbing.atomic import disk_error, fsync_dir, is_temporary_name
+from plumbing.atomic import atomic_open, atomic_write_bytes, disk_error, fsync_dir, remove_temporaries
 from plumbing.errors import UserError
+from plumbing.runs import LATEST, latest_in
 
 log = logging.getLogger(__name__)
 
 _NAME = re.compile(r"^step_(\d{8,})\.json$")
 REQUIRED_KEYS = ("format", "step", "epoch")
 FORMAT = "pixpro_of.checkpoint/1"
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via temp file + fsync + rename + directory fsync."""
-    _atomic_write_bytes(path, data, durable=True)
 
 
 class _HashingWriter:
@@ -114,17 +109,12 @@ class CheckpointStore:
 
     def latest_name(self) -> Optional[str]:
         """The file name the ``latest`` pointer names, or None."""
-        try:
-            return (self.dir / "latest").read_text().strip() or None
-        except OSError:
-            return None
+        latest = latest_in(self.dir)
+        return latest.name if latest is not None else None
 
     def clean_temporaries(self) -> None:
         """Remove temp files left by a writer that was killed mid-write."""
-        if self.dir.is_dir():
-            for p in self.dir.iterdir():
-                if is_temporary_name(p.name):
-                    p.unlink(missing_ok=True)
+        remove_temporaries(self.dir)
 
     # ------------------------------------------------------------------ saving
     def save(self, state: Dict[str, Any], milestone: bool = False) -> Tuple[CheckpointInfo, float]:
@@ -140,32 +130,27 @@ class CheckpointStore:
         self.dir.mkdir(parents=True, exist_ok=True)
         name = f"step_{step:08d}.pt"
         final = self.dir / name
-        tmp = final.with_name(f".{name}.tmp.{os.getpid()}")
         mpath = self.dir / f"step_{step:08d}.json"
         writer = None
         target, counted = final, False
         try:
-            with open(tmp, "wb") as f:
+            with atomic_open(final, "wb", durable=True) as f:  # a failed write leaves no temporary file
                 writer = _HashingWriter(f)
                 torch.save(state, writer)  # streamed: no second copy of the state in memory
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, final)
-            fsync_dir(self.dir)
             digest, size = f"{writer.crc:08x}", writer.size
             seconds = time.perf_counter() - t0
             manifest = {"file": name, "size": size, "crc32": digest, "step": step, "epoch": epoch,
                         "milestone": bool(milestone), "time": time.time(), "save_seconds": seconds}
             target = mpath
-            atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode())
+            atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode(), durable=True)
             counted = True  # payload + manifest: a valid checkpoint from here on
-            target = self.dir / "latest"
-            atomic_write_bytes(target, (name + "\n").encode())
+            target = self.dir / LATEST
+            atomic_write_bytes(target, (name + "\n").encode(), durable=True)
         except (OSError, RuntimeError) as exc:
             cause = exc if isinstance(exc, OSError) else (writer.error if writer is not None else None)
-            for leftover in (tmp,) if counted else (tmp, final):  # a payload without a manifest only holds space
+            if not counted:  # a payload without a manifest only holds space
                 try:
-                    leftover.unlink(missing_ok=True)
+                    final.unlink(missing_ok=True)
                 except OSError:
                     pass  # a read-only file system: nothing could be written there either
             if cause is None:

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Sequence
 
 from plumbing.errors import UserError
-from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
 
 __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
 
@@ -58,7 +58,7 @@ def main(argv: Sequence[str]) -> int:
     run_dir = Path(args.run_dir)
     if run_dir.exists() and not run_dir.is_dir():
         raise UserError(f"--run-dir {run_dir}: exists and is not a directory")
-    if (run_dir / "done").exists():  # a resubmitted finished job: nothing to do, and fast
+    if RunLayout(run_dir).is_done():  # a resubmitted finished job: nothing to do, and fast
         print(f"pixpro_of train: {run_dir} has finished already (done marker present)", file=sys.stderr)
         return EXIT_FINISHED
     if cfg.stop.deadline is not None:

@@ -21,6 +21,8 @@ import os
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional
 
+from plumbing.runs import RunLayout
+
 log = logging.getLogger(__name__)
 
 
@@ -32,7 +34,7 @@ class MetricsLog:
                  wandb_project: str = "pixpro_of", wandb_entity: str = "", config: Optional[dict] = None):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
-        self.csv_path = self.run_dir / "metrics.csv"
+        self.csv_path = RunLayout(self.run_dir).metrics
         self._csv_enabled = enabled and csv_enabled
         self._fields: Optional[List[str]] = None
         self._file = None
@@ -49,7 +51,7 @@ class MetricsLog:
         if tensorboard:
             from torch.utils.tensorboard import SummaryWriter
 
-            self._tb = SummaryWriter(log_dir=str(self.run_dir / "tensorboard"), purge_step=resume_step + 1)
+            self._tb = SummaryWriter(log_dir=str(RunLayout(self.run_dir).tensorboard), purge_step=resume_step + 1)
         if wandb != "off":
             self._wandb = start_wandb(self.run_dir, wandb, wandb_project, wandb_entity, config or {}, resume_step)
 

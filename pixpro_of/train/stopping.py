@@ -18,9 +18,7 @@ from collections import deque
 from typing import Callable, Deque, Dict, Iterable, List, Optional
 
 from plumbing.errors import UserError
-
-EXIT_FINISHED = 0  # training finished; RUN_DIR/done exists
-EXIT_RESUME = 75   # EX_TEMPFAIL (sysexits.h): checkpointed, run the same command again to resume
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME  # noqa: F401  (the trainer's exit codes, owned there)
 
 _DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
 

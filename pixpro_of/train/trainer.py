@@ -52,12 +52,13 @@ import torch
 from pixpro_of.config import TrainConfig, check_resume_compatible, dump_json
 from pixpro_of.dist.backend import Backend, make_backend
 from plumbing.errors import UserError
-from plumbing.atomic import DiskWriteError, disk_error, remove_temporaries
-from pixpro_of.train.checkpoint import CheckpointStore, atomic_write_bytes
+from plumbing.atomic import DiskWriteError, atomic_write_bytes, disk_error, remove_temporaries
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
+from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.data import (BadSample, EpochBatches, SampleSet, close_loader_iter, make_loader,
                                   resolve_shards)
 from pixpro_of.train.metrics_log import MetricsLog
-from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME, StopControl, parse_deadline
+from pixpro_of.train.stopping import StopControl, parse_deadline
 
 log = logging.getLogger("pixpro_of.train")
 
@@ -250,9 +251,10 @@ def _not_file_only(record: logging.LogRecord) -> bool:
 
 def setup_logging(run_dir: Path, rank: int) -> logging.Handler:
     """Append to ``logs/train.log`` (rank 0; ``train.rank{r}.log`` otherwise); rank 0 also to stderr."""
-    (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    logs = RunLayout(run_dir).logs
+    logs.mkdir(parents=True, exist_ok=True)
     name = "train.log" if rank == 0 else f"train.rank{rank}.log"
-    fh = _LogFileHandler(run_dir / "logs" / name)
+    fh = _LogFileHandler(logs / name)
     fmt = logging.Formatter(f"%(asctime)s rank{rank} %(levelname)s %(message)s")
     fh.setFormatter(fmt)
     root = logging.getLogger("pixpro_of")
@@ -276,10 +278,11 @@ class Trainer:
                  components: Optional[Components] = None, stop: Optional[StopControl] = None):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
+        self.layout = RunLayout(self.run_dir)
         self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device)
         self.parts = components or Components()
         self.stop = stop
-        self.store = CheckpointStore(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.store = CheckpointStore(self.layout.checkpoints, keep=cfg.checkpoint.keep)
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
@@ -313,12 +316,12 @@ class Trainer:
         only when its content changes."""
         try:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "checkpoints").mkdir(exist_ok=True)
+            self.layout.checkpoints.mkdir(exist_ok=True)
             self.store.clean_temporaries()
             remove_temporaries(self.run_dir)
         except OSError as exc:
             raise disk_error(exc, exc.filename or self.run_dir, what="preparing the run directory") from None
-        cfg_path = self.run_dir / "config.json"
+        cfg_path = self.layout.config
         text = dump_json(self.cfg).encode()
         old = None
         if cfg_path.exists():
@@ -330,7 +333,7 @@ class Trainer:
             check_resume_compatible(saved, self.cfg, str(cfg_path))
         if old != text:
             try:
-                atomic_write_bytes(cfg_path, text)
+                atomic_write_bytes(cfg_path, text, durable=True)
             except OSError as exc:
                 raise disk_error(exc, cfg_path, needed=len(text), what="writing the config") from None
         if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
@@ -765,7 +768,7 @@ class Trainer:
     def run(self) -> int:
         """Train until finished (returns 0) or stopped with a checkpoint (returns 75)."""
         be = self.backend
-        if (self.run_dir / "done").exists():
+        if self.layout.is_done():
             log.info("%s: training already finished (done marker present)", self.run_dir)
             return EXIT_FINISHED
         cfg = self.cfg
@@ -779,7 +782,7 @@ class Trainer:
             try:
                 handler = setup_logging(self.run_dir, be.rank)
             except OSError as exc:
-                raise disk_error(exc, exc.filename or self.run_dir / "logs", what="opening the log") from None
+                raise disk_error(exc, exc.filename or self.layout.logs, what="opening the log") from None
             try:
                 return self._setup_and_loop()
             except (KeyboardInterrupt, SystemExit):
@@ -852,9 +855,9 @@ class Trainer:
                       "checkpoint": self.store.latest_name()}
             data = (json.dumps(marker) + "\n").encode()
             try:
-                atomic_write_bytes(self.run_dir / "done", data)
+                atomic_write_bytes(self.layout.done, data, durable=True)
             except OSError as exc:
-                raise disk_error(exc, self.run_dir / "done", needed=len(data), what="writing the done marker") from None
+                raise disk_error(exc, self.layout.done, needed=len(data), what="writing the done marker") from None
         log.info("finished at step %d (epoch %d)", self.step, self.epoch)
         return EXIT_FINISHED
 

@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Tuple
 
 from plumbing.errors import UserError
+from plumbing.runs import RunLayout
 
 # arch -> (block type, blocks per layer1..layer4), torchvision's definitions.
 ARCH_LAYOUTS = {
@@ -115,7 +116,8 @@ def read_run_directory(path: Path) -> Tuple[object, Path]:
     """
     from pixpro_of.train.checkpoint import CheckpointStore
 
-    ckdir = path / "checkpoints" if (path / "checkpoints").is_dir() else path
+    checkpoints = RunLayout(path).checkpoints
+    ckdir = checkpoints if checkpoints.is_dir() else path
     store = CheckpointStore(ckdir)
     if store.entries():
         found = store.load_latest()
