@@ -8,6 +8,7 @@ import pytest
 
 from plumbing.errors import UserError
 from pixpro_of import reproduce as rp
+from pixpro_of.reproduction import plan, report
 
 TINY = ["--rows", "random,k2-mask", "--seeds", "0", "--steps", "3", "--time-box", "3m", "--videos", "4",
         "--frames", "3", "--size", "64x32", "--eval-videos", "3", "--eval-val-videos", "1", "--eval-frames", "2",
@@ -77,19 +78,19 @@ def test_tiny_reproduction_end_to_end(tmp_path, capsys):
 
 
 def test_mean_and_sample_std():
-    mean, std = rp._mean_std([50.0, 52.0, 54.0])
+    mean, std = report._mean_std([50.0, 52.0, 54.0])
     assert mean == pytest.approx(52.0) and std == pytest.approx(2.0)  # ddof = 1
-    assert rp._mean_std([47.5]) == (47.5, None)
-    assert rp._mean_std([]) == (None, None)
-    assert rp._fmt(52.0, 2.0, 3) == "52.00 ± 2.00"
-    assert rp._fmt(47.5, None, 1) == "47.50 (n=1)"
+    assert report._mean_std([47.5]) == (47.5, None)
+    assert report._mean_std([]) == (None, None)
+    assert report._fmt(52.0, 2.0, 3) == "52.00 ± 2.00"
+    assert report._fmt(47.5, None, 1) == "47.50 (n=1)"
 
 
 def test_schedule_and_durations():
     # 32 videos, batch 4: 8 steps an epoch; 2000 steps need 250 epochs, 401 need 51.
-    assert rp.schedule_epochs(2000, 32, 4) == 250
-    assert rp.schedule_epochs(401, 32, 4) == 51
-    assert rp.schedule_epochs(3, 4, 4) == 3
+    assert plan.schedule_epochs(2000, 32, 4) == 250
+    assert plan.schedule_epochs(401, 32, 4) == 51
+    assert plan.schedule_epochs(3, 4, 4) == 3
     assert rp.parse_duration("10m") == 600 and rp.parse_duration("90s") == 90
     assert rp.parse_duration("1h30m") == 5400 and rp.parse_duration("75") == 75
     assert math.isclose(rp.parse_duration("2.5m"), 150)
@@ -101,7 +102,7 @@ def test_default_configuration_is_the_issues():
     assert cfg.rows == ("random", "k1", "k6", "k2-nomask", "k2-mask")
     assert cfg.seeds == (0, 1, 2) and cfg.time_box_s == 600 and cfg.flow == "dis"
     assert cfg.out == "reproduce_out"
-    assert [(rp.ROWS[r].k, rp.ROWS[r].mask) for r in cfg.rows[1:]] == [(1, "none"), (6, "seed"), (2, "none"),
+    assert [(plan.ROWS[r].k, plan.ROWS[r].mask) for r in cfg.rows[1:]] == [(1, "none"), (6, "seed"), (2, "none"),
                                                                      (2, "seed")]
 
 
