@@ -50,7 +50,7 @@ TAG_REQ, TAG_FRAMES, TAG_RESULT = 11, 12, 13
 
 @dataclass
 class ComputeConfig:
-    """Resolved options of ``flow compute`` (see ``--help``)."""
+    """Resolved options of ``hdf5_tools flow`` (see ``--help``)."""
 
     sources: List[str]
     model: str = "raft-small"

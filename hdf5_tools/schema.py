@@ -805,7 +805,8 @@ def _video_problems(h5, name, deep, decode, require_flows=False):
         for i in np.flatnonzero(present == 0):
             if _pair_stored(h5, name, ds, int(i), fcrc, bcrc):
                 yield (f"{v} flow pair {int(i)}: its flows are stored and match their CRC32s but {FLOW_PRESENT} is 0 "
-                       f"(a cleared flag, or flow compute stopped before setting it; training would call it missing)")
+                       f"(a cleared flag, or 'hdf5_tools flow' stopped before setting it; "
+                       f"training would call it missing)")
     if require_flows and n > 1 and not present.all():
         missing_pairs = np.flatnonzero(present == 0)
         yield (f"{v}: {missing_pairs.size} of {n - 1} flow pairs are missing (first: pair {int(missing_pairs[0])}); "

@@ -67,10 +67,10 @@ def test_a_cleared_flow_flag_over_stored_flows_is_caught_by_deep(packed, tmp_pat
         h5["videos/synth-00001/flow_present"][2] = 0
     with pytest.raises(UserError, match=r"video 'synth-00001' flow pair 2 is missing"):
         _read_all(path)  # what training meets
-    assert verify_shard(str(path)).ok  # a missing pair alone is a legal state (flow compute not run)
+    assert verify_shard(str(path)).ok  # a missing pair alone is a legal state ('hdf5_tools flow' not run)
     assert verify_shard(str(path), deep=True).problems == [
         "video 'synth-00001' flow pair 2: its flows are stored and match their CRC32s but flow_present is 0 "
-        "(a cleared flag, or flow compute stopped before setting it; training would call it missing)"]
+        "(a cleared flag, or 'hdf5_tools flow' stopped before setting it; training would call it missing)"]
     assert verify_shard(str(path), require_flows=True).problems == [
         "video 'synth-00001': 1 of 5 flow pairs are missing (first: pair 2); run 'hdf5_tools flow' on this shard"]
     r = _cli("verify", "--deep", str(path))

@@ -36,7 +36,7 @@ from plumbing.errors import UserError
 
 @dataclass
 class EvalConfig:
-    """Options of ``flow evaluate``; ``size`` is (W, H) in pixels."""
+    """Options of ``pixpro_of eval flow``; ``size`` is (W, H) in pixels."""
 
     model: str = "dis"
     weights: Optional[str] = None
