@@ -12,6 +12,7 @@ from typing import Tuple, Union
 
 import numpy as np
 
+from plumbing.atomic import atomic_open
 from plumbing.errors import UserError
 
 FLO_MAGIC = 202021.25  # "PIEH" as a little-endian float32
@@ -24,13 +25,10 @@ def write_flo(path: PathLike, flow: np.ndarray) -> None:
     if flow.ndim != 3 or flow.shape[0] != 2:
         raise ValueError(f"flow must have shape (2, H, W), got {tuple(flow.shape)}")
     _, h, w = flow.shape
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "wb") as f:
+    with atomic_open(path, "wb") as f:
         np.array([FLO_MAGIC], "<f4").tofile(f)
         np.array([w, h], "<i4").tofile(f)
         np.ascontiguousarray(flow.transpose(1, 2, 0), dtype="<f4").tofile(f)
-    os.replace(tmp, path)
 
 
 def read_flo(path: PathLike) -> np.ndarray:
@@ -92,8 +90,5 @@ def write_seed_pth(forward_path: PathLike, backward_path: PathLike, fwd: np.ndar
     if fwd.shape != bwd.shape or fwd.ndim != 4 or fwd.shape[1] != 2:
         raise ValueError(f"fwd and bwd must both be [N-1, 2, h, w], got {fwd.shape} and {bwd.shape}")
     for p, arr in ((forward_path, fwd), (backward_path, np.ascontiguousarray(bwd[::-1]))):
-        p = Path(p)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        tmp = p.with_name(f".{p.name}.tmp{os.getpid()}")
-        torch.save(torch.from_numpy(arr.copy()), tmp)
-        os.replace(tmp, p)
+        with atomic_open(p, "wb") as f:
+            torch.save(torch.from_numpy(arr.copy()), f)

@@ -30,7 +30,6 @@ from __future__ import annotations
 import glob
 import math
 import os
-import shutil
 import signal
 import sys
 import time
@@ -40,6 +39,7 @@ from typing import Dict, List, Optional, Tuple
 import click
 import numpy as np
 
+from plumbing.atomic import atomic_copy
 from plumbing.errors import UserError
 from plumbing.jobenv import job_environment
 from plumbing.runs import EXIT_RESUME
@@ -136,18 +136,14 @@ def copy_into(shards: List[str], into: str) -> List[str]:
     for p in shards:
         dst = os.path.join(os.path.abspath(into), os.path.basename(p))
         if os.path.realpath(dst) != os.path.realpath(p) and not os.path.exists(dst):
-            tmp = f"{dst}.tmp{os.getpid()}"
-            shutil.copyfile(p, tmp)
-            os.replace(tmp, dst)
+            atomic_copy(p, dst)
         out.append(dst)
     from hdf5_tools import manifest as mf
 
     src_manifest = os.path.join(os.path.dirname(shards[0]), mf.MANIFEST_NAME) if shards else ""
     dst_manifest = os.path.join(os.path.abspath(into), mf.MANIFEST_NAME)
     if src_manifest and os.path.exists(src_manifest) and not os.path.exists(dst_manifest):
-        tmp = f"{dst_manifest}.tmp{os.getpid()}"
-        shutil.copyfile(src_manifest, tmp)
-        os.replace(tmp, dst_manifest)
+        atomic_copy(src_manifest, dst_manifest)
     return out
 
 

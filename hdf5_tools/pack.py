@@ -17,7 +17,6 @@ allocated empty for ``hdf5_tools flow``. ``synth:`` sources carry their exact fl
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -28,10 +27,13 @@ from multiprocessing import get_context
 from pathlib import Path
 from typing import Callable, List, Optional
 
-from plumbing.atomic import atomic_write_text
+import click
+
+from plumbing.atomic import atomic_path, atomic_write_text
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema, sources
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 PLAN_NAME = ".pack-plan.json"
 PARTIAL_SUFFIX = ".partial"
@@ -113,10 +115,10 @@ def write_shard(plan: ShardPlan, by_key: dict, out: str, flows: Optional[str],
     ``on_video(frames)`` is called after each video is written (for the progress bar).
     """
     final = os.path.join(out, plan.file)
-    tmp = os.path.join(out, f".{plan.file}{PARTIAL_SUFFIX}")
     flow_dir = sources.FlowDir(flows) if flows else None
-    try:
-        with schema.create_shard(tmp) as h5:
+    # h5py writes to a path, not a file object: atomic_path; the fixed temporary name is swept on a rerun
+    with atomic_path(final, temporary=f".{plan.file}{PARTIAL_SUFFIX}") as tmp:
+        with schema.create_shard(str(tmp)) as h5:
             for split, name in plan.videos:
                 src = by_key[(split, name)]
                 v = src.load()
@@ -130,11 +132,6 @@ def write_shard(plan: ShardPlan, by_key: dict, out: str, flows: Optional[str],
                 if on_video is not None:
                     on_video(src.est_frames)
                 del v
-        os.replace(tmp, final)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
     entry = mf.describe_shard(final, plan.node, out)
     _write_json(_entry_path(out, plan.file), asdict(entry))
     return entry
@@ -265,28 +262,37 @@ def _progress(cfg: PackConfig, total: int, done: int, shards_done: int, shards: 
     return tqdm(total=total, initial=done, unit="frame", desc="pack", file=sys.stderr, dynamic_ncols=True)
 
 
-def main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="hdf5_tools pack", description=__doc__.splitlines()[0])
-    ap.add_argument("src", metavar="SRC", help="images/{split}/<video>/*.jpg folder root, videos/{split}/*.mov "
-                    "root, or synth:videos=N,frames=T,size=WxH,seed=S")
-    ap.add_argument("out", metavar="OUT", help="output folder for the shards and manifest.json")
-    ap.add_argument("--nodes", type=int, required=True, help="number of node sets to balance frames across")
-    ap.add_argument("--shard-size", default="8GiB", help="largest shard (estimated bytes; default 8GiB)")
-    ap.add_argument("--flows", metavar="DIR", help="seed .pth flows (forward/, backward/) or .flo folders")
-    ap.add_argument("-j", "--jobs", type=int, default=1, help="shards written in parallel")
-    ap.add_argument("--fps", type=float, default=10.0, help="frame rate for decoding videos (default 10)")
-    ap.add_argument("--jpeg-quality", type=int, default=95, help="JPEG quality when encoding decoded frames")
-    ap.add_argument("--src-kind", choices=sources.SRC_KINDS, default="auto",
-                    help="which SRC layout to read when a folder has both images/ and videos/ (default: images)")
-    ap.add_argument("--split", action="append", dest="splits", help="pack only this split (repeatable)")
-    ap.add_argument("--no-progress", action="store_true", help="no progress bar")
-    a = ap.parse_args(argv)
-    cfg = PackConfig(src=a.src, out=a.out, nodes=a.nodes, shard_size=parse_size(a.shard_size), flows=a.flows,
-                     jobs=a.jobs, fps=a.fps, jpeg_quality=a.jpeg_quality, splits=a.splits,
-                     src_kind=a.src_kind, progress=not a.no_progress)
+@cli_command("pack", epilog="Examples: hdf5_tools pack data/bdd shards --nodes 4 --shard-size 8GiB -j 4; "
+                             "hdf5_tools pack synth:videos=8,frames=60,size=640x360,seed=0 shards --nodes 2")
+@click.argument("src", metavar="SRC")
+@click.argument("out", metavar="OUT")
+@click.option("--nodes", type=int, required=True, help="number of node sets to balance frames across")
+@click.option("--shard-size", default="8GiB", show_default=True, help="largest shard (estimated bytes)")
+@click.option("--flows", metavar="DIR", default=None, help="seed .pth flows (forward/, backward/) or .flo folders")
+@click.option("-j", "--jobs", type=int, default=1, show_default=True, help="shards written in parallel")
+@click.option("--fps", type=float, default=10.0, show_default=True, help="frame rate for decoding videos")
+@click.option("--jpeg-quality", type=int, default=95, show_default=True,
+              help="JPEG quality when encoding decoded frames")
+@click.option("--src-kind", type=click.Choice(sources.SRC_KINDS), default="auto", show_default=True,
+              help="which SRC layout to read when a folder has both images/ and videos/ (auto: images)")
+@click.option("--split", "splits", multiple=True, help="pack only this split (repeatable)")
+@click.option("--no-progress", is_flag=True, help="no progress bar")
+def command(src, out, nodes, shard_size, flows, jobs, fps, jpeg_quality, src_kind, splits, no_progress) -> int:
+    """Pack frame folders, .mov videos or the synthetic world into per-node shards and a manifest.
+
+    SRC is an images/{split}/<video>/*.jpg folder root, a videos/{split}/*.mov root, or
+    synth:videos=N,frames=T,size=WxH,seed=S; OUT is the output folder for the shards and manifest.json.
+    """
+    cfg = PackConfig(src=src, out=out, nodes=nodes, shard_size=parse_size(shard_size), flows=flows,
+                     jobs=jobs, fps=fps, jpeg_quality=jpeg_quality, splits=list(splits) or None,
+                     src_kind=src_kind, progress=not no_progress)
     m = pack(cfg)
     frames = sum(s.num_frames for s in m.shards)
     size = sum(s.bytes for s in m.shards)
     print(f"packed {sum(s.num_videos for s in m.shards)} videos, {frames} frames into {len(m.shards)} shards "
           f"({size / 1e6:.1f} MB) for {m.nodes} nodes: {os.path.join(cfg.out, mf.MANIFEST_NAME)}")
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools pack")

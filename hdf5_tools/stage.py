@@ -1,8 +1,8 @@
 """``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage.
 
 Each shard of node ``I`` (of ``--num-nodes``, default the manifest's node count; see
-:func:`hdf5_tools.manifest.node_sets_for`) is copied to ``DIR/.<file>.staging`` while its CRC32
-is computed, checked against the manifest and renamed into place; a shard already in DIR with the
+:func:`hdf5_tools.manifest.node_sets_for`) is copied to a temporary name in DIR while its CRC32
+is computed, checked against the manifest and renamed into place (:func:`plumbing.atomic.atomic_open`); a shard already in DIR with the
 manifest's size and CRC32 is skipped. The manifest is copied to ``DIR/manifest.json`` last, so the
 trainer can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
 
@@ -18,16 +18,16 @@ exits 0 after a good stage, 2 with the copier's error message otherwise.
 from __future__ import annotations
 
 import os
-import shutil
 import sys
 import time
 import zlib
 from dataclasses import dataclass
-from typing import Optional
+from typing import Optional, Tuple
 
 import click
 
 from hdf5_tools import manifest as mf
+from plumbing.atomic import atomic_copy, atomic_open
 from plumbing.errors import UserError
 from plumbing.jobenv import JobEnvironment, job_environment
 from plumbing.cli import call, command as cli_command
@@ -62,18 +62,18 @@ class StageResult:
                 f"{self.skipped} already there and verified")
 
 
-def _copy_checked(src: str, dst_tmp: str, block: int = 16 << 20) -> str:
-    crc = 0
-    with open(src, "rb") as fi, open(dst_tmp, "wb") as fo:
+def _copy_checked(src: str, fo, block: int = 16 << 20) -> Tuple[str, int]:
+    """Copy ``src`` into the open file ``fo``; (CRC32 as 8 hex digits, bytes)."""
+    crc = size = 0
+    with open(src, "rb") as fi:
         while True:
             b = fi.read(block)
             if not b:
                 break
             crc = zlib.crc32(b, crc)
+            size += len(b)
             fo.write(b)
-        fo.flush()
-        os.fsync(fo.fileno())
-    return f"{crc & 0xFFFFFFFF:08x}"
+    return f"{crc & 0xFFFFFFFF:08x}", size
 
 
 def stage(cfg: StageConfig) -> StageResult:
@@ -94,25 +94,17 @@ def stage(cfg: StageConfig) -> StageResult:
             continue
         if not os.path.exists(src):
             raise UserError(f"{cfg.manifest}: shard {i} lists a missing file {src}")
-        os.makedirs(os.path.dirname(dst) or ".", exist_ok=True)
-        tmp = os.path.join(os.path.dirname(dst), f".{os.path.basename(dst)}.staging")
-        try:
-            crc = _copy_checked(src, tmp)
-            if crc != s.crc32 or os.path.getsize(tmp) != s.bytes:
-                raise UserError(f"{src}: shard {i} has CRC32 {crc} and {os.path.getsize(tmp)} bytes, the manifest "
+        with atomic_open(dst, "wb", durable=True) as fo:  # a bad copy is removed, never renamed into place
+            crc, size = _copy_checked(src, fo)
+            if crc != s.crc32 or size != s.bytes:
+                raise UserError(f"{src}: shard {i} has CRC32 {crc} and {size} bytes, the manifest "
                                 f"says {s.crc32} and {s.bytes} (changed or damaged; refresh or repack)")
-            os.replace(tmp, dst)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         copied += 1
         nbytes += s.bytes
     src_manifest = cfg.manifest if not os.path.isdir(cfg.manifest) else os.path.join(cfg.manifest, mf.MANIFEST_NAME)
     dst_manifest = os.path.join(cfg.to, mf.MANIFEST_NAME)
     if os.path.abspath(src_manifest) != os.path.abspath(dst_manifest):
-        tmp = dst_manifest + ".staging"
-        shutil.copyfile(src_manifest, tmp)
-        os.replace(tmp, dst_manifest)
+        atomic_copy(src_manifest, dst_manifest)
     return StageResult(node=cfg.node, num_nodes=num_nodes, copied=copied, skipped=skipped, bytes_copied=nbytes,
                        seconds=time.perf_counter() - t0)
 

@@ -11,34 +11,42 @@ Sources: ``--shards FILE [FILE ...] --video I --t T`` (the HDF5 clip reader) or 
 """
 from __future__ import annotations
 
-import argparse
 import os
-import tempfile
+from types import SimpleNamespace
 from typing import List, Optional, Sequence
 
+import click
 import numpy as np
 
+from plumbing.atomic import atomic_open
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="pixpro_of viz", description="Pictures of what the model is trained on.")
-    sub = p.add_subparsers(dest="what", required=True)
-    q = sub.add_parser("pairs", prog="pixpro_of viz pairs", help="two views of a sample with lines between positive cells")
-    src = q.add_mutually_exclusive_group(required=True)
-    src.add_argument("--shards", nargs="+", metavar="FILE", help="HDF5 shard files to read the clip from")
-    src.add_argument("--synthetic", type=int, metavar="SEED", help="render a synthetic-world clip with this seed")
-    q.add_argument("--video", type=int, default=0, help="video index in the shards (default 0)")
-    q.add_argument("--t", type=int, default=None, help="first frame of the clip (default: random)")
-    q.add_argument("--k", type=int, default=6, help="clip length in frames; 1 = both views from one frame (default 6)")
-    q.add_argument("--seed", type=int, default=0, help="augmentation seed (default 0)")
-    q.add_argument("--image-size", type=int, default=224, help="view side in pixels (default 224)")
-    q.add_argument("--feature-size", type=int, default=None, help="cell grid side F (default: C5 size for --image-size)")
-    q.add_argument("--mask", default="seed", choices=["seed", "unflow", "none"], help="occlusion mask (default seed)")
-    q.add_argument("--pos-ratio", type=float, default=0.7, help="positive threshold in bin diagonals (default 0.7)")
-    q.add_argument("--size", default="640x360", help="synthetic frame size WxH (default 640x360)")
-    q.add_argument("--out", required=True, help="PNG file to write")
-    return p
+def _options(f):
+    """The options of ``viz pairs``."""
+    options = [
+        click.option("--shards", multiple=True, metavar="FILE",
+                     help="HDF5 shard files to read the clip from (--shards a.h5 b.h5 or --shards a.h5 --shards b.h5)"),
+        click.option("--synthetic", type=int, default=None, metavar="SEED",
+                     help="render a synthetic-world clip with this seed"),
+        click.option("--video", type=int, default=0, show_default=True, help="video index in the shards"),
+        click.option("--t", type=int, default=None, help="first frame of the clip (default: random)"),
+        click.option("--frames", "k", type=int, default=6, show_default=True,
+                     help="clip length k in frames; 1 = both views from one frame"),
+        click.option("--seed", type=int, default=0, show_default=True, help="augmentation seed"),
+        click.option("--image-size", type=int, default=224, show_default=True, help="view side in pixels"),
+        click.option("--feature-size", type=int, default=None, help="cell grid side F (default: C5 size for --image-size)"),
+        click.option("--mask", type=click.Choice(["seed", "unflow", "none"]), default="seed", show_default=True,
+                     help="occlusion mask"),
+        click.option("--pos-ratio", type=float, default=0.7, show_default=True, help="positive threshold in bin diagonals"),
+        click.option("--size", default="640x360", show_default=True, help="synthetic frame size WxH"),
+        click.option("--out", required=True, help="PNG file to write"),
+        click.argument("more_shards", nargs=-1, metavar="[FILE]..."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
 def _synthetic_clip(seed: int, k: int, size: str, t: Optional[int], rng: np.random.Generator) -> dict:
@@ -140,13 +148,23 @@ def draw_pairs(sample: dict, clip: dict, feature_size: int):
     return canvas
 
 
-def main(argv: Optional[List[str]] = None) -> int:
-    args = _parser().parse_args(argv)
+@cli_command("pairs", epilog="Examples: python -m pixpro_of viz pairs --synthetic 2 --frames 3 --out pairs.png; "
+                              "python -m pixpro_of viz pairs --shards shards/*.h5 --video 0 --t 0 --frames 6 --out pairs.png")
+@_options
+def command(more_shards, **opts) -> int:
+    """A PNG of one sample's two views with lines between positive cells.
+
+    The clip comes from HDF5 shards (--shards FILE..., --video, --t) or the synthetic world (--synthetic SEED).
+    """
+    args = SimpleNamespace(**opts)
+    args.shards = list(args.shards) + list(more_shards)
+    if bool(args.shards) == (args.synthetic is not None):
+        raise UserError("give either --shards FILE... or --synthetic SEED")
     from pixpro_of.data.pipeline import SampleBuilder, SampleConfig
     from pixpro_of.model.encoder import c5_size
 
     if args.k < 1:
-        raise UserError(f"--k must be >= 1, got {args.k}")
+        raise UserError(f"--frames must be >= 1, got {args.k}")
     out_dir = os.path.dirname(os.path.abspath(args.out))
     if not os.path.isdir(out_dir):
         raise UserError(f"--out: directory does not exist: {out_dir}")
@@ -161,15 +179,12 @@ def main(argv: Optional[List[str]] = None) -> int:
     builder = SampleBuilder(SampleConfig(image_size=args.image_size, mask=args.mask, pos_ratio=args.pos_ratio), F)
     sample = builder(clip, rng)
     image = draw_pairs(sample, clip, F)
-    fd, tmp = tempfile.mkstemp(prefix=".viz-", suffix=".png", dir=out_dir)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            image.save(fh, format="PNG")
-        os.replace(tmp, args.out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_open(args.out, "wb") as fh:
+        image.save(fh, format="PNG")
     print(f"wrote {args.out}: {int(sample['pos12'].sum())} positive pairs view1->view2, "
           f"{int(sample['pos21'].sum())} view2->view1, mask ratio {sample['mask_ratio']:.3f}")
     return 0
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    return call(command, argv, "pixpro_of viz pairs")

@@ -85,6 +85,37 @@ def atomic_write_text(path: PathLike, text: str, *, durable: bool = False, chmod
         f.write(text)
 
 
+def atomic_copy(src: PathLike, dst: PathLike, *, durable: bool = False) -> None:
+    """Copy the file ``src`` to ``dst`` atomically (see :func:`atomic_open`)."""
+    with open(src, "rb") as fi, atomic_open(dst, "wb", durable=durable) as fo:
+        shutil.copyfileobj(fi, fo, 16 << 20)
+
+
+@contextlib.contextmanager
+def atomic_path(path: PathLike, *, temporary: Optional[str] = None, durable: bool = False) -> Iterator[Path]:
+    """``with atomic_path(p) as tmp: write(tmp)`` for writers that need a path, not a file (h5py).
+
+    Yields a temporary path in ``p``'s directory (``temporary``, a file name, when given: a fixed
+    name lets a rerun find what a killed writer left; else ``.NAME.tmp.PID``); on success it is
+    renamed to ``p``, on an exception removed, ``p`` left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.parent / (temporary or f".{path.name}.tmp.{os.getpid()}")
+    try:
+        yield tmp
+        if durable:
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    if durable:
+        fsync_dir(path.parent)
+
+
 # --------------------------------------------------------------------------- failed writes
 
 class DiskWriteError(UserError):

@@ -35,7 +35,7 @@ def test_stage_copies_one_nodes_shards_and_skips_verified_copies(packed, tmp_pat
     mine = sorted(s.file for s in packed.shards if s.node == 1)
     assert r.copied == len(mine) and r.skipped == 0 and r.bytes_copied > 0 and r.mb_per_s > 0
     assert sorted(p.name for p in dst.glob("*.h5")) == mine
-    assert not list(dst.glob(".*staging"))
+    assert not list(dst.glob(".*.tmp.*"))  # no temporary copy left (plumbing.atomic names)
     for s in packed.shards:
         if s.node == 1:
             assert file_crc32(dst / s.file) == s.crc32

@@ -3,10 +3,10 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from plumbing.atomic import atomic_open
 from plumbing.runs import RunLayout
 from pixpro_of.reproduction.plan import ROWS, ReproduceConfig
 from pixpro_of.reproduction.runner import Task
@@ -150,7 +150,6 @@ def bar_chart(cfg: ReproduceConfig, results: Dict, path: Path) -> None:
                  fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=110, format="png")
     plt.close(fig)
-    os.replace(tmp, path)

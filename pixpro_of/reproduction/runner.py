@@ -10,6 +10,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
 from plumbing.runs import EXIT_RESUME, RunLayout
 
@@ -95,9 +96,7 @@ def run_tasks(tasks: List[Task], jobs: int) -> List[str]:
                     t.result = {"rc": rc}
                     print(f"[reproduce] {t.name}: FAILED: {exc}", flush=True)
                     continue
-                tmp = t.status_file.with_name(t.status_file.name + ".tmp")
-                tmp.write_text(json.dumps(t.result, indent=1) + "\n")
-                os.replace(tmp, t.status_file)
+                atomic_write_text(t.status_file, json.dumps(t.result, indent=1) + "\n")
                 how = "time box reached" if rc == EXIT_RESUME else "finished"
                 print(f"[reproduce] {t.name}: {how} at step {t.result['step']} in {secs:.0f}s", flush=True)
             else:

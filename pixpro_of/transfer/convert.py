@@ -26,14 +26,17 @@ Files are written to a temporary name in the target folder and renamed into plac
 """
 from __future__ import annotations
 
-import argparse
 import os
 import pickle
 import re
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, Optional, Sequence
 
+import click
+
 from plumbing.atomic import atomic_open
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state, infer_arch, load_encoder_state
 
@@ -154,15 +157,11 @@ def read_detectron2(path) -> Dict[str, object]:
     return out
 
 
-def _atomic_write(path: Path, write) -> None:
-    with atomic_open(path, "wb", durable=True) as f:
-        write(f)
-
-
 def write_detectron2(state: Dict[str, object], out: Path) -> Dict[str, object]:
     """Write the detectron2 ``.pkl`` atomically; returns the pickled dict."""
     obj = to_detectron2(state)
-    _atomic_write(Path(out), lambda f: pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL))
+    with atomic_open(out, "wb", durable=True) as f:
+        pickle.dump(obj, f, protocol=pickle.HIGHEST_PROTOCOL)
     return obj
 
 
@@ -170,7 +169,8 @@ def write_torchvision(state: Dict[str, object], out: Path) -> None:
     """Write the torchvision state dict (no ``fc``) atomically with ``torch.save``."""
     import torch
 
-    _atomic_write(Path(out), lambda f: torch.save(dict(state), f))
+    with atomic_open(out, "wb", durable=True) as f:
+        torch.save(dict(state), f)
 
 
 def load_torchvision_backbone(path_or_state, arch: Optional[str] = None):
@@ -206,20 +206,19 @@ def features_c5(net, x):
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pixpro_of convert",
-        description="Export a checkpoint's online encoder (pixpro_of or seed checkpoint, run directory, or "
-                    "torchvision state dict) for detectron2 (.pkl, the seed's DeepLab transfer) or torchvision "
-                    "(.pth, loads into torchvision.models.resnetXX without fc).")
-    p.add_argument("checkpoint", help="checkpoint file, or a run directory (uses checkpoints/latest)")
-    p.add_argument("--to", required=True, choices=TARGETS, help="output format")
-    p.add_argument("out", help="output file (.pkl for detectron2, .pth for torchvision)")
-    return p
+@cli_command("convert", epilog="Examples: python -m pixpro_of convert runs/k6 --to detectron2 k6.pkl; "
+                                "python -m pixpro_of convert runs/k6/checkpoints/step_000500.pt --to torchvision k6.pth")
+@click.argument("checkpoint")
+@click.option("--to", required=True, type=click.Choice(TARGETS), help="output format")
+@click.argument("out")
+def command(checkpoint, to, out) -> int:
+    """Export a checkpoint's online encoder for detectron2 (.pkl) or torchvision (.pth).
 
-
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+    CHECKPOINT is a pixpro_of or seed checkpoint file, a run directory (uses checkpoints/latest) or a
+    torchvision state dict; OUT is the output file (.pkl for detectron2, the seed's DeepLab transfer;
+    .pth for torchvision, loads into torchvision.models.resnetXX without fc).
+    """
+    args = SimpleNamespace(checkpoint=checkpoint, to=to, out=out)
     enc = load_encoder_state(args.checkpoint)
     out = Path(args.out)
     if out.is_dir():
@@ -232,3 +231,7 @@ def main(argv: Sequence[str]) -> int:
         n = len(enc.state)
     print(f"{out}: {args.to} {enc.arch} online encoder, {n} tensors (from {enc.kind} checkpoint {enc.source})")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return call(command, argv, "pixpro_of convert")
