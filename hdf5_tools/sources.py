@@ -18,8 +18,8 @@ for synth, the flows.
 Flows (:class:`FlowDir`): the seed's per-video ``.pth`` files ``DIR[/{split}]/forward/<video>.pth``
 and ``.../backward/<video>.pth`` ([N-1, 2, H/8, W/8], backward in reverse time, 1/8-res units), or
 full-resolution ``.flo`` files ``DIR[/{split}]/<video>/forward/00001.flo`` (pair 1 = frames 1 -> 2)
-and ``.../backward/00001.flo`` (frames 2 -> 1). Full-resolution flows are area-downsampled to
-``ceil(H/8) x ceil(W/8)`` and divided by 8 (1/8-resolution pixels).
+and ``.../backward/00001.flo`` (frames 2 -> 1). Full-resolution flows are reduced to
+``ceil(H/8) x ceil(W/8)`` by :func:`flow.ops.full_flow_to_shard` (1/8-resolution pixels).
 """
 from __future__ import annotations
 
@@ -215,8 +215,7 @@ def _render_synth(seed: int, frames: int, size, fps: float, quality: int, with_f
     h, w = rgb.shape[1:3]
     fwd = bwd = None
     if with_flows and rgb.shape[0] > 1:
-        fwd = np.stack([downsample_flow(f) for f in np.asarray(v.fwd)])
-        bwd = np.stack([downsample_flow(f) for f in np.asarray(v.bwd)])
+        fwd, bwd = downsample_flow(v.fwd), downsample_flow(v.bwd)
     return LoadedVideo(jpegs=jpegs, height=h, width=w, fps=fps, fwd=fwd, bwd=bwd)
 
 
@@ -284,17 +283,16 @@ def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Opt
 # --------------------------------------------------------------------------- flows
 
 def downsample_flow(flow: np.ndarray) -> np.ndarray:
-    """Full-resolution flow (2, H, W) in pixels -> (2, ceil(H/8), ceil(W/8)) in 1/8-res pixels (area mean)."""
-    import cv2
+    """Full-resolution flow [..., 2, H, W] in pixels -> [..., 2, ceil(H/8), ceil(W/8)] in 1/8-res pixels.
 
-    flow = np.asarray(flow, np.float32)
-    _, h, w = flow.shape
-    h8, w8 = schema.flow_size(h, w)
-    if h % 8 == 0 and w % 8 == 0:
-        small = flow.reshape(2, h8, 8, w8, 8).mean(axis=(2, 4))
-    else:
-        small = np.stack([cv2.resize(c, (w8, h8), interpolation=cv2.INTER_AREA) for c in flow])
-    return (small / 8.0).astype(np.float32)
+    :func:`flow.ops.full_flow_to_shard` (8x8 block means, the last row/column replicated into the
+    bottom/right padding), the one rule every shard flow follows.
+    """
+    import torch
+
+    from flow.ops import full_flow_to_shard
+
+    return full_flow_to_shard(torch.from_numpy(np.ascontiguousarray(flow, np.float32))).numpy()
 
 
 class FlowDir:
@@ -310,25 +308,21 @@ class FlowDir:
 
     def load(self, video: VideoSource, num_frames: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
         """``(fwd, bwd)`` float32 [T-1, 2, h8, w8], 1/8-res units, time order; UserError if absent or wrong."""
-        from plumbing.errors import UserError as FlowError
         from flow.io import read_flo, read_seed_pth
 
         h8, w8 = schema.flow_size(height, width)
         want = (num_frames - 1, 2, h8, w8)
-        try:
-            for base in self._candidates(video.split):
-                fp, bp = base / "forward" / f"{video.name}.pth", base / "backward" / f"{video.name}.pth"
-                if fp.is_file() and bp.is_file():
-                    fwd, bwd = read_seed_pth(fp, bp)
-                    if fwd.shape != want:
-                        raise UserError(f"{fp}: flow shape {tuple(fwd.shape)} does not match video {video.name!r} "
-                                        f"({num_frames} frames of {width}x{height} -> {want})")
-                    return fwd, bwd
-                vdir = base / video.name
-                if (vdir / "forward").is_dir() and (vdir / "backward").is_dir():
-                    return self._load_flo(vdir, video.name, num_frames, height, width, read_flo)
-        except FlowError as exc:
-            raise UserError(str(exc)) from None
+        for base in self._candidates(video.split):
+            fp, bp = base / "forward" / f"{video.name}.pth", base / "backward" / f"{video.name}.pth"
+            if fp.is_file() and bp.is_file():
+                fwd, bwd = read_seed_pth(fp, bp)
+                if fwd.shape != want:
+                    raise UserError(f"{fp}: flow shape {tuple(fwd.shape)} does not match video {video.name!r} "
+                                    f"({num_frames} frames of {width}x{height} -> {want})")
+                return fwd, bwd
+            vdir = base / video.name
+            if (vdir / "forward").is_dir() and (vdir / "backward").is_dir():
+                return self._load_flo(vdir, video.name, num_frames, height, width, read_flo)
         raise UserError(f"--flows {self.root}: no flows for video {video.name!r} (looked for "
                         f"[{video.split}/]forward/{video.name}.pth and [{video.split}/]{video.name}/forward/*.flo)")
 

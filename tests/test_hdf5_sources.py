@@ -147,3 +147,17 @@ def test_truncated_shard_is_named_by_the_reader(one_shard):
         ShardClipDataset([path], k=1)
     with pytest.raises(ShardError, match=r"shard\.h5: cannot open shard"):
         schema.ShardReader(path)
+
+
+def test_full_resolution_flows_are_reduced_by_the_one_shard_rule():
+    # hdf5_tools has no rule of its own: ceil(H/8) x ceil(W/8), flow.ops.full_flow_to_shard's edges
+    import torch
+
+    from flow.ops import full_flow_to_shard
+    from hdf5_tools.sources import downsample_flow
+
+    full = np.random.default_rng(0).normal(size=(3, 2, 21, 30)).astype(np.float32)
+    low = downsample_flow(full)
+    assert low.shape == (3, 2, 3, 4) and low.dtype == np.float32
+    assert np.array_equal(low, full_flow_to_shard(torch.from_numpy(full)).numpy())
+    assert np.array_equal(downsample_flow(full[0]), low[0])
