@@ -9,16 +9,17 @@ temporary name and renamed into place.
 """
 from __future__ import annotations
 
-import argparse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Optional
 
+import click
 import numpy as np
 import torch
 
 from plumbing.atomic import atomic_open
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -122,13 +123,16 @@ def run(cfg: VizConfig) -> List[Path]:
     return written
 
 
-def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m flow viz", description="PNG pictures of a Middlebury .flo file "
-                                "(a shard clip's flows and masks: 'hdf5_tools viz').")
-    p.add_argument("--flo", required=True, help="the .flo file to draw")
-    p.add_argument("--frame", help="an image to overlay the flow on")
-    p.add_argument("--out", required=True, help="output folder for the PNGs")
-    a = p.parse_args(argv)
-    for w in run(VizConfig(flo=a.flo, out=a.out, frame=a.frame)):
+@cli_command("viz", epilog="Example: python -m flow viz --flo pair.flo --frame frame.png --out pics/")
+@click.option("--flo", required=True, help="the .flo file to draw")
+@click.option("--frame", default=None, help="an image to overlay the flow on")
+@click.option("--out", required=True, help="output folder for the PNGs")
+def command(flo, frame, out) -> int:
+    """PNG pictures of a Middlebury .flo file (a shard clip's flows and masks: 'hdf5_tools viz')."""
+    for w in run(VizConfig(flo=flo, out=out, frame=frame)):
         print(w)
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "python -m flow viz")

@@ -1,7 +1,7 @@
-"""``hdf5_tools COMMAND``: pack, verify, inspect and stage shards."""
+"""``hdf5_tools COMMAND``: pack, verify, inspect and stage shards (a lazy click group)."""
 import sys
 
-from plumbing.cli import run_subcommands
+from plumbing.cli import group, run
 
 COMMANDS: dict = {
     "pack": ("hdf5_tools.pack", "Pack frame folders, .mov videos or the synthetic world into per-node shards"),
@@ -12,9 +12,13 @@ COMMANDS: dict = {
     "stage": ("hdf5_tools.stage", "Copy one node's shards to node-local storage (one copier per node under mpirun)"),
 }
 
+command = group("hdf5_tools", COMMANDS, help="Pack, verify, inspect and stage HDF5 video shards.",
+                epilog="Example: hdf5_tools pack data/synth shards --nodes 2; 'hdf5_tools COMMAND --help' "
+                       "shows a command's options.")
+
 
 def main(argv=None) -> int:
-    return run_subcommands("hdf5_tools", COMMANDS, argv)
+    return run(command, argv, "hdf5_tools")
 
 
 if __name__ == "__main__":

@@ -6,15 +6,17 @@ or a ``manifest.json`` beside the shards). ``--json`` prints the same as one JSO
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from dataclasses import asdict, dataclass
 from typing import List, Optional
 
+import click
+
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -76,12 +78,12 @@ def _targets(paths: List[str]):
     return out
 
 
-def main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="hdf5_tools info", description=__doc__.splitlines()[0])
-    ap.add_argument("paths", nargs="+", metavar="SHARD|MANIFEST")
-    ap.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    a = ap.parse_args(argv)
-    rows = [summarize_shard(p, n) for p, n in _targets(a.paths)]
+@cli_command("info", epilog="Example: hdf5_tools info shards/manifest.json --json")
+@click.argument("paths", nargs=-1, required=True, metavar="SHARD|MANIFEST...")
+@click.option("--json", "as_json", is_flag=True, help="print JSON instead of a table")
+def command(paths, as_json) -> int:
+    """Summarise shards or a manifest: videos, frames, flows, bytes per frame and flow, frames per node."""
+    rows = [summarize_shard(p, n) for p, n in _targets(list(paths))]
     tot_frames = sum(r.frames for r in rows)
     tot_present = sum(r.pairs_present for r in rows)
     total = {"shards": len(rows), "videos": sum(r.videos for r in rows), "frames": tot_frames,
@@ -93,7 +95,7 @@ def main(argv) -> int:
     for r in rows:
         key = "none" if r.node is None else str(r.node)
         total["frames_per_node"][key] = total["frames_per_node"].get(key, 0) + r.frames
-    if a.json:
+    if as_json:
         print(json.dumps({"shards": [dict(asdict(r), bytes_per_frame=r.bytes_per_frame,
                                           bytes_per_flow=r.bytes_per_flow) for r in rows],
                           "total": total}, indent=1))
@@ -110,3 +112,7 @@ def main(argv) -> int:
           f"{total['bytes'] / 1e6:.1f} MB")
     print("frames per node: " + ", ".join(f"{k}: {v}" for k, v in sorted(total["frames_per_node"].items())))
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools info")

@@ -14,15 +14,17 @@ shard is bad, 0 otherwise.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
 from dataclasses import dataclass, field
 from typing import List, Optional
 
+import click
+
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -131,19 +133,19 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
     return rep
 
 
-def main(argv) -> int:
-    ap = argparse.ArgumentParser(prog="hdf5_tools verify", description=__doc__.splitlines()[0])
-    ap.add_argument("shards", nargs="+", metavar="SHARD")
-    ap.add_argument("--deep", action="store_true", help="also decode every JPEG, check flows are finite, "
-                    "flags against stored flows and names against the manifest")
-    ap.add_argument("--require-flows", action="store_true",
-                    help="every frame pair must have its flows (what training with k > 1 reads)")
-    ap.add_argument("--manifest", help="manifest to compare file sizes and checksums with "
-                    "(default: manifest.json beside each shard, if any)")
-    ap.add_argument("--max-problems", type=int, default=20, help="problems listed per shard (default 20)")
-    a = ap.parse_args(argv)
-    cfg = VerifyConfig(shards=a.shards, deep=a.deep, manifest=a.manifest, max_problems=a.max_problems,
-                       require_flows=a.require_flows)
+@cli_command("verify", epilog="Example: hdf5_tools verify shards/*.h5 --deep --require-flows")
+@click.argument("shards", nargs=-1, required=True, metavar="SHARD...")
+@click.option("--deep", is_flag=True, help="also decode every JPEG, check flows are finite, "
+              "flags against stored flows and names against the manifest")
+@click.option("--require-flows", is_flag=True,
+              help="every frame pair must have its flows (what training with k > 1 reads)")
+@click.option("--manifest", default=None, help="manifest to compare file sizes and checksums with "
+              "(default: manifest.json beside each shard, if any)")
+@click.option("--max-problems", type=int, default=20, show_default=True, help="problems listed per shard")
+def command(shards, deep, require_flows, manifest, max_problems) -> int:
+    """Check shards: schema, counts, CRCs; one line per problem, exit 1 if any shard is bad."""
+    cfg = VerifyConfig(shards=list(shards), deep=deep, manifest=manifest, max_problems=max_problems,
+                       require_flows=require_flows)
     bad = 0
     for path in cfg.shards:
         rep = verify_shard(path, cfg.deep, cfg.manifest, cfg.max_problems, cfg.require_flows)
@@ -156,3 +158,7 @@ def main(argv) -> int:
     if bad:
         print(f"{bad} of {len(cfg.shards)} shards bad", file=sys.stderr)
     return 1 if bad else 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools verify")

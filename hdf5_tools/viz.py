@@ -1,6 +1,6 @@
 """``hdf5_tools viz``: pictures of a shard clip's stored flows, chained over k frames, and FB masks.
 
-    hdf5_tools viz SHARD --video NAME --t 10 --k 6 --out pics/
+    hdf5_tools viz SHARD --video NAME --t 10 --frames 6 --out pics/
 
 For the clip (t, k) (frames t and t+k-1, the k-1 adjacent flows chained at full resolution as the
 trainer does) it writes:
@@ -16,17 +16,19 @@ The drawing is :func:`flow.viz.clip_pictures`; this module only reads the clip.
 """
 from __future__ import annotations
 
-import argparse
 import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List
+
+import click
 
 import numpy as np
 
 from flow.viz import clip_pictures, panel, save_png
 from hdf5_tools import schema
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -53,13 +55,13 @@ def _decode(data: bytes, where: str) -> np.ndarray:
 def clip_from_shard(cfg: ShardVizConfig) -> Dict[str, np.ndarray]:
     """Pictures of the clip (t, k) of ``cfg.video`` in ``cfg.shard``: frames t and t+k-1, its flows chained."""
     if cfg.k < 2:
-        raise UserError(f"--k should be >= 2 (a clip with flow), got {cfg.k}")
+        raise UserError(f"--frames should be >= 2 (a clip with flow), got {cfg.k}")
     with schema.open_shard(cfg.shard, "r") as h5:
         info = schema.video_info(h5, cfg.video)
         last = cfg.t + cfg.k - 1
         if cfg.t < 0 or last >= info.num_frames:
             raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} has {info.num_frames} frames; "
-                            f"--t {cfg.t} --k {cfg.k} needs frames {cfg.t}..{last}")
+                            f"--t {cfg.t} --frames {cfg.k} needs frames {cfg.t}..{last}")
         frames = np.stack([_decode(schema.read_frame_jpeg(h5, cfg.video, i), f"{cfg.shard}: video {cfg.video!r} frame {i}")
                            for i in (cfg.t, last)])
         if frames.shape[1:3] != (info.height, info.width):
@@ -82,17 +84,26 @@ def run(cfg: ShardVizConfig) -> List[Path]:
     return written
 
 
-def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="hdf5_tools viz", description="PNG pictures of a shard clip's flows, "
-                                "chained over k frames, and its FB-consistency masks.")
-    p.add_argument("shard", help="a shard with flows (see 'hdf5_tools flow')")
-    p.add_argument("--video", required=True, help="video name in the shard")
-    p.add_argument("--t", type=int, default=0, help="first frame of the clip (0-based, default 0)")
-    p.add_argument("--k", type=int, default=2, help="clip length in frames: flow t -> t+k-1 (default 2)")
-    p.add_argument("--mask", choices=["seed", "unflow", "both"], default="both", help="FB mask mode(s) to draw")
-    p.add_argument("--out", required=True, help="output folder for the PNGs")
-    a = p.parse_args(argv)
-    masks = ["seed", "unflow"] if a.mask == "both" else [a.mask]
-    for w in run(ShardVizConfig(shard=a.shard, video=a.video, t=a.t, k=a.k, out=a.out, masks=masks)):
+@cli_command("viz", epilog="Example: hdf5_tools viz shards/shard-00000.h5 --video synth-00000 --t 10 --frames 6 "
+                            "--out pics/")
+@click.argument("shard")
+@click.option("--video", required=True, help="video name in the shard")
+@click.option("--t", type=int, default=0, show_default=True, help="first frame of the clip (0-based)")
+@click.option("--frames", "k", type=int, default=2, show_default=True,
+              help="clip length k in frames: flow t -> t+k-1")
+@click.option("--mask", type=click.Choice(["seed", "unflow", "both"]), default="both", show_default=True,
+              help="FB mask mode(s) to draw")
+@click.option("--out", required=True, help="output folder for the PNGs")
+def command(shard, video, t, k, mask, out) -> int:
+    """PNG pictures of a shard clip's flows, chained over k frames, and its FB-consistency masks.
+
+    SHARD is a shard with flows (see 'hdf5_tools flow').
+    """
+    masks = ["seed", "unflow"] if mask == "both" else [mask]
+    for w in run(ShardVizConfig(shard=shard, video=video, t=t, k=k, out=out, masks=masks)):
         print(w)
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "hdf5_tools viz")

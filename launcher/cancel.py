@@ -5,23 +5,27 @@ clears it.
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher cancel", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    args = ap.parse_args(argv)
+@cli_command("cancel", epilog="Example: launcher cancel runs/pixpro-k6-g8")
+@click.argument("run_dir")
+def command(**opts) -> int:
+    """Stop a run: mark it stopped, then cancel its queued and running jobs ('launcher resume' continues it)."""
+    args = SimpleNamespace(**opts)
     rd = RunDir(args.run_dir).require()
     sched = get_scheduler(rd.request()["scheduler"])
     rd.stop("cancelled by the user")
@@ -47,6 +51,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     # Finished jobs make the cancel command complain; that is not an error here.
     print(f"launcher: {' '.join(argv_)} -> exit {proc.returncode}", file=sys.stderr)
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "launcher cancel")
 
 
 if __name__ == "__main__":

@@ -1,7 +1,7 @@
-"""``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list."""
+"""``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list (a lazy click group)."""
 import sys
 
-from plumbing.cli import run_subcommands
+from plumbing.cli import group, run
 
 COMMANDS: dict = {
     "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),
@@ -13,9 +13,13 @@ COMMANDS: dict = {
     "list": ("launcher.list_runs", "The runs under a directory"),
 }
 
+command = group("launcher", COMMANDS, help="Render, submit and follow training runs on clusters or this machine.",
+                epilog="Example: launcher submit --scheduler slurm --cluster abci3 --gpus 8 --frames 6; "
+                       "'launcher COMMAND --help' shows a command's options.")
+
 
 def main(argv=None) -> int:
-    return run_subcommands("launcher", COMMANDS, argv)
+    return run(command, argv, "launcher")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,26 @@
 """``launcher list [ROOT]``: the runs under ROOT (default ``runs``), one line each."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import run_state
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher list", description=__doc__.splitlines()[0])
-    ap.add_argument("root", nargs="?", default="runs")
-    args = ap.parse_args(argv)
+@cli_command("list", epilog="Example: launcher list runs/")
+@click.argument("root", default="runs", required=False)
+def command(**opts) -> int:
+    """The runs under ROOT (default runs), one line each: scheduler, profile, last job, state."""
+    args = SimpleNamespace(**opts)
     root = Path(args.root)
     rows = []
     for req_file in sorted(root.glob("*/job/request.json")):
@@ -40,6 +44,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     for r in rows:
         print(f"{r[0]:30s} {r[1]:9s} {r[2]:10s} {r[3]:12s} {r[4]}")
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "launcher list")
 
 
 if __name__ == "__main__":

@@ -9,7 +9,6 @@ is passed to the script and ends the loop. State goes to ``RUN_DIR/job/local.jso
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import signal
@@ -17,9 +16,13 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
+import click
+
 from plumbing.atomic import atomic_write_text
+from plumbing.cli import command as cli_command, run
 from plumbing.runs import EXIT_RESUME
 
 MAX_RESTARTS = 1000
@@ -80,19 +83,27 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
     return rc
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="python -m launcher.local_runner", description=__doc__.splitlines()[0])
-    ap.add_argument("script")
-    ap.add_argument("--job-id", default=None, help="default: local-<pid>")
-    ap.add_argument("--link", type=int, default=0)
-    ap.add_argument("--walltime", type=float, default=0.0, help="seconds; 0 = no limit")
-    ap.add_argument("--lead", type=float, default=0.0, help="seconds before the walltime to send --signal")
-    ap.add_argument("--signal", default="USR2", help="warning signal name without SIG; '' for none")
-    ap.add_argument("--state-file", default=None)
-    args = ap.parse_args(argv)
+@cli_command("local_runner", epilog="Example: python -m launcher.local_runner --link 0 --walltime 3600 --lead 120 "
+                                    "runs/x/job/job.sh (what 'launcher submit --scheduler local' starts)")
+@click.argument("script")
+@click.option("--job-id", default=None, help="default: local-<pid>")
+@click.option("--link", type=int, default=0, show_default=True)
+@click.option("--walltime", type=float, default=0.0, show_default=True, help="seconds; 0 = no limit")
+@click.option("--lead", type=float, default=0.0, show_default=True, help="seconds before the walltime to send --signal")
+@click.option("--signal", "signal_name", default="USR2", show_default=True,
+              help="warning signal name without SIG; '' for none")
+@click.option("--state-file", default=None)
+def command(script, job_id, link, walltime, lead, signal_name, state_file) -> int:
+    """Run a job script on this machine as a scheduler would, re-running it after exit 75."""
+    args = SimpleNamespace(script=script, job_id=job_id, link=link, walltime=walltime, lead=lead,
+                           signal=signal_name, state_file=state_file)
     job_id = args.job_id or f"local-{os.getpid()}"
     return run_script(args.script, job_id, args.link, args.walltime, args.lead, args.signal,
                       Path(args.state_file) if args.state_file else None)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(command, argv, "python -m launcher.local_runner")
 
 
 if __name__ == "__main__":

@@ -1,22 +1,26 @@
 """``launcher logs RUN_DIR``: the run's log (``logs/run.log``, appended by every job of the run)."""
 from __future__ import annotations
 
-import argparse
 import sys
 import time
 from collections import deque
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.rundir import RunDir
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher logs", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    ap.add_argument("-n", "--lines", type=int, default=40, help="last N lines (0 = all)")
-    ap.add_argument("-f", "--follow", action="store_true", help="keep printing until the run is done or stopped")
-    args = ap.parse_args(argv)
+@cli_command("logs", epilog="Example: launcher logs runs/pixpro-k6-g8 -n 100 --follow")
+@click.argument("run_dir")
+@click.option("-n", "--lines", type=int, default=40, show_default=True, help="last N lines (0 = all)")
+@click.option("-f", "--follow", is_flag=True, help="keep printing until the run is done or stopped")
+def command(**opts) -> int:
+    """The run's log (logs/run.log, appended by every job of the run)."""
+    args = SimpleNamespace(**opts)
     rd = RunDir(args.run_dir).require()
     if not rd.log.exists():
         raise UserError(f"{rd.log} does not exist yet (no job of this run has started)")
@@ -35,6 +39,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             else:
                 time.sleep(1.0)
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "launcher logs")
 
 
 if __name__ == "__main__":

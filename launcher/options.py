@@ -1,54 +1,85 @@
 """Options shared by ``launcher render`` and ``launcher submit``, and their JobRequest."""
 from __future__ import annotations
 
-import argparse
 import os
-from typing import Sequence
+from types import SimpleNamespace
+from typing import Any, Callable, List, Sequence, Tuple
+
+import click
 
 from plumbing.errors import UserError
 from launcher.clusters import DEFAULT_PROFILE, LAUNCH_METHODS, SCHEDULERS, load_profile, parse_duration
 from launcher.request import JobRequest, check_name, passthrough_args
 
+#: Settings for ``render`` and ``submit``: words they do not know go on to the trainer.
+PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
-def add_job_options(ap: argparse.ArgumentParser) -> None:
-    ap.add_argument("--scheduler", choices=SCHEDULERS, default="local",
-                    help="how nodes are obtained (default: local, this machine)")
-    ap.add_argument("--cluster", default=None,
-                    help="cluster profile name or .toml path (default: the scheduler's generic profile)")
-    ap.add_argument("--profile-dir", default=None, help="directory of user profiles, searched first")
-    ap.add_argument("--template-dir", default=None, help="directory of user templates, searched first")
-    ap.add_argument("--gpus", type=int, default=None, help="total GPUs; 0 = CPU ranks (default: one node's GPUs)")
-    ap.add_argument("--frames", type=int, default=None,
-                    help="clip length k: selects the trainer preset pixpro_k<K> (with --config/--preset: data.k=K)")
-    ap.add_argument("--preset", default=None, help="trainer preset by name, e.g. cpu_small")
-    ap.add_argument("--name", default=None, help="run and job name (default: pixpro-k<K>-g<GPUS>)")
-    ap.add_argument("--run-dir", default=None, help="run directory (default: runs/NAME)")
-    ap.add_argument("--walltime", default=None, help="HH:MM:SS, HH:MM, D-HH:MM:SS or minutes (default: the profile's)")
-    ap.add_argument("--chain", type=int, default=1, help="pre-submit N dependent jobs (each resumes the run)")
-    ap.add_argument("--launch", choices=LAUNCH_METHODS, default=None, help="how ranks start (default: the profile's)")
-    ap.add_argument("--backend", choices=("horovod", "ddp"), default=None)
-    ap.add_argument("--trainer-command", default=None,
-                    help="command that replaces 'PYTHON -m pixpro_of train' (custom entry point)")
-    ap.add_argument("--config", default=None, help="trainer config file passed as --config")
-    ap.add_argument("--data", default=None, help="shard manifest to stage to node-local disk at job start")
-    ap.add_argument("--data-key", default="data.shards", help="trainer key that receives [STAGED_DIR/manifest.json]")
-    ap.add_argument("--global-batch", type=int, default=None, help="global batch; must divide over the ranks")
-    ap.add_argument("--batch-key", default="data.batch_size", help="trainer key that receives the global batch")
-    ap.add_argument("--nodes", type=int, default=None, help="CPU runs only: number of nodes")
-    ap.add_argument("--ranks-per-node", type=int, default=None, help="CPU runs only: ranks per node")
-    ap.add_argument("--group", default="", help="group/project/account to charge")
-    ap.add_argument("--queue", default=None, help="queue/partition/resource group (default: the profile's)")
-    ap.add_argument("--python", default=None,
-                    help="python on the compute nodes (default: the profile's, else this interpreter, whose "
-                         "venv/conda environment the job activates)")
-    ap.add_argument("--cpus-per-rank", type=int, default=None,
-                    help="CPU cores per rank (SLURM --cpus-per-task; default: the profile's share of a node)")
-    ap.add_argument("--max-timeouts", type=int, default=None, help="resumes after walltime/deadline stops")
-    ap.add_argument("--max-preemptions", type=int, default=None, help="resumes after preemptions")
+TRAINER_ARGS_HELP = ("Any other --option value or key=value goes to the trainer as a key=value override, "
+                     "e.g. optim.base_lr=0.5 or --data.num_workers 4.")
 
 
-def build_request(args: argparse.Namespace, extra: Sequence[str]) -> JobRequest:
-    """Turn parsed options (and unknown words, passed to the trainer) into a JobRequest."""
+def job_options(f: Callable) -> Callable:
+    """The options of ``launcher render`` and ``launcher submit`` (and the trainer's words after them)."""
+    options = [
+        click.option("--scheduler", type=click.Choice(SCHEDULERS), default="local", show_default=True,
+                     help="how nodes are obtained (local: this machine)"),
+        click.option("--cluster", default=None,
+                     help="cluster profile name or .toml path (default: the scheduler's generic profile)"),
+        click.option("--profile-dir", default=None, help="directory of user profiles, searched first"),
+        click.option("--template-dir", default=None, help="directory of user templates, searched first"),
+        click.option("--gpus", type=int, default=None, help="total GPUs; 0 = CPU ranks (default: one node's GPUs)"),
+        click.option("--frames", type=int, default=None,
+                     help="clip length k: selects the trainer preset pixpro_k<K> (with --config/--preset: data.k=K)"),
+        click.option("--preset", default=None, help="trainer preset by name, e.g. cpu_small"),
+        click.option("--name", default=None, help="run and job name (default: pixpro-k<K>-g<GPUS>)"),
+        click.option("--run-dir", default=None, help="run directory (default: runs/NAME)"),
+        click.option("--walltime", default=None,
+                     help="HH:MM:SS, HH:MM, D-HH:MM:SS or minutes (default: the profile's)"),
+        click.option("--chain", type=int, default=1, show_default=True,
+                     help="pre-submit N dependent jobs (each resumes the run)"),
+        click.option("--launch", type=click.Choice(LAUNCH_METHODS), default=None,
+                     help="how ranks start (default: the profile's)"),
+        click.option("--backend", type=click.Choice(("horovod", "ddp")), default=None),
+        click.option("--trainer-command", default=None,
+                     help="command that replaces 'PYTHON -m pixpro_of train' (custom entry point)"),
+        click.option("--config", default=None, help="trainer config file passed as --config"),
+        click.option("--data", default=None, help="shard manifest to stage to node-local disk at job start"),
+        click.option("--data-key", default="data.shards", show_default=True,
+                     help="trainer key that receives [STAGED_DIR/manifest.json]"),
+        click.option("--global-batch", type=int, default=None, help="global batch; must divide over the ranks"),
+        click.option("--batch-key", default="data.batch_size", show_default=True,
+                     help="trainer key that receives the global batch"),
+        click.option("--nodes", type=int, default=None, help="CPU runs only: number of nodes"),
+        click.option("--ranks-per-node", type=int, default=None, help="CPU runs only: ranks per node"),
+        click.option("--group", default="", help="group/project/account to charge"),
+        click.option("--queue", default=None, help="queue/partition/resource group (default: the profile's)"),
+        click.option("--python", default=None,
+                     help="python on the compute nodes (default: the profile's, else this interpreter, whose "
+                          "venv/conda environment the job activates)"),
+        click.option("--cpus-per-rank", type=int, default=None,
+                     help="CPU cores per rank (SLURM --cpus-per-task; default: the profile's share of a node)"),
+        click.option("--max-timeouts", type=int, default=None, help="resumes after walltime/deadline stops"),
+        click.option("--max-preemptions", type=int, default=None, help="resumes after preemptions"),
+        click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED, metavar="[TRAINER ARGS]..."),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
+
+
+def parse_job_args(argv: Sequence[str]) -> Tuple[SimpleNamespace, List[str]]:
+    """The job options in ``argv`` and the trainer's words, parsed as ``render`` and ``submit`` parse them."""
+
+    @click.command(context_settings=PASSTHROUGH)
+    @job_options
+    def parse(trainer_args, **opts):
+        return SimpleNamespace(**opts), list(trainer_args)
+
+    return parse.main(list(argv), prog_name="launcher", standalone_mode=False)
+
+
+def build_request(args: Any, extra: Sequence[str]) -> JobRequest:
+    """Turn parsed options (an object with one attribute per option) and the trainer's words into a JobRequest."""
     profile = load_profile(args.cluster or DEFAULT_PROFILE[args.scheduler], args.profile_dir)
     if profile.scheduler != args.scheduler:
         raise UserError(f"--cluster {profile.name} is a {profile.scheduler} profile, not {args.scheduler} "

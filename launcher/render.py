@@ -4,21 +4,27 @@
 """
 from __future__ import annotations
 
-import argparse
 import sys
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
-from launcher.options import add_job_options
+from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, job_options
 from launcher.submit import prepare, print_dry_run
+from plumbing.cli import call, command as cli_command
+
+
+@cli_command("render", context_settings=PASSTHROUGH,
+             epilog="Example: launcher render --scheduler slurm --cluster abci3 --gpus 8 --frames 6 > job.sh. "
+                    + TRAINER_ARGS_HELP)
+@job_options
+def command(trainer_args, **opts) -> int:
+    """Dry run: the job script on stdout, the exact submit command(s) on stderr; nothing is written."""
+    print_dry_run(prepare(SimpleNamespace(**opts), trainer_args))
+    return 0
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher render", description=__doc__.splitlines()[0], allow_abbrev=False,
-                                 epilog="Any other --option value or key=value goes to the trainer.")
-    add_job_options(ap)
-    args, extra = ap.parse_known_args(argv)
-    print_dry_run(prepare(args, extra))
-    return 0
+    return call(command, argv, "launcher render")
 
 
 if __name__ == "__main__":

@@ -5,12 +5,15 @@ Clears the ``stopped`` marker and the timeout/preemption counters, then submits 
 """
 from __future__ import annotations
 
-import argparse
 import os
 import sys
+from types import SimpleNamespace
 from typing import Optional, Sequence
 
+import click
+
 from launcher.clusters import load_profile
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
@@ -29,12 +32,13 @@ class _SavedPlan:
         self.warning_lead_s = min(profile.warning_lead_s, self.walltime_s // 4)
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="launcher resume", description=__doc__.splitlines()[0])
-    ap.add_argument("run_dir")
-    ap.add_argument("--chain", type=int, default=1, help="submit N dependent links")
-    ap.add_argument("--wait", action="store_true", help="local scheduler: run in the foreground")
-    args = ap.parse_args(argv)
+@cli_command("resume", epilog="Example: launcher resume runs/pixpro-k6-g8 --chain 3")
+@click.argument("run_dir")
+@click.option("--chain", type=int, default=1, show_default=True, help="submit N dependent links")
+@click.option("--wait", is_flag=True, help="local scheduler: run in the foreground")
+def command(**opts) -> int:
+    """Continue a stopped, failed or cancelled run from its checkpoint, with its saved job script."""
+    args = SimpleNamespace(**opts)
     if args.chain < 1:
         raise UserError(f"--chain {args.chain}: must be at least 1")
     rd = RunDir(args.run_dir).require()
@@ -65,6 +69,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             pass
     prep = Prepared(_SavedPlan(rd, req, profile), sched, rd.script.read_text())
     return submit_links(prep, rd, first, args.chain, "resume", wait=args.wait)
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "launcher resume")
 
 
 if __name__ == "__main__":

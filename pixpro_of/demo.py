@@ -14,7 +14,6 @@ Each stage's command and log are kept under ``DIR/logs``; the summary is ``DIR/s
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import shutil
@@ -22,8 +21,12 @@ import subprocess
 import sys
 import time
 from pathlib import Path
-from typing import Dict, List, Sequence
+from types import SimpleNamespace
+from typing import Dict, List, Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from plumbing.runs import RunLayout
 
@@ -60,18 +63,20 @@ def _prepare(out: Path) -> None:
         raise UserError(f"--out {out}: cannot create ({exc.strerror})") from None
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    ap = argparse.ArgumentParser(prog="pixpro_of demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--out", default="demo_out", help="output folder, replaced on each run (default demo_out)")
-    ap.add_argument("--np", type=int, default=2, help="MPI ranks for flow and training (default 2)")
-    ap.add_argument("--videos", type=int, default=16, help="pretraining videos (default 16)")
-    ap.add_argument("--frames", type=int, default=12, help="frames per video (default 12; k = 6 needs >= 6)")
-    ap.add_argument("--size", default="256x128", help="frame size WxH (default 256x128)")
-    ap.add_argument("--epochs", type=int, default=12, help="pretraining epochs (default 12)")
-    ap.add_argument("--probe-iters", type=int, default=150, help="linear-probe iterations (default 150)")
-    args = ap.parse_args(list(argv))
-    if args.np < 1 or args.videos < 2 or args.frames < 6 or args.epochs < 2 or args.probe_iters < 1:
-        raise UserError("need --np >= 1, --videos >= 2, --frames >= 6, --epochs >= 2, --probe-iters >= 1")
+@cli_command("demo", epilog="Example: python -m pixpro_of demo --out demo_out --np 2 (make demo)")
+@click.option("--out", default="demo_out", show_default=True, help="output folder, replaced on each run")
+@click.option("--np", "np_", type=int, default=2, show_default=True, help="MPI ranks for flow and training")
+@click.option("--videos", type=int, default=16, show_default=True, help="pretraining videos")
+@click.option("--video-frames", type=int, default=12, show_default=True, help="frames per video (k = 6 needs >= 6)")
+@click.option("--size", default="256x128", show_default=True, help="frame size WxH")
+@click.option("--epochs", type=int, default=12, show_default=True, help="pretraining epochs")
+@click.option("--probe-iters", type=int, default=150, show_default=True, help="linear-probe iterations")
+def command(out, np_, videos, video_frames, size, epochs, probe_iters) -> int:
+    """The main job on the synthetic world, end to end: synth, pack, flow, train, pictures, convert, probe."""
+    args = SimpleNamespace(out=out, np=np_, videos=videos, video_frames=video_frames, size=size, epochs=epochs,
+                           probe_iters=probe_iters)
+    if args.np < 1 or args.videos < 2 or args.video_frames < 6 or args.epochs < 2 or args.probe_iters < 1:
+        raise UserError("need --np >= 1, --videos >= 2, --video-frames >= 6, --epochs >= 2, --probe-iters >= 1")
     out = Path(args.out).resolve()
     _prepare(out)
 
@@ -91,8 +96,9 @@ def main(argv: Sequence[str] = ()) -> int:
         times[name] = _stage(name, cmd, out, env)
 
     stage("synth-pretrain", [py, "-m", "pixpro_of", "synth", "--out", out / "world", "--videos", args.videos,
-                             "--frames", args.frames, "--size", args.size, "--format", "bdd", "--seed", 0, "--quiet"])
-    stage("synth-eval", [py, "-m", "pixpro_of", "synth", "--out", out / "eval_world", "--videos", 6, "--frames", 6,
+                             "--video-frames", args.video_frames, "--size", args.size, "--format", "bdd", "--seed", 0,
+                             "--quiet"])
+    stage("synth-eval", [py, "-m", "pixpro_of", "synth", "--out", out / "eval_world", "--videos", 6, "--video-frames", 6,
                          "--size", args.size, "--format", "cityscapes", "--val-videos", 2, "--seed", 1000, "--quiet"])
     stage("pack", [py, "-m", "hdf5_tools.cli", "pack", out / "world", out / "shards", "--nodes", 1,
                    "--split", "train", "--no-progress"])
@@ -106,8 +112,8 @@ def main(argv: Sequence[str] = ()) -> int:
     first_video = json.loads((out / "shards" / "manifest.json").read_text())["shards"][0]["videos"][0]
     first_video = first_video["name"] if isinstance(first_video, dict) else first_video
     stage("viz-pairs", [py, "-m", "pixpro_of", "viz", "pairs", "--shards", *shards, "--video", 0, "--t", 0,
-                        "--k", 6, "--image-size", 128, "--seed", 3, "--out", out / "pictures" / "positive_pairs.png"])
-    stage("viz-flow", [py, "-m", "hdf5_tools", "viz", shards[0], "--video", first_video, "--t", 0, "--k", 6,
+                        "--frames", 6, "--image-size", 128, "--seed", 3, "--out", out / "pictures" / "positive_pairs.png"])
+    stage("viz-flow", [py, "-m", "hdf5_tools", "viz", shards[0], "--video", first_video, "--t", 0, "--frames", 6,
                        "--mask", "both", "--out", out / "pictures" / "flow"])
     stage("convert-d2", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "detectron2", out / "encoder_d2.pkl"])
     stage("convert-tv", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "torchvision", out / "encoder_tv.pth"])
@@ -123,7 +129,7 @@ def main(argv: Sequence[str] = ()) -> int:
     lines = [
         "# pixpro_of demo",
         "",
-        f"Synthetic world: {args.videos} videos x {args.frames} frames at {args.size} (DIS flow), "
+        f"Synthetic world: {args.videos} videos x {args.video_frames} frames at {args.size} (DIS flow), "
         f"PixPro + flow k = 6, ResNet-18, {args.epochs} epochs on {args.np} CPU ranks (Horovod over mpirun).",
         "",
         "| backbone (frozen) | linear-probe mIoU (%) |",
@@ -147,6 +153,10 @@ def main(argv: Sequence[str] = ()) -> int:
     print("\n".join(line for line in lines[2:]))
     print(f"[demo] everything is under {out} (summary: {out / 'summary.md'})")
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return call(command, argv, "pixpro_of demo")
 
 
 if __name__ == "__main__":

@@ -35,7 +35,6 @@ tasks) is :mod:`pixpro_of.reproduction.plan`, how the subprocesses run is
 """
 from __future__ import annotations
 
-import argparse
 import json
 import re
 import shlex
@@ -43,9 +42,13 @@ import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Sequence, Tuple
 
+import click
+
 from plumbing.atomic import atomic_write_text
+from plumbing.cli import Converted, call, command as cli_command, words
 from plumbing.errors import UserError
 from pixpro_of.reproduction.plan import (ROWS, ReproduceConfig, build_tasks, prepare_eval_set,
                                          prepare_pretraining_shards)
@@ -92,13 +95,13 @@ def run(cfg: ReproduceConfig, command: str = "") -> int:
 
 
 def parse_duration(text: str) -> float:
-    """``600``, ``90s``, ``10m``, ``1h30m`` -> seconds."""
+    """``600``, ``90s``, ``10m``, ``1h30m`` -> seconds (ValueError otherwise)."""
     t = text.strip().lower()
     if re.fullmatch(r"\d+(\.\d+)?", t):
         return float(t)
     m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", t)
     if not t or not m:
-        raise argparse.ArgumentTypeError(f"expected a duration such as 600, 90s, 10m or 1h30m, got {text!r}")
+        raise ValueError(f"expected a duration such as 600, 90s, 10m or 1h30m, got {text!r}")
     h, mi, s = (float(g) if g else 0.0 for g in m.groups())
     return h * 3600 + mi * 60 + s
 
@@ -106,7 +109,7 @@ def parse_duration(text: str) -> float:
 def _size(text: str) -> Tuple[int, int]:
     m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
     if not m:
-        raise argparse.ArgumentTypeError(f"expected AxB such as 256x128, got {text!r}")
+        raise ValueError(f"expected AxB such as 256x128, got {text!r}")
     return int(m.group(1)), int(m.group(2))
 
 
@@ -114,56 +117,72 @@ def _int_list(text: str) -> Tuple[int, ...]:
     try:
         return tuple(int(v) for v in text.split(",") if v.strip())
     except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
+        raise ValueError(f"expected comma-separated integers such as 0,1,2, got {text!r}") from None
 
 
 def _str_list(text: str) -> Tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _options(f):
+    """The options of ``reproduce``; defaults are :class:`ReproduceConfig`'s."""
     d = ReproduceConfig()
-    p = argparse.ArgumentParser(prog="pixpro_of reproduce", description=__doc__.splitlines()[0],
-                                formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--out", default=d.out, help="output folder")
-    p.add_argument("--rows", type=_str_list, default=",".join(d.rows), help=f"rows to run, from {', '.join(ROWS)}")
-    p.add_argument("--seeds", type=_int_list, default=",".join(map(str, d.seeds)), help="seeds (pretraining and head)")
-    p.add_argument("--time-box", type=parse_duration, default="10m",
-                   help="wall-clock limit of each pretraining (600, 90s, 10m); the latest checkpoint is the result")
-    p.add_argument("--steps", type=int, default=d.steps, help="step budget of each pretraining (schedules span it)")
-    p.add_argument("--train-config", default=d.train_config, help="pretraining config file or preset")
-    p.add_argument("--train-set", action="append", default=[], metavar="KEY=VALUE",
-                   help="extra pretraining override (repeatable), e.g. data.image_size=96")
-    p.add_argument("--batch-size", type=int, default=d.batch_size, help="pretraining batch size")
-    p.add_argument("--videos", type=int, default=d.videos, help="pretraining videos")
-    p.add_argument("--frames", type=int, default=d.frames, help="frames per pretraining video")
-    p.add_argument("--size", type=_size, default="256x128", help="pretraining frame WIDTHxHEIGHT")
-    p.add_argument("--data-seed", type=int, default=d.data_seed, help="world seed of the pretraining videos")
-    p.add_argument("--flow", choices=("dis", "gt"), default=d.flow,
-                   help="flow for the k>1 rows: OpenCV DIS computed on the frames, or the world's exact flow")
-    p.add_argument("--eval-modes", type=_str_list, default=",".join(d.eval_modes),
-                   help="heads to train on each frozen backbone: linear, deeplab or linear,deeplab")
-    p.add_argument("--eval-videos", type=int, default=d.eval_videos, help="videos in the evaluation set")
-    p.add_argument("--eval-val-videos", type=int, default=d.eval_val_videos, help="of which in val")
-    p.add_argument("--eval-frames", type=int, default=d.eval_frames, help="frames per evaluation video")
-    p.add_argument("--eval-every", type=int, default=d.eval_every, help="keep every n-th evaluation frame")
-    p.add_argument("--eval-size", type=_size, default="256x128", help="evaluation image WIDTHxHEIGHT")
-    p.add_argument("--eval-seed", type=int, default=d.eval_seed, help="world seed of the evaluation set")
-    p.add_argument("--eval-iters", type=int, default=d.eval_iters, help="head training iterations")
-    p.add_argument("--eval-batch", type=int, default=d.eval_batch, help="head training batch")
-    p.add_argument("--eval-crop", type=_size, default="128x256", help="head training crop HEIGHTxWIDTH")
-    p.add_argument("--eval-lr", type=float, default=d.eval_lr, help="head base learning rate")
-    p.add_argument("--jobs", type=int, default=d.jobs, help="subprocesses at a time (one thread each)")
-    return p
+    size, ints, strs = Converted(_size, "AxB"), Converted(_int_list, "N,N,..."), Converted(_str_list, "A,B,...")
+    options = [
+        click.option("--out", default=d.out, show_default=True, help="output folder"),
+        click.option("--rows", type=strs, default=",".join(d.rows), show_default=True,
+                     help=f"rows to run, from {', '.join(ROWS)}"),
+        click.option("--seeds", type=ints, default=",".join(map(str, d.seeds)), show_default=True,
+                     help="seeds (pretraining and head)"),
+        click.option("--time-box", type=Converted(parse_duration, "DURATION"), default="10m", show_default=True,
+                     help="wall-clock limit of each pretraining (600, 90s, 10m); the latest checkpoint is the result"),
+        click.option("--steps", type=int, default=d.steps, show_default=True,
+                     help="step budget of each pretraining (schedules span it)"),
+        click.option("--train-config", default=d.train_config, show_default=True,
+                     help="pretraining config file or preset"),
+        click.option("--train-set", multiple=True, metavar="KEY=VALUE",
+                     help="extra pretraining override (repeatable), e.g. data.image_size=96"),
+        click.option("--batch-size", type=int, default=d.batch_size, show_default=True, help="pretraining batch size"),
+        click.option("--videos", type=int, default=d.videos, show_default=True, help="pretraining videos"),
+        click.option("--video-frames", type=int, default=d.frames, show_default=True,
+                     help="frames per pretraining video"),
+        click.option("--size", type=size, default="256x128", show_default=True, help="pretraining frame WIDTHxHEIGHT"),
+        click.option("--data-seed", type=int, default=d.data_seed, show_default=True,
+                     help="world seed of the pretraining videos"),
+        click.option("--flow", type=click.Choice(("dis", "gt")), default=d.flow, show_default=True,
+                     help="flow for the k>1 rows: OpenCV DIS computed on the frames, or the world's exact flow"),
+        click.option("--eval-modes", type=strs, default=",".join(d.eval_modes), show_default=True,
+                     help="heads to train on each frozen backbone: linear, deeplab or linear,deeplab"),
+        click.option("--eval-videos", type=int, default=d.eval_videos, show_default=True,
+                     help="videos in the evaluation set"),
+        click.option("--eval-val-videos", type=int, default=d.eval_val_videos, show_default=True, help="of which in val"),
+        click.option("--eval-frames", type=int, default=d.eval_frames, show_default=True,
+                     help="frames per evaluation video"),
+        click.option("--eval-every", type=int, default=d.eval_every, show_default=True,
+                     help="keep every n-th evaluation frame"),
+        click.option("--eval-size", type=size, default="256x128", show_default=True, help="evaluation image WIDTHxHEIGHT"),
+        click.option("--eval-seed", type=int, default=d.eval_seed, show_default=True,
+                     help="world seed of the evaluation set"),
+        click.option("--eval-iters", type=int, default=d.eval_iters, show_default=True, help="head training iterations"),
+        click.option("--eval-batch", type=int, default=d.eval_batch, show_default=True, help="head training batch"),
+        click.option("--eval-crop", type=size, default="128x256", show_default=True, help="head training crop HEIGHTxWIDTH"),
+        click.option("--eval-lr", type=float, default=d.eval_lr, show_default=True, help="head base learning rate"),
+        click.option("--jobs", type=int, default=d.jobs, show_default=True,
+                     help="subprocesses at a time (one thread each)"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
-def config_from_args(a: argparse.Namespace) -> ReproduceConfig:
+def config_from_args(a) -> ReproduceConfig:
+    """The ReproduceConfig of parsed options (an object with one attribute per option, see :func:`parse_args`)."""
     if a.data_seed == a.eval_seed:
         raise UserError(f"--eval-seed {a.eval_seed}: must differ from --data-seed so the pretraining videos "
                         f"and the evaluation scenes are disjoint")
     return ReproduceConfig(
         out=a.out, rows=tuple(a.rows), seeds=tuple(a.seeds), time_box_s=a.time_box, steps=a.steps,
-        train_config=a.train_config, train_overrides=tuple(a.train_set), videos=a.videos, frames=a.frames,
+        train_config=a.train_config, train_overrides=tuple(a.train_set), videos=a.videos, frames=a.video_frames,
         size=tuple(a.size), data_seed=a.data_seed, flow=a.flow, eval_modes=tuple(a.eval_modes),
         eval_videos=a.eval_videos, eval_val_videos=a.eval_val_videos, eval_frames=a.eval_frames,
         eval_every=a.eval_every, eval_size=tuple(a.eval_size), eval_seed=a.eval_seed, eval_iters=a.eval_iters,
@@ -171,9 +190,25 @@ def config_from_args(a: argparse.Namespace) -> ReproduceConfig:
         batch_size=a.batch_size)
 
 
+@cli_command("reproduce", epilog="Examples: python -m pixpro_of reproduce --out reproduce_out (make reproduce); "
+                                 "python -m pixpro_of reproduce --rows random,k2-mask --seeds 0 --steps 50 "
+                                 "--time-box 2m --out tiny")
+@_options
+@click.pass_context
+def command(ctx: click.Context, **opts) -> int:
+    """The mini-reproduction on the synthetic world: the seed's table, in miniature, on CPUs."""
+    return run(config_from_args(SimpleNamespace(**opts)),
+               command=shlex.join(["python", "-m", "pixpro_of", "reproduce", *words(ctx)]))
+
+
+def parse_args(argv: Sequence[str] = ()) -> SimpleNamespace:
+    """The options of ``argv`` as ``reproduce`` parses them, defaults filled in."""
+    with command.make_context("reproduce", list(argv)) as ctx:
+        return SimpleNamespace(**{k: v for k, v in ctx.params.items()})
+
+
 def main(argv: Sequence[str] = ()) -> int:
-    args = build_parser().parse_args(list(argv))
-    return run(config_from_args(args), command=shlex.join(["python", "-m", "pixpro_of", "reproduce", *argv]))
+    return call(command, argv, "pixpro_of reproduce")
 
 
 if __name__ == "__main__":

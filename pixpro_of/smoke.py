@@ -7,13 +7,16 @@ are right on every rank.
 """
 from __future__ import annotations
 
-import argparse
 import os
 import shutil
 import subprocess
 import sys
+from types import SimpleNamespace
 from typing import Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 
 
@@ -69,11 +72,12 @@ def _worker() -> int:
     return 0 if ok else 1
 
 
-def main(argv: Sequence[str] = ()) -> int:
-    ap = argparse.ArgumentParser(prog="pixpro_of smoke", description=__doc__.splitlines()[0])
-    ap.add_argument("--np", type=int, default=2, help="number of MPI ranks (default 2)")
-    ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
-    args = ap.parse_args(list(argv))
+@cli_command("smoke", epilog="Example: python -m pixpro_of smoke --np 2")
+@click.option("--np", "np_", type=int, default=2, show_default=True, help="number of MPI ranks")
+@click.option("--worker", is_flag=True, hidden=True)
+def command(np_, worker) -> int:
+    """A short check of the distributed stack: Horovod and mpi4py collectives on N MPI ranks."""
+    args = SimpleNamespace(np=np_, worker=worker)
     if args.worker:
         try:
             return _worker()
@@ -95,6 +99,10 @@ def main(argv: Sequence[str] = ()) -> int:
     env.setdefault("OMPI_MCA_rmaps_base_oversubscribe", "1")
     cmd = [mpirun, "-np", str(args.np), sys.executable, "-m", "pixpro_of.smoke", "--worker"]
     return subprocess.run(cmd, env=env, timeout=180).returncode
+
+
+def main(argv: Sequence[str] = ()) -> int:
+    return call(command, argv, "pixpro_of smoke")
 
 
 if __name__ == "__main__":

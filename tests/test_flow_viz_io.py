@@ -70,7 +70,7 @@ def _shard_with_flows(tmp_path):
 def test_viz_writes_flow_mask_and_composite_pictures(tmp_path, capsys):
     shard = _shard_with_flows(tmp_path)
     out = tmp_path / "pics"
-    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "3", "--out", str(out)]) == 0
+    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--frames", "3", "--out", str(out)]) == 0
     names = {"frame_first", "frame_last", "flow_fwd", "flow_bwd", "mask_fwd_seed", "mask_bwd_seed", "mask_fwd_unflow",
              "mask_bwd_unflow", "overlay_fwd", "panel"}
     assert {p.stem for p in out.glob("*.png")} == names
@@ -85,9 +85,9 @@ def test_viz_writes_flow_mask_and_composite_pictures(tmp_path, capsys):
     assert panel.shape[0] > 2 * 48 and panel.shape[1] > 4 * 64
     capsys.readouterr()
     # k larger than the video -> one line, exit 2.
-    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--k", "4", "--out", str(out)]) == 2
+    assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--frames", "4", "--out", str(out)]) == 2
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "video 'v0' has 4 frames; --t 1 --k 4 needs frames 1..4" in err
+    assert err.count("\n") == 1 and "video 'v0' has 4 frames; --t 1 --frames 4 needs frames 1..4" in err
     assert shard_main(["viz", str(shard), "--video", "nope", "--out", str(out)]) == 2
     assert "no video 'nope'" in capsys.readouterr().err
 
@@ -107,7 +107,7 @@ def test_viz_of_a_flo_file(tmp_path):
 
 def test_evaluate_reports_epe_and_mask_figures(tmp_path, capsys):
     out = tmp_path / "ev.json"
-    assert eval_main(["flow", "--videos", "1", "--frames", "4", "--size", "96x64", "--kmax", "3",
+    assert eval_main(["flow", "--videos", "1", "--video-frames", "4", "--size", "96x64", "--kmax", "3",
                       "--json", str(out)]) == 0
     r = json.loads(out.read_text())
     epe = {(e["k"], e["flow"]): e["epe_px"] for e in r["epe"]}
@@ -119,5 +119,5 @@ def test_evaluate_reports_epe_and_mask_figures(tmp_path, capsys):
         m = masks[(2, mode, "gt", "all")]
         assert m["precision"] > 0.95 and m["recall"] > 0.9, m
     assert "end-point error" in capsys.readouterr().out
-    assert eval_main(["flow", "--frames", "3", "--kmax", "6"]) == 2
-    assert "--kmax 6 is larger than the video (--frames 3)" in capsys.readouterr().err
+    assert eval_main(["flow", "--video-frames", "3", "--kmax", "6"]) == 2
+    assert "--kmax 6 is larger than the video (--video-frames 3)" in capsys.readouterr().err

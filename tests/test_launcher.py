@@ -17,7 +17,7 @@ import pytest
 from launcher import cli
 from launcher.clusters import available_profiles, load_profile, parse_duration
 from plumbing.errors import UserError
-from launcher.options import add_job_options, build_request
+from launcher.options import build_request, parse_job_args
 from launcher.request import passthrough_args, plan_job, safe_job_name
 from launcher.templating import sh_argv
 
@@ -35,10 +35,7 @@ def render(args, capsys):
 
 
 def plan_for(argv):
-    import argparse
-    ap = argparse.ArgumentParser(allow_abbrev=False)
-    add_job_options(ap)
-    args, extra = ap.parse_known_args(argv)
+    args, extra = parse_job_args(argv)
     return plan_job(build_request(args, extra))
 
 

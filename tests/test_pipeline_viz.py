@@ -10,7 +10,7 @@ from pixpro_of.__main__ import main as cli
 
 def test_viz_pairs_writes_a_png(tmp_path, capsys):
     out = tmp_path / "pairs.png"
-    rc = cli(["viz", "pairs", "--synthetic", "2", "--size", "128x72", "--k", "3", "--image-size", "64",
+    rc = cli(["viz", "pairs", "--synthetic", "2", "--size", "128x72", "--frames", "3", "--image-size", "64",
               "--feature-size", "4", "--out", str(out)])
     assert rc == 0
     img = Image.open(out)
@@ -26,7 +26,7 @@ def test_viz_pairs_bad_input_is_one_line(tmp_path, capsys):
     rc = cli(["viz", "pairs", "--shards", str(tmp_path / "missing.h5"), "--out", str(tmp_path / "x.png")])
     err = capsys.readouterr().err.strip()
     assert rc == 2
-    assert err == f"pixpro_of viz: error: --shards: no such file: {tmp_path / 'missing.h5'}"
-    rc = cli(["viz", "pairs", "--synthetic", "1", "--k", "0", "--out", str(tmp_path / "x.png")])
-    assert rc == 2 and "--k must be >= 1, got 0" in capsys.readouterr().err
+    assert err == f"pixpro_of viz pairs: error: --shards: no such file: {tmp_path / 'missing.h5'}"
+    rc = cli(["viz", "pairs", "--synthetic", "1", "--frames", "0", "--out", str(tmp_path / "x.png")])
+    assert rc == 2 and "--frames must be >= 1, got 0" in capsys.readouterr().err
     assert not os.listdir(tmp_path)

@@ -11,7 +11,7 @@ from pixpro_of import reproduce as rp
 from pixpro_of.reproduction import plan, report
 
 TINY = ["--rows", "random,k2-mask", "--seeds", "0", "--steps", "3", "--time-box", "3m", "--videos", "4",
-        "--frames", "3", "--size", "64x32", "--eval-videos", "3", "--eval-val-videos", "1", "--eval-frames", "2",
+        "--video-frames", "3", "--size", "64x32", "--eval-videos", "3", "--eval-val-videos", "1", "--eval-frames", "2",
         "--eval-every", "1", "--eval-size", "64x32", "--eval-iters", "3", "--eval-batch", "2", "--eval-crop", "32x64"]
 
 
@@ -97,7 +97,7 @@ def test_schedule_and_durations():
 
 
 def test_default_configuration_is_the_issues():
-    a = rp.build_parser().parse_args([])
+    a = rp.parse_args([])
     cfg = rp.config_from_args(a).validate()
     assert cfg.rows == ("random", "k1", "k6", "k2-nomask", "k2-mask")
     assert cfg.seeds == (0, 1, 2) and cfg.time_box_s == 600 and cfg.flow == "dis"
@@ -110,7 +110,7 @@ def test_default_configuration_is_the_issues():
     (["--rows", "k1,k9"], "--rows: unknown row 'k9'"),
     (["--eval-modes", "svm"], "--eval-modes: unknown mode 'svm'"),
     (["--eval-seed", "100"], "--eval-seed 100: must differ from --data-seed"),
-    (["--rows", "k6", "--frames", "4"], "--frames 4: the k=6 row needs at least 6 frames"),
+    (["--rows", "k6", "--video-frames", "4"], "--video-frames 4: the k=6 row needs at least 6 frames"),
     (["--videos", "3"], "--videos 3: fewer than one batch of 4 clips"),
 ])
 def test_bad_options_are_one_line_errors(tmp_path, argv, message):

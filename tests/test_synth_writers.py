@@ -189,7 +189,7 @@ def run_cli(argv, capsys):
     (["--size", "0x0"], "--size: size 0x0 out of range"),
     (["--size", "640by360"], "--size: expected WIDTHxHEIGHT"),
     (["--videos", "-1"], "--videos: videos must be a positive integer, got -1"),
-    (["--frames", "0"], "--frames: frames must be a positive integer, got 0"),
+    (["--video-frames", "0"], "--video-frames: frames must be a positive integer, got 0"),
     (["--seed", "-3"], "--seed: seed must be a non-negative integer"),
     (["--fps", "0"], "--fps: fps must be in (0, 240]"),
     (["--val-videos", "9"], "--val-videos: val_videos must be in 0..8"),
@@ -206,7 +206,7 @@ def test_cli_bad_arguments_one_line_error_no_output(tmp_path, capsys, args, need
 def test_cli_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    rc, _, err = run_cli(["--out", str(blocker / "out"), "--videos", "1", "--frames", "2", "--size", "32x24",
+    rc, _, err = run_cli(["--out", str(blocker / "out"), "--videos", "1", "--video-frames", "2", "--size", "32x24",
                           "--quiet"], capsys)
     assert rc == 2
     lines = err.strip().splitlines()
@@ -216,7 +216,7 @@ def test_cli_unwritable_out(tmp_path, capsys):
 
 def test_cli_writes_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
-    rc, stdout, _ = run_cli(["--out", str(out), "--videos", "2", "--frames", "3", "--size", "64x48", "--fps", "5",
+    rc, stdout, _ = run_cli(["--out", str(out), "--videos", "2", "--video-frames", "3", "--size", "64x48", "--fps", "5",
                              "--seed", "4", "--format", "all", "--quiet", "--no-videos"], capsys)
     assert rc == 0
     manifest = json.loads((out / "synth.json").read_text())
@@ -230,9 +230,9 @@ def test_cli_writes_dataset(tmp_path, capsys):
 def test_cli_subprocess_progress_and_help(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--help"], capture_output=True, text=True, env=env)
-    assert r.returncode == 0 and "--format {bdd,cityscapes,all}" in r.stdout
+    assert r.returncode == 0 and "--format [bdd|cityscapes|all]" in r.stdout
     r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(tmp_path / "d"), "--videos", "1",
-                        "--frames", "2", "--size", "32x24"], capture_output=True, text=True, env=env)
+                        "--video-frames", "2", "--size", "32x24"], capture_output=True, text=True, env=env)
     assert r.returncode == 0, r.stderr
     assert "2/2" in r.stderr  # tqdm progress bar counts frames
     r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(tmp_path / "e"), "--size", "0x0"],

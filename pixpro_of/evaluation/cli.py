@@ -1,15 +1,18 @@
-"""``python -m pixpro_of eval TASK ...``: downstream evaluations, loaded lazily."""
+"""``python -m pixpro_of eval TASK ...``: downstream evaluations (a lazy click group)."""
 from __future__ import annotations
 
-from typing import Sequence
+from typing import Optional, Sequence
 
-from plumbing.cli import run_subcommands
+from plumbing.cli import group, run
 
 TASKS = {
     "flow": ("pixpro_of.evaluation.flow_accuracy", "Flow EPE (adjacent and chained) and FB-mask precision/recall on the synthetic world"),
     "seg": ("pixpro_of.evaluation.seg", "Frozen backbone + DeepLabV3 head or linear probe on Cityscapes; mIoU"),
 }
 
+command = group("eval", TASKS, help="Downstream evaluations: segmentation mIoU, flow accuracy.",
+                epilog="Example: python -m pixpro_of eval seg --backbone runs/k6 --data data/cityscapes --out eval/k6")
 
-def main(argv: Sequence[str]) -> int:
-    return run_subcommands("pixpro_of eval", TASKS, argv)
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return run(command, argv, "pixpro_of eval")

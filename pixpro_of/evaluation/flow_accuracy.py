@@ -1,6 +1,6 @@
 """``python -m pixpro_of eval flow``: flow accuracy and FB-mask quality on the synthetic driving world.
 
-    python -m pixpro_of eval flow --model dis --videos 2 --frames 7 --size 320x192 [--json out.json]
+    python -m pixpro_of eval flow --model dis --videos 2 --video-frames 7 --size 320x192 [--json out.json]
 
 For each rendered video (exact flows and validity from :mod:`synth`) the estimator runs
 on every adjacent pair, forward and backward. Figures (all pooled over videos and clip starts):
@@ -20,18 +20,19 @@ on every adjacent pair, forward and backward. Figures (all pooled over videos an
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Dict, List, Optional, Tuple
 
+import click
 import numpy as np
 import torch
 
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -93,7 +94,7 @@ def evaluate(cfg: EvalConfig, log=print) -> Dict:
     if cfg.kmax < 2:
         raise UserError(f"--kmax should be >= 2, got {cfg.kmax}")
     if cfg.frames < cfg.kmax:
-        raise UserError(f"--kmax {cfg.kmax} is larger than the video (--frames {cfg.frames})")
+        raise UserError(f"--kmax {cfg.kmax} is larger than the video (--video-frames {cfg.frames})")
     if cfg.videos < 1:
         raise UserError(f"--videos should be >= 1, got {cfg.videos}")
     est = make_estimator(cfg.model, weights=cfg.weights, device=cfg.device, iters=cfg.iters, dis_preset=cfg.dis_preset)
@@ -176,30 +177,33 @@ def parse_size(text: str) -> Tuple[int, int]:
     return w, h
 
 
-def main(argv) -> int:
-    p = argparse.ArgumentParser(prog="python -m pixpro_of eval flow",
-                                description="End-point error (adjacent and chained) and FB-mask precision/recall on the "
-                                            "synthetic driving world.")
-    p.add_argument("--model", choices=["raft-small", "raft-large", "dis"], default="dis")
-    p.add_argument("--weights", help="RAFT checkpoint (official or torchvision layout)")
-    p.add_argument("--dis-preset", choices=["ultrafast", "fast", "medium"], default="medium")
-    p.add_argument("--iters", type=int, default=12)
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--videos", type=int, default=2)
-    p.add_argument("--frames", type=int, default=7, help="frames per video (default 7)")
-    p.add_argument("--size", default="320x192", help="frame size WxH (default 320x192)")
-    p.add_argument("--seed", type=int, default=0, help="first video's seed")
-    p.add_argument("--kmax", type=int, default=6, help="longest clip, in frames (default 6)")
-    p.add_argument("--json", help="also write the figures to this JSON file")
-    a = p.parse_args(argv)
-    if a.model != "dis" and a.weights is None:
-        raise UserError(f"--weights is required for {a.model}")
-    if a.weights is not None and not os.path.isfile(a.weights):
-        raise UserError(f"{a.weights}: weights file not found")
-    cfg = EvalConfig(model=a.model, weights=a.weights, dis_preset=a.dis_preset, iters=a.iters, device=a.device,
-                     videos=a.videos, frames=a.frames, size=parse_size(a.size), seed=a.seed, kmax=a.kmax)
+@cli_command("flow", epilog="Example: python -m pixpro_of eval flow --model dis --videos 2 --video-frames 7 "
+                             "--size 320x192 --kmax 6 --json flow.json")
+@click.option("--model", type=click.Choice(["raft-small", "raft-large", "dis"]), default="dis", show_default=True)
+@click.option("--weights", default=None, help="RAFT checkpoint (official or torchvision layout)")
+@click.option("--dis-preset", type=click.Choice(["ultrafast", "fast", "medium"]), default="medium", show_default=True)
+@click.option("--iters", type=int, default=12, show_default=True, help="RAFT refinement iterations")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--videos", type=int, default=2, show_default=True, help="synthetic videos to evaluate on")
+@click.option("--video-frames", type=int, default=7, show_default=True, help="frames per video")
+@click.option("--size", default="320x192", show_default=True, help="frame size WxH")
+@click.option("--seed", type=int, default=0, show_default=True, help="first video's seed")
+@click.option("--kmax", type=int, default=6, show_default=True, help="longest clip, in frames")
+@click.option("--json", "json_out", default=None, help="also write the figures to this JSON file")
+def command(model, weights, dis_preset, iters, device, videos, video_frames, size, seed, kmax, json_out) -> int:
+    """End-point error (adjacent and chained) and FB-mask precision/recall on the synthetic driving world."""
+    if model != "dis" and weights is None:
+        raise UserError(f"--weights is required for {model}")
+    if weights is not None and not os.path.isfile(weights):
+        raise UserError(f"{weights}: weights file not found")
+    cfg = EvalConfig(model=model, weights=weights, dis_preset=dis_preset, iters=iters, device=device,
+                     videos=videos, frames=video_frames, size=parse_size(size), seed=seed, kmax=kmax)
     r = evaluate(cfg)
     print(format_result(r))
-    if a.json:
-        atomic_write_text(a.json, json.dumps(r, indent=1))
+    if json_out:
+        atomic_write_text(json_out, json.dumps(r, indent=1))
     return 0
+
+
+def main(argv=None) -> int:
+    return call(command, argv, "pixpro_of eval flow")

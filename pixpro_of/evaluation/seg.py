@@ -17,7 +17,6 @@ Writes into ``--out``:
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import io
 import json
@@ -26,12 +25,15 @@ import os
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Dict, List, Optional, Sequence, Tuple
 
+import click
 import numpy as np
 
 from plumbing.atomic import atomic_write_bytes
 from plumbing.errors import UserError
+from plumbing.cli import call, command as cli_command
 
 MODES = ("deeplab", "linear")
 
@@ -294,66 +296,92 @@ def run(cfg: SegConfig, log=print) -> Dict[str, object]:
     return scores
 
 
-def _hw(text: str) -> Tuple[int, int]:
-    try:
-        h, w = (int(v) for v in text.lower().split("x"))
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected HxW (e.g. 512x1024), got {text!r}") from None
-    return h, w
+class _HW(click.ParamType):
+    """``HxW`` -> (h, w)."""
+
+    name = "HxW"
+
+    def convert(self, value, param, ctx):
+        if isinstance(value, tuple):
+            return value
+        try:
+            h, w = (int(v) for v in str(value).lower().split("x"))
+        except ValueError:
+            self.fail(f"expected HxW (e.g. 512x1024), got {value!r}", param, ctx)
+        return h, w
 
 
-def build_parser() -> argparse.ArgumentParser:
+def _options(f):
+    """The options of ``eval seg``; defaults are :class:`SegConfig`'s (the seed's)."""
     d = SegConfig()
-    p = argparse.ArgumentParser(
-        prog="pixpro_of eval seg",
-        description="Frozen-backbone semantic segmentation (the seed's DeepLabV3 transfer, or a linear probe) on a "
-                    "Cityscapes-layout tree; 19-class mIoU as cityscapesScripts computes it. Defaults are the seed's.")
-    p.add_argument("--backbone", required=True,
-                   help="checkpoint file or run directory, 'torchvision:PATH' (a torchvision ResNet state dict), "
-                        "'detectron2:PATH' (a detectron2 ResNet .pkl), "
-                        "or 'random' (pretraining initialisation, see --arch)")
-    p.add_argument("--data", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)")
-    p.add_argument("--out", required=True, help="output folder (scores.json, predictions.png, train_log.csv)")
-    p.add_argument("--mode", choices=MODES, default=d.mode, help="head: DeepLabV3 (ASPP) or a 1x1 linear probe")
-    p.add_argument("--arch", default=d.arch, help="architecture for --backbone random (default %(default)s)")
-    p.add_argument("--iters", type=int, default=d.iters, help="training iterations (default %(default)s)")
-    p.add_argument("--batch", type=int, default=d.batch, help="images per iteration (default %(default)s)")
-    p.add_argument("--crop", type=_hw, default=d.crop, help="training crop HxW (default 512x1024)")
-    p.add_argument("--lr", type=float, default=d.lr, help="base learning rate (default %(default)s)")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help="default %(default)s")
-    p.add_argument("--warmup-iters", type=int, default=d.warmup_iters, help="linear warmup (default %(default)s)")
-    p.add_argument("--scale-range", type=float, nargs=2, default=d.scale_range, metavar=("MIN", "MAX"),
-                   help="random resize factor range (default 0.5 2.0)")
-    p.add_argument("--no-flip", action="store_true", help="no random horizontal flip")
-    p.add_argument("--test-scale", type=float, default=d.test_scale, help="val resize factor (default 1.0)")
-    p.add_argument("--output-stride", type=int, choices=(16, 32), default=d.output_stride,
-                   help="16: dilated res5 with multi-grid 1-2-4 (the seed); 32: plain ResNet")
-    p.add_argument("--max-val", type=int, default=d.max_val, help="score only the first N val images (0 = all)")
-    p.add_argument("--vis", type=int, default=d.vis, help="val images drawn in predictions.png (default 4)")
-    p.add_argument("--save-preds", action="store_true",
-                   help="also write every val prediction as OUT/val_preds/<city>/<stem>_pred_labelIds.png")
-    p.add_argument("--workers", type=int, default=min(d.workers, os.cpu_count() or 1), help="data loader workers")
-    p.add_argument("--device", default=d.device, help="auto, cpu, cuda or cuda:N (default auto)")
-    p.add_argument("--seed", type=int, default=d.seed, help="random seed (default 0)")
-    p.add_argument("--log-every", type=int, default=d.log_every, help="print every N iterations (0 = never)")
-    return p
+    options = [
+        click.option("--backbone", required=True,
+                     help="checkpoint file or run directory, 'torchvision:PATH' (a torchvision ResNet state dict), "
+                          "'detectron2:PATH' (a detectron2 ResNet .pkl), "
+                          "or 'random' (pretraining initialisation, see --arch)"),
+        click.option("--data", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)"),
+        click.option("--out", required=True, help="output folder (scores.json, predictions.png, train_log.csv)"),
+        click.option("--mode", type=click.Choice(MODES), default=d.mode, show_default=True,
+                     help="head: DeepLabV3 (ASPP) or a 1x1 linear probe"),
+        click.option("--arch", default=d.arch, show_default=True, help="architecture for --backbone random"),
+        click.option("--iters", type=int, default=d.iters, show_default=True, help="training iterations"),
+        click.option("--batch", type=int, default=d.batch, show_default=True, help="images per iteration"),
+        click.option("--crop", type=_HW(), default="x".join(map(str, d.crop)), show_default=True,
+                     help="training crop HxW"),
+        click.option("--lr", type=float, default=d.lr, show_default=True, help="base learning rate"),
+        click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
+        click.option("--warmup-iters", type=int, default=d.warmup_iters, show_default=True, help="linear warmup"),
+        click.option("--scale-range", type=float, nargs=2, default=d.scale_range, show_default=True,
+                     metavar="MIN MAX", help="random resize factor range"),
+        click.option("--no-flip", is_flag=True, help="no random horizontal flip"),
+        click.option("--test-scale", type=float, default=d.test_scale, show_default=True, help="val resize factor"),
+        click.option("--output-stride", type=click.Choice(["16", "32"]), default=str(d.output_stride),
+                     show_default=True, help="16: dilated res5 with multi-grid 1-2-4 (the seed); 32: plain ResNet"),
+        click.option("--max-val", type=int, default=d.max_val, show_default=True,
+                     help="score only the first N val images (0 = all)"),
+        click.option("--vis", type=int, default=d.vis, show_default=True, help="val images drawn in predictions.png"),
+        click.option("--save-preds", is_flag=True,
+                     help="also write every val prediction as OUT/val_preds/<city>/<stem>_pred_labelIds.png"),
+        click.option("--workers", type=int, default=min(d.workers, os.cpu_count() or 1), show_default=True,
+                     help="data loader workers"),
+        click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N"),
+        click.option("--seed", type=int, default=d.seed, show_default=True, help="random seed"),
+        click.option("--log-every", type=int, default=d.log_every, show_default=True,
+                     help="print every N iterations (0 = never)"),
+    ]
+    for option in reversed(options):
+        f = option(f)
+    return f
 
 
-def config_from_args(args: argparse.Namespace) -> SegConfig:
+def config_from_args(args) -> SegConfig:
+    """The SegConfig of parsed options (an object with one attribute per option)."""
     return SegConfig(backbone=args.backbone, data=args.data, out=args.out, mode=args.mode, arch=args.arch,
                      iters=args.iters, batch=args.batch, crop=tuple(args.crop), lr=args.lr,
                      weight_decay=args.weight_decay, warmup_iters=args.warmup_iters,
                      scale_range=tuple(args.scale_range), flip=not args.no_flip, test_scale=args.test_scale,
-                     output_stride=args.output_stride, max_val=args.max_val, vis=args.vis,
+                     output_stride=int(args.output_stride), max_val=args.max_val, vis=args.vis,
                      save_preds=args.save_preds, workers=args.workers,
                      device=args.device, seed=args.seed, log_every=args.log_every)
 
 
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+@cli_command("seg", epilog="Examples: python -m pixpro_of eval seg --backbone runs/k6 --data data/cityscapes --out eval/k6; "
+                            "python -m pixpro_of eval seg --backbone random --mode linear --data data/synth --out eval/rand")
+@_options
+def command(**opts) -> int:
+    """Frozen-backbone semantic segmentation on a Cityscapes-layout tree; 19-class mIoU.
+
+    The head is the seed's DeepLabV3 transfer or a linear probe; mIoU as cityscapesScripts computes it.
+    Defaults are the seed's.
+    """
+    args = SimpleNamespace(**opts)
     # Frozen pretrained features can be subnormal floats, which run ~10x slower on x86 CPUs.
     import torch
 
     torch.set_flush_denormal(True)
     run(config_from_args(args))
     return 0
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return call(command, argv, "pixpro_of eval seg")

@@ -87,7 +87,7 @@ class ReproduceConfig:
             raise UserError(f"--time-box must be > 0, got {self.time_box_s}")
         ks = [ROWS[r].k for r in self.rows if ROWS[r].k]
         if ks and self.frames < max(ks):
-            raise UserError(f"--frames {self.frames}: the k={max(ks)} row needs at least {max(ks)} frames per video")
+            raise UserError(f"--video-frames {self.frames}: the k={max(ks)} row needs at least {max(ks)} frames per video")
         if self.videos // self.batch_size < 1:
             raise UserError(f"--videos {self.videos}: fewer than one batch of {self.batch_size} clips per epoch")
         if not 1 <= self.eval_val_videos < self.eval_videos:

@@ -7,38 +7,42 @@ than one rank the whole job is aborted, see :func:`fail_job`); anything else is 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 from pathlib import Path
-from typing import Sequence
+from types import SimpleNamespace
+from typing import Optional, Sequence
 
+import click
+
+from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
 
 __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="pixpro_of train",
-        description="Pretrain PixPro(+flow). Config = dataclass defaults < --config file or preset < key=value "
-                    "overrides (e.g. optim.base_lr=0.5 data.shards=[a.h5,b.h5]). Exit 0 = finished, "
-                    "75 = checkpointed, run again to resume.",
-    )
-    p.add_argument("--config", required=False, help="YAML file, or a preset name (see --list-presets)")
-    p.add_argument("--run-dir", required=False, help="run directory (created; resumed when it holds checkpoints)")
-    p.add_argument("--deadline", help="stop with a checkpoint before this: duration (90m, 1h30m, 3600) from now, "
-                                      "clock time HH:MM, ISO date-time or @unix; overrides stop.deadline")
-    p.add_argument("--signals", help="comma-separated stop signals (default SIGUSR2,SIGTERM); overrides stop.signals")
-    p.add_argument("--print-config", action="store_true", help="print the resolved config as JSON and exit")
-    p.add_argument("--list-presets", action="store_true", help="list the shipped presets and exit")
-    p.add_argument("overrides", nargs="*", metavar="key=value", help="config overrides")
-    return p
+@cli_command("train", epilog="Examples: python -m pixpro_of train --config pixpro_k6 --run-dir runs/k6 "
+                             "optim.base_lr=0.5 data.shards=[a.h5,b.h5]; python -m pixpro_of train --config cpu_small "
+                             "--print-config; python -m pixpro_of train --list-presets")
+@click.option("--config", default=None, help="YAML file, or a preset name (see --list-presets)")
+@click.option("--run-dir", default=None, help="run directory (created; resumed when it holds checkpoints)")
+@click.option("--deadline", default=None,
+              help="stop with a checkpoint before this: duration (90m, 1h30m, 3600) from now, clock time HH:MM, "
+                   "ISO date-time or @unix; overrides stop.deadline")
+@click.option("--signals", default=None,
+              help="comma-separated stop signals (default SIGUSR2,SIGTERM); overrides stop.signals")
+@click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
+@click.option("--list-presets", is_flag=True, help="list the shipped presets and exit")
+@click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
+def command(config, run_dir, deadline, signals, print_config, list_presets, overrides) -> int:
+    """Pretrain PixPro(+flow); exit 0 = finished, 75 = checkpointed (run again to resume), 2 = error.
 
-
-def main(argv: Sequence[str]) -> int:
-    args = build_parser().parse_args(list(argv))
+    Config = dataclass defaults < --config file or preset < KEY=VALUE overrides (e.g.
+    optim.base_lr=0.5 data.shards=[a.h5,b.h5]).
+    """
+    args = SimpleNamespace(config=config, run_dir=run_dir, deadline=deadline, signals=signals,
+                           print_config=print_config, list_presets=list_presets, overrides=overrides)
     from pixpro_of.config import list_presets, load_config
 
     if args.list_presets:
@@ -83,6 +87,10 @@ def main(argv: Sequence[str]) -> int:
         if trainer.backend.world_size > 1:
             fail_job(trainer.backend, exc)
         raise exc from None
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    return call(command, argv, "pixpro_of train")
 
 
 def fail_job(backend, exc, code: int = 2, quiet_wait_s: float = 20.0, other_rank_grace_s: float = 2.0) -> None:
