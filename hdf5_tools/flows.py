@@ -27,7 +27,6 @@ Distribution (under ``mpirun -np N``, mpi4py): rank 0 plans and broadcasts the p
 """
 from __future__ import annotations
 
-import glob
 import math
 import os
 import signal
@@ -94,36 +93,6 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- shards and plan
-
-def resolve_shards(sources: List[str]) -> List[str]:
-    """Shard paths from files and folders (folder: its manifest's shards, else ``*.h5``), in order."""
-    from hdf5_tools import manifest as mf
-
-    out: List[str] = []
-    for src in sources:
-        if os.path.isdir(src):
-            if os.path.exists(os.path.join(src, mf.MANIFEST_NAME)):
-                m = mf.load_manifest(src)
-                out += [m.path_of(s) for s in m.shards]
-            else:
-                found = sorted(glob.glob(os.path.join(src, "*.h5")))
-                if not found:
-                    raise UserError(f"{src}: no manifest.json and no *.h5 shards in this folder")
-                out += found
-        elif os.path.isfile(src):
-            out.append(src)
-        else:
-            raise UserError(f"{src}: no such shard file or folder")
-    seen = set()
-    uniq = []
-    for p in out:
-        key = os.path.realpath(p)
-        if key in seen:
-            raise UserError(f"{p}: shard given twice")
-        seen.add(key)
-        uniq.append(os.path.abspath(p))
-    return uniq
-
 
 def copy_into(shards: List[str], into: str) -> List[str]:
     """Copy shards (and a manifest beside the first) into ``into``; reuse copies already there."""
@@ -280,7 +249,7 @@ def run(cfg: ComputeConfig, log=print) -> int:
                 raise UserError(f"{cfg.weights}: weights file not found")
             if cfg.batch < 1 or cfg.chunk < 1:
                 raise UserError(f"--batch and --chunk should be >= 1, got {cfg.batch} and {cfg.chunk}")
-            shards = resolve_shards(cfg.sources)
+            shards = [os.path.abspath(p) for p in mf.resolve_shards(cfg.sources)]
             if cfg.into:
                 shards = copy_into(shards, cfg.into)
             plan = make_plan(shards, size, cfg.chunk, cfg.recompute)

@@ -14,14 +14,18 @@ their bytes: call :func:`refresh_manifest` afterwards (``hdf5_tools flow`` does)
 Node sets: ``pack --nodes N`` balances frames across N node sets. A job with M <= N nodes gives
 node ``i`` the node sets ``j`` with ``j % M == i`` (:func:`node_sets_for`), so ``stage`` and the
 reader agree on which shards a node holds (:func:`shards_for_node`).
+
+Shard paths given by a user (``hdf5_tools flow SHARDS...``, the trainer's ``data.shards``) are
+resolved by one rule, :func:`resolve_shards`.
 """
 from __future__ import annotations
 
+import glob
 import json
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional
+from typing import List, Optional, Sequence
 
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
@@ -29,6 +33,7 @@ from hdf5_tools import schema
 
 MANIFEST_FORMAT = "pixpro_of.manifest"
 MANIFEST_NAME = "manifest.json"
+SHARD_SUFFIXES = (".h5", ".hdf5")
 
 
 @dataclass
@@ -158,3 +163,69 @@ def shards_for_node(manifest, node_index: int, num_nodes: Optional[int] = None,
         if not os.path.exists(p):
             raise UserError(f"manifest in {m.root}: node {node_index} shard {p} is missing")
     return paths
+
+
+def resolve_shards(entries: Sequence[str], node_index: Optional[int] = None, num_nodes: Optional[int] = None,
+                   label: str = "") -> List[str]:
+    """Shard file paths from what a user gave, in order; every path exists and none repeats.
+
+    An entry is a shard file (``.h5``/``.hdf5``), a glob pattern, a manifest (``.json``) or a folder
+    (its manifest when it holds one, else its shard files, sorted), or a ``.txt`` list with one
+    path a line (relative to the list; ``#`` starts a comment). From a manifest come the shards of
+    node ``node_index`` of ``num_nodes`` (:func:`shards_for_node`), or all of them when
+    ``node_index`` is None. Errors are one line, prefixed with ``label`` (the option) when given.
+    """
+    where = f"{label}: " if label else ""
+
+    def from_manifest(path: str) -> List[str]:
+        try:
+            if node_index is None:
+                m = load_manifest(path)
+                return [m.path_of(s) for s in m.shards]
+            return shards_for_node(path, node_index, num_nodes)
+        except UserError as exc:  # add which option named the manifest
+            raise UserError(f"{where}{exc}") from None
+
+    out: List[str] = []
+    for entry in entries:
+        entry = str(entry)
+        path = os.path.expanduser(entry)
+        if any(c in entry for c in "*?["):
+            hits = sorted(glob.glob(path))
+            if not hits:
+                raise UserError(f"{where}pattern {entry!r} matches no file")
+            out += hits
+        elif os.path.isdir(path):
+            if os.path.isfile(os.path.join(path, MANIFEST_NAME)):
+                out += from_manifest(os.path.join(path, MANIFEST_NAME))
+            else:
+                hits = sorted(os.path.join(path, n) for n in os.listdir(path) if n.endswith(SHARD_SUFFIXES))
+                if not hits:
+                    raise UserError(f"{where}{entry}: no {MANIFEST_NAME} and no .h5 shards in this folder")
+                out += hits
+        elif not os.path.isfile(path):
+            raise UserError(f"{where}{entry}: no such shard file or folder")
+        elif path.endswith(".json"):
+            out += from_manifest(path)
+        elif path.endswith(".txt"):
+            with open(path) as f:
+                lines = [ln.strip() for ln in f]
+            for ln in lines:
+                if ln and not ln.startswith("#"):
+                    q = ln if os.path.isabs(ln) else os.path.join(os.path.dirname(path), ln)
+                    if not os.path.isfile(q):
+                        raise UserError(f"{where}{entry} lists a missing shard {q}")
+                    out.append(q)
+        elif path.endswith(SHARD_SUFFIXES):
+            out.append(path)
+        else:
+            raise UserError(f"{where}{entry} is not a shard (.h5), manifest (.json) or list (.txt)")
+    if not out:
+        raise UserError(f"{where}no shard files found")
+    seen = set()
+    for p in out:
+        key = os.path.realpath(p)
+        if key in seen:
+            raise UserError(f"{where}{p}: shard given twice")
+        seen.add(key)
+    return out

@@ -297,13 +297,12 @@ def plan_job(req: JobRequest) -> JobPlan:
 def _check_manifest(path: str, nodes: int) -> None:
     """``--data`` must be a shard manifest (every shard present) packed for at least ``nodes`` node sets."""
     from hdf5_tools import manifest as mf
-    from plumbing.errors import UserError as ShardError
 
     if not Path(path).is_file():
         raise UserError(f"--data: shard manifest {path} does not exist")
     try:
         m = mf.load_manifest(path)
-    except ShardError as exc:
+    except UserError as exc:  # name the option
         raise UserError(f"--data: {exc}") from None
     if nodes > m.nodes:
         raise UserError(f"--data: {path} was packed for {m.nodes} node set(s) but the job has {nodes} nodes; "

@@ -237,3 +237,30 @@ def test_cli_pack_then_bad_src_exit_codes(tmp_path):
     r = run("pack", str(tmp_path / "nope"), str(tmp_path / "out2"), "--nodes", "1")
     assert r.returncode == 2
     assert r.stderr.strip().splitlines() == [f"hdf5_tools pack: error: SRC {tmp_path / 'nope'}: not a folder (nor a synth:... spec)"]
+
+
+def test_one_rule_resolves_shard_paths(tmp_path):
+    """hdf5_tools.manifest.resolve_shards: what `hdf5_tools flow SHARDS...` and the trainer's data.shards accept."""
+    from hdf5_tools.manifest import resolve_shards
+
+    m = pack(_cfg(f"synth:videos=4,frames=3,size={SIZE[0]}x{SIZE[1]},seed=1", tmp_path / "p", nodes=2,
+                  shard_size=1))
+    every = [m.path_of(s) for s in m.shards]
+    node1 = [m.path_of(s) for s in m.shards if s.node == 1]
+    manifest = str(tmp_path / "p" / "manifest.json")
+    assert resolve_shards([str(tmp_path / "p")]) == every  # a folder with a manifest: all of it
+    assert resolve_shards([manifest], node_index=1, num_nodes=2) == node1  # or one node's
+    assert resolve_shards([str(tmp_path / "p" / "*.h5")]) == sorted(every)
+    (tmp_path / "list.txt").write_text("# two shards\np/" + os.path.basename(every[0]) + "\n" + every[1] + "\n")
+    assert resolve_shards([str(tmp_path / "list.txt")]) == [str(tmp_path / "p" / os.path.basename(every[0])), every[1]]
+    for entries, message in [
+        ([str(tmp_path / "nope.h5")], "data.shards: " + str(tmp_path / "nope.h5") + ": no such shard file or folder"),
+        ([every[0], every[0]], "shard given twice"),
+        ([str(tmp_path / "*.h5")], "matches no file"),
+        ([str(tmp_path)], "no manifest.json and no .h5 shards in this folder"),
+        ([manifest], "data.shards: the job has 3 nodes but the shards were packed for 2"),
+    ]:
+        with pytest.raises(UserError) as info:
+            resolve_shards(entries, node_index=0 if "3 nodes" in message else None,
+                           num_nodes=3 if "3 nodes" in message else None, label="data.shards")
+        assert message in str(info.value)

@@ -97,10 +97,6 @@ class ClipSampler(torch.utils.data.Sampler):
 
 def node_shard_paths(manifest, node_index: int, num_nodes: Optional[int] = None, root=None) -> List[str]:
     """The shard paths node ``node_index`` (of ``num_nodes``) reads; see hdf5_tools.manifest."""
-    from plumbing.errors import UserError as ShardError
     from hdf5_tools.manifest import shards_for_node
 
-    try:
-        return shards_for_node(manifest, node_index, num_nodes, root)
-    except ShardError as exc:
-        raise UserError(str(exc)) from None
+    return shards_for_node(manifest, node_index, num_nodes, root)

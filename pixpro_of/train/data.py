@@ -1,4 +1,4 @@
-"""The trainer's data feed: shard resolution, per-sample RNG, resumable epoch batches.
+"""The trainer's data feed: per-sample RNG, resumable epoch batches (shard paths: :func:`hdf5_tools.manifest.resolve_shards`).
 
 Every sample is a pure function of ``(seed, epoch, node, position)``: the clip comes from the
 :class:`~pixpro_of.data.sampler.ClipSampler` order, and the augmentation RNG is
@@ -11,88 +11,29 @@ Bad samples (``data.on_bad_sample``): a clip that cannot be read (a JPEG or flow
 CRC, a frame that does not decode, a missing flow pair, a truncated file) never raises inside a
 DataLoader worker (torch would wrap the one-line message in a traceback). :class:`SampleSet`
 returns it as a :class:`BadSample` record under the ``"_failed"`` key of the item instead, and
-:class:`SafeCollate` passes it on to the trainer, which fails with that one line. With
+:class:`SafeCollate` passes it on to the trainer (:class:`LoadedBatch`), which fails with that one line. With
 ``skip`` the sample is replaced by a substitute drawn from ``(seed, epoch, node, position,
 attempt)`` (so a resumed run skips and substitutes exactly the same samples), and the records
-of what was skipped travel with the batch under ``"_bad"`` for the trainer to log, count and hold
+of what was skipped travel with the batch (:attr:`LoadedBatch.bad`) for the trainer to log, count and hold
 against ``data.bad_sample_budget``. Workers die with their parent process (``PR_SET_PDEATHSIG``),
 so a killed trainer leaves no orphaned worker behind.
 """
 from __future__ import annotations
 
 import ctypes
-import glob
 import os
 import random
 import signal
 import time
 import traceback
 from dataclasses import dataclass
-from pathlib import Path
-from typing import Callable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 import torch.utils.data
 
 from plumbing.errors import UserError
-
-SHARD_SUFFIXES = (".h5", ".hdf5")
-
-
-def resolve_shards(entries: Sequence[str], node_index: int = 0, num_nodes: int = 1) -> List[str]:
-    """Shard file paths from ``data.shards`` entries.
-
-    An entry is a shard file, a directory (its ``manifest.json`` if present, else its ``*.h5``
-    files), a glob pattern, a ``manifest.json`` written by ``hdf5_tools pack`` (the shards of node
-    ``node_index`` of ``num_nodes``), or a ``.txt`` list with one path a line (relative to the list).
-    """
-    out: List[str] = []
-    for entry in entries:
-        p = Path(os.path.expanduser(entry))
-        if any(c in entry for c in "*?["):
-            hits = sorted(glob.glob(os.path.expanduser(entry)))
-            if not hits:
-                raise UserError(f"data.shards: pattern {entry!r} matches no file")
-            out += hits
-        elif p.is_dir():
-            if (p / "manifest.json").is_file():
-                out += _from_manifest(p / "manifest.json", node_index, num_nodes)
-            else:
-                hits = sorted(str(q) for q in p.iterdir() if q.suffix in SHARD_SUFFIXES)
-                if not hits:
-                    raise UserError(f"data.shards: directory {entry} holds no .h5 shard and no manifest.json")
-                out += hits
-        elif not p.is_file():
-            raise UserError(f"data.shards: {entry} does not exist")
-        elif p.suffix == ".json":
-            out += _from_manifest(p, node_index, num_nodes)
-        elif p.suffix == ".txt":
-            lines = [ln.strip() for ln in p.read_text().splitlines()]
-            for ln in lines:
-                if ln and not ln.startswith("#"):
-                    q = Path(ln) if os.path.isabs(ln) else p.parent / ln
-                    if not q.is_file():
-                        raise UserError(f"data.shards: {p} lists a missing shard {q}")
-                    out.append(str(q))
-        elif p.suffix in SHARD_SUFFIXES:
-            out.append(str(p))
-        else:
-            raise UserError(f"data.shards: {entry} is not a shard (.h5), manifest (.json) or list (.txt)")
-    if not out:
-        raise UserError("data.shards: no shard files found")
-    return out
-
-
-def _from_manifest(path: Path, node_index: int, num_nodes: int) -> List[str]:
-    from plumbing.errors import UserError as ShardError
-    from hdf5_tools.manifest import shards_for_node
-
-    try:
-        return shards_for_node(str(path), node_index, num_nodes)
-    except ShardError as exc:
-        raise UserError(f"data.shards: {exc}") from None
-
 
 def sample_rng(seed: int, epoch: int, node: int, position: int) -> np.random.Generator:
     """The augmentation RNG of one sample (see the module docstring)."""
@@ -195,22 +136,32 @@ class SampleSet(torch.utils.data.Dataset):
             return sample
 
 
+@dataclass
+class LoadedBatch:
+    """What the trainer's loader yields: the collated ``batch`` (a
+    :class:`~pixpro_of.data.pipeline.Batch`; None when a sample could not be built), the records
+    of the samples skipped to make it (``bad``) and the first sample that could not be built
+    (``failed``)."""
+    batch: Any
+    bad: List[BadSample]
+    failed: Optional[BadSample] = None
+
+
 class SafeCollate:
     """Wraps a collate function: strips the bad-sample records from the samples, collates the
-    rest, and puts the records under ``"_bad"`` (a list) and, when a sample could not be built at
-    all, ``"_failed"`` (the first such record; the batch then holds nothing else)."""
+    rest and returns a :class:`LoadedBatch` with the records; when a sample could not be built at
+    all, its ``failed`` is the first such record and it holds no batch."""
 
     def __init__(self, collate: Callable):
         self.collate = collate
 
-    def __call__(self, samples: List[dict]) -> dict:
+    def __call__(self, samples: List[dict]) -> LoadedBatch:
         bad = [r for s in samples for r in s.get("_bad", ())]
         failed = [s["_failed"] for s in samples if "_failed" in s]
         if failed:
-            return {"_failed": failed[0], "_bad": bad}
+            return LoadedBatch(None, bad, failed[0])
         out = self.collate([{k: v for k, v in s.items() if k != "_bad"} if "_bad" in s else s for s in samples])
-        out["_bad"] = bad
-        return out
+        return LoadedBatch(out, bad)
 
 
 class EpochBatches(torch.utils.data.Sampler):
@@ -293,7 +244,7 @@ def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, nu
                 ignore_signals: Sequence[int] = ()) -> torch.utils.data.DataLoader:
     """A DataLoader over ``batches`` (one epoch, from its start batch).
 
-    ``collate`` is wrapped in :class:`SafeCollate` (batches carry ``"_bad"``, see the module
+    ``collate`` is wrapped in :class:`SafeCollate` (it yields :class:`LoadedBatch` items, see the module
     docstring). ``ignore_signals``: signal numbers the worker processes ignore (the trainer's stop
     signals). End an iterator over it with :func:`close_loader_iter`.
     """

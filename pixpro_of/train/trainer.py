@@ -32,7 +32,6 @@ Run directory (ARCHITECTURE.md "Runs")::
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import errno
 import io
 import json
@@ -55,8 +54,9 @@ from plumbing.errors import UserError
 from plumbing.atomic import DiskWriteError, atomic_write_bytes, disk_error, remove_temporaries
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
 from pixpro_of.train.checkpoint import CheckpointStore
-from pixpro_of.train.data import (BadSample, EpochBatches, SampleSet, close_loader_iter, make_loader,
-                                  resolve_shards)
+from hdf5_tools.manifest import resolve_shards
+from pixpro_of.train.data import (BadSample, EpochBatches, LoadedBatch, SampleSet, close_loader_iter,
+                                  make_loader)
 from pixpro_of.train.metrics_log import MetricsLog
 from pixpro_of.train.stopping import StopControl, parse_deadline
 
@@ -82,57 +82,96 @@ class TrainingFailure(UserError):
 
 # --------------------------------------------------------------------------- components
 
-def _dataclass_kwargs(cls, values: Dict[str, Any]) -> Dict[str, Any]:
-    names = {f.name for f in dataclasses.fields(cls)}
-    return {k: v for k, v in values.items() if k in names}
-
-
 def build_model(cfg: TrainConfig) -> torch.nn.Module:
-    """The real PixPro model from ``cfg.model``."""
-    from pixpro_of.model.pixpro import ModelConfig, PixPro
+    """The real PixPro model from ``cfg.model`` (a :class:`~pixpro_of.config.ModelConfig`)."""
+    from pixpro_of.model.pixpro import PixPro
 
-    return PixPro(ModelConfig(**_dataclass_kwargs(ModelConfig, dataclasses.asdict(cfg.model))))
-
-
-def build_clips(cfg: TrainConfig, run_dir: Path, node_index: int, num_nodes: int):
-    """The clip reader over ``data.shards`` (or the synthetic world packed into the run dir)."""
-    from pixpro_of.data.shards import ShardClipDataset
-    from pixpro_of.train.synth_data import data_entries
-
-    on_the_fly = flow_on_the_fly(cfg)
-    return ShardClipDataset(resolve_shards(data_entries(cfg, run_dir), node_index, num_nodes), cfg.data.k,
-                            all_frames=on_the_fly, flows=not on_the_fly)
+    return PixPro(cfg.model)
 
 
-def flow_on_the_fly(cfg: TrainConfig) -> bool:
-    """Whether the trainer estimates flow itself (``data.flow_source`` not ``shards``, k > 1)."""
-    return cfg.data.flow_source != "shards" and cfg.data.k > 1
+class ClipSource:
+    """Where the trainer's clips come from (a component: :class:`ShardClips` by default, tests
+    inject in-memory ones with ``Components(clips=...)``).
+
+    ``prepare()`` runs on rank 0 before any rank opens the data; ``node_sets`` says whether the
+    data is split into node sets (each node reads its own); ``open(node_index, num_nodes,
+    all_frames)`` returns the clip set: ``num_videos``, ``num_frames(i)``, ``video_name(i)``, ``k``
+    and ``[(video_index, t)] -> clip dict`` (with every frame of the clip, and no flows, when
+    ``all_frames``).
+    """
+
+    node_sets = False
+
+    def prepare(self) -> None:
+        """Make the data ready (rank 0 only); nothing by default."""
+
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+        raise NotImplementedError
 
 
-def build_sample_config(cfg: TrainConfig):
-    """``data.*`` as the pipeline's :class:`~pixpro_of.data.pipeline.SampleConfig`."""
-    from pixpro_of.data.pipeline import SampleConfig
+class FixedClips(ClipSource):
+    """A clip set given as it is (one set for every node)."""
 
-    d = cfg.data
-    return SampleConfig(image_size=d.image_size, crop_scale=tuple(d.crop_scale), crop_ratio=tuple(d.crop_ratio),
-                        pos_ratio=d.pos_ratio, mask=d.mask, alpha1=d.alpha1, alpha2=d.alpha2,
-                        positive_rule=d.positive_rule, flow_resolution=d.flow_resolution,
-                        defer_positives=flow_on_the_fly(cfg) or (d.k > 1 and d.positives_on == "device"))
+    def __init__(self, clips):
+        self.clips = clips
+
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+        return self.clips
 
 
-def build_sample_builder(cfg: TrainConfig) -> Callable:
-    """The augmentation + positives pipeline: ``builder(clip, rng) -> sample dict``."""
+class ShardClips(ClipSource):
+    """The clip reader over ``data.shards``, or over the synthetic world packed into the run
+    directory when ``data.shards`` is empty and ``data.synthetic`` is on."""
+
+    def __init__(self, cfg: TrainConfig, run_dir: Path):
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+
+    def prepare(self) -> None:
+        if not self.cfg.data.shards and self.cfg.data.synthetic:
+            from pixpro_of.train.synth_data import ensure_synthetic_shards
+
+            ensure_synthetic_shards(self.cfg, self.run_dir)
+
+    def _entries(self) -> list:
+        from pixpro_of.train.synth_data import data_entries
+
+        return data_entries(self.cfg, self.run_dir)
+
+    @property
+    def node_sets(self) -> bool:  # a manifest (or a folder holding one) assigns shards to node sets
+        return any(str(s).endswith(".json") or Path(s).is_dir() for s in self._entries())
+
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+        from pixpro_of.data.shards import ShardClipDataset
+
+        return ShardClipDataset(resolve_shards(self._entries(), node_index, num_nodes, label="data.shards"),
+                                self.cfg.data.k,
+                                all_frames=all_frames, flows=not all_frames)
+
+
+def build_positives(cfg: TrainConfig, device: torch.device):
+    """The positives strategy of ``cfg.data.positives_mode()`` (:mod:`pixpro_of.data.strategy`),
+    with the on-the-fly flow estimator on ``device`` for ``data.flow_source=raft``."""
+    from pixpro_of.data.strategy import make_positives
+    from pixpro_of.model.pixpro import PixPro
+
+    return make_positives(cfg.data.positives_mode(), cfg.data, PixPro.feature_size(cfg.data.image_size),
+                          clip_flow=lambda: build_clip_flow(cfg, device))
+
+
+def build_sample_builder(cfg: TrainConfig, positives) -> Callable:
+    """The augmentation + positives pipeline, ``builder(clip, rng) -> sample dict``; the samples
+    carry what the positives strategy ``positives`` needs (``positives.carry``)."""
     from pixpro_of.data.pipeline import SampleBuilder
     from pixpro_of.model.pixpro import PixPro
 
-    return SampleBuilder(build_sample_config(cfg), feature_size=PixPro.feature_size(cfg.data.image_size))
+    return SampleBuilder(cfg.data, feature_size=PixPro.feature_size(cfg.data.image_size), carry=positives.carry)
 
 
 def build_clip_flow(cfg: TrainConfig, device: torch.device):
-    """The on-the-fly flow estimator (``data.flow_source=raft``) on the training device, or None."""
+    """The on-the-fly flow estimator (``data.flow_source=raft``) on the training device."""
     d = cfg.data
-    if not flow_on_the_fly(cfg):
-        return None
     from plumbing.errors import UserError as FlowError
     from flow.estimators import make_estimator
     from pixpro_of.data.online_flow import ClipFlow
@@ -149,7 +188,7 @@ def build_clip_flow(cfg: TrainConfig, device: torch.device):
     return ClipFlow(est, chunk=d.raft_chunk)
 
 
-def default_collate(samples: List[dict]) -> dict:
+def default_collate(samples: List[dict]):
     from pixpro_of.data.pipeline import collate
 
     return collate(samples)
@@ -178,14 +217,16 @@ def momentum_schedule(step: int, total_steps: int, base: float) -> float:
 
 @dataclass
 class Components:
-    """The pieces the loop trains with. The defaults are the real model, reader and pipeline;
-    tests may swap in small doubles. ``clips`` returns an object with ``num_videos``,
-    ``num_frames(i)``, ``video_name(i)``, ``k`` and ``[(video_index, t)] -> clip dict``."""
+    """The pieces the loop trains with. The defaults are the real model, reader, positives and
+    pipeline; tests may inject small doubles (the trainer treats every one alike). ``clips(cfg,
+    run_dir)`` returns a :class:`ClipSource`; ``positives(cfg, device)`` the positives strategy
+    (:mod:`pixpro_of.data.strategy`); ``sample_builder(cfg, positives)`` the ``(clip, rng) ->
+    sample`` function; ``collate`` makes a :class:`~pixpro_of.data.pipeline.Batch`."""
     model: Callable[[TrainConfig], torch.nn.Module] = build_model
-    clips: Callable[..., Any] = build_clips
-    sample_builder: Callable[[TrainConfig], Callable] = build_sample_builder
-    collate: Callable[[List[dict]], dict] = default_collate
-    clip_flow: Callable[..., Any] = build_clip_flow
+    clips: Callable[[TrainConfig, Path], ClipSource] = ShardClips
+    positives: Callable[[TrainConfig, torch.device], Any] = build_positives
+    sample_builder: Callable[[TrainConfig, Any], Callable] = build_sample_builder
+    collate: Callable[[List[dict]], Any] = default_collate
     optimizer: Callable[..., torch.optim.Optimizer] = build_optimizer
     scheduler: Callable[..., Any] = build_scheduler
     momentum: Callable[[int, int, float], float] = momentum_schedule
@@ -281,6 +322,7 @@ class Trainer:
         self.layout = RunLayout(self.run_dir)
         self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device)
         self.parts = components or Components()
+        self.source: ClipSource = self.parts.clips(cfg, self.run_dir)
         self.stop = stop
         self.store = CheckpointStore(self.layout.checkpoints, keep=cfg.checkpoint.keep)
         self.step = 0
@@ -336,10 +378,7 @@ class Trainer:
                 atomic_write_bytes(cfg_path, text, durable=True)
             except OSError as exc:
                 raise disk_error(exc, cfg_path, needed=len(text), what="writing the config") from None
-        if not self.cfg.data.shards and self.cfg.data.synthetic and self.parts.clips is build_clips:
-            from pixpro_of.train.synth_data import ensure_synthetic_shards
-
-            ensure_synthetic_shards(self.cfg, self.run_dir)
+        self.source.prepare()
 
     def _configure_torch(self) -> None:
         r = self.cfg.run
@@ -363,17 +402,16 @@ class Trainer:
     def _build(self) -> None:
         cfg, be = self.cfg, self.backend
         self.device = be.device
+        # Where the positives are computed: chosen once, from the config.
+        self.positives = self.parts.positives(cfg, self.device)
         # Data: one node reads its node's shards; ranks of the node split its clip order.
-        from pixpro_of.train.synth_data import data_entries
-
-        entries = data_entries(cfg, self.run_dir) if self.parts.clips is build_clips else list(cfg.data.shards)
-        if any(str(s).endswith(".json") or Path(s).is_dir() for s in entries):
+        if self.source.node_sets:
             self.node_index, num_nodes = be.rank // be.local_size, max(be.world_size // be.local_size, 1)
             self.sampler_rank, self.sampler_world = be.local_rank, be.local_size
         else:
             self.node_index, num_nodes = 0, 1
             self.sampler_rank, self.sampler_world = be.rank, be.world_size
-        self.clips = self.parts.clips(cfg, self.run_dir, self.node_index, num_nodes)
+        self.clips = self.source.open(self.node_index, num_nodes, all_frames=self.positives.reads_frames)
         if cfg.data.batch_size % be.world_size:
             raise UserError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                             f"{be.world_size} ranks")
@@ -405,10 +443,8 @@ class Trainer:
         self.end_step = min(self.total_steps, cfg.run.max_steps) if cfg.run.max_steps > 0 else self.total_steps
         self.warmup_steps = cfg.optim.warmup_epochs * self.steps_per_epoch
         self.skip_bad = cfg.data.on_bad_sample == "skip"
-        self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg), cfg.run.seed, self.node_index,
-                                 substitutes=cfg.data.bad_sample_budget if self.skip_bad else 0)
-        self.clip_flow = self.parts.clip_flow(cfg, self.device)
-        self.sample_cfg = build_sample_config(cfg)
+        self.samples = SampleSet(self.clips, self.parts.sample_builder(cfg, self.positives), cfg.run.seed,
+                                 self.node_index, substitutes=cfg.data.bad_sample_budget if self.skip_bad else 0)
 
         # Model: identical initial weights on every rank (seeded, then broadcast from rank 0).
         torch.manual_seed(cfg.run.seed)
@@ -502,34 +538,25 @@ class Trainer:
         return 2.0 * (time.perf_counter() - t0)
 
     # ------------------------------------------------------------------ loop pieces
-    def _to_device(self, batch: dict) -> dict:
-        out = {}
-        for k, v in batch.items():
-            if torch.is_tensor(v):
-                v = v.to(self.device, non_blocking=True)
-                if v.ndim == 4 and k.startswith("view") and self.cfg.optim.channels_last:
-                    v = v.contiguous(memory_format=torch.channels_last)
-            out[k] = v
-        return out
-
-    def train_step(self, batch: dict) -> Dict[str, float]:
-        """One optimizer step on ``batch``; returns this step's metrics as floats."""
+    def train_step(self, batch) -> Dict[str, float]:
+        """One optimizer step on ``batch`` (a :class:`~pixpro_of.data.pipeline.Batch`); returns
+        this step's metrics as floats."""
         core = self.backend.unwrap(self.model)
         m = self.parts.momentum(self.step, self.total_steps, self.cfg.model.momentum_base)
         core.momentum_update(m)  # EMA first, as the seed does
         lr = float(self.optimizer.param_groups[0]["lr"])
-        b = self._to_device(batch)
+        b = batch.to(self.device, channels_last=self.cfg.optim.channels_last)
+        t0 = time.perf_counter()
+        b = self.positives.complete(b)  # on the device unless the workers computed them
         positives_s = None
-        if "pos12" not in b:  # positives of the whole batch on the device (flow on the fly or stored)
-            t0 = time.perf_counter()
-            b.update(self._positives_on_device(b))
+        if self.positives.on_device:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
             positives_s = time.perf_counter() - t0
         ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
                else contextlib.nullcontext())
         with ctx:
-            loss, metrics = self.forward_model(b["view1"], b["view2"], b["pos12"], b["pos21"])
+            loss, metrics = self.forward_model(b.view1, b.view2, b.pos12, b.pos21)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
         self.scaler.step(self.optimizer)
@@ -541,33 +568,13 @@ class Trainer:
         out["loss/plus"] = out["loss"] + 4.0
         for k, v in metrics.items():
             out[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
-        mr = b.get("mask_ratio")
-        if mr is not None:
-            out["mask_ratio"] = float(torch.as_tensor(mr, dtype=torch.float32).mean())
+        if b.mask_ratio is not None:
+            out["mask_ratio"] = float(torch.as_tensor(b.mask_ratio, dtype=torch.float32).mean())
         if positives_s is not None:
             out["time/positives"] = positives_s
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out
-
-    def _positives_on_device(self, b: dict) -> Dict[str, torch.Tensor]:
-        """``pos12``, ``pos21`` and ``mask_ratio`` of a ``defer_positives`` batch on the device:
-        from flow estimated from its ``frames`` (``data.flow_source=raft``) or from the stored
-        flows it carries (``data.positives_on=device``)."""
-        from pixpro_of.data.online_flow import positives_on_the_fly
-        from pixpro_of.data.pipeline import batch_positives
-        from pixpro_of.model.pixpro import PixPro
-
-        fs = PixPro.feature_size(self.cfg.data.image_size)
-        if "frames" in b:
-            if self.clip_flow is None:
-                raise RuntimeError("the batch carries frames but no on-the-fly flow is configured")
-            pos = positives_on_the_fly(b, self.clip_flow, self.sample_cfg, fs)
-        elif "fwd" in b:
-            pos = batch_positives(b, b["fwd"], b["bwd"], self.sample_cfg, fs)
-        else:
-            raise RuntimeError("the batch has neither positives nor what they are computed from")
-        return {"pos12": pos["pos12"], "pos21": pos["pos21"], "mask_ratio": pos["mask_ratio"].float()}
 
     def _average_over_ranks(self, values: Dict[str, float]) -> Dict[str, float]:
         """Metrics averaged over ranks (counts too: they become per-rank means)."""
@@ -597,9 +604,9 @@ class Trainer:
         return bool(flag.item() > 0)
 
     # ------------------------------------------------------------------ bad samples and failures
-    def _next_batch(self, it) -> Optional[dict]:
+    def _next_batch(self, it) -> Optional[LoadedBatch]:
         """The next batch of the epoch, or None at its end; a sample that could not be built ends
-        training with its one-line message (the substitutes' records stay in ``"_bad"``)."""
+        training with its one-line message (the substitutes' records stay in ``bad``)."""
         self._doing = f"reading batch {self.batch_in_epoch} of epoch {self.epoch}"
         self._check_workers(f"found before {self._doing}")
         try:
@@ -609,11 +616,10 @@ class Trainer:
             # (the OOM killer) will strike again: the rule stays one, a killed worker ends the job.
             self._check_workers(f"found at the end of epoch {self.epoch}")
             return None
-        failed = batch.pop("_failed", None)
-        if failed is not None:
-            for rec in batch.get("_bad", ()):
+        if batch.failed is not None:
+            for rec in batch.bad:
                 self._log_skip(rec)
-            raise self._sample_failure(failed, len(batch.get("_bad", ())))
+            raise self._sample_failure(batch.failed, len(batch.bad))
         return batch
 
     def _check_workers(self, when: str) -> None:
@@ -884,11 +890,11 @@ class Trainer:
             t_ready = time.perf_counter()
             stepped = False
             while True:
-                batch = self._next_batch(self._loader_it)
-                if batch is None:
+                loaded = self._next_batch(self._loader_it)
+                if loaded is None:
                     break
                 stepped = True
-                bad = batch.pop("_bad", [])
+                batch, bad = loaded.batch, loaded.bad
                 if self.skip_bad:
                     self._account_skips(bad)
                 t_data = time.perf_counter()
