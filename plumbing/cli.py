@@ -48,7 +48,12 @@ class Command(click.Command):
 
     def parse_args(self, ctx: click.Context, args: list) -> list:
         ctx.meta["plumbing.words"] = list(args)  # the command's own words, for records such as results.json
-        return super().parse_args(ctx, args)
+        try:
+            return super().parse_args(ctx, args)
+        except click.UsageError as exc:  # some parser errors come without the context that names the command
+            if exc.ctx is None:
+                exc.ctx = ctx
+            raise
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

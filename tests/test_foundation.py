@@ -88,7 +88,7 @@ def test_pip_install_ships_clis_templates_and_profiles(tmp_path):
         res = subprocess.run([sys.executable, str(target / "bin" / script), "--help"], cwd=outside,
                              capture_output=True, text=True, env=env, timeout=120)
         assert res.returncode == 0, res.stderr
-        assert res.stdout.startswith(f"usage: {script}")
+        assert res.stdout.startswith(f"Usage: {script} ")  # click's help
     probe = ("import importlib.resources as r, launcher, pixpro_of;"
              "print(launcher.__file__);"
              "print(sorted(p.name for p in r.files('launcher.templates').iterdir()));"
