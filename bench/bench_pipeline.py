@@ -7,7 +7,7 @@ backward flows at 1/8 resolution (90x160, the world's exact flow area-averaged i
 - floor:    decoding the two JPEGs (simplejpeg, as the shard reader);
 - pipeline: decoding + ``SampleBuilder`` (crops, flips, colour jitter, grayscale, blur, solarize,
             normalisation, flow chaining over 5 steps, FB masks, positives) = one training sample;
-- deferred: the same with ``SampleConfig.defer_positives`` (the worker leaves the positives to the
+- deferred: the same with ``SampleBuilder(carry="flows")`` (the worker leaves the positives to the
             batch, computed later on the training device), measured in the same run;
 - parts:    the augmentation alone and the positives alone (for the breakdown), each timed right
             after decoding the two frames (untimed), so that the caches are as cold as inside the
@@ -22,13 +22,11 @@ from this one run (goal: pipeline / floor >= 0.8).
 
     .venv/bin/python bench/bench_pipeline.py                   # ~40 s
     .venv/bin/python bench/bench_pipeline.py --samples 200 --rounds 7 --no-baseline
-    .venv/bin/python bench/bench_pipeline.py --mask-ratio-stride 8   # sampled mask_ratio, sparse chaining
     .venv/bin/python bench/bench_pipeline.py --defer-positives       # worker without positives (GPU later)
 """
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import statistics
 import subprocess
 import sys
@@ -63,13 +61,11 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="bench_pipeline", description=__doc__.splitlines()[0])
     ap.add_argument("--samples", type=int, default=40, help="samples per method per round (default 40)")
     ap.add_argument("--rounds", type=int, default=5, help="interleaved rounds (default 5)")
-    ap.add_argument("--k", type=int, default=6, help="clip length (default 6)")
+    ap.add_argument("--frames", dest="k", type=int, default=6, help="clip length k (default 6)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--flow-resolution", default="coarse", choices=["coarse", "full"])
-    ap.add_argument("--mask-ratio-stride", type=int, default=None,
-                    help="SampleConfig.mask_ratio_stride (default: the SampleConfig default)")
     ap.add_argument("--defer-positives", action="store_true",
-                    help="SampleConfig.defer_positives: the worker skips positives (computed per batch later, e.g. on GPU)")
+                    help="SampleBuilder carry='flows': the worker skips positives (computed per batch later, e.g. on GPU)")
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality of the test frames (default 95)")
     ap.add_argument("--baseline", default=BASELINE_REV, help="git revision of the 'before' code (default: %(default).10s)")
     ap.add_argument("--no-baseline", action="store_true", help="skip the before/after comparison")
@@ -95,17 +91,14 @@ def main(argv=None) -> int:
     n = args.k - 1
     fwd = np.repeat(f8, n, axis=0)[:n]
     bwd = np.repeat(b8, n, axis=0)[:n]
-    extra = {} if args.mask_ratio_stride is None else {"mask_ratio_stride": args.mask_ratio_stride}
-    cfg = SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
-                       defer_positives=args.defer_positives, **extra)
+    cfg = SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution)
     F = c5_size(args.image_size)
-    builder = SampleBuilder(cfg, F)
+    builder = SampleBuilder(cfg, F, carry="flows" if args.defer_positives else "positives")
     decoded = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
     H, W = decoded[0].shape[:2]
     print(f"frames {decoded[0].shape[1]}x{decoded[0].shape[0]}, JPEG {sum(map(len, jpegs)) / 2 / 1024:.0f} KiB each, "
           f"k={args.k}, flows {tuple(fwd.shape)} per direction, views {args.image_size}px, F={F}, "
-          f"flow_resolution={args.flow_resolution}, mask_ratio_stride={cfg.mask_ratio_stride}, "
-          f"defer_positives={cfg.defer_positives}")
+          f"flow_resolution={args.flow_resolution}, defer_positives={args.defer_positives}")
     fwd_t, bwd_t = torch.from_numpy(fwd)[None], torch.from_numpy(bwd)[None]
     clip = {"fwd": fwd, "bwd": bwd, "video": "bench", "t": 0, "k": args.k}
 
@@ -157,12 +150,11 @@ def main(argv=None) -> int:
 
     this = types.SimpleNamespace(BYOL_VIEW1=BYOL_VIEW1, BYOL_VIEW2=BYOL_VIEW2, draw_view_params=draw_view_params,
                                  apply_view=apply_view, to_normalized_float=to_normalized_float)
-    pipe, aug, pos = make(builder, this, compute_positives, cfg.positive_config())
+    pipe, aug, pos = make(builder, this, compute_positives, cfg)
     floor, main, deferred = "floor (decode 2 JPEGs)", "pipeline (decode + sample)", "pipeline, positives deferred"
     methods = {floor: timed(lambda rng: decode()), main: pipe}
-    if not cfg.defer_positives:  # the same worker with SampleConfig.defer_positives (positives per batch, later)
-        methods[deferred] = make(SampleBuilder(dataclasses.replace(cfg, defer_positives=True), F), this,
-                                 compute_positives, cfg.positive_config())[0]
+    if not args.defer_positives:  # the same worker passing the flows on (positives per batch, later)
+        methods[deferred] = make(SampleBuilder(cfg, F, carry="flows"), this, compute_positives, cfg)[0]
     methods.update({"  part: augment 2 views": aug, f"  part: positives (k-1 = {n} steps)": pos})
     if not args.no_baseline:
         try:
@@ -176,7 +168,7 @@ def main(argv=None) -> int:
                                         old_cfg.positive_config())
             methods.update({"baseline pipeline": b_pipe, "  baseline part: augment": b_aug,
                             "  baseline part: positives": b_pos})
-            if not cfg.defer_positives:
+            if not args.defer_positives:
                 old_deferred = old_pipe.SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
                                                      defer_positives=True)
                 methods["baseline pipeline, deferred"] = make(old_pipe.SampleBuilder(old_deferred, F), old_aug,
@@ -201,7 +193,7 @@ def main(argv=None) -> int:
     for m in methods:
         print(f"{m:38s} {1 / w[m]:16.1f} {1000 * w[m]:10.2f}   {1000 * c[m]:13.2f}")
     aug_name, pos_name = "  part: augment 2 views", f"  part: positives (k-1 = {n} steps)"
-    rest = {main: (aug_name,) if cfg.defer_positives else (aug_name, pos_name), deferred: (aug_name,)}
+    rest = {main: (aug_name,) if args.defer_positives else (aug_name, pos_name), deferred: (aug_name,)}
     for name, parts in rest.items():
         if name in w:
             minus = " - ".join(p.strip().split(" (")[0].replace("part: ", "") for p in parts)

@@ -1,5 +1,8 @@
 """Flow operations on batched torch tensors: sampling, warping, resizing, chaining, FB masks.
 
+The one set of flow kernels of the project: the trainer's positives (:mod:`pixpro_of.positives`),
+the flow evaluation and the flow tools use these, never their own copies.
+
 Conventions (ARCHITECTURE.md, "Coordinates and flow"):
 
 - A flow field is ``[..., 2, H, W]``: channel 0 = x displacement, channel 1 = y displacement,
@@ -29,9 +32,13 @@ __all__ = [
     "resize_flow",
     "shard_flow_to_full",
     "full_flow_to_shard",
+    "shard_grid_scale",
+    "shard_flow_to_grid_units",
     "chain_flows",
     "chain_backward",
     "fb_consistency",
+    "fb_consistency_pair",
+    "fb_consistency_at",
     "in_frame",
     "endpoint_error",
 ]
@@ -193,6 +200,30 @@ def full_flow_to_shard(flow: torch.Tensor) -> torch.Tensor:
     return x.reshape(*lead, 2, h8, w8)
 
 
+def shard_grid_scale(h8: int, w8: int) -> Tuple[float, float]:
+    """Frame pixels per shard-grid pixel ``(sx, sy)``: grid position x is frame position ``x·sx``.
+
+    The mapping of :func:`shard_flow_to_full` (align_corners=True onto the padded ``8·w8 × 8·h8``
+    frame): ``sx = (8·w8 − 1)/(w8 − 1)``, ``sy = (8·h8 − 1)/(h8 − 1)``; needs ``h8, w8 >= 2``.
+    """
+    if h8 < 2 or w8 < 2:
+        raise ValueError(f"a shard flow grid needs at least 2x2 pixels, got {h8}x{w8}")
+    return (8 * w8 - 1) / (w8 - 1), (8 * h8 - 1) / (h8 - 1)
+
+
+def shard_flow_to_grid_units(flow8: torch.Tensor, out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Shard flow values (1/8-resolution pixels) in pixels of the shard grid itself under the
+    :func:`shard_grid_scale` mapping: x values ×``8/sx``, y values ×``8/sy`` (float32).
+
+    Chaining and FB checks can then run on the 1/8 grid and their results map to frame pixels
+    by ×``(sx, sy)``, consistently with :func:`shard_flow_to_full`. ``out``: where to write.
+    """
+    _check_flow("flow8", flow8, ndim=None)
+    sx, sy = shard_grid_scale(*flow8.shape[-2:])
+    unit = torch.tensor([8.0 / sx, 8.0 / sy], device=flow8.device).view(2, 1, 1)
+    return torch.mul(flow8.float(), unit, out=out)
+
+
 def chain_flows(flows: torch.Tensor) -> torch.Tensor:
     """Compose ``n`` adjacent flows into one: t → t+n (docs/original-system.md §2.5, ``concat_flow``).
 
@@ -216,11 +247,18 @@ def chain_flows(flows: torch.Tensor) -> torch.Tensor:
     if n == 1:
         return flows[:, 0].clone()
     b, _, _, h, w = flows.shape
-    grid = pixel_grid(h, w, flows.device, flows.dtype).unsqueeze(0).expand(b, -1, -1, -1)
-    pos = grid.clone()
+    # Positions stay in grid_sample's [B, h, w, 2] layout between steps; the normalisation
+    # 2·x/(w−1) − 1 is one addcdiv (−1 + (2·x)/(w−1): the same three roundings as
+    # _normalise_points, so the values are those of the plain loop bit for bit, tested).
+    grid = pixel_grid(h, w, flows.device, flows.dtype).permute(1, 2, 0)  # [h, w, 2] (x, y)
+    div = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=flows.dtype, device=flows.device)
+    minus_one = torch.full((1,), -1.0, dtype=flows.dtype, device=flows.device)
+    pos = grid.expand(b, h, w, 2)
     for s in range(n):
-        pos = pos + _sample_grid(flows[:, s], pos)
-    return pos - grid
+        g = torch.addcdiv(minus_one, pos, div, value=2)
+        pos = pos + F.grid_sample(flows[:, s], g, mode="bilinear", padding_mode="zeros",
+                                  align_corners=True).permute(0, 2, 3, 1)
+    return (pos - grid).permute(0, 3, 1, 2)
 
 
 def chain_backward(bwd: torch.Tensor) -> torch.Tensor:
@@ -236,6 +274,67 @@ def in_frame(flow: torch.Tensor) -> torch.Tensor:
     h, w = flow.shape[-2:]
     pos = pixel_grid(h, w, flow.device, _float(flow).dtype).unsqueeze(0) + flow
     return (pos[:, 0] >= 0) & (pos[:, 0] <= w - 1) & (pos[:, 1] >= 0) & (pos[:, 1] <= h - 1)
+
+
+_GRID_N: dict = {}
+
+
+def _normalised_grid(h: int, w: int, device, dtype) -> torch.Tensor:
+    """``[1, 2, h, w]`` pixel centres in grid_sample units (cached per size, device and dtype)."""
+    key = (h, w, str(device), dtype)
+    grid_n = _GRID_N.get(key)
+    if grid_n is None:
+        grid = pixel_grid(h, w, device, dtype)
+        grid_n = _normalise_points(grid.permute(1, 2, 0), h, w).permute(2, 0, 1)[None].contiguous()
+        _GRID_N[key] = grid_n
+    return grid_n
+
+
+def _fb_criterion(f: torch.Tensor, bhat: torch.Tensor, inside: torch.Tensor, mode: str, alpha1: float,
+                  alpha2_term: float, dim: int) -> torch.Tensor:
+    """The forward–backward test given the flow ``f`` at a point, the backward flow ``bhat`` read
+    at its target and whether the target is ``inside`` (channels along ``dim``):
+    ``|f + b̂|² − (α1·(|f|² + |b̂|²) + alpha2_term) <= 0`` (``seed``) or ``|f + b̂|² < …`` (``unflow``)."""
+    cycle = ((f + bhat) ** 2).sum(dim)
+    eps = alpha1 * ((f ** 2).sum(dim) + (bhat ** 2).sum(dim)) + alpha2_term
+    return inside & ((cycle - eps <= 0) if mode == "seed" else (cycle < eps))
+
+
+def _read_other(fields: torch.Tensor, grid: torch.Tensor, swap: bool) -> torch.Tensor:
+    """grid_sample of ``fields [M, C, h, w]`` at ``grid [M, ho, wo, 2]``; ``swap``: row i < M/2
+    reads field i + M/2 and vice versa (the query halves are exchanged, not the larger fields)."""
+    if not swap:
+        return F.grid_sample(fields, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+    b = fields.shape[0] // 2
+    out = F.grid_sample(fields, torch.cat([grid[b:], grid[:b]], 0), mode="bilinear", padding_mode="zeros",
+                        align_corners=True)
+    return torch.cat([out[b:], out[:b]], 0)
+
+
+def _fb_grid(fwd: torch.Tensor, bwd: Optional[torch.Tensor], mode: str, alpha1: float, alpha2: float,
+             alpha2_size: Optional[Sequence[int]]) -> torch.Tensor:
+    """:func:`fb_consistency` of ``fwd`` against ``bwd``, or (``bwd=None``) of each half of the
+    stack ``fwd`` against the other half."""
+    swap = bwd is None
+    b, _, h, w = fwd.shape
+    if mode == "seed":
+        # The seed's arithmetic, step by step: normalised grid + normalised flow, sampled directly.
+        div = torch.tensor([w - 1, h - 1], dtype=fwd.dtype, device=fwd.device).view(1, 2, 1, 1)
+        f_n = (2 * fwd) / div  # = stack([2·u / (w − 1), 2·v / (h − 1)])
+        b_n = f_n if swap else (2 * bwd) / div
+        t_n = _normalised_grid(h, w, fwd.device, fwd.dtype) + f_n
+        inside = (t_n.abs() < 1).all(1)
+        bh_n = _read_other(b_n, t_n.permute(0, 2, 3, 1), swap)
+        return _fb_criterion(f_n, bh_n, inside, mode, alpha1, alpha2 / math.sqrt(h * h + w * w), dim=1)
+    target = pixel_grid(h, w, fwd.device, fwd.dtype).unsqueeze(0) + fwd
+    bhat = _read_other(fwd if swap else bwd, _normalise_points(target.permute(0, 2, 3, 1), h, w), swap)
+    if alpha2_size is not None:
+        hr, wr = alpha2_size
+        s2 = (h * h + w * w) / float(hr * hr + wr * wr)
+    else:
+        s2 = 1.0
+    inside = (target[:, 0] >= 0) & (target[:, 0] <= w - 1) & (target[:, 1] >= 0) & (target[:, 1] <= h - 1)
+    return _fb_criterion(fwd, bhat, inside, mode, alpha1, alpha2 * s2, dim=1)
 
 
 def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alpha1: float = 0.01,
@@ -258,7 +357,8 @@ def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alp
 
     Args:
         fwd: ``[B, 2, H, W]`` flow A → B (pixels).
-        bwd: ``[B, 2, H, W]`` flow B → A (pixels). For the mask of ``bwd`` swap the arguments.
+        bwd: ``[B, 2, H, W]`` flow B → A (pixels). For the mask of ``bwd`` swap the arguments, or
+            use :func:`fb_consistency_pair` for both masks in one pass.
     Returns:
         ``[B, H, W]`` bool.
     """
@@ -269,33 +369,44 @@ def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alp
     if fwd.shape != bwd.shape:
         raise ValueError(f"fwd and bwd should have the same shape, got {tuple(fwd.shape)} and {tuple(bwd.shape)}")
     fwd = _float(fwd)
-    bwd = bwd.to(fwd.dtype)
-    b, _, h, w = fwd.shape
-    grid = pixel_grid(h, w, fwd.device, fwd.dtype).unsqueeze(0)
-    if mode == "seed":
-        # The seed's arithmetic, step by step: normalised grid + normalised flow, sampled directly.
-        def nflow(f):
-            return torch.stack([2 * f[:, 0] / (w - 1), 2 * f[:, 1] / (h - 1)], dim=1)
+    return _fb_grid(fwd, bwd.to(fwd.dtype), mode, alpha1, alpha2, alpha2_size)
 
-        grid_n = _normalise_points(grid.permute(0, 2, 3, 1), h, w).permute(0, 3, 1, 2)
-        f_n, b_n = nflow(fwd), nflow(bwd)
-        t_n = grid_n + f_n
-        valid = (t_n[:, 0].abs() < 1) & (t_n[:, 1].abs() < 1)
-        bh_n = F.grid_sample(b_n, t_n.permute(0, 2, 3, 1), mode="bilinear", padding_mode="zeros", align_corners=True)
-        cycle = ((f_n + bh_n) ** 2).sum(1)
-        eps = alpha1 * ((f_n ** 2).sum(1) + (bh_n ** 2).sum(1)) + alpha2 / math.sqrt(h * h + w * w)
-        return valid & (cycle - eps <= 0)
-    target = grid + fwd
-    bhat = _sample_grid(bwd, target)
-    if alpha2_size is not None:
-        hr, wr = alpha2_size
-        s2 = (h * h + w * w) / float(hr * hr + wr * wr)
-    else:
-        s2 = 1.0
-    valid = (target[:, 0] >= 0) & (target[:, 0] <= w - 1) & (target[:, 1] >= 0) & (target[:, 1] <= h - 1)
-    cycle = ((fwd + bhat) ** 2).sum(1)
-    eps = alpha1 * ((fwd ** 2).sum(1) + (bhat ** 2).sum(1)) + alpha2 * s2
-    return valid & (cycle < eps)
+
+def fb_consistency_pair(flows: torch.Tensor, mode: str = "seed", alpha1: float = 0.01, alpha2: float = 0.5,
+                        alpha2_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+    """Both masks of ``B`` flow pairs in one pass: ``flows [2B, 2, H, W]`` holds the flows A → B
+    then the flows B → A; returns ``[2B, H, W]``, row i being
+    ``fb_consistency(flows[i], flows[(i + B) mod 2B])`` (the same booleans, half the calls)."""
+    if mode not in ("seed", "unflow"):
+        raise ValueError(f"mode should be 'seed' or 'unflow', got {mode!r}")
+    _check_flow("flows", flows)
+    if flows.shape[0] % 2:
+        raise ValueError(f"flows should stack forward then backward flows ([2B, 2, H, W]), got {tuple(flows.shape)}")
+    return _fb_grid(_float(flows), None, mode, alpha1, alpha2, alpha2_size)
+
+
+def fb_consistency_at(f: torch.Tensor, bhat: torch.Tensor, target: torch.Tensor, size: Sequence[int],
+                      mode: str = "seed", alpha1: float = 0.01, alpha2: float = 0.5) -> torch.Tensor:
+    """:func:`fb_consistency`'s test at arbitrary points of an ``H × W`` frame, channels last.
+
+    Args:
+        f: ``[..., 2]`` flow at the points (pixels), ``target = point + f``.
+        bhat: ``[..., 2]`` backward flow read at ``target``.
+        size: ``(H, W)``: the seed mode normalises with it and takes its α2 term as
+            ``alpha2 / sqrt(H² + W²)``; the UnFlow mode takes ``alpha2`` in px² as is.
+    Returns:
+        ``[...]`` bool: inside (strictly for ``seed``) and consistent.
+    """
+    if mode not in ("seed", "unflow"):
+        raise ValueError(f"mode should be 'seed' or 'unflow', got {mode!r}")
+    H, W = int(size[0]), int(size[1])
+    if mode == "seed":
+        norm = torch.tensor([2.0 / (W - 1), 2.0 / (H - 1)], dtype=f.dtype, device=f.device)
+        t_n = target * norm - 1.0
+        return _fb_criterion(f * norm, bhat * norm, (t_n.abs() < 1).all(-1), mode, alpha1,
+                             alpha2 / math.sqrt(H * H + W * W), dim=-1)
+    inside = (target[..., 0] >= 0) & (target[..., 0] <= W - 1) & (target[..., 1] >= 0) & (target[..., 1] <= H - 1)
+    return _fb_criterion(f, bhat, inside, mode, alpha1, alpha2, dim=-1)
 
 
 def endpoint_error(pred: torch.Tensor, gt: torch.Tensor, mask: Optional[torch.Tensor] = None) -> torch.Tensor:

@@ -23,6 +23,23 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence
 from plumbing.errors import UserError
 
 PRESET_PACKAGE = "pixpro_of.configs"
+BASE_KEY = "base"  # a config file's ``base: NAME`` names the file or preset it overlays
+
+ARCHS = ("resnet18", "resnet34", "resnet50")
+LOSS_NORMS = ("seed", "pixel")
+MASK_MODES = ("seed", "unflow", "none")
+POSITIVE_RULES = ("pixel", "normalized")
+FLOW_RESOLUTIONS = ("coarse", "full")
+
+
+def need(ok: bool, key: str, what: str, value: Any) -> None:
+    """The one shape of a config error: ``config: KEY WHAT (got VALUE)``, a :class:`UserError`."""
+    if not ok:
+        raise UserError(f"config: {key} {what} (got {value!r})")
+
+
+def _need_choice(value: Any, key: str, choices: Sequence[str]) -> None:
+    need(value in choices, key, f"must be one of {', '.join(choices)}", value)
 
 
 @dataclass
@@ -42,6 +59,12 @@ class RunConfig:
     deterministic: bool = False
     threads: int = 0
 
+    def validate(self) -> None:
+        _need_choice(self.device, "run.device", ("auto", "cpu", "cuda"))
+        need(self.epochs >= 1, "run.epochs", "must be >= 1", self.epochs)
+        need(self.max_steps >= 0, "run.max_steps", "must be >= 0", self.max_steps)
+        need(self.threads >= 0, "run.threads", "must be >= 0", self.threads)
+
 
 @dataclass
 class SynthDataConfig:
@@ -54,20 +77,64 @@ class SynthDataConfig:
 
 
 @dataclass
-class DataConfig:
-    """Where clips come from and how samples are built.
+class PositiveConfig:
+    """How positive pairs are found (docs/original-system.md §2.4–2.7); the ``data.*`` keys of these
+    names, read by :func:`pixpro_of.positives.compute_positives`.
+
+    ``pos_ratio`` is the positive threshold in units of the larger bin diagonal; ``positive_rule``
+    ``pixel`` (the seed fork) or ``normalized`` (original PixPro, for image datasets). ``mask`` is
+    the occlusion mask (``seed`` FB check, ``unflow`` or ``none``) with constants
+    ``alpha1``/``alpha2`` (seed §2.6; ``unflow``: ``alpha2`` in px² at full resolution);
+    ``flow_resolution`` ``coarse`` (chain and mask on the 1/8 grid) or ``full`` (seed-exact, ~64×
+    slower).
+    """
+    pos_ratio: float = 0.7
+    positive_rule: str = "pixel"
+    mask: str = "seed"
+    alpha1: float = 0.01
+    alpha2: float = 0.5
+    flow_resolution: str = "coarse"
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first bad key."""
+        _need_choice(self.positive_rule, "data.positive_rule", POSITIVE_RULES)
+        _need_choice(self.mask, "data.mask", MASK_MODES)
+        _need_choice(self.flow_resolution, "data.flow_resolution", FLOW_RESOLUTIONS)
+        need(0 < self.pos_ratio, "data.pos_ratio", "must be > 0", self.pos_ratio)
+        need(self.alpha1 >= 0, "data.alpha1", "must be >= 0", self.alpha1)
+        need(self.alpha2 >= 0, "data.alpha2", "must be >= 0", self.alpha2)
+
+
+@dataclass
+class SampleConfig(PositiveConfig):
+    """How a sample is built from a clip (:class:`pixpro_of.data.pipeline.SampleBuilder`): the
+    positive settings and the views. ``image_size`` is the side of each square view in pixels;
+    ``crop_scale``/``crop_ratio`` the RandomResizedCrop ranges (area, aspect)."""
+    image_size: int = 224
+    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
+    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
+
+    def validate(self) -> None:
+        super().validate()
+        need(self.image_size >= 32, "data.image_size", "must be at least 32", self.image_size)
+        need(len(self.crop_scale) == 2 and 0 < self.crop_scale[0] <= self.crop_scale[1] <= 1, "data.crop_scale",
+             "must be [min, max] with 0 < min <= max <= 1", self.crop_scale)
+        need(len(self.crop_ratio) == 2 and 0 < self.crop_ratio[0] <= self.crop_ratio[1], "data.crop_ratio",
+             "must be [min, max] with 0 < min <= max", self.crop_ratio)
+
+
+POSITIVES_MODES = ("worker", "stored", "raft")
+
+
+@dataclass
+class DataConfig(SampleConfig):
+    """Where clips come from and how samples are built (the sample settings: :class:`SampleConfig`).
 
     ``shards``: HDF5 shard files, directories of ``*.h5`` files, glob patterns, or one
     manifest (``manifest.json`` from ``hdf5_tools pack``, or ``.txt`` with one path a line).
     When ``shards`` is empty and ``synthetic`` is true, the synthetic world (``synth``) is packed
     into ``RUN_DIR/data`` and used. ``k`` is the clip length in frames including both
     ends (1 = same-frame baseline). ``batch_size`` is the *global* batch over all ranks.
-    ``image_size`` is the side of each square view in pixels; ``crop_scale``/``crop_ratio`` the
-    RandomResizedCrop ranges. ``pos_ratio`` is the positive threshold in units of the larger bin
-    diagonal; ``positive_rule`` ``pixel`` (the seed fork) or ``normalized`` (original PixPro, for
-    image datasets). ``mask`` is the occlusion mask (``seed`` FB check, ``unflow`` or ``none``)
-    with constants ``alpha1``/``alpha2`` (seed §2.6); ``flow_resolution`` ``coarse`` (1/8 grid) or
-    ``full`` (seed-exact, slower). These are passed to ``pixpro_of.data.pipeline.SampleConfig``.
 
     ``positives_on``: ``worker`` (each sample's positives in the DataLoader workers) or ``device``
     (the batch's positives on the training device, from the stored flows the workers pass on).
@@ -75,7 +142,7 @@ class DataConfig:
     on the training device from every frame of the clip, the seed's no-storage mode:
     ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
     ``raft_amp`` precision, ``raft_chunk`` frame pairs per RAFT call; see
-    ``pixpro_of.data.online_flow``).
+    ``pixpro_of.data.online_flow``). Together they choose one :meth:`positives_mode`.
 
     ``on_bad_sample``: what a clip that cannot be read (corrupt JPEG or flow chunk, truncated
     shard) does: ``fail`` ends training with one line naming the shard, video and frame; ``skip``
@@ -86,18 +153,9 @@ class DataConfig:
     shards: List[str] = field(default_factory=list)
     synthetic: bool = True
     k: int = 6
-    image_size: int = 224
     batch_size: int = 1024
     num_workers: int = 4
     prefetch_factor: int = 2
-    crop_scale: List[float] = field(default_factory=lambda: [0.08, 1.0])
-    crop_ratio: List[float] = field(default_factory=lambda: [3 / 4, 4 / 3])
-    pos_ratio: float = 0.7
-    positive_rule: str = "pixel"
-    mask: str = "seed"
-    alpha1: float = 0.01
-    alpha2: float = 0.5
-    flow_resolution: str = "coarse"
     positives_on: str = "worker"
     flow_source: str = "shards"
     raft_model: str = "raft-small"
@@ -109,11 +167,51 @@ class DataConfig:
     bad_sample_budget: int = 100
     synth: SynthDataConfig = field(default_factory=SynthDataConfig)
 
+    def positives_mode(self) -> str:
+        """Where positives are computed, chosen once from ``k``, ``flow_source`` and
+        ``positives_on``: ``worker`` (in the DataLoader workers, from stored flows; always for
+        k = 1), ``stored`` (on the training device from the stored flows the workers pass on) or
+        ``raft`` (on the training device from flows estimated there from every frame)."""
+        if self.k == 1:
+            return "worker"
+        if self.flow_source != "shards":
+            return "raft"
+        return "stored" if self.positives_on == "device" else "worker"
+
+    def validate(self) -> None:
+        # training also needs whole C5 cells (the sample builder alone takes any side >= 32)
+        need(self.image_size >= 32 and self.image_size % 32 == 0, "data.image_size",
+             "must be a multiple of 32, at least 32", self.image_size)
+        super().validate()
+        for key, choices in (("flow_source", ("shards", "raft")), ("positives_on", ("worker", "device")),
+                             ("on_bad_sample", ("fail", "skip")), ("raft_model", ("raft-small", "raft-large")),
+                             ("raft_amp", ("fp32", "bf16", "fp16"))):
+            _need_choice(getattr(self, key), "data." + key, choices)
+        need(self.k >= 1, "data.k", "must be >= 1", self.k)
+        need(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
+        need(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
+        need(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1", self.prefetch_factor)
+        need(self.raft_iters >= 1, "data.raft_iters", "must be >= 1", self.raft_iters)
+        need(self.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", self.raft_chunk)
+        need(self.flow_source != "raft" or self.k == 1 or bool(self.raft_weights), "data.raft_weights",
+             "must name a RAFT checkpoint (a local .pth file) when data.flow_source=raft", self.raft_weights)
+        need(self.bad_sample_budget >= 0, "data.bad_sample_budget", "must be >= 0", self.bad_sample_budget)
+        sy = self.synth
+        if self.synthetic and not self.shards:  # the synthetic world is used only without shards
+            need(sy.videos >= 1, "data.synth.videos", "must be >= 1", sy.videos)
+            need(sy.frames >= self.k, "data.synth.frames", f"must be >= data.k = {self.k}", sy.frames)
+            need(sy.width >= 16 and sy.height >= 16, "data.synth.width/height", "must be >= 16", (sy.width, sy.height))
+
 
 @dataclass
-class ModelSection:
-    """Model settings; passed to ``pixpro_of.model.pixpro.ModelConfig`` field by field.
+class ModelConfig:
+    """The model (:class:`pixpro_of.model.pixpro.PixPro`); defaults are the seed's
+    (docs/original-system.md §2.1, §2.8).
 
+    ``arch``: resnet18 / resnet34 / resnet50 (torchvision; C5 map 7×7 at 224). ``proj_hidden`` /
+    ``proj_dim``: projector widths (``--feature-dim``). ``ppm_layers``: the PPM value transform, 0
+    identity, 1 conv1×1, 2 MLP (``--pixpro-transform-layer``). ``ppm_gamma``: similarity exponent
+    (``--pixpro-p``). ``momentum_base``: EMA momentum at step 0 (``--pixpro-momentum``).
     ``loss_norm``: ``seed`` (the seed code's mean over all positive pairs of an image) or
     ``pixel`` (per query pixel, paper Eq. 2).
     """
@@ -124,6 +222,16 @@ class ModelSection:
     ppm_gamma: float = 2.0
     momentum_base: float = 0.99
     loss_norm: str = "seed"
+
+    def validate(self) -> None:
+        """Raise :class:`UserError` naming the first bad key."""
+        _need_choice(self.arch, "model.arch", ARCHS)
+        _need_choice(self.loss_norm, "model.loss_norm", LOSS_NORMS)
+        need(self.proj_hidden >= 1, "model.proj_hidden", "must be >= 1", self.proj_hidden)
+        need(self.proj_dim >= 1, "model.proj_dim", "must be >= 1", self.proj_dim)
+        need(self.ppm_layers in (0, 1, 2), "model.ppm_layers", "must be 0, 1 or 2", self.ppm_layers)
+        need(self.ppm_gamma > 0, "model.ppm_gamma", "must be > 0", self.ppm_gamma)
+        need(0 <= self.momentum_base <= 1, "model.momentum_base", "must be in [0, 1]", self.momentum_base)
 
 
 @dataclass
@@ -147,7 +255,8 @@ class OptimConfig:
 
 @dataclass
 class DistConfig:
-    """Which backend runs the ranks (``single`` here; ``horovod``/``ddp`` come later)."""
+    """Which backend runs the ranks: ``single`` (one process), ``horovod`` or ``ddp``
+    (``pixpro_of.dist``); ``sync_bn`` synchronises BatchNorm statistics over the ranks."""
     backend: str = "single"
     sync_bn: bool = True
 
@@ -202,7 +311,7 @@ class TrainConfig:
     """The whole training configuration; written to ``RUN_DIR/config.json``."""
     run: RunConfig = field(default_factory=RunConfig)
     data: DataConfig = field(default_factory=DataConfig)
-    model: ModelSection = field(default_factory=ModelSection)
+    model: ModelConfig = field(default_factory=ModelConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     dist: DistConfig = field(default_factory=DistConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
@@ -217,23 +326,6 @@ class TrainConfig:
         return self.optim.base_lr * self.data.batch_size / 256.0
 
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
-CHOICES = {
-    "run.device": ("auto", "cpu", "cuda"),
-    "model.arch": ARCHS,
-    "data.positive_rule": ("pixel", "normalized"),
-    "data.mask": ("seed", "unflow", "none"),
-    "data.flow_resolution": ("coarse", "full"),
-    "data.flow_source": ("shards", "raft"),
-    "data.positives_on": ("worker", "device"),
-    "data.on_bad_sample": ("fail", "skip"),
-    "data.raft_model": ("raft-small", "raft-large"),
-    "data.raft_amp": ("fp32", "bf16", "fp16"),
-    "model.loss_norm": ("seed", "pixel"),
-    "optim.precision": ("fp32", "bf16", "fp16"),
-    "dist.backend": ("single", "horovod", "ddp"),
-    "log.wandb": ("off", "offline", "online"),
-}
 # Keys that may change between a run's jobs without changing the trained weights (shard paths
 # change when a job stages them to node-local storage; a different data size is caught by the
 # steps-per-epoch check on resume).
@@ -357,7 +449,8 @@ def _set_key(cfg: TrainConfig, key: str, raw: str, where: str) -> None:
 
 
 def resolve_config_path(name: str) -> Path:
-    """A config file path, or the name of a shipped preset (``cpu_small`` → its YAML)."""
+    """A config file path, or the name of a shipped preset (``cpu_small`` → its YAML; a base such
+    as ``_seed_bdd100k`` too)."""
     p = Path(name)
     if p.is_file():
         return p
@@ -375,23 +468,46 @@ def list_presets() -> List[str]:
     import importlib.resources
 
     root = importlib.resources.files(PRESET_PACKAGE)
-    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml"))
+    # ``_name.yaml`` files are bases the presets overlay (``base: _name``), not runs of their own.
+    return sorted(p.name[:-5] for p in root.iterdir() if p.name.endswith(".yaml") and not p.name.startswith("_"))
+
+
+def _read_yaml(file: Path) -> Dict[str, Any]:
+    import yaml
+
+    try:
+        data = yaml.safe_load(file.read_text()) or {}
+    except yaml.YAMLError as exc:
+        line = getattr(getattr(exc, "problem_mark", None), "line", None)
+        at = f" line {line + 1}" if line is not None else ""
+        raise UserError(f"config {file}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if not isinstance(data, Mapping):
+        raise UserError(f"config {file}: section top level must be a mapping (got {data!r})")
+    return dict(data)
+
+
+def _merge_file(cfg: TrainConfig, file: Path, seen: Sequence[Path] = ()) -> None:
+    """Overlay the YAML ``file`` onto ``cfg``; its ``base: NAME`` (a preset, or a path relative to
+    the file) is merged first, so a preset states only where it differs from its base."""
+    data = _read_yaml(file)
+    base = data.pop(BASE_KEY, None)
+    if base is not None:
+        if not isinstance(base, str) or not base:
+            raise UserError(f"config {file}: {BASE_KEY} must name a config file or preset (got {base!r})")
+        near = file.parent / base
+        base_file = near if near.is_file() else resolve_config_path(base)
+        if base_file.resolve() in seen or base_file.resolve() == file.resolve():
+            raise UserError(f"config {file}: {BASE_KEY} {base!r} includes itself")
+        _merge_file(cfg, base_file, tuple(seen) + (file.resolve(),))
+    _merge(cfg, data, f"config {file}")
 
 
 def load_config(path: Optional[str] = None, overrides: Sequence[str] = ()) -> TrainConfig:
-    """Defaults, then the YAML file or preset at ``path``, then ``key=value`` overrides; validated."""
-    import yaml
-
+    """Defaults, then the YAML file or preset at ``path`` (after its ``base:`` chain), then
+    ``key=value`` overrides; validated."""
     cfg = TrainConfig()
     if path is not None:
-        file = resolve_config_path(path)
-        try:
-            data = yaml.safe_load(file.read_text()) or {}
-        except yaml.YAMLError as exc:
-            line = getattr(getattr(exc, "problem_mark", None), "line", None)
-            at = f" line {line + 1}" if line is not None else ""
-            raise UserError(f"config {file}{at}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
-        _merge(cfg, data, f"config {file}")
+        _merge_file(cfg, resolve_config_path(path))
     for item in overrides:
         if "=" not in item:
             raise UserError(f"override {item!r}: expected key=value")
@@ -423,48 +539,18 @@ def _float_values(obj: Any, prefix: str = ""):
 
 
 def validate(cfg: TrainConfig) -> None:
-    """Range and choice checks; raises UserError naming the first bad key."""
-    def need(ok: bool, key: str, what: str, value: Any) -> None:
-        if not ok:
-            raise UserError(f"config: {key} {what} (got {value!r})")
-
+    """Range and choice checks; raises UserError naming the first bad key. The component sections
+    (``run``, ``data``, ``model``) check themselves; the rest, and what spans sections, here."""
     for key, value in _float_values(cfg):
         need(math.isfinite(value), key, "must be a finite number", value)
-    for key, choices in CHOICES.items():
-        section, name = key.split(".")
-        value = getattr(getattr(cfg, section), name)
-        need(value in choices, key, f"must be one of {', '.join(choices)}", value)
-    r, d, m, o, c, s, lg = cfg.run, cfg.data, cfg.model, cfg.optim, cfg.checkpoint, cfg.stop, cfg.log
-    need(r.epochs >= 1, "run.epochs", "must be >= 1", r.epochs)
-    need(r.max_steps >= 0, "run.max_steps", "must be >= 0", r.max_steps)
-    need(r.threads >= 0, "run.threads", "must be >= 0", r.threads)
-    need(d.k >= 1, "data.k", "must be >= 1", d.k)
-    need(d.image_size >= 32 and d.image_size % 32 == 0, "data.image_size", "must be a multiple of 32, at least 32", d.image_size)
-    need(d.batch_size >= 1, "data.batch_size", "must be >= 1", d.batch_size)
-    need(d.num_workers >= 0, "data.num_workers", "must be >= 0", d.num_workers)
-    need(d.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1", d.prefetch_factor)
-    need(0 < d.pos_ratio, "data.pos_ratio", "must be > 0", d.pos_ratio)
-    need(d.alpha1 >= 0, "data.alpha1", "must be >= 0", d.alpha1)
-    need(d.alpha2 >= 0, "data.alpha2", "must be >= 0", d.alpha2)
-    need(len(d.crop_scale) == 2 and 0 < d.crop_scale[0] <= d.crop_scale[1] <= 1, "data.crop_scale",
-         "must be [min, max] with 0 < min <= max <= 1", d.crop_scale)
-    need(len(d.crop_ratio) == 2 and 0 < d.crop_ratio[0] <= d.crop_ratio[1], "data.crop_ratio",
-         "must be [min, max] with 0 < min <= max", d.crop_ratio)
-    sy = d.synth
-    need(d.raft_iters >= 1, "data.raft_iters", "must be >= 1", d.raft_iters)
-    need(d.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", d.raft_chunk)
-    need(d.flow_source != "raft" or d.k == 1 or bool(d.raft_weights), "data.raft_weights",
-         "must name a RAFT checkpoint (a local .pth file) when data.flow_source=raft", d.raft_weights)
-    need(d.bad_sample_budget >= 0, "data.bad_sample_budget", "must be >= 0", d.bad_sample_budget)
-    if d.synthetic and not d.shards:  # the synthetic world is used only without shards
-        need(sy.videos >= 1, "data.synth.videos", "must be >= 1", sy.videos)
-        need(sy.frames >= d.k, "data.synth.frames", f"must be >= data.k = {d.k}", sy.frames)
-        need(sy.width >= 16 and sy.height >= 16, "data.synth.width/height", "must be >= 16", (sy.width, sy.height))
-    need(m.proj_hidden >= 1, "model.proj_hidden", "must be >= 1", m.proj_hidden)
-    need(m.proj_dim >= 1, "model.proj_dim", "must be >= 1", m.proj_dim)
-    need(m.ppm_layers in (0, 1, 2), "model.ppm_layers", "must be 0, 1 or 2", m.ppm_layers)
-    need(m.ppm_gamma > 0, "model.ppm_gamma", "must be > 0", m.ppm_gamma)
-    need(0 <= m.momentum_base <= 1, "model.momentum_base", "must be in [0, 1]", m.momentum_base)
+    cfg.run.validate()
+    cfg.data.validate()
+    cfg.model.validate()
+    r, o, c, s, lg = cfg.run, cfg.optim, cfg.checkpoint, cfg.stop, cfg.log
+    for key, value, choices in (("optim.precision", o.precision, ("fp32", "bf16", "fp16")),
+                                ("dist.backend", cfg.dist.backend, ("single", "horovod", "ddp")),
+                                ("log.wandb", lg.wandb, ("off", "offline", "online"))):
+        _need_choice(value, key, choices)
     need(o.base_lr > 0, "optim.base_lr", "must be > 0", o.base_lr)
     need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
     need(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)", o.momentum)

@@ -26,6 +26,7 @@ import torch
 from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.data import BadSample, EpochBatches, SafeCollate, SampleSet, make_loader
+from pixpro_of.train.trainer import FixedClips
 from pixpro_of.train.metrics_log import read_csv
 from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
 from pixpro_of.train.trainer import Trainer, TrainingFailure
@@ -52,7 +53,7 @@ class BadClips(TinyClips):
 
 def bad_components(bad=(3, 7)):
     parts = tiny_components()
-    parts.clips = lambda cfg, run_dir, node, nodes: BadClips(bad=bad, k=cfg.data.k)
+    parts.clips = lambda cfg, run_dir: FixedClips(BadClips(bad=bad, k=cfg.data.k))
     return parts
 
 
@@ -114,12 +115,12 @@ def test_the_loader_passes_records_through_workers():
     samples = SampleSet(clips, TinyBuilder(), seed=1, substitutes=4)
     for workers in (0, 1):
         batches = list(make_loader(samples, EpochBatches(order, 0, 4), tiny_collate, workers, 2, False, 1, 0))
-        bad = [r for b in batches for r in b["_bad"]]
-        assert [b["view1"].shape[0] for b in batches] == [4, 4, 4]
+        bad = [r for b in batches for r in b.bad]
+        assert [b.batch.view1.shape[0] for b in batches] == [4, 4, 4]
         assert len(bad) >= 1 and bad[0].video_index == 3 and bad[0].position == 3
     collate = SafeCollate(tiny_collate)
     out = collate([{"_failed": bad[0], "_bad": []}, samples[(0, 0, 0, 0)]])
-    assert out["_failed"] is bad[0] and set(out) == {"_failed", "_bad"}
+    assert out.failed is bad[0] and out.batch is None
 
 
 # --------------------------------------------------------------------------- the trainer

@@ -152,7 +152,7 @@ def test_encoder_shapes_and_seed_init():
 
 
 def test_bad_model_config_is_a_one_line_user_error():
-    with pytest.raises(UserError, match="model.arch must be one of resnet18, resnet34, resnet50, got 'vgg'"):
+    with pytest.raises(UserError, match=r"config: model.arch must be one of resnet18, resnet34, resnet50 \(got 'vgg'\)"):
         PixPro(ModelConfig(arch="vgg"))
     with pytest.raises(UserError, match="model.loss_norm"):
         ModelConfig(loss_norm="mean").validate()

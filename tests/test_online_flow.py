@@ -63,7 +63,7 @@ def test_positives_on_the_fly_equal_those_of_stored_flows(video, dis, k):
     """Same clips, same RNG: positives computed per batch from flow estimated on the fly equal the
     worker-side positives of clips that carry the same flows (the precomputed path)."""
     stored = SampleBuilder(SampleConfig(image_size=64), feature_size=7)
-    deferred = SampleBuilder(SampleConfig(image_size=64, defer_positives=True), feature_size=7)
+    deferred = SampleBuilder(SampleConfig(image_size=64), feature_size=7, carry="frames")
     ref, later = [], []
     for i, t in enumerate(range(T - k + 1)):
         frames = video.rgb[t:t + k]
@@ -73,15 +73,15 @@ def test_positives_on_the_fly_equal_those_of_stored_flows(video, dis, k):
         ref.append(stored(clip, np.random.default_rng(i)))
         later.append(deferred(dict(clip, fwd=None, bwd=None, frames=frames), np.random.default_rng(i)))
     batch = collate(later)
-    assert batch["frames"].shape == (len(later), k, H, W, 3) and batch["frames"].dtype == torch.uint8
-    assert "pos12" not in batch
+    assert batch.frames.shape == (len(later), k, H, W, 3) and batch.frames.dtype == torch.uint8
+    assert batch.pos12 is None and batch.fwd is None
     pos = positives_on_the_fly(batch, ClipFlow(dis, chunk=5), SampleConfig(image_size=64), 7)
     want = collate(ref)
-    assert torch.equal(pos["pos12"], want["pos12"]) and torch.equal(pos["pos21"], want["pos21"])
-    assert int(want["pos12"].sum()) > 0
-    np.testing.assert_allclose(pos["mask_ratio"].numpy(), want["mask_ratio"].numpy(), atol=1e-6)
+    assert torch.equal(pos["pos12"], want.pos12) and torch.equal(pos["pos21"], want.pos21)
+    assert int(want.pos12.sum()) > 0
+    np.testing.assert_allclose(pos["mask_ratio"].numpy(), want.mask_ratio.numpy(), atol=1e-6)
     for key in ("view1", "view2", "box1", "box2"):
-        assert torch.equal(batch[key], want[key])
+        assert torch.equal(getattr(batch, key), getattr(want, key))
 
 
 def test_reader_gives_every_frame_and_skips_flows(tmp_path):

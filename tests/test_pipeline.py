@@ -95,40 +95,42 @@ def test_bad_clips_and_configs_are_user_errors():
     clip["frame2"] = clip["frame2"][:10]
     with pytest.raises(UserError, match="differ in size"):
         b(clip, np.random.default_rng(0))
-    with pytest.raises(UserError, match="sample.mask must be one of seed, unflow, none, got 'fb'"):
+    with pytest.raises(UserError, match=r"config: data.mask must be one of seed, unflow, none \(got 'fb'\)"):
         SampleBuilder(SampleConfig(mask="fb"))
-    with pytest.raises(UserError, match="sample.crop_scale"):
+    with pytest.raises(UserError, match="data.crop_scale"):
         SampleBuilder(SampleConfig(crop_scale=(0.5, 0.2)))
-    with pytest.raises(UserError, match="sample.mask_ratio_stride must be >= 1, got 0"):
-        SampleBuilder(SampleConfig(mask_ratio_stride=0))
 
 
 def test_collate_stacks_a_batch():
     b = SampleBuilder(SampleConfig(image_size=64), 2)
     rng = np.random.default_rng(0)
     batch = collate([b(_clip(seed=i), rng) for i in range(3)])
-    assert batch["view2"].shape == (3, 3, 64, 64)
-    assert batch["pos21"].shape == (3, 4, 4) and batch["pos21"].dtype == torch.bool
-    assert batch["box1"].shape == (3, 4)
-    assert batch["flip1"].dtype == torch.bool and batch["mask_ratio"].shape == (3,)
-    assert torch.allclose(batch["mask_ratio"], (batch["mask_ratio_fwd"] + batch["mask_ratio_bwd"]) / 2)
-    assert batch["video"] == ["vid7"] * 3 and batch["k"].tolist() == [3, 3, 3]
+    assert batch.view2.shape == (3, 3, 64, 64)
+    assert batch.pos21.shape == (3, 4, 4) and batch.pos21.dtype == torch.bool
+    assert batch.box1.shape == (3, 4)
+    assert batch.flip1.dtype == torch.bool and batch.mask_ratio.shape == (3,)
+    assert torch.allclose(batch.mask_ratio, (batch.mask_ratio_fwd + batch.mask_ratio_bwd) / 2)
+    assert batch.video == ["vid7"] * 3 and batch.k.tolist() == [3, 3, 3]
+    assert batch.fwd is None and batch.frames is None
 
 
 def test_deferred_positives_on_the_batch_equal_per_sample_positives():
     cfg = SampleConfig(image_size=64)
     clips = [_clip(k=3, seed=i, shift=4.0 + i) for i in range(3)]
     now = [SampleBuilder(cfg, 7)(c, np.random.default_rng(i)) for i, c in enumerate(clips)]
-    later_cfg = SampleConfig(image_size=64, defer_positives=True)
-    later = [SampleBuilder(later_cfg, 7)({**c, "fwd": None, "bwd": None}, np.random.default_rng(i))
-             for i, c in enumerate(clips)]
+    later = [SampleBuilder(cfg, 7, carry="flows")(c, np.random.default_rng(i)) for i, c in enumerate(clips)]
     assert "pos12" not in later[0]
     batch = collate(later)
-    assert "pos12" not in batch and batch["frame_hw"].tolist() == [[H, W]] * 3
+    assert batch.pos12 is None and batch.frame_hw.tolist() == [[H, W]] * 3
     fwd = torch.stack([torch.from_numpy(c["fwd"]) for c in clips])
     bwd = torch.stack([torch.from_numpy(c["bwd"]) for c in clips])
-    pos = batch_positives(batch, fwd, bwd, later_cfg, 7)
+    assert torch.equal(batch.fwd, fwd) and torch.equal(batch.bwd, bwd)
+    pos = batch_positives(batch, batch.fwd, batch.bwd, cfg, 7)
     ref = collate(now)
-    assert torch.equal(batch["view1"], ref["view1"])
-    assert torch.equal(pos["pos12"], ref["pos12"]) and torch.equal(pos["pos21"], ref["pos21"])
-    assert torch.allclose(pos["mask_ratio"].float(), ref["mask_ratio"])
+    assert torch.equal(batch.view1, ref.view1)
+    assert torch.equal(pos["pos12"], ref.pos12) and torch.equal(pos["pos21"], ref.pos21)
+    assert torch.allclose(pos["mask_ratio"].float(), ref.mask_ratio)
+    from pixpro_of.data.strategy import FromStoredFlows
+
+    done = FromStoredFlows(cfg, 7).complete(batch)  # the device strategy: the same positives
+    assert torch.equal(done.pos12, ref.pos12) and torch.equal(done.mask_ratio, pos["mask_ratio"].float())

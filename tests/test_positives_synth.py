@@ -79,7 +79,7 @@ def samples(video, world, k, flows="gt", n=30, seed=0):
         from flow.estimators import make_estimator
 
         dis = make_estimator("dis")
-    builder = SampleBuilder(SampleConfig(image_size=64, defer_positives=(flows != "gt")), feature_size=7)
+    builder = SampleBuilder(SampleConfig(image_size=64), feature_size=7, carry="positives" if flows == "gt" else "flows")
     rng = np.random.default_rng(seed)
     for _ in range(n):
         t = int(rng.integers(0, T - k + 1))

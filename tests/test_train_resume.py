@@ -236,7 +236,7 @@ def test_batches_do_not_depend_on_the_number_of_workers():
         runs.append(list(loader))
     assert len(runs[0]) == 3  # 12 videos / 3 = 4 batches, from batch 1
     for a, b in zip(*runs):
-        assert torch.equal(a["view1"], b["view1"]) and torch.equal(a["pos12"], b["pos12"])
+        assert torch.equal(a.batch.view1, b.batch.view1) and torch.equal(a.batch.pos12, b.batch.pos12)
     # Resuming at batch 2 gives exactly the tail of the full epoch.
     tail = list(make_loader(samples, EpochBatches(order, 2, 3, start_batch=2), tiny_collate, 0, 2, False, 3, 0))
-    assert torch.equal(tail[0]["view2"], runs[0][1]["view2"])
+    assert torch.equal(tail[0].batch.view2, runs[0][1].batch.view2)

@@ -108,8 +108,10 @@ class TinyBuilder:
                 "pos12": pos12, "pos21": pos12.T.contiguous(), "mask_ratio": torch.tensor(0.0)}
 
 
-def tiny_collate(samples: List[dict]) -> dict:
-    return {k: torch.stack([s[k] for s in samples]) for k in samples[0]}
+def tiny_collate(samples: List[dict]):
+    from pixpro_of.data.pipeline import Batch
+
+    return Batch(**{k: torch.stack([s[k] for s in samples]) for k in samples[0]})
 
 
 class TinyPixPro(nn.Module):
@@ -149,12 +151,13 @@ class TinyPixPro(nn.Module):
 
 
 def tiny_components():
-    from pixpro_of.train.trainer import Components
+    from pixpro_of.train.trainer import Components, FixedClips
 
     return Components(
         model=lambda cfg: TinyPixPro(),
-        clips=lambda cfg, run_dir, node, nodes: TinyClips(k=cfg.data.k),
-        sample_builder=lambda cfg: TinyBuilder(cfg.data.image_size, cfg.data.image_size // 8, cfg.data.pos_ratio),
+        clips=lambda cfg, run_dir: FixedClips(TinyClips(k=cfg.data.k)),
+        sample_builder=lambda cfg, positives: TinyBuilder(cfg.data.image_size, cfg.data.image_size // 8,
+                                                          cfg.data.pos_ratio),
         collate=tiny_collate,
     )
 

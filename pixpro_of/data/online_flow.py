@@ -2,11 +2,14 @@
 
 Instead of reading the precomputed flows from the shards, the trainer reads every frame of each
 clip (``ShardClipDataset(all_frames=True, flows=False)``), builds the views in the DataLoader
-workers with ``defer_positives=True``, and on the training device:
+workers with ``carry="frames"`` (the samples carry every frame, no positives), and on the
+training device:
 
     flow = ClipFlow(make_estimator("raft-small", weights=PATH, device="cuda"), chunk=32)
-    fwd, bwd = flow(batch["frames"])                  # uint8 [B, k, H, W, 3] on the device
-    pos = batch_positives(batch, fwd, bwd, sample_cfg, feature_size)
+    fwd, bwd = flow(batch.frames)                     # uint8 [B, k, H, W, 3] on the device
+    pos = batch_positives(batch, fwd, bwd, cfg.data, feature_size)
+
+(the trainer does this through :class:`pixpro_of.data.strategy.FromOnlineFlow`).
 
 ``fwd``/``bwd`` are ``[B, k−1, 2, ceil(H/8), ceil(W/8)]`` float32 in 1/8-resolution pixels, in time
 order (``fwd[:, j]``: frame t+j → t+j+1, ``bwd[:, j]``: t+j+1 → t+j) — RAFT's 1/8 output
@@ -60,16 +63,17 @@ class ClipFlow:
         return fwd, bwd
 
 
-def positives_on_the_fly(batch: Dict[str, object], flow: ClipFlow, sample_cfg, feature_size: int) -> Dict[str, torch.Tensor]:
-    """Positives of a collated ``defer_positives`` batch whose ``frames`` are on the device:
-    :func:`pixpro_of.data.pipeline.batch_positives` with flows from ``flow``. Returns its dict
-    (``pos12``, ``pos21``, ``mask_ratio`` …); k = 1 batches need no flow."""
+def positives_on_the_fly(batch, flow: ClipFlow, cfg, feature_size: int) -> Dict[str, torch.Tensor]:
+    """Positives of a collated :class:`~pixpro_of.data.pipeline.Batch` whose ``frames`` are on the
+    device: :func:`pixpro_of.data.pipeline.batch_positives` with flows from ``flow``; ``cfg`` the
+    positive settings (a :class:`~pixpro_of.config.PositiveConfig`, e.g. ``cfg.data``). Returns its
+    dict (``pos12``, ``pos21``, ``mask_ratio`` …); k = 1 batches need no flow."""
     from pixpro_of.data.pipeline import batch_positives
 
-    frames = batch.get("frames")
+    frames = batch.frames
     if frames is None:
-        raise ValueError("the batch has no 'frames': read clips with all_frames=True and defer_positives=True")
+        raise ValueError("the batch has no frames: build its samples with carry='frames' from clips read with all_frames=True")
     if frames.shape[1] < 2:
-        return batch_positives(batch, None, None, sample_cfg, feature_size)
+        return batch_positives(batch, None, None, cfg, feature_size)
     fwd, bwd = flow(frames)
-    return batch_positives(batch, fwd, bwd, sample_cfg, feature_size)
+    return batch_positives(batch, fwd, bwd, cfg, feature_size)

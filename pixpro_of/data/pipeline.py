@@ -1,4 +1,4 @@
-"""From a clip to a training sample: two augmented views and their positive-pair matrices.
+"""From a clip to a training sample and a typed batch: two augmented views and their positive pairs.
 
 ``SampleBuilder(cfg, feature_size)(clip, rng)`` takes the ARCHITECTURE.md clip dict (``frame1``,
 ``frame2`` uint8 [H, W, 3] — or JPEG bytes —, ``fwd``/``bwd`` float32 [k−1, 2, h8, w8], ``video``,
@@ -8,23 +8,19 @@
     pos12, pos21   bool [F·F, F·F]   positives (rows: view-1 cells / view-2 cells)
     box1, box2     float32 [4]       crop boxes (left, top, width, height) in frame pixels
     flip1, flip2   bool
-    mask_ratio     float             fraction of flow pixels the FB mask rejects (0 for k = 1),
-                                     over every flow-grid pixel (``mask_ratio_stride`` = 1, the
-                                     default) or every s-th one per axis (s > 1: only the needed
-                                     pixels are chained; positives unchanged); mask_ratio_fwd /
-                                     mask_ratio_bwd per direction (the seed's mask_ratio/fwd, /bwd),
-                                     mask_ratio = their mean
+    mask_ratio     float             fraction of flow-grid pixels the FB mask rejects (0 for k = 1);
+                                     mask_ratio_fwd / mask_ratio_bwd per direction (the seed's
+                                     mask_ratio/fwd, /bwd), mask_ratio = their mean
     frame_hw       (H, W)            original frame size
     video, t, k
 
-With ``defer_positives=True`` the sample has no ``pos12``/``pos21``/``mask_ratio`` and needs no
-flow: the caller computes them for the whole batch with :func:`batch_positives` (e.g. on the GPU
-from flows estimated on the fly, the seed's no-storage mode: :mod:`pixpro_of.data.online_flow`).
-A clip with ``frames`` (uint8 [k, H, W, 3], every frame of the clip) passes them on as the
-sample's ``frames`` tensor (the same layout), for that flow estimation; otherwise a clip's stored
-flows pass on as ``fwd``/``bwd`` tensors, so that the positives of the batch can be computed on
-the training device (``data.positives_on=device``: ~2 ms less CPU work per k = 6 sample in the
-DataLoader workers).
+What a sample carries for its positives is chosen once (``carry``, from the positives strategy
+of :mod:`pixpro_of.data.strategy`): ``"positives"`` computes ``pos12``/``pos21``/``mask_ratio`` in
+the worker; ``"flows"`` passes the clip's stored ``fwd``/``bwd`` on as tensors and ``"frames"`` every
+frame of the clip (uint8 [k, H, W, 3], for flow estimated on the training device,
+:mod:`pixpro_of.data.online_flow`), the positives of the whole batch being computed there
+(:func:`batch_positives`; ``data.positives_on=device``: ~2 ms less CPU work per k = 6 sample in
+the DataLoader workers). :func:`collate` makes a typed :class:`Batch`.
 
 Randomness: every draw (crops, flips, jitter, grayscale, blur, solarize) comes from the ``rng``
 argument, in a fixed order, so a sample is a pure function of (clip, rng state).
@@ -36,60 +32,18 @@ the 1/8 flows (:func:`pixpro_of.positives.compute_positives`, batched).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Dict, Sequence, Tuple, Union
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Dict, List, Optional, Sequence, Union
 
 import numpy as np
 import torch
 
+from pixpro_of.config import PositiveConfig, SampleConfig  # noqa: F401 - SampleConfig re-exported
 from pixpro_of.data.augment import BYOL_VIEW1, BYOL_VIEW2, apply_view, draw_view_params, to_normalized_float
+from pixpro_of.positives import compute_positives
 from plumbing.errors import UserError
-from pixpro_of.positives import FLOW_RESOLUTIONS, MASK_MODES, POSITIVE_RULES, PositiveConfig, compute_positives
 
-
-@dataclass
-class SampleConfig:
-    """Sample settings; defaults are the seed's (docs/original-system.md §2.4–2.8)."""
-
-    image_size: int = 224  # side S of both views (--image-size)
-    crop_scale: Tuple[float, float] = (0.08, 1.0)  # RandomResizedCrop area range (--crop)
-    crop_ratio: Tuple[float, float] = (3 / 4, 4 / 3)  # RandomResizedCrop aspect range (--crop-ratio)
-    pos_ratio: float = 0.7  # positive when distance / max bin diagonal < pos_ratio (--pixpro-pos-ratio)
-    mask: str = "seed"  # occlusion mask: "seed" FB check (§2.6), "unflow", or "none"
-    alpha1: float = 0.01  # FB-mask α1 (--alpha1)
-    alpha2: float = 0.5  # FB-mask α2 (--alpha2); "unflow": px² at full resolution
-    positive_rule: str = "pixel"  # "pixel" (the seed fork) or "normalized" (original PixPro)
-    flow_resolution: str = "coarse"  # chain/mask on the 1/8 grid, or "full" (seed-exact, ~64x slower)
-    mask_ratio_stride: int = 1  # 1: mask_ratio over every flow-grid pixel; s > 1: every s-th per axis (cheaper)
-    defer_positives: bool = False  # True: samples carry no pos12/pos21 (flow computed later, e.g. RAFT on GPU)
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first bad field."""
-        if int(self.image_size) < 32:
-            raise UserError(f"sample.image_size must be >= 32, got {self.image_size}")
-        lo, hi = self.crop_scale
-        if not 0 < lo <= hi <= 1:
-            raise UserError(f"sample.crop_scale must satisfy 0 < min <= max <= 1, got {tuple(self.crop_scale)}")
-        lo, hi = self.crop_ratio
-        if not 0 < lo <= hi:
-            raise UserError(f"sample.crop_ratio must satisfy 0 < min <= max, got {tuple(self.crop_ratio)}")
-        if not self.pos_ratio > 0:
-            raise UserError(f"sample.pos_ratio must be > 0, got {self.pos_ratio}")
-        if self.mask not in MASK_MODES:
-            raise UserError(f"sample.mask must be one of {', '.join(MASK_MODES)}, got {self.mask!r}")
-        if self.alpha1 < 0 or self.alpha2 < 0:
-            raise UserError(f"sample.alpha1 and sample.alpha2 must be >= 0, got {self.alpha1}, {self.alpha2}")
-        if self.positive_rule not in POSITIVE_RULES:
-            raise UserError(f"sample.positive_rule must be one of {', '.join(POSITIVE_RULES)}, got {self.positive_rule!r}")
-        if int(self.mask_ratio_stride) < 1:
-            raise UserError(f"sample.mask_ratio_stride must be >= 1, got {self.mask_ratio_stride}")
-        if self.flow_resolution not in FLOW_RESOLUTIONS:
-            raise UserError(f"sample.flow_resolution must be one of {', '.join(FLOW_RESOLUTIONS)}, got {self.flow_resolution!r}")
-
-    def positive_config(self) -> PositiveConfig:
-        return PositiveConfig(pos_ratio=self.pos_ratio, mask=self.mask, alpha1=self.alpha1, alpha2=self.alpha2,
-                              positive_rule=self.positive_rule, flow_resolution=self.flow_resolution,
-                              mask_ratio_stride=int(self.mask_ratio_stride))
+CARRY = ("positives", "flows", "frames")  # what a sample carries for its positives (see the module docstring)
 
 
 def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[str, torch.device] = "cpu") -> torch.Tensor:
@@ -119,13 +73,15 @@ def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[st
 class SampleBuilder:
     """Callable clip → sample (see the module docstring); ``feature_size`` is F (7 at 224)."""
 
-    def __init__(self, cfg: SampleConfig, feature_size: int = 7):
+    def __init__(self, cfg: SampleConfig, feature_size: int = 7, carry: str = "positives"):
         cfg.validate()
         if int(feature_size) < 1:
             raise UserError(f"feature_size must be >= 1, got {feature_size}")
+        if carry not in CARRY:
+            raise ValueError(f"carry should be one of {CARRY}, got {carry!r}")
         self.cfg = cfg
         self.feature_size = int(feature_size)
-        self.pos_cfg = cfg.positive_config()
+        self.carry = carry
 
     def _where(self, clip: dict) -> str:
         return f"clip (video {clip.get('video', '?')!r}, t={clip.get('t', '?')}, k={clip.get('k', '?')})"
@@ -143,7 +99,7 @@ class SampleBuilder:
         bwd = clip.get("bwd")
         k = int(clip.get("k", 1))
         n = 0 if fwd is None else int(np.shape(fwd)[0])
-        if k > 1 and not self.cfg.defer_positives and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd)):
+        if k > 1 and self.carry != "frames" and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd)):
             raise UserError(f"{self._where(clip)}: needs fwd and bwd of shape [{k - 1}, 2, h8, w8], "
                             f"got {None if fwd is None else tuple(np.shape(fwd))} and {None if bwd is None else tuple(np.shape(bwd))}")
         S = int(self.cfg.image_size)
@@ -162,69 +118,123 @@ class SampleBuilder:
             "video": clip.get("video", ""), "t": int(clip.get("t", 0)), "k": k,
             "frame_hw": (H, W),
         }
-        has_flow = k > 1 and fwd is not None and bwd is not None
-        if has_flow:
-            fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))
-            bwd_t = torch.as_tensor(np.asarray(bwd, dtype=np.float32))
-        if self.cfg.defer_positives:
-            if clip.get("frames") is not None:
-                out["frames"] = torch.from_numpy(np.ascontiguousarray(clip["frames"]))
-            elif has_flow:
-                out["fwd"], out["bwd"] = fwd_t, bwd_t
+        if self.carry == "frames":
+            frames = clip.get("frames")
+            if frames is None or np.shape(frames)[0] != k:
+                raise UserError(f"{self._where(clip)}: needs every frame of the clip (frames [{k}, H, W, 3]) for flow "
+                                f"on the fly, got {None if frames is None else tuple(np.shape(frames))}")
+            out["frames"] = torch.from_numpy(np.ascontiguousarray(frames))
             return out
         if k > 1:
+            fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))
+            bwd_t = torch.as_tensor(np.asarray(bwd, dtype=np.float32))
+            if self.carry == "flows":
+                out["fwd"], out["bwd"] = fwd_t, bwd_t
+                return out
             try:
-                pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.pos_cfg,
+                pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.cfg,
                                         fwd_t[None], bwd_t[None])
             except ValueError as exc:
                 raise UserError(f"{self._where(clip)}: {exc}") from None
+        elif self.carry == "flows":
+            return out  # k = 1: no flow, the device computes the same-frame positives
         else:
-            pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.pos_cfg)
+            pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.cfg)
         out.update(pos12=pos["pos12"][0], pos21=pos["pos21"][0], mask_ratio=float(pos["mask_ratio"][0]),
                    mask_ratio_fwd=float(pos["mask_ratio_fwd"][0]), mask_ratio_bwd=float(pos["mask_ratio_bwd"][0]))
         return out
 
 
-def collate(samples: Sequence[dict]) -> Dict[str, object]:
-    """Batch samples: tensors are stacked (``view*`` [B, 3, S, S], ``pos*`` [B, F·F, F·F], ``box*``
-    [B, 4]); ``flip*`` → bool [B], ``mask_ratio{,_fwd,_bwd}`` → float32 [B], ``t``/``k`` → int64 [B];
-    ``video`` → list of str; ``frame_hw`` → int64 [B, 2]. ``pos*``/``mask_ratio`` only when the
-    samples have them (not with ``defer_positives``); ``frames`` → uint8 [B, k, H, W, 3] and
-    ``fwd``/``bwd`` → float32 [B, k−1, 2, h8, w8] when they have them (``defer_positives``)."""
+@dataclass
+class Batch:
+    """A collated batch (:func:`collate`); the trainer's only view of the data.
+
+    ``view1``, ``view2`` float32 [B, 3, S, S]; ``pos12``, ``pos21`` bool [B, F·F, F·F] and
+    ``mask_ratio{,_fwd,_bwd}`` float32 [B] once the positives are known (from the workers, or
+    filled in on the device by the positives strategy, :mod:`pixpro_of.data.strategy`);
+    ``box1``, ``box2`` [B, 4], ``flip1``, ``flip2`` bool [B], ``frame_hw`` int64 [B, 2], ``t``,
+    ``k`` int64 [B], ``video`` list of str; what the device needs for the positives: ``fwd``,
+    ``bwd`` float32 [B, k−1, 2, h8, w8] (stored flows) or ``frames`` uint8 [B, k, H, W, 3].
+    Fields a source does not give (e.g. a test double's) stay None.
+    """
+    view1: torch.Tensor
+    view2: torch.Tensor
+    pos12: Optional[torch.Tensor] = None
+    pos21: Optional[torch.Tensor] = None
+    mask_ratio: Optional[torch.Tensor] = None
+    mask_ratio_fwd: Optional[torch.Tensor] = None
+    mask_ratio_bwd: Optional[torch.Tensor] = None
+    box1: Optional[torch.Tensor] = None
+    box2: Optional[torch.Tensor] = None
+    flip1: Optional[torch.Tensor] = None
+    flip2: Optional[torch.Tensor] = None
+    frame_hw: Optional[torch.Tensor] = None
+    t: Optional[torch.Tensor] = None
+    k: Optional[torch.Tensor] = None
+    video: List[str] = field(default_factory=list)
+    fwd: Optional[torch.Tensor] = None
+    bwd: Optional[torch.Tensor] = None
+    frames: Optional[torch.Tensor] = None
+
+    def to(self, device: Union[str, torch.device], channels_last: bool = False) -> "Batch":
+        """The batch with every tensor on ``device`` (views channels-last if asked)."""
+        moved: Dict[str, Any] = {}
+        for f in fields(self):
+            v = getattr(self, f.name)
+            if torch.is_tensor(v):
+                v = v.to(device, non_blocking=True)
+                if channels_last and f.name in ("view1", "view2") and v.ndim == 4:
+                    v = v.contiguous(memory_format=torch.channels_last)
+            moved[f.name] = v
+        return Batch(**moved)
+
+    def with_positives(self, pos: Dict[str, torch.Tensor]) -> "Batch":
+        """The batch with ``pos12``, ``pos21`` and ``mask_ratio{,_fwd,_bwd}`` from
+        :func:`pixpro_of.positives.compute_positives`'s dict (mask ratios as float32)."""
+        return replace(self, pos12=pos["pos12"], pos21=pos["pos21"], mask_ratio=pos["mask_ratio"].float(),
+                       mask_ratio_fwd=pos["mask_ratio_fwd"].float(), mask_ratio_bwd=pos["mask_ratio_bwd"].float())
+
+
+def collate(samples: Sequence[dict]) -> Batch:
+    """Batch samples into a :class:`Batch`: tensors are stacked (``view*`` [B, 3, S, S], ``pos*``
+    [B, F·F, F·F], ``box*`` [B, 4], ``fwd``/``bwd``, ``frames``); ``flip*`` → bool [B],
+    ``mask_ratio{,_fwd,_bwd}`` → float32 [B], ``t``/``k`` → int64 [B]; ``video`` → list of str;
+    ``frame_hw`` → int64 [B, 2]. What the samples carry decides which fields are set."""
     if not samples:
         raise ValueError("collate needs at least one sample")
-    out: Dict[str, object] = {}
-    keys = ("view1", "view2", "pos12", "pos21", "box1", "box2") if "pos12" in samples[0] else ("view1", "view2", "box1", "box2")
-    for extra in ("frames", "fwd", "bwd"):
-        if extra in samples[0]:
-            keys += (extra,)
-    for key in keys:
-        out[key] = torch.stack([s[key] for s in samples])
+    first = samples[0]
+    out: Dict[str, Any] = {}
+    for key in ("view1", "view2", "pos12", "pos21", "box1", "box2", "frames", "fwd", "bwd"):
+        if key in first:
+            out[key] = torch.stack([s[key] for s in samples])
     out["flip1"] = torch.tensor([s["flip1"] for s in samples], dtype=torch.bool)
     out["flip2"] = torch.tensor([s["flip2"] for s in samples], dtype=torch.bool)
     for key in ("mask_ratio", "mask_ratio_fwd", "mask_ratio_bwd"):
-        if key in samples[0]:
+        if key in first:
             out[key] = torch.tensor([s[key] for s in samples], dtype=torch.float32)
     out["frame_hw"] = torch.tensor([s["frame_hw"] for s in samples], dtype=torch.int64)
     out["t"] = torch.tensor([s["t"] for s in samples], dtype=torch.int64)
     out["k"] = torch.tensor([s["k"] for s in samples], dtype=torch.int64)
     out["video"] = [s["video"] for s in samples]
-    return out
+    return Batch(**out)
 
 
-def batch_positives(batch: dict, fwd, bwd, cfg: SampleConfig, feature_size: int) -> Dict[str, torch.Tensor]:
-    """Positives for a collated batch made with ``defer_positives=True``.
+def batch_positives(batch: Batch, fwd: Optional[torch.Tensor], bwd: Optional[torch.Tensor], cfg: PositiveConfig,
+                    feature_size: int) -> Dict[str, torch.Tensor]:
+    """Positives of a collated batch whose samples did not compute them.
 
     ``fwd``/``bwd``: ``[B, k−1, 2, h, w]`` flows in time order (full resolution or 1/8 shard units,
     any device), or None for k = 1. All frames of the batch must share one size. Returns
     :func:`pixpro_of.positives.compute_positives`'s dict (``pos12``, ``pos21``, ``mask_ratio`` …)
     on the flows' device.
     """
-    hw = batch["frame_hw"]
+    if batch.box1 is None or batch.frame_hw is None:
+        raise ValueError("batch_positives needs the batch's crop boxes, flips and frame sizes")
+    hw = batch.frame_hw
     if not bool((hw == hw[0]).all()):
         raise ValueError(f"batch_positives needs one frame size per batch, got {sorted(set(map(tuple, hw.tolist())))}")
-    device = fwd.device if fwd is not None else batch["box1"].device
+    device = fwd.device if fwd is not None else batch.box1.device
     frame_hw = (int(hw[0, 0]), int(hw[0, 1]))
-    return compute_positives(batch["box1"].to(device, torch.float64), batch["flip1"].to(device),
-                             batch["box2"].to(device, torch.float64), batch["flip2"].to(device),
-                             frame_hw, feature_size, cfg.positive_config(), fwd, bwd)
+    return compute_positives(batch.box1.to(device, torch.float64), batch.flip1.to(device),
+                             batch.box2.to(device, torch.float64), batch.flip2.to(device),
+                             frame_hw, feature_size, cfg, fwd, bwd)

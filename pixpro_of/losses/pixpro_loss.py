@@ -19,7 +19,7 @@ from typing import Tuple
 
 import torch
 
-LOSS_NORMS = ("seed", "pixel")
+from pixpro_of.config import LOSS_NORMS  # model.loss_norm's choices, owned by the config
 
 
 def pixpro_loss(pred: torch.Tensor, target: torch.Tensor, pos: torch.Tensor,

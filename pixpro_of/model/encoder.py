@@ -12,9 +12,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pixpro_of.config import ARCHS  # model.arch's choices, owned by the config
 from plumbing.errors import UserError
 
-ARCHS = ("resnet18", "resnet34", "resnet50")
 C5_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048}
 
 

@@ -17,46 +17,16 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Dict, List, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plumbing.errors import UserError
-from pixpro_of.losses.pixpro_loss import LOSS_NORMS, pixpro_loss
-from pixpro_of.model.encoder import ARCHS, build_encoder, c5_size
+from pixpro_of.config import ModelConfig  # the trainer's ``model`` section; defaults and checks live there
+from pixpro_of.losses.pixpro_loss import pixpro_loss
+from pixpro_of.model.encoder import build_encoder, c5_size
 from pixpro_of.model.heads import PixelPropagation, Projector
-
-
-@dataclass
-class ModelConfig:
-    """Model settings; defaults are the seed's (docs/original-system.md §2.1, §2.8)."""
-
-    arch: str = "resnet50"  # resnet18 / resnet34 / resnet50 (torchvision); C5 map 7x7 at 224
-    proj_hidden: int = 4096  # projector hidden width
-    proj_dim: int = 256  # projector output width (--feature-dim)
-    ppm_layers: int = 1  # PPM value transform: 0 identity, 1 conv1x1, 2 MLP (--pixpro-transform-layer)
-    ppm_gamma: float = 2.0  # similarity exponent (--pixpro-p)
-    momentum_base: float = 0.99  # EMA momentum at step 0 (--pixpro-momentum)
-    loss_norm: str = "seed"  # "seed": mean over all positive pairs of an image; "pixel": paper Eq. 2
-
-    def validate(self) -> None:
-        """Raise :class:`UserError` naming the first bad field."""
-        if self.arch not in ARCHS:
-            raise UserError(f"model.arch must be one of {', '.join(ARCHS)}, got {self.arch!r}")
-        for name in ("proj_hidden", "proj_dim"):
-            if int(getattr(self, name)) < 1:
-                raise UserError(f"model.{name} must be >= 1, got {getattr(self, name)}")
-        if self.ppm_layers not in (0, 1, 2):
-            raise UserError(f"model.ppm_layers must be 0, 1 or 2, got {self.ppm_layers}")
-        if not self.ppm_gamma > 0:
-            raise UserError(f"model.ppm_gamma must be > 0, got {self.ppm_gamma}")
-        if not 0.0 <= self.momentum_base <= 1.0:
-            raise UserError(f"model.momentum_base must be in [0, 1], got {self.momentum_base}")
-        if self.loss_norm not in LOSS_NORMS:
-            raise UserError(f"model.loss_norm must be one of {', '.join(LOSS_NORMS)}, got {self.loss_norm!r}")
 
 
 def momentum_at(step: int, total_steps: int, base: float = 0.99) -> float:

@@ -1,0 +1,95 @@
+"""Where a batch's positives are computed: one strategy, chosen once from the config.
+
+:meth:`pixpro_of.config.DataConfig.positives_mode` picks the mode; :func:`make_positives` builds it:
+
+- ``worker`` (:class:`InWorker`): each DataLoader worker computes its sample's positives from the
+  stored flows (always for k = 1); the batch arrives complete.
+- ``stored`` (:class:`FromStoredFlows`, ``data.positives_on=device``): the workers pass the stored
+  flows on; the batch's positives are computed on the training device.
+- ``raft`` (:class:`FromOnlineFlow`, ``data.flow_source=raft``): the workers pass every frame of
+  the clip on; the flows are estimated on the training device (:mod:`pixpro_of.data.online_flow`)
+  and the positives computed there.
+
+``strategy.carry`` tells the :class:`~pixpro_of.data.pipeline.SampleBuilder` what a sample
+carries and ``strategy.reads_frames`` the clip reader what to read; the trainer calls
+``strategy.complete(batch)`` on the device and never looks at which fields a batch has.
+"""
+from __future__ import annotations
+
+from typing import Callable, Optional
+
+from pixpro_of.config import POSITIVES_MODES, PositiveConfig
+from pixpro_of.data.pipeline import Batch, batch_positives
+
+
+class PositivesStrategy:
+    """Base: ``mode`` (one of :data:`pixpro_of.config.POSITIVES_MODES`), ``carry`` (what a sample
+    carries, :data:`pixpro_of.data.pipeline.CARRY`), ``on_device`` (whether :meth:`complete`
+    does work)."""
+
+    mode = "worker"
+    carry = "positives"
+    on_device = False
+
+    @property
+    def reads_frames(self) -> bool:
+        """Whether the reader gives every frame of a clip (and no flows)."""
+        return self.carry == "frames"
+
+    def complete(self, batch: Batch) -> Batch:
+        """The batch with its positives (on the batch's device)."""
+        raise NotImplementedError
+
+
+class InWorker(PositivesStrategy):
+    """The samples hold their positives already (computed in the DataLoader workers)."""
+
+    def complete(self, batch: Batch) -> Batch:
+        if batch.pos12 is None or batch.pos21 is None:
+            raise RuntimeError("positives were to be computed in the DataLoader workers, but the batch has none")
+        return batch
+
+
+class FromStoredFlows(PositivesStrategy):
+    """Positives of the whole batch on the device, from the stored flows the workers passed on."""
+
+    mode, carry, on_device = "stored", "flows", True
+
+    def __init__(self, cfg: PositiveConfig, feature_size: int):
+        self.cfg = cfg
+        self.feature_size = int(feature_size)
+
+    def complete(self, batch: Batch) -> Batch:
+        return batch.with_positives(batch_positives(batch, batch.fwd, batch.bwd, self.cfg, self.feature_size))
+
+
+class FromOnlineFlow(PositivesStrategy):
+    """Positives of the whole batch on the device, from flows estimated there by ``clip_flow``
+    (a :class:`~pixpro_of.data.online_flow.ClipFlow`) from every frame of each clip."""
+
+    mode, carry, on_device = "raft", "frames", True
+
+    def __init__(self, cfg: PositiveConfig, feature_size: int, clip_flow):
+        self.cfg = cfg
+        self.feature_size = int(feature_size)
+        self.clip_flow = clip_flow
+
+    def complete(self, batch: Batch) -> Batch:
+        from pixpro_of.data.online_flow import positives_on_the_fly
+
+        return batch.with_positives(positives_on_the_fly(batch, self.clip_flow, self.cfg, self.feature_size))
+
+
+def make_positives(mode: str, cfg: PositiveConfig, feature_size: int,
+                   clip_flow: Optional[Callable[[], object]] = None) -> PositivesStrategy:
+    """The strategy for ``mode`` (``DataConfig.positives_mode()``). ``clip_flow``: for ``raft``, a
+    function that builds the flow estimator on the device (called here, once)."""
+    if mode not in POSITIVES_MODES:
+        raise ValueError(f"mode should be one of {POSITIVES_MODES}, got {mode!r}")
+    if mode == "worker":
+        return InWorker()
+    if mode == "stored":
+        return FromStoredFlows(cfg, feature_size)
+    if clip_flow is None:
+        raise ValueError("positives from flow on the fly need a flow estimator (clip_flow)")
+    return FromOnlineFlow(cfg, feature_size, clip_flow())
