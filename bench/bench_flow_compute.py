@@ -5,7 +5,7 @@ Packs synthetic videos into two shards, then fills their flows with one process 
 one run. The work is balanced by pairs and every shard has a single writer, so the ratio shows the
 cost of the distribution (frame and flow messages between ranks) on top of the flow itself.
 
-Usage: ``python bench/bench_flow_compute.py [--videos 4] [--frames 12] [--size 640x360] [--np 2]
+Usage: ``python bench/bench_flow_compute.py [--videos 4] [--video-frames 12] [--size 640x360] [--np 2]
 [--model dis] [--weights PATH]``. The default run takes well under a minute with DIS.
 """
 from __future__ import annotations
@@ -48,7 +48,7 @@ def build(folder: Path, videos: int, frames: int, size) -> int:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=4)
-    p.add_argument("--frames", type=int, default=12)
+    p.add_argument("--video-frames", dest="frames", type=int, default=12, help="frames per video")
     p.add_argument("--size", default="640x360")
     p.add_argument("--np", type=int, default=2)
     p.add_argument("--model", default="dis", choices=["dis", "raft-small", "raft-large"])

@@ -1,6 +1,6 @@
 """``hdf5_tools pack`` throughput vs ``cp -r`` of the same source bytes.
 
-Source: a generated BDD-like frame-folder tree (1280x720 JPEGs, ``--frames`` per video; with
+Source: a generated BDD-like frame-folder tree (1280x720 JPEGs, ``--video-frames`` per video; with
 ``--flows`` also the seed's per-video fp32 ``.pth`` flow files, which pack converts to float16
 chunks). Each round copies the source with ``cp -r`` and packs it (``-j``), into fresh folders on
 the same file system, both from a warm page cache and without a final sync; the outputs are
@@ -28,7 +28,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", default="/tmp/pixpro_bench_shards", help="where data is generated (reused)")
     ap.add_argument("--videos", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=400)
+    ap.add_argument("--video-frames", dest="frames", type=int, default=400, help="frames per video")
     ap.add_argument("--rounds", type=int, default=6)
     ap.add_argument("-j", "--jobs", type=int, default=1)
     ap.add_argument("--flows", action="store_true", help="also pack the seed .pth flows (and cp them)")

@@ -157,7 +157,7 @@ def jpeg_decode(tmp: Path) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=12)
+    ap.add_argument("--video-frames", dest="frames", type=int, default=12, help="frames per video")
     ap.add_argument("--copy-mb", type=int, default=256)
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:

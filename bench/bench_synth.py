@@ -12,7 +12,7 @@ directly. It reports, from one run:
   wall time on a shared machine mostly measures the other processes,
 * the machine's load average, since other processes share the cores.
 
-Usage: ``python bench/bench_synth.py [--videos 8] [--frames 60] [--size 640x360] [--format bdd]
+Usage: ``python bench/bench_synth.py [--videos 8] [--video-frames 60] [--size 640x360] [--format bdd]
 [--workers 1]``.
 """
 from __future__ import annotations
@@ -41,7 +41,7 @@ def _cpu_seconds() -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--videos", type=int, default=2)
-    p.add_argument("--frames", type=int, default=60)
+    p.add_argument("--video-frames", dest="frames", type=int, default=60, help="frames per video")
     p.add_argument("--size", default="640x360")
     p.add_argument("--format", default="bdd", choices=("bdd", "cityscapes", "all"))
     p.add_argument("--workers", type=int, default=1)
