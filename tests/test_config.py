@@ -93,3 +93,27 @@ def test_resume_compatibility_allows_stop_and_log_changes_only():
     with pytest.raises(UserError, match=r"data.k: 6 -> 2"):
         check_resume_compatible(saved, load_config("pixpro_k6", ["data.k=2"]), "cfg")
     assert isinstance(load_config(None), TrainConfig)
+
+
+def test_presets_are_overlays_on_a_base(tmp_path):
+    """``base: NAME`` merges NAME first: the k presets state only where the method differs."""
+    import yaml
+
+    from pixpro_of.config import resolve_config_path
+
+    for name in ("pixpro_k1", "pixpro_k2", "pixpro_k6"):
+        data = yaml.safe_load(resolve_config_path(name).read_text())
+        assert data["base"] == "_seed_bdd100k" and set(data) <= {"base", "data", "optim"}
+    assert "_seed_bdd100k" not in list_presets()
+    (tmp_path / "mine.yaml").write_text("base: pixpro_k6\ndata:\n  k: 3\n")
+    cfg = load_config(str(tmp_path / "mine.yaml"))
+    assert cfg.data.k == 3 and cfg.data.positives_on == "device" and cfg.data.synthetic is False
+    (tmp_path / "near.yaml").write_text("base: mine.yaml\noptim:\n  base_lr: 0.5\n")  # relative to the file
+    cfg = load_config(str(tmp_path / "near.yaml"))
+    assert cfg.data.k == 3 and cfg.optim.base_lr == 0.5
+    (tmp_path / "loop.yaml").write_text("base: loop.yaml\n")
+    with pytest.raises(UserError, match="includes itself"):
+        load_config(str(tmp_path / "loop.yaml"))
+    (tmp_path / "bad.yaml").write_text("base: no_such_preset\n")
+    with pytest.raises(UserError, match="no such file or preset"):
+        load_config(str(tmp_path / "bad.yaml"))
