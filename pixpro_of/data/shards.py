@@ -32,7 +32,6 @@ import numpy as np
 import torch.utils.data
 
 from hdf5_tools import schema
-from plumbing.errors import UserError as ShardError
 from plumbing.errors import UserError
 
 
@@ -84,11 +83,8 @@ class ShardClipDataset(torch.utils.data.Dataset):
             raise UserError("ShardClipDataset needs at least one shard path")
         names, shard_idx, frames, sizes = [], [], [], []
         for si, path in enumerate(self.shard_paths):
-            try:
-                with schema.open_shard(path) as h5:
-                    videos = schema.list_videos(h5)
-            except ShardError as exc:
-                raise UserError(str(exc)) from None
+            with schema.open_shard(path) as h5:
+                videos = schema.list_videos(h5)
             for v in videos:
                 if v.num_frames < self.k:
                     if drop_short:
@@ -144,7 +140,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
         if r is None:
             try:
                 r = schema.ShardReader(self.shard_paths[shard_index], check_crc=self.check_crc)
-            except ShardError as exc:
+            except UserError as exc:  # the whole shard, not one sample
                 raise ShardUnavailableError(str(exc)) from None
             self._readers[shard_index] = r
         return r
@@ -179,11 +175,11 @@ class ShardClipDataset(torch.utils.data.Dataset):
             if self.read_flows:
                 fwd16, bwd16 = reader.flows(name, t, k - 1, as_stored=True)
                 fwd, bwd = f16_to_f32(fwd16), f16_to_f32(bwd16)
-        except ShardError as exc:
+        except UserError:
             gone = reader.changed(every_s=0.0)  # a truncated or replaced file fails the whole shard
             if gone:
                 raise ShardUnavailableError(gone) from None
-            raise UserError(str(exc)) from None
+            raise
         except (OSError, KeyError, RuntimeError, ValueError) as exc:  # h5py on damaged metadata or data
             gone = reader.changed(every_s=0.0)
             if gone:

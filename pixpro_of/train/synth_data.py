@@ -23,7 +23,6 @@ def synthetic_manifest(run_dir: Path) -> Path:
 
 def ensure_synthetic_shards(cfg: TrainConfig, run_dir: Path) -> Path:
     """Pack the synthetic world into ``run_dir/data`` unless done already; returns the manifest path."""
-    from plumbing.errors import UserError as ShardError
     from hdf5_tools.pack import PackConfig, pack
 
     manifest = synthetic_manifest(run_dir)
@@ -31,7 +30,7 @@ def ensure_synthetic_shards(cfg: TrainConfig, run_dir: Path) -> Path:
         return manifest
     try:
         pack(PackConfig(src=synth_spec(cfg), out=str(manifest.parent), nodes=1, progress=False))
-    except ShardError as exc:
+    except UserError as exc:  # name the setting
         raise UserError(f"data.synth: {exc}") from None
     return manifest
 

@@ -172,7 +172,6 @@ def build_sample_builder(cfg: TrainConfig, positives) -> Callable:
 def build_clip_flow(cfg: TrainConfig, device: torch.device):
     """The on-the-fly flow estimator (``data.flow_source=raft``) on the training device."""
     d = cfg.data
-    from plumbing.errors import UserError as FlowError
     from flow.estimators import make_estimator
     from pixpro_of.data.online_flow import ClipFlow
 
@@ -183,7 +182,7 @@ def build_clip_flow(cfg: TrainConfig, device: torch.device):
     try:
         est = make_estimator(d.raft_model, weights=str(path), device=device, iters=d.raft_iters,
                              amp=None if d.raft_amp == "fp32" else d.raft_amp)
-    except FlowError as exc:
+    except UserError as exc:  # name the setting
         raise UserError(f"data.raft_weights: {exc}") from None
     return ClipFlow(est, chunk=d.raft_chunk)
 
