@@ -116,9 +116,26 @@ def test_cpu_runs_use_cpu_ranks():
 
 
 def test_trainer_options_are_not_taken_as_abbreviated_launcher_options(capsys):
+    # --ch and --na go to the trainer, not to --chain/--name: its own config check refuses them ...
     rc, out, err = render(["--scheduler", "pbs", "--gpus", "4", "--ch", "3", "--na", "x"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert "the trainer refuses this config: " in err and "'ch=3'" in err
+    # ... and a custom trainer command (which the launcher cannot check) receives them as key=value
+    rc, out, err = render(["--scheduler", "pbs", "--gpus", "4", "--trainer-command", "python3 train.py",
+                           "--ch", "3", "--na", "x"], capsys)
     assert rc == 0 and len(err.strip().splitlines()) == 1  # no --chain 3
     assert "dist.backend=horovod ch=3 na=x)" in out
+
+
+def test_the_trainer_checks_the_config_before_anything_is_submitted(tmp_path, capsys):
+    # The launcher knows the trainer by its command line only: the trainer resolves the job's config.
+    run = tmp_path / "r"
+    rc = cli.main(["submit", "--gpus", "0", "--preset", "cpu_small", "--run-dir", str(run), "optim.nosuch=1"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert rc == 2 and len(err) == 1 and not run.exists()
+    assert err[0].startswith("launcher submit: error: the trainer refuses this config: ") and "optim.nosuch" in err[0]
+    rc, out, _ = render(["--gpus", "0", "--preset", "cpu_small", "data.batch_size=4"], capsys)
+    assert rc == 0 and "data.batch_size=4" in out
 
 
 def test_passthrough_rejects_stray_words():
