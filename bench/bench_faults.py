@@ -27,6 +27,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_faults_support as fs  # noqa: E402
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME  # noqa: E402
 
 FAULTS = {
     "jpeg": lambda shard: (lambda token: fs.corrupt_jpegs(shard)),
@@ -77,7 +78,7 @@ def main(argv=None) -> int:
                           f"left={row['left']}: {row['message']}", flush=True)
     worst = max(r["exit_after_inject_s"] for r in rows)
     print(f"slowest exit after an injected fault: {worst:.2f} s (goal <= 30 s)")
-    return 0 if all(r["rc"] not in (0, 75) and r["left"] == 0 and not r["traceback"] for r in rows) else 1
+    return 0 if all(r["rc"] not in (EXIT_FINISHED, EXIT_RESUME) and r["left"] == 0 and not r["traceback"] for r in rows) else 1
 
 
 if __name__ == "__main__":

@@ -88,9 +88,6 @@ class Plan:
     owner: Dict[str, int] = field(default_factory=dict)  # shard path -> the only rank that opens it
     skipped_pairs: int = 0
 
-    def pairs_of(self, rank: int) -> int:
-        return sum(c.count for c in self.chunks if self.worker[c.cid] == rank)
-
 
 # --------------------------------------------------------------------------- shards and plan
 
