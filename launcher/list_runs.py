@@ -11,6 +11,7 @@ import click
 
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
+from plumbing.runs import JOB
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import run_state
@@ -23,7 +24,7 @@ def command(**opts) -> int:
     args = SimpleNamespace(**opts)
     root = Path(args.root)
     rows = []
-    for req_file in sorted(root.glob("*/job/request.json")):
+    for req_file in sorted(root.glob(f"*/{JOB}/request.json")):
         rd = RunDir(str(req_file.parent.parent))
         try:
             req = json.loads(req_file.read_text())
