@@ -165,7 +165,9 @@ def run(cmd: click.Command, argv: Optional[Sequence[str]] = None, prog: Optional
     except click.ClickException as exc:
         print(f"{prog}: error: {_one_line(exc.format_message())}", file=sys.stderr)
         return 2
-    except click.Abort:  # click's form of KeyboardInterrupt (and of EOF at a prompt)
+    except click.Abort as exc:  # click's form of KeyboardInterrupt (and of an EOFError, which stays one)
+        if isinstance(exc.__cause__, EOFError):
+            raise exc.__cause__ from None
         print(f"{prog}: interrupted", file=sys.stderr)
         return 130
     except user_error_types() as exc:
@@ -191,6 +193,10 @@ def call(cmd: click.Command, argv: Optional[Sequence[str]] = None, prog: Optiona
         raise UserError(_one_line(exc.format_message())) from None
     except click.ClickException as exc:
         raise UserError(_one_line(exc.format_message())) from None
+    except click.Abort as exc:  # the caller sees the KeyboardInterrupt (or EOFError) itself
+        if exc.__cause__ is not None:
+            raise exc.__cause__ from None
+        raise KeyboardInterrupt from None
     return int(rv or 0)
 
 
