@@ -117,3 +117,18 @@ def test_presets_are_overlays_on_a_base(tmp_path):
     (tmp_path / "bad.yaml").write_text("base: no_such_preset\n")
     with pytest.raises(UserError, match="no such file or preset"):
         load_config(str(tmp_path / "bad.yaml"))
+
+
+def test_positives_mode_is_chosen_once_from_the_config():
+    def mode(*overrides):
+        return load_config("cpu_small", list(overrides)).data.positives_mode()
+
+    assert mode() == "worker" and mode("data.positives_on=device") == "stored"
+    assert mode("data.flow_source=raft", "data.raft_weights=x.pth") == "raft"
+    assert mode("data.k=1", "data.positives_on=device") == "worker"  # no flow: the workers do it
+    from pixpro_of.config import PositiveConfig, SampleConfig
+    from pixpro_of.model.pixpro import ModelConfig
+
+    cfg = load_config("cpu_small")  # the sections are the component configs themselves
+    assert isinstance(cfg.data, SampleConfig) and isinstance(cfg.data, PositiveConfig)
+    assert type(cfg.model) is ModelConfig

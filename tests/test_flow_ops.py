@@ -265,3 +265,71 @@ def test_chain_and_seed_mask_match_the_seed_formulas_bit_for_bit():
     ours = fb_consistency(fwd, bwd, "seed")
     assert torch.equal(ours, mask)
     assert 0.2 < ours.float().mean() < 0.8  # both outcomes occur, so the comparison means something
+
+
+def _noisy_pair(seed, noise, b=2, h=30, w=44, scale=2.0):
+    """Smooth flows and noisy inverses (noise in px): both outcomes of the FB test occur."""
+    import torch.nn.functional as F
+
+    g = torch.Generator().manual_seed(seed)
+    fwd = F.interpolate(torch.randn(b, 2, 5, 7, generator=g) * scale, size=(h, w), mode="bilinear", align_corners=True)
+    return fwd, -fwd + torch.randn(b, 2, h, w, generator=g) * noise
+
+
+NOISE = {"seed": 1.2, "unflow": 0.3}  # ~30-70 % valid at scale 2
+
+
+@pytest.mark.parametrize("mode", ["seed", "unflow"])
+def test_fb_pair_is_both_single_masks(mode):
+    """fb_consistency_pair on [fwd; bwd] gives fb_consistency(fwd, bwd) and (bwd, fwd), bit for bit."""
+    from flow.ops import fb_consistency_pair
+
+    fwd, bwd = _noisy_pair(1, NOISE[mode])
+    both = fb_consistency_pair(torch.cat([fwd, bwd]), mode, 0.02, 0.4, alpha2_size=(60, 88))
+    assert torch.equal(both[:2], fb_consistency(fwd, bwd, mode, 0.02, 0.4, alpha2_size=(60, 88)))
+    assert torch.equal(both[2:], fb_consistency(bwd, fwd, mode, 0.02, 0.4, alpha2_size=(60, 88)))
+    assert 0.1 < both.float().mean() < 0.95
+    with pytest.raises(ValueError, match="stack forward then backward"):
+        fb_consistency_pair(fwd[:1])
+
+
+@pytest.mark.parametrize("mode", ["seed", "unflow"])
+def test_fb_at_points_is_the_grid_mask_at_pixels(mode):
+    """fb_consistency_at, fed the flows read at pixel centres, is the grid mask there: exactly in
+    pixels (unflow); in the seed's normalised units up to ties of the rounding (seed)."""
+    from flow.ops import fb_consistency_at
+
+    fwd, bwd = (t.double() for t in _noisy_pair(2, NOISE[mode]))
+    b, _, h, w = fwd.shape
+    pts = pixel_grid(h, w, dtype=torch.float64).flatten(1).T[None].expand(b, -1, -1)  # [B, h*w, 2]
+    f = sample_at(fwd, pts)
+    target = pts + f
+    at = fb_consistency_at(f, sample_at(bwd, target), target, (h, w), mode).view(b, h, w)
+    grid = fb_consistency(fwd, bwd, mode)
+    if mode == "unflow":
+        assert torch.equal(at, grid)
+    else:
+        assert (at != grid).float().mean() < 1e-3
+    assert 0.1 < grid.float().mean() < 0.95
+
+
+def test_shard_grid_units_map_like_shard_flow_to_full():
+    """Chaining on the 1/8 grid in its own units: grid position x is frame position x·sx, and a
+    value read there times sx is the full-resolution flow at that frame position."""
+    from flow.ops import shard_flow_to_grid_units, shard_grid_scale
+
+    H, W = 75, 130
+    h8, w8 = math.ceil(H / 8), math.ceil(W / 8)
+    flow8 = affine_flow([[1.02, 0.01], [-0.02, 0.97]], [0.5, -0.3], h8, w8).float()  # linear: bilinear is exact
+    sx, sy = shard_grid_scale(h8, w8)
+    assert (sx, sy) == ((8 * w8 - 1) / (w8 - 1), (8 * h8 - 1) / (h8 - 1))
+    units = shard_flow_to_grid_units(flow8)
+    full = shard_flow_to_full(flow8, (H, W))
+    gx, gy = torch.meshgrid(torch.arange(h8), torch.arange(w8), indexing="ij")  # rows, columns
+    frame_pts = torch.stack([gy.flatten() * sx, gx.flatten() * sy], -1)[None].double()
+    inside = (frame_pts[0, :, 0] <= W - 1) & (frame_pts[0, :, 1] <= H - 1)
+    at_full = sample_at(full.double(), frame_pts)[0][inside]
+    at_grid = units[0][:, gx.flatten(), gy.flatten()].T.double()[inside] * torch.tensor([sx, sy], dtype=torch.float64)
+    torch.testing.assert_close(at_grid, at_full, atol=1e-4, rtol=1e-5)
+    with pytest.raises(ValueError, match="at least 2x2"):
+        shard_grid_scale(1, 5)

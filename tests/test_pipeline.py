@@ -134,3 +134,22 @@ def test_deferred_positives_on_the_batch_equal_per_sample_positives():
 
     done = FromStoredFlows(cfg, 7).complete(batch)  # the device strategy: the same positives
     assert torch.equal(done.pos12, ref.pos12) and torch.equal(done.mask_ratio, pos["mask_ratio"].float())
+
+
+def test_positives_strategies_are_chosen_by_mode():
+    from pixpro_of.data.strategy import FromOnlineFlow, FromStoredFlows, InWorker, make_positives
+
+    cfg = SampleConfig(image_size=64)
+    worker = make_positives("worker", cfg, 7)
+    assert isinstance(worker, InWorker) and worker.carry == "positives" and not worker.on_device
+    stored = make_positives("stored", cfg, 7)
+    assert isinstance(stored, FromStoredFlows) and stored.carry == "flows" and stored.on_device
+    raft = make_positives("raft", cfg, 7, clip_flow=lambda: "estimator")
+    assert isinstance(raft, FromOnlineFlow) and raft.reads_frames and raft.clip_flow == "estimator"
+    with pytest.raises(ValueError, match="flow estimator"):
+        make_positives("raft", cfg, 7)
+    batch = collate([SampleBuilder(cfg, 7, carry="flows")(_clip(k=2), np.random.default_rng(0))])
+    with pytest.raises(RuntimeError, match="has none"):
+        worker.complete(batch)
+    with pytest.raises(UserError, match="needs every frame"):
+        SampleBuilder(cfg, 7, carry="frames")(_clip(k=2), np.random.default_rng(0))
