@@ -25,9 +25,8 @@ chaining and the FB mask run on the 1/8 grid after converting the values to that
 are first upsampled to the frame size, which is the seed's exact procedure (``--flow_up``) and
 ~64× more work. Every kernel — chaining, FB masks, bilinear look-ups, resizing — is
 :mod:`flow.ops`; this module only decides where they are applied. The mask of a query cell is
-evaluated at its nearest frame pixel from the composites (:meth:`FlowGrid.point_validity`,
-:func:`flow.ops.fb_consistency_at`), so the seed's full-resolution thresholds and border test
-hold on either grid. The grid-wide masks (for ``mask_ratio``) come from
+evaluated at its nearest frame pixel from the composites (:func:`flow.ops.fb_consistency_at`),
+so the seed's full-resolution thresholds and border test hold on either grid. The grid-wide masks (for ``mask_ratio``) come from
 :func:`flow.ops.fb_consistency_pair`, with the seed-mode α2 rescaled to the seed's
 full-resolution threshold ``α2 / sqrt(H² + W²)``.
 
@@ -180,40 +179,10 @@ class FlowGrid:
         d = self._displacement(both, torch.cat([points[b:], points[:b]], 0))
         return torch.cat([d[b:], d[:b]], 0)
 
-    def _validity(self, points: torch.Tensor, fields: torch.Tensor, back_fields: Optional[torch.Tensor]) -> torch.Tensor:
-        """Mask at the nearest pixels of ``points``; ``back_fields=None``: ``fields`` is the
-        ``[2B]`` stack of both directions and the backward look-up reads the other half."""
-        cfg = self.cfg
-        if cfg.mask == "none":
-            return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
-        p = torch.floor(points.to(torch.float64) + 0.5)
-        f = self._displacement(fields, p)
-        target = p + f
-        if back_fields is None:
-            bhat = self._displacement_other(fields, target)
-        else:
-            bhat = self._displacement(back_fields, target)
-        return ops.fb_consistency_at(f, bhat, target, self.frame_hw, cfg.mask, cfg.alpha1, cfg.alpha2)
-
-    def warp_both(self, points1: torch.Tensor, points2: torch.Tensor):
-        """Move ``points1 [B, N, 2]`` (frame t) by the forward composite and ``points2`` (frame
-        t+k−1) by the backward one, in one batch of look-ups; returns ``(moved1, valid1, moved2,
-        valid2)``, ``valid*`` being the occlusion mask at each point (:meth:`point_validity`)."""
-        b = self.batch
-        both = self._fields64()
-        pts = torch.cat([points1, points2], 0).to(torch.float64)
-        moved = pts + self._displacement(both, pts)
-        valid = self._validity(pts, both, None)
-        return moved[:b], valid[:b], moved[b:], valid[b:]
-
-    def displacement(self, points: torch.Tensor, backward: bool = False) -> torch.Tensor:
-        """Composite flow (frame pixels) at frame points ``[B, N, 2]``: bilinear, zeros outside."""
-        both = self._fields64()
-        field = both[self.batch:] if backward else both[:self.batch]
-        return self._displacement(field, points)
-
-    def point_validity(self, points: torch.Tensor, backward: bool = False) -> torch.Tensor:
-        """The occlusion mask at frame points ``[B, N, 2]`` → bool ``[B, N]``.
+    def _validity(self, points: torch.Tensor, both: torch.Tensor) -> torch.Tensor:
+        """The occlusion mask at frame points ``[2B, N, 2]`` → bool ``[2B, N]``: row i < B is a
+        point of frame t under the forward composite (``both[i]``), row i >= B one of frame t+k−1
+        under the backward composite; the other direction's field is read by exchanging halves.
 
         As the seed, the mask is evaluated at the nearest frame pixel of each point (it sampled its
         full-resolution mask with nearest interpolation), with the composite flows read bilinearly
@@ -222,14 +191,31 @@ class FlowGrid:
         UnFlow in frame pixels (target inside, borders included); :func:`flow.ops.fb_consistency_at`.
         Evaluating at points keeps the seed's full-resolution border test exact on the coarse grid.
         """
-        both = self._fields64()
-        fw, bw = both[:self.batch], both[self.batch:]
-        return self._validity(points, bw, fw) if backward else self._validity(points, fw, bw)
+        cfg = self.cfg
+        if cfg.mask == "none":
+            return torch.ones(points.shape[:2], dtype=torch.bool, device=points.device)
+        p = torch.floor(points.to(torch.float64) + 0.5)
+        f = self._displacement(both, p)
+        target = p + f
+        bhat = self._displacement_other(both, target)
+        return ops.fb_consistency_at(f, bhat, target, self.frame_hw, cfg.mask, cfg.alpha1, cfg.alpha2)
 
-    def warp(self, points: torch.Tensor, backward: bool = False) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Move frame points ``[B, N, 2]`` by the composite flow; returns ``(moved, valid [B, N])``."""
-        moved = points.to(torch.float64) + self.displacement(points, backward)
-        return moved, self.point_validity(points, backward)
+    def warp_both(self, points1: torch.Tensor, points2: torch.Tensor):
+        """Move ``points1 [B, N, 2]`` (frame t) by the forward composite and ``points2`` (frame
+        t+k−1) by the backward one, in one batch of look-ups; returns ``(moved1, valid1, moved2,
+        valid2)``, ``valid*`` being the occlusion mask at each point (:meth:`_validity`)."""
+        b = self.batch
+        both = self._fields64()
+        pts = torch.cat([points1, points2], 0).to(torch.float64)
+        moved = pts + self._displacement(both, pts)
+        valid = self._validity(pts, both)
+        return moved[:b], valid[:b], moved[b:], valid[b:]
+
+    def displacement(self, points: torch.Tensor, backward: bool = False) -> torch.Tensor:
+        """Composite flow (frame pixels) at frame points ``[B, N, 2]``: bilinear, zeros outside."""
+        both = self._fields64()
+        field = both[self.batch:] if backward else both[:self.batch]
+        return self._displacement(field, points)
 
     def mask_ratio(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Fraction of flow-grid pixels rejected by the forward and by the backward mask, ``[B]`` each
