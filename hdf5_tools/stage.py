@@ -161,8 +161,8 @@ def command(manifest, to, node, num_nodes, quiet) -> int:
     MANIFEST is the manifest.json written by pack (or its folder).
     """
     cfg = StageConfig(manifest=manifest, to=to, node=node, num_nodes=num_nodes, quiet=quiet)
-    job = job_environment()
-    slurm = slurm_step_node(job) if cfg.node is None else None
+    job = job_environment() if cfg.node is None else None  # --node given: the launch environment is not read
+    slurm = slurm_step_node(job) if job is not None else None
     if slurm is not None:
         cfg.node = slurm[0]
         cfg.num_nodes = cfg.num_nodes or slurm[1]

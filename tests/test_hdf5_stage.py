@@ -107,3 +107,17 @@ def test_pack_killed_with_sigkill_resumes(tmp_path):
     assert {n: (out / n).stat().st_mtime_ns for n in finished} == finished
     assert not list(out.glob(".*.partial"))
     assert all(verify_shard(str(out / s.file)).ok for s in load_manifest(out / "manifest.json").shards)
+
+
+def test_an_srun_step_gives_the_node_and_must_have_one_task_per_node():
+    from hdf5_tools.stage import slurm_step_node
+    from plumbing.jobenv import job_environment
+
+    step = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_NODEID": "1",
+            "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+    assert slurm_step_node(job_environment(step)) == (1, 2)
+    assert slurm_step_node(job_environment({})) is None  # not in a step: --node or mpirun
+    assert slurm_step_node(job_environment(dict(step, OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="1"))) is None
+    crowded = dict(step, SLURM_STEP_NUM_TASKS="4", SLURM_STEP_TASKS_PER_NODE="2(x2)", SLURM_PROCID="3")
+    with pytest.raises(UserError, match=r"srun --ntasks-per-node=1 \(this step has 4 tasks on 2 nodes\)"):
+        slurm_step_node(job_environment(crowded))
