@@ -1,6 +1,8 @@
 """Atomic file writes, shared by every part: a temporary file in the target's directory, renamed
 into place, so a reader or a killed writer never sees a half-written file under the final name.
 
+:func:`atomic_open` (and ``atomic_write_text``/``_bytes``, :func:`atomic_copy`) for writers that take
+a file object; :func:`atomic_path` for those that need a path (h5py).
 ``durable=True`` also fsyncs the file and the directory (checkpoints, markers a resumed job acts on).
 Temporary names are ``.NAME.tmp.XXXXXX`` (what the checkpoint store sweeps after a kill;
 :func:`remove_temporaries` sweeps a folder). :func:`disk_error` turns a failed write (full disk,
