@@ -153,3 +153,25 @@ def test_positives_strategies_are_chosen_by_mode():
         worker.complete(batch)
     with pytest.raises(UserError, match="needs every frame"):
         SampleBuilder(cfg, 7, carry="frames")(_clip(k=2), np.random.default_rng(0))
+
+
+def test_the_loader_pins_a_batch(monkeypatch):
+    """DataLoader(pin_memory=True) pins every tensor of a Batch inside a LoadedBatch (as it did
+    for the dicts before): torch calls their pin_memory methods."""
+    from torch.utils.data._utils.pin_memory import pin_memory
+
+    from pixpro_of.train.data import LoadedBatch
+
+    pinned = []
+
+    def fake_pin(self, *args, **kwargs):  # no CUDA here: record the call, return a copy
+        pinned.append(tuple(self.shape))
+        return self.clone()
+
+    monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
+    batch = collate([SampleBuilder(SampleConfig(image_size=64), 2)(_clip(seed=i), np.random.default_rng(i))
+                     for i in range(2)])
+    out = pin_memory(LoadedBatch(batch, []))
+    assert isinstance(out, LoadedBatch) and out.bad == [] and out.batch.video == batch.video
+    assert torch.equal(out.batch.view1, batch.view1) and out.batch.view1 is not batch.view1
+    assert (2, 3, 64, 64) in pinned and (2, 4, 4) in pinned  # views and positives

@@ -188,6 +188,12 @@ class Batch:
             moved[f.name] = v
         return Batch(**moved)
 
+    def pin_memory(self) -> "Batch":
+        """The batch with its tensors in page-locked memory (the DataLoader calls this with
+        ``pin_memory=True``, so the copies to the GPU can be asynchronous)."""
+        return Batch(**{f.name: (v.pin_memory() if torch.is_tensor(v) else v)
+                        for f in fields(self) for v in (getattr(self, f.name),)})
+
     def with_positives(self, pos: Dict[str, torch.Tensor]) -> "Batch":
         """The batch with ``pos12``, ``pos21`` and ``mask_ratio{,_fwd,_bwd}`` from
         :func:`pixpro_of.positives.compute_positives`'s dict (mask ratios as float32)."""

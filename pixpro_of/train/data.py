@@ -146,6 +146,12 @@ class LoadedBatch:
     bad: List[BadSample]
     failed: Optional[BadSample] = None
 
+    def pin_memory(self) -> "LoadedBatch":
+        """Pins the batch (the DataLoader's ``pin_memory=True`` calls this; a batch without a
+        ``pin_memory`` method, e.g. a test double's, stays as it is)."""
+        pin = getattr(self.batch, "pin_memory", None)
+        return LoadedBatch(pin() if pin is not None else self.batch, self.bad, self.failed)
+
 
 class SafeCollate:
     """Wraps a collate function: strips the bad-sample records from the samples, collates the
