@@ -145,9 +145,8 @@ class ShardClips(ClipSource):
     def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
         from pixpro_of.data.shards import ShardClipDataset
 
-        return ShardClipDataset(resolve_shards(self._entries(), node_index, num_nodes, label="data.shards"),
-                                self.cfg.data.k,
-                                all_frames=all_frames, flows=not all_frames)
+        paths = resolve_shards(self._entries(), node_index, num_nodes, label="data.shards")
+        return ShardClipDataset(paths, self.cfg.data.k, all_frames=all_frames, flows=not all_frames)
 
 
 def build_positives(cfg: TrainConfig, device: torch.device):
