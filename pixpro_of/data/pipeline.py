@@ -1,18 +1,23 @@
 """From a clip to a training sample and a typed batch: two augmented views and their positive pairs.
 
-``SampleBuilder(cfg, feature_size)(clip, rng)`` takes the ARCHITECTURE.md clip dict (``frame1``,
+``SampleBuilder(cfg, feature_size, carry)(clip, rng)`` (``cfg``: a
+:class:`~pixpro_of.config.SampleConfig`, e.g. the trainer's ``data`` section) takes the
+ARCHITECTURE.md clip dict (``frame1``,
 ``frame2`` uint8 [H, W, 3] — or JPEG bytes —, ``fwd``/``bwd`` float32 [k−1, 2, h8, w8], ``video``,
 ``t``, ``k``) and returns::
 
     view1, view2   float32 [3, S, S], ImageNet-normalised (view 1 from frame t, view 2 from t+k−1)
-    pos12, pos21   bool [F·F, F·F]   positives (rows: view-1 cells / view-2 cells)
+    pos12, pos21   bool [F·F, F·F]   positives (rows: view-1 cells / view-2 cells; carry="positives")
     box1, box2     float32 [4]       crop boxes (left, top, width, height) in frame pixels
     flip1, flip2   bool
-    mask_ratio     float             fraction of flow-grid pixels the FB mask rejects (0 for k = 1);
+    mask_ratio     float             fraction of flow-grid pixels the FB mask rejects (0 for k = 1;
+                                     carry="positives");
                                      mask_ratio_fwd / mask_ratio_bwd per direction (the seed's
                                      mask_ratio/fwd, /bwd), mask_ratio = their mean
     frame_hw       (H, W)            original frame size
     video, t, k
+    fwd, bwd       float32 [k−1, 2, h8, w8]   the clip's flows (carry="flows", k > 1)
+    frames         uint8 [k, H, W, 3]         every frame of the clip (carry="frames")
 
 What a sample carries for its positives is chosen once (``carry``, from the positives strategy
 of :mod:`pixpro_of.data.strategy`): ``"positives"`` computes ``pos12``/``pos21``/``mask_ratio`` in
