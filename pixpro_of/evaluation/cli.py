@@ -7,10 +7,11 @@ from plumbing.cli import group, run
 
 TASKS = {
     "flow": ("pixpro_of.evaluation.flow_accuracy", "Flow EPE (adjacent and chained) and FB-mask precision/recall on the synthetic world"),
+    "propagate": ("pixpro_of.evaluation.propagate", "Video label propagation through frozen features on held-out synthetic videos; mIoU per frame distance"),
     "seg": ("pixpro_of.evaluation.seg", "Frozen backbone + DeepLabV3 head or linear probe on Cityscapes; mIoU"),
 }
 
-command = group("eval", TASKS, help="Downstream evaluations: segmentation mIoU, flow accuracy.",
+command = group("eval", TASKS, help="Downstream evaluations: segmentation mIoU, label propagation, flow accuracy.",
                 epilog="Example: python -m pixpro_of eval seg --backbone runs/k6 --data data/cityscapes --out eval/k6")
 
 
