@@ -138,6 +138,10 @@ class DataConfig(SampleConfig):
 
     ``positives_on``: ``worker`` (each sample's positives in the DataLoader workers) or ``device``
     (the batch's positives on the training device, from the stored flows the workers pass on).
+    ``decode_on``: ``worker`` (the DataLoader workers decode the JPEGs and build both views) or
+    ``device`` (the workers only read the JPEG bytes and the stored flows and draw the view
+    parameters; the training device decodes the batch, ``decode_chunk`` frames at a time, and
+    builds the views there: :mod:`pixpro_of.data.device_views`). Needs ``flow_source=shards``.
     ``flow_source``: ``shards`` (the flows stored in the shards) or ``raft`` (estimated on the fly
     on the training device from every frame of the clip, the seed's no-storage mode:
     ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
@@ -157,6 +161,8 @@ class DataConfig(SampleConfig):
     num_workers: int = 4
     prefetch_factor: int = 2
     positives_on: str = "worker"
+    decode_on: str = "worker"
+    decode_chunk: int = 64
     flow_source: str = "shards"
     raft_model: str = "raft-small"
     raft_weights: str = ""
@@ -184,6 +190,7 @@ class DataConfig(SampleConfig):
              "must be a multiple of 32, at least 32", self.image_size)
         super().validate()
         for key, choices in (("flow_source", ("shards", "raft")), ("positives_on", ("worker", "device")),
+                             ("decode_on", ("worker", "device")),
                              ("on_bad_sample", ("fail", "skip")), ("raft_model", ("raft-small", "raft-large")),
                              ("raft_amp", ("fp32", "bf16", "fp16"))):
             _need_choice(getattr(self, key), "data." + key, choices)
@@ -191,6 +198,10 @@ class DataConfig(SampleConfig):
         need(self.batch_size >= 1, "data.batch_size", "must be >= 1", self.batch_size)
         need(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
         need(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1", self.prefetch_factor)
+        need(self.decode_chunk >= 1, "data.decode_chunk", "must be >= 1", self.decode_chunk)
+        need(self.decode_on == "worker" or self.flow_source == "shards" or self.k == 1, "data.decode_on",
+             "must be worker when data.flow_source=raft (RAFT needs every frame decoded in the workers)",
+             self.decode_on)
         need(self.raft_iters >= 1, "data.raft_iters", "must be >= 1", self.raft_iters)
         need(self.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", self.raft_chunk)
         need(self.flow_source != "raft" or self.k == 1 or bool(self.raft_weights), "data.raft_weights",
@@ -332,7 +343,7 @@ class TrainConfig:
 RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
     "run.threads", "run.device", "run.max_steps", "data.raft_chunk", "data.raft_weights",
-    "data.positives_on", "data.on_bad_sample", "data.bad_sample_budget",
+    "data.positives_on", "data.decode_chunk", "data.on_bad_sample", "data.bad_sample_budget",
     # The backend and world size may change between links of a run (see ARCHITECTURE.md,
     # "Resuming with another world size"); the global batch may not.
     "dist.",

@@ -19,6 +19,13 @@ ARCHITECTURE.md clip dict (``frame1``,
     fwd, bwd       float32 [k−1, 2, h8, w8]   the clip's flows (carry="flows", k > 1)
     frames         uint8 [k, H, W, 3]         every frame of the clip (carry="frames")
 
+With ``views="device"`` (``data.decode_on=device``) the frames are the reader's JPEG bytes and
+the sample has no ``view1``/``view2`` but ``jpeg1``, ``jpeg2`` (bytes) and ``params1``,
+``params2`` (float64 [P], the views' draws packed by
+:func:`pixpro_of.data.device_views.pack_view_params`): the same RNG calls in the same order as
+with views built here, so boxes, flips and positives are the same; the training device decodes and
+builds the views (:mod:`pixpro_of.data.device_views`).
+
 What a sample carries for its positives is chosen once (``carry``, from the positives strategy
 of :mod:`pixpro_of.data.strategy`): ``"positives"`` computes ``pos12``/``pos21``/``mask_ratio`` in
 the worker; ``"flows"`` passes the clip's stored ``fwd``/``bwd`` on as tensors and ``"frames"`` every
@@ -45,10 +52,12 @@ import torch
 
 from pixpro_of.config import PositiveConfig, SampleConfig  # noqa: F401 - SampleConfig re-exported
 from pixpro_of.data.augment import BYOL_VIEW1, BYOL_VIEW2, apply_view, draw_view_params, to_normalized_float
+from pixpro_of.data.device_views import pack_view_params
 from pixpro_of.positives import compute_positives
 from plumbing.errors import UserError
 
 CARRY = ("positives", "flows", "frames")  # what a sample carries for its positives (see the module docstring)
+VIEWS = ("worker", "device")  # where the views are built (data.decode_on; see the module docstring)
 
 
 def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[str, torch.device] = "cpu") -> torch.Tensor:
@@ -75,31 +84,59 @@ def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[st
     raise ValueError(f"frame should be a uint8 [H, W, 3] array, a uint8 [3, H, W] tensor or JPEG bytes, got {type(frame).__name__}")
 
 
+def jpeg_of(frame) -> bytes:
+    """A frame given as JPEG bytes, as bytes (``data.decode_on=device`` needs the reader's bytes)."""
+    if isinstance(frame, (bytes, bytearray, memoryview)):
+        return bytes(frame)
+    raise ValueError(f"views built on the device need JPEG bytes from the reader (data.decode_on=device), "
+                     f"got {type(frame).__name__}")
+
+
+def jpeg_size(data: bytes) -> tuple:
+    """(H, W) of JPEG bytes from their header (nothing decoded)."""
+    import simplejpeg
+
+    try:
+        h, w = simplejpeg.decode_jpeg_header(data)[:2]
+    except Exception as exc:  # noqa: BLE001 - simplejpeg raises ValueError/RuntimeError on damage
+        raise ValueError(f"cannot read the JPEG header ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    return int(h), int(w)
+
+
 class SampleBuilder:
     """Callable clip → sample (see the module docstring); ``feature_size`` is F (7 at 224)."""
 
-    def __init__(self, cfg: SampleConfig, feature_size: int = 7, carry: str = "positives"):
+    def __init__(self, cfg: SampleConfig, feature_size: int = 7, carry: str = "positives", views: str = "worker"):
         cfg.validate()
         if int(feature_size) < 1:
             raise UserError(f"feature_size must be >= 1, got {feature_size}")
         if carry not in CARRY:
             raise ValueError(f"carry should be one of {CARRY}, got {carry!r}")
+        if views not in VIEWS:
+            raise ValueError(f"views should be one of {VIEWS}, got {views!r}")
+        if views == "device" and carry == "frames":
+            raise ValueError("views built on the device need the stored flows (carry 'positives' or 'flows')")
         self.cfg = cfg
         self.feature_size = int(feature_size)
         self.carry = carry
+        self.views = views
 
     def _where(self, clip: dict) -> str:
         return f"clip (video {clip.get('video', '?')!r}, t={clip.get('t', '?')}, k={clip.get('k', '?')})"
 
     def __call__(self, clip: dict, rng: np.random.Generator) -> Dict[str, object]:
         try:
-            f1 = frame_tensor(clip["frame1"])
-            f2 = frame_tensor(clip["frame2"])
+            if self.views == "device":
+                f1, f2 = jpeg_of(clip["frame1"]), jpeg_of(clip["frame2"])
+                s1, s2 = (3,) + jpeg_size(f1), (3,) + jpeg_size(f2)
+            else:
+                f1, f2 = frame_tensor(clip["frame1"]), frame_tensor(clip["frame2"])
+                s1, s2 = tuple(f1.shape), tuple(f2.shape)
         except (KeyError, ValueError) as exc:
             raise UserError(f"{self._where(clip)}: bad frame: {exc}") from None
-        if f1.shape != f2.shape:
-            raise UserError(f"{self._where(clip)}: frame1 {tuple(f1.shape)} and frame2 {tuple(f2.shape)} differ in size")
-        H, W = int(f1.shape[1]), int(f1.shape[2])
+        if s1 != s2:
+            raise UserError(f"{self._where(clip)}: frame1 {s1} and frame2 {s2} differ in size")
+        H, W = int(s1[1]), int(s1[2])
         fwd = clip.get("fwd")
         bwd = clip.get("bwd")
         k = int(clip.get("k", 1))
@@ -110,14 +147,18 @@ class SampleBuilder:
         S = int(self.cfg.image_size)
         p1 = draw_view_params(rng, (H, W), BYOL_VIEW1, self.cfg.crop_scale, self.cfg.crop_ratio)
         p2 = draw_view_params(rng, (H, W), BYOL_VIEW2, self.cfg.crop_scale, self.cfg.crop_ratio)
-        view1 = to_normalized_float(apply_view(f1, p1, S))
-        view2 = to_normalized_float(apply_view(f2, p2, S))
+        if self.views == "device":  # the device decodes and builds the views (device_views)
+            pixels: Dict[str, object] = {"jpeg1": f1, "jpeg2": f2,
+                                         "params1": pack_view_params(p1), "params2": pack_view_params(p2)}
+        else:
+            pixels = {"view1": to_normalized_float(apply_view(f1, p1, S)),
+                      "view2": to_normalized_float(apply_view(f2, p2, S))}
         box1 = torch.tensor([p1.box], dtype=torch.float64)
         box2 = torch.tensor([p2.box], dtype=torch.float64)
         flip1 = torch.tensor([p1.flip])
         flip2 = torch.tensor([p2.flip])
         out = {
-            "view1": view1, "view2": view2,
+            **pixels,
             "box1": box1[0].float(), "box2": box2[0].float(),
             "flip1": bool(p1.flip), "flip2": bool(p2.flip),
             "video": clip.get("video", ""), "t": int(clip.get("t", 0)), "k": k,
@@ -160,10 +201,16 @@ class Batch:
     ``box1``, ``box2`` [B, 4], ``flip1``, ``flip2`` bool [B], ``frame_hw`` int64 [B, 2], ``t``,
     ``k`` int64 [B], ``video`` list of str; what the device needs for the positives: ``fwd``,
     ``bwd`` float32 [B, k−1, 2, h8, w8] (stored flows) or ``frames`` uint8 [B, k, H, W, 3].
+    With the views built on the device (``data.decode_on=device``) the views are None until the
+    views stage (:class:`pixpro_of.data.strategy.ViewsOnDevice`) fills them from ``jpeg_bytes``
+    (uint8 [N], every JPEG of the batch; stays in host memory, the decoder reads it there),
+    ``jpeg_spans`` (int64 [B, 2, 2], (start, length) of the view-1 / view-2 frame) and
+    ``params1``/``params2`` (float64 [B, P], the packed view draws,
+    :data:`pixpro_of.data.device_views.PARAM_COLUMNS`).
     Fields a source does not give (e.g. a test double's) stay None.
     """
-    view1: torch.Tensor
-    view2: torch.Tensor
+    view1: Optional[torch.Tensor] = None
+    view2: Optional[torch.Tensor] = None
     pos12: Optional[torch.Tensor] = None
     pos21: Optional[torch.Tensor] = None
     mask_ratio: Optional[torch.Tensor] = None
@@ -180,13 +227,20 @@ class Batch:
     fwd: Optional[torch.Tensor] = None
     bwd: Optional[torch.Tensor] = None
     frames: Optional[torch.Tensor] = None
+    jpeg_bytes: Optional[torch.Tensor] = None
+    jpeg_spans: Optional[torch.Tensor] = None
+    params1: Optional[torch.Tensor] = None
+    params2: Optional[torch.Tensor] = None
+
+    HOST_FIELDS = ("jpeg_bytes", "jpeg_spans")  # read on the host (the decoder's input): never moved
 
     def to(self, device: Union[str, torch.device], channels_last: bool = False) -> "Batch":
-        """The batch with every tensor on ``device`` (views channels-last if asked)."""
+        """The batch with every tensor on ``device`` (views channels-last if asked), except the
+        :attr:`HOST_FIELDS`."""
         moved: Dict[str, Any] = {}
         for f in fields(self):
             v = getattr(self, f.name)
-            if torch.is_tensor(v):
+            if torch.is_tensor(v) and f.name not in self.HOST_FIELDS:
                 v = v.to(device, non_blocking=True)
                 if channels_last and f.name in ("view1", "view2") and v.ndim == 4:
                     v = v.contiguous(memory_format=torch.channels_last)
@@ -208,16 +262,23 @@ class Batch:
 
 def collate(samples: Sequence[dict]) -> Batch:
     """Batch samples into a :class:`Batch`: tensors are stacked (``view*`` [B, 3, S, S], ``pos*``
-    [B, F·F, F·F], ``box*`` [B, 4], ``fwd``/``bwd``, ``frames``); ``flip*`` → bool [B],
+    [B, F·F, F·F], ``box*`` [B, 4], ``fwd``/``bwd``, ``frames``, ``params*``); JPEG bytes
+    (``jpeg1``/``jpeg2``) are joined into ``jpeg_bytes`` with ``jpeg_spans``; ``flip*`` → bool [B],
     ``mask_ratio{,_fwd,_bwd}`` → float32 [B], ``t``/``k`` → int64 [B]; ``video`` → list of str;
     ``frame_hw`` → int64 [B, 2]. What the samples carry decides which fields are set."""
     if not samples:
         raise ValueError("collate needs at least one sample")
     first = samples[0]
     out: Dict[str, Any] = {}
-    for key in ("view1", "view2", "pos12", "pos21", "box1", "box2", "frames", "fwd", "bwd"):
+    for key in ("view1", "view2", "pos12", "pos21", "box1", "box2", "frames", "fwd", "bwd", "params1", "params2"):
         if key in first:
             out[key] = torch.stack([s[key] for s in samples])
+    if "jpeg1" in first:  # one host buffer for the batch's JPEGs: one shared-memory tensor, not 2·B
+        blobs = [s[key] for s in samples for key in ("jpeg1", "jpeg2")]
+        lengths = torch.tensor([len(b) for b in blobs], dtype=torch.int64)
+        starts = torch.cumsum(lengths, 0) - lengths
+        out["jpeg_bytes"] = torch.frombuffer(bytearray(b"".join(blobs)), dtype=torch.uint8)
+        out["jpeg_spans"] = torch.stack([starts, lengths], 1).view(len(samples), 2, 2)
     out["flip1"] = torch.tensor([s["flip1"] for s in samples], dtype=torch.bool)
     out["flip2"] = torch.tensor([s["flip2"] for s in samples], dtype=torch.bool)
     for key in ("mask_ratio", "mask_ratio_fwd", "mask_ratio_bwd"):

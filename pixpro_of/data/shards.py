@@ -11,7 +11,8 @@
   With ``all_frames=True`` the clip also has ``frames``: uint8 [k, H, W, 3], every frame t … t+k−1
   (for flow estimated on the fly; ``frame1``/``frame2`` are its first and last); with
   ``flows=False`` the stored flows are not read (``fwd``/``bwd`` are None), so shards packed
-  without flows serve too.
+  without flows serve too. With ``decode=False`` (``data.decode_on=device``) ``frame1``/``frame2``
+  are the stored JPEG bytes (CRC and header checked, not decoded; the same object when k = 1).
 - ``len(dataset)`` is the number of videos (one clip per video per epoch, as the seed defined an
   epoch); use :class:`pixpro_of.data.sampler.ClipSampler` to draw (video_index, t) items.
 
@@ -49,6 +50,17 @@ def decode_jpeg(data: bytes, where: str) -> np.ndarray:
         raise UserError(f"{where}: cannot decode JPEG ({str(exc).splitlines()[0][:120]})") from None
 
 
+def checked_jpeg(data: bytes, where: str) -> bytes:
+    """JPEG bytes whose header reads (not decoded: ``decode=False``); ``where`` names the frame."""
+    import simplejpeg
+
+    try:
+        simplejpeg.decode_jpeg_header(data)
+    except Exception as exc:  # noqa: BLE001 - simplejpeg raises ValueError/RuntimeError for damaged data
+        raise UserError(f"{where}: cannot read the JPEG header ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+    return data
+
+
 _F16_TABLE = None
 
 
@@ -71,12 +83,15 @@ class ShardClipDataset(torch.utils.data.Dataset):
     """
 
     def __init__(self, shard_paths: Sequence, k: int, check_crc: bool = True, drop_short: bool = False,
-                 all_frames: bool = False, flows: bool = True):
+                 all_frames: bool = False, flows: bool = True, decode: bool = True):
         if int(k) < 1:
             raise UserError(f"clip length k must be >= 1, got {k}")
         self.k = int(k)
         self.all_frames = bool(all_frames)
         self.read_flows = bool(flows)
+        self.decode = bool(decode)
+        if self.all_frames and not self.decode:
+            raise UserError("ShardClipDataset: every frame of a clip (all_frames) is given decoded only")
         self.check_crc = bool(check_crc)
         self.shard_paths: List[str] = [os.fspath(p) for p in shard_paths]
         if not self.shard_paths:
@@ -169,6 +184,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
                 for i in range(1, k):
                     frames[i] = decode_jpeg(reader.jpeg(name, t + i), f"{where} {t + i}")
                 frame1, frame2 = frames[0], frames[k - 1]
+            elif not self.decode:  # JPEG bytes, header checked (decoded later on the training device)
+                frame1 = checked_jpeg(reader.jpeg(name, t), f"{where} {t}")
+                frame2 = frame1 if k == 1 else checked_jpeg(reader.jpeg(name, t + k - 1), f"{where} {t + k - 1}")
             else:
                 frame1 = decode_jpeg(reader.jpeg(name, t), f"{where} {t}")
                 frame2 = frame1 if k == 1 else decode_jpeg(reader.jpeg(name, t + k - 1), f"{where} {t + k - 1}")
@@ -186,7 +204,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
                 raise ShardUnavailableError(gone) from None
             raise UserError(f"{where} {t}: cannot read ({type(exc).__name__}: "
                             f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
-        if k == 1:
+        if k == 1 and self.decode:
             frame2 = frame1.copy()
         clip = {"frame1": frame1, "frame2": frame2, "fwd": fwd, "bwd": bwd, "video": name, "t": t, "k": k}
         if frames is not None:

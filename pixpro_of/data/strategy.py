@@ -13,12 +13,24 @@
 ``strategy.carry`` tells the :class:`~pixpro_of.data.pipeline.SampleBuilder` what a sample
 carries and ``strategy.reads_frames`` the clip reader what to read; the trainer calls
 ``strategy.complete(batch)`` on the device and never looks at which fields a batch has.
+
+Where the views are built is a second stage chosen once the same way (``data.decode_on``,
+:func:`make_views`), run by the trainer before the positives:
+
+- ``worker`` (:class:`ViewsInWorker`): the DataLoader workers decode and build both views;
+- ``device`` (:class:`ViewsOnDevice`): the workers read the JPEG bytes and draw the view
+  parameters; the batch is decoded and its views built on the training device
+  (:mod:`pixpro_of.data.device_views`). ``views.decodes_in_worker`` tells the reader whether to
+  decode.
 """
 from __future__ import annotations
 
-from typing import Callable, Optional
+from dataclasses import replace
+from typing import Callable, Optional, Union
 
-from pixpro_of.config import POSITIVES_MODES, PositiveConfig
+import torch
+
+from pixpro_of.config import POSITIVES_MODES, PositiveConfig, SampleConfig
 from pixpro_of.data.pipeline import Batch, batch_positives
 
 
@@ -93,3 +105,73 @@ def make_positives(mode: str, cfg: PositiveConfig, feature_size: int,
     if clip_flow is None:
         raise ValueError("positives from flow on the fly need a flow estimator (clip_flow)")
     return FromOnlineFlow(cfg, feature_size, clip_flow())
+
+
+VIEWS_MODES = ("worker", "device")
+
+
+class ViewsStage:
+    """Base: ``mode`` (``data.decode_on``), ``decodes_in_worker`` (whether the reader decodes),
+    ``on_device`` (whether :meth:`complete` does work)."""
+
+    mode = "worker"
+    decodes_in_worker = True
+    on_device = False
+
+    def complete(self, batch: Batch) -> Batch:
+        """The batch with both views (on the batch's device)."""
+        raise NotImplementedError
+
+
+class ViewsInWorker(ViewsStage):
+    """The samples hold their views already (built in the DataLoader workers)."""
+
+    def complete(self, batch: Batch) -> Batch:
+        if batch.view1 is None or batch.view2 is None:
+            raise RuntimeError("the views were to be built in the DataLoader workers, but the batch has none")
+        return batch
+
+
+class ViewsOnDevice(ViewsStage):
+    """Decode the batch's JPEGs on ``device``, ``chunk`` frames at a time, and build both views
+    there from the draws the workers made (:func:`pixpro_of.data.device_views.build_views`)."""
+
+    mode, decodes_in_worker, on_device = "device", False, True
+
+    def __init__(self, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64,
+                 channels_last: bool = False):
+        if int(chunk) < 1:
+            raise ValueError(f"chunk should be >= 1 frames, got {chunk}")
+        self.size = int(cfg.image_size)
+        self.device = torch.device(device)
+        self.chunk = int(chunk)
+        self.channels_last = bool(channels_last)
+
+    def complete(self, batch: Batch) -> Batch:
+        from pixpro_of.data.device_views import build_views
+
+        if batch.jpeg_bytes is None or batch.params1 is None:
+            raise RuntimeError("the views were to be built on the device, but the batch has no JPEG bytes "
+                               "(build its samples with views='device' from clips read with decode=False)")
+
+        def name(b: int, view: int) -> str:
+            t = int(batch.t[b]) + (int(batch.k[b]) - 1 if view else 0) if batch.t is not None else "?"
+            video = batch.video[b] if b < len(batch.video) else "?"
+            return f"video {video!r} frame {t}"
+
+        v1, v2 = build_views(batch.jpeg_bytes, batch.jpeg_spans, batch.params1, batch.params2, self.size,
+                             self.device, self.chunk, names=name)
+        if self.channels_last:
+            v1 = v1.contiguous(memory_format=torch.channels_last)
+            v2 = v2.contiguous(memory_format=torch.channels_last)
+        return replace(batch, view1=v1, view2=v2, jpeg_bytes=None, jpeg_spans=None)
+
+
+def make_views(mode: str, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64,
+               channels_last: bool = False) -> ViewsStage:
+    """The views stage for ``mode`` (``data.decode_on``)."""
+    if mode not in VIEWS_MODES:
+        raise ValueError(f"mode should be one of {VIEWS_MODES}, got {mode!r}")
+    if mode == "worker":
+        return ViewsInWorker()
+    return ViewsOnDevice(cfg, device, chunk, channels_last)

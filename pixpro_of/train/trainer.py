@@ -97,7 +97,7 @@ class ClipSource:
     data is split into node sets (each node reads its own); ``open(node_index, num_nodes,
     all_frames)`` returns the clip set: ``num_videos``, ``num_frames(i)``, ``video_name(i)``, ``k``
     and ``[(video_index, t)] -> clip dict`` (with every frame of the clip, and no flows, when
-    ``all_frames``).
+    ``all_frames``; with the frames as JPEG bytes, not decoded, when not ``decode``).
     """
 
     node_sets = False
@@ -105,7 +105,7 @@ class ClipSource:
     def prepare(self) -> None:
         """Make the data ready (rank 0 only); nothing by default."""
 
-    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False, decode: bool = True):
         raise NotImplementedError
 
 
@@ -115,7 +115,7 @@ class FixedClips(ClipSource):
     def __init__(self, clips):
         self.clips = clips
 
-    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False, decode: bool = True):
         return self.clips
 
 
@@ -142,11 +142,11 @@ class ShardClips(ClipSource):
     def node_sets(self) -> bool:  # a manifest (or a folder holding one) assigns shards to node sets
         return any(str(s).endswith(".json") or Path(s).is_dir() for s in self._entries())
 
-    def open(self, node_index: int, num_nodes: int, all_frames: bool = False):
+    def open(self, node_index: int, num_nodes: int, all_frames: bool = False, decode: bool = True):
         from pixpro_of.data.shards import ShardClipDataset
 
         paths = resolve_shards(self._entries(), node_index, num_nodes, label="data.shards")
-        return ShardClipDataset(paths, self.cfg.data.k, all_frames=all_frames, flows=not all_frames)
+        return ShardClipDataset(paths, self.cfg.data.k, all_frames=all_frames, flows=not all_frames, decode=decode)
 
 
 def build_positives(cfg: TrainConfig, device: torch.device):
@@ -159,13 +159,24 @@ def build_positives(cfg: TrainConfig, device: torch.device):
                           clip_flow=lambda: build_clip_flow(cfg, device))
 
 
+def build_views(cfg: TrainConfig, device: torch.device):
+    """The views stage of ``data.decode_on`` (:func:`pixpro_of.data.strategy.make_views`): in the
+    DataLoader workers, or decoded and built on ``device`` in chunks of ``data.decode_chunk`` frames."""
+    from pixpro_of.data.strategy import make_views
+
+    return make_views(cfg.data.decode_on, cfg.data, device, chunk=cfg.data.decode_chunk,
+                      channels_last=cfg.optim.channels_last)
+
+
 def build_sample_builder(cfg: TrainConfig, positives) -> Callable:
     """The augmentation + positives pipeline, ``builder(clip, rng) -> sample dict``; the samples
-    carry what the positives strategy ``positives`` needs (``positives.carry``)."""
+    carry what the positives strategy ``positives`` needs (``positives.carry``), and the views
+    or, with ``data.decode_on=device``, the JPEG bytes and the views' draws (:func:`build_views`)."""
     from pixpro_of.data.pipeline import SampleBuilder
     from pixpro_of.model.pixpro import PixPro
 
-    return SampleBuilder(cfg.data, feature_size=PixPro.feature_size(cfg.data.image_size), carry=positives.carry)
+    return SampleBuilder(cfg.data, feature_size=PixPro.feature_size(cfg.data.image_size), carry=positives.carry,
+                         views=cfg.data.decode_on)
 
 
 def build_clip_flow(cfg: TrainConfig, device: torch.device):
@@ -218,11 +229,13 @@ class Components:
     """The pieces the loop trains with. The defaults are the real model, reader, positives and
     pipeline; tests may inject small doubles (the trainer treats every one alike). ``clips(cfg,
     run_dir)`` returns a :class:`ClipSource`; ``positives(cfg, device)`` the positives strategy
-    (:mod:`pixpro_of.data.strategy`); ``sample_builder(cfg, positives)`` the ``(clip, rng) ->
-    sample`` function; ``collate`` makes a :class:`~pixpro_of.data.pipeline.Batch`."""
+    (:mod:`pixpro_of.data.strategy`); ``views(cfg, device)`` the views stage (same module);
+    ``sample_builder(cfg, positives)`` the ``(clip, rng) -> sample`` function; ``collate`` makes a
+    :class:`~pixpro_of.data.pipeline.Batch`."""
     model: Callable[[TrainConfig], torch.nn.Module] = build_model
     clips: Callable[[TrainConfig, Path], ClipSource] = ShardClips
     positives: Callable[[TrainConfig, torch.device], Any] = build_positives
+    views: Callable[[TrainConfig, torch.device], Any] = build_views
     sample_builder: Callable[[TrainConfig, Any], Callable] = build_sample_builder
     collate: Callable[[List[dict]], Any] = default_collate
     optimizer: Callable[..., torch.optim.Optimizer] = build_optimizer
@@ -402,6 +415,7 @@ class Trainer:
         self.device = be.device
         # Where the positives are computed: chosen once, from the config.
         self.positives = self.parts.positives(cfg, self.device)
+        self.views = self.parts.views(cfg, self.device)  # where the views are built: chosen once too
         # Data: one node reads its node's shards; ranks of the node split its clip order.
         if self.source.node_sets:
             self.node_index, num_nodes = be.rank // be.local_size, max(be.world_size // be.local_size, 1)
@@ -409,7 +423,8 @@ class Trainer:
         else:
             self.node_index, num_nodes = 0, 1
             self.sampler_rank, self.sampler_world = be.rank, be.world_size
-        self.clips = self.source.open(self.node_index, num_nodes, all_frames=self.positives.reads_frames)
+        self.clips = self.source.open(self.node_index, num_nodes, all_frames=self.positives.reads_frames,
+                                      decode=self.views.decodes_in_worker)
         if cfg.data.batch_size % be.world_size:
             raise UserError(f"data.batch_size={cfg.data.batch_size} is not divisible by the "
                             f"{be.world_size} ranks")
@@ -545,6 +560,13 @@ class Trainer:
         lr = float(self.optimizer.param_groups[0]["lr"])
         b = batch.to(self.device, channels_last=self.cfg.optim.channels_last)
         t0 = time.perf_counter()
+        b = self.views.complete(b)  # decoded and built on the device unless the workers did it
+        views_s = None
+        if self.views.on_device:
+            if self.device.type == "cuda":
+                torch.cuda.synchronize(self.device)
+            views_s = time.perf_counter() - t0
+        t0 = time.perf_counter()
         b = self.positives.complete(b)  # on the device unless the workers computed them
         positives_s = None
         if self.positives.on_device:
@@ -570,6 +592,8 @@ class Trainer:
             out["mask_ratio"] = float(torch.as_tensor(b.mask_ratio, dtype=torch.float32).mean())
         if positives_s is not None:
             out["time/positives"] = positives_s
+        if views_s is not None:
+            out["time/views"] = views_s
         if self.device.type == "cuda":
             torch.cuda.synchronize(self.device)
         return out
