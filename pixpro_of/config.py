@@ -142,7 +142,10 @@ class DataConfig(SampleConfig):
     ``device`` (the workers only read the JPEG bytes and the stored flows and draw the view
     parameters; the training device decodes the batch, ``decode_chunk`` frames at a time, and
     builds the views there: :mod:`pixpro_of.data.device_views`). Needs ``flow_source=shards``.
-    ``flow_source``: ``shards`` (the flows stored in the shards) or ``raft`` (estimated on the fly
+    ``flow_source``: ``shards`` (the flows stored in the shards), ``none`` (no flow: the positives
+    of zero flow and no occlusion mask, from the crop geometry alone, as if the scene did not move;
+    the two views still come from frames t and t+k−1, so this is the reproduction's "k frames
+    without flow" control; needs ``mask=none``; positives in the workers) or ``raft`` (estimated on the fly
     on the training device from every frame of the clip, the seed's no-storage mode:
     ``raft_model`` with the local checkpoint ``raft_weights``, ``raft_iters`` refinement steps,
     ``raft_amp`` precision, ``raft_chunk`` frame pairs per RAFT call; see
@@ -178,7 +181,7 @@ class DataConfig(SampleConfig):
         ``positives_on``: ``worker`` (in the DataLoader workers, from stored flows; always for
         k = 1), ``stored`` (on the training device from the stored flows the workers pass on) or
         ``raft`` (on the training device from flows estimated there from every frame)."""
-        if self.k == 1:
+        if self.k == 1 or self.flow_source == "none":  # no flow: the crop geometry alone, cheap in the workers
             return "worker"
         if self.flow_source != "shards":
             return "raft"
@@ -189,7 +192,7 @@ class DataConfig(SampleConfig):
         need(self.image_size >= 32 and self.image_size % 32 == 0, "data.image_size",
              "must be a multiple of 32, at least 32", self.image_size)
         super().validate()
-        for key, choices in (("flow_source", ("shards", "raft")), ("positives_on", ("worker", "device")),
+        for key, choices in (("flow_source", ("shards", "none", "raft")), ("positives_on", ("worker", "device")),
                              ("decode_on", ("worker", "device")),
                              ("on_bad_sample", ("fail", "skip")), ("raft_model", ("raft-small", "raft-large")),
                              ("raft_amp", ("fp32", "bf16", "fp16"))):
@@ -199,13 +202,15 @@ class DataConfig(SampleConfig):
         need(self.num_workers >= 0, "data.num_workers", "must be >= 0", self.num_workers)
         need(self.prefetch_factor >= 1, "data.prefetch_factor", "must be >= 1", self.prefetch_factor)
         need(self.decode_chunk >= 1, "data.decode_chunk", "must be >= 1", self.decode_chunk)
-        need(self.decode_on == "worker" or self.flow_source == "shards" or self.k == 1, "data.decode_on",
+        need(self.decode_on == "worker" or self.flow_source != "raft" or self.k == 1, "data.decode_on",
              "must be worker when data.flow_source=raft (RAFT needs every frame decoded in the workers)",
              self.decode_on)
         need(self.raft_iters >= 1, "data.raft_iters", "must be >= 1", self.raft_iters)
         need(self.raft_chunk >= 1, "data.raft_chunk", "must be >= 1", self.raft_chunk)
         need(self.flow_source != "raft" or self.k == 1 or bool(self.raft_weights), "data.raft_weights",
              "must name a RAFT checkpoint (a local .pth file) when data.flow_source=raft", self.raft_weights)
+        need(self.flow_source != "none" or self.mask == "none", "data.mask",
+             "must be none when data.flow_source=none (no flow, so no forward-backward check)", self.mask)
         need(self.bad_sample_budget >= 0, "data.bad_sample_budget", "must be >= 0", self.bad_sample_budget)
         sy = self.synth
         if self.synthetic and not self.shards:  # the synthetic world is used only without shards

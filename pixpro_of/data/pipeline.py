@@ -116,6 +116,10 @@ class SampleBuilder:
             raise ValueError(f"views should be one of {VIEWS}, got {views!r}")
         if views == "device" and carry == "frames":
             raise ValueError("views built on the device need the stored flows (carry 'positives' or 'flows')")
+        # data.flow_source=none: positives of zero flow and no mask (the crop geometry alone)
+        self.no_flow = getattr(cfg, "flow_source", "shards") == "none"
+        if self.no_flow and carry != "positives":
+            raise ValueError("data.flow_source=none computes the positives in the workers (carry 'positives')")
         self.cfg = cfg
         self.feature_size = int(feature_size)
         self.carry = carry
@@ -141,7 +145,7 @@ class SampleBuilder:
         bwd = clip.get("bwd")
         k = int(clip.get("k", 1))
         n = 0 if fwd is None else int(np.shape(fwd)[0])
-        if k > 1 and self.carry != "frames" and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd)):
+        if k > 1 and self.carry != "frames" and not self.no_flow and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd)):
             raise UserError(f"{self._where(clip)}: needs fwd and bwd of shape [{k - 1}, 2, h8, w8], "
                             f"got {None if fwd is None else tuple(np.shape(fwd))} and {None if bwd is None else tuple(np.shape(bwd))}")
         S = int(self.cfg.image_size)
@@ -171,7 +175,7 @@ class SampleBuilder:
                                 f"on the fly, got {None if frames is None else tuple(np.shape(frames))}")
             out["frames"] = torch.from_numpy(np.ascontiguousarray(frames))
             return out
-        if k > 1:
+        if k > 1 and not self.no_flow:
             fwd_t = torch.as_tensor(np.asarray(fwd, dtype=np.float32))
             bwd_t = torch.as_tensor(np.asarray(bwd, dtype=np.float32))
             if self.carry == "flows":

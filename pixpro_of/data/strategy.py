@@ -3,7 +3,8 @@
 :meth:`pixpro_of.config.DataConfig.positives_mode` picks the mode; :func:`make_positives` builds it:
 
 - ``worker`` (:class:`InWorker`): each DataLoader worker computes its sample's positives from the
-  stored flows (always for k = 1); the batch arrives complete.
+  stored flows (always for k = 1, and for ``data.flow_source=none``: zero flow, no mask); the batch
+  arrives complete.
 - ``stored`` (:class:`FromStoredFlows`, ``data.positives_on=device``): the workers pass the stored
   flows on; the batch's positives are computed on the training device.
 - ``raft`` (:class:`FromOnlineFlow`, ``data.flow_source=raft``): the workers pass every frame of
