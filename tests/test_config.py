@@ -50,6 +50,8 @@ def test_overrides_are_typed():
     ("optim.warmup_epochs=2000", "optim.warmup_epochs must be in [0, run.epochs = 2000)"),
     ("stop.signals=[SIGKILL]", "stop.signals must name catchable signals"),
     ("stop.deadline=soon", "--deadline 'soon': expected a duration"),
+    ("data.decode_on=gpu", "data.decode_on must be one of worker, device (got 'gpu')"),
+    ("data.decode_chunk=0", "data.decode_chunk must be >= 1 (got 0)"),
     ("run=3", "unknown config key 'run'"),
     ("nokey", "expected key=value"),
 ])
@@ -108,6 +110,8 @@ def test_presets_are_overlays_on_a_base(tmp_path):
     (tmp_path / "mine.yaml").write_text("base: pixpro_k6\ndata:\n  k: 3\n")
     cfg = load_config(str(tmp_path / "mine.yaml"))
     assert cfg.data.k == 3 and cfg.data.positives_on == "device" and cfg.data.synthetic is False
+    assert cfg.data.decode_on == "device"  # the GPU presets decode and augment on the device
+    assert load_config("pixpro_k1").data.decode_on == "worker" and load_config("cpu_small").data.decode_on == "worker"
     (tmp_path / "near.yaml").write_text("base: mine.yaml\noptim:\n  base_lr: 0.5\n")  # relative to the file
     cfg = load_config(str(tmp_path / "near.yaml"))
     assert cfg.data.k == 3 and cfg.optim.base_lr == 0.5
