@@ -6,12 +6,22 @@ while the script exits 75 ("resume me"), the local form of a requeue. With a wal
 the warning signal ``--signal`` ``--lead`` seconds before the end and SIGTERM at the end, then
 SIGKILL 10 s later, like a batch system's time limit. SIGTERM to the runner (``launcher cancel``)
 is passed to the script and ends the loop. State goes to ``RUN_DIR/job/local.json``.
+
+Concurrency: with ``--slots N`` (or ``LAUNCHER_LOCAL_SLOTS=N`` in the environment, as
+``launcher submit`` passes it on) at most N runners sharing one slot directory (``--slot-dir`` or
+``LAUNCHER_LOCAL_SLOT_DIR``; default ``$TMPDIR/launcher-slots-$UID``) run their scripts at once.
+A runner takes one of the files ``slot.0`` … ``slot.N-1`` with an exclusive ``flock`` before the
+first run of its script and holds it until the job ends (restarts included); until then its state
+is ``queued``. The kernel drops the lock when the runner exits, however it exits, so a crashed
+runner never keeps a slot.
 """
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import signal
+import tempfile
 import subprocess
 import sys
 import time
@@ -23,6 +33,7 @@ import click
 
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import command as cli_command, run
+from plumbing.errors import UserError
 from plumbing.runs import EXIT_RESUME
 
 MAX_RESTARTS = 1000
@@ -36,8 +47,29 @@ def _write_state(path: Path, **state) -> None:
     atomic_write_text(path, json.dumps(state, sort_keys=True) + "\n")
 
 
+SLOTS_ENV = "LAUNCHER_LOCAL_SLOTS"
+SLOT_DIR_ENV = "LAUNCHER_LOCAL_SLOT_DIR"
+
+
+def default_slot_dir() -> Path:
+    return Path(tempfile.gettempdir()) / f"launcher-slots-{os.getuid()}"
+
+
+def try_slot(slot_dir: Path, slots: int) -> Optional[object]:
+    """An open slot file locked exclusively (keep it open to hold the slot), or None when all are taken."""
+    for i in range(slots):
+        f = open(slot_dir / f"slot.{i}", "a")
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            f.close()
+            continue
+        return f
+    return None
+
+
 def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: float, warn_signal: str,
-               state_file: Optional[Path]) -> int:
+               state_file: Optional[Path], slots: int = 0, slot_dir: Optional[Path] = None) -> int:
     cancel = _Cancel()
     child: Optional[subprocess.Popen] = None
 
@@ -50,6 +82,21 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
     signal.signal(signal.SIGINT, on_term)
     restarts = 0
     rc = 0
+    held = None  # the slot file while this job holds a slot (closed, and so released, at exit)
+    if slots > 0:
+        slot_dir = slot_dir or default_slot_dir()
+        slot_dir.mkdir(parents=True, exist_ok=True)
+        if state_file:
+            _write_state(state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None,
+                         slots=slots, slot_dir=str(slot_dir))
+        while held is None and not cancel.requested:
+            held = try_slot(slot_dir, slots)
+            if held is None:
+                time.sleep(0.5)
+        if held is None:
+            if state_file:
+                _write_state(state_file, job_id=job_id, pid=os.getpid(), state="cancelled", restarts=0, rc=None)
+            return 143
     while True:
         env = dict(os.environ, LAUNCHER_JOB_ID=job_id, LAUNCHER_RESTART_COUNT=str(restarts), LAUNCHER_LINK=str(link))
         if state_file:
@@ -93,13 +140,27 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
 @click.option("--signal", "signal_name", default="USR2", show_default=True,
               help="warning signal name without SIG; '' for none")
 @click.option("--state-file", default=None)
-def command(script, job_id, link, walltime, lead, signal_name, state_file) -> int:
+@click.option("--slots", type=int, default=None,
+              help=f"run at most N such jobs at once (default: ${SLOTS_ENV}, else no limit)")
+@click.option("--slot-dir", default=None,
+              help=f"directory of the shared slot files (default: ${SLOT_DIR_ENV}, else $TMPDIR/launcher-slots-UID)")
+def command(script, job_id, link, walltime, lead, signal_name, state_file, slots, slot_dir) -> int:
     """Run a job script on this machine as a scheduler would, re-running it after exit 75."""
     args = SimpleNamespace(script=script, job_id=job_id, link=link, walltime=walltime, lead=lead,
                            signal=signal_name, state_file=state_file)
     job_id = args.job_id or f"local-{os.getpid()}"
+    if slots is None:
+        text = os.environ.get(SLOTS_ENV, "").strip()
+        try:
+            slots = int(text) if text else 0
+        except ValueError:
+            raise UserError(f"{SLOTS_ENV}={text!r}: expected a whole number of slots") from None
+    if slots < 0:
+        raise UserError(f"--slots {slots}: must be 0 (no limit) or more")
+    slot_dir = slot_dir or os.environ.get(SLOT_DIR_ENV) or None
     return run_script(args.script, job_id, args.link, args.walltime, args.lead, args.signal,
-                      Path(args.state_file) if args.state_file else None)
+                      Path(args.state_file) if args.state_file else None, slots,
+                      Path(slot_dir) if slot_dir else None)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
