@@ -170,10 +170,14 @@ judge() {  # judge NAME RC SECONDS: PASS/FAIL line and the step's figures into t
   esac
   local why=""
   if ((rc == 124 || rc == 137)); then why=" (time limit)"; fi
+  if [[ "$name" == check_build ]] && ((rc == 0 && !ok)); then why=" (no [X] NCCL under Tensor Operations)"; fi
   if ((ok)); then figure "$name" "PASS rc=$rc in ${took} s"; else figure "$name" "FAIL rc=$rc$why in ${took} s (log: $log)"; failed=1; fi
   case "$name" in
     build_horovod) figure "$name" "wheel $(tail -1 "$log")" ;;
-    check_build) grep -E '\[X\]|\[ \]' "$log" | tr -s ' ' | paste -sd ' ' | while read -r l; do figure "$name" "$l"; done ;;
+    check_build) figure "$name" "$(awk '/^Available/ { sub(/^Available /, ""); sub(/:$/, ""); s = $0 }
+                                       /\[X\]/ { x[s] = x[s] " " $2 }
+                                       END { printf "built: frameworks%s; controllers%s; tensor operations%s",
+                                             x["Frameworks"], x["Controllers"], x["Tensor Operations"] }' "$log")" ;;
     hvd_allreduce|bench_gpu_step|bench_input)
       grep -vE '^\s*$|Warning|warn' "$log" | tail -8 | while IFS= read -r l; do figure "$name" "$l"; done ;;
     train)
