@@ -22,21 +22,26 @@ integer grey levels as torchvision's uint8 ops do, the blur kernel is the same, 
 the same formula. What differs is the resampling and two OpenCV kernels: the crop is resized by
 ``torch.nn.functional.interpolate`` (bilinear, antialiased) on float32 and rounded, where the
 worker path runs torchvision's uint8 antialiasing kernel (fixed point), and the worker path's
-hue rotation and blur are OpenCV's on CPU. On CPU (the same decoder bytes: torchvision's libjpeg
-equals simplejpeg's output) the views differ from the worker path's by at most a few grey levels
-at a few pixels; measured on 256 random 720p-like synthetic views (tests/test_device_input.py):
-max |Δ| ≤ 0.15 after normalisation (≈ 8 grey levels, at edges the resize kernels round apart and a
-later contrast/saturation factor or hue rotation amplifies), mean |Δ| ≤ 0.002 (≈ 0.1 grey level).
-The tests hold the device path to max ≤ 0.25 and mean ≤ 0.005 (normalised units), and boxes,
-flips and positives exactly equal. nvJPEG's IDCT may add about one more grey level on CUDA.
+hue rotation and blur are OpenCV's on CPU. On CPU the decoded bytes are the same
+(torchvision's libjpeg gives simplejpeg's output exactly), so the rest is the resize kernel's
+rounding, carried through the colour ops. Measured (tests/test_device_input.py, 128 views at
+96 px from 320×192 synthetic-world frames; 1 grey level ≈ 0.017 in normalised units): max |Δ| =
+0.137 (≈ 8 grey levels, at a few edge pixels where the two kernels round apart and a later
+contrast / saturation factor or hue rotation amplifies it), mean |Δ| = 0.0023 (≈ 0.13 grey level),
+12 % of the values differ at all. The test holds the device path to max ≤ 0.25 and mean ≤ 0.005,
+and boxes, flips, positives and the RNG stream exactly equal. On CUDA nvJPEG's IDCT may differ from
+libjpeg's by about one more grey level.
 
-Why ``torchvision.io.decode_jpeg`` and not NVIDIA DALI: torchvision's documentation states that
-``decode_jpeg`` takes a list of tensors and decodes them in one batched call on a CUDA device
-(``device='cuda'``, "batched GPU decoding", nvJPEG), and it ships with the torch we already
-depend on, so the same code decodes on CPU tensors in CI. DALI's pipelines are a separate
-runtime (its own ``pipeline_def`` graph, its own wheels per CUDA version, not installable here)
-and its ``fn.decoders.image`` would only replace step 1; the augmentations would still have to be
-ours to keep the worker path's draws (DALI draws its own random numbers).
+Why ``torchvision.io.decode_jpeg`` and not NVIDIA DALI: torchvision's documentation of
+``decode_jpeg`` says that with a CUDA ``device`` "the image will be decoded with nvjpeg", that
+"when using a CUDA device, passing a list of tensors is more efficient than repeated individual
+calls" (so one batched call per chunk), and that the input tensors "must be on CPU, regardless of
+the device parameter" (hence ``Batch.jpeg_bytes`` stays in host memory). It ships with the torch
+stack we already depend on, and the same call decodes on CPU tensors, so CI tests this very code.
+DALI is a separate runtime (its own pipeline graph and wheels per CUDA version; not installable
+here) whose decoder would replace only step 1, while the augmentations must stay ours to keep the
+worker path's draws (DALI draws its own random numbers). torchvision 0.29 marks its image decoders
+deprecated in favour of TorchCodec; :func:`decode_jpegs` is the one function to change then.
 """
 from __future__ import annotations
 
