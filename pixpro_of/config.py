@@ -141,7 +141,7 @@ class DataConfig(SampleConfig):
     ``decode_on``: ``worker`` (the DataLoader workers decode the JPEGs and build both views) or
     ``device`` (the workers only read the JPEG bytes and the stored flows and draw the view
     parameters; the training device decodes the batch, ``decode_chunk`` frames at a time, and
-    builds the views there: :mod:`pixpro_of.data.device_views`). Needs ``flow_source=shards``.
+    builds the views there: :mod:`pixpro_of.data.device_views`). Not with ``flow_source=raft``.
     ``flow_source``: ``shards`` (the flows stored in the shards), ``none`` (no flow: the positives
     of zero flow and no occlusion mask, from the crop geometry alone, as if the scene did not move;
     the two views still come from frames t and t+k−1, so this is the reproduction's "k frames
