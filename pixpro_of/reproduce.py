@@ -3,63 +3,91 @@
 The seed's results table (docs/original-system.md §3) compares, by frozen-backbone Cityscapes mIoU,
 PixPro on BDD100K with k = 1 (53.0), PixPro + optical flow with k = 6 (53.4) and the k = 2
 ablation without / with the forward-backward mask (48.37 / 48.71). This command reruns that
-comparison in miniature on the synthetic world, on CPUs:
+comparison on the synthetic world, with the controls that tell whether following the flow
+matters: k = 6 *without* flow (positives from the crop geometry alone, ``data.flow_source=none``)
+and k = 6 with the world's *exact* flow beside the estimated (DIS) flow.
 
-1. Pretraining videos: ``hdf5_tools pack synth:videos=V,frames=T,size=WxH,seed=S`` (frames
-   and the world's exact flows), then ``hdf5_tools flow --model dis --recompute --into``
-   replaces the exact flows by OpenCV DIS flow (what a user without GPUs computes). ``--flow gt``
-   keeps the exact flows instead.
-2. Evaluation images: a *different* world seed written with
-   ``synth.write_dataset(format="cityscapes")`` (leftImg8bit/ + gtFine/), so the
-   pretraining videos and the evaluation scenes are disjoint.
-3. For each row and seed: ``python -m pixpro_of train --config cpu_small`` with the row's
-   ``data.k`` / ``data.mask``, a step budget (``run.max_steps``; the schedules span it) and a time
-   box (``--deadline``). A run stopped by the time box exits 75 with a checkpoint; its latest
-   checkpoint is the result. The random-init row has no pretraining.
-4. ``python -m pixpro_of eval seg`` on each backbone (linear probe and/or DeepLabV3 head with
-   small settings), seeded with the row's seed.
-5. Table (mean ± sample std over seeds, as the seed's table reports means), a bar chart and
-   the raw per-run numbers.
+1. Pretraining videos: ``hdf5_tools pack synth:videos=V,frames=T,size=WxH,seed=S`` (frames and
+   the world's exact flows), then ``hdf5_tools flow --model dis --recompute --into`` a copy with
+   OpenCV DIS flow (what a user without GPUs computes).
+2. Evaluation images: a *different* world seed written with ``synth.write_dataset(format="cityscapes")``.
+3. Every pretraining (row × seed) and every evaluation (linear probe, DeepLabV3 head on the main
+   rows, label propagation on held-out videos of a third world seed) is a **launcher run**
+   (``launcher submit``; ``--scheduler local`` by default, at most ``--jobs`` at a time on this
+   machine; ``--scheduler slurm --gpus 8`` on a cluster). An evaluation is submitted once its
+   pretraining has finished or reached its time box. The pretraining's time box is the run's
+   deadline (``--walltime`` chosen so that walltime − margin = the box) with no resume after it.
+4. Table (mean ± sample std over seeds, per seed, label propagation per frame distance), a bar
+   chart, the propagation curves and the raw per-run numbers.
 
-Writes into ``--out``: ``table.md``, ``miou.png``, ``results.json``, ``data/`` (shards and the
-Cityscapes-layout set), ``runs/<row>-s<seed>/`` (train run directories), ``eval/<row>-s<seed>-<mode>/``
-(``scores.json``, ``predictions.png``) and ``logs/``. Finished steps are skipped when the
-command is run again (delete a run's folder to redo it).
+Writes into ``--out``: ``table.md``, ``miou.png``, ``propagation.png``, ``results.json``, ``data/``,
+``runs/<row>-s<seed>/`` (pretraining run directories), ``eval/<row>-s<seed>-<mode>/`` (evaluation run
+directories with ``scores.json``), ``slots/`` (the local scheduler's slot files) and ``logs/``.
+Running the command again skips every finished run (``done`` marker, ``scores.json``) and waits
+for runs still going; a failed run stays failed (its cell says so) until its folder is deleted.
+``--dry-run`` prints every run's submit command and submits nothing.
 
-Pretrainings run as subprocesses with one thread each, ``--jobs`` at a time.
-
-This module is the command: :func:`run` puts the parts together and the command line (the last
-section) builds a :class:`~pixpro_of.reproduction.plan.ReproduceConfig`. What runs (rows, data,
-tasks) is :mod:`pixpro_of.reproduction.plan`, how the subprocesses run is
-:mod:`pixpro_of.reproduction.runner`, the table and chart are :mod:`pixpro_of.reproduction.report`.
+This module is the command; what runs is :mod:`pixpro_of.reproduction.plan`, the tables and
+pictures :mod:`pixpro_of.reproduction.report`, an evaluation as a run :mod:`pixpro_of.reproduction.job`.
 """
 from __future__ import annotations
 
 import json
+import os
 import re
 import shlex
+import subprocess
 import sys
 import time
 from dataclasses import asdict
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Sequence, Tuple
+from typing import Dict, List, Sequence, Tuple
 
 import click
 
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import Converted, call, command as cli_command, words
 from plumbing.errors import UserError
-from pixpro_of.reproduction.plan import (ROWS, ReproduceConfig, build_tasks, prepare_eval_set,
-                                         prepare_pretraining_shards)
-from pixpro_of.reproduction.report import bar_chart, collect, markdown_table
-from pixpro_of.reproduction.runner import run_tasks
+from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, build_jobs, data_commands,
+                                         job_state, prepare_eval_set, prepare_pretraining_shards, profile_defaults,
+                                         shard_dirs)
+from pixpro_of.reproduction.report import bar_chart, collect, markdown_table, propagation_chart
+
+
+def submit(job: Job) -> Tuple[bool, str]:
+    """Run the job's ``launcher submit``; (ok, the launcher's last line)."""
+    env = dict(os.environ, **job.env)
+    proc = subprocess.run(job.submit, capture_output=True, text=True, env=env, stdin=subprocess.DEVNULL)
+    lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+    return proc.returncode == 0, (lines[-1] if lines else f"exit {proc.returncode}")
+
+
+def dry_run(cfg: ReproduceConfig, out: Path) -> int:
+    """Print the data steps and every run's submit command; write and submit nothing."""
+    data = out / "data"
+    print(f"# reproduce --dry-run: profile {cfg.profile}, {cfg.arch}, views {cfg.image_size} px "
+          f"({cfg.grid}x{cfg.grid} C5 grid), scheduler {cfg.scheduler}; nothing is written or submitted")
+    if any(ROWS[r].k for r in cfg.rows):
+        for name, cmd, _ in data_commands(cfg, data):
+            print(f"# data: {name}\n{shlex.join(cmd)}")
+    print(f"# data: evaluation set (synth.write_dataset, seed {cfg.eval_seed}) -> {data / 'cityscapes'}")
+    jobs = build_jobs(cfg, out, shard_dirs(cfg, data), data / "cityscapes")
+    for job in jobs:
+        after = f" after {job.after}" if job.after else ""
+        print(f"# run {job.name} ({job.kind}{', ' + job.mode if job.mode else ''}{after}) -> {job.run_dir}")
+        print(job.shell())
+    n_train = sum(j.kind == "train" for j in jobs)
+    print(f"# {len(jobs)} runs: {n_train} pretrainings, {len(jobs) - n_train} evaluations")
+    return 0
 
 
 def run(cfg: ReproduceConfig, command: str = "") -> int:
-    """Everything (see the module docstring); 0 when every task succeeded, 1 otherwise."""
+    """Everything (see the module docstring); 0 when every run succeeded, 1 otherwise."""
     cfg.validate()
     out = Path(cfg.out).resolve()
+    if cfg.dry_run:
+        return dry_run(cfg, out)
     data, logs = out / "data", out / "logs"
     try:
         for d in (data, logs, out / "runs", out / "eval"):
@@ -67,28 +95,71 @@ def run(cfg: ReproduceConfig, command: str = "") -> int:
     except OSError as exc:
         raise UserError(f"--out {cfg.out}: cannot create ({exc.strerror})") from None
     t0 = time.time()
-    needs_shards = any(ROWS[r].k is not None for r in cfg.rows)
-    shards = prepare_pretraining_shards(cfg, data, logs) if needs_shards else data / "pretrain_unused"
-    cs_root = prepare_eval_set(cfg, data)
-    tasks = build_tasks(cfg, out, shards, cs_root)
-    failed = run_tasks(tasks, cfg.jobs)
-    results = collect(cfg, out, tasks)
+    shards = prepare_pretraining_shards(cfg, data, logs)
+    cs_root = prepare_eval_set(cfg, data) if any(m in cfg.eval_modes for m in ("linear", "deeplab")) \
+        else data / "cityscapes"
+    jobs = build_jobs(cfg, out, shards, cs_root)
+    states = drive(cfg, jobs)
+    results = collect(cfg, jobs, states)
     results["config"] = asdict(cfg)
     results["command"] = command
     results["seconds"] = round(time.time() - t0, 1)
-    results["failed"] = failed
     table = markdown_table(cfg, results)
     atomic_write_text(out / "results.json", json.dumps(results, indent=1) + "\n")
     atomic_write_text(out / "table.md", table)
     bar_chart(cfg, results, out / "miou.png")
+    propagation_chart(cfg, results, out / "propagation.png")
     print()
     print(table)
-    print(f"[reproduce] {len(tasks)} tasks in {results['seconds'] / 60:.1f} min; "
-          f"{out / 'table.md'}, {out / 'miou.png'}, {out / 'results.json'}")
-    if failed:
-        print(f"[reproduce] FAILED: {', '.join(failed)} (logs in {logs})", file=sys.stderr)
+    print(f"[reproduce] {len(jobs)} runs in {results['seconds'] / 60:.1f} min; "
+          f"{out / 'table.md'}, {out / 'miou.png'}, {out / 'propagation.png'}, {out / 'results.json'}")
+    pending = [n for n, (s, _) in states.items() if s in ("new", "running")]
+    if results["failed"]:
+        print(f"[reproduce] FAILED: {'; '.join(results['failed'])}", file=sys.stderr)
         return 1
+    if pending:
+        print(f"[reproduce] {len(pending)} runs not finished yet; run the same command again to collect them")
     return 0
+
+
+def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
+    """Submit every run whose pretraining is ready, until all have ended (one pass with ``--no-wait``)."""
+    by_name = {j.name: j for j in jobs}
+    states = {j.name: job_state(j) for j in jobs}
+    for j in jobs:
+        if states[j.name][0] in FINISHED:
+            print(f"[reproduce] {j.name}: done already ({states[j.name][1]})", flush=True)
+    reported = {n for n, (s, _) in states.items() if s in FINISHED or s == "failed"}
+    while True:
+        for j in jobs:
+            state = states[j.name][0]
+            if state != "new":
+                continue
+            if j.after:
+                dep = states[j.after][0]
+                if dep == "failed":
+                    states[j.name] = ("failed", f"not run: pretraining {j.after} failed")
+                    continue
+                if dep not in FINISHED:
+                    continue
+            ok, line = submit(j)
+            if ok:
+                states[j.name] = ("running", "submitted")
+                print(f"[reproduce] {j.name}: submitted ({j.run_dir})", flush=True)
+            else:
+                states[j.name] = ("failed", f"submit failed: {line}")
+        for n, (s, detail) in states.items():
+            if n not in reported and (s in FINISHED or s == "failed"):
+                reported.add(n)
+                print(f"[reproduce] {n}: {s} ({detail})", flush=True)
+        waiting = [n for n, (s, _) in states.items() if s == "running"
+                   or (s == "new" and by_name[n].after and states[by_name[n].after][0] in ("new", "running"))]
+        if not waiting or not cfg.wait:
+            return states
+        time.sleep(cfg.poll_s)
+        for n, (s, _) in list(states.items()):
+            if s == "running":
+                states[n] = job_state(by_name[n])
 
 
 # ----------------------------------------------------------------------------- command line
@@ -124,85 +195,107 @@ def _str_list(text: str) -> Tuple[str, ...]:
     return tuple(v.strip() for v in text.split(",") if v.strip())
 
 
+#: option name -> (ReproduceConfig field, type, help). Defaults come from the profile (``--profile``).
+_SIZE, _INTS, _STRS = Converted(_size, "AxB"), Converted(_int_list, "N,N,..."), Converted(_str_list, "A,B,...")
+_DUR = Converted(parse_duration, "DURATION")
+OPTIONS = [
+    ("--rows", "rows", _STRS, f"rows to run, from {', '.join(ROWS)}"),
+    ("--seeds", "seeds", _INTS, "seeds (pretraining and head)"),
+    ("--time-box", "time_box_s", _DUR, "wall-clock box of each pretraining (600, 90s, 10m): its deadline; "
+                                       "the latest checkpoint is the result"),
+    ("--steps", "steps", int, "step budget of each pretraining (schedules span it)"),
+    ("--train-config", "train_config", str, "pretraining config file or preset"),
+    ("--arch", "arch", click.Choice(("resnet18", "resnet34", "resnet50")), "backbone (model.arch)"),
+    ("--image-size", "image_size", int, "view side in pixels (data.image_size); the C5 grid is its 1/32"),
+    ("--batch-size", "batch_size", int, "global pretraining batch"),
+    ("--threads", "threads", int, "run.threads of each pretraining (0 = torch's default)"),
+    ("--workers", "workers", int, "data.num_workers of each pretraining"),
+    ("--device", "device", click.Choice(("cpu", "cuda", "auto")), "run.device of each pretraining"),
+    ("--videos", "videos", int, "pretraining videos"),
+    ("--video-frames", "frames", int, "frames per pretraining video"),
+    ("--size", "size", _SIZE, "pretraining frame WIDTHxHEIGHT"),
+    ("--data-seed", "data_seed", int, "world seed of the pretraining videos"),
+    ("--flow", "flow", click.Choice(("dis", "gt")), "flow of the estimated-flow rows (k6, k2-*): OpenCV DIS "
+                                                    "or the world's exact flow"),
+    ("--prep-threads", "prep_threads", int, "threads of the DIS flow step"),
+    ("--eval-modes", "eval_modes", _STRS, "evaluations: linear, deeplab, propagate (comma-separated)"),
+    ("--deeplab-rows", "deeplab_rows", _STRS, "rows with the DeepLabV3 column: row names, main, all or none"),
+    ("--eval-videos", "eval_videos", int, "videos in the segmentation set"),
+    ("--eval-val-videos", "eval_val_videos", int, "of which in val"),
+    ("--eval-frames", "eval_frames", int, "frames per segmentation video"),
+    ("--eval-every", "eval_every", int, "keep every n-th segmentation frame"),
+    ("--eval-size", "eval_size", _SIZE, "segmentation image WIDTHxHEIGHT"),
+    ("--eval-seed", "eval_seed", int, "world seed of the segmentation set"),
+    ("--eval-iters", "eval_iters", int, "head training iterations"),
+    ("--eval-batch", "eval_batch", int, "head training batch"),
+    ("--eval-crop", "eval_crop", _SIZE, "head training crop HEIGHTxWIDTH"),
+    ("--eval-lr", "eval_lr", float, "head base learning rate"),
+    ("--eval-device", "eval_device", str, "device of the evaluations (cpu, cuda)"),
+    ("--eval-workers", "eval_workers", int, "data-loading workers of the head training"),
+    ("--eval-walltime", "eval_walltime_s", _DUR, "walltime of each evaluation run"),
+    ("--prop-videos", "prop_videos", int, "held-out videos for label propagation"),
+    ("--prop-frames", "prop_frames", int, "frames per propagation video (distances 1..N-1)"),
+    ("--prop-size", "prop_size", _SIZE, "propagation frame WIDTHxHEIGHT"),
+    ("--prop-seed", "prop_seed", int, "world seed of the propagation videos"),
+    ("--scheduler", "scheduler", click.Choice(("local", "slurm", "pbs", "sge", "pjm")),
+     "the launcher's scheduler for every run"),
+    ("--cluster", "cluster", str, "launcher cluster profile (default: the scheduler's generic one)"),
+    ("--profile-dir", "profile_dir", str, "directory of user cluster profiles"),
+    ("--group", "group", str, "group/project/account to charge (launcher --group)"),
+    ("--queue", "queue", str, "queue/partition (launcher --queue)"),
+    ("--gpus", "gpus", int, "GPUs per pretraining (0 = one CPU rank); evaluations get 1 (or 0)"),
+    ("--jobs", "jobs", int, "local scheduler: runs at once on this machine"),
+    ("--poll", "poll_s", _DUR, "seconds between looks at the run directories"),
+]
+
+
 def _options(f):
-    """The options of ``reproduce``; defaults are :class:`ReproduceConfig`'s."""
-    d = ReproduceConfig()
-    size, ints, strs = Converted(_size, "AxB"), Converted(_int_list, "N,N,..."), Converted(_str_list, "A,B,...")
-    options = [
-        click.option("--out", default=d.out, show_default=True, help="output folder"),
-        click.option("--rows", type=strs, default=",".join(d.rows), show_default=True,
-                     help=f"rows to run, from {', '.join(ROWS)}"),
-        click.option("--seeds", type=ints, default=",".join(map(str, d.seeds)), show_default=True,
-                     help="seeds (pretraining and head)"),
-        click.option("--time-box", type=Converted(parse_duration, "DURATION"), default="10m", show_default=True,
-                     help="wall-clock limit of each pretraining (600, 90s, 10m); the latest checkpoint is the result"),
-        click.option("--steps", type=int, default=d.steps, show_default=True,
-                     help="step budget of each pretraining (schedules span it)"),
-        click.option("--train-config", default=d.train_config, show_default=True,
-                     help="pretraining config file or preset"),
-        click.option("--train-set", multiple=True, metavar="KEY=VALUE",
-                     help="extra pretraining override (repeatable), e.g. data.image_size=96"),
-        click.option("--batch-size", type=int, default=d.batch_size, show_default=True, help="pretraining batch size"),
-        click.option("--videos", type=int, default=d.videos, show_default=True, help="pretraining videos"),
-        click.option("--video-frames", type=int, default=d.frames, show_default=True,
-                     help="frames per pretraining video"),
-        click.option("--size", type=size, default="256x128", show_default=True, help="pretraining frame WIDTHxHEIGHT"),
-        click.option("--data-seed", type=int, default=d.data_seed, show_default=True,
-                     help="world seed of the pretraining videos"),
-        click.option("--flow", type=click.Choice(("dis", "gt")), default=d.flow, show_default=True,
-                     help="flow for the k>1 rows: OpenCV DIS computed on the frames, or the world's exact flow"),
-        click.option("--eval-modes", type=strs, default=",".join(d.eval_modes), show_default=True,
-                     help="heads to train on each frozen backbone: linear, deeplab or linear,deeplab"),
-        click.option("--eval-videos", type=int, default=d.eval_videos, show_default=True,
-                     help="videos in the evaluation set"),
-        click.option("--eval-val-videos", type=int, default=d.eval_val_videos, show_default=True, help="of which in val"),
-        click.option("--eval-frames", type=int, default=d.eval_frames, show_default=True,
-                     help="frames per evaluation video"),
-        click.option("--eval-every", type=int, default=d.eval_every, show_default=True,
-                     help="keep every n-th evaluation frame"),
-        click.option("--eval-size", type=size, default="256x128", show_default=True, help="evaluation image WIDTHxHEIGHT"),
-        click.option("--eval-seed", type=int, default=d.eval_seed, show_default=True,
-                     help="world seed of the evaluation set"),
-        click.option("--eval-iters", type=int, default=d.eval_iters, show_default=True, help="head training iterations"),
-        click.option("--eval-batch", type=int, default=d.eval_batch, show_default=True, help="head training batch"),
-        click.option("--eval-crop", type=size, default="128x256", show_default=True, help="head training crop HEIGHTxWIDTH"),
-        click.option("--eval-lr", type=float, default=d.eval_lr, show_default=True, help="head base learning rate"),
-        click.option("--jobs", type=int, default=d.jobs, show_default=True,
-                     help="subprocesses at a time (one thread each)"),
-    ]
-    for option in reversed(options):
+    opts = [click.option("--out", default="reproduce_out", show_default=True, help="output folder"),
+            click.option("--profile", type=click.Choice(tuple(PROFILES)), default="cpu", show_default=True,
+                         help="defaults for this machine (cpu: resnet18, 128-px views) or one GPU per pretraining "
+                              "(gpu: resnet50, 224-px views, 10-minute box)")]
+    for flag, _, typ, text in OPTIONS:
+        opts.append(click.option(flag, type=typ, default=None, help=text + " [default: the profile's]"))
+    opts += [click.option("--train-set", multiple=True, metavar="KEY=VALUE",
+                          help="extra pretraining override (repeatable), e.g. optim.base_lr=0.5"),
+             click.option("--no-wait", is_flag=True, help="submit what is ready, write the table so far, and exit"),
+             click.option("--dry-run", is_flag=True, help="print every run's submit command; write and submit nothing")]
+    for option in reversed(opts):
         f = option(f)
     return f
 
 
 def config_from_args(a) -> ReproduceConfig:
-    """The ReproduceConfig of parsed options (an object with one attribute per option, see :func:`parse_args`)."""
-    if a.data_seed == a.eval_seed:
-        raise UserError(f"--eval-seed {a.eval_seed}: must differ from --data-seed so the pretraining videos "
+    """The ReproduceConfig of parsed options: the profile's defaults, then every option given."""
+    d = profile_defaults(a.profile)
+    for flag, name, _, _ in OPTIONS:
+        v = getattr(a, flag[2:].replace("-", "_"))
+        if v is not None:
+            d[name] = tuple(v) if isinstance(v, (list, tuple)) else v
+    if "none" in d["deeplab_rows"]:
+        d["deeplab_rows"] = ()
+    if d["data_seed"] == d["eval_seed"]:
+        raise UserError(f"--eval-seed {d['eval_seed']}: must differ from --data-seed so the pretraining videos "
                         f"and the evaluation scenes are disjoint")
-    return ReproduceConfig(
-        out=a.out, rows=tuple(a.rows), seeds=tuple(a.seeds), time_box_s=a.time_box, steps=a.steps,
-        train_config=a.train_config, train_overrides=tuple(a.train_set), videos=a.videos, frames=a.video_frames,
-        size=tuple(a.size), data_seed=a.data_seed, flow=a.flow, eval_modes=tuple(a.eval_modes),
-        eval_videos=a.eval_videos, eval_val_videos=a.eval_val_videos, eval_frames=a.eval_frames,
-        eval_every=a.eval_every, eval_size=tuple(a.eval_size), eval_seed=a.eval_seed, eval_iters=a.eval_iters,
-        eval_batch=a.eval_batch, eval_crop=tuple(a.eval_crop), eval_lr=a.eval_lr, jobs=a.jobs,
-        batch_size=a.batch_size)
+    d.update(out=a.out, train_overrides=tuple(a.train_set), wait=not a.no_wait, dry_run=a.dry_run)
+    return ReproduceConfig(**d)
 
 
 @cli_command("reproduce", epilog="Examples: python -m pixpro_of reproduce --out reproduce_out (make reproduce); "
-                                 "python -m pixpro_of reproduce --rows random,k2-mask --seeds 0 --steps 50 "
+                                 "python -m pixpro_of reproduce --profile gpu --dry-run; "
+                                 "python -m pixpro_of reproduce --profile gpu --scheduler slurm --gpus 8 --out rep; "
+                                 "python -m pixpro_of reproduce --rows random,k6-noflow --seeds 0 --steps 50 "
                                  "--time-box 2m --out tiny")
 @_options
 @click.pass_context
 def command(ctx: click.Context, **opts) -> int:
-    """The mini-reproduction on the synthetic world: the seed's table, in miniature, on CPUs."""
+    """The reproduction on the synthetic world: the seed's table with its controls, every run through the launcher."""
     return run(config_from_args(SimpleNamespace(**opts)),
                command=shlex.join(["python", "-m", "pixpro_of", "reproduce", *words(ctx)]))
 
 
 def parse_args(argv: Sequence[str] = ()) -> SimpleNamespace:
-    """The options of ``argv`` as ``reproduce`` parses them, defaults filled in."""
+    """The options of ``argv`` as ``reproduce`` parses them."""
     with command.make_context("reproduce", list(argv)) as ctx:
         return SimpleNamespace(**{k: v for k, v in ctx.params.items()})
 
