@@ -114,6 +114,7 @@ def test_gpu_profile_dry_run_lists_every_row_with_resnet50_at_224(tmp_path, caps
                 words = shlex.split(c)
                 assert "model.arch=resnet50" in words and "data.image_size=224" in words
                 assert "run.device=cuda" in words and words[words.index("--gpus") + 1] == "1"
+                assert words[words.index("--preset") + 1] == "pixpro_k6"
                 assert words[words.index("--walltime") + 1] == "00:11:00"  # deadline = start + 10 min
             evals = [c for c in cmds if f"--run-dir {out / 'eval' / name}-" in c]
             modes = {"linear", "propagate"} | ({"deeplab"} if plan.ROWS[row].main else set())

@@ -54,11 +54,12 @@ EVAL_MODES = ("linear", "deeplab", "propagate")
 
 #: Settings a profile changes (everything else is :class:`ReproduceConfig`'s default). ``cpu``:
 #: this machine, ResNet-18 with 128-px views (a 4×4 C5 grid). ``gpu``: one GPU per pretraining,
-#: ResNet-50 with the PixPro geometry (224-px views, a 7×7 C5 grid), a 10-minute box each.
+#: the seed's recipe (``pixpro_k6``: positives and view decoding on the GPU) with ResNet-50 and the
+#: PixPro geometry (224-px views, a 7×7 C5 grid), a 10-minute box each.
 PROFILES: Dict[str, Dict[str, object]] = {
     "cpu": {},
-    "gpu": dict(arch="resnet50", image_size=224, batch_size=64, steps=6000, time_box_s=600.0, gpus=1,
-                threads=0, workers=8, device="cuda", videos=96, frames=16, size=(448, 224), prep_threads=8,
+    "gpu": dict(train_config="pixpro_k6", arch="resnet50", image_size=224, batch_size=64, steps=6000,
+                time_box_s=600.0, gpus=1, threads=0, workers=8, device="cuda", videos=128, frames=16, size=(448, 224), prep_threads=8,
                 eval_videos=24, eval_val_videos=6, eval_frames=12, eval_size=(448, 224), eval_iters=2000,
                 eval_batch=16, eval_crop=(224, 448), eval_device="cuda", eval_workers=4,
                 prop_videos=8, prop_frames=16, prop_size=(448, 224), jobs=1),
