@@ -37,10 +37,11 @@ the DataLoader workers). :func:`collate` makes a typed :class:`Batch`.
 Randomness: every draw (crops, flips, jitter, grayscale, blur, solarize) comes from the ``rng``
 argument, in a fixed order, so a sample is a pure function of (clip, rng state).
 
-The GPU seam: :func:`frame_tensor` (decode: numpy / JPEG bytes → uint8 [3, H, W], on ``device``) and
-:func:`pixpro_of.data.augment.apply_view` (tensor ops) are the only pixel work; both run unchanged on
-CUDA tensors (``torchvision.io.decode_jpeg(device='cuda')``). Positives need only boxes, flips and
-the 1/8 flows (:func:`pixpro_of.positives.compute_positives`, batched).
+The pixel work in a worker is :func:`frame_tensor` (decode: numpy / JPEG bytes → uint8 [3, H, W])
+and :func:`pixpro_of.data.augment.apply_view`; on the training device it is the batched
+:func:`pixpro_of.data.device_views.build_views` (``views="device"``: nvJPEG through
+``torchvision.io.decode_jpeg(list, device=...)``, then both views of the whole batch). Positives
+need only boxes, flips and the 1/8 flows (:func:`pixpro_of.positives.compute_positives`, batched).
 """
 from __future__ import annotations
 
