@@ -29,7 +29,8 @@
 # (compute capabilities of the CUDA kernels, default 80,90: A100 and H100/H200; CUDA 13 builds
 # nothing below 75), MAKEFLAGS (default -j$(nproc)).
 # The wheel lands in $PIXPRO_CACHE/wheels/horovod-0.28.1-torch<torch>-nccl<nccl>-cuda<cuda>/ with
-# build.log beside it; a cached wheel is reused without building.
+# build.log and configure-summary.txt (what CMake found) beside it; a cached wheel for the same
+# Python is reused without building.
 set -euo pipefail
 
 HERE="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
@@ -55,7 +56,7 @@ say() { echo "[horovod-nccl] $*" >&2; }
 [[ -x "$PY" ]] || { say "error: no python at $PY (--venv DIR)"; exit 1; }
 
 # --- versions torch uses -------------------------------------------------------------------
-read -r TORCH_TAG TORCH_CUDA NCCL_WHEEL_VER CUDART_WHEEL_VER < <("$PY" - <<'PYEOF'
+read -r TORCH_TAG TORCH_CUDA NCCL_WHEEL_VER CUDART_WHEEL_VER PYTAG < <("$PY" - <<'PYEOF'
 import importlib.metadata as md
 import torch
 def ver(name):
@@ -71,7 +72,8 @@ for name in ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11"):
     if ver(name) != "-":
         nccl = name + "==" + ver(name)
         break
-print(torch.__version__.replace("+", "_"), torch.version.cuda or "-", nccl, cudart)
+import sys
+print(torch.__version__.replace("+", "_"), torch.version.cuda or "-", nccl, cudart, "cp%d%d" % sys.version_info[:2])
 PYEOF
 )
 [[ -n "${TORCH_TAG:-}" ]] || { say "error: cannot import torch from $PY"; exit 1; }
@@ -121,7 +123,7 @@ else
 fi
 TAG="nccl$NCCL_VER-cuda$CUDA_VER"
 DEST="$CACHE/wheels/horovod-$VERSION-torch$TORCH_TAG-$TAG"
-wheel="$(compgen -G "$DEST/horovod-*.whl" | head -1 || true)"
+wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1 || true)"
 if ((PRINT_WHEEL)); then
   [[ -n "$wheel" ]] && echo "$wheel" && exit 0
   exit 1
@@ -194,7 +196,7 @@ if [[ -z "$wheel" ]]; then
     exit 1
   fi
   mv "$work"/wheel/horovod-*.whl "$DEST/"
-  wheel="$(compgen -G "$DEST/horovod-*.whl" | head -1)"
+  wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1)"
   # what CMake found, kept beside the wheel
   grep -E "CUDA|NCCL|Pytorch|MPI" "$log" | grep -E "^-- |Found|found" >"$DEST/configure-summary.txt" || true
   say "built $wheel in $((SECONDS - start)) s"
