@@ -130,8 +130,9 @@ def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
         if states[j.name][0] in FINISHED:
             print(f"[reproduce] {j.name}: done already ({states[j.name][1]})", flush=True)
     reported = {n for n, (s, _) in states.items() if s in FINISHED or s == "failed"}
+    order = [j for j in jobs if j.kind == "train"] + [j for j in jobs if j.kind != "train"]  # pretrainings queue first
     while True:
-        for j in jobs:
+        for j in order:
             state = states[j.name][0]
             if state != "new":
                 continue
