@@ -88,6 +88,9 @@ if [[ -n "$HOROVOD_CUDA_HOME" ]]; then
   TOOLKIT="$HOROVOD_CUDA_HOME"
   [[ -x "$TOOLKIT/bin/nvcc" ]] || { say "error: no nvcc at $TOOLKIT/bin/nvcc (HOROVOD_CUDA_HOME)"; exit 1; }
   CUDA_VER="$("$TOOLKIT/bin/nvcc" --version | sed -n 's/.*release \([0-9][0-9.]*\),.*/\1/p')"
+  if [[ "${CUDA_VER%%.*}" != "$CUDA_MAJOR" ]]; then
+    say "error: $TOOLKIT is CUDA $CUDA_VER but torch was built with CUDA $TORCH_CUDA; load a CUDA $CUDA_MAJOR.x module"; exit 1
+  fi
   if [[ -z "$HOROVOD_NCCL_HOME" && -z "${HOROVOD_NCCL_INCLUDE:-}" ]]; then
     say "error: HOROVOD_CUDA_HOME is set but not HOROVOD_NCCL_HOME (or HOROVOD_NCCL_INCLUDE + HOROVOD_NCCL_LIB)"; exit 1
   fi
@@ -122,6 +125,7 @@ else
   HOROVOD_NCCL_LINK="${HOROVOD_NCCL_LINK:-SHARED}"
 fi
 TAG="nccl$NCCL_VER-cuda$CUDA_VER"
+[[ "$SOURCE" == wheels ]] || TAG="$TAG-site"
 DEST="$CACHE/wheels/horovod-$VERSION-torch$TORCH_TAG-$TAG"
 wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1 || true)"
 if ((PRINT_WHEEL)); then

@@ -41,18 +41,26 @@ PY="$VENV/bin/python"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-780}"
 CORES="$(nproc)"
 WORKERS="${GPU_CHECK_WORKERS:-$(( CORES > 14 ? 12 : (CORES > 3 ? CORES - 2 : 1) ))}"
+NGPU=1   # the GPUs on this node (nvidia-smi -L), the ranks of the allreduce step; at most 8
+if command -v nvidia-smi >/dev/null; then
+  NGPU="$(timeout 30 nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)"
+  ((NGPU >= 1)) || NGPU=1
+  ((NGPU <= 8)) || NGPU=8
+fi
 export PYTHONUNBUFFERED=1 OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
 cd "$ROOT"
 
 # --- the steps: name, time limit (s), command ---------------------------------------------
-# The training: the k = 6 GPU preset (ResNet-50, LARS, positives on the device) on a synthetic
-# world packed into the run directory first, 64 samples a step on the one GPU, stopped by the
-# trainer's own deadline 2 minutes after its start (exit 75 with a checkpoint; 0 if it finished).
-TRAIN_OVERRIDES=(data.synthetic=true data.synth.videos=256 data.synth.frames=8 data.synth.width=512
+# The training: the k = 6 GPU preset (ResNet-50, LARS, positives on the device) on the synthetic
+# world, 64 samples a step on one GPU, stopped by the trainer's own deadline 2 minutes after its
+# start (exit 75 with a checkpoint; 0 if it finished). The world is packed into the run directory
+# by the step before (in parallel, outside the 2 minutes); the trainer uses a packed world it finds.
+WORLD="synth:videos=128,frames=8,size=512x288,seed=0"
+TRAIN_OVERRIDES=(data.synthetic=true data.synth.videos=128 data.synth.frames=8 data.synth.width=512
                  data.synth.height=288 data.batch_size=64 "data.num_workers=$WORKERS" run.device=cuda
                  stop.deadline=2m stop.margin_s=10 checkpoint.every_epochs=0 "checkpoint.keep_epochs=[]"
                  log.tensorboard=false)
-HVD_SNIPPET='import time, torch, horovod.torch as hvd
+HVD_SNIPPET='import time, torch, horovod, horovod.torch as hvd
 hvd.init(); torch.cuda.set_device(hvd.local_rank())
 assert hvd.nccl_built(), "Horovod was built without NCCL"
 x = torch.ones(25_600_000, device="cuda")          # a ResNet-50-sized gradient (102 MB fp32)
@@ -60,21 +68,25 @@ for _ in range(3): y = hvd.allreduce(x, op=hvd.Sum, name="warm")
 torch.cuda.synchronize(); t = time.perf_counter()
 for i in range(10): y = hvd.allreduce(x, op=hvd.Sum, name="r%d" % i)
 torch.cuda.synchronize(); dt = (time.perf_counter() - t) / 10
-print(f"horovod {hvd.__version__}: nccl_built={hvd.nccl_built()} size={hvd.size()} "
-      f"allreduce of 102 MB on {y.device}: sum[0]={y[0].item():.0f}, {dt * 1e3:.2f} ms ({x.numel() * 4 / dt / 1e9:.1f} GB/s)")'
+assert y[0].item() == hvd.size(), y[0].item()
+if hvd.rank() == 0:
+    print(f"horovod {horovod.__version__}: nccl_built={hvd.nccl_built()} ranks={hvd.size()} "
+          f"allreduce of 102 MB per GPU: sum[0]={y[0].item():.0f}, {dt * 1e3:.2f} ms ({x.numel() * 4 / dt / 1e9:.1f} GB/s of buffer)")'
 
-STEPS=(venv build_horovod check_build hvd_allreduce bench_gpu_step bench_input train)
+STEPS=(venv build_horovod check_build hvd_allreduce bench_gpu_step bench_input world train)
 declare -A LIMIT=([venv]=300 [build_horovod]=300 [check_build]=60 [hvd_allreduce]=90
-                  [bench_gpu_step]=180 [bench_input]=180 [train]=210)
+                  [bench_gpu_step]=180 [bench_input]=180 [world]=150 [train]=210)
 step_cmd() {  # sets CMD to the step's command
   case "$1" in
     venv) CMD=(bash -c "python3 -m venv '$VENV' && '$VENV/bin/pip' install -q torch==2.14.1 torchvision==0.29.1 && '$VENV/bin/pip' install -q -e '${ROOT}[test]'") ;;
     build_horovod) CMD=("$ROOT/.ci/build_horovod_nccl.sh" --venv "$VENV" --install) ;;
     check_build) CMD=("$VENV/bin/horovodrun" --check-build) ;;
-    hvd_allreduce) CMD=("$VENV/bin/horovodrun" -np 1 -H localhost:1 "$PY" -c "$HVD_SNIPPET") ;;
+    hvd_allreduce) CMD=("$VENV/bin/horovodrun" -np "$NGPU" -H "localhost:$NGPU" "$PY" -c "$HVD_SNIPPET") ;;
     bench_gpu_step) CMD=("$PY" bench/bench_gpu_step.py --device cuda --raft-pairs 16) ;;
     bench_input) CMD=("$PY" bench/bench_input.py --device cuda --workers "$WORKERS" --arch resnet50
                       --batch 64 --image-size 224) ;;
+    world) CMD=("$VENV/bin/hdf5_tools" pack "$WORLD" "$OUT_DIR/train/data" --nodes 1 --shard-size 8MiB
+                -j "$WORKERS" --no-progress) ;;
     train) CMD=("$PY" -m pixpro_of train --config pixpro_k6 --run-dir "$OUT_DIR/train" "${TRAIN_OVERRIDES[@]}") ;;
   esac
 }
@@ -96,7 +108,7 @@ if ((DRY_RUN)); then
       printf 'step %d %s timeout %ss: bash -c "%s"%s\n' "$n" "$s" "${LIMIT[$s]}" "${CMD[2]}" "$note"
       continue
     fi
-    if [[ "$s" == hvd_allreduce ]]; then CMD=("${CMD[@]:0:6}" -c "<allreduce of 102 MB on the GPU>"); fi
+    if [[ "$s" == hvd_allreduce ]]; then CMD=("${CMD[@]:0:6}" -c "<allreduce of 102 MB on each GPU>"); fi
     printf 'step %d %s timeout %ss:%s' "$n" "$s" "${LIMIT[$s]}" "$(printf ' %q' "${CMD[@]}")"
     echo "$note"
   done

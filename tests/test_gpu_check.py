@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "bench" / "gpu_check.sh"
 BUILD = ROOT / ".ci" / "build_horovod_nccl.sh"
 VENV = Path(sys.executable).parents[1]
-STEPS = ["venv", "build_horovod", "check_build", "hvd_allreduce", "bench_gpu_step", "bench_input", "train"]
+STEPS = ["venv", "build_horovod", "check_build", "hvd_allreduce", "bench_gpu_step", "bench_input", "world", "train"]
 
 
 def gpu_check(*args, env=None, timeout=300):
@@ -46,7 +46,7 @@ def test_dry_run_lists_the_steps_and_checks_the_prerequisites(how, tmp_path):
     steps = re.findall(r"^step (\d+) (\S+) timeout (\d+)s: (.*)$", out, re.M)
     assert [s[1] for s in steps] == STEPS, out
     assert [int(s[0]) for s in steps] == list(range(1, len(STEPS) + 1))
-    cmd = {name: c for _, name, _, c in steps}
+    cmd = {name: re.sub(r"\\(.)", r"\1", c) for _, name, _, c in steps}  # printf %q's escapes undone
     limits = {name: int(t) for _, name, t, _ in steps}
     assert all(0 < t <= 300 for t in limits.values()), limits
     assert ".ci/build_horovod_nccl.sh --venv" in cmd["build_horovod"] and "--install" in cmd["build_horovod"]
@@ -55,9 +55,12 @@ def test_dry_run_lists_the_steps_and_checks_the_prerequisites(how, tmp_path):
     assert "bench/bench_gpu_step.py --device cuda --raft-pairs 16" in cmd["bench_gpu_step"]
     assert re.search(r"bench/bench_input\.py --device cuda --workers \d+ --arch resnet50 --batch 64 --image-size 224",
                      cmd["bench_input"])
+    assert re.search(r"hdf5_tools pack synth:videos=128,frames=8,size=512x288,seed=0 \S+/out/train/data --nodes 1 ",
+                     cmd["world"]), cmd["world"]
     train = cmd["train"]
     assert "-m pixpro_of train --config pixpro_k6 --run-dir" in train
-    for key in ("data.synthetic=true", "run.device=cuda", "stop.deadline=2m"):
+    for key in ("data.synthetic=true", "data.synth.videos=128", "data.synth.frames=8", "data.synth.width=512",
+                "data.synth.height=288", "run.device=cuda", "stop.deadline=2m"):
         assert key in train, train
     assert limits["train"] >= 150  # the 2-minute deadline, the world's packing and the last checkpoint
     assert "(skipped: the venv exists)" in out
