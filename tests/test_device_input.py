@@ -184,6 +184,7 @@ def test_decode_on_device_trains_and_resumes_bit_identically(tmp_path):
 
 
 # ----------------------------------------------------------------- the bench's smoke mode
+@pytest.mark.slow
 def test_input_bench_smoke_mode_prints_every_figure():
     p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_input.py"), "--smoke"], capture_output=True,
                        text=True, timeout=600)
