@@ -35,7 +35,7 @@ while (($#)); do
   esac
 done
 [[ "$DRY_RUN" == 1 ]] || DRY_RUN=0
-VENV="$(cd "$(dirname "$VENV")" && pwd)/$(basename "$VENV")"
+if [[ -d "$(dirname "$VENV")" ]]; then VENV="$(cd "$(dirname "$VENV")" && pwd)/$(basename "$VENV")"; fi
 OUT_DIR="${OUT_DIR:-${TMPDIR:-/tmp}/pixpro-gpu-check-$(date -u +%Y%m%dT%H%M%SZ)}"
 PY="$VENV/bin/python"
 BUDGET_S="${GPU_CHECK_BUDGET_S:-780}"
@@ -213,8 +213,10 @@ PYEOF
   esac
 }
 
-echo "[$CARD] torch: $(timeout 120 "$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, "device", torch.cuda.get_device_name(0))' 2>&1 | tail -1)" | tee -a "$SUMMARY" || true
 for s in "${STEPS[@]}"; do
+  if [[ "$s" == build_horovod ]]; then  # after the venv step: the card as torch names it
+    figure torch "$(timeout 120 "$PY" -c 'import torch; print(torch.__version__, "CUDA", torch.version.cuda, "device", torch.cuda.get_device_name(0))' 2>&1 | tail -1 || true)"
+  fi
   if wanted "$s"; then
     if [[ "$s" == check_build || "$s" == hvd_allreduce ]] && [[ ! -x "$VENV/bin/horovodrun" ]]; then
       figure "$s" "SKIPPED: no horovodrun in $VENV"; failed=1; continue
