@@ -85,7 +85,6 @@ def _scores(job: Job) -> Optional[Dict]:
 
 def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, str]]) -> Dict:
     """Per-run numbers and per-row summaries (mIoU in percent)."""
-    by_name = {j.name: j for j in jobs}
     runs, rows, failed = [], [], []
     for job in jobs:
         state, detail = states.get(job.name, ("new", ""))
@@ -137,7 +136,6 @@ def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, 
                     m["per_distance_seeds"] = curves
             summary["modes"][mode] = m
         rows.append(summary)
-    del by_name
     return {"rows": rows, "runs": runs, "failed": failed}
 
 
