@@ -208,7 +208,9 @@ fi
 
 if ((INSTALL)); then
   "${PIP[@]}" install -q --force-reinstall --no-deps "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
-  "${PIP[@]}" install -q cloudpickle psutil pyyaml cffi 2>&1 | grep -v "^WARNING: Location" || true
+  # again without --no-deps: horovod itself is in place now, so this adds only its missing
+  # requirements (cloudpickle, psutil, pyyaml, packaging, cffi) from the wheel's metadata
+  "${PIP[@]}" install -q "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import torch, horovod.torch as hvd; assert hvd.nccl_built(), 'Horovod was built without NCCL'"
   say "installed into $VENV"
 fi

@@ -185,7 +185,7 @@ judge() {  # judge NAME RC SECONDS: PASS/FAIL line and the step's figures into t
   if [[ "$name" == check_build ]] && ((rc == 0 && !ok)); then why=" (no [X] NCCL under Tensor Operations)"; fi
   if ((ok)); then figure "$name" "PASS rc=$rc in ${took} s"; else figure "$name" "FAIL rc=$rc$why in ${took} s (log: $log)"; failed=1; fi
   case "$name" in
-    build_horovod) figure "$name" "wheel $(tail -1 "$log")" ;;
+    build_horovod) if ((ok)); then figure "$name" "wheel $(tail -1 "$log")"; fi ;;
     check_build) figure "$name" "$(awk '/^Available/ { sub(/^Available /, ""); sub(/:$/, ""); s = $0 }
                                        /\[X\]/ { x[s] = x[s] " " $2 }
                                        END { printf "built: frameworks%s; controllers%s; tensor operations%s",
