@@ -25,7 +25,9 @@
 #      are added. NCCL is linked shared (no static NCCL on PyPI); at run time `import torch`
 #      has already loaded the same libnccl.so.2 from the venv, so horovod.torch finds it.
 #
-# Other variables: PIXPRO_CACHE (default ~/.cache/pixpro-of), HOROVOD_BUILD_CUDA_CC_LIST
+# Other variables: PIXPRO_CACHE (default ~/.cache/pixpro-of), HOROVOD_SDIST (a horovod-0.28.1.tar.gz
+# to use offline instead of downloading it), HOROVOD_BUILD_MPI (auto: MPI when mpicxx is on PATH,
+# else a Gloo-only build; 1 or 0 to force), HOROVOD_BUILD_CUDA_CC_LIST
 # (compute capabilities of the CUDA kernels, default 80,90: A100 and H100/H200; CUDA 13 builds
 # nothing below 75), MAKEFLAGS (default -j$(nproc)).
 # The wheel lands in $PIXPRO_CACHE/wheels/horovod-0.28.1-torch<torch>-nccl<nccl>-cuda<cuda>/ with
@@ -101,6 +103,14 @@ if [[ -n "$HOROVOD_CUDA_HOME" ]]; then
   if [[ -z "${HOROVOD_NCCL_LINK:-}" ]]; then
     if [[ -f "$NCCL_LIB_DIR/libnccl_static.a" ]]; then HOROVOD_NCCL_LINK=STATIC; else HOROVOD_NCCL_LINK=SHARED; fi
   fi
+  # an NCCL with only libnccl.so.2 (e.g. the nvidia-nccl wheel of an existing venv): CMake looks for
+  # libnccl.so, so link to it from a directory of our own instead of writing into theirs
+  if [[ "$HOROVOD_NCCL_LINK" == SHARED && ! -e "$NCCL_LIB_DIR/libnccl.so" && -e "$NCCL_LIB_DIR/libnccl.so.2" ]]; then
+    NCCL_LINKS="$CACHE/nccl-links/$(echo "$NCCL_LIB_DIR" | md5sum | cut -c1-12)"
+    ((DRY_RUN)) || { mkdir -p "$NCCL_LINKS" && ln -sfn "$NCCL_LIB_DIR/libnccl.so.2" "$NCCL_LINKS/libnccl.so"; }
+    HOROVOD_NCCL_INCLUDE="${HOROVOD_NCCL_INCLUDE:-$HOROVOD_NCCL_HOME/include}"
+    HOROVOD_NCCL_LIB="$NCCL_LINKS"
+  fi
 else
   SOURCE="wheels"
   [[ "$NCCL_WHEEL_VER" != "-" ]] || { say "error: no nvidia-nccl-cu* wheel in $VENV (torch's CUDA build pulls one in)"; exit 1; }
@@ -133,6 +143,12 @@ if ((PRINT_WHEEL)); then
   exit 1
 fi
 export HOROVOD_BUILD_CUDA_CC_LIST="${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}"
+# MPI (controller and CPU operations) when MPI's C++ wrapper is there; else Gloo only (horovodrun --gloo)
+case "${HOROVOD_BUILD_MPI:-auto}" in
+  1) WITH_MPI=1 ;;
+  0) WITH_MPI=0 ;;
+  *) if command -v mpicxx >/dev/null; then WITH_MPI=1; else WITH_MPI=0; fi ;;
+esac
 export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
 
 if ((DRY_RUN)); then
@@ -146,6 +162,8 @@ EOF
     echo "wheels           $CUDART_PKG ${TOOL_PKGS[*]} $NCCL_WHEEL_VER"
   fi
   echo "CUDA archs       $HOROVOD_BUILD_CUDA_CC_LIST"
+  echo "controllers      $( ((WITH_MPI)) && echo "MPI + Gloo" || echo "Gloo only (no mpicxx; HOROVOD_BUILD_MPI=1 to insist)")"
+  [[ -z "${HOROVOD_NCCL_LIB:-}" ]] || echo "NCCL lib dir     $HOROVOD_NCCL_LIB"
   echo "wheel cache      $DEST${wheel:+ (cached: $(basename "$wheel"))}"
   exit 0
 fi
@@ -173,16 +191,19 @@ if [[ -z "$wheel" ]]; then
   mkdir -p "$DEST"
   work="$(mktemp -d)"
   trap 'rm -rf "$work"' EXIT
-  sdist_cache="$CACHE/sdist"
-  if [[ ! -f "$sdist_cache/horovod-$VERSION.tar.gz" ]]; then
-    "${PIP[@]}" download -q --no-binary :all: --no-deps "horovod==$VERSION" -d "$sdist_cache" 2>&1 | grep -v "^WARNING: Location" || true
+  sdist="${HOROVOD_SDIST:-$CACHE/sdist/horovod-$VERSION.tar.gz}"
+  if [[ ! -f "$sdist" ]]; then
+    "${PIP[@]}" download -q --no-binary :all: --no-deps "horovod==$VERSION" -d "$(dirname "$sdist")" 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  tar xzf "$sdist_cache/horovod-$VERSION.tar.gz" -C "$work"
+  [[ -f "$sdist" ]] || { say "error: no Horovod sdist at $sdist (offline? download horovod-$VERSION.tar.gz and set HOROVOD_SDIST)"; exit 1; }
+  tar xzf "$sdist" -C "$work"
   (cd "$work/horovod-$VERSION" && patch -s -p1 < "$PATCH")
   if ! "$PY" -c "import cmake, packaging, wheel" 2>/dev/null; then
     "${PIP[@]}" install -q cmake packaging wheel 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_MPI=1 HOROVOD_WITH_GLOO=1 \
+  if ((WITH_MPI)); then export HOROVOD_WITH_MPI=1; unset HOROVOD_WITHOUT_MPI
+  else export HOROVOD_WITHOUT_MPI=1; unset HOROVOD_WITH_MPI; fi
+  export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 \
          HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
          HOROVOD_CUDA_HOME HOROVOD_NCCL_HOME HOROVOD_NCCL_LINK
   [[ -n "${HOROVOD_NCCL_INCLUDE:-}" ]] && export HOROVOD_NCCL_INCLUDE
