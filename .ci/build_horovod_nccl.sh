@@ -220,6 +220,9 @@ if [[ -z "$wheel" ]]; then
     grep -E "error|Error" "$log" | head -20 >&2 || tail -20 "$log" >&2
     exit 1
   fi
+  if ! grep -q "Found NCCL" "$log"; then
+    say "error: the build finished but CMake did not report NCCL; see $log"; exit 1
+  fi
   mv "$work"/wheel/horovod-*.whl "$DEST/"
   wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1)"
   # what CMake found, kept beside the wheel
