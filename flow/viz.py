@@ -72,6 +72,17 @@ def save_png(path: Path, img: np.ndarray) -> None:
         Image.fromarray(img).save(f, format="PNG")
 
 
+def save_pictures(pics: Dict[str, np.ndarray], out) -> List[Path]:
+    """Write each picture as ``OUT/NAME.png`` (atomically); returns the paths in order."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name, img in pics.items():
+        save_png(out / f"{name}.png", img)
+        written.append(out / f"{name}.png")
+    return written
+
+
 def clip_pictures(frames: np.ndarray, fwd8: np.ndarray, bwd8: np.ndarray, masks: List[str]) -> Dict[str, np.ndarray]:
     """Pictures of a clip: frames uint8 [2, H, W, 3] (first, last), flows [k-1, 2, h8, w8] in shard units."""
     from flow.ops import chain_backward, chain_flows, fb_consistency, shard_flow_to_full
@@ -113,14 +124,7 @@ def viz_flo(cfg: VizConfig) -> Dict[str, np.ndarray]:
 def run(cfg: VizConfig) -> List[Path]:
     if cfg.flo is None:
         raise UserError("--flo FILE is required (pictures of a shard clip: 'hdf5_tools viz SHARD --video NAME')")
-    pics = viz_flo(cfg)
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, img in pics.items():
-        save_png(out / f"{name}.png", img)
-        written.append(out / f"{name}.png")
-    return written
+    return save_pictures(viz_flo(cfg), cfg.out)
 
 
 @cli_command("viz", epilog="Example: python -m flow viz --flo pair.flo --frame frame.png --out pics/")

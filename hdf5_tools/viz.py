@@ -25,7 +25,7 @@ import click
 
 import numpy as np
 
-from flow.viz import clip_pictures, panel, save_png
+from flow.viz import clip_pictures, panel, save_pictures, save_png
 from hdf5_tools import schema
 from plumbing.errors import UserError
 from plumbing.cli import call, command as cli_command
@@ -73,12 +73,8 @@ def clip_from_shard(cfg: ShardVizConfig) -> Dict[str, np.ndarray]:
 
 def run(cfg: ShardVizConfig) -> List[Path]:
     pics = clip_from_shard(cfg)
+    written = save_pictures(pics, cfg.out)
     out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
-    written = []
-    for name, img in pics.items():
-        save_png(out / f"{name}.png", img)
-        written.append(out / f"{name}.png")
     save_png(out / "panel.png", panel(list(pics.values()), cols=(len(pics) + 1) // 2))
     written.append(out / "panel.png")
     return written

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
+from launcher.status import pid_alive
 from plumbing.errors import UserError
 from plumbing.runs import RunLayout
 
@@ -417,20 +418,10 @@ def job_state(job: Job) -> Tuple[str, str]:
                 return "failed", f"{state} (exit {st.get('rc')}) without scores.json; log {layout.logs / 'run.log'}"
             return "failed", f"{state} (exit {st.get('rc')}) without a done marker; log {layout.logs / 'run.log'}"
         pid = int(st.get("pid", 0) or 0)
-        if pid and not _alive(pid):
+        if pid and not pid_alive(pid):
             return "failed", "the local runner died"
         return "running", str(state)
     return "running", "submitted"
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def train_result(run_dir: Path) -> Dict:
