@@ -94,7 +94,7 @@ def _decode_chunk(data: List[torch.Tensor], device: torch.device, name: Callable
     try:
         return decode_jpegs(data, device)
     except RuntimeError:
-        pass
+        pass  # a frame of the chunk is bad: decode them one by one below to name it
     for j, d in enumerate(data):
         try:
             decode_jpegs([d], device)

@@ -26,6 +26,7 @@ Where the views are built is a second stage chosen once the same way (``data.dec
 """
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
 from dataclasses import replace
 from typing import Callable, Optional, Union
 
@@ -35,7 +36,7 @@ from pixpro_of.config import POSITIVES_MODES, PositiveConfig, SampleConfig
 from pixpro_of.data.pipeline import Batch, batch_positives
 
 
-class PositivesStrategy:
+class PositivesStrategy(ABC):
     """Base: ``mode`` (one of :data:`pixpro_of.config.POSITIVES_MODES`), ``carry`` (what a sample
     carries, :data:`pixpro_of.data.pipeline.CARRY`), ``on_device`` (whether :meth:`complete`
     does work)."""
@@ -49,9 +50,9 @@ class PositivesStrategy:
         """Whether the reader gives every frame of a clip (and no flows)."""
         return self.carry == "frames"
 
+    @abstractmethod
     def complete(self, batch: Batch) -> Batch:
         """The batch with its positives (on the batch's device)."""
-        raise NotImplementedError
 
 
 class InWorker(PositivesStrategy):
@@ -111,7 +112,7 @@ def make_positives(mode: str, cfg: PositiveConfig, feature_size: int,
 VIEWS_MODES = ("worker", "device")
 
 
-class ViewsStage:
+class ViewsStage(ABC):
     """Base: ``mode`` (``data.decode_on``), ``decodes_in_worker`` (whether the reader decodes),
     ``on_device`` (whether :meth:`complete` does work)."""
 
@@ -119,9 +120,9 @@ class ViewsStage:
     decodes_in_worker = True
     on_device = False
 
+    @abstractmethod
     def complete(self, batch: Batch) -> Batch:
         """The batch with both views (on the batch's device)."""
-        raise NotImplementedError
 
 
 class ViewsInWorker(ViewsStage):

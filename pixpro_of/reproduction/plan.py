@@ -434,7 +434,7 @@ def train_result(run_dir: Path) -> Dict:
             side = json.loads(ckpt.with_suffix(".json").read_text())
             out.update(step=int(side["step"]), epoch=int(side["epoch"]), checkpoint=str(ckpt))
         except (OSError, ValueError, KeyError):
-            pass
+            pass  # an unreadable side file only leaves the step out; the events below still give the state
     events = layout.job / "events.tsv"
     if events.is_file():
         from datetime import datetime

@@ -41,6 +41,7 @@ import random
 import sys
 import time
 import traceback
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
@@ -89,7 +90,7 @@ def build_model(cfg: TrainConfig) -> torch.nn.Module:
     return PixPro(cfg.model)
 
 
-class ClipSource:
+class ClipSource(ABC):
     """Where the trainer's clips come from (a component: :class:`ShardClips` by default, tests
     inject in-memory ones with ``Components(clips=...)``).
 
@@ -105,8 +106,9 @@ class ClipSource:
     def prepare(self) -> None:
         """Make the data ready (rank 0 only); nothing by default."""
 
+    @abstractmethod
     def open(self, node_index: int, num_nodes: int, all_frames: bool = False, decode: bool = True):
-        raise NotImplementedError
+        """The clip set of node ``node_index`` of ``num_nodes`` (see the class docstring)."""
 
 
 class FixedClips(ClipSource):
