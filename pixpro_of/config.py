@@ -567,12 +567,14 @@ def validate(cfg: TrainConfig) -> None:
                                 ("dist.backend", cfg.dist.backend, ("single", "horovod", "ddp")),
                                 ("log.wandb", lg.wandb, ("off", "offline", "online"))):
         _need_choice(value, key, choices)
-    need(o.base_lr > 0, "optim.base_lr", "must be > 0", o.base_lr)
+    need(o.base_lr >= 0, "optim.base_lr", "must be >= 0 (0: the weights never move, only BatchNorm statistics do)",
+         o.base_lr)
     need(o.weight_decay >= 0, "optim.weight_decay", "must be >= 0", o.weight_decay)
     need(0 <= o.momentum < 1, "optim.momentum", "must be in [0, 1)", o.momentum)
     need(0 <= o.warmup_epochs < r.epochs, "optim.warmup_epochs", f"must be in [0, run.epochs = {r.epochs})", o.warmup_epochs)
     need(o.warmup_multiplier >= 1, "optim.warmup_multiplier", "must be >= 1", o.warmup_multiplier)
-    need(0 <= o.eta_min < cfg.lr(), "optim.eta_min", f"must be in [0, peak lr = {cfg.lr():g})", o.eta_min)
+    need(0 <= o.eta_min < cfg.lr() or o.eta_min == cfg.lr() == 0, "optim.eta_min",
+         f"must be in [0, peak lr = {cfg.lr():g})" if cfg.lr() > 0 else "must be 0 when optim.base_lr is 0", o.eta_min)
     need(c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0", c.every_steps)
     need(c.every_epochs >= 0, "checkpoint.every_epochs", "must be >= 0", c.every_epochs)
     need(c.keep >= 1, "checkpoint.keep", "must be >= 1", c.keep)

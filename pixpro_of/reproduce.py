@@ -205,6 +205,8 @@ OPTIONS = [
     ("--time-box", "time_box_s", _DUR, "wall-clock box of each pretraining (600, 90s, 10m): its deadline; "
                                        "the latest checkpoint is the result"),
     ("--steps", "steps", int, "step budget of each pretraining (schedules span it)"),
+    ("--lr", "lr", float, "peak learning rate per pretraining step (optim.base_lr = LR x 256 / batch); "
+                          "0 = the trainer config's rule, base_lr x batch / 256"),
     ("--train-config", "train_config", str, "pretraining config file or preset"),
     ("--arch", "arch", click.Choice(("resnet18", "resnet34", "resnet50")), "backbone (model.arch)"),
     ("--image-size", "image_size", int, "view side in pixels (data.image_size); the C5 grid is its 1/32"),

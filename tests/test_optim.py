@@ -96,5 +96,32 @@ def test_schedule_bad_settings_are_user_errors():
     opt = LARS(param_groups([nn.Linear(2, 2)], 0.0), lr=1.0)
     with pytest.raises(UserError, match=r"total iterations \(5\) must exceed warm-up iterations \(10\)"):
         build_lr_scheduler(opt, 1.0, 10, 5)
-    with pytest.raises(UserError, match="learning rate must be > 0"):
-        build_lr_scheduler(opt, 0.0, 1, 5)
+    with pytest.raises(UserError, match="learning rate must be >= 0"):
+        build_lr_scheduler(opt, -1.0, 1, 5)
+    with pytest.raises(UserError, match=r"eta_min must be in \[0, learning rate 0.0\) \(0 when the rate is 0\)"):
+        build_lr_scheduler(opt, 0.0, 1, 5, eta_min=1e-6)
+
+
+def test_a_zero_rate_moves_no_weight_and_only_batchnorm_statistics():
+    """base lr 0 (eta_min 0): every step's rate is exactly 0, so LARS leaves every weight as it was
+    (momentum and weight decay included), while BatchNorm's running statistics follow the data."""
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(), nn.Flatten(), nn.LazyLinear(2))
+    net(torch.randn(2, 3, 6, 6))
+    before = {k: v.clone() for k, v in net.state_dict().items()}
+    opt = LARS(param_groups([net], 1e-5), lr=1.0, momentum=0.9)
+    sched = build_lr_scheduler(opt, 0.0, 2, 10, eta_min=0.0)
+    for _ in range(6):
+        loss = net(torch.randn(4, 3, 6, 6) * 3 + 2).square().mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        sched.step()
+        assert opt.param_groups[0]["lr"] == 0.0
+    after = net.state_dict()
+    for k, v in before.items():
+        if "running" in k or "num_batches" in k:
+            continue
+        assert torch.equal(after[k], v), k
+    assert not torch.equal(after["1.running_mean"], before["1.running_mean"])
+    assert int(after["1.num_batches_tracked"]) == int(before["1.num_batches_tracked"]) + 6

@@ -30,7 +30,7 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     evaluations, each a local launcher run; the table, pictures and results; a rerun redoes nothing."""
     out = tmp_path / "rep"
     argv = ["--out", str(out), *TINY, "--rows", "random,k6-noflow", "--steps", "100000", "--time-box", "60s",
-            "--deeplab-rows", "random"]
+            "--eval-modes", "linear,deeplab,propagate", "--deeplab-rows", "random"]
     assert rp.main(argv) == 0
     printed = capsys.readouterr().out
 
@@ -146,16 +146,20 @@ def test_cluster_dry_run_passes_scheduler_options_through(tmp_path, capsys):
 def test_default_plan_controls_grid_and_metrics():
     cfg = _cfg()
     assert cfg.profile == "cpu" and cfg.grid >= 4 and cfg.image_size >= 128
-    assert cfg.rows == ("random", "k1", "k6-noflow", "k6", "k6-exact", "k2-nomask", "k2-mask")
+    assert cfg.rows == ("random", "stats-only", "k1", "k6-noflow", "k6", "k6-exact", "k2-nomask", "k2-mask")
     assert [(plan.ROWS[r].k, plan.ROWS[r].mask, plan.ROWS[r].flow) for r in cfg.rows[1:]] == [
-        (1, "none", None), (6, "none", "none"), (6, "seed", "est"), (6, "seed", "gt"), (2, "none", "est"),
-        (2, "seed", "est")]
-    assert cfg.seeds == (0, 1, 2) and cfg.time_box_s == 600 and cfg.flow == "dis" and cfg.scheduler == "local"
-    assert cfg.eval_modes == ("linear", "deeplab", "propagate")
-    assert [r for r in cfg.rows if cfg.deeplab_for(r)] == ["random", "k1", "k6-noflow", "k6", "k6-exact"]
-    assert cfg.modes_for("k2-mask") == ("linear", "propagate")
+        (1, "none", None), (1, "none", None), (6, "none", "none"), (6, "seed", "est"), (6, "seed", "gt"),
+        (2, "none", "est"), (2, "seed", "est")]
+    assert cfg.seeds == (0, 1, 2) and cfg.time_box_s == 360 and cfg.flow == "dis" and cfg.scheduler == "local"
+    assert (cfg.steps, cfg.lr, cfg.batch_size) == (400, 1.0, 4)
+    assert cfg.eval_modes == ("linear", "propagate")  # DeepLabV3 on request on the CPU profile
+    assert not cfg.deeplab_for("k6")
+    full = _cfg(["--eval-modes", "linear,deeplab,propagate"])
+    assert [r for r in full.rows if full.deeplab_for(r)] == ["random", "stats-only", "k1", "k6-noflow", "k6", "k6-exact"]
+    assert full.modes_for("k2-mask") == ("linear", "propagate")
     gpu = _cfg(["--profile", "gpu"])
     assert (gpu.arch, gpu.image_size, gpu.grid, gpu.time_box_s, gpu.gpus) == ("resnet50", 224, 7, 600, 1)
+    assert gpu.lr == 0 and gpu.eval_modes == ("linear", "deeplab", "propagate")
     assert _cfg(["--profile", "gpu", "--image-size", "160"]).image_size == 160  # options win over the profile
     assert _cfg(["--deeplab-rows", "none"]).deeplab_rows == ()
 
@@ -169,6 +173,20 @@ def test_which_shards_each_row_reads(tmp_path):
     assert shard_of["k6-s0"].endswith("pretrain_dis]") and shard_of["k2-mask-s0"].endswith("pretrain_dis]")
     assert shard_of["k6-exact-s0"].endswith("pretrain_gt]") and shard_of["k6-noflow-s0"].endswith("pretrain_gt]")
     assert "data.flow_source=none" in jobs["k6-noflow-s0"].submit
+    # the stats-only floor: learning rate exactly 0 (after any --train-set), its own short budget
+    stats = jobs["stats-only-s0"].submit
+    assert stats[-2:] == ["optim.base_lr=0", "optim.eta_min=0"] and "run.max_steps=200" in stats
+    assert "data.k=1" in stats and "run.max_steps=400" in jobs["k1-s0"].submit
+    # --lr is a per-step peak rate: optim.base_lr = lr x 256 / batch (1.0 at batch 4 -> 64); --train-set wins
+    assert "optim.base_lr=64" in jobs["k6-s0"].submit
+    cfg = _cfg(["--seeds", "0", "--lr", "0.5", "--batch-size", "8", "--train-set", "optim.warmup_epochs=2"])
+    k6 = [j for j in plan.build_jobs(cfg, tmp_path, shards, tmp_path / "cs") if j.name == "k6-s0"][0].submit
+    assert k6[-2:] == ["optim.base_lr=16", "optim.warmup_epochs=2"]
+    gpu = _cfg(["--profile", "gpu", "--seeds", "0"])
+    k6 = [j for j in plan.build_jobs(gpu, tmp_path, shards, tmp_path / "cs") if j.name == "k6-s0"][0].submit
+    assert not any(w.startswith("optim.base_lr=") for w in k6)  # the seed's own rule on the GPU profile
+    with pytest.raises(UserError, match=r"--lr must be >= 0"):
+        _cfg(["--lr", "-1"])
     assert jobs["k6-s0-linear"].after == "k6-s0" and jobs["random-s0-linear"].after is None
     assert jobs["k6-s0"].env == {"LAUNCHER_LOCAL_SLOTS": "2", "LAUNCHER_LOCAL_SLOT_DIR": str(tmp_path / "slots")}
 

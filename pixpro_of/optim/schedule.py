@@ -9,6 +9,8 @@
   ``eta_min`` beyond ``T``.
 
 ``base`` is the already-scaled rate (``base_lr × total_batch / 256``; 4.0 for a 1024 batch).
+``base = 0`` (with ``eta_min = 0``) is a rate of exactly zero at every step: the weights never move and
+only BatchNorm's running statistics change (the reproduction's ``stats-only`` control).
 Built as a :class:`torch.optim.lr_scheduler.LambdaLR` so ``state_dict()``/``load_state_dict()``
 round-trip the position exactly.
 """
@@ -39,7 +41,7 @@ class _Factor:
 
     def __call__(self, it: int) -> float:
         base, w, t, mult, eta = self.args
-        return lr_at(it, base, w, t, mult, eta) / base
+        return lr_at(it, base, w, t, mult, eta) / base if base > 0 else 0.0
 
 
 def build_lr_scheduler(optimizer: torch.optim.Optimizer, base_lr: float, warmup_iters: int, total_iters: int,
@@ -48,16 +50,16 @@ def build_lr_scheduler(optimizer: torch.optim.Optimizer, base_lr: float, warmup_
 
     Raises :class:`UserError` for inconsistent settings (names the offending value).
     """
-    if not base_lr > 0:
-        raise UserError(f"learning rate must be > 0, got {base_lr}")
+    if not base_lr >= 0:
+        raise UserError(f"learning rate must be >= 0, got {base_lr}")
     if warmup_iters < 0:
         raise UserError(f"warm-up iterations must be >= 0, got {warmup_iters}")
     if total_iters <= warmup_iters:
         raise UserError(f"total iterations ({total_iters}) must exceed warm-up iterations ({warmup_iters})")
     if warmup_iters > 0 and not warmup_multiplier >= 1.0:
         raise UserError(f"warm-up multiplier must be >= 1, got {warmup_multiplier}")
-    if not 0 <= eta_min < base_lr:
-        raise UserError(f"eta_min must be in [0, learning rate {base_lr}), got {eta_min}")
+    if not (0 <= eta_min < base_lr or eta_min == base_lr == 0):
+        raise UserError(f"eta_min must be in [0, learning rate {base_lr}) (0 when the rate is 0), got {eta_min}")
     for group in optimizer.param_groups:
         group["lr"] = float(base_lr)
         group["initial_lr"] = float(base_lr)

@@ -30,7 +30,8 @@ class Row:
     ``flow``: which flow the positives follow: ``None`` (k ≤ 1, no pretraining), ``none`` (no flow:
     the crop geometry alone, ``data.flow_source=none``), ``est`` (the estimated flow, ``--flow``:
     OpenCV DIS by default) or ``gt`` (the synthetic world's exact flow). ``main`` rows also get
-    the DeepLabV3 column by default (``--deeplab-rows main``).
+    the DeepLabV3 column by default (``--deeplab-rows main``). ``overrides`` are the row's own
+    trainer settings; ``steps`` caps the row's step budget below ``--steps``.
     """
 
     name: str
@@ -40,10 +41,16 @@ class Row:
     flow: Optional[str]
     seed_miou: Optional[float]  # the seed's reported mIoU on real Cityscapes (docs/original-system.md §3)
     main: bool = False
+    overrides: Tuple[str, ...] = ()
+    steps: Optional[int] = None
 
 
 ROWS: Dict[str, Row] = {r.name: r for r in (
     Row("random", "Random init (no pretraining)", None, None, None, None, main=True),
+    # the floor a pretraining has to beat: the trainer with a learning rate of exactly 0, so the
+    # weights stay at their random init and only BatchNorm's running statistics see the views
+    Row("stats-only", "Random weights, BatchNorm statistics of the pretraining views (lr 0)", 1, "none", None, None,
+        main=True, overrides=("optim.base_lr=0", "optim.eta_min=0"), steps=200),
     Row("k1", "PixPro, k=1 (same frame)", 1, "none", None, 53.0, main=True),
     Row("k6-noflow", "k=6 without flow (crop geometry only)", 6, "none", "none", None, main=True),
     Row("k6", "PixPro + OF, k=6, estimated flow, FB mask", 6, "seed", "est", 53.4, main=True),
@@ -54,12 +61,15 @@ ROWS: Dict[str, Row] = {r.name: r for r in (
 EVAL_MODES = ("linear", "deeplab", "propagate")
 
 #: Settings a profile changes (everything else is :class:`ReproduceConfig`'s default). ``cpu``:
-#: this machine, ResNet-18 with 128-px views (a 4×4 C5 grid). ``gpu``: one GPU per pretraining,
-#: the seed's recipe (``pixpro_k6``: positives and view decoding on the GPU) with ResNet-50 and the
-#: PixPro geometry (224-px views, a 7×7 C5 grid), a 10-minute box each.
+#: this machine, ResNet-18 with 128-px views (a 4×4 C5 grid), a peak learning rate of 1.0 (see
+#: ``lr``), 400 steps in a 6-minute box, the linear probe and label propagation. ``gpu``: one GPU
+#: per pretraining, the seed's recipe (``pixpro_k6``: positives and view decoding on the GPU, its
+#: own learning-rate rule) with ResNet-50 and the PixPro geometry (224-px views, a 7×7 C5 grid), a
+#: 10-minute box each, and all three evaluations.
 PROFILES: Dict[str, Dict[str, object]] = {
     "cpu": {},
-    "gpu": dict(train_config="pixpro_k6", arch="resnet50", image_size=224, batch_size=64, steps=6000,
+    "gpu": dict(train_config="pixpro_k6", arch="resnet50", image_size=224, batch_size=64, steps=6000, lr=0.0,
+                eval_modes=EVAL_MODES,
                 time_box_s=600.0, gpus=1, threads=0, workers=8, device="cuda", videos=128, frames=16, size=(448, 224), prep_threads=8,
                 eval_videos=24, eval_val_videos=6, eval_frames=12, eval_size=(448, 224), eval_iters=2000,
                 eval_batch=16, eval_crop=(224, 448), eval_device="cuda", eval_workers=4,
@@ -76,8 +86,13 @@ class ReproduceConfig:
     rows: Tuple[str, ...] = tuple(ROWS)
     seeds: Tuple[int, ...] = (0, 1, 2)
     # pretraining
-    time_box_s: float = 600.0  # per pretraining (the issue: at most 10 minutes each)
-    steps: int = 2000  # step budget per pretraining; the LR/momentum schedules span it
+    time_box_s: float = 360.0  # per pretraining (at most 10 minutes each)
+    steps: int = 400  # step budget per pretraining; the LR/momentum schedules span it (fits the box here)
+    # peak learning rate per step of each pretraining (optim.base_lr = lr × 256 / batch); 0 = the
+    # trainer config's own rule, base_lr × batch / 256. The seed's rule gives 0.0156 at batch 4, at
+    # which LARS (trust 0.001) moves the weights by 1.5 % in 800 steps and nothing is learnt beyond
+    # BatchNorm statistics (docs/reproduction.md); 1.0 is the seed's base rate, unscaled.
+    lr: float = 1.0
     train_config: str = "cpu_small"
     train_overrides: Tuple[str, ...] = ()
     arch: str = "resnet18"
@@ -93,7 +108,9 @@ class ReproduceConfig:
     flow: str = "dis"  # the estimated flow of the "est" rows: dis (OpenCV DIS on the packed frames) | gt
     prep_threads: int = 1
     # evaluation
-    eval_modes: Tuple[str, ...] = EVAL_MODES
+    # DeepLabV3 is off on the CPU profile: 5-8 minutes a head here, and random init already scores
+    # what the pretrained rows score (docs/reproduction.md); --eval-modes linear,deeplab,propagate
+    eval_modes: Tuple[str, ...] = ("linear", "propagate")
     deeplab_rows: Tuple[str, ...] = ("main",)  # rows with the DeepLabV3 column: names, "main" or "all"
     eval_videos: int = 12
     eval_val_videos: int = 3
@@ -166,6 +183,8 @@ class ReproduceConfig:
             raise UserError(f"--prop-frames must be >= 2 (a first frame and one to propagate to), got {self.prop_frames}")
         if self.image_size < 32 or self.image_size % 32:
             raise UserError(f"--image-size must be a multiple of 32 (the C5 stride), got {self.image_size}")
+        if not self.lr >= 0:
+            raise UserError(f"--lr must be >= 0 (0 = the trainer config's own rule), got {self.lr}")
         if not self.time_box_s > 0:
             raise UserError(f"--time-box must be > 0, got {self.time_box_s}")
         if not self.eval_walltime_s > 0:
@@ -336,12 +355,12 @@ def build_jobs(cfg: ReproduceConfig, out: Path, shards: Dict[str, Path], cs_root
     py = sys.executable
     env = {"LAUNCHER_LOCAL_SLOTS": str(cfg.jobs), "LAUNCHER_LOCAL_SLOT_DIR": str(out / "slots")} \
         if cfg.scheduler == "local" else {}
-    epochs = schedule_epochs(cfg.steps, cfg.videos, cfg.batch_size)
     train_wall = walltime_for(cfg, cfg.time_box_s)
     eval_wall = int(math.ceil(cfg.eval_walltime_s))
     eval_gpus = 1 if cfg.gpus > 0 else 0
     config_flag = ["--config", str(Path(cfg.train_config).resolve())] if Path(cfg.train_config).is_file() \
         else ["--preset", cfg.train_config]
+    lr_words = [f"optim.base_lr={cfg.lr * 256.0 / cfg.batch_size:g}"] if cfg.lr > 0 else []
     jobs: List[Job] = []
     for row_name in cfg.rows:
         row = ROWS[row_name]
@@ -354,13 +373,15 @@ def build_jobs(cfg: ReproduceConfig, out: Path, shards: Dict[str, Path], cs_root
                         "data.synthetic=false", f"data.k={row.k}", f"data.mask={row.mask}"]
                 if row.flow == "none":
                     data.append("data.flow_source=none")
+                steps = min(cfg.steps, row.steps or cfg.steps)
                 cmd = _launcher_head(cfg, rid, run_dir, cfg.gpus, train_wall) + config_flag + [
                     "--global-batch", str(cfg.batch_size),
                     *data, f"model.arch={cfg.arch}", f"data.image_size={cfg.image_size}",
-                    f"run.seed={seed}", f"run.epochs={epochs}", f"run.max_steps={cfg.steps}",
+                    f"run.seed={seed}", f"run.epochs={schedule_epochs(steps, cfg.videos, cfg.batch_size)}",
+                    f"run.max_steps={steps}",
                     f"run.threads={cfg.threads}", f"run.device={cfg.device}", f"data.num_workers={cfg.workers}",
                     "checkpoint.every_epochs=0", "checkpoint.every_steps=0", "checkpoint.keep=1",
-                    "log.tensorboard=false", *cfg.train_overrides]
+                    "log.tensorboard=false", *lr_words, *cfg.train_overrides, *row.overrides]  # the row's own settings win
                 jobs.append(Job(rid, "train", row_name, seed, run_dir, cmd, dict(env)))
             backbone = ["--backbone", "random", "--arch", cfg.arch] if row.k is None else ["--backbone", str(run_dir)]
             for mode in cfg.modes_for(row_name):

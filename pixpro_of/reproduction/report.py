@@ -166,6 +166,7 @@ def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
     head = ["Method", "Frames k", "Flow", "Mask", "Views (C5 grid)", "Pretrainings", "Steps (mean)",
             "Pretrain min (mean)", *[MODE_TITLES[m] for m in modes], "Seed's mIoU (BDD→Cityscapes)"]
     lines = [f"Profile {cfg.profile}: {cfg.arch}, views {views}, batch {cfg.batch_size}, "
+             f"{'peak lr ' + format(cfg.lr, 'g') if cfg.lr > 0 else 'the config' + chr(39) + 's lr rule'}, "
              f"a {cfg.time_box_s / 60:g}-minute box and {cfg.steps} steps per pretraining; mean ± sample std over seeds "
              f"{','.join(map(str, cfg.seeds))}.", "",
              "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
