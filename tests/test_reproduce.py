@@ -29,7 +29,7 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     """Random init and k = 6 without flow, one seed: a pretraining stopped by its time box and five
     evaluations, each a local launcher run; the table, pictures and results; a rerun redoes nothing."""
     out = tmp_path / "rep"
-    argv = ["--out", str(out), *TINY, "--rows", "random,k6-noflow", "--steps", "100000", "--time-box", "60s",
+    argv = ["--out", str(out), *TINY, "--rows", "random,stats-only,k6-noflow", "--steps", "100000", "--time-box", "60s",
             "--eval-modes", "linear,deeplab,propagate", "--deeplab-rows", "random"]
     assert rp.main(argv) == 0
     printed = capsys.readouterr().out
@@ -39,7 +39,7 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     lines = [ln for ln in table.splitlines() if ln.startswith("| ")]
     assert lines[0].startswith("| Method | Frames k | Flow | Mask | Views (C5 grid) | Pretrainings | Steps (mean)")
     assert "| Linear probe mIoU | DeepLabV3 mIoU | Label propagation mIoU (mean over distances) |" in lines[0]
-    body = {ln.split(" | ")[0][2:]: ln.split(" | ") for ln in lines[1:3]}
+    body = {ln.split(" | ")[0][2:]: ln.split(" | ") for ln in lines[1:4]}
     noflow = body["k=6 without flow (crop geometry only)"]
     assert noflow[1:5] == ["6", "none", "none", "64 px (2×2)"]
     assert noflow[5] == "1/1 (1 boxed)"  # the time box, not the step budget, ended it
@@ -50,10 +50,15 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     assert res["failed"] == []
     runs = {r["name"]: r for r in res["runs"]}
     assert set(runs) == {"random-s0-linear", "random-s0-deeplab", "random-s0-propagate", "k6-noflow-s0",
-                         "k6-noflow-s0-linear", "k6-noflow-s0-propagate"}
+                         "k6-noflow-s0-linear", "k6-noflow-s0-propagate", "stats-only-s0", "stats-only-s0-linear",
+                         "stats-only-s0-propagate"}
     train = runs["k6-noflow-s0"]
     assert train["state"] == "time-boxed" and train["train"]["step"] > 0
     assert train["train"]["diagnostics"]["mask_ratio"] == 0.0
+    assert train["train"]["diagnostics"]["weights_moved"] > 0.001
+    # the floor: 200 steps at a rate of exactly 0 leave the weights at the seed's random init
+    stats = runs["stats-only-s0"]["train"]
+    assert stats["step"] == 200 and stats["diagnostics"]["weights_moved"] == 0.0
     for name, r in runs.items():
         rd = out / ("runs" if r["kind"] == "train" else "eval") / name
         req = json.loads((rd / "job" / "request.json").read_text())  # a launcher run
@@ -188,6 +193,10 @@ def test_which_shards_each_row_reads(tmp_path):
     with pytest.raises(UserError, match=r"--lr must be >= 0"):
         _cfg(["--lr", "-1"])
     assert jobs["k6-s0-linear"].after == "k6-s0" and jobs["random-s0-linear"].after is None
+    both = {j.name: j for j in plan.build_jobs(_cfg(["--seeds", "1"]), tmp_path, shards, tmp_path / "cs")}
+    prop = shlex.split(both["random-s1-propagate"].submit[-1])
+    assert prop[prop.index("--init-seed") + 1] == "1"  # the random row's weights are drawn per seed
+    assert "--init-seed" not in both["k6-s1-propagate"].submit[-1]
     assert jobs["k6-s0"].env == {"LAUNCHER_LOCAL_SLOTS": "2", "LAUNCHER_LOCAL_SLOT_DIR": str(tmp_path / "slots")}
 
 

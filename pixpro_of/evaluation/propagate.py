@@ -49,6 +49,7 @@ class PropagateConfig:
     video_frames: int = 12
     size: Tuple[int, int] = (320, 192)
     seed: int = 1
+    init_seed: int = 0  # the seed of a --backbone random (its weights)
     topk: int = 10
     temperature: float = 0.07
     radius: int = 6
@@ -186,7 +187,7 @@ def run(cfg: PropagateConfig, log=print) -> Dict[str, object]:
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     device = torch.device(cfg.device)
-    bb = resolve_backbone(cfg.backbone, cfg.arch, 0)
+    bb = resolve_backbone(cfg.backbone, cfg.arch, cfg.init_seed)
     backbone = FrozenBackbone(bb.arch, bb.state, output_stride=cfg.output_stride, multi_grid=(1, 1, 1)).to(device)
     log(f"eval propagate: frozen {bb.description}; {cfg.videos} held-out videos x {cfg.video_frames} frames at "
         f"{cfg.size[0]}x{cfg.size[1]} (world seed {cfg.seed}), stride {cfg.output_stride}, top-{cfg.topk}, "
@@ -243,6 +244,8 @@ _D = PropagateConfig()
 @click.option("--size", type=_Size(), default="x".join(map(str, _D.size)), show_default=True, help="frame size WxH")
 @click.option("--seed", type=int, default=_D.seed, show_default=True,
               help="the world's seed for the held-out videos (the pretraining world uses data.synth.seed, 0)")
+@click.option("--init-seed", type=int, default=_D.init_seed, show_default=True,
+              help="seed of the random weights of --backbone random (the pretraining seed of the row it stands for)")
 @click.option("--topk", type=int, default=_D.topk, show_default=True, help="context cells kept per target cell")
 @click.option("--temperature", type=float, default=_D.temperature, show_default=True, help="softmax temperature")
 @click.option("--radius", type=int, default=_D.radius, show_default=True, help="neighbourhood in feature cells")
@@ -256,7 +259,8 @@ def command(**o) -> int:
 
     torch.set_flush_denormal(True)
     run(PropagateConfig(backbone=o["backbone"], out=o["out"], arch=o["arch"], videos=o["videos"],
-                        video_frames=o["video_frames"], size=tuple(o["size"]), seed=o["seed"], topk=o["topk"],
+                        video_frames=o["video_frames"], size=tuple(o["size"]), seed=o["seed"], init_seed=o["init_seed"],
+                        topk=o["topk"],
                         temperature=o["temperature"], radius=o["radius"], context=o["context"],
                         output_stride=int(o["output_stride"]), device=o["device"]))
     return 0

@@ -391,6 +391,8 @@ def build_jobs(cfg: ReproduceConfig, out: Path, shards: Dict[str, Path], cs_root
                     words = ["eval", "propagate", *backbone, "--out", str(ev), "--videos", str(cfg.prop_videos),
                              "--video-frames", str(cfg.prop_frames), "--size", f"{cfg.prop_size[0]}x{cfg.prop_size[1]}",
                              "--seed", str(cfg.prop_seed), "--device", cfg.eval_device]
+                    if row.k is None:  # random weights: each seed its own draw, as in the linear probe
+                        words += ["--init-seed", str(seed)]
                 else:
                     words = ["eval", "seg", *backbone, "--data", str(cs_root), "--mode", mode, "--out", str(ev),
                              "--iters", str(cfg.eval_iters), "--batch", str(cfg.eval_batch),

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
 from plumbing.atomic import atomic_open
+from plumbing.errors import UserError
 from plumbing.runs import RunLayout
 from pixpro_of.reproduction.plan import FINISHED, ROWS, Job, ReproduceConfig, train_result
 
@@ -62,6 +63,27 @@ def train_diagnostics(run_dir: Path, tail: float = 0.2) -> Dict[str, float]:
     return out
 
 
+def weights_moved(run_dir: Path, arch: str, seed: int) -> Optional[float]:
+    """‖w − w₀‖ / ‖w₀‖ over the encoder's learnt tensors (BatchNorm running statistics left out):
+    how far a pretraining took its weights from their random init (``w₀``: the trainer's draw for
+    ``seed``, which ``--backbone random`` repeats). 0 for the stats-only floor; None without a checkpoint."""
+    import torch
+
+    from pixpro_of.evaluation.backbone import resolve_backbone
+
+    try:
+        trained = resolve_backbone(str(run_dir), arch).state
+    except (UserError, OSError):
+        return None
+    init = resolve_backbone("random", arch, seed).state
+    num = den = 0.0
+    for key, w0 in init.items():
+        if key in trained and torch.is_floating_point(w0) and "running_" not in key:
+            num += float((trained[key].double() - w0.double()).square().sum())
+            den += float(w0.double().square().sum())
+    return math.sqrt(num / den) if den > 0 else None
+
+
 def flow_label(cfg: ReproduceConfig, row_name: str) -> str:
     flow = ROWS[row_name].flow
     if flow is None:
@@ -93,6 +115,10 @@ def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, 
         if job.kind == "train":
             rec["train"] = train_result(job.run_dir)
             rec["train"]["diagnostics"] = train_diagnostics(job.run_dir)
+            if state in FINISHED:
+                moved = weights_moved(job.run_dir, cfg.arch, job.seed)
+                if moved is not None:
+                    rec["train"]["diagnostics"]["weights_moved"] = moved
         else:
             s = _scores(job)
             if s is not None:
@@ -119,7 +145,7 @@ def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, 
                    "steps_mean": sum(steps) / len(steps) if steps else None,
                    "pretrain_minutes_mean": sum(minutes) / len(minutes) if minutes else None,
                    "diagnostics": {k: sum(d[k] for d in diags) / len(diags)
-                                   for k in DIAGNOSTICS if diags and all(k in d for d in diags)}}
+                                   for k in (*DIAGNOSTICS, "weights_moved") if diags and all(k in d for d in diags)}}
         for mode in cfg.modes_for(row_name):
             evs = [r for r in mine if r["mode"] == mode]
             vals = [r["mIoU"] for r in evs if r.get("mIoU") is not None]
@@ -223,12 +249,13 @@ def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
     pre = [r for r in results["rows"] if r["diagnostics"]]
     if pre:
         lines += ["", "Pretraining diagnostics (means over the last 20% of steps, then over seeds):", "",
-                  "| Method | loss | positive pairs per image | images without positives | FB-rejected flow fraction |",
-                  "|---|---|---|---|---|"]
+                  "| Method | loss | positive pairs per image | images without positives | FB-rejected flow fraction "
+                  "| weights moved from init (‖w − w₀‖ / ‖w₀‖) |",
+                  "|---|---|---|---|---|---|"]
         for r in pre:
             d = r["diagnostics"]
-            lines.append("| " + " | ".join([r["label"]] + [f"{d[k]:.3f}" if k in d else "–" for k in DIAGNOSTICS])
-                         + " |")
+            lines.append("| " + " | ".join([r["label"]] + [f"{d[k]:.3f}" if k in d else "–"
+                                                           for k in (*DIAGNOSTICS, "weights_moved")]) + " |")
     if results["failed"]:
         lines += ["", "Failed runs:", ""] + [f"- {f}" for f in results["failed"]]
     return "\n".join(lines) + "\n"
