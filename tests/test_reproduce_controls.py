@@ -78,3 +78,23 @@ def test_flow_source_none_checks():
         SampleBuilder(_cfg(flow_source="none"), 2, carry="flows")
     # device views work without flow
     assert _cfg(flow_source="none", decode_on="device").positives_mode() == "worker"
+
+
+def test_positive_precision_bench_scores_each_rows_positives_against_the_world(tmp_path):
+    """bench/positive_precision.py on a few samples: following the exact flow gives more precise
+    positives than zero flow (the k6-noflow control), and every row of its table is filled."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, str(root / "bench" / "positive_precision.py"), "--videos", "1",
+                          "--samples", "12", "--flows", "none,gt"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    rows = {ln.split(" | ")[0][2:]: ln.strip(" |").split(" | ") for ln in out.stdout.splitlines()
+            if ln.startswith("| ") and not ln.startswith("| positives")}
+    assert set(rows) == {"none", "gt", "(the right pairs)"}
+    prec = {name: float(cells[1]) for name, cells in rows.items() if name != "(the right pairs)"}
+    assert 0 < prec["none"] < prec["gt"] <= 1
+    assert all(0 <= float(cells[4]) <= 1 for cells in rows.values())  # label agreement is a fraction
+    assert "views 128 px (4x4 C5 grid), k = 6" in out.stdout
