@@ -108,8 +108,8 @@ class ReproduceConfig:
     flow: str = "dis"  # the estimated flow of the "est" rows: dis (OpenCV DIS on the packed frames) | gt
     prep_threads: int = 1
     # evaluation
-    # DeepLabV3 is off on the CPU profile: 5-8 minutes a head here, and random init already scores
-    # what the pretrained rows score (docs/reproduction.md); --eval-modes linear,deeplab,propagate
+    # DeepLabV3 is on request on the CPU profile (--eval-modes linear,deeplab,propagate): its 18
+    # heads add about 30 minutes at 2 at a time here (docs/reproduction.md records all three)
     eval_modes: Tuple[str, ...] = ("linear", "propagate")
     deeplab_rows: Tuple[str, ...] = ("main",)  # rows with the DeepLabV3 column: names, "main" or "all"
     eval_videos: int = 12
