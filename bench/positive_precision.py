@@ -29,15 +29,6 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
-def cell_centres(box, flip: bool, grid: int):
-    """Cell centres [grid², 2] (x, y; row-major) of a view box (left, top, w, h) and the bin diagonal."""
-    left, top, w, h = (float(v) for v in box)
-    steps = (np.arange(grid) + 0.5) / grid
-    xs = (left + w - 1 - steps * (w - 1)) if flip else (left + steps * (w - 1))
-    ys = top + steps * (h - 1)
-    return np.stack(np.meshgrid(xs, ys), -1).reshape(-1, 2), float(np.hypot((w - 1) / grid, (h - 1) / grid))
-
-
 def labels_at(labels: np.ndarray, pts: np.ndarray) -> np.ndarray:
     h, w = labels.shape
     ix = np.clip(np.floor(pts[:, 0] + 0.5).astype(int), 0, w - 1)
@@ -60,10 +51,18 @@ def main() -> int:
     from flow.ops import full_flow_to_shard
     from pixpro_of.config import PositiveConfig, SampleConfig
     from pixpro_of.data.pipeline import SampleBuilder
-    from pixpro_of.positives import compute_positives
+    from pixpro_of.positives import bin_size, cell_centres, compute_positives
     from synth import Renderer, render_video, video_seed
 
     torch.set_num_threads(1)
+    ratio = PositiveConfig().pos_ratio  # the PixPro rule: within 0.7 of the larger bin diagonal
+
+    def centres(box, flip):
+        """The pipeline's own cell centres [grid², 2] of one view, and its bin diagonal."""
+        b = box[None].double()
+        return (cell_centres(b, torch.tensor([bool(flip)]), grid)[0].numpy(),
+                float(torch.linalg.vector_norm(bin_size(b, grid)[0])))
+
     W, H, T, k = 256, 128, 16, args.k
     grid = args.image_size // 32
     flows = [f.strip() for f in args.flows.split(",") if f.strip()]
@@ -83,8 +82,7 @@ def main() -> int:
         for _ in range(args.samples):
             t = int(rng.integers(0, T - k + 1))
             t2 = t + k - 1
-            per_flow = {"none": None,
-                        "gt": (full_flow_to_shard(torch.from_numpy(video.fwd[t:t2])),
+            per_flow = {"gt": (full_flow_to_shard(torch.from_numpy(video.fwd[t:t2])),
                                full_flow_to_shard(torch.from_numpy(video.bwd[t:t2])))}
             if dis is not None:
                 fr = video.rgb[t:t2 + 1]
@@ -92,13 +90,13 @@ def main() -> int:
             clip = {"frame1": video.rgb[t], "frame2": video.rgb[t2], "fwd": per_flow["gt"][0].numpy(),
                     "bwd": per_flow["gt"][1].numpy(), "video": "w", "t": t, "k": k}
             s = builder(clip, rng)
-            c1, d1 = cell_centres(s["box1"].numpy(), bool(s["flip1"]), grid)
-            c2, d2 = cell_centres(s["box2"].numpy(), bool(s["flip2"]), grid)
+            c1, d1 = centres(s["box1"], s["flip1"])
+            c2, d2 = centres(s["box2"], s["flip2"])
             diag = max(d1, d2)
             right = []
             for q, keys, a, b in ((c1, c2, t, t2), (c2, c1, t2, t)):
                 landed, visible = world.track(a, b, q)
-                right.append(visible[:, None] & (np.linalg.norm(landed[:, None] - keys[None], axis=-1) / diag < 0.7))
+                right.append(visible[:, None] & (np.linalg.norm(landed[:, None] - keys[None], axis=-1) / diag < ratio))
                 motion.append(np.linalg.norm(landed - q, axis=1)[visible] / diag)
             l1, l2 = labels_at(video.labels[t], c1), labels_at(video.labels[t2], c2)
             same = [l1[:, None] == l2[None, :], l2[:, None] == l1[None, :]]
@@ -123,7 +121,7 @@ def main() -> int:
     print(f"views {args.image_size} px ({grid}x{grid} C5 grid), k = {k} (frames t and t+{k - 1} at 10 fps), "
           f"{args.videos} videos x {args.samples} samples of world seed {args.world_seed}")
     print(f"motion of the query cells between the two frames: median {np.median(m):.2f}, "
-          f"90th percentile {np.percentile(m, 90):.2f} bin diagonals (positives: < 0.7)")
+          f"90th percentile {np.percentile(m, 90):.2f} bin diagonals (positives: < {ratio:g})")
     print("| positives from | precision | recall | positives per image-direction | label agreement |")
     print("|---|---|---|---|---|")
     for f in flows:
