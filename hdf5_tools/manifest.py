@@ -98,18 +98,37 @@ def write_manifest(path, manifest: Manifest) -> None:
     atomic_write_text(path, json.dumps(manifest.to_json(), indent=1) + "\n")
 
 
-def load_manifest(path, check_files: bool = True) -> Manifest:
-    """Read a manifest; with ``check_files`` every listed shard must exist."""
+#: The first bytes of every HDF5 file (a shard given where its manifest was wanted).
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"
+
+
+def manifest_file(path) -> str:
+    """``path``, or ``path/manifest.json`` when ``path`` is a folder (what ``pack`` wrote into OUT)."""
     path = os.fspath(path)
-    if os.path.isdir(path):
-        path = os.path.join(path, MANIFEST_NAME)
+    return os.path.join(path, MANIFEST_NAME) if os.path.isdir(path) else path
+
+
+def load_manifest(path, check_files: bool = True) -> Manifest:
+    """Read a manifest (or a folder's ``manifest.json``); with ``check_files`` every listed shard must exist.
+
+    A file that is not a manifest (a shard, a list, binary data, other JSON) is one UserError line.
+    """
+    path = manifest_file(path)
     try:
-        with open(path) as f:
-            data = json.load(f)
+        with open(path, "rb") as f:
+            raw = f.read()
     except FileNotFoundError:
         raise UserError(f"{path}: manifest not found") from None
-    except (OSError, ValueError) as exc:
-        raise UserError(f"{path}: cannot read manifest ({exc})") from None
+    except OSError as exc:
+        raise UserError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
+    if raw.startswith(HDF5_SIGNATURE):
+        raise UserError(f"{path}: cannot read manifest: this is an HDF5 shard; give the {MANIFEST_NAME} "
+                        f"that 'hdf5_tools pack' wrote beside the shards (or its folder)")
+    try:
+        data = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError):
+        raise UserError(f"{path}: cannot read manifest: this is not JSON text; give the {MANIFEST_NAME} "
+                        f"that 'hdf5_tools pack' wrote beside the shards (or its folder)") from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
         raise UserError(f"{path}: not a shard manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
     if data.get("schema_version") != schema.SCHEMA_VERSION:
@@ -127,6 +146,38 @@ def load_manifest(path, check_files: bool = True) -> Manifest:
         if check_files and not os.path.exists(m.path_of(s)):
             raise UserError(f"{path}: shard {i} lists a missing file {m.path_of(s)}")
     return m
+
+
+@dataclass(frozen=True)
+class FlowCoverage:
+    """How many of a manifest's adjacent frame pairs hold their flows (forward and backward)."""
+
+    pairs: int
+    present: int
+    shards: int  # shards listed
+    shards_incomplete: int  # shards with at least one pair missing
+
+    @property
+    def missing(self) -> int:
+        return self.pairs - self.present
+
+    @property
+    def complete(self) -> bool:
+        return self.present >= self.pairs
+
+
+def flow_coverage(manifest) -> FlowCoverage:
+    """Flow pairs present in a manifest's shards, from the manifest's own counts (no shard is opened).
+
+    ``manifest`` is a :class:`Manifest` or a path (file or folder). The counts are those of the
+    last ``pack`` or completed ``hdf5_tools flow`` run (which refreshes the manifest); a flow run
+    stopped early leaves them low until the same command is run again to finish.
+    """
+    m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
+    return FlowCoverage(pairs=sum(s.num_pairs for s in m.shards),
+                        present=sum(min(s.pairs_present, s.num_pairs) for s in m.shards),
+                        shards=len(m.shards),
+                        shards_incomplete=sum(1 for s in m.shards if s.pairs_present < s.num_pairs))
 
 
 def refresh_manifest(path) -> Manifest:

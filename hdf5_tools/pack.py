@@ -262,7 +262,22 @@ def _progress(cfg: PackConfig, total: int, done: int, shards_done: int, shards: 
     return tqdm(total=total, initial=done, unit="frame", desc="pack", file=sys.stderr, dynamic_ncols=True)
 
 
+def choose_splits(src: str, given) -> Optional[List[str]]:
+    """The splits a ``pack`` command line packs: ``--split`` as given (``all``: every split); without
+    it the training split of a folder SRC (:data:`sources.DEFAULT_SPLITS`) and every video of a
+    ``synth:`` spec (the spec names the videos it wants)."""
+    given = [s for s in given if s]
+    if "all" in given:
+        if len(given) > 1:
+            raise UserError("--split all packs every split; give it alone")
+        return None
+    if given:
+        return given
+    return None if src.startswith("synth:") else list(sources.DEFAULT_SPLITS)
+
+
 @cli_command("pack", epilog="Examples: hdf5_tools pack data/bdd shards --nodes 4 --shard-size 8GiB -j 4; "
+                             "hdf5_tools pack data/bdd/videos shards --nodes 4 --split train --split val; "
                              "hdf5_tools pack synth:videos=8,frames=60,size=640x360,seed=0 shards --nodes 2")
 @click.argument("src", metavar="SRC")
 @click.argument("out", metavar="OUT")
@@ -275,22 +290,31 @@ def _progress(cfg: PackConfig, total: int, done: int, shards_done: int, shards: 
               help="JPEG quality when encoding decoded frames")
 @click.option("--src-kind", type=click.Choice(sources.SRC_KINDS), default="auto", show_default=True,
               help="which SRC layout to read when a folder has both images/ and videos/ (auto: images)")
-@click.option("--split", "splits", multiple=True, help="pack only this split (repeatable)")
+@click.option("--split", "splits", multiple=True,
+              help="pack only this split (repeatable; 'all' for every split); default: train for a folder SRC, "
+                   "every video of a synth: spec")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def command(src, out, nodes, shard_size, flows, jobs, fps, jpeg_quality, src_kind, splits, no_progress) -> int:
     """Pack frame folders, .mov videos or the synthetic world into per-node shards and a manifest.
 
-    SRC is an images/{split}/<video>/*.jpg folder root, a videos/{split}/*.mov root, or
-    synth:videos=N,frames=T,size=WxH,seed=S; OUT is the output folder for the shards and manifest.json.
+    SRC is a folder holding images/{split}/<video>/*.jpg or videos/{split}/*.mov (or that images/ or
+    videos/ folder itself), or synth:videos=N,frames=T,size=WxH,seed=S; OUT is the output folder
+    for the shards and manifest.json. A folder's train split is packed unless --split says otherwise.
     """
     cfg = PackConfig(src=src, out=out, nodes=nodes, shard_size=parse_size(shard_size), flows=flows,
-                     jobs=jobs, fps=fps, jpeg_quality=jpeg_quality, splits=list(splits) or None,
+                     jobs=jobs, fps=fps, jpeg_quality=jpeg_quality, splits=choose_splits(src, splits),
                      src_kind=src_kind, progress=not no_progress)
     m = pack(cfg)
     frames = sum(s.num_frames for s in m.shards)
     size = sum(s.bytes for s in m.shards)
+    packed = sorted({v["split"] for s in m.shards for v in s.videos})
     print(f"packed {sum(s.num_videos for s in m.shards)} videos, {frames} frames into {len(m.shards)} shards "
-          f"({size / 1e6:.1f} MB) for {m.nodes} nodes: {os.path.join(cfg.out, mf.MANIFEST_NAME)}")
+          f"({size / 1e6:.1f} MB) for {m.nodes} nodes from split(s) {', '.join(packed)}: "
+          f"{os.path.join(cfg.out, mf.MANIFEST_NAME)}")
+    if cfg.splits is not None:
+        left = [s for s in sources.splits_of(src, src_kind) if s not in cfg.splits]
+        if left:
+            print(f"not packed: split(s) {', '.join(left)} (--split NAME or --split all packs them)")
     return 0
 
 

@@ -4,8 +4,12 @@ SRC kinds (:func:`find_videos`):
 
 - ``frames``: BDD100K-style frame folders ``SRC/images/{split}/<video>/00001.jpg ...`` (the seed's
   layout; SRC may also be the ``images`` folder itself). JPEG bytes are stored as-is.
-- ``videos``: BDD100K's ``SRC/videos/{split}/*.mov`` (or ``.mp4``), decoded with PyAV at ``fps``
-  frames per second straight into JPEG bytes (no intermediate files).
+- ``videos``: BDD100K's ``SRC/videos/{split}/*.mov`` (or ``.mp4``; SRC may also be the ``videos``
+  folder itself), decoded with PyAV at ``fps`` frames per second straight into JPEG bytes (no
+  intermediate files).
+
+``splits`` selects split folders before any video is opened (``pack`` asks for ``train`` unless
+told otherwise, :data:`DEFAULT_SPLITS`); :func:`splits_of` lists a SRC's splits without opening any.
 - ``synth``: ``synth:videos=4,frames=20,size=64x48,seed=0[,fps=10]`` renders the synthetic world
   (``synth.render_video``) in memory, with the names, seeds and splits
   ``write_dataset`` would use, JPEG-encodes the frames and stores their exact flows. A folder written by ``synth.write_dataset`` is a ``frames`` SRC
@@ -109,9 +113,14 @@ def _load_frame_folder(folder: Path, files: List[str], fps: float) -> LoadedVide
     return LoadedVideo(jpegs=jpegs, height=h, width=w, fps=fps)
 
 
-def _frame_sources(images: Path, fps: float) -> List[VideoSource]:
+def _split_dirs(root: Path, splits: Optional[Sequence[str]]) -> List[Path]:
+    """``root``'s split folders, sorted; only those named in ``splits`` when given."""
+    return sorted(p for p in root.iterdir() if p.is_dir() and (not splits or p.name in splits))
+
+
+def _frame_sources(images: Path, fps: float, splits: Optional[Sequence[str]] = None) -> List[VideoSource]:
     out = []
-    for split_dir in sorted(p for p in images.iterdir() if p.is_dir()):
+    for split_dir in _split_dirs(images, splits):
         for vdir in sorted(p for p in split_dir.iterdir() if p.is_dir()):
             files = sorted(f.name for f in os.scandir(vdir) if f.name.lower().endswith(JPEG_SUFFIXES))
             if not files:
@@ -157,11 +166,11 @@ def _decode_video(path: Path, fps: float, quality: int) -> LoadedVideo:
     return LoadedVideo(jpegs=jpegs, height=int(size[0]), width=int(size[1]), fps=fps)
 
 
-def _video_sources(videos: Path, fps: float, quality: int) -> List[VideoSource]:
+def _video_sources(videos: Path, fps: float, quality: int, splits: Optional[Sequence[str]] = None) -> List[VideoSource]:
     import av
 
     out = []
-    for split_dir in sorted(p for p in videos.iterdir() if p.is_dir()):
+    for split_dir in _split_dirs(videos, splits):
         for f in sorted(split_dir.iterdir()):
             if f.suffix.lower() not in VIDEO_SUFFIXES:
                 continue
@@ -241,35 +250,69 @@ def _synth_sources(spec: str, quality: int, with_flows: bool) -> List[VideoSourc
 
 SRC_KINDS = ("auto", "frames", "videos")
 
+#: The splits ``hdf5_tools pack`` reads from a folder SRC unless ``--split`` says otherwise
+#: (pretraining reads the training videos; ``--split all`` packs every split).
+DEFAULT_SPLITS = ("train",)
+
+
+def _layout(src: str, kind: str) -> Tuple[str, Path]:
+    """``(kind, folder holding the split folders)`` of a folder SRC: ``SRC/images``, ``SRC/videos``,
+    or SRC itself when it is the ``images`` or ``videos`` folder (what a user points at)."""
+    if kind not in SRC_KINDS:
+        raise UserError(f"--src-kind {kind!r}: choose from {', '.join(SRC_KINDS)}")
+    root = Path(src)
+    if not root.is_dir():
+        raise UserError(f"SRC {src}: not a folder (nor a synth:... spec)")
+    if kind in ("auto", "frames") and (root / "images").is_dir():
+        return "frames", root / "images"
+    if kind in ("auto", "videos") and (root / "videos").is_dir():
+        return "videos", root / "videos"
+    name = root.resolve().name
+    if kind in ("auto", "frames") and name == "images":
+        return "frames", root
+    if kind in ("auto", "videos") and name == "videos":
+        return "videos", root
+    want = {"auto": "images/{split}/<video>/*.jpg or videos/{split}/*.mov",
+            "frames": "images/{split}/<video>/*.jpg", "videos": "videos/{split}/*.mov"}[kind]
+    raise UserError(f"SRC {src}: expected {want} under it (or SRC to be that images/ or videos/ folder)")
+
+
+def splits_of(src: str, kind: str = "auto") -> List[str]:
+    """The split names a SRC holds, sorted, without opening any video (synth: those with videos)."""
+    if src.startswith("synth:"):
+        from synth import SynthConfig
+        from synth.writers import split_of
+
+        o = parse_synth_spec(src)
+        scfg = SynthConfig(videos=o["videos"], frames=o["frames"], size=o["size"], fps=o["fps"], seed=o["seed"])
+        return sorted({split_of(scfg, i) for i in range(o["videos"])})
+    _, root = _layout(src, kind)
+    return [p.name for p in _split_dirs(root, None)]
+
 
 def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Optional[Sequence[str]] = None,
                 synth_flows: bool = True, kind: str = "auto") -> Tuple[str, List[VideoSource]]:
     """Return ``(kind, videos)`` for SRC, sorted by (split, name); see the module docstring.
 
-    ``kind`` "auto" prefers ``images/`` over ``videos/`` when a folder has both.
+    ``kind`` "auto" prefers ``images/`` over ``videos/`` when a folder has both. ``splits`` (None:
+    every split) is applied before any video is opened.
     """
     if kind not in SRC_KINDS:
         raise UserError(f"--src-kind {kind!r}: choose from {', '.join(SRC_KINDS)}")
     if src.startswith("synth:"):
         kind, videos = "synth", _synth_sources(src, jpeg_quality, synth_flows)
+        if splits:
+            videos = [v for v in videos if v.split in set(splits)]
     else:
-        root = Path(src)
-        if not root.is_dir():
-            raise UserError(f"SRC {src}: not a folder (nor a synth:... spec)")
-        if kind in ("auto", "frames") and (root / "images").is_dir():
-            kind, videos = "frames", _frame_sources(root / "images", fps)
-        elif kind in ("auto", "videos") and (root / "videos").is_dir():
-            kind, videos = "videos", _video_sources(root / "videos", fps, jpeg_quality)
-        elif kind in ("auto", "frames") and root.name == "images":
-            kind, videos = "frames", _frame_sources(root, fps)
-        else:
-            want = {"auto": "images/{split}/<video>/*.jpg or videos/{split}/*.mov",
-                    "frames": "images/{split}/<video>/*.jpg", "videos": "videos/{split}/*.mov"}[kind]
-            raise UserError(f"SRC {src}: expected {want} under it")
-    if splits:
-        videos = [v for v in videos if v.split in set(splits)]
+        kind, root = _layout(src, kind)
+        videos = (_frame_sources(root, fps, splits) if kind == "frames"
+                  else _video_sources(root, fps, jpeg_quality, splits))
     if not videos:
-        raise UserError(f"SRC {src}: no videos found" + (f" in splits {list(splits)}" if splits else ""))
+        if splits:
+            have = splits_of(src, kind if kind != "synth" else "auto")
+            raise UserError(f"SRC {src}: no videos in split(s) {', '.join(splits)} (splits here: "
+                            f"{', '.join(have) or 'none'}); choose with --split NAME or --split all")
+        raise UserError(f"SRC {src}: no videos found")
     seen = {}
     for v in videos:
         schema.check_video_name(v.name)

@@ -43,7 +43,10 @@ def job_options(f: Callable) -> Callable:
         click.option("--trainer-command", default=None,
                      help="command that replaces 'PYTHON -m pixpro_of train' (custom entry point)"),
         click.option("--config", default=None, help="trainer config file passed as --config"),
-        click.option("--data", default=None, help="shard manifest to stage to node-local disk at job start"),
+        click.option("--data", default=None,
+                     help="shard manifest (or the folder holding its manifest.json, from 'hdf5_tools pack') "
+                          "to stage to node-local disk at job start; needed unless the trainer config "
+                          "names its shards or uses the synthetic world"),
         click.option("--data-key", default="data.shards", show_default=True,
                      help="trainer key that receives [STAGED_DIR/manifest.json]"),
         click.option("--global-batch", type=int, default=None, help="global batch; must divide over the ranks"),

@@ -11,6 +11,7 @@ job's config (``--print-config``) before anything waits in a queue.
 """
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
@@ -173,6 +174,40 @@ def check_trainer_config(plan: "JobPlan") -> None:
     proc = _ask_trainer([*argv, "--print-config", *overrides])
     if proc.returncode != 0:
         raise UserError(f"the trainer refuses this config: {_one_line(proc)}")
+    _check_data_reads(plan, proc.stdout)
+
+
+def _check_data_reads(plan: "JobPlan", printed: str) -> None:
+    """What the trainer's resolved config (its ``--print-config`` JSON) will read must exist now.
+
+    Shards: ``--data``, unless the config names its own (``data.shards``) or uses the synthetic
+    world (``data.synthetic``). Flows: with ``data.k`` > 1 from stored flows
+    (``data.flow_source=shards``) every adjacent pair of the ``--data`` manifest's shards, counted
+    from the manifest (:func:`hdf5_tools.manifest.flow_coverage`).
+    """
+    from hdf5_tools import manifest as mf
+
+    try:
+        data = json.loads(printed)["data"]
+        shards, synthetic = list(data.get("shards") or []), bool(data.get("synthetic"))
+        k, flow_source = int(data.get("k", 1)), str(data.get("flow_source", ""))
+    except (ValueError, KeyError, TypeError, AttributeError):
+        return  # not the config this launcher knows: the trainer checked it, nothing more to say
+    argv = list(plan.trainer_argv)
+    config = Path(argv[argv.index("--config") + 1]).name if "--config" in argv[:-1] else "(defaults)"
+    if not plan.data_manifest and not shards and not synthetic:
+        raise UserError(f"--data: the trainer config {config} reads shards (data.synthetic=false) and none are given; "
+                        f"add --data SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true "
+                        f"for the synthetic world")
+    if plan.data_manifest and k > 1 and flow_source == "shards":
+        cov = mf.flow_coverage(plan.data_manifest)
+        if not cov.complete:
+            folder = os.path.dirname(mf.manifest_file(plan.data_manifest))
+            raise UserError(
+                f"--data: {cov.missing} of {cov.pairs} flow pairs are missing ({cov.shards_incomplete} of "
+                f"{cov.shards} shards) and data.k={k} reads them from the shards; fill them with "
+                f"'hdf5_tools flow {shlex.quote(folder)} --model raft-small --weights raft-small.pth' "
+                f"(or --model dis), or estimate them in training with data.flow_source=raft data.raft_weights=FILE")
 
 
 def submitting_environment() -> Tuple[str, ...]:
@@ -295,10 +330,16 @@ def plan_job(req: JobRequest) -> JobPlan:
 
 
 def _check_manifest(path: str, nodes: int) -> None:
-    """``--data`` must be a shard manifest (every shard present) packed for at least ``nodes`` node sets."""
+    """``--data`` must be a shard manifest (or the folder holding its ``manifest.json``), every shard
+    present, packed for at least ``nodes`` node sets."""
     from hdf5_tools import manifest as mf
 
-    if not Path(path).is_file():
+    if Path(path).is_dir():
+        if not (Path(path) / mf.MANIFEST_NAME).is_file():
+            raise UserError(f"--data: {path} is a folder without a {mf.MANIFEST_NAME}; give the OUT folder of "
+                            f"'hdf5_tools pack' or its {mf.MANIFEST_NAME}")
+        path = str(Path(path) / mf.MANIFEST_NAME)
+    elif not Path(path).is_file():
         raise UserError(f"--data: shard manifest {path} does not exist")
     try:
         m = mf.load_manifest(path)

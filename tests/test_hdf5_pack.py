@@ -264,3 +264,44 @@ def test_one_rule_resolves_shard_paths(tmp_path):
             resolve_shards(entries, node_index=0 if "3 nodes" in message else None,
                            num_nodes=3 if "3 nodes" in message else None, label="data.shards")
         assert message in str(info.value)
+
+
+def test_flow_coverage_counts_missing_pairs_from_the_manifest(tmp_path, rendered):
+    from hdf5_tools import manifest as mf
+
+    src = tmp_path / "src"
+    _make_src(src, rendered)  # vid0: 5 frames (train), vid1: 6 frames (val), no flows
+    m = pack(_cfg(src, tmp_path / "out", nodes=2, shard_size=1))
+    cov = mf.flow_coverage(tmp_path / "out")  # the folder finds its manifest.json
+    assert (cov.pairs, cov.present, cov.missing, cov.shards, cov.shards_incomplete, cov.complete) == (9, 0, 9, 2, 2, False)
+    full = pack(_cfg(f"synth:videos=3,frames=4,size={SIZE[0]}x{SIZE[1]},seed=0", tmp_path / "synth", nodes=1))
+    cov = mf.flow_coverage(full)  # a Manifest object too; synth: carries its exact flows
+    assert (cov.pairs, cov.present, cov.missing, cov.complete) == (9, 9, 0, True)
+    # One shard filled, the manifest refreshed: only the other's pairs are missing.
+    entry = next(s for s in m.shards if s.num_pairs == 4)
+    with schema.open_shard(m.path_of(entry), "r+") as h5:
+        schema.write_flows(h5, "vid0", np.zeros((4, 2, 6, 8), np.float32), np.zeros((4, 2, 6, 8), np.float32))
+    mf.refresh_manifest(tmp_path / "out" / "manifest.json")
+    cov = mf.flow_coverage(str(tmp_path / "out" / "manifest.json"))
+    assert (cov.pairs, cov.present, cov.missing, cov.shards_incomplete) == (9, 4, 5, 1)
+
+
+def test_a_file_that_is_not_a_manifest_says_so_in_one_line(tmp_path):
+    from hdf5_tools.manifest import load_manifest
+
+    m = pack(_cfg(f"synth:videos=1,frames=2,size={SIZE[0]}x{SIZE[1]},seed=0", tmp_path / "p", nodes=1))
+    shard = m.path_of(m.shards[0])
+    (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
+    (tmp_path / "other.json").write_text('{"format": "something.else"}')
+    for path, message in [
+        (shard, f"{shard}: cannot read manifest: this is an HDF5 shard; give the manifest.json that "
+                "'hdf5_tools pack' wrote beside the shards (or its folder)"),
+        (tmp_path / "bin.json", f"{tmp_path / 'bin.json'}: cannot read manifest: this is not JSON text; give the "
+                                "manifest.json that 'hdf5_tools pack' wrote beside the shards (or its folder)"),
+        (tmp_path / "other.json", f"{tmp_path / 'other.json'}: not a shard manifest (format 'something.else')"),
+        (tmp_path / "nope.json", f"{tmp_path / 'nope.json'}: manifest not found"),
+    ]:
+        with pytest.raises(UserError) as exc:
+            load_manifest(path)
+        assert str(exc.value) == message
+    assert load_manifest(tmp_path / "p").nodes == 1  # a folder: its manifest.json

@@ -160,3 +160,71 @@ def test_full_resolution_flows_are_reduced_by_the_one_shard_rule():
     assert low.shape == (3, 2, 3, 4) and low.dtype == np.float32
     assert np.array_equal(low, full_flow_to_shard(torch.from_numpy(full)).numpy())
     assert np.array_equal(downsample_flow(full[0]), low[0])
+
+
+def _pack_cli(*args):
+    import subprocess
+    import sys
+
+    return subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack", *map(str, args), "--no-progress"],
+                          capture_output=True, text=True, timeout=120)
+
+
+def _packed_videos(out):
+    import json
+
+    return sorted((v["split"], v["name"]) for s in json.loads((out / "manifest.json").read_text())["shards"]
+                  for v in s["videos"])
+
+
+def test_pack_takes_the_folder_a_user_gives_and_packs_the_train_split_unless_told(synth_tree, tmp_path):
+    # BDD100K's videos/ folder itself (as the README's line gives it): the train split only, named.
+    r = _pack_cli(synth_tree / "videos", tmp_path / "v", "--nodes", "1")
+    assert r.returncode == 0, r.stderr
+    assert "packed 1 videos, 5 frames into 1 shards" in r.stdout and "from split(s) train:" in r.stdout
+    assert "not packed: split(s) val (--split NAME or --split all packs them)" in r.stdout
+    assert _packed_videos(tmp_path / "v") == [("train", "synth-00000")]
+    with schema.open_shard(str(tmp_path / "v" / "shard-n000-00000.h5")) as h5:
+        assert schema.list_videos(h5)[0].source.startswith("videos:")
+    # The images/ folder itself with the train split's .flo flows: no val video asks for flows.
+    r = _pack_cli(synth_tree / "images", tmp_path / "i", "--nodes", "1", "--flows", synth_tree / "flow" / "train")
+    assert r.returncode == 0, r.stderr
+    assert _packed_videos(tmp_path / "i") == [("train", "synth-00000")]
+    with schema.open_shard(str(tmp_path / "i" / "shard-n000-00000.h5")) as h5:
+        assert schema.list_videos(h5)[0].flows_present == 4
+    # --split all / repeated --split: every split, named in the output.
+    r = _pack_cli(synth_tree, tmp_path / "a", "--nodes", "1", "--split", "all")
+    assert r.returncode == 0 and "from split(s) train, val:" in r.stdout and "not packed" not in r.stdout
+    assert _packed_videos(tmp_path / "a") == [("train", "synth-00000"), ("val", "synth-00001")]
+    r = _pack_cli(synth_tree / "images", tmp_path / "b", "--nodes", "1", "--split", "val", "--split", "train")
+    assert r.returncode == 0 and _packed_videos(tmp_path / "b") == _packed_videos(tmp_path / "a")
+    # A synth: spec names its videos: all of them, as before.
+    r = _pack_cli("synth:videos=2,frames=3,size=32x24,seed=0", tmp_path / "s", "--nodes", "1")
+    assert r.returncode == 0 and "from split(s) train, val:" in r.stdout
+    # Mistakes: one line naming the option or SRC, exit 2.
+    for args, message in [
+        ((synth_tree, tmp_path / "x", "--nodes", "1", "--split", "test"),
+         f"SRC {synth_tree}: no videos in split(s) test (splits here: train, val); choose with --split NAME or --split all"),
+        ((synth_tree, tmp_path / "x", "--nodes", "1", "--split", "all", "--split", "val"),
+         "--split all packs every split; give it alone"),
+        ((synth_tree / "flow", tmp_path / "x", "--nodes", "1"),
+         f"SRC {synth_tree / 'flow'}: expected images/{{split}}/<video>/*.jpg or videos/{{split}}/*.mov under it "
+         f"(or SRC to be that images/ or videos/ folder)"),
+    ]:
+        r = _pack_cli(*args)
+        assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"hdf5_tools pack: error: {message}"], r.stderr
+
+
+def test_find_videos_filters_splits_before_opening_videos(synth_tree, tmp_path):
+    from hdf5_tools import sources
+
+    (tmp_path / "videos" / "val").mkdir(parents=True)
+    (tmp_path / "videos" / "val" / "broken.mov").write_bytes(b"not a video")  # never opened for train
+    shutil.copytree(synth_tree / "videos" / "train", tmp_path / "videos" / "train")
+    kind, videos = sources.find_videos(str(tmp_path / "videos"), splits=["train"])
+    assert kind == "videos" and [(v.split, v.name) for v in videos] == [("train", "synth-00000")]
+    assert sources.splits_of(str(tmp_path)) == ["train", "val"]
+    with pytest.raises(UserError, match="broken.mov: cannot open video"):
+        sources.find_videos(str(tmp_path), splits=None)
+    assert sources.splits_of("synth:videos=9,frames=2") == ["train", "val"]
+    assert sources.splits_of("synth:videos=1,frames=2") == ["train"]

@@ -19,7 +19,8 @@ from launcher.clusters import available_profiles, load_profile, parse_duration
 from plumbing.errors import UserError
 from launcher.options import build_request, parse_job_args
 from launcher.request import passthrough_args, plan_job, safe_job_name
-from launcher.templating import sh_argv
+from launcher.schedulers import AFTER, LINK
+from launcher.shellwords import array, sh_argv
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "launcher"
@@ -252,7 +253,7 @@ def test_rendered_scripts_have_the_scheduler_facts(capsys):
     for d in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--partition=gpu", "--account=grp01",
               "--requeue", "--signal=B:USR2@300", "--open-mode=append"):
         assert f"#SBATCH {d}\n" in s
-    assert 'scontrol requeue "$SLURM_JOB_ID"' in s
+    assert 'launcher_out=$(scontrol requeue "${SLURM_JOB_ID}" 2>&1)' in s
     assert "--dependency" not in sub
     s, sub = _render_case("slurm-chain", capsys)
     assert "#SBATCH --no-requeue\n" in s and "scontrol requeue" not in s
@@ -260,13 +261,14 @@ def test_rendered_scripts_have_the_scheduler_facts(capsys):
     s, _ = _render_case("pjm", capsys)
     for d in ("-L node=4", "--mpi proc=16", "-L rscgrp=cxgfs-small", "-L elapse=168:00:00", "-g jh0001"):
         assert f"#PJM {d}\n" in s
-    assert 'LAUNCHER_AFTER=${LAUNCHER_JOB_ID%%_*}' in s and "--sparam jid=\"${LAUNCHER_AFTER}\"" in s
+    # the step job id a sub job waits for comes from the policy (launcher.outcome: 4567_2 -> 4567)
+    assert 'LAUNCHER_AFTER=$launcher_arg2' in s and "--sparam jid=\"${LAUNCHER_AFTER}\"" in s
     s, _ = _render_case("local", capsys)
     assert "#SBATCH" not in s and "launcher_hosts() { echo localhost; }" in s
     for case in GOLDEN_CASES:
         s, _ = _render_case(case, capsys)
         assert '--deadline "$LAUNCHER_DEADLINE_ISO"' in s and "--config pixpro_k6" in s
-        assert 'launcher_trainer+=(\'data.shards=[\'"$LAUNCHER_DATA_DIR/manifest.json]")' in s
+        assert 'launcher_command+=(\'data.shards=[\'"$LAUNCHER_DATA_DIR/manifest.json]")' in s
         assert "hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to \"$LAUNCHER_DATA_DIR\"" in s
 
 
@@ -324,9 +326,10 @@ def test_render_prints_the_exact_submit_commands(capsys):
 
 
 def test_sh_argv_turns_placeholders_into_variables():
-    assert sh_argv(["sbatch", "--dependency=afterany:@@AFTER@@", "LINK=@@LINK@@", "/a b/job.sh"]) == \
+    assert sh_argv(["sbatch", f"--dependency=afterany:{AFTER}", f"LINK={LINK}", "/a b/job.sh"]) == \
         "sbatch --dependency=afterany:\"${LAUNCHER_AFTER}\" LINK=\"${LAUNCHER_NEXT_LINK}\" '/a b/job.sh'"
-    assert sh_argv(["x y@@AFTER@@"]) == "'x y'\"${LAUNCHER_AFTER}\""
+    assert sh_argv([f"x y{AFTER}"]) == "'x y'\"${LAUNCHER_AFTER}\""
+    assert sh_argv([array("launcher_mpi_env"), "", "a,b"]) == "\"${launcher_mpi_env[@]}\" '' 'a,b'"
 
 
 # ------------------------------------------------------------------ quoting: nothing executes
@@ -355,3 +358,61 @@ def test_hostile_values_execute_nothing(tmp_path, mpi_env):
     assert f"note={bad}" in argv and f"msg={bad}" in argv
     assert argv[argv.index("--run-dir") + 1] == str(run_dir)
     assert (run_dir / "done").exists()
+
+
+# ------------------------------------------------------------------ what the job will read, checked at submit
+
+def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
+    """No shards, a folder, a shard for a manifest, missing flow pairs: one line at submit, not on the node."""
+    import numpy as np
+
+    from hdf5_tools import testdata
+    from hdf5_tools.pack import PackConfig, pack
+
+    full = tmp_path / "full"  # synth: carries its exact flows
+    pack(PackConfig(src="synth:videos=2,frames=6,size=64x48,seed=0", out=str(full), nodes=2, progress=False))
+    src = tmp_path / "src"  # frames only: every flow pair missing until 'hdf5_tools flow'
+    for i in range(3):
+        testdata.write_frame_folder(src, "train", f"v{i}", jpegs=[testdata.encode(np.zeros((16, 16, 3), np.uint8))] * 4)
+    bare = tmp_path / "bare"
+    pack(PackConfig(src=str(src), out=str(bare), nodes=2, shard_size=1, progress=False))
+    (tmp_path / "empty").mkdir()
+
+    def err(*args):
+        rc, out, e = render(["--gpus", "0", "--run-dir", str(tmp_path / "r"), *map(str, args)], capsys)
+        lines = e.strip().splitlines()
+        assert rc == 2 and out == "" and len(lines) == 1, e
+        return lines[0].removeprefix("launcher render: error: ")
+
+    assert err("--frames", "6") == (
+        "--data: the trainer config pixpro_k6 reads shards (data.synthetic=false) and none are given; add --data "
+        "SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true for the synthetic world")
+    assert err("--frames", "3").startswith("--data: the trainer config pixpro_k6 reads shards")
+    assert err("--frames", "6", "--data", bare) == (
+        f"--data: 9 of 9 flow pairs are missing (3 of 3 shards) and data.k=6 reads them from the shards; fill them "
+        f"with 'hdf5_tools flow {bare} --model raft-small --weights raft-small.pth' (or --model dis), or estimate "
+        f"them in training with data.flow_source=raft data.raft_weights=FILE")
+    shard = bare / "shard-n000-00000.h5"
+    assert err("--frames", "6", "--data", shard) == (
+        f"--data: {shard}: cannot read manifest: this is an HDF5 shard; give the manifest.json that "
+        f"'hdf5_tools pack' wrote beside the shards (or its folder)")
+    assert err("--frames", "6", "--data", tmp_path / "empty") == (
+        f"--data: {tmp_path / 'empty'} is a folder without a manifest.json; give the OUT folder of 'hdf5_tools pack' "
+        f"or its manifest.json")
+    rc, _, e = render(["--scheduler", "slurm", "--gpus", "0", "--nodes", "3", "--frames", "6", "--data", str(full)],
+                      capsys)
+    assert rc == 2 and f"--data: {full}/manifest.json was packed for 2 node set(s) but the job has 3 nodes" in e
+
+    def ok(*args):
+        rc, out, e = render(["--gpus", "0", "--run-dir", str(tmp_path / "r"), *map(str, args)], capsys)
+        assert rc == 0, e
+        return out
+
+    # The folder pack wrote finds its manifest.json; the job stages it the same way.
+    assert f"hdf5_tools.cli stage {full} --to" in ok("--frames", "6", "--data", full)
+    ok("--frames", "6", "--data", full / "manifest.json")
+    ok("--frames", "1", "--data", bare)  # k = 1 reads no flow
+    ok("--frames", "6", "--data", bare, "data.flow_source=none", "data.mask=none")  # the no-flow control
+    ok("--frames", "6", "data.synthetic=true")  # the synthetic world, packed by the trainer
+    ok("--frames", "6", f"data.shards=[{full}]")  # the config names its shards
+    ok("--preset", "cpu_small")  # the small preset uses the synthetic world
