@@ -17,9 +17,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from plumbing.errors import UserError
+from launcher.launchers import LAUNCH_METHODS
 
 SCHEDULERS = ("slurm", "pbs", "sge", "pjm", "local")
-LAUNCH_METHODS = ("mpirun", "horovodrun", "srun", "torchrun")
 
 #: The profile used when ``--cluster`` is not given.
 DEFAULT_PROFILE = {"slurm": "slurm", "pbs": "pbs", "sge": "sge", "pjm": "pjm", "local": "local"}

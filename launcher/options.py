@@ -8,7 +8,8 @@ from typing import Any, Callable, List, Sequence, Tuple
 import click
 
 from plumbing.errors import UserError
-from launcher.clusters import DEFAULT_PROFILE, LAUNCH_METHODS, SCHEDULERS, load_profile, parse_duration
+from launcher.clusters import DEFAULT_PROFILE, SCHEDULERS, load_profile, parse_duration
+from launcher.launchers import LAUNCH_METHODS
 from launcher.request import JobRequest, check_name, passthrough_args
 
 #: Settings for ``render`` and ``submit``: words they do not know go on to the trainer.
@@ -37,7 +38,7 @@ def job_options(f: Callable) -> Callable:
                      help="HH:MM:SS, HH:MM, D-HH:MM:SS or minutes (default: the profile's)"),
         click.option("--chain", type=int, default=1, show_default=True,
                      help="pre-submit N dependent jobs (each resumes the run)"),
-        click.option("--launch", type=click.Choice(LAUNCH_METHODS), default=None,
+        click.option("--launch", type=click.Choice(tuple(LAUNCH_METHODS)), default=None,
                      help="how ranks start (default: the profile's)"),
         click.option("--backend", type=click.Choice(("horovod", "ddp")), default=None),
         click.option("--trainer-command", default=None,

@@ -24,6 +24,7 @@ from typing import List, Optional, Sequence, Tuple
 
 from plumbing.errors import UserError
 from launcher.clusters import ClusterProfile, format_hms
+from launcher.launchers import get_launch_method
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
 DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.:=,+/@%^-]*$")
@@ -299,15 +300,7 @@ def plan_job(req: JobRequest) -> JobPlan:
     margin = min(prof.deadline_margin_s, walltime // 4)
     lead = min(prof.warning_lead_s, walltime // 4)
     method = req.launch_method or prof.launch_method
-    if method == "srun" and req.scheduler != "slurm":
-        raise UserError(f"--launch srun needs --scheduler slurm (got {req.scheduler})")
-    backend = req.backend or ("horovod" if method in ("mpirun", "horovodrun") else "ddp")
-    if backend not in ("horovod", "ddp"):
-        raise UserError(f"--backend {backend!r}: use horovod or ddp")
-    if method == "horovodrun" and backend != "horovod":
-        raise UserError("--launch horovodrun starts Horovod ranks; use --backend horovod")
-    if method == "torchrun" and backend != "ddp":
-        raise UserError("--launch torchrun starts torch.distributed ranks; use --backend ddp")
+    backend = get_launch_method(method).check(req.scheduler, req.backend)
     queue = prof.queue if req.queue is None else req.queue
     for label, value in (("--queue", queue), ("--group", req.group)):
         if not DIRECTIVE_SAFE.match(value):

@@ -2,8 +2,9 @@
 
 Each scheduler builds argv lists (never a shell string), parses the job id its submit command
 prints, and maps its queue states to a few words (``queued``, ``running``, ``held``,
-``finished``). Placeholders ``@@LINK@@`` and ``@@AFTER@@`` in a submit argv stand for shell
-variables when the command is rendered into a job script (the job extends its own chain).
+``finished``). Placeholders :data:`LINK` and :data:`AFTER` in a submit argv stand for shell
+variables when the command is rendered into a job script (the job extends its own chain); a
+scheduler whose jobs can requeue themselves says how (:meth:`Scheduler.requeue_argv`).
 """
 from __future__ import annotations
 
@@ -13,9 +14,10 @@ from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence
 
 from plumbing.errors import UserError
+from launcher.shellwords import var
 
-LINK = "@@LINK@@"
-AFTER = "@@AFTER@@"
+LINK = var("LAUNCHER_NEXT_LINK")
+AFTER = var("LAUNCHER_AFTER")
 
 
 @dataclass(frozen=True)
@@ -50,6 +52,10 @@ class Scheduler(abc.ABC):
         """The id a successor names in its dependency."""
         return job_id
 
+    def requeue_argv(self) -> List[str]:
+        """The command a running job of this scheduler runs to requeue itself ([] = it cannot)."""
+        return []
+
 
 def _first_match(pattern: str, output: str, what: str) -> str:
     m = re.search(pattern, output, re.MULTILINE)
@@ -74,6 +80,9 @@ class Slurm(Scheduler):
         if after:
             argv.append(f"--dependency=afterany:{after}")
         return argv + [script]
+
+    def requeue_argv(self):
+        return ["scontrol", "requeue", var("SLURM_JOB_ID")]
 
     def parse_job_id(self, output):
         return _first_match(r"^\s*(?:Submitted batch job\s+)?(\d+)(?:;\S*)?\s*$", output, "sbatch")

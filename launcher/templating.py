@@ -5,65 +5,29 @@ Templates live in ``templates/`` (package ``launcher.templates``); a user direct
 ``base.sh.j2`` or one scheduler's template. Filters:
 
 - ``sh``: one value -> one shell word (``shlex.quote``); a list -> quoted words joined by spaces.
-- ``sh_argv``: like ``sh`` for a list, but the placeholders of :mod:`launcher.schedulers`
-  become double-quoted shell variables (``"${LAUNCHER_NEXT_LINK}"``, ``"${LAUNCHER_AFTER}"``).
+- ``sh_argv``: like ``sh`` for a list, but the placeholders of :mod:`launcher.shellwords`
+  become double-quoted shell variables (``"${LAUNCHER_NEXT_LINK}"``, ``"${launcher_mpi_env[@]}"``).
 - ``directive``: a value for a ``#SBATCH``/``#PBS``/``#$``/``#PJM`` line; only a safe character
   set passes, anything else fails the render.
 """
 from __future__ import annotations
 
 import os
-import shlex
 from importlib import resources
-from typing import Iterable, Optional
+from typing import Optional
 
 import jinja2
 
 from plumbing.errors import UserError
 from plumbing.runs import JOB, EXIT_RESUME
+from launcher.launchers import get_launch_method
 from launcher.request import DIRECTIVE_SAFE, JobPlan
 from launcher.schedulers import AFTER, LINK, Scheduler
-
-_PLACEHOLDER_VARS = {LINK: "${LAUNCHER_NEXT_LINK}", AFTER: "${LAUNCHER_AFTER}"}
+from launcher.shellwords import sh, sh_argv
 
 
 class _TemplateFailure(Exception):
     pass
-
-
-def sh(value) -> str:
-    """Quote for bash: a scalar -> one word, a list/tuple -> space-joined words."""
-    if isinstance(value, (list, tuple)):
-        return " ".join(sh(v) for v in value)
-    if isinstance(value, bool):
-        value = "1" if value else "0"
-    text = str(value)
-    quoted = shlex.quote(text)
-    if quoted == text and "," in text:
-        quoted = f"'{text}'"  # harmless, and shellcheck reads a bare comma in an array as a mistake
-    return quoted
-
-
-def sh_argv(words: Iterable[str]) -> str:
-    """Quote an argv whose words may contain placeholders for shell variables."""
-    out = []
-    for word in words:
-        pieces = [word]
-        for ph, var in _PLACEHOLDER_VARS.items():
-            nxt = []
-            for p in pieces:
-                if isinstance(p, tuple):
-                    nxt.append(p)
-                    continue
-                parts = p.split(ph)
-                for i, part in enumerate(parts):
-                    if i:
-                        nxt.append((var,))
-                    nxt.append(part)
-            pieces = nxt
-        rendered = "".join(f'"{p[0]}"' if isinstance(p, tuple) else (shlex.quote(p) if p else "") for p in pieces)
-        out.append(rendered or "''")
-    return " ".join(out)
 
 
 def directive(value) -> str:
@@ -95,9 +59,16 @@ def render_script(plan: JobPlan, scheduler: Scheduler, template_dir: Optional[st
     env = make_environment(template_dir)
     script_path = os.path.join(plan.run_dir, JOB, "job.sh")
     use_requeue = plan.profile.can_requeue and plan.chain == 1 and scheduler.name in ("slurm", "local")
+    method = get_launch_method(plan.launch_method)
+    if scheduler.name == "local":
+        resume_mode = "local"
+    else:
+        resume_mode = "requeue" if use_requeue and scheduler.requeue_argv() else "chain"
     context = dict(
-        job=plan, profile=plan.profile, scheduler=scheduler.name, use_requeue=use_requeue,
-        extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER),
+        job=plan, profile=plan.profile, scheduler=scheduler.name, use_requeue=use_requeue, resume_mode=resume_mode,
+        extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER), requeue_argv=scheduler.requeue_argv(),
+        ranks_argv=method.ranks_argv(plan), per_node_argv=method.per_node_argv(plan, scheduler.name),
+        probe_argv=method.probe_argv(plan, scheduler.name), needs_per_node=method.needs_per_node,
         exit_resume=EXIT_RESUME,
     )
     try:
