@@ -256,7 +256,11 @@ class OptimConfig:
 
     lr = ``base_lr`` × global batch / 256; linear warm-up over ``warmup_epochs`` from
     lr/``warmup_multiplier``, then per-iteration cosine to ``eta_min``.
-    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler).
+    ``precision``: ``fp32``, ``bf16`` (autocast) or ``fp16`` (autocast + GradScaler; under
+    Horovod with its AMP recipe). ``tf32``: with ``fp32`` on a CUDA GPU (Ampere or newer), run the
+    matmuls and convolutions on TF32 tensor cores (10-bit mantissa inputs, fp32 accumulation;
+    ``torch.backends.cuda.matmul`` and ``cudnn``); on by default, as the GPU presets train; no
+    effect on CPU. Set ``false`` for IEEE fp32 throughout.
     """
     base_lr: float = 1.0
     weight_decay: float = 1e-5
@@ -265,6 +269,7 @@ class OptimConfig:
     warmup_multiplier: float = 100.0
     eta_min: float = 1e-6
     precision: str = "fp32"
+    tf32: bool = True
     channels_last: bool = True
     compile: bool = False
 
@@ -272,21 +277,30 @@ class OptimConfig:
 @dataclass
 class DistConfig:
     """Which backend runs the ranks: ``single`` (one process), ``horovod`` or ``ddp``
-    (``pixpro_of.dist``); ``sync_bn`` synchronises BatchNorm statistics over the ranks."""
+    (``pixpro_of.dist``); ``sync_bn`` synchronises BatchNorm statistics over the ranks.
+    ``timeout_minutes``: how long a DDP collective waits for the other ranks before failing
+    (longer than the slowest legitimate wait: rank 0 packing data, a slow shared file system).
+    The backend must match the launch: a trainer started as several ranks (mpirun, srun,
+    torchrun) with ``single`` refuses to start."""
     backend: str = "single"
     sync_bn: bool = True
+    timeout_minutes: float = 30.0
 
 
 @dataclass
 class CheckpointConfig:
     """Checkpoint cadence and retention.
 
-    A checkpoint is written every ``every_steps`` steps (0 = off) and at the end of every
-    ``every_epochs``-th epoch (0 = off), plus whenever training stops. ``keep`` newest are kept;
-    checkpoints written at the end of an epoch listed in ``keep_epochs`` are never deleted.
+    A checkpoint is written every ``every_steps`` steps (0 = off), at the end of every
+    ``every_epochs``-th epoch (0 = off), at the first step boundary once ``every_minutes`` have
+    passed since the last one (0 = off; rank 0's clock decides for every rank), plus whenever
+    training stops. Rank 0 writes from a host copy in a background thread; the ranks train on.
+    ``keep`` newest are kept; checkpoints written at the end of an epoch listed in
+    ``keep_epochs`` are never deleted.
     """
     every_steps: int = 0
     every_epochs: int = 1
+    every_minutes: float = 0.0
     keep: int = 3
     keep_epochs: List[int] = field(default_factory=lambda: [10, 100, 200, 500, 1000, 1500, 2000])
 
@@ -349,6 +363,7 @@ RESUMABLE_CHANGES = (
     "stop.", "log.", "data.shards", "data.num_workers", "data.prefetch_factor", "checkpoint.keep",
     "run.threads", "run.device", "run.max_steps", "data.raft_chunk", "data.raft_weights",
     "data.positives_on", "data.decode_chunk", "data.on_bad_sample", "data.bad_sample_budget",
+    "checkpoint.every_minutes", "optim.tf32",  # when to write, and fp32 rounding on tensor cores
     # The backend and world size may change between links of a run (see ARCHITECTURE.md,
     # "Resuming with another world size"); the global batch may not.
     "dist.",
@@ -578,6 +593,8 @@ def validate(cfg: TrainConfig) -> None:
     need(c.every_steps >= 0, "checkpoint.every_steps", "must be >= 0", c.every_steps)
     need(c.every_epochs >= 0, "checkpoint.every_epochs", "must be >= 0", c.every_epochs)
     need(c.keep >= 1, "checkpoint.keep", "must be >= 1", c.keep)
+    need(c.every_minutes >= 0, "checkpoint.every_minutes", "must be >= 0 (0 = off)", c.every_minutes)
+    need(cfg.dist.timeout_minutes > 0, "dist.timeout_minutes", "must be > 0", cfg.dist.timeout_minutes)
     need(s.margin_s >= 0, "stop.margin_s", "must be >= 0", s.margin_s)
     need(s.safety_factor >= 1, "stop.safety_factor", "must be >= 1", s.safety_factor)
     need(lg.every_steps >= 1, "log.every_steps", "must be >= 1", lg.every_steps)

@@ -5,6 +5,15 @@ The trainer never calls ``torch.distributed`` or Horovod directly; it asks a :cl
 - ``rank``, ``world_size``, ``local_rank``, ``local_size``, ``is_main``, ``device``
 - ``allreduce(tensor, op)`` (``"mean"`` or ``"sum"``; returns a new tensor),
   ``broadcast(tensor, src)`` (in place), ``broadcast_object(obj, src)``, ``barrier()``
+- ``collective_device``: where ``allreduce``/``broadcast`` take their tensors (NCCL: the GPU;
+  gloo and the single process: the CPU). A tensor on another device is refused with
+  :class:`CollectiveDeviceError` before it reaches the library. Host values enter and leave the
+  collectives through ``to_collective(tensor)`` / ``to_host(tensor)``, or all at once through
+  ``allreduce_values(values, op)`` (floats in, floats out), which is what the trainer uses for
+  its host-side agreements (stop, metrics, node sets, skipped samples).
+  :class:`pixpro_of.dist.checked.DeviceCheckedBackend` pretends the collectives live on another
+  device (``meta``), so a host tensor that reaches a collective fails a CPU test.
+- ``optimizer_step(optimizer, scaler)``: the AMP step (Horovod overrides it with its recipe)
 - ``broadcast_parameters(module)`` (make every rank start from rank 0's weights and buffers)
 - ``wrap_model(module)`` / ``unwrap(module)`` (DDP wraps; others return the module)
 - ``wrap_optimizer(optimizer, module)`` (Horovod's DistributedOptimizer averages gradients)
@@ -18,9 +27,20 @@ from __future__ import annotations
 
 import abc
 import importlib
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from plumbing.errors import UserError
+
+
+class CollectiveDeviceError(ValueError):
+    """A collective received a tensor on another device than the backend's collectives use."""
+
+
+def check_collective_device(tensor, expected, what: str) -> None:
+    """Raise :class:`CollectiveDeviceError` when ``tensor`` is not on ``expected``."""
+    if tensor.device != expected:
+        raise CollectiveDeviceError(f"{what} received a tensor on {tensor.device}; this backend's collectives "
+                                    f"take tensors on {expected} (move host values with to_collective())")
 
 
 class Backend(abc.ABC):
@@ -28,8 +48,9 @@ class Backend(abc.ABC):
 
     name: str = "abstract"
 
-    def __init__(self, device: str = "auto"):
+    def __init__(self, device: str = "auto", timeout_s: float = 1800.0):
         self._device_request = device
+        self.timeout_s = float(timeout_s)  # how long a collective may wait (backends that can bound it)
 
     # ------------------------------------------------------------------ topology
     @property
@@ -63,6 +84,27 @@ class Backend(abc.ABC):
         if req == "cuda" or (req == "auto" and torch.cuda.is_available()):
             return torch.device("cuda", self.local_rank % max(torch.cuda.device_count(), 1))
         return torch.device("cpu")
+
+    @property
+    def collective_device(self):
+        """Where :meth:`allreduce` and :meth:`broadcast` take their tensors (the training device
+        by default: NCCL and Horovod's GPU path need CUDA tensors there, gloo CPU ones)."""
+        return self.device
+
+    def to_collective(self, tensor):
+        """``tensor`` (host values) on :attr:`collective_device`, ready for a collective."""
+        return tensor.to(self.collective_device)
+
+    def to_host(self, tensor):
+        """A collective's result as a CPU tensor (for ``.item()`` / ``.tolist()``)."""
+        return tensor.detach().cpu()
+
+    def allreduce_values(self, values: Sequence[float], op: str = "mean") -> List[float]:
+        """Host floats reduced over ranks (float64 on :attr:`collective_device`); one collective."""
+        import torch
+
+        t = self.to_collective(torch.tensor([float(v) for v in values], dtype=torch.float64))
+        return self.to_host(self.allreduce(t, op=op)).tolist()
 
     # ------------------------------------------------------------------ collectives
     @abc.abstractmethod
@@ -103,6 +145,10 @@ class Backend(abc.ABC):
         """Batch norm statistics over all ranks (identity when there is one process)."""
         return module
 
+    def optimizer_step(self, optimizer, scaler) -> None:
+        """``scaler.step(optimizer)`` (which unscales first when the scaler is enabled)."""
+        scaler.step(optimizer)
+
     def shutdown(self) -> None:
         """Release the runtime (no-op by default)."""
 
@@ -123,9 +169,11 @@ class SingleProcessBackend(Backend):
     def allreduce(self, tensor, op: str = "mean"):
         if op not in ("mean", "sum"):
             raise ValueError(f"allreduce op must be 'mean' or 'sum', got {op!r}")
+        check_collective_device(tensor, self.collective_device, "allreduce")
         return tensor.clone()
 
     def broadcast(self, tensor, src: int = 0):
+        check_collective_device(tensor, self.collective_device, "broadcast")
         if src != 0:
             raise ValueError(f"broadcast source rank {src} does not exist in a 1-process run")
         return tensor
@@ -165,3 +213,30 @@ def make_backend(name: str, device: str = "auto", **kwargs: Any) -> Backend:
         known = sorted(BACKENDS)
         raise UserError(f"dist.backend={name!r} is not available (available: {', '.join(known)}){why}")
     return factory(device=device, **kwargs)
+
+
+#: launchers that start the ranks themselves (a SLURM batch script alone, launcher ``slurm``,
+#: reports its allocation's task count but is one process)
+RANK_LAUNCHERS = ("torchrun", "openmpi", "pmix", "mpich", "mvapich", "srun")
+
+
+def check_world_matches_launch(backend: Backend, job=None) -> None:
+    """Refuse a backend whose world differs from the ranks the launcher started.
+
+    ``mpirun -np 8 python -m pixpro_of train ... dist.backend=single`` would start eight rank-0
+    trainers on one device, all writing one run directory. ``job``: a
+    :class:`plumbing.jobenv.JobEnvironment` (read from the environment by default).
+    """
+    if job is None:
+        from plumbing.jobenv import job_environment
+
+        job = job_environment()
+    if job.launcher not in RANK_LAUNCHERS or job.world_size <= 1 or backend.world_size == job.world_size:
+        return
+    if backend.world_size == 1:
+        choice = "dist.backend=horovod (under mpirun/horovodrun) or dist.backend=ddp (torchrun, srun or mpirun)"
+        raise UserError(f"dist.backend={backend.name} runs 1 rank but {job.launcher} started {job.world_size} "
+                        f"ranks: every rank would train alone on the same run directory; use {choice}")
+    raise UserError(f"dist.backend={backend.name} sees {backend.world_size} ranks but {job.launcher} started "
+                    f"{job.world_size}; start the trainer with the launcher its backend expects "
+                    f"(horovod: mpirun/horovodrun; ddp: torchrun, srun or mpirun)")

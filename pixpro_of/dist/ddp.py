@@ -5,6 +5,10 @@ Rank, world size, local rank and local size come from the launch environment
 address is ``MASTER_ADDR:MASTER_PORT``; under ``mpirun`` without them, rank 0 picks its host name
 and a free port and shares them with mpi4py.
 
+- Collectives take tensors on :attr:`collective_device`: the GPU under NCCL (which refuses CPU
+  tensors), the CPU under gloo; host values go through ``to_collective``/``allreduce_values``.
+- The process group's timeout is ``dist.timeout_minutes`` (30 min by default): longer than the
+  slowest legitimate wait (rank 0 packing data or preparing a run, a slow shared file system).
 - ``wrap_model`` gives ``DistributedDataParallel(broadcast_buffers=False)`` as the original did.
 - SyncBN: ``nn.SyncBatchNorm`` on GPU; on CPU (which ``nn.SyncBatchNorm`` refuses)
   :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm` over ``all_reduce``.
@@ -23,7 +27,7 @@ from typing import Any, Tuple
 import torch
 import torch.distributed as dist
 
-from pixpro_of.dist.backend import Backend, register_backend
+from pixpro_of.dist.backend import Backend, check_collective_device, register_backend
 from plumbing.errors import UserError
 from plumbing.jobenv import JobEnvironment, job_environment
 
@@ -52,8 +56,8 @@ def _rendezvous(job: JobEnvironment) -> Tuple[str, int]:
 class DDPBackend(Backend):
     name = "ddp"
 
-    def __init__(self, device: str = "auto", timeout_s: float = 120.0):
-        super().__init__(device)
+    def __init__(self, device: str = "auto", timeout_s: float = 1800.0):
+        super().__init__(device, timeout_s)
         self.job = job_environment()
         self._rank, self._world, self._local = self.job.rank, self.job.world_size, self.job.local_rank
         if not dist.is_initialized():
@@ -88,6 +92,7 @@ class DDPBackend(Backend):
     def allreduce(self, tensor, op: str = "mean"):
         if op not in ("mean", "sum"):
             raise ValueError(f"allreduce op must be 'mean' or 'sum', got {op!r}")
+        check_collective_device(tensor, self.collective_device, "allreduce")
         out = tensor.detach().clone()
         dist.all_reduce(out, op=dist.ReduceOp.SUM)
         if op == "mean":
@@ -95,6 +100,7 @@ class DDPBackend(Backend):
         return out
 
     def broadcast(self, tensor, src: int = 0):
+        check_collective_device(tensor, self.collective_device, "broadcast")
         dist.broadcast(tensor, src=src)
         return tensor
 
@@ -104,7 +110,11 @@ class DDPBackend(Backend):
         return box[0]
 
     def barrier(self) -> None:
-        dist.barrier()
+        dev = self.collective_device
+        if dev.type == "cuda":  # NCCL: name the device, or it guesses one from the rank
+            dist.barrier(device_ids=[dev.index])
+        else:
+            dist.barrier()
 
     def broadcast_optimizer_state(self, optimizer) -> None:
         state = self.broadcast_object(optimizer.state_dict() if self.rank == 0 else None, 0)
@@ -152,7 +162,7 @@ class DDPBackend(Backend):
     def shutdown(self) -> None:
         if not dist.is_initialized():
             return
-        dist.barrier()
+        self.barrier()
         dist.destroy_process_group()
         # The TCP store lives in rank 0: rank 0 must not tear it down while another rank's
         # client still uses it, so wait for everyone once more outside torch.distributed.

@@ -4,9 +4,16 @@
   parameters have no gradients and are never registered).
 - Start/resume: ``broadcast_parameters`` (parameters and buffers, momentum branch included) and
   ``broadcast_optimizer_state`` from rank 0.
+- Collectives take tensors on :attr:`collective_device` (the training device), as DDP's do.
 - SyncBN: Horovod has no converter; :func:`pixpro_of.dist.syncbn.convert_batchnorm` replaces every
-  BatchNorm by ``hvd.SyncBatchNorm`` on GPU, or by :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm`
-  (Horovod allreduce of the per-channel sums) on CPU, where ``hvd.SyncBatchNorm`` refuses to run.
+  BatchNorm by :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm` (one Horovod allreduce of the
+  per-channel sums forward, one backward) on every device. Not ``hvd.SyncBatchNorm``: its forward
+  makes the input contiguous (undoing channels_last: a copy of every BN input plus NCHW kernels)
+  and waits on the host for three allgathers per layer; ours keeps the memory format and waits
+  for one allreduce (Horovod ops are always waited for on the host; DDP's NCCL SyncBN is not).
+- fp16: :meth:`optimizer_step` follows Horovod's AMP recipe (``synchronize()``, unscale, then
+  ``scaler.step`` inside ``skip_synchronize()``), so gradients are unscaled only after their
+  allreduce has finished.
 - Failure: a rank that raises calls ``MPI_Abort`` (see :meth:`abort`), so ``mpirun`` ends the
   whole job instead of leaving the other ranks blocked in a collective.
 """
@@ -16,7 +23,7 @@ import sys
 import types
 from typing import Any
 
-from pixpro_of.dist.backend import Backend, register_backend
+from pixpro_of.dist.backend import Backend, check_collective_device, register_backend
 from plumbing.errors import UserError
 
 try:
@@ -31,8 +38,8 @@ except ImportError as exc:  # pragma: no cover - exercised by a test that hides 
 class HorovodBackend(Backend):
     name = "horovod"
 
-    def __init__(self, device: str = "auto"):
-        super().__init__(device)
+    def __init__(self, device: str = "auto", timeout_s: float = 1800.0):
+        super().__init__(device, timeout_s)
         hvd.init()
         self._object_broadcasts = 0
         dev = self.device
@@ -60,9 +67,11 @@ class HorovodBackend(Backend):
     def allreduce(self, tensor, op: str = "mean"):
         if op not in ("mean", "sum"):
             raise ValueError(f"allreduce op must be 'mean' or 'sum', got {op!r}")
+        check_collective_device(tensor, self.collective_device, "allreduce")
         return hvd.allreduce(tensor, op=hvd.Average if op == "mean" else hvd.Sum)
 
     def broadcast(self, tensor, src: int = 0):
+        check_collective_device(tensor, self.collective_device, "broadcast")
         return hvd.broadcast_(tensor, root_rank=src)
 
     def broadcast_object(self, obj: Any, src: int = 0) -> Any:
@@ -104,9 +113,10 @@ class HorovodBackend(Backend):
         if self.world_size == 1:
             return module
         if self.device.type == "cuda":
-            def make(bn):
-                return hvd.SyncBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats)
-            return convert_batchnorm(module, make)
+            def allreduce_sum(t, name):
+                return hvd.allreduce(t, op=hvd.Sum, name=name)
+
+            return convert_batchnorm(module, collective_bn_factory(allreduce_sum))
 
         from mpi4py import MPI
 
@@ -125,6 +135,17 @@ class HorovodBackend(Backend):
                 return hvd.allreduce(t, op=hvd.Sum, name=name)
 
         return convert_batchnorm(module, collective_bn_factory(allreduce_sum))
+
+    def optimizer_step(self, optimizer, scaler) -> None:
+        """Horovod's AMP recipe: wait for the gradients' allreduce, unscale them, then step without
+        a second synchronisation. Without a scaler, the DistributedOptimizer's own step."""
+        if not scaler.is_enabled():
+            optimizer.step()
+            return
+        optimizer.synchronize()
+        scaler.unscale_(optimizer)
+        with optimizer.skip_synchronize():
+            scaler.step(optimizer)
 
     def abort(self, code: int = 1) -> None:
         """End every rank of the job now (after an exception on this rank)."""

@@ -2,9 +2,16 @@
 
 Horovod's ``hvd.SyncBatchNorm`` and torch's ``nn.SyncBatchNorm`` both refuse CPU tensors, and
 Horovod has no converter. :class:`CollectiveBatchNorm` computes batch statistics over all ranks
-with one ``allreduce(sum)`` of ``[sum(x), sum(x^2), count]`` per channel in the forward pass and
-one of ``[sum(dy), sum(dy * x_hat)]`` in the backward pass — the same algebra as torch's
-``SyncBatchNorm`` — through whatever ``allreduce_sum`` callable the backend gives it.
+with one ``allreduce(sum)`` of ``[sum(x), sum(x^2), count]`` per channel in the forward pass
+(float64, from each rank's own Welford mean and variance) and one of ``[sum(dy), sum(dy * x_hat)]``
+in the backward pass — the same algebra as torch's ``SyncBatchNorm`` — through whatever
+``allreduce_sum`` callable the backend gives it.
+
+It keeps the input's memory format (a channels_last activation gives a channels_last output and
+gradient; every full-size operation is elementwise or a per-channel reduction) and saves only the
+input, as ``nn.BatchNorm2d`` does (x_hat is recomputed in the backward pass). Which SyncBN each
+backend uses (docs/scale.md, "SyncBN"): DDP on GPU ``nn.SyncBatchNorm`` (NCCL, stream-ordered,
+channels_last kept); Horovod on GPU and every backend on CPU this class.
 
 With one rank it computes ordinary batch norm (up to floating-point rounding), so a 1-rank run
 with batch 2b and a 2-rank run with batch b per rank see the same statistics.
@@ -26,31 +33,36 @@ class _CollectiveBN(torch.autograd.Function):
     def forward(ctx, x, weight, bias, running_mean, running_var, eps, momentum, training, allreduce, name):
         c = x.shape[1]
         dims = [0] + list(range(2, x.dim()))
+        shape = [1, c] + [1] * (x.dim() - 2)
+        xf = x.float()  # keeps the memory format (channels_last stays channels_last)
         if training:
-            xf = x.float()
-            local = torch.cat([
-                xf.sum(dims),
-                (xf * xf).sum(dims),
-                torch.full((1,), float(x.numel() // c), dtype=torch.float32, device=x.device),
-            ])
+            # Local per-channel statistics (Welford, so no cancellation within a rank), turned into
+            # sums in float64 for the one collective: [sum x, sum x^2, count].
+            var_l, mean_l = torch.var_mean(xf, dim=dims, correction=0)
+            n_l = float(x.numel() // c)
+            mean_l, var_l = mean_l.double(), var_l.double()
+            local = torch.cat([mean_l * n_l, (var_l + mean_l * mean_l) * n_l,
+                               torch.full((1,), n_l, dtype=torch.float64, device=x.device)])
             total = allreduce(local, f"{name}.fwd")
             n = total[2 * c]
-            mean = total[:c] / n
-            var = (total[c:2 * c] / n - mean * mean).clamp_min(0.0)
+            mean64 = total[:c] / n
+            var64 = (total[c:2 * c] / n - mean64 * mean64).clamp_min(0.0)
             if running_mean is not None:
                 with torch.no_grad():
-                    unbiased = var * (n / (n - 1).clamp_min(1.0))
-                    running_mean.mul_(1 - momentum).add_(mean.to(running_mean.dtype), alpha=momentum)
+                    unbiased = var64 * (n / (n - 1).clamp_min(1.0))
+                    running_mean.mul_(1 - momentum).add_(mean64.to(running_mean.dtype), alpha=momentum)
                     running_var.mul_(1 - momentum).add_(unbiased.to(running_var.dtype), alpha=momentum)
+            mean, var = mean64.float(), var64.float()
+            n = n.float()
         else:
             mean, var, n = running_mean.float(), running_var.float(), None
         invstd = torch.rsqrt(var + eps)
-        shape = [1, c] + [1] * (x.dim() - 2)
-        x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
-        y = x_hat
-        if weight is not None:
-            y = y * weight.float().view(shape) + bias.float().view(shape)
-        ctx.save_for_backward(x_hat, weight, invstd)
+        scale = invstd if weight is None else invstd * weight.float()
+        shift = -mean * scale if bias is None else bias.float() - mean * scale
+        y = torch.addcmul(shift.view(shape), xf, scale.view(shape))  # one pass, in x's layout
+        # Saved: the input (as nn.BatchNorm saves it) and per-channel vectors; x_hat is recomputed
+        # in the backward pass, so no extra activation-sized tensor lives until then.
+        ctx.save_for_backward(x, weight, mean, invstd)
         ctx.n = n
         ctx.training = training
         ctx.allreduce = allreduce
@@ -59,27 +71,32 @@ class _CollectiveBN(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, dy):
-        x_hat, weight, invstd = ctx.saved_tensors
-        c = x_hat.shape[1]
-        dims = [0] + list(range(2, x_hat.dim()))
-        shape = [1, c] + [1] * (x_hat.dim() - 2)
+        x, weight, mean, invstd = ctx.saved_tensors
+        c = x.shape[1]
+        dims = [0] + list(range(2, x.dim()))
+        shape = [1, c] + [1] * (x.dim() - 2)
         dyf = dy.float()
+        scale = invstd if weight is None else invstd * weight.float()
+        if not ctx.training:
+            dx = dyf * scale.view(shape)
+            if weight is None:
+                return dx.to(dy.dtype), None, None, None, None, None, None, None, None, None
+            x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
+            return (dx.to(dy.dtype), (dyf * x_hat).sum(dims).to(weight.dtype), dyf.sum(dims).to(weight.dtype),
+                    None, None, None, None, None, None, None)
+        x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
         sum_dy = dyf.sum(dims)
         sum_dy_xhat = (dyf * x_hat).sum(dims)
-        grad_weight = sum_dy_xhat if weight is not None else None
-        grad_bias = sum_dy if weight is not None else None
-        scale = invstd if weight is None else invstd * weight.float()
-        if ctx.training:
-            total = ctx.allreduce(torch.cat([sum_dy, sum_dy_xhat]), f"{ctx.name}.bwd")
-            n = ctx.n
-            mean_dy = (total[:c] / n).view(shape)
-            mean_dy_xhat = (total[c:] / n).view(shape)
-            dx = (dyf - mean_dy - x_hat * mean_dy_xhat) * scale.view(shape)
-        else:
-            dx = dyf * scale.view(shape)
-        if grad_weight is not None:
-            grad_weight = grad_weight.to(weight.dtype)
-            grad_bias = grad_bias.to(weight.dtype)
+        total = ctx.allreduce(torch.cat([sum_dy, sum_dy_xhat]), f"{ctx.name}.bwd")
+        n = ctx.n
+        mean_dy = (total[:c] / n).view(shape)
+        mean_dy_xhat = (total[c:] / n).view(shape)
+        # dx = (dy - mean(dy) - x_hat * mean(dy * x_hat)) * scale, written in place on x_hat's buffer
+        dx = x_hat.mul_(-mean_dy_xhat).add_(dyf).sub_(mean_dy).mul_(scale.view(shape))
+        grad_weight = grad_bias = None
+        if weight is not None:
+            grad_weight = sum_dy_xhat.to(weight.dtype)
+            grad_bias = sum_dy.to(weight.dtype)
         return dx.to(dy.dtype), grad_weight, grad_bias, None, None, None, None, None, None, None
 
 

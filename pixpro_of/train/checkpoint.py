@@ -262,3 +262,81 @@ def state_nbytes(state: Any) -> int:
         elif isinstance(x, (list, tuple)):
             stack.extend(x)
     return total
+
+
+def host_copy(state: Any) -> Any:
+    """A copy of ``state`` whose tensors are in host memory and owned by the copy (training may
+    change the originals in place at once). GPU tensors are copied into pinned memory without a
+    wait each, then synchronised once; containers are copied, plain values shared."""
+    import torch
+
+    pending = []
+
+    def copy(x):
+        if torch.is_tensor(x):
+            x = x.detach()
+            if x.device.type == "cpu":
+                return x.clone()
+            out = torch.empty(x.shape, dtype=x.dtype, device="cpu", pin_memory=True)
+            out.copy_(x, non_blocking=True)
+            pending.append(x.device)
+            return out
+        if isinstance(x, dict):
+            return type(x)((k, copy(v)) for k, v in x.items())
+        if isinstance(x, list):
+            return [copy(v) for v in x]
+        if isinstance(x, tuple):
+            return tuple(copy(v) for v in x)
+        return x
+
+    out = copy(state)
+    for device in set(pending):
+        torch.cuda.synchronize(device)
+    return out
+
+
+class BackgroundWriter:
+    """One checkpoint write at a time, in a thread, for rank 0 (ranks keep training meanwhile).
+
+    :meth:`start` takes a state already copied to host memory (:func:`host_copy`); :meth:`join`
+    waits for the write and returns ``(info, seconds)`` (None when nothing was pending) or
+    re-raises its error (:class:`~plumbing.atomic.DiskWriteError` for a failed write). A write is
+    :meth:`CheckpointStore.save`: the ``latest`` pointer moves only once the payload and its
+    manifest are complete, so a process killed mid-write leaves the previous checkpoint as the
+    newest. The thread is not a daemon: an interpreter exiting normally finishes the write.
+    """
+
+    def __init__(self, store: CheckpointStore):
+        self.store = store
+        self._thread = None
+        self._result: Optional[Tuple[bool, Any]] = None
+
+    @property
+    def pending(self) -> bool:
+        return self._thread is not None
+
+    def start(self, state: Dict[str, Any], milestone: bool = False) -> None:
+        import threading
+
+        if self._thread is not None:
+            raise RuntimeError("a checkpoint write is still pending: join() it first")
+
+        def work():
+            try:
+                self._result = (True, self.store.save(state, milestone=milestone))
+            except BaseException as exc:  # noqa: BLE001 - handed to join()
+                self._result = (False, exc)
+
+        self._result = None
+        self._thread = threading.Thread(target=work, name=f"checkpoint-step-{int(state['step'])}", daemon=False)
+        self._thread.start()
+
+    def join(self) -> Optional[Tuple[CheckpointInfo, float]]:
+        if self._thread is None:
+            return None
+        self._thread.join()
+        self._thread, (ok, value) = None, self._result
+        self._result = None
+        if not ok:
+            raise value
+        return value

@@ -50,11 +50,11 @@ import numpy as np
 import torch
 
 from pixpro_of.config import TrainConfig, check_resume_compatible, dump_json
-from pixpro_of.dist.backend import Backend, make_backend
+from pixpro_of.dist.backend import Backend, check_world_matches_launch, make_backend
 from plumbing.errors import UserError
 from plumbing.atomic import DiskWriteError, atomic_write_bytes, disk_error, remove_temporaries
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
-from pixpro_of.train.checkpoint import CheckpointStore
+from pixpro_of.train.checkpoint import BackgroundWriter, CheckpointStore, host_copy
 from hdf5_tools.manifest import resolve_shards
 from pixpro_of.train.data import (BadSample, EpochBatches, LoadedBatch, SampleSet, close_loader_iter,
                                   make_loader)
@@ -333,17 +333,22 @@ class Trainer:
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.layout = RunLayout(self.run_dir)
-        self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device)
+        self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device,
+                                               timeout_s=60.0 * cfg.dist.timeout_minutes)
+        check_world_matches_launch(self.backend)  # mpirun -np 8 ... dist.backend=single: refuse
         self.parts = components or Components()
         self.source: ClipSource = self.parts.clips(cfg, self.run_dir)
         self.stop = stop
         self.store = CheckpointStore(self.layout.checkpoints, keep=cfg.checkpoint.keep)
+        self.writer = BackgroundWriter(self.store)  # rank 0's checkpoint writes, off the training thread
+        self._last_checkpoint_time = time.monotonic()
         self.step = 0
         self.epoch = 0
         self.batch_in_epoch = 0
         self._last_saved_step = -1
         self.skipped_in_epoch = 0  # bad samples skipped in this epoch, all ranks (data.on_bad_sample=skip)
         self._skipped_step = 0
+        self._checkpoint_due = False
         self._loader_it = None
         self._doing = "starting"
 
@@ -401,6 +406,9 @@ class Trainer:
         # flushing them to zero is what GPUs do anyway. No effect on CUDA kernels.
         torch.set_flush_denormal(True)
         if self.backend.device.type == "cpu":
+        from pixpro_of.train.precision import set_tf32
+
+        set_tf32(self.cfg.optim.tf32)  # fp32 matmuls and convolutions on TF32 tensor cores (CUDA only)
             from pixpro_of.train.allocator import keep_freed_memory
 
             keep_freed_memory()  # no page faults for re-allocated activations (~10 % of a CPU step)
@@ -438,9 +446,9 @@ class Trainer:
             # Node sets may hold different numbers of videos (pack balances frames, not videos):
             # every rank takes the fewest steps per epoch of any node, or the ranks of a smaller
             # node set end their epochs and the run early while the others wait for them forever.
-            mine = torch.zeros(2 * be.world_size, dtype=torch.float64)
+            mine = [0.0] * (2 * be.world_size)
             mine[2 * be.rank], mine[2 * be.rank + 1] = self.steps_per_epoch, videos
-            every = be.allreduce(mine, op="sum").view(-1, 2)
+            every = torch.tensor(be.allreduce_values(mine, op="sum"), dtype=torch.float64).view(-1, 2)
             least = int(torch.argmin(every[:, 0]).item())
             if int(every[least, 0]) != self.steps_per_epoch or int(every[:, 0].max()) != self.steps_per_epoch:
                 if be.is_main:
@@ -519,32 +527,48 @@ class Trainer:
             self.stop.record_checkpoint(float(state.get("timing", {}).get("checkpoint_s", 0.0)))
 
     def save_checkpoint(self, milestone: bool = False) -> None:
-        """Rank 0 writes the state; every rank waits for it."""
+        """Rank 0 copies the state to host memory and writes the copy in a background thread
+        (:class:`~pixpro_of.train.checkpoint.BackgroundWriter`) while every rank trains on. A
+        write still running is finished first; its failure ends training on every rank (rank 0
+        reports it). :meth:`wait_for_checkpoint` finishes the write (at a stop and at the end)."""
         if self._last_saved_step == self.step and not milestone:
             return
         self._doing = f"writing the checkpoint of step {self.step}"
-        problem = None
-        if self.backend.is_main:
-            try:
-                info, seconds = self.store.save(self.state_dict(), milestone=milestone)
-            except DiskWriteError as exc:
-                problem, seconds = str(exc), 0.0
-            else:
-                log.info("checkpoint %s (step %d, epoch %d) in %.2f s", info.path.name, self.step, self.epoch,
-                         seconds)
-        else:
-            seconds = 0.0
+        problem, seconds = self._join_write() if self.backend.is_main else (None, 0.0)
+        if problem is None and self.backend.is_main:
+            self.writer.start(host_copy(self.state_dict()), milestone=milestone)
+        self._agree_on_write(problem, seconds)
+        self._last_saved_step = self.step
+        self._last_checkpoint_time = time.monotonic()
+
+    def wait_for_checkpoint(self) -> None:
+        """Finish rank 0's pending checkpoint write (every rank learns whether it succeeded)."""
+        self._doing = f"finishing the checkpoint of step {self.step}"
+        problem, seconds = self._join_write() if self.backend.is_main else (None, 0.0)
+        self._agree_on_write(problem, seconds)
+
+    def _join_write(self):
+        """Rank 0: wait for the pending write; ``(problem or None, seconds it took)``."""
+        try:
+            done = self.writer.join()
+        except DiskWriteError as exc:
+            return str(exc), 0.0
+        if done is None:
+            return None, 0.0
+        info, seconds = done
+        log.info("checkpoint %s (step %d, epoch %d) written in %.2f s", info.path.name, info.step, info.epoch,
+                 seconds)
+        return None, seconds
+
+    def _agree_on_write(self, problem, seconds) -> None:
         if self.backend.world_size > 1:
-            # Every rank learns that the write failed: the others do not wait in the barrier for
-            # a rank that has left, and only rank 0 reports it.
+            # Every rank learns that a write failed, so none goes on into a collective with a
+            # rank that has left, and only rank 0 reports it.
             seconds, problem = self.backend.broadcast_object((seconds, problem), 0)
         if problem is not None:
             raise TrainingFailure(problem, quiet=not self.backend.is_main)
-        seconds = float(seconds)
-        if self.stop is not None:
-            self.stop.record_checkpoint(seconds)
-        self._last_saved_step = self.step
-        self.backend.barrier()
+        if self.stop is not None and seconds:
+            self.stop.record_checkpoint(float(seconds))
 
     def _estimate_checkpoint_time(self) -> float:
         """Seconds to serialise the state in memory, doubled for the disk write (before any real save)."""
@@ -581,7 +605,7 @@ class Trainer:
             loss, metrics = self.forward_model(b.view1, b.view2, b.pos12, b.pos21)
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(loss).backward()
-        self.scaler.step(self.optimizer)
+        self.backend.optimizer_step(self.optimizer, self.scaler)  # Horovod: its own AMP recipe
         self.scaler.update()
         self.scheduler.step()
         if not torch.isfinite(loss.detach()):
@@ -605,8 +629,7 @@ class Trainer:
         if self.backend.world_size == 1:
             return values
         keys = sorted(values)
-        avg = self.backend.allreduce(torch.tensor([values[k] for k in keys], dtype=torch.float64), op="mean")
-        return dict(zip(keys, avg.tolist()))
+        return dict(zip(keys, self.backend.allreduce_values([values[k] for k in keys], op="mean")))
 
     def _make_loader(self):
         from pixpro_of.data.sampler import ClipSampler
@@ -621,11 +644,17 @@ class Trainer:
                            self.backend.rank, ignore_signals=self.stop.signal_nums if self.stop else ())
 
     def _stop_requested(self) -> bool:
-        """Every rank must stop at the same step, or collectives would hang: any rank's request counts."""
+        """Every rank must stop at the same step, or collectives would hang: any rank's request
+        counts. The same collective carries rank 0's clock: whether ``checkpoint.every_minutes``
+        have passed since the last checkpoint (``self._checkpoint_due``, alike on every rank)."""
         self._doing = f"agreeing whether to stop after step {self.step}"
         mine = 1.0 if (self.stop is not None and self.stop.should_stop()) else 0.0
-        flag = self.backend.allreduce(torch.tensor([mine]), op="sum")
-        return bool(flag.item() > 0)
+        minutes = self.cfg.checkpoint.every_minutes
+        due = 1.0 if (self.backend.is_main and minutes > 0
+                      and time.monotonic() - self._last_checkpoint_time >= 60.0 * minutes) else 0.0
+        stop, due = self.backend.allreduce_values([mine, due], op="sum")
+        self._checkpoint_due = due > 0
+        return stop > 0
 
     # ------------------------------------------------------------------ bad samples and failures
     def _next_batch(self, it) -> Optional[LoadedBatch]:
@@ -685,7 +714,7 @@ class Trainer:
         be = self.backend
         self._doing = f"counting skipped samples of step {self.step + 1}"
         if be.world_size > 1:
-            total = int(be.allreduce(torch.tensor([float(len(bad))], dtype=torch.float64), op="sum").item())
+            total = int(be.allreduce_values([float(len(bad))], op="sum")[0])
         else:
             total = len(bad)
         self._skipped_step = total
@@ -830,6 +859,7 @@ class Trainer:
             if isinstance(exc, TrainingFailure):
                 raise
             # Set-up errors (before the log exists): every rank raises the same one (rank 0 reports it).
+                self._finish_pending_write()
             raise TrainingFailure(_first_line(exc), quiet=not be.is_main) from None
         finally:
             self.stop.uninstall()
@@ -840,6 +870,16 @@ class Trainer:
         loaded = self.store.load_latest() if be.is_main else None
         name = be.broadcast_object(loaded[1].path.name if loaded else None, 0)
         if name is None:
+    def _finish_pending_write(self) -> None:
+        """After a failure: let a checkpoint write that is under way complete (it stays valid or
+        leaves nothing), so the process never exits in the middle of one; its error is logged."""
+        try:
+            problem, _ = self._join_write()
+        except BaseException as exc:  # noqa: BLE001 - the first failure is the one reported
+            problem = _first_line(exc)
+        if problem:
+            log.error("the pending checkpoint write failed too: %s", problem, extra=FILE_ONLY)
+
             return False
         if loaded is not None:
             state = loaded[0]
@@ -886,6 +926,7 @@ class Trainer:
             data = (json.dumps(marker) + "\n").encode()
             try:
                 atomic_write_bytes(self.layout.done, data, durable=True)
+        self.wait_for_checkpoint()  # the done marker names a complete checkpoint
             except OSError as exc:
                 raise disk_error(exc, self.layout.done, needed=len(data), what="writing the done marker") from None
         log.info("finished at step %d (epoch %d)", self.step, self.epoch)
@@ -901,10 +942,12 @@ class Trainer:
         cfg = self.cfg
         if self.step >= self.end_step:
             return self._finish()
+        self.wait_for_checkpoint()  # exit 75 promises a complete checkpoint to resume from
         if self._stop_requested():
             return self._stop()
         while self.step < self.end_step:
             self._doing = f"starting the DataLoader of epoch {self.epoch}"
+        self._last_checkpoint_time = time.monotonic()  # checkpoint.every_minutes counts from here
             loader_epoch = self.epoch
             self._loader_it = iter(self._make_loader())
             # torch's SIGCHLD handler would raise the death of a worker at any point of the main
@@ -951,14 +994,16 @@ class Trainer:
                     break
                 ck = cfg.checkpoint
                 milestone = epoch_end and self.epoch in ck.keep_epochs
-                if milestone or (ck.every_steps and self.step % ck.every_steps == 0) or \
+                if milestone or (ck.every_steps and self.step % ck.every_steps == 0) or self._checkpoint_due or \
                         (epoch_end and ck.every_epochs and self.epoch % ck.every_epochs == 0):
-                    metrics.flush()
-                    self.save_checkpoint(milestone=milestone)
-                if self._stop_requested():
+                    if milestone or not stop:  # a stop writes its own checkpoint, below
+                        metrics.flush()
+                        self.save_checkpoint(milestone=milestone)
+                if stop:
                     metrics.flush()
                     return self._stop()
                 if epoch_end:
+                stop = self._stop_requested()  # also agrees whether checkpoint.every_minutes have passed
                     break
                 t_ready = time.perf_counter()
             self._check_workers(f"found after the last batch read in epoch {loader_epoch}")
