@@ -19,12 +19,15 @@ given float64) and never build autograd graphs they do not need.
 from __future__ import annotations
 
 import math
+import threading
+from collections import OrderedDict
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "constant",
     "pixel_grid",
     "sample_at",
     "warp_image",
@@ -55,6 +58,38 @@ def _check_flow(name: str, flow: torch.Tensor, ndim: Optional[int] = 4) -> None:
         raise ValueError(f"{name} should be a {ndim}D tensor, got {flow.ndim}D with shape {tuple(flow.shape)}")
     if flow.ndim < 3 or flow.shape[-3] != 2:
         raise ValueError(f"{name} should have shape [..., 2, H, W], got {tuple(flow.shape)}")
+
+
+_CONSTANTS: "OrderedDict[tuple, torch.Tensor]" = OrderedDict()
+_CONSTANTS_LOCK = threading.Lock()
+_CONSTANTS_MAX = 512
+
+
+def constant(values: Sequence, dtype: torch.dtype = torch.float32, device=None) -> torch.Tensor:
+    """A small 1-D tensor of ``values`` on ``device``, made once per (values, dtype, device) and
+    cached (at most 512; least recently used dropped first): the per-batch ``torch.tensor(...,
+    device=cuda)`` it replaces was a host-to-device copy on every call. Never modify it in place.
+
+    On CUDA the copy is waited for once when the constant is made (the current stream is
+    synchronised), so any stream may read it at once afterwards.
+    """
+    dev = torch.device(device) if device is not None else torch.device("cpu")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", torch.cuda.current_device())
+    key = (tuple(values), dtype, dev)
+    with _CONSTANTS_LOCK:
+        t = _CONSTANTS.get(key)
+        if t is not None:
+            _CONSTANTS.move_to_end(key)
+            return t
+    t = torch.tensor(list(values), dtype=dtype, device=dev)
+    if dev.type == "cuda":
+        torch.cuda.current_stream(dev).synchronize()
+    with _CONSTANTS_LOCK:
+        _CONSTANTS[key] = t
+        while len(_CONSTANTS) > _CONSTANTS_MAX:
+            _CONSTANTS.popitem(last=False)
+    return t
 
 
 def pixel_grid(h: int, w: int, device=None, dtype=torch.float32) -> torch.Tensor:
@@ -220,7 +255,7 @@ def shard_flow_to_grid_units(flow8: torch.Tensor, out: Optional[torch.Tensor] = 
     """
     _check_flow("flow8", flow8, ndim=None)
     sx, sy = shard_grid_scale(*flow8.shape[-2:])
-    unit = torch.tensor([8.0 / sx, 8.0 / sy], device=flow8.device).view(2, 1, 1)
+    unit = constant((8.0 / sx, 8.0 / sy), torch.float32, flow8.device).view(2, 1, 1)
     return torch.mul(flow8.float(), unit, out=out)
 
 
@@ -251,8 +286,8 @@ def chain_flows(flows: torch.Tensor) -> torch.Tensor:
     # 2·x/(w−1) − 1 is one addcdiv (−1 + (2·x)/(w−1): the same three roundings as
     # _normalise_points, so the values are those of the plain loop bit for bit, tested).
     grid = pixel_grid(h, w, flows.device, flows.dtype).permute(1, 2, 0)  # [h, w, 2] (x, y)
-    div = torch.tensor([max(w - 1, 1), max(h - 1, 1)], dtype=flows.dtype, device=flows.device)
-    minus_one = torch.full((1,), -1.0, dtype=flows.dtype, device=flows.device)
+    div = constant((max(w - 1, 1), max(h - 1, 1)), flows.dtype, flows.device)
+    minus_one = constant((-1.0,), flows.dtype, flows.device)
     pos = grid.expand(b, h, w, 2)
     for s in range(n):
         g = torch.addcdiv(minus_one, pos, div, value=2)
@@ -319,7 +354,7 @@ def _fb_grid(fwd: torch.Tensor, bwd: Optional[torch.Tensor], mode: str, alpha1: 
     b, _, h, w = fwd.shape
     if mode == "seed":
         # The seed's arithmetic, step by step: normalised grid + normalised flow, sampled directly.
-        div = torch.tensor([w - 1, h - 1], dtype=fwd.dtype, device=fwd.device).view(1, 2, 1, 1)
+        div = constant((w - 1, h - 1), fwd.dtype, fwd.device).view(1, 2, 1, 1)
         f_n = (2 * fwd) / div  # = stack([2·u / (w − 1), 2·v / (h − 1)])
         b_n = f_n if swap else (2 * bwd) / div
         t_n = _normalised_grid(h, w, fwd.device, fwd.dtype) + f_n
@@ -401,7 +436,7 @@ def fb_consistency_at(f: torch.Tensor, bhat: torch.Tensor, target: torch.Tensor,
         raise ValueError(f"mode should be 'seed' or 'unflow', got {mode!r}")
     H, W = int(size[0]), int(size[1])
     if mode == "seed":
-        norm = torch.tensor([2.0 / (W - 1), 2.0 / (H - 1)], dtype=f.dtype, device=f.device)
+        norm = constant((2.0 / (W - 1), 2.0 / (H - 1)), f.dtype, f.device)
         t_n = target * norm - 1.0
         return _fb_criterion(f * norm, bhat * norm, (t_n.abs() < 1).all(-1), mode, alpha1,
                              alpha2 / math.sqrt(H * H + W * W), dim=-1)

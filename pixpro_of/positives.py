@@ -48,7 +48,7 @@ def cell_centres(box: torch.Tensor, flip: torch.Tensor, grid: int) -> torch.Tens
     """Cell centres ``[B, F·F, 2]`` (x, y) in frame pixels for boxes ``[B, 4]`` and flips ``[B]``."""
     box = box.to(torch.float64)
     left, top, w, h = box.unbind(-1)
-    steps = (torch.arange(grid, dtype=torch.float64, device=box.device) + 0.5) / grid  # [F]
+    steps = ops.constant([(i + 0.5) / grid for i in range(grid)], torch.float64, box.device)  # [F], cached
     xs = left[:, None] + steps[None] * (w[:, None] - 1)
     xs_flip = (left + w - 1)[:, None] - steps[None] * (w[:, None] - 1)
     xs = torch.where(flip.to(torch.bool)[:, None], xs_flip, xs)  # [B, F]
@@ -75,9 +75,9 @@ def pair_positives(q: torch.Tensor, k: torch.Tensor, bin_q: torch.Tensor, bin_k:
         raise ValueError(f"rule should be one of {POSITIVE_RULES}, got {rule!r}")
     if rule == "normalized":
         h, w = frame_hw
-        scale = torch.tensor([1.0 / (w - 1), 1.0 / (h - 1)], dtype=torch.float64, device=q.device)
+        scale = ops.constant((1.0 / (w - 1), 1.0 / (h - 1)), torch.float64, q.device)
     else:
-        scale = torch.ones(2, dtype=torch.float64, device=q.device)
+        scale = ops.constant((1.0, 1.0), torch.float64, q.device)
     q = q.to(torch.float64) * scale
     k = k.to(torch.float64) * scale
     diag = torch.maximum(torch.linalg.vector_norm(bin_q * scale, dim=-1), torch.linalg.vector_norm(bin_k * scale, dim=-1))
@@ -109,7 +109,7 @@ def _prepare_flows(fwd: torch.Tensor, bwd: torch.Tensor, frame_hw: Tuple[int, in
         raise ValueError(f"flow grid {h}x{w} is too small for frame {H}x{W}")
     coarse = shard and cfg.flow_resolution != "full"
     # [2B, n, 2, h, w]; the backward flows reversed in time with index_select (Tensor.flip is slow on CPU)
-    rev = torch.arange(n - 1, -1, -1, device=bwd.device)
+    rev = ops.constant(range(n - 1, -1, -1), torch.int64, bwd.device)
     flows = torch.empty((2 * b, n, 2, h, w), dtype=torch.float32, device=fwd.device)
     if coarse:  # 1/8-pixel values -> units of this grid; grid pixel x maps to frame x * sx
         ops.shard_flow_to_grid_units(fwd, out=flows[:b])
@@ -164,12 +164,12 @@ class FlowGrid:
 
     def _to_grid(self, points: torch.Tensor) -> torch.Tensor:
         sx, sy = self.pos_scale
-        return points / torch.tensor([sx, sy], dtype=points.dtype, device=points.device)
+        return points / ops.constant((sx, sy), points.dtype, points.device)
 
     def _displacement(self, field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         disp = ops.sample_at(field, self._to_grid(points.to(torch.float64)))
         sx, sy = self.pos_scale
-        return disp * torch.tensor([sx, sy], dtype=torch.float64, device=points.device)
+        return disp * ops.constant((sx, sy), torch.float64, points.device)
 
     def _displacement_other(self, both: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
         """:meth:`_displacement` of ``points [2B, N, 2]`` in the *other* direction's field of

@@ -132,6 +132,169 @@ def test_a_frame_that_does_not_decode_is_named_in_one_line(shards):
     assert f"video {d.video[2]!r} frame {int(d.t[2]) + K - 1}: cannot decode JPEG on cpu" in msg and "\n" not in msg
 
 
+# ----------------------------------------------------------------- decode fallback and bad frames
+def corrupt(d, b: int, view: int):
+    """``d`` with sample b's view frame destroyed (scan data and header tables)."""
+    from dataclasses import replace
+
+    data = d.jpeg_bytes.clone()
+    start, length = (int(v) for v in d.jpeg_spans[b, view])
+    data[start + length // 2:start + length] = 0
+    data[start + 2:start + 40] = 7
+    return replace(d, jpeg_bytes=data)
+
+
+def test_a_frame_the_device_refuses_is_decoded_on_the_host_with_the_same_result(shards, monkeypatch):
+    from pixpro_of.data import device_views
+
+    cfg, _, d, _ = batches(shards, n=6)
+    want = ViewsOnDevice(cfg, "cpu", chunk=4).complete(d)
+    start, length = (int(v) for v in d.jpeg_spans[3, 1])
+    refused = d.jpeg_bytes[start:start + length]
+    real_device, real_host = device_views.decode_jpegs, device_views.decode_host
+    host_calls = []
+
+    def device_decoder(data, device):  # a device decoder that refuses sample 3's view-2 frame
+        if any(x.numel() == refused.numel() and torch.equal(x, refused) for x in data):
+            raise RuntimeError("Error while decoding JPEG images: nvjpeg status 7")
+        return real_device(data, device)
+
+    def host_decoder(data):
+        host_calls.append(data.numel())
+        return real_host(data)
+
+    monkeypatch.setattr(device_views, "decode_jpegs", device_decoder)
+    monkeypatch.setattr(device_views, "decode_host", host_decoder)
+    got = ViewsOnDevice(cfg, "cpu", chunk=4).complete(d)
+    assert host_calls == [refused.numel()]  # only that frame went to the host
+    assert torch.equal(got.view1, want.view1) and torch.equal(got.view2, want.view2)
+
+
+def test_a_frame_that_decodes_nowhere_follows_on_bad_sample(shards):
+    from pixpro_of.config import DataConfig
+
+    cfg, _, d, _ = batches(shards, n=5)
+    good = ViewsOnDevice(cfg, "cpu", chunk=3).complete(d)
+    bad = corrupt(d, 2, 1)
+    name = f"video {d.video[2]!r} frame {int(d.t[2]) + K - 1}"
+    # fail (the default): one line naming the video and frame, both decoders' reasons
+    with pytest.raises(UserError) as e:
+        ViewsOnDevice(DataConfig(image_size=64, on_bad_sample="fail"), "cpu", chunk=3).complete(bad)
+    msg = str(e.value)
+    assert msg.startswith(f"{name}: cannot decode JPEG on cpu (") and "the host decoder fails too (" in msg
+    assert "\n" not in msg
+    # skip: the sample is dropped, the others are exactly those of the clean batch
+    stage = ViewsOnDevice(DataConfig(image_size=64, on_bad_sample="skip"), "cpu", chunk=3)
+    out, dropped = stage.build(bad)
+    assert [b for b, _ in dropped] == [2] and dropped[0][1].startswith(f"{name}: cannot decode JPEG")
+    keep = [0, 1, 3, 4]
+    assert out.video == [d.video[i] for i in keep] and out.view1.shape[0] == 4
+    for key in ("view1", "view2", "box1", "box2", "flip1", "flip2", "pos12", "pos21", "t", "k", "params1"):
+        assert torch.equal(getattr(out, key), getattr(good, key)[keep]), key
+    assert stage.last_seconds is not None and stage.last_seconds > 0
+    # every sample bad: nothing to train on, one line
+    worst = bad
+    for b in (0, 1, 3, 4):
+        worst = corrupt(worst, b, 0)
+    with pytest.raises(UserError, match=r"^no sample of the batch decodes; the first: video "):
+        stage.build(worst)
+
+
+# ----------------------------------------------------------------- the prefetcher
+def loaded_items(shards, n_batches=4, per=3):
+    """LoadedBatch items of the device path (one failed in the middle) and the views each should get."""
+    from pixpro_of.train.data import BadSample, LoadedBatch
+
+    cfg, _, d, _ = batches(shards, n=n_batches * per)
+    from pixpro_of.data.strategy import select_samples
+
+    items = []
+    for i in range(n_batches):
+        part = select_samples(d, list(range(i * per, (i + 1) * per)))
+        items.append(LoadedBatch(part, []))
+    failed = LoadedBatch(None, [], BadSample(0, 7, 1, 2, "shard 'x.h5' video 'v' frame 2: CRC mismatch"))
+    items.insert(2, failed)
+    return cfg, items
+
+
+@pytest.mark.parametrize("threaded", [True, False])
+def test_prefetcher_yields_the_same_batches_in_the_same_order(shards, threaded):
+    from pixpro_of.data.prefetch import ViewsPrefetcher
+
+    cfg, items = loaded_items(shards)
+    direct = ViewsOnDevice(cfg, "cpu", chunk=4)
+    want = [None if it.batch is None else direct.complete(it.batch.to("cpu")) for it in items]
+    stage = ViewsOnDevice(cfg, "cpu", chunk=4)
+    pre = ViewsPrefetcher(iter(items), stage, "cpu", epoch=3, threaded=threaded)
+    got = list(pre)
+    pre.close()
+    assert len(got) == len(items)
+    for g, w, it in zip(got, want, items):
+        if w is None:
+            assert g is it  # a batch the workers could not build passes through untouched
+            continue
+        assert g.bad == [] and g.failed is None and g.batch.jpeg_bytes is None
+        assert g.batch.video == w.video
+        for key in ("view1", "view2", "box1", "box2", "t"):
+            assert torch.equal(getattr(g.batch, key), getattr(w, key)), key
+        assert stage.complete(g.batch) is g.batch  # already built: the trainer's call is a no-op
+    assert stage.last_seconds is not None and stage.last_seconds > 0
+
+
+def test_prefetcher_reads_one_batch_ahead_and_raises_the_loaders_error_in_turn(shards):
+    from pixpro_of.data.prefetch import ViewsPrefetcher
+
+    cfg, items = loaded_items(shards, n_batches=2)
+    reads = []
+
+    def source():
+        for i, it in enumerate(items):
+            reads.append(i)
+            yield it
+        raise RuntimeError("DataLoader worker (pid 1) is killed by signal: Killed.")
+
+    pre = ViewsPrefetcher(source(), ViewsOnDevice(cfg, "cpu"), "cpu")
+    first = next(pre)
+    assert first.batch.view1 is not None and reads == [0, 1]  # batch 1 read (and built) before 0 is handed over
+    assert next(pre).batch.view1 is not None
+    assert next(pre).failed is not None
+    with pytest.raises(RuntimeError, match="DataLoader worker"):
+        next(pre)  # the loader's error, after every batch before it
+    with pytest.raises(StopIteration):
+        next(pre)
+    pre.close()
+
+
+def test_prefetcher_turns_a_frame_that_decodes_nowhere_into_a_bad_sample_record(shards):
+    from pixpro_of.config import DataConfig
+    from pixpro_of.data.prefetch import ViewsPrefetcher
+    from pixpro_of.train.data import LoadedBatch
+
+    cfg, _, d, _ = batches(shards, n=4)
+    bad = corrupt(d, 1, 0)
+    name = f"video {d.video[1]!r} frame {int(d.t[1])}"
+    # fail: the item comes back failed, as a worker's unreadable clip does (the trainer's one line)
+    stage = ViewsOnDevice(DataConfig(image_size=64, on_bad_sample="fail"), "cpu")
+    got = list(ViewsPrefetcher(iter([LoadedBatch(bad, [])]), stage, "cpu", epoch=5))
+    assert got[0].batch is None and got[0].failed.skippable and got[0].failed.epoch == 5
+    assert got[0].failed.message.startswith(f"{name}: cannot decode JPEG on cpu")
+    # skip: the sample is dropped and recorded in bad (counted against data.bad_sample_budget)
+    stage = ViewsOnDevice(DataConfig(image_size=64, on_bad_sample="skip"), "cpu")
+    got = list(ViewsPrefetcher(iter([LoadedBatch(bad, [])]), stage, "cpu", epoch=5))
+    assert got[0].failed is None and got[0].batch.view1.shape[0] == 3
+    assert [r.message.split(":")[0] for r in got[0].bad] == [name] and got[0].bad[0].epoch == 5
+
+
+def test_constants_are_made_once_per_device_and_values():
+    from flow import ops
+
+    a = ops.constant((0.485, 0.456, 0.406), torch.float32, "cpu")
+    assert ops.constant((0.485, 0.456, 0.406), torch.float32, "cpu") is a
+    assert ops.constant((0.485, 0.456, 0.406), torch.float64, "cpu") is not a
+    assert torch.equal(a, torch.tensor([0.485, 0.456, 0.406]))
+    assert ops.constant(range(3, -1, -1), torch.int64).tolist() == [3, 2, 1, 0]
+
+
 # ----------------------------------------------------------------- the trainer: exact resume
 QUICK = ["run.max_steps=3", "run.deterministic=true", "model.proj_hidden=64", "model.proj_dim=32",
          "data.synth.videos=4", "data.synth.frames=4", "data.synth.width=96", "data.synth.height=64",

@@ -11,7 +11,10 @@ into one host tensor (``Batch.jpeg_bytes`` with ``jpeg_spans``). On the device
 
 1. decode ``chunk`` frames at a time with ``torchvision.io.decode_jpeg(list, device=...)`` (one
    batched call per chunk; on CUDA that is nvJPEG), crop and resize each frame to S×S at once and
-   drop it, so at most ``chunk`` decoded frames are alive (720p: 2.7 MB each, 64 → ~180 MB);
+   drop the chunk once its crops have run (an event, one chunk later: see :func:`build_views` for
+   the stream rules), so at most 2·``chunk`` decoded frames are alive (720p: 2.7 MB each, 64 →
+   ~350 MB). A frame the device decoder refuses is decoded on the host (libjpeg) and copied over;
+   one neither decodes is named in one line, or handed back for ``data.on_bad_sample=skip``;
 2. run flip, colour jitter (each view's own order of brightness / contrast / saturation / hue:
    at each of the 4 positions, each op once on the views that take it there, factors as tensors),
    grayscale, Gaussian blur (one grouped convolution, per-view kernels), solarize and the ImageNet
@@ -46,11 +49,13 @@ deprecated in favour of TorchCodec; :func:`decode_jpegs` is the one function to 
 from __future__ import annotations
 
 import math
+from collections import deque
 from typing import Callable, List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 
+from flow.ops import constant
 from pixpro_of.data.augment import IMAGENET_MEAN, IMAGENET_STD, ViewParams
 from plumbing.errors import UserError
 
@@ -88,20 +93,55 @@ def decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[torch.T
     return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB, device=device)
 
 
-def _decode_chunk(data: List[torch.Tensor], device: torch.device, name: Callable[[int], str]) -> List[torch.Tensor]:
-    """:func:`decode_jpegs`; on failure a one-line UserError naming the frame (``name(j)``, called
-    only then) found by decoding the chunk's frames one by one."""
+def decode_host(data: torch.Tensor) -> torch.Tensor:
+    """One frame's JPEG bytes → uint8 ``[3, H, W]`` RGB in host memory (libjpeg): the fallback for
+    a frame the device decoder refuses."""
+    import torchvision.io
+
+    return torchvision.io.decode_jpeg(data, mode=torchvision.io.ImageReadMode.RGB)
+
+
+def _first_line(exc: BaseException) -> str:
+    return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
+
+
+def _decode_chunk(data: List[torch.Tensor], device: torch.device, name: Callable[[int], str],
+                  bad: Optional[List[Tuple[int, str]]] = None) -> List[Optional[torch.Tensor]]:
+    """:func:`decode_jpegs` of a chunk. When the batched call fails, each frame is decoded alone;
+    a frame the device refuses is decoded on the host (:func:`decode_host`) and copied to
+    ``device``; a frame neither decodes is named in one line (``name(j)``, called only then):
+    a UserError, or with ``bad`` given, ``(j, message)`` appended there and None in its place."""
     try:
-        return decode_jpegs(data, device)
+        return list(decode_jpegs(data, device))
     except RuntimeError:
-        pass  # a frame of the chunk is bad: decode them one by one below to name it
+        pass  # a frame of the chunk is bad: decode them one by one below to find it
+    out: List[Optional[torch.Tensor]] = []
     for j, d in enumerate(data):
         try:
-            decode_jpegs([d], device)
+            out.append(decode_jpegs([d], device)[0])
+            continue
         except RuntimeError as exc:
-            first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
-            raise UserError(f"{name(j)}: cannot decode JPEG on {device} ({first})") from None
-    raise UserError(f"{name(0)} … {name(len(data) - 1)}: cannot decode the JPEG chunk on {device}")
+            on_device = _first_line(exc)
+        try:
+            out.append(decode_host(d).to(device))
+            continue
+        except RuntimeError as exc:
+            on_host = _first_line(exc)
+        msg = f"{name(j)}: cannot decode JPEG on {device} ({on_device}); the host decoder fails too ({on_host})"
+        if bad is None:
+            raise UserError(msg)
+        bad.append((j, msg))
+        out.append(None)
+    return out
+
+
+def _record_event(device: torch.device):
+    """An event recorded on ``device``'s current stream (CUDA), else None."""
+    if device.type != "cuda":
+        return None
+    ev = torch.cuda.Event()
+    ev.record(torch.cuda.current_stream(device))
+    return ev
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
@@ -162,27 +202,32 @@ def _blur(x: torch.Tensor, sigmas: List[Optional[float]]) -> torch.Tensor:
 
 def colour_views(x: torch.Tensor, params: torch.Tensor, rows: List[List[float]]) -> torch.Tensor:
     """Flip, jitter, grayscale, blur, solarize of integer-valued float ``[N, 3, S, S]`` views with
-    their packed ``params`` ``[N, NUM_PARAMS]`` (on ``x``'s device; ``rows`` the same on the host,
-    for the data-dependent choices: which ops run at all, blur kernel sizes)."""
-    p = params.to(x.device, torch.float32)
+    their packed ``params`` ``[N, NUM_PARAMS]`` (host or ``x``'s device; ``rows`` the same as lists,
+    for the data-dependent choices made on the host: which ops run at all, which views take
+    them, blur kernel sizes). The params and the index lists go to the device in one copy each."""
+    p = params.to(x.device, torch.float32, non_blocking=True)
     flip = p[:, _C["flip"]] > 0
     x = torch.where(flip.view(-1, 1, 1, 1), x.flip(-1), x)
-    for pos in range(4):  # each view's jitter ops in its own order: at each position, op by op
+    plan, flat = [], []  # each view's jitter ops in its own order: at each position, op by op
+    for pos in range(4):
         for op in (0, 1, 2, 3):
             take = [i for i, r in enumerate(rows) if r[_C["jitter"]] and int(r[_C[f"order{pos}"]]) == op]
-            if not take:
-                continue
-            idx = torch.tensor(take, dtype=torch.long, device=x.device)
-            sub, q = x.index_select(0, idx), p.index_select(0, idx)
-            if op == 0:
-                sub = (sub * q[:, _C["brightness"]].view(-1, 1, 1, 1)).clamp_(0.0, 255.0).floor_()
-            elif op == 1:
-                sub = _blend(sub, _grey(sub).mean(dim=(1, 2, 3), keepdim=True), q[:, _C["contrast"]])
-            elif op == 2:
-                sub = _blend(sub, _grey(sub), q[:, _C["saturation"]])
-            else:
-                sub = _rotate_hue(sub, q[:, _C["hue"]])
-            x = x.index_copy(0, idx, sub)
+            if take:
+                plan.append((op, len(flat), len(take)))
+                flat.extend(take)
+    index = torch.tensor(flat, dtype=torch.long).to(x.device, non_blocking=True) if flat else None
+    for op, start, n in plan:
+        idx = index[start:start + n]
+        sub, q = x.index_select(0, idx), p.index_select(0, idx)
+        if op == 0:
+            sub = (sub * q[:, _C["brightness"]].view(-1, 1, 1, 1)).clamp_(0.0, 255.0).floor_()
+        elif op == 1:
+            sub = _blend(sub, _grey(sub).mean(dim=(1, 2, 3), keepdim=True), q[:, _C["contrast"]])
+        elif op == 2:
+            sub = _blend(sub, _grey(sub), q[:, _C["saturation"]])
+        else:
+            sub = _rotate_hue(sub, q[:, _C["hue"]])
+        x = x.index_copy(0, idx, sub)
     if any(r[_C["grayscale"]] for r in rows):
         x = torch.where((p[:, _C["grayscale"]] > 0).view(-1, 1, 1, 1), _grey(x).expand_as(x), x)
     x = _blur(x, [r[_C["sigma"]] if r[_C["blur"]] else None for r in rows])
@@ -192,8 +237,8 @@ def colour_views(x: torch.Tensor, params: torch.Tensor, rows: List[List[float]])
 
 def normalize(x: torch.Tensor) -> torch.Tensor:
     """``augment.to_normalized_float``'s formula on integer-valued float views."""
-    mean = torch.tensor(IMAGENET_MEAN, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
-    std = torch.tensor(IMAGENET_STD, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+    mean = constant(IMAGENET_MEAN, x.dtype, x.device).view(1, 3, 1, 1)  # cached per device
+    std = constant(IMAGENET_STD, x.dtype, x.device).view(1, 3, 1, 1)
     return x.div_(255.0).sub_(mean).div_(std)
 
 
@@ -208,31 +253,57 @@ def crop_resize(frame: torch.Tensor, box: Tuple[int, int, int, int], size: int) 
 
 def build_views(jpeg_bytes: torch.Tensor, spans: torch.Tensor, params1: torch.Tensor, params2: torch.Tensor,
                 size: int, device, chunk: int = 64, names: Optional[Callable[[int, int], str]] = None,
-                ) -> Tuple[torch.Tensor, torch.Tensor]:
+                bad: Optional[List[Tuple[int, int, str]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(view1, view2)`` float32 ``[B, 3, S, S]`` ImageNet-normalised, on ``device``.
 
     ``jpeg_bytes``: uint8 host tensor with every JPEG of the batch; ``spans`` int64 ``[B, 2, 2]``:
     (start, length) of sample b's frame for view 1 / view 2; ``params1``/``params2``
-    ``[B, NUM_PARAMS]`` packed draws. ``chunk``: frames decoded per call (at most this many
-    decoded frames exist at once). ``names(b, view)`` names a frame in a decode error.
+    ``[B, NUM_PARAMS]`` packed draws (best kept in host memory: they are read there, and copied to
+    the device once). ``chunk``: frames decoded per call. ``names(b, view)`` names a frame in a
+    decode error. A frame that neither the device nor the host decodes raises a one-line
+    UserError, or, with ``bad`` given, is appended to it as ``(b, view, message)`` and its view
+    left at zero (the caller drops the sample).
+
+    Stream safety on CUDA: torchvision allocates each chunk's frames on the current stream and
+    nvJPEG writes them from its own stream, which the current stream is then made to wait for;
+    the crops read them on the current stream. Freed frames could be handed to the *next*
+    chunk's decode, whose writes are not ordered after these crops; so a chunk's frames are kept
+    until an event recorded after its crops has completed, one chunk later (the decode of chunk
+    i + 1 overlaps the crops of chunk i: at most 2·``chunk`` decoded frames exist at once), and
+    the last chunk's event is waited for before returning.
     """
     device = torch.device(device)
     if chunk < 1:
         raise ValueError(f"chunk should be >= 1 frames, got {chunk}")
     B = int(params1.shape[0])
-    params = torch.cat([params1, params2]).to("cpu", torch.float64)  # row i: view 1 of sample i, B + i: view 2
-    rows = params.tolist()
+    params = torch.cat([params1.to("cpu", torch.float64), params2.to("cpu", torch.float64)])  # row i: view 1 of
+    rows = params.tolist()  # sample i, B + i: view 2; a no-op copy for host params, as the trainer keeps them
     sp = spans.to("cpu").tolist()
     data = jpeg_bytes.to("cpu")
     frames = [data[s:s + n] for v in (0, 1) for (s, n) in (sp[b][v] for b in range(B))]
     label = names or (lambda b, v: f"sample {b} view {v + 1}")
-    out = torch.empty(2 * B, 3, size, size, dtype=torch.float32, device=device)
+    out = torch.zeros(2 * B, 3, size, size, dtype=torch.float32, device=device)
+    alive: "deque" = deque()  # (decoded frames, event after their crops): at most two chunks
     for i in range(0, 2 * B, chunk):
+        while len(alive) >= 2:
+            _, ev = alive.popleft()
+            if ev is not None:
+                ev.synchronize()
         part = frames[i:i + chunk]
-        decoded = _decode_chunk(part, device, lambda j, i=i: label((i + j) % B, (i + j) // B))
+        failed: Optional[List[Tuple[int, str]]] = [] if bad is not None else None
+        decoded = _decode_chunk(part, device, lambda j, i=i: label((i + j) % B, (i + j) // B), failed)
+        for j, msg in failed or ():
+            bad.append(((i + j) % B, (i + j) // B, msg))
         for j, img in enumerate(decoded):
+            if img is None:
+                continue
             r = rows[i + j]
             out[i + j] = crop_resize(img, (int(r[0]), int(r[1]), int(r[2]), int(r[3])), size)
+        alive.append((decoded, _record_event(device)))
         del decoded
-    views = normalize(colour_views(out, params.to(device), rows))
+    for _, ev in alive:
+        if ev is not None:
+            ev.synchronize()
+    alive.clear()
+    views = normalize(colour_views(out, params, rows))
     return views[:B], views[B:]

@@ -350,6 +350,7 @@ class Trainer:
         self._skipped_step = 0
         self._checkpoint_due = False
         self._loader_it = None
+        self._views_ahead = None  # the views prefetcher over _loader_it (data.decode_on=device)
         self._doing = "starting"
 
     # ------------------------------------------------------------------ setup
@@ -591,7 +592,9 @@ class Trainer:
         if self.views.on_device:
             if self.device.type == "cuda":
                 torch.cuda.synchronize(self.device)
-            views_s = time.perf_counter() - t0
+            # built one batch ahead (pixpro_of.data.prefetch): the stage's own time, from CUDA events
+            views_s = getattr(self.views, "last_seconds", None)
+            views_s = time.perf_counter() - t0 if views_s is None else views_s
         t0 = time.perf_counter()
         b = self.positives.complete(b)  # on the device unless the workers computed them
         positives_s = None
@@ -781,6 +784,9 @@ class Trainer:
         return "; ".join(out)
 
     def _close_loader(self, kill: bool) -> None:
+        ahead, self._views_ahead = getattr(self, "_views_ahead", None), None
+        if ahead is not None:
+            ahead.close(wait=not kill)
         it, self._loader_it = self._loader_it, None
         close_loader_iter(it, kill=kill)
 
@@ -954,10 +960,14 @@ class Trainer:
             # thread (inside a checkpoint write, inside logging, which swallows it); the loop
             # checks its workers at each batch instead (_next_batch).
             self._stop_worker_watch()
+            from pixpro_of.data.prefetch import prefetch_views  # views of batch N+1 built during step N
+
+            batches = prefetch_views(self._loader_it, self.views, self.device, self.cfg.optim.channels_last, self.epoch)
+            self._views_ahead = batches if batches is not self._loader_it else None
             t_ready = time.perf_counter()
             stepped = False
             while True:
-                loaded = self._next_batch(self._loader_it)
+                loaded = self._next_batch(batches)
                 if loaded is None:
                     break
                 stepped = True
