@@ -11,7 +11,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 export OMPI_MCA_mpi_yield_when_idle ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench reproduce clean
+.PHONY: setup test demo bench reproduce clean gpu-wheels gpu-check-data
 
 setup:
 	@VENV=$(VENV) bash .ci/setup.sh
@@ -30,3 +30,16 @@ bench: setup
 
 clean:
 	rm -rf demo_out .pytest_cache
+
+# The device check (bench/gpu_check.py; docs/scale.md "The GPU check"): what the lent GPU machine
+# lacks, prepared here and carried there (both folders are git-ignored; carry: gpu_wheels gpu_check_data).
+#   make gpu-wheels      simplejpeg for CPython 3.12 on manylinux x86-64 (the device's Python)
+#   make gpu-check-data  the synthetic world packed into shards (about 15 MB), on this CPU
+GPU_WHEELS ?= simplejpeg==1.9.0
+gpu-wheels:
+	@mkdir -p gpu_wheels && python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 \
+	  --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
+	  --platform manylinux2014_x86_64 -d gpu_wheels $(GPU_WHEELS) && ls gpu_wheels
+
+gpu-check-data: setup
+	@$(PY) bench/gpu_check.py --prepare

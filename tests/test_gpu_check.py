@@ -1,10 +1,10 @@
-"""bench/gpu_check.sh (the one command for a GPU node) and .ci/build_horovod_nccl.sh, without a GPU:
-the dry run lists the steps with their commands and time limits and checks what a CPU machine can
-check; both scripts pass shellcheck; the real run names the card on every line, stops at its budget,
-fails a Horovod without NCCL, and says so when there is no GPU at all."""
+"""bench/gpu_check.py (the device check) without a GPU: the plan fits one device command (480 s)
+with a limit per step, the dry run prints it without importing torch, bad arguments are one line,
+the wrapper and the Makefile targets say what travels, and (slow) the whole check runs end to end
+on the CPU with tiny sizes, writing its summary within the 8 result files."""
 from __future__ import annotations
 
-import os
+import json
 import re
 import shutil
 import subprocess
@@ -14,143 +14,130 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-SCRIPT = ROOT / "bench" / "gpu_check.sh"
-BUILD = ROOT / ".ci" / "build_horovod_nccl.sh"
-VENV = Path(sys.executable).parents[1]
-STEPS = ["venv", "build_horovod", "check_build", "hvd_allreduce", "bench_gpu_step", "bench_input", "world", "train"]
+DRIVER = ROOT / "bench" / "gpu_check.py"
+WRAPPER = ROOT / "bench" / "gpu_check.sh"
+STEPS = ["env", "input", "step_fp32", "step_bf16", "raft", "ddp"]
+
+sys.path.insert(0, str(ROOT / "bench"))
+import gpu_check  # noqa: E402
 
 
-def gpu_check(*args, env=None, timeout=300):
-    e = dict(os.environ, **(env or {}))
-    return subprocess.run(["bash", str(SCRIPT), "--venv", str(VENV), *args], capture_output=True, text=True,
-                          timeout=timeout, env=e, cwd=ROOT)
+def driver(*args, timeout=120):
+    return subprocess.run([sys.executable, str(DRIVER), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
-def fake_gpu_path(tmp_path: Path) -> str:
-    """A PATH with an ``nvidia-smi`` that names a card, so the real run's machinery runs on CPU."""
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    smi = bin_dir / "nvidia-smi"
-    smi.write_text('#!/bin/sh\ncase "$*" in *driver_version*) echo "000.00, 0 MiB";; *) echo "Test Card X1";; esac\n')
-    smi.chmod(0o755)
-    return f"{bin_dir}{os.pathsep}{os.environ['PATH']}"
+def parse_plan(out: str):
+    steps = re.findall(r"^step (\d+) (\S+) +(\d+) s  (.+)$", out, re.M)
+    total = re.search(r"^total (\d+) s <= (\d+) s", out, re.M)
+    return [(name, int(t)) for _, name, t, _ in steps], int(total.group(1)), int(total.group(2))
 
 
-@pytest.mark.parametrize("how", ["flag", "env"])
-def test_dry_run_lists_the_steps_and_checks_the_prerequisites(how, tmp_path):
-    if how == "flag":
-        p = gpu_check("--dry-run", "--out", str(tmp_path / "out"))
-    else:
-        p = gpu_check("--out", str(tmp_path / "out"), env={"GPU_CHECK_DRY_RUN": "1"})
-    out = p.stdout
-    steps = re.findall(r"^step (\d+) (\S+) timeout (\d+)s: (.*)$", out, re.M)
-    assert [s[1] for s in steps] == STEPS, out
-    assert [int(s[0]) for s in steps] == list(range(1, len(STEPS) + 1))
-    cmd = {name: re.sub(r"\\(.)", r"\1", c) for _, name, _, c in steps}  # printf %q's escapes undone
-    limits = {name: int(t) for _, name, t, _ in steps}
-    assert all(0 < t <= 300 for t in limits.values()), limits
-    assert ".ci/build_horovod_nccl.sh --venv" in cmd["build_horovod"] and "--install" in cmd["build_horovod"]
-    assert cmd["check_build"].endswith("horovodrun --check-build")
-    assert "horovodrun -np 1" in cmd["hvd_allreduce"]
-    assert "bench/bench_gpu_step.py --device cuda --raft-pairs 16" in cmd["bench_gpu_step"]
-    assert re.search(r"bench/bench_input\.py --device cuda --workers \d+ --arch resnet50 --batch 64 --image-size 224",
-                     cmd["bench_input"])
-    assert re.search(r"hdf5_tools pack synth:videos=128,frames=8,size=512x288,seed=0 \S+/out/train/data --nodes 1 ",
-                     cmd["world"]), cmd["world"]
-    train = cmd["train"]
-    assert "-m pixpro_of train --config pixpro_k6 --run-dir" in train
-    for key in ("data.synthetic=true", "data.synth.videos=128", "data.synth.frames=8", "data.synth.width=512",
-                "data.synth.height=288", "run.device=cuda", "stop.deadline=2m"):
-        assert key in train, train
-    assert limits["train"] >= 150  # the 2-minute deadline, the world's packing and the last checkpoint
-    assert "(skipped: the venv exists)" in out
-    # the budget: the steps' limits may exceed it (each is cut to what is left), the default is 13 minutes
-    assert re.search(r"^gpu_check: dry run; budget 780 s", out, re.M)
-
-    checks = {name.strip(): status for status, name in re.findall(r"^check (ok|FAIL|skip) +([^:\n]+)", out, re.M)}
-    for name in ("timeout (coreutils)", "torch is a CUDA build", "Horovod NCCL build plan",
-                 "bench_gpu_step.py --raft-pairs", "training overrides (--print-config)"):
-        assert checks.get(name) == "ok", (name, out)
-    assert re.search(r"Horovod NCCL build plan: .*CUDA toolkit .*NCCL .*wheel cache .*nccl[0-9.]+-cuda[0-9.]+", out), out
-    assert "nvidia-smi" in " ".join(checks)
-    for tool in ("mpirun", "mpicxx"):
-        assert checks[tool] == ("ok" if shutil.which(tool) else "skip"), out
-    bench_input = "bench_input.py --device --workers --arch --batch --image-size"
-    if (ROOT / "bench" / "bench_input.py").exists():
-        assert checks[bench_input] == "ok", out
-    else:
-        assert checks[bench_input] == "FAIL" and "bench/bench_input.py is missing" in out
-    assert p.returncode == (1 if "FAIL" in checks.values() else 0), (p.returncode, out, p.stderr)
-    assert not (tmp_path / "out").exists()  # a dry run writes nothing
+def test_dry_run_prints_every_step_with_its_budget_within_one_device_command():
+    p = driver("--dry-run")
+    assert p.returncode == 0, p.stderr
+    steps, total, budget = parse_plan(p.stdout)
+    assert [n for n, _ in steps] == STEPS
+    assert all(15 <= t <= 200 for _, t in steps), steps
+    assert budget == 480 and total == gpu_check.WRAPPER_S + sum(t for _, t in steps) and total <= 480
+    assert "wrapper 20 s (carried wheels)" in p.stdout and "at most 8 files" in p.stdout
+    # the ddp step holds two trainer starts (stop, resume): it has the largest share
+    assert max(steps, key=lambda s: s[1])[0] == "ddp"
 
 
-def test_scripts_pass_shellcheck_and_bash_n():
-    for f in (SCRIPT, BUILD):
-        r = subprocess.run(["bash", "-n", str(f)], capture_output=True, text=True)
-        assert r.returncode == 0, (f, r.stderr)
-    if not shutil.which("shellcheck"):
-        pytest.skip("shellcheck is not installed (Debian package 'shellcheck')")
-    r = subprocess.run(["shellcheck", "--severity=info", str(SCRIPT), str(BUILD)], capture_output=True, text=True)
-    assert r.returncode == 0, r.stdout[:4000]
+def test_dry_run_and_help_import_no_torch():
+    code = ("import runpy, sys; sys.argv = ['gpu_check', '--dry-run']\n"
+            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % str(DRIVER))
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert r.stdout.strip().splitlines()[-1] == "NO-TORCH", r.stdout + r.stderr
 
 
-def test_build_script_dry_run_names_the_wheels_and_the_cache(tmp_path):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_HOME", "NCCL_HOME", "HOROVOD_CUDA_HOME", "HOROVOD_NCCL_HOME")}  # the wheels, not modules
-    r = subprocess.run(["bash", str(BUILD), "--venv", str(VENV), "--dry-run"], capture_output=True, text=True,
-                       timeout=120, env=dict(env, PIXPRO_CACHE=str(tmp_path / "cache")))
-    import torch
-    if not torch.version.cuda:
-        assert r.returncode == 1 and "CPU-only build" in r.stderr
-        return
-    assert r.returncode == 0, r.stderr
-    cuda = torch.version.cuda
-    assert f"CUDA toolkit     {tmp_path}/cache/cuda-wheels-{cuda}-nccl" in r.stdout, r.stdout
-    assert re.search(rf"nvidia-cuda-nvcc(-cu\d+)?=={re.escape(cuda)}\.\*", r.stdout), r.stdout
-    assert re.search(r"nvidia-nccl-cu\d+==[0-9.]+", r.stdout)
-    assert re.search(rf"wheel cache +{tmp_path}/cache/wheels/horovod-0\.28\.1-torch\S+-nccl[0-9.]+-cuda{re.escape(cuda)}$",
-                     r.stdout, re.M), r.stdout
-    assert not (tmp_path / "cache").exists()  # a dry run installs and downloads nothing
-    # a site's modules instead of the wheels: a toolkit without nvcc is refused with the path
-    r = subprocess.run(["bash", str(BUILD), "--venv", str(VENV), "--dry-run"], capture_output=True, text=True, timeout=120,
-                       env=dict(os.environ, HOROVOD_CUDA_HOME=str(tmp_path / "no-cuda"), HOROVOD_NCCL_HOME=str(tmp_path)))
-    assert r.returncode == 1 and f"no nvcc at {tmp_path}/no-cuda/bin/nvcc" in r.stderr, r.stderr
+def test_plan_scales_every_step_into_a_smaller_budget_and_keeps_the_order():
+    full = gpu_check.plan()
+    assert sum(t for _, t, _ in full) + gpu_check.WRAPPER_S <= 480
+    small = gpu_check.plan(240)
+    assert [n for n, _, _ in small] == [n for n, _, _ in full]
+    assert sum(t for _, t, _ in small) + gpu_check.WRAPPER_S <= 240
+    assert all(0 < s < f for (_, s, _), (_, f, _) in zip(small, full))
+    assert gpu_check.plan(480, ["raft"]) == [s for s in gpu_check.STEPS if s[0] == "raft"]
+    p = driver("--dry-run", "--budget", "240", "--only", "env,ddp")
+    steps, total, budget = parse_plan(p.stdout)
+    assert [n for n, _ in steps] == ["env", "ddp"] and total <= 240 and budget == 240
 
 
-def test_without_a_gpu_the_real_run_says_so(tmp_path):
-    if shutil.which("nvidia-smi"):
-        pytest.skip("this machine has nvidia-smi")
-    p = gpu_check("--out", str(tmp_path / "out"))
+@pytest.mark.parametrize("args,message", [
+    (["--budget", "600"], "--budget must be in 1..480 s (one device command), got 600"),
+    (["--only", "env,bogus"], "--only: unknown step 'bogus' (steps: env, input, step_fp32, step_bf16, raft, ddp)"),
+])
+def test_bad_arguments_are_one_line(args, message):
+    p = driver("--dry-run", *args)
+    assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(message), p.stderr
+
+
+def test_without_data_a_step_fails_naming_what_to_run(tmp_path):
+    p = driver("--cpu", "--only", "env", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=300)
     assert p.returncode == 1
-    assert "no GPU here" in p.stderr
+    summary = (tmp_path / "out" / "summary.txt").read_text()
+    assert re.search(r"env: limit_s \d+, took_s [0-9.]+, status FAIL \(exit 1\)", summary), summary
+    log = (tmp_path / "out" / "steps.log").read_text()
+    assert f"gpu_check: no packed data at {tmp_path / 'none' / 'manifest.json'} (make gpu-check-data, or --prepare)" in log
 
 
-def test_budget_spent_skips_every_step_and_names_the_card(tmp_path):
-    out = tmp_path / "out"
-    p = gpu_check("--out", str(out), env={"PATH": fake_gpu_path(tmp_path), "GPU_CHECK_BUDGET_S": "0"})
-    assert p.returncode == 1, p.stdout + p.stderr
-    summary = (out / "summary.txt").read_text()
-    assert summary.startswith("gpu_check: card Test Card X1 (driver, memory: 000.00, 0 MiB)")
-    for step in STEPS[1:]:
-        assert re.search(rf"^\[Test Card X1\] {step}: SKIPPED", summary, re.M), summary
-    assert "some steps FAILED on Test Card X1" in summary
+def test_wrapper_passes_shellcheck_and_its_dry_run_runs_the_driver_without_installing(tmp_path):
+    r = subprocess.run(["bash", "-n", str(WRAPPER)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    if shutil.which("shellcheck"):
+        r = subprocess.run(["shellcheck", "--severity=info", str(WRAPPER)], capture_output=True, text=True)
+        assert r.returncode == 0, r.stdout[:4000]
+    r = subprocess.run(["bash", str(WRAPPER), "--dry-run"], capture_output=True, text=True, timeout=120,
+                       env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
+                            "GPU_CHECK_SITE": str(tmp_path / "site")})
+    assert r.returncode == 0, r.stderr
+    assert parse_plan(r.stdout)[0][0][0] == "env"
+    assert not (tmp_path / "site").exists()  # a dry run installs nothing
+
+
+def test_make_targets_download_cp312_manylinux_wheels_and_pack_on_this_machine():
+    if not shutil.which("make"):
+        pytest.skip("no make")
+    r = subprocess.run(["make", "-n", "gpu-wheels"], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0, r.stderr
+    cmd = r.stdout
+    for part in ("pip download", "--no-deps", "--only-binary=:all:", "--python-version 3.12", "--implementation cp",
+                 "--platform manylinux2014_x86_64", "-d gpu_wheels", "simplejpeg=="):
+        assert part in cmd, (part, cmd)
+    r = subprocess.run(["make", "-n", "gpu-check-data"], capture_output=True, text=True, cwd=ROOT)
+    assert "bench/gpu_check.py --prepare" in r.stdout
+    ignored = (ROOT / ".gitignore").read_text().splitlines()
+    assert "/gpu_wheels/" in ignored and "/gpu_check_data/" in ignored
 
 
 @pytest.mark.slow
-def test_check_build_fails_a_horovod_without_nccl(tmp_path):
-    """The CPU Horovod of CI has no NCCL: the check_build step runs horovodrun and fails, naming why."""
-    if not (VENV / "bin" / "horovodrun").exists():
-        pytest.skip("no horovodrun in the venv")
-    probe = subprocess.run([sys.executable, "-c", "import horovod.torch as h; print(bool(h.nccl_built()))"],
-                           capture_output=True, text=True, timeout=120)
-    if probe.stdout.strip() != "False":
-        pytest.skip("this venv's Horovod has NCCL (or does not import)")
-    out = tmp_path / "out"
-    p = gpu_check("--only", "check_build", "--out", str(out), env={"PATH": fake_gpu_path(tmp_path)})
-    assert p.returncode == 1, p.stdout + p.stderr
-    assert re.search(r"^\[Test Card X1\] check_build \|\s+\[X\] PyTorch", p.stdout, re.M), p.stdout
-    summary = (out / "summary.txt").read_text()
-    assert "[Test Card X1] check_build: FAIL rc=0 (no [X] NCCL under Tensor Operations)" in summary, summary
-    assert "[Test Card X1] check_build: built: frameworks PyTorch; controllers MPI Gloo; tensor operations MPI Gloo" in summary
-    assert (out / "check_build.log").exists()
-    assert not (out / "train").exists()  # --only ran nothing else
+def test_the_whole_check_runs_end_to_end_on_the_cpu(tmp_path):
+    data, out = tmp_path / "data", tmp_path / "out"
+    p = driver("--prepare", "--tiny", "--data", str(data), timeout=600)
+    assert p.returncode == 0 and (data / "manifest.json").exists(), p.stdout + p.stderr
+    p = driver("--cpu", "--data", str(data), "--out", str(out), timeout=900)
+    log = (out / "steps.log").read_text() if (out / "steps.log").exists() else ""
+    assert p.returncode == 0, p.stdout + p.stderr + log[-6000:]
+    files = sorted(f.name for f in out.rglob("*") if f.is_file())
+    assert files == ["steps.log", "summary.json", "summary.txt"] and len(files) <= 8
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["passed"] and summary["card"].startswith("CPU") and list(summary["steps"]) == STEPS
+    s = summary["steps"]
+    assert all(e["status"] == "PASS" for e in s.values()), s
+    assert s["env"]["torch"] and s["env"]["torchvision"]
+    assert s["input"]["views_samples_per_s"] > 0 and s["input"]["input_s_per_batch"] >= s["input"]["views_s_per_batch"]
+    for name, precision in (("step_fp32", "fp32"), ("step_bf16", "bf16")):
+        e = s[name]
+        assert e["precision"] == precision and e["steps"] == 4 and e["samples_per_s"] > 0, e
+        assert e["views_s"] > 0 and e["peak_mib_per_sample"] > 0
+    assert s["raft"]["fp32_pairs_per_s"] > 0 and s["raft"]["bf16_pairs_per_s"] > 0
+    assert 0 < s["raft"]["bf16_vs_fp32_mean_epe_px"] < 5  # bf16 differs a little from fp32, not wildly
+    assert s["ddp"]["first_exit"] == 75 and s["ddp"]["second_exit"] == 0 and s["ddp"]["done_marker"]
+    assert s["ddp"]["resumed_from_step"] >= 2 and s["ddp"]["last_step"] == 4
+    assert summary["input_over_step"] > 0
+    text = (out / "summary.txt").read_text()
+    assert text.startswith(f"gpu_check (cpu) on {summary['card']}: all steps passed")
+    for name in STEPS:
+        assert re.search(rf"^\[{re.escape(summary['card'])}\] {name}: .*status PASS", text, re.M), text
