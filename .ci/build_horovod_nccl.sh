@@ -26,10 +26,13 @@
 #      has already loaded the same libnccl.so.2 from the venv, so horovod.torch finds it.
 #
 # Other variables: PIXPRO_CACHE (default ~/.cache/pixpro-of), HOROVOD_SDIST (a horovod-0.28.1.tar.gz
-# to use offline instead of downloading it), HOROVOD_BUILD_MPI (auto: MPI when mpicxx is on PATH,
-# else a Gloo-only build; 1 or 0 to force), HOROVOD_BUILD_CUDA_CC_LIST
+# to use offline instead of downloading it), HOROVOD_BUILD_CUDA_CC_LIST
 # (compute capabilities of the CUDA kernels, default 80,90: A100 and H100/H200; CUDA 13 builds
 # nothing below 75), MAKEFLAGS (default -j$(nproc)).
+# The build needs MPI as well as NCCL: `mpicxx` on PATH (e.g. `module load openmpi`), as the job
+# scripts start Horovod with mpirun. Without it the script stops before building (a Gloo-only
+# Horovod would start under mpirun as N separate one-rank worlds); after the build it checks that
+# CMake found both, and --install checks hvd.nccl_built() and hvd.mpi_built().
 # The wheel lands in $PIXPRO_CACHE/wheels/horovod-0.28.1-torch<torch>-nccl<nccl>-cuda<cuda>/ with
 # build.log and configure-summary.txt (what CMake found) beside it; a cached wheel for the same
 # Python is reused without building.
@@ -138,17 +141,21 @@ TAG="nccl$NCCL_VER-cuda$CUDA_VER"
 [[ "$SOURCE" == wheels ]] || TAG="$TAG-site"
 DEST="$CACHE/wheels/horovod-$VERSION-torch$TORCH_TAG-$TAG"
 wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1 || true)"
+if [[ -n "$wheel" ]] && ! grep -q "Found MPI" "$DEST/configure-summary.txt" 2>/dev/null; then
+  # a wheel cached by an older version of this script, which built Gloo-only without mpicxx
+  say "error: the cached $(basename "$wheel") was built without MPI (no 'Found MPI' in $DEST/configure-summary.txt); remove $DEST and build again"
+  exit 1
+fi
 if ((PRINT_WHEEL)); then
   [[ -n "$wheel" ]] && echo "$wheel" && exit 0
   exit 1
 fi
 export HOROVOD_BUILD_CUDA_CC_LIST="${HOROVOD_BUILD_CUDA_CC_LIST:-80,90}"
-# MPI (controller and CPU operations) when MPI's C++ wrapper is there; else Gloo only (horovodrun --gloo)
-case "${HOROVOD_BUILD_MPI:-auto}" in
-  1) WITH_MPI=1 ;;
-  0) WITH_MPI=0 ;;
-  *) if command -v mpicxx >/dev/null; then WITH_MPI=1; else WITH_MPI=0; fi ;;
-esac
+# MPI (controller and CPU operations) is required: the job scripts start Horovod with mpirun
+if ! MPICXX="$(command -v mpicxx)"; then
+  say "error: no mpicxx on PATH: the NCCL build needs MPI as well as NCCL (load the site's MPI, e.g. \`module load openmpi\`, or install libopenmpi-dev)"
+  exit 1
+fi
 export MAKEFLAGS="${MAKEFLAGS:--j$(nproc)}"
 
 if ((DRY_RUN)); then
@@ -162,7 +169,7 @@ EOF
     echo "wheels           $CUDART_PKG ${TOOL_PKGS[*]} $NCCL_WHEEL_VER"
   fi
   echo "CUDA archs       $HOROVOD_BUILD_CUDA_CC_LIST"
-  echo "controllers      $( ((WITH_MPI)) && echo "MPI + Gloo" || echo "Gloo only (no mpicxx; HOROVOD_BUILD_MPI=1 to insist)")"
+  echo "controllers      MPI ($MPICXX) + Gloo"
   [[ -z "${HOROVOD_NCCL_LIB:-}" ]] || echo "NCCL lib dir     $HOROVOD_NCCL_LIB"
   echo "wheel cache      $DEST${wheel:+ (cached: $(basename "$wheel"))}"
   exit 0
@@ -201,8 +208,8 @@ if [[ -z "$wheel" ]]; then
   if ! "$PY" -c "import cmake, packaging, wheel" 2>/dev/null; then
     "${PIP[@]}" install -q cmake packaging wheel 2>&1 | grep -v "^WARNING: Location" || true
   fi
-  if ((WITH_MPI)); then export HOROVOD_WITH_MPI=1; unset HOROVOD_WITHOUT_MPI
-  else export HOROVOD_WITHOUT_MPI=1; unset HOROVOD_WITH_MPI; fi
+  export HOROVOD_WITH_MPI=1  # CMake fails when it cannot find MPI, instead of leaving it out
+  unset HOROVOD_WITHOUT_MPI
   export HOROVOD_GPU_OPERATIONS=NCCL HOROVOD_WITH_PYTORCH=1 HOROVOD_WITH_GLOO=1 \
          HOROVOD_WITHOUT_TENSORFLOW=1 HOROVOD_WITHOUT_MXNET=1 \
          HOROVOD_CUDA_HOME HOROVOD_NCCL_HOME HOROVOD_NCCL_LINK
@@ -220,9 +227,11 @@ if [[ -z "$wheel" ]]; then
     grep -E "error|Error" "$log" | head -20 >&2 || tail -20 "$log" >&2
     exit 1
   fi
-  if ! grep -q "Found NCCL" "$log"; then
-    say "error: the build finished but CMake did not report NCCL; see $log"; exit 1
-  fi
+  for part in NCCL MPI; do
+    if ! grep -q "Found $part" "$log"; then
+      say "error: the build finished but CMake did not report $part; see $log"; exit 1
+    fi
+  done
   mv "$work"/wheel/horovod-*.whl "$DEST/"
   wheel="$(compgen -G "$DEST/horovod-$VERSION-$PYTAG-*.whl" | head -1)"
   # what CMake found, kept beside the wheel
@@ -235,7 +244,7 @@ if ((INSTALL)); then
   # again without --no-deps: horovod itself is in place now, so this adds only its missing
   # requirements (cloudpickle, psutil, pyyaml, packaging, cffi) from the wheel's metadata
   "${PIP[@]}" install -q "$wheel" 2>&1 | grep -v "^WARNING: Location" || true
-  "$PY" -c "import torch, horovod.torch as hvd; assert hvd.nccl_built(), 'Horovod was built without NCCL'"
+  "$PY" -c "import torch, horovod.torch as hvd; assert hvd.nccl_built(), 'Horovod was built without NCCL'; assert hvd.mpi_built(), 'Horovod was built without MPI'"
   say "installed into $VENV"
 fi
 echo "$wheel"
