@@ -80,7 +80,7 @@ def run(cfg: ShardVizConfig) -> List[Path]:
     return written
 
 
-@cli_command("viz", epilog="Example: hdf5_tools viz shards/shard-00000.h5 --video synth-00000 --t 10 --frames 6 "
+@cli_command("viz", epilog="Example: hdf5_tools viz shards/shard-n000-00000.h5 --video synth-00000 --t 10 --frames 6 "
                             "--out pics/")
 @click.argument("shard")
 @click.option("--video", required=True, help="video name in the shard")

@@ -14,7 +14,8 @@ COMMANDS: dict = {
 }
 
 command = group("launcher", COMMANDS, help="Render, submit and follow training runs on clusters or this machine.",
-                epilog="Example: launcher submit --scheduler slurm --cluster abci3 --gpus 8 --frames 6; "
+                epilog="Example: launcher submit --scheduler pbs --cluster abci3 --gpus 16 --frames 6 --group gXXXX "
+                       "--data shards/manifest.json; "
                        "'launcher COMMAND --help' shows a command's options.")
 
 

@@ -14,7 +14,7 @@ from plumbing.cli import call, command as cli_command
 
 
 @cli_command("render", context_settings=PASSTHROUGH,
-             epilog="Example: launcher render --scheduler slurm --cluster abci3 --gpus 8 --frames 6 > job.sh. "
+             epilog="Example: launcher render --scheduler slurm --gpus 8 --frames 6 --data shards/manifest.json > job.sh. "
                     + TRAINER_ARGS_HELP)
 @job_options
 def command(trainer_args, **opts) -> int:
