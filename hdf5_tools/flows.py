@@ -23,7 +23,7 @@ Distribution (under ``mpirun -np N``, mpi4py): rank 0 plans and broadcasts the p
   the flows (point-to-point messages), so no file is ever opened by two processes.
 - Resume: pairs already present are skipped at planning time. Each chunk is written and the file
   flushed before the next one is written, so a kill loses at most the chunks in flight.
-  SIGTERM/SIGINT stop after the current chunk (exit 75: rerun to resume).
+  SIGTERM/SIGINT/SIGUSR2 (a job's stop) stop after the current chunk (exit 75: rerun to resume).
 """
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def run(cfg: ComputeConfig, log=print) -> int:
         raise
 
     stop = _Stop()
-    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT)}
+    old = {s: signal.signal(s, stop) for s in (signal.SIGTERM, signal.SIGINT, signal.SIGUSR2)}
     try:
         rc = _work(cfg, plan, estimator, comm, rank, size, stop, log)
     finally:

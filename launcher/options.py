@@ -10,13 +10,15 @@ import click
 from plumbing.errors import UserError
 from launcher.clusters import DEFAULT_PROFILE, SCHEDULERS, load_profile, parse_duration
 from launcher.launchers import LAUNCH_METHODS
+from launcher.stages import STAGES, get_stage
 from launcher.request import JobRequest, check_name, passthrough_args
 
 #: Settings for ``render`` and ``submit``: words they do not know go on to the trainer.
 PASSTHROUGH = {"ignore_unknown_options": True, "allow_extra_args": True}
 
 TRAINER_ARGS_HELP = ("Any other --option value or key=value goes to the trainer as a key=value override, "
-                     "e.g. optim.base_lr=0.5 or --data.num_workers 4.")
+                     "e.g. optim.base_lr=0.5 or --data.num_workers 4; with another --stage, to that stage's "
+                     "command as written, e.g. --stage flow --model dis.")
 
 
 def job_options(f: Callable) -> Callable:
@@ -28,7 +30,15 @@ def job_options(f: Callable) -> Callable:
                      help="cluster profile name or .toml path (default: the scheduler's generic profile)"),
         click.option("--profile-dir", default=None, help="directory of user profiles, searched first"),
         click.option("--template-dir", default=None, help="directory of user templates, searched first"),
-        click.option("--gpus", type=int, default=None, help="total GPUs; 0 = CPU ranks (default: one node's GPUs)"),
+        click.option("--stage", type=click.Choice(STAGES), default="train", show_default=True,
+                     help="which command the job runs: pack (reads --videos), flow, verify, train (read --data), "
+                          "convert, eval (read --from-run)"),
+        click.option("--videos", default=None, help="pack: BDD100K folder (or its videos/ or images/) or a synth: spec"),
+        click.option("--from-run", default=None, help="convert, eval: the training run directory"),
+        click.option("--node-sets", type=int, default=1, show_default=True,
+                     help="pack: node sets to balance frames across (the nodes training will use)"),
+        click.option("--gpus", type=int, default=None,
+                     help="total GPUs; 0 = CPU ranks (default: one node's GPUs; pack, verify, convert: 0; eval: 1)"),
         click.option("--frames", type=int, default=None,
                      help="clip length k: selects the trainer preset pixpro_k<K> (with --config/--preset: data.k=K)"),
         click.option("--preset", default=None, help="trainer preset by name, e.g. cpu_small"),
@@ -90,11 +100,14 @@ def build_request(args: Any, extra: Sequence[str]) -> JobRequest:
                         f"(add --scheduler {profile.scheduler})")
     if args.scheduler == "local" and args.chain != 1:
         raise UserError("--chain is for batch schedulers; the local runner resumes the run itself")
-    gpus = profile.gpus_per_node if args.gpus is None else args.gpus
+    stage = get_stage(args.stage)
+    gpus = stage.default_gpus(profile) if args.gpus is None else args.gpus
     if args.name is not None:
         name = args.name
     else:
         name = f"pixpro-k{args.frames}-g{gpus}" if args.frames else f"pixpro-g{gpus}"
+        if stage.name != "train":
+            name = f"{stage.name}-g{gpus}"
     check_name(name)
     if args.run_dir is not None and not args.run_dir.strip():
         raise UserError("--run-dir: the path is empty")
@@ -108,7 +121,10 @@ def build_request(args: Any, extra: Sequence[str]) -> JobRequest:
         scheduler=args.scheduler, profile=profile, gpus=gpus, name=name, run_dir=run_dir,
         frames=args.frames, preset=args.preset, walltime_s=walltime, chain=args.chain,
         launch_method=args.launch, backend=args.backend, trainer_command=args.trainer_command,
-        trainer_config=args.config, passthrough=tuple(passthrough_args(extra)), data_manifest=args.data,
+        trainer_config=args.config, data_manifest=args.data,
+        passthrough=tuple(passthrough_args(extra)) if stage.name == "train" else (),
+        stage=stage.name, videos=args.videos, from_run=args.from_run, node_sets=args.node_sets,
+        stage_args=tuple(extra) if stage.name != "train" else (),
         data_key=args.data_key, global_batch=args.global_batch, batch_key=args.batch_key,
         nodes=args.nodes, ranks_per_node=args.ranks_per_node, group=args.group, queue=args.queue,
         python=args.python, max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,

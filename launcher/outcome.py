@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence
 
+from plumbing.atomic import atomic_write_text
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, EXIT_USAGE
 from launcher.rundir import RunDir, now_iso
 from launcher.schedulers import get_scheduler
@@ -74,7 +75,7 @@ class LinkContext:
     max_preemptions: int = 100
     resume_mode: str = "chain"
     scheduler: str = "local"
-    what: str = "trainer"  # the command's name in failure lines
+    stage: str = "train"  # launcher.stages; every stage but train has its done marker written here
     clock: Callable[[], float] = field(default=time.time, compare=False, repr=False)
 
     @classmethod
@@ -97,7 +98,12 @@ class LinkContext:
                    chain_length=num("LAUNCHER_CHAIN_LENGTH", 1), max_timeouts=num("LAUNCHER_MAX_TIMEOUTS", 20),
                    max_preemptions=num("LAUNCHER_MAX_PREEMPTIONS", 100), resume_mode=mode,
                    scheduler=env.get("LAUNCHER_SCHEDULER", "local") or "local",
-                   what=env.get("LAUNCHER_WHAT", "trainer") or "trainer")
+                   stage=env.get("LAUNCHER_STAGE", "train") or "train")
+
+    @property
+    def what(self) -> str:
+        """The command's name in failure lines."""
+        return "trainer" if self.stage == "train" else f"{self.stage} command"
 
 
 class Link:
@@ -172,6 +178,8 @@ class Link:
             self.event(f"interrupted by SIG{signal} (exit {rc}); resuming from the last checkpoint")
             rc = EXIT_RESUME
         if rc == EXIT_FINISHED:
+            if c.stage != "train" and not self.rd.is_done():
+                atomic_write_text(self.rd.done, f"{c.stage} finished in job {c.job_id}\n")
             self.event("finished" if self.rd.is_done() else "finished: exit 0 but no done marker")
             return exit_with(EXIT_FINISHED)
         if rc != EXIT_RESUME:

@@ -115,7 +115,9 @@ def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: 
 
 
 @cli_command("submit", context_settings=PASSTHROUGH,
-             epilog="Examples: launcher submit --scheduler slurm --cluster abci3 --gpus 32 --frames 6 --chain 3; "
+             epilog="Examples: launcher submit --scheduler pbs --cluster abci3 --gpus 32 --frames 6 --group gXXXX "
+                    "--data shards/manifest.json --chain 3; "
+                    "launcher submit --scheduler slurm --stage flow --data shards/ --model dis --gpus 0; "
                     "launcher submit --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP)
 @job_options
 @click.option("--wait", is_flag=True, help="local scheduler: run in the foreground, exit with its code")

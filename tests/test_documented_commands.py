@@ -99,12 +99,7 @@ SKIP = {
 
 #: Lines known to fail today whose source this session may not edit: exact command -> owner and fix.
 #: The test asserts they still fail; when fixed, it fails until the entry is removed.
-PENDING = {
-    "launcher submit --scheduler slurm --cluster abci3 --gpus 32 --frames 6 --chain 3":
-        "launcher/submit.py's epilog (refused: abci3 is a pbs profile, and no --data); being rewritten for "
-        "issue 23 items 1-3; use: launcher submit --scheduler pbs --cluster abci3 --gpus 32 --frames 6 "
-        "--group gXXXX --data shards/manifest.json --chain 3",
-}
+PENDING: dict = {}
 
 #: (program, subcommand words) run as written on the fixtures.
 RUN = {("hdf5_tools", "pack"), ("hdf5_tools", "verify"), ("hdf5_tools", "info"), ("hdf5_tools", "viz"),

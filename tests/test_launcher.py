@@ -87,24 +87,24 @@ def test_gpus_become_nodes_and_ranks(cluster, sched, gpus, nodes, rpn):
                      "--group", "grp01"])
     assert (plan.nodes, plan.ranks_per_node, plan.ranks) == (nodes, rpn, gpus)
     assert plan.per_rank_batch == 256 // gpus
-    assert "data.batch_size=256" in plan.trainer_overrides  # the trainer's batch is global
+    assert "data.batch_size=256" in plan.command_overrides  # the trainer's batch is global
 
 
 def test_frames_select_preset_and_other_options_pass_through(tmp_path):
     plan = plan_for(["--scheduler", "slurm", "--gpus", "4", "--frames", "6", "--run-dir", str(tmp_path / "r"),
                      "--lr", "0.5", "optim.wd=1e-5", "--amp", "--epochs=3"])
     # The job runs the interpreter that submitted it (absolute path), not whatever "python3" is there.
-    assert plan.trainer_argv == (sys.executable, "-m", "pixpro_of", "train", "--run-dir", str(tmp_path / "r"),
+    assert plan.command_argv == (sys.executable, "-m", "pixpro_of", "train", "--run-dir", str(tmp_path / "r"),
                                  "--config", "pixpro_k6")
-    assert plan.trainer_overrides == ("dist.backend=horovod", "lr=0.5", "optim.wd=1e-5", "amp=true", "epochs=3")
+    assert plan.command_overrides == ("dist.backend=horovod", "lr=0.5", "optim.wd=1e-5", "amp=true", "epochs=3")
     cpu = plan_for(["--gpus", "0", "--preset", "cpu_small", "--frames", "2"])
-    assert cpu.trainer_argv[-2:] == ("--config", "cpu_small") and "data.k=2" in cpu.trainer_overrides
+    assert cpu.command_argv[-2:] == ("--config", "cpu_small") and "data.k=2" in cpu.command_overrides
     assert plan_for(["--scheduler", "slurm", "--launch", "torchrun"]).backend == "ddp"
-    assert "dist.backend=ddp" in plan_for(["--scheduler", "slurm", "--launch", "srun"]).trainer_overrides
+    assert "dist.backend=ddp" in plan_for(["--scheduler", "slurm", "--launch", "srun"]).command_overrides
     cfg = tmp_path / "my.yaml"
     cfg.write_text("data: {k: 2}\n")
     plan = plan_for(["--config", str(cfg), "--python", "/opt/py/bin/python"])
-    assert plan.trainer_argv[0] == "/opt/py/bin/python" and plan.trainer_argv[-2:] == ("--config", str(cfg))
+    assert plan.command_argv[0] == "/opt/py/bin/python" and plan.command_argv[-2:] == ("--config", str(cfg))
     with pytest.raises(UserError, match="--config: trainer config /no/such.yaml does not exist"):
         plan_for(["--config", "/no/such.yaml"])
 
@@ -409,7 +409,7 @@ def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
         return out
 
     # The folder pack wrote finds its manifest.json; the job stages it the same way.
-    assert f"hdf5_tools.cli stage {full} --to" in ok("--frames", "6", "--data", full)
+    assert f"hdf5_tools.cli stage {full / 'manifest.json'} --to" in ok("--frames", "6", "--data", full)
     ok("--frames", "6", "--data", full / "manifest.json")
     ok("--frames", "1", "--data", bare)  # k = 1 reads no flow
     ok("--frames", "6", "--data", bare, "data.flow_source=none", "data.mask=none")  # the no-flow control

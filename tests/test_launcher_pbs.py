@@ -233,9 +233,10 @@ def test_pbs_qsig_int_checkpoints_at_the_current_step_and_continues_the_chain(pb
 
 
 @pytest.mark.parametrize("profile_args, expect", [
-    (["--cluster", "abci3", "--gpus", "16", "--frames", "6", "--group", "gXXXX"],
+    # data.synthetic=true: the job never starts, and submit refuses a shard preset without --data
+    (["--cluster", "abci3", "--gpus", "16", "--frames", "6", "--group", "gXXXX", "data.synthetic=true"],
      {"queue": "rt_HF", "project": "gXXXX", "select": "2:mpiprocs=8", "nodect": 2, "place": None}),
-    (["--gpus", "8", "--frames", "6"],
+    (["--gpus", "8", "--frames", "6", "data.synthetic=true"],
      {"queue": "workq", "project": "_pbs_project_default", "select": "2:ncpus=32:ngpus=4:mpiprocs=4",
       "nodect": 2, "place": "scatter:excl"}),
 ], ids=["abci3", "generic-gpu"])

@@ -111,10 +111,10 @@ def test_walltime_fields_in_range():
 
 
 def test_frames_builds_a_preset_for_any_clip_length(capsys):
-    rc, out, _ = run_cli(["render", "--scheduler", "slurm", "--frames", "3"], capsys)
+    rc, out, _ = run_cli(["render", "--scheduler", "slurm", "--frames", "3", "data.synthetic=true"], capsys)
     assert rc == 0
     assert "--config pixpro_k6" in out and "data.k=3" in out
-    rc, out, _ = run_cli(["render", "--scheduler", "slurm", "--frames", "2"], capsys)
+    rc, out, _ = run_cli(["render", "--scheduler", "slurm", "--frames", "2", "data.synthetic=true"], capsys)
     assert rc == 0 and "--config pixpro_k2" in out and "data.k=" not in out
 
 
@@ -163,7 +163,7 @@ def test_a_dry_run_never_submits(tmp_path, capsys):
     os.environ["PATH"] = "/nonexistent"  # no sbatch could run anyway
     try:
         rc, out, err = run_cli(["submit", "--dry-run", "--scheduler", "slurm", "--run-dir", str(run),
-                                "--frames", "6"], capsys)
+                                "--frames", "6", "data.synthetic=true"], capsys)
     finally:
         os.environ["PATH"] = env_path
     assert rc == 0 and not run.exists()

@@ -32,6 +32,7 @@ LAUNCHER_MAX_TIMEOUTS=20
 LAUNCHER_MAX_PREEMPTIONS=100
 LAUNCHER_RESUME_MODE=requeue
 LAUNCHER_SCHEDULER=slurm
+LAUNCHER_STAGE=train
 LAUNCHER_LINK="${LAUNCHER_LINK:-0}"
 LAUNCHER_START=$(date +%s)
 LAUNCHER_JOB_ID="${SLURM_JOB_ID:?this script runs under SLURM (sbatch)}"
@@ -40,7 +41,7 @@ launcher_hosts() { scontrol show hostnames "$SLURM_JOB_NODELIST"; }
 LAUNCHER_LOCALDIR="${TMPDIR:-/tmp}"
 export RUN_DIR LAUNCHER_JOB_ID LAUNCHER_RESTART_COUNT LAUNCHER_LINK LAUNCHER_CHAIN_LENGTH LAUNCHER_LOCALDIR \
     LAUNCHER_START LAUNCHER_WALLTIME_S LAUNCHER_WARNING_LEAD_S LAUNCHER_MAX_TIMEOUTS LAUNCHER_MAX_PREEMPTIONS \
-    LAUNCHER_RESUME_MODE LAUNCHER_SCHEDULER
+    LAUNCHER_RESUME_MODE LAUNCHER_SCHEDULER LAUNCHER_STAGE
 
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/job" "$RUN_DIR/checkpoints" || exit 1
 cd "$RUN_DIR" || exit 1
@@ -157,7 +158,7 @@ launcher_stage_start=$(date +%s)
 launcher_run "${launcher_per_node[@]}" "$LAUNCHER_PYTHON" -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
 launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - launcher_stage_start ))"
 
-# Start the ranks (through mpirun) under the supervisor, unless a stop came first.
+# Start the train command as ranks (through mpirun) under the supervisor, unless a stop came first.
 launcher_command=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-slurm --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
 launcher_command+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
 launcher_ranks=(mpirun -np 8 -hostfile "${LAUNCHER_HOSTFILE}" -map-by ppr:4:node -bind-to none -mca pml ob1 -mca btl '^openib' "${launcher_mpi_env[@]}")
@@ -172,6 +173,9 @@ fi
 launcher_act decide "$launcher_rc" "$launcher_got_signal" "$launcher_ckpt_before" "$LAUNCHER_HOSTFILE" srun --nodes=1 --ntasks=1 --nodelist
 case "$launcher_action" in
     requeue)
+        # SLURM answers a requeue with SIGTERM to every process of the job: the policy's record
+        # of it must not die of that signal (ignored signals stay ignored in children).
+        trap '' TERM
         launcher_out=$(scontrol requeue "${SLURM_JOB_ID}" 2>&1)
         launcher_act requeued "$?" "$launcher_got_signal" "$launcher_out"
         ;;

@@ -26,6 +26,7 @@ LAUNCHER_MAX_TIMEOUTS=20
 LAUNCHER_MAX_PREEMPTIONS=100
 LAUNCHER_RESUME_MODE=chain
 LAUNCHER_SCHEDULER=sge
+LAUNCHER_STAGE=train
 LAUNCHER_LINK="${LAUNCHER_LINK:-0}"
 LAUNCHER_START=$(date +%s)
 LAUNCHER_JOB_ID="${JOB_ID:?this script runs under Grid Engine (qsub)}"
@@ -51,7 +52,7 @@ launcher_hosts() {
 LAUNCHER_LOCALDIR="${TMPDIR:-/tmp}"
 export RUN_DIR LAUNCHER_JOB_ID LAUNCHER_RESTART_COUNT LAUNCHER_LINK LAUNCHER_CHAIN_LENGTH LAUNCHER_LOCALDIR \
     LAUNCHER_START LAUNCHER_WALLTIME_S LAUNCHER_WARNING_LEAD_S LAUNCHER_MAX_TIMEOUTS LAUNCHER_MAX_PREEMPTIONS \
-    LAUNCHER_RESUME_MODE LAUNCHER_SCHEDULER
+    LAUNCHER_RESUME_MODE LAUNCHER_SCHEDULER LAUNCHER_STAGE
 
 mkdir -p "$RUN_DIR/logs" "$RUN_DIR/job" "$RUN_DIR/checkpoints" || exit 1
 cd "$RUN_DIR" || exit 1
@@ -175,7 +176,7 @@ launcher_stage_start=$(date +%s)
 launcher_run "${launcher_per_node[@]}" "$LAUNCHER_PYTHON" -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
 launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - launcher_stage_start ))"
 
-# Start the ranks (through mpirun) under the supervisor, unless a stop came first.
+# Start the train command as ranks (through mpirun) under the supervisor, unless a stop came first.
 launcher_command=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-tsubame3 --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
 launcher_command+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
 launcher_ranks=(mpirun -np 8 -hostfile "${LAUNCHER_HOSTFILE}" -map-by ppr:4:node -bind-to none -mca btl 'self,tcp' -x PSM2_GPUDIRECT=1 -x PSM2_CUDA=1 "${launcher_mpi_env[@]}")

@@ -1,0 +1,155 @@
+"""Stages: the pipeline's commands as jobs (pack, flow, verify, train, convert, eval), one type each.
+
+Every stage runs through the same templates, environment, signals and policy
+(:mod:`launcher.outcome`); a stage says only what its command is, what it reads (``--videos``
+for ``pack``, ``--data`` for the shard stages, ``--from-run`` for the stages after training),
+whether its command starts as ranks of the launch method (``train``, ``flow``: one rank per GPU,
+CPU ranks with ``--gpus 0``) or as one process, and how many GPUs it asks for by default. A
+stage's run directory is its own; the policy writes its ``done`` marker when its command exits 0
+(the trainer writes its own), so a rerun of a finished stage is a no-op.
+
+Outputs: ``pack`` writes ``RUN_DIR/shards/`` (``manifest.json`` last); ``flow`` fills the
+manifest's shards in place (stopped by a signal it exits 75 and the next link resumes);
+``convert`` writes ``RUN_DIR/encoder_d2.pkl``; ``eval`` writes ``RUN_DIR/eval/scores.json``.
+"""
+from __future__ import annotations
+
+import abc
+import os
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+from plumbing.errors import UserError
+
+STAGES = ("pack", "flow", "verify", "train", "convert", "eval")
+PACK_OUT = "shards"
+CONVERT_OUT = "encoder_d2.pkl"
+EVAL_OUT = "eval"
+
+
+class Stage(abc.ABC):
+    name: str = ""
+    reads: str = ""  # "videos", "data", "run" or "" (what the stage's input option is)
+    ranks: bool = False  # the command starts as ranks of the launch method
+    writes_done: bool = False  # the command writes RUN_DIR/done itself (the trainer)
+    deadline: bool = False  # the command takes --deadline ISO (stops and exits 75 before it)
+    stages_data: bool = False  # the job copies the --data shards to node-local disk first
+
+    def default_gpus(self, profile) -> int:
+        """GPUs when ``--gpus`` is not given."""
+        return 0
+
+    def check_input(self, req) -> None:
+        """The stage's input option is given and exists; a one-line UserError otherwise."""
+        option = {"videos": "--videos", "data": "--data", "run": "--from-run"}.get(self.reads)
+        value = {"videos": req.videos, "data": req.data_manifest, "run": req.from_run}.get(self.reads)
+        if option and not value:
+            raise UserError(f"--stage {self.name} reads {option}; give it ({_HINT[self.reads]})")
+        if self.reads == "videos" and not value.startswith("synth:") and not os.path.exists(value):
+            raise UserError(f"--videos {value}: no such folder")
+        if self.reads == "run" and not (Path(value) / "job").is_dir() and not Path(value).is_file():
+            raise UserError(f"--from-run {value}: not a run directory or checkpoint file")
+
+    @abc.abstractmethod
+    def command(self, req, python: str, cpus: int, backend: str) -> Tuple[List[str], List[str]]:
+        """The stage's command line (the words after the launch method, if any) and the trainer's
+        ``key=value`` overrides (empty for the other stages). ``cpus``: the CPUs of one process."""
+
+    def extra(self, req) -> List[str]:
+        """The user's own words for the command, verbatim (``key=value`` and ``--option value``)."""
+        return list(req.stage_args)
+
+
+_HINT = {"videos": "a BDD100K folder or a synth: spec", "data": "a shard manifest or its folder",
+         "run": "the training run's directory"}
+
+
+class Pack(Stage):
+    name = "pack"
+    reads = "videos"
+
+    def command(self, req, python, cpus, backend):
+        out = os.path.join(req.run_dir, PACK_OUT)
+        return [python, "-m", "hdf5_tools.cli", "pack", req.videos, out, "--nodes", str(req.node_sets),
+                "-j", str(max(1, cpus)), "--no-progress", *self.extra(req)], []
+
+
+class Flow(Stage):
+    name = "flow"
+    reads = "data"
+    ranks = True
+
+    def default_gpus(self, profile):
+        return profile.gpus_per_node
+
+    def command(self, req, python, cpus, backend):
+        folder = os.path.dirname(os.path.abspath(req.data_manifest)) if req.data_manifest.endswith(".json") \
+            else os.path.abspath(req.data_manifest)
+        return [python, "-m", "hdf5_tools.cli", "flow", folder, "--no-progress", *self.extra(req)], []
+
+
+class Verify(Stage):
+    name = "verify"
+    reads = "data"
+
+    def command(self, req, python, cpus, backend):
+        return [python, "-m", "hdf5_tools.cli", "verify", *_manifest_shards(req.data_manifest), *self.extra(req)], []
+
+
+class Train(Stage):
+    name = "train"
+    ranks = True
+    writes_done = True
+    deadline = True
+    stages_data = True
+
+    def default_gpus(self, profile):
+        return profile.gpus_per_node
+
+    def check_input(self, req):
+        return None  # the trainer's own config check says what it reads (launcher.request)
+
+    def command(self, req, python, cpus, backend):
+        from launcher.request import trainer_argv  # presets, the global batch, key=value overrides
+
+        return trainer_argv(req, python, backend)
+
+
+class Convert(Stage):
+    name = "convert"
+    reads = "run"
+
+    def command(self, req, python, cpus, backend):
+        return [python, "-m", "pixpro_of", "convert", os.path.abspath(req.from_run), "--to", "detectron2",
+                os.path.join(req.run_dir, CONVERT_OUT), *self.extra(req)], []
+
+
+class Eval(Stage):
+    name = "eval"
+    reads = "run"
+
+    def default_gpus(self, profile):
+        return min(1, profile.gpus_per_node)
+
+    def command(self, req, python, cpus, backend):
+        return [python, "-m", "pixpro_of", "eval", "seg", "--backbone", os.path.abspath(req.from_run),
+                "--out", os.path.join(req.run_dir, EVAL_OUT), *self.extra(req)], []
+
+
+def _manifest_shards(manifest: str) -> List[str]:
+    """The shard files a manifest lists (absolute), for commands that take files."""
+    from hdf5_tools import manifest as mf
+
+    m = mf.load_manifest(mf.manifest_file(manifest), check_files=False)
+    root = os.path.dirname(os.path.abspath(mf.manifest_file(manifest)))
+    return [os.path.join(root, s.file) for s in m.shards]
+
+
+STAGE_TYPES: Dict[str, Stage] = {s.name: s for s in (Pack(), Flow(), Verify(), Train(), Convert(), Eval())}
+
+
+def get_stage(name: Optional[str]) -> Stage:
+    try:
+        return STAGE_TYPES[name or "train"]
+    except KeyError:
+        raise UserError(f"--stage {name!r}: choose from {', '.join(STAGES)}") from None
