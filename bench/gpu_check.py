@@ -49,7 +49,7 @@ from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
 TOTAL_BUDGET_S = 480   # one device command (10 minutes) less the start and the transfers' margin
-WRAPPER_S = 20         # gpu_check.sh's share: installing the carried wheels into /tmp
+WRAPPER_S = 30         # gpu_check.sh's share: the carried wheels and this tree installed into /tmp
 MIN_STEP_S = 15        # a step with less than this left is skipped
 MAX_RESULT_FILES = 8
 DATA_DIR = ROOT / "gpu_check_data"
@@ -62,7 +62,7 @@ STEPS: List[Tuple[str, int, str]] = [
     ("step_fp32", 90, "trainer, k6 preset, fp32/TF32: samples/s, views share, peak memory/sample"),
     ("step_bf16", 80, "trainer, k6 preset, bf16 autocast: samples/s, peak memory/sample"),
     ("raft", 55, "RAFT-small pairs/s fp32 vs bf16, agreement (random weights)"),
-    ("ddp", 160, "trainer, dist.backend=ddp under torchrun: 10 steps, stop, resume to 20"),
+    ("ddp", 150, "trainer, dist.backend=ddp under torchrun: 10 steps, stop, resume to 20"),
 ]
 
 # sizes per mode: the GPU check and the CPU proof run
@@ -93,7 +93,7 @@ def plan(budget_s: int = TOTAL_BUDGET_S, only: Optional[List[str]] = None) -> Li
 
 def print_plan(budget_s: int, only: Optional[List[str]], mode: str) -> None:
     steps = plan(budget_s, only)
-    print(f"gpu_check plan ({mode}): budget {budget_s} s = wrapper {WRAPPER_S} s (carried wheels) "
+    print(f"gpu_check plan ({mode}): budget {budget_s} s = wrapper {WRAPPER_S} s (carried wheels, this tree) "
           f"+ steps {sum(t for _, t, _ in steps)} s")
     for i, (name, limit, what) in enumerate(steps, 1):
         print(f"step {i} {name:<10} {limit:>4} s  {what}")
@@ -343,8 +343,9 @@ def step_ddp(sz: Dict, data: Path, work: Path) -> Dict:
     cmd = [sys.executable, "-m", "launcher.supervise", "--", *_torchrun(), "-m", "pixpro_of", *train]
     env = dict(os.environ, PYTHONUNBUFFERED="1")
     t0 = time.perf_counter()
+    # cwd: not the tree, whose bare pixpro_of (no presets package) would shadow an installed copy under -m
     first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True)
+                             text=True, cwd=str(work))
     stopped_after = None
     while first.poll() is None:
         rows = _metrics(run)
@@ -356,7 +357,7 @@ def step_ddp(sz: Dict, data: Path, work: Path) -> Dict:
     out1, _ = first.communicate()
     rc1 = first.returncode
     t1 = time.perf_counter()
-    second = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    second = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(work))
     t2 = time.perf_counter()
     log = (run / "logs" / "train.log").read_text() if (run / "logs" / "train.log").exists() else ""
     resumed = [ln.split("resumed from step", 1)[1].split()[0] for ln in log.splitlines() if "resumed from step" in ln]
@@ -483,15 +484,16 @@ def main(argv=None) -> int:
         ap.error(f"--budget must be in 1..{TOTAL_BUDGET_S} s (one device command), got {args.budget}")
     mode = "cpu" if args.cpu else "gpu"
     paths = [p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p]
-    if str(ROOT) not in paths:  # the steps' processes (torchrun's ranks too) import the repository
-        os.environ["PYTHONPATH"] = os.pathsep.join([str(ROOT), *paths])
+    if str(ROOT) not in paths:  # the steps' processes (torchrun's ranks too) import the repository; an
+        # installed copy comes first (it has the presets as pixpro_of.configs, which the bare tree lacks)
+        os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
     if args.step:
-        sys.path.insert(0, str(ROOT))
+        sys.path.append(str(ROOT))
         return run_one_step(args.step, args.mode, Path(args.data), Path(args.work), Path(args.result))
     if args.dry_run:
         print_plan(args.budget, args.only, mode)
         return 0
-    sys.path.insert(0, str(ROOT))
+    sys.path.append(str(ROOT))
     if args.prepare:
         return prepare(Path(args.data), TINY_WORLD if args.tiny else WORLD)
     try:

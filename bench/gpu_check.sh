@@ -28,10 +28,14 @@ if ((!DRY)); then
     # the carried wheels (simplejpeg) where the image lacks them: no index, no dependencies, no build
     timeout 20 "$PY" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
       --target "$SITE" "${wheels[@]}"
-    export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
   else
     echo "gpu_check.sh: no wheels in $ROOT/gpu_wheels (make gpu-wheels); using what $PY has" >&2
   fi
+  # this tree itself, pure Python (no compiler, no index): the presets, templates and cluster
+  # profiles are packages only once installed (pixpro_of.configs, launcher.templates, ...)
+  timeout 30 "$PY" -m pip install -q --no-index --no-deps --no-build-isolation --no-compile --no-cache-dir \
+    --upgrade --target "$SITE" "$ROOT"
+  export PYTHONPATH="$SITE${PYTHONPATH:+:$PYTHONPATH}"
 fi
-export PYTHONPATH="$ROOT${PYTHONPATH:+:$PYTHONPATH}"
+export PYTHONPATH="${PYTHONPATH:+$PYTHONPATH:}$ROOT"   # the installed copy first, the tree after it
 exec "$PY" "$ROOT/bench/gpu_check.py" "$@"

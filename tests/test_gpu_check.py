@@ -39,7 +39,7 @@ def test_dry_run_prints_every_step_with_its_budget_within_one_device_command():
     assert [n for n, _ in steps] == STEPS
     assert all(15 <= t <= 200 for _, t in steps), steps
     assert budget == 480 and total == gpu_check.WRAPPER_S + sum(t for _, t in steps) and total <= 480
-    assert "wrapper 20 s (carried wheels)" in p.stdout and "at most 8 files" in p.stdout
+    assert "wrapper 30 s (carried wheels, this tree)" in p.stdout and "at most 8 files" in p.stdout
     # the ddp step holds two trainer starts (stop, resume): it has the largest share
     assert max(steps, key=lambda s: s[1])[0] == "ddp"
 
