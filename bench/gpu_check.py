@@ -188,6 +188,8 @@ def step_env(sz: Dict, data: Path, work: Path) -> Dict:
 
 
 def step_input(sz: Dict, data: Path, work: Path) -> Dict:
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
@@ -219,7 +221,7 @@ def step_input(sz: Dict, data: Path, work: Path) -> Dict:
     times_v, times_all = [], []
     for i, b in enumerate(batches):
         with stage_timer(dev) as whole:
-            moved = b.to(dev)
+            moved = replace(b.to(dev), params1=b.params1, params2=b.params2)  # draws stay on the host
             done, _ = views.build(moved)
             positives.complete(done)
         if i:

@@ -122,6 +122,8 @@ class ViewsPrefetcher:
         ctx = torch.cuda.stream(self._stream) if self._stream is not None else _null()
         with ctx:
             batch = item.batch.to(self.device, channels_last=self.channels_last)
+            # the view parameters are read on the host: keep the host copies (no copy there and back)
+            batch = _replace_batch_fields(batch, params1=item.batch.params1, params2=item.batch.params2)
             try:
                 built, dropped = self.views.build(batch)
             except UserError as exc:
@@ -175,6 +177,12 @@ def _replace_batch(item, batch):
     from dataclasses import replace
 
     return replace(item, batch=batch)
+
+
+def _replace_batch_fields(batch, **changes):
+    from dataclasses import replace
+
+    return replace(batch, **changes)
 
 
 class _null:
