@@ -37,6 +37,7 @@ class ClusterProfile:
     scheduler: str
     description: str = ""
     gpus_per_node: int = 0
+    gpu_memory_gib: int = 0  # memory of one GPU (GiB); 0 = unknown. Known: the trainer refuses a batch that cannot fit
     cpus_per_node: int = 1
     cpu_ranks_per_node: int = 1  # ranks per node when --gpus 0
     cpus_per_rank: int = 0  # 0 = cpus_per_node / ranks per node (SLURM --cpus-per-task)
@@ -76,6 +77,8 @@ class ClusterProfile:
             raise UserError(f"profile {where}: launch_method {self.launch_method!r} is not one of {', '.join(LAUNCH_METHODS)}")
         if self.gpus_per_node < 0 or self.cpus_per_node < 1 or self.cpu_ranks_per_node < 1:
             raise UserError(f"profile {where}: gpus_per_node must be >= 0, cpus_per_node and cpu_ranks_per_node >= 1")
+        if self.gpu_memory_gib < 0:
+            raise UserError(f"profile {where}: gpu_memory_gib must be >= 0 (0 = unknown)")
         if self.cpus_per_rank < 0 or self.max_nodes < 1:
             raise UserError(f"profile {where}: cpus_per_rank must be >= 0 and max_nodes >= 1")
         if self.activate not in ("auto", "none"):

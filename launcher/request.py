@@ -172,7 +172,10 @@ def check_trainer_config(plan: "JobPlan") -> None:
     overrides = list(plan.trainer_overrides)
     if plan.data_manifest:
         overrides.append(f"{plan.request.data_key}=[{plan.data_manifest}]")
-    proc = _ask_trainer([*argv, "--print-config", *overrides])
+    memory = []
+    if plan.profile.gpu_memory_gib and plan.gpus_per_node:  # the card is known: the batch must fit on it
+        memory = ["--gpu-memory-gib", str(plan.profile.gpu_memory_gib), "--ranks", str(plan.ranks)]
+    proc = _ask_trainer([*argv, "--print-config", *memory, *overrides])
     if proc.returncode != 0:
         raise UserError(f"the trainer refuses this config: {_one_line(proc)}")
     _check_data_reads(plan, proc.stdout)

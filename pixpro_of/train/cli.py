@@ -34,8 +34,12 @@ __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
               help="comma-separated stop signals (default SIGUSR2,SIGTERM); overrides stop.signals")
 @click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
 @click.option("--list-presets", is_flag=True, help="list the shipped presets and exit")
+@click.option("--gpu-memory-gib", type=float, default=None,
+              help="refuse (exit 2, one line) when data.batch_size over --ranks GPUs of this many GiB cannot fit "
+                   "(estimate: pixpro_of/model/memory.py); with --print-config, the launcher's check before submitting")
+@click.option("--ranks", type=int, default=1, show_default=True, help="GPUs the batch is split over, for --gpu-memory-gib")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
-def command(config, run_dir, deadline, signals, print_config, list_presets, overrides) -> int:
+def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_memory_gib, ranks, overrides) -> int:
     """Pretrain PixPro(+flow); exit 0 = finished, 75 = checkpointed (run again to resume), 2 = error.
 
     Config = dataclass defaults < --config file or preset < KEY=VALUE overrides (e.g.
@@ -54,6 +58,14 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, over
     if args.signals is not None:
         overrides.append(f"stop.signals=[{args.signals}]")
     cfg = load_config(args.config, overrides)
+    if gpu_memory_gib is not None:
+        from pixpro_of.model.memory import check_fits
+
+        est = check_fits(cfg, gpu_memory_gib, ranks)
+        print(f"pixpro_of train: {est.rank_batch} samples per GPU need {est.summary()} of {gpu_memory_gib:g}",
+              file=sys.stderr)
+    elif ranks != 1:
+        raise UserError("--ranks is used only with --gpu-memory-gib")
     if args.print_config:
         print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
         return 0
