@@ -14,9 +14,13 @@ each, against 3 units for one supervised image), so the figure of merit is
 With ``--raft-pairs N`` it also times RAFT-small (12 iterations) on N frame pairs of
 ``--raft-size`` (default 1280x720): the cost of ``data.flow_source=raft`` (2·(k−1) pairs per sample).
 
+Precision is the preset's (``--preset``, default ``pixpro_k6``: fp32 with TF32 on CUDA), so the
+figures are those of the training run; ``--precision``/``--tf32`` measure another.
+
 Methods are interleaved; the median of ``--iters`` timed steps after ``--warmup`` is reported.
 
-    python bench/bench_gpu_step.py                                   # cuda, resnet50, batch 64, bf16, channels_last
+    python bench/bench_gpu_step.py                                   # cuda, resnet50, batch 64, pixpro_k6's precision
+    python bench/bench_gpu_step.py --precision bf16                  # the same step under bf16 autocast
     python bench/bench_gpu_step.py --raft-pairs 16
     python bench/bench_gpu_step.py --device cpu --arch resnet18 --batch 2 --iters 2 --warmup 1   # smoke test
 """
@@ -36,13 +40,22 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="resnet50", choices=ARCHS)
     ap.add_argument("--batch", type=int, default=64, help="samples per step (default 64)")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--precision", default="bf16", choices=["fp32", "bf16", "fp16"])
+    ap.add_argument("--preset", default="pixpro_k6",
+                    help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)")
+    ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
+                    help="override the preset's optim.precision")
+    ap.add_argument("--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)")
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
     ap.add_argument("--raft-pairs", type=int, default=0, help="also time RAFT-small on this many pairs (0: skip)")
     ap.add_argument("--raft-size", default="1280x720", help="WxH of the RAFT frames (default 1280x720)")
     args = ap.parse_args(argv)
+    from pixpro_of.config import load_config
+
+    preset = load_config(args.preset).optim
+    args.precision = args.precision or preset.precision
+    tf32 = preset.tf32 if args.tf32 is None else args.tf32 == "on"
 
     import torch
     import torchvision
@@ -57,10 +70,11 @@ def main(argv=None) -> int:
             return 0
         name = torch.cuda.get_device_name(dev)
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     else:
         name = "CPU"
+    from pixpro_of.train.precision import set_tf32
+
+    set_tf32(tf32)  # as the trainer sets it (optim.tf32)
     fmt = torch.contiguous_format if args.no_channels_last else torch.channels_last
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(args.precision)
 
@@ -131,7 +145,8 @@ def main(argv=None) -> int:
             sync()
             times[m].append(time.perf_counter() - t0)
     med = {m: statistics.median(t) for m, t in times.items()}
-    print(f"device: {name}; {args.arch}, batch {B}, {S}px, precision {args.precision}, "
+    tf32_note = f" (TF32 {'on' if tf32 else 'off'})" if args.precision == "fp32" and dev.type == "cuda" else ""
+    print(f"device: {name}; {args.arch}, batch {B}, {S}px, precision {args.precision}{tf32_note} ({args.preset}), "
           f"{'contiguous' if args.no_channels_last else 'channels_last'}, median of {args.iters} steps")
     sup_rate = B / med["supervised"]
     pix_rate = B / med["pixpro"]

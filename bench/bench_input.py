@@ -16,7 +16,8 @@ flows, as the GPU presets pixpro_k2/pixpro_k6 do).
                     also shown: the device stage alone (one batch of bytes in host memory, decoded
                     and augmented again and again) and the workers alone (bytes, no device work);
 - (c) training step: the PixPro step alone (momentum update, both branches on both views, loss,
-                    backward, LARS) on random views: ResNet-50 at 224 px, batch 64, bf16 on CUDA.
+                    backward, LARS) on random views: ResNet-50 at 224 px, batch 64, in
+                    the precision of `--preset` (default pixpro_k6: fp32, TF32 on CUDA).
 
 Reported: the median over ``--rounds`` interleaved rounds of ``--batches`` timed batches each
 (after one untimed batch that starts the workers), and the ratios input / step (goal on a GPU:
@@ -59,8 +60,11 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="samples per GPU per step (default 64)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--k", type=int, default=6, help="clip length (default 6)")
+    ap.add_argument("--preset", default="pixpro_k6",
+                    help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)")
     ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                    help="of the step (default bf16 on cuda, fp32 elsewhere)")
+                    help="override the preset's optim.precision")
+    ap.add_argument("--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)")
     ap.add_argument("--frame-size", default="1280x720", help="WxH of the synthetic frames (default 1280x720)")
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--video-frames", type=int, default=8)
@@ -90,11 +94,15 @@ def main(argv=None) -> int:
             return 0
         name = torch.cuda.get_device_name(dev)
         torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
     else:
         name = "CPU"
-    precision = args.precision or ("bf16" if dev.type == "cuda" else "fp32")
+    from pixpro_of.config import load_config
+    from pixpro_of.train.precision import set_tf32
+
+    preset = load_config(args.preset).optim  # the step runs in the training run's own precision
+    precision = args.precision or preset.precision
+    tf32 = preset.tf32 if args.tf32 is None else args.tf32 == "on"
+    set_tf32(tf32)
 
     from hdf5_tools.manifest import shards_for_node
     from pixpro_of.config import SampleConfig
@@ -218,7 +226,9 @@ def main(argv=None) -> int:
           f"{med['b']:.1f} samples/s per GPU")
     print(f"    device stage alone (decode + views + positives of a batch in host memory): {med['stage']:.1f} samples/s")
     print(f"    workers alone (read bytes + flows, draw the views, x{N}): {med['workers']:.1f} samples/s")
-    print(f"(c) training step ({args.arch} PixPro, {S}px, batch {B}, {precision} on {dev.type}): "
+    print(f"(c) training step ({args.arch} PixPro, {S}px, batch {B}, {precision}"
+          f"{' TF32 ' + ('on' if tf32 else 'off') if precision == 'fp32' and dev.type == 'cuda' else ''} "
+          f"({args.preset}) on {dev.type}): "
           f"{med['c']:.1f} samples/s per GPU")
     print(f"input / step: (a) {med['a'] / med['c']:.2f}x, (b) {med['b'] / med['c']:.2f}x  (goal >= 1.2x: the GPU never waits)")
     serial = 1.0 / (1.0 / med["stage"] + 1.0 / med["c"])

@@ -10,8 +10,9 @@ in the backward pass — the same algebra as torch's ``SyncBatchNorm`` — throu
 It keeps the input's memory format (a channels_last activation gives a channels_last output and
 gradient; every full-size operation is elementwise or a per-channel reduction) and saves only the
 input, as ``nn.BatchNorm2d`` does (x_hat is recomputed in the backward pass). Which SyncBN each
-backend uses (docs/scale.md, "SyncBN"): DDP on GPU ``nn.SyncBatchNorm`` (NCCL, stream-ordered,
-channels_last kept); Horovod on GPU and every backend on CPU this class.
+backend uses: DDP on GPU ``nn.SyncBatchNorm`` (NCCL, stream-ordered,
+channels_last kept); Horovod on GPU and every backend on CPU this class (ARCHITECTURE.md,
+"Collectives, SyncBN, precision and checkpoints").
 
 With one rank it computes ordinary batch norm (up to floating-point rounding), so a 1-rank run
 with batch 2b and a 2-rank run with batch b per rank see the same statistics.
