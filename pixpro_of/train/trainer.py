@@ -406,10 +406,10 @@ class Trainer:
         # Subnormal floats (tiny activations late in training) run ~10x slower on x86 CPUs;
         # flushing them to zero is what GPUs do anyway. No effect on CUDA kernels.
         torch.set_flush_denormal(True)
-        if self.backend.device.type == "cpu":
         from pixpro_of.train.precision import set_tf32
 
         set_tf32(self.cfg.optim.tf32)  # fp32 matmuls and convolutions on TF32 tensor cores (CUDA only)
+        if self.backend.device.type == "cpu":
             from pixpro_of.train.allocator import keep_freed_memory
 
             keep_freed_memory()  # no page faults for re-allocated activations (~10 % of a CPU step)
@@ -859,23 +859,17 @@ class Trainer:
                 raise failure from None
             finally:
                 self._close_loader(kill=True)
+                self._finish_pending_write()
                 logging.getLogger("pixpro_of").removeHandler(handler)
                 handler.close()
         except UserError as exc:
             if isinstance(exc, TrainingFailure):
                 raise
             # Set-up errors (before the log exists): every rank raises the same one (rank 0 reports it).
-                self._finish_pending_write()
             raise TrainingFailure(_first_line(exc), quiet=not be.is_main) from None
         finally:
             self.stop.uninstall()
 
-    def _resume(self) -> bool:
-        """Load the newest valid checkpoint (rank 0 chooses, every rank loads it); False if none."""
-        be = self.backend
-        loaded = self.store.load_latest() if be.is_main else None
-        name = be.broadcast_object(loaded[1].path.name if loaded else None, 0)
-        if name is None:
     def _finish_pending_write(self) -> None:
         """After a failure: let a checkpoint write that is under way complete (it stays valid or
         leaves nothing), so the process never exits in the middle of one; its error is logged."""
@@ -886,6 +880,12 @@ class Trainer:
         if problem:
             log.error("the pending checkpoint write failed too: %s", problem, extra=FILE_ONLY)
 
+    def _resume(self) -> bool:
+        """Load the newest valid checkpoint (rank 0 chooses, every rank loads it); False if none."""
+        be = self.backend
+        loaded = self.store.load_latest() if be.is_main else None
+        name = be.broadcast_object(loaded[1].path.name if loaded else None, 0)
+        if name is None:
             return False
         if loaded is not None:
             state = loaded[0]
@@ -926,13 +926,13 @@ class Trainer:
     def _finish(self) -> int:
         self._close_loader(kill=False)
         self.save_checkpoint(milestone=True)
+        self.wait_for_checkpoint()  # the done marker names a complete checkpoint
         if self.backend.is_main:
             marker = {"step": self.step, "epoch": self.epoch, "finished": time.time(),
                       "checkpoint": self.store.latest_name()}
             data = (json.dumps(marker) + "\n").encode()
             try:
                 atomic_write_bytes(self.layout.done, data, durable=True)
-        self.wait_for_checkpoint()  # the done marker names a complete checkpoint
             except OSError as exc:
                 raise disk_error(exc, self.layout.done, needed=len(data), what="writing the done marker") from None
         log.info("finished at step %d (epoch %d)", self.step, self.epoch)
@@ -942,18 +942,18 @@ class Trainer:
         log.info("stopping at step %d: %s", self.step, self.stop.reason or "requested on another rank")
         self._close_loader(kill=False)
         self.save_checkpoint()
+        self.wait_for_checkpoint()  # exit 75 promises a complete checkpoint to resume from
         return EXIT_RESUME
 
     def _loop(self, metrics: MetricsLog) -> int:
         cfg = self.cfg
+        self._last_checkpoint_time = time.monotonic()  # checkpoint.every_minutes counts from here
         if self.step >= self.end_step:
             return self._finish()
-        self.wait_for_checkpoint()  # exit 75 promises a complete checkpoint to resume from
         if self._stop_requested():
             return self._stop()
         while self.step < self.end_step:
             self._doing = f"starting the DataLoader of epoch {self.epoch}"
-        self._last_checkpoint_time = time.monotonic()  # checkpoint.every_minutes counts from here
             loader_epoch = self.epoch
             self._loader_it = iter(self._make_loader())
             # torch's SIGCHLD handler would raise the death of a worker at any point of the main
@@ -1002,6 +1002,7 @@ class Trainer:
                              values["momentum"], data_s, compute_s)
                 if self.step >= self.end_step:
                     break
+                stop = self._stop_requested()  # also agrees whether checkpoint.every_minutes have passed
                 ck = cfg.checkpoint
                 milestone = epoch_end and self.epoch in ck.keep_epochs
                 if milestone or (ck.every_steps and self.step % ck.every_steps == 0) or self._checkpoint_due or \
@@ -1013,7 +1014,6 @@ class Trainer:
                     metrics.flush()
                     return self._stop()
                 if epoch_end:
-                stop = self._stop_requested()  # also agrees whether checkpoint.every_minutes have passed
                     break
                 t_ready = time.perf_counter()
             self._check_workers(f"found after the last batch read in epoch {loader_epoch}")
