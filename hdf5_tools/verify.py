@@ -134,7 +134,7 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
 
 
 @cli_command("verify", epilog="Example: hdf5_tools verify shards/*.h5 --deep --require-flows")
-@click.argument("shards", nargs=-1, required=True, metavar="SHARD...")
+@click.argument("shards", nargs=-1, required=True, metavar="SHARD...")  # files, folders, manifests, patterns
 @click.option("--deep", is_flag=True, help="also decode every JPEG, check flows are finite, "
               "flags against stored flows and names against the manifest")
 @click.option("--require-flows", is_flag=True,
@@ -144,7 +144,7 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
 @click.option("--max-problems", type=int, default=20, show_default=True, help="problems listed per shard")
 def command(shards, deep, require_flows, manifest, max_problems) -> int:
     """Check shards: schema, counts, CRCs; one line per problem, exit 1 if any shard is bad."""
-    cfg = VerifyConfig(shards=list(shards), deep=deep, manifest=manifest, max_problems=max_problems,
+    cfg = VerifyConfig(shards=mf.resolve_shards(shards, label="SHARD"), deep=deep, manifest=manifest, max_problems=max_problems,
                        require_flows=require_flows)
     bad = 0
     for path in cfg.shards:

@@ -68,8 +68,30 @@ def try_slot(slot_dir: Path, slots: int) -> Optional[object]:
     return None
 
 
+def needs_state(needs: Sequence[str]) -> Optional[str]:
+    """'' when every run directory of ``needs`` is done, None while one may still finish, else why not."""
+    for d in needs:
+        run = Path(d)
+        if (run / "done").exists():
+            continue
+        if (run / "job" / "stopped").exists():
+            return f"{run.name} stopped: {(run / 'job' / 'stopped').read_text().strip()}"
+        try:
+            st = json.loads((run / "job" / "local.json").read_text())
+            newest = (run / "job" / "jobs.tsv").read_text().splitlines()[-1].split("\t")[3]
+        except (OSError, ValueError, IndexError):  # not submitted or started yet, or caught mid-write
+            return None
+        if st.get("job_id") != newest:  # the state of an earlier submission (before a resume)
+            return None
+        if st.get("state") in ("finished", "failed", "cancelled"):
+            return f"{run.name} ended without its done marker ({st.get('state')}, rc {st.get('rc')})"
+        return None
+    return ""
+
+
 def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: float, warn_signal: str,
-               state_file: Optional[Path], slots: int = 0, slot_dir: Optional[Path] = None) -> int:
+               state_file: Optional[Path], slots: int = 0, slot_dir: Optional[Path] = None,
+               needs: Sequence[str] = ()) -> int:
     cancel = _Cancel()
     child: Optional[subprocess.Popen] = None
 
@@ -82,6 +104,19 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
     signal.signal(signal.SIGINT, on_term)
     restarts = 0
     rc = 0
+    if needs:  # a pipeline stage: wait for the stages it needs, as afterok does
+        if state_file:
+            _write_state(state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None,
+                         needs=list(needs))
+        why = needs_state(needs)
+        while why is None and not cancel.requested:
+            time.sleep(0.5)
+            why = needs_state(needs)
+        if why or cancel.requested:
+            if state_file:
+                _write_state(state_file, job_id=job_id, pid=os.getpid(), state="cancelled", restarts=0, rc=None,
+                             reason=why or "cancelled")
+            return 143 if cancel.requested else 1
     held = None  # the slot file while this job holds a slot (closed, and so released, at exit)
     if slots > 0:
         slot_dir = slot_dir or default_slot_dir()
@@ -144,7 +179,9 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
               help=f"run at most N such jobs at once (default: ${SLOTS_ENV}, else no limit)")
 @click.option("--slot-dir", default=None,
               help=f"directory of the shared slot files (default: ${SLOT_DIR_ENV}, else $TMPDIR/launcher-slots-UID)")
-def command(script, job_id, link, walltime, lead, signal_name, state_file, slots, slot_dir) -> int:
+@click.option("--needs", multiple=True, help="run directory whose done marker this job waits for (repeatable); "
+              "if it ends without one, this job is cancelled")
+def command(script, job_id, link, walltime, lead, signal_name, state_file, slots, slot_dir, needs) -> int:
     """Run a job script on this machine as a scheduler would, re-running it after exit 75."""
     args = SimpleNamespace(script=script, job_id=job_id, link=link, walltime=walltime, lead=lead,
                            signal=signal_name, state_file=state_file)
@@ -160,7 +197,7 @@ def command(script, job_id, link, walltime, lead, signal_name, state_file, slots
     slot_dir = slot_dir or os.environ.get(SLOT_DIR_ENV) or None
     return run_script(args.script, job_id, args.link, args.walltime, args.lead, args.signal,
                       Path(args.state_file) if args.state_file else None, slots,
-                      Path(slot_dir) if slot_dir else None)
+                      Path(slot_dir) if slot_dir else None, needs)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

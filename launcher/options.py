@@ -124,6 +124,7 @@ def build_request(args: Any, extra: Sequence[str]) -> JobRequest:
         trainer_config=args.config, data_manifest=args.data,
         passthrough=tuple(passthrough_args(extra)) if stage.name == "train" else (),
         stage=stage.name, videos=args.videos, from_run=args.from_run, node_sets=args.node_sets,
+        data_pending=bool(getattr(args, "data_pending", False)),
         stage_args=tuple(extra) if stage.name != "train" else (),
         data_key=args.data_key, global_batch=args.global_batch, batch_key=args.batch_key,
         nodes=args.nodes, ranks_per_node=args.ranks_per_node, group=args.group, queue=args.queue,

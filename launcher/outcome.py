@@ -12,6 +12,7 @@ from the ``LAUNCHER_*`` variables the script sets (:meth:`LinkContext.from_env`)
 """
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence
 
 from plumbing.atomic import atomic_write_text
+from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, EXIT_USAGE
 from launcher.rundir import RunDir, now_iso
 from launcher.schedulers import get_scheduler
@@ -132,6 +134,55 @@ class Link:
         except OSError:
             return f"{latest.name}@"
 
+    def request(self) -> dict:
+        """The run's ``job/request.json`` ({} when unreadable): a pipeline stage's ``pipeline``, ``stage``, ``needs_runs``."""
+        try:
+            return json.loads((self.rd.job / "request.json").read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def cancel_later_stages(self) -> None:
+        """A pipeline stage that will not finish: every later stage is cancelled (not left queued forever)."""
+        req = self.request()
+        if not req.get("pipeline"):
+            return
+        from launcher.cancel import cancel_run
+        from launcher.pipeline import PipelineDir
+
+        reason = (self.rd.stopped_reason() or "").split("\n")[0]
+        why = f"cancelled: stage {req.get('stage')} did not finish" + (f" ({reason})" if reason else "")
+        for st in PipelineDir(req["pipeline"]).later(req.get("stage", "")):
+            rd = RunDir(st.run_dir)
+            if rd.is_done() or rd.stopped_reason() is not None:
+                continue
+            try:
+                self.event(f"pipeline: stage {st.name}: {cancel_run(rd, why)}")
+            except UserError as exc:  # the scheduler could not be asked: the stage's own start check stops it
+                self.event(f"pipeline: stage {st.name}: marked stopped; cancelling its jobs failed ({exc})")
+
+    def move_dependents(self, new_job: str) -> None:
+        """This stage continues in job ``new_job``: the stages that wait for it wait for that job now."""
+        req = self.request()
+        if not req.get("pipeline"):
+            return
+        from launcher.pipeline import PipelineDir
+
+        sched = get_scheduler(self.ctx.scheduler)
+        for st in PipelineDir(req["pipeline"]).dependents(req.get("stage", "")):
+            # the job that waits for this stage: the first link of the dependent's newest submission
+            waiting = [j for j in RunDir(st.run_dir).jobs(sched.parse_job_id) if j.kind in ("submit", "resume")]
+            if not waiting:
+                continue
+            argv = sched.retarget_argv(waiting[-1].job_id, [sched.chain_dependency_id(new_job)])
+            if not argv:
+                continue
+            try:
+                out = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
+                note = f"exit {out.returncode}" + (f": {' '.join((out.stderr or out.stdout).split())}" if out.returncode else "")
+            except (OSError, subprocess.TimeoutExpired) as exc:
+                note = f"failed ({exc.__class__.__name__})"
+            self.event(f"pipeline: stage {st.name} now waits for {new_job} ({' '.join(argv[:2])} {note})")
+
     # -- steps -----------------------------------------------------------------------------
     def begin(self, host: str) -> Decision:
         """The link starts: go on unless the run is done or was stopped."""
@@ -144,6 +195,12 @@ class Link:
             self.event(f"skip: the run was stopped ({reason.splitlines()[0] if reason else ''}); "
                        "'launcher resume' continues it")
             return exit_with(EXIT_FINISHED)
+        for need in self.request().get("needs_runs", []):
+            if not RunDir(need).is_done():
+                why = f"cancelled: stage {Path(need).name} did not finish"
+                self.event(f"skip: {why}")
+                self.rd.stop(why)
+                return exit_with(1)
         return Decision("go")
 
     def staged(self, rc: int, signal: str, seconds: int) -> Decision:
@@ -233,6 +290,12 @@ class Link:
         if rc == 0:
             self.rd.record_job("extend", link, "", text)
             self.event(f"chain: submitted link {link}: {text}")
+            try:
+                new_job = get_scheduler(self.ctx.scheduler).parse_job_id(output)
+            except UserError:
+                new_job = ""
+            if new_job:
+                self.move_dependents(new_job)
             return exit_with(EXIT_FINISHED)
         self.event(f"fail: could not submit link {link}: {text}")
         self.rd.stop(f"could not submit link {link} of the chain")
@@ -312,6 +375,8 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     else:
         print(f"launcher outcome: error: unknown step {step!r}; {USAGE}", file=sys.stderr)
         return EXIT_USAGE
+    if decision.action == "exit" and decision.arg not in (EXIT_FINISHED, EXIT_RESUME if ctx.resume_mode == "local" else -1):
+        link.cancel_later_stages()  # this stage ends without finishing: the stages after it cannot run
     print(decision.line(), flush=True)
     return 0
 

@@ -12,6 +12,7 @@ job's config (``--print-config``) before anything waits in a queue.
 from __future__ import annotations
 
 import json
+import dataclasses
 import os
 import re
 import shlex
@@ -25,6 +26,7 @@ from typing import List, Optional, Sequence, Tuple
 from plumbing.errors import UserError
 from launcher.clusters import ClusterProfile, format_hms
 from launcher.launchers import get_launch_method
+from launcher.stages import Stage, get_stage
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
 DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.:=,+/@%^-]*$")
@@ -60,6 +62,12 @@ class JobRequest:
     max_timeouts: Optional[int] = None
     max_preemptions: Optional[int] = None
     cpus_per_rank: Optional[int] = None
+    stage: str = "train"  # launcher.stages: pack, flow, verify, train, convert, eval
+    videos: Optional[str] = None  # pack: the source folder or synth: spec
+    from_run: Optional[str] = None  # convert, eval: the training run
+    node_sets: int = 1  # pack: node sets to balance the frames across (hdf5_tools pack --nodes)
+    stage_args: Tuple[str, ...] = ()  # words for a stage's command other than the trainer, verbatim
+    data_pending: bool = False  # a pipeline's earlier stage writes --data / --from-run: checked when the job starts
 
 
 @dataclass(frozen=True)
@@ -86,14 +94,18 @@ class JobPlan:
     max_preemptions: int
     python: str
     activate: Tuple[str, ...]  # shell lines that activate the submitting Python environment
-    trainer_argv: Tuple[str, ...]  # command and options (the script adds --deadline)
-    trainer_overrides: Tuple[str, ...]  # key=value (the script adds the staged data directory)
+    command_argv: Tuple[str, ...]  # the stage's command and options (the trainer: the script adds --deadline)
+    command_overrides: Tuple[str, ...]  # the trainer's key=value (the script adds the staged data directory)
     per_rank_batch: Optional[int]
     data_manifest: str
 
     @property
     def ranks(self) -> int:
         return self.nodes * self.ranks_per_node
+
+    @property
+    def stage(self) -> Stage:
+        return get_stage(self.request.stage)
 
     @property
     def profile(self) -> ClusterProfile:
@@ -157,28 +169,49 @@ def trainer_presets() -> Tuple[str, ...]:
     return tuple(line.strip() for line in proc.stdout.splitlines() if line.strip())
 
 
+def _print_config_argv(plan: "JobPlan") -> List[str]:
+    """The trainer's words that resolve the job's config without running anything."""
+    argv = list(plan.command_argv[len(TRAINER_MODULE) + 1:])
+    if "--run-dir" in argv:  # the config check writes nothing and needs no run directory
+        i = argv.index("--run-dir")
+        del argv[i:i + 2]
+    overrides = list(plan.command_overrides)
+    if plan.data_manifest and not plan.request.data_pending:
+        overrides.append(f"{plan.request.data_key}=[{plan.data_manifest}]")
+    memory = []
+    if plan.profile.gpu_memory_gib and plan.gpus_per_node:  # the card is known: the batch must fit on it
+        memory = ["--gpu-memory-gib", str(plan.profile.gpu_memory_gib), "--ranks", str(plan.ranks)]
+    return [*argv, "--print-config", *memory, *overrides]
+
+
+@lru_cache(maxsize=64)
+def _printed(argv: Tuple[str, ...]) -> subprocess.CompletedProcess:
+    return _ask_trainer(argv)
+
+
 def check_trainer_config(plan: "JobPlan") -> None:
     """Have the trainer resolve the job's config (``--config``, every ``key=value``) before submitting.
 
     A refusal becomes one UserError line carrying the trainer's own message. A custom
     ``--trainer-command`` is not asked: the launcher knows no way to check it.
     """
-    if plan.request.trainer_command:
+    if plan.request.trainer_command or plan.request.stage != "train":
         return
-    argv = list(plan.trainer_argv[len(TRAINER_MODULE) + 1:])
-    if "--run-dir" in argv:  # the config check writes nothing and needs no run directory
-        i = argv.index("--run-dir")
-        del argv[i:i + 2]
-    overrides = list(plan.trainer_overrides)
-    if plan.data_manifest:
-        overrides.append(f"{plan.request.data_key}=[{plan.data_manifest}]")
-    memory = []
-    if plan.profile.gpu_memory_gib and plan.gpus_per_node:  # the card is known: the batch must fit on it
-        memory = ["--gpu-memory-gib", str(plan.profile.gpu_memory_gib), "--ranks", str(plan.ranks)]
-    proc = _ask_trainer([*argv, "--print-config", *memory, *overrides])
+    proc = _printed(tuple(_print_config_argv(plan)))
     if proc.returncode != 0:
         raise UserError(f"the trainer refuses this config: {_one_line(proc)}")
     _check_data_reads(plan, proc.stdout)
+
+
+def resolved_trainer_config(plan: "JobPlan") -> dict:
+    """The trainer's resolved config for a training plan (its ``--print-config`` JSON); {} when it cannot say."""
+    if plan.request.trainer_command or plan.request.stage != "train":
+        return {}
+    proc = _printed(tuple(_print_config_argv(plan)))
+    try:
+        return json.loads(proc.stdout) if proc.returncode == 0 else {}
+    except ValueError:
+        return {}
 
 
 def _check_data_reads(plan: "JobPlan", printed: str) -> None:
@@ -197,13 +230,13 @@ def _check_data_reads(plan: "JobPlan", printed: str) -> None:
         k, flow_source = int(data.get("k", 1)), str(data.get("flow_source", ""))
     except (ValueError, KeyError, TypeError, AttributeError):
         return  # not the config this launcher knows: the trainer checked it, nothing more to say
-    argv = list(plan.trainer_argv)
+    argv = list(plan.command_argv)
     config = Path(argv[argv.index("--config") + 1]).name if "--config" in argv[:-1] else "(defaults)"
     if not plan.data_manifest and not shards and not synthetic:
         raise UserError(f"--data: the trainer config {config} reads shards (data.synthetic=false) and none are given; "
                         f"add --data SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true "
                         f"for the synthetic world")
-    if plan.data_manifest and k > 1 and flow_source == "shards":
+    if plan.data_manifest and k > 1 and flow_source == "shards" and not plan.request.data_pending:
         cov = mf.flow_coverage(plan.data_manifest)
         if not cov.complete:
             folder = os.path.dirname(mf.manifest_file(plan.data_manifest))
@@ -252,8 +285,10 @@ def plan_job(req: JobRequest) -> JobPlan:
     for label, value in (("--max-timeouts", req.max_timeouts), ("--max-preemptions", req.max_preemptions)):
         if value is not None and value < 0:
             raise UserError(f"{label} {value}: must be 0 or more (0 = stop at the first one)")
+    stage = get_stage(req.stage)
     if req.gpus == 0:
-        rpn = req.ranks_per_node or prof.cpu_ranks_per_node
+        # a stage that is one process (pack, verify, convert, eval) has one rank with the node's CPUs
+        rpn = req.ranks_per_node or (prof.cpu_ranks_per_node if stage.ranks else 1)
         nodes = req.nodes or 1
         gpn = 0
     else:
@@ -270,6 +305,11 @@ def plan_job(req: JobRequest) -> JobPlan:
         else:
             nodes, rpn = req.gpus // prof.gpus_per_node, prof.gpus_per_node
         gpn = rpn
+    if req.gpus > 0 and not stage.ranks:
+        nodes, rpn, gpn = 1, 1, req.gpus  # one process with the GPUs it asked for (at most a node's)
+        if req.gpus > prof.gpus_per_node:
+            raise UserError(f"--gpus {req.gpus}: --stage {stage.name} is one process; give at most the "
+                            f"{prof.gpus_per_node} GPUs of one node of profile {prof.name}")
     if nodes < 1 or rpn < 1:
         raise UserError("--nodes and --ranks-per-node must be at least 1")
     if nodes > prof.max_nodes:
@@ -308,11 +348,16 @@ def plan_job(req: JobRequest) -> JobPlan:
     for label, value in (("--queue", queue), ("--group", req.group)):
         if not DIRECTIVE_SAFE.match(value):
             raise UserError(f"{label} {value!r}: only letters, digits and _ . : = , + / @ % ^ - are allowed")
-    if req.data_manifest:
-        _check_manifest(req.data_manifest, nodes)
+    if req.data_pending:
+        manifest = os.path.abspath(req.data_manifest or "")
+    else:
+        manifest = _check_manifest(req.data_manifest, nodes) if req.data_manifest else ""
+    if manifest != (req.data_manifest or ""):
+        req = dataclasses.replace(req, data_manifest=manifest)
     python = req.python or prof.python or sys.executable
     activate = submitting_environment() if not (req.python or prof.python) and prof.activate == "auto" else ()
-    trainer, overrides = _trainer_argv(req, python, backend)
+    stage.check_input(req)
+    command, overrides = stage.command(req, python, cpus, backend)
     return JobPlan(
         request=req, name=safe_job_name(req.name), run_dir=req.run_dir, nodes=nodes, ranks_per_node=rpn,
         gpus_per_node=gpn, cpus_per_rank=cpus, walltime_s=walltime, walltime_hms=format_hms(walltime),
@@ -320,14 +365,14 @@ def plan_job(req: JobRequest) -> JobPlan:
         group=req.group, chain=req.chain,
         max_timeouts=prof.max_timeouts if req.max_timeouts is None else req.max_timeouts,
         max_preemptions=prof.max_preemptions if req.max_preemptions is None else req.max_preemptions,
-        python=python, activate=activate, trainer_argv=tuple(trainer), trainer_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
-        data_manifest=str(Path(req.data_manifest).resolve()) if req.data_manifest else "",
+        python=python, activate=activate, command_argv=tuple(command), command_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
+        data_manifest=manifest,
     )
 
 
-def _check_manifest(path: str, nodes: int) -> None:
+def _check_manifest(path: str, nodes: int) -> str:
     """``--data`` must be a shard manifest (or the folder holding its ``manifest.json``), every shard
-    present, packed for at least ``nodes`` node sets."""
+    present, packed for at least ``nodes`` node sets. Returns the manifest file's absolute path."""
     from hdf5_tools import manifest as mf
 
     if Path(path).is_dir():
@@ -344,9 +389,10 @@ def _check_manifest(path: str, nodes: int) -> None:
     if nodes > m.nodes:
         raise UserError(f"--data: {path} was packed for {m.nodes} node set(s) but the job has {nodes} nodes; "
                         f"repack with 'hdf5_tools pack --nodes {nodes}' or use at most {m.nodes} nodes")
+    return str(Path(path).resolve())
 
 
-def _trainer_argv(req: JobRequest, python: str, backend: str) -> Tuple[List[str], List[str]]:
+def trainer_argv(req: JobRequest, python: str, backend: str) -> Tuple[List[str], List[str]]:
     """The trainer's command and options, and its ``key=value`` overrides.
 
     The job script puts ``--deadline ISO`` between the two and appends the staged data directory.

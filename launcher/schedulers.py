@@ -30,8 +30,13 @@ class Scheduler(abc.ABC):
     cancel_exe: str
 
     @abc.abstractmethod
-    def submit_argv(self, plan, script: str, link, after: Optional[str]) -> List[str]:
-        """The command line that submits ``script`` (link ``link``, after job ``after``)."""
+    def submit_argv(self, plan, script: str, link, after: Optional[str], needs: Sequence[str] = ()) -> List[str]:
+        """The command line that submits ``script`` (link ``link``, after job ``after`` of its own chain
+        whatever its exit; after every job of ``needs``, an earlier pipeline stage, only when it succeeded)."""
+
+    def retarget_argv(self, job_id: str, needs: Sequence[str]) -> List[str]:
+        """The command that makes queued job ``job_id`` wait for ``needs`` instead ([] = not possible)."""
+        return []
 
     @abc.abstractmethod
     def parse_job_id(self, output: str) -> str:
@@ -72,14 +77,20 @@ class Slurm(Scheduler):
               "PREEMPTED": "preempted", "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "timeout",
               "OUT_OF_MEMORY": "failed", "SPECIAL_EXIT": "held"}
 
-    def submit_argv(self, plan, script, link, after):
+    def submit_argv(self, plan, script, link, after, needs=()):
         # --output is a filename pattern: a literal % in the run directory is written %%.
         out = plan.run_dir.replace("%", "%%")
         argv = ["sbatch", "--parsable", f"--chdir={plan.run_dir}",
                 f"--output={out}/logs/slurm-%j.out", f"--export=ALL,LAUNCHER_LINK={link}"]
         if after:
             argv.append(f"--dependency=afterany:{after}")
+        elif needs:
+            # a stage that cannot run any more (an earlier one failed) is cancelled, not left pending
+            argv += [f"--dependency=afterok:{':'.join(needs)}", "--kill-on-invalid-dep=yes"]
         return argv + [script]
+
+    def retarget_argv(self, job_id, needs):
+        return ["scontrol", "update", f"JobId={job_id}", f"Dependency=afterok:{':'.join(needs)}"]
 
     def requeue_argv(self):
         return ["scontrol", "requeue", var("SLURM_JOB_ID")]
@@ -105,11 +116,16 @@ class PBSPro(Scheduler):
     STATES = {"Q": "queued", "W": "queued", "T": "queued", "H": "held", "S": "held", "U": "held",
               "R": "running", "E": "running", "B": "running", "X": "finished", "F": "finished", "M": "queued"}
 
-    def submit_argv(self, plan, script, link, after):
+    def submit_argv(self, plan, script, link, after, needs=()):
         argv = ["qsub", "-v", f"LAUNCHER_LINK={link}", "-o", f"{plan.run_dir}/logs/pbs.out"]
         if after:
             argv += ["-W", f"depend=afterany:{after}"]
+        elif needs:  # the server deletes the job when a job it needs fails
+            argv += ["-W", f"depend=afterok:{':'.join(needs)}"]
         return argv + [script]
+
+    def retarget_argv(self, job_id, needs):
+        return ["qalter", "-W", f"depend=afterok:{':'.join(needs)}", job_id]
 
     def parse_job_id(self, output):
         return _first_match(r"^\s*(\d+(?:\.\S+)?)\s*$", output, "qsub")
@@ -130,13 +146,17 @@ class PBSPro(Scheduler):
 
 
 class GridEngine(Scheduler):
-    def submit_argv(self, plan, script, link, after):
+    def submit_argv(self, plan, script, link, after, needs=()):
         argv = ["qsub", "-terse", "-v", f"LAUNCHER_LINK={link}", "-o", f"{plan.run_dir}/logs/"]
         if plan.profile.group_on_command_line and plan.group:
             argv += ["-g", plan.group]
-        if after:
-            argv += ["-hold_jid", after]
+        if after or needs:
+            # Grid Engine has no afterok: a stage checks when it starts that the ones it needs are done
+            argv += ["-hold_jid", after or ",".join(needs)]
         return argv + [script]
+
+    def retarget_argv(self, job_id, needs):
+        return ["qalter", "-hold_jid", ",".join(needs), job_id]
 
     def parse_job_id(self, output):
         return _first_match(r"^\s*(?:Your job\s+)?(\d+)\b", output, "qsub")
@@ -169,10 +189,10 @@ class PJM(Scheduler):
               "RNE": "running", "RNO": "running", "SWO": "held", "SWD": "held", "HLD": "held",
               "EXT": "finished", "CCL": "cancelled", "ERR": "error", "RJT": "rejected"}
 
-    def submit_argv(self, plan, script, link, after):
+    def submit_argv(self, plan, script, link, after, needs=()):
         argv = ["pjsub", "--step", "-x", f"LAUNCHER_LINK={link}", "-o", f"{plan.run_dir}/logs/pjm.out"]
-        if after:
-            argv += ["--sparam", f"jid={after}"]
+        if after or needs:  # a sub job of a step job starts after the sub job before it
+            argv += ["--sparam", f"jid={after or self.chain_dependency_id(needs[-1])}"]
         return argv + [script]
 
     def parse_job_id(self, output):
@@ -196,12 +216,14 @@ class PJM(Scheduler):
 class Local(Scheduler):
     """This machine: ``launcher.local_runner`` runs the script and re-runs it on exit 75."""
 
-    def submit_argv(self, plan, script, link, after):
+    def submit_argv(self, plan, script, link, after, needs=()):
+        # needs: run directories; the runner waits for their done markers
         import sys
         prof = plan.profile
+        wait = [w for d in needs for w in ("--needs", d)]
         return [sys.executable, "-m", "launcher.local_runner", "--link", str(link),
                 "--walltime", str(plan.walltime_s), "--lead", str(plan.warning_lead_s),
-                "--signal", prof.warning_signal, "--state-file", f"{plan.run_dir}/job/local.json", script]
+                "--signal", prof.warning_signal, "--state-file", f"{plan.run_dir}/job/local.json", *wait, script]
 
     def parse_job_id(self, output):
         return _first_match(r"^(local-\d+)\s*$", output, "local runner")

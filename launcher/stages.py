@@ -40,14 +40,18 @@ class Stage(abc.ABC):
         return 0
 
     def check_input(self, req) -> None:
-        """The stage's input option is given and exists; a one-line UserError otherwise."""
+        """The stage's input option is given and exists; a one-line UserError otherwise.
+
+        In a pipeline an input an earlier stage writes (``req.data_pending``) is checked when the
+        stage starts, not at submit."""
         option = {"videos": "--videos", "data": "--data", "run": "--from-run"}.get(self.reads)
         value = {"videos": req.videos, "data": req.data_manifest, "run": req.from_run}.get(self.reads)
         if option and not value:
             raise UserError(f"--stage {self.name} reads {option}; give it ({_HINT[self.reads]})")
         if self.reads == "videos" and not value.startswith("synth:") and not os.path.exists(value):
             raise UserError(f"--videos {value}: no such folder")
-        if self.reads == "run" and not (Path(value) / "job").is_dir() and not Path(value).is_file():
+        if self.reads == "run" and not req.data_pending and not (Path(value) / "job").is_dir() \
+                and not Path(value).is_file():
             raise UserError(f"--from-run {value}: not a run directory or checkpoint file")
 
     @abc.abstractmethod
@@ -93,7 +97,7 @@ class Verify(Stage):
     reads = "data"
 
     def command(self, req, python, cpus, backend):
-        return [python, "-m", "hdf5_tools.cli", "verify", *_manifest_shards(req.data_manifest), *self.extra(req)], []
+        return [python, "-m", "hdf5_tools.cli", "verify", req.data_manifest, *self.extra(req)], []
 
 
 class Train(Stage):
@@ -134,15 +138,6 @@ class Eval(Stage):
     def command(self, req, python, cpus, backend):
         return [python, "-m", "pixpro_of", "eval", "seg", "--backbone", os.path.abspath(req.from_run),
                 "--out", os.path.join(req.run_dir, EVAL_OUT), *self.extra(req)], []
-
-
-def _manifest_shards(manifest: str) -> List[str]:
-    """The shard files a manifest lists (absolute), for commands that take files."""
-    from hdf5_tools import manifest as mf
-
-    m = mf.load_manifest(mf.manifest_file(manifest), check_files=False)
-    root = os.path.dirname(os.path.abspath(mf.manifest_file(manifest)))
-    return [os.path.join(root, s.file) for s in m.shards]
 
 
 STAGE_TYPES: Dict[str, Stage] = {s.name: s for s in (Pack(), Flow(), Verify(), Train(), Convert(), Eval())}

@@ -76,13 +76,18 @@ def run_state(rd: RunDir) -> str:
     return "in progress"
 
 
-@cli_command("status", epilog="Example: launcher status runs/pixpro-k6-g8 --events 10")
+@cli_command("status", epilog="Examples: launcher status runs/pixpro-k6-g8 --events 10; "
+                              "launcher status pipelines/pixpro-k6-g16 (one line per stage)")
 @click.argument("run_dir")
 @click.option("--min-interval", type=float, default=30.0, show_default=True, help="seconds between scheduler queries")
 @click.option("--events", type=int, default=5, show_default=True, help="how many recent job events to show")
 def command(**opts) -> int:
     """Where a run stands, from its run directory and the scheduler (queries are rate-limited)."""
     args = SimpleNamespace(**opts)
+    from launcher.pipeline import PipelineDir
+
+    if PipelineDir(args.run_dir).exists():
+        return pipeline_status(PipelineDir(args.run_dir), args.min_interval)
     rd = RunDir(args.run_dir).require()
     req = rd.request()
     sched = get_scheduler(req["scheduler"])
@@ -99,6 +104,30 @@ def command(**opts) -> int:
         print(f"job      {j.job_id}  link {j.link}  {j.kind:7s} {states.get(j.job_id, '')}")
     for ev in rd.events()[-args.events:]:
         print("event    " + "  ".join(ev))
+    return 0
+
+
+def pipeline_status(pipe, min_interval: float) -> int:
+    """One line per stage: its state (done, running with its newest event, pending, failed or cancelled
+    with the stop line) and its newest job with the scheduler's word for it."""
+    from launcher.pipeline import stage_state
+
+    print(f"pipeline {pipe.path}")
+    for st in pipe.stages():
+        rd = RunDir(st.run_dir)
+        state = stage_state(rd)
+        job, sched_state = "-", ""
+        if rd.exists():
+            sched = get_scheduler(rd.request()["scheduler"])
+            jobs = [j.job_id for j in rd.jobs(sched.parse_job_id) if j.job_id not in ("", "?")]
+            if jobs:
+                job = jobs[-1]
+                if state not in ("done",):
+                    sched_state = query_states(rd, [job], min_interval).get(job, "")
+        events = rd.events() if rd.exists() else []
+        last = events[-1][3] if events and state == "running" else ""
+        print(f"{st.name:8s} {state}" + (f" ({last})" if last else "") + f"  job {job}"
+              + (f" {sched_state}" if sched_state else ""))
     return 0
 
 

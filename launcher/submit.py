@@ -39,8 +39,8 @@ class Prepared:
     def script_path(self) -> str:
         return str(RunDir(self.plan.run_dir).script)
 
-    def link_argv(self, link: int, after: Optional[str]) -> List[str]:
-        return self.scheduler.submit_argv(self.plan, self.script_path, link, after)
+    def link_argv(self, link: int, after: Optional[str], needs: Sequence[str] = ()) -> List[str]:
+        return self.scheduler.submit_argv(self.plan, self.script_path, link, after, needs)
 
 
 def prepare(args: Any, extra: Sequence[str]) -> Prepared:
@@ -78,9 +78,13 @@ def run_submit(argv: List[str], cwd: str) -> str:
     return proc.stdout
 
 
+_local_jobs: List[int] = []
+
+
 def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
     """Start the local runner (detached unless ``wait``); returns (job id, exit code or None)."""
-    job_id = f"local-{os.getpid()}{link:03d}"
+    _local_jobs.append(link)  # one id per job this process starts (a pipeline starts several)
+    job_id = f"local-{os.getpid()}{len(_local_jobs):02d}{link:03d}"
     full = argv[:3] + ["--job-id", job_id] + argv[3:]
     rd.record_submit(full)
     rd.record_job("submit", link, job_id, job_id)
@@ -93,11 +97,13 @@ def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
     return job_id, None
 
 
-def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: str, wait: bool = False) -> int:
-    """Submit ``count`` links starting at ``first_link``, each depending on the one before."""
+def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: str, wait: bool = False,
+                 needs: Sequence[str] = (), quiet: bool = False) -> int:
+    """Submit ``count`` links starting at ``first_link``, each depending on the one before (the first
+    on the jobs of ``needs``, an earlier pipeline stage's: run directories for the local runner)."""
     after = None
     for i in range(first_link, first_link + count):
-        argv = prep.link_argv(i, after)
+        argv = prep.link_argv(i, after, needs if i == first_link else ())
         if prep.scheduler.name == "local":
             job_id, rc = start_local(rd, argv, i, wait)
             print(f"launcher: started {job_id} (run {rd.path})", file=sys.stderr)
@@ -108,8 +114,9 @@ def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: 
         out = run_submit(argv, str(rd.path))
         job_id = prep.scheduler.parse_job_id(out)
         rd.record_job(kind if i == first_link else "chain", i, job_id, out)
-        print(f"launcher: submitted {job_id} (link {i}, run {rd.path})", file=sys.stderr)
-        print(job_id)
+        if not quiet:
+            print(f"launcher: submitted {job_id} (link {i}, run {rd.path})", file=sys.stderr)
+            print(job_id)
         after = prep.scheduler.chain_dependency_id(job_id)
     return 0
 
