@@ -6,6 +6,7 @@ from plumbing.cli import group, run
 COMMANDS: dict = {
     "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),
     "submit": ("launcher.submit", "Render the job script into a new run directory and submit it"),
+    "array": ("launcher.arrays", "Many small jobs as one array job with a concurrency cap"),
     "pipeline": ("launcher.pipeline", "Pack, flow, verify, train, convert and eval as dependent jobs"),
     "status": ("launcher.status", "Where a run stands (rate-limited scheduler queries)"),
     "cancel": ("launcher.cancel", "Stop a run and cancel its jobs"),

@@ -98,6 +98,20 @@ class JobPlan:
     command_overrides: Tuple[str, ...]  # the trainer's key=value (the script adds the staged data directory)
     per_rank_batch: Optional[int]
     data_manifest: str
+    share: bool = False  # fewer GPUs than a node has: its share of the node's CPUs, not the whole node
+    cpus_per_node: int = 0  # CPUs asked for on each node (PBS ncpus=): the whole node's, or the share's
+
+    @property
+    def exclusive(self) -> bool:
+        """Ask for whole nodes (SLURM --exclusive, PBS place=...:excl): the profile says so and the job fills them."""
+        return self.profile.exclusive and not self.share
+
+    @property
+    def place(self) -> str:
+        """PBS ``-l place=``: the profile's, without ``excl`` for a share of a node."""
+        if not self.share:
+            return self.profile.place
+        return ":".join(p for p in self.profile.place.split(":") if p not in ("excl", "exclhost"))
 
     @property
     def ranks(self) -> int:
@@ -319,13 +333,18 @@ def plan_job(req: JobRequest) -> JobPlan:
         raise UserError(f"{what}; profile {prof.name} allows {most}")
     if prof.group_required and not req.group:
         raise UserError(f"profile {prof.name} needs --group: the cluster charges every job to a group or project")
-    cpus_each = prof.cpus_per_node // rpn
+    # a GPU job on part of a node asks for its share of the node's CPUs (GPUs asked / GPUs per node)
+    share = 0 < gpn < prof.gpus_per_node
+    node_cpus = max(1, prof.cpus_per_node * gpn // prof.gpus_per_node) if share else prof.cpus_per_node
+    cpus_each = node_cpus // rpn
     cpus = req.cpus_per_rank if req.cpus_per_rank is not None else (prof.cpus_per_rank or max(1, cpus_each))
     if cpus < 1:
         raise UserError(f"--cpus-per-rank {cpus}: must be at least 1")
     if cpus > max(1, cpus_each):
-        raise UserError(f"--cpus-per-rank {cpus}: {rpn} ranks per node x {cpus} CPUs exceed the {prof.cpus_per_node} "
-                        f"CPUs of a node of profile {prof.name}; use at most {max(1, cpus_each)}")
+        of = (f"the {node_cpus} CPUs of the job's share ({gpn} of {prof.gpus_per_node} GPUs) of a node"
+              if share else f"the {prof.cpus_per_node} CPUs of a node")
+        raise UserError(f"--cpus-per-rank {cpus}: {rpn} ranks per node x {cpus} CPUs exceed {of} of profile "
+                        f"{prof.name}; use at most {max(1, cpus_each)}")
     ranks = nodes * rpn
     per_rank_batch = None
     if req.global_batch is not None:
@@ -366,7 +385,7 @@ def plan_job(req: JobRequest) -> JobPlan:
         max_timeouts=prof.max_timeouts if req.max_timeouts is None else req.max_timeouts,
         max_preemptions=prof.max_preemptions if req.max_preemptions is None else req.max_preemptions,
         python=python, activate=activate, command_argv=tuple(command), command_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
-        data_manifest=manifest,
+        data_manifest=manifest, share=share, cpus_per_node=node_cpus,
     )
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import abc
 import re
 from dataclasses import dataclass
-from typing import Dict, List, Optional, Sequence
+from typing import ClassVar, Dict, List, Optional, Sequence
 
 from plumbing.errors import UserError
 from launcher.shellwords import var
@@ -61,6 +61,29 @@ class Scheduler(abc.ABC):
         """The command a running job of this scheduler runs to requeue itself ([] = it cannot)."""
         return []
 
+    # -- array jobs (launcher.arrays): one job, N tasks, at most ``cap`` running at once ----------
+    #: The variable holding a task's index in the job, the index of the first task, and the variable
+    #: holding the job's id (anything from a ``[`` on is cut off).
+    array_index_var: ClassVar[str] = ""
+    array_index_base: ClassVar[int] = 0
+    array_id_var: ClassVar[str] = ""
+    #: The fewest tasks an array job may have (fewer: the task is submitted as a plain job).
+    array_min_tasks: ClassVar[int] = 1
+
+    def array_submit_argv(self, plan, script: str, tasks: int, cap: int, after: Optional[str] = None,
+                          needs: Sequence[str] = ()) -> List[str]:
+        """The command line that submits ``script`` as an array job of ``tasks`` tasks, at most ``cap``
+        running at once (0 = no cap); ``plan.run_dir`` is the array's directory."""
+        raise UserError(f"--scheduler {self.name}: array jobs are not supported")
+
+    def array_task_id(self, array_id: str, index: int) -> str:
+        """The scheduler's id of task ``index`` (0-based) of array job ``array_id``."""
+        return f"{array_id}_{index}"
+
+    def parse_array_id(self, output: str) -> str:
+        """The array job's id in the submit command's output."""
+        return self.parse_job_id(output)
+
 
 def _first_match(pattern: str, output: str, what: str) -> str:
     m = re.search(pattern, output, re.MULTILINE)
@@ -95,11 +118,21 @@ class Slurm(Scheduler):
     def requeue_argv(self):
         return ["scontrol", "requeue", var("SLURM_JOB_ID")]
 
+    array_index_var = "SLURM_ARRAY_TASK_ID"
+    array_id_var = "SLURM_ARRAY_JOB_ID"
+
+    def array_submit_argv(self, plan, script, tasks, cap, after=None, needs=()):
+        argv = self.submit_argv(plan, script, 0, after, needs)[:-1]
+        argv = [a.replace("slurm-%j.out", "slurm-%A_%a.out") for a in argv]
+        return argv + [f"--array=0-{tasks - 1}" + (f"%{cap}" if cap else ""), script]
+
     def parse_job_id(self, output):
         return _first_match(r"^\s*(?:Submitted batch job\s+)?(\d+)(?:;\S*)?\s*$", output, "sbatch")
 
     def status_argv(self, ids):
-        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%r"]
+        # --array: one line per task of an array job (pending tasks are otherwise one line, 12_[3-9%2])
+        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
+                *(["--array"] if any("_" in i for i in ids) else [])]
 
     def parse_status(self, output, ids):
         found = {}
@@ -128,10 +161,30 @@ class PBSPro(Scheduler):
         return ["qalter", "-W", f"depend=afterok:{':'.join(needs)}", job_id]
 
     def parse_job_id(self, output):
-        return _first_match(r"^\s*(\d+(?:\.\S+)?)\s*$", output, "qsub")
+        return _first_match(r"^\s*(\d+(?:\[\d*\])?(?:\.\S+)?)\s*$", output, "qsub")
+
+    array_index_var = "PBS_ARRAY_INDEX"
+    array_id_var = "PBS_JOBID"
+    array_min_tasks = 2  # qsub -J needs a range of at least two indices
+
+    def array_submit_argv(self, plan, script, tasks, cap, after=None, needs=()):
+        # PBS has no cap in -J itself; max_run_subjobs (OpenPBS 20, PBS Professional 2020.1 and later)
+        # is the server's limit of running subjobs. Older servers refuse it: give --max-running 0 there.
+        argv = self.submit_argv(plan, script, 0, after, needs)[:-1] + ["-J", f"0-{tasks - 1}"]
+        if cap:
+            for i, a in enumerate(argv):
+                if a.startswith("depend="):  # one -W with every attribute
+                    argv[i] = f"{a},max_run_subjobs={cap}"
+                    break
+            else:
+                argv += ["-W", f"max_run_subjobs={cap}"]
+        return argv + [script]
+
+    def array_task_id(self, array_id, index):
+        return array_id.replace("[]", f"[{index}]", 1)
 
     def status_argv(self, ids):
-        return ["qstat", "-x", *ids]
+        return ["qstat", "-x", *(["-t"] if any("[" in i for i in ids) else []), *ids]
 
     def parse_status(self, output, ids):
         found = {}
@@ -159,16 +212,45 @@ class GridEngine(Scheduler):
         return ["qalter", "-hold_jid", ",".join(needs), job_id]
 
     def parse_job_id(self, output):
-        return _first_match(r"^\s*(?:Your job\s+)?(\d+)\b", output, "qsub")
+        return _first_match(r"^\s*(?:Your job(?:-array)?\s+)?(\d+)\b", output, "qsub")
+
+    array_index_var = "SGE_TASK_ID"
+    array_index_base = 1
+    array_id_var = "JOB_ID"
+
+    def array_submit_argv(self, plan, script, tasks, cap, after=None, needs=()):
+        argv = self.submit_argv(plan, script, 0, after, needs)[:-1] + ["-t", f"1-{tasks}"]
+        return argv + (["-tc", str(cap)] if cap else []) + [script]
+
+    def array_task_id(self, array_id, index):
+        return f"{array_id}.{index + 1}"  # qdel and qstat -j take JOB.TASK
 
     def status_argv(self, ids):
         return ["qstat"]
 
+    @staticmethod
+    def _task_range(text: str) -> List[int]:
+        """The task numbers of qstat's ja-task-ID column: ``3``, ``1-5:2``, ``2,4-6:1``."""
+        out: List[int] = []
+        for part in text.split(","):
+            m = re.fullmatch(r"(\d+)(?:-(\d+)(?::(\d+))?)?", part)
+            if m:
+                lo, hi, step = int(m.group(1)), int(m.group(2) or m.group(1)), int(m.group(3) or 1)
+                out += list(range(lo, hi + 1, max(1, step)))
+        return out
+
     def parse_status(self, output, ids):
         found = {}
+        tasks = {i: i.split(".", 1) for i in ids if "." in i}
         for line in output.splitlines():
             parts = line.split()
-            if len(parts) >= 5 and parts[0] in ids:
+            if len(parts) < 5 or not parts[0].isdigit():
+                continue
+            names = [parts[0]] if parts[0] in ids else []
+            if len(parts) >= 9:  # an array job's line ends with its task number(s)
+                numbers = self._task_range(parts[-1])
+                names += [i for i, (jid, t) in tasks.items() if jid == parts[0] and t.isdigit() and int(t) in numbers]
+            for name in names:
                 st = parts[4]
                 if "E" in st:
                     word = "error"
@@ -180,7 +262,7 @@ class GridEngine(Scheduler):
                     word = "cancelling"
                 else:
                     word = "queued"
-                found[parts[0]] = f"{word} ({st})"
+                found[name] = f"{word} ({st})"
         return found
 
 
@@ -200,6 +282,21 @@ class PJM(Scheduler):
 
     def chain_dependency_id(self, job_id):
         return job_id.split("_")[0]  # step job id: every sub job joins it
+
+    array_index_var = "PJM_BULKNUM"
+    array_id_var = "PJM_JOBID"
+
+    def array_submit_argv(self, plan, script, tasks, cap, after=None, needs=()):
+        if cap and cap < tasks:
+            raise UserError(f"--max-running {cap}: PJM bulk jobs have no limit on running sub jobs; give "
+                            f"--max-running 0 (the resource group's own limits apply)")
+        if after or needs:
+            raise UserError("PJM bulk jobs cannot wait for another job; submit the array once the jobs it needs are done")
+        # each sub job's own output file (PJM names it after the sub job) in the array's directory
+        return ["pjsub", "--bulk", "--sparam", f"0-{tasks - 1}", "-x", "LAUNCHER_LINK=0", script]
+
+    def array_task_id(self, array_id, index):
+        return f"{array_id}[{index}]"
 
     def status_argv(self, ids):
         return ["pjstat"]
