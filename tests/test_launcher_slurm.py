@@ -420,3 +420,76 @@ can_requeue = true
     assert a["step"] == b["step"] > 0
     for k, v in a["model"].items():
         assert torch.equal(b["model"][k], v), f"{k} differs after the SLURM preemptions"
+
+
+def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(slurm, tmp_path, mpi_env):
+    """launcher array: 3 tasks, at most 1 running (--array=0-2%1); task 1 is requeued mid-run and
+    resumes from its checkpoint; every task ends with the uninterrupted state, never two at once."""
+    env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
+    profile = tmp_path / "slurmtest.toml"  # 2 CPUs, shared: two 1-CPU tasks could run together but for the cap
+    profile.write_text('name = "slurmtest"\nscheduler = "slurm"\ngpus_per_node = 0\ncpus_per_node = 2\n'
+                       'cpu_ranks_per_node = 1\nexclusive = false\nmax_walltime = "01:00:00"\n'
+                       'default_walltime = "00:10:00"\nmpirun_flags = ["--oversubscribe", "-bind-to", "none"]\n'
+                       'warning_signal = "USR2"\nwarning_lead_s = 60\ndeadline_margin_s = 60\ncan_requeue = true\n')
+    steps = 12
+    common = ["--scheduler", "slurm", "--cluster", str(profile), "--gpus", "0", "--nodes", "1", "--ranks-per-node", "1",
+              "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25"]
+    runs = [tmp_path / f"task {i}" for i in range(3)]
+    spec = tmp_path / "tasks.json"
+    spec.write_text(json.dumps({"common": common, "tasks": [["--run-dir", str(r), "--name", f"t{i}"]
+                                                            for i, r in enumerate(runs)]}))
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "array", str(spec), "--max-running", "1",
+                          "--name", "arr", "--dir", str(tmp_path / "arr")],
+                         env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    assert out.returncode == 0, out.stderr
+    array_id = out.stdout.strip()
+    assert array_id.isdigit()
+    assert "--array=0-2%1" in (tmp_path / "arr" / "submit.txt").read_text()
+    most_running = [0]
+
+    def running():
+        r = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-t", "RUNNING", "-o", "%i"], env=env,
+                           capture_output=True, text=True)
+        ids = r.stdout.split()
+        most_running[0] = max(most_running[0], len(ids))
+        return ids
+
+    def steps_of(run):
+        log = run / "steps.log"
+        return [[int(x) for x in ln.split()] for ln in log.read_text().splitlines()] if log.exists() else []
+
+    def restarts_seen():
+        log = runs[1] / "logs" / "run.log"
+        return log.read_text().count("launcher: start restart=") if log.exists() else 0
+
+    task1 = f"{array_id}_1"
+    try:
+        _wait(lambda: running() == [task1] and len(steps_of(runs[1])) >= 4, 90, "task 1 to be 4 steps in")
+        subprocess.run(["scontrol", "requeue", task1], env=env, check=True, timeout=30)
+        raw = subprocess.run(["squeue", "-h", "-j", task1, "-o", "%A"], env=env, capture_output=True,
+                             text=True).stdout.strip()
+        _restart_now(env, raw, restarts_seen)
+        _wait(lambda: running() == [] and all((r / "done").exists() for r in runs), 120, "every task to finish")
+    except AssertionError:
+        for r in runs:
+            p = r / "job" / "events.tsv"
+            print(f"==== {p}\n" + (p.read_text() if p.exists() else "(missing)"))
+        raise
+    expected = 0
+    for s in range(steps):
+        expected = advance(expected, s)
+    for i, r in enumerate(runs):
+        assert json.loads((r / "checkpoints" / "state.json").read_text()) == {"step": steps, "value": expected}
+        events = [ln.split("\t") for ln in (r / "job" / "events.tsv").read_text().splitlines()]
+        assert {e[1] for e in events} == {f"{array_id}_{i}"}, "each task's events carry <array id>_<i>"
+        assert events[-1][3] == "finished"
+        assert [s[0] for s in steps_of(r)][-1] == steps
+    restarts = [s[2] for s in steps_of(runs[1])]
+    assert restarts[0] == 0 and restarts[-1] == 1, "task 1 ran again after its requeue"
+    first, again = [s[0] for s in steps_of(runs[1]) if s[2] == 0], [s[0] for s in steps_of(runs[1]) if s[2] == 1]
+    assert again[0] == first[-1] + 1 and again[-1] == steps, "the requeued task resumes from its checkpoint"
+    assert "checkpointed: preemption 1 of 100" in (runs[1] / "job" / "events.tsv").read_text()
+    assert most_running[0] == 1, "the cap: never two tasks running at once"
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(runs[2])], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert status.returncode == 0 and "state    done" in status.stdout, status.stdout
