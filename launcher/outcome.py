@@ -257,7 +257,9 @@ class Link:
             self.rd.stop(f"{kind} budget of {most} used up")
             return exit_with(1)
         latest = self.rd.latest_checkpoint()
-        if self.checkpoint_stamp() not in ("", stamp_before):
+        if c.stage != "train":  # its command keeps its own progress (flow: the pairs already written)
+            self.event(f"stopped to continue: {kind} {n} of {most}; the next job goes on from where {c.what} stopped")
+        elif self.checkpoint_stamp() not in ("", stamp_before):
             self.event(f"checkpointed: {kind} {n} of {most} ({latest.name if latest else 'the start'})")
         else:
             self.event(f"stopped without a new checkpoint: {kind} {n} of {most}; the next job resumes from "

@@ -104,7 +104,7 @@ def stage_state(rd: RunDir) -> str:
 def _stage_args(args: Any, **changes) -> SimpleNamespace:
     """The pipeline's options, as one stage's ``launcher submit`` options."""
     d = dict(vars(args))
-    for key in ("flow_gpus", "flow_model", "flow_weights", "eval_data", "eval_mode", "eval_args", "dir", "wait",
+    for key in ("flow_gpus", "flow_model", "flow_weights", "flow_args", "eval_data", "eval_mode", "eval_args", "dir", "wait",
                 "dry_run"):
         d.pop(key, None)
     d.update(changes)
@@ -133,7 +133,8 @@ def plan_stages(args: Any, extra: Sequence[str], pipe: PipelineDir) -> List[tupl
         stages.append(("pack", [], pack))
     prev = ["pack"] if args.videos else []
     if k > 1 and _reads_stored_flows(train):
-        words = ["--model", args.flow_model] + (["--weights", args.flow_weights] if args.flow_weights else [])
+        words = ["--model", args.flow_model] + (["--weights", args.flow_weights] if args.flow_weights else []) \
+            + shlex.split(args.flow_args)
         flow = prepare(_stage_args(args, **base, stage="flow", gpus=args.flow_gpus if args.flow_gpus is not None else
                                    train.plan.request.gpus, run_dir=run("flow"), name=f"{pipe.path.name}-flow",
                                    data=manifest, data_pending=bool(args.videos), frames=None, preset=None,
@@ -235,6 +236,7 @@ def print_pipeline_dry_run(stages: List[tuple]) -> None:
 @click.option("--flow-model", type=click.Choice(("raft-small", "raft-large", "dis")), default="raft-small",
               show_default=True)
 @click.option("--flow-weights", default=None, help="local RAFT checkpoint for the flow stage")
+@click.option("--flow-args", default="", help="more words for 'hdf5_tools flow', as one string (e.g. '--amp bf16')")
 @click.option("--eval-data", default=None, help="Cityscapes-layout root for the eval stage (no eval stage without it)")
 @click.option("--eval-mode", type=click.Choice(("deeplab", "linear")), default="deeplab", show_default=True)
 @click.option("--eval-args", default="", help="more words for 'python -m pixpro_of eval seg', as one string")

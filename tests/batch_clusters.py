@@ -497,3 +497,23 @@ def dump_run(run_dir: Path, extra: str = "") -> str:
         if p.name not in ("run.log", "train.log", "train.rank1.log") and p.is_file():
             parts.append(f"==== logs/{p.name}\n" + p.read_text()[-3000:])
     return "\n".join(parts) + ("\n" + extra if extra else "")
+
+
+def shard_contents(path: Path) -> Dict[str, object]:
+    """Every dataset (as bytes) and attribute of an HDF5 shard, by name: what a reader can see.
+
+    Two shards written with the same pairs in a different order (a flow stage stopped and resumed)
+    hold the same contents, but HDF5 places chunks in write order, so their file bytes differ."""
+    import h5py
+    import numpy as np
+
+    out: Dict[str, object] = {}
+    with h5py.File(path, "r") as f:
+        out.update({f"/@{k}": str(v) for k, v in f.attrs.items()})
+
+        def visit(name, obj):
+            out.update({f"{name}@{k}": str(v) for k, v in obj.attrs.items()})
+            if isinstance(obj, h5py.Dataset):
+                out[name] = (obj.dtype.str, obj.shape, np.asarray(obj[()]).tobytes())
+        f.visititems(visit)
+    return out

@@ -29,6 +29,7 @@ HERE = Path(__file__).resolve().parent
 FAKES = HERE / "fake_schedulers"
 FIXTURE = FAKES / "fixture_trainer.py"
 sys.path.insert(0, str(FAKES))
+sys.path.insert(0, str(HERE))
 from fixture_trainer import advance  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
@@ -306,24 +307,65 @@ can_requeue = true
     assert status.returncode == 0 and "state    done" in status.stdout
 
 
-PREEMPTIONS = 5
+PREEMPTIONS = 3
+FLOW_ARGS = "--chunk 1 --batch 1 --threads 1 -v"  # one pair a write, a line each: a stop lands mid-stage
+PROBE = ["--arch", "resnet18", "--iters", "3", "--batch", "2", "--crop", "64x64", "--warmup-iters", "1",
+         "--max-val", "2", "--workers", "0"]
 
 
-def test_slurm_preemptions_at_random_steps_lose_no_steps(slurm, tmp_path, mpi_env):
-    """The real trainer (cpu_small, 2 Horovod ranks) on shards staged by the job (srun, no MPI),
-    requeued with ``scontrol requeue`` at 5 random steps: SLURM sends SIGTERM to every process,
-    the supervisor keeps mpirun alive, the ranks checkpoint at the next step boundary (within
-    the default KillWait), and every resumed job starts at the step the previous one reached.
-    The final weights equal those of an uninterrupted run over the same shards."""
+def _profile(tmp_path: Path) -> Path:
+    """The one-node test cluster as a user would describe it: 2 CPUs, shared, self-requeue."""
+    profile = tmp_path / "slurmtest.toml"
+    profile.write_text("""name = "slurmtest"
+scheduler = "slurm"
+gpus_per_node = 0
+cpus_per_node = 2
+cpu_ranks_per_node = 2
+exclusive = false
+max_walltime = "01:00:00"
+default_walltime = "00:20:00"
+mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
+warning_signal = "USR2"
+warning_lead_s = 60
+deadline_margin_s = 60
+can_requeue = true
+""")
+    return profile
+
+
+def _procs(pattern: str):
+    out = []
+    for d in Path("/proc").iterdir():
+        if d.name.isdigit():
+            try:
+                if pattern in (d / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace"):
+                    out.append(int(d.name))
+            except OSError:
+                continue
+    return out
+
+
+def _stage_job(pipe: Path, stage: str) -> str:
+    rows = (pipe / stage / "job" / "jobs.tsv").read_text().splitlines()
+    return rows[-1].split("\t")[3]
+
+
+def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand(slurm, tmp_path, mpi_env):
+    """``launcher pipeline`` on SLURM as shipped (afterok dependencies): pack -> DIS flow (requeued once
+    mid-stage) -> verify -> the real trainer (cpu_small, 2 Horovod ranks, on shards the job stages
+    with srun, requeued at 3 random steps: SLURM sends SIGTERM to every process, the supervisor
+    keeps mpirun alive, the ranks checkpoint within the default KillWait and every resumed job
+    starts at the step the previous one reached) -> convert -> eval. The shards, the final weights
+    and the evaluation equal those of the same commands run one by one by hand."""
     import random
 
     import torch
 
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
-    shards = tmp_path / "shards"
-    r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack", "synth:videos=8,frames=6,size=128x64,seed=0",
-                        str(shards), "--nodes", "1", "--no-progress"], env=env, capture_output=True, text=True,
-                       timeout=300)
+    world = tmp_path / "eval_world"
+    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(world), "--videos", "3",
+                        "--video-frames", "3", "--size", "128x64", "--format", "cityscapes", "--val-videos", "1",
+                        "--seed", "1000", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     profile = tmp_path / "slurmtest.toml"
     profile.write_text("""name = "slurmtest"
@@ -343,83 +385,175 @@ can_requeue = true
     # No periodic checkpoints: every resume starts from the checkpoint the stop itself wrote.
     train_args = ["run.epochs=25", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
                   "checkpoint.every_steps=0", "checkpoint.every_epochs=100", "data.synthetic=false"]
-    run_dir = tmp_path / "run"
+    # A BDD100K-layout folder (no flows: the flow stage computes them all)
+    videos = str(tmp_path / "bdd")
+    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", videos, "--videos", "9",
+                        "--video-frames", "12", "--size", "384x192", "--format", "bdd", "--seed", "0", "--quiet"],
+                       env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr
+    pipe = tmp_path / "pipe"
     nodelocal = tmp_path / "nodelocal"
     nodelocal.mkdir()
-    cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
-           "--gpus", "0", "--preset", "cpu_small", "--name", "slurm-real", "--run-dir", str(run_dir),
-           "--data", str(shards / "manifest.json"), *train_args]
+    t_start = time.time()
+    cmd = [sys.executable, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--cluster", str(profile),
+           "--gpus", "0", "--preset", "cpu_small", "--videos", videos, "--flow-model", "dis", "--flow-args", FLOW_ARGS,
+           "--eval-data", str(world), "--eval-mode", "linear", "--eval-args", " ".join(PROBE), "--dir", str(pipe),
+           *train_args]
     out = subprocess.run(cmd, env=dict(env, TMPDIR=str(nodelocal)), capture_output=True, text=True,
-                         cwd=str(tmp_path), timeout=60)
+                         cwd=str(tmp_path), timeout=120)
     assert out.returncode == 0, out.stderr
-    job_id = out.stdout.strip()
+    stages = ("pack", "flow", "verify", "train", "convert", "eval")
+    ids = {s: _stage_job(pipe, s) for s in stages}
+    deps = {s: subprocess.run(["scontrol", "show", "job", ids[s]], env=env, capture_output=True, text=True,
+                              timeout=30).stdout for s in stages}
+    assert f"Dependency=afterok:{ids['pack']}" in deps["flow"] and f"afterok:{ids['train']}" in deps["eval"]
+
+    def dump():
+        for f in sorted(pipe.glob("*/logs/run.log")) + sorted(pipe.glob("*/job/events.tsv")):
+            print(f"==== {f}\n" + f.read_text()[-3000:])
+
+    run_dir = pipe / "train"
     metrics = run_dir / "metrics.csv"
     train_log = run_dir / "logs" / "train.log"
+    flow_log = pipe / "flow" / "logs" / "run.log"
 
     def last_step():
         rows = metrics.read_text().splitlines()[1:] if metrics.exists() else []
         return int(rows[-1].split(",")[0]) if rows else 0
 
-    def restarts_seen():
-        log = run_dir / "logs" / "run.log"
+    def restarts_seen(stage="train"):
+        log = pipe / stage / "logs" / "run.log"
         return log.read_text().count("launcher: start restart=") if log.exists() else 0
 
     def resumed_steps():
         text = train_log.read_text() if train_log.exists() else ""
         return [int(l.split("resumed from step ")[1].split()[0]) for l in text.splitlines() if "resumed from step" in l]
 
+    def written_pairs():
+        return flow_log.read_text().count("wrote") if flow_log.exists() else 0
+
     rng = random.Random(int(time.time()))
     lost, back_s, at = [], [], []
     try:
+        # the flow stage: stalled after its first written pair (so the stop lands mid-stage on a busy
+        # machine too), requeued; SLURM continues and signals the ranks, they stop after their pair
+        _wait(lambda: written_pairs() >= 1, 300, "the flow stage's first pair")
+        ranks = _procs("hdf5_tools.cli flow")
+        for pid in ranks:
+            os.kill(pid, signal.SIGSTOP)
+        pairs_at_stop = written_pairs()
+        subprocess.run(["scontrol", "requeue", ids["flow"]], env=env, check=True, timeout=30)
+        _wait(lambda: _job_state(env, ids["flow"]).startswith("PENDING") and not _stepd_alive(ids["flow"]), 90,
+              "the preempted flow job to end")
+        _restart_now(env, ids["flow"], lambda: restarts_seen("flow"))
+        _wait(lambda: (pipe / "flow" / "done").exists(), 300, "the flow stage to finish")
+        flow_events = (pipe / "flow" / "job" / "events.tsv").read_text()
+        assert "stopped to continue: preemption 1 of" in flow_events, flow_events
         for i in range(PREEMPTIONS):
             target = last_step() + rng.randint(2, 5)
             _wait(lambda: last_step() >= target, 300, f"step {target}")
             t0 = time.time()
-            subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
+            subprocess.run(["scontrol", "requeue", ids["train"]], env=env, check=True, timeout=30)
             at.append(last_step())
-            _wait(lambda: _job_state(env, job_id).startswith("PENDING") and not _stepd_alive(job_id), 90,
+            _wait(lambda: _job_state(env, ids["train"]).startswith("PENDING") and not _stepd_alive(ids["train"]), 90,
                   "the preempted job to end")
             reached = last_step()  # every step the preempted job logged
-            _restart_now(env, job_id, restarts_seen)
+            _restart_now(env, ids["train"], restarts_seen)
             _wait(lambda: len(resumed_steps()) == i + 1, 120, "the resumed job to load its checkpoint")
             lost.append(reached - resumed_steps()[-1])
             _wait(lambda: last_step() > resumed_steps()[-1], 120, "the resumed job's first step")
             back_s.append(time.time() - t0)
-        events_file = run_dir / "job" / "events.tsv"
-        _wait(lambda: (run_dir / "done").exists() and events_file.read_text().rstrip().endswith("finished")
-              and not _stepd_alive(job_id), 600, "the run to finish and its job to end")
+        _wait(lambda: (pipe / "eval" / "done").exists() and not _stepd_alive(ids["eval"]), 600,
+              "the pipeline to finish")
     except AssertionError:
-        for f in ("logs/run.log", "job/events.tsv", "logs/train.log"):
-            p = run_dir / f
-            print(f"==== {f}\n" + (p.read_text()[-4000:] if p.exists() else "(missing)"))
+        dump()
         raise
-    print(f"preempted at steps {at}; steps lost {lost}; requeue -> training again {[round(t, 1) for t in back_s]} s "
+    pipeline_s = time.time() - t_start
+    print(f"pipeline on SLURM: {pipeline_s:.0f} s; flow stopped after {pairs_at_stop} pairs; train preempted at "
+          f"steps {at}; steps lost {lost}; requeue -> training again {[round(t, 1) for t in back_s]} s "
           f"(with StartTime=now instead of SLURM's 120 s hold)")
+    gaps = []
+    for before, after in zip(stages, stages[1:]):
+        ends = [l.split("\t")[0] for l in (pipe / before / "job" / "events.tsv").read_text().splitlines()
+                if l.endswith("\tfinished")]
+        starts = [l.split("\t")[0] for l in (pipe / after / "job" / "events.tsv").read_text().splitlines()
+                  if "\tstart restart=" in l]
+        gaps.append((after, ends[-1], starts[0]))
+    print("stage end -> next stage start (event times): " + "; ".join(f"{a}: {e} -> {s}" for a, e, s in gaps))
     assert lost == [0] * PREEMPTIONS, (at, lost)
     events = (run_dir / "job" / "events.tsv").read_text()
     assert events.count("checkpointed: preemption") == PREEMPTIONS, events
     assert "requeued by SLURM" in events and "refused" not in events
     assert "stopped without a new checkpoint" not in events
-    left = [p.name for p in nodelocal.iterdir() if p.name.startswith("slurm-real-")]
+    left = [p.name for p in nodelocal.iterdir() if p.name.startswith("pipe-")]  # <job name>-<job id>
     assert left == [], f"staged shards left: {left}\n" + (run_dir / "logs" / "run.log").read_text()[-3000:]
-    log = (run_dir / "logs" / "run.log").read_text()
-    assert log.count("stage: node 0 of 1: copied 1 shards") == PREEMPTIONS + 1
-    # The same training, uninterrupted, started directly with mpirun on the same shards.
-    ref_dir = tmp_path / "ref"
-    ref = subprocess.run(["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m",
-                          "pixpro_of", "train", "--run-dir", str(ref_dir), "--config", "cpu_small",
-                          "dist.backend=horovod", f"data.shards=[{shards / 'manifest.json'}]", *train_args],
-                         env=mpi_env, capture_output=True, text=True, timeout=600)
-    assert ref.returncode == 0, ref.stderr[-3000:]
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env,
+                            capture_output=True, text=True, timeout=60)
+    assert [l.split()[:2] for l in status.stdout.splitlines()[1:]] == [[s, "done"] for s in stages], status.stdout
+    # The same stages by hand: pack, DIS flow with 2 ranks, training straight under mpirun, eval.
+    hand = tmp_path / "hand"
+    shards = hand / "shards"
+    for argv in ([sys.executable, "-m", "hdf5_tools.cli", "pack", videos, str(shards), "--nodes", "1", "-j", "2",
+                  "--no-progress"],
+                 ["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m", "hdf5_tools.cli",
+                  "flow", str(shards), "--model", "dis", "--no-progress", *FLOW_ARGS.split()],
+                 ["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m", "pixpro_of",
+                  "train", "--run-dir", str(hand / "train"), "--config", "cpu_small", "dist.backend=horovod",
+                  f"data.shards=[{shards / 'manifest.json'}]", *train_args],
+                 [sys.executable, "-m", "pixpro_of", "eval", "seg", "--backbone", str(hand / "train"), "--out",
+                  str(hand / "eval"), "--data", str(world), "--mode", "linear", *PROBE]):
+        r = subprocess.run(argv, env=mpi_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
+        assert r.returncode == 0, (argv, r.stderr[-3000:])
+
+    # Same contents, dataset by dataset (the flow stage's stop changed the order HDF5 placed the chunks in)
+    from batch_clusters import shard_contents
+
+    got = sorted((pipe / "pack" / "shards").glob("*.h5"))
+    assert [p.name for p in got] == [p.name for p in sorted(shards.glob("*.h5"))]
+    for p in got:
+        assert shard_contents(p) == shard_contents(shards / p.name), f"{p.name}: contents differ from the shard by hand"
 
     def final(d):
         name = (d / "checkpoints" / "latest").read_text().strip()
         return torch.load(d / "checkpoints" / name, map_location="cpu", weights_only=True)
 
-    a, b = final(ref_dir), final(run_dir)
+    a, b = final(hand / "train"), final(run_dir)
     assert a["step"] == b["step"] > 0
     for k, v in a["model"].items():
         assert torch.equal(b["model"][k], v), f"{k} differs after the SLURM preemptions"
+    assert json.loads((pipe / "eval" / "eval" / "scores.json").read_text())["mIoU"] == \
+        json.loads((hand / "eval" / "scores.json").read_text())["mIoU"]
+
+
+def test_slurm_pipeline_stage_that_fails_cancels_the_later_stages(slurm, tmp_path, mpi_env):
+    """A pack with nothing to pack fails: every later stage is cancelled, none ever starts, and
+    ``launcher status`` names the stage and its one line."""
+    env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
+    empty = tmp_path / "bdd" / "videos" / "train"
+    empty.mkdir(parents=True)
+    pipe = tmp_path / "failing"
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--gpus", "0",
+                          "--cluster", str(_profile(tmp_path)), "--preset", "cpu_small", "--videos", str(tmp_path / "bdd"),
+                          "--flow-model", "dis", "--dir", str(pipe), "data.synthetic=false", "--walltime", "00:10:00"],
+                         env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    ids = {s: _stage_job(pipe, s) for s in ("pack", "flow", "verify", "train", "convert")}
+
+    def state(job_id):
+        out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True,
+                             timeout=30).stdout
+        return out.split("JobState=", 1)[1].split()[0] if "JobState=" in out else ""
+
+    _wait(lambda: all(state(ids[s]) in ("CANCELLED", "FAILED", "COMPLETED") for s in ids), 120,
+          "every stage's job to end")
+    assert state(ids["pack"]) == "FAILED"
+    for s in ("flow", "verify", "train", "convert"):
+        assert state(ids[s]) == "CANCELLED", (s, state(ids[s]))
+        assert not (pipe / s / "logs" / "run.log").exists(), f"{s} must never start"
+    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env,
+                            capture_output=True, text=True, timeout=60).stdout
+    assert "pack     failed: pack command exited 2" in status, status
+    assert "flow     cancelled: stage pack did not finish (pack command exited 2" in status, status
 
 
 def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(slurm, tmp_path, mpi_env):
