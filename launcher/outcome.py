@@ -181,7 +181,7 @@ class Link:
                 note = f"exit {out.returncode}" + (f": {' '.join((out.stderr or out.stdout).split())}" if out.returncode else "")
             except (OSError, subprocess.TimeoutExpired) as exc:
                 note = f"failed ({exc.__class__.__name__})"
-            self.event(f"pipeline: stage {st.name} now waits for {new_job} ({' '.join(argv[:2])} {note})")
+            self.event(f"pipeline: stage {st.name} now waits for {new_job} ({argv[0]} {note})")
 
     # -- steps -----------------------------------------------------------------------------
     def begin(self, host: str) -> Decision:

@@ -266,3 +266,70 @@ def test_pbs_server_accepts_the_profiles_directives(pbs, home, profile_args, exp
         assert cancel.returncode == 0, cancel.stderr
     wait_for(lambda: state(pbs, job_id) == "F", 60, "the deleted job to finish")
     assert not (run_dir / "logs" / "run.log").exists(), "the job never started"
+
+
+def test_pbs_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_deletes_the_rest(pbs, home):
+    """Two pipelines at once on OpenPBS as shipped (depend=afterok). The good one: pack (synthetic
+    world, exact flows) -> flow (nothing left to compute) -> verify -> train, whose first link stops at
+    its deadline (PBS suspends it until the deadline is near) and submits the next link itself ->
+    convert. The link moves convert's dependency onto the new link (qalter), so convert runs after
+    the training has finished, not after the first link. The other pipeline's pack finds no videos
+    and fails: its later stages are deleted without ever starting and ``status`` names the stage."""
+    good, bad = home / "pipe", home / "failing"
+    (home / "empty" / "videos" / "train").mkdir(parents=True)
+    common = ["--scheduler", "pbs", "--cluster", str(home / "pbs-one-node.toml"), "--gpus", "0", "--preset",
+              "cpu_small", "--flow-model", "dis", "data.synthetic=false", *TRAIN_ARGS]
+    t0 = time.time()
+    out = launcher(pbs, home, "pipeline", *common, "--videos", "synth:videos=8,frames=6,size=128x64,seed=0",
+                   "--dir", str(good), "--walltime", CHAIN_WALLTIME, "--max-timeouts", "50",
+                   f"stop.margin_s={CHAIN_STOP_MARGIN_S}")
+    assert out.returncode == 0, out.stderr
+    out = launcher(pbs, home, "pipeline", *common, "--videos", str(home / "empty"), "--dir", str(bad))
+    assert out.returncode == 0, out.stderr
+    stages = ("pack", "flow", "verify", "train", "convert")
+
+    def stage_jobs(pipe, stage):
+        return [l.split("\t")[3] or l.split("\t")[4].strip() for l in
+                (pipe / stage / "job" / "jobs.tsv").read_text().splitlines()]
+
+    first = {s: stage_jobs(good, s)[0] for s in stages}
+    assert pbs.job_attrs(first["flow"])["depend"].startswith(f"afterok:{first['pack']}")
+    assert pbs.job_attrs(first["convert"])["depend"].startswith(f"afterok:{first['train']}")
+    train = good / "train"
+
+    def suspend():
+        pbs.qcmd("qsig", "-s", "suspend", first["train"])
+        wait_for(lambda: state(pbs, first["train"]) == "S", 30, "the first link to be suspended")
+
+    def resume():
+        pbs.qcmd("qsig", "-s", "resume", first["train"])
+
+    try:
+        how = stall_link_into_its_deadline(train, 0, suspend=suspend, resume=resume)
+        wait_for(lambda: (good / "convert" / "done").exists(), 600, "the good pipeline's convert stage")
+        bad_ids = {s: stage_jobs(bad, s)[0] for s in stages}
+        wait_for(lambda: all(state(pbs, bad_ids[s]) == "F" for s in stages), 120, "the failed pipeline's jobs to end")
+    except AssertionError:
+        print(show(pbs, train))
+        for p in sorted(good.glob("*/job/events.tsv")) + sorted(bad.glob("*/job/events.tsv")):
+            print(f"==== {p}\n{p.read_text()[-2000:]}")
+        raise
+    texts = event_texts(train)
+    print(f"pbs pipeline: {time.time() - t0:.0f} s; {how}; train events:\n" + "\n".join(texts))
+    links = stage_jobs(good, "train")
+    assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
+    moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]
+    assert moved and "(qalter exit 0)" in moved[0], texts
+    convert_start = [e[0] for e in events(good / "convert") if e[3].startswith("start restart=")][0]
+    train_end = [e[0] for e in events(train) if e[3] == "finished"][0]
+    assert convert_start >= train_end, (convert_start, train_end)
+    steps = metrics_steps(train)  # every step once, in order, across the links
+    assert (train / "done").exists() and steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 8
+    assert len(links) >= 2
+    status = launcher(pbs, home, "status", str(good))
+    assert [l.split()[:2] for l in status.stdout.splitlines()[1:]] == [[s, "done"] for s in stages], status.stdout
+    for s in ("flow", "verify", "train", "convert"):
+        assert not (bad / s / "logs" / "run.log").exists(), f"{s} of the failed pipeline must never start"
+    status = launcher(pbs, home, "status", str(bad)).stdout
+    assert "pack     failed: pack command exited 2" in status, status
+    assert "train    cancelled: stage pack did not finish (pack command exited 2" in status, status
