@@ -155,3 +155,58 @@ def test_sge_hold_jid_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     assert_same_weights(run_dir, reference, "a -hold_jid chain with a deadline stop")
     status = launcher(sge, "status", str(run_dir), cwd=tmp_path)
     assert status.returncode == 0 and "state    done" in status.stdout, status.stdout + status.stderr
+
+
+def test_sge_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_stops_the_rest(sge, tmp_path):
+    """Two pipelines at once on Grid Engine as shipped (-hold_jid, which waits for a job whatever its
+    exit). The good one: pack (synthetic world, exact flows) -> flow -> verify -> train, whose first
+    link stops at its deadline and submits the next link itself, moving convert's hold onto it
+    (qalter -hold_jid) -> convert, which starts after the training finished. The other's pack finds
+    no videos and fails: its later stages are deleted (qdel) before they start, and ``status`` names
+    the stage."""
+    good, bad = tmp_path / "pipe", tmp_path / "failing"
+    (tmp_path / "empty" / "videos" / "train").mkdir(parents=True)
+    common = ["--scheduler", "sge", "--gpus", "0", "--preset", "cpu_small", "--flow-model", "dis",
+              "data.synthetic=false", *TRAIN_ARGS]
+    t0 = time.time()
+    out = launcher(sge, "pipeline", *common, "--videos", "synth:videos=8,frames=6,size=128x64,seed=0",
+                   "--dir", str(good), "--walltime", CHAIN_WALLTIME, "--max-timeouts", "50",
+                   f"stop.margin_s={CHAIN_STOP_MARGIN_S}", cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    out = launcher(sge, "pipeline", *common, "--videos", str(tmp_path / "empty"), "--dir", str(bad), cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    stages = ("pack", "flow", "verify", "train", "convert")
+
+    def stage_jobs(pipe, stage):
+        return job_ids(pipe / stage, "sge")
+
+    first = {s: stage_jobs(good, s)[0] for s in stages}
+    detail = sge.run("qstat", "-j", first["convert"], check=False).stdout
+    assert any(l.split(":")[0].strip() == "jid_predecessor_list" and first["train"] in l for l in detail.splitlines())
+    train = good / "train"
+    try:
+        how = stall_link_into_its_deadline(train, 0)
+        wait_for(lambda: (good / "convert" / "done").exists(), 600, "the good pipeline's convert stage")
+        bad_ids = [stage_jobs(bad, s)[0] for s in stages]
+        wait_for(lambda: not any(job_listed(sge, i) for i in bad_ids), 120, "the failed pipeline's jobs to leave")
+    except AssertionError:
+        for p in sorted(good.glob("*/job/events.tsv")) + sorted(bad.glob("*/job/events.tsv")):
+            print(f"==== {p}\n{p.read_text()[-2000:]}")
+        raise
+    texts = event_texts(train)
+    print(f"sge pipeline: {time.time() - t0:.0f} s; {how}; train events:\n" + "\n".join(texts))
+    assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
+    moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]
+    assert moved and "(qalter exit 0)" in moved[0], texts
+    convert_start = [e[0] for e in events(good / "convert") if e[3].startswith("start restart=")][0]
+    train_end = [e[0] for e in events(train) if e[3] == "finished"][0]
+    assert convert_start >= train_end, (convert_start, train_end)
+    steps = metrics_steps(train)  # every step once, in order, across the links
+    assert (train / "done").exists() and steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 8
+    status = launcher(sge, "status", str(good), cwd=tmp_path)
+    assert [l.split()[:2] for l in status.stdout.splitlines()[1:]] == [[s, "done"] for s in stages], status.stdout
+    for s in ("flow", "verify", "train", "convert"):
+        assert not (bad / s / "logs" / "run.log").exists(), f"{s} of the failed pipeline must never start"
+    status = launcher(sge, "status", str(bad), cwd=tmp_path).stdout
+    assert "pack     failed: pack command exited 2" in status, status
+    assert "train    cancelled: stage pack did not finish (pack command exited 2" in status, status
