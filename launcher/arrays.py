@@ -289,9 +289,9 @@ def print_dry_run(ap: ArrayPlan, after: Optional[str] = None, needs: Sequence[st
               f"{t.plan.ranks_per_node} rank(s), {t.plan.gpus_per_node} GPU(s) per node)", file=sys.stderr)
 
 
-@cli_command("array", epilog="Example: launcher array tasks.json --max-running 4 --name evals --dry-run "
-                             "(tasks.json: {\"common\": [\"--scheduler\", \"slurm\", \"--stage\", \"eval\", ...], "
-                             "\"tasks\": [[\"--from-run\", \"runs/k6-s0\", \"--run-dir\", \"runs/eval-s0\"], ...]})")
+@cli_command("array", epilog="TASKS.json: {\"common\": [WORDS...], \"tasks\": [[WORDS...], ...]}, each task's "
+                             "'launcher submit' words after the common ones, e.g. --stage eval --from-run runs/k6-s0 "
+                             "--run-dir runs/eval-s0; every task must ask for the same resources.")
 @click.argument("tasks_file", metavar="TASKS.json")
 @click.option("--max-running", type=int, default=0, show_default=True,
               help="at most C tasks running at once (0: no cap)")

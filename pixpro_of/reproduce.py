@@ -49,9 +49,9 @@ import click
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import Converted, call, command as cli_command, words
 from plumbing.errors import UserError
-from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, build_jobs, data_commands,
-                                         job_state, prepare_eval_set, prepare_pretraining_shards, profile_defaults,
-                                         shard_dirs)
+from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, array_batches, array_command,
+                                         build_jobs, data_commands, job_state, prepare_eval_set,
+                                         prepare_pretraining_shards, profile_defaults, shard_dirs)
 from pixpro_of.reproduction.report import bar_chart, collect, markdown_table, propagation_chart
 
 
@@ -73,13 +73,43 @@ def dry_run(cfg: ReproduceConfig, out: Path) -> int:
             print(f"# data: {name}\n{shlex.join(cmd)}")
     print(f"# data: evaluation set (synth.write_dataset, seed {cfg.eval_seed}) -> {data / 'cityscapes'}")
     jobs = build_jobs(cfg, out, shard_dirs(cfg, data), data / "cityscapes")
+    n_train = sum(j.kind == "train" for j in jobs)
+    if cfg.scheduler != "local":  # a batch system: array jobs with a cap instead of one job per run
+        arrays = array_batches(jobs)
+        for name, batch in arrays:
+            cmd, tasks_file, spec = array_command(cfg, out, name, batch)
+            when = "at once" if name == "train" else "as their pretrainings finish (one array per pass)"
+            print(f"# array {name}: {len(batch)} tasks, at most {cfg.max_running or len(batch)} running at once, "
+                  f"submitted {when}; tasks file {tasks_file}:")
+            for j in batch:  # each task is this 'launcher submit', run by the array job
+                print(f"#   task {j.name} -> {j.run_dir}\n{j.shell()}")
+            print(shlex.join(cmd))
+        print(f"# {len(jobs)} runs ({n_train} pretrainings, {len(jobs) - n_train} evaluations) as at least "
+              f"{len(arrays)} array jobs, at most {cfg.max_running} tasks of each running at once")
+        return 0
     for job in jobs:
         after = f" after {job.after}" if job.after else ""
         print(f"# run {job.name} ({job.kind}{', ' + job.mode if job.mode else ''}{after}) -> {job.run_dir}")
         print(job.shell())
-    n_train = sum(j.kind == "train" for j in jobs)
     print(f"# {len(jobs)} runs: {n_train} pretrainings, {len(jobs) - n_train} evaluations")
     return 0
+
+
+def submit_arrays(cfg: ReproduceConfig, out: Path, ready: List[Job]) -> Dict[str, Tuple[bool, str]]:
+    """Submit ``ready`` runs as array jobs (one per kind and mode); {run name: (ok, the launcher's last line)}."""
+    result: Dict[str, Tuple[bool, str]] = {}
+    for name, batch in array_batches(ready):
+        cmd, tasks_file, spec = array_command(cfg, out, name, batch)
+        tasks_file.parent.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(tasks_file, json.dumps(spec, indent=1) + "\n")
+        proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
+        lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
+        line = lines[-1] if lines else f"exit {proc.returncode}"
+        print(f"[reproduce] array {name}: {len(batch)} runs, at most {cfg.max_running or len(batch)} at once: {line}",
+              flush=True)
+        for j in batch:
+            result[j.name] = (proc.returncode == 0, line)
+    return result
 
 
 def run(cfg: ReproduceConfig, command: str = "") -> int:
@@ -131,7 +161,9 @@ def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
             print(f"[reproduce] {j.name}: done already ({states[j.name][1]})", flush=True)
     reported = {n for n, (s, _) in states.items() if s in FINISHED or s == "failed"}
     order = [j for j in jobs if j.kind == "train"] + [j for j in jobs if j.kind != "train"]  # pretrainings queue first
+    out = Path(cfg.out).resolve()
     while True:
+        ready = []
         for j in order:
             state = states[j.name][0]
             if state != "new":
@@ -143,7 +175,11 @@ def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
                     continue
                 if dep not in FINISHED:
                     continue
-            ok, line = submit(j)
+            ready.append(j)
+        # a batch system: every ready run of one kind and mode in one array job; here: one run each
+        submitted = submit_arrays(cfg, out, ready) if cfg.scheduler != "local" else {j.name: submit(j) for j in ready}
+        for j in ready:
+            ok, line = submitted[j.name]
             if ok:
                 states[j.name] = ("running", "submitted")
                 print(f"[reproduce] {j.name}: submitted ({j.run_dir})", flush=True)
@@ -248,6 +284,7 @@ OPTIONS = [
     ("--queue", "queue", str, "queue/partition (launcher --queue)"),
     ("--gpus", "gpus", int, "GPUs per pretraining (0 = one CPU rank); evaluations get 1 (or 0)"),
     ("--jobs", "jobs", int, "local scheduler: runs at once on this machine"),
+    ("--max-running", "max_running", int, "batch schedulers: runs of one array job at once (0 = no cap)"),
     ("--poll", "poll_s", _DUR, "seconds between looks at the run directories"),
 ]
 

@@ -293,3 +293,20 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown row 'nope'" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_cluster_dry_run_submits_array_jobs_with_a_cap(tmp_path, capsys):
+    """On a batch scheduler the runs go out as array jobs (one per kind and evaluation mode), each with its cap."""
+    assert rp.main(["--profile", "gpu", "--scheduler", "slurm", "--gpus", "1", "--max-running", "3", "--rows",
+                    "random,k6", "--seeds", "0,1", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    out = capsys.readouterr().out
+    heads = [ln for ln in out.splitlines() if ln.startswith("# array ")]
+    assert [h.split(":")[0] for h in heads] == ["# array eval-linear", "# array eval-deeplab", "# array eval-propagate",
+                                                "# array train"]
+    assert "# array train: 2 tasks, at most 3 running at once, submitted at once" in heads[3]
+    assert all("4 tasks, at most 3 running at once" in h for h in heads[:3])
+    arrays = [shlex.split(ln) for ln in out.splitlines() if "launcher.cli array" in ln]
+    assert len(arrays) == 4 and all(a[a.index("--max-running") + 1] == "3" for a in arrays)
+    assert out.rstrip().endswith("# 14 runs (2 pretrainings, 12 evaluations) as at least 4 array jobs, "
+                                 "at most 3 tasks of each running at once")
+    assert not (tmp_path / "o").exists()  # a dry run writes nothing

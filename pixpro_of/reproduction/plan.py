@@ -136,6 +136,7 @@ class ReproduceConfig:
     queue: Optional[str] = None
     gpus: int = 0  # per pretraining; 0 = one CPU rank
     jobs: int = 2  # local scheduler: runs at once on this machine (slots)
+    max_running: int = 4  # batch schedulers: tasks of one array job running at once (0 = no cap)
     eval_walltime_s: float = 4 * 3600.0
     poll_s: float = 5.0
     wait: bool = True
@@ -176,7 +177,7 @@ class ReproduceConfig:
                      "eval_batch", "jobs", "batch_size", "prop_videos", "prep_threads"):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        for name in ("threads", "workers", "gpus", "eval_workers"):
+        for name in ("threads", "workers", "gpus", "eval_workers", "max_running"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.prop_frames < 2:
@@ -471,3 +472,25 @@ def train_result(run_dir: Path) -> Dict:
         if len(times) >= 2:
             out["seconds"] = max(times) - min(times)
     return out
+
+
+# ----------------------------------------------------------------------------- array jobs (batch schedulers)
+
+
+def array_batches(jobs: List[Job]) -> List[Tuple[str, List[Job]]]:
+    """Jobs of one kind and mode in submission order, each group one array job (same resources):
+    ``(array name, its jobs)``."""
+    groups: Dict[str, List[Job]] = {}
+    for j in jobs:
+        groups.setdefault(j.kind if j.kind == "train" else f"eval-{j.mode}", []).append(j)
+    return list(groups.items())
+
+
+def array_command(cfg: ReproduceConfig, out: Path, name: str, batch: List[Job]) -> Tuple[List[str], Path, dict]:
+    """``launcher array`` for ``batch`` (each job's ``launcher submit`` words a task): (command, tasks file, its JSON)."""
+    stamp = f"{name}-{batch[0].name}"
+    tasks_file = out / "arrays" / f"{stamp}.json"
+    spec = {"tasks": [j.submit[4:] for j in batch]}  # after PYTHON -m launcher.cli submit
+    cmd = [sys.executable, "-m", "launcher.cli", "array", str(tasks_file), "--max-running", str(cfg.max_running),
+           "--name", f"reproduce-{name}", "--dir", str(out / "arrays" / stamp)]
+    return cmd, tasks_file, spec
