@@ -119,7 +119,9 @@ def plan_stages(args: Any, extra: Sequence[str], pipe: PipelineDir) -> List[tupl
     if not args.videos and not args.data:
         raise UserError("--videos: give the BDD100K folder (or a synth: spec) to pack, or --data shards/ to start "
                         "from packed shards")
-    base = dict(chain=1)
+    # what only the train stage takes; a stage that is one process runs on one node
+    base = dict(chain=1, frames=None, preset=None, config=None, global_batch=None, trainer_command=None)
+    one = dict(nodes=None, ranks_per_node=None, launch=None, backend=None)
     run = lambda stage: str(pipe.path / stage)  # noqa: E731
     manifest = os.path.join(run("pack"), PACK_OUT, "manifest.json") if args.videos else args.data
     train = prepare(_stage_args(args, run_dir=run("train"), name=f"{pipe.path.name}-train", data=manifest,
@@ -127,39 +129,47 @@ def plan_stages(args: Any, extra: Sequence[str], pipe: PipelineDir) -> List[tupl
     k = _clip_length(train)
     stages: List[tuple] = []
     if args.videos:
-        pack = prepare(_stage_args(args, **base, stage="pack", gpus=0, run_dir=run("pack"), name=f"{pipe.path.name}-pack",
-                                   node_sets=train.plan.nodes, data=None, frames=None, preset=None, config=None,
-                                   global_batch=None, launch=None, backend=None), [])
+        pack = prepare(_stage_args(args, **base, stage="pack", gpus=0, **one, run_dir=run("pack"), name=f"{pipe.path.name}-pack",
+                                   node_sets=train.plan.nodes, data=None), [])
         stages.append(("pack", [], pack))
     prev = ["pack"] if args.videos else []
     if k > 1 and _reads_stored_flows(train):
-        words = ["--model", args.flow_model] + (["--weights", args.flow_weights] if args.flow_weights else []) \
-            + shlex.split(args.flow_args)
+        if args.flow_model != "dis" and not args.flow_weights:
+            raise UserError(f"--flow-weights: --flow-model {args.flow_model} needs a local RAFT checkpoint (compute "
+                            f"nodes download nothing); give --flow-weights FILE, or --flow-model dis")
+        if args.flow_weights and not os.path.isfile(args.flow_weights):
+            raise UserError(f"--flow-weights {args.flow_weights}: no such file")
+        weights = ["--weights", os.path.abspath(args.flow_weights)] if args.flow_weights else []
+        words = _words(args.flow_args, "--flow-args", ["--model", args.flow_model, *weights])
         flow = prepare(_stage_args(args, **base, stage="flow", gpus=args.flow_gpus if args.flow_gpus is not None else
                                    train.plan.request.gpus, run_dir=run("flow"), name=f"{pipe.path.name}-flow",
-                                   data=manifest, data_pending=bool(args.videos), frames=None, preset=None,
-                                   config=None, global_batch=None), words)
+                                   data=manifest, data_pending=bool(args.videos)), words)
         stages.append(("flow", prev, flow))
         prev = ["flow"]
-    verify = prepare(_stage_args(args, **base, stage="verify", gpus=0, run_dir=run("verify"),
-                                 name=f"{pipe.path.name}-verify", data=manifest, data_pending=bool(args.videos),
-                                 frames=None, preset=None, config=None, global_batch=None, launch=None, backend=None),
+    verify = prepare(_stage_args(args, **base, stage="verify", gpus=0, **one, run_dir=run("verify"),
+                                 name=f"{pipe.path.name}-verify", data=manifest, data_pending=bool(args.videos)),
                      ["--require-flows"] if k > 1 else [])
     stages.append(("verify", prev, verify))
     stages.append(("train", ["verify"], train))
-    convert = prepare(_stage_args(args, **base, stage="convert", gpus=0, run_dir=run("convert"),
-                                  name=f"{pipe.path.name}-convert", from_run=run("train"), data=None, data_pending=True,
-                                  frames=None, preset=None, config=None, global_batch=None, launch=None,
-                                  backend=None), [])
+    convert = prepare(_stage_args(args, **base, stage="convert", gpus=0, **one, run_dir=run("convert"),
+                                  name=f"{pipe.path.name}-convert", from_run=run("train"), data=None,
+                                  data_pending=True), [])
     stages.append(("convert", ["train"], convert))
     if args.eval_data:
-        words = ["--data", os.path.abspath(args.eval_data), "--mode", args.eval_mode, *shlex.split(args.eval_args)]
+        words = ["--data", os.path.abspath(args.eval_data), "--mode", args.eval_mode]
         gpus = min(1, train.plan.gpus_per_node)
-        ev = prepare(_stage_args(args, **base, stage="eval", gpus=gpus, run_dir=run("eval"), name=f"{pipe.path.name}-eval",
-                                 from_run=run("train"), data=None, data_pending=True, frames=None, preset=None,
-                                 config=None, global_batch=None, launch=None, backend=None), words)
+        ev = prepare(_stage_args(args, **base, stage="eval", gpus=gpus, **one, run_dir=run("eval"), name=f"{pipe.path.name}-eval",
+                                 from_run=run("train"), data=None, data_pending=True), _words(args.eval_args, "--eval-args", words))
         stages.append(("eval", ["train"], ev))
     return stages
+
+
+def _words(text: str, option: str, before: List[str]) -> List[str]:
+    """``before`` and the words of an option given as one string (shell quoting)."""
+    try:
+        return before + shlex.split(text)
+    except ValueError as exc:
+        raise UserError(f"{option} {text!r}: {exc}") from None
 
 
 def _printed_config(prep: Prepared) -> dict:
@@ -226,7 +236,8 @@ def print_pipeline_dry_run(stages: List[tuple]) -> None:
 
 @cli_command("pipeline", context_settings=PASSTHROUGH,
              epilog="Examples: launcher pipeline --scheduler pbs --cluster abci3 --gpus 16 --frames 6 "
-                    "--videos /data/bdd100k --group gXXXX --eval-data /data/cityscapes --dry-run; "
+                    "--videos /data/bdd100k --group gXXXX --eval-data /data/cityscapes --flow-weights raft-small.pth "
+                    "--dry-run; "
                     "launcher pipeline --scheduler local --gpus 0 --frames 6 --preset cpu_small "
                     "--videos synth:videos=8,frames=12,size=256x128,seed=0 --flow-model dis --dir pipe --wait. "
                     "Other words go to the trainer, as with 'launcher submit'.")

@@ -12,7 +12,7 @@ documentation uses (``world``, ``eval_world``, ``shards``, ``data/...``) plus SU
 absolute placeholders (``/data/bdd100k`` ...):
 - ``run``: as written on the synthetic world (``hdf5_tools pack/verify/info/viz/stage``,
   ``launcher render/list``, ``train --print-config/--list-presets``, any ``--dry-run``);
-- ``dry-run``: ``launcher submit`` with ``--dry-run`` appended: every submit-time check runs
+- ``dry-run``: ``launcher submit`` and ``launcher pipeline`` with ``--dry-run`` appended: every submit-time check runs
   (profile, resources, the trainer's config, the ``--data`` manifest and its flow pairs);
 - ``print-config``: ``python -m pixpro_of train --run-dir ...`` with ``--print-config`` appended
   (the trainer resolves the config and every ``key=value``);
@@ -237,6 +237,7 @@ def _workdir(w: Path, n: int) -> Path:
     for name in ("bdd", "synth", "cityscapes"):
         (cwd / "data" / name).symlink_to(w / "world")
     (cwd / "localdir").mkdir()
+    (cwd / "raft-small.pth").write_bytes(b"")  # a checkpoint path that exists, for the submit-time checks
     return cwd
 
 
@@ -267,7 +268,7 @@ def mode_of(prog: str, words: List[str]) -> str:
     group = "launcher" if "launcher" in prog else "hdf5_tools" if "hdf5_tools" in prog else prog
     if "--dry-run" in words or "--print-config" in words or "--list-presets" in words:
         return "run"
-    if group == "launcher" and sub[:1] == ("submit",):
+    if group == "launcher" and sub[:1] in (("submit",), ("pipeline",)):
         return "dry-run"
     if sub[:1] == ("train",) and "--run-dir" in words:
         return "print-config"
