@@ -517,3 +517,14 @@ def shard_contents(path: Path) -> Dict[str, object]:
                 out[name] = (obj.dtype.str, obj.shape, np.asarray(obj[()]).tobytes())
         f.visititems(visit)
     return out
+
+
+def stage_gaps(pipe: Path, stages: Sequence[str]) -> str:
+    """For the test's output: each stage's first start after the stage before it finished (event times)."""
+    out = []
+    for before, after in zip(stages, stages[1:]):
+        ends = [e[0] for e in events(pipe / before) if len(e) >= 4 and e[3] == "finished"]
+        starts = [e[0] for e in events(pipe / after) if len(e) >= 4 and e[3].startswith("start restart=")]
+        if ends and starts:
+            out.append(f"{before} {ends[-1][11:]} -> {after} {starts[0][11:]}")
+    return "; ".join(out)

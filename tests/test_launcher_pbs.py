@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
                             assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
                             events, job_ids, job_kinds, metrics_step, openpbs, reference_run,
-                            stall_link_into_its_deadline, user_dir, wait_for, wait_until_done)
+                            stage_gaps, stall_link_into_its_deadline, user_dir, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -315,7 +315,8 @@ def test_pbs_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_del
             print(f"==== {p}\n{p.read_text()[-2000:]}")
         raise
     texts = event_texts(train)
-    print(f"pbs pipeline: {time.time() - t0:.0f} s; {how}; train events:\n" + "\n".join(texts))
+    print(f"pbs pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
+          f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts))
     links = stage_jobs(good, "train")
     assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
     moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
                             assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
                             events, grid_engine, job_ids, job_kinds, metrics_step, reference_run,
-                            stall_link_into_its_deadline, wait_for, wait_until_done)
+                            stage_gaps, stall_link_into_its_deadline, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -194,7 +194,8 @@ def test_sge_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_sto
             print(f"==== {p}\n{p.read_text()[-2000:]}")
         raise
     texts = event_texts(train)
-    print(f"sge pipeline: {time.time() - t0:.0f} s; {how}; train events:\n" + "\n".join(texts))
+    print(f"sge pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
+          f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts))
     assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
     moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]
     assert moved and "(qalter exit 0)" in moved[0], texts

@@ -208,21 +208,7 @@ def _restart_now(env, job_id, restarts_seen):
 
 def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_root):
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
-    profile = tmp_path / "slurmtest.toml"
-    profile.write_text("""name = "slurmtest"
-scheduler = "slurm"
-gpus_per_node = 0
-cpus_per_node = 2
-cpu_ranks_per_node = 2
-exclusive = false
-max_walltime = "01:00:00"
-default_walltime = "00:10:00"
-mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
-warning_signal = "USR2"
-warning_lead_s = 60
-deadline_margin_s = 60
-can_requeue = true
-""")
+    profile = _profile(tmp_path, default_walltime="00:10:00")
     steps = 40
     run_dir = tmp_path / "run with space"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
@@ -313,7 +299,7 @@ PROBE = ["--arch", "resnet18", "--iters", "3", "--batch", "2", "--crop", "64x64"
          "--max-val", "2", "--workers", "0"]
 
 
-def _profile(tmp_path: Path) -> Path:
+def _profile(tmp_path: Path, default_walltime: str = "00:20:00") -> Path:
     """The one-node test cluster as a user would describe it: 2 CPUs, shared, self-requeue."""
     profile = tmp_path / "slurmtest.toml"
     profile.write_text("""name = "slurmtest"
@@ -323,13 +309,13 @@ cpus_per_node = 2
 cpu_ranks_per_node = 2
 exclusive = false
 max_walltime = "01:00:00"
-default_walltime = "00:20:00"
+default_walltime = "{default_walltime}"
 mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
 warning_signal = "USR2"
 warning_lead_s = 60
 deadline_margin_s = 60
 can_requeue = true
-""")
+""".replace("{default_walltime}", default_walltime))
     return profile
 
 
@@ -367,21 +353,7 @@ def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand
                         "--video-frames", "3", "--size", "128x64", "--format", "cityscapes", "--val-videos", "1",
                         "--seed", "1000", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
-    profile = tmp_path / "slurmtest.toml"
-    profile.write_text("""name = "slurmtest"
-scheduler = "slurm"
-gpus_per_node = 0
-cpus_per_node = 2
-cpu_ranks_per_node = 2
-exclusive = false
-max_walltime = "01:00:00"
-default_walltime = "00:20:00"
-mpirun_flags = ["--oversubscribe", "-bind-to", "none"]
-warning_signal = "USR2"
-warning_lead_s = 60
-deadline_margin_s = 60
-can_requeue = true
-""")
+    profile = _profile(tmp_path)
     # No periodic checkpoints: every resume starts from the checkpoint the stop itself wrote.
     train_args = ["run.epochs=25", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
                   "checkpoint.every_steps=0", "checkpoint.every_epochs=100", "data.synthetic=false"]

@@ -265,14 +265,30 @@ def stepd_alive(job_id):
 @pytest.fixture(scope="module")
 def ref(cluster, work):
     """The reference: 2 nodes x 1 Horovod rank, mpirun (the profile's default), uninterrupted, with
-    what each node staged and read while it trained."""
+    what each node staged and read while it trained; its training is the train stage of a pipeline
+    from the packed shards (flow across both nodes, nothing left to compute -> verify -> train ->
+    convert), each stage a job that waits for the one before it (afterok)."""
     t0 = time.time()
-    name = "ref-mpirun"
-    job_id, run_dir = train_submit(cluster, work, name)
+    pipe = work / "ref-pipe"
+    cmd = [PY, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--cluster", str(work / "twonode.toml"),
+           "--gpus", "0", "--preset", "cpu_small", "--nodes", "2", "--ranks-per-node", "1", "--launch", "mpirun",
+           "--data", str(work / "shards" / "manifest.json"), "--flow-model", "dis", "--dir", str(pipe), *TRAIN]
+    out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, cwd=str(work), timeout=120)
+    assert out.returncode == 0, out.stderr
+    run_dir = pipe / "train"
+    job_id = (run_dir / "job" / "jobs.tsv").read_text().splitlines()[0].split("\t")[3]
+    name = "ref-pipe-train"
     seen = observe_nodes(cluster, run_dir, name, job_id)
     wait_done(run_dir, 300, "the reference run")
     wait_for(lambda: not stepd_alive(job_id), 60, "the reference job to end")
-    TIMINGS["ref 2x1 mpirun"] = time.time() - t0
+    wait_for(lambda: (pipe / "convert" / "done").exists(), 120, "the pipeline's convert stage")
+    TIMINGS["ref 2x1 mpirun (pipeline)"] = time.time() - t0
+    flow_log = (pipe / "flow" / "logs" / "run.log").read_text()
+    assert "flow: mpirun with 2 ranks" in flow_log and "launcher: start restart=0 host=node1" in flow_log
+    status = subprocess.run([PY, "-m", "launcher.cli", "status", str(pipe)], env=cluster.env, capture_output=True,
+                            text=True, timeout=60).stdout
+    assert [l.split()[:2] for l in status.splitlines()[1:]] == [[s, "done"] for s in ("flow", "verify", "train",
+                                                                                       "convert")], status
     return {"run_dir": run_dir, "job_id": job_id, "name": name, "seen": seen}
 
 
