@@ -106,5 +106,7 @@ def test_stage_scripts_run_one_process_or_ranks(capsys, tmp_path):
                    "--", "--data", "/cs", "--mode", "linear"])
     out = capsys.readouterr().out
     assert rc == 0 and "launcher_ranks=()" in out and "--deadline" not in out.split("launcher_command=(")[1].split(")")[0]
-    assert "#PBS -l select=1:ncpus=32:ngpus=1:mpiprocs=1" in out and "LAUNCHER_STAGE=eval" in out
+    # one GPU of a 4-GPU, 32-CPU node: its share of the CPUs, not the whole node
+    assert "#PBS -l select=1:ncpus=8:ngpus=1:mpiprocs=1" in out and "LAUNCHER_STAGE=eval" in out
+    assert "excl" not in out.split("#PBS -l place=")[1].split("\n")[0]
     assert "eval seg --backbone" in out and "--mode linear" in out
