@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 from types import SimpleNamespace
-from typing import Optional, Sequence
 
 import click
 

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import sys
 from types import SimpleNamespace
-from typing import Optional, Sequence
 
 import click
 

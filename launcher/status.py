@@ -12,7 +12,7 @@ import subprocess
 import sys
 import time
 from types import SimpleNamespace
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List
 
 import click
 
