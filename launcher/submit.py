@@ -9,6 +9,7 @@ created, so the same command can simply be run again.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import os
 import shlex
 import shutil
@@ -78,13 +79,12 @@ def run_submit(argv: List[str], cwd: str) -> str:
     return proc.stdout
 
 
-_local_jobs: List[int] = []
+_local_jobs = itertools.count(1)  # one id per job this process starts (a pipeline starts several)
 
 
 def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
     """Start the local runner (detached unless ``wait``); returns (job id, exit code or None)."""
-    _local_jobs.append(link)  # one id per job this process starts (a pipeline starts several)
-    job_id = f"local-{os.getpid()}{len(_local_jobs):02d}{link:03d}"
+    job_id = f"local-{os.getpid()}{next(_local_jobs):02d}{link:03d}"
     full = argv[:3] + ["--job-id", job_id] + argv[3:]
     rd.record_submit(full)
     rd.record_job("submit", link, job_id, job_id)

@@ -528,3 +528,26 @@ def stage_gaps(pipe: Path, stages: Sequence[str]) -> str:
         if ends and starts:
             out.append(f"{before} {ends[-1][11:]} -> {after} {starts[0][11:]}")
     return "; ".join(out)
+
+
+def assert_two_pipelines(good: Path, bad: Path, stages: Sequence[str], good_status: str, bad_status: str) -> None:
+    """What the PBS and Grid Engine pipeline scenarios check once both pipelines have ended: the good
+    one's train stage extended its chain and moved convert onto the new link (qalter), convert started
+    after the training finished, every step ran once in order, every stage is done; none of the failed
+    one's later stages started, and ``status`` names the failed stage and the cancelled ones."""
+    train = good / "train"
+    texts = event_texts(train)
+    assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
+    moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]
+    assert moved and "(qalter exit 0)" in moved[0], texts
+    convert_start = [e[0] for e in events(good / "convert") if e[3].startswith("start restart=")][0]
+    train_end = [e[0] for e in events(train) if e[3] == "finished"][0]
+    assert convert_start >= train_end, (convert_start, train_end)
+    rows = (train / "metrics.csv").read_text().splitlines()[1:]
+    steps = [int(r.split(",")[0]) for r in rows if r and r[0].isdigit()]
+    assert (train / "done").exists() and steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 8
+    assert [l.split()[:2] for l in good_status.splitlines()[1:]] == [[s, "done"] for s in stages], good_status
+    for s in stages[1:]:
+        assert not (bad / s / "logs" / "run.log").exists(), f"{s} of the failed pipeline must never start"
+    assert "pack     failed: pack command exited 2" in bad_status, bad_status
+    assert "train    cancelled: stage pack did not finish (pack command exited 2" in bad_status, bad_status

@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
                             assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
                             events, grid_engine, job_ids, job_kinds, metrics_step, reference_run,
-                            stage_gaps, stall_link_into_its_deadline, wait_for, wait_until_done)
+                            assert_two_pipelines, stage_gaps, stall_link_into_its_deadline, wait_for, wait_until_done)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -196,18 +196,5 @@ def test_sge_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_sto
     texts = event_texts(train)
     print(f"sge pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
           f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts))
-    assert job_kinds(train)[0] == "submit" and "extend" in job_kinds(train), texts
-    moved = [t for t in texts if t.startswith("pipeline: stage convert now waits for ")]
-    assert moved and "(qalter exit 0)" in moved[0], texts
-    convert_start = [e[0] for e in events(good / "convert") if e[3].startswith("start restart=")][0]
-    train_end = [e[0] for e in events(train) if e[3] == "finished"][0]
-    assert convert_start >= train_end, (convert_start, train_end)
-    steps = metrics_steps(train)  # every step once, in order, across the links
-    assert (train / "done").exists() and steps == list(range(1, steps[-1] + 1)) and steps[-1] >= 8
-    status = launcher(sge, "status", str(good), cwd=tmp_path)
-    assert [l.split()[:2] for l in status.stdout.splitlines()[1:]] == [[s, "done"] for s in stages], status.stdout
-    for s in ("flow", "verify", "train", "convert"):
-        assert not (bad / s / "logs" / "run.log").exists(), f"{s} of the failed pipeline must never start"
-    status = launcher(sge, "status", str(bad), cwd=tmp_path).stdout
-    assert "pack     failed: pack command exited 2" in status, status
-    assert "train    cancelled: stage pack did not finish (pack command exited 2" in status, status
+    assert_two_pipelines(good, bad, stages, launcher(sge, "status", str(good), cwd=tmp_path).stdout,
+                         launcher(sge, "status", str(bad), cwd=tmp_path).stdout)
