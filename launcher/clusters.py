@@ -67,6 +67,8 @@ class ClusterProfile:
     group_required: bool = False  # the cluster refuses jobs without --group (ABCI)
     max_timeouts: int = 20
     max_preemptions: int = 100
+    mail: str = ""  # address for the scheduler's own mail on a job's end and failure; "" = none (--mail)
+    notify: str = ""  # shell command run once when a run ends for good, outcome in its environment (--notify)
     source: str = ""
 
     def validate(self) -> None:
