@@ -74,6 +74,16 @@ def job_options(f: Callable) -> Callable:
                      help="CPU cores per rank (SLURM --cpus-per-task; default: the profile's share of a node)"),
         click.option("--max-timeouts", type=int, default=None, help="resumes after walltime/deadline stops"),
         click.option("--max-preemptions", type=int, default=None, help="resumes after preemptions"),
+        click.option("--mail", default=None,
+                     help="address for the scheduler's own mail when each job ends or fails (default: the "
+                          "profile's mail; '' = none)"),
+        click.option("--notify", default=None,
+                     help="shell command run once when the run ends for good (done, failed, budget spent, "
+                          "stopped), with LAUNCHER_OUTCOME, LAUNCHER_SUMMARY and the run's paths in its "
+                          "environment (default: the profile's notify; '' = none)"),
+        click.option("--allow-node-local-paths", is_flag=True,
+                     help="multi-node jobs: accept a run directory, interpreter or --data under a node-local "
+                          "path (/tmp, /var/tmp, /dev/shm, the profile's local directory)"),
         click.argument("trainer_args", nargs=-1, type=click.UNPROCESSED, metavar="[TRAINER ARGS]..."),
     ]
     for option in reversed(options):
@@ -130,4 +140,7 @@ def build_request(args: Any, extra: Sequence[str]) -> JobRequest:
         nodes=args.nodes, ranks_per_node=args.ranks_per_node, group=args.group, queue=args.queue,
         python=args.python, max_timeouts=args.max_timeouts, max_preemptions=args.max_preemptions,
         cpus_per_rank=args.cpus_per_rank,
+        mail=profile.mail if args.mail is None else args.mail.strip(),
+        notify=profile.notify if args.notify is None else args.notify.strip(),
+        allow_node_local_paths=bool(getattr(args, "allow_node_local_paths", False)),
     )

@@ -26,6 +26,7 @@ from typing import Callable, List, Mapping, Optional, Sequence
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, EXIT_USAGE
+from launcher.notify import Ending
 from launcher.rundir import RunDir, now_iso
 from launcher.schedulers import get_scheduler
 
@@ -114,6 +115,7 @@ class Link:
     def __init__(self, ctx: LinkContext, say: Callable[[str], None] = None):
         self.ctx = ctx
         self.rd = RunDir(ctx.run_dir)
+        self.ending: Optional[Ending] = None  # set when this link ends the run for good (launcher.notify)
         self._say = say or (lambda text: print(f"launcher: {text}", file=sys.stderr, flush=True))
 
     # -- records ---------------------------------------------------------------------------
@@ -183,6 +185,24 @@ class Link:
                 note = f"failed ({exc.__class__.__name__})"
             self.event(f"pipeline: stage {st.name} now waits for {new_job} ({argv[0]} {note})")
 
+    def tell(self) -> None:
+        """The run ended for good in this link: run its notify command, once per run (:mod:`launcher.notify`)."""
+        from launcher import notify
+
+        if self.ending is None:
+            return
+        req = self.request()
+        later = 0
+        if req.get("pipeline"):
+            from launcher.pipeline import PipelineDir
+
+            later = len(PipelineDir(req["pipeline"]).later(req.get("stage", "")))
+        if not notify.tells(req, self.ending, later) or not notify.claim(self.rd.job, self.ending, now_iso()):
+            return
+        env = notify.notify_env(os.environ, req, str(self.rd.path), self.ending, self.ctx.job_id)
+        how, _ = notify.run_command(req["notify"], env, str(self.rd.path))
+        self.event(f"notify: {self.ending.outcome}: {how}")
+
     # -- steps -----------------------------------------------------------------------------
     def begin(self, host: str) -> Decision:
         """The link starts: go on unless the run is done or was stopped."""
@@ -212,6 +232,7 @@ class Link:
             return Decision("resume")
         self.event(f"fail: staging exited {rc}")
         self.rd.stop(f"staging failed (exit {rc})")
+        self.ending = Ending("failed", f"staging failed (exit {rc})")
         return exit_with(rc)
 
     def stop_kind(self, signal: str) -> str:
@@ -237,17 +258,24 @@ class Link:
         if rc == EXIT_FINISHED:
             if c.stage != "train" and not self.rd.is_done():
                 atomic_write_text(self.rd.done, f"{c.stage} finished in job {c.job_id}\n")
-            self.event("finished" if self.rd.is_done() else "finished: exit 0 but no done marker")
+            if self.rd.is_done():
+                self.event("finished")
+                self.ending = Ending("done", "done")
+            else:
+                self.event("finished: exit 0 but no done marker")
+                self.ending = Ending("failed", f"{c.what} exited 0 without its done marker")
             return exit_with(EXIT_FINISHED)
         if rc != EXIT_RESUME:
             silent = probe() if probe is not None else []
             note = f"; no answer from {' '.join(silent)} within {PROBE_TIMEOUT_S} s (node down?)" if silent else ""
             self.event(f"fail: {c.what} exited {rc}{note}")
             self.rd.stop(f"{c.what} exited {rc} in job {c.job_id}")
+            self.ending = Ending("failed", f"{c.what} exited {rc}{note}")
             return exit_with(rc, CLEANUP_NODE_DOWN_S if silent else CLEANUP_S)
         reason = self.rd.stopped_reason()
         if reason is not None:
             self.event(f"checkpointed; the run was stopped ({reason.splitlines()[0] if reason else ''}), not continuing")
+            self.ending = Ending("stopped", reason.splitlines()[0] if reason else "stopped")
             return exit_with(EXIT_FINISHED)
         kind = self.stop_kind(signal)
         most = c.max_preemptions if kind == "preemption" else c.max_timeouts
@@ -255,6 +283,7 @@ class Link:
         if n > most:
             self.event(f"stop: {kind} budget of {most} used up")
             self.rd.stop(f"{kind} budget of {most} used up")
+            self.ending = Ending("budget", f"{kind} budget of {most} used up")
             return exit_with(1)
         latest = self.rd.latest_checkpoint()
         if c.stage != "train":  # its command keeps its own progress (flow: the pairs already written)
@@ -284,6 +313,7 @@ class Link:
             self.event("requeued by SLURM (preemption or scontrol requeue)")
             return exit_with(EXIT_FINISHED)
         self.event(f"scontrol requeue refused ({' '.join(output.split())}); 'launcher resume' continues the run")
+        self.ending = Ending("stopped", "scontrol requeue refused; 'launcher resume' continues the run")
         return exit_with(EXIT_RESUME)
 
     def extended(self, rc: int, output: str, link: int) -> Decision:
@@ -301,6 +331,7 @@ class Link:
             return exit_with(EXIT_FINISHED)
         self.event(f"fail: could not submit link {link}: {text}")
         self.rd.stop(f"could not submit link {link} of the chain")
+        self.ending = Ending("failed", f"could not submit link {link} of the chain")
         return exit_with(1)
 
 
@@ -379,6 +410,7 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
         return EXIT_USAGE
     if decision.action == "exit" and decision.arg not in (EXIT_FINISHED, EXIT_RESUME if ctx.resume_mode == "local" else -1):
         link.cancel_later_stages()  # this stage ends without finishing: the stages after it cannot run
+    link.tell()
     print(decision.line(), flush=True)
     return 0
 

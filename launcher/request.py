@@ -26,6 +26,7 @@ from typing import List, Optional, Sequence, Tuple
 from plumbing.errors import UserError
 from launcher.clusters import ClusterProfile, format_hms
 from launcher.launchers import get_launch_method
+from launcher.sharedfs import check_shared, job_paths, local_roots
 from launcher.stages import Stage, get_stage
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
@@ -68,6 +69,9 @@ class JobRequest:
     node_sets: int = 1  # pack: node sets to balance the frames across (hdf5_tools pack --nodes)
     stage_args: Tuple[str, ...] = ()  # words for a stage's command other than the trainer, verbatim
     data_pending: bool = False  # a pipeline's earlier stage writes --data / --from-run: checked when the job starts
+    mail: str = ""  # the scheduler's mail on each job's end and failure (resolved: --mail, else the profile's)
+    notify: str = ""  # shell command run once when the run ends for good (launcher.notify)
+    allow_node_local_paths: bool = False  # skip the shared-filesystem check of multi-node jobs
 
 
 @dataclass(frozen=True)
@@ -375,6 +379,9 @@ def plan_job(req: JobRequest) -> JobPlan:
         req = dataclasses.replace(req, data_manifest=manifest)
     python = req.python or prof.python or sys.executable
     activate = submitting_environment() if not (req.python or prof.python) and prof.activate == "auto" else ()
+    if not req.allow_node_local_paths:
+        check_shared(job_paths(req.run_dir, python, manifest), nodes, local_roots(prof.local_dir_var, os.environ))
+    _check_mail(req)
     stage.check_input(req)
     command, overrides = stage.command(req, python, cpus, backend)
     return JobPlan(
@@ -387,6 +394,21 @@ def plan_job(req: JobRequest) -> JobPlan:
         python=python, activate=activate, command_argv=tuple(command), command_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
         data_manifest=manifest, share=share, cpus_per_node=node_cpus,
     )
+
+
+#: One mail address (``user@host``); ``--mail`` takes one or several, separated by commas.
+MAIL_ADDRESS = re.compile(r"^[A-Za-z0-9_.+%-]+@[A-Za-z0-9_.-]+$")
+
+
+def _check_mail(req: JobRequest) -> None:
+    if not req.mail:
+        return
+    if req.scheduler == "local":
+        raise UserError(f"--mail {req.mail}: the local runner sends no mail; use --notify with a command that does")
+    bad = [a for a in req.mail.split(",") if not MAIL_ADDRESS.match(a)]
+    if bad:
+        raise UserError(f"--mail {req.mail!r}: {bad[0]!r} is not a mail address like user@example.org "
+                        f"(several: separate them with commas)")
 
 
 def _check_manifest(path: str, nodes: int) -> str:

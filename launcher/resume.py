@@ -1,6 +1,6 @@
 """``launcher resume RUN_DIR``: continue a stopped, failed or cancelled run with its saved job script.
 
-Clears the ``stopped`` marker and the timeout/preemption counters, then submits the run's
+Clears the ``stopped`` marker, the timeout/preemption counters and the ``notified`` marker, then submits the run's
 ``job/job.sh`` again (``--chain N`` links). The trainer picks up the newest valid checkpoint.
 """
 from __future__ import annotations
@@ -14,6 +14,7 @@ import click
 from launcher.clusters import load_profile
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
+from launcher.notify import release
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import query_states
@@ -79,6 +80,7 @@ def saved_run(rd: RunDir, chain: int) -> Prepared:
             i, st = next(iter(live.items()))
             raise UserError(f"job {i} of {rd.path} is still {st}; wait for it or 'launcher cancel' the run first")
     rd.clear_stop()
+    release(rd.job)  # the run's next end is told again
     for kind in ("timeout", "preemption"):
         try:
             (rd.job / f"{kind}.count").unlink()

@@ -71,6 +71,16 @@ def jobs_tsv(run_dir):
     return [l.split("\t") for l in (Path(run_dir) / "job" / "jobs.tsv").read_text().splitlines()]
 
 
+def notify_cmd(tmp_path):
+    """A --notify command that records the outcome and when it ran (told(tmp_path) reads it back)."""
+    return f'printf "%s|%s|%s\\n" "$LAUNCHER_OUTCOME" "$(date +%s.%N)" "$LAUNCHER_SUMMARY" >> {tmp_path}/told.txt'
+
+
+def told(tmp_path):
+    p = tmp_path / "told.txt"
+    return [line.split("|") for line in p.read_text().splitlines()] if p.exists() else []
+
+
 def calls(env):
     p = Path(env["FAKE_SCHED_DIR"]) / "calls.log"
     return p.read_text().splitlines() if p.exists() else []
@@ -154,11 +164,17 @@ def test_pbs_walltime_sigterm_without_warning_signal_resumes(env, tmp_path):
 def test_budget_stops_the_run_and_resume_continues_it(env, tmp_path):
     run = tmp_path / "budget"
     r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--run-dir", run, "--walltime", "00:10:00", "--max-timeouts", "1",
-                 "--trainer-command", TRAINER, "steps=9", "stop_every=3", "step_time=0.05")
+                 "--run-dir", run, "--walltime", "00:10:00", "--max-timeouts", "1", "--mail", "me@example.org",
+                 "--notify", notify_cmd(tmp_path), "--trainer-command", TRAINER, "steps=9", "stop_every=3",
+                 "step_time=0.05")
     assert r.returncode == 0, r.stderr
+    script = (run / "job" / "job.sh").read_text()
+    assert "#PBS -M me@example.org\n#PBS -m ae\n" in script
     wait_for(finished(run), 90, "the timeout budget to stop the run", run)
     assert (run / "job" / "stopped").read_text().strip() == "timeout budget of 1 used up"
+    wait_for(lambda: told(tmp_path), 30, "the notify command", run)
+    assert [t[0] for t in told(tmp_path)] == ["budget"]
+    assert told(tmp_path)[0][2] == f"run {run}: budget (timeout budget of 1 used up) in job 101.fakepbs"
     st = launcher(env, tmp_path, "status", run)
     assert "state    stopped: timeout budget of 1 used up" in st.stdout
     assert json.loads((run / "checkpoints" / "state.json").read_text())["step"] == 6
@@ -168,6 +184,11 @@ def test_budget_stops_the_run_and_resume_continues_it(env, tmp_path):
     assert json.loads((run / "checkpoints" / "state.json").read_text()) == expected_state(9)
     assert not (run / "job" / "stopped").exists()
     assert jobs_tsv(run)[-1][1:3] == ["resume", "2"]
+    wait_for(lambda: len(told(tmp_path)) == 2, 30, "the second notification", run)
+    assert [t[0] for t in told(tmp_path)] == ["budget", "done"], "resume releases the run's next end"
+    delay = float(told(tmp_path)[1][1]) - (run / "done").stat().st_mtime
+    print(f"notify: {delay:.2f} s from the done marker to the notify command (fake PBS)")
+    assert 0 <= delay < 30
 
 
 def test_refused_chain_extension_stops_the_run(env, tmp_path):
@@ -187,13 +208,14 @@ def test_refused_chain_extension_stops_the_run(env, tmp_path):
 def test_trainer_failure_stops_the_chain(env, tmp_path):
     run = tmp_path / "fail"
     r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--chain", "2", "--run-dir", run, "--trainer-command", TRAINER, "steps=9", "fail_at=2",
-                 "step_time=0.05")
+                 "--chain", "2", "--run-dir", run, "--notify", notify_cmd(tmp_path), "--trainer-command", TRAINER,
+                 "steps=9", "fail_at=2", "step_time=0.05")
     assert r.returncode == 0, r.stderr
     ev = run / "job" / "events.tsv"
     wait_for(lambda: ev.exists() and "skip: the run was stopped" in ev.read_text(), 60, "link 1 to skip", run)
     assert (run / "job" / "stopped").read_text().startswith("trainer exited 3 in job 100.fakepbs")
     assert not (run / "done").exists()
+    assert [(t[0], t[2]) for t in told(tmp_path)] == [("failed", f"run {run}: failed (trainer exited 3) in job 100.fakepbs")]
 
 
 def test_pbs_cancel_stops_the_running_link_and_deletes_the_queued_one(env, tmp_path):
@@ -219,7 +241,7 @@ def test_pbs_cancel_stops_the_running_link_and_deletes_the_queued_one(env, tmp_p
 def test_local_cancel_then_resume_from_checkpoint(env, tmp_path):
     run = tmp_path / "local"
     r = launcher(env, tmp_path, "submit", "--gpus", "0", "--run-dir", run, "--trainer-command", TRAINER,
-                 "steps=30", "step_time=0.1")
+                 "--notify", notify_cmd(tmp_path), "steps=30", "step_time=0.1")
     assert r.returncode == 0, r.stderr
     steps_log = run / "steps.log"
     wait_for(lambda: steps_log.exists() and len(steps_log.read_text().splitlines()) >= 5, 60, "first steps", run)
@@ -234,11 +256,13 @@ def test_local_cancel_then_resume_from_checkpoint(env, tmp_path):
     assert "the run was stopped (cancelled by the user), not continuing" in (run / "job" / "events.tsv").read_text()
     st = launcher(env, tmp_path, "status", run)
     assert "stopped: cancelled by the user" in st.stdout and "cancelled (restarts 0" in st.stdout
+    assert [t[0] for t in told(tmp_path)] == ["stopped"]
     rs = launcher(env, tmp_path, "resume", run, "--wait")
     assert rs.returncode == 0, rs.stderr
     assert json.loads((run / "checkpoints" / "state.json").read_text()) == expected_state(30)
     steps = [int(l.split()[0]) for l in steps_log.read_text().splitlines()]
     assert steps == list(range(1, 31)), "resumed from the checkpoint, no step repeated"
+    assert [t[0] for t in told(tmp_path)] == ["stopped", "done"]
 
 
 def test_local_walltime_warning_signal_and_rerun(env, tmp_path):

@@ -53,6 +53,9 @@ EPOCHS, STEPS_PER_EPOCH = 2, 4
 TOTAL = EPOCHS * STEPS_PER_EPOCH
 TRAIN = [f"run.epochs={EPOCHS}", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
          "data.synthetic=false", "checkpoint.every_steps=2", "checkpoint.every_epochs=0", "checkpoint.keep=10"]
+# The cluster's nodes are namespaces of this machine: its /tmp (where the work folder is) is shared by
+# both, which a real cluster's /tmp is not; the launcher refuses it unless told (launcher/sharedfs.py).
+SHARED_TMP = ["--allow-node-local-paths"]
 OMPI_ROOT = {"OMPI_ALLOW_RUN_AS_ROOT": "1", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM": "1"}
 TIMINGS = {}  # name -> seconds, printed at the end of the module
 
@@ -116,7 +119,7 @@ def manifest_sets(shards: Path):
 def submit(cluster, work, name, *args, env=None):
     run_dir = work / name
     cmd = [PY, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(work / "twonode.toml"),
-           "--gpus", "0", "--name", name, "--run-dir", str(run_dir), *args]
+           "--gpus", "0", "--name", name, "--run-dir", str(run_dir), *SHARED_TMP, *args]
     out = subprocess.run(cmd, env=env or cluster.env, capture_output=True, text=True, cwd=str(work), timeout=60)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
@@ -272,7 +275,8 @@ def ref(cluster, work):
     pipe = work / "ref-pipe"
     cmd = [PY, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--cluster", str(work / "twonode.toml"),
            "--gpus", "0", "--preset", "cpu_small", "--nodes", "2", "--ranks-per-node", "1", "--launch", "mpirun",
-           "--data", str(work / "shards" / "manifest.json"), "--flow-model", "dis", "--dir", str(pipe), *TRAIN]
+           "--data", str(work / "shards" / "manifest.json"), "--flow-model", "dis", "--dir", str(pipe), *SHARED_TMP,
+           *TRAIN]
     out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, cwd=str(work), timeout=120)
     assert out.returncode == 0, out.stderr
     run_dir = pipe / "train"
@@ -587,7 +591,7 @@ def test_profile_and_run_variables_reach_the_rank_on_node2(cluster, work):
     env = dict(cluster.env, PIXPRO_TWONODE_SUBMIT_ONLY="not forwarded")
     run_dir = work / "envcheck"
     out = subprocess.run([PY, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster",
-                          str(work / "twonode-rsh.toml"), "--gpus", "0", "--nodes", "2", "--name", "envcheck",
+                          str(work / "twonode-rsh.toml"), "--gpus", "0", "--nodes", "2", "--name", "envcheck", *SHARED_TMP,
                           "--run-dir", str(run_dir), "--trainer-command",
                           f"{PY} {HERE / 'twonode' / 'rank_env.py'}"], env=env, capture_output=True, text=True,
                          cwd=str(work), timeout=60)
