@@ -11,6 +11,10 @@ stage's run directory is its own; the policy writes its ``done`` marker when its
 Outputs: ``pack`` writes ``RUN_DIR/shards/`` (``manifest.json`` last); ``flow`` fills the
 manifest's shards in place (stopped by a signal it exits 75 and the next link resumes);
 ``convert`` writes ``RUN_DIR/encoder_d2.pkl``; ``eval`` writes ``RUN_DIR/eval/scores.json``.
+
+``smoke`` (``launcher submit --smoke``, :mod:`launcher.smoke`; not a pipeline stage) runs
+``python -m pixpro_of smoke`` as every rank of the real run's request, on the tiny shard set the
+submit packed into ``RUN_DIR/smoke_data`` and the job staged; it writes ``RUN_DIR/smoke.txt``.
 """
 from __future__ import annotations
 
@@ -140,11 +144,36 @@ class Eval(Stage):
                 "--out", os.path.join(req.run_dir, EVAL_OUT), *self.extra(req)], []
 
 
-STAGE_TYPES: Dict[str, Stage] = {s.name: s for s in (Pack(), Flow(), Verify(), Train(), Convert(), Eval())}
+class Smoke(Stage):
+    """The self-check of ``launcher submit --smoke``: every rank of the run, the run's trainer config.
+
+    Its words: the trainer's (``--run-dir``, ``--config``, the ``key=value`` overrides, the staged
+    data) after ``pixpro_of smoke`` instead of ``pixpro_of train``, and the request's
+    ``stage_args`` (``--ranks N --gpus-per-node G --rank-batch B``, from :mod:`launcher.smoke`)."""
+
+    name = "smoke"
+    ranks = True
+    deadline = True
+    stages_data = True
+
+    def default_gpus(self, profile):
+        return profile.gpus_per_node
+
+    def check_input(self, req):
+        return None  # the submit packs its shard set (launcher.smoke)
+
+    def command(self, req, python, cpus, backend):
+        from launcher.request import trainer_argv
+
+        argv, overrides = trainer_argv(req, python, backend)  # PYTHON -m pixpro_of train --run-dir R [--config C]
+        return [python, "-m", "pixpro_of", "smoke", *argv[4:], *req.stage_args], overrides
+
+
+STAGE_TYPES: Dict[str, Stage] = {s.name: s for s in (Pack(), Flow(), Verify(), Train(), Convert(), Eval(), Smoke())}
 
 
 def get_stage(name: Optional[str]) -> Stage:
     try:
-        return STAGE_TYPES[name or "train"]
+        return STAGE_TYPES[name or "train"]  # "smoke" too, which --stage does not offer (submit --smoke)
     except KeyError:
         raise UserError(f"--stage {name!r}: choose from {', '.join(STAGES)}") from None

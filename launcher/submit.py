@@ -25,6 +25,7 @@ from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, build_request, job_options
 from launcher.request import JobPlan, check_trainer_config, plan_job
+from launcher import smoke
 from launcher.rundir import RunDir
 from launcher.schedulers import Scheduler, get_scheduler
 from launcher.templating import render_script
@@ -45,10 +46,15 @@ class Prepared:
 
 
 def prepare(args: Any, extra: Sequence[str]) -> Prepared:
-    """Check a request (resource math, then the trainer's own config check) and render its job script."""
+    """Check a request (resource math, then the trainer's own config check) and render its job script.
+
+    ``args.smoke``: the request's five-minute self-check instead (:mod:`launcher.smoke`)."""
     req = build_request(args, extra)
-    plan = plan_job(req)
-    check_trainer_config(plan)
+    if getattr(args, "smoke", False):
+        plan = smoke.plan_smoke(req)
+    else:
+        plan = plan_job(req)
+        check_trainer_config(plan)
     sched = get_scheduler(req.scheduler)
     return Prepared(plan, sched, render_script(plan, sched, args.template_dir))
 
@@ -125,8 +131,13 @@ def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: 
              epilog="Examples: launcher submit --scheduler pbs --cluster abci3 --gpus 32 --frames 6 --group gXXXX "
                     "--data shards/manifest.json --chain 3; "
                     "launcher submit --scheduler slurm --stage flow --data shards/ --model dis --gpus 0; "
-                    "launcher submit --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP)
+                    "launcher submit --gpus 0 --preset cpu_small --wait; "
+                    "launcher submit --smoke --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP)
 @job_options
+@click.option("--smoke", is_flag=True,
+              help="instead of the run: its five-minute self-check (same profile, script, nodes and trainer config; "
+                   "tiny data, 20 steps, a stop and resume) in RUN_DIR-smoke; one line per check, then "
+                   "'smoke: PASS' or 'smoke: FAIL: ...' (exit 0 only on PASS)")
 @click.option("--wait", is_flag=True, help="local scheduler: run in the foreground, exit with its code")
 @click.option("--dry-run", is_flag=True,
               help="check and render only: the job script on stdout, the submit command(s) on stderr")
@@ -138,6 +149,9 @@ def command(trainer_args, **opts) -> int:
         print_dry_run(prep)
         return 0
     rd = RunDir(prep.plan.run_dir)
+    if args.smoke and rd.exists():
+        raise UserError(f"{rd.path} holds an earlier smoke ({rd.path / smoke.REPORT}); remove that directory "
+                        f"to run the smoke again")
     if rd.is_done():
         raise UserError(f"--run-dir {rd.path} holds a finished run (done marker); choose another --run-dir or --name")
     if rd.exists():
@@ -145,7 +159,15 @@ def command(trainer_args, **opts) -> int:
     created = not rd.path.exists()
     rd.create(prep.script, request_record(prep, args, extra))
     try:
-        return submit_links(prep, rd, 0, prep.plan.chain, "submit", wait=args.wait)
+        if args.smoke:
+            smoke.pack_data(prep.plan)
+        rc = submit_links(prep, rd, 0, prep.plan.chain, "submit", wait=args.wait)
+        if args.smoke and args.wait and prep.scheduler.name == "local":
+            return smoke.report(str(rd.path), rc)
+        if args.smoke:
+            print(f"launcher: the smoke's lines go to {rd.log} and {rd.path / smoke.REPORT} "
+                  f"(launcher logs {rd.path})", file=sys.stderr)
+        return rc
     except UserError:
         if not rd.jobs():  # nothing was queued: leave nothing behind, so a retry starts clean
             if created:
