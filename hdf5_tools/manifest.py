@@ -5,11 +5,13 @@
     {"format": "pixpro_of.manifest", "schema_version": 1, "nodes": N,
      "shards": [{"file": "shard-00000.h5", "node": 0, "bytes": 123, "crc32": "1a2b3c4d",
                  "num_videos": 3, "num_frames": 1200, "num_pairs": 1197, "pairs_present": 1197,
-                 "videos": [{"name": "...", "split": "train", "num_frames": 400}, ...]}, ...]}
+                 "videos": [{"name": "...", "split": "train", "num_frames": 400}, ...],
+                 "sha256": "9f86d0..."}, ...]}
 
 ``file`` is relative to the manifest's folder. ``crc32`` is the zlib CRC32 of the whole file
-(hex), used by ``stage`` and ``verify`` to check copies. Filling flows into shards changes
-their bytes: call :func:`refresh_manifest` afterwards (``hdf5_tools flow`` does).
+(hex; ``verify`` checks it), ``sha256`` its SHA-256 (hex), which ``stage`` checks copies against
+and decides reuse by (CRC32 can be forged; manifests written before it have ``sha256`` ""). Filling
+flows into shards changes their bytes: call :func:`refresh_manifest` afterwards (``hdf5_tools flow`` does).
 
 Node sets: ``pack --nodes N`` balances frames across N node sets. A job with M <= N nodes gives
 node ``i`` the node sets ``j`` with ``j % M == i`` (:func:`node_sets_for`), so ``stage`` and the
@@ -21,11 +23,12 @@ resolved by one rule, :func:`resolve_shards`.
 from __future__ import annotations
 
 import glob
+import hashlib
 import json
 import os
 import zlib
 from dataclasses import asdict, dataclass, field
-from typing import List, Optional, Sequence
+from typing import List, Optional, Sequence, Tuple
 
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
@@ -38,7 +41,8 @@ SHARD_SUFFIXES = (".h5", ".hdf5")
 
 @dataclass
 class ShardEntry:
-    """One shard in the manifest. ``bytes`` is the file size; ``crc32`` its hex zlib CRC32."""
+    """One shard in the manifest. ``bytes`` is the file size; ``crc32`` its hex zlib CRC32, ``sha256``
+    its hex SHA-256 ("" in manifests written before it was recorded)."""
 
     file: str
     node: int
@@ -49,6 +53,7 @@ class ShardEntry:
     num_pairs: int
     pairs_present: int
     videos: List[dict] = field(default_factory=list)
+    sha256: str = ""
 
 
 @dataclass
@@ -80,13 +85,39 @@ def file_crc32(path, block: int = 8 << 20) -> str:
     return f"{crc & 0xFFFFFFFF:08x}"
 
 
+def file_sha256(path, block: int = 8 << 20) -> str:
+    """Hex SHA-256 of a whole file, read in blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def file_digests(path, block: int = 8 << 20) -> Tuple[str, str]:
+    """(hex CRC32, hex SHA-256) of a whole file, in one read."""
+    crc, h = 0, hashlib.sha256()
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                break
+            crc = zlib.crc32(b, crc)
+            h.update(b)
+    return f"{crc & 0xFFFFFFFF:08x}", h.hexdigest()
+
+
 def describe_shard(path, node: int, root: Optional[str] = None) -> ShardEntry:
     """Build a manifest entry by reading the shard's per-video table and checksumming the file."""
     path = os.fspath(path)
     with schema.open_shard(path) as h5:
         videos = schema.list_videos(h5)
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
-    return ShardEntry(file=rel, node=int(node), bytes=os.path.getsize(path), crc32=file_crc32(path),
+    crc32, sha256 = file_digests(path)
+    return ShardEntry(file=rel, node=int(node), bytes=os.path.getsize(path), crc32=crc32, sha256=sha256,
                       num_videos=len(videos), num_frames=sum(v.num_frames for v in videos),
                       num_pairs=sum(v.num_pairs for v in videos),
                       pairs_present=sum(v.flows_present for v in videos),

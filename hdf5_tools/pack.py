@@ -244,8 +244,8 @@ def _load_entry(out: str, plan: ShardPlan) -> mf.ShardEntry:
     if os.path.exists(path):
         with open(path) as f:
             entry = mf.ShardEntry(**json.load(f))
-        if entry.bytes == os.path.getsize(os.path.join(out, plan.file)):
-            return entry
+        if entry.bytes == os.path.getsize(os.path.join(out, plan.file)) and entry.sha256:
+            return entry  # (an entry written before SHA-256 was recorded is described again)
     entry = mf.describe_shard(os.path.join(out, plan.file), plan.node, out)
     _write_json(path, asdict(entry))
     return entry

@@ -1,10 +1,16 @@
 """``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage.
 
-Each shard of node ``I`` (of ``--num-nodes``, default the manifest's node count; see
-:func:`hdf5_tools.manifest.node_sets_for`) is copied to a temporary name in DIR while its CRC32
-is computed, checked against the manifest and renamed into place (:func:`plumbing.atomic.atomic_open`); a shard already in DIR with the
-manifest's size and CRC32 is skipped. The manifest is copied to ``DIR/manifest.json`` last, so the
-trainer can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
+DIR is private (:func:`plumbing.private_dir.private_dir`): made with mode 0700 and a marker file
+``.pixpro-stage`` naming this run (``--run``) and the manifest. An existing DIR is used only when it
+is our own real directory, closed to others, with this run's marker (a requeued job finds its own
+copy); anything else, e.g. a directory or link another user planted at the predictable path, is
+refused in one line. Each shard of node ``I`` (of ``--num-nodes``, default the manifest's node
+count; :func:`hdf5_tools.manifest.node_sets_for`) is copied to a temporary name while its SHA-256
+(CRC32 for manifests written before SHA-256 was recorded) is computed, checked against the
+manifest and renamed into place (:func:`plumbing.atomic.atomic_open`). A shard already in a reused
+DIR is kept when its size and SHA-256 match (old manifests: size and CRC32, trusted only because
+only this run writes there). The manifest is copied to ``DIR/manifest.json`` last, so the trainer
+can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
 
 In a SLURM step (``srun --ntasks-per-node=1``, no MPI needed, so it works with SLURM's default
 ``MpiDefault=none``) without ``--node``, the node index is ``SLURM_NODEID`` and the node count
@@ -17,10 +23,14 @@ exits 0 after a good stage, 2 with the copier's error message otherwise.
 """
 from __future__ import annotations
 
+import hashlib
+import json
 import os
+import stat
 import sys
 import time
 import zlib
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Optional, Tuple
 
@@ -31,7 +41,9 @@ from plumbing.atomic import atomic_copy, atomic_open
 from plumbing.errors import UserError
 from plumbing.jobenv import JobEnvironment, job_environment
 from plumbing.cli import call, command as cli_command
+from plumbing.private_dir import private_dir
 
+MARKER_NAME = ".pixpro-stage"
 
 
 @dataclass
@@ -41,6 +53,7 @@ class StageConfig:
     node: Optional[int] = None
     num_nodes: Optional[int] = None
     quiet: bool = False
+    run: str = ""  # who stages (the job script passes its run directory); written into the marker
 
 
 @dataclass
@@ -62,18 +75,79 @@ class StageResult:
                 f"{self.skipped} already there and verified")
 
 
-def _copy_checked(src: str, fo, block: int = 16 << 20) -> Tuple[str, int]:
-    """Copy ``src`` into the open file ``fo``; (CRC32 as 8 hex digits, bytes)."""
-    crc = size = 0
-    with open(src, "rb") as fi:
+class _Crc32:
+    """zlib CRC32 with hashlib's update/hexdigest (for manifests without SHA-256)."""
+
+    def __init__(self):
+        self.crc = 0
+
+    def update(self, b) -> None:
+        self.crc = zlib.crc32(b, self.crc)
+
+    def hexdigest(self) -> str:
+        return f"{self.crc & 0xFFFFFFFF:08x}"
+
+
+def expected_digest(s: mf.ShardEntry) -> Tuple[str, str]:
+    """(name, hex digest) a copy of shard ``s`` must have: its SHA-256, or CRC32 in an old manifest."""
+    return ("SHA-256", s.sha256) if s.sha256 else ("CRC32", s.crc32)
+
+
+def _hasher(name: str):
+    return hashlib.sha256() if name == "SHA-256" else _Crc32()
+
+
+def _copy_checked(src: str, fo, digest: str = "SHA-256", block: int = 16 << 20) -> Tuple[str, int]:
+    """Copy ``src`` into the open file ``fo`` hashing what passes; (hex ``digest``, bytes).
+
+    One read: a helper thread hashes each block while this one writes it and reads the next
+    (both release the GIL), so the copy runs at about the slowest of read, hash and write.
+    """
+    h, size = _hasher(digest), 0
+    with open(src, "rb") as fi, ThreadPoolExecutor(1) as pool:
+        hashing = None
         while True:
             b = fi.read(block)
             if not b:
                 break
-            crc = zlib.crc32(b, crc)
-            size += len(b)
+            if hashing is not None:
+                hashing.result()  # in order: block k-1 is hashed before block k
+            hashing = pool.submit(h.update, b)
             fo.write(b)
-    return f"{crc & 0xFFFFFFFF:08x}", size
+            size += len(b)
+        if hashing is not None:
+            hashing.result()
+    return h.hexdigest(), size
+
+
+def _file_digest(path: str, digest: str, block: int = 16 << 20) -> str:
+    h = _hasher(digest)
+    with open(path, "rb") as f:
+        while True:
+            b = f.read(block)
+            if not b:
+                break
+            h.update(b)
+    return h.hexdigest()
+
+
+def staged_copy_good(dst: str, s: mf.ShardEntry) -> bool:
+    """Whether ``dst`` (in a directory this run made) is a good copy of shard ``s``: a regular file
+    with its size and SHA-256 (old manifests: CRC32; never enough on its own, see the module docstring)."""
+    try:
+        st = os.lstat(dst)
+    except FileNotFoundError:
+        return False
+    if not stat.S_ISREG(st.st_mode) or st.st_size != s.bytes:
+        return False
+    name, want = expected_digest(s)
+    return _file_digest(dst, name) == want
+
+
+def stage_marker(manifest: str, run: str) -> str:
+    """The marker text of a staging directory: which run staged which manifest."""
+    return json.dumps({"format": "pixpro_of.stage", "run": run,
+                       "manifest": os.path.realpath(mf.manifest_file(manifest))}, sort_keys=True) + "\n"
 
 
 def stage(cfg: StageConfig) -> StageResult:
@@ -81,28 +155,30 @@ def stage(cfg: StageConfig) -> StageResult:
     m = mf.load_manifest(cfg.manifest, check_files=False)
     num_nodes = m.nodes if cfg.num_nodes is None else cfg.num_nodes
     sets = set(mf.node_sets_for(cfg.node, num_nodes, m.nodes))
-    os.makedirs(cfg.to, exist_ok=True)
+    to = private_dir(cfg.to, what="staging directory", marker=stage_marker(cfg.manifest, cfg.run),
+                     marker_name=MARKER_NAME)
     copied = skipped = nbytes = 0
     t0 = time.perf_counter()
     for i, s in enumerate(m.shards):
         if s.node not in sets:
             continue
         src = m.path_of(s)
-        dst = os.path.join(cfg.to, s.file)
-        if os.path.exists(dst) and os.path.getsize(dst) == s.bytes and mf.file_crc32(dst) == s.crc32:
+        dst = os.path.join(to.path, s.file)
+        if not to.created and staged_copy_good(dst, s):
             skipped += 1
             continue
         if not os.path.exists(src):
             raise UserError(f"{cfg.manifest}: shard {i} lists a missing file {src}")
+        name, want = expected_digest(s)
         with atomic_open(dst, "wb", durable=True) as fo:  # a bad copy is removed, never renamed into place
-            crc, size = _copy_checked(src, fo)
-            if crc != s.crc32 or size != s.bytes:
-                raise UserError(f"{src}: shard {i} has CRC32 {crc} and {size} bytes, the manifest "
-                                f"says {s.crc32} and {s.bytes} (changed or damaged; refresh or repack)")
+            got, size = _copy_checked(src, fo, name)
+            if got != want or size != s.bytes:
+                raise UserError(f"{src}: shard {i} has {name} {got} and {size} bytes, the manifest "
+                                f"says {want} and {s.bytes} (changed or damaged; refresh or repack)")
         copied += 1
         nbytes += s.bytes
     src_manifest = cfg.manifest if not os.path.isdir(cfg.manifest) else os.path.join(cfg.manifest, mf.MANIFEST_NAME)
-    dst_manifest = os.path.join(cfg.to, mf.MANIFEST_NAME)
+    dst_manifest = os.path.join(to.path, mf.MANIFEST_NAME)
     if os.path.abspath(src_manifest) != os.path.abspath(dst_manifest):
         atomic_copy(src_manifest, dst_manifest)
     return StageResult(node=cfg.node, num_nodes=num_nodes, copied=copied, skipped=skipped, bytes_copied=nbytes,
@@ -133,7 +209,7 @@ def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
     if leader:
         try:
             result = stage(StageConfig(manifest=cfg.manifest, to=cfg.to, node=node,
-                                       num_nodes=cfg.num_nodes or num_nodes, quiet=cfg.quiet))
+                                       num_nodes=cfg.num_nodes or num_nodes, quiet=cfg.quiet, run=cfg.run))
         except UserError as exc:
             error = str(exc)
         except Exception as exc:  # any failure must reach the waiting ranks, or they hang
@@ -154,13 +230,15 @@ def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
 @click.option("--node", type=int, default=None, help="this node's index (not needed under mpirun or srun)")
 @click.option("--num-nodes", type=int, default=None, help="nodes in the job (default: the manifest's node count; "
               "under mpirun: the job's node count)")
+@click.option("--run", default="", metavar="TEXT", help="who stages (the job script gives its run directory): "
+              "recorded in DIR's marker; an existing DIR is reused only with the same run and manifest")
 @click.option("--quiet", is_flag=True, help="no summary line")
-def command(manifest, to, node, num_nodes, quiet) -> int:
+def command(manifest, to, node, num_nodes, quiet, run) -> int:
     """Copy one node's shards to node-local storage (one copier per node under mpirun or srun).
 
     MANIFEST is the manifest.json written by pack (or its folder).
     """
-    cfg = StageConfig(manifest=manifest, to=to, node=node, num_nodes=num_nodes, quiet=quiet)
+    cfg = StageConfig(manifest=manifest, to=to, node=node, num_nodes=num_nodes, quiet=quiet, run=run)
     job = job_environment() if cfg.node is None else None  # --node given: the launch environment is not read
     slurm = slurm_step_node(job) if job is not None else None
     if slurm is not None:

@@ -10,10 +10,12 @@ is passed to the script and ends the loop. State goes to ``RUN_DIR/job/local.jso
 Concurrency: with ``--slots N`` (or ``LAUNCHER_LOCAL_SLOTS=N`` in the environment, as
 ``launcher submit`` passes it on) at most N runners sharing one slot directory (``--slot-dir`` or
 ``LAUNCHER_LOCAL_SLOT_DIR``; default ``$TMPDIR/launcher-slots-$UID``) run their scripts at once.
-A runner takes one of the files ``slot.0`` … ``slot.N-1`` with an exclusive ``flock`` before the
-first run of its script and holds it until the job ends (restarts included); until then its state
-is ``queued``. The kernel drops the lock when the runner exits, however it exits, so a crashed
-runner never keeps a slot.
+The slot directory is private (:func:`plumbing.private_dir.private_dir`: 0700, ours, not a link;
+one another user planted is refused in one line, and the job's state says why). A runner takes one
+of the files ``slot.0`` … ``slot.N-1`` with an exclusive ``flock`` before the first run of its
+script and holds it until the job ends (restarts included); until then its state is ``queued``.
+The kernel drops the lock when the runner exits, however it exits, so a crashed runner never
+keeps a slot.
 """
 from __future__ import annotations
 
@@ -34,6 +36,7 @@ import click
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import command as cli_command, run
 from plumbing.errors import UserError
+from plumbing.private_dir import private_dir
 from plumbing.runs import EXIT_RESUME
 
 MAX_RESTARTS = 1000
@@ -58,7 +61,8 @@ def default_slot_dir() -> Path:
 def try_slot(slot_dir: Path, slots: int) -> Optional[object]:
     """An open slot file locked exclusively (keep it open to hold the slot), or None when all are taken."""
     for i in range(slots):
-        f = open(slot_dir / f"slot.{i}", "a")
+        fd = os.open(slot_dir / f"slot.{i}", os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+        f = os.fdopen(fd, "a")
         try:
             fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
@@ -119,8 +123,13 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
             return 143 if cancel.requested else 1
     held = None  # the slot file while this job holds a slot (closed, and so released, at exit)
     if slots > 0:
-        slot_dir = slot_dir or default_slot_dir()
-        slot_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            slot_dir = Path(private_dir(slot_dir or default_slot_dir(), what="slot directory", tighten=True).path)
+        except UserError as exc:
+            if state_file:
+                _write_state(state_file, job_id=job_id, pid=os.getpid(), state="failed", restarts=0, rc=2,
+                             reason=str(exc))
+            raise
         if state_file:
             _write_state(state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None,
                          slots=slots, slot_dir=str(slot_dir))

@@ -57,9 +57,10 @@ def test_stage_refuses_a_changed_source_and_a_missing_file(packed, tmp_path):
     with open(src, "r+b") as f:
         f.seek(s.bytes - 10)
         f.write(b"\x00" * 10 if f.read(10) != b"\x00" * 10 else b"\x01" * 10)
-    with pytest.raises(UserError, match=rf"{s.file}: shard \d+ has CRC32 .* the manifest says {s.crc32}"):
+    with pytest.raises(UserError, match=rf"{s.file}: shard \d+ has SHA-256 [0-9a-f]{{64}} .* the manifest says {s.sha256}"):
         stage(StageConfig(manifest=manifest, to=str(tmp_path / "local"), node=0))
-    assert not list((tmp_path / "local").glob("*.h5")) and not list((tmp_path / "local").glob(".*"))
+    assert not list((tmp_path / "local").glob("*.h5"))
+    assert [p.name for p in (tmp_path / "local").glob(".*")] == [".pixpro-stage"]  # only the marker
     os.unlink(src)
     r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--node", "0", "--to",
                         str(tmp_path / "l2")], capture_output=True, text=True)

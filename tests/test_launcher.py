@@ -269,7 +269,8 @@ def test_rendered_scripts_have_the_scheduler_facts(capsys):
         s, _ = _render_case(case, capsys)
         assert '--deadline "$LAUNCHER_DEADLINE_ISO"' in s and "--config pixpro_k6" in s
         assert 'launcher_command+=(\'data.shards=[\'"$LAUNCHER_DATA_DIR/manifest.json]")' in s
-        assert "hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to \"$LAUNCHER_DATA_DIR\"" in s
+        assert ("hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to \"$LAUNCHER_DATA_DIR\" "
+                "--run \"$RUN_DIR\"") in s
 
 
 def _all_variants():

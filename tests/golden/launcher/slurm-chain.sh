@@ -142,8 +142,9 @@ launcher_per_node=(srun --nodes=2 --ntasks-per-node=1 --ntasks=2 --kill-on-bad-e
 
 # Stage this node's shards to node-local disk (one copier per node; it knows its node from the
 # MPI or SLURM step environment); the command reads the staged manifest. The directory is private
-# to this run and job and removed on every node when the job ends. Staging time counts against
-# the walltime: the deadline is from job start.
+# to this run and job (mode 0700, marked with the run; one another user planted is refused) and is
+# removed on every node when the job ends. Staging time counts against the walltime: the deadline
+# is from job start.
 LAUNCHER_DATA_DIR="$LAUNCHER_LOCALDIR/golden-slurm-chain-$LAUNCHER_JOB_ID"
 # shellcheck disable=SC2317  # called from the EXIT trap
 launcher_unstage() {
@@ -153,7 +154,7 @@ launcher_unstage() {
 }
 trap launcher_unstage EXIT
 launcher_stage_start=$(date +%s)
-launcher_run "${launcher_per_node[@]}" "$LAUNCHER_PYTHON" -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR"
+launcher_run "${launcher_per_node[@]}" "$LAUNCHER_PYTHON" -m hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR" --run "$RUN_DIR"
 launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - launcher_stage_start ))"
 
 # Start the train command as ranks (through mpirun) under the supervisor, unless a stop came first.
