@@ -599,3 +599,37 @@ def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(sl
     status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(runs[2])], env=env,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "state    done" in status.stdout, status.stdout
+
+
+def test_slurm_smoke_job_reports_every_line_and_passes(slurm, tmp_path, mpi_env):
+    """``launcher submit --smoke`` on the real SLURM: the run's request (2 CPU ranks through mpirun,
+    Horovod, cpu_small) as one job of at most 5 minutes; its lines land in the run's log and smoke.txt."""
+    env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
+    t0 = time.time()
+    out = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--smoke", "--scheduler", "slurm",
+                          "--cluster", str(_profile(tmp_path)), "--gpus", "0", "--preset", "cpu_small", "--name", "k2",
+                          "--run-dir", str(tmp_path / "runs" / "k2")], env=env, capture_output=True, text=True,
+                         cwd=str(tmp_path), timeout=120)
+    assert out.returncode == 0, out.stderr
+    job_id = out.stdout.strip()
+    run = tmp_path / "runs" / "k2-smoke"
+    assert f"the smoke's lines go to {run}/logs/run.log and {run}/smoke.txt" in out.stderr
+    assert "#SBATCH --time=00:05:00" in (run / "job" / "job.sh").read_text()
+    try:
+        _wait(lambda: (run / "smoke.txt").exists() and _job_state(env, job_id) == "", 300, "the smoke job to end")
+    except AssertionError:
+        print((run / "logs" / "run.log").read_text() if (run / "logs" / "run.log").exists() else "(no log)")
+        raise
+    took = time.time() - t0
+    lines = (run / "smoke.txt").read_text().splitlines()
+    print(f"smoke on SLURM: {took:.1f} s from submit to the job's end\n" + "\n".join(lines))
+    assert [l.split(":")[0] for l in lines] == ["imports", "gpus", "allreduce", "scratch", "train", "stop/resume",
+                                               "smoke"], lines
+    assert all(": OK: " in l for l in lines[:6]), lines
+    assert "horovod 0.28.1" in lines[0] and "Horovod MPI" in lines[2] and "0 GPUs (CPU ranks)" in lines[1]
+    assert "20 steps of cpu_small, global batch 4 (2 per rank)" in lines[4]
+    assert f"-smoke-{job_id} (1 shard(s)" in lines[3]  # staged by the job's own block into <name>-<job id>
+    assert lines[6].startswith("smoke: PASS (6 of 6 checks, ")
+    log = (run / "logs" / "run.log").read_text()
+    assert all(l in log for l in lines)
+    assert (run / "job" / "events.tsv").read_text().splitlines()[-1].endswith("finished")
