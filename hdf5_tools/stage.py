@@ -1,16 +1,13 @@
 """``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage.
 
-DIR is private (:func:`plumbing.private_dir.private_dir`): made with mode 0700 and a marker file
-``.pixpro-stage`` naming this run (``--run``) and the manifest. An existing DIR is used only when it
-is our own real directory, closed to others, with this run's marker (a requeued job finds its own
-copy); anything else, e.g. a directory or link another user planted at the predictable path, is
-refused in one line. Each shard of node ``I`` (of ``--num-nodes``, default the manifest's node
-count; :func:`hdf5_tools.manifest.node_sets_for`) is copied to a temporary name while its SHA-256
-(CRC32 for manifests written before SHA-256 was recorded) is computed, checked against the
-manifest and renamed into place (:func:`plumbing.atomic.atomic_open`). A shard already in a reused
-DIR is kept when its size and SHA-256 match (old manifests: size and CRC32, trusted only because
-only this run writes there). The manifest is copied to ``DIR/manifest.json`` last, so the trainer
-can call ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
+DIR is made private (:func:`plumbing.private_dir.private_dir`: mode 0700, never through a link) with
+a marker ``.pixpro-stage`` naming the run (``--run``) and manifest; an existing DIR is reused (a
+requeued job's own copy) only when it is ours, closed to others and carries this marker, else
+refused in one line. Node ``I``'s shards (:func:`hdf5_tools.manifest.node_sets_for`) are copied to
+a temporary name while their SHA-256 is computed (CRC32 for manifests without one), checked and
+renamed into place. A copy already in a reused DIR is kept when its size and SHA-256 match (old
+manifests: CRC32, trusted only inside this run's marked DIR). ``DIR/manifest.json`` is copied last,
+for ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
 
 In a SLURM step (``srun --ntasks-per-node=1``, no MPI needed, so it works with SLURM's default
 ``MpiDefault=none``) without ``--node``, the node index is ``SLURM_NODEID`` and the node count

@@ -1,5 +1,11 @@
 """``launcher status RUN_DIR``: where a run stands, from its run directory and the scheduler.
 
+For a training run: step/total, samples/s and the ETA at the current rate, the newest
+checkpoint's age (:mod:`launcher.progress`), timeouts and preemptions against their budgets,
+what the links ran with and a warning line for each link that ran with another environment than
+the first (:mod:`launcher.envrecord`), the newest jobs with the scheduler's word for each, and
+the newest events. For a pipeline directory, one line per stage.
+
 Scheduler queries are rate-limited: the answer is cached in ``job/status_cache.json`` and reused
 for ``--min-interval`` seconds (default 30), so a loop of ``launcher status`` does not flood the
 batch system.
@@ -8,6 +14,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -19,6 +26,8 @@ import click
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from plumbing.atomic import atomic_write_text
+from launcher import envrecord
+from launcher.progress import Progress, eta_text, format_duration, format_rate, read_progress, step_text
 from launcher.rundir import RunDir
 from launcher.schedulers import get_scheduler
 
@@ -67,6 +76,36 @@ def query_states(rd: RunDir, ids: List[str], min_interval: float) -> Dict[str, s
     return states
 
 
+def budgets(rd: RunDir, req: dict) -> Dict[str, str]:
+    """The timeout and preemption budgets the links run under: the request's values, else those
+    rendered into ``job/job.sh`` (the profile's), else '?'."""
+    try:
+        script = rd.script.read_text()
+    except OSError:
+        script = ""
+    out = {}
+    for kind, key in (("timeout", "max_timeouts"), ("preemption", "max_preemptions")):
+        if req.get(key) is not None:
+            out[kind] = str(req[key])
+            continue
+        m = re.search(rf"^LAUNCHER_{key.upper()}='?(\d+)'?$", script, re.MULTILINE)
+        out[kind] = m.group(1) if m else "?"
+    return out
+
+
+def progress_line(p: Progress, stopped: bool) -> str:
+    """``step 120/1000 (12%), 85.3 samples/s, ETA 3h05m at that rate; last step logged 40s ago``."""
+    if p.step is None:
+        return "no step logged yet" + ("" if p.done else " (metrics.csv and logs/train.log have none)")
+    pct = f" ({p.percent:.0f}%)" if p.percent is not None else ""
+    text = f"step {step_text(p)}{pct}, {format_rate(p.samples_per_s)} samples/s"
+    if not p.done and not stopped and p.eta_s is not None:
+        text += f", ETA {format_duration(p.eta_s)} at that rate (time in the queue not counted)"
+    if p.step_age_s is not None and not p.done:
+        text += f"; last step logged {format_duration(p.step_age_s)} ago"
+    return text
+
+
 def run_state(rd: RunDir) -> str:
     if rd.is_done():
         return "done"
@@ -96,10 +135,25 @@ def command(**opts) -> int:
     recent = ids[-5:]
     states = query_states(rd, recent, args.min_interval) if recent else {}
     counts = rd.counters()
+    most = budgets(rd, req)
     print(f"run      {rd.path}")
     print(f"state    {run_state(rd)}")
     print(f"profile  {req['profile']} ({req['scheduler']}), {req['nodes']} node(s) x {req['ranks_per_node']} rank(s)")
-    print(f"resumes  {counts['timeout']} after timeouts, {counts['preemption']} after preemptions")
+    if req.get("stage", "train") == "train":
+        p = read_progress(rd.path)
+        print(f"progress {progress_line(p, rd.stopped_reason() is not None)}")
+        if p.checkpoint:
+            print(f"checkpt  {p.checkpoint}, written {format_duration(p.checkpoint_age_s)} ago")
+        else:
+            print("checkpt  none yet")
+    print(f"resumes  {counts['timeout']} after timeouts, {counts['preemption']} after preemptions "
+          f"(budgets: {most['timeout']} timeouts, {most['preemption']} preemptions)")
+    recs = envrecord.records(rd)
+    if recs:
+        path, newest = recs[-1]
+        print(f"env      {envrecord.describe(newest)} ({path.relative_to(rd.path)})")
+    for line in envrecord.warnings(rd):
+        print(f"warning  {line}")
     for j in jobs[-5:]:
         print(f"job      {j.job_id}  link {j.link}  {j.kind:7s} {states.get(j.job_id, '')}")
     for ev in rd.events()[-args.events:]:
@@ -126,7 +180,12 @@ def pipeline_status(pipe, min_interval: float) -> int:
                     sched_state = query_states(rd, [job], min_interval).get(job, "")
         events = rd.events() if rd.exists() else []
         last = events[-1][3] if events and state == "running" else ""
-        print(f"{st.name:8s} {state}" + (f" ({last})" if last else "") + f"  job {job}"
+        progress = ""
+        if st.name == "train" and rd.exists() and state != "not submitted":
+            p = read_progress(rd.path)
+            if p.step is not None:
+                progress = f"  step {step_text(p)}, ETA {eta_text(p, rd.stopped_reason() is not None)}"
+        print(f"{st.name:8s} {state}" + (f" ({last})" if last else "") + progress + f"  job {job}"
               + (f" {sched_state}" if sched_state else ""))
     return 0
 

@@ -117,7 +117,9 @@ def test_pbs_chain_presubmitted_then_extended_by_the_job(env, tmp_path):
     assert sum(c.startswith("qstat") for c in calls(env)) == n0 + 1
     launcher(env, tmp_path, "status", run, "--min-interval", "0")
     assert sum(c.startswith("qstat") for c in calls(env)) == n0 + 2
-    assert s2.stdout == s1.stdout
+    # the same scheduler answers (the ages of the newest step and checkpoint move on with the clock)
+    assert [l for l in s2.stdout.splitlines() if l.startswith("job ")] == \
+        [l for l in s1.stdout.splitlines() if l.startswith("job ")]
     logs = launcher(env, tmp_path, "logs", run, "-n", "0")
     assert logs.stdout.count("launcher: start restart=") == 3 and "fixture: done" in logs.stdout
     lst = launcher(env, tmp_path, "list", tmp_path)

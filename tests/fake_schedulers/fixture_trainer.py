@@ -13,6 +13,10 @@ Test aids: ``fail_at=K`` exits 3 at step K (a crash). ``deadline_at_step=K`` act
 deadline had passed at step K in the job's first run (LAUNCHER_RESTART_COUNT 0);
 ``stop_every=K`` does so after every K steps of each run; ``ignore_deadline=1`` leaves stopping
 to the scheduler's signals. Every rank runs the same steps; rank 0 writes.
+
+Like the trainer, rank 0 also writes ``RUN_DIR/metrics.csv`` (``step,epoch,samples_per_s,time/step``,
+one row per step, batch 1) and ``RUN_DIR/logs/train.log`` (``starting: N steps``/``resumed from step S``,
+then ``step S/N ...`` lines), which ``launcher status`` and ``launcher list`` read.
 """
 import json
 import os
@@ -34,6 +38,24 @@ def rank() -> int:
         if var in os.environ:
             return int(os.environ[var])
     return 0
+
+
+def trainer_log(run_dir, text):
+    """One line of logs/train.log in the trainer's format (``TIME rank0 INFO TEXT``)."""
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(now)) + f",{int(now % 1 * 1000):03d}"
+    os.makedirs(os.path.join(run_dir, "logs"), exist_ok=True)
+    with open(os.path.join(run_dir, "logs", "train.log"), "a") as f:
+        f.write(f"{stamp} rank0 INFO {text}\n")
+
+
+def metrics_row(run_dir, step, seconds):
+    path = os.path.join(run_dir, "metrics.csv")
+    new = not os.path.exists(path)
+    with open(path, "a") as f:
+        if new:
+            f.write("step,epoch,samples_per_s,time/step\n")
+        f.write(f"{step},0,{1.0 / max(seconds, 1e-9)},{seconds}\n")
 
 
 def main(argv):
@@ -72,6 +94,10 @@ def main(argv):
     if me == 0:
         with open(os.path.join(run_dir, "argv.log"), "a") as f:
             f.write(json.dumps(argv) + "\n")
+        if state["step"]:
+            trainer_log(run_dir, f"resumed from step {state['step']} (epoch 0, batch {state['step']} of {steps})")
+        else:
+            trainer_log(run_dir, f"starting: {steps} steps (1 epochs x {steps} steps), global batch 1 on 1 rank(s)")
 
     def save():
         if me == 0:
@@ -100,10 +126,13 @@ def main(argv):
         if state["step"] == fail_at:
             print(f"fixture: crashing at step {fail_at}", flush=True)
             return 3
+        t0 = time.monotonic()
         time.sleep(step_time)
         state["value"] = advance(state["value"], state["step"])
         state["step"] += 1
         if me == 0:
+            metrics_row(run_dir, state["step"], time.monotonic() - t0)
+            trainer_log(run_dir, f"step {state['step']}/{steps} epoch 0 loss 0.0000")
             with open(os.path.join(run_dir, "steps.log"), "a") as f:
                 f.write(f"{state['step']} {os.environ.get('LAUNCHER_JOB_ID', '')} {os.environ.get('LAUNCHER_RESTART_COUNT', '')}\n")
     save()

@@ -166,6 +166,8 @@ launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - lau
 launcher_command=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-pjm --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=horovod data.batch_size=256)
 launcher_command+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
 launcher_ranks=(mpirun -np 16 -hostfile "${LAUNCHER_HOSTFILE}" -map-by ppr:4:node -bind-to none -x NCCL_BUFFSIZE=1048576 -x NCCL_IB_TIMEOUT=14 "${launcher_mpi_env[@]}")
+# What this link runs with (hosts, interpreter, packages, commit, modules, GPUs) into job/env/.
+"$LAUNCHER_PYTHON" -m launcher.envrecord "$LAUNCHER_HOSTFILE"
 launcher_ckpt_before=$("$LAUNCHER_PYTHON" -m launcher.outcome stamp)
 launcher_rc=75
 if [ -z "$launcher_got_signal" ]; then

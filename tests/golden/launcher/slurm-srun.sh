@@ -161,6 +161,8 @@ launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - lau
 launcher_command=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-slurm-srun --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=ddp data.batch_size=256)
 launcher_command+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
 launcher_ranks=(srun --nodes=2 --ntasks-per-node=4 --ntasks=8 --cpus-per-task=8 --kill-on-bad-exit=0)
+# What this link runs with (hosts, interpreter, packages, commit, modules, GPUs) into job/env/.
+"$LAUNCHER_PYTHON" -m launcher.envrecord "$LAUNCHER_HOSTFILE"
 launcher_ckpt_before=$("$LAUNCHER_PYTHON" -m launcher.outcome stamp)
 launcher_rc=75
 if [ -z "$launcher_got_signal" ]; then

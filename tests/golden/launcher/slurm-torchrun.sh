@@ -161,6 +161,8 @@ launcher_act staged "$launcher_rc" "$launcher_got_signal" "$(( $(date +%s) - lau
 launcher_command=(<PYTHON> -m pixpro_of train --run-dir /runs/golden-slurm-torchrun --config pixpro_k6 --deadline "$LAUNCHER_DEADLINE_ISO" dist.backend=ddp data.batch_size=256)
 launcher_command+=('data.shards=['"$LAUNCHER_DATA_DIR/manifest.json]")
 launcher_ranks=("${launcher_per_node[@]}" "${LAUNCHER_PYTHON}" -m launcher.supervise -- torchrun --nnodes=2 --nproc-per-node=4 --rdzv-backend=c10d --rdzv-endpoint="${MASTER_ADDR}":"${MASTER_PORT}" --rdzv-id="${LAUNCHER_JOB_ID}" --no-python)
+# What this link runs with (hosts, interpreter, packages, commit, modules, GPUs) into job/env/.
+"$LAUNCHER_PYTHON" -m launcher.envrecord "$LAUNCHER_HOSTFILE"
 launcher_ckpt_before=$("$LAUNCHER_PYTHON" -m launcher.outcome stamp)
 launcher_rc=75
 if [ -z "$launcher_got_signal" ]; then
