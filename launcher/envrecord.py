@@ -52,7 +52,7 @@ RUNTIME_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11",
                   "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu11")
 PROJECT = "pixpro-of"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
-COMMAND_TIMEOUT_S = 20
+COMMAND_TIMEOUT_S = 10
 
 
 # -- gathering -----------------------------------------------------------------------------

@@ -14,6 +14,7 @@ with the file's name in brackets.
 """
 from __future__ import annotations
 
+import os
 import sys
 import time
 from collections import deque
@@ -64,23 +65,29 @@ class Follower:
     def __init__(self, rd: RunDir):
         self.rd = rd
         self.offsets: Dict[Path, int] = {}
+        self.inodes: Dict[Path, int] = {}
 
     def skip_to_end(self, path: Path) -> None:
         try:
-            self.offsets[path] = path.stat().st_size
+            st = path.stat()
         except OSError:
-            pass
+            return
+        self.offsets[path], self.inodes[path] = st.st_size, st.st_ino
 
     def new_text(self, path: Path) -> str:
         start = self.offsets.get(path, 0)
         try:
             with open(path, "rb") as f:
+                st = os.fstat(f.fileno())
+                if st.st_size < start or self.inodes.get(path, st.st_ino) != st.st_ino:
+                    start = 0  # written anew (PBS copies a job's output file over the last job's)
                 f.seek(start)
                 data = f.read()
         except OSError:
             return ""
         end = data.rfind(b"\n") + 1  # whole lines only; the rest comes with the next look
         self.offsets[path] = start + end
+        self.inodes[path] = st.st_ino
         return data[:end].decode("utf-8", "replace")
 
     def poll(self) -> str:

@@ -145,3 +145,29 @@ def test_watch_commands_do_not_import_torch(tmp_path):
             "launcher.progress; print('torch' in sys.modules)")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE.parent)
     assert out.stdout.strip() == "False", out.stderr
+
+
+def test_follow_reads_whole_lines_and_output_files_written_anew(tmp_path):
+    from launcher.logs import Follower
+    from launcher.rundir import RunDir
+
+    rd = RunDir(str(tmp_path / "run"))
+    rd.logs.mkdir(parents=True)
+    f = Follower(rd)
+    rd.log.write_text("launcher: start restart=0\nlauncher: trai")
+    assert f.poll() == "launcher: start restart=0\n"  # a line being written comes when it is whole
+    with open(rd.log, "a") as out:
+        out.write("n: mpirun with 2 ranks\n")
+    assert f.poll() == "launcher: train: mpirun with 2 ranks\n"
+    pbs = rd.logs / "pbs.out"
+    pbs.write_text("=>> PBS: job killed: walltime 3610 exceeded limit 3600\n")
+    assert f.poll() == "[pbs.out] =>> PBS: job killed: walltime 3610 exceeded limit 3600\n"
+    (rd.logs / "train.log").write_text("the trainer's own log is not the scheduler's\n")
+    assert f.poll() == ""
+    # the next job's output file replaces the last one's (a new file, here no longer than the old)
+    new = rd.logs / "pbs.out.new"
+    new.write_text("short\n")
+    new.replace(pbs)
+    assert f.poll() == "[pbs.out] short\n"
+    pbs.write_text("x\n")  # truncated and written again in place
+    assert f.poll() == "[pbs.out] x\n"
