@@ -1,7 +1,15 @@
-"""``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list (a lazy click group)."""
+"""``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list, profile (a lazy click group)."""
 import sys
 
 from plumbing.cli import group, run
+
+# ``profile`` is a group of its own (``profile init``); its commands load lazily like the others.
+PROFILE = group("profile", {
+    "init": ("launcher.profile_init", "Write a cluster profile from the scheduler's own answers"),
+    "show": ("launcher.profile_show", "Print a profile with every key resolved (file or default)"),
+    "list": ("launcher.profile_list", "The profiles --cluster accepts by name"),
+}, help="Cluster profiles: write one from the cluster's answers, show one resolved, list them.",
+    epilog="Example: launcher profile init --scheduler slurm --out mycluster.toml")
 
 COMMANDS: dict = {
     "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),
@@ -13,6 +21,7 @@ COMMANDS: dict = {
     "logs": ("launcher.logs", "The run's log, appended across requeues"),
     "resume": ("launcher.resume", "Continue a stopped or failed run from its checkpoint"),
     "list": ("launcher.list_runs", "The runs under a directory"),
+    "profile": PROFILE,
 }
 
 command = group("launcher", COMMANDS, help="Render, submit and follow training runs on clusters or this machine.",

@@ -211,26 +211,34 @@ def available_profiles(profile_dir: Optional[str] = None) -> List[str]:
     return sorted(names)
 
 
-def load_profile(name: str, profile_dir: Optional[str] = None) -> ClusterProfile:
-    """Load a profile by name (user directory first, then shipped) or by path to a .toml file."""
+def locate_profile(name: str, profile_dir: Optional[str] = None) -> Tuple[bytes, str]:
+    """The raw TOML of a profile and where it is: a path to a .toml file, else the user directories, then shipped."""
     if name.endswith(".toml") or os.sep in name:
         path = Path(name)
         if not path.is_file():
             raise UserError(f"--cluster: profile file {name} does not exist")
-        return _parse(path.read_bytes(), str(path))
+        return path.read_bytes(), str(path)
     for d in _search_dirs(profile_dir):
         path = d / f"{name}.toml"
         if path.is_file():
-            return _parse(path.read_bytes(), str(path))
+            return path.read_bytes(), str(path)
     builtin = _builtin_files()
     if name in builtin:
-        return _parse(builtin[name].read_bytes(), f"{name}.toml")
+        return builtin[name].read_bytes(), f"{name}.toml"
     raise UserError(f"--cluster: unknown profile {name!r} (available: {', '.join(available_profiles(profile_dir))})")
 
 
-def _parse(raw: bytes, source: str) -> ClusterProfile:
+def load_profile(name: str, profile_dir: Optional[str] = None) -> ClusterProfile:
+    """Load a profile by name (user directory first, then shipped) or by path to a .toml file."""
+    return _parse(*locate_profile(name, profile_dir))
+
+
+def read_toml(raw: bytes, source: str) -> dict:
     try:
-        data = tomllib.loads(raw.decode("utf-8"))
+        return tomllib.loads(raw.decode("utf-8"))
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise UserError(f"profile {source}: not valid TOML ({exc})") from None
-    return profile_from_dict(data, source)
+
+
+def _parse(raw: bytes, source: str) -> ClusterProfile:
+    return profile_from_dict(read_toml(raw, source), source)

@@ -84,13 +84,13 @@ def launcher(pbs, home, *args, timeout=120):
     return pbs.ns([sys.executable, "-m", "launcher.cli", *args], user=pbs.user, cwd=str(home), timeout=timeout)
 
 
-def job_args(home, name, run_dir, *options, extra=()):
-    return ["--scheduler", "pbs", "--cluster", str(home / "pbs-one-node.toml"), "--gpus", "0",
+def job_args(home, name, run_dir, *options, extra=(), cluster="pbs-one-node.toml"):
+    return ["--scheduler", "pbs", "--cluster", str(home / cluster), "--gpus", "0",
             "--preset", "cpu_small", "--name", name, "--run-dir", str(run_dir), *options, *TRAIN_ARGS, *extra]
 
 
-def submit(pbs, home, name, run_dir, *options, extra=()):
-    out = launcher(pbs, home, "submit", *job_args(home, name, run_dir, *options, extra=extra))
+def submit(pbs, home, name, run_dir, *options, extra=(), cluster="pbs-one-node.toml"):
+    out = launcher(pbs, home, "submit", *job_args(home, name, run_dir, *options, extra=extra, cluster=cluster))
     assert out.returncode == 0, out.stderr
     ids = out.stdout.split()
     assert ids and all(i.split(".")[0].isdigit() for i in ids), out.stdout
@@ -110,9 +110,31 @@ def show(pbs, run_dir):
     return dump_run(run_dir, pbs.qcmd("qstat", "-x", "-f", check=False).stdout[-4000:])
 
 
+def init_profile(pbs, home) -> str:
+    """``launcher profile init`` as the job user against the live server: what it learns, its refusals."""
+    t0 = time.time()
+    out = launcher(pbs, home, "profile", "init", "--scheduler", "pbs", "--out", str(home / "initpbs.toml"))
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr
+    text = (home / "initpbs.toml").read_text()
+    print(f"profile init on OpenPBS: {took:.2f} s (with the interpreter's start, in the namespace)\n{out.stdout}{text}")
+    for line in ('queue = "workq"', "gpus_per_node = 0", "cpus_per_node = 2", 'place = "scatter"',
+                 "can_requeue = false", "modules = []", "# qstat -Bf: default_queue = workq (queue_type Execution)",
+                 "# pbsnodes: resources_available.ncpus = 2 on 1 of 1 nodes", '# max_walltime = "24:00:00"'):
+        assert line in text.splitlines(), line
+    bad = launcher(pbs, home, "profile", "init", "--scheduler", "pbs", "--queue", "gpu", "--out", str(home / "x.toml"))
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(
+        "--queue gpu: no such queue (there are: workq, rt_HF)"), bad.stderr
+    return "initpbs.toml"
+
+
 def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, home):
     run_dir = home / "cancel"
-    (job_id,) = submit(pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00")
+    # The profile `launcher profile init` wrote from this server's answers, used unchanged (2 CPU ranks
+    # are asked on the command line: CPU-only runs are not what a profile is written for).
+    cluster = init_profile(pbs, home)
+    (job_id,) = submit(pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00", "--ranks-per-node", "2",
+                       cluster=cluster)
     try:
         wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
         # launcher cancel: the stopped marker, then qdel: SIGTERM to every process of the job

@@ -49,8 +49,8 @@ def launcher(sge, *args, cwd, timeout=120):
 
 
 def submit(sge, run_dir: Path, name: str, *options: str, extra=()):
-    # The generic profile as shipped, CPU ranks (--gpus 0: 2 ranks on one node, -pe mpi 2).
-    # No --python: the job runs the interpreter (and activates the venv) that submitted it.
+    # The generic profile as shipped unless --cluster is among the options, CPU ranks (--gpus 0: 2 ranks
+    # on one node, -pe mpi 2). No --python: the job runs the interpreter (and activates the venv) that submitted it.
     out = launcher(sge, "submit", "--scheduler", "sge", "--gpus", "0", "--preset", "cpu_small",
                    "--name", name, "--run-dir", str(run_dir), *options,
                    *TRAIN_ARGS, *extra, cwd=run_dir.parent)
@@ -69,9 +69,33 @@ def metrics_steps(run_dir: Path):
     return [int(r.split(",")[0]) for r in rows if r and r[0].isdigit()]
 
 
+def init_profile(sge, tmp_path: Path) -> Path:
+    """``launcher profile init`` against the live cell: what it learns, and its one-line refusals."""
+    profile = tmp_path / "initsge.toml"
+    t0 = time.time()
+    out = launcher(sge, "profile", "init", "--scheduler", "sge", "--out", str(profile), cwd=tmp_path)
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr
+    text = profile.read_text()
+    print(f"profile init on Grid Engine: {took:.2f} s (with the interpreter's start)\n{out.stdout}{text}")
+    for line in ('queue = "all.q"', 'parallel_env = "mpi"', "gpus_per_node = 0", "cpus_per_node = 2",
+                 'warning_signal = "USR2"', 'local_dir_var = "TMPDIR"', "can_requeue = false", "modules = []",
+                 "# qhost: NCPU=2 on 1 of 1 hosts of all.q", '# max_walltime = "24:00:00"'):
+        assert line in text.splitlines(), line
+    bad = launcher(sge, "profile", "init", "--scheduler", "sge", "--queue", "gpu.q", "--out", str(tmp_path / "x.toml"),
+                   cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(
+        "--queue gpu.q: no such cluster queue (there are: all.q)"), bad.stderr
+    return profile
+
+
 def test_sge_notify_qdel_stops_the_run_cleanly_and_resume_finishes_it(sge, reference, tmp_path):
     run_dir = tmp_path / "cancel"
-    (job_id,) = submit(sge, run_dir, "sge-cancel", "--walltime", "00:30:00")
+    # The profile `launcher profile init` wrote from this cell's answers, used unchanged (2 CPU ranks
+    # are asked on the command line: CPU-only runs are not what a profile is written for).
+    profile = init_profile(sge, tmp_path)
+    (job_id,) = submit(sge, run_dir, "sge-cancel", "--walltime", "00:30:00", "--cluster", str(profile),
+                       "--ranks-per-node", "2")
     try:
         wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
         # The launcher's way to stop a run: the stopped marker, then qdel (with -notify, Grid

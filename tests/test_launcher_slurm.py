@@ -206,13 +206,36 @@ def _restart_now(env, job_id, restarts_seen):
     raise AssertionError("the requeued job did not start again")
 
 
+def _init_profile(env, tmp_path: Path) -> Path:
+    """``launcher profile init`` against the live cluster: what it learns, and its one-line refusals."""
+    profile = tmp_path / "initslurm.toml"
+    argv = [sys.executable, "-m", "launcher.cli", "profile", "init", "--scheduler", "slurm", "--out", str(profile)]
+    t0 = time.time()
+    out = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=60)
+    took = time.time() - t0
+    assert out.returncode == 0, out.stderr
+    text = profile.read_text()
+    print(f"profile init on SLURM: {took:.2f} s (with the interpreter's start)\n{out.stdout}{text}")
+    for line in ('queue = "launchertest"', "gpus_per_node = 0", "cpus_per_node = 2", "exclusive = false",
+                 'warning_signal = "USR2"', "can_requeue = true", "# max_walltime = ", "modules = []",
+                 "# sinfo: CPUs=2 on 1 of 1 nodes", "# scontrol show partition: Default=YES (partition launchertest)"):
+        assert line in text.splitlines() or any(l.startswith(line) for l in text.splitlines()), line
+    bad = subprocess.run(argv[:-2] + ["--queue", "gpu", "--out", str(tmp_path / "other.toml")], env=env,
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and bad.stderr.strip().endswith(
+        "--queue gpu: no such partition (there are: launchertest)"), bad.stderr
+    return profile
+
+
 def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_root):
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
-    profile = _profile(tmp_path, default_walltime="00:10:00")
+    # The profile `launcher profile init` wrote from this cluster's answers, used unchanged (2 CPU ranks
+    # are asked on the command line: CPU-only runs are not what a profile is written for).
+    profile = _init_profile(env, tmp_path)
     steps = 40
     run_dir = tmp_path / "run with space"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
-           "--gpus", "0", "--name", "slurm-requeue", "--run-dir", str(run_dir),
+           "--gpus", "0", "--ranks-per-node", "2", "--name", "slurm-requeue", "--run-dir", str(run_dir),
            "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25",
            "deadline_at_step=5"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)

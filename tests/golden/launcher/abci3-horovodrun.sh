@@ -54,10 +54,29 @@ exec >>"$RUN_DIR/logs/run.log" 2>&1
 # Software environment (from the cluster profile).
 # shellcheck source=/dev/null
 source /etc/profile.d/modules.sh
-module load cuda/12.6/12.6.1
-module load cudnn/9.5/9.5.1
-module load nccl/2.23/2.23.4-1
-module load hpcx/2.20
+# The profile's modules (module scripts are not written for `set -u`). `module` comes from the
+# setup lines above or else the usual init script of Environment Modules or Lmod; without it,
+# or when a module does not load, the job stops here with one line saying so.
+set +u
+if ! command -v module >/dev/null 2>&1; then
+    for launcher_init in /etc/profile.d/modules.sh /etc/profile.d/lmod.sh /usr/share/lmod/lmod/init/bash \
+        /usr/share/Modules/init/bash /usr/share/modules/init/bash; do
+        if [ -r "$launcher_init" ]; then
+            # shellcheck source=/dev/null
+            . "$launcher_init"
+            break
+        fi
+    done
+fi
+if ! command -v module >/dev/null 2>&1; then
+    printf "launcher: profile %s lists modules but this node has no 'module' command (no /etc/profile.d/modules.sh or lmod.sh): put the line that defines it in the profile's setup\n" abci3
+    exit 1
+fi
+module load cuda/12.6/12.6.1 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" cuda/12.6/12.6.1 abci3; exit 1; }
+module load cudnn/9.5/9.5.1 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" cudnn/9.5/9.5.1 abci3; exit 1; }
+module load nccl/2.23/2.23.4-1 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" nccl/2.23/2.23.4-1 abci3; exit 1; }
+module load hpcx/2.20 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" hpcx/2.20 abci3; exit 1; }
+set -u
 # The Python environment that submitted the job (<PYTHON>).
 # shellcheck source=/dev/null
 source <PREFIX>/bin/activate

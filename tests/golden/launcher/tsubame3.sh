@@ -61,11 +61,30 @@ exec >>"$RUN_DIR/logs/run.log" 2>&1
 # Software environment (from the cluster profile).
 # shellcheck source=/dev/null
 source /etc/profile.d/modules.sh
-module load gcc/8.3.0
-module load cuda/10.2.89
-module load cudnn/8.1
-module load nccl/2.8.4
-module load openmpi/3.1.4-opa10.10
+# The profile's modules (module scripts are not written for `set -u`). `module` comes from the
+# setup lines above or else the usual init script of Environment Modules or Lmod; without it,
+# or when a module does not load, the job stops here with one line saying so.
+set +u
+if ! command -v module >/dev/null 2>&1; then
+    for launcher_init in /etc/profile.d/modules.sh /etc/profile.d/lmod.sh /usr/share/lmod/lmod/init/bash \
+        /usr/share/Modules/init/bash /usr/share/modules/init/bash; do
+        if [ -r "$launcher_init" ]; then
+            # shellcheck source=/dev/null
+            . "$launcher_init"
+            break
+        fi
+    done
+fi
+if ! command -v module >/dev/null 2>&1; then
+    printf "launcher: profile %s lists modules but this node has no 'module' command (no /etc/profile.d/modules.sh or lmod.sh): put the line that defines it in the profile's setup\n" tsubame3
+    exit 1
+fi
+module load gcc/8.3.0 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" gcc/8.3.0 tsubame3; exit 1; }
+module load cuda/10.2.89 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" cuda/10.2.89 tsubame3; exit 1; }
+module load cudnn/8.1 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" cudnn/8.1 tsubame3; exit 1; }
+module load nccl/2.8.4 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" nccl/2.8.4 tsubame3; exit 1; }
+module load openmpi/3.1.4-opa10.10 || { printf "launcher: module load %s failed (profile %s; 'module avail' lists what there is)\n" openmpi/3.1.4-opa10.10 tsubame3; exit 1; }
+set -u
 # The Python environment that submitted the job (<PYTHON>).
 # shellcheck source=/dev/null
 source <PREFIX>/bin/activate
