@@ -10,7 +10,11 @@ Each step runs in its own process under its own time limit (cut to what is left 
 a step with under 15 s left is skipped); the whole plan fits 480 s with the wrapper's share.
 Steps (GPU sizes; ``--cpu``: the same code with tiny sizes on the CPU):
 
-  env        the card, driver, memory, torch / torchvision / CUDA / cuDNN, the imports and the data
+  smoke      the self-check of ``launcher submit --smoke`` (pixpro_of/smoke.py) as one rank under
+             torchrun and launcher.supervise, dist.backend=ddp: the imports, the GPUs, an NCCL
+             allreduce, the data's folder and free space, 20 steps of the preset, a stop sent to
+             itself (checkpoint, exit 75) and the resume (exit 0, done marker); its lines and
+             verdict, and the card, driver, memory, torch / torchvision / CUDA / cuDNN
   input      the device input stage alone: views (nvJPEG decode, crops, colour ops) and positives
              from the stored flows, on pre-collated batches, timed with CUDA events: samples/s
   step_fp32  the real trainer on the k = 6 preset (ResNet-50, 64 samples on one GPU, decode and
@@ -20,9 +24,6 @@ Steps (GPU sizes; ``--cpu``: the same code with tiny sizes on the CPU):
   raft       RAFT-small (12 updates) on frame pairs at 1280x720: pairs/s in fp32 and bf16 and
              their agreement (mean end-point difference); random weights (no download there), so
              the flows are not meaningful, only the cost and the bf16-vs-fp32 difference are
-  ddp        the real trainer with dist.backend=ddp on one GPU under torchrun (and
-             launcher.supervise): 10 steps, a stop (SIGTERM → checkpoint, exit 75), a resume to
-             step 20 (exit 0, done marker)
 
 Results: at most 8 files under ``--out`` ($OUT): ``summary.txt`` (every figure and the card's
 name), ``summary.json`` (the same as data), ``steps.log`` (every step's output).
@@ -57,20 +58,19 @@ WHEEL_DIR = ROOT / "gpu_wheels"
 
 # name, time limit (s), what it measures
 STEPS: List[Tuple[str, int, str]] = [
-    ("env", 20, "card, driver, versions, imports, data"),
+    ("smoke", 170, "the launcher's smoke as 1 rank (ddp, torchrun): imports, GPUs, NCCL, 20 steps, stop + resume"),
     ("input", 55, "device input stage alone (views + positives), CUDA events"),
     ("step_fp32", 90, "trainer, k6 preset, fp32/TF32: samples/s, views share, peak memory/sample"),
     ("step_bf16", 80, "trainer, k6 preset, bf16 autocast: samples/s, peak memory/sample"),
     ("raft", 55, "RAFT-small pairs/s fp32 vs bf16, agreement (random weights)"),
-    ("ddp", 150, "trainer, dist.backend=ddp under torchrun: 10 steps, stop, resume to 20"),
 ]
 
 # sizes per mode: the GPU check and the CPU proof run
 SIZES = {
     "gpu": dict(config="pixpro_k6", device="cuda", batch=64, steps=24, input_batches=6, raft_pairs=8,
-                raft_size=(1280, 720), ddp_steps=20, ddp_stop=10, extra=[]),
+                raft_size=(1280, 720), extra=[]),
     "cpu": dict(config="cpu_small", device="cpu", batch=2, steps=4, input_batches=2, raft_pairs=2,
-                raft_size=(256, 128), ddp_steps=4, ddp_stop=2,
+                raft_size=(256, 128),
                 extra=["data.k=3", "data.image_size=64", "model.proj_hidden=64", "model.proj_dim=32",
                        "data.positives_on=device", "data.decode_on=device", "run.threads=1"]),
 }
@@ -156,7 +156,8 @@ def _median_after_warmup(rows: List[Dict[str, str]], key: str) -> Optional[float
     return statistics.median(vals[len(vals) // 3:] or vals)
 
 
-def step_env(sz: Dict, data: Path, work: Path) -> Dict:
+def _card(sz: Dict) -> Dict:
+    """The card, driver and versions of this machine (the smoke step's first figures)."""
     import platform
 
     import torch
@@ -179,11 +180,6 @@ def step_env(sz: Dict, data: Path, work: Path) -> Dict:
         out.update(card=f"CPU ({platform.processor() or platform.machine()})", memory_gib=None)
     import simplejpeg  # noqa: F401 - carried as a wheel where the image lacks it
 
-    import hdf5_tools.pack  # noqa: F401
-    import pixpro_of.train.trainer  # noqa: F401
-
-    m = _manifest(data)
-    out["data"] = f"{m} ({sum(f.stat().st_size for f in data.rglob('*') if f.is_file()) / 2**20:.1f} MiB)"
     return out
 
 
@@ -336,62 +332,47 @@ def _torchrun() -> List[str]:
     return [exe, "--standalone", "--nproc_per_node=1"]
 
 
-def step_ddp(sz: Dict, data: Path, work: Path) -> Dict:
-    run = work / "ddp"
-    steps, stop_at = sz["ddp_steps"], sz["ddp_stop"]
-    train = _train_args(sz, data, run, steps, ["dist.backend=ddp", f"checkpoint.every_steps={stop_at}",
-                                               "checkpoint.keep=2"])
-    # torchrun runs a module with -m; under launcher.supervise a stop becomes SIGUSR2 to the rank
-    cmd = [sys.executable, "-m", "launcher.supervise", "--", *_torchrun(), "-m", "pixpro_of", *train]
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
-    t0 = time.perf_counter()
+def step_smoke(sz: Dict, data: Path, work: Path, limit_s: float = 160.0) -> Dict:
+    """``python -m pixpro_of smoke`` (the ranks of ``launcher submit --smoke``) as one rank under
+    torchrun and launcher.supervise, on the packed data as it is (no job script, no staging)."""
+    manifest = _manifest(data)
+    out = _card(sz)
+    run = work / "smoke"
+    gpus = 1 if sz["device"] == "cuda" else 0
+    words = ["smoke", "--run-dir", str(run), "--ranks", "1", "--gpus-per-node", str(gpus), "--config", sz["config"],
+             "--deadline", f"@{time.time() + limit_s:.0f}", "dist.backend=ddp", f"run.device={sz['device']}",
+             f"data.shards=[{manifest}]", f"data.num_workers={_workers(sz)}", *sz["extra"]]
+    cmd = [sys.executable, "-m", "launcher.supervise", "--", *_torchrun(), "-m", "pixpro_of", *words]
     # cwd: not the tree, whose bare pixpro_of (no presets package) would shadow an installed copy under -m
-    first = subprocess.Popen(cmd, env=env, start_new_session=True, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                             text=True, cwd=str(work))
-    stopped_after = None
-    while first.poll() is None:
-        rows = _metrics(run)
-        if rows and int(rows[-1]["step"]) >= stop_at:
-            stopped_after = int(rows[-1]["step"])
-            first.send_signal(signal.SIGTERM)  # the supervisor passes it on to the rank as SIGUSR2
-            break
-        time.sleep(0.2)
-    out1, _ = first.communicate()
-    rc1 = first.returncode
-    t1 = time.perf_counter()
-    second = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, cwd=str(work))
-    t2 = time.perf_counter()
-    log = (run / "logs" / "train.log").read_text() if (run / "logs" / "train.log").exists() else ""
-    resumed = [ln.split("resumed from step", 1)[1].split()[0] for ln in log.splitlines() if "resumed from step" in ln]
-    rows = _metrics(run)
-    ok = rc1 == 75 and second.returncode == 0 and bool(resumed) and (run / "done").exists() and \
-        rows and int(rows[-1]["step"]) == steps
-    print(out1[-3000:])
-    print(second.stdout[-3000:])
-    res = {"first_exit": rc1, "stop_requested_after_step": stopped_after, "resumed_from_step": int(resumed[-1]) if resumed else None,
-           "second_exit": second.returncode, "last_step": int(rows[-1]["step"]) if rows else None,
-           "done_marker": (run / "done").exists(), "first_s": round(t1 - t0, 1), "resume_s": round(t2 - t1, 1),
-           "samples_per_s": round(sz["batch"] / _median_after_warmup(rows, "time/step"), 1) if rows else None}
-    if not ok:
-        raise SystemExit("gpu_check: the DDP stop/resume did not go as planned: " + json.dumps(res))
-    return res
+    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
+                          stderr=subprocess.STDOUT, text=True, cwd=str(work))
+    print(proc.stdout[-6000:])
+    report = run / "smoke.txt"
+    lines = report.read_text().splitlines() if report.exists() else []
+    passed = proc.returncode == 0 and bool(lines) and lines[-1].startswith("smoke: PASS")
+    out.update(exit=proc.returncode, passed=passed, verdict=lines[-1] if lines else "(no report)", lines=lines)
+    return out
 
 
-STEP_FUNCS = {"env": step_env, "input": step_input, "step_fp32": step_step_fp32, "step_bf16": step_step_bf16,
-              "raft": step_raft, "ddp": step_ddp}
+STEP_FUNCS = {"smoke": step_smoke, "input": step_input, "step_fp32": step_step_fp32, "step_bf16": step_step_bf16,
+              "raft": step_raft}
 
 
-def run_one_step(name: str, mode: str, data: Path, work: Path, result: Path) -> int:
-    """In the step's own process: run it and write its figures to ``result`` (JSON)."""
+def run_one_step(name: str, mode: str, data: Path, work: Path, result: Path, limit_s: float) -> int:
+    """In the step's own process: run it and write its figures to ``result`` (JSON); exit 1 when
+    they say it did not pass (the smoke's FAIL, whose lines are still the figures)."""
     sz = SIZES[mode]
-    figures = STEP_FUNCS[name](sz, data, work)
+    if name == "smoke":
+        figures = step_smoke(sz, data, work, max(MIN_STEP_S, limit_s - 10))
+    else:
+        figures = STEP_FUNCS[name](sz, data, work)
     result.write_text(json.dumps(figures))
-    return 0
+    return 0 if figures.get("passed", True) else 1
 
 
 # ----------------------------------------------------------------- the driver
 def _line(name: str, figures: Dict) -> str:
-    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items())
+    return f"{name}: " + ", ".join(f"{k} {v}" for k, v in figures.items() if k != "lines")
 
 
 def drive(args, mode: str) -> int:
@@ -418,7 +399,7 @@ def drive(args, mode: str) -> int:
                 continue
             result = work / f"{name}.json"
             cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--mode", mode,
-                   "--data", str(data), "--work", str(work), "--result", str(result)]
+                   "--data", str(data), "--work", str(work), "--result", str(result), "--limit", str(limit)]
             log.write(f"===== {name} (limit {limit} s): {' '.join(cmd)}\n")
             log.flush()
             t = time.monotonic()
@@ -432,13 +413,15 @@ def drive(args, mode: str) -> int:
                 rc = "timeout"
             took = round(time.monotonic() - t, 1)
             entry: Dict = {"limit_s": limit, "took_s": took}
+            if result.exists():
+                entry.update(json.loads(result.read_text()))
             if rc == 0 and result.exists():
-                entry.update(status="PASS", **json.loads(result.read_text()))
+                entry["status"] = "PASS"
             else:
                 entry["status"] = "FAIL (time limit)" if rc == "timeout" else f"FAIL (exit {rc})"
                 failed = 1
             summary["steps"][name] = entry
-            if name == "env" and entry.get("card"):
+            if name == "smoke" and entry.get("card"):
                 card = entry["card"]
             print(f"[{card}] {_line(name, entry)}", flush=True)
     fp32, inp = summary["steps"].get("step_fp32", {}), summary["steps"].get("input", {})
@@ -450,6 +433,7 @@ def drive(args, mode: str) -> int:
     lines = [f"gpu_check ({mode}) on {card}: {'all steps passed' if not failed else 'some steps FAILED'} "
              f"in {summary['total_s']} s of {args.budget - WRAPPER_S} s"]
     lines += [f"[{card}] {_line(n, e)}" for n, e in summary["steps"].items()]
+    lines += [f"[{card}] smoke | {ln}" for ln in summary["steps"].get("smoke", {}).get("lines", [])]
     for key in ("input_over_step", "views_share_of_step_in_training"):
         if key in summary:
             lines.append(f"[{card}] {key}: {summary[key]}")
@@ -476,6 +460,7 @@ def main(argv=None) -> int:
     ap.add_argument("--mode", default="gpu", help=argparse.SUPPRESS)
     ap.add_argument("--work", help=argparse.SUPPRESS)
     ap.add_argument("--result", help=argparse.SUPPRESS)
+    ap.add_argument("--limit", type=float, default=STEPS[0][1], help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     names = [n for n, _, _ in STEPS]
     args.only = [s for s in args.only.split(",") if s]
@@ -491,7 +476,7 @@ def main(argv=None) -> int:
         os.environ["PYTHONPATH"] = os.pathsep.join([*paths, str(ROOT)])
     if args.step:
         sys.path.append(str(ROOT))
-        return run_one_step(args.step, args.mode, Path(args.data), Path(args.work), Path(args.result))
+        return run_one_step(args.step, args.mode, Path(args.data), Path(args.work), Path(args.result), args.limit)
     if args.dry_run:
         print_plan(args.budget, args.only, mode)
         return 0

@@ -2,7 +2,8 @@
 # The device check's wrapper, for the lent GPU machine as it is: its own python3 and torch, the
 # wheels it lacks installed from the carried gpu_wheels/ (make gpu-wheels) into /tmp (no network,
 # no build), the repository on PYTHONPATH, the data packed beforehand (make gpu-check-data), then
-# bench/gpu_check.py, which runs every step under its own limit within 480 s in all and writes
+# bench/gpu_check.py, which runs every step under its own limit within 480 s in all (first the
+# launcher's smoke, pixpro_of/smoke.py, as one rank; then the benchmark steps) and writes
 # at most 8 files under --out ($OUT): summary.txt (every figure, the card's name), summary.json,
 # steps.log. Arguments go to bench/gpu_check.py (--dry-run prints the plan and runs nothing).
 #

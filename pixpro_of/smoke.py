@@ -354,7 +354,7 @@ def line_allreduce(ends: Dict[int, Dict], expected: int) -> Tuple[bool, str]:
         return False, f"allreduce: FAIL: no result from {_ranges(absent)}"
     n = zero["world"]
     bw = (f"bus bandwidth {zero['busbw']:.2f} GB/s" if n > 1 else "1 rank: no transfer")
-    return True, (f"allreduce: OK: {n} ranks, {zero['library']}, sums right on every rank; {zero['mib']} MiB "
+    return True, (f"allreduce: OK: {n} rank{'s' if n != 1 else ''}, {zero['library']}, sums right on every rank; {zero['mib']} MiB "
                   f"in {zero['seconds'] * 1e3:.1f} ms: {bw} (algorithm {zero['algbw']:.2f} GB/s)")
 
 

@@ -1,7 +1,9 @@
 """bench/gpu_check.py (the device check) without a GPU: the plan fits one device command (480 s)
 with a limit per step, the dry run prints it without importing torch, bad arguments are one line,
 the wrapper and the Makefile targets say what travels, and (slow) the whole check runs end to end
-on the CPU with tiny sizes, writing its summary within the 8 result files."""
+on the CPU with tiny sizes, writing its summary within the 8 result files. Its first step is the
+launcher's smoke (pixpro_of/smoke.py) as one rank: the device check's environment and DDP
+stop/resume checks live there now."""
 from __future__ import annotations
 
 import json
@@ -16,7 +18,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 DRIVER = ROOT / "bench" / "gpu_check.py"
 WRAPPER = ROOT / "bench" / "gpu_check.sh"
-STEPS = ["env", "input", "step_fp32", "step_bf16", "raft", "ddp"]
+STEPS = ["smoke", "input", "step_fp32", "step_bf16", "raft"]
 
 sys.path.insert(0, str(ROOT / "bench"))
 import gpu_check  # noqa: E402
@@ -40,8 +42,8 @@ def test_dry_run_prints_every_step_with_its_budget_within_one_device_command():
     assert all(15 <= t <= 200 for _, t in steps), steps
     assert budget == 480 and total == gpu_check.WRAPPER_S + sum(t for _, t in steps) and total <= 480
     assert "wrapper 30 s (carried wheels, this tree)" in p.stdout and "at most 8 files" in p.stdout
-    # the ddp step holds two trainer starts (stop, resume): it has the largest share
-    assert max(steps, key=lambda s: s[1])[0] == "ddp"
+    # the smoke holds two trainer starts (stop, resume) and the collectives: it has the largest share
+    assert max(steps, key=lambda s: s[1])[0] == "smoke"
 
 
 def test_dry_run_and_help_import_no_torch():
@@ -60,14 +62,14 @@ def test_plan_scales_every_step_into_a_smaller_budget_and_keeps_the_order():
     assert sum(t for _, t, _ in small) + gpu_check.WRAPPER_S <= 240
     assert all(0 < s < f for (_, s, _), (_, f, _) in zip(small, full))
     assert gpu_check.plan(480, ["raft"]) == [s for s in gpu_check.STEPS if s[0] == "raft"]
-    p = driver("--dry-run", "--budget", "240", "--only", "env,ddp")
+    p = driver("--dry-run", "--budget", "240", "--only", "smoke,raft")
     steps, total, budget = parse_plan(p.stdout)
-    assert [n for n, _ in steps] == ["env", "ddp"] and total <= 240 and budget == 240
+    assert [n for n, _ in steps] == ["smoke", "raft"] and total <= 240 and budget == 240
 
 
 @pytest.mark.parametrize("args,message", [
     (["--budget", "600"], "--budget must be in 1..480 s (one device command), got 600"),
-    (["--only", "env,bogus"], "--only: unknown step 'bogus' (steps: env, input, step_fp32, step_bf16, raft, ddp)"),
+    (["--only", "smoke,bogus"], "--only: unknown step 'bogus' (steps: smoke, input, step_fp32, step_bf16, raft)"),
 ])
 def test_bad_arguments_are_one_line(args, message):
     p = driver("--dry-run", *args)
@@ -75,10 +77,10 @@ def test_bad_arguments_are_one_line(args, message):
 
 
 def test_without_data_a_step_fails_naming_what_to_run(tmp_path):
-    p = driver("--cpu", "--only", "env", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=300)
+    p = driver("--cpu", "--only", "smoke", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=300)
     assert p.returncode == 1
     summary = (tmp_path / "out" / "summary.txt").read_text()
-    assert re.search(r"env: limit_s \d+, took_s [0-9.]+, status FAIL \(exit 1\)", summary), summary
+    assert re.search(r"smoke: limit_s \d+, took_s [0-9.]+, status FAIL \(exit 1\)", summary), summary
     log = (tmp_path / "out" / "steps.log").read_text()
     assert f"gpu_check: no packed data at {tmp_path / 'none' / 'manifest.json'} (make gpu-check-data, or --prepare)" in log
 
@@ -93,7 +95,7 @@ def test_wrapper_passes_shellcheck_and_its_dry_run_runs_the_driver_without_insta
                        env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
                             "GPU_CHECK_SITE": str(tmp_path / "site")})
     assert r.returncode == 0, r.stderr
-    assert parse_plan(r.stdout)[0][0][0] == "env"
+    assert parse_plan(r.stdout)[0][0][0] == "smoke"
     assert not (tmp_path / "site").exists()  # a dry run installs nothing
 
 
@@ -126,7 +128,14 @@ def test_the_whole_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert summary["passed"] and summary["card"].startswith("CPU") and list(summary["steps"]) == STEPS
     s = summary["steps"]
     assert all(e["status"] == "PASS" for e in s.values()), s
-    assert s["env"]["torch"] and s["env"]["torchvision"]
+    assert s["smoke"]["torch"] and s["smoke"]["torchvision"] and s["smoke"]["passed"]
+    # the launcher's smoke, as one rank: its six lines and the verdict
+    assert [ln.split(":")[0] for ln in s["smoke"]["lines"]] == ["imports", "gpus", "allreduce", "scratch", "train",
+                                                              "stop/resume", "smoke"]
+    assert "allreduce: OK: 1 rank, torch.distributed gloo" in s["smoke"]["lines"][2]
+    assert "1 rank: no transfer" in s["smoke"]["lines"][2] and "0 GPUs (CPU ranks)" in s["smoke"]["lines"][1]
+    assert "resumed from step 20 to step 24, exit 0 (done marker)" in s["smoke"]["lines"][5]
+    assert s["smoke"]["verdict"].startswith("smoke: PASS (6 of 6 checks")
     assert s["input"]["views_samples_per_s"] > 0 and s["input"]["input_s_per_batch"] >= s["input"]["views_s_per_batch"]
     for name, precision in (("step_fp32", "fp32"), ("step_bf16", "bf16")):
         e = s[name]
@@ -134,10 +143,9 @@ def test_the_whole_check_runs_end_to_end_on_the_cpu(tmp_path):
         assert e["views_s"] > 0 and e["peak_mib_per_sample"] > 0
     assert s["raft"]["fp32_pairs_per_s"] > 0 and s["raft"]["bf16_pairs_per_s"] > 0
     assert 0 < s["raft"]["bf16_vs_fp32_mean_epe_px"] < 5  # bf16 differs a little from fp32, not wildly
-    assert s["ddp"]["first_exit"] == 75 and s["ddp"]["second_exit"] == 0 and s["ddp"]["done_marker"]
-    assert s["ddp"]["resumed_from_step"] >= 2 and s["ddp"]["last_step"] == 4
     assert summary["input_over_step"] > 0
     text = (out / "summary.txt").read_text()
     assert text.startswith(f"gpu_check (cpu) on {summary['card']}: all steps passed")
     for name in STEPS:
         assert re.search(rf"^\[{re.escape(summary['card'])}\] {name}: .*status PASS", text, re.M), text
+    assert f"[{summary['card']}] smoke | smoke: PASS (6 of 6 checks" in text
