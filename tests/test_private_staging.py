@@ -284,3 +284,27 @@ def test_a_slot_directory_another_user_planted_is_refused(tmp_path, scratch):
                         str(script)], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0 and ran.exists()
     assert stat.S_IMODE(ours.stat().st_mode) == 0o700 and [p.name for p in ours.iterdir()] == ["slot.0"]
+
+
+# ---------------------------------------------------------------------------- through a real job script
+@pytest.mark.mpi
+def test_a_local_job_whose_scratch_another_user_controls_stops_at_staging(packed, tmp_path, scratch, mpi_env):
+    """The job script's staging step (templates/_staging.sh.j2) refuses in one line and nothing trains."""
+    theirs = scratch / "theirs"
+    as_nobody("mkdir", "-m", "0755", str(theirs))
+    env = dict(mpi_env, TMPDIR=str(theirs))
+    env["PATH"] = f"{Path(__file__).resolve().parent / 'fake_schedulers'}:{env['PATH']}"
+    run = tmp_path / "run"
+    trainer = f"{sys.executable} {Path(__file__).resolve().parent / 'fake_schedulers' / 'fixture_trainer.py'}"
+    r = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--gpus", "0", "--run-dir", str(run), "--data",
+                        os.path.join(packed.root, mf.MANIFEST_NAME), "--wait", "--trainer-command", trainer,
+                        "steps=2", "step_time=0"], env=env, cwd=str(tmp_path), capture_output=True, text=True,
+                       timeout=150)
+    assert r.returncode != 0, r.stdout + r.stderr
+    job_id = (run / "job" / "jobs.tsv").read_text().split("\t")[3]
+    line = (f"hdf5_tools stage: error: staging directory {theirs}/pixpro-g0-{job_id}: unsafe parent folder: {theirs} "
+            f"is owned by uid {NOBODY} (another user could replace what is in it); choose another place")
+    log = (run / "logs" / "run.log").read_text()
+    assert line in log.splitlines(), log[-3000:]
+    assert not (run / "argv.log").exists() and not (run / "done").exists()  # the trainer never started
+    assert not list(theirs.glob("pixpro-*"))
