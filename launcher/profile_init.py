@@ -107,15 +107,13 @@ def merge(found: Sequence[Line], given: Sequence[Line], extra: Sequence[Line]) -
     return [by_key[k] for k in dict.fromkeys(order)]
 
 
-def render(name: str, scheduler: str, description: str, lines: Sequence[Line], header: str) -> str:
+def render(name: str, scheduler: str, description: str, lines: Sequence[Line], header: str, named: str) -> str:
     out = [f"# Cluster profile {name!r} ({scheduler}), {header}.",
            "# Each value has a comment above it saying where it came from; a commented-out key is one the",
            "# cluster could not tell: fill it in or leave the default. Every key: docs/profiles.md;",
-           f"# `launcher profile show {name}.toml` prints them all, with their defaults.",
-           f"name = {toml_value(name)}",
-           f"scheduler = {toml_value(scheduler)}",
-           f"description = {toml_value(description)}"]
-    for line in lines:
+           f"# `launcher profile show {name}.toml` prints them all, with their defaults."]
+    for line in [Line("name", name, named), Line("scheduler", scheduler, "--scheduler"),
+                 Line("description", description, "for `launcher profile list`, from the answers below"), *lines]:
         out.append("")
         out.append("# " + line.note)
         out.append(("" if line.learned else "# ") + f"{line.key} = {toml_value(line.value)}")
@@ -124,11 +122,11 @@ def render(name: str, scheduler: str, description: str, lines: Sequence[Line], h
 
 def build(scheduler: str, queue: Optional[str], name: str, ask=run_ask, gpus_per_node: Optional[int] = None,
           cpus_per_node: Optional[int] = None, max_walltime: Optional[str] = None,
-          header: str = "") -> Tuple[str, List[Line]]:
+          header: str = "", named: str = "--name") -> Tuple[str, List[Line]]:
     """The profile's TOML text and its lines (asks the scheduler through ``ask``)."""
     description, found = DISCOVER[scheduler](ask, queue)
     lines = merge(found, option_lines(gpus_per_node, cpus_per_node, max_walltime), user_lines(scheduler))
-    text = render(name, scheduler, description, lines, header or "written by `launcher profile init`")
+    text = render(name, scheduler, description, lines, header or "written by `launcher profile init`", named)
     return text, lines
 
 
@@ -150,12 +148,13 @@ def command(scheduler, queue, name, out, force, gpus_per_node, cpus_per_node, ma
         raise UserError(f"--out {out}: a profile file ends in .toml")
     if path.exists() and not force:
         raise UserError(f"--out {out} exists (add --force to replace it)")
+    named = "--name" if name else "the --out file's name (--name sets another)"
     name = name or path.name[:-5]
     t0 = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = f"written by `launcher profile init` on {socket.gethostname()}, {stamp}"
     text, lines = build(scheduler, queue, name, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node,
-                        max_walltime=max_walltime, header=header)
+                        max_walltime=max_walltime, header=header, named=named)
     profile_from_dict(read_toml(text.encode(), str(path)), str(path))  # what is written loads and validates
     atomic_write_text(path, text)
     took = time.monotonic() - t0
