@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import signal
+import time
 
 import pytest
 
@@ -78,6 +79,11 @@ def test_kill9_of_the_trainer_leaves_no_worker_and_no_traceback(pristine, tmp_pa
     """The trainer killed as the OOM killer or a scheduler would: its DataLoader worker dies with
     it (no orphan polling a dead parent, no ConnectionResetError traceback)."""
     def kill_trainer(token):
+        # The loader may be between epochs when step 2 is logged (its iterator is read one batch
+        # ahead): wait for the next epoch's workers.
+        end = time.time() + 30
+        while not fs.loader_workers(token) and time.time() < end:
+            time.sleep(0.02)
         workers = set(fs.loader_workers(token))
         assert workers, "no DataLoader worker to orphan"
         main = [p for p in fs.job_processes(token) if p not in workers]

@@ -86,7 +86,7 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
 
     trainer = Trainer(cfg, run_dir)
     try:
-        return trainer.run()
+        code = trainer.run()
     except (KeyboardInterrupt, SystemExit):
         raise
     except BaseException as exc:  # noqa: BLE001
@@ -99,6 +99,11 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         if trainer.backend.world_size > 1:
             fail_job(trainer.backend, exc)
         raise exc from None
+    # Every rank gets here at the same step (finished, or a stop all ranks agreed on): release the
+    # collective runtime while Python still runs. Left to the interpreter's exit, gloo's worker thread
+    # may free a tensor after finalisation began and abort the rank (SIGABRT instead of exit 75).
+    trainer.backend.shutdown()
+    return code
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

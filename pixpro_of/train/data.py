@@ -24,6 +24,7 @@ import ctypes
 import os
 import random
 import signal
+import sys
 import time
 import traceback
 from dataclasses import dataclass
@@ -227,6 +228,30 @@ def die_with_parent(parent_pid: int) -> None:
         return
     if os.getppid() != parent_pid:  # the parent died before the request took effect
         os._exit(1)
+    sys.excepthook = _OrphanQuiet(parent_pid, sys.excepthook)
+
+
+class _OrphanQuiet:
+    """A worker's ``sys.excepthook`` that stays silent about a lost connection when its parent is dying.
+
+    The parent's death closes its sockets before the kernel's death signal reaches this worker, so
+    the thread that passes tensors' file descriptors to the parent (``multiprocessing``'s resource
+    sharer, which reports its errors through ``sys.excepthook``) may meet ``ConnectionResetError``
+    first. Such an error waits up to ``wait_s`` for the parent to be gone, then ends the worker
+    without a word; anything else, or with the parent alive, goes to the usual hook.
+    """
+
+    def __init__(self, parent_pid: int, hook, wait_s: float = 2.0):
+        self.parent_pid, self.hook, self.wait_s = parent_pid, hook, wait_s
+
+    def __call__(self, kind, value, tb):
+        if issubclass(kind, (ConnectionError, EOFError)):
+            end = time.monotonic() + self.wait_s
+            while time.monotonic() < end:
+                if os.getppid() != self.parent_pid:
+                    os._exit(1)
+                time.sleep(0.05)
+        self.hook(kind, value, tb)
 
 
 class _WorkerInit:
