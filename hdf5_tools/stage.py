@@ -29,7 +29,7 @@ import time
 import zlib
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Optional, Tuple
+from typing import IO, Optional, Tuple
 
 import click
 
@@ -94,11 +94,12 @@ def _hasher(name: str):
     return hashlib.sha256() if name == "SHA-256" else _Crc32()
 
 
-def _copy_checked(src: str, fo, digest: str = "SHA-256", block: int = 16 << 20) -> Tuple[str, int]:
-    """Copy ``src`` into the open file ``fo`` hashing what passes; (hex ``digest``, bytes).
+def _copy_checked(src: str, fo: Optional[IO[bytes]], digest: str = "SHA-256",
+                  block: int = 16 << 20) -> Tuple[str, int]:
+    """Read ``src`` once, hashing it and writing it to ``fo`` when given; (hex ``digest``, bytes).
 
-    One read: a helper thread hashes each block while this one writes it and reads the next
-    (both release the GIL), so the copy runs at about the slowest of read, hash and write.
+    A helper thread hashes each block while this one writes it and reads the next (all three
+    release the GIL), so the copy runs at about the slowest of read, hash and write.
     """
     h, size = _hasher(digest), 0
     with open(src, "rb") as fi, ThreadPoolExecutor(1) as pool:
@@ -110,22 +111,12 @@ def _copy_checked(src: str, fo, digest: str = "SHA-256", block: int = 16 << 20) 
             if hashing is not None:
                 hashing.result()  # in order: block k-1 is hashed before block k
             hashing = pool.submit(h.update, b)
-            fo.write(b)
+            if fo is not None:
+                fo.write(b)
             size += len(b)
         if hashing is not None:
             hashing.result()
     return h.hexdigest(), size
-
-
-def _file_digest(path: str, digest: str, block: int = 16 << 20) -> str:
-    h = _hasher(digest)
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(block)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
 
 
 def staged_copy_good(dst: str, s: mf.ShardEntry) -> bool:
@@ -138,7 +129,7 @@ def staged_copy_good(dst: str, s: mf.ShardEntry) -> bool:
     if not stat.S_ISREG(st.st_mode) or st.st_size != s.bytes:
         return False
     name, want = expected_digest(s)
-    return _file_digest(dst, name) == want
+    return _copy_checked(dst, None, name)[0] == want
 
 
 def stage_marker(manifest: str, run: str) -> str:
