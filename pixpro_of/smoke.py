@@ -213,8 +213,10 @@ def _self_stop_control(cfg, send_at: Optional[int]):
     return SelfStop(deadline, cfg.stop.margin_s, cfg.stop.safety_factor, cfg.stop.signals)
 
 
-def train_check(cfg, be, run: Path) -> Tuple[Dict, Dict]:
-    """20 steps and a self-sent stop (checkpoint, 75), then the resume to the end (0, done)."""
+def train_check(cfg, be, run: Path, into: Dict, phase=lambda name: None) -> None:
+    """20 steps and a self-sent stop (checkpoint, 75), then the resume to the end (0, done), into
+    ``into["train"]`` and ``into["stop"]`` as they come (a failure in the resume keeps the first).
+    ``phase(name)`` is told when the resume starts (the report names a phase that hangs)."""
     from pixpro_of.train.metrics_log import read_csv
     from pixpro_of.train.trainer import Trainer
 
@@ -231,12 +233,15 @@ def train_check(cfg, be, run: Path) -> Tuple[Dict, Dict]:
              "loss": [float(steps1[0]["loss"]), float(steps1[-1]["loss"])] if steps1 else None}
     stop = {"rc1": rc1, "signal": signal.Signals(first.signal_nums[0]).name, "sent_at": first.sent_at_step,
             "reason": first.reason}
+    into["train"] = train
     if rc1 != 75:
-        return train, stop
+        into["stop"] = stop
+        return
     from plumbing.runs import RunLayout
 
     latest = RunLayout(run).latest_checkpoint()
     stop["checkpoint"] = latest.name if latest is not None else ""
+    phase("stop/resume")
     rc2 = Trainer(cfg, run, backend=be, stop=_self_stop_control(cfg, None)).run()
     log = run / "logs" / "train.log"
     text = log.read_text(errors="replace") if log.exists() else ""
@@ -244,7 +249,7 @@ def train_check(cfg, be, run: Path) -> Tuple[Dict, Dict]:
     rows = read_csv(run / "metrics.csv") if (run / "metrics.csv").exists() else []
     stop.update(rc2=rc2, resumed_from=int(resumed[-1]) if resumed else None, done=RunLayout(run).is_done(),
                 last_step=int(rows[-1]["step"]) if rows else None, seconds=round(time.perf_counter() - t1, 1))
-    return train, stop
+    into["stop"] = stop
 
 
 # ----------------------------------------------------------------- the report (pure: records in, lines out)
@@ -380,8 +385,10 @@ def line_train(ends: Dict[int, Dict], preset: str, rank_batch: int = RANK_BATCH)
 def line_stop(ends: Dict[int, Dict]) -> Tuple[bool, str]:
     s = ends.get(0, {}).get("stop")
     if not s:
-        return False, "stop/resume: FAIL: not run: the training did not run"
-    head = f"{s['signal']} sent to rank 0 after step {s['sent_at']}"
+        err = ends.get(0, {}).get("errors", {}).get("stop/resume")
+        return False, f"stop/resume: FAIL: {err or 'not run: the training did not run'}"
+    head = (f"{s['signal']} sent to rank 0 after step {s['sent_at']}" if s.get("sent_at") is not None
+            else f"no {s['signal']} sent (the training ended before step {STEPS})")
     if s.get("rc1") != 75:
         return False, f"stop/resume: FAIL: {head}: the trainer exited {s.get('rc1')}, not 75 (checkpointed)"
     if s.get("rc2") != 0 or not s.get("done") or s.get("resumed_from") is None:
@@ -506,7 +513,8 @@ def run_rank(opts: SimpleNamespace) -> int:
         if "error" not in me.end["allreduce"]:
             me.phase = "train"
             cfg = load_config(opts.config, overrides + smoke_overrides(be.world_size, opts.rank_batch, cfg.run.epochs))
-            me.end["train"], me.end["stop"] = train_check(cfg, be, Path(opts.run_dir) / RANKS_DIR / "train")
+            train_check(cfg, be, Path(opts.run_dir) / RANKS_DIR / "train", me.end,
+                        lambda name: setattr(me, "phase", name))
     except BaseException as exc:  # noqa: BLE001 - every failure is a finding for the report
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         me.end["errors"][me.phase] = why

@@ -90,6 +90,16 @@ def test_gpu_lines_see_each_ranks_cards_and_refuse_blind_or_shared_ranks():
     assert not ok and line.startswith("gpus: FAIL: ranks 0-1 on n1 see no GPU; the job asked for 2 per node")
 
 
+def test_a_resume_that_fails_keeps_the_training_line_and_names_the_failure():
+    end = _end()
+    del end["stop"]
+    end["errors"]["stop/resume"] = "TrainingFailure: rank 0 cannot load step_00000020.pt"
+    ok, lines = smoke.compose({0: _start(), 1: _start()}, {0: end, 1: _end()}, 2, 0, "cpu_small", 30)
+    assert not ok and lines[4].startswith("train: OK: 20 steps")
+    assert lines[5] == "stop/resume: FAIL: TrainingFailure: rank 0 cannot load step_00000020.pt"
+    assert lines[-1].startswith("smoke: FAIL: stop/resume: TrainingFailure: rank 0 cannot load step_00000020.pt (5 of 6")
+
+
 def test_a_hung_phase_and_missing_ranks_are_named():
     ok, lines = smoke.compose({0: _start()}, {}, 2, 0, "cpu_small", 250,
                               ("allreduce", "no result by the smoke's deadline (245 s after the job start)"))
@@ -215,6 +225,12 @@ def test_local_smoke_without_horovod_fails_naming_the_import(tmp_path, mpi_env):
     assert sum(l.startswith("smoke:") for l in lines) == 1
     assert (run / "smoke.txt").read_text() == r.stdout
     assert (run / "job" / "events.tsv").read_text().splitlines()[-1].endswith("fail: smoke command exited 1")
+    # the same command again: the earlier smoke's directory is named, nothing is submitted
+    again = launcher(env, tmp_path, "submit", "--smoke", "--scheduler", "local", "--gpus", "0", "--preset",
+                     "cpu_small", "--name", "nohvd", "--wait")
+    assert again.returncode == 2 and again.stderr.strip() == (
+        f"launcher submit: error: {run} holds an earlier smoke ({run}/smoke.txt); remove that directory to run the "
+        f"smoke again"), again.stderr
 
 
 @pytest.mark.slow
