@@ -32,6 +32,7 @@ import shlex
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 from typing import List, Tuple
 
@@ -213,17 +214,25 @@ def documented_commands() -> List[Tuple[str, str]]:
 # ------------------------------------------------------------------ fixtures: the synthetic world under the documented names
 
 @pytest.fixture(scope="module")
-def world(tmp_path_factory):
+def world():
     """``world``: 6 synthetic videos of 16 frames in BDD100K and Cityscapes layouts (5 train, 1 val);
-    ``shards``: its train split packed for 4 node sets with the exact flows (every pair present)."""
+    ``shards``: its train split packed for 4 node sets with the exact flows (every pair present).
+
+    The folder is in the checkout's ``build/``, not pytest's temporary folder: the commands run where
+    a user runs them, on a shared filesystem (a multi-node job refuses run directories and data under
+    /tmp, which is local to each node on a cluster; launcher/sharedfs.py)."""
     from hdf5_tools.pack import PackConfig, pack
     from synth import SynthConfig, write_dataset
 
-    w = tmp_path_factory.mktemp("documented")
-    write_dataset(w / "world", SynthConfig(videos=6, frames=16, size=(64, 48), fps=10, seed=0, format="all"))
-    pack(PackConfig(src=str(w / "world"), out=str(w / "shards"), nodes=4, flows=str(w / "world" / "flow"),
-                    splits=["train"], progress=False))
-    return w
+    (ROOT / "build").mkdir(exist_ok=True)
+    w = Path(tempfile.mkdtemp(prefix="documented-", dir=ROOT / "build"))
+    try:
+        write_dataset(w / "world", SynthConfig(videos=6, frames=16, size=(64, 48), fps=10, seed=0, format="all"))
+        pack(PackConfig(src=str(w / "world"), out=str(w / "shards"), nodes=4, flows=str(w / "world" / "flow"),
+                        splits=["train"], progress=False))
+        yield w
+    finally:
+        shutil.rmtree(w, ignore_errors=True)
 
 
 def _workdir(w: Path, n: int) -> Path:
