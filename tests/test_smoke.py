@@ -250,3 +250,23 @@ def test_ranks_that_see_another_world_size_fail_the_allreduce_line(tmp_path, mpi
     assert lines[2] == "allreduce: FAIL: rank 0 sees world size 2, the job has 3 ranks"
     assert lines[-1].startswith("smoke: FAIL: allreduce: rank 0 sees world size 2, the job has 3 ranks (")
     assert lines[-1] in r.stdout
+
+
+def test_the_allreduce_check_measures_a_fixed_message_and_refuses_another_world_size():
+    from pixpro_of.dist.backend import SingleProcessBackend
+
+    be = SingleProcessBackend(device="cpu")
+    res = smoke.allreduce_check(be, 1)
+    assert res["world"] == 1 and res["mib"] == 16 and res["seconds"] > 0 and res["busbw"] == 0 and "error" not in res
+    assert smoke.allreduce_check(be, 4)["error"] == "rank 0 sees world size 1, the job has 4 ranks"
+
+
+def test_the_scratch_probe_reads_this_nodes_staged_shards_and_names_what_is_missing(tmp_path):
+    from hdf5_tools.pack import PackConfig, pack
+
+    pack(PackConfig(src="synth:videos=2,frames=3,size=64x48,seed=0", out=str(tmp_path / "d"), nodes=2, progress=False))
+    got = smoke.probe_scratch(str(tmp_path / "d" / "manifest.json"), 1, 2)
+    assert got["shards"] == 1 and got["bytes"] > 0 and got["free"] > 0 and "error" not in got, got
+    missing = smoke.probe_scratch(str(tmp_path / "none" / "manifest.json"), 0, 1)
+    assert missing["error"] == f"the staged manifest {tmp_path}/none/manifest.json is missing"
+    assert smoke.probe_scratch(None, 0, 1)["error"].startswith("no data.shards manifest was passed")
