@@ -137,6 +137,9 @@ def test_pjm_step_jobs_continue_the_run(env, tmp_path):
     assert r.stdout.strip() == "100_0"
     wait_for(finished(run), 90, "the PJM step jobs to finish", run)
     assert json.loads((run / "checkpoints" / "state.json").read_text()) == expected_state(6)
+    # each step job loaded the profile's modules in order (tests/fake_schedulers/module)
+    loaded = (Path(env["FAKE_SCHED_DIR"]) / "modules.log").read_text().split()
+    assert loaded == ["cuda/10.2.89_440.33.01", "nccl/2.7.3", "gcc/8.4.0", "cudnn/8.2.1", "openmpi/4.0.4"] * 2
     assert [row[3:5] for row in jobs_tsv(run)] == [["100_0", "[INFO] PJM 0000 pjsub Job 100_0 submitted."],
                                                    ["", "[INFO] PJM 0000 pjsub Job 100_1 submitted."]]
     submits = [c for c in calls(env) if c.startswith("pjsub")]
