@@ -9,8 +9,10 @@ documented rates and says which is which):
 2. The model of the k = 6 preset (``configs/train/pixpro_k6.yaml``: ResNet-50, projector, PPM):
    trainable parameters (= float32 gradient bytes allreduced per step), all parameters and
    buffers (online + momentum), and the batch-norm layers SyncBN turns into collectives.
-3. The staging copier (``hdf5_tools.stage``): zlib CRC32 rate of one core, and the copier's own
-   rate (read, CRC32, write, fsync) copying a file on this machine's disk.
+3. The staging copier (``hdf5_tools.stage``): the SHA-256 rate of one core (and zlib CRC32's, the
+   copier's check before SHA-256), the real ``stage`` copying shard files on this machine's disk
+   (read, SHA-256 in a helper thread, write, fsync), and its re-verification of copies already
+   there (a requeued job's, by size and SHA-256).
 4. JPEG decode of a 1280x720 frame (simplejpeg, one thread): a synthetic-world frame (quality 95,
    as pack encodes), and the same frame re-encoded to about the seed's mean BDD100K frame size
    (~110 KB).
@@ -20,6 +22,7 @@ documented rates and says which is which):
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import subprocess
@@ -89,28 +92,56 @@ def model_sizes() -> dict:
             "gradient_bytes_fp32": trainable * 4, "bn_layers_trainable": bn_trainable, "bn_layers_all": bn_all}
 
 
-def staging_rates(tmp: Path, mb: int) -> dict:
-    from hdf5_tools.stage import _copy_checked
-
+def _hash_rate(update, seconds: float = 2.0) -> float:
+    """Bytes per second one core feeds ``update`` with 16 MiB blocks of random data."""
     data = os.urandom(16 << 20)
-    t0 = time.perf_counter()
-    crc, n = 0, 0
-    while time.perf_counter() - t0 < 2.0:
-        crc = zlib.crc32(data, crc)
+    n, t0 = 0, time.perf_counter()
+    while time.perf_counter() - t0 < seconds:
+        update(data)
         n += len(data)
-    crc_rate = n / (time.perf_counter() - t0)
-    src = tmp / "src.bin"
-    with open(src, "wb") as f:
-        for _ in range(mb // 16):
-            f.write(os.urandom(16 << 20))
-        f.flush()
-        os.fsync(f.fileno())
-    size = src.stat().st_size
+    return n / (time.perf_counter() - t0)
+
+
+def staging_rates(tmp: Path, mb: int) -> dict:
+    """The one-core hash rates and the real ``hdf5_tools stage`` copying ``mb`` MB of shard files.
+
+    The shards are random bytes listed in a manifest with their CRC32 and SHA-256 (stage reads
+    only the manifest, never the HDF5 contents). The first ``stage`` copies them into a new private
+    directory (read, SHA-256 in a helper thread, write, fsync, rename); the second finds them there
+    and re-verifies each by size and SHA-256, as a requeued job does with its own copies.
+    """
+    from hdf5_tools import manifest as mf
+    from hdf5_tools.stage import StageConfig, stage
+
+    crc = [0]
+    crc_rate = _hash_rate(lambda b: crc.__setitem__(0, zlib.crc32(b, crc[0])))
+    sha256_rate = _hash_rate(hashlib.sha256().update)
+    src = tmp / "stage-src"
+    src.mkdir()
+    shard_mb = 64
+    entries = []
+    for i in range(max(1, mb // shard_mb)):
+        f = src / f"shard-{i:05d}.h5"
+        with open(f, "wb") as fo:
+            for _ in range(shard_mb // 16):
+                fo.write(os.urandom(16 << 20))
+            fo.flush()
+            os.fsync(fo.fileno())
+        crc32, sha256 = mf.file_digests(f)
+        entries.append(mf.ShardEntry(file=f.name, node=0, bytes=f.stat().st_size, crc32=crc32, sha256=sha256,
+                                     num_videos=0, num_frames=0, num_pairs=0, pairs_present=0))
+    mf.write_manifest(src / mf.MANIFEST_NAME, mf.Manifest(nodes=1, shards=entries))
+    cfg = StageConfig(manifest=str(src), to=str(tmp / "staged"), node=0, num_nodes=1, run=str(tmp))
+    first = stage(cfg)
     t0 = time.perf_counter()
-    _copy_checked(str(src), str(tmp / "dst.bin"))
-    copy_s = time.perf_counter() - t0
-    return {"crc32_bytes_per_s_one_core": crc_rate, "copier_bytes": size,
-            "copier_bytes_per_s_this_disk": size / copy_s}
+    again = stage(cfg)
+    reverify_s = time.perf_counter() - t0
+    if first.copied != len(entries) or again.skipped != len(entries) or again.copied:
+        raise SystemExit(f"stage: expected {len(entries)} copies then {len(entries)} reused, got "
+                         f"{first.line()} then {again.line()}")
+    return {"crc32_bytes_per_s_one_core": crc_rate, "sha256_bytes_per_s_one_core": sha256_rate,
+            "copier_bytes": first.bytes_copied, "copier_bytes_per_s_this_disk": first.bytes_copied / first.seconds,
+            "reverify_bytes_per_s_this_disk": first.bytes_copied / reverify_s}
 
 
 def jpeg_decode(tmp: Path) -> dict:
