@@ -189,7 +189,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--videos", type=int, default=2)
     ap.add_argument("--video-frames", dest="frames", type=int, default=12, help="frames per video")
-    ap.add_argument("--copy-mb", type=int, default=256)
+    ap.add_argument("--copy-mb", type=int, default=512, help="MiB of shard files the staging copier copies")
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         tmp = Path(d)
