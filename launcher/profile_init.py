@@ -158,11 +158,12 @@ def command(scheduler, queue, name, out, force, gpus_per_node, cpus_per_node, ma
     profile_from_dict(read_toml(text.encode(), str(path)), str(path))  # what is written loads and validates
     atomic_write_text(path, text)
     took = time.monotonic() - t0
-    learned = [f"{l.key}={toml_value(l.value)}" for l in lines if l.learned]
-    todo = [l.key for l in lines if not l.learned]
+    yours = {l.key for l in user_lines(scheduler)}  # written for the user to fill in (modules = [] as it is)
+    learned = [f"{l.key}={toml_value(l.value)}" for l in lines if l.learned and l.key not in yours]
+    todo = [l.key for l in lines if not l.learned or l.key in yours]
     print(f"wrote {path} ({scheduler} profile {name!r}) in {took:.1f} s")
     print(f"  from the cluster: {', '.join(learned)}")
-    print(f"  to fill in (commented out): {', '.join(todo)}")
+    print(f"  to fill in: {', '.join(todo)}")
     print(f"  check it: launcher profile show {path}")
     return 0
 

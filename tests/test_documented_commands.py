@@ -247,6 +247,10 @@ def _workdir(w: Path, n: int) -> Path:
         (cwd / "data" / name).symlink_to(w / "world")
     (cwd / "localdir").mkdir()
     (cwd / "raft-small.pth").write_bytes(b"")  # a checkpoint path that exists, for the submit-time checks
+    # what 'launcher profile init --out mycluster.toml' writes on a SLURM cluster of 4-GPU nodes
+    (cwd / "mycluster.toml").write_text('name = "mycluster"\nscheduler = "slurm"\nqueue = "gpu"\ngpus_per_node = 4\n'
+                                        'cpus_per_node = 64\nmax_walltime = "2-00:00:00"\nexclusive = false\n'
+                                        'warning_signal = "USR2"\ncan_requeue = true\n')
     return cwd
 
 

@@ -256,6 +256,11 @@ def test_init_writes_a_loadable_profile_refuses_to_overwrite_and_show_prints_eve
                  "--cpus-per-node", "40", "--out", str(out))
     assert r.returncode == 0, r.stderr
     assert f"wrote {out} (pjm profile 'flow')" in r.stdout
+    said = dict(l.strip().split(": ", 1) for l in r.stdout.splitlines()[1:3])
+    assert said["from the cluster"] == 'queue="cx-small", can_requeue=false, gpus_per_node=4, cpus_per_node=40'
+    todo = said["to fill in"].split(", ")
+    assert {"gpu_memory_gib", "modules", "mail", "notify"} <= set(todo)
+    assert not {"queue", "gpus_per_node", "cpus_per_node"} & set(todo)
     assert "# the --out file's name (--name sets another)\nname = \"flow\"\n" in out.read_text()
     prof = load_profile(str(out))
     assert (prof.name, prof.queue, prof.gpus_per_node) == ("flow", "cx-small", 4)
