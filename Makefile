@@ -1,7 +1,8 @@
 # The three commands every user and CI needs.
-#   make setup   idempotent: Debian packages (root), .venv, torch, this project, patched Horovod
-#   make test    setup, then the whole pytest suite (slow and MPI tests included)
-#   make demo    the main job on the synthetic world, end to end
+#   make setup   idempotent: Open MPI (Debian, as root), .venv, torch, this project, patched Horovod
+#   make test    setup plus the test suite's own servers and tools (shellcheck, SLURM, Grid Engine,
+#                OpenPBS: make setup-test), then the whole pytest suite (slow and MPI tests included)
+#   make demo    setup, then the main job on the synthetic world, end to end
 SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
 PY := $(VENV)/bin/python
@@ -11,12 +12,15 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 export OMPI_MCA_mpi_yield_when_idle ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup test demo bench reproduce clean gpu-wheels gpu-check-data
+.PHONY: setup setup-test test demo bench reproduce clean gpu-wheels gpu-check-data
 
 setup:
 	@VENV=$(VENV) bash .ci/setup.sh
 
-test: setup
+setup-test:
+	@VENV=$(VENV) bash .ci/setup.sh --test
+
+test: setup-test
 	@PATH=$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

@@ -3,16 +3,27 @@
 # virtual environment, torch, this project with its test extras, and a patched
 # Horovod 0.28.1 built once and cached under ~/.cache/pixpro-of/wheels.
 # Quiet when everything is already in place.
+#   setup.sh          what every command runs (make setup: make demo, make reproduce, ...)
+#   setup.sh --test   also what only the test suite uses (make test): shellcheck, HDF5's command-line
+#                     tools, SLURM with munge, Grid Engine and OpenPBS (built once, ~5 minutes)
 set -euo pipefail
+FOR_TESTS=0
+case "${1:-}" in
+  --test) FOR_TESTS=1 ;;
+  "") ;;
+  *) echo "setup.sh: unknown option $1 (use --test or nothing)" >&2; exit 2 ;;
+esac
 
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 VENV="${VENV:-$ROOT/.venv}"
 PY="$VENV/bin/python"
 TORCH_VERSION="${TORCH_VERSION:-2.14.1}"
 TORCHVISION_VERSION="${TORCHVISION_VERSION:-0.29.1}"
-HOROVOD_VERSION=0.28.1
 CACHE="${PIXPRO_CACHE:-$HOME/.cache/pixpro-of}"
-APT_PACKAGES=(openmpi-bin libopenmpi-dev shellcheck hdf5-tools slurm-wlm munge)
+APT_PACKAGES=(openmpi-bin libopenmpi-dev)
+if ((FOR_TESTS)); then
+  APT_PACKAGES+=(shellcheck hdf5-tools slurm-wlm munge)
+fi
 
 say() { echo "[setup] $*"; }
 
@@ -51,7 +62,7 @@ fi
 STAMP="$VENV/.pixpro-of-installed"
 if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" ]]; then
   say "installing the project (editable) with test extras"
-  "$VENV/bin/pip" install -q -e "$ROOT[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  "$VENV/bin/pip" install -q -e "${ROOT}[test]" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import pixpro_of, flow, hdf5_tools, launcher, plumbing, synth, click"
   touch "$STAMP"
 fi
@@ -66,7 +77,7 @@ fi
 # source and cached under $CACHE (.ci/openpbs/build.sh, ~5 minutes the first time). Both are
 # quiet when already installed; the tests' fixtures start and stop the daemons
 # (.ci/gridengine/start.sh, .ci/openpbs/start.sh). Without root the tests skip and say why.
-if [[ $(id -u) == 0 ]]; then
+if ((FOR_TESTS)) && [[ $(id -u) == 0 ]]; then
   bash "$ROOT/.ci/gridengine/install.sh" || say "warning: Grid Engine could not be installed; its tests will fail"
   bash "$ROOT/.ci/openpbs/build.sh" "$CACHE" || say "warning: OpenPBS could not be installed; its tests will skip (no source) or fail"
 fi

@@ -105,9 +105,12 @@ def test_pip_install_ships_clis_templates_and_profiles(tmp_path):
         assert installed == expected, f"{kind}: installed {line} vs checkout {expected}"
 
 
-def test_setup_is_quiet_and_does_nothing_when_done():
-    """A second `make setup` (as `make test` runs it) must not rebuild or reinstall anything."""
+@pytest.mark.parametrize("mode", [[], ["--test"]], ids=["setup", "setup-test"])
+def test_setup_is_quiet_and_does_nothing_when_done(mode):
+    """A second `make setup` or `make setup-test` (as `make demo` and `make test` run them) must not
+    rebuild or reinstall anything."""
     env = dict(os.environ, VENV=str(Path(sys.executable).parent.parent))
-    out = subprocess.run(["bash", str(ROOT / ".ci" / "setup.sh")], capture_output=True, text=True, env=env, timeout=300)
+    out = subprocess.run(["bash", str(ROOT / ".ci" / "setup.sh"), *mode], capture_output=True, text=True, env=env,
+                         timeout=300)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "", f"setup was not idle: {out.stdout}"
