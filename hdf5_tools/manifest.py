@@ -85,18 +85,6 @@ def file_crc32(path, block: int = 8 << 20) -> str:
     return f"{crc & 0xFFFFFFFF:08x}"
 
 
-def file_sha256(path, block: int = 8 << 20) -> str:
-    """Hex SHA-256 of a whole file, read in blocks."""
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while True:
-            b = f.read(block)
-            if not b:
-                break
-            h.update(b)
-    return h.hexdigest()
-
-
 def file_digests(path, block: int = 8 << 20) -> Tuple[str, str]:
     """(hex CRC32, hex SHA-256) of a whole file, in one read."""
     crc, h = 0, hashlib.sha256()
