@@ -266,8 +266,10 @@ def test_pbs_server_accepts_the_profiles_directives(pbs, home, profile_args, exp
     """Submitted for real through the launcher. The jobs never start here: rt_HF accepts jobs
     but is not started, and the generic profile's two exclusive GPU nodes do not exist."""
     run_dir = home / "directives"
+    # two nodes: the test user's home is under /tmp, which the launcher takes for node-local unless told
     out = launcher(pbs, home, "submit", "--scheduler", "pbs", *profile_args, "--name", "pbs-directives",
-                   "--run-dir", str(run_dir), "--walltime", "12:00:00")
+                   "--run-dir", str(run_dir), "--walltime", "12:00:00", "--allow-node-local-paths",
+                   "--mail", "me@example.org")
     assert out.returncode == 0, out.stderr
     (job_id,) = out.stdout.split()
     try:
@@ -283,6 +285,7 @@ def test_pbs_server_accepts_the_profiles_directives(pbs, home, profile_args, exp
         assert attrs["job_state"] == "Q"
         assert attrs["Job_Name"] == "pbs-directives"
         assert str(attrs["Variable_List"]["LAUNCHER_LINK"]) == "0"
+        assert (attrs["Mail_Users"], attrs["Mail_Points"]) == ("me@example.org", "ae")
     finally:
         cancel = launcher(pbs, home, "cancel", str(run_dir))
         assert cancel.returncode == 0, cancel.stderr
