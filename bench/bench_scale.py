@@ -43,6 +43,7 @@ def shard_overhead(tmp: Path, videos: int, frames: int) -> dict:
     import h5py
 
     from hdf5_tools import schema
+    from hdf5_tools.reader import ShardReader
 
     out = tmp / "shards"
     r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack",
@@ -57,7 +58,7 @@ def shard_overhead(tmp: Path, videos: int, frames: int) -> dict:
     for f in files:
         with schema.open_shard(str(f)) as h5:
             videos_in = schema.list_videos(h5)
-        reader = schema.ShardReader(str(f), check_crc=False)
+        reader = ShardReader(str(f), check_crc=False)
         for v in videos_in:
             for t in range(v.num_frames):
                 jpeg += len(reader.jpeg(v.name, t))
@@ -148,11 +149,12 @@ def jpeg_decode(tmp: Path) -> dict:
     import simplejpeg
 
     from hdf5_tools import schema
+    from hdf5_tools.reader import ShardReader
 
     f = sorted((tmp / "shards").glob("*.h5"))[0]
     with schema.open_shard(str(f)) as h5:
         v = schema.list_videos(h5)[0]
-    reader = schema.ShardReader(str(f), check_crc=False)
+    reader = ShardReader(str(f), check_crc=False)
     blob = bytes(reader.jpeg(v.name, 0))
     reader.close()
 

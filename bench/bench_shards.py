@@ -70,6 +70,7 @@ def main(argv=None) -> int:
     from hdf5_tools import testdata
     from hdf5_tools.pack import PackConfig, pack
     from hdf5_tools import schema
+    from hdf5_tools.reader import ShardReader
     from pixpro_of.data import ShardClipDataset
 
     work = Path(a.workdir)
@@ -109,7 +110,7 @@ def main(argv=None) -> int:
         blobs = []  # decode floor input: the same two JPEGs per clip, already in memory
         for v, t in items:
             if ds.shard_of(v) not in readers:
-                readers[ds.shard_of(v)] = schema.ShardReader(ds.shard_of(v))
+                readers[ds.shard_of(v)] = ShardReader(ds.shard_of(v))
             reader = readers[ds.shard_of(v)]
             blobs.append((reader.jpeg(names[v], t), reader.jpeg(names[v], t + a.k - 1)))
         spent = {"seed": 0.0, "shards": 0.0, "floor": 0.0}

@@ -10,6 +10,7 @@ import simplejpeg
 import torch
 
 from hdf5_tools import schema, testdata
+from hdf5_tools.reader import ShardReader
 from hdf5_tools.pack import PackConfig, pack
 from pixpro_of.data import ShardClipDataset
 from pixpro_of.data.shards import f16_to_f32
@@ -107,7 +108,7 @@ def _flip(path, offset):
 
 def test_fast_reader_reads_through_pread_and_matches_h5py(one_shard):
     path, jpegs, fwd, bwd = one_shard
-    r = schema.ShardReader(path)
+    r = ShardReader(path)
     try:
         h = r._handles("v")
         assert h.blob_at > 0 and (h.fwd_at > 0).all() and (h.bwd_at > 0).all()
@@ -145,7 +146,7 @@ def test_truncated_shard_is_named_by_the_reader(one_shard):
     with pytest.raises(UserError, match=r"shard\.h5: cannot open shard \(truncated or not HDF5"):
         ShardClipDataset([path], k=1)
     with pytest.raises(UserError, match=r"shard\.h5: cannot open shard"):
-        schema.ShardReader(path)
+        ShardReader(path)
 
 
 def test_full_resolution_flows_are_reduced_by_the_one_shard_rule():

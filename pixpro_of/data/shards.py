@@ -33,6 +33,7 @@ import numpy as np
 import torch.utils.data
 
 from hdf5_tools import schema
+from hdf5_tools.reader import ShardReader
 from plumbing.errors import UserError
 
 
@@ -114,7 +115,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
         self._shard = np.array(shard_idx, np.int32)
         self._frames = np.array(frames, np.int64)
         self._sizes = np.array(sizes, np.int64).reshape(-1, 2)
-        self._readers: Dict[int, schema.ShardReader] = {}
+        self._readers: Dict[int, ShardReader] = {}
         self._pid = None
 
     # ------------------------------------------------------------------ metadata
@@ -146,7 +147,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
         return i
 
     # ------------------------------------------------------------------ reading
-    def _reader(self, shard_index: int) -> schema.ShardReader:
+    def _reader(self, shard_index: int) -> ShardReader:
         pid = os.getpid()
         if self._pid != pid:  # first use in this process (e.g. a freshly forked worker)
             self._readers = {}
@@ -154,7 +155,7 @@ class ShardClipDataset(torch.utils.data.Dataset):
         r = self._readers.get(shard_index)
         if r is None:
             try:
-                r = schema.ShardReader(self.shard_paths[shard_index], check_crc=self.check_crc)
+                r = ShardReader(self.shard_paths[shard_index], check_crc=self.check_crc)
             except UserError as exc:  # the whole shard, not one sample
                 raise ShardUnavailableError(str(exc)) from None
             self._readers[shard_index] = r
