@@ -27,10 +27,7 @@ import time
 import numpy as np
 import torch
 
-
-def parse_size(text):
-    w, h = (int(v) for v in text.lower().split("x"))
-    return w, h
+from plumbing.parse import parse_wxh
 
 
 def frames(size, n=3, seed=0):
@@ -73,14 +70,14 @@ def main() -> None:
         import cv2
 
         cv2.setNumThreads(1)
-        rgb = frames(parse_size(a.dis_size))
+        rgb = frames(parse_wxh(a.dis_size))
         for preset in ("ultrafast", "fast", "medium"):
             est = make_estimator("dis", dis_preset=preset, threads=1)
             wall, cpu = timed(lambda: est(rgb[0:1], rgb[1:2]), max(a.pairs, 3))
             res[f"dis-{preset}"] = wall
             print(f"DIS {preset:<9} {a.dis_size} 1 core : {1 / wall:7.2f} pairs/s  ({cpu:.3f} CPU s/pair)", flush=True)
     if a.only in (None, "raft"):
-        rgb = frames(parse_size(a.raft_size))
+        rgb = frames(parse_wxh(a.raft_size))
         amp = None if a.amp == "fp32" else a.amp
         sync = torch.cuda.synchronize if a.device.startswith("cuda") else None
         dev_name = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"CPU, {a.threads} thread(s)"

@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 
 from synth import SynthConfig, write_dataset
-from synth.cli import parse_size
+from plumbing.parse import parse_wxh
 from synth.world import Renderer
 
 GOAL_S, GOAL_VIDEOS, GOAL_FRAMES = 60.0, 8, 60
@@ -46,7 +46,7 @@ def main() -> None:
     p.add_argument("--format", default="bdd", choices=("bdd", "cityscapes", "all"))
     p.add_argument("--workers", type=int, default=1)
     args = p.parse_args()
-    size = parse_size(args.size)
+    size = parse_wxh(args.size)
     load0 = os.getloadavg()[0]
 
     # 1. Render only (one video, in this process).

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import sys
 import threading
 from dataclasses import asdict, dataclass
@@ -34,6 +33,7 @@ from hdf5_tools import manifest as mf
 from hdf5_tools import schema, sources
 from plumbing.errors import UserError
 from plumbing.cli import call, command as cli_command
+from plumbing.parse import checked, parse_bytes
 
 PLAN_NAME = ".pack-plan.json"
 PARTIAL_SUFFIX = ".partial"
@@ -69,19 +69,6 @@ class ShardPlan:
 
 def _abs(src: str) -> str:
     return src if src.startswith("synth:") else os.path.abspath(src)
-
-
-def parse_size(text: str) -> int:
-    """'8GiB', '500MB', '1.5G', '123' -> bytes (binary units for KiB/MiB/GiB and K/M/G)."""
-    m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([KMGT]?)(i?B?)\s*", text, re.IGNORECASE)
-    if not m:
-        raise UserError(f"--shard-size {text!r}: expected a size such as 8GiB, 500MiB or 123456")
-    value, unit, suffix = float(m.group(1)), m.group(2).upper(), m.group(3).lower()
-    base = 1000 if suffix == "b" else 1024  # "MB" is decimal, "MiB"/"M" binary
-    n = int(value * base ** "_KMGT".index(unit or "_")) if unit else int(value)
-    if n <= 0:
-        raise UserError(f"--shard-size {text!r}: must be positive")
-    return n
 
 
 def make_plan(videos: List[sources.VideoSource], nodes: int, shard_size: int) -> List[ShardPlan]:
@@ -282,7 +269,8 @@ def choose_splits(src: str, given) -> Optional[List[str]]:
 @click.argument("src", metavar="SRC")
 @click.argument("out", metavar="OUT")
 @click.option("--nodes", type=int, required=True, help="number of node sets to balance frames across")
-@click.option("--shard-size", default="8GiB", show_default=True, help="largest shard (estimated bytes)")
+@click.option("--shard-size", default="8GiB", show_default=True,
+              help="largest shard (estimated bytes): 8GiB, 500MiB, 512MB (decimal), 8G (binary) or a byte count")
 @click.option("--flows", metavar="DIR", default=None, help="seed .pth flows (forward/, backward/) or .flo folders")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="shards written in parallel")
 @click.option("--fps", type=float, default=10.0, show_default=True, help="frame rate for decoding videos")
@@ -301,7 +289,8 @@ def command(src, out, nodes, shard_size, flows, jobs, fps, jpeg_quality, src_kin
     videos/ folder itself), or synth:videos=N,frames=T,size=WxH,seed=S; OUT is the output folder
     for the shards and manifest.json. A folder's train split is packed unless --split says otherwise.
     """
-    cfg = PackConfig(src=src, out=out, nodes=nodes, shard_size=parse_size(shard_size), flows=flows,
+    shard_bytes = checked(parse_bytes, shard_size, "--shard-size")
+    cfg = PackConfig(src=src, out=out, nodes=nodes, shard_size=shard_bytes, flows=flows,
                      jobs=jobs, fps=fps, jpeg_quality=jpeg_quality, splits=choose_splits(src, splits),
                      src_kind=src_kind, progress=not no_progress)
     m = pack(cfg)

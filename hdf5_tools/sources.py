@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Optional, Sequence, Tuple
@@ -38,6 +37,7 @@ import numpy as np
 
 from hdf5_tools import schema
 from plumbing.errors import UserError
+from plumbing.parse import checked, parse_wxh
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 VIDEO_SUFFIXES = (".mov", ".mp4")
@@ -207,10 +207,7 @@ def parse_synth_spec(spec: str) -> dict:
             opts[key] = _SYNTH_KEYS[key](value)
         except ValueError:
             raise UserError(f"SRC {spec!r}: bad value for {key}: {value!r}") from None
-    m = re.fullmatch(r"(\d+)x(\d+)", str(opts["size"]))
-    if not m:
-        raise UserError(f"SRC {spec!r}: size must be WxH, got {opts['size']!r}")
-    opts["size"] = (int(m.group(1)), int(m.group(2)))
+    opts["size"] = checked(parse_wxh, str(opts["size"]), f"SRC {spec!r}: size")
     return opts
 
 

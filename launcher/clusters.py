@@ -17,7 +17,11 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 from plumbing.errors import UserError
+from plumbing.parse import checked, parse_duration as parse_duration_s, signal_name
 from launcher.launchers import LAUNCH_METHODS
+
+#: signals a scheduler sends before the time limit (the trainer catches each of them)
+WARNING_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG")
 
 SCHEDULERS = ("slurm", "pbs", "sge", "pjm", "local")
 
@@ -98,37 +102,17 @@ class ClusterProfile:
         bad = [r for r in self.select_resources if r not in ("ncpus", "ngpus", "mem")]
         if bad:
             raise UserError(f"profile {where}: select_resources {bad} (known: ncpus, ngpus)")
-        if self.warning_signal and self.warning_signal not in ("USR1", "USR2", "TERM", "INT", "HUP", "URG"):
-            raise UserError(f"profile {where}: warning_signal {self.warning_signal!r} is not a signal name like USR2")
+        if self.warning_signal:
+            name = checked(signal_name, self.warning_signal, f"profile {where}: warning_signal")[3:]
+            if name != self.warning_signal or name not in WARNING_SIGNALS:
+                raise UserError(f"profile {where}: warning_signal {self.warning_signal!r}: "
+                                f"one of {', '.join(WARNING_SIGNALS)}, without SIG")
 
 
 def parse_duration(text: str, what: str = "--walltime") -> int:
-    """``HH:MM:SS``, ``HH:MM``, ``D-HH:MM:SS`` or a number of minutes -> seconds."""
-    s = str(text).strip()
-    try:
-        days = 0
-        if "-" in s:
-            d, s = s.split("-", 1)
-            days = int(d)
-        parts = [int(p) for p in s.split(":")]
-    except ValueError:
-        raise UserError(f"{what}: {text!r} is not a duration (use HH:MM:SS, HH:MM or minutes)") from None
-    if len(parts) == 1:
-        secs = parts[0] * 60
-    elif len(parts) == 2:
-        secs = parts[0] * 3600 + parts[1] * 60
-    elif len(parts) == 3:
-        secs = parts[0] * 3600 + parts[1] * 60 + parts[2]
-    else:
-        raise UserError(f"{what}: {text!r} is not a duration (use HH:MM:SS, HH:MM or minutes)")
-    secs += days * 86400
-    if secs <= 0 or days < 0 or any(p < 0 for p in parts):
-        raise UserError(f"{what}: {text!r} must be a positive duration")
-    if len(parts) > 1 and any(p > 59 for p in parts[1:]):
-        raise UserError(f"{what}: {text!r}: minutes and seconds must be 0-59 (e.g. 100:39:00, not 99:99:00)")
-    if days and parts[0] > 23 and len(parts) > 1:
-        raise UserError(f"{what}: {text!r}: hours must be 0-23 after a day count (D-HH:MM:SS)")
-    return secs
+    """Whole seconds of a duration in the one grammar (:func:`plumbing.parse.parse_duration`: a bare
+    number is minutes); UserError naming ``what``."""
+    return max(1, round(checked(parse_duration_s, str(text), what)))
 
 
 def format_hms(seconds: int) -> str:
@@ -176,6 +160,8 @@ def profile_from_dict(data: dict, source: str) -> ClusterProfile:
             value = tuple((str(k), str(v)) for k, v in value.items())
         else:
             value = _check_type(key, value, source)
+        if key == "warning_signal" and value:  # USR2, SIGUSR2, usr2: the schedulers' spelling, USR2
+            value = checked(signal_name, value, f"profile {source}: warning_signal")[3:]
         kwargs[key] = value
     if "name" not in kwargs or "scheduler" not in kwargs:
         raise UserError(f"profile {source}: 'name' and 'scheduler' are required")

@@ -36,6 +36,7 @@ import click
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import command as cli_command, run
 from plumbing.errors import UserError
+from plumbing.parse import checked, signal_name as parse_signal_name
 from plumbing.private_dir import private_dir
 from plumbing.runs import EXIT_RESUME
 
@@ -182,7 +183,7 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
 @click.option("--walltime", type=float, default=0.0, show_default=True, help="seconds; 0 = no limit")
 @click.option("--lead", type=float, default=0.0, show_default=True, help="seconds before the walltime to send --signal")
 @click.option("--signal", "signal_name", default="USR2", show_default=True,
-              help="warning signal name without SIG; '' for none")
+              help="warning signal: USR2, SIGUSR2 or usr2; '' for none")
 @click.option("--state-file", default=None)
 @click.option("--slots", type=int, default=None,
               help=f"run at most N such jobs at once (default: ${SLOTS_ENV}, else no limit)")
@@ -192,8 +193,9 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
               "if it ends without one, this job is cancelled")
 def command(script, job_id, link, walltime, lead, signal_name, state_file, slots, slot_dir, needs) -> int:
     """Run a job script on this machine as a scheduler would, re-running it after exit 75."""
+    warn = checked(parse_signal_name, signal_name, "--signal")[3:] if signal_name else ""  # USR2
     args = SimpleNamespace(script=script, job_id=job_id, link=link, walltime=walltime, lead=lead,
-                           signal=signal_name, state_file=state_file)
+                           signal=warn, state_file=state_file)
     job_id = args.job_id or f"local-{os.getpid()}"
     if slots is None:
         text = os.environ.get(SLOTS_ENV, "").strip()

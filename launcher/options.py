@@ -45,7 +45,8 @@ def job_options(f: Callable) -> Callable:
         click.option("--name", default=None, help="run and job name (default: pixpro-k<K>-g<GPUS>)"),
         click.option("--run-dir", default=None, help="run directory (default: runs/NAME)"),
         click.option("--walltime", default=None,
-                     help="HH:MM:SS, HH:MM, D-HH:MM:SS or minutes (default: the profile's)"),
+                     help="the job's time limit: HH:MM:SS, HH:MM, D-HH:MM:SS, 90s, 10m, 4h, 2d; "
+                          "a bare number is minutes, as in SLURM (default: the profile's)"),
         click.option("--chain", type=int, default=1, show_default=True,
                      help="pre-submit N dependent jobs (each resumes the run)"),
         click.option("--launch", type=click.Choice(tuple(LAUNCH_METHODS)), default=None,

@@ -140,7 +140,9 @@ def build(scheduler: str, queue: Optional[str], name: str, ask=run_ask, gpus_per
 @click.option("--force", is_flag=True, help="replace --out when it exists")
 @click.option("--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (instead of the cluster's answer)")
 @click.option("--cpus-per-node", type=click.IntRange(min=1), default=None, help="CPUs per node (instead of the cluster's answer)")
-@click.option("--max-walltime", default=None, help="the longest job, HH:MM:SS (instead of the cluster's answer)")
+@click.option("--max-walltime", default=None,
+              help="the longest job, HH:MM:SS, D-HH:MM:SS, 4h or 2d; a bare number is minutes "
+                   "(instead of the cluster's answer)")
 def command(scheduler, queue, name, out, force, gpus_per_node, cpus_per_node, max_walltime) -> int:
     """Write a cluster profile from the scheduler's own answers, every value commented with its source."""
     path = Path(out)

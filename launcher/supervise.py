@@ -39,6 +39,7 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+from plumbing.parse import signal_number
 from plumbing.runs import EXIT_RESUME, EXIT_USAGE
 
 STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGUSR1, signal.SIGUSR2)
@@ -290,16 +291,6 @@ def _become_subreaper() -> None:
         return
 
 
-def _signal_number(name: str) -> int:
-    n = name.upper()
-    if not n.startswith("SIG"):
-        n = "SIG" + n
-    sig = getattr(signal, n, None)
-    if not isinstance(sig, signal.Signals):
-        raise ValueError(name)
-    return int(sig)
-
-
 def main(argv: Optional[Sequence[str]] = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     shield, forward, quiet = False, int(signal.SIGUSR2), False
@@ -311,9 +302,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             quiet = True
         elif opt == "--forward" and args:
             try:
-                forward = _signal_number(args.pop(0))
+                forward = signal_number(args.pop(0))  # USR2, SIGUSR2 or usr2 (plumbing.parse)
             except ValueError as exc:
-                print(f"launcher supervise: error: --forward {exc}: not a signal name", file=sys.stderr)
+                print(f"launcher supervise: error: --forward: {exc}", file=sys.stderr)
                 return EXIT_USAGE
         else:
             print(f"launcher supervise: error: unknown option {opt!r} "

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
 from plumbing.errors import UserError
+from plumbing.parse import checked, parse_deadline, signal_name
 
 PRESET_PACKAGE = "pixpro_of.configs"
 BASE_KEY = "base"  # a config file's ``base: NAME`` names the file or preset it overlays
@@ -309,8 +310,9 @@ class CheckpointConfig:
 class StopConfig:
     """When to stop early with a checkpoint (exit code 75).
 
-    ``deadline``: a clock time (``HH:MM``, ISO 8601, ``@unix``) or a duration from start
-    (``90m``, ``1h30m``, ``3600``). Training stops when the time left is below
+    ``deadline``: a point in time (ISO 8601, ``@unix``, clock time ``T10:30``) or a duration
+    from start with a unit (``90m``, ``1h30m``, ``4h``; a bare number or ``HH:MM[:SS]`` is
+    refused: plumbing/parse.py). Training stops when the time left is below
     ``safety_factor`` × (step time + checkpoint time) + ``margin_s``. ``signals``: names of the
     signals whose handler requests a stop at the next step boundary (SIGINT too: PBS's ``qsig -s
     INT`` is the one signal a PBS job's login shell survives, and Ctrl-C then checkpoints).
@@ -598,15 +600,13 @@ def validate(cfg: TrainConfig) -> None:
     need(s.margin_s >= 0, "stop.margin_s", "must be >= 0", s.margin_s)
     need(s.safety_factor >= 1, "stop.safety_factor", "must be >= 1", s.safety_factor)
     need(lg.every_steps >= 1, "log.every_steps", "must be >= 1", lg.every_steps)
-    import signal as _signal
-
     for name in s.signals:
-        need(isinstance(getattr(_signal, name.upper(), None), _signal.Signals)
-             and name.upper() not in ("SIGKILL", "SIGSTOP"), "stop.signals", "must name catchable signals like SIGUSR2", name)
+        try:
+            signal_name(str(name), catchable=True)  # USR2, SIGUSR2, usr2: plumbing.parse's one grammar
+        except ValueError as exc:
+            need(False, "stop.signals", f"must name catchable signals like SIGUSR2: {exc}", name)
     if s.deadline is not None:
-        from pixpro_of.train.stopping import parse_deadline
-
-        parse_deadline(s.deadline, now=0.0)  # raises UserError when malformed
+        checked(lambda t: parse_deadline(t, now=0.0), str(s.deadline), "config: stop.deadline")
 
 
 def changed_keys(old: Mapping[str, Any], new: Mapping[str, Any], prefix: str = "") -> List[str]:

@@ -68,7 +68,7 @@ def _prepare(out: Path) -> None:
 @click.option("--np", "np_", type=int, default=2, show_default=True, help="MPI ranks for flow and training")
 @click.option("--videos", type=int, default=16, show_default=True, help="pretraining videos")
 @click.option("--video-frames", type=int, default=12, show_default=True, help="frames per video (k = 6 needs >= 6)")
-@click.option("--size", default="256x128", show_default=True, help="frame size WxH")
+@click.option("--size", default="256x128", show_default=True, help="frame size WIDTHxHEIGHT (passed to synth --size)")
 @click.option("--epochs", type=int, default=12, show_default=True, help="pretraining epochs")
 @click.option("--probe-iters", type=int, default=150, show_default=True, help="linear-probe iterations")
 def command(out, np_, videos, video_frames, size, epochs, probe_iters) -> int:

@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
 import subprocess
 import sys
@@ -49,6 +48,7 @@ import click
 from plumbing.atomic import atomic_write_text
 from plumbing.cli import Converted, call, command as cli_command, words
 from plumbing.errors import UserError
+from plumbing.parse import parse_duration, parse_hxw, parse_wxh
 from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, array_batches, array_command,
                                          build_jobs, data_commands, job_state, prepare_eval_set,
                                          prepare_pretraining_shards, profile_defaults, shard_dirs)
@@ -202,23 +202,9 @@ def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
 # ----------------------------------------------------------------------------- command line
 
 
-def parse_duration(text: str) -> float:
-    """``600``, ``90s``, ``10m``, ``1h30m`` -> seconds (ValueError otherwise)."""
-    t = text.strip().lower()
-    if re.fullmatch(r"\d+(\.\d+)?", t):
-        return float(t)
-    m = re.fullmatch(r"(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?", t)
-    if not t or not m:
-        raise ValueError(f"expected a duration such as 600, 90s, 10m or 1h30m, got {text!r}")
-    h, mi, s = (float(g) if g else 0.0 for g in m.groups())
-    return h * 3600 + mi * 60 + s
-
-
-def _size(text: str) -> Tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise ValueError(f"expected AxB such as 256x128, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
+def _duration(text: str) -> float:
+    """Seconds (plumbing.parse's grammar); a bare number is refused: it was seconds here before."""
+    return parse_duration(text, bare_number=False)
 
 
 def _int_list(text: str) -> Tuple[int, ...]:
@@ -233,13 +219,15 @@ def _str_list(text: str) -> Tuple[str, ...]:
 
 
 #: option name -> (ReproduceConfig field, type, help). Defaults come from the profile (``--profile``).
-_SIZE, _INTS, _STRS = Converted(_size, "AxB"), Converted(_int_list, "N,N,..."), Converted(_str_list, "A,B,...")
-_DUR = Converted(parse_duration, "DURATION")
+_SIZE, _HXW = Converted(parse_wxh, "WIDTHxHEIGHT"), Converted(parse_hxw, "HEIGHTxWIDTH")
+_INTS, _STRS = Converted(_int_list, "N,N,..."), Converted(_str_list, "A,B,...")
+_DUR = Converted(_duration, "DURATION")
+_UNITS = "90s, 10m, 1h30m or HH:MM:SS; a bare number is refused: it meant seconds here before, minutes elsewhere"
 OPTIONS = [
     ("--rows", "rows", _STRS, f"rows to run, from {', '.join(ROWS)}"),
     ("--seeds", "seeds", _INTS, "seeds (pretraining and head)"),
-    ("--time-box", "time_box_s", _DUR, "wall-clock box of each pretraining (600, 90s, 10m): its deadline; "
-                                       "the latest checkpoint is the result"),
+    ("--time-box", "time_box_s", _DUR, "wall-clock box of each pretraining: its deadline; the latest "
+                                       f"checkpoint is the result ({_UNITS})"),
     ("--steps", "steps", int, "step budget of each pretraining (schedules span it)"),
     ("--lr", "lr", float, "peak learning rate per pretraining step (optim.base_lr = LR x 256 / batch); "
                           "0 = the trainer config's rule, base_lr x batch / 256"),
@@ -267,11 +255,11 @@ OPTIONS = [
     ("--eval-seed", "eval_seed", int, "world seed of the segmentation set"),
     ("--eval-iters", "eval_iters", int, "head training iterations"),
     ("--eval-batch", "eval_batch", int, "head training batch"),
-    ("--eval-crop", "eval_crop", _SIZE, "head training crop HEIGHTxWIDTH"),
+    ("--eval-crop", "eval_crop", _HXW, "head training crop HEIGHTxWIDTH, height first (eval seg --crop)"),
     ("--eval-lr", "eval_lr", float, "head base learning rate"),
     ("--eval-device", "eval_device", str, "device of the evaluations (cpu, cuda)"),
     ("--eval-workers", "eval_workers", int, "data-loading workers of the head training"),
-    ("--eval-walltime", "eval_walltime_s", _DUR, "walltime of each evaluation run"),
+    ("--eval-walltime", "eval_walltime_s", _DUR, f"walltime of each evaluation run ({_UNITS})"),
     ("--prop-videos", "prop_videos", int, "held-out videos for label propagation"),
     ("--prop-frames", "prop_frames", int, "frames per propagation video (distances 1..N-1)"),
     ("--prop-size", "prop_size", _SIZE, "propagation frame WIDTHxHEIGHT"),
@@ -285,7 +273,7 @@ OPTIONS = [
     ("--gpus", "gpus", int, "GPUs per pretraining (0 = one CPU rank); evaluations get 1 (or 0)"),
     ("--jobs", "jobs", int, "local scheduler: runs at once on this machine"),
     ("--max-running", "max_running", int, "batch schedulers: runs of one array job at once (0 = no cap)"),
-    ("--poll", "poll_s", _DUR, "seconds between looks at the run directories"),
+    ("--poll", "poll_s", _DUR, f"time between looks at the run directories ({_UNITS})"),
 ]
 
 

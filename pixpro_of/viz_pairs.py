@@ -21,6 +21,7 @@ import numpy as np
 from plumbing.atomic import atomic_open
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
+from plumbing.parse import checked, parse_wxh
 
 
 def _options(f):
@@ -40,7 +41,7 @@ def _options(f):
         click.option("--mask", type=click.Choice(["seed", "unflow", "none"]), default="seed", show_default=True,
                      help="occlusion mask"),
         click.option("--pos-ratio", type=float, default=0.7, show_default=True, help="positive threshold in bin diagonals"),
-        click.option("--size", default="640x360", show_default=True, help="synthetic frame size WxH"),
+        click.option("--size", default="640x360", show_default=True, help="synthetic frame size WIDTHxHEIGHT"),
         click.option("--out", required=True, help="PNG file to write"),
         click.argument("more_shards", nargs=-1, metavar="[FILE]..."),
     ]
@@ -55,10 +56,7 @@ def _synthetic_clip(seed: int, k: int, size: str, t: Optional[int], rng: np.rand
     from flow.ops import full_flow_to_shard
     from synth import render_video
 
-    try:
-        w, h = (int(x) for x in size.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size must look like 640x360, got {size!r}") from None
+    w, h = checked(parse_wxh, size, "--size")
     if w < 64 or h < 64:
         raise UserError(f"--size must be at least 64x64, got {size!r}")
     frames = max(k, 2) + 2

@@ -6,21 +6,14 @@ Example: ``python -m synth --out data/synth --videos 8 --video-frames 60 --size 
 from __future__ import annotations
 
 import os
-import re
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Sequence
 
 import click
 
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
+from plumbing.parse import checked, parse_wxh
 from synth.writers import FORMATS, SynthConfig, write_dataset
-
-
-def parse_size(text: str) -> Tuple[int, int]:
-    m = re.fullmatch(r"\s*(\d+)\s*[xX]\s*(\d+)\s*", text)
-    if not m:
-        raise UserError(f"--size: expected WIDTHxHEIGHT such as 640x360, got {text!r}")
-    return int(m.group(1)), int(m.group(2))
 
 
 #: Option names of the SynthConfig fields whose name differs from the option's.
@@ -53,7 +46,7 @@ def command(out, videos, video_frames, size, fps, seed, fmt, val_videos, no_vide
             cityscapes_every, jpeg_quality, crf, workers, force, quiet) -> int:
     """Render the synthetic driving world: videos, JPEG frames, GT flow, a Cityscapes-layout tree."""
     cfg = SynthConfig(
-        videos=videos, frames=video_frames, size=parse_size(size), fps=fps, seed=seed,
+        videos=videos, frames=video_frames, size=checked(parse_wxh, size, "--size"), fps=fps, seed=seed,
         format=fmt, val_videos=val_videos, write_videos=not no_videos,
         write_images=not no_images, write_flow=not no_flow, jpeg_quality=jpeg_quality,
         crf=crf, cityscapes_every=cityscapes_every, workers=workers, overwrite=force)

@@ -201,4 +201,4 @@ def test_bad_crop_is_a_usage_error(cs_root, capsys):
     rc = cli(["eval", "seg", "--backbone", "random", "--data", str(cs_root), "--out", "x", "--crop", "32by32"])
     err = capsys.readouterr().err.strip()
     assert rc == 2 and "\n" not in err and err.startswith("pixpro_of eval seg: error: ")
-    assert "expected HxW" in err
+    assert "'--crop': '32by32' is not HEIGHTxWIDTH" in err

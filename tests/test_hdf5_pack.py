@@ -11,9 +11,10 @@ import pytest
 
 from hdf5_tools import pack as pack_mod
 from hdf5_tools import schema, testdata
+from plumbing.cli import call
 from plumbing.errors import UserError
 from hdf5_tools.manifest import load_manifest
-from hdf5_tools.pack import PackConfig, pack, parse_size
+from hdf5_tools.pack import PackConfig, pack
 
 SIZE = (64, 48)  # W, H -> flows 6 x 8
 
@@ -137,13 +138,11 @@ def test_nodes_balance_frames_and_shard_size_splits(tmp_path):
     assert [s.crc32 for s in m2.shards] == [s.crc32 for s in m.shards]
 
 
-def test_parse_size():
-    assert parse_size("8GiB") == 8 << 30
-    assert parse_size("500MB") == 500_000_000
-    assert parse_size("2M") == 2 << 20
-    assert parse_size("123") == 123
-    with pytest.raises(UserError, match="--shard-size"):
-        parse_size("eight")
+def test_shard_size_is_a_byte_count(tmp_path):
+    # pack.parse_size became plumbing.parse.parse_bytes (its table is in tests/test_parse.py)
+    with pytest.raises(UserError, match="^--shard-size: 'eight' is not a size in bytes"):
+        call(pack_mod.command, ["synth:videos=1", str(tmp_path / "out"), "--nodes", "1", "--shard-size", "eight"])
+    assert not (tmp_path / "out").exists()
 
 
 def test_interrupted_pack_resumes_without_redoing_finished_shards(tmp_path, rendered, monkeypatch):

@@ -17,7 +17,7 @@ from pixpro_of.reproduction import plan, report
 TINY = ["--seeds", "0", "--videos", "4", "--video-frames", "6", "--size", "64x32", "--image-size", "64",
         "--eval-videos", "3", "--eval-val-videos", "1", "--eval-frames", "2", "--eval-every", "1",
         "--eval-size", "64x32", "--eval-iters", "3", "--eval-batch", "2", "--eval-crop", "32x64",
-        "--prop-videos", "1", "--prop-frames", "3", "--prop-size", "64x32", "--poll", "1"]
+        "--prop-videos", "1", "--prop-frames", "3", "--prop-size", "64x32", "--poll", "1s"]
 
 
 def _cfg(argv=()):
@@ -266,9 +266,12 @@ def test_schedule_and_durations():
     assert plan.schedule_epochs(2000, 32, 4) == 250
     assert plan.schedule_epochs(401, 32, 4) == 51
     assert plan.schedule_epochs(3, 4, 4) == 3
-    assert rp.parse_duration("10m") == 600 and rp.parse_duration("90s") == 90
-    assert rp.parse_duration("1h30m") == 5400 and rp.parse_duration("75") == 75
-    assert math.isclose(rp.parse_duration("2.5m"), 150)
+    # durations are plumbing.parse's grammar (tests/test_parse.py); here a bare number, which was
+    # seconds before, is refused rather than read as minutes
+    args = rp.parse_args(["--time-box", "10m", "--eval-walltime", "1h30m", "--poll", "2.5m"])
+    assert (args.time_box, args.eval_walltime) == (600, 5400) and math.isclose(args.poll, 150)
+    with pytest.raises(UserError, match=r"--time-box.*'75' has no unit: write 75s or 75m"):
+        rp.main(["--time-box", "75", "--dry-run"])
 
 
 @pytest.mark.parametrize("argv, message", [

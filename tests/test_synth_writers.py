@@ -186,8 +186,9 @@ def run_cli(argv, capsys):
 
 
 @pytest.mark.parametrize("args, needle", [
-    (["--size", "0x0"], "--size: size 0x0 out of range"),
-    (["--size", "640by360"], "--size: expected WIDTHxHEIGHT"),
+    (["--size", "0x0"], "--size: '0x0': width and height must be positive"),
+    (["--size", "4000x360"], "--size: size 4000x360 out of range"),
+    (["--size", "640by360"], "--size: '640by360' is not WIDTHxHEIGHT"),
     (["--videos", "-1"], "--videos: videos must be a positive integer, got -1"),
     (["--video-frames", "0"], "--video-frames: frames must be a positive integer, got 0"),
     (["--seed", "-3"], "--seed: seed must be a non-negative integer"),

@@ -33,6 +33,7 @@ import torch
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
 from plumbing.cli import call, command as cli_command
+from plumbing.parse import checked, parse_wxh
 
 
 @dataclass
@@ -167,11 +168,9 @@ def format_result(r: Dict) -> str:
     return "\n".join(lines)
 
 
-def parse_size(text: str) -> Tuple[int, int]:
-    try:
-        w, h = (int(x) for x in text.lower().split("x"))
-    except ValueError:
-        raise UserError(f"--size should be WxH (e.g. 320x192), got {text!r}") from None
+def frame_size(text: str) -> Tuple[int, int]:
+    """``--size`` as (width, height), at least 16x16."""
+    w, h = checked(parse_wxh, text, "--size")
     if w < 16 or h < 16:
         raise UserError(f"--size should be at least 16x16, got {text!r}")
     return w, h
@@ -186,7 +185,7 @@ def parse_size(text: str) -> Tuple[int, int]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--videos", type=int, default=2, show_default=True, help="synthetic videos to evaluate on")
 @click.option("--video-frames", type=int, default=7, show_default=True, help="frames per video")
-@click.option("--size", default="320x192", show_default=True, help="frame size WxH")
+@click.option("--size", default="320x192", show_default=True, help="frame size WIDTHxHEIGHT")
 @click.option("--seed", type=int, default=0, show_default=True, help="first video's seed")
 @click.option("--kmax", type=int, default=6, show_default=True, help="longest clip, in frames")
 @click.option("--json", "json_out", default=None, help="also write the figures to this JSON file")
@@ -197,7 +196,7 @@ def command(model, weights, dis_preset, iters, device, videos, video_frames, siz
     if weights is not None and not os.path.isfile(weights):
         raise UserError(f"{weights}: weights file not found")
     cfg = EvalConfig(model=model, weights=weights, dis_preset=dis_preset, iters=iters, device=device,
-                     videos=videos, frames=video_frames, size=parse_size(size), seed=seed, kmax=kmax)
+                     videos=videos, frames=video_frames, size=frame_size(size), seed=seed, kmax=kmax)
     r = evaluate(cfg)
     print(format_result(r))
     if json_out:

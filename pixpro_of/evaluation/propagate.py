@@ -34,7 +34,8 @@ import click
 import numpy as np
 
 from plumbing.atomic import atomic_write_text
-from plumbing.cli import call, command as cli_command
+from plumbing.cli import Converted, call, command as cli_command
+from plumbing.parse import parse_wxh
 from plumbing.errors import UserError
 
 
@@ -214,21 +215,6 @@ def run(cfg: PropagateConfig, log=print) -> Dict[str, object]:
     return scores
 
 
-class _Size(click.ParamType):
-    """``WxH`` -> (w, h)."""
-
-    name = "WxH"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            w, h = (int(v) for v in str(value).lower().split("x"))
-        except ValueError:
-            self.fail(f"expected WxH (e.g. 320x192), got {value!r}", param, ctx)
-        return w, h
-
-
 _D = PropagateConfig()
 
 
@@ -241,7 +227,8 @@ _D = PropagateConfig()
 @click.option("--arch", default=_D.arch, show_default=True, help="architecture for --backbone random")
 @click.option("--videos", type=int, default=_D.videos, show_default=True, help="held-out synthetic videos")
 @click.option("--video-frames", type=int, default=_D.video_frames, show_default=True, help="frames per video")
-@click.option("--size", type=_Size(), default="x".join(map(str, _D.size)), show_default=True, help="frame size WxH")
+@click.option("--size", type=Converted(parse_wxh, "WIDTHxHEIGHT"), default="x".join(map(str, _D.size)),
+              show_default=True, help="frame size WIDTHxHEIGHT")
 @click.option("--seed", type=int, default=_D.seed, show_default=True,
               help="the world's seed for the held-out videos (the pretraining world uses data.synth.seed, 0)")
 @click.option("--init-seed", type=int, default=_D.init_seed, show_default=True,

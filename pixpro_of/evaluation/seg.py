@@ -33,7 +33,8 @@ import numpy as np
 
 from plumbing.atomic import atomic_write_bytes
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
+from plumbing.cli import Converted, call, command as cli_command
+from plumbing.parse import parse_hxw
 
 MODES = ("deeplab", "linear")
 
@@ -79,7 +80,7 @@ class SegConfig:
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name} must be >= 1, got {getattr(self, name)}")
         if len(self.crop) != 2 or min(self.crop) < 1:
-            raise UserError(f"--crop must be HxW with positive sides, got {self.crop}")
+            raise UserError(f"--crop must be HEIGHTxWIDTH with positive sides, got {self.crop}")
         if not (0 < self.scale_range[0] <= self.scale_range[1]):
             raise UserError(f"--scale-range must be 0 < MIN <= MAX, got {self.scale_range}")
         if not self.test_scale > 0:
@@ -296,21 +297,6 @@ def run(cfg: SegConfig, log=print) -> Dict[str, object]:
     return scores
 
 
-class _HW(click.ParamType):
-    """``HxW`` -> (h, w)."""
-
-    name = "HxW"
-
-    def convert(self, value, param, ctx):
-        if isinstance(value, tuple):
-            return value
-        try:
-            h, w = (int(v) for v in str(value).lower().split("x"))
-        except ValueError:
-            self.fail(f"expected HxW (e.g. 512x1024), got {value!r}", param, ctx)
-        return h, w
-
-
 def _options(f):
     """The options of ``eval seg``; defaults are :class:`SegConfig`'s (the seed's)."""
     d = SegConfig()
@@ -326,8 +312,10 @@ def _options(f):
         click.option("--arch", default=d.arch, show_default=True, help="architecture for --backbone random"),
         click.option("--iters", type=int, default=d.iters, show_default=True, help="training iterations"),
         click.option("--batch", type=int, default=d.batch, show_default=True, help="images per iteration"),
-        click.option("--crop", type=_HW(), default="x".join(map(str, d.crop)), show_default=True,
-                     help="training crop HxW"),
+        click.option("--crop", type=Converted(parse_hxw, "HEIGHTxWIDTH"), default="x".join(map(str, d.crop)),
+                     show_default=True,
+                     help="training crop HEIGHTxWIDTH, height first as in the seed's 512x1024 "
+                          "(frame sizes elsewhere are WIDTHxHEIGHT)"),
         click.option("--lr", type=float, default=d.lr, show_default=True, help="base learning rate"),
         click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
         click.option("--warmup-iters", type=int, default=d.warmup_iters, show_default=True, help="linear warmup"),

@@ -28,10 +28,12 @@ __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
 @click.option("--config", default=None, help="YAML file, or a preset name (see --list-presets)")
 @click.option("--run-dir", default=None, help="run directory (created; resumed when it holds checkpoints)")
 @click.option("--deadline", default=None,
-              help="stop with a checkpoint before this: duration (90m, 1h30m, 3600) from now, clock time HH:MM, "
-                   "ISO date-time or @unix; overrides stop.deadline")
+              help="stop with a checkpoint before this: a duration from now with a unit (90s, 90m, 4h, 1h30m, "
+                   "1-00:00:00), a clock time THH:MM, an ISO date-time or @unix (a bare number or HH:MM is "
+                   "refused: they were seconds and a clock time here before); overrides stop.deadline")
 @click.option("--signals", default=None,
-              help="comma-separated stop signals (default SIGUSR2,SIGTERM); overrides stop.signals")
+              help="comma-separated stop signals by name: USR2, SIGUSR2 or usr2 (default SIGUSR2,SIGTERM,SIGINT); "
+                   "overrides stop.signals")
 @click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
 @click.option("--list-presets", is_flag=True, help="list the shipped presets and exit")
 @click.option("--gpu-memory-gib", type=float, default=None,
@@ -47,6 +49,7 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
     """
     args = SimpleNamespace(config=config, run_dir=run_dir, deadline=deadline, signals=signals,
                            print_config=print_config, list_presets=list_presets, overrides=overrides)
+    from plumbing.parse import checked, parse_deadline, signal_name
     from pixpro_of.config import list_presets, load_config
 
     if args.list_presets:
@@ -54,8 +57,11 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         return 0
     overrides = list(args.overrides)
     if args.deadline is not None:
+        checked(parse_deadline, args.deadline, "--deadline")  # the option's own name in a bad value's line
         overrides.append(f"stop.deadline={args.deadline}")
     if args.signals is not None:
+        for name in filter(None, (n.strip() for n in args.signals.split(","))):
+            checked(lambda n: signal_name(n, catchable=True), name, "--signals")
         overrides.append(f"stop.signals=[{args.signals}]")
     cfg = load_config(args.config, overrides)
     if gpu_memory_gib is not None:

@@ -10,70 +10,23 @@ checkpoint measured so far (or an estimate until one has been written).
 """
 from __future__ import annotations
 
-import datetime as _dt
-import re
 import signal
 import time
 from collections import deque
 from typing import Callable, Deque, Dict, Iterable, List, Optional
 
-from plumbing.errors import UserError
+from plumbing.parse import checked, parse_deadline as parse_deadline_at, signal_number
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME  # noqa: F401  (the trainer's exit codes, owned there)
 
-_DURATION = re.compile(r"^(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s?)?$")
-
-
-def parse_deadline(text: str, now: Optional[float] = None) -> float:
-    """The deadline as a Unix time in seconds.
-
-    Accepted: a duration from ``now`` (``3600``, ``45s``, ``90m``, ``1h30m``, ``2d``), a Unix time
-    (``@1767225600``), a clock time today or, if already past, tomorrow (``10:30``, ``10:30:15``,
-    local time), or an ISO 8601 date-time (``2026-11-26T10:30:00``, with or without a UTC offset;
-    without one it is local time).
-    """
-    now = time.time() if now is None else now
-    s = str(text).strip()
-    if not s:
-        raise UserError("--deadline: empty value")
-    if s.startswith("@"):
-        try:
-            return float(s[1:])
-        except ValueError:
-            raise UserError(f"--deadline {text!r}: '@' must be followed by a Unix time in seconds") from None
-    m = _DURATION.match(s.lower())
-    ambiguous = s[-1].isdigit() and any(c.isalpha() for c in s)  # "1h30": minutes or seconds?
-    if m and any(m.groups()) and not ambiguous:
-        d, h, mi, se = (float(g) if g else 0.0 for g in m.groups())
-        return now + d * 86400 + h * 3600 + mi * 60 + se
-    clock = re.match(r"^(\d{1,2}):(\d{2})(?::(\d{2}))?$", s)
-    if clock:
-        hh, mm, ss = int(clock.group(1)), int(clock.group(2)), int(clock.group(3) or 0)
-        if hh > 23 or mm > 59 or ss > 59:
-            raise UserError(f"--deadline {text!r}: not a valid clock time")
-        base = _dt.datetime.fromtimestamp(now)
-        target = base.replace(hour=hh, minute=mm, second=ss, microsecond=0)
-        if target.timestamp() <= now:
-            target += _dt.timedelta(days=1)
-        return target.timestamp()
-    try:
-        return _dt.datetime.fromisoformat(s).timestamp()
-    except ValueError:
-        raise UserError(f"--deadline {text!r}: expected a duration (90m, 1h30m, 3600), a clock time (HH:MM), "
-                        "an ISO date-time or @unix-seconds") from None
+def parse_deadline(text: str, now: Optional[float] = None, what: str = "--deadline") -> float:
+    """The deadline as a Unix time in seconds (the grammar is :func:`plumbing.parse.parse_deadline`:
+    ``@unix``, an ISO date-time, ``T10:30``, or a duration with a unit such as ``90m``)."""
+    return checked(lambda t: parse_deadline_at(t, now), str(text), what)
 
 
 def signal_numbers(names: Iterable[str]) -> List[int]:
     """``['SIGUSR2', 'term']`` → signal numbers; UserError for unknown or uncatchable names."""
-    out = []
-    for name in names:
-        n = name.upper()
-        if not n.startswith("SIG"):
-            n = "SIG" + n
-        sig = getattr(signal, n, None)
-        if not isinstance(sig, signal.Signals) or n in ("SIGKILL", "SIGSTOP"):
-            raise UserError(f"stop.signals: {name!r} is not a catchable signal")
-        out.append(int(sig))
-    return out
+    return [checked(lambda n: signal_number(n, catchable=True), str(name), "stop.signals") for name in names]
 
 
 class StopControl:
