@@ -236,12 +236,15 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
     run_dir = tmp_path / "run with space"
     cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
            "--gpus", "0", "--ranks-per-node", "2", "--name", "slurm-requeue", "--run-dir", str(run_dir),
+           "--mail", "me@example.org", "--notify", f'date +%s.%N >> {tmp_path}/told; echo "$LAUNCHER_SUMMARY" >> {tmp_path}/told',
            "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25",
            "deadline_at_step=5"]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     assert job_id.isdigit()
+    mail = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30)
+    assert "MailUser=me@example.org" in mail.stdout and "MailType=END,FAIL" in mail.stdout, mail.stdout
     steps_log = run_dir / "steps.log"
 
     def n_steps():
@@ -267,8 +270,8 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
         subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
         restart_now()
         events_file = run_dir / "job" / "events.tsv"
-        _wait(lambda: (run_dir / "done").exists() and events_file.read_text().rstrip().endswith("finished"),
-              90, "the run to finish after the requeues")
+        _wait(lambda: (run_dir / "done").exists() and "\tnotify: done: " in events_file.read_text(),
+              90, "the run to finish after the requeues and tell it")
     except AssertionError:
         show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True)
         for f in ("logs/run.log", "job/events.tsv"):
@@ -303,7 +306,8 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
     assert "checkpointed: timeout 1 of 20" in events and "checkpointed: timeout 2 of 20" in events
     assert events.count("\trequeued\n") == 2 and events.count("\trequeued by SLURM") == 1
     assert "checkpointed: preemption 1 of 100" in events
-    assert events.rstrip().endswith("finished")
+    last = [line.split("\t")[3] for line in events.splitlines()[-2:]]
+    assert last[0] == "finished" and last[1].startswith("notify: done: sent ("), last
     assert (run_dir / "job" / "preemption.count").read_text().strip() == "1"
     assert (run_dir / "job" / "timeout.count").read_text().strip() == "2"
     log = (run_dir / "logs" / "run.log").read_text()
@@ -314,6 +318,13 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
     status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(run_dir)], env=env,
                             capture_output=True, text=True, timeout=60)
     assert status.returncode == 0 and "state    done" in status.stdout
+    # told once, at the end, not at each of the three requeues
+    _wait(lambda: (tmp_path / "told").exists(), 30, "the notify command")
+    told = (tmp_path / "told").read_text().splitlines()
+    assert told[1:] == [f"run {run_dir}: done in job {job_id}"], told
+    delay = float(told[0]) - (run_dir / "done").stat().st_mtime
+    print(f"slurm: notify {delay:.2f} s after the done marker (3 requeues, told once)")
+    assert 0 <= delay < 30
 
 
 PREEMPTIONS = 3
