@@ -112,7 +112,7 @@ def project_info(root: Path = SOURCE_ROOT) -> dict:
         try:
             m = re.search(r"version\s*=\s*[\"']([^\"']+)", (root / "setup.py").read_text())
             version = m.group(1) if m else "unknown"
-        except OSError:
+        except OSError:  # not a checkout either: the version stays 'unknown'
             pass
     commit, dirty = "unknown", None
     if (root / ".git").exists() and shutil.which("git"):

@@ -111,7 +111,7 @@ def command(**opts) -> int:
             try:
                 in_pipeline |= {str(Path(s["run_dir"]).resolve())
                                 for s in json.loads((path / PIPELINE_FILE).read_text())["stages"]}
-            except (OSError, ValueError, KeyError, TypeError):
+            except (OSError, ValueError, KeyError, TypeError):  # a damaged pipeline.json: its stages list as runs
                 pass
         elif str(path.resolve()) not in in_pipeline:
             rows.append(run_row(RunDir(str(path)), name))

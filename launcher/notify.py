@@ -79,10 +79,7 @@ def claim(job_dir: Path, ending: Ending, now: str) -> bool:
 
 def release(job_dir: Path) -> None:
     """Forget that the run told its end (``launcher resume``: the next end is told again)."""
-    try:
-        (job_dir / NOTIFIED).unlink()
-    except FileNotFoundError:
-        pass
+    (job_dir / NOTIFIED).unlink(missing_ok=True)
 
 
 def run_command(command: str, env: Mapping[str, str], cwd: str, timeout: float = NOTIFY_TIMEOUT_S) -> Tuple[str, float]:

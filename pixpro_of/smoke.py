@@ -119,7 +119,7 @@ def probe_scratch(manifest: Optional[str], node: int, nodes: int) -> Dict:
         import h5py
 
         for s in shards:
-            with h5py.File(s, "r"):
+            with h5py.File(s, "r"):  # opening is the check: the staged copy is a readable HDF5 file
                 pass
     except BaseException as exc:  # noqa: BLE001
         out["error"] = f"the staged shards in {folder} cannot be read: {(str(exc).splitlines() or ['?'])[0][:200]}"
