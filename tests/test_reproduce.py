@@ -10,7 +10,8 @@ import sys
 import pytest
 
 from plumbing.errors import UserError
-from pixpro_of import reproduce as rp
+from pixpro_of.reproduction import cli as rp
+from pixpro_of.reproduction import data as rdata
 from pixpro_of.reproduction import job as rjob
 from pixpro_of.reproduction import plan, report
 
@@ -173,7 +174,7 @@ def test_default_plan_controls_grid_and_metrics():
 
 def test_which_shards_each_row_reads(tmp_path):
     cfg = _cfg(["--seeds", "0", "--eval-modes", "linear"])
-    shards = plan.shard_dirs(cfg, tmp_path)
+    shards = rdata.shard_dirs(cfg, tmp_path)
     jobs = {j.name: j for j in plan.build_jobs(cfg, tmp_path, shards, tmp_path / "cs")}
     shard_of = {name: [w for w in j.submit if w.startswith("data.shards=")][0] for name, j in jobs.items()
                 if j.kind == "train"}

@@ -27,8 +27,9 @@ Running the command again skips every finished run (``done`` marker, ``scores.js
 for runs still going; a failed run stays failed (its cell says so) until its folder is deleted.
 ``--dry-run`` prints every run's submit command and submits nothing.
 
-This module is the command; what runs is :mod:`pixpro_of.reproduction.plan`, the tables and
-pictures :mod:`pixpro_of.reproduction.report`, an evaluation as a run :mod:`pixpro_of.reproduction.job`.
+This module is the command; what runs is :mod:`pixpro_of.reproduction.plan`, the data it prepares
+:mod:`pixpro_of.reproduction.data`, the tables and pictures :mod:`pixpro_of.reproduction.report`, an
+evaluation as a run :mod:`pixpro_of.reproduction.job`.
 """
 from __future__ import annotations
 
@@ -49,9 +50,9 @@ from plumbing.atomic import atomic_write_text
 from plumbing.cli import Converted, call, command as cli_command, words
 from plumbing.errors import UserError
 from plumbing.parse import parse_duration, parse_hxw, parse_wxh
+from pixpro_of.reproduction.data import data_commands, prepare_eval_set, prepare_pretraining_shards, shard_dirs
 from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, array_batches, array_command,
-                                         build_jobs, data_commands, job_state, prepare_eval_set,
-                                         prepare_pretraining_shards, profile_defaults, shard_dirs)
+                                         build_jobs, job_state, profile_defaults)
 from pixpro_of.reproduction.report import bar_chart, collect, markdown_table, propagation_chart
 
 
