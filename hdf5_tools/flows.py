@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional, Tuple
 
 import click
+import h5py
 import numpy as np
 
 from plumbing.atomic import atomic_copy
@@ -258,6 +259,7 @@ def run(cfg: ComputeConfig, log=print) -> int:
         if rank != 0:
             return 2  # rank 0 reports it (one line, not one per rank)
         raise UserError(err)
+    assert plan is not None  # rank 0 made it or raised; the others received it
 
     threads = cfg.threads
     if threads is None:
@@ -293,7 +295,7 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
 
     mine = [c for c in plan.chunks if plan.worker[c.cid] == rank]
     owned = [p for p in plan.shards if plan.owner[p] == rank and any(c.shard == p for c in plan.chunks)]
-    handles: Dict[str, object] = {}
+    handles: Dict[str, h5py.File] = {}
     by_id = {c.cid: c for c in plan.chunks}
     expect_remote = sum(1 for c in plan.chunks if plan.owner[c.shard] == rank and plan.worker[c.cid] != rank)
     served = received = 0

@@ -9,7 +9,7 @@ from __future__ import annotations
 import json
 import os
 from dataclasses import asdict, dataclass
-from typing import List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import click
 
@@ -61,7 +61,7 @@ def summarize_shard(path: str, node: Optional[int] = None) -> ShardSummary:
 
 def _targets(paths: List[str]):
     """[(shard path, node or None)], nodes from a manifest given or found beside the shards."""
-    out = []
+    out: List[Tuple[str, Optional[int]]] = []
     for p in paths:
         if p.endswith(".json") or os.path.isdir(p):
             m = mf.load_manifest(p)
@@ -86,15 +86,16 @@ def command(paths, as_json) -> int:
     rows = [summarize_shard(p, n) for p, n in _targets(list(paths))]
     tot_frames = sum(r.frames for r in rows)
     tot_present = sum(r.pairs_present for r in rows)
-    total = {"shards": len(rows), "videos": sum(r.videos for r in rows), "frames": tot_frames,
+    per_node: Dict[str, int] = {}
+    for r in rows:
+        key = "none" if r.node is None else str(r.node)
+        per_node[key] = per_node.get(key, 0) + r.frames
+    total: Dict[str, Any] = {"shards": len(rows), "videos": sum(r.videos for r in rows), "frames": tot_frames,
              "pairs": sum(r.pairs for r in rows), "pairs_present": tot_present,
              "bytes": sum(r.bytes for r in rows),
              "jpeg_bytes_per_frame": sum(r.jpeg_bytes for r in rows) / max(tot_frames, 1),
              "flow_bytes_per_pair_direction": sum(r.flow_bytes for r in rows) / max(2 * tot_present, 1),
-             "frames_per_node": {}}
-    for r in rows:
-        key = "none" if r.node is None else str(r.node)
-        total["frames_per_node"][key] = total["frames_per_node"].get(key, 0) + r.frames
+             "frames_per_node": per_node}
     if as_json:
         print(json.dumps({"shards": [dict(asdict(r), bytes_per_frame=r.bytes_per_frame,
                                           bytes_per_flow=r.bytes_per_flow) for r in rows],

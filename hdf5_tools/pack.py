@@ -24,7 +24,7 @@ import threading
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
-from typing import Callable, List, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 import click
 
@@ -79,19 +79,19 @@ def make_plan(videos: List[sources.VideoSource], nodes: int, shard_size: int) ->
         n = min(range(nodes), key=lambda i: (load[i], i))
         load[n] += v.est_frames
         members[n].append(v)
-    plans = []
+    plans: List[ShardPlan] = []
     for node, vs in enumerate(members):
         vs.sort(key=lambda v: (v.split, v.name))
         cur: List[sources.VideoSource] = []
-        for v in vs + [None]:
-            if cur and (v is None or sum(x.est_bytes for x in cur) + v.est_bytes > shard_size):
+        for nxt in [*vs, None]:
+            if cur and (nxt is None or sum(x.est_bytes for x in cur) + nxt.est_bytes > shard_size):
                 plans.append(ShardPlan(file=f"shard-n{node:03d}-{len([p for p in plans if p.node == node]):05d}.h5",
                                        node=node, videos=[[x.split, x.name] for x in cur],
                                        est_frames=sum(x.est_frames for x in cur),
                                        est_bytes=sum(x.est_bytes for x in cur)))
                 cur = []
-            if v is not None:
-                cur.append(v)
+            if nxt is not None:
+                cur.append(nxt)
     return plans
 
 
@@ -134,7 +134,7 @@ def _write_json(path: str, obj) -> None:
 
 # State for pool workers, set in the parent just before the pool forks (the workers inherit it,
 # so the source listing, with its loader closures, is not redone or pickled per worker).
-_WORKER = {}
+_WORKER: Dict[str, Any] = {}
 
 
 def _worker_run(plan_dict: dict):

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import h5py
 import numpy as np
@@ -95,7 +95,7 @@ class ShardReader:
         except OSError as exc:
             self.h5.close()
             raise UserError(f"{self.path}: cannot open shard ({exc.strerror})") from None
-        self._cache = {}
+        self._cache: Dict[Any, Any] = {}
         self._size = os.fstat(self._fd).st_size
         self._checked = time.monotonic()
 
@@ -163,7 +163,7 @@ class ShardReader:
         if (sel >= 0).all() and (count == 1 or (np.diff(sel) == cb).all()):
             buf = np.empty((count,) + ds.shape[1:], "<f2")
             try:
-                n = os.preadv(self._fd, [buf], int(sel[0]))
+                n = os.preadv(self._fd, [buf], int(sel[0]))  # type: ignore[list-item]  # numpy types ndarray as a Buffer only on 3.12+
             except (OSError, OverflowError, ValueError) as exc:
                 raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
                                 f"cannot read ({exc})") from None

@@ -14,7 +14,7 @@ import math
 import os
 import zlib
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import h5py
 import numpy as np
@@ -267,7 +267,7 @@ def video_attrs(h5: h5py.File, video: str, g: Optional[h5py.Group] = None) -> di
     missing = [k for k in VIDEO_ATTRS if k not in a]
     if missing:
         raise UserError(f"{where} lacks attributes {missing}")
-    out = {}
+    out: Dict[str, Any] = {}
     for k in STR_ATTRS:
         v = a[k]
         if isinstance(v, bytes):

@@ -27,11 +27,12 @@ and ``.../backward/00001.flo`` (frames 2 -> 1). Full-resolution flows are reduce
 """
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, List, Optional, Sequence, Tuple
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -66,7 +67,7 @@ class VideoSource:
     location: str
     est_frames: int
     est_bytes: int
-    loader: Callable[[], LoadedVideo] = field(repr=False, default=None)
+    loader: Callable[[], LoadedVideo] = field(repr=False)
 
     def load(self) -> LoadedVideo:
         return self.loader()
@@ -129,7 +130,7 @@ def _frame_sources(images: Path, fps: float, splits: Optional[Sequence[str]] = N
             out.append(VideoSource(
                 name=vdir.name, split=split_dir.name, kind="frames", location=str(vdir),
                 est_frames=len(files), est_bytes=est,
-                loader=(lambda vdir=vdir, files=files: _load_frame_folder(vdir, files, fps))))
+                loader=functools.partial(_load_frame_folder, vdir, files, fps)))
     return out
 
 
@@ -161,7 +162,7 @@ def _decode_video(path: Path, fps: float, quality: int) -> LoadedVideo:
         raise
     except Exception as exc:  # PyAV raises av.error.* for damaged containers
         raise UserError(f"{path}: cannot decode video ({type(exc).__name__}: {str(exc)[:120]})") from None
-    if not jpegs:
+    if not jpegs or size is None:
         raise UserError(f"{path}: no video frames decoded")
     return LoadedVideo(jpegs=jpegs, height=int(size[0]), width=int(size[1]), fps=fps)
 
@@ -185,7 +186,7 @@ def _video_sources(videos: Path, fps: float, quality: int, splits: Optional[Sequ
             out.append(VideoSource(
                 name=f.stem, split=split_dir.name, kind="videos", location=str(f), est_frames=frames,
                 est_bytes=frames * max(1, w * h // 4),  # ~ a q95 JPEG; only for planning
-                loader=(lambda f=f: _decode_video(f, fps, quality))))
+                loader=functools.partial(_decode_video, f, fps, quality)))
     return out
 
 
@@ -239,7 +240,7 @@ def _synth_sources(spec: str, quality: int, with_flows: bool) -> List[VideoSourc
         out.append(VideoSource(
             name=video_name(i), split=split_of(scfg, i), kind="synth", location=f"{spec}#{i}",
             est_frames=o["frames"], est_bytes=o["frames"] * max(1, w * h // 4),
-            loader=(lambda seed=seed: _render_synth(seed, o["frames"], (w, h), o["fps"], quality, with_flows))))
+            loader=functools.partial(_render_synth, seed, o["frames"], (w, h), o["fps"], quality, with_flows)))
     return out
 
 
@@ -310,7 +311,7 @@ def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Opt
             raise UserError(f"SRC {src}: no videos in split(s) {', '.join(splits)} (splits here: "
                             f"{', '.join(have) or 'none'}); choose with --split NAME or --split all")
         raise UserError(f"SRC {src}: no videos found")
-    seen = {}
+    seen: Dict[str, str] = {}
     for v in videos:
         schema.check_video_name(v.name)
         if v.name in seen:

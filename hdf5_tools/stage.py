@@ -140,6 +140,8 @@ def stage_marker(manifest: str, run: str) -> str:
 
 def stage(cfg: StageConfig) -> StageResult:
     """Copy node ``cfg.node``'s shards into ``cfg.to`` (see the module docstring)."""
+    if cfg.node is None:
+        raise ValueError("stage() needs cfg.node; run_stage resolves it from the launch environment")
     m = mf.load_manifest(cfg.manifest, check_files=False)
     num_nodes = m.nodes if cfg.num_nodes is None else cfg.num_nodes
     sets = set(mf.node_sets_for(cfg.node, num_nodes, m.nodes))
@@ -232,8 +234,8 @@ def command(manifest, to, node, num_nodes, quiet, run) -> int:
     if slurm is not None:
         cfg.node = slurm[0]
         cfg.num_nodes = cfg.num_nodes or slurm[1]
-        result = stage(cfg)
-    elif cfg.node is None:
+        result: Optional[StageResult] = stage(cfg)
+    elif job is not None:  # no --node: mpirun's ranks
         if not job.mpi:
             raise UserError("--node is required outside mpirun and srun")
         result = stage_mpi(cfg)

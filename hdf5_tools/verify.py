@@ -67,7 +67,7 @@ def _manifest_entry(path: str, manifest_path: Optional[str]):
 
 def _manifest_problems(h5, entry) -> List[str]:
     """The shard's table against its manifest entry: names, splits, frame and flow counts."""
-    out = []
+    out: List[str] = []
     try:
         videos = {v.name: v for v in schema.list_videos(h5)}
     except UserError:

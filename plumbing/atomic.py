@@ -183,7 +183,7 @@ def is_temporary_name(name: str) -> bool:
 
 def remove_temporaries(folder: PathLike) -> List[Path]:
     """Delete the temporary files a killed writer left directly in ``folder``; returns them."""
-    removed = []
+    removed: List[Path] = []
     d = Path(folder)
     if not d.is_dir():
         return removed

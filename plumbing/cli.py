@@ -20,7 +20,7 @@ from __future__ import annotations
 import importlib
 import os
 import sys
-from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Union
+from typing import Any, Callable, Dict, Optional, Sequence, Tuple, Type, Union
 
 import click
 from click.shell_completion import CompletionItem
@@ -34,7 +34,7 @@ CONTEXT_SETTINGS = {"help_option_names": ["-h", "--help"], "max_content_width": 
 Table = Dict[str, Union[Tuple[str, str], click.Command]]
 
 
-def user_error_types() -> Tuple[type, ...]:
+def user_error_types() -> Tuple[Type[BaseException], ...]:
     """Exception types that mean 'the user gave bad input'."""
     return (UserError,)
 
@@ -59,7 +59,7 @@ class Command(click.Command):
         try:
             return super().invoke(ctx)
         except UserError as exc:
-            if getattr(exc, "command_path", None) is None:
+            if exc.command_path is None:
                 exc.command_path = ctx.command_path
             raise
 

@@ -33,7 +33,7 @@ import os
 import re
 import socket
 from dataclasses import dataclass
-from typing import List, Mapping, Optional
+from typing import List, Mapping, Optional, overload
 
 from plumbing.errors import UserError
 
@@ -64,6 +64,10 @@ class JobEnvironment:
         return self.rank == 0
 
 
+@overload
+def _int(env: Mapping[str, str], name: str, default: int) -> int: ...
+@overload
+def _int(env: Mapping[str, str], name: str, default: None = None) -> Optional[int]: ...
 def _int(env: Mapping[str, str], name: str, default: Optional[int] = None) -> Optional[int]:
     """``env[name]`` as an int; ``default`` when unset; a UserError naming it when not a number."""
     text = env.get(name)
