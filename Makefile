@@ -1,7 +1,10 @@
 # The three commands every user and CI needs.
 #   make setup   idempotent: Open MPI (Debian, as root), .venv, torch, this project, patched Horovod
 #   make test    setup plus the test suite's own servers and tools (shellcheck, SLURM, Grid Engine,
-#                OpenPBS: make setup-test), then the whole pytest suite (slow and MPI tests included)
+#                OpenPBS: make setup-test), then make lint, then the whole pytest suite (slow and MPI
+#                tests included)
+#   make lint    ruff (lint and format check) over the tree, mypy over plumbing, hdf5_tools, launcher
+#                (settings in pyproject.toml)
 #   make demo    setup, then the main job on the synthetic world, end to end
 SHELL := /bin/bash
 VENV ?= $(CURDIR)/.venv
@@ -12,7 +15,7 @@ export OMPI_MCA_rmaps_base_oversubscribe ?= 1
 export OMPI_MCA_mpi_yield_when_idle ?= 1
 PYTEST_ARGS ?=
 
-.PHONY: setup setup-test test demo bench reproduce clean gpu-wheels gpu-check-data
+.PHONY: setup setup-test lint test demo bench reproduce clean gpu-wheels gpu-check-data
 
 setup:
 	@VENV=$(VENV) bash .ci/setup.sh
@@ -20,7 +23,12 @@ setup:
 setup-test:
 	@VENV=$(VENV) bash .ci/setup.sh --test
 
-test: setup-test
+lint: setup-test
+	@$(VENV)/bin/ruff check .
+	@$(VENV)/bin/ruff format --check .
+	@$(VENV)/bin/mypy
+
+test: setup-test lint
 	@PATH=$(VENV)/bin:$$PATH $(PY) -m pytest $(PYTEST_ARGS)
 
 demo: setup

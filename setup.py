@@ -41,7 +41,8 @@ setup(
         "cityscapesscripts>=2.2",
     ],
     extras_require={
-        "test": ["pytest>=7", "pytest-timeout>=2"],
+        # pinned linters: a newer ruff may format differently, a newer mypy may find more
+        "test": ["pytest>=7", "pytest-timeout>=2", "ruff==0.17.6", "mypy==2.4.1"],
     },
     entry_points={
         "console_scripts": [

@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Idempotent environment set-up: Debian packages (when root and missing), the
-# virtual environment, torch, this project with its test extras, and a patched
+# virtual environment, torch, this project (with --test, its test extras), and a patched
 # Horovod 0.28.1 built once and cached under ~/.cache/pixpro-of/wheels.
 # Quiet when everything is already in place.
 #   setup.sh          what every command runs (make setup: make demo, make reproduce, ...)
-#   setup.sh --test   also what only the test suite uses (make test): shellcheck, HDF5's command-line
-#                     tools, SLURM with munge, Grid Engine and OpenPBS (built once, ~5 minutes)
+#   setup.sh --test   also what only the test suite uses (make test): pytest, ruff and mypy, shellcheck,
+#                     HDF5's command-line tools, SLURM with munge, Grid Engine and OpenPBS (built once,
+#                     ~5 minutes)
 set -euo pipefail
 FOR_TESTS=0
 case "${1:-}" in
@@ -58,13 +59,14 @@ then
   "$PY" -c "import torch, torchvision" # fail loudly if the install did not work
 fi
 
-# --- the project (editable) with test extras ------------------------------
-STAMP="$VENV/.pixpro-of-installed"
+# --- the project (editable); with --test also its test extras (pytest, ruff, mypy) ---------
+if ((FOR_TESTS)); then EXTRAS="[test]"; STAMP="$VENV/.pixpro-of-installed-test"
+else EXTRAS=""; STAMP="$VENV/.pixpro-of-installed"; fi
 if [[ ! -f "$STAMP" || "$ROOT/setup.py" -nt "$STAMP" ]]; then
-  say "installing the project (editable) with test extras"
-  "$VENV/bin/pip" install -q -e "${ROOT}[test]" 2>&1 | grep -v "^WARNING: Location" || true
+  say "installing the project (editable)${EXTRAS:+ with test extras}"
+  "$VENV/bin/pip" install -q -e "${ROOT}${EXTRAS}" 2>&1 | grep -v "^WARNING: Location" || true
   "$PY" -c "import pixpro_of, flow, hdf5_tools, launcher, plumbing, synth, click"
-  touch "$STAMP"
+  touch "$STAMP" "$VENV/.pixpro-of-installed"  # the test install holds the plain one
 fi
 
 # --- Horovod --------------------------------------------------------------
