@@ -16,8 +16,8 @@ Commands (``launcher COMMAND --help``)::
 
 Modules: :mod:`launcher.clusters` (profiles), :mod:`launcher.request` (resource math and the
 trainer command), :mod:`launcher.schedulers` (submit/query/cancel argv per batch system),
-:mod:`launcher.templating` (Jinja with shell quoting), :mod:`launcher.rundir` (run directory),
-:mod:`launcher.local_runner` (the ``local`` batch system). Templates: ``templates/*.sh.j2``.
+:mod:`launcher.job_script` (the job script from Jinja templates, shell-quoted), :mod:`launcher.job_files`
+(the files of ``job/``), :mod:`launcher.local_runner` (the ``local`` batch system). Templates: ``templates/*.sh.j2``.
 
 Keeping a run alive: the job gives the trainer ``--deadline`` (walltime minus a margin, from job
 start) and passes the scheduler's signals on to the ranks as SIGUSR2. The trainer exits 75 after a

@@ -40,9 +40,9 @@ from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.options import parse_job_args
 from launcher.request import JobPlan, check_name, check_trainer_config, plan_job, safe_job_name
-from launcher.rundir import RunDir, now_iso
+from launcher.job_files import RunDir, now_iso
 from launcher.schedulers import Scheduler, get_scheduler
-from launcher.templating import render_array_script, render_directives, render_script
+from launcher.job_script import render_array_script, render_directives, render_script
 
 ARRAY_SCRIPT = "array.sh"
 ARRAY_RECORD = "array.json"

@@ -16,7 +16,7 @@ import click
 
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
 
 

@@ -43,7 +43,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 from plumbing.atomic import atomic_write_text
-from launcher.rundir import RunDir, now_iso
+from launcher.job_files import RunDir, now_iso
 
 ENV_DIR = "env"
 PACKAGES = ("torch", "torchvision", "horovod", "h5py", "numpy")

@@ -20,7 +20,7 @@ from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from plumbing.runs import JOB
 from launcher.progress import eta_text, format_rate, read_progress, step_text
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import run_state
 

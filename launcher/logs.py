@@ -26,7 +26,7 @@ import click
 
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 
 POLL_S = 1.0
 #: After the run is done or stopped: how long the log may stay quiet before following ends

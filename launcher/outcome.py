@@ -1,7 +1,7 @@
 """A job's policy: what one link of a run does at its start and after its command ends.
 
 The job script (``templates/``) keeps the traps, ``wait`` and the scheduler's own requeue or
-chain command; every decision is here, over :class:`launcher.rundir.RunDir`, and the script asks
+chain command; every decision is here, over :class:`launcher.job_files.RunDir`, and the script asks
 for it with ``python -m launcher.outcome STEP ...``. Each step records its events in
 ``job/events.tsv`` (and says them on stderr, the run's log) and prints one *action* line on
 stdout for the script: ``go``, ``resume`` (staging was interrupted: go straight to the outcome),
@@ -27,7 +27,7 @@ from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, EXIT_USAGE
 from launcher.notify import Ending
-from launcher.rundir import RunDir, now_iso
+from launcher.job_files import RunDir, now_iso
 from launcher.schedulers import get_scheduler
 
 #: How a checkpointed link continues the run: the local runner re-runs the script on exit 75,

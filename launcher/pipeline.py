@@ -30,7 +30,7 @@ from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.options import PASSTHROUGH, job_options
 from launcher.request import resolved_trainer_config
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.stages import PACK_OUT
 from launcher.resume import next_link
 from launcher.submit import Prepared, prepare, request_record, submit_links

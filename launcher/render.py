@@ -1,6 +1,7 @@
 """``launcher render``: the dry run. The job script goes to stdout, the exact submit command(s) to stderr.
 
-``launcher render ... > job.sh`` gives a runnable script; nothing is written or submitted.
+``launcher render ... > job.sh`` gives a runnable script; nothing is written or submitted. The script's text is
+:mod:`launcher.job_script`.
 """
 from __future__ import annotations
 

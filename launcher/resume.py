@@ -15,7 +15,7 @@ from launcher.clusters import load_profile
 from plumbing.cli import call, command as cli_command
 from plumbing.errors import UserError
 from launcher.notify import release
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import query_states
 from launcher.submit import Prepared, submit_links

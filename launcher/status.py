@@ -28,7 +28,7 @@ from plumbing.errors import UserError
 from plumbing.atomic import atomic_write_text
 from launcher import envrecord
 from launcher.progress import Progress, eta_text, format_duration, format_rate, read_progress, step_text
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
 
 

@@ -26,9 +26,9 @@ from plumbing.errors import UserError
 from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, build_request, job_options
 from launcher.request import JobPlan, check_trainer_config, plan_job
 from launcher import smoke
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 from launcher.schedulers import Scheduler, get_scheduler
-from launcher.templating import render_script
+from launcher.job_script import render_script
 
 
 @dataclass(frozen=True)

@@ -464,7 +464,7 @@ def event_texts(run_dir: Path) -> List[str]:
 def job_ids(run_dir: Path, scheduler: str) -> List[str]:
     """Job ids of the run in submission order (jobs.tsv; links the jobs submitted themselves
     record the submit command's raw output, parsed as the launcher does)."""
-    from launcher.rundir import RunDir
+    from launcher.job_files import RunDir
     from launcher.schedulers import get_scheduler
     return [j.job_id for j in RunDir(str(run_dir)).jobs(get_scheduler(scheduler).parse_job_id)]
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from launcher import envrecord
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -149,7 +149,7 @@ def test_watch_commands_do_not_import_torch(tmp_path):
 
 def test_follow_reads_whole_lines_and_output_files_written_anew(tmp_path):
     from launcher.logs import Follower
-    from launcher.rundir import RunDir
+    from launcher.job_files import RunDir
 
     rd = RunDir(str(tmp_path / "run"))
     rd.logs.mkdir(parents=True)

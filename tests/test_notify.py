@@ -15,7 +15,7 @@ import pytest
 
 from launcher.notify import Ending, NOTIFIED, release, summary, tells
 from launcher.outcome import Link, LinkContext
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 
 START = 1_000_000
 RECORD = 'printf "%s|%s|%s|%s\\n" "$LAUNCHER_OUTCOME" "$LAUNCHER_REASON" "$LAUNCHER_SUMMARY" "$LAUNCHER_RUN_NAME" >> '

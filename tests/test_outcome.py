@@ -13,7 +13,7 @@ import sys
 import pytest
 
 from launcher.outcome import Decision, Link, LinkContext, main, silent_hosts
-from launcher.rundir import RunDir
+from launcher.job_files import RunDir
 
 # scheduler -> how its links continue a checkpointed run (as the templates render it)
 MODES = {"local": "local", "slurm": "requeue", "slurm-chain": "chain", "pbs": "chain", "sge": "chain", "pjm": "chain"}

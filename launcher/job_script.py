@@ -1,4 +1,4 @@
-"""Render job scripts from Jinja templates with every value shell-quoted.
+"""The job script's text: Jinja templates rendered with every value shell-quoted (``launcher render`` prints it).
 
 Templates live in ``templates/`` (package ``launcher.templates``); a user directory
 (``--template-dir`` or ``$LAUNCHER_TEMPLATE_DIR``) is searched first, so a site can override
