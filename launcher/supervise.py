@@ -48,6 +48,8 @@ MPI_LAUNCHERS = ("mpirun", "mpiexec", "orterun", "prterun", "srun")
 WRAPPERS = ("horovodrun", "sh", "bash", "dash")
 POLL_S = 0.25
 LEFTOVER_GRACE_S = 3.0  # after the launcher exited on its own: time its leftovers get to end
+# prctl option from <linux/prctl.h>: orphaned descendants are reparented to this process, not to init
+PR_SET_CHILD_SUBREAPER = 36
 
 
 def _proc_table() -> Dict[int, tuple]:
@@ -284,7 +286,7 @@ def _become_subreaper() -> None:
         import ctypes
 
         libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(36, 1, 0, 0, 0)
+        libc.prctl(PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0)
     except (OSError, AttributeError):
         # No prctl (not Linux/glibc): orphans go to init instead; the launcher itself is still
         # supervised, only a dying horovodrun's leftovers are not adopted.
