@@ -34,11 +34,11 @@ def main(argv=None) -> int:
     ap.add_argument("--flows", action="store_true", help="also pack the seed .pth flows (and cp them)")
     a = ap.parse_args(argv)
 
-    from hdf5_tools import testdata
+    from hdf5_tools import fake_sources
     from hdf5_tools.pack import PackConfig, pack
 
     work = Path(a.workdir)
-    info = testdata.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
+    info = fake_sources.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
     src = work / "src"
     src_bytes = info["jpeg_bytes"] + (info["flow_bytes"] if a.flows else 0)
     print(f"source: {a.videos} videos x {a.frames} frames 1280x720, {src_bytes / 1e6:.0f} MB "

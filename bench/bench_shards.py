@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from hdf5_tools import testdata
+    from hdf5_tools import fake_sources
     from hdf5_tools.pack import PackConfig, pack
     from hdf5_tools import schema
     from hdf5_tools.reader import ShardReader
@@ -75,7 +75,7 @@ def main(argv=None) -> int:
 
     work = Path(a.workdir)
     t0 = time.perf_counter()
-    info = testdata.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
+    info = fake_sources.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
     out = work / f"shards-{a.videos}-{a.frames}"
     if not (out / "manifest.json").exists():
         pack(PackConfig(src=str(work / "src"), out=str(out), nodes=1, flows=str(work / "src" / "flow"),

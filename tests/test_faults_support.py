@@ -139,13 +139,14 @@ def corrupt_jpegs(shard: Path, videos: Optional[List[str]] = None) -> None:
     """Flip a byte in the middle of every frame of ``videos`` (default: all): CRC failures."""
     import h5py
 
-    from hdf5_tools import schema, testdata
+    from hdf5_tools import schema
+    from shard_bytes import file_offset
 
     offsets = []
     with h5py.File(shard, "r") as h5:
         for v in videos or sorted(h5[schema.VIDEOS].keys()):
             g = h5[schema.VIDEOS][v]
-            base = testdata.file_offset(shard, v, schema.JPEG)
+            base = file_offset(shard, v, schema.JPEG)
             offsets += [base + int(o) + int(n) // 2 for o, n in zip(g[schema.JPEG_OFFSET][()], g[schema.JPEG_LENGTH][()])]
     _flip(shard, offsets)
 
@@ -154,13 +155,14 @@ def corrupt_flows(shard: Path, videos: Optional[List[str]] = None) -> None:
     """Flip a byte in every stored flow_fwd chunk of ``videos`` (default: all)."""
     import h5py
 
-    from hdf5_tools import schema, testdata
+    from hdf5_tools import schema
+    from shard_bytes import file_offset
 
     offsets = []
     with h5py.File(shard, "r") as h5:
         for v in videos or sorted(h5[schema.VIDEOS].keys()):
             pairs = h5[schema.VIDEOS][v][schema.FLOW_FWD].shape[0]
-            offsets += [testdata.file_offset(shard, v, schema.FLOW_FWD, i) + 7 for i in range(pairs)]
+            offsets += [file_offset(shard, v, schema.FLOW_FWD, i) + 7 for i in range(pairs)]
     _flip(shard, offsets)
 
 

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from hdf5_tools import pack as pack_mod
-from hdf5_tools import schema, testdata
+from hdf5_tools import fake_sources, schema
 from plumbing.cli import call
 from plumbing.errors import UserError
 from hdf5_tools.manifest import load_manifest
@@ -26,13 +26,13 @@ def _fp16(a):
 @pytest.fixture(scope="module")
 def rendered():
     """Two rendered synthetic videos (rgb, fwd, bwd at full resolution)."""
-    return {f"vid{i}": testdata.render_frames(i, 5 + i, SIZE) for i in range(2)}
+    return {f"vid{i}": fake_sources.render_frames(i, 5 + i, SIZE) for i in range(2)}
 
 
 def _make_src(root, rendered, splits=("train", "val")):
     jpegs = {}
     for (name, (rgb, _, _)), split in zip(rendered.items(), splits):
-        jpegs[name] = testdata.write_frame_folder(root, split, name, rgb)
+        jpegs[name] = fake_sources.write_frame_folder(root, split, name, rgb)
     return jpegs
 
 
@@ -46,8 +46,8 @@ def test_round_trip_jpeg_bytes_identical_and_seed_pth_flows(tmp_path, rendered):
     rng = np.random.default_rng(0)
     flows = {}
     for (name, (rgb, _, _)), split in zip(rendered.items(), ("train", "val")):
-        fwd, bwd = testdata.random_flows(rng, rgb.shape[0] - 1, rgb.shape[1], rgb.shape[2])
-        testdata.write_seed_flows(tmp_path / "flow", split, name, fwd, bwd)
+        fwd, bwd = fake_sources.random_flows(rng, rgb.shape[0] - 1, rgb.shape[1], rgb.shape[2])
+        fake_sources.write_seed_flows(tmp_path / "flow", split, name, fwd, bwd)
         flows[name] = (fwd, bwd)
     m = pack(_cfg(src, tmp_path / "out", nodes=1, flows=str(tmp_path / "flow")))
     assert len(m.shards) == 1 and m.shards[0].num_videos == 2
@@ -86,11 +86,22 @@ def test_seed_pth_backward_is_reversed_into_time_order(tmp_path, rendered):
     assert b[:, 0, 0, 0].tolist() == [101.0, 102.0]
 
 
+def _write_flo_flows(flow_root, split: str, video: str, fwd: np.ndarray, bwd: np.ndarray) -> None:
+    """Full-resolution ``flow_root/<split>/<video>/{forward,backward}/%05d.flo`` (pair 1 = frames 1, 2)."""
+    from flow.io import write_flo
+
+    for direction, arr in (("forward", fwd), ("backward", bwd)):
+        d = flow_root / split / video / direction
+        d.mkdir(parents=True, exist_ok=True)
+        for i, f in enumerate(arr):
+            write_flo(d / f"{i + 1:05d}.flo", f)
+
+
 def test_flo_flows_are_area_downsampled_to_one_eighth_units(tmp_path, rendered):
     src = tmp_path / "src"
     _make_src(src, {"vid1": rendered["vid1"]}, splits=("train",))
     rgb, fwd, bwd = rendered["vid1"]
-    testdata.write_flo_flows(tmp_path / "flow", "train", "vid1", fwd, bwd)
+    _write_flo_flows(tmp_path / "flow", "train", "vid1", fwd, bwd)
     m = pack(_cfg(src, tmp_path / "out", nodes=1, flows=str(tmp_path / "flow")))
     with schema.open_shard(m.path_of(m.shards[0])) as h5:
         f, b = schema.read_flows(h5, "vid1", 0, rgb.shape[0] - 1)
@@ -111,7 +122,7 @@ def test_synth_source_packs_exact_flows(tmp_path):
     from synth import video_seed
 
     m = pack(_cfg("synth:videos=2,frames=4,size=64x48,seed=3", tmp_path / "out", nodes=1))
-    rgb, fwd, _ = testdata.render_frames(video_seed(3, 1), 4, SIZE)
+    rgb, fwd, _ = fake_sources.render_frames(video_seed(3, 1), 4, SIZE)
     with schema.open_shard(m.path_of(m.shards[0])) as h5:
         infos = schema.list_videos(h5)
         assert [(v.name, v.split) for v in infos] == [("synth-00000", "train"), ("synth-00001", "val")]
@@ -124,9 +135,9 @@ def test_synth_source_packs_exact_flows(tmp_path):
 def test_nodes_balance_frames_and_shard_size_splits(tmp_path):
     src = tmp_path / "src"
     lengths = [9, 7, 6, 5, 4, 3]
-    frame = testdata.encode(np.full((16, 16, 3), 99, np.uint8))
+    frame = fake_sources.encode(np.full((16, 16, 3), 99, np.uint8))
     for i, n in enumerate(lengths):
-        testdata.write_frame_folder(src, "train", f"v{i}", jpegs=[frame] * n)
+        fake_sources.write_frame_folder(src, "train", f"v{i}", jpegs=[frame] * n)
     m = pack(_cfg(src, tmp_path / "out", nodes=2, shard_size=len(frame) * 10))
     per_node = [sum(s.num_frames for s in m.shards if s.node == n) for n in range(2)]
     assert sorted(per_node) == [17, 17]
@@ -147,9 +158,9 @@ def test_shard_size_is_a_byte_count(tmp_path):
 
 def test_interrupted_pack_resumes_without_redoing_finished_shards(tmp_path, rendered, monkeypatch):
     src = tmp_path / "src"
-    frame = testdata.encode(np.full((16, 16, 3), 7, np.uint8))
+    frame = fake_sources.encode(np.full((16, 16, 3), 7, np.uint8))
     for i in range(4):
-        testdata.write_frame_folder(src, "train", f"v{i}", jpegs=[frame] * 3)
+        fake_sources.write_frame_folder(src, "train", f"v{i}", jpegs=[frame] * 3)
     out = tmp_path / "out"
     real = pack_mod.write_shard
     calls = []
@@ -183,7 +194,7 @@ def test_parallel_pack_equals_serial(tmp_path):
     src = tmp_path / "src"
     rng = np.random.default_rng(1)
     for i in range(4):
-        testdata.write_frame_folder(src, "train", f"v{i}", rgb=rng.integers(0, 255, (3, 16, 16, 3), np.uint8))
+        fake_sources.write_frame_folder(src, "train", f"v{i}", rgb=rng.integers(0, 255, (3, 16, 16, 3), np.uint8))
     a = pack(_cfg(src, tmp_path / "a", nodes=2, shard_size=1, jobs=1))
     b = pack(_cfg(src, tmp_path / "b", nodes=2, shard_size=1, jobs=2))
     assert [(s.file, s.node, s.num_frames, s.videos) for s in a.shards] == \
@@ -203,14 +214,14 @@ def test_parallel_pack_equals_serial(tmp_path):
 
 def test_corrupt_jpeg_and_mixed_sizes_are_one_line_user_errors(tmp_path):
     src = tmp_path / "src"
-    ok = testdata.encode(np.zeros((16, 16, 3), np.uint8))
-    testdata.write_frame_folder(src, "train", "bad", jpegs=[ok, b"\xff\xd8garbage", ok])
+    ok = fake_sources.encode(np.zeros((16, 16, 3), np.uint8))
+    fake_sources.write_frame_folder(src, "train", "bad", jpegs=[ok, b"\xff\xd8garbage", ok])
     with pytest.raises(UserError, match=r"bad/00002\.jpg: corrupt JPEG header"):
         pack(_cfg(src, tmp_path / "out", nodes=1))
     assert not list((tmp_path / "out").glob("*.h5")) and not list((tmp_path / "out").glob(".*.partial"))
     src2 = tmp_path / "src2"
-    other = testdata.encode(np.zeros((16, 24, 3), np.uint8))
-    testdata.write_frame_folder(src2, "train", "mixed", jpegs=[ok, ok, other])
+    other = fake_sources.encode(np.zeros((16, 24, 3), np.uint8))
+    fake_sources.write_frame_folder(src2, "train", "mixed", jpegs=[ok, ok, other])
     with pytest.raises(UserError, match=r"mixed/00003\.jpg: frame size 24x16 differs .*mixed frame sizes"):
         pack(_cfg(src2, tmp_path / "out2", nodes=1))
 
@@ -219,14 +230,15 @@ def test_flow_shape_mismatch_names_the_file(tmp_path, rendered):
     src = tmp_path / "src"
     _make_src(src, {"vid0": rendered["vid0"]}, splits=("train",))
     f = np.zeros((2, 2, 6, 8), np.float32)  # 2 pairs, but vid0 has 5 frames
-    testdata.write_seed_flows(tmp_path / "flow", "train", "vid0", f, f)
+    fake_sources.write_seed_flows(tmp_path / "flow", "train", "vid0", f, f)
     with pytest.raises(UserError, match=r"vid0\.pth: flow shape \(2, 2, 6, 8\) does not match"):
         pack(_cfg(src, tmp_path / "out", nodes=1, flows=str(tmp_path / "flow")))
 
 
 def test_cli_pack_then_bad_src_exit_codes(tmp_path):
     src = tmp_path / "src"
-    testdata.write_frame_folder(src, "train", "v0", jpegs=[testdata.encode(np.zeros((16, 16, 3), np.uint8))] * 2)
+    black = fake_sources.encode(np.zeros((16, 16, 3), np.uint8))
+    fake_sources.write_frame_folder(src, "train", "v0", jpegs=[black] * 2)
     run = lambda *a: subprocess.run([sys.executable, "-m", "hdf5_tools.cli", *a], capture_output=True, text=True)
     r = run("pack", str(src), str(tmp_path / "out"), "--nodes", "1", "--no-progress")
     assert r.returncode == 0, r.stderr

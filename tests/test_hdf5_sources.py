@@ -9,12 +9,13 @@ import pytest
 import simplejpeg
 import torch
 
-from hdf5_tools import schema, testdata
+from hdf5_tools import fake_sources, schema
 from hdf5_tools.reader import ShardReader
 from hdf5_tools.pack import PackConfig, pack
 from pixpro_of.data import ShardClipDataset
 from pixpro_of.data.shards import f16_to_f32
 from plumbing.errors import UserError
+from shard_bytes import file_offset
 
 
 @pytest.fixture(scope="module")
@@ -88,9 +89,9 @@ def test_f16_to_f32_is_exact_on_both_paths():
 def one_shard(tmp_path):
     rng = np.random.default_rng(3)
     rgb = (rng.random((6, 32, 48, 3)) * 255).astype(np.uint8)
-    jpegs = testdata.write_frame_folder(tmp_path / "src", "train", "v", rgb)
-    fwd, bwd = testdata.random_flows(rng, 5, 32, 48)
-    testdata.write_seed_flows(tmp_path / "flow", "train", "v", fwd, bwd)
+    jpegs = fake_sources.write_frame_folder(tmp_path / "src", "train", "v", rgb)
+    fwd, bwd = fake_sources.random_flows(rng, 5, 32, 48)
+    fake_sources.write_seed_flows(tmp_path / "flow", "train", "v", fwd, bwd)
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1,
                         flows=str(tmp_path / "flow"), progress=False))
     path = tmp_path / "shard.h5"
@@ -125,8 +126,8 @@ def test_fast_reader_reads_through_pread_and_matches_h5py(one_shard):
 
 def test_fast_reader_names_bit_flips_in_flow_chunks_and_frames(one_shard):
     path, jpegs, _, _ = one_shard
-    _flip(path, testdata.file_offset(path, "v", schema.FLOW_FWD, 2) + 10)  # chunks are 96 bytes
-    _flip(path, testdata.file_offset(path, "v", schema.JPEG) + sum(len(b) for b in jpegs[:3]) + 50)
+    _flip(path, file_offset(path, "v", schema.FLOW_FWD, 2) + 10)  # chunks are 96 bytes
+    _flip(path, file_offset(path, "v", schema.JPEG) + sum(len(b) for b in jpegs[:3]) + 50)
     ds = ShardClipDataset([path], k=2)
     ds.get_clip(0, 0)  # frames 0, 1 and pair 0 are intact
     with pytest.raises(UserError, match=r"shard\.h5: video 'v' frame 3: JPEG bytes fail their CRC32"):

@@ -11,7 +11,7 @@ import time
 import numpy as np
 import pytest
 
-from hdf5_tools import testdata
+from hdf5_tools import fake_sources
 from plumbing.errors import UserError
 from hdf5_tools.manifest import file_crc32, load_manifest
 from hdf5_tools.pack import PackConfig, pack
@@ -23,7 +23,7 @@ from hdf5_tools.verify import verify_shard
 def packed(tmp_path):
     rng = np.random.default_rng(4)
     for i in range(4):
-        testdata.write_frame_folder(tmp_path / "src", "train", f"v{i}",
+        fake_sources.write_frame_folder(tmp_path / "src", "train", f"v{i}",
                                     rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8))
     return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1,
                            progress=False))

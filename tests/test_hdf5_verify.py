@@ -10,10 +10,11 @@ import h5py
 import numpy as np
 import pytest
 
-from hdf5_tools import schema, testdata
+from hdf5_tools import fake_sources, schema
 from plumbing.errors import UserError
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.verify import verify_shard
+from shard_bytes import file_offset
 
 
 @pytest.fixture(scope="module")
@@ -24,9 +25,9 @@ def packed(tmp_path_factory):
     jpegs, flows = {}, {}
     for name in ("alpha", "beta"):
         rgb = (rng.random((5, 32, 48, 3)) * 255).astype(np.uint8)
-        jpegs[name] = testdata.write_frame_folder(root / "src", "train", name, rgb)
-        flows[name] = testdata.random_flows(rng, 4, 32, 48)
-        testdata.write_seed_flows(root / "flow", "train", name, *flows[name])
+        jpegs[name] = fake_sources.write_frame_folder(root / "src", "train", name, rgb)
+        flows[name] = fake_sources.random_flows(rng, 4, 32, 48)
+        fake_sources.write_seed_flows(root / "flow", "train", name, *flows[name])
     m = pack(PackConfig(src=str(root / "src"), out=str(root / "out"), nodes=1, flows=str(root / "flow"),
                         progress=False))
     return m.path_of(m.shards[0]), jpegs, flows
@@ -61,7 +62,7 @@ def test_clean_shard_verifies_deep(packed):
 def test_bit_flip_in_frame_bytes_names_video_and_frame(packed, tmp_path):
     path = _copy(packed, tmp_path)
     jpegs = packed[1]["beta"]
-    off = testdata.file_offset(path, "beta", schema.JPEG) + len(jpegs[0]) + len(jpegs[1]) + len(jpegs[2]) // 2
+    off = file_offset(path, "beta", schema.JPEG) + len(jpegs[0]) + len(jpegs[1]) + len(jpegs[2]) // 2
     _flip(path, off)
     rep = verify_shard(str(path))
     assert rep.problems == ["video 'beta' frame 2: JPEG bytes fail their CRC32"]
@@ -74,7 +75,7 @@ def test_bit_flip_in_frame_bytes_names_video_and_frame(packed, tmp_path):
 
 def test_bit_flip_in_flow_chunk_names_pair(packed, tmp_path):
     path = _copy(packed, tmp_path)
-    _flip(path, testdata.file_offset(path, "alpha", schema.FLOW_BWD, 3) + 17)
+    _flip(path, file_offset(path, "alpha", schema.FLOW_BWD, 3) + 17)
     rep = verify_shard(str(path))
     assert rep.problems == ["video 'alpha' flow_bwd pair 3: flow chunk fails its CRC32"]
     with schema.open_shard(path) as h5:
@@ -116,10 +117,10 @@ def test_deleted_dataset_and_unknown_schema_version(packed, tmp_path):
 
 def test_deep_catches_a_jpeg_that_does_not_decode(tmp_path):
     """A frame whose header parses but whose body is garbage passes pack and CRCs; --deep catches it."""
-    ok = testdata.encode((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
+    ok = fake_sources.encode((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
     sos = ok.index(b"\xff\xda")  # start of scan: the header before it stays intact
     broken = ok[:sos + 40]
-    testdata.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken, ok])
+    fake_sources.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken, ok])
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     shard = m.path_of(m.shards[0])
     assert verify_shard(shard).ok
@@ -157,7 +158,7 @@ def test_info_reports_counts_bytes_and_nodes(packed):
 def test_write_flow_pair_api_for_flow_compute(tmp_path):
     """The flow engineer's API: pack without flows, then fill pairs one by one (resumable)."""
     rgb = (np.random.default_rng(2).random((4, 20, 30, 3)) * 255).astype(np.uint8)
-    testdata.write_frame_folder(tmp_path / "src", "val", "v", rgb)
+    fake_sources.write_frame_folder(tmp_path / "src", "val", "v", rgb)
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     path = m.path_of(m.shards[0])
     with schema.open_shard(path, "r+") as h5:

@@ -369,14 +369,15 @@ def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
     """No shards, a folder, a shard for a manifest, missing flow pairs: one line at submit, not on the node."""
     import numpy as np
 
-    from hdf5_tools import testdata
+    from hdf5_tools import fake_sources
     from hdf5_tools.pack import PackConfig, pack
 
     full = tmp_path / "full"  # synth: carries its exact flows
     pack(PackConfig(src="synth:videos=2,frames=6,size=64x48,seed=0", out=str(full), nodes=2, progress=False))
     src = tmp_path / "src"  # frames only: every flow pair missing until 'hdf5_tools flow'
     for i in range(3):
-        testdata.write_frame_folder(src, "train", f"v{i}", jpegs=[testdata.encode(np.zeros((16, 16, 3), np.uint8))] * 4)
+        fake_sources.write_frame_folder(src, "train", f"v{i}",
+                                        jpegs=[fake_sources.encode(np.zeros((16, 16, 3), np.uint8))] * 4)
     bare = tmp_path / "bare"
     pack(PackConfig(src=str(src), out=str(bare), nodes=2, shard_size=1, progress=False))
     (tmp_path / "empty").mkdir()

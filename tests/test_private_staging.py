@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 
 from hdf5_tools import manifest as mf
-from hdf5_tools import schema, testdata
+from hdf5_tools import fake_sources, schema
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.stage import MARKER_NAME, StageConfig, stage
 from plumbing.errors import UserError
@@ -71,7 +71,7 @@ def scratch():
 def packed(tmp_path):
     rng = np.random.default_rng(8)
     for i in range(4):
-        testdata.write_frame_folder(tmp_path / "src", "train", f"v{i}",
+        fake_sources.write_frame_folder(tmp_path / "src", "train", f"v{i}",
                                     rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8))
     return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1,
                            progress=False))

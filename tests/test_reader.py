@@ -6,7 +6,7 @@ import pytest
 import simplejpeg
 import torch
 
-from hdf5_tools import schema, testdata
+from hdf5_tools import fake_sources, schema
 from hdf5_tools.pack import PackConfig, pack
 from pixpro_of.data import ClipSampler, ShardClipDataset, node_shard_paths
 from plumbing.errors import UserError
@@ -23,9 +23,9 @@ def shards(tmp_path_factory):
     truth = {}
     for name, n in LENGTHS.items():
         rgb = (rng.random((n, H, W, 3)) * 255).astype(np.uint8)
-        jpegs = testdata.write_frame_folder(root / "src", "train", name, rgb)
-        fwd, bwd = testdata.random_flows(rng, n - 1, H, W)
-        testdata.write_seed_flows(root / "flow", "train", name, fwd, bwd)
+        jpegs = fake_sources.write_frame_folder(root / "src", "train", name, rgb)
+        fwd, bwd = fake_sources.random_flows(rng, n - 1, H, W)
+        fake_sources.write_seed_flows(root / "flow", "train", name, fwd, bwd)
         truth[name] = (jpegs, fwd, bwd)
     m = pack(PackConfig(src=str(root / "src"), out=str(root / "out"), nodes=2, shard_size=1,
                         flows=str(root / "flow"), progress=False))
@@ -141,7 +141,7 @@ def test_bad_input_names_shard_video_and_index(shards, tmp_path):
         ds.get_clip([ds.video_name(i) for i in range(4)].index("b"), 3)
     # A shard without flows: k = 1 works, k > 1 names the missing pair.
     rgb = (np.random.default_rng(0).random((4, H, W, 3)) * 255).astype(np.uint8)
-    testdata.write_frame_folder(tmp_path / "src", "train", "noflow", rgb)
+    fake_sources.write_frame_folder(tmp_path / "src", "train", "noflow", rgb)
     m2 = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     path = m2.path_of(m2.shards[0])
     ShardClipDataset([path], k=1).get_clip(0, 2)
@@ -157,9 +157,9 @@ def test_bad_input_names_shard_video_and_index(shards, tmp_path):
 
 
 def test_corrupt_jpeg_body_is_named_at_read_time(tmp_path):
-    ok = testdata.encode((np.random.default_rng(1).random((H, W, 3)) * 255).astype(np.uint8))
+    ok = fake_sources.encode((np.random.default_rng(1).random((H, W, 3)) * 255).astype(np.uint8))
     broken = ok[:ok.index(b"\xff\xda") + 30]
-    testdata.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken])
+    fake_sources.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken])
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     ds = ShardClipDataset([m.path_of(m.shards[0])], k=1)
     ds.get_clip(0, 0)

@@ -1,15 +1,8 @@
-"""Small generated inputs for tests and benchmarks: BDD-style frame folders and seed flow files.
-
-- :func:`write_frame_folder` writes ``root/images/<split>/<video>/00001.jpg ...`` from frames
-  rendered by the synthetic world (or given), and returns the JPEG bytes written.
-- :func:`write_seed_flows` writes the seed's per-video ``.pth`` pair (forward, and backward in
-  reverse time) at 1/8 resolution; :func:`write_flo_flows` writes full-resolution ``.flo`` files.
-- :func:`render_frames` renders a video with the synthetic world: rgb uint8 [T, H, W, 3] and the
-  exact full-resolution flows fwd/bwd float32 [T-1, 2, H, W].
+"""Fake BDD100K-style source trees for the benchmarks (``make_bdd_like``) and the tests: frame folders and
+the seed's ``.pth`` flow files, written from the synthetic world in the layout ``hdf5_tools pack`` reads.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import List, Optional, Tuple
 
@@ -55,17 +48,6 @@ def write_seed_flows(flow_root, split: str, video: str, fwd8: np.ndarray, bwd8: 
     return fp, bp
 
 
-def write_flo_flows(flow_root, split: str, video: str, fwd: np.ndarray, bwd: np.ndarray) -> None:
-    """Full-resolution ``flow_root/<split>/<video>/{forward,backward}/%05d.flo`` (pair 1 = frames 1, 2)."""
-    from flow.io import write_flo
-
-    for direction, arr in (("forward", fwd), ("backward", bwd)):
-        d = Path(flow_root) / split / video / direction
-        d.mkdir(parents=True, exist_ok=True)
-        for i, f in enumerate(arr):
-            write_flo(d / f"{i + 1:05d}.flo", f)
-
-
 def random_flows(rng: np.random.Generator, pairs: int, height: int, width: int) -> Tuple[np.ndarray, np.ndarray]:
     """Smooth-ish random 1/8-resolution flows [pairs, 2, h8, w8] (values within +-20), for fixtures."""
     h8, w8 = schema.flow_size(height, width)
@@ -73,20 +55,6 @@ def random_flows(rng: np.random.Generator, pairs: int, height: int, width: int) 
     fwd = base + rng.normal(0, 1, (pairs, 2, h8, w8)).astype(np.float32)
     bwd = -base + rng.normal(0, 1, (pairs, 2, h8, w8)).astype(np.float32)
     return np.clip(fwd, -20, 20), np.clip(bwd, -20, 20)
-
-
-def file_offset(h5_path, video: str, dataset: str, index: Optional[int] = None) -> int:
-    """Byte offset in the file of a video's contiguous dataset (or of chunk ``index`` of a chunked one).
-
-    Used by tests that inject corruption.
-    """
-    import h5py
-
-    with h5py.File(os.fspath(h5_path), "r") as h5:
-        ds = h5[schema.VIDEOS][video][dataset]
-        if index is None:
-            return int(ds.id.get_offset())
-        return int(ds.id.get_chunk_info_by_coord((int(index), 0, 0, 0)).byte_offset)
 
 
 def make_bdd_like(root, videos: int = 2, frames: int = 400, size: Tuple[int, int] = (1280, 720),
