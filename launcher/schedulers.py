@@ -22,11 +22,11 @@ AFTER = var("LAUNCHER_AFTER")
 
 @dataclass(frozen=True)
 class Scheduler(abc.ABC):
-    """Base: one batch system. ``template`` is the job-script template it renders."""
+    """Base: one batch system. ``template`` is the job-script template it renders, ``cancel_exe`` the command
+    that cancels its jobs (each scheduler's submit command is in its :meth:`submit_argv`)."""
 
     name: str
     template: str
-    submit_exe: str
     cancel_exe: str
 
     @abc.abstractmethod
@@ -336,11 +336,11 @@ class Local(Scheduler):
 
 
 SCHEDULER_CLASSES = {
-    "slurm": Slurm("slurm", "slurm.sh.j2", "sbatch", "scancel"),
-    "pbs": PBSPro("pbs", "pbs.sh.j2", "qsub", "qdel"),
-    "sge": GridEngine("sge", "sge.sh.j2", "qsub", "qdel"),
-    "pjm": PJM("pjm", "pjm.sh.j2", "pjsub", "pjdel"),
-    "local": Local("local", "local.sh.j2", "", ""),
+    "slurm": Slurm("slurm", "slurm.sh.j2", "scancel"),
+    "pbs": PBSPro("pbs", "pbs.sh.j2", "qdel"),
+    "sge": GridEngine("sge", "sge.sh.j2", "qdel"),
+    "pjm": PJM("pjm", "pjm.sh.j2", "pjdel"),
+    "local": Local("local", "local.sh.j2", ""),
 }
 
 

@@ -20,8 +20,6 @@ from plumbing.errors import UserError
 
 T = TypeVar("T")
 
-#: what every duration option's --help says it accepts
-DURATION_HELP = "HH:MM:SS, HH:MM, D-HH:MM:SS or a number with a unit: 90s, 10m, 4h, 2d, 1h30m"
 _FORMS = "use HH:MM:SS, HH:MM, D-HH:MM:SS, or 90s, 10m, 4h, 2d"
 _UNIT = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 _UNITS = re.compile(r"(?:(\d+(?:\.\d+)?)d)?(?:(\d+(?:\.\d+)?)h)?(?:(\d+(?:\.\d+)?)m)?(?:(\d+(?:\.\d+)?)s)?")

@@ -180,12 +180,6 @@ def _cell(m: Optional[Dict]) -> str:
     return text
 
 
-def _fmt(mean: Optional[float], std: Optional[float], n: int) -> str:
-    if mean is None:
-        return "n/a"
-    return f"{mean:.2f} ± {std:.2f}" if std is not None else f"{mean:.2f} (n={n})"
-
-
 def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
     modes = list(cfg.eval_modes)
     views = f"{cfg.image_size} px ({cfg.grid}×{cfg.grid})"
