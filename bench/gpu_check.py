@@ -10,7 +10,7 @@ Each step runs in its own process under its own time limit (cut to what is left 
 a step with under 15 s left is skipped); the whole plan fits 480 s with the wrapper's share.
 Steps (GPU sizes; ``--cpu``: the same code with tiny sizes on the CPU):
 
-  smoke      the self-check of ``launcher submit --smoke`` (pixpro_of/smoke.py) as one rank under
+  smoke      the self-check of ``launcher submit --smoke`` (pixpro_of/smoke/) as one rank under
              torchrun and launcher.supervise, dist.backend=ddp: the imports, the GPUs, an NCCL
              allreduce, the data's folder and free space, 20 steps of the preset, a stop sent to
              itself (checkpoint, exit 75) and the resume (exit 0, done marker); its lines and

@@ -23,8 +23,8 @@ from launcher.request import JobPlan, JobRequest, check_name, check_trainer_conf
 WALLTIME_S = 300     # at most 5 minutes (less where the profile's maximum is less)
 RANK_BATCH = 2       # samples per rank in the smoke's 20 steps
 STEPS_PER_EPOCH = 4  # the tiny set holds this many steps per node (the loader restarts each epoch)
-DATA = "smoke_data"  # in the smoke's run directory (pixpro_of.smoke.DATA_DIR)
-REPORT = "smoke.txt"  # written by rank 0 (pixpro_of.smoke.REPORT)
+DATA = "smoke_data"  # in the smoke's run directory; the ranks read it through data.shards
+REPORT = "smoke.txt"  # written by rank 0 (pixpro_of.smoke.rank.REPORT)
 SUFFIX = "-smoke"
 FRAME_SIZE = "128x96"
 

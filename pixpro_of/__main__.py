@@ -14,7 +14,7 @@ COMMANDS = {
     "eval": ("pixpro_of.evaluation.cli", "Downstream evaluation: 'eval seg' (Cityscapes mIoU), 'eval flow' (flow accuracy)"),
     "demo": ("pixpro_of.demo", "The main job on the synthetic world, end to end (make demo)"),
     "reproduce": ("pixpro_of.reproduction.cli", "The mini-reproduction on the synthetic world (make reproduce)"),
-    "smoke": ("pixpro_of.smoke", "The self-check of a cluster set-up (every rank of launcher submit --smoke); --np N: Horovod/MPI"),
+    "smoke": ("pixpro_of.smoke.cli", "The self-check of a cluster set-up (every rank of launcher submit --smoke); --np N: Horovod/MPI"),
     "synth": ("synth.cli", "Render the synthetic driving world (also 'python -m synth')"),
     "train": ("pixpro_of.train.cli", "Pretrain PixPro(+flow): python -m pixpro_of train --config FILE [key=value ...]"),
     "viz": VIZ,

@@ -2,7 +2,7 @@
 with a limit per step, the dry run prints it without importing torch, bad arguments are one line,
 the wrapper and the Makefile targets say what travels, and (slow) the whole check runs end to end
 on the CPU with tiny sizes, writing its summary within the 8 result files. Its first step is the
-launcher's smoke (pixpro_of/smoke.py) as one rank: the device check's environment and DDP
+launcher's smoke (pixpro_of/smoke/) as one rank: the device check's environment and DDP
 stop/resume checks live there now."""
 from __future__ import annotations
 

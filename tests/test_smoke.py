@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from pixpro_of import smoke
+from pixpro_of.smoke import checks, report
 
 PY = sys.executable
 CHECKS = ["imports", "gpus", "allreduce", "scratch", "train", "stop/resume"]
@@ -47,7 +47,7 @@ def _end(world=2, train=True):
 
 
 def test_the_report_of_a_good_run_has_six_lines_and_pass():
-    ok, lines = smoke.compose({0: _start(), 1: _start(local_rank=1)}, {0: _end(), 1: _end()}, 2, 0, "cpu_small", 83)
+    ok, lines = report.compose({0: _start(), 1: _start(local_rank=1)}, {0: _end(), 1: _end()}, 2, 0, "cpu_small", 83)
     assert ok and [l.split(":")[0] for l in lines] == CHECKS + ["smoke"]
     assert lines[0] == ("imports: OK: 1 host(s): n1 (ranks 0-1): /env/bin/python 3.11.7, torch 2.14.1, "
                         "h5py 3.16.0")
@@ -66,7 +66,7 @@ def test_the_verdict_names_the_first_failed_check_in_one_line():
     starts = {0: _start(), 1: _start(host="n2", missing={"horovod.torch": "No module named 'horovod'"})}
     ends = {0: {"errors": {"allreduce": "x"}, "allreduce": {"error": "rank 0: dist.backend=horovod: not installed"}},
             1: {"errors": {}}}
-    ok, lines = smoke.compose(starts, ends, 2, 0, "cpu_small", 4)
+    ok, lines = report.compose(starts, ends, 2, 0, "cpu_small", 4)
     assert not ok
     assert lines[0] == "imports: FAIL: horovod.torch on n2 (rank 1, /env/bin/python): No module named 'horovod'"
     assert lines[2] == "allreduce: FAIL: rank 0: dist.backend=horovod: not installed"
@@ -80,13 +80,13 @@ def test_gpu_lines_see_each_ranks_cards_and_refuse_blind_or_shared_ranks():
     h100 = ("NVIDIA H100 80GB HBM3",) * 2
     good = {0: _start(gpus=2, names=h100, uuids=("GPU-a", "GPU-b")),
             1: _start(local_rank=1, gpus=2, names=h100, uuids=("GPU-a", "GPU-b"))}
-    assert smoke.line_gpus(good, 2) == (True, "gpus: OK: n1 (ranks 0-1): 2 GPUs each (NVIDIA H100 80GB HBM3 x2)")
+    assert report.line_gpus(good, 2) == (True, "gpus: OK: n1 (ranks 0-1): 2 GPUs each (NVIDIA H100 80GB HBM3 x2)")
     # one GPU per rank (CUDA_VISIBLE_DEVICES per rank), but both ranks got the same card
     shared = {0: _start(gpus=1, names=h100[:1], uuids=("GPU-a",)), 1: _start(local_rank=1, gpus=1, names=h100[:1],
                                                                             uuids=("GPU-a",))}
-    assert smoke.line_gpus(shared, 2) == (False, "gpus: FAIL: ranks 0-1 on n1 would train on the same GPU")
+    assert report.line_gpus(shared, 2) == (False, "gpus: FAIL: ranks 0-1 on n1 would train on the same GPU")
     blind = {0: _start(gpus=0), 1: _start(local_rank=1, gpus=0)}
-    ok, line = smoke.line_gpus(blind, 2)
+    ok, line = report.line_gpus(blind, 2)
     assert not ok and line.startswith("gpus: FAIL: ranks 0-1 on n1 see no GPU; the job asked for 2 per node")
 
 
@@ -94,19 +94,19 @@ def test_a_resume_that_fails_keeps_the_training_line_and_names_the_failure():
     end = _end()
     del end["stop"]
     end["errors"]["stop/resume"] = "TrainingFailure: rank 0 cannot load step_00000020.pt"
-    ok, lines = smoke.compose({0: _start(), 1: _start()}, {0: end, 1: _end()}, 2, 0, "cpu_small", 30)
+    ok, lines = report.compose({0: _start(), 1: _start()}, {0: end, 1: _end()}, 2, 0, "cpu_small", 30)
     assert not ok and lines[4].startswith("train: OK: 20 steps")
     assert lines[5] == "stop/resume: FAIL: TrainingFailure: rank 0 cannot load step_00000020.pt"
     assert lines[-1].startswith("smoke: FAIL: stop/resume: TrainingFailure: rank 0 cannot load step_00000020.pt (5 of 6")
 
 
 def test_a_hung_phase_and_missing_ranks_are_named():
-    ok, lines = smoke.compose({0: _start()}, {}, 2, 0, "cpu_small", 250,
+    ok, lines = report.compose({0: _start()}, {}, 2, 0, "cpu_small", 250,
                               ("allreduce", "no result by the smoke's deadline (245 s after the job start)"))
     assert lines[0] == "imports: FAIL: no report from rank 1 of 2 (did they start?)"
     assert lines[2] == "allreduce: FAIL: no result by the smoke's deadline (245 s after the job start)"
     # another world size: the allreduce line says so, not the imports line
-    ok, lines = smoke.compose({0: _start(), 1: _start()}, {0: {"errors": {}, "allreduce": {
+    ok, lines = report.compose({0: _start(), 1: _start()}, {0: {"errors": {}, "allreduce": {
         "world": 2, "error": "rank 0 sees world size 2, the job has 3 ranks"}}}, 3, 0, "cpu_small", 10)
     assert lines[0].startswith("imports: OK") and lines[-1].startswith(
         "smoke: FAIL: allreduce: rank 0 sees world size 2, the job has 3 ranks")
@@ -256,17 +256,17 @@ def test_the_allreduce_check_measures_a_fixed_message_and_refuses_another_world_
     from pixpro_of.dist.backend import SingleProcessBackend
 
     be = SingleProcessBackend(device="cpu")
-    res = smoke.allreduce_check(be, 1)
+    res = checks.allreduce_check(be, 1)
     assert res["world"] == 1 and res["mib"] == 16 and res["seconds"] > 0 and res["busbw"] == 0 and "error" not in res
-    assert smoke.allreduce_check(be, 4)["error"] == "rank 0 sees world size 1, the job has 4 ranks"
+    assert checks.allreduce_check(be, 4)["error"] == "rank 0 sees world size 1, the job has 4 ranks"
 
 
 def test_the_scratch_probe_reads_this_nodes_staged_shards_and_names_what_is_missing(tmp_path):
     from hdf5_tools.pack import PackConfig, pack
 
     pack(PackConfig(src="synth:videos=2,frames=3,size=64x48,seed=0", out=str(tmp_path / "d"), nodes=2, progress=False))
-    got = smoke.probe_scratch(str(tmp_path / "d" / "manifest.json"), 1, 2)
+    got = checks.probe_scratch(str(tmp_path / "d" / "manifest.json"), 1, 2)
     assert got["shards"] == 1 and got["bytes"] > 0 and got["free"] > 0 and "error" not in got, got
-    missing = smoke.probe_scratch(str(tmp_path / "none" / "manifest.json"), 0, 1)
+    missing = checks.probe_scratch(str(tmp_path / "none" / "manifest.json"), 0, 1)
     assert missing["error"] == f"the staged manifest {tmp_path}/none/manifest.json is missing"
-    assert smoke.probe_scratch(None, 0, 1)["error"].startswith("no data.shards manifest was passed")
+    assert checks.probe_scratch(None, 0, 1)["error"].startswith("no data.shards manifest was passed")
