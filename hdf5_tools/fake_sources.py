@@ -29,6 +29,8 @@ def write_frame_folder(root, split: str, video: str, rgb: Optional[np.ndarray] =
                        jpegs: Optional[List[bytes]] = None, quality: int = 90) -> List[bytes]:
     """Write one video's frames as ``root/images/<split>/<video>/%05d.jpg`` (from 1); returns the bytes."""
     if jpegs is None:
+        if rgb is None:
+            raise ValueError("write_frame_folder: give rgb frames or their jpegs")
         jpegs = [encode(f, quality) for f in rgb]
     d = Path(root) / "images" / split / video
     d.mkdir(parents=True, exist_ok=True)

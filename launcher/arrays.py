@@ -1,24 +1,4 @@
-"""``launcher array TASKS.json --max-running C``: many small jobs as one array job with a concurrency cap.
-
-Every task is a normal launcher run: TASKS.json lists each task's ``launcher submit`` words
-(``{"common": [WORDS...], "tasks": [[WORDS...], ...]}``, or just the list of tasks), and each
-gets its own run directory with its own ``job/request.json`` and ``job/job.sh`` rendered by the
-same templates, so its events, stop marker, budgets, requeue or chain and ``done`` marker are its
-own (:mod:`launcher.outcome`): a requeued task re-runs its script and resumes from its
-checkpoint, a finished task's script exits at once.
-
-One array job runs them: its script (``templates/array.sh.j2``: the tasks' directives, which must
-be the same for every task, and a few lines of shell) maps the scheduler's task index
-(``SLURM_ARRAY_TASK_ID``, ``PBS_ARRAY_INDEX``, ``SGE_TASK_ID`` counted from 1, ``PJM_BULKNUM``) to
-task i's run directory and ``exec``s that task's script with the job id ``<array id>_<i>``. The
-cap: SLURM ``--array=0-N%C``, Grid Engine ``-t 1-N -tc C``, PBS ``-J 0-N -W max_run_subjobs=C``
-(OpenPBS 20 / PBS Professional 2020.1 and later; ``--max-running 0`` on older servers), PJM bulk
-jobs ``--bulk --sparam 0-N`` (no cap: ``--max-running 0``). The local scheduler starts one runner
-per task sharing ``C`` slots (``launcher.local_runner --slots``).
-
-The array's directory (``--dir``, default ``runs/NAME``) holds ``array.sh``, ``array.json`` (the
-tasks' run directories, the cap and the array job's id), ``submit.txt`` and ``logs/``.
-"""
+"""``launcher array TASKS.json --max-running C``: many small jobs as one array job with a concurrency cap."""
 from __future__ import annotations
 
 import dataclasses
@@ -30,8 +10,7 @@ import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from types import SimpleNamespace
-from typing import List, Optional, Sequence, Tuple
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
@@ -127,7 +106,7 @@ def _task(index: int, words: Sequence[str], template_dir: Optional[str]) -> Task
     sched = get_scheduler(plan.request.scheduler)
     script = render_script(plan, sched, args.template_dir, array_task=sched.name != "local")
 
-    return Task(index, plan, script, request_record(SimpleNamespace(plan=plan), args, extra))
+    return Task(index, plan, script, request_record(plan, args, extra))
 
 
 def plan_array(task_words: Sequence[Sequence[str]], cap: int, name: str = "array", directory: Optional[str] = None,
@@ -139,7 +118,7 @@ def plan_array(task_words: Sequence[Sequence[str]], cap: int, name: str = "array
     tasks = tuple(_task(i, words, template_dir) for i, words in enumerate(task_words))
     first = tasks[0].plan
     sched = get_scheduler(first.request.scheduler)
-    seen = {}
+    seen: Dict[Any, Any] = {}
     for t in tasks:
         p = t.plan
         if p.request.scheduler != sched.name or p.profile.name != first.profile.name:

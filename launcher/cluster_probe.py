@@ -1,26 +1,10 @@
-"""What a cluster says about itself, as profile lines: the scheduler's own commands and their parsers.
-
-One set per scheduler, each a few pure functions: the argv of each command, a parser of its
-output, and ``discover_SCHEDULER(ask, queue, ...)`` that asks (``ask(argv) -> stdout``, run by
-:mod:`launcher.profile_init`, or a table of captured outputs in the tests) and turns the answers
-into :class:`Line` s: a profile key, its value and where it came from, or, for what the cluster
-cannot tell, an example value and what to fill in (written commented out).
-
-- SLURM: ``scontrol show partition -o`` (MaxTime, DefaultTime, OverSubscribe, ExclusiveUser, the
-  default partition), ``sinfo -N -p P`` (CPUs, memory and GRES of each node of the partition);
-- PBS: ``qstat -Bf`` (default queue, server limits), ``qstat -Qf`` (queue walltime limits),
-  ``pbsnodes -av`` (ncpus, ngpus, sharing of each node);
-- Grid Engine: ``qconf -sql``, ``qconf -sq Q`` (slots, pe_list, h_rt, notify, tmpdir),
-  ``qconf -spl`` and ``qconf -sp PE`` (allocation_rule), ``qconf -sc`` (GPU complexes),
-  ``qhost -q -F`` (CPUs and consumable GPUs of each host of the queue);
-- PJM: nothing is asked (options only).
-"""
+"""What a cluster says about itself, as profile lines: the scheduler's own commands and their parsers."""
 from __future__ import annotations
 
 import re
 from collections import Counter
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from plumbing.errors import UserError
 from launcher.clusters import format_hms
@@ -46,7 +30,7 @@ def _count(n: int, word: str) -> str:
     return f"{n} {word}" + ("" if n == 1 else "s")
 
 
-def _mode(values: Sequence) -> Tuple[object, int]:
+def _mode(values: Sequence) -> Tuple[Any, int]:
     """The most common value (the smaller one on a tie) and how many have it."""
     counts = Counter(values)
     best = max(counts.items(), key=lambda kv: (kv[1], -kv[0] if isinstance(kv[0], (int, float)) else 0))
@@ -88,7 +72,7 @@ def slurm_gpus(gres: str) -> int:
     return total
 
 
-def parse_sinfo_nodes(text: str) -> List[Dict[str, object]]:
+def parse_sinfo_nodes(text: str) -> List[Dict[str, Any]]:
     """``sinfo -h -N -o %N|%c|%m|%G`` -> [{name, cpus, memory_mb, gres, gpus}], one per node."""
     nodes, seen = [], set()
     for line in text.splitlines():
@@ -135,7 +119,7 @@ def _choose_queue(names: Sequence[str], queue: Optional[str], default: Optional[
     raise UserError(f"this cluster has no default {what}: add --queue (one of: {', '.join(names)})")
 
 
-def _gpu_note(nodes: List[Dict[str, object]], gpus: int, count: int, how: str) -> str:
+def _gpu_note(nodes: List[Dict[str, Any]], gpus: int, count: int, how: str) -> str:
     if gpus == 0 and count == len(nodes):
         return f"{how}: no GPUs on any of the {len(nodes)} nodes"
     return f"{how} on {count} of {len(nodes)} nodes"
@@ -342,9 +326,9 @@ def parse_sge_complexes(text: str) -> List[Dict[str, str]]:
     return out
 
 
-def parse_qhost(text: str) -> Dict[str, Dict[str, object]]:
+def parse_qhost(text: str) -> Dict[str, Dict[str, Any]]:
     """``qhost -q -F`` -> {host: {ncpu, queues: [names], resources: {name: value}}} (``global`` left out)."""
-    hosts: Dict[str, Dict[str, object]] = {}
+    hosts: Dict[str, Dict[str, Any]] = {}
     cur = None
     for line in text.splitlines():
         if not line.strip() or line.startswith("HOSTNAME") or line.startswith("-"):

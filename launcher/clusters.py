@@ -13,8 +13,9 @@ import tomllib
 import typing
 from dataclasses import dataclass
 from importlib import resources
+from importlib.resources.abc import Traversable
 from pathlib import Path
-from typing import Dict, List, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 from plumbing.errors import UserError
 from plumbing.parse import checked, parse_duration as parse_duration_s, signal_name
@@ -146,7 +147,7 @@ def _check_type(key: str, value, source: str):
 
 def profile_from_dict(data: dict, source: str) -> ClusterProfile:
     """Build a profile from parsed TOML; unknown keys are errors that list the known ones."""
-    kwargs = {}
+    kwargs: Dict[str, Any] = {}
     for key, value in data.items():
         if key in ("max_walltime", "default_walltime"):
             kwargs[key + "_s"] = parse_duration(value, f"profile {source}: {key}")
@@ -183,7 +184,7 @@ def _search_dirs(profile_dir: Optional[str]) -> List[Path]:
     return dirs
 
 
-def _builtin_files() -> Dict[str, object]:
+def _builtin_files() -> Dict[str, Traversable]:
     root = resources.files("launcher.profiles")
     return {p.name[:-5]: p for p in root.iterdir() if p.name.endswith(".toml")}
 

@@ -98,7 +98,7 @@ class RunDir(RunLayout):
     def jobs(self, parse_id=None) -> List[JobRecord]:
         """Job-id history, oldest first; ids the job script recorded raw are parsed with ``parse_id``."""
         p = self.job / "jobs.tsv"
-        out = []
+        out: List[JobRecord] = []
         if not p.exists():
             return out
         for line in p.read_text().splitlines():

@@ -72,7 +72,7 @@ def pipeline_rows(pipe_dir: Path, name: str) -> List[Tuple[str, ...]]:
         stages = json.loads((pipe_dir / PIPELINE_FILE).read_text())["stages"]
     except (OSError, ValueError, KeyError, TypeError):
         return [(name, "-", "-", "-", "-", "-", f"unreadable {PIPELINE_FILE}")]
-    rows = []
+    rows: List[Tuple[str, ...]] = []
     summary = "done"
     for st in stages:
         rd = RunDir(st["run_dir"])

@@ -112,7 +112,7 @@ class LinkContext:
 class Link:
     """The policy of one link over its run directory."""
 
-    def __init__(self, ctx: LinkContext, say: Callable[[str], None] = None):
+    def __init__(self, ctx: LinkContext, say: Optional[Callable[[str], None]] = None):
         self.ctx = ctx
         self.rd = RunDir(ctx.run_dir)
         self.ending: Optional[Ending] = None  # set when this link ends the run for good (launcher.notify)

@@ -216,7 +216,7 @@ def create_stage_runs(pipe: PipelineDir, stages: List[tuple], args: Any, extra: 
               "scheduler": args.scheduler, "argv": sys.argv[1:]}
     for name, needs, prep in stages:
         rd = RunDir(prep.plan.run_dir)
-        rec = request_record(prep, args, extra)
+        rec = request_record(prep.plan, args, extra)
         rec.update(pipeline=str(pipe.path), stage=name, needs_runs=[str(pipe.path / n) for n in needs])
         rd.create(prep.script, rec)
     pipe.write(record)

@@ -368,9 +368,9 @@ def plan_job(req: JobRequest) -> JobPlan:
     method = req.launch_method or prof.launch_method
     backend = get_launch_method(method).check(req.scheduler, req.backend)
     queue = prof.queue if req.queue is None else req.queue
-    for label, value in (("--queue", queue), ("--group", req.group)):
-        if not DIRECTIVE_SAFE.match(value):
-            raise UserError(f"{label} {value!r}: only letters, digits and _ . : = , + / @ % ^ - are allowed")
+    for label, text in (("--queue", queue), ("--group", req.group)):
+        if not DIRECTIVE_SAFE.match(text):
+            raise UserError(f"{label} {text!r}: only letters, digits and _ . : = , + / @ % ^ - are allowed")
     if req.data_pending:
         manifest = os.path.abspath(req.data_manifest or "")
     else:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 from types import SimpleNamespace
+from typing import cast
 
 import click
 
@@ -18,6 +19,7 @@ from launcher.notify import release
 from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
 from launcher.status import query_states
+from launcher.request import JobPlan
 from launcher.submit import Prepared, submit_links
 
 
@@ -88,7 +90,7 @@ def saved_run(rd: RunDir, chain: int) -> Prepared:
             pass
     saved = _SavedPlan(rd, req, profile)
     saved.chain = chain
-    return Prepared(saved, sched, rd.script.read_text())
+    return Prepared(cast(JobPlan, saved), sched, rd.script.read_text())  # only the fields submitting reads
 
 
 def next_link(rd: RunDir) -> int:

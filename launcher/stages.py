@@ -1,21 +1,4 @@
-"""Stages: the pipeline's commands as jobs (pack, flow, verify, train, convert, eval), one type each.
-
-Every stage runs through the same templates, environment, signals and policy
-(:mod:`launcher.outcome`); a stage says only what its command is, what it reads (``--videos``
-for ``pack``, ``--data`` for the shard stages, ``--from-run`` for the stages after training),
-whether its command starts as ranks of the launch method (``train``, ``flow``: one rank per GPU,
-CPU ranks with ``--gpus 0``) or as one process, and how many GPUs it asks for by default. A
-stage's run directory is its own; the policy writes its ``done`` marker when its command exits 0
-(the trainer writes its own), so a rerun of a finished stage is a no-op.
-
-Outputs: ``pack`` writes ``RUN_DIR/shards/`` (``manifest.json`` last); ``flow`` fills the
-manifest's shards in place (stopped by a signal it exits 75 and the next link resumes);
-``convert`` writes ``RUN_DIR/encoder_d2.pkl``; ``eval`` writes ``RUN_DIR/eval/scores.json``.
-
-``smoke`` (``launcher submit --smoke``, :mod:`launcher.smoke`; not a pipeline stage) runs
-``python -m pixpro_of smoke`` as every rank of the real run's request, on the tiny shard set the
-submit packed into ``RUN_DIR/smoke_data`` and the job staged; it writes ``RUN_DIR/smoke.txt``.
-"""
+"""Stages: the pipeline's commands as jobs (pack, flow, verify, train, convert, eval), one type each."""
 from __future__ import annotations
 
 import abc
@@ -50,7 +33,9 @@ class Stage(abc.ABC):
         stage starts, not at submit."""
         option = {"videos": "--videos", "data": "--data", "run": "--from-run"}.get(self.reads)
         value = {"videos": req.videos, "data": req.data_manifest, "run": req.from_run}.get(self.reads)
-        if option and not value:
+        if option is None:
+            return
+        if not value:
             raise UserError(f"--stage {self.name} reads {option}; give it ({_HINT[self.reads]})")
         if self.reads == "videos" and not value.startswith("synth:") and not os.path.exists(value):
             raise UserError(f"--videos {value}: no such folder")

@@ -59,14 +59,14 @@ def prepare(args: Any, extra: Sequence[str]) -> Prepared:
     return Prepared(plan, sched, render_script(plan, sched, args.template_dir))
 
 
-def request_record(prep: Prepared, args: Any, extra: Sequence[str]) -> dict:
-    req = prep.plan.request
+def request_record(plan: JobPlan, args: Any, extra: Sequence[str]) -> dict:
+    req = plan.request
     rec = {k: v for k, v in dataclasses.asdict(req).items() if k != "profile"}
     rec["profile"] = req.profile.name
     rec["profile_source"] = req.profile.source
-    rec["nodes"] = prep.plan.nodes
-    rec["ranks_per_node"] = prep.plan.ranks_per_node
-    rec["walltime_s"] = prep.plan.walltime_s
+    rec["nodes"] = plan.nodes
+    rec["ranks_per_node"] = plan.ranks_per_node
+    rec["walltime_s"] = plan.walltime_s
     rec["cwd"] = os.getcwd()
     return rec
 
@@ -157,7 +157,7 @@ def command(trainer_args, **opts) -> int:
     if rd.exists():
         raise UserError(f"--run-dir {rd.path} already holds a run; continue it with 'launcher resume {rd.path}'")
     created = not rd.path.exists()
-    rd.create(prep.script, request_record(prep, args, extra))
+    rd.create(prep.script, request_record(prep.plan, args, extra))
     try:
         if args.smoke:
             smoke.pack_data(prep.plan)

@@ -1,35 +1,5 @@
 """``python -m launcher.supervise [--shield] [--forward SIG] -- COMMAND ...``: run a rank launcher
 so that a stop signal becomes a checkpoint, whoever receives it.
-
-Schedulers stop a job by signalling its processes: SLURM (requeue, preemption, scancel) and PBS
-send SIGTERM to every process of the job, Grid Engine sends its notify signal, a user sends
-SIGTERM to ``mpirun``. Left alone, ``mpirun`` (and ``horovodrun``) answer SIGTERM by aborting
-the job and killing the ranks a moment later, before they reach the step boundary where they
-checkpoint, and exit 1. Under this supervisor:
-
-- With ``--shield`` the command starts with SIGTERM, SIGINT and SIGHUP *blocked* (the mask is
-  inherited through ``exec``; Open MPI's daemons and SLURM's step daemons unblock them again for
-  the ranks they start, and the trainer unblocks them itself). A signal sent to the shielded
-  launcher stays pending; the supervisor sees it pending (``/proc/PID/status``) and treats it as
-  a stop request, so nothing aborts the job.
-- A stop request (any of SIGTERM, SIGINT, SIGHUP, SIGUSR1, SIGUSR2 sent to the supervisor, or one
-  pending in the shielded launcher) is passed on once, as ``--forward`` (default SIGUSR2), to the
-  processes that pass it to the ranks: ``mpirun``/``srun`` themselves (they forward SIGUSR2 to every
-  rank on every node), the ``mpirun`` under ``horovodrun``, the workers under ``torchrun``. The
-  trainer checkpoints at its next step boundary and exits 75.
-- The supervisor is a child subreaper: if the launcher dies (``horovodrun`` becomes a shell that
-  SIGTERM kills), the MPI launcher and ranks it leaves behind are adopted, stopped the same way
-  and waited for, so no process outlives the supervisor.
-- A launcher that exits on its own (no stop requested, not killed by a shielded signal) may leave
-  processes behind: ``mpirun`` under SLURM starts its remote daemons with ``srun``, and when a node
-  dies that ``srun`` waits for the dead node until SLURM declares it down (``SlurmdTimeout``,
-  300 s by default). They get ``LEFTOVER_GRACE_S`` to end, then SIGTERM, then SIGKILL, so a dead
-  node ends the job in seconds instead of hanging it.
-- Exit code: the command's, except that after a stop request any non-zero exit becomes 75
-  (``EX_TEMPFAIL``: the run continues from its newest valid checkpoint; the trainer only ever
-  replaces a checkpoint by a complete newer one).
-
-Linux only (``/proc``). Exit 2 with one line for a usage error.
 """
 from __future__ import annotations
 
@@ -238,7 +208,7 @@ class Supervisor:
             print(f"supervise: error: {self.argv[0]}: permission denied", file=sys.stderr)
             return 126
         self.alive = {self.pid}
-        self.codes: Dict[int, int] = {}
+        self.codes = {}
         left_at: Optional[float] = None
         terminated = False
         while self.alive:
