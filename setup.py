@@ -5,7 +5,7 @@ setup(
     name="pixpro-of",
     version="0.1.0",
     description="PixPro + optical flow pretraining on driving videos, HDF5 shards, and cluster launchers",
-    python_requires=">=3.9",
+    python_requires=">=3.11",  # tomllib (launcher.clusters)
     packages=find_packages(include=["pixpro_of", "pixpro_of.*", "flow", "flow.*", "hdf5_tools", "hdf5_tools.*",
                                     "launcher", "launcher.*", "plumbing", "plumbing.*",
                                     "synth", "synth.*"])
