@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from pixpro_of.config import (TrainConfig, check_resume_compatible, config_from_dict, list_presets, load_config)
+from pixpro_of.config import TrainConfig, check_resume_compatible, config_from_dict, list_presets, load_config
 from plumbing.errors import UserError
 
 

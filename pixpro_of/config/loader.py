@@ -12,8 +12,8 @@ import typing
 from pathlib import Path
 from typing import Any, Dict, List, Mapping, Optional, Sequence
 
-from plumbing.errors import UserError
 from pixpro_of.config.schema import TrainConfig, validate
+from plumbing.errors import UserError
 
 PRESET_PACKAGE = "pixpro_of.configs"
 BASE_KEY = "base"  # a config file's ``base: NAME`` names the file or preset it overlays

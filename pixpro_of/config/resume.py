@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from typing import Any, List, Mapping
 
-from plumbing.errors import UserError
 from pixpro_of.config.schema import TrainConfig
+from plumbing.errors import UserError
 
 # Keys that may change between a run's jobs without changing the trained weights (shard paths
 # change when a job stages them to node-local storage; a different data size is caught by the

@@ -9,9 +9,19 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any, ClassVar, Dict, List, Optional
 
+from pixpro_of.config.fields import (
+    Grammar,
+    Section,
+    above,
+    at_least,
+    one_of,
+    rule,
+    section,
+    setting,
+    validate_tree,
+    within,
+)
 from plumbing.parse import parse_deadline, signal_name
-from pixpro_of.config.fields import (Grammar, Section, above, at_least, one_of, rule, section, setting, validate_tree,
-                                     within)
 
 ARCHS = ("resnet18", "resnet34", "resnet50")
 LOSS_NORMS = ("seed", "pixel")
