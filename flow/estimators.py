@@ -1,17 +1,4 @@
-"""Optical-flow estimators behind one interface: RAFT (torchvision) and OpenCV DIS.
-
-    est = make_estimator("raft-small", weights="raft-small.pth", device="cuda", amp="bf16")
-    res = est(frames_t, frames_t1)      # uint8 [B, H, W, 3] RGB (numpy or torch), or float [B, 3, H, W] in 0..255
-    res.full                            # float32 [B, 2, H, W], pixels, frame t -> t+1
-    res.low                             # float32 [B, 2, ceil(H/8), ceil(W/8)], 1/8-resolution pixels (shard units)
-
-RAFT is torchvision's ``raft_small`` / ``raft_large`` (weights loaded with
-:mod:`flow.raft_weights`, official or torchvision layout); this module only drives its submodules
-so that the 1/8-resolution flow ``coords1 - coords0`` (what the seed stored) is returned alongside
-the up-sampled one, and pads frames at the bottom/right (replicate) to multiples of 8.
-DIS is ``cv2.DISOpticalFlow`` on grey images; its 1/8-resolution flow is the 8×8 area average
-divided by 8 (:func:`flow.ops.full_flow_to_shard`).
-"""
+"""Optical-flow estimators behind one interface: RAFT (torchvision) and OpenCV DIS."""
 from __future__ import annotations
 
 import abc

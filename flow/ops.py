@@ -1,20 +1,5 @@
-"""Flow operations on batched torch tensors: sampling, warping, resizing, chaining, FB masks.
-
-The one set of flow kernels of the project: the trainer's positives (:mod:`pixpro_of.positives`),
-the flow evaluation and the flow tools use these, never their own copies.
-
-Conventions (ARCHITECTURE.md, "Coordinates and flow"):
-
-- A flow field is ``[..., 2, H, W]``: channel 0 = x displacement, channel 1 = y displacement,
-  in pixels of the resolution it is stored at. Pixel centres are at integer coordinates
-  ``0 … W-1`` and ``0 … H-1``.
-- Every bilinear lookup uses ``grid_sample(..., align_corners=True, padding_mode="zeros")``,
-  exactly as the seed did: a position ``x`` in pixels is normalised as ``2x/(W-1) - 1``.
-  Samples outside the frame fade to zero within one pixel of the border and are zero beyond.
-- Validity masks are boolean ``[B, H, W]`` with True = valid.
-
-All functions accept float tensors on any device; they compute in float32 (or float64 when
-given float64) and never build autograd graphs they do not need.
+"""Flow operations on batched torch tensors: sampling, warping, resizing, chaining, FB masks. The one set of flow
+kernels of the project: the positives, the flow evaluation and the flow tools use these, never their own copies.
 """
 from __future__ import annotations
 

@@ -1,39 +1,4 @@
-"""RAFT checkpoints: official princeton-vl layout <-> torchvision's ``raft_small`` / ``raft_large``.
-
-Users bring local files in either layout:
-
-- torchvision (``Raft_Small_Weights`` / ``Raft_Large_Weights`` state dicts): keys such as
-  ``feature_encoder.convnormrelu.0.weight``; loaded as is.
-- official (``raft-small.pth``, ``raft-things.pth``, ``raft-kitti.pth``, ``raft-sintel.pth``,
-  ``raft-chairs.pth`` from princeton-vl/RAFT's ``download_models.sh``): a ``DataParallel`` state dict
-  whose keys start with ``module.``; converted key by key with the mapping below.
-
-Key mapping (official → torchvision; ``E`` is ``fnet`` → ``feature_encoder`` or ``cnet`` →
-``context_encoder``; ``n`` = number of convolutions in a residual block: 3 in raft-small's
-bottleneck blocks, 2 in raft-large's basic blocks)::
-
-    module.<key>                                  -> <key>            (prefix dropped; optional)
-    E.conv1.{weight,bias}                         -> E'.convnormrelu.0.*
-    E.norm1.*                                     -> E'.convnormrelu.1.*   (BatchNorm in large cnet)
-    E.conv2.*                                     -> E'.conv.*
-    E.layerL.B.convN.*                            -> E'.layerL.B.convnormreluN.0.*
-    E.layerL.B.normN.*          (N <= n)          -> E'.layerL.B.convnormreluN.1.*
-    E.layerL.B.norm{n+1}.*                        -> (alias of downsample.1: same tensor object in
-                                                      the official model; must equal it, consumed)
-    E.layerL.B.downsample.{0,1}.*                 -> E'.layerL.B.downsample.{0,1}.*
-    update_block.encoder.convc1 / convc2          -> update_block.motion_encoder.convcorr1.0 / convcorr2.0
-    update_block.encoder.convf1 / convf2          -> update_block.motion_encoder.convflow1.0 / convflow2.0
-    update_block.encoder.conv                     -> update_block.motion_encoder.conv.0
-    update_block.gru.conv{z,r,q}      (small)     -> update_block.recurrent_block.convgru1.conv{z,r,q}
-    update_block.gru.conv{z,r,q}{1,2} (large)     -> update_block.recurrent_block.convgru{1,2}.conv{z,r,q}
-    update_block.flow_head.*                      -> update_block.flow_head.*
-    update_block.mask.0 / mask.2      (large)     -> mask_predictor.convrelu.0 / mask_predictor.conv
-
-Loading is strict: every source key must be consumed, every torchvision key filled, and every
-shape must match; anything else raises :class:`plumbing.errors.UserError` naming the file and key.
-Both architectures compute the same function (same normalisation: images scaled to [-1, 1];
-the large model's up-sampling mask is multiplied by 0.25 in both).
-"""
+"""RAFT checkpoints: official princeton-vl layout <-> torchvision's ``raft_small`` / ``raft_large``."""
 from __future__ import annotations
 
 import os

@@ -1,30 +1,4 @@
-"""``hdf5_tools flow``: forward and backward flow for every adjacent pair, into the shards.
-
-    hdf5_tools flow SHARDS... --model raft-small --weights raft-small.pth [--into DIR]
-    mpirun -np 8 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth
-
-``SHARDS`` are shard files or folders (a folder's ``manifest.json`` lists its shards; without one,
-every ``*.h5`` in it). With ``--into DIR`` each shard is first copied to ``DIR`` (temporary name,
-then rename; an existing copy is reused) and the flows go into the copy, leaving the source
-untouched; otherwise the shards are filled in place. A manifest beside the filled shards is
-refreshed at the end (sizes and checksums change).
-
-Stored: the estimator's 1/8-resolution flow (``ceil(H/8) x ceil(W/8)``, 1/8-pixel units), forward
-``fwd[i]`` = flow(frame i -> i+1) and backward ``bwd[i]`` = flow(frame i+1 -> i), via
-:func:`hdf5_tools.schema.write_flows` (float16, CRC, present flag set after the data).
-
-Distribution (under ``mpirun -np N``, mpi4py): rank 0 plans and broadcasts the plan.
-
-- Work: the pending pairs (``flow_present`` = 0) of each video are cut into chunks of at most
-  ``--chunk`` adjacent pairs; whole videos are given to ranks, largest first, each to the rank with
-  the fewest pending pairs so far (disjoint, balanced by pairs).
-- I/O: each shard has exactly one owner rank, the one that computes most of its pairs; only the
-  owner opens it (read-write). Other ranks ask the owner for a chunk's JPEG bytes and send back
-  the flows (point-to-point messages), so no file is ever opened by two processes.
-- Resume: pairs already present are skipped at planning time. Each chunk is written and the file
-  flushed before the next one is written, so a kill loses at most the chunks in flight.
-  SIGTERM/SIGINT/SIGUSR2 (a job's stop) stop after the current chunk (exit 75: rerun to resume).
-"""
+"""``hdf5_tools flow``: forward and backward flow for every adjacent pair, into the shards."""
 from __future__ import annotations
 
 import math

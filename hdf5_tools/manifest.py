@@ -1,25 +1,4 @@
-"""The shard manifest: a JSON file beside the shards that lists them and their node assignment.
-
-``manifest.json`` (written atomically by ``hdf5_tools pack``)::
-
-    {"format": "pixpro_of.manifest", "schema_version": 1, "nodes": N,
-     "shards": [{"file": "shard-00000.h5", "node": 0, "bytes": 123, "crc32": "1a2b3c4d",
-                 "num_videos": 3, "num_frames": 1200, "num_pairs": 1197, "pairs_present": 1197,
-                 "videos": [{"name": "...", "split": "train", "num_frames": 400}, ...],
-                 "sha256": "9f86d0..."}, ...]}
-
-``file`` is relative to the manifest's folder. ``crc32`` is the zlib CRC32 of the whole file
-(hex; ``verify`` checks it), ``sha256`` its SHA-256 (hex), which ``stage`` checks copies against
-and decides reuse by (CRC32 can be forged; manifests written before it have ``sha256`` ""). Filling
-flows into shards changes their bytes: call :func:`refresh_manifest` afterwards (``hdf5_tools flow`` does).
-
-Node sets: ``pack --nodes N`` balances frames across N node sets. A job with M <= N nodes gives
-node ``i`` the node sets ``j`` with ``j % M == i`` (:func:`node_sets_for`), so ``stage`` and the
-reader agree on which shards a node holds (:func:`shards_for_node`).
-
-Shard paths given by a user (``hdf5_tools flow SHARDS...``, the trainer's ``data.shards``) are
-resolved by one rule, :func:`resolve_shards`.
-"""
+"""The shard manifest: a JSON file beside the shards that lists them and their node assignment."""
 from __future__ import annotations
 
 import glob

@@ -1,20 +1,4 @@
-"""``hdf5_tools pack SRC OUT --nodes N``: pack videos into per-node HDF5 shards plus a manifest.
-
-Plan (deterministic from SRC and the options, so a rerun resumes the same plan):
-
-1. List SRC's videos sorted by (split, name) (:mod:`hdf5_tools.sources`).
-2. Balance frames across N node sets: longest video first to the node set with the fewest frames.
-3. Within a node set, cut the videos (sorted by split, name) into shards of at most
-   ``--shard-size`` estimated bytes (whole videos; a single larger video gets its own shard).
-   Shards are named ``shard-n<node>-<index>.h5``.
-4. Write each shard under a temporary name ``.<name>.partial`` in OUT, then rename it; ``-j``
-   shards are written in parallel. A shard whose final name exists is not redone (resume after a
-   kill); ``OUT/.pack-plan.json`` records the plan and a rerun with a different plan is refused.
-5. Write ``OUT/manifest.json`` (:mod:`hdf5_tools.manifest`).
-
-Flows from ``--flows DIR`` are stored as they are packed; without it the flow datasets are
-allocated empty for ``hdf5_tools flow``. ``synth:`` sources carry their exact flows.
-"""
+"""``hdf5_tools pack SRC OUT --nodes N``: pack videos into per-node HDF5 shards plus a manifest."""
 from __future__ import annotations
 
 import json

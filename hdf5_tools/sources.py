@@ -1,30 +1,4 @@
-"""Where ``pack`` reads videos from (the SRC kinds) and where it finds their flows (``--flows``).
-
-SRC kinds (:func:`find_videos`):
-
-- ``frames``: BDD100K-style frame folders ``SRC/images/{split}/<video>/00001.jpg ...`` (the seed's
-  layout; SRC may also be the ``images`` folder itself). JPEG bytes are stored as-is.
-- ``videos``: BDD100K's ``SRC/videos/{split}/*.mov`` (or ``.mp4``; SRC may also be the ``videos``
-  folder itself), decoded with PyAV at ``fps`` frames per second straight into JPEG bytes (no
-  intermediate files).
-
-``splits`` selects split folders before any video is opened (``pack`` asks for ``train`` unless
-told otherwise, :data:`DEFAULT_SPLITS`); :func:`splits_of` lists a SRC's splits without opening any.
-- ``synth``: ``synth:videos=4,frames=20,size=64x48,seed=0[,fps=10]`` renders the synthetic world
-  (``synth.render_video``) in memory, with the names, seeds and splits
-  ``write_dataset`` would use, JPEG-encodes the frames and stores their exact flows. A folder written by ``synth.write_dataset`` is a ``frames`` SRC
-  (pass ``--flows SRC/flow`` for its ``.flo`` flows), or with ``--src-kind videos`` a ``videos`` SRC.
-
-Each video is a :class:`VideoSource` with a cheap size estimate (for planning) and a ``load()``
-that returns a :class:`LoadedVideo`: the JPEG bytes of every frame, the frame size, the fps and,
-for synth, the flows.
-
-Flows (:class:`FlowDir`): the seed's per-video ``.pth`` files ``DIR[/{split}]/forward/<video>.pth``
-and ``.../backward/<video>.pth`` ([N-1, 2, H/8, W/8], backward in reverse time, 1/8-res units), or
-full-resolution ``.flo`` files ``DIR[/{split}]/<video>/forward/00001.flo`` (pair 1 = frames 1 -> 2)
-and ``.../backward/00001.flo`` (frames 2 -> 1). Full-resolution flows are reduced to
-``ceil(H/8) x ceil(W/8)`` by :func:`flow.ops.full_flow_to_shard` (1/8-resolution pixels).
-"""
+"""Where ``pack`` reads videos from (the SRC kinds) and where it finds their flows (``--flows``)."""
 from __future__ import annotations
 
 import functools

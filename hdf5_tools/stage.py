@@ -1,23 +1,4 @@
-"""``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage.
-
-DIR is made private (:func:`plumbing.private_dir.private_dir`: mode 0700, never through a link) with
-a marker ``.pixpro-stage`` naming the run (``--run``) and manifest; an existing DIR is reused (a
-requeued job's own copy) only when it is ours, closed to others and carries this marker, else
-refused in one line. Node ``I``'s shards (:func:`hdf5_tools.manifest.node_sets_for`) are copied to
-a temporary name while their SHA-256 is computed (CRC32 for manifests without one), checked and
-renamed into place. A copy already in a reused DIR is kept when its size and SHA-256 match (old
-manifests: CRC32, trusted only inside this run's marked DIR). ``DIR/manifest.json`` is copied last,
-for ``shards_for_node(DIR/manifest.json, I)``. Prints the MB/s copied.
-
-In a SLURM step (``srun --ntasks-per-node=1``, no MPI needed, so it works with SLURM's default
-``MpiDefault=none``) without ``--node``, the node index is ``SLURM_NODEID`` and the node count
-``SLURM_STEP_NUM_NODES``: one copier per node.
-
-Under ``mpirun`` without ``--node``, the ranks of each node (``Split_type(COMM_TYPE_SHARED)``)
-elect their lowest rank as the copier; the node index is that copier's rank among the copiers and
-the node count their number. The other ranks wait for the copier and share its outcome: every rank
-exits 0 after a good stage, 2 with the copier's error message otherwise.
-"""
+"""``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage."""
 from __future__ import annotations
 
 import hashlib

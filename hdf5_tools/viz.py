@@ -1,19 +1,4 @@
-"""``hdf5_tools viz``: pictures of a shard clip's stored flows, chained over k frames, and FB masks.
-
-    hdf5_tools viz SHARD --video NAME --t 10 --frames 6 --out pics/
-
-For the clip (t, k) (frames t and t+k-1, the k-1 adjacent flows chained at full resolution as the
-trainer does) it writes:
-
-- ``frame_first.png``, ``frame_last.png``: frames t and t+k-1;
-- ``flow_fwd.png``, ``flow_bwd.png``: composite flow t -> t+k-1 and back, colour-coded with
-  ``torchvision.utils.flow_to_image`` (hue = direction, saturation = magnitude / max magnitude);
-- ``mask_fwd_<mode>.png``, ``mask_bwd_<mode>.png``: FB-consistency masks (white = valid, black =
-  occluded or leaving the frame) for ``--mask seed|unflow|both``;
-- ``overlay_fwd.png``: the forward flow's colours blended over frame t, occluded pixels darkened;
-- ``panel.png``: all of the above in one picture (two rows).
-The drawing is :func:`flow.viz.clip_pictures`; this module only reads the clip.
-"""
+"""``hdf5_tools viz``: pictures of a shard clip's stored flows, chained over k frames, and FB masks."""
 from __future__ import annotations
 
 import os

@@ -1,32 +1,4 @@
-"""What each link of a run ran with, in ``job/env/`` of the run directory, and how two links differ.
-
-The job script runs ``python -m launcher.envrecord HOSTFILE`` on the first node, after the hosts
-are known and before the command starts (``templates/_launch.sh.j2``). It writes
-``job/env/link-<LINK>-r<RESTART>-<JOB ID>.json`` (a SLURM requeue keeps its job id and link and
-counts restarts) with:
-
-- ``hosts``: the job's hosts (the hostfile), ``host``: the node that wrote the record;
-- ``python``: the interpreter's path and version; ``packages``: the versions of torch,
-  torchvision, horovod, h5py, numpy and the NCCL/CUDA runtime wheels, from the installed
-  packages' metadata (``importlib.metadata``: nothing is imported);
-- ``project``: this project's version (its installed metadata, else ``setup.py``) and, when the
-  source tree is a git checkout, its commit and whether it had uncommitted changes;
-- ``modules``: ``$LOADEDMODULES`` and the output of ``module list`` where a ``module`` command
-  exists (Lmod and Environment Modules export it to child shells);
-- ``gpu``: where ``nvidia-smi`` exists, the GPUs, the driver version and the CUDA version the
-  driver supports; ``torch_cuda``, the CUDA torch was built with, is read from
-  ``torch/version.py`` found by ``importlib.util.find_spec`` without importing torch (importing
-  it costs seconds and may initialise CUDA on the node before the ranks start);
-- ``request``: the run's ``job/request.json``; ``config``: the trainer's resolved
-  ``config.json`` when an earlier link has written it (the first link records it as null).
-
-:func:`differences` compares two records on what changes results or breaks a resume (the
-interpreter, package versions, the commit, the number of hosts, the CUDA and driver versions,
-the loaded modules); ``launcher status`` prints one warning line per link that differs from the
-first, and the job says the same in its log.
-
-Writing the record never stops the job: a failure is one line in the log and exit 0.
-"""
+"""What each link of a run ran with, in ``job/env/`` of the run directory, and how two links differ."""
 from __future__ import annotations
 
 import importlib.metadata as metadata

@@ -1,22 +1,4 @@
-"""Run a job script on this machine, as a scheduler would: ``python -m launcher.local_runner SCRIPT``.
-
-The runner plays the batch system for ``--scheduler local``. It runs ``bash SCRIPT`` with
-``LAUNCHER_JOB_ID`` and ``LAUNCHER_RESTART_COUNT`` set, and runs it again (restart count + 1)
-while the script exits 75 ("resume me"), the local form of a requeue. With a walltime it sends
-the warning signal ``--signal`` ``--lead`` seconds before the end and SIGTERM at the end, then
-SIGKILL 10 s later, like a batch system's time limit. SIGTERM to the runner (``launcher cancel``)
-is passed to the script and ends the loop. State goes to ``RUN_DIR/job/local.json``.
-
-Concurrency: with ``--slots N`` (or ``LAUNCHER_LOCAL_SLOTS=N`` in the environment, as
-``launcher submit`` passes it on) at most N runners sharing one slot directory (``--slot-dir`` or
-``LAUNCHER_LOCAL_SLOT_DIR``; default ``$TMPDIR/launcher-slots-$UID``) run their scripts at once.
-The slot directory is private (:func:`plumbing.private_dir.private_dir`: 0700, ours, not a link;
-one another user planted is refused in one line, and the job's state says why). A runner takes one
-of the files ``slot.0`` … ``slot.N-1`` with an exclusive ``flock`` before the first run of its
-script and holds it until the job ends (restarts included); until then its state is ``queued``.
-The kernel drops the lock when the runner exits, however it exits, so a crashed runner never
-keeps a slot.
-"""
+"""Run a job script on this machine, as a scheduler would: ``python -m launcher.local_runner SCRIPT``."""
 from __future__ import annotations
 
 import fcntl

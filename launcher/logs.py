@@ -1,17 +1,4 @@
-"""``launcher logs RUN_DIR``: the run's log (``logs/run.log``, appended by every link) and the scheduler's own files.
-
-Every link of a run appends to ``logs/run.log`` (the job script sends its output there once it
-has reached the run directory). What a job printed before that, and what the batch system says
-itself (a walltime kill, a failed prologue, a run directory the node cannot see), lands in the
-scheduler's own output file, also under ``logs/``: SLURM ``slurm-<job id>.out``, PBS ``pbs.out``,
-Grid Engine ``<job name>.o<job id>``, PJM ``pjm.out``, the local runner ``local-runner.log``.
-Those that are not empty are shown after the run's log, each under its name.
-
-``--follow`` keeps printing, across requeues and chain links, until the run is finished or
-stopped for good (its ``done`` or ``stopped`` marker, and the link's last event written), and
-waits for the first link when none has started yet; new lines of a scheduler file are shown
-with the file's name in brackets.
-"""
+"""``launcher logs RUN_DIR``: the run's log (``logs/run.log``, appended by every link) and the scheduler's own files."""
 from __future__ import annotations
 
 import os

@@ -1,20 +1,4 @@
-"""How far a training run is: step and total, samples/s, ETA, the last checkpoint's age (files only).
-
-Read by ``launcher status`` and ``launcher list``; nothing here imports torch or asks a scheduler.
-The sources are the trainer's own files in the run directory (:mod:`plumbing.runs`):
-
-- ``metrics.csv``: one row per logged step; its ``samples_per_s`` column is the trainer's rate
-  (global batch / the step's data + compute time). Only the file's tail is read.
-- ``logs/train.log``: ``TIME rank0 INFO step N/TOTAL ...`` lines (TOTAL is the run's last step),
-  ``starting: TOTAL steps ...`` and ``resumed from step N ...`` at each link's start. Two step
-  lines of the same link give the rate by the clock (checkpoint writes and data waits included).
-- ``checkpoints/latest`` names the newest complete checkpoint; its file's mtime is its age.
-- ``done``: the trainer's marker (JSON with ``step``) once training has finished.
-- ``config.json``: ``data.batch_size``, the global batch, to turn steps/s into samples/s.
-
-The ETA is (TOTAL - step) at the clock rate of the newest link (the trainer's samples/s when the
-log has no two steps of one link); time spent waiting in a queue between links is not in it.
-"""
+"""How far a training run is: step and total, samples/s, ETA, the last checkpoint's age (files only)."""
 from __future__ import annotations
 
 import csv

@@ -1,17 +1,4 @@
-"""``python -m pixpro_of demo --out DIR``: the main job on the embedded default (the synthetic world).
-
-The same commands a user runs on a cluster with BDD100K, at laptop scale:
-
-1. ``python -m pixpro_of synth``      render driving videos (pretraining) and a Cityscapes-layout set (evaluation)
-2. ``hdf5_tools pack`` + ``verify``   pack the training videos into a shard with a manifest
-3. ``hdf5_tools flow``         DIS optical flow for every adjacent pair, 2 MPI ranks
-4. ``launcher submit``                local scheduler, ``--gpus 0``: 2 CPU ranks through mpirun, Horovod, k = 6
-5. ``python -m pixpro_of viz pairs`` and ``python -m flow viz``   the pictures users check first
-6. ``python -m pixpro_of convert``    detectron2 .pkl and torchvision .pth of the online encoder
-7. ``python -m pixpro_of eval seg``   linear probe on the frozen backbone: pretrained vs random init
-
-Each stage's command and log are kept under ``DIR/logs``; the summary is ``DIR/summary.md``.
-"""
+"""``python -m pixpro_of demo --out DIR``: the main job on the embedded default (the synthetic world)."""
 from __future__ import annotations
 
 import json

@@ -1,38 +1,4 @@
-"""Positive cell pairs between two views from crop boxes, flips and flow (docs/original-system.md §2.4–2.7).
-
-Everything lives in original-frame pixel coordinates (pixel centres at integers, ARCHITECTURE.md):
-
-- **Cell centres** of an F×F feature grid over a view with box ``(left, top, w, h)``:
-  ``cx = left + (u + 0.5)·(w − 1)/F`` and ``cy = top + (v + 0.5)·(h − 1)/F`` (the seed's
-  ``(x0 + (u+0.5)·(x1−x0)/F)·(W−1)`` with ``x0 = left/(W−1)``, ``x1 = (left+w−1)/(W−1)``); a flipped
-  view counts u from the right: ``cx = left + w − 1 − (u + 0.5)·(w − 1)/F``. Cells are numbered
-  row-major, ``i = v·F + u``, as ``[C, F, F].flatten(1)``.
-- **Bin diagonal** ``sqrt(((w−1)/F)² + ((h−1)/F)²)``; a pair uses the larger of the two views'.
-- **Flow** (k > 1): view-1 centres move by the composite forward flow t → t+k−1,
-  ``q' = q + F_fwd(q)`` (bilinear, zeros outside the frame); view-2 centres by the backward composite.
-  A query cell is valid where the occlusion mask (``mask``) at its nearest frame pixel is True.
-- **Positive** ``pos[i, j] = ‖q'_i − k_j‖ / max_bin_diag < pos_ratio  and  valid_i``.
-
-``rule="normalized"`` is original PixPro's rule (for image datasets): the same with x divided by
-``W − 1`` and y by ``H − 1`` (anisotropic on non-square frames).
-
-Flow handling. Flows come as the clip dict has them: ``[B, n, 2, h, w]`` either at full resolution
-(``h, w = H, W``) or as shard flows at 1/8 (``h = ceil(H/8)``, ``w = ceil(W/8)``, 1/8-pixel units,
-mapping to full resolution like :func:`flow.ops.shard_flow_to_full`: position
-``x_full = x_8·(8w − 1)/(w − 1)``, values ×8). With ``flow_resolution="coarse"`` (default) the
-chaining and the FB mask run on the 1/8 grid after converting the values to that grid's units
-(:func:`flow.ops.shard_flow_to_grid_units`; cheap: ~14k points at 720p); with ``"full"`` the flows
-are first upsampled to the frame size, which is the seed's exact procedure (``--flow_up``) and
-~64× more work. Every kernel — chaining, FB masks, bilinear look-ups, resizing — is
-:mod:`flow.ops`; this module only decides where they are applied. The mask of a query cell is
-evaluated at its nearest frame pixel from the composites (:func:`flow.ops.fb_consistency_at`),
-so the seed's full-resolution thresholds and border test hold on either grid. The grid-wide masks (for ``mask_ratio``) come from
-:func:`flow.ops.fb_consistency_pair`, with the seed-mode α2 rescaled to the seed's
-full-resolution threshold ``α2 / sqrt(H² + W²)``.
-
-Cost. :class:`FlowGrid` chains the forward and backward flows of the whole grid as one batch of
-``2B`` fields, and takes both FB masks and all point look-ups in one pass each.
-"""
+"""Positive cell pairs between two views from crop boxes, flips and flow (docs/original-system.md §2.4–2.7)."""
 from __future__ import annotations
 
 import math

@@ -1,20 +1,4 @@
-"""The click frame every command line uses: lazy command groups, one-line errors, exit codes.
-
-A program is a :class:`LazyGroup` whose table maps a command name to the module that defines it
-(``module.command``, a click command) and a one-line help; the module is imported only when the
-command runs or its own ``--help`` is asked, so ``PROG --help`` never imports torch. Leaf
-commands are made with :func:`command`, which names the command path on a :class:`UserError`.
-
-Exit codes: a :class:`UserError` from anywhere, or a click usage error, is printed as one line
-``PROG CMD: error: MESSAGE`` and exits 2; Ctrl-C exits 130.
-
-``run(group, argv, prog)`` is the ``main(argv) -> int`` of a program (and of the console
-scripts); ``call(command, argv, prog)`` runs one command as a Python function, letting a
-:class:`UserError` (also one made from a usage error) propagate to the caller.
-
-Shell completion is click's: ``eval "$(_LAUNCHER_COMPLETE=bash_source launcher)"`` (zsh:
-``zsh_source``, fish: ``fish_source``).
-"""
+"""The click frame every command line uses: lazy command groups, one-line errors, exit codes."""
 from __future__ import annotations
 
 import importlib

@@ -1,31 +1,5 @@
-"""The launch environment: this process's rank, local rank, node and node count, read from whichever launcher started it.
-
-:func:`job_environment` reads the variables of one launcher, the first that applies in this order:
-
-=========  ==============================================================================
-torchrun   ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK``, ``LOCAL_WORLD_SIZE``, ``GROUP_RANK``
-           (node), ``GROUP_WORLD_SIZE``; it wins because torchrun itself may run under
-           ``srun`` or ``mpirun``, whose variables its children inherit
-openmpi    ``OMPI_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE`` (also Fujitsu
-           MPI's ``mpiexec`` in a PJM job); ``PMIX_RANK`` stands in for the rank
-pmix       ``PMIX_RANK`` alone (``srun --mpi=pmix``, PRRTE): sizes from SLURM when present
-mpich      MPICH/Hydra and Intel MPI: ``PMI_RANK``, ``PMI_SIZE``, ``MPI_LOCALRANKID``,
-           ``MPI_LOCALNRANKS``
-mvapich    ``MV2_COMM_WORLD_RANK``/``_SIZE``/``_LOCAL_RANK``/``_LOCAL_SIZE``
-srun       a SLURM step: ``SLURM_PROCID``, ``SLURM_STEP_NUM_TASKS`` (or ``SLURM_NTASKS``),
-           ``SLURM_LOCALID``, ``SLURM_NODEID``, ``SLURM_STEP_NUM_NODES``, tasks per node from
-           ``SLURM_STEP_TASKS_PER_NODE``/``SLURM_NTASKS_PER_NODE`` (``2(x3),1`` form)
-slurm      the same variables without a step (``SLURM_PROCID`` and ``SLURM_NTASKS`` only,
-           e.g. the batch script): node count ``SLURM_NNODES``
-(none)     one process; in a batch job the node count (and this host's index) comes from the
-           scheduler's host list: PBS ``PBS_NODEFILE`` (``PBS_VNODENUM`` under ``pbsdsh``),
-           Grid Engine ``PE_HOSTFILE``/``NHOSTS``, PJM ``PJM_NODE``/``PJM_O_NODEINF``
-=========  ==============================================================================
-
-MPI launchers do not export a node index: it is ``rank // local_size``, which holds when ranks
-fill the nodes in order (``mpirun``'s default mapping, and what the job scripts ask for).
-``scheduler`` names the batch system around the process (``slurm``, ``pbs``, ``sge``, ``pjm``),
-whatever started the ranks. A variable that is not a whole number is a one-line UserError.
+"""The launch environment: this process's rank, local rank, node and node count, read from whichever launcher started it
+(torchrun, Open MPI/PMIx, MPICH, MVAPICH, srun/SLURM, else the batch system's host list).
 """
 from __future__ import annotations
 

@@ -1,18 +1,4 @@
-"""The run directory's layout and the trainer's exit codes (ARCHITECTURE.md "Runs"): the one place that names them.
-
-One run is one directory::
-
-    config.json      the resolved trainer config
-    job/             what the launcher owns (rendered script, request, submit commands, job ids)
-    logs/            logs, appended across requeues
-    checkpoints/     the checkpoints, with a ``latest`` pointer naming the newest complete one
-    metrics.csv      one row per logged step (TensorBoard events go to ``tensorboard/``)
-    done             written once training has finished
-
-The trainer exits :data:`EXIT_FINISHED` (the ``done`` marker exists), :data:`EXIT_RESUME`
-(checkpointed, run the same command again to resume) or :data:`EXIT_USAGE` (a one-line error);
-job scripts and the launcher act on these codes only.
-"""
+"""The run directory's layout and the trainer's exit codes (ARCHITECTURE.md "Runs"): the one place that names them."""
 from __future__ import annotations
 
 import os

@@ -1,35 +1,4 @@
-"""Write synthetic videos to disk in the real datasets' layouts.
-
-Layout under ``out_dir`` (``<split>`` is ``train`` or ``val``, ``<name>`` is ``synth-00003`` for
-video 3, frame numbers ``NNNNN`` are 1-based with 5 digits like the seed's ffmpeg extraction):
-
-``format="bdd"`` (BDD100K, as the seed's data preparation produced it, plus ground truth)::
-
-    videos/<split>/<name>.mov                       H.264 (libx264) in a QuickTime container
-    images/<split>/<name>/NNNNN.jpg                 every frame, JPEG quality 95
-    flow/<split>/<name>/forward/NNNNN.flo           Middlebury .flo, frame N -> N+1 (pixels)
-    flow/<split>/<name>/backward/NNNNN.flo          frame N+1 -> N
-    flow/<split>/<name>/occlusion/forward/NNNNN.png     uint8, 255 = valid (visible in frame N+1), 0 = occluded/out
-    flow/<split>/<name>/occlusion/backward/NNNNN.png    same for frame N+1 -> N
-
-``format="cityscapes"`` (for downstream segmentation; ``<city>`` is ``synth``)::
-
-    leftImg8bit/<split>/<city>/<city>_VVVVVV_FFFFFF_leftImg8bit.png       RGB
-    gtFine/<split>/<city>/<city>_VVVVVV_FFFFFF_gtFine_labelIds.png        uint8 Cityscapes label ids
-    gtFine/<split>/<city>/<city>_VVVVVV_FFFFFF_gtFine_labelTrainIds.png   uint8 train ids (255 = ignore)
-
-with ``VVVVVV`` the video index and ``FFFFFF`` the 1-based frame number (every
-``cityscapes_every``-th frame). ``format="all"`` writes both. ``synth.json`` at the top records
-the configuration and, per video, its name, split and render seed.
-
-Split rule: the last ``val_videos`` videos go to ``val``, the rest to ``train``; by default
-``val_videos`` is ``max(1, videos // 8)`` when there are at least 2 videos, else 0 (a single video
-goes to ``train``).
-
-Video ``i`` is rendered with ``render_video(video_seed(seed, i), ...)``, so any one video can be
-reproduced in memory. Writing is atomic: everything goes into a hidden temporary directory next
-to ``out_dir`` which is renamed to ``out_dir`` once complete; on any error it is removed.
-"""
+"""Write synthetic videos to disk in the real datasets' layouts."""
 from __future__ import annotations
 
 import json

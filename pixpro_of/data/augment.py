@@ -1,30 +1,4 @@
-"""The seed's two BYOL view augmentations (docs/original-system.md §2.4), with the crop box and flip kept.
-
-Split in two halves so the pixel work can move to the GPU unchanged:
-
-- :func:`draw_view_params` draws every random choice of one view from a ``numpy.random.Generator``
-  (never from global numpy / python / torch state, so a sample is a pure function of the
-  generator's state: exact resume);
-- :func:`apply_view` applies them to a uint8 ``[3, H, W]`` tensor with
-  ``torchvision.transforms.v2.functional`` (works on CPU or CUDA tensors, e.g. frames from
-  ``torchvision.io.decode_jpeg(device='cuda')``), and :func:`to_normalized_float` converts to the
-  network input. On CPU tensors the hue rotation and the blur use OpenCV (several times faster,
-  within ±1 grey level of the torch path used on other devices), and the whole view runs a fast
-  path (crop and resize first, then brightness / contrast / solarize as uint8 look-up tables built
-  with torchvision's own float32 arithmetic, OpenCV hue and blur, the pixels kept interleaved or
-  planar as the last operation left them) that returns the same bytes as
-  :func:`apply_view_reference` (tested on random views); there :func:`to_normalized_float` is a
-  per-channel float32 look-up table (the same bits as its formula).
-
-Per view (in this order): RandomResizedCrop to ``image_size`` (scale (0.08, 1), ratio (3/4, 4/3),
-bilinear, antialiased — the torchvision algorithm: 10 tries, then a centre crop with the ratio
-clamped); horizontal flip p = 0.5; colour jitter (brightness 0.4, contrast 0.4, saturation 0.2,
-hue 0.1, in random order, as torchvision's ColorJitter) with p = 0.8; grayscale p = 0.2; Gaussian
-blur σ ~ U(0.1, 2.0) with p = 1.0 (view 1) / 0.1 (view 2); solarize (threshold 128) with p = 0 (view 1) / 0.2 (view 2);
-ImageNet mean/std normalisation.
-
-Crop boxes are ``(left, top, width, height)`` in original-frame pixels (integers).
-"""
+"""The seed's two BYOL view augmentations (docs/original-system.md §2.4), with the crop box and flip kept."""
 from __future__ import annotations
 
 import math

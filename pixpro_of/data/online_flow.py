@@ -1,26 +1,4 @@
-"""Flow estimated on the fly for a batch of clips (the seed's no-storage mode, docs/original-system.md §2.5).
-
-Instead of reading the precomputed flows from the shards, the trainer reads every frame of each
-clip (``ShardClipDataset(all_frames=True, flows=False)``), builds the views in the DataLoader
-workers with ``carry="frames"`` (the samples carry every frame, no positives), and on the
-training device:
-
-    flow = ClipFlow(make_estimator("raft-small", weights=PATH, device="cuda"), chunk=32)
-    fwd, bwd = flow(batch.frames)                     # uint8 [B, k, H, W, 3] on the device
-    pos = batch_positives(batch, fwd, bwd, cfg.data, feature_size)
-
-(the trainer does this through :class:`pixpro_of.data.strategy.FromOnlineFlow`).
-
-``fwd``/``bwd`` are ``[B, k−1, 2, ceil(H/8), ceil(W/8)]`` float32 in 1/8-resolution pixels, in time
-order (``fwd[:, j]``: frame t+j → t+j+1, ``bwd[:, j]``: t+j+1 → t+j) — RAFT's 1/8 output
-``coords1 − coords0``, exactly what the shards store (before their float16 rounding), so positives,
-chaining and masks run the same code as with stored flows (``data.flow_resolution`` applies).
-
-Cost: 2·B·(k−1) RAFT evaluations per step (forward and backward for each adjacent pair), in chunks
-of ``chunk`` pairs (the seed's ``--flow_bs`` was 2 samples). RAFT-small at 720p is of the order of
-tens of milliseconds per pair on a current GPU, so on-the-fly flow typically costs more than the
-training step itself at k = 6; it trades that for no flow storage (~1.1 MB per frame pair at 720p).
-"""
+"""Flow estimated on the fly for a batch of clips (the seed's no-storage mode, docs/original-system.md §2.5)."""
 from __future__ import annotations
 
 from typing import Dict, Tuple

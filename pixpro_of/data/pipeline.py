@@ -1,48 +1,4 @@
-"""From a clip to a training sample and a typed batch: two augmented views and their positive pairs.
-
-``SampleBuilder(cfg, feature_size, carry)(clip, rng)`` (``cfg``: a
-:class:`~pixpro_of.config.SampleConfig`, e.g. the trainer's ``data`` section) takes the
-ARCHITECTURE.md clip dict (``frame1``,
-``frame2`` uint8 [H, W, 3] — or JPEG bytes —, ``fwd``/``bwd`` float32 [k−1, 2, h8, w8], ``video``,
-``t``, ``k``) and returns::
-
-    view1, view2   float32 [3, S, S], ImageNet-normalised (view 1 from frame t, view 2 from t+k−1)
-    pos12, pos21   bool [F·F, F·F]   positives (rows: view-1 cells / view-2 cells; carry="positives")
-    box1, box2     float32 [4]       crop boxes (left, top, width, height) in frame pixels
-    flip1, flip2   bool
-    mask_ratio     float             fraction of flow-grid pixels the FB mask rejects (0 for k = 1;
-                                     carry="positives");
-                                     mask_ratio_fwd / mask_ratio_bwd per direction (the seed's
-                                     mask_ratio/fwd, /bwd), mask_ratio = their mean
-    frame_hw       (H, W)            original frame size
-    video, t, k
-    fwd, bwd       float32 [k−1, 2, h8, w8]   the clip's flows (carry="flows", k > 1)
-    frames         uint8 [k, H, W, 3]         every frame of the clip (carry="frames")
-
-With ``views="device"`` (``data.decode_on=device``) the frames are the reader's JPEG bytes and
-the sample has no ``view1``/``view2`` but ``jpeg1``, ``jpeg2`` (bytes) and ``params1``,
-``params2`` (float64 [P], the views' draws packed by
-:func:`pixpro_of.data.device_views.pack_view_params`): the same RNG calls in the same order as
-with views built here, so boxes, flips and positives are the same; the training device decodes and
-builds the views (:mod:`pixpro_of.data.device_views`).
-
-What a sample carries for its positives is chosen once (``carry``, from the positives strategy
-of :mod:`pixpro_of.data.strategy`): ``"positives"`` computes ``pos12``/``pos21``/``mask_ratio`` in
-the worker; ``"flows"`` passes the clip's stored ``fwd``/``bwd`` on as tensors and ``"frames"`` every
-frame of the clip (uint8 [k, H, W, 3], for flow estimated on the training device,
-:mod:`pixpro_of.data.online_flow`), the positives of the whole batch being computed there
-(:func:`batch_positives`; ``data.positives_on=device``: ~2 ms less CPU work per k = 6 sample in
-the DataLoader workers). :func:`collate` makes a typed :class:`Batch`.
-
-Randomness: every draw (crops, flips, jitter, grayscale, blur, solarize) comes from the ``rng``
-argument, in a fixed order, so a sample is a pure function of (clip, rng state).
-
-The pixel work in a worker is :func:`frame_tensor` (decode: numpy / JPEG bytes → uint8 [3, H, W])
-and :func:`pixpro_of.data.augment.apply_view`; on the training device it is the batched
-:func:`pixpro_of.data.device_views.build_views` (``views="device"``: nvJPEG through
-``torchvision.io.decode_jpeg(list, device=...)``, then both views of the whole batch). Positives
-need only boxes, flips and the 1/8 flows (:func:`pixpro_of.positives.compute_positives`, batched).
-"""
+"""From a clip to a training sample and a typed batch: two augmented views and their positive pairs."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace

@@ -1,33 +1,4 @@
-"""Batch N+1's views built while step N runs (``data.decode_on=device``).
-
-:class:`ViewsPrefetcher` wraps the trainer's loader iterator (items are
-:class:`~pixpro_of.train.data.LoadedBatch`). When the trainer takes batch N it has already read
-batch N+1 from the loader and handed it to one background thread, which moves it to the device
-and builds its views (:meth:`pixpro_of.data.strategy.ViewsOnDevice.build`) on a side CUDA stream
-of its own, so the decode, crops and colour ops overlap step N's kernels on the current stream.
-On CPU the same thread runs the same code on CPU tensors (what the tests check: the same
-batches, in the same order, bit for bit).
-
-Only the main thread reads the loader (the DataLoader iterator is not thread-safe, and the
-trainer inspects and closes it); the thread only builds views. What the thread finds is
-handed over in order:
-
-- a batch whose sample could not be built in the workers (``failed``) passes through untouched;
-- a frame that decodes nowhere (the device refused it, the host too) becomes a bad-sample record
-  like a worker's: with ``data.on_bad_sample=fail`` the item comes back ``failed`` (the trainer
-  ends with its one line naming the video and frame), with ``skip`` the sample is dropped from
-  the batch and its record appended to ``bad`` (the trainer logs it and counts it against
-  ``data.bad_sample_budget``). The record's ``position`` is -1: the node order's position of a
-  sample is not known on the device; its message names the video and frame;
-- an exception from the loader itself is raised when its turn comes, after the batches before it.
-
-Stream rules: the thread's work is queued on its side stream and waited for there (an event;
-that blocks only the thread) before the batch is handed over; the main thread's current stream
-then waits for the side stream, and every device tensor of the batch is marked as used on the
-current stream (``record_stream``) so the allocator does not give its memory back to the side
-stream while the step still reads it. The stage's time (CUDA events on the side stream, the host
-clock on CPU) is put into ``views.last_seconds`` when the batch is handed over.
-"""
+"""Batch N+1's views built while step N runs (``data.decode_on=device``)."""
 from __future__ import annotations
 
 import time

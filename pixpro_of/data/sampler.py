@@ -1,23 +1,4 @@
-"""Deterministic clip order: one clip per video per epoch, resumable mid-epoch.
-
-``ClipSampler(dataset, seed, epoch, rank=0, world_size=1, start=0, num_samples=None)`` yields
-``(video_index, t)`` tuples for :class:`pixpro_of.data.shards.ShardClipDataset`:
-
-- An epoch is one clip per video (the seed's definition, docs/original-system.md §2.3).
-- The video order is a permutation drawn from ``(seed, epoch)`` only.
-- ``t`` is drawn uniformly from ``[0, num_frames - k]`` by a generator seeded with
-  ``(seed, epoch, crc32(video name))``, so it does not depend on rank, world size or order.
-- Rank ``r`` of ``world_size`` takes ``perm[r::world_size]`` cut to ``len(perm) // world_size``
-  items, so ranks are disjoint and all take the same number of steps (collectives do not hang).
-- ``num_samples`` (optional) fixes the per-rank count instead: the list is cut, or extended with
-  the next epoch-style permutations of the same seed (useful when node sets hold different video
-  counts and every rank must run the same number of steps).
-- ``start`` skips the first ``start`` items of this rank's list (resume from a saved position);
-  ``len(sampler)`` counts the items still to come.
-
-Ranks of one node read only that node's shards: build the dataset from
-``node_shard_paths(manifest, node_index, num_nodes)`` and pass the node-local rank and size.
-"""
+"""Deterministic clip order: one clip per video per epoch, resumable mid-epoch."""
 from __future__ import annotations
 
 import zlib

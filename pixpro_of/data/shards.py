@@ -1,29 +1,4 @@
-"""The clip reader: a torch Dataset over HDF5 shards whose item is one clip (video, t, k).
-
-``ShardClipDataset(shard_paths, k)``:
-
-- ``num_videos``; ``num_frames(video_index)``; ``video_name(video_index)``; ``shard_of(video_index)``
-- ``get_clip(video_index, t) -> dict`` and ``dataset[(video_index, t)]``, the ARCHITECTURE.md clip:
-  ``frame1``, ``frame2``: uint8 [H, W, 3] RGB, frames t and t+k-1 (decoded);
-  ``fwd``, ``bwd``: float32 [k-1, 2, h8, w8] in 1/8-resolution pixels (``fwd[j]``: frame t+j ->
-  t+j+1, ``bwd[j]``: t+j+1 -> t+j, both in time order; [0, 2, h8, w8] when k = 1);
-  ``video`` (str), ``t`` (int), ``k`` (int).
-  With ``all_frames=True`` the clip also has ``frames``: uint8 [k, H, W, 3], every frame t … t+k−1
-  (for flow estimated on the fly; ``frame1``/``frame2`` are its first and last); with
-  ``flows=False`` the stored flows are not read (``fwd``/``bwd`` are None), so shards packed
-  without flows serve too. With ``decode=False`` (``data.decode_on=device``) ``frame1``/``frame2``
-  are the stored JPEG bytes (CRC and header checked, not decoded; the same object when k = 1).
-- ``len(dataset)`` is the number of videos (one clip per video per epoch, as the seed defined an
-  epoch); use :class:`pixpro_of.data.sampler.ClipSampler` to draw (video_index, t) items.
-
-The constructor reads each shard's per-video table once and closes it; files are opened lazily,
-once per process, on first access (h5py handles do not survive fork), so the dataset works with
-DataLoader workers. Metadata is held in numpy arrays (no per-sample Python objects to copy-on-read).
-Videos shorter than k raise :class:`UserError` naming the shard and video, unless ``drop_short``.
-A missing flow pair (k > 1), a corrupt JPEG, a CRC mismatch, a truncated file or damaged HDF5
-metadata raise UserError naming the shard, video and index (never a KeyError or OSError from
-h5py); a shard that has gone or cannot be opened raises :class:`ShardUnavailableError`.
-"""
+"""The clip reader: a torch Dataset over HDF5 shards whose item is one clip (video, t, k)."""
 from __future__ import annotations
 
 import os

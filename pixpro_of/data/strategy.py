@@ -1,29 +1,4 @@
-"""Where a batch's positives are computed: one strategy, chosen once from the config.
-
-:meth:`pixpro_of.config.DataConfig.positives_mode` picks the mode; :func:`make_positives` builds it:
-
-- ``worker`` (:class:`InWorker`): each DataLoader worker computes its sample's positives from the
-  stored flows (always for k = 1, and for ``data.flow_source=none``: zero flow, no mask); the batch
-  arrives complete.
-- ``stored`` (:class:`FromStoredFlows`, ``data.positives_on=device``): the workers pass the stored
-  flows on; the batch's positives are computed on the training device.
-- ``raft`` (:class:`FromOnlineFlow`, ``data.flow_source=raft``): the workers pass every frame of
-  the clip on; the flows are estimated on the training device (:mod:`pixpro_of.data.online_flow`)
-  and the positives computed there.
-
-``strategy.carry`` tells the :class:`~pixpro_of.data.pipeline.SampleBuilder` what a sample
-carries and ``strategy.reads_frames`` the clip reader what to read; the trainer calls
-``strategy.complete(batch)`` on the device and never looks at which fields a batch has.
-
-Where the views are built is a second stage chosen once the same way (``data.decode_on``,
-:func:`make_views`), run by the trainer before the positives:
-
-- ``worker`` (:class:`ViewsInWorker`): the DataLoader workers decode and build both views;
-- ``device`` (:class:`ViewsOnDevice`): the workers read the JPEG bytes and draw the view
-  parameters; the batch is decoded and its views built on the training device
-  (:mod:`pixpro_of.data.device_views`). ``views.decodes_in_worker`` tells the reader whether to
-  decode.
-"""
+"""Where a batch's positives are computed: one strategy, chosen once from the config."""
 from __future__ import annotations
 
 import logging

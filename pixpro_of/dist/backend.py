@@ -1,28 +1,4 @@
-"""The distributed backend interface the trainer talks to, and its single-process implementation.
-
-The trainer never calls ``torch.distributed`` or Horovod directly; it asks a :class:`Backend`:
-
-- ``rank``, ``world_size``, ``local_rank``, ``local_size``, ``is_main``, ``device``
-- ``allreduce(tensor, op)`` (``"mean"`` or ``"sum"``; returns a new tensor),
-  ``broadcast(tensor, src)`` (in place), ``broadcast_object(obj, src)``, ``barrier()``
-- ``collective_device``: where ``allreduce``/``broadcast`` take their tensors (NCCL: the GPU;
-  gloo and the single process: the CPU). A tensor on another device is refused with
-  :class:`CollectiveDeviceError` before it reaches the library. Host values enter and leave the
-  collectives through ``to_collective(tensor)`` / ``to_host(tensor)``, or all at once through
-  ``allreduce_values(values, op)`` (floats in, floats out), which is what the trainer uses for
-  its host-side agreements (stop, metrics, node sets, skipped samples).
-  :class:`pixpro_of.dist.checked.DeviceCheckedBackend` pretends the collectives live on another
-  device (``meta``), so a host tensor that reaches a collective fails a CPU test.
-- ``optimizer_step(optimizer, scaler)``: the AMP step (Horovod overrides it with its recipe)
-- ``broadcast_parameters(module)`` (make every rank start from rank 0's weights and buffers)
-- ``wrap_model(module)`` / ``unwrap(module)`` (DDP wraps; others return the module)
-- ``wrap_optimizer(optimizer, module)`` (Horovod's DistributedOptimizer averages gradients)
-- ``convert_sync_batchnorm(module)`` (SyncBN across ranks; identity for one process)
-- ``shutdown()``
-
-:func:`make_backend` builds one by name. ``"single"`` is implemented here; ``"horovod"`` and
-``"ddp"`` are registered in :data:`BACKENDS` by the module that implements them.
-"""
+"""The distributed backend interface the trainer talks to, and its single-process implementation."""
 from __future__ import annotations
 
 import abc

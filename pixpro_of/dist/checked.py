@@ -1,21 +1,4 @@
-"""A backend wrapper that catches host tensors handed to collectives, without a GPU.
-
-Under NCCL every collective needs CUDA tensors; a ``torch.tensor([...])`` built on the host and
-passed to ``allreduce`` crashes the first GPU run. On CPU the bug is invisible: the host *is* the
-training device. :class:`DeviceCheckedBackend` wraps a real backend (gloo DDP, Horovod, single)
-and pretends its collectives live on another device, ``declared`` (``meta`` by default):
-
-- ``collective_device`` is ``declared``; ``to_collective(t)`` returns a tensor on ``declared``
-  that carries the host values along (a meta tensor has no storage), ``to_host`` gives them back;
-- ``allreduce``/``broadcast`` refuse any tensor that is not on ``declared`` with
-  :class:`~pixpro_of.dist.backend.CollectiveDeviceError` (exactly what NCCL would do with a CPU
-  tensor), and otherwise run the wrapped backend's collective on the carried values;
-- everything else (model broadcasts, SyncBN, gradient reduction, object broadcasts) goes to the
-  wrapped backend, whose training device stays the CPU.
-
-``calls`` counts the checked collectives by the first caller outside ``pixpro_of.dist``, so a
-test can show that the trainer's agreement paths really ran through it.
-"""
+"""A backend wrapper that catches host tensors handed to collectives, without a GPU."""
 from __future__ import annotations
 
 import collections

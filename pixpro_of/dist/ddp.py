@@ -1,21 +1,4 @@
-"""PyTorch DDP backend (``dist.backend=ddp``): ``torch.distributed`` with NCCL on GPU, gloo on CPU.
-
-Rank, world size, local rank and local size come from the launch environment
-(:func:`plumbing.jobenv.job_environment`: torchrun, an MPI launcher or SLURM). The rendezvous
-address is ``MASTER_ADDR:MASTER_PORT``; under ``mpirun`` without them, rank 0 picks its host name
-and a free port and shares them with mpi4py.
-
-- Collectives take tensors on :attr:`collective_device`: the GPU under NCCL (which refuses CPU
-  tensors), the CPU under gloo; host values go through ``to_collective``/``allreduce_values``.
-- The process group's timeout is ``dist.timeout_minutes`` (30 min by default): longer than the
-  slowest legitimate wait (rank 0 packing data or preparing a run, a slow shared file system).
-- ``wrap_model`` gives ``DistributedDataParallel(broadcast_buffers=False)`` as the original did.
-- SyncBN: ``nn.SyncBatchNorm`` on GPU; on CPU (which ``nn.SyncBatchNorm`` refuses)
-  :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm` over ``all_reduce``.
-- Shutdown: with the default TCP store, ``destroy_process_group()`` under ``mpirun`` aborts one
-  rank at exit (the store's host rank leaves while others still talk to it). :meth:`shutdown`
-  therefore ends with a barrier and leaves the group to process exit, so every rank exits 0.
-"""
+"""PyTorch DDP backend (``dist.backend=ddp``): ``torch.distributed`` with NCCL on GPU, gloo on CPU."""
 from __future__ import annotations
 
 import datetime

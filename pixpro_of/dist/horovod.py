@@ -1,22 +1,4 @@
-"""Horovod backend (``dist.backend=horovod``): ``horovod.torch`` over MPI, started by plain ``mpirun``.
-
-- Gradients: ``hvd.DistributedOptimizer`` over the online parameters only (momentum-branch
-  parameters have no gradients and are never registered).
-- Start/resume: ``broadcast_parameters`` (parameters and buffers, momentum branch included) and
-  ``broadcast_optimizer_state`` from rank 0.
-- Collectives take tensors on :attr:`collective_device` (the training device), as DDP's do.
-- SyncBN: Horovod has no converter; :func:`pixpro_of.dist.syncbn.convert_batchnorm` replaces every
-  BatchNorm by :class:`~pixpro_of.dist.syncbn.CollectiveBatchNorm` (one Horovod allreduce of the
-  per-channel sums forward, one backward) on every device. Not ``hvd.SyncBatchNorm``: its forward
-  makes the input contiguous (undoing channels_last: a copy of every BN input plus NCHW kernels)
-  and waits on the host for three allgathers per layer; ours keeps the memory format and waits
-  for one allreduce (Horovod ops are always waited for on the host; DDP's NCCL SyncBN is not).
-- fp16: :meth:`optimizer_step` follows Horovod's AMP recipe (``synchronize()``, unscale, then
-  ``scaler.step`` inside ``skip_synchronize()``), so gradients are unscaled only after their
-  allreduce has finished.
-- Failure: a rank that raises calls ``MPI_Abort`` (see :meth:`abort`), so ``mpirun`` ends the
-  whole job instead of leaving the other ranks blocked in a collective.
-"""
+"""Horovod backend (``dist.backend=horovod``): ``horovod.torch`` over MPI, started by plain ``mpirun``."""
 from __future__ import annotations
 
 import sys

@@ -1,22 +1,4 @@
-"""Synchronised batch norm that works on any device and any backend, plus the module converter.
-
-Horovod's ``hvd.SyncBatchNorm`` and torch's ``nn.SyncBatchNorm`` both refuse CPU tensors, and
-Horovod has no converter. :class:`CollectiveBatchNorm` computes batch statistics over all ranks
-with one ``allreduce(sum)`` of ``[sum(x), sum(x^2), count]`` per channel in the forward pass
-(float64, from each rank's own Welford mean and variance) and one of ``[sum(dy), sum(dy * x_hat)]``
-in the backward pass — the same algebra as torch's ``SyncBatchNorm`` — through whatever
-``allreduce_sum`` callable the backend gives it.
-
-It keeps the input's memory format (a channels_last activation gives a channels_last output and
-gradient; every full-size operation is elementwise or a per-channel reduction) and saves only the
-input, as ``nn.BatchNorm2d`` does (x_hat is recomputed in the backward pass). Which SyncBN each
-backend uses: DDP on GPU ``nn.SyncBatchNorm`` (NCCL, stream-ordered,
-channels_last kept); Horovod on GPU and every backend on CPU this class (ARCHITECTURE.md,
-"Collectives, SyncBN, precision and checkpoints").
-
-With one rank it computes ordinary batch norm (up to floating-point rounding), so a 1-rank run
-with batch 2b and a 2-rank run with batch b per rank see the same statistics.
-"""
+"""Synchronised batch norm that works on any device and any backend, plus the module converter."""
 from __future__ import annotations
 
 from typing import Callable, Optional

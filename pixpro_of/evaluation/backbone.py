@@ -1,17 +1,4 @@
-"""Resolve ``--backbone`` into ResNet weights under torchvision key names.
-
-Forms:
-
-* ``random``: the pretraining encoder's own initialisation (``pixpro_of.model.encoder``: Kaiming
-  fan-out convs, BN γ=1/β=0, zero-init last BN of each block) for ``--arch``, seeded: the
-  "no pretraining" baseline, i.e. what a PixPro run starts from;
-* ``torchvision:PATH``: a torchvision ResNet state dict (``fc.*`` ignored), e.g. a supervised model
-  or the output of ``convert --to torchvision``;
-* ``detectron2:PATH``: a detectron2 ResNet ``.pkl`` (``convert --to detectron2`` output, or
-  detectron2's torchvision-converted ImageNet ``R-50.pkl``, the seed's supervised row);
-* ``PATH``: a pixpro_of or seed checkpoint, or a run directory (see
-  :mod:`pixpro_of.transfer.encoder_state`).
-"""
+"""Resolve ``--backbone`` into ResNet weights under torchvision key names."""
 from __future__ import annotations
 
 from dataclasses import dataclass

@@ -1,18 +1,4 @@
-"""Cityscapes-layout segmentation data: file pairs, training augmentation, validation images.
-
-Layout (real Cityscapes and the synthetic world's ``format="cityscapes"``)::
-
-    ROOT/leftImg8bit/<split>/<city>/<stem>_leftImg8bit.png    RGB
-    ROOT/gtFine/<split>/<city>/<stem>_gtFine_labelIds.png     uint8 label ids
-
-Training samples follow the seed's detectron2 pipeline (docs/original-system.md §3): resize the image by a
-factor drawn uniformly from ``scale_range`` (the seed's short side in [512, 2048] for 1024-pixel-high
-Cityscapes images is the factor range [0.5, 2.0]; image bilinear, labels nearest), random crop of
-``crop`` = (height, width) (smaller images are padded: image with the mean colour, labels with 255),
-horizontal flip with probability 0.5. Images are normalised with the pretraining's RGB mean/std.
-
-Tensors: image float32 ``[3, H, W]``, labels int64 ``[H, W]`` (train ids, 255 = ignore).
-"""
+"""Cityscapes-layout segmentation data: file pairs, training augmentation, validation images."""
 from __future__ import annotations
 
 from dataclasses import dataclass

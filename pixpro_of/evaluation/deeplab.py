@@ -1,24 +1,4 @@
-"""Frozen ResNet backbone and the segmentation heads (DeepLabV3 with ASPP, or a linear probe).
-
-The seed's transfer model (docs/original-system.md §3; detectron2 ``projects/DeepLab``,
-``deeplab_v3_R_50_myencoder_mg124_poly_40k_bs8`` with ``--no_finetune``):
-
-* Backbone: the whole ResNet frozen (``FREEZE_AT = 5``, BN as FrozenBN: running statistics, never
-  updated). Output stride 16: res5's first block keeps stride 1 and res5's 3x3 convolutions are
-  dilated by ``RES5_DILATION · multi_grid[i]`` = 2·(1, 2, 4) = 2, 4, 8 for its three blocks
-  (torchvision's ``replace_stride_with_dilation=[False, False, True]`` gives 1, 2, 2 instead; the
-  dilations are set here per block). For BasicBlock ResNets (18/34) both 3x3 convs of a block get
-  the block's dilation and the first ``len(blocks)`` multi-grid factors are used.
-* Head (``DeepLabV3Head``): ASPP with 256 channels: a 1x1 branch, 3x3 branches dilated 6/12/18, and
-  image pooling (AvgPool with kernel crop/16, stride 1, then 1x1 conv with bias and ReLU, no norm,
-  bilinearly resized back; global pooling at the training crop size); concatenation -> 1x1
-  projection (BN, ReLU) -> dropout 0.1 -> 1x1 predictor to 19 classes (init N(0, 0.001²)); logits
-  bilinearly upsampled (align_corners=False, as detectron2) to the input size.
-* Linear probe: a 1x1 conv from the frozen C5 map to 19 classes, upsampled the same way.
-
-Shapes: input ``[B, 3, H, W]`` normalised RGB -> logits ``[B, 19, H, W]``; C5 is
-``[B, C, ceil(H/16), ceil(W/16)]`` at output stride 16 (``ceil(H/32)`` at 32).
-"""
+"""Frozen ResNet backbone and the segmentation heads (DeepLabV3 with ASPP, or a linear probe)."""
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple

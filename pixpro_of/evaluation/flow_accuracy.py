@@ -1,23 +1,4 @@
-"""``python -m pixpro_of eval flow``: flow accuracy and FB-mask quality on the synthetic driving world.
-
-    python -m pixpro_of eval flow --model dis --videos 2 --video-frames 7 --size 320x192 [--json out.json]
-
-For each rendered video (exact flows and validity from :mod:`synth`) the estimator runs
-on every adjacent pair, forward and backward. Figures (all pooled over videos and clip starts):
-
-- **End-point error** (pixels, over ground-truth-valid pixels) for adjacent pairs (k = 2) of the
-  estimator's full-resolution output (``full``) and of the stored representation (``stored``: the
-  1/8-resolution flow rounded to float16, then up-sampled x8 as the trainer does), and for clips
-  of k = 3 … kmax frames: the chain (:func:`flow.ops.chain_flows`) of stored flows against the
-  chain of the exact adjacent flows. A pixel counts for a clip when it stays valid at every step
-  (its moving position's 4 bilinear neighbours are all valid in the ground truth).
-- **Mask precision / recall** of both FB modes (``seed``, ``unflow``), computed on the estimated
-  composite flows, against the ground-truth validity; the positive class is *invalid* (occluded or
-  leaving the frame). ``flagged`` is the fraction of pixels a mode rejects, ``gt`` the true
-  fraction. Rows ``in-frame`` keep only pixels whose true target lies inside the frame, where
-  the only cause of invalidity is occlusion (leaving the frame dominates the ``all`` rows when the
-  camera drives forward). The same figures on the exact flows (``flow=gt``) show each rule's own behaviour.
-"""
+"""``python -m pixpro_of eval flow``: flow accuracy and FB-mask quality on the synthetic driving world."""
 from __future__ import annotations
 
 import json

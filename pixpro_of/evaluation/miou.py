@@ -1,20 +1,4 @@
-"""Cityscapes 19-class IoU, as cityscapesScripts' ``evalPixelLevelSemanticLabeling`` defines it.
-
-The confusion matrix ``conf[g, p]`` (int64, ``[19, 19]``) counts pixels whose ground-truth train id
-is ``g`` and predicted train id is ``p``, accumulated over the whole validation set. Pixels with
-ground truth 255 (ignored labels) are not counted. For class ``c``::
-
-    TP = conf[c, c]
-    FN = conf[c, :].sum() - TP      (its pixels predicted as anything else)
-    FP = conf[:, c].sum() - TP      (other classes' non-ignored pixels predicted as c)
-    IoU = TP / (TP + FP + FN),  NaN when TP + FP + FN = 0 (no ground truth and no prediction)
-
-mIoU is the mean over the classes whose IoU is not NaN, as cityscapesScripts' ``getScoreAverage``.
-That is the same number cityscapesScripts computes from label-id images: predicted train ids map
-one-to-one to label ids, its FP excludes rows of ignored labels and its FN counts a row's
-off-diagonal entries. :func:`cityscapes_scripts_iou` recomputes the scores with the package's own
-functions (``getIouScoreForLabel``, ``getScoreAverage``) on the equivalent label-id matrix.
-"""
+"""Cityscapes 19-class IoU, as cityscapesScripts' ``evalPixelLevelSemanticLabeling`` defines it."""
 from __future__ import annotations
 
 import math

@@ -1,27 +1,4 @@
-"""``python -m pixpro_of eval propagate``: video label propagation through frozen features.
-
-    python -m pixpro_of eval propagate --backbone runs/k6 --out eval/k6-prop
-    python -m pixpro_of eval propagate --backbone random --arch resnet18 --videos 2 --video-frames 8 --out /tmp/p
-
-The dense, temporal test of a pretrained encoder: the labels of a video's first frame are carried
-to every later frame by the affinities of the frozen features alone (no training), the protocol of
-dense video correspondence evaluations (DAVIS / VIP / JHMDB label propagation). Truth is the
-synthetic world's exact labels on held-out videos (``--seed`` other than the pretraining world's).
-
-For target frame t (features L2-normalised over channels, ``[C, h, w]`` at ``--output-stride``):
-
-- context: the first frame (its true labels) and the ``--context`` frames before t (their
-  predicted label distributions);
-- affinity of a target cell q to a context cell p: ``<f_t(q), f_j(p)> / --temperature``, only for
-  ``p`` within ``--radius`` cells of q (Chebyshev distance) in every context frame;
-- the ``--topk`` largest affinities over all context cells are kept and soft-maxed; the target's
-  label distribution is their weighted sum of the context distributions.
-
-A frame's cell labels are the area-averaged one-hot train ids of its pixels (ignored pixels count
-for nothing); predictions are upsampled bilinearly (align_corners=True) to the frame size and
-scored against the exact labels with the Cityscapes 19-class IoU (:mod:`pixpro_of.evaluation.miou`).
-The report gives mIoU per frame distance (t = 1 … T−1, pooled over videos) and their mean.
-"""
+"""``python -m pixpro_of eval propagate``: video label propagation through frozen features."""
 from __future__ import annotations
 
 import json

@@ -1,20 +1,4 @@
-"""``python -m pixpro_of eval seg``: frozen-backbone semantic segmentation on a Cityscapes-layout tree.
-
-Trains a DeepLabV3 head (or a linear probe) on ``train`` with the backbone frozen, then scores the
-whole ``val`` split with cityscapesScripts' 19-class mIoU (:mod:`pixpro_of.evaluation.miou`).
-Defaults are the seed's (docs/original-system.md §3): 40k iterations, batch 8, crop 512x1024, SGD lr 0.01
-momentum 0.9 weight decay 1e-4 (0 on norm parameters, detectron2's ``WEIGHT_DECAY_NORM``),
-``WarmupPolyLR`` (linear warmup over 1000 iterations from factor 0.001, then power 0.9), random
-scale 0.5–2.0, crop and flip; test at full resolution.
-
-Writes into ``--out``:
-  ``scores.json``      mIoU and per-class IoU in percent (None where undefined), the confusion
-                       matrix, the configuration, the backbone, timings
-  ``predictions.png``  rows of (image | ground truth | prediction) in Cityscapes colours
-  ``train_log.csv``    iteration, learning rate, loss
-  ``val_preds/<city>/<stem>_pred_labelIds.png``  with ``--save-preds``: every val prediction in
-                       Cityscapes label ids, the input cityscapesScripts' evaluation reads
-"""
+"""``python -m pixpro_of eval seg``: frozen-backbone semantic segmentation on a Cityscapes-layout tree."""
 from __future__ import annotations
 
 import csv

@@ -1,18 +1,4 @@
-"""The PixPro pixel-to-propagation consistency loss for one direction (seed ``regression_loss``).
-
-``pixpro_loss(pred, target, pos)`` with ``pred`` the PPM output of view a, ``target`` the momentum
-projection of view b (both L2-normalised over channels, ``[B, C, H, W]``) and ``pos [B, HW, HW]``
-bool (row i = cell i of view a, column j = cell j of view b):
-
-- ``norm="seed"`` (the seed's code, docs/original-system.md §2.1 and §4.6): per image, the mean cosine over
-  *all* positive pairs, ``Σ_ij pos_ij·cos_ij / (Σ_ij pos_ij + 1e-6)``; the loss is
-  ``−2 · mean over the batch``. Range [−2, 0]; an image without positives contributes 0.
-- ``norm="pixel"`` (paper Eq. 2): per query cell with at least one positive, the mean cosine over
-  its positives; per image the mean over those query cells; ``−2 · mean over the batch``.
-
-The total PixPro loss is the sum of both directions, range [−4, 0].
-Computed in float32 whatever the input dtype (AMP-safe).
-"""
+"""The PixPro pixel-to-propagation consistency loss for one direction (seed ``regression_loss``)."""
 from __future__ import annotations
 
 from typing import Tuple

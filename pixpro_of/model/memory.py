@@ -1,34 +1,4 @@
-"""How much GPU memory one rank needs, estimated from the config alone (no torch import).
-
-The launcher asks before it submits (``python -m pixpro_of train --config X ... --print-config
---gpu-memory-gib 80 --ranks 16``, :func:`check_fits`), so a per-GPU batch that cannot fit is
-refused in one line instead of failing minutes into a job.
-
-What is counted, per rank (``rank_batch`` samples of two ``image_size`` views):
-
-- **weights and optimizer**: the online branch (encoder, projector, PPM) in fp32 with its
-  gradients and the LARS momentum buffer, the momentum branch's fp32 copy (no gradients), a
-  gradient-bucket copy for DDP/Horovod, and autocast's half-precision weight copies for bf16/fp16;
-- **activations** saved for the backward pass of the online branch: bytes per input pixel per
-  view, measured with ``torch.autograd.graph.saved_tensors_hooks`` on the real
-  :class:`~pixpro_of.model.pixpro.PixPro` (fp32, batch 2 minus batch 1, 224 px; torch 2.14,
-  CPU, whose saved tensors are those of the CUDA kernels up to cuDNN's own workspaces), plus the
-  projector's share per hidden and output channel; half precision saves 0.53x as much; 5 % on
-  top for what lives only during the step (the momentum branch's forward, the gradients of the
-  activations during backward);
-- **the input stage**: both views in fp32, the device decode's chunk of frames
-  (``data.decode_on=device``), and on-the-fly RAFT (``data.flow_source=raft``): per frame pair
-  its all-pairs correlation pyramid, (H/8·W/8)² values × 4/3 levels, ``raft_chunk`` pairs at a
-  time (half the bytes with ``raft_amp`` bf16/fp16);
-- **fixed**: the CUDA context and cuDNN/cuBLAS workspaces, 1 GiB, and 5 % of everything else for
-  the allocator's fragmentation.
-
-Frames are BDD100K's 1280×720 unless the run packs the synthetic world (``data.synth``).
-The margins are kept small on purpose: the estimate is meant to refuse only what cannot fit
-(it puts ResNet-50 fp32 at 64 samples per GPU, the seed's k=2/k=6 runs, at 13.7 GiB, under a
-16 GiB V100; at 256 per GPU at 48.9 GiB, over a 40 GiB card). The GPU's real peak per sample is
-measured by ``bench/gpu_check.sh``.
-"""
+"""How much GPU memory one rank needs, estimated from the config alone (no torch import)."""
 from __future__ import annotations
 
 import math

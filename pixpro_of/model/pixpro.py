@@ -1,18 +1,4 @@
-"""PixPro with a momentum branch (docs/original-system.md §2.1), taking precomputed positive-pair masks.
-
-One training step, in the seed's order::
-
-    model.momentum_update(momentum_at(step, total_steps, cfg.momentum_base))   # EMA first
-    loss, metrics = model(view1, view2, pos12, pos21)                        # then forward
-    loss.backward(); optimizer.step()
-
-``step`` is the global iteration counter, which the trainer stores in checkpoints (the seed kept it
-outside the state dict and restarted it at every resume, docs/original-system.md §4.3; fixed here).
-
-Shapes: ``view1``, ``view2`` ``[B, 3, S, S]`` normalised images; ``pos12``, ``pos21`` bool
-``[B, F·F, F·F]`` with ``F = c5_size(S)`` (7 at 224). ``pos12[b, i, j]`` says cell i of view 1 and
-cell j of view 2 are a positive pair; ``pos21`` is the symmetric term (rows = view-2 cells).
-"""
+"""PixPro with a momentum branch (docs/original-system.md §2.1), taking precomputed positive-pair masks."""
 from __future__ import annotations
 
 import copy

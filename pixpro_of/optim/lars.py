@@ -1,17 +1,4 @@
-"""LARS with the seed's semantics (docs/original-system.md §2.2; the seed wrapped ``SGD(momentum=0.9)``).
-
-For each parameter ``p`` with gradient ``g`` in a group with ``lars_exclude=False``::
-
-    d = g + weight_decay·p
-    d = d · trust_coef·‖p‖ / (‖d‖ + eps)        # only when ‖p‖ > 0 and ‖d‖ > 0
-    buf = momentum·buf + d                      # buf = d on the first step (torch SGD, dampening 0)
-    p  -= lr · buf
-
-Groups with ``lars_exclude=True`` (biases and BN parameters, see :func:`param_groups`) get
-``d = g``: no weight decay and no adaptation, as the seed's ``ignore`` groups.
-Gradients are left untouched (the seed overwrote ``p.grad``; the update is the same).
-State per parameter: ``momentum_buffer``; ``state_dict()`` round-trips like any torch optimizer.
-"""
+"""LARS with the seed's semantics (docs/original-system.md §2.2; the seed wrapped ``SGD(momentum=0.9)``)."""
 from __future__ import annotations
 
 from typing import Dict, Iterable, List

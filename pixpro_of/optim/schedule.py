@@ -1,19 +1,4 @@
-"""Learning-rate schedule of the seed (docs/original-system.md §2.2), stepped once per iteration.
-
-``lr(it)`` for ``it`` = number of ``scheduler.step()`` calls so far:
-
-- warm-up, ``0 <= it <= W``: ``base/mult · ((mult − 1)·it/W + 1)``, from ``base/mult`` to ``base``
-  (the seed's ``GradualWarmupScheduler``);
-- after, ``W < it``: cosine ``eta_min + (base − eta_min)·(1 + cos(π·(it − W)/(T − W)))/2`` down to
-  ``eta_min`` at ``it = T`` (``CosineAnnealingLR(T_max = T − W)`` in closed form), held at
-  ``eta_min`` beyond ``T``.
-
-``base`` is the already-scaled rate (``base_lr × total_batch / 256``; 4.0 for a 1024 batch).
-``base = 0`` (with ``eta_min = 0``) is a rate of exactly zero at every step: the weights never move and
-only BatchNorm's running statistics change (the reproduction's ``stats-only`` control).
-Built as a :class:`torch.optim.lr_scheduler.LambdaLR` so ``state_dict()``/``load_state_dict()``
-round-trip the position exactly.
-"""
+"""Learning-rate schedule of the seed (docs/original-system.md §2.2), stepped once per iteration."""
 from __future__ import annotations
 
 import math

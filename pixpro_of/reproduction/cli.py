@@ -1,36 +1,4 @@
-"""``python -m pixpro_of reproduce --out DIR``: the mini-reproduction on the synthetic world (``make reproduce``).
-
-The seed's results table (docs/original-system.md §3) compares, by frozen-backbone Cityscapes mIoU,
-PixPro on BDD100K with k = 1 (53.0), PixPro + optical flow with k = 6 (53.4) and the k = 2
-ablation without / with the forward-backward mask (48.37 / 48.71). This command reruns that
-comparison on the synthetic world, with the controls that tell whether following the flow
-matters: k = 6 *without* flow (positives from the crop geometry alone, ``data.flow_source=none``)
-and k = 6 with the world's *exact* flow beside the estimated (DIS) flow.
-
-1. Pretraining videos: ``hdf5_tools pack synth:videos=V,frames=T,size=WxH,seed=S`` (frames and
-   the world's exact flows), then ``hdf5_tools flow --model dis --recompute --into`` a copy with
-   OpenCV DIS flow (what a user without GPUs computes).
-2. Evaluation images: a *different* world seed written with ``synth.write_dataset(format="cityscapes")``.
-3. Every pretraining (row × seed) and every evaluation (linear probe, DeepLabV3 head on the main
-   rows, label propagation on held-out videos of a third world seed) is a **launcher run**
-   (``launcher submit``; ``--scheduler local`` by default, at most ``--jobs`` at a time on this
-   machine; ``--scheduler slurm --gpus 8`` on a cluster). An evaluation is submitted once its
-   pretraining has finished or reached its time box. The pretraining's time box is the run's
-   deadline (``--walltime`` chosen so that walltime − margin = the box) with no resume after it.
-4. Table (mean ± sample std over seeds, per seed, label propagation per frame distance), a bar
-   chart, the propagation curves and the raw per-run numbers.
-
-Writes into ``--out``: ``table.md``, ``miou.png``, ``propagation.png``, ``results.json``, ``data/``,
-``runs/<row>-s<seed>/`` (pretraining run directories), ``eval/<row>-s<seed>-<mode>/`` (evaluation run
-directories with ``scores.json``), ``slots/`` (the local scheduler's slot files) and ``logs/``.
-Running the command again skips every finished run (``done`` marker, ``scores.json``) and waits
-for runs still going; a failed run stays failed (its cell says so) until its folder is deleted.
-``--dry-run`` prints every run's submit command and submits nothing.
-
-This module is the command; what runs is :mod:`pixpro_of.reproduction.plan`, the data it prepares
-:mod:`pixpro_of.reproduction.data`, the tables and pictures :mod:`pixpro_of.reproduction.report`, an
-evaluation as a run :mod:`pixpro_of.reproduction.job`.
-"""
+"""``python -m pixpro_of reproduce --out DIR``: the mini-reproduction on the synthetic world (``make reproduce``)."""
 from __future__ import annotations
 
 import json

@@ -1,29 +1,4 @@
-"""``python -m pixpro_of convert CKPT --to {detectron2,torchvision} OUT``: export the online encoder.
-
-detectron2 (``.pkl``; docs/original-system.md §3, ``convert_pretrain_to_d2.py``): a pickle of
-``{"model": {d2 key: numpy array}, "__author__": "PixPro", "matching_heuristics": True}`` with keys
-
-    conv1.weight                     -> stem.conv1.weight
-    bn1.{weight,bias,running_*}      -> stem.conv1.norm.*
-    layer{1..4}.i.conv{j}.weight     -> res{2..5}.i.conv{j}.weight
-    layer{1..4}.i.bn{j}.*            -> res{2..5}.i.conv{j}.norm.*
-    layer{1..4}.i.downsample.0.weight -> res{2..5}.i.shortcut.weight
-    layer{1..4}.i.downsample.1.*     -> res{2..5}.i.shortcut.norm.*
-
-Only the online encoder is exported (no ``encoder_k``, projectors or PPM). Unlike the seed,
-``num_batches_tracked`` counters are left out: detectron2's (Frozen)BN has no such parameter and
-would list them as unused.
-
-torchvision (``.pth``): ``torch.save`` of a plain state dict with the keys of
-``torchvision.models.<arch>()`` except ``fc.*``, so ``resnet50().load_state_dict(sd, strict=False)``
-reports exactly ``fc.weight``/``fc.bias`` missing; :func:`load_torchvision_backbone` loads it strictly
-into a ResNet whose ``fc`` is ``Identity``.
-
-:func:`read_detectron2` reads such a ``.pkl`` back (numpy-only unpickling), so ``eval seg
---backbone detectron2:PATH`` can score detectron2-format weights (e.g. its torchvision ``R-50.pkl``).
-
-Files are written to a temporary name in the target folder and renamed into place.
-"""
+"""``python -m pixpro_of convert CKPT --to {detectron2,torchvision} OUT``: export the online encoder."""
 from __future__ import annotations
 
 import os

@@ -1,22 +1,4 @@
-"""Find the online encoder in a checkpoint and return it under torchvision ResNet key names.
-
-Accepted inputs (all read with ``torch.load(..., weights_only=True)``; the seed's
-``argparse.Namespace`` under ``opt`` is the only extra type allowed):
-
-* a ``pixpro_of`` training checkpoint: ``{"model": PixPro.state_dict(), "step", "epoch", ...}``
-  with the online encoder under ``encoder.*`` (``encoder_k``, ``projector``, ``projector_k`` and
-  ``ppm`` are dropped);
-* the seed's checkpoints (docs/original-system.md §1.4): ``{"opt", "model": DDP state dict, ...}`` with the
-  encoder under ``module.encoder.*``;
-* a run directory: its newest valid checkpoint (as the trainer resumes), or the seed's
-  ``current.pth``;
-* a plain torchvision ResNet state dict (``conv1.weight``, ``layer1.0...``; ``fc.*`` is dropped),
-  e.g. ImageNet-supervised weights for the seed's supervised row.
-
-Leading ``module.`` (DDP) and ``_orig_mod.`` (``torch.compile``) prefixes are stripped anywhere
-they stack. The result's keys are exactly those of ``torchvision.models.<arch>()`` without
-``fc.*`` (``num_batches_tracked`` is added as 0 where the source lacks it), with shapes checked.
-"""
+"""Find the online encoder in a checkpoint and return it under torchvision ResNet key names."""
 from __future__ import annotations
 
 import argparse
