@@ -79,7 +79,7 @@ def model_sizes() -> dict:
     import torch
 
     from pixpro_of.config import load_config
-    from pixpro_of.train.trainer import build_model
+    from pixpro_of.train.components import build_model
 
     cfg = load_config("pixpro_k6")
     model = build_model(cfg)

@@ -19,7 +19,8 @@ import torch
 from pixpro_of.dist.backend import (Backend, CollectiveDeviceError, SingleProcessBackend,
                                     check_world_matches_launch, make_backend)
 from pixpro_of.dist.checked import DeviceCheckedBackend
-from pixpro_of.train.trainer import Trainer, TrainingFailure
+from pixpro_of.train.failures import TrainingFailure
+from pixpro_of.train.trainer import Trainer
 from plumbing.errors import UserError
 from plumbing.jobenv import job_environment
 from plumbing.runs import EXIT_FINISHED
@@ -115,7 +116,7 @@ def test_two_gloo_ranks_run_every_agreement_on_the_declared_device(tmp_path):
         assert res["code"] == EXIT_FINISHED and res["error"] == ""
         assert res["steps_per_epoch"] == 6  # node 0's 6 videos / 1 per rank, though node 1 holds 8
         calls = res["calls"]
-        for caller in ("_stop_requested", "_average_over_ranks", "_build", "_account_skips"):
+        for caller in ("_stop_requested", "_average_over_ranks", "_equal_node_steps", "_account_skips"):
             assert calls.get(f"allreduce {caller}", 0) >= 1, (caller, calls)
 
 

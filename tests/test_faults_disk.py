@@ -17,8 +17,9 @@ import pytest
 import torch
 
 from pixpro_of.train.checkpoint import CheckpointStore
+from pixpro_of.train.failures import TrainingFailure
 from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
-from pixpro_of.train.trainer import Trainer, TrainingFailure
+from pixpro_of.train.trainer import Trainer
 from test_train_support import make_trainer
 
 TOTAL_STEPS = 24

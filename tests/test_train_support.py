@@ -151,7 +151,7 @@ class TinyPixPro(nn.Module):
 
 
 def tiny_components():
-    from pixpro_of.train.trainer import Components, FixedClips
+    from pixpro_of.train.components import Components, FixedClips
 
     return Components(
         model=lambda cfg: TinyPixPro(),

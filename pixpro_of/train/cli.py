@@ -39,7 +39,8 @@ __all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
 @click.option("--gpu-memory-gib", type=float, default=None,
               help="refuse (exit 2, one line) when data.batch_size over --ranks GPUs of this many GiB cannot fit "
                    "(estimate: pixpro_of/model/memory.py); with --print-config, the launcher's check before submitting")
-@click.option("--ranks", type=int, default=1, show_default=True, help="GPUs the batch is split over, for --gpu-memory-gib")
+@click.option("--ranks", type=int, default=1, show_default=True,
+              help="GPUs the batch is split over, for --gpu-memory-gib")
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_memory_gib, ranks, overrides) -> int:
     """Pretrain PixPro(+flow); exit 0 = finished, 75 = checkpointed (run again to resume), 2 = error.
@@ -88,7 +89,8 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         from pixpro_of.train.stopping import parse_deadline
 
         cfg.stop.deadline = f"@{parse_deadline(cfg.stop.deadline):.3f}"
-    from pixpro_of.train.trainer import Trainer, TrainingFailure
+    from pixpro_of.train.failures import TrainingFailure
+    from pixpro_of.train.trainer import Trainer
 
     trainer = Trainer(cfg, run_dir)
     try:
@@ -99,7 +101,7 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         if not isinstance(exc, TrainingFailure):
             # Only an exception raised asynchronously (a signal handler) while the trainer was
             # handling another gets here; it still ends as one line and takes the workers along.
-            trainer._close_loader(kill=True)
+            trainer.loader.close(kill=True)
             text = (str(exc).strip().splitlines() or [""])[0]
             exc = TrainingFailure(f"{type(exc).__name__}: {text}")
         if trainer.backend.world_size > 1:

@@ -1,22 +1,7 @@
-"""The trainer's data feed: per-sample RNG, resumable epoch batches (shard paths: :func:`hdf5_tools.manifest.resolve_shards`).
-
-Every sample is a pure function of ``(seed, epoch, node, position)``: the clip comes from the
-:class:`~pixpro_of.data.sampler.ClipSampler` order, and the augmentation RNG is
-``np.random.default_rng([seed, epoch, node, position])`` where ``position`` is the clip's index in
-the node's (world-size-independent for one node) epoch order. So batches do not depend on the
-number of DataLoader workers, and a run resumed at batch ``b`` of an epoch sees exactly the
-batches an uninterrupted run would have seen.
-
-Bad samples (``data.on_bad_sample``): a clip that cannot be read (a JPEG or flow chunk failing its
-CRC, a frame that does not decode, a missing flow pair, a truncated file) never raises inside a
-DataLoader worker (torch would wrap the one-line message in a traceback). :class:`SampleSet`
-returns it as a :class:`BadSample` record under the ``"_failed"`` key of the item instead, and
-:class:`SafeCollate` passes it on to the trainer (:class:`LoadedBatch`), which fails with that one line. With
-``skip`` the sample is replaced by a substitute drawn from ``(seed, epoch, node, position,
-attempt)`` (so a resumed run skips and substitutes exactly the same samples), and the records
-of what was skipped travel with the batch (:attr:`LoadedBatch.bad`) for the trainer to log, count and hold
-against ``data.bad_sample_budget``. Workers die with their parent process (``PR_SET_PDEATHSIG``),
-so a killed trainer leaves no orphaned worker behind.
+"""The trainer's data feed: per-sample RNG, the sample set with its bad-sample records, resumable
+epoch batches, the DataLoader and its workers (which die with the trainer). Every sample is a pure
+function of ``(seed, epoch, node, position)``; ARCHITECTURE.md "The trainer" says why and how bad
+samples travel. Shard paths: :func:`hdf5_tools.manifest.resolve_shards`.
 """
 from __future__ import annotations
 
@@ -34,10 +19,12 @@ import numpy as np
 import torch
 import torch.utils.data
 
+from pixpro_of.train.failures import TrainingFailure, dead_workers, stop_worker_watch
 from plumbing.errors import UserError
 
+
 def sample_rng(seed: int, epoch: int, node: int, position: int) -> np.random.Generator:
-    """The augmentation RNG of one sample (see the module docstring)."""
+    """The augmentation RNG of one sample: ``default_rng([seed, epoch, node, position])``."""
     return np.random.default_rng([int(seed), int(epoch), int(node), int(position)])
 
 
@@ -291,11 +278,6 @@ def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, nu
                                        num_workers=num_workers, pin_memory=pin_memory, generator=gen, **kw)
 
 
-def loader_worker_pids(it) -> List[int]:
-    """Process ids of a DataLoader iterator's workers (empty without workers)."""
-    return [w.pid for w in getattr(it, "_workers", ()) if w.pid is not None]
-
-
 def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
     """End a DataLoader iterator's workers now, leaving no process behind.
 
@@ -309,12 +291,7 @@ def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
         return
     workers = list(getattr(it, "_workers", ()))
     if kill and workers:
-        # Stop torch's SIGCHLD watch first: these deaths are ours, not a failure to report.
-        if getattr(it, "_worker_pids_set", False):
-            from torch.utils.data._utils import signal_handling
-
-            signal_handling._remove_worker_pids(id(it))
-            it._worker_pids_set = False
+        stop_worker_watch(it)  # first: these deaths are ours, not a failure to report
         for w in workers:
             _kill(w.pid)
     shutdown = getattr(it, "_shutdown_workers", None)
@@ -329,6 +306,54 @@ def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
         if w.is_alive():
             _kill(w.pid)
             w.join(timeout=timeout)
+
+
+class EpochLoader:
+    """One epoch's DataLoader on one rank, with the views of batch N+1 built on the device during
+    step N (:func:`pixpro_of.data.prefetch.prefetch_views`), and its workers checked at each batch:
+    torch's SIGCHLD handler would raise a worker's death anywhere in the main thread (inside a
+    checkpoint write, inside logging, which swallows it), so it is turned off. ``who``: the
+    failures' prefix (``"rank R: "``)."""
+
+    def __init__(self, who: str = ""):
+        self.who = who
+        self.it = None  # the DataLoader's iterator: its workers
+        self.batches: Optional[Iterator] = None
+        self.ahead = None  # the views prefetcher over ``it`` (data.decode_on=device)
+
+    def open(self, loader: torch.utils.data.DataLoader, views, device: torch.device, channels_last: bool,
+             epoch: int) -> None:
+        self.it = iter(loader)
+        stop_worker_watch(self.it)
+        from pixpro_of.data.prefetch import prefetch_views  # views of batch N+1 built during step N
+
+        self.batches = prefetch_views(self.it, views, device, channels_last, epoch)
+        self.ahead = self.batches if self.batches is not self.it else None
+
+    def check_workers(self, when: str) -> None:
+        """Fail with one line if a worker died (``when``: where that was found)."""
+        dead = dead_workers(self.it)
+        if dead:
+            raise TrainingFailure(f"{self.who}{dead} ({when})")
+
+    def next_batch(self, doing: str, epoch: int) -> Optional[LoadedBatch]:
+        """The next batch, or None at the end of the epoch."""
+        self.check_workers(f"found before {doing}")
+        try:
+            return next(self.batches)
+        except StopIteration:
+            # A worker killed after it had read its share lost nothing, but whatever killed it
+            # (the OOM killer) will strike again: the rule stays one, a killed worker ends the job.
+            self.check_workers(f"found at the end of epoch {epoch}")
+            return None
+
+    def close(self, kill: bool) -> None:
+        """End the workers (at once with ``kill``, after an error), leaving no process behind."""
+        ahead, self.ahead = self.ahead, None
+        if ahead is not None:
+            ahead.close(wait=not kill)
+        it, self.it, self.batches = self.it, None, None
+        close_loader_iter(it, kill=kill)
 
 
 def _kill(pid: Optional[int]) -> None:

@@ -24,6 +24,7 @@ from typing import Dict, List, Mapping, Optional
 from plumbing.runs import RunLayout
 
 log = logging.getLogger(__name__)
+train_log = logging.getLogger("pixpro_of.train")  # the step lines, with the trainer's
 
 
 class MetricsLog:
@@ -54,6 +55,13 @@ class MetricsLog:
             self._tb = SummaryWriter(log_dir=str(RunLayout(self.run_dir).tensorboard), purge_step=resume_step + 1)
         if wandb != "off":
             self._wandb = start_wandb(self.run_dir, wandb, wandb_project, wandb_entity, config or {}, resume_step)
+
+    @classmethod
+    def from_config(cls, run_dir: os.PathLike, log_cfg, enabled: bool, resume_step: int, config: dict) -> "MetricsLog":
+        """The metrics of ``cfg.log`` (CSV, TensorBoard, wandb); ``config`` goes to wandb."""
+        return cls(run_dir, enabled=enabled, csv_enabled=log_cfg.csv, tensorboard=log_cfg.tensorboard,
+                   resume_step=resume_step, wandb=log_cfg.wandb, wandb_project=log_cfg.wandb_project,
+                   wandb_entity=log_cfg.wandb_entity, config=config)
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         """Log one step. ``values`` maps metric names to numbers (tensors must be converted)."""
@@ -117,6 +125,39 @@ class MetricsLog:
             if self._wandb is not None:
                 self._wandb.finish()
                 self._wandb = None
+
+
+def step_values(loss, lr: float, momentum: float, model_metrics: Mapping, mask_ratio=None,
+                positives_s: Optional[float] = None, views_s: Optional[float] = None) -> Dict[str, float]:
+    """One step's metrics as floats (keys: the module docstring); tensors give their mean."""
+    import torch
+
+    out = {"loss": float(loss), "lr": lr, "momentum": float(momentum)}
+    out["loss/plus"] = out["loss"] + 4.0
+    for k, v in model_metrics.items():
+        out[k] = float(v.detach().float().mean()) if torch.is_tensor(v) else float(v)
+    if mask_ratio is not None:
+        out["mask_ratio"] = float(torch.as_tensor(mask_ratio, dtype=torch.float32).mean())
+    if positives_s is not None:
+        out["time/positives"] = positives_s
+    if views_s is not None:
+        out["time/views"] = views_s
+    return out
+
+
+def with_timing(values: Dict[str, float], epoch: int, data_s: float, compute_s: float,
+                batch_size: int) -> Dict[str, float]:
+    """``values`` plus the step's epoch, time split (``time/...``) and ``samples_per_s``."""
+    values.update({"epoch": epoch, "time/data": data_s, "time/compute": compute_s, "time/step": data_s + compute_s,
+                   "samples_per_s": batch_size / max(data_s + compute_s, 1e-9)})
+    return values
+
+
+def log_step(step: int, end_step: int, values: Mapping[str, float]) -> None:
+    """The step's line in the training log."""
+    train_log.info("step %d/%d epoch %d loss %.4f lr %.4g m %.5f data %.3fs compute %.3fs", step, end_step,
+                   values["epoch"], values["loss"], values["lr"], values["momentum"], values["time/data"],
+                   values["time/compute"])
 
 
 def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dict, resume_step: int):

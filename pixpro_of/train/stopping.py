@@ -49,6 +49,12 @@ class StopControl:
         self._previous: Dict[int, object] = {}
         self.reason = ""
 
+    @classmethod
+    def from_config(cls, stop) -> "StopControl":
+        """The control of ``cfg.stop`` (deadline, margin, safety factor, signals)."""
+        return cls(parse_deadline(stop.deadline) if stop.deadline else None, stop.margin_s, stop.safety_factor,
+                   stop.signals)
+
     # -- signals
     def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal API
         # Only set a flag: the checkpoint happens at the next step boundary.

@@ -15,7 +15,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # tests/ for test_
 from pixpro_of.config import load_config  # noqa: E402
 from pixpro_of.dist.backend import make_backend  # noqa: E402
 from pixpro_of.dist.checked import DeviceCheckedBackend  # noqa: E402
-from pixpro_of.train.trainer import FixedClips, Trainer  # noqa: E402
+from pixpro_of.train.components import FixedClips  # noqa: E402
+from pixpro_of.train.trainer import Trainer  # noqa: E402
 from test_train_support import TINY_OVERRIDES, TinyClips, tiny_components  # noqa: E402
 
 
