@@ -18,8 +18,8 @@ import torch
 
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.failures import TrainingFailure
-from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
 from pixpro_of.train.trainer import Trainer
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
 from test_train_support import make_trainer
 
 TOTAL_STEPS = 24

@@ -29,8 +29,8 @@ from pixpro_of.train.components import FixedClips
 from pixpro_of.train.data import BadSample, EpochBatches, SafeCollate, SampleSet, make_loader
 from pixpro_of.train.failures import TrainingFailure
 from pixpro_of.train.metrics_log import read_csv
-from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME
 from pixpro_of.train.trainer import Trainer
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
 from test_train_support import TinyBuilder, TinyClips, make_trainer, tiny_collate, tiny_components
 
 HERE = Path(__file__).resolve().parent

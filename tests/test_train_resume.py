@@ -19,8 +19,9 @@ import torch
 
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.metrics_log import read_csv
-from pixpro_of.train.stopping import EXIT_FINISHED, EXIT_RESUME, StopControl
+from pixpro_of.train.stopping import StopControl
 from pixpro_of.train.trainer import Trainer
+from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
 from test_train_support import make_trainer
 
 HERE = Path(__file__).resolve().parent

@@ -15,11 +15,12 @@ from typing import Optional, Sequence
 
 import click
 
-from plumbing.cli import call, command as cli_command
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, RunLayout
+from plumbing.runs import EXIT_FINISHED, RunLayout
 
-__all__ = ["main", "EXIT_FINISHED", "EXIT_RESUME"]
+__all__ = ["command", "main"]
 
 
 @cli_command("train", epilog="Examples: python -m pixpro_of train --config pixpro_k6 --run-dir runs/k6 "
@@ -50,8 +51,8 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
     """
     args = SimpleNamespace(config=config, run_dir=run_dir, deadline=deadline, signals=signals,
                            print_config=print_config, list_presets=list_presets, overrides=overrides)
-    from plumbing.parse import checked, parse_deadline, signal_name
     from pixpro_of.config import list_presets, load_config
+    from plumbing.parse import checked, parse_deadline, signal_name
 
     if args.list_presets:
         print("\n".join(list_presets()))

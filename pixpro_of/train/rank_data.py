@@ -43,7 +43,7 @@ class RankData:
             mine = [0.0] * (2 * be.world_size)
             mine[2 * be.rank], mine[2 * be.rank + 1] = steps, videos
             every = be.allreduce_values(mine, op="sum")
-            per_rank = list(zip(every[0::2], every[1::2]))
+            per_rank = list(zip(every[0::2], every[1::2], strict=True))
             equal = cadence.equal_steps(per_rank, be.local_size)
             if equal.differ and be.is_main:
                 log.info("node sets differ: %s videos on nodes 0..%d; every node takes %d steps per epoch "

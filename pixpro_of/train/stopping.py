@@ -15,8 +15,9 @@ import time
 from collections import deque
 from typing import Callable, Deque, Dict, Iterable, List, Optional
 
-from plumbing.parse import checked, parse_deadline as parse_deadline_at, signal_number
-from plumbing.runs import EXIT_FINISHED, EXIT_RESUME  # noqa: F401  (the trainer's exit codes, owned there)
+from plumbing.parse import checked, signal_number
+from plumbing.parse import parse_deadline as parse_deadline_at
+
 
 def parse_deadline(text: str, now: Optional[float] = None, what: str = "--deadline") -> float:
     """The deadline as a Unix time in seconds (the grammar is :func:`plumbing.parse.parse_deadline`:

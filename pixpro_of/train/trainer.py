@@ -202,7 +202,7 @@ class Trainer:
         if self.backend.world_size == 1:
             return values
         keys = sorted(values)
-        return dict(zip(keys, self.backend.allreduce_values([values[k] for k in keys], op="mean")))
+        return dict(zip(keys, self.backend.allreduce_values([values[k] for k in keys], op="mean"), strict=True))
 
     def _stop_requested(self) -> bool:
         """Every rank must stop at the same step, or collectives would hang: any rank's request
