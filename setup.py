@@ -1,4 +1,5 @@
 """pixpro-of: pixel-level contrastive pretraining of driving videos with optical flow."""
+
 from setuptools import find_packages, setup
 
 setup(
@@ -6,9 +7,22 @@ setup(
     version="0.1.0",
     description="PixPro + optical flow pretraining on driving videos, HDF5 shards, and cluster launchers",
     python_requires=">=3.11",  # tomllib (launcher.clusters)
-    packages=find_packages(include=["pixpro_of", "pixpro_of.*", "flow", "flow.*", "hdf5_tools", "hdf5_tools.*",
-                                    "launcher", "launcher.*", "plumbing", "plumbing.*",
-                                    "synth", "synth.*"])
+    packages=find_packages(
+        include=[
+            "pixpro_of",
+            "pixpro_of.*",
+            "flow",
+            "flow.*",
+            "hdf5_tools",
+            "hdf5_tools.*",
+            "launcher",
+            "launcher.*",
+            "plumbing",
+            "plumbing.*",
+            "synth",
+            "synth.*",
+        ]
+    )
     + ["pixpro_of.configs", "launcher.templates", "launcher.profiles"],
     # templates/ and configs/ live at the top of the checkout (the design fixes the
     # layout) and install as package data under launcher/ and pixpro_of/.

@@ -9,6 +9,7 @@ Prints, measured in one run on the same state:
 Default: a PixPro ResNet-18 state (online + momentum + LARS buffers, ~135 MB), under ~60 s.
 ``--arch resnet50`` gives the seed's state (~400 MB).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -69,10 +70,18 @@ def main(argv=None) -> int:
         size = info.size / 1e6
     med = statistics.median
     print(f"checkpoint of PixPro {a.arch} + LARS state: {size:.0f} MB, median of {a.repeats}")
-    print(f"  save: store {med(safe_save):.2f} s vs torch.save {med(raw_save):.2f} s  ratio {med(safe_save) / med(raw_save):.2f}")
-    print(f"  save: store {med(safe_save):.2f} s vs torch.save+fsync {med(sync_save):.2f} s  "
-          f"ratio {med(safe_save) / med(sync_save):.2f}")
-    print(f"  load: store {med(safe_load):.2f} s vs torch.load {med(raw_load):.2f} s  ratio {med(safe_load) / med(raw_load):.2f}")
+    print(
+        f"  save: store {med(safe_save):.2f} s vs torch.save {med(raw_save):.2f} s  ratio "
+        f"{med(safe_save) / med(raw_save):.2f}"
+    )
+    print(
+        f"  save: store {med(safe_save):.2f} s vs torch.save+fsync {med(sync_save):.2f} s  "
+        f"ratio {med(safe_save) / med(sync_save):.2f}"
+    )
+    print(
+        f"  load: store {med(safe_load):.2f} s vs torch.load {med(raw_load):.2f} s  ratio "
+        f"{med(safe_load) / med(raw_load):.2f}"
+    )
     return 0
 
 

@@ -7,6 +7,7 @@
 
 usage: python bench/bench_dist.py [--numel 25557032] [--reps 5] [--arch resnet18] [--batch 16] [--size 112] [--steps 6]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -54,7 +55,7 @@ def _worker_step(backend: str, arch: str, batch: int, size: int, steps: int, syn
     x = torch.randn(batch, 3, size, size)
     y = torch.randint(0, 16, (batch,))
     times = []
-    for s in range(steps):
+    for _ in range(steps):
         t0 = time.perf_counter()
         opt.zero_grad()
         torch.nn.functional.cross_entropy(model(x), y).backward()
@@ -68,8 +69,13 @@ def _worker_step(backend: str, arch: str, batch: int, size: int, steps: int, syn
 
 
 def _run(np_: int, args) -> dict:
-    env = dict(os.environ, OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1")
+    env = dict(
+        os.environ,
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_mpi_yield_when_idle="1",
+    )
     if np_ == 1:
         cmd = [sys.executable, __file__] + args
     else:
@@ -100,16 +106,32 @@ def main() -> None:
     print(f"1. allreduce of {a.numel * 4 / 1e6:.1f} MB (float32) across 2 ranks")
     for be in ("horovod", "ddp"):
         r = _run(2, ["--worker", "allreduce", "--backend", be, "--numel", str(a.numel), "--reps", str(a.reps)])
-        print(f"   {be:8s} {r['seconds'] * 1e3:8.1f} ms  {r['bytes'] / r['seconds'] / 1e9:6.2f} GB/s algorithm bandwidth")
+        print(
+            f"   {be:8s} {r['seconds'] * 1e3:8.1f} ms  {r['bytes'] / r['seconds'] / 1e9:6.2f} GB/s algorithm bandwidth"
+        )
     print(f"2. step time, {a.arch} {a.size}px, per-rank batch {a.batch}, 2 ranks vs 1 rank (median step)")
-    common = ["--worker", "step", "--arch", a.arch, "--batch", str(a.batch), "--size", str(a.size), "--steps", str(a.steps)]
+    common = [
+        "--worker",
+        "step",
+        "--arch",
+        a.arch,
+        "--batch",
+        str(a.batch),
+        "--size",
+        str(a.size),
+        "--steps",
+        str(a.steps),
+    ]
     for sync in (True, False):
         extra = [] if sync else ["--no-syncbn"]
         one = _run(1, common + extra + ["--backend", "single"])
         for be in ("horovod", "ddp"):
             two = _run(2, common + extra + ["--backend", be])
-            print(f"   {be:8s} {'SyncBN ' if sync else 'local BN'} 1 rank {one['step_s'] * 1e3:7.1f} ms   "
-                  f"2 ranks {two['step_s'] * 1e3:7.1f} ms   ratio {two['step_s'] / one['step_s']:.2f}x (goal <= 1.15x)")
+            print(
+                f"   {be:8s} {'SyncBN ' if sync else 'local BN'} 1 rank {one['step_s'] * 1e3:7.1f} ms   "
+                f"2 ranks {two['step_s'] * 1e3:7.1f} ms   ratio {two['step_s'] / one['step_s']:.2f}x (goal <= 1.15x)"
+            )
+
 
 if __name__ == "__main__":
     main()

@@ -15,6 +15,7 @@ error:`` lines, whether any traceback was printed, processes left behind, and th
 
 usage: python bench/bench_faults.py [--faults jpeg,flow,truncate,delete,worker] [--launch 1,horovod,ddp] [--json]
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,13 +28,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
 import test_faults_support as fs  # noqa: E402
+
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME  # noqa: E402
 
 FAULTS = {
-    "jpeg": lambda shard: (lambda token: fs.corrupt_jpegs(shard)),
-    "flow": lambda shard: (lambda token: fs.corrupt_flows(shard)),
-    "truncate": lambda shard: (lambda token: fs.truncate(shard)),
-    "delete": lambda shard: (lambda token: fs.delete(shard)),
+    "jpeg": lambda shard: lambda token: fs.corrupt_jpegs(shard),
+    "flow": lambda shard: lambda token: fs.corrupt_flows(shard),
+    "truncate": lambda shard: lambda token: fs.truncate(shard),
+    "delete": lambda shard: lambda token: fs.delete(shard),
     "worker": lambda shard: fs.kill_worker,
 }
 
@@ -47,11 +49,17 @@ def run_one(root: Path, fault: str, launch: str) -> dict:
     r = fs.run_with_fault(fs.train_cmd(run, manifest, ranks, backend), run, FAULTS[fault](shard))
     lines = fs.error_lines(r["output"])
     first = r["first_bad_read"]
-    out = {"fault": fault, "launch": launch if launch != "1" else "1 rank", "rc": r["rc"],
-           "exit_after_inject_s": round(r["t_exit"] - r["t_inject"], 2),
-           "exit_after_first_bad_read_s": round(r["t_exit"] - first, 2) if first else None,
-           "error_lines": len(lines), "traceback": "Traceback" in r["output"], "left": len(r["left"]),
-           "message": lines[0][len(fs.ERROR_LINE):] if lines else r["output"].strip().splitlines()[-1:]}
+    out = {
+        "fault": fault,
+        "launch": launch if launch != "1" else "1 rank",
+        "rc": r["rc"],
+        "exit_after_inject_s": round(r["t_exit"] - r["t_inject"], 2),
+        "exit_after_first_bad_read_s": round(r["t_exit"] - first, 2) if first else None,
+        "error_lines": len(lines),
+        "traceback": "Traceback" in r["output"],
+        "left": len(r["left"]),
+        "message": lines[0][len(fs.ERROR_LINE) :] if lines else r["output"].strip().splitlines()[-1:],
+    }
     shutil.rmtree(work, ignore_errors=True)
     return out
 
@@ -72,13 +80,20 @@ def main(argv=None) -> int:
                     print(json.dumps(row), flush=True)
                 else:
                     first = row["exit_after_first_bad_read_s"]
-                    print(f"{row['fault']:9s} {row['launch']:8s} rc={row['rc']} exit {row['exit_after_inject_s']:5.2f} s "
-                          f"after injection, {'%5.2f s' % first if first is not None else '  n/a  '} after the first "
-                          f"bad read; {row['error_lines']} error line(s), traceback={row['traceback']}, "
-                          f"left={row['left']}: {row['message']}", flush=True)
+                    print(
+                        f"{row['fault']:9s} {row['launch']:8s} rc={row['rc']} exit {row['exit_after_inject_s']:5.2f} s "
+                        f"after injection, {'%5.2f s' % first if first is not None else '  n/a  '} after the first "
+                        f"bad read; {row['error_lines']} error line(s), traceback={row['traceback']}, "
+                        f"left={row['left']}: {row['message']}",
+                        flush=True,
+                    )
     worst = max(r["exit_after_inject_s"] for r in rows)
     print(f"slowest exit after an injected fault: {worst:.2f} s (goal <= 30 s)")
-    return 0 if all(r["rc"] not in (EXIT_FINISHED, EXIT_RESUME) and r["left"] == 0 and not r["traceback"] for r in rows) else 1
+    return (
+        0
+        if all(r["rc"] not in (EXIT_FINISHED, EXIT_RESUME) and r["left"] == 0 and not r["traceback"] for r in rows)
+        else 1
+    )
 
 
 if __name__ == "__main__":

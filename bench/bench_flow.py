@@ -18,9 +18,11 @@ GPU run (issue 5: RAFT-small and -large, bf16, batch 8, 1280x720)::
 Usage: ``python bench/bench_flow.py [--pairs 2] [--threads 1] [--only dis|raft|ops]``. The default
 run takes about a minute on this 2-core machine.
 """
+
 from __future__ import annotations
 
 import argparse
+import functools
 import os
 import time
 
@@ -73,22 +75,27 @@ def main() -> None:
         rgb = frames(parse_wxh(a.dis_size))
         for preset in ("ultrafast", "fast", "medium"):
             est = make_estimator("dis", dis_preset=preset, threads=1)
-            wall, cpu = timed(lambda: est(rgb[0:1], rgb[1:2]), max(a.pairs, 3))
+            wall, cpu = timed(functools.partial(est, rgb[0:1], rgb[1:2]), max(a.pairs, 3))
             res[f"dis-{preset}"] = wall
             print(f"DIS {preset:<9} {a.dis_size} 1 core : {1 / wall:7.2f} pairs/s  ({cpu:.3f} CPU s/pair)", flush=True)
     if a.only in (None, "raft"):
         rgb = frames(parse_wxh(a.raft_size))
         amp = None if a.amp == "fp32" else a.amp
         sync = torch.cuda.synchronize if a.device.startswith("cuda") else None
-        dev_name = torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"CPU, {a.threads} thread(s)"
+        dev_name = (
+            torch.cuda.get_device_name(a.device) if a.device.startswith("cuda") else f"CPU, {a.threads} thread(s)"
+        )
         x1 = np.repeat(rgb[0:1], a.batch, 0)
         x2 = np.repeat(rgb[1:2], a.batch, 0)
         for name in ("raft-small", "raft-large"):
             est = make_estimator(name, device=a.device, iters=a.iters, amp=amp)
-            wall, cpu = timed(lambda: est(x1, x2), a.pairs, sync)
+            wall, cpu = timed(functools.partial(est, x1, x2), a.pairs, sync)
             res[name] = wall / a.batch
-            print(f"{name:<10} {a.raft_size} {a.amp} batch {a.batch} on {dev_name}: {a.batch / wall:7.2f} pairs/s "
-                  f"({cpu / a.batch:.2f} CPU s/pair)", flush=True)
+            print(
+                f"{name:<10} {a.raft_size} {a.amp} batch {a.batch} on {dev_name}: {a.batch / wall:7.2f} pairs/s "
+                f"({cpu / a.batch:.2f} CPU s/pair)",
+                flush=True,
+            )
     if a.only in (None, "ops"):
         from flow.ops import chain_backward, chain_flows, fb_consistency
 
@@ -98,14 +105,18 @@ def main() -> None:
         cf = chain_flows(fl)
         cb = chain_backward(-fl)
         wall_m, _ = timed(lambda: fb_consistency(cf, cb, "seed"), 3)
-        print(f"chain_flows 5 x 720x1280: {wall_c * 1e3:.0f} ms; fb_consistency 720x1280: {wall_m * 1e3:.0f} ms "
-              f"({torch.get_num_threads()} thread(s))")
+        print(
+            f"chain_flows 5 x 720x1280: {wall_c * 1e3:.0f} ms; fb_consistency 720x1280: {wall_m * 1e3:.0f} ms "
+            f"({torch.get_num_threads()} thread(s))"
+        )
     print(f"load average at start {load0:.2f} (2-core machine; other processes share it)")
     if "raft-small" in res and "raft-large" in res:
         print(f"ratio RAFT-large / RAFT-small time per pair: {res['raft-large'] / res['raft-small']:.2f}")
     if "raft-small" in res and "dis-medium" in res:
-        print(f"ratio RAFT-small ({a.raft_size}) / DIS-medium ({a.dis_size}) time per pair: "
-              f"{res['raft-small'] / res['dis-medium']:.2f}")
+        print(
+            f"ratio RAFT-small ({a.raft_size}) / DIS-medium ({a.dis_size}) time per pair: "
+            f"{res['raft-small'] / res['dis-medium']:.2f}"
+        )
     if "dis-medium" in res and "dis-ultrafast" in res:
         print(f"ratio DIS medium / ultrafast time per pair: {res['dis-medium'] / res['dis-ultrafast']:.2f}")
 

@@ -8,6 +8,7 @@ cost of the distribution (frame and flow messages between ranks) on top of the f
 Usage: ``python bench/bench_flow_compute.py [--videos 4] [--video-frames 12] [--size 640x360] [--np 2]
 [--model dis] [--weights PATH]``. The default run takes well under a minute with DIS.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -37,8 +38,16 @@ def build(folder: Path, videos: int, frames: int, size) -> int:
     for v in range(videos):
         rgb = render_video(100 + v, frames, size=size).rgb
         jpegs = [simplejpeg.encode_jpeg(np.ascontiguousarray(f), quality=90, colorspace="RGB") for f in rgb]
-        schema.add_video(shards[v % 2], f"video{v:03d}", jpegs, split="train", height=size[1], width=size[0], fps=10.0,
-                         source="synth")
+        schema.add_video(
+            shards[v % 2],
+            f"video{v:03d}",
+            jpegs,
+            split="train",
+            height=size[1],
+            width=size[0],
+            fps=10.0,
+            source="synth",
+        )
         pairs += frames - 1
     for h5 in shards:
         h5.close()
@@ -62,24 +71,54 @@ def main() -> None:
         args = ["--model", a.model, "--threads", "1", "--no-progress"] + (["--weights", a.weights] if a.weights else [])
         env = dict(os.environ, OMP_NUM_THREADS="1", OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
         t0 = time.perf_counter()
-        r = subprocess.run([sys.executable, "-m", "hdf5_tools", "flow", str(tmp / "src"), *args], cwd=REPO, env=env,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            [sys.executable, "-m", "hdf5_tools", "flow", str(tmp / "src"), *args],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         t1 = time.perf_counter() - t0
         if r.returncode:
             raise SystemExit(r.stderr)
         t0 = time.perf_counter()
-        r2 = subprocess.run(["mpirun", "-np", str(a.np), "--oversubscribe", sys.executable, "-m", "hdf5_tools", "flow",
-                             str(tmp / "mpi"), *args], cwd=REPO, env=env, capture_output=True, text=True)
+        r2 = subprocess.run(
+            [
+                "mpirun",
+                "-np",
+                str(a.np),
+                "--oversubscribe",
+                sys.executable,
+                "-m",
+                "hdf5_tools",
+                "flow",
+                str(tmp / "mpi"),
+                *args,
+            ],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
         t2 = time.perf_counter() - t0
         if r2.returncode:
             raise SystemExit(r2.stdout + r2.stderr)
         inner1 = [float(x) for x in re.findall(r"\(([\d.]+) pairs/s\)", r.stdout)]
         print(f"{pairs} pairs ({2 * pairs} flows) of {a.size} frames, {a.model}, {a.videos} videos in 2 shards")
-        print(f"1 process      : {pairs / t1:6.2f} pairs/s wall incl. start-up ({t1:.1f} s); in-loop {inner1[0]:.2f} pairs/s")
-        print(f"mpirun -np {a.np}   : {pairs / t2:6.2f} pairs/s wall incl. start-up ({t2:.1f} s); per rank: "
-              + "; ".join(sorted(re.findall(r"rank \d+: \d+ pair\(s\) with \S+ in [\d.]+ s \([\d.]+ pairs/s\)", r2.stdout))))
-        print(f"ratio mpirun -np {a.np} / 1 process throughput: {t1 / t2:.2f} (load average {os.getloadavg()[0]:.2f}, "
-              f"{os.cpu_count()} cores)")
+        print(
+            f"1 process      : {pairs / t1:6.2f} pairs/s wall incl. start-up ({t1:.1f} s); in-loop "
+            f"{inner1[0]:.2f} pairs/s"
+        )
+        print(
+            f"mpirun -np {a.np}   : {pairs / t2:6.2f} pairs/s wall incl. start-up ({t2:.1f} s); per rank: "
+            + "; ".join(
+                sorted(re.findall(r"rank \d+: \d+ pair\(s\) with \S+ in [\d.]+ s \([\d.]+ pairs/s\)", r2.stdout))
+            )
+        )
+        print(
+            f"ratio mpirun -np {a.np} / 1 process throughput: {t1 / t2:.2f} (load average {os.getloadavg()[0]:.2f}, "
+            f"{os.cpu_count()} cores)"
+        )
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
 

@@ -24,6 +24,7 @@ Methods are interleaved; the median of ``--iters`` timed steps after ``--warmup`
     python bench/bench_gpu_step.py --raft-pairs 16
     python bench/bench_gpu_step.py --device cpu --arch resnet18 --batch 2 --iters 2 --warmup 1   # smoke test
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,11 +41,17 @@ def main(argv=None) -> int:
     ap.add_argument("--arch", default="resnet50", choices=ARCHS)
     ap.add_argument("--batch", type=int, default=64, help="samples per step (default 64)")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--preset", default="pixpro_k6",
-                    help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)")
-    ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                    help="override the preset's optim.precision")
-    ap.add_argument("--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)")
+    ap.add_argument(
+        "--preset",
+        default="pixpro_k6",
+        help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)",
+    )
+    ap.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16", "fp16"], help="override the preset's optim.precision"
+    )
+    ap.add_argument(
+        "--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)"
+    )
     ap.add_argument("--no-channels-last", action="store_true")
     ap.add_argument("--iters", type=int, default=20)
     ap.add_argument("--warmup", type=int, default=5)
@@ -146,8 +153,10 @@ def main(argv=None) -> int:
             times[m].append(time.perf_counter() - t0)
     med = {m: statistics.median(t) for m, t in times.items()}
     tf32_note = f" (TF32 {'on' if tf32 else 'off'})" if args.precision == "fp32" and dev.type == "cuda" else ""
-    print(f"device: {name}; {args.arch}, batch {B}, {S}px, precision {args.precision}{tf32_note} ({args.preset}), "
-          f"{'contiguous' if args.no_channels_last else 'channels_last'}, median of {args.iters} steps")
+    print(
+        f"device: {name}; {args.arch}, batch {B}, {S}px, precision {args.precision}{tf32_note} ({args.preset}), "
+        f"{'contiguous' if args.no_channels_last else 'channels_last'}, median of {args.iters} steps"
+    )
     sup_rate = B / med["supervised"]
     pix_rate = B / med["pixpro"]
     print(f"supervised {args.arch}: {med['supervised'] * 1000:8.1f} ms/step  {sup_rate:8.1f} img/s")
@@ -155,8 +164,10 @@ def main(argv=None) -> int:
     print(f"pixpro samples/s x 2.7 / supervised img/s = {pix_rate * 2.7 / sup_rate:.3f} (goal >= 0.9)")
     if raft is not None:
         rate = args.raft_pairs / med["raft"]
-        print(f"RAFT-small, 12 iters, {args.raft_size}: {rate:.1f} pairs/s "
-              f"(flow on the fly at k=6 needs 10 pairs per sample: {rate / 10:.1f} samples/s)")
+        print(
+            f"RAFT-small, 12 iters, {args.raft_size}: {rate:.1f} pairs/s "
+            f"(flow on the fly at k=6 needs 10 pairs per sample: {rate / 10:.1f} samples/s)"
+        )
     return 0
 
 

@@ -28,6 +28,7 @@ device path shares its GPU with the step; the rate of the two in series is print
     python bench/bench_input.py --device cpu --workers 2 --arch resnet18 --image-size 64 --batch 8
     python bench/bench_input.py --smoke                              # CPU, tiny, a few seconds (CI)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,15 @@ def ensure_shards(workdir: Path, videos: int, frames: int, width: int, height: i
     out = workdir / f"synth-{videos}x{frames}-{width}x{height}"
     manifest = out / "manifest.json"
     if not manifest.exists():
-        pack(PackConfig(src=f"synth:videos={videos},frames={frames},size={width}x{height},seed=0", out=str(out),
-                        nodes=1, jobs=jobs, progress=False))
+        pack(
+            PackConfig(
+                src=f"synth:videos={videos},frames={frames},size={width}x{height},seed=0",
+                out=str(out),
+                nodes=1,
+                jobs=jobs,
+                progress=False,
+            )
+        )
     return manifest
 
 
@@ -60,11 +68,17 @@ def main(argv=None) -> int:
     ap.add_argument("--batch", type=int, default=64, help="samples per GPU per step (default 64)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--k", type=int, default=6, help="clip length (default 6)")
-    ap.add_argument("--preset", default="pixpro_k6",
-                    help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)")
-    ap.add_argument("--precision", default=None, choices=["fp32", "bf16", "fp16"],
-                    help="override the preset's optim.precision")
-    ap.add_argument("--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)")
+    ap.add_argument(
+        "--preset",
+        default="pixpro_k6",
+        help="training preset whose precision (optim.precision, optim.tf32) is measured (default pixpro_k6)",
+    )
+    ap.add_argument(
+        "--precision", default=None, choices=["fp32", "bf16", "fp16"], help="override the preset's optim.precision"
+    )
+    ap.add_argument(
+        "--tf32", default=None, choices=["on", "off"], help="override the preset's optim.tf32 (fp32 on CUDA)"
+    )
     ap.add_argument("--frame-size", default="1280x720", help="WxH of the synthetic frames (default 1280x720)")
     ap.add_argument("--videos", type=int, default=8)
     ap.add_argument("--video-frames", type=int, default=8)
@@ -217,23 +231,38 @@ def main(argv=None) -> int:
         rates["c"].append(train_step())
     med = {m: statistics.median(v) for m, v in rates.items()}
     N = args.workers
-    print(f"device: {name} ({dev.type}); frames {w}x{h} JPEG (synthetic world, {made:.0f} s to make/find), k={args.k}, "
-          f"views {S}px, batch {B}, {args.arch} {precision}, {N} workers, decode chunk {args.chunk}, "
-          f"median of {args.rounds} rounds x {args.batches} batches")
-    print(f"(a) CPU workers x{N} (decode + views in the workers, positives on {dev.type}): "
-          f"{med['a']:.1f} samples/s per GPU")
-    print(f"(b) device path (bytes in {N} workers; decode + views + positives on {dev.type}): "
-          f"{med['b']:.1f} samples/s per GPU")
-    print(f"    device stage alone (decode + views + positives of a batch in host memory): {med['stage']:.1f} samples/s")
+    print(
+        f"device: {name} ({dev.type}); frames {w}x{h} JPEG (synthetic world, {made:.0f} s to make/find), k={args.k}, "
+        f"views {S}px, batch {B}, {args.arch} {precision}, {N} workers, decode chunk {args.chunk}, "
+        f"median of {args.rounds} rounds x {args.batches} batches"
+    )
+    print(
+        f"(a) CPU workers x{N} (decode + views in the workers, positives on {dev.type}): "
+        f"{med['a']:.1f} samples/s per GPU"
+    )
+    print(
+        f"(b) device path (bytes in {N} workers; decode + views + positives on {dev.type}): "
+        f"{med['b']:.1f} samples/s per GPU"
+    )
+    print(
+        f"    device stage alone (decode + views + positives of a batch in host memory): {med['stage']:.1f} samples/s"
+    )
     print(f"    workers alone (read bytes + flows, draw the views, x{N}): {med['workers']:.1f} samples/s")
-    print(f"(c) training step ({args.arch} PixPro, {S}px, batch {B}, {precision}"
-          f"{' TF32 ' + ('on' if tf32 else 'off') if precision == 'fp32' and dev.type == 'cuda' else ''} "
-          f"({args.preset}) on {dev.type}): "
-          f"{med['c']:.1f} samples/s per GPU")
-    print(f"input / step: (a) {med['a'] / med['c']:.2f}x, (b) {med['b'] / med['c']:.2f}x  (goal >= 1.2x: the GPU never waits)")
+    print(
+        f"(c) training step ({args.arch} PixPro, {S}px, batch {B}, {precision}"
+        f"{' TF32 ' + ('on' if tf32 else 'off') if precision == 'fp32' and dev.type == 'cuda' else ''} "
+        f"({args.preset}) on {dev.type}): "
+        f"{med['c']:.1f} samples/s per GPU"
+    )
+    print(
+        f"input / step: (a) {med['a'] / med['c']:.2f}x, (b) {med['b'] / med['c']:.2f}x  (goal >= 1.2x: the GPU "
+        "never waits)"
+    )
     serial = 1.0 / (1.0 / med["stage"] + 1.0 / med["c"])
-    print(f"device path: {med['b']:.1f} samples/s per GPU (goal >= 1000); device stage and step in series on one "
-          f"GPU: {serial:.1f} samples/s")
+    print(
+        f"device path: {med['b']:.1f} samples/s per GPU (goal >= 1000); device stage and step in series on one "
+        f"GPU: {serial:.1f} samples/s"
+    )
     return 0
 
 

@@ -4,13 +4,15 @@ Source: a generated BDD-like frame-folder tree (1280x720 JPEGs, ``--video-frames
 ``--flows`` also the seed's per-video fp32 ``.pth`` flow files, which pack converts to float16
 chunks). Each round copies the source with ``cp -r`` and packs it (``-j``), into fresh folders on
 the same file system, both from a warm page cache and without a final sync; the outputs are
-deleted between rounds and ``sync`` runs (untimed) before each copy or pack. Reports MB/s of source bytes for both and their ratio per round (median).
+deleted between rounds and ``sync`` runs (untimed) before each copy or pack. Reports MB/s of
+source bytes for both and their ratio per round (median).
 Pack's time includes parsing every JPEG header, CRC32 of every frame and flow chunk, and the
 whole-file CRC32 written to the manifest.
 
     .venv/bin/python bench/bench_pack.py                 # ~30-60 s
     .venv/bin/python bench/bench_pack.py --flows --rounds 5 -j 2
 """
+
 from __future__ import annotations
 
 import argparse
@@ -41,11 +43,14 @@ def main(argv=None) -> int:
     info = fake_sources.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
     src = work / "src"
     src_bytes = info["jpeg_bytes"] + (info["flow_bytes"] if a.flows else 0)
-    print(f"source: {a.videos} videos x {a.frames} frames 1280x720, {src_bytes / 1e6:.0f} MB "
-          f"({'JPEG + seed .pth flows' if a.flows else 'JPEG only'})")
+    print(
+        f"source: {a.videos} videos x {a.frames} frames 1280x720, {src_bytes / 1e6:.0f} MB "
+        f"({'JPEG + seed .pth flows' if a.flows else 'JPEG only'})"
+    )
     # Warm the page cache.
     for p in list((src / "images").rglob("*.jpg")) + (list((src / "flow").rglob("*.pth")) if a.flows else []):
         p.read_bytes()
+
     def run_cp():
         dst = work / "cp-out"
         shutil.rmtree(dst, ignore_errors=True)
@@ -65,8 +70,17 @@ def main(argv=None) -> int:
         shutil.rmtree(out, ignore_errors=True)
         c0 = resource.getrusage(resource.RUSAGE_SELF)
         t0 = time.perf_counter()
-        pack(PackConfig(src=str(src), out=str(out), nodes=1, shard_size=8 << 30, jobs=a.jobs,
-                        flows=str(src / "flow") if a.flows else None, progress=False))
+        pack(
+            PackConfig(
+                src=str(src),
+                out=str(out),
+                nodes=1,
+                shard_size=8 << 30,
+                jobs=a.jobs,
+                flows=str(src / "flow") if a.flows else None,
+                progress=False,
+            )
+        )
         wall = time.perf_counter() - t0
         c1 = resource.getrusage(resource.RUSAGE_SELF)
         shutil.rmtree(out)
@@ -87,13 +101,19 @@ def main(argv=None) -> int:
         ratios.append(rates["pack"][-1] / rates["cp"][-1])
         print(f"round {r + 1}: cp {rates['cp'][-1]:.0f} MB/s, pack {rates['pack'][-1]:.0f} MB/s", file=sys.stderr)
     med = statistics.median
-    print(f"pack (-j {a.jobs}) {med(rates['pack']):.0f} MB/s, cp -r {med(rates['cp']):.0f} MB/s "
-          f"(median of {a.rounds} rounds, order alternated)")
-    print(f"  ratio pack/cp wall-clock MB/s {med(ratios):.2f}   (goal >= 0.8; per round: "
-          f"{', '.join(f'{x:.2f}' for x in ratios)})")
+    print(
+        f"pack (-j {a.jobs}) {med(rates['pack']):.0f} MB/s, cp -r {med(rates['cp']):.0f} MB/s "
+        f"(median of {a.rounds} rounds, order alternated)"
+    )
+    print(
+        f"  ratio pack/cp wall-clock MB/s {med(ratios):.2f}   (goal >= 0.8; per round: "
+        f"{', '.join(f'{x:.2f}' for x in ratios)})"
+    )
     if a.jobs == 1:
-        print(f"  CPU seconds (user+sys): pack {med(cpu['pack']):.2f} s, cp {med(cpu['cp']):.2f} s -> "
-              f"CPU-bound ratio cp/pack {med(cpu['cp']) / med(cpu['pack']):.2f}")
+        print(
+            f"  CPU seconds (user+sys): pack {med(cpu['pack']):.2f} s, cp {med(cpu['cp']):.2f} s -> "
+            f"CPU-bound ratio cp/pack {med(cpu['cp']) / med(cpu['pack']):.2f}"
+        )
     return 0
 
 

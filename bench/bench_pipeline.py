@@ -24,6 +24,7 @@ from this one run (goal: pipeline / floor >= 0.8).
     .venv/bin/python bench/bench_pipeline.py --samples 200 --rounds 7 --no-baseline
     .venv/bin/python bench/bench_pipeline.py --defer-positives       # worker without positives (GPU later)
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,10 +45,14 @@ _ROOT = Path(__file__).resolve().parents[1]
 def load_baseline(rev: str):
     """``(augment, positives, pipeline)`` modules as they were at git revision ``rev``."""
     mods = {}
-    for name, path in (("augment", "pixpro_of/data/augment.py"), ("positives", "pixpro_of/positives.py"),
-                       ("pipeline", "pixpro_of/data/pipeline.py")):
-        src = subprocess.run(["git", "-C", str(_ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True,
-                             check=True).stdout
+    for name, path in (
+        ("augment", "pixpro_of/data/augment.py"),
+        ("positives", "pixpro_of/positives.py"),
+        ("pipeline", "pixpro_of/data/pipeline.py"),
+    ):
+        src = subprocess.run(
+            ["git", "-C", str(_ROOT), "show", f"{rev}:{path}"], capture_output=True, text=True, check=True
+        ).stdout
         src = src.replace("from pixpro_of.data.augment import", "from _baseline_augment import")
         src = src.replace("from pixpro_of.positives import", "from _baseline_positives import")
         mod = types.ModuleType(f"_baseline_{name}")
@@ -64,10 +69,15 @@ def main(argv=None) -> int:
     ap.add_argument("--frames", dest="k", type=int, default=6, help="clip length k (default 6)")
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--flow-resolution", default="coarse", choices=["coarse", "full"])
-    ap.add_argument("--defer-positives", action="store_true",
-                    help="SampleBuilder carry='flows': the worker skips positives (computed per batch later, e.g. on GPU)")
+    ap.add_argument(
+        "--defer-positives",
+        action="store_true",
+        help="SampleBuilder carry='flows': the worker skips positives (computed per batch later, e.g. on GPU)",
+    )
     ap.add_argument("--quality", type=int, default=95, help="JPEG quality of the test frames (default 95)")
-    ap.add_argument("--baseline", default=BASELINE_REV, help="git revision of the 'before' code (default: %(default).10s)")
+    ap.add_argument(
+        "--baseline", default=BASELINE_REV, help="git revision of the 'before' code (default: %(default).10s)"
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the before/after comparison")
     args = ap.parse_args(argv)
 
@@ -96,9 +106,11 @@ def main(argv=None) -> int:
     builder = SampleBuilder(cfg, F, carry="flows" if args.defer_positives else "positives")
     decoded = [simplejpeg.decode_jpeg(j, colorspace="RGB") for j in jpegs]
     H, W = decoded[0].shape[:2]
-    print(f"frames {decoded[0].shape[1]}x{decoded[0].shape[0]}, JPEG {sum(map(len, jpegs)) / 2 / 1024:.0f} KiB each, "
-          f"k={args.k}, flows {tuple(fwd.shape)} per direction, views {args.image_size}px, F={F}, "
-          f"flow_resolution={args.flow_resolution}, defer_positives={args.defer_positives}")
+    print(
+        f"frames {decoded[0].shape[1]}x{decoded[0].shape[0]}, JPEG {sum(map(len, jpegs)) / 2 / 1024:.0f} KiB each, "
+        f"k={args.k}, flows {tuple(fwd.shape)} per direction, views {args.image_size}px, F={F}, "
+        f"flow_resolution={args.flow_resolution}, defer_positives={args.defer_positives}"
+    )
     fwd_t, bwd_t = torch.from_numpy(fwd)[None], torch.from_numpy(bwd)[None]
     clip = {"fwd": fwd, "bwd": bwd, "video": "bench", "t": 0, "k": args.k}
 
@@ -107,10 +119,12 @@ def main(argv=None) -> int:
 
     def timed(fn):
         """A method that times all of ``fn(rng)``; returns (wall, thread CPU) seconds."""
+
         def run(rng):
             t0, c0 = time.perf_counter(), time.thread_time()
             fn(rng)
             return time.perf_counter() - t0, time.thread_time() - c0
+
         return run
 
     def after_decode(prepare, fn):
@@ -119,12 +133,14 @@ def main(argv=None) -> int:
         them: the decoder writes 2 x 2.7 MiB, more than a core's L2, so a part that reuses the same
         frames or flows in a tight loop (hot in cache) runs ~0.5-1 ms/sample faster than inside the
         pipeline."""
+
         def run(rng):
             frames = decode()
             arg = prepare(rng)
             t0, c0 = time.perf_counter(), time.thread_time()
             fn(frames, arg)
             return time.perf_counter() - t0, time.thread_time() - c0
+
         return run
 
     def make(builder_, augment_mod, pos_fn, pos_cfg):
@@ -138,8 +154,10 @@ def main(argv=None) -> int:
                 augment_mod.to_normalized_float(augment_mod.apply_view(frame_tensor(frame), p, args.image_size))
 
         def boxes(rng):  # the two views' boxes and flips, drawn as the pipeline draws them
-            ps = [augment_mod.draw_view_params(rng, (H, W), aug)
-                  for aug in (augment_mod.BYOL_VIEW1, augment_mod.BYOL_VIEW2)]
+            ps = [
+                augment_mod.draw_view_params(rng, (H, W), aug)
+                for aug in (augment_mod.BYOL_VIEW1, augment_mod.BYOL_VIEW2)
+            ]
             return [(torch.tensor([p.box], dtype=torch.float64), torch.tensor([p.flip])) for p in ps]
 
         def positives_only(frames, bf):
@@ -148,8 +166,13 @@ def main(argv=None) -> int:
 
         return timed(pipeline), after_decode(lambda rng: rng, augment_only), after_decode(boxes, positives_only)
 
-    this = types.SimpleNamespace(BYOL_VIEW1=BYOL_VIEW1, BYOL_VIEW2=BYOL_VIEW2, draw_view_params=draw_view_params,
-                                 apply_view=apply_view, to_normalized_float=to_normalized_float)
+    this = types.SimpleNamespace(
+        BYOL_VIEW1=BYOL_VIEW1,
+        BYOL_VIEW2=BYOL_VIEW2,
+        draw_view_params=draw_view_params,
+        apply_view=apply_view,
+        to_normalized_float=to_normalized_float,
+    )
     pipe, aug, pos = make(builder, this, compute_positives, cfg)
     floor, main, deferred = "floor (decode 2 JPEGs)", "pipeline (decode + sample)", "pipeline, positives deferred"
     methods = {floor: timed(lambda rng: decode()), main: pipe}
@@ -162,17 +185,25 @@ def main(argv=None) -> int:
         except (subprocess.CalledProcessError, OSError) as exc:
             print(f"(no baseline: cannot load revision {args.baseline[:10]}: {exc})")
         else:
-            old_cfg = old_pipe.SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
-                                            defer_positives=args.defer_positives)
-            b_pipe, b_aug, b_pos = make(old_pipe.SampleBuilder(old_cfg, F), old_aug, old_pos.compute_positives,
-                                        old_cfg.positive_config())
-            methods.update({"baseline pipeline": b_pipe, "  baseline part: augment": b_aug,
-                            "  baseline part: positives": b_pos})
+            old_cfg = old_pipe.SampleConfig(
+                image_size=args.image_size, flow_resolution=args.flow_resolution, defer_positives=args.defer_positives
+            )
+            b_pipe, b_aug, b_pos = make(
+                old_pipe.SampleBuilder(old_cfg, F), old_aug, old_pos.compute_positives, old_cfg.positive_config()
+            )
+            methods.update(
+                {"baseline pipeline": b_pipe, "  baseline part: augment": b_aug, "  baseline part: positives": b_pos}
+            )
             if not args.defer_positives:
-                old_deferred = old_pipe.SampleConfig(image_size=args.image_size, flow_resolution=args.flow_resolution,
-                                                     defer_positives=True)
-                methods["baseline pipeline, deferred"] = make(old_pipe.SampleBuilder(old_deferred, F), old_aug,
-                                                              old_pos.compute_positives, old_cfg.positive_config())[0]
+                old_deferred = old_pipe.SampleConfig(
+                    image_size=args.image_size, flow_resolution=args.flow_resolution, defer_positives=True
+                )
+                methods["baseline pipeline, deferred"] = make(
+                    old_pipe.SampleBuilder(old_deferred, F),
+                    old_aug,
+                    old_pos.compute_positives,
+                    old_cfg.positive_config(),
+                )[0]
     wall = {m: [] for m in methods}
     cpu = {m: [] for m in methods}
     rng = np.random.default_rng(0)
@@ -188,8 +219,9 @@ def main(argv=None) -> int:
             cpu[name].append(tc / args.samples)
     w = {m: statistics.median(r) for m, r in wall.items()}
     c = {m: statistics.median(r) for m, r in cpu.items()}
-    print(f"{'':38s} {'wall: samples/s':>16s} {'ms/sample':>10s}   {'CPU ms/sample':>13s}"
-          f"   (parts: timed after a decode)")
+    print(
+        f"{'':38s} {'wall: samples/s':>16s} {'ms/sample':>10s}   {'CPU ms/sample':>13s}   (parts: timed after a decode)"
+    )
     for m in methods:
         print(f"{m:38s} {1 / w[m]:16.1f} {1000 * w[m]:10.2f}   {1000 * c[m]:13.2f}")
     aug_name, pos_name = "  part: augment 2 views", f"  part: positives (k-1 = {n} steps)"
@@ -197,17 +229,23 @@ def main(argv=None) -> int:
     for name, parts in rest.items():
         if name in w:
             minus = " - ".join(p.strip().split(" (")[0].replace("part: ", "") for p in parts)
-            print(f"{name:30s} - floor - {minus:22s}"
-                  f" = {1000 * (w[name] - w[floor] - sum(w[p] for p in parts)):5.2f} ms wall, "
-                  f"{1000 * (c[name] - c[floor] - sum(c[p] for p in parts)):5.2f} ms CPU (draws, tensors, Python)")
+            print(
+                f"{name:30s} - floor - {minus:22s}"
+                f" = {1000 * (w[name] - w[floor] - sum(w[p] for p in parts)):5.2f} ms wall, "
+                f"{1000 * (c[name] - c[floor] - sum(c[p] for p in parts)):5.2f} ms CPU (draws, tensors, Python)"
+            )
     for name in (main, deferred, "baseline pipeline", "baseline pipeline, deferred"):
         if name in w:
-            print(f"{name:30s} / decode-only floor = {w[floor] / w[name]:.3f} wall, {c[floor] / c[name]:.3f} CPU time"
-                  f"  (goal >= 0.8)")
+            print(
+                f"{name:30s} / decode-only floor = {w[floor] / w[name]:.3f} wall, {c[floor] / c[name]:.3f} CPU time"
+                f"  (goal >= 0.8)"
+            )
     if "baseline pipeline" in w:
-        print(f"speed-up of the sample work (pipeline - floor): "
-              f"{(w['baseline pipeline'] - w[floor]) / (w[main] - w[floor]):.2f}x wall, "
-              f"{(c['baseline pipeline'] - c[floor]) / (c[main] - c[floor]):.2f}x CPU time")
+        print(
+            f"speed-up of the sample work (pipeline - floor): "
+            f"{(w['baseline pipeline'] - w[floor]) / (w[main] - w[floor]):.2f}x wall, "
+            f"{(c['baseline pipeline'] - c[floor]) / (c[main] - c[floor]):.2f}x CPU time"
+        )
     return 0
 
 

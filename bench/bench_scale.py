@@ -19,6 +19,7 @@ documented rates and says which is which):
 
     .venv/bin/python bench/bench_scale.py            # ~1 minute on 2 cores
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,15 +41,27 @@ sys.path.insert(0, str(ROOT))
 
 
 def shard_overhead(tmp: Path, videos: int, frames: int) -> dict:
-    import h5py
 
     from hdf5_tools import schema
     from hdf5_tools.reader import ShardReader
 
     out = tmp / "shards"
-    r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack",
-                        f"synth:videos={videos},frames={frames},size=1280x720,seed=0", str(out), "--nodes", "1",
-                        "--no-progress"], capture_output=True, text=True, timeout=1800)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            f"synth:videos={videos},frames={frames},size=1280x720,seed=0",
+            str(out),
+            "--nodes",
+            "1",
+            "--no-progress",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=1800,
+    )
     if r.returncode != 0:
         raise SystemExit(r.stderr)
     files = sorted(out.glob("*.h5"))
@@ -68,11 +81,18 @@ def shard_overhead(tmp: Path, videos: int, frames: int) -> dict:
             nframes += v.num_frames
             npairs += v.num_frames - 1
         reader.close()
-    return {"videos": videos, "frames": nframes, "pairs": npairs, "shard_bytes": total, "jpeg_bytes": jpeg,
-            "flow_bytes": flow, "flow_shape_per_direction": list(shape[1:]),
-            "flow_bytes_per_pair_both_directions": flow // npairs,
-            "overhead_bytes_per_frame": (total - jpeg - flow) / nframes,
-            "synthetic_jpeg_bytes_per_frame": jpeg / nframes}
+    return {
+        "videos": videos,
+        "frames": nframes,
+        "pairs": npairs,
+        "shard_bytes": total,
+        "jpeg_bytes": jpeg,
+        "flow_bytes": flow,
+        "flow_shape_per_direction": list(shape[1:]),
+        "flow_bytes_per_pair_both_directions": flow // npairs,
+        "overhead_bytes_per_frame": (total - jpeg - flow) / nframes,
+        "synthetic_jpeg_bytes_per_frame": jpeg / nframes,
+    }
 
 
 def model_sizes() -> dict:
@@ -86,11 +106,21 @@ def model_sizes() -> dict:
     trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
     params = sum(p.numel() for p in model.parameters())
     buffers = sum(b.numel() for b in model.buffers())
-    bn_trainable = sum(1 for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
-                       and any(p.requires_grad for p in m.parameters()))
+    bn_trainable = sum(
+        1
+        for m in model.modules()
+        if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) and any(p.requires_grad for p in m.parameters())
+    )
     bn_all = sum(1 for m in model.modules() if isinstance(m, torch.nn.modules.batchnorm._BatchNorm))
-    return {"arch": cfg.model.arch, "trainable_params": trainable, "all_params": params, "buffers": buffers,
-            "gradient_bytes_fp32": trainable * 4, "bn_layers_trainable": bn_trainable, "bn_layers_all": bn_all}
+    return {
+        "arch": cfg.model.arch,
+        "trainable_params": trainable,
+        "all_params": params,
+        "buffers": buffers,
+        "gradient_bytes_fp32": trainable * 4,
+        "bn_layers_trainable": bn_trainable,
+        "bn_layers_all": bn_all,
+    }
 
 
 def _hash_rate(update, seconds: float = 2.0) -> float:
@@ -129,8 +159,19 @@ def staging_rates(tmp: Path, mb: int) -> dict:
             fo.flush()
             os.fsync(fo.fileno())
         crc32, sha256 = mf.file_digests(f)
-        entries.append(mf.ShardEntry(file=f.name, node=0, bytes=f.stat().st_size, crc32=crc32, sha256=sha256,
-                                     num_videos=0, num_frames=0, num_pairs=0, pairs_present=0))
+        entries.append(
+            mf.ShardEntry(
+                file=f.name,
+                node=0,
+                bytes=f.stat().st_size,
+                crc32=crc32,
+                sha256=sha256,
+                num_videos=0,
+                num_frames=0,
+                num_pairs=0,
+                pairs_present=0,
+            )
+        )
     mf.write_manifest(src / mf.MANIFEST_NAME, mf.Manifest(nodes=1, shards=entries))
     cfg = StageConfig(manifest=str(src), to=str(tmp / "staged"), node=0, num_nodes=1, run=str(tmp))
     first = stage(cfg)
@@ -138,11 +179,16 @@ def staging_rates(tmp: Path, mb: int) -> dict:
     again = stage(cfg)
     reverify_s = time.perf_counter() - t0
     if first.copied != len(entries) or again.skipped != len(entries) or again.copied:
-        raise SystemExit(f"stage: expected {len(entries)} copies then {len(entries)} reused, got "
-                         f"{first.line()} then {again.line()}")
-    return {"crc32_bytes_per_s_one_core": crc_rate, "sha256_bytes_per_s_one_core": sha256_rate,
-            "copier_bytes": first.bytes_copied, "copier_bytes_per_s_this_disk": first.bytes_copied / first.seconds,
-            "reverify_bytes_per_s_this_disk": first.bytes_copied / reverify_s}
+        raise SystemExit(
+            f"stage: expected {len(entries)} copies then {len(entries)} reused, got {first.line()} then {again.line()}"
+        )
+    return {
+        "crc32_bytes_per_s_one_core": crc_rate,
+        "sha256_bytes_per_s_one_core": sha256_rate,
+        "copier_bytes": first.bytes_copied,
+        "copier_bytes_per_s_this_disk": first.bytes_copied / first.seconds,
+        "reverify_bytes_per_s_this_disk": first.bytes_copied / reverify_s,
+    }
 
 
 def jpeg_decode(tmp: Path) -> dict:
@@ -183,8 +229,12 @@ def jpeg_decode(tmp: Path) -> dict:
             sized = simplejpeg.encode_jpeg(noisy, quality=95, colorspace="RGB")
             if len(sized) >= TARGET_JPEG_BYTES:
                 break
-    return {"synthetic_jpeg_bytes": len(blob), "synthetic_decodes_per_s_one_thread": rate(blob),
-            "bdd_sized_jpeg_bytes": len(sized), "bdd_sized_decodes_per_s_one_thread": rate(sized)}
+    return {
+        "synthetic_jpeg_bytes": len(blob),
+        "synthetic_decodes_per_s_one_thread": rate(blob),
+        "bdd_sized_jpeg_bytes": len(sized),
+        "bdd_sized_decodes_per_s_one_thread": rate(sized),
+    }
 
 
 def main(argv=None) -> int:
@@ -195,8 +245,12 @@ def main(argv=None) -> int:
     a = ap.parse_args(argv)
     with tempfile.TemporaryDirectory(prefix="bench-scale-") as d:
         tmp = Path(d)
-        out = {"shards": shard_overhead(tmp, a.videos, a.frames), "model_k6": model_sizes(),
-               "staging": staging_rates(tmp, a.copy_mb), "jpeg_720p": jpeg_decode(tmp)}
+        out = {
+            "shards": shard_overhead(tmp, a.videos, a.frames),
+            "model_k6": model_sizes(),
+            "staging": staging_rates(tmp, a.copy_mb),
+            "jpeg_720p": jpeg_decode(tmp),
+        }
     print(json.dumps(out, indent=2))
     return 0
 

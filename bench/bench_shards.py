@@ -17,6 +17,7 @@ measured in this one run. Also reported: flow bytes stored per pair per directio
     .venv/bin/python bench/bench_shards.py                  # ~1 minute
     .venv/bin/python bench/bench_shards.py --videos 4 --clips 400 --rounds 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,8 +48,8 @@ def seed_clip(root: Path, video: str, t: int, k: int, nframes: int):
     fwd_all = torch.load(root / "flow" / "train" / "forward" / f"{video}.pth", map_location="cpu")
     bwd_all = torch.load(root / "flow" / "train" / "backward" / f"{video}.pth", map_location="cpu")
     num_flow, F = nframes - 1, k - 1
-    fwd = fwd_all[t:t + F]
-    bwd = bwd_all[num_flow - t - F:num_flow - t]  # reverse-time file: flows t+F -> t
+    fwd = fwd_all[t : t + F]
+    bwd = bwd_all[num_flow - t - F : num_flow - t]  # reverse-time file: flows t+F -> t
     return f1, f2, fwd, bwd
 
 
@@ -67,9 +68,8 @@ def main(argv=None) -> int:
     import torch
 
     torch.set_num_threads(1)
-    from hdf5_tools import fake_sources
+    from hdf5_tools import fake_sources, schema
     from hdf5_tools.pack import PackConfig, pack
-    from hdf5_tools import schema
     from hdf5_tools.reader import ShardReader
     from pixpro_of.data import ShardClipDataset
 
@@ -78,10 +78,11 @@ def main(argv=None) -> int:
     info = fake_sources.make_bdd_like(work / "src", videos=a.videos, frames=a.frames)
     out = work / f"shards-{a.videos}-{a.frames}"
     if not (out / "manifest.json").exists():
-        pack(PackConfig(src=str(work / "src"), out=str(out), nodes=1, flows=str(work / "src" / "flow"),
-                        progress=False))
-    print(f"data: {a.videos} videos x {a.frames} frames 1280x720, JPEG {info['jpeg_bytes'] / 1e6:.0f} MB, "
-          f"seed flows {info['flow_bytes'] / 1e6:.0f} MB (prepared in {time.perf_counter() - t0:.0f} s)")
+        pack(PackConfig(src=str(work / "src"), out=str(out), nodes=1, flows=str(work / "src" / "flow"), progress=False))
+    print(
+        f"data: {a.videos} videos x {a.frames} frames 1280x720, JPEG {info['jpeg_bytes'] / 1e6:.0f} MB, "
+        f"seed flows {info['flow_bytes'] / 1e6:.0f} MB (prepared in {time.perf_counter() - t0:.0f} s)"
+    )
 
     m_paths = sorted(str(p) for p in out.glob("shard-*.h5"))
     ds = ShardClipDataset(m_paths, k=a.k, check_crc=not a.no_crc)
@@ -119,7 +120,7 @@ def main(argv=None) -> int:
         # Shards and floor interleaved clip by clip (alternating which goes first), so machine
         # noise hits both alike; both keep their two decoded frames alive like a real consumer.
         for i, ((v, t), (b1, b2)) in enumerate(zip(items, blobs)):
-            for method in (("shards", "floor") if i % 2 == 0 else ("floor", "shards")):
+            for method in ("shards", "floor") if i % 2 == 0 else ("floor", "shards"):
                 if method == "shards":
                     c0, t0 = rchar(), pc()
                     keep[:] = [ds.get_clip(v, t)]
@@ -127,7 +128,10 @@ def main(argv=None) -> int:
                     read["shards"] += rchar() - c0
                 else:
                     t0 = pc()
-                    keep[:] = [simplejpeg.decode_jpeg(b1, colorspace="RGB"), simplejpeg.decode_jpeg(b2, colorspace="RGB")]
+                    keep[:] = [
+                        simplejpeg.decode_jpeg(b1, colorspace="RGB"),
+                        simplejpeg.decode_jpeg(b2, colorspace="RGB"),
+                    ]
                     spent["floor"] += pc() - t0
         # The seed layout in its own block (its 92 MB loads disturb the allocator for what follows).
         n_seed = (len(items) + 3) // 4
@@ -141,16 +145,21 @@ def main(argv=None) -> int:
             rates[key].append(n / spent[key])
         bytes_per["shards"].append(read["shards"] / len(items))
         bytes_per["seed"].append(read["seed"] / n_seed)
-        print(f"round {r + 1}: shards {rates['shards'][-1]:.1f} clips/s, floor {rates['floor'][-1]:.1f}, "
-              f"seed {rates['seed'][-1]:.1f}", file=sys.stderr)
+        print(
+            f"round {r + 1}: shards {rates['shards'][-1]:.1f} clips/s, floor {rates['floor'][-1]:.1f}, "
+            f"seed {rates['seed'][-1]:.1f}",
+            file=sys.stderr,
+        )
 
     # Ratios per round (each round's methods ran interleaved), then the median over rounds.
     r_seed = statistics.median(s / z for s, z in zip(rates["shards"], rates["seed"]))
     r_floor = statistics.median(s / f for s, f in zip(rates["shards"], rates["floor"]))
     med = {k: statistics.median(v) for k, v in rates.items()}
     b = {k: statistics.median(v) for k, v in bytes_per.items()}
-    print(f"clip read+decode (k={a.k}, 1280x720, one process, warm cache, median of {a.rounds} rounds; "
-          f"CRC checks {'off' if a.no_crc else 'on'}):")
+    print(
+        f"clip read+decode (k={a.k}, 1280x720, one process, warm cache, median of {a.rounds} rounds; "
+        f"CRC checks {'off' if a.no_crc else 'on'}):"
+    )
     print(f"  shards       {med['shards']:8.1f} clips/s   {b['shards'] / 1e6:8.2f} MB read per clip")
     print(f"  seed layout  {med['seed']:8.1f} clips/s   {b['seed'] / 1e6:8.2f} MB read per clip")
     print(f"  decode floor {med['floor']:8.1f} clips/s")
@@ -164,8 +173,10 @@ def main(argv=None) -> int:
         stored = schema.storage_bytes(h5, v.name)["flow_fwd"] / v.num_pairs
     pth = work / "src" / "flow" / "train" / "forward" / f"{v.name}.pth"
     seed_per = pth.stat().st_size / v.num_pairs
-    print(f"flow bytes per pair per direction: shard {stored:.0f} B (float16, uncompressed), seed .pth "
-          f"{seed_per:.0f} B (float32): ratio {stored / seed_per:.4f} (goal <= 0.5)")
+    print(
+        f"flow bytes per pair per direction: shard {stored:.0f} B (float16, uncompressed), seed .pth "
+        f"{seed_per:.0f} B (float32): ratio {stored / seed_per:.4f} (goal <= 0.5)"
+    )
     return 0
 
 

@@ -19,6 +19,7 @@ maps again: both views' graphs are alive at once in the PixPro step, one at a ti
     .venv/bin/python bench/bench_step.py                          # resnet18, batch 8, 224 px, ~80 s
     .venv/bin/python bench/bench_step.py --arch resnet50 --batch 8 --iters 5
 """
+
 from __future__ import annotations
 
 import argparse
@@ -47,9 +48,15 @@ def step_macs(model, batch: int, image_size: int):
     from torch import nn
 
     convs = []
-    hooks = [m.register_forward_hook(lambda mod, inp, out: convs.append(
-        out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]))
-        for m in model.encoder.modules() if isinstance(m, nn.Conv2d)]
+    hooks = [
+        m.register_forward_hook(
+            lambda mod, inp, out: convs.append(
+                out.numel() * (mod.in_channels // mod.groups) * mod.kernel_size[0] * mod.kernel_size[1]
+            )
+        )
+        for m in model.encoder.modules()
+        if isinstance(m, nn.Conv2d)
+    ]
     try:
         with torch.no_grad():
             model.encoder.eval()(torch.zeros(batch, 3, image_size, image_size))
@@ -76,9 +83,12 @@ def main(argv=None) -> int:
     ap.add_argument("--iters", type=int, default=6, help="timed iterations per method (default 6)")
     ap.add_argument("--warmup", type=int, default=1)
     ap.add_argument("--threads", type=int, default=1, help="torch threads (default 1)")
-    ap.add_argument("--malloc", default="both", choices=["default", "keep", "both"],
-                    help="measure with the allocator as started, after keep_freed_memory(), or both in turn "
-                         "(default both)")
+    ap.add_argument(
+        "--malloc",
+        default="both",
+        choices=["default", "keep", "both"],
+        help="measure with the allocator as started, after keep_freed_memory(), or both in turn (default both)",
+    )
     args = ap.parse_args(argv)
 
     import torch
@@ -96,12 +106,16 @@ def main(argv=None) -> int:
     g = torch.Generator().manual_seed(0)
     pos12 = torch.rand(B, F * F, F * F, generator=g) < 0.05
     pos21 = torch.rand(B, F * F, F * F, generator=g) < 0.05
-    print(f"{args.arch}, batch {B}, {S}px views (C5 {F}x{F}), {args.threads} thread(s), "
-          f"{sum(p.numel() for m in model.online_modules() for p in m.parameters()) / 1e6:.1f} M online parameters")
+    print(
+        f"{args.arch}, batch {B}, {S}px views (C5 {F}x{F}), {args.threads} thread(s), "
+        f"{sum(p.numel() for m in model.online_modules() for p in m.parameters()) / 1e6:.1f} M online parameters"
+    )
     bare_macs, proj_macs, ppm_macs = step_macs(model, B, S)
-    print(f"MACs per step (from the shapes): bare {bare_macs / 1e9:.1f} G; the PixPro step adds projector "
-          f"{proj_macs / 1e9:.2f} G ({proj_macs / bare_macs:.1%} of bare) + PPM {ppm_macs / 1e9:.2f} G "
-          f"({ppm_macs / bare_macs:.1%}) = +{(proj_macs + ppm_macs) / bare_macs:.1%} at the encoder's MAC rate")
+    print(
+        f"MACs per step (from the shapes): bare {bare_macs / 1e9:.1f} G; the PixPro step adds projector "
+        f"{proj_macs / 1e9:.2f} G ({proj_macs / bare_macs:.1%} of bare) + PPM {ppm_macs / 1e9:.2f} G "
+        f"({ppm_macs / bare_macs:.1%}) = +{(proj_macs + ppm_macs) / bare_macs:.1%} at the encoder's MAC rate"
+    )
 
     def bare():
         for v in (v1, v2):
@@ -128,8 +142,12 @@ def main(argv=None) -> int:
         opt.zero_grad(set_to_none=True)
         step[0] += 1
 
-    methods = {"bare (2-view encoder fwd/bwd + momentum fwd)": bare, "pixpro step (no optimiser)": pixpro,
-               "pixpro step + LARS": pixpro_lars}
+    methods = {
+        "bare (2-view encoder fwd/bwd + momentum fwd)": bare,
+        "pixpro step (no optimiser)": pixpro,
+        "pixpro step + LARS": pixpro_lars,
+    }
+
     def measure(label: str) -> None:
         times = {m: [] for m in methods}
         faults = {m: [] for m in methods}
@@ -146,19 +164,25 @@ def main(argv=None) -> int:
         med = {m: statistics.median(t) for m, t in times.items()}
         print(f"-- {label}")
         for m, t in med.items():
-            print(f"{m:46s} {t * 1000:9.1f} ms/step  {B / t:7.2f} img/s  "
-                  f"{statistics.median(faults[m]):8.0f} page faults/step")
+            print(
+                f"{m:46s} {t * 1000:9.1f} ms/step  {B / t:7.2f} img/s  "
+                f"{statistics.median(faults[m]):8.0f} page faults/step"
+            )
         base = med["bare (2-view encoder fwd/bwd + momentum fwd)"]
-        print(f"PixPro overhead vs bare: {med['pixpro step (no optimiser)'] / base - 1:+.1%} (goal <= +10%; "
-              f"+{(proj_macs + ppm_macs) / bare_macs:.1%} from the heads' MACs at the encoder's rate); "
-              f"with LARS: {med['pixpro step + LARS'] / base - 1:+.1%}")
+        print(
+            f"PixPro overhead vs bare: {med['pixpro step (no optimiser)'] / base - 1:+.1%} (goal <= +10%; "
+            f"+{(proj_macs + ppm_macs) / bare_macs:.1%} from the heads' MACs at the encoder's rate); "
+            f"with LARS: {med['pixpro step + LARS'] / base - 1:+.1%}"
+        )
 
     if args.malloc in ("default", "both"):
         measure("allocator as the process started (glibc defaults unless MALLOC_* is set)")
     if args.malloc in ("keep", "both"):
         if keep_freed_memory():
-            measure(f"glibc mallopt: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
-                    f"{TRIM_THRESHOLD >> 30} GiB (freed memory stays mapped)")
+            measure(
+                f"glibc mallopt: mmap threshold {MMAP_THRESHOLD >> 20} MiB, trim threshold "
+                f"{TRIM_THRESHOLD >> 30} GiB (freed memory stays mapped)"
+            )
         else:
             print("-- (not glibc: --malloc keep skipped)")
     return 0

@@ -15,6 +15,7 @@ directly. It reports, from one run:
 Usage: ``python bench/bench_synth.py [--videos 8] [--video-frames 60] [--size 640x360] [--format bdd]
 [--workers 1]``.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,8 +26,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from synth import SynthConfig, write_dataset
 from plumbing.parse import parse_wxh
+from synth import SynthConfig, write_dataset
 from synth.world import Renderer
 
 GOAL_S, GOAL_VIDEOS, GOAL_FRAMES = 60.0, 8, 60
@@ -75,17 +76,25 @@ def main() -> None:
     per_frame = full / n_frames
     goal_frames = GOAL_VIDEOS * GOAL_FRAMES
     extrapolated = per_frame * goal_frames
-    print(f"synth benchmark: {args.videos} videos x {args.frames} frames at {size[0]}x{size[1]}, "
-          f"format={args.format}, workers={args.workers}, cores={os.cpu_count()}")
+    print(
+        f"synth benchmark: {args.videos} videos x {args.frames} frames at {size[0]}x{size[1]}, "
+        f"format={args.format}, workers={args.workers}, cores={os.cpu_count()}"
+    )
     print(f"  render only      : {render_wall * 1000:7.1f} ms/frame wall, {render_cpu * 1000:7.1f} ms/frame CPU")
-    print(f"  write_dataset    : {full:7.2f} s total, {per_frame * 1000:7.1f} ms/frame, {nbytes / 2**20:.0f} MiB written")
+    print(
+        f"  write_dataset    : {full:7.2f} s total, {per_frame * 1000:7.1f} ms/frame, {nbytes / 2**20:.0f} MiB written"
+    )
     print(f"  writing overhead : {full_cpu / n_frames / render_cpu:5.2f}x the render-only CPU time per frame")
-    print(f"  goal ({GOAL_VIDEOS}x{GOAL_FRAMES} frames in {GOAL_S:.0f} s): "
-          f"{'measured' if n_frames == goal_frames else 'extrapolated'} {extrapolated:6.1f} s "
-          f"-> ratio to goal {extrapolated / GOAL_S:4.2f} ({'meets' if extrapolated <= GOAL_S else 'misses'} it)")
+    print(
+        f"  goal ({GOAL_VIDEOS}x{GOAL_FRAMES} frames in {GOAL_S:.0f} s): "
+        f"{'measured' if n_frames == goal_frames else 'extrapolated'} {extrapolated:6.1f} s "
+        f"-> ratio to goal {extrapolated / GOAL_S:4.2f} ({'meets' if extrapolated <= GOAL_S else 'misses'} it)"
+    )
     idle = full_cpu / n_frames * goal_frames / min(args.workers, os.cpu_count() or 1)
-    print(f"  CPU time         : {full_cpu:7.2f} s ({full_cpu / n_frames * 1000:.1f} ms/frame); on idle cores the goal "
-          f"would take ~{idle:5.1f} s -> ratio {idle / GOAL_S:4.2f}")
+    print(
+        f"  CPU time         : {full_cpu:7.2f} s ({full_cpu / n_frames * 1000:.1f} ms/frame); on idle cores the goal "
+        f"would take ~{idle:5.1f} s -> ratio {idle / GOAL_S:4.2f}"
+    )
     print(f"  load average     : {load0:.2f} before, {load1:.2f} after (other processes share the cores)")
 
 

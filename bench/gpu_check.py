@@ -33,6 +33,7 @@ name), ``summary.json`` (the same as data), ``steps.log`` (every step's output).
     bash bench/gpu_check.sh --out "$OUT"            # there: the check
     python bench/gpu_check.py --cpu --out /tmp/gc   # here: the whole check end to end on the CPU
 """
+
 from __future__ import annotations
 
 import argparse
@@ -49,9 +50,9 @@ from pathlib import Path
 from typing import Dict, List, Optional, Tuple
 
 ROOT = Path(__file__).resolve().parents[1]
-TOTAL_BUDGET_S = 480   # one device command (10 minutes) less the start and the transfers' margin
-WRAPPER_S = 30         # gpu_check.sh's share: the carried wheels and this tree installed into /tmp
-MIN_STEP_S = 15        # a step with less than this left is skipped
+TOTAL_BUDGET_S = 480  # one device command (10 minutes) less the start and the transfers' margin
+WRAPPER_S = 30  # gpu_check.sh's share: the carried wheels and this tree installed into /tmp
+MIN_STEP_S = 15  # a step with less than this left is skipped
 MAX_RESULT_FILES = 8
 DATA_DIR = ROOT / "gpu_check_data"
 WHEEL_DIR = ROOT / "gpu_wheels"
@@ -67,12 +68,34 @@ STEPS: List[Tuple[str, int, str]] = [
 
 # sizes per mode: the GPU check and the CPU proof run
 SIZES = {
-    "gpu": dict(config="pixpro_k6", device="cuda", batch=64, steps=24, input_batches=6, raft_pairs=8,
-                raft_size=(1280, 720), extra=[]),
-    "cpu": dict(config="cpu_small", device="cpu", batch=2, steps=4, input_batches=2, raft_pairs=2,
-                raft_size=(256, 128),
-                extra=["data.k=3", "data.image_size=64", "model.proj_hidden=64", "model.proj_dim=32",
-                       "data.positives_on=device", "data.decode_on=device", "run.threads=1"]),
+    "gpu": dict(
+        config="pixpro_k6",
+        device="cuda",
+        batch=64,
+        steps=24,
+        input_batches=6,
+        raft_pairs=8,
+        raft_size=(1280, 720),
+        extra=[],
+    ),
+    "cpu": dict(
+        config="cpu_small",
+        device="cpu",
+        batch=2,
+        steps=4,
+        input_batches=2,
+        raft_pairs=2,
+        raft_size=(256, 128),
+        extra=[
+            "data.k=3",
+            "data.image_size=64",
+            "model.proj_hidden=64",
+            "model.proj_dim=32",
+            "data.positives_on=device",
+            "data.decode_on=device",
+            "run.threads=1",
+        ],
+    ),
 }
 # the world packed for the check (about 15 MB: within the device tree limit of 64 MiB)
 WORLD = dict(videos=32, frames=16, size="512x288", seed=0)
@@ -93,13 +116,17 @@ def plan(budget_s: int = TOTAL_BUDGET_S, only: Optional[List[str]] = None) -> Li
 
 def print_plan(budget_s: int, only: Optional[List[str]], mode: str) -> None:
     steps = plan(budget_s, only)
-    print(f"gpu_check plan ({mode}): budget {budget_s} s = wrapper {WRAPPER_S} s (carried wheels, this tree) "
-          f"+ steps {sum(t for _, t, _ in steps)} s")
+    print(
+        f"gpu_check plan ({mode}): budget {budget_s} s = wrapper {WRAPPER_S} s (carried wheels, this tree) "
+        f"+ steps {sum(t for _, t, _ in steps)} s"
+    )
     for i, (name, limit, what) in enumerate(steps, 1):
         print(f"step {i} {name:<10} {limit:>4} s  {what}")
     total = WRAPPER_S + sum(t for _, t, _ in steps)
-    print(f"total {total} s <= {budget_s} s; results: summary.txt, summary.json, steps.log "
-          f"(at most {MAX_RESULT_FILES} files)")
+    print(
+        f"total {total} s <= {budget_s} s; results: summary.txt, summary.json, steps.log "
+        f"(at most {MAX_RESULT_FILES} files)"
+    )
 
 
 # ----------------------------------------------------------------- preparing the data (here, on CPU)
@@ -127,10 +154,25 @@ def _manifest(data: Path) -> str:
 
 
 def _train_args(sz: Dict, data: Path, run: Path, steps: int, extra: List[str]) -> List[str]:
-    return ["train", "--config", sz["config"], "--run-dir", str(run), f"data.shards=[{_manifest(data)}]",
-            "data.synthetic=false", f"data.batch_size={sz['batch']}", f"run.device={sz['device']}",
-            f"run.max_steps={steps}", f"data.num_workers={_workers(sz)}", "checkpoint.every_epochs=0",
-            "checkpoint.keep_epochs=[]", "log.tensorboard=false", "log.every_steps=1", *sz["extra"], *extra]
+    return [
+        "train",
+        "--config",
+        sz["config"],
+        "--run-dir",
+        str(run),
+        f"data.shards=[{_manifest(data)}]",
+        "data.synthetic=false",
+        f"data.batch_size={sz['batch']}",
+        f"run.device={sz['device']}",
+        f"run.max_steps={steps}",
+        f"data.num_workers={_workers(sz)}",
+        "checkpoint.every_epochs=0",
+        "checkpoint.keep_epochs=[]",
+        "log.tensorboard=false",
+        "log.every_steps=1",
+        *sz["extra"],
+        *extra,
+    ]
 
 
 def _workers(sz: Dict) -> int:
@@ -153,7 +195,7 @@ def _median_after_warmup(rows: List[Dict[str, str]], key: str) -> Optional[float
     vals = [float(r[key]) for r in rows if r.get(key) not in (None, "")]
     if not vals:
         return None
-    return statistics.median(vals[len(vals) // 3:] or vals)
+    return statistics.median(vals[len(vals) // 3 :] or vals)
 
 
 def _card(sz: Dict) -> Dict:
@@ -163,18 +205,28 @@ def _card(sz: Dict) -> Dict:
     import torch
     import torchvision
 
-    out: Dict = {"python": platform.python_version(), "torch": torch.__version__, "torchvision": torchvision.__version__,
-                 "cuda": torch.version.cuda, "cudnn": torch.backends.cudnn.version(), "cpus": os.cpu_count()}
+    out: Dict = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "cuda": torch.version.cuda,
+        "cudnn": torch.backends.cudnn.version(),
+        "cpus": os.cpu_count(),
+    }
     if sz["device"] == "cuda":
         if not torch.cuda.is_available():
             raise SystemExit("gpu_check: torch sees no CUDA device here (--cpu runs the check on the CPU)")
         p = torch.cuda.get_device_properties(0)
-        out.update(card=torch.cuda.get_device_name(0), memory_gib=round(p.total_memory / 2**30, 1),
-                   capability=f"{p.major}.{p.minor}")
+        out.update(
+            card=torch.cuda.get_device_name(0),
+            memory_gib=round(p.total_memory / 2**30, 1),
+            capability=f"{p.major}.{p.minor}",
+        )
         smi = shutil.which("nvidia-smi")
         if smi:
-            r = subprocess.run([smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True,
-                               text=True, timeout=15)
+            r = subprocess.run(
+                [smi, "--query-gpu=driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=15
+            )
             out["driver"] = r.stdout.strip().splitlines()[0] if r.returncode == 0 and r.stdout.strip() else "?"
     else:
         out.update(card=f"CPU ({platform.processor() or platform.machine()})", memory_gib=None)
@@ -209,8 +261,9 @@ def step_input(sz: Dict, data: Path, work: Path) -> Dict:
         samples = []
         for i in range(sz["batch"]):
             n = b * sz["batch"] + i
-            samples.append(builder(raw[(n % raw.num_videos, (n // raw.num_videos) % starts)],
-                                   np.random.default_rng([0, n])))
+            samples.append(
+                builder(raw[(n % raw.num_videos, (n // raw.num_videos) % starts)], np.random.default_rng([0, n]))
+            )
         batches.append(collate(samples))
     views = ViewsOnDevice(cfg, dev, chunk=64, channels_last=dev.type == "cuda")
     positives = FromStoredFlows(cfg, 7 if size == 224 else 2)
@@ -224,8 +277,13 @@ def step_input(sz: Dict, data: Path, work: Path) -> Dict:
             times_v.append(views.last_seconds)
             times_all.append(whole.seconds)
     per_v, per_all = statistics.median(times_v), statistics.median(times_all)
-    return {"batch": sz["batch"], "views_s_per_batch": round(per_v, 4), "input_s_per_batch": round(per_all, 4),
-            "views_samples_per_s": round(sz["batch"] / per_v, 1), "input_samples_per_s": round(sz["batch"] / per_all, 1)}
+    return {
+        "batch": sz["batch"],
+        "views_s_per_batch": round(per_v, 4),
+        "input_s_per_batch": round(per_all, 4),
+        "views_samples_per_s": round(sz["batch"] / per_v, 1),
+        "input_samples_per_s": round(sz["batch"] / per_all, 1),
+    }
 
 
 def _train_in_process(args: List[str]) -> int:
@@ -249,11 +307,17 @@ def _step_train(sz: Dict, data: Path, work: Path, precision: str) -> Dict:
         raise SystemExit(f"gpu_check: the trainer exited {rc} after {len(rows)} steps (log: {run}/logs)")
     step_s = _median_after_warmup(rows, "time/step")
     views_s = _median_after_warmup(rows, "time/views")
-    out = {"precision": precision, "steps": len(rows), "batch": sz["batch"], "wall_s": round(took, 1),
-           "step_s": round(step_s, 4), "samples_per_s": round(sz["batch"] / step_s, 1),
-           "views_s": round(views_s, 4) if views_s is not None else None,
-           "data_wait_s": round(_median_after_warmup(rows, "time/data") or 0.0, 4),
-           "last_loss": float(rows[-1]["loss"])}
+    out = {
+        "precision": precision,
+        "steps": len(rows),
+        "batch": sz["batch"],
+        "wall_s": round(took, 1),
+        "step_s": round(step_s, 4),
+        "samples_per_s": round(sz["batch"] / step_s, 1),
+        "views_s": round(views_s, 4) if views_s is not None else None,
+        "data_wait_s": round(_median_after_warmup(rows, "time/data") or 0.0, 4),
+        "last_loss": float(rows[-1]["loss"]),
+    }
     if dev_cuda:
         peak = torch.cuda.max_memory_allocated()
         out.update(peak_gib=round(peak / 2**30, 2), peak_mib_per_sample=round(peak / 2**20 / sz["batch"], 1))
@@ -310,10 +374,16 @@ def step_raft(sz: Dict, data: Path, work: Path) -> Dict:
     f32, t32 = run(None)
     fbf, tbf = run(torch.bfloat16)
     epe = (f32 - fbf).norm(dim=1)
-    return {"pairs": sz["raft_pairs"], "size": f"{w}x{h}", "weights": "random (torchvision raft_small, weights=None)",
-            "fp32_pairs_per_s": round(sz["raft_pairs"] / t32, 2), "bf16_pairs_per_s": round(sz["raft_pairs"] / tbf, 2),
-            "bf16_vs_fp32_mean_epe_px": round(float(epe.mean()), 4), "bf16_vs_fp32_max_epe_px": round(float(epe.max()), 4),
-            "fp32_mean_flow_px": round(float(f32.norm(dim=1).mean()), 4)}
+    return {
+        "pairs": sz["raft_pairs"],
+        "size": f"{w}x{h}",
+        "weights": "random (torchvision raft_small, weights=None)",
+        "fp32_pairs_per_s": round(sz["raft_pairs"] / t32, 2),
+        "bf16_pairs_per_s": round(sz["raft_pairs"] / tbf, 2),
+        "bf16_vs_fp32_mean_epe_px": round(float(epe.mean()), 4),
+        "bf16_vs_fp32_max_epe_px": round(float(epe.max()), 4),
+        "fp32_mean_flow_px": round(float(f32.norm(dim=1).mean()), 4),
+    }
 
 
 class _Null:
@@ -339,13 +409,34 @@ def step_smoke(sz: Dict, data: Path, work: Path, limit_s: float = 160.0) -> Dict
     out = _card(sz)
     run = work / "smoke"
     gpus = 1 if sz["device"] == "cuda" else 0
-    words = ["smoke", "--run-dir", str(run), "--ranks", "1", "--gpus-per-node", str(gpus), "--config", sz["config"],
-             "--deadline", f"@{time.time() + limit_s:.0f}", "dist.backend=ddp", f"run.device={sz['device']}",
-             f"data.shards=[{manifest}]", f"data.num_workers={_workers(sz)}", *sz["extra"]]
+    words = [
+        "smoke",
+        "--run-dir",
+        str(run),
+        "--ranks",
+        "1",
+        "--gpus-per-node",
+        str(gpus),
+        "--config",
+        sz["config"],
+        "--deadline",
+        f"@{time.time() + limit_s:.0f}",
+        "dist.backend=ddp",
+        f"run.device={sz['device']}",
+        f"data.shards=[{manifest}]",
+        f"data.num_workers={_workers(sz)}",
+        *sz["extra"],
+    ]
     cmd = [sys.executable, "-m", "launcher.supervise", "--", *_torchrun(), "-m", "pixpro_of", *words]
     # cwd: not the tree, whose bare pixpro_of (no presets package) would shadow an installed copy under -m
-    proc = subprocess.run(cmd, env=dict(os.environ, PYTHONUNBUFFERED="1"), stdout=subprocess.PIPE,
-                          stderr=subprocess.STDOUT, text=True, cwd=str(work))
+    proc = subprocess.run(
+        cmd,
+        env=dict(os.environ, PYTHONUNBUFFERED="1"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        cwd=str(work),
+    )
     print(proc.stdout[-6000:])
     report = run / "smoke.txt"
     lines = report.read_text().splitlines() if report.exists() else []
@@ -354,8 +445,13 @@ def step_smoke(sz: Dict, data: Path, work: Path, limit_s: float = 160.0) -> Dict
     return out
 
 
-STEP_FUNCS = {"smoke": step_smoke, "input": step_input, "step_fp32": step_step_fp32, "step_bf16": step_step_bf16,
-              "raft": step_raft}
+STEP_FUNCS = {
+    "smoke": step_smoke,
+    "input": step_input,
+    "step_fp32": step_step_fp32,
+    "step_bf16": step_step_bf16,
+    "raft": step_raft,
+}
 
 
 def run_one_step(name: str, mode: str, data: Path, work: Path, result: Path, limit_s: float) -> int:
@@ -398,13 +494,33 @@ def drive(args, mode: str) -> int:
                 failed = 1
                 continue
             result = work / f"{name}.json"
-            cmd = [sys.executable, str(Path(__file__).resolve()), "--step", name, "--mode", mode,
-                   "--data", str(data), "--work", str(work), "--result", str(result), "--limit", str(limit)]
+            cmd = [
+                sys.executable,
+                str(Path(__file__).resolve()),
+                "--step",
+                name,
+                "--mode",
+                mode,
+                "--data",
+                str(data),
+                "--work",
+                str(work),
+                "--result",
+                str(result),
+                "--limit",
+                str(limit),
+            ]
             log.write(f"===== {name} (limit {limit} s): {' '.join(cmd)}\n")
             log.flush()
             t = time.monotonic()
-            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                                    env=dict(os.environ, PYTHONUNBUFFERED="1"), cwd=str(ROOT))
+            proc = subprocess.Popen(
+                cmd,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env=dict(os.environ, PYTHONUNBUFFERED="1"),
+                cwd=str(ROOT),
+            )
             try:
                 rc = proc.wait(timeout=limit)
             except subprocess.TimeoutExpired:
@@ -430,8 +546,10 @@ def drive(args, mode: str) -> int:
     if fp32.get("status") == "PASS" and fp32.get("views_s") is not None:
         summary["views_share_of_step_in_training"] = round(fp32["views_s"] / fp32["step_s"], 3)
     summary.update(card=card, total_s=round(time.monotonic() - t_all, 1), passed=not failed)
-    lines = [f"gpu_check ({mode}) on {card}: {'all steps passed' if not failed else 'some steps FAILED'} "
-             f"in {summary['total_s']} s of {args.budget - WRAPPER_S} s"]
+    lines = [
+        f"gpu_check ({mode}) on {card}: {'all steps passed' if not failed else 'some steps FAILED'} "
+        f"in {summary['total_s']} s of {args.budget - WRAPPER_S} s"
+    ]
     lines += [f"[{card}] {_line(n, e)}" for n, e in summary["steps"].items()]
     lines += [f"[{card}] smoke | {ln}" for ln in summary["steps"].get("smoke", {}).get("lines", [])]
     for key in ("input_over_step", "views_share_of_step_in_training"):
@@ -445,9 +563,12 @@ def drive(args, mode: str) -> int:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(prog="gpu_check", description=__doc__.splitlines()[0],
-                                 formatter_class=argparse.RawDescriptionHelpFormatter,
-                                 epilog="\n".join(__doc__.splitlines()[2:]))
+    ap = argparse.ArgumentParser(
+        prog="gpu_check",
+        description=__doc__.splitlines()[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog="\n".join(__doc__.splitlines()[2:]),
+    )
     ap.add_argument("--dry-run", action="store_true", help="print the plan with each step's time budget; run nothing")
     ap.add_argument("--prepare", action="store_true", help="pack the data the check reads (here, on the CPU)")
     ap.add_argument("--tiny", action="store_true", help="with --prepare: a tiny world (for --cpu)")

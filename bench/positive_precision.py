@@ -18,6 +18,7 @@ image-direction, and label agreement (positive pairs whose two cell centres carr
 class label; the same figure for the right pairs is the ceiling). Also the motion between the two
 frames (median, 90th percentile, px) in units of the C5 bin.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -60,8 +61,10 @@ def main() -> int:
     def centres(box, flip):
         """The pipeline's own cell centres [grid², 2] of one view, and its bin diagonal."""
         b = box[None].double()
-        return (cell_centres(b, torch.tensor([bool(flip)]), grid)[0].numpy(),
-                float(torch.linalg.vector_norm(bin_size(b, grid)[0])))
+        return (
+            cell_centres(b, torch.tensor([bool(flip)]), grid)[0].numpy(),
+            float(torch.linalg.vector_norm(bin_size(b, grid)[0])),
+        )
 
     W, H, T, k = 256, 128, 16, args.k
     grid = args.image_size // 32
@@ -82,13 +85,24 @@ def main() -> int:
         for _ in range(args.samples):
             t = int(rng.integers(0, T - k + 1))
             t2 = t + k - 1
-            per_flow = {"gt": (full_flow_to_shard(torch.from_numpy(video.fwd[t:t2])),
-                               full_flow_to_shard(torch.from_numpy(video.bwd[t:t2])))}
+            per_flow = {
+                "gt": (
+                    full_flow_to_shard(torch.from_numpy(video.fwd[t:t2])),
+                    full_flow_to_shard(torch.from_numpy(video.bwd[t:t2])),
+                )
+            }
             if dis is not None:
-                fr = video.rgb[t:t2 + 1]
+                fr = video.rgb[t : t2 + 1]
                 per_flow["dis"] = (dis(fr[:-1], fr[1:]).low, dis(fr[1:], fr[:-1]).low)
-            clip = {"frame1": video.rgb[t], "frame2": video.rgb[t2], "fwd": per_flow["gt"][0].numpy(),
-                    "bwd": per_flow["gt"][1].numpy(), "video": "w", "t": t, "k": k}
+            clip = {
+                "frame1": video.rgb[t],
+                "frame2": video.rgb[t2],
+                "fwd": per_flow["gt"][0].numpy(),
+                "bwd": per_flow["gt"][1].numpy(),
+                "video": "w",
+                "t": t,
+                "k": k,
+            }
             s = builder(clip, rng)
             c1, d1 = centres(s["box1"], s["flip1"])
             c2, d2 = centres(s["box2"], s["flip2"])
@@ -103,8 +117,14 @@ def main() -> int:
             for r, sm in zip(right, same):
                 truth_pairs += int(r.sum())
                 truth_same += int((r & sm).sum())
-            geo = (s["box1"][None].double(), torch.tensor([bool(s["flip1"])]), s["box2"][None].double(),
-                   torch.tensor([bool(s["flip2"])]), (H, W), grid)
+            geo = (
+                s["box1"][None].double(),
+                torch.tensor([bool(s["flip1"])]),
+                s["box2"][None].double(),
+                torch.tensor([bool(s["flip2"])]),
+                (H, W),
+                grid,
+            )
             for f in flows:
                 if f == "none":
                     zero = torch.zeros(1, k - 1, 2, H // 8, W // 8)
@@ -118,16 +138,22 @@ def main() -> int:
                     stats[f]["same"] += int((pos & sm).sum())
     n_dirs = 2 * args.videos * args.samples
     m = np.concatenate(motion)
-    print(f"views {args.image_size} px ({grid}x{grid} C5 grid), k = {k} (frames t and t+{k - 1} at 10 fps), "
-          f"{args.videos} videos x {args.samples} samples of world seed {args.world_seed}")
-    print(f"motion of the query cells between the two frames: median {np.median(m):.2f}, "
-          f"90th percentile {np.percentile(m, 90):.2f} bin diagonals (positives: < {ratio:g})")
+    print(
+        f"views {args.image_size} px ({grid}x{grid} C5 grid), k = {k} (frames t and t+{k - 1} at 10 fps), "
+        f"{args.videos} videos x {args.samples} samples of world seed {args.world_seed}"
+    )
+    print(
+        f"motion of the query cells between the two frames: median {np.median(m):.2f}, "
+        f"90th percentile {np.percentile(m, 90):.2f} bin diagonals (positives: < {ratio:g})"
+    )
     print("| positives from | precision | recall | positives per image-direction | label agreement |")
     print("|---|---|---|---|---|")
     for f in flows:
         st = stats[f]
-        print(f"| {f} | {st['right'] / max(st['pos'], 1):.3f} | {st['right'] / max(truth_pairs, 1):.3f} | "
-              f"{st['pos'] / n_dirs:.1f} | {st['same'] / max(st['pos'], 1):.3f} |")
+        print(
+            f"| {f} | {st['right'] / max(st['pos'], 1):.3f} | {st['right'] / max(truth_pairs, 1):.3f} | "
+            f"{st['pos'] / n_dirs:.1f} | {st['same'] / max(st['pos'], 1):.3f} |"
+        )
     print(f"| (the right pairs) | 1 | 1 | {truth_pairs / n_dirs:.1f} | {truth_same / max(truth_pairs, 1):.3f} |")
     return 0
 

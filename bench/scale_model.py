@@ -7,6 +7,7 @@ of docs/scale.md as Markdown. Every derived figure is arithmetic on those two ki
     .venv/bin/python bench/bench_scale.py > /tmp/scale.json
     .venv/bin/python bench/scale_model.py /tmp/scale.json        # or without an argument: runs the bench
 """
+
 from __future__ import annotations
 
 import json
@@ -15,17 +16,17 @@ import sys
 from pathlib import Path
 
 # ---- documented rates and settings (source in each comment) --------------------------------------
-VIDEOS = 100_000          # BDD100K: 100k videos of ~40 s (Yu et al., CVPR 2020)
-TRAIN_VIDEOS = 70_000     # its training split, the one the seed pretrains on (same paper; seed README)
-FRAMES = 400              # 40 s at the seed's 10 fps (seed: ffmpeg -r 10, dataset_prepare/bdd100k)
-JPEG_BYTES = 110_700      # seed's 1280x720 frames (ffmpeg -q:v 0): images/train 3.1 TB for ~28 M frames
-K = 6                     # clip length of the flow run (seed scripts, configs/train/pixpro_k6.yaml)
-GLOBAL_BATCH = 1024       # seed: 16 GPUs x 64 (configs/train/pixpro_k6.yaml)
-EPOCHS = 2000             # seed: 2000 "video epochs", one clip per video per epoch
+VIDEOS = 100_000  # BDD100K: 100k videos of ~40 s (Yu et al., CVPR 2020)
+TRAIN_VIDEOS = 70_000  # its training split, the one the seed pretrains on (same paper; seed README)
+FRAMES = 400  # 40 s at the seed's 10 fps (seed: ffmpeg -r 10, dataset_prepare/bdd100k)
+JPEG_BYTES = 110_700  # seed's 1280x720 frames (ffmpeg -q:v 0): images/train 3.1 TB for ~28 M frames
+K = 6  # clip length of the flow run (seed scripts, configs/train/pixpro_k6.yaml)
+GLOBAL_BATCH = 1024  # seed: 16 GPUs x 64 (configs/train/pixpro_k6.yaml)
+EPOCHS = 2000  # seed: 2000 "video epochs", one clip per video per epoch
 PIPELINE_VS_DECODE = 0.73  # sample pipeline (k=6, two 224 views) / decoding its two JPEGs, one worker:
 #                            measured by bench/bench_pipeline.py (README, "Measured on a 2-core CPU machine")
 SSL_PER_SUPERVISED = 8 / 3  # backbone work of one PixPro sample in supervised-image units (bench_gpu_step.py)
-GPU_RATES = {             # samples/s per GPU
+GPU_RATES = {  # samples/s per GPU
     # PixPro on ImageNet, 8x V100-32GB, ~58 h per 100 epochs (zdaxie/PixPro issue #7, a user report):
     # 1.281 M x 100 / (58 h x 3600 s) / 8 GPUs
     "V100, PixPro as reported": 1_281_167 * 100 / (58 * 3600) / 8,
@@ -33,13 +34,13 @@ GPU_RATES = {             # samples/s per GPU
     # a PixPro sample is ~8/3 supervised images of backbone work
     "A100, at supervised efficiency": 2470 / (8 / 3),
 }
-DISKS = {                 # node-local write ceilings from the interface specifications
+DISKS = {  # node-local write ceilings from the interface specifications
     "SATA III SSD (6 Gb/s, 8b/10b)": 0.6e9,
     "NVMe PCIe 3.0 x4 (8 GT/s x4, 128b/130b)": 3.94e9,
     "NVMe PCIe 4.0 x4 (16 GT/s x4, 128b/130b)": 7.88e9,
 }
 NIC = {"InfiniBand HDR (200 Gb/s)": 25e9, "InfiniBand NDR (400 Gb/s)": 50e9}  # IBTA data rates
-GPUS_PER_NODE = 4         # the seed's nodes (4 GPUs each, 4 nodes = 16 GPUs)
+GPUS_PER_NODE = 4  # the seed's nodes (4 GPUs each, 4 nodes = 16 GPUs)
 NODE_COUNTS = (4, 16, 64)
 GPU_COUNTS = (16, 256)
 DAY = 24 * 3600
@@ -57,8 +58,12 @@ def main(argv) -> int:
     if argv:
         m = json.loads(Path(argv[0]).read_text())
     else:
-        out = subprocess.run([sys.executable, str(Path(__file__).with_name("bench_scale.py"))], check=True,
-                             capture_output=True, text=True)
+        out = subprocess.run(
+            [sys.executable, str(Path(__file__).with_name("bench_scale.py"))],
+            check=True,
+            capture_output=True,
+            text=True,
+        )
         m = json.loads(out.stdout)
     flow_pair = m["shards"]["flow_bytes_per_pair_both_directions"]
     overhead = m["shards"]["overhead_bytes_per_frame"]
@@ -77,11 +82,13 @@ def main(argv) -> int:
         print(f"| {label} | {frames / 1e6:.0f} M | {gb(j)} | {gb(f)} | {gb(o)} | {gb(j + f + o)} |")
     total = totals["100k videos"]
     print("\n### Per node and staging time\n")
-    print("Copier rate = min(1 / (1/read + 1/write), SHA-256): one copier per node reads and writes 16 MiB "
-          "blocks in turn while a helper thread hashes each block during its write and the next read; "
-          "read at the NIC rate (HDR, "
-          f"{NIC['InfiniBand HDR (200 Gb/s)'] / 1e9:.0f} GB/s, an upper bound), SHA-256 {sha / 1e9:.2f} GB/s "
-          "(measured, one core).\n")
+    print(
+        "Copier rate = min(1 / (1/read + 1/write), SHA-256): one copier per node reads and writes 16 MiB "
+        "blocks in turn while a helper thread hashes each block during its write and the next read; "
+        "read at the NIC rate (HDR, "
+        f"{NIC['InfiniBand HDR (200 Gb/s)'] / 1e9:.0f} GB/s, an upper bound), SHA-256 {sha / 1e9:.2f} GB/s "
+        "(measured, one core).\n"
+    )
     print("| nodes | bytes per node (100k videos) | " + " | ".join(f"staging, {d}" for d in DISKS) + " |")
     print("|---|---|" + "---|" * len(DISKS))
     for n in NODE_COUNTS:
@@ -95,36 +102,51 @@ def main(argv) -> int:
     per_sample = 2 * (JPEG_BYTES + overhead) + 2 * (K - 1) * flow_pair / 2
     samples = TRAIN_VIDEOS * EPOCHS
     print(f"\n### Per-GPU sample rates (global batch {GLOBAL_BATCH}, k = {K})\n")
-    print(f"A sample reads {per_sample / 1e3:.0f} KB (2 JPEGs, {K - 1} forward + {K - 1} backward flows), "
-          f"decodes 2 JPEGs; the seed's schedule is {samples / 1e6:.0f} M samples "
-          f"({EPOCHS} epochs x {TRAIN_VIDEOS // 1000}k videos).\n")
+    print(
+        f"A sample reads {per_sample / 1e3:.0f} KB (2 JPEGs, {K - 1} forward + {K - 1} backward flows), "
+        f"decodes 2 JPEGs; the seed's schedule is {samples / 1e6:.0f} M samples "
+        f"({EPOCHS} epochs x {TRAIN_VIDEOS // 1000}k videos).\n"
+    )
     print("| GPUs | batch per GPU | rate per GPU for the schedule in 24 h | in 7 days |")
     print("|---|---|---|---|")
     for g in GPU_COUNTS:
-        print(f"| {g} | {GLOBAL_BATCH // g} | {samples / DAY / g:,.1f} samples/s | {samples / (7 * DAY) / g:,.1f} samples/s |")
-    print("\nWhat each part must deliver per GPU to keep up with a GPU at a documented rate "
-          f"(decode: {decode:.0f} BDD-sized 720p JPEGs/s per core, measured; pipeline: {PIPELINE_VS_DECODE} of "
-          "that rate per sample pair, measured):\n")
-    print("| GPU rate (samples/s/GPU) | local read per GPU | decode cores per GPU | pipeline cores per GPU |"
-          " steps/s at 16 GPUs | at 256 GPUs |")
+        print(
+            f"| {g} | {GLOBAL_BATCH // g} | {samples / DAY / g:,.1f} samples/s | {samples / (7 * DAY) / g:,.1f} "
+            "samples/s |"
+        )
+    print(
+        "\nWhat each part must deliver per GPU to keep up with a GPU at a documented rate "
+        f"(decode: {decode:.0f} BDD-sized 720p JPEGs/s per core, measured; pipeline: {PIPELINE_VS_DECODE} of "
+        "that rate per sample pair, measured):\n"
+    )
+    print(
+        "| GPU rate (samples/s/GPU) | local read per GPU | decode cores per GPU | pipeline cores per GPU |"
+        " steps/s at 16 GPUs | at 256 GPUs |"
+    )
     print("|---|---|---|---|---|---|")
     for name, r in GPU_RATES.items():
-        print(f"| {name}: {r:,.0f} | {r * per_sample / 1e6:,.0f} MB/s | {2 * r / decode:.1f} | "
-              f"{r / (PIPELINE_VS_DECODE * decode / 2):.1f} | {r / (GLOBAL_BATCH / 16):.1f} | "
-              f"{r / (GLOBAL_BATCH / 256):.1f} |")
+        print(
+            f"| {name}: {r:,.0f} | {r * per_sample / 1e6:,.0f} MB/s | {2 * r / decode:.1f} | "
+            f"{r / (PIPELINE_VS_DECODE * decode / 2):.1f} | {r / (GLOBAL_BATCH / 16):.1f} | "
+            f"{r / (GLOBAL_BATCH / 256):.1f} |"
+        )
 
-    print(f"\n### Allreduce per step\n")
-    print(f"Gradients: {m['model_k6']['trainable_params'] / 1e6:.1f} M trainable parameters x 4 B = "
-          f"{grad / 1e6:.1f} MB per step (measured from the k = 6 model). A ring allreduce moves "
-          "2(G-1)/G of it in and out of every rank; hierarchically (within a node first) about twice "
-          "the gradient crosses each node's network link per step.\n")
+    print("\n### Allreduce per step\n")
+    print(
+        f"Gradients: {m['model_k6']['trainable_params'] / 1e6:.1f} M trainable parameters x 4 B = "
+        f"{grad / 1e6:.1f} MB per step (measured from the k = 6 model). A ring allreduce moves "
+        "2(G-1)/G of it in and out of every rank; hierarchically (within a node first) about twice "
+        "the gradient crosses each node's network link per step.\n"
+    )
     print("| GPUs | ring bytes per GPU per step | " + " | ".join(f"node link, {n}" for n in GPU_RATES) + " |")
     print("|---|---|" + "---|" * len(GPU_RATES))
     for g in GPU_COUNTS:
         cells = [f"{2 * grad * r / (GLOBAL_BATCH / g) / 1e9:,.1f} GB/s" for r in GPU_RATES.values()]
         print(f"| {g} | {2 * (g - 1) / g * grad / 1e6:,.0f} MB | " + " | ".join(cells) + " |")
-    print("\nGPUs beyond which the gradient traffic alone exceeds a node's link "
-          "(G_max = batch x link / (2 x gradient x rate)):\n")
+    print(
+        "\nGPUs beyond which the gradient traffic alone exceeds a node's link "
+        "(G_max = batch x link / (2 x gradient x rate)):\n"
+    )
     print("| | " + " | ".join(NIC) + " |")
     print("|---|" + "---|" * len(NIC))
     for name, r in GPU_RATES.items():
@@ -132,12 +154,16 @@ def main(argv) -> int:
     bn = m["model_k6"]["bn_layers_all"]
     bn_t = m["model_k6"]["bn_layers_trainable"]
     colls = 2 * bn + 2 * bn_t
-    print(f"\nSyncBN: {bn} batch-norm layers ({bn_t} trainable) synchronise statistics per view: "
-          f"{colls} small collectives per step (2 views x {bn} forward + 2 x {bn_t} backward).")
+    print(
+        f"\nSyncBN: {bn} batch-norm layers ({bn_t} trainable) synchronise statistics per view: "
+        f"{colls} small collectives per step (2 views x {bn} forward + 2 x {bn_t} backward)."
+    )
     for name, r in GPU_RATES.items():
         step = (GLOBAL_BATCH / 256) / r
-        print(f"At 256 GPUs and {name} ({r:,.0f}/s) a step computes for {step * 1e3:.1f} ms: a collective "
-              f"latency above {step / colls * 1e6:.0f} us makes SyncBN alone longer than the compute.")
+        print(
+            f"At 256 GPUs and {name} ({r:,.0f}/s) a step computes for {step * 1e3:.1f} ms: a collective "
+            f"latency above {step / colls * 1e6:.0f} us makes SyncBN alone longer than the compute."
+        )
     return 0
 
 

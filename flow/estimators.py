@@ -1,4 +1,5 @@
 """Optical-flow estimators behind one interface: RAFT (torchvision) and OpenCV DIS."""
+
 from __future__ import annotations
 
 import abc
@@ -11,8 +12,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from plumbing.errors import UserError
 from flow.ops import full_flow_to_shard
+from plumbing.errors import UserError
 
 MODELS = ("raft-small", "raft-large", "dis")
 DIS_PRESETS = ("ultrafast", "fast", "medium")
@@ -41,7 +42,9 @@ def to_float_chw(images: Union[np.ndarray, torch.Tensor], name: str = "images", 
             raise ValueError(f"{name} of dtype uint8 should have shape [B, H, W, 3], got {tuple(images.shape)}")
         return images.to(device).permute(0, 3, 1, 2).float()
     if images.ndim != 4 or images.shape[1] != 3:
-        raise ValueError(f"float {name} should have shape [B, 3, H, W] with values in 0..255, got {tuple(images.shape)}")
+        raise ValueError(
+            f"float {name} should have shape [B, 3, H, W] with values in 0..255, got {tuple(images.shape)}"
+        )
     return images.to(device).float()
 
 
@@ -68,7 +71,9 @@ class FlowEstimator(abc.ABC):
     @staticmethod
     def _check_pair(img1, img2) -> None:
         if tuple(img1.shape) != tuple(img2.shape):
-            raise ValueError(f"img1 and img2 should have the same shape, got {tuple(img1.shape)} and {tuple(img2.shape)}")
+            raise ValueError(
+                f"img1 and img2 should have the same shape, got {tuple(img1.shape)} and {tuple(img2.shape)}"
+            )
 
 
 class RaftEstimator(FlowEstimator):
@@ -117,7 +122,9 @@ class RaftEstimator(FlowEstimator):
         b, _, h, w = x1.shape
         ph, pw = 8 * math.ceil(h / 8), 8 * math.ceil(w / 8)
         if ph < 128 or pw < 128:
-            raise UserError(f"RAFT needs frames of at least 128x128 pixels (torchvision's correlation pyramid), got {w}x{h}")
+            raise UserError(
+                f"RAFT needs frames of at least 128x128 pixels (torchvision's correlation pyramid), got {w}x{h}"
+            )
         x = torch.cat([x1, x2], 0) * (2.0 / 255.0) - 1.0
         if (ph, pw) != (h, w):
             x = F.pad(x, (0, pw - w, 0, ph - h), mode="replicate")
@@ -160,8 +167,11 @@ class DisEstimator(FlowEstimator):
         self.name = "dis"
         self.preset = preset
         self.device = torch.device("cpu")
-        code = {"ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST, "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
-                "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM}[preset]
+        code = {
+            "ultrafast": cv2.DISOPTICAL_FLOW_PRESET_ULTRAFAST,
+            "fast": cv2.DISOPTICAL_FLOW_PRESET_FAST,
+            "medium": cv2.DISOPTICAL_FLOW_PRESET_MEDIUM,
+        }[preset]
         self._dis = cv2.DISOpticalFlow_create(code)
         if threads is not None:
             cv2.setNumThreads(int(threads))
@@ -182,8 +192,15 @@ class DisEstimator(FlowEstimator):
         return FlowResult(full=full, low=full_flow_to_shard(full))
 
 
-def make_estimator(name: str, weights=None, device="cpu", iters: int = 12, amp: Optional[str] = None,
-                   dis_preset: str = "medium", threads: Optional[int] = None) -> FlowEstimator:
+def make_estimator(
+    name: str,
+    weights=None,
+    device="cpu",
+    iters: int = 12,
+    amp: Optional[str] = None,
+    dis_preset: str = "medium",
+    threads: Optional[int] = None,
+) -> FlowEstimator:
     """Build an estimator by name: ``"raft-small"``, ``"raft-large"`` or ``"dis"``.
 
     ``weights``: local checkpoint path for RAFT (official or torchvision layout), None = random

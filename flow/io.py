@@ -4,6 +4,7 @@ Every function here uses the project's flow convention: an array of shape (2, H,
 float32, channel 0 = x displacement, channel 1 = y displacement, in pixels of the
 resolution it is stored at.
 """
+
 from __future__ import annotations
 
 import os

@@ -1,6 +1,7 @@
 """Flow operations on batched torch tensors: sampling, warping, resizing, chaining, FB masks. The one set of flow
 kernels of the project: the positives, the flow evaluation and the flow tools use these, never their own copies.
 """
+
 from __future__ import annotations
 
 import math
@@ -115,7 +116,9 @@ def sample_at(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     if points.ndim != 3 or points.shape[-1] != 2:
         raise ValueError(f"points should have shape [B, N, 2], got {tuple(points.shape)}")
     if points.shape[0] != field.shape[0]:
-        raise ValueError(f"points and field should have the same batch size, got {points.shape[0]} and {field.shape[0]}")
+        raise ValueError(
+            f"points and field should have the same batch size, got {points.shape[0]} and {field.shape[0]}"
+        )
     field = _float(field)
     h, w = field.shape[-2:]
     grid = _normalise_points(points.to(field.dtype), h, w).unsqueeze(1)  # [B, 1, N, 2]
@@ -137,7 +140,9 @@ def warp_image(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     if img.ndim != 4:
         raise ValueError(f"img should be a 4D tensor [B, C, H, W], got shape {tuple(img.shape)}")
     if img.shape[0] != flow.shape[0] or img.shape[-2:] != flow.shape[-2:]:
-        raise ValueError(f"img and flow should have the same batch and spatial size, got {tuple(img.shape)} and {tuple(flow.shape)}")
+        raise ValueError(
+            f"img and flow should have the same batch and spatial size, got {tuple(img.shape)} and {tuple(flow.shape)}"
+        )
     img = _float(img)
     flow = flow.to(img.dtype)
     h, w = flow.shape[-2:]
@@ -145,8 +150,9 @@ def warp_image(img: torch.Tensor, flow: torch.Tensor) -> torch.Tensor:
     return _sample_grid(img, pos)
 
 
-def resize_flow(flow: torch.Tensor, size: Sequence[int], mode: str = "bilinear",
-                scale: Optional[Tuple[float, float]] = None) -> torch.Tensor:
+def resize_flow(
+    flow: torch.Tensor, size: Sequence[int], mode: str = "bilinear", scale: Optional[Tuple[float, float]] = None
+) -> torch.Tensor:
     """Resample a flow field to ``size = (H, W)`` and rescale its values to the new pixel units.
 
     Args:
@@ -198,7 +204,10 @@ def shard_flow_to_full(flow8: torch.Tensor, size: Sequence[int]) -> torch.Tensor
     H, W = int(size[0]), int(size[1])
     h8, w8 = flow8.shape[-2:]
     if h8 != math.ceil(H / 8) or w8 != math.ceil(W / 8):
-        raise ValueError(f"flow8 should be [..., 2, {math.ceil(H / 8)}, {math.ceil(W / 8)}] for frame size {H}x{W}, got {tuple(flow8.shape)}")
+        raise ValueError(
+            f"flow8 should be [..., 2, {math.ceil(H / 8)}, {math.ceil(W / 8)}] for frame size {H}x{W}, got "
+            f"{tuple(flow8.shape)}"
+        )
     full = resize_flow(flow8, (8 * h8, 8 * w8), scale=(8.0, 8.0))
     return full[..., :H, :W].contiguous()
 
@@ -276,8 +285,9 @@ def chain_flows(flows: torch.Tensor) -> torch.Tensor:
     pos = grid.expand(b, h, w, 2)
     for s in range(n):
         g = torch.addcdiv(minus_one, pos, div, value=2)
-        pos = pos + F.grid_sample(flows[:, s], g, mode="bilinear", padding_mode="zeros",
-                                  align_corners=True).permute(0, 2, 3, 1)
+        pos = pos + F.grid_sample(flows[:, s], g, mode="bilinear", padding_mode="zeros", align_corners=True).permute(
+            0, 2, 3, 1
+        )
     return (pos - grid).permute(0, 3, 1, 2)
 
 
@@ -310,13 +320,14 @@ def _normalised_grid(h: int, w: int, device, dtype) -> torch.Tensor:
     return grid_n
 
 
-def _fb_criterion(f: torch.Tensor, bhat: torch.Tensor, inside: torch.Tensor, mode: str, alpha1: float,
-                  alpha2_term: float, dim: int) -> torch.Tensor:
+def _fb_criterion(
+    f: torch.Tensor, bhat: torch.Tensor, inside: torch.Tensor, mode: str, alpha1: float, alpha2_term: float, dim: int
+) -> torch.Tensor:
     """The forward–backward test given the flow ``f`` at a point, the backward flow ``bhat`` read
     at its target and whether the target is ``inside`` (channels along ``dim``):
     ``|f + b̂|² − (α1·(|f|² + |b̂|²) + alpha2_term) <= 0`` (``seed``) or ``|f + b̂|² < …`` (``unflow``)."""
     cycle = ((f + bhat) ** 2).sum(dim)
-    eps = alpha1 * ((f ** 2).sum(dim) + (bhat ** 2).sum(dim)) + alpha2_term
+    eps = alpha1 * ((f**2).sum(dim) + (bhat**2).sum(dim)) + alpha2_term
     return inside & ((cycle - eps <= 0) if mode == "seed" else (cycle < eps))
 
 
@@ -326,13 +337,20 @@ def _read_other(fields: torch.Tensor, grid: torch.Tensor, swap: bool) -> torch.T
     if not swap:
         return F.grid_sample(fields, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
     b = fields.shape[0] // 2
-    out = F.grid_sample(fields, torch.cat([grid[b:], grid[:b]], 0), mode="bilinear", padding_mode="zeros",
-                        align_corners=True)
+    out = F.grid_sample(
+        fields, torch.cat([grid[b:], grid[:b]], 0), mode="bilinear", padding_mode="zeros", align_corners=True
+    )
     return torch.cat([out[b:], out[:b]], 0)
 
 
-def _fb_grid(fwd: torch.Tensor, bwd: Optional[torch.Tensor], mode: str, alpha1: float, alpha2: float,
-             alpha2_size: Optional[Sequence[int]]) -> torch.Tensor:
+def _fb_grid(
+    fwd: torch.Tensor,
+    bwd: Optional[torch.Tensor],
+    mode: str,
+    alpha1: float,
+    alpha2: float,
+    alpha2_size: Optional[Sequence[int]],
+) -> torch.Tensor:
     """:func:`fb_consistency` of ``fwd`` against ``bwd``, or (``bwd=None``) of each half of the
     stack ``fwd`` against the other half."""
     swap = bwd is None
@@ -357,8 +375,14 @@ def _fb_grid(fwd: torch.Tensor, bwd: Optional[torch.Tensor], mode: str, alpha1: 
     return _fb_criterion(fwd, bhat, inside, mode, alpha1, alpha2 * s2, dim=1)
 
 
-def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alpha1: float = 0.01,
-                   alpha2: float = 0.5, alpha2_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+def fb_consistency(
+    fwd: torch.Tensor,
+    bwd: torch.Tensor,
+    mode: str = "seed",
+    alpha1: float = 0.01,
+    alpha2: float = 0.5,
+    alpha2_size: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
     """Forward–backward consistency mask for the flow ``fwd`` (frame A → B), True = valid.
 
     With ``b̂(x) = bilinear(bwd, at x + fwd(x))`` (zeros outside the frame):
@@ -392,8 +416,13 @@ def fb_consistency(fwd: torch.Tensor, bwd: torch.Tensor, mode: str = "seed", alp
     return _fb_grid(fwd, bwd.to(fwd.dtype), mode, alpha1, alpha2, alpha2_size)
 
 
-def fb_consistency_pair(flows: torch.Tensor, mode: str = "seed", alpha1: float = 0.01, alpha2: float = 0.5,
-                        alpha2_size: Optional[Sequence[int]] = None) -> torch.Tensor:
+def fb_consistency_pair(
+    flows: torch.Tensor,
+    mode: str = "seed",
+    alpha1: float = 0.01,
+    alpha2: float = 0.5,
+    alpha2_size: Optional[Sequence[int]] = None,
+) -> torch.Tensor:
     """Both masks of ``B`` flow pairs in one pass: ``flows [2B, 2, H, W]`` holds the flows A → B
     then the flows B → A; returns ``[2B, H, W]``, row i being
     ``fb_consistency(flows[i], flows[(i + B) mod 2B])`` (the same booleans, half the calls)."""
@@ -405,8 +434,15 @@ def fb_consistency_pair(flows: torch.Tensor, mode: str = "seed", alpha1: float =
     return _fb_grid(_float(flows), None, mode, alpha1, alpha2, alpha2_size)
 
 
-def fb_consistency_at(f: torch.Tensor, bhat: torch.Tensor, target: torch.Tensor, size: Sequence[int],
-                      mode: str = "seed", alpha1: float = 0.01, alpha2: float = 0.5) -> torch.Tensor:
+def fb_consistency_at(
+    f: torch.Tensor,
+    bhat: torch.Tensor,
+    target: torch.Tensor,
+    size: Sequence[int],
+    mode: str = "seed",
+    alpha1: float = 0.01,
+    alpha2: float = 0.5,
+) -> torch.Tensor:
     """:func:`fb_consistency`'s test at arbitrary points of an ``H × W`` frame, channels last.
 
     Args:
@@ -423,8 +459,9 @@ def fb_consistency_at(f: torch.Tensor, bhat: torch.Tensor, target: torch.Tensor,
     if mode == "seed":
         norm = constant((2.0 / (W - 1), 2.0 / (H - 1)), f.dtype, f.device)
         t_n = target * norm - 1.0
-        return _fb_criterion(f * norm, bhat * norm, (t_n.abs() < 1).all(-1), mode, alpha1,
-                             alpha2 / math.sqrt(H * H + W * W), dim=-1)
+        return _fb_criterion(
+            f * norm, bhat * norm, (t_n.abs() < 1).all(-1), mode, alpha1, alpha2 / math.sqrt(H * H + W * W), dim=-1
+        )
     inside = (target[..., 0] >= 0) & (target[..., 0] <= W - 1) & (target[..., 1] >= 0) & (target[..., 1] <= H - 1)
     return _fb_criterion(f, bhat, inside, mode, alpha1, alpha2, dim=-1)
 

@@ -1,4 +1,5 @@
 """RAFT checkpoints: official princeton-vl layout <-> torchvision's ``raft_small`` / ``raft_large``."""
+
 from __future__ import annotations
 
 import os
@@ -15,8 +16,13 @@ PathLike = Union[str, os.PathLike]
 
 _ENC = {"fnet": "feature_encoder", "cnet": "context_encoder"}
 _ENC_INV = {v: k for k, v in _ENC.items()}
-_MOTION = {"convc1": "convcorr1.0", "convc2": "convcorr2.0", "convf1": "convflow1.0",
-           "convf2": "convflow2.0", "conv": "conv.0"}
+_MOTION = {
+    "convc1": "convcorr1.0",
+    "convc2": "convcorr2.0",
+    "convf1": "convflow1.0",
+    "convf2": "convflow2.0",
+    "conv": "conv.0",
+}
 _MOTION_INV = {v: k for k, v in _MOTION.items()}
 
 
@@ -67,8 +73,9 @@ def _official_key_to_torchvision(key: str, small: bool) -> Union[str, Tuple[str,
     raise KeyError(key)
 
 
-def official_to_torchvision(state: Mapping[str, torch.Tensor], small: bool, source: str = "checkpoint",
-                            origins: Optional[Dict[str, str]] = None) -> "OrderedDict[str, torch.Tensor]":
+def official_to_torchvision(
+    state: Mapping[str, torch.Tensor], small: bool, source: str = "checkpoint", origins: Optional[Dict[str, str]] = None
+) -> "OrderedDict[str, torch.Tensor]":
     """Convert an official RAFT state dict (keys with or without ``module.``) to torchvision keys.
 
     Raises UserError for an unknown key, or for a downsample-norm alias that differs from
@@ -79,12 +86,13 @@ def official_to_torchvision(state: Mapping[str, torch.Tensor], small: bool, sour
     out: "OrderedDict[str, torch.Tensor]" = OrderedDict()
     aliases: Dict[str, Tuple[str, torch.Tensor]] = {}
     for key, value in state.items():
-        bare = key[len("module."):] if key.startswith("module.") else key
+        bare = key[len("module.") :] if key.startswith("module.") else key
         try:
             target = _official_key_to_torchvision(bare, small)
         except KeyError:
-            raise UserError(f"{source}: key {key!r} is not part of the official "
-                            f"{'raft-small' if small else 'raft-large'} layout") from None
+            raise UserError(
+                f"{source}: key {key!r} is not part of the official {'raft-small' if small else 'raft-large'} layout"
+            ) from None
         if isinstance(target, tuple):
             aliases[target[1]] = (key, value)
             continue
@@ -101,7 +109,9 @@ def official_to_torchvision(state: Mapping[str, torch.Tensor], small: bool, sour
     return out
 
 
-def torchvision_to_official(state: Mapping[str, torch.Tensor], small: bool, prefix: str = "module.") -> "OrderedDict[str, torch.Tensor]":
+def torchvision_to_official(
+    state: Mapping[str, torch.Tensor], small: bool, prefix: str = "module."
+) -> "OrderedDict[str, torch.Tensor]":
     """Inverse of :func:`official_to_torchvision`: write torchvision weights in the official layout.
 
     Includes the official model's duplicated downsample-norm entries (``normN`` next to
@@ -130,7 +140,9 @@ def torchvision_to_official(state: Mapping[str, torch.Tensor], small: bool, pref
                 out[f"{prefix}{_ENC_INV[enc]}.{block}.norm{n + 1}.{leaf}"] = value
             out[f"{prefix}{_ENC_INV[enc]}.{block}.downsample.{i}.{leaf}"] = value
             continue
-        m = re.fullmatch(r"update_block\.motion_encoder\.(convcorr1\.0|convcorr2\.0|convflow1\.0|convflow2\.0|conv\.0)\.(\w+)", key)
+        m = re.fullmatch(
+            r"update_block\.motion_encoder\.(convcorr1\.0|convcorr2\.0|convflow1\.0|convflow2\.0|conv\.0)\.(\w+)", key
+        )
         if m:
             out[f"{prefix}update_block.encoder.{_MOTION_INV[m.group(1)]}.{m.group(2)}"] = value
             continue
@@ -165,7 +177,9 @@ def read_checkpoint(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # several exception types for damaged or foreign files
-        raise UserError(f"{path}: cannot load weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})") from None
+        raise UserError(
+            f"{path}: cannot load weights ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        ) from None
     if isinstance(obj, Mapping) and "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
         obj = obj["state_dict"]
     if not isinstance(obj, Mapping) or not obj or not all(isinstance(v, torch.Tensor) for v in obj.values()):
@@ -175,17 +189,30 @@ def read_checkpoint(path: PathLike) -> "OrderedDict[str, torch.Tensor]":
 
 def guess_variant(state: Mapping[str, torch.Tensor]) -> Optional[str]:
     """``"raft-small"``, ``"raft-large"`` or None, from tell-tale keys of either layout."""
-    keys = {k[len("module."):] if k.startswith("module.") else k for k in state}
-    if any(k.startswith(("mask_predictor.", "update_block.mask.", "update_block.gru.convz1.",
-                         "update_block.recurrent_block.convgru2.")) for k in keys):
+    keys = {k[len("module.") :] if k.startswith("module.") else k for k in state}
+    if any(
+        k.startswith(
+            (
+                "mask_predictor.",
+                "update_block.mask.",
+                "update_block.gru.convz1.",
+                "update_block.recurrent_block.convgru2.",
+            )
+        )
+        for k in keys
+    ):
         return "raft-large"
-    if any(k.startswith(("update_block.gru.convz.", "fnet.layer1.0.conv3.", "feature_encoder.layer1.0.convnormrelu3."))
-           for k in keys):
+    if any(
+        k.startswith(("update_block.gru.convz.", "fnet.layer1.0.conv3.", "feature_encoder.layer1.0.convnormrelu3."))
+        for k in keys
+    ):
         return "raft-small"
     return None
 
 
-def load_raft_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], small: bool, source: str = "checkpoint") -> str:
+def load_raft_state(
+    model: torch.nn.Module, state: Mapping[str, torch.Tensor], small: bool, source: str = "checkpoint"
+) -> str:
     """Load ``state`` (official or torchvision layout) into a torchvision RAFT, strictly.
 
     Every source key must be consumed, every model key filled, every shape equal.
@@ -209,7 +236,9 @@ def load_raft_state(model: torch.nn.Module, state: Mapping[str, torch.Tensor], s
         raise UserError(f"{source}: {len(missing)} {name} weight(s) missing, first {missing[0]!r} ({layout} layout)")
     for k, v in expected.items():
         if tuple(tv_state[k].shape) != tuple(v.shape):
-            raise UserError(f"{source}: {origins.get(k, k)!r} has shape {tuple(tv_state[k].shape)}, "
-                            f"{name} needs {tuple(v.shape)} ({layout} layout)")
+            raise UserError(
+                f"{source}: {origins.get(k, k)!r} has shape {tuple(tv_state[k].shape)}, "
+                f"{name} needs {tuple(v.shape)} ({layout} layout)"
+            )
     model.load_state_dict(tv_state, strict=True)
     return layout

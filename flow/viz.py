@@ -7,6 +7,7 @@ frames uint8 ``[H, W, 3]``); :func:`clip_pictures` draws a clip's composite flow
 (``hdf5_tools viz`` reads a clip from a shard and calls it). Every PNG is written under a
 temporary name and renamed into place.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -18,8 +19,9 @@ import numpy as np
 import torch
 
 from plumbing.atomic import atomic_open
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -45,7 +47,9 @@ def mask_picture(mask: torch.Tensor) -> np.ndarray:
     return np.repeat(m[:, :, None], 3, axis=2)
 
 
-def overlay(frame: np.ndarray, colors: np.ndarray, mask: Optional[torch.Tensor] = None, alpha: float = 0.5) -> np.ndarray:
+def overlay(
+    frame: np.ndarray, colors: np.ndarray, mask: Optional[torch.Tensor] = None, alpha: float = 0.5
+) -> np.ndarray:
     """Blend flow colours over a frame (uint8 [H, W, 3]); pixels with ``mask`` False are darkened."""
     out = (1 - alpha) * frame.astype(np.float32) + alpha * colors.astype(np.float32)
     if mask is not None:
@@ -60,7 +64,7 @@ def panel(images: List[np.ndarray], cols: int, pad: int = 4) -> np.ndarray:
     out = np.full((rows * h + (rows + 1) * pad, cols * w + (cols + 1) * pad, 3), 96, np.uint8)
     for i, im in enumerate(images):
         r, c = divmod(i, cols)
-        out[pad + r * (h + pad):pad + r * (h + pad) + h, pad + c * (w + pad):pad + c * (w + pad) + w] = im
+        out[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + c * (w + pad) : pad + c * (w + pad) + w] = im
     return out
 
 
@@ -91,7 +95,12 @@ def clip_pictures(frames: np.ndarray, fwd8: np.ndarray, bwd8: np.ndarray, masks:
     f = shard_flow_to_full(torch.from_numpy(fwd8), (h, w)).unsqueeze(0)  # [1, k-1, 2, H, W]
     b = shard_flow_to_full(torch.from_numpy(bwd8), (h, w)).unsqueeze(0)
     cf, cb = chain_flows(f), chain_backward(b)
-    out = {"frame_first": frames[0], "frame_last": frames[1], "flow_fwd": flow_colors(cf[0]), "flow_bwd": flow_colors(cb[0])}
+    out = {
+        "frame_first": frames[0],
+        "frame_last": frames[1],
+        "flow_fwd": flow_colors(cf[0]),
+        "flow_bwd": flow_colors(cb[0]),
+    }
     first_mask = None
     for mode in masks:
         mf_, mb_ = fb_consistency(cf, cb, mode)[0], fb_consistency(cb, cf, mode)[0]
@@ -115,8 +124,9 @@ def viz_flo(cfg: VizConfig) -> Dict[str, np.ndarray]:
         except OSError as exc:
             raise UserError(f"{cfg.frame}: cannot read image ({exc})") from None
         if frame.shape[:2] != tuple(flow.shape[1:]):
-            raise UserError(f"{cfg.frame}: image is {frame.shape[1]}x{frame.shape[0]}, the flow is "
-                            f"{flow.shape[2]}x{flow.shape[1]}")
+            raise UserError(
+                f"{cfg.frame}: image is {frame.shape[1]}x{frame.shape[0]}, the flow is {flow.shape[2]}x{flow.shape[1]}"
+            )
         out["overlay"] = overlay(frame, out["flow"])
     return out
 

@@ -1,4 +1,5 @@
 """``python -m hdf5_tools`` runs the ``hdf5_tools`` command."""
+
 import sys
 
 from hdf5_tools.cli import main

@@ -1,6 +1,7 @@
 """Fake BDD100K-style source trees for the benchmarks (``make_bdd_like``) and the tests: frame folders and
 the seed's ``.pth`` flow files, written from the synthetic world in the layout ``hdf5_tools pack`` reads.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -25,8 +26,14 @@ def encode(rgb: np.ndarray, quality: int = 90) -> bytes:
     return simplejpeg.encode_jpeg(np.ascontiguousarray(rgb), quality=quality, colorspace="RGB")
 
 
-def write_frame_folder(root, split: str, video: str, rgb: Optional[np.ndarray] = None,
-                       jpegs: Optional[List[bytes]] = None, quality: int = 90) -> List[bytes]:
+def write_frame_folder(
+    root,
+    split: str,
+    video: str,
+    rgb: Optional[np.ndarray] = None,
+    jpegs: Optional[List[bytes]] = None,
+    quality: int = 90,
+) -> List[bytes]:
     """Write one video's frames as ``root/images/<split>/<video>/%05d.jpg`` (from 1); returns the bytes."""
     if jpegs is None:
         if rgb is None:
@@ -59,8 +66,16 @@ def random_flows(rng: np.random.Generator, pairs: int, height: int, width: int) 
     return np.clip(fwd, -20, 20), np.clip(bwd, -20, 20)
 
 
-def make_bdd_like(root, videos: int = 2, frames: int = 400, size: Tuple[int, int] = (1280, 720),
-                  distinct: int = 4, flows: bool = True, quality: int = 95, seed: int = 0) -> dict:
+def make_bdd_like(
+    root,
+    videos: int = 2,
+    frames: int = 400,
+    size: Tuple[int, int] = (1280, 720),
+    distinct: int = 4,
+    flows: bool = True,
+    quality: int = 95,
+    seed: int = 0,
+) -> dict:
     """A BDD100K-like tree in the seed's layout for benchmarks.
 
     ``root/images/train/<video>/%05d.jpg`` (``distinct`` rendered frames per video, cycled: decode

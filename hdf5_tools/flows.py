@@ -1,4 +1,5 @@
 """``hdf5_tools flow``: forward and backward flow for every adjacent pair, into the shards."""
+
 from __future__ import annotations
 
 import math
@@ -14,10 +15,11 @@ import h5py
 import numpy as np
 
 from plumbing.atomic import atomic_copy
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
 from plumbing.jobenv import job_environment
 from plumbing.runs import EXIT_RESUME
-from plumbing.cli import call, command as cli_command
 
 TAG_REQ, TAG_FRAMES, TAG_RESULT = 11, 12, 13
 
@@ -65,6 +67,7 @@ class Plan:
 
 
 # --------------------------------------------------------------------------- shards and plan
+
 
 def copy_into(shards: List[str], into: str) -> List[str]:
     """Copy shards (and a manifest beside the first) into ``into``; reuse copies already there."""
@@ -133,6 +136,7 @@ def make_plan(shards: List[str], size: int, chunk: int, recompute: bool = False)
 
 # --------------------------------------------------------------------------- frames and flows
 
+
 def decode_frames(jpegs: List[bytes], c: Chunk) -> np.ndarray:
     """Decode a chunk's frames to uint8 [count+1, H, W, 3]; UserError on a frame of another size."""
     import simplejpeg
@@ -143,10 +147,14 @@ def decode_frames(jpegs: List[bytes], c: Chunk) -> np.ndarray:
         try:
             img = simplejpeg.decode_jpeg(b, colorspace="RGB")
         except Exception as exc:  # simplejpeg raises ValueError/RuntimeError on damaged data
-            raise UserError(f"{os.path.basename(c.shard)}: video {c.video!r} frame {i}: cannot decode JPEG ({exc})") from None
+            raise UserError(
+                f"{os.path.basename(c.shard)}: video {c.video!r} frame {i}: cannot decode JPEG ({exc})"
+            ) from None
         if img.shape[:2] != (c.height, c.width):
-            raise UserError(f"{os.path.basename(c.shard)}: video {c.video!r} frame {i} is {img.shape[1]}x{img.shape[0]}, "
-                            f"the video's frames are {c.width}x{c.height}")
+            raise UserError(
+                f"{os.path.basename(c.shard)}: video {c.video!r} frame {i} is {img.shape[1]}x{img.shape[0]}, "
+                f"the video's frames are {c.width}x{c.height}"
+            )
         out.append(img)
     return np.stack(out)
 
@@ -164,12 +172,13 @@ def chunk_flows(estimator, frames: np.ndarray, batch: int) -> Tuple[np.ndarray, 
     b = np.concatenate([frames[1:], frames[:-1]])
     lows = []
     for s in range(0, 2 * n, batch):
-        lows.append(estimator(a[s:s + batch], b[s:s + batch]).low.cpu().numpy())
+        lows.append(estimator(a[s : s + batch], b[s : s + batch]).low.cpu().numpy())
     low = np.concatenate(lows).astype(np.float32)
     return low[:n], low[n:]
 
 
 # --------------------------------------------------------------------------- the run
+
 
 class _Stop:
     def __init__(self):
@@ -215,8 +224,10 @@ def run(cfg: ComputeConfig, log=print) -> int:
     if rank == 0:
         try:
             if cfg.model != "dis" and cfg.weights is None:
-                raise UserError(f"--weights is required for {cfg.model} (a local raft-small.pth / raft-things.pth / "
-                                f"torchvision checkpoint)")
+                raise UserError(
+                    f"--weights is required for {cfg.model} (a local raft-small.pth / raft-things.pth / "
+                    f"torchvision checkpoint)"
+                )
             if cfg.weights is not None and not os.path.isfile(cfg.weights):
                 raise UserError(f"{cfg.weights}: weights file not found")
             if cfg.batch < 1 or cfg.chunk < 1:
@@ -242,8 +253,15 @@ def run(cfg: ComputeConfig, log=print) -> int:
     torch.set_num_threads(threads)
     device = _pick_device(cfg.device)
     try:
-        estimator = make_estimator(cfg.model, weights=cfg.weights, device=device, iters=cfg.iters, amp=cfg.amp,
-                                   dis_preset=cfg.dis_preset, threads=threads)
+        estimator = make_estimator(
+            cfg.model,
+            weights=cfg.weights,
+            device=device,
+            iters=cfg.iters,
+            amp=cfg.amp,
+            dis_preset=cfg.dis_preset,
+            threads=threads,
+        )
     except UserError as exc:
         if comm is not None:
             log(f"hdf5_tools flow: error: {exc}", file=sys.stderr)
@@ -284,8 +302,15 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
     if cfg.progress and total:
         from tqdm import tqdm
 
-        bar = tqdm(total=total, unit="pair", desc=f"flow {estimator.name}" + (f" rank {rank}" if comm else ""),
-                   position=rank if comm else None, file=sys.stderr, dynamic_ncols=True, leave=True)
+        bar = tqdm(
+            total=total,
+            unit="pair",
+            desc=f"flow {estimator.name}" + (f" rank {rank}" if comm else ""),
+            position=rank if comm else None,
+            file=sys.stderr,
+            dynamic_ncols=True,
+            leave=True,
+        )
 
     def write(c: Chunk, fwd, bwd):
         h5 = handles[c.shard]
@@ -368,47 +393,93 @@ def _work(cfg, plan: Plan, estimator, comm, rank, size, stop: _Stop, log) -> int
             h.close()
     dt = time.perf_counter() - t0
     if stop.flag:
-        log(f"stopped after {done_pairs} of {total} pair(s){f' on rank {rank}' if comm else ''}; "
-            f"run the same command again to resume", file=sys.stderr, flush=True)
+        log(
+            f"stopped after {done_pairs} of {total} pair(s){f' on rank {rank}' if comm else ''}; "
+            f"run the same command again to resume",
+            file=sys.stderr,
+            flush=True,
+        )
         return EXIT_RESUME
     if comm is not None:
         comm.Barrier()
-    log(f"{'rank %d: ' % rank if comm else ''}{done_pairs} pair(s) with {estimator.name} in {dt:.1f} s "
-        f"({done_pairs / dt if dt > 0 else 0.0:.2f} pairs/s)", flush=True)
+    log(
+        f"{'rank %d: ' % rank if comm else ''}{done_pairs} pair(s) with {estimator.name} in {dt:.1f} s "
+        f"({done_pairs / dt if dt > 0 else 0.0:.2f} pairs/s)",
+        flush=True,
+    )
     return 0
 
 
-@cli_command("flow", epilog="Examples: mpirun -np 4 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth; "
-                             "hdf5_tools flow shards/ --model dis --into shards-dis/")
+@cli_command(
+    "flow",
+    epilog="Examples: mpirun -np 4 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth; "
+    "hdf5_tools flow shards/ --model dis --into shards-dis/",
+)
 @click.argument("sources", nargs=-1, required=True, metavar="SHARDS...")
-@click.option("--model", type=click.Choice(["raft-small", "raft-large", "dis"]), default="raft-small",
-              show_default=True)
-@click.option("--weights", default=None,
-              help="local RAFT checkpoint (official princeton-vl .pth or torchvision state dict)")
-@click.option("--into", metavar="DIR", default=None, help="copy the shards into DIR and fill the copies (default: in place)")
+@click.option(
+    "--model", type=click.Choice(["raft-small", "raft-large", "dis"]), default="raft-small", show_default=True
+)
+@click.option(
+    "--weights", default=None, help="local RAFT checkpoint (official princeton-vl .pth or torchvision state dict)"
+)
+@click.option(
+    "--into", metavar="DIR", default=None, help="copy the shards into DIR and fill the copies (default: in place)"
+)
 @click.option("--device", default="auto", help="torch device for RAFT (default: this rank's GPU, else cpu)")
 @click.option("--iters", type=int, default=12, show_default=True, help="RAFT refinement iterations (as the seed)")
-@click.option("--amp", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True,
-              help="RAFT autocast dtype")
+@click.option(
+    "--amp", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True, help="RAFT autocast dtype"
+)
 @click.option("--dis-preset", type=click.Choice(["ultrafast", "fast", "medium"]), default="medium", show_default=True)
 @click.option("--batch", type=int, default=8, show_default=True, help="pairs per estimator call")
-@click.option("--chunk", type=int, default=16, show_default=True,
-              help="pairs computed between writes; a kill loses at most this many per rank")
+@click.option(
+    "--chunk",
+    type=int,
+    default=16,
+    show_default=True,
+    help="pairs computed between writes; a kill loses at most this many per rank",
+)
 @click.option("--threads", type=int, default=None, help="CPU threads per rank (default: cores / ranks on the node)")
 @click.option("--recompute", is_flag=True, help="recompute pairs that are already present")
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 @click.option("-v", "--verbose", is_flag=True, help="print one line per chunk written")
-def command(sources, model, weights, into, device, iters, amp, dis_preset, batch, chunk, threads, recompute,
-            no_progress, verbose) -> int:
+def command(
+    sources,
+    model,
+    weights,
+    into,
+    device,
+    iters,
+    amp,
+    dis_preset,
+    batch,
+    chunk,
+    threads,
+    recompute,
+    no_progress,
+    verbose,
+) -> int:
     """Forward and backward flow for every adjacent pair, written into the shards.
 
     Resumable; runs under mpirun with one writer per shard. SHARDS are shard files, or folders of
     shards (manifest.json or *.h5).
     """
-    cfg = ComputeConfig(sources=list(sources), model=model, weights=weights, into=into, device=device,
-                        iters=iters, amp=None if amp == "fp32" else amp, dis_preset=dis_preset, batch=batch,
-                        chunk=chunk, threads=threads, recompute=recompute, progress=not no_progress,
-                        verbose=verbose)
+    cfg = ComputeConfig(
+        sources=list(sources),
+        model=model,
+        weights=weights,
+        into=into,
+        device=device,
+        iters=iters,
+        amp=None if amp == "fp32" else amp,
+        dis_preset=dis_preset,
+        batch=batch,
+        chunk=chunk,
+        threads=threads,
+        recompute=recompute,
+        progress=not no_progress,
+        verbose=verbose,
+    )
     return run(cfg)
 
 

@@ -4,6 +4,7 @@ Per shard: videos, frames, flow pairs present of all pairs, JPEG bytes per frame
 pair per direction (as stored), file size and the node set it belongs to (from the manifest given,
 or a ``manifest.json`` beside the shards). ``--json`` prints the same as one JSON object.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,9 @@ import click
 
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -53,10 +55,18 @@ def summarize_shard(path: str, node: Optional[int] = None) -> ShardSummary:
     splits: dict = {}
     for v in videos:
         splits[v.split] = splits.get(v.split, 0) + 1
-    return ShardSummary(file=path, node=node, bytes=os.path.getsize(path), videos=len(videos),
-                        frames=sum(v.num_frames for v in videos), pairs=sum(v.num_pairs for v in videos),
-                        pairs_present=sum(v.flows_present for v in videos), jpeg_bytes=jpeg, flow_bytes=flow,
-                        splits=splits)
+    return ShardSummary(
+        file=path,
+        node=node,
+        bytes=os.path.getsize(path),
+        videos=len(videos),
+        frames=sum(v.num_frames for v in videos),
+        pairs=sum(v.num_pairs for v in videos),
+        pairs_present=sum(v.flows_present for v in videos),
+        jpeg_bytes=jpeg,
+        flow_bytes=flow,
+        splits=splits,
+    )
 
 
 def _targets(paths: List[str]):
@@ -90,27 +100,44 @@ def command(paths, as_json) -> int:
     for r in rows:
         key = "none" if r.node is None else str(r.node)
         per_node[key] = per_node.get(key, 0) + r.frames
-    total: Dict[str, Any] = {"shards": len(rows), "videos": sum(r.videos for r in rows), "frames": tot_frames,
-             "pairs": sum(r.pairs for r in rows), "pairs_present": tot_present,
-             "bytes": sum(r.bytes for r in rows),
-             "jpeg_bytes_per_frame": sum(r.jpeg_bytes for r in rows) / max(tot_frames, 1),
-             "flow_bytes_per_pair_direction": sum(r.flow_bytes for r in rows) / max(2 * tot_present, 1),
-             "frames_per_node": per_node}
+    total: Dict[str, Any] = {
+        "shards": len(rows),
+        "videos": sum(r.videos for r in rows),
+        "frames": tot_frames,
+        "pairs": sum(r.pairs for r in rows),
+        "pairs_present": tot_present,
+        "bytes": sum(r.bytes for r in rows),
+        "jpeg_bytes_per_frame": sum(r.jpeg_bytes for r in rows) / max(tot_frames, 1),
+        "flow_bytes_per_pair_direction": sum(r.flow_bytes for r in rows) / max(2 * tot_present, 1),
+        "frames_per_node": per_node,
+    }
     if as_json:
-        print(json.dumps({"shards": [dict(asdict(r), bytes_per_frame=r.bytes_per_frame,
-                                          bytes_per_flow=r.bytes_per_flow) for r in rows],
-                          "total": total}, indent=1))
+        print(
+            json.dumps(
+                {
+                    "shards": [
+                        dict(asdict(r), bytes_per_frame=r.bytes_per_frame, bytes_per_flow=r.bytes_per_flow)
+                        for r in rows
+                    ],
+                    "total": total,
+                },
+                indent=1,
+            )
+        )
         return 0
-    print(f"{'shard':<32} {'node':>4} {'videos':>6} {'frames':>8} {'flows':>13} {'B/frame':>9} "
-          f"{'B/flow':>8} {'MB':>9}")
+    print(f"{'shard':<32} {'node':>4} {'videos':>6} {'frames':>8} {'flows':>13} {'B/frame':>9} {'B/flow':>8} {'MB':>9}")
     for r in rows:
-        print(f"{os.path.basename(r.file):<32} {'-' if r.node is None else r.node:>4} {r.videos:>6} "
-              f"{r.frames:>8} {f'{r.pairs_present}/{r.pairs}':>13} {r.bytes_per_frame:>9.0f} "
-              f"{r.bytes_per_flow:>8.0f} {r.bytes / 1e6:>9.1f}")
-    print(f"total: {total['shards']} shards, {total['videos']} videos, {tot_frames} frames, flows "
-          f"{tot_present}/{total['pairs']} pairs, {total['jpeg_bytes_per_frame']:.0f} B per frame, "
-          f"{total['flow_bytes_per_pair_direction']:.0f} B per flow (pair, direction), "
-          f"{total['bytes'] / 1e6:.1f} MB")
+        print(
+            f"{os.path.basename(r.file):<32} {'-' if r.node is None else r.node:>4} {r.videos:>6} "
+            f"{r.frames:>8} {f'{r.pairs_present}/{r.pairs}':>13} {r.bytes_per_frame:>9.0f} "
+            f"{r.bytes_per_flow:>8.0f} {r.bytes / 1e6:>9.1f}"
+        )
+    print(
+        f"total: {total['shards']} shards, {total['videos']} videos, {tot_frames} frames, flows "
+        f"{tot_present}/{total['pairs']} pairs, {total['jpeg_bytes_per_frame']:.0f} B per frame, "
+        f"{total['flow_bytes_per_pair_direction']:.0f} B per flow (pair, direction), "
+        f"{total['bytes'] / 1e6:.1f} MB"
+    )
     print("frames per node: " + ", ".join(f"{k}: {v}" for k, v in sorted(total["frames_per_node"].items())))
     return 0
 

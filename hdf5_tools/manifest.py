@@ -1,4 +1,5 @@
 """The shard manifest: a JSON file beside the shards that lists them and their node assignment."""
+
 from __future__ import annotations
 
 import glob
@@ -9,9 +10,9 @@ import zlib
 from dataclasses import asdict, dataclass, field
 from typing import List, Optional, Sequence, Tuple
 
+from hdf5_tools import schema
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
-from hdf5_tools import schema
 
 MANIFEST_FORMAT = "pixpro_of.manifest"
 MANIFEST_NAME = "manifest.json"
@@ -48,8 +49,12 @@ class Manifest:
         return os.path.join(self.root, entry.file)
 
     def to_json(self) -> dict:
-        return {"format": MANIFEST_FORMAT, "schema_version": self.schema_version, "nodes": self.nodes,
-                "shards": [asdict(s) for s in self.shards]}
+        return {
+            "format": MANIFEST_FORMAT,
+            "schema_version": self.schema_version,
+            "nodes": self.nodes,
+            "shards": [asdict(s) for s in self.shards],
+        }
 
 
 def file_crc32(path, block: int = 8 << 20) -> str:
@@ -84,11 +89,18 @@ def describe_shard(path, node: int, root: Optional[str] = None) -> ShardEntry:
         videos = schema.list_videos(h5)
     rel = os.path.relpath(path, root) if root else os.path.basename(path)
     crc32, sha256 = file_digests(path)
-    return ShardEntry(file=rel, node=int(node), bytes=os.path.getsize(path), crc32=crc32, sha256=sha256,
-                      num_videos=len(videos), num_frames=sum(v.num_frames for v in videos),
-                      num_pairs=sum(v.num_pairs for v in videos),
-                      pairs_present=sum(v.flows_present for v in videos),
-                      videos=[{"name": v.name, "split": v.split, "num_frames": v.num_frames} for v in videos])
+    return ShardEntry(
+        file=rel,
+        node=int(node),
+        bytes=os.path.getsize(path),
+        crc32=crc32,
+        sha256=sha256,
+        num_videos=len(videos),
+        num_frames=sum(v.num_frames for v in videos),
+        num_pairs=sum(v.num_pairs for v in videos),
+        pairs_present=sum(v.flows_present for v in videos),
+        videos=[{"name": v.name, "split": v.split, "num_frames": v.num_frames} for v in videos],
+    )
 
 
 def write_manifest(path, manifest: Manifest) -> None:
@@ -120,18 +132,26 @@ def load_manifest(path, check_files: bool = True) -> Manifest:
     except OSError as exc:
         raise UserError(f"{path}: cannot read manifest ({exc.strerror or exc})") from None
     if raw.startswith(HDF5_SIGNATURE):
-        raise UserError(f"{path}: cannot read manifest: this is an HDF5 shard; give the {MANIFEST_NAME} "
-                        f"that 'hdf5_tools pack' wrote beside the shards (or its folder)")
+        raise UserError(
+            f"{path}: cannot read manifest: this is an HDF5 shard; give the {MANIFEST_NAME} "
+            f"that 'hdf5_tools pack' wrote beside the shards (or its folder)"
+        )
     try:
         data = json.loads(raw.decode("utf-8"))
     except (UnicodeDecodeError, ValueError):
-        raise UserError(f"{path}: cannot read manifest: this is not JSON text; give the {MANIFEST_NAME} "
-                        f"that 'hdf5_tools pack' wrote beside the shards (or its folder)") from None
+        raise UserError(
+            f"{path}: cannot read manifest: this is not JSON text; give the {MANIFEST_NAME} "
+            f"that 'hdf5_tools pack' wrote beside the shards (or its folder)"
+        ) from None
     if not isinstance(data, dict) or data.get("format") != MANIFEST_FORMAT:
-        raise UserError(f"{path}: not a shard manifest (format {data.get('format') if isinstance(data, dict) else None!r})")
+        raise UserError(
+            f"{path}: not a shard manifest (format {data.get('format') if isinstance(data, dict) else None!r})"
+        )
     if data.get("schema_version") != schema.SCHEMA_VERSION:
-        raise UserError(f"{path}: unknown schema_version {data.get('schema_version')!r} "
-                        f"(this code reads version {schema.SCHEMA_VERSION})")
+        raise UserError(
+            f"{path}: unknown schema_version {data.get('schema_version')!r} "
+            f"(this code reads version {schema.SCHEMA_VERSION})"
+        )
     try:
         shards = [ShardEntry(**s) for s in data["shards"]]
         nodes = int(data["nodes"])
@@ -172,10 +192,12 @@ def flow_coverage(manifest) -> FlowCoverage:
     stopped early leaves them low until the same command is run again to finish.
     """
     m = manifest if isinstance(manifest, Manifest) else load_manifest(manifest, check_files=False)
-    return FlowCoverage(pairs=sum(s.num_pairs for s in m.shards),
-                        present=sum(min(s.pairs_present, s.num_pairs) for s in m.shards),
-                        shards=len(m.shards),
-                        shards_incomplete=sum(1 for s in m.shards if s.pairs_present < s.num_pairs))
+    return FlowCoverage(
+        pairs=sum(s.num_pairs for s in m.shards),
+        present=sum(min(s.pairs_present, s.num_pairs) for s in m.shards),
+        shards=len(m.shards),
+        shards_incomplete=sum(1 for s in m.shards if s.pairs_present < s.num_pairs),
+    )
 
 
 def refresh_manifest(path) -> Manifest:
@@ -191,13 +213,16 @@ def node_sets_for(node_index: int, num_nodes: int, manifest_nodes: int) -> List[
     if num_nodes < 1 or not 0 <= node_index < num_nodes:
         raise UserError(f"node index {node_index} outside [0, {num_nodes})")
     if num_nodes > manifest_nodes:
-        raise UserError(f"the job has {num_nodes} nodes but the shards were packed for {manifest_nodes} "
-                        f"(repack with --nodes {num_nodes} or use fewer nodes)")
+        raise UserError(
+            f"the job has {num_nodes} nodes but the shards were packed for {manifest_nodes} "
+            f"(repack with --nodes {num_nodes} or use fewer nodes)"
+        )
     return [j for j in range(manifest_nodes) if j % num_nodes == node_index]
 
 
-def shards_for_node(manifest, node_index: int, num_nodes: Optional[int] = None,
-                    root: Optional[str] = None) -> List[str]:
+def shards_for_node(
+    manifest, node_index: int, num_nodes: Optional[int] = None, root: Optional[str] = None
+) -> List[str]:
     """Paths of the shards node ``node_index`` reads, in manifest order.
 
     ``manifest`` is a :class:`Manifest` or a path to one. ``num_nodes`` defaults to the manifest's
@@ -214,8 +239,9 @@ def shards_for_node(manifest, node_index: int, num_nodes: Optional[int] = None,
     return paths
 
 
-def resolve_shards(entries: Sequence[str], node_index: Optional[int] = None, num_nodes: Optional[int] = None,
-                   label: str = "") -> List[str]:
+def resolve_shards(
+    entries: Sequence[str], node_index: Optional[int] = None, num_nodes: Optional[int] = None, label: str = ""
+) -> List[str]:
     """Shard file paths from what a user gave, in order; every path exists and none repeats.
 
     An entry is a shard file (``.h5``/``.hdf5``), a glob pattern, a manifest (``.json``) or a folder

@@ -1,4 +1,5 @@
 """``hdf5_tools pack SRC OUT --nodes N``: pack videos into per-node HDF5 shards plus a manifest."""
+
 from __future__ import annotations
 
 import json
@@ -12,11 +13,12 @@ from typing import Any, Callable, Dict, List, Optional
 
 import click
 
-from plumbing.atomic import atomic_path, atomic_write_text
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema, sources
+from plumbing.atomic import atomic_path, atomic_write_text
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 from plumbing.parse import checked, parse_bytes
 
 PLAN_NAME = ".pack-plan.json"
@@ -69,18 +71,24 @@ def make_plan(videos: List[sources.VideoSource], nodes: int, shard_size: int) ->
         cur: List[sources.VideoSource] = []
         for nxt in [*vs, None]:
             if cur and (nxt is None or sum(x.est_bytes for x in cur) + nxt.est_bytes > shard_size):
-                plans.append(ShardPlan(file=f"shard-n{node:03d}-{len([p for p in plans if p.node == node]):05d}.h5",
-                                       node=node, videos=[[x.split, x.name] for x in cur],
-                                       est_frames=sum(x.est_frames for x in cur),
-                                       est_bytes=sum(x.est_bytes for x in cur)))
+                plans.append(
+                    ShardPlan(
+                        file=f"shard-n{node:03d}-{len([p for p in plans if p.node == node]):05d}.h5",
+                        node=node,
+                        videos=[[x.split, x.name] for x in cur],
+                        est_frames=sum(x.est_frames for x in cur),
+                        est_bytes=sum(x.est_bytes for x in cur),
+                    )
+                )
                 cur = []
             if nxt is not None:
                 cur.append(nxt)
     return plans
 
 
-def write_shard(plan: ShardPlan, by_key: dict, out: str, flows: Optional[str],
-                on_video: Optional[Callable[[int], None]] = None) -> mf.ShardEntry:
+def write_shard(
+    plan: ShardPlan, by_key: dict, out: str, flows: Optional[str], on_video: Optional[Callable[[int], None]] = None
+) -> mf.ShardEntry:
     """Write one shard (temporary name, then rename) and return its manifest entry.
 
     ``on_video(frames)`` is called after each video is written (for the progress bar).
@@ -93,8 +101,16 @@ def write_shard(plan: ShardPlan, by_key: dict, out: str, flows: Optional[str],
             for split, name in plan.videos:
                 src = by_key[(split, name)]
                 v = src.load()
-                schema.add_video(h5, name, v.jpegs, split=split, height=v.height, width=v.width,
-                                 fps=v.fps, source=f"{src.kind}:{src.location}")
+                schema.add_video(
+                    h5,
+                    name,
+                    v.jpegs,
+                    split=split,
+                    height=v.height,
+                    width=v.width,
+                    fps=v.fps,
+                    source=f"{src.kind}:{src.location}",
+                )
                 fwd, bwd = v.fwd, v.bwd
                 if flow_dir is not None:
                     fwd, bwd = flow_dir.load(src, len(v.jpegs), v.height, v.width)
@@ -143,16 +159,25 @@ def pack(cfg: PackConfig) -> mf.Manifest:
         sources.FlowDir(cfg.flows)  # fail early on a wrong folder
     plans = make_plan(videos, cfg.nodes, cfg.shard_size)
     os.makedirs(cfg.out, exist_ok=True)
-    plan_json = {"src": _abs(cfg.src), "src_kind": kind, "nodes": cfg.nodes, "shard_size": cfg.shard_size,
-                 "flows": _abs(cfg.flows) if cfg.flows else None,
-                 "fps": cfg.fps, "jpeg_quality": cfg.jpeg_quality, "shards": [asdict(p) for p in plans]}
+    plan_json = {
+        "src": _abs(cfg.src),
+        "src_kind": kind,
+        "nodes": cfg.nodes,
+        "shard_size": cfg.shard_size,
+        "flows": _abs(cfg.flows) if cfg.flows else None,
+        "fps": cfg.fps,
+        "jpeg_quality": cfg.jpeg_quality,
+        "shards": [asdict(p) for p in plans],
+    }
     plan_path = os.path.join(cfg.out, PLAN_NAME)
     if os.path.exists(plan_path):
         with open(plan_path) as f:
             old = json.load(f)
         if old != plan_json:
-            raise UserError(f"{cfg.out}: holds shards of a different pack plan ({PLAN_NAME} differs: other SRC, "
-                            f"options or source files); use an empty OUT")
+            raise UserError(
+                f"{cfg.out}: holds shards of a different pack plan ({PLAN_NAME} differs: other SRC, "
+                f"options or source files); use an empty OUT"
+            )
     else:
         _write_json(plan_path, plan_json)
     for stale in Path(cfg.out).glob(f".*{PARTIAL_SUFFIX}"):
@@ -247,24 +272,41 @@ def choose_splits(src: str, given) -> Optional[List[str]]:
     return None if src.startswith("synth:") else list(sources.DEFAULT_SPLITS)
 
 
-@cli_command("pack", epilog="Examples: hdf5_tools pack data/bdd shards --nodes 4 --shard-size 8GiB -j 4; "
-                             "hdf5_tools pack data/bdd/videos shards --nodes 4 --split train --split val; "
-                             "hdf5_tools pack synth:videos=8,frames=60,size=640x360,seed=0 shards --nodes 2")
+@cli_command(
+    "pack",
+    epilog="Examples: hdf5_tools pack data/bdd shards --nodes 4 --shard-size 8GiB -j 4; "
+    "hdf5_tools pack data/bdd/videos shards --nodes 4 --split train --split val; "
+    "hdf5_tools pack synth:videos=8,frames=60,size=640x360,seed=0 shards --nodes 2",
+)
 @click.argument("src", metavar="SRC")
 @click.argument("out", metavar="OUT")
 @click.option("--nodes", type=int, required=True, help="number of node sets to balance frames across")
-@click.option("--shard-size", default="8GiB", show_default=True,
-              help="largest shard (estimated bytes): 8GiB, 500MiB, 512MB (decimal), 8G (binary) or a byte count")
+@click.option(
+    "--shard-size",
+    default="8GiB",
+    show_default=True,
+    help="largest shard (estimated bytes): 8GiB, 500MiB, 512MB (decimal), 8G (binary) or a byte count",
+)
 @click.option("--flows", metavar="DIR", default=None, help="seed .pth flows (forward/, backward/) or .flo folders")
 @click.option("-j", "--jobs", type=int, default=1, show_default=True, help="shards written in parallel")
 @click.option("--fps", type=float, default=10.0, show_default=True, help="frame rate for decoding videos")
-@click.option("--jpeg-quality", type=int, default=95, show_default=True,
-              help="JPEG quality when encoding decoded frames")
-@click.option("--src-kind", type=click.Choice(sources.SRC_KINDS), default="auto", show_default=True,
-              help="which SRC layout to read when a folder has both images/ and videos/ (auto: images)")
-@click.option("--split", "splits", multiple=True,
-              help="pack only this split (repeatable; 'all' for every split); default: train for a folder SRC, "
-                   "every video of a synth: spec")
+@click.option(
+    "--jpeg-quality", type=int, default=95, show_default=True, help="JPEG quality when encoding decoded frames"
+)
+@click.option(
+    "--src-kind",
+    type=click.Choice(sources.SRC_KINDS),
+    default="auto",
+    show_default=True,
+    help="which SRC layout to read when a folder has both images/ and videos/ (auto: images)",
+)
+@click.option(
+    "--split",
+    "splits",
+    multiple=True,
+    help="pack only this split (repeatable; 'all' for every split); default: train for a folder SRC, "
+    "every video of a synth: spec",
+)
 @click.option("--no-progress", is_flag=True, help="no progress bar")
 def command(src, out, nodes, shard_size, flows, jobs, fps, jpeg_quality, src_kind, splits, no_progress) -> int:
     """Pack frame folders, .mov videos or the synthetic world into per-node shards and a manifest.
@@ -274,16 +316,28 @@ def command(src, out, nodes, shard_size, flows, jobs, fps, jpeg_quality, src_kin
     for the shards and manifest.json. A folder's train split is packed unless --split says otherwise.
     """
     shard_bytes = checked(parse_bytes, shard_size, "--shard-size")
-    cfg = PackConfig(src=src, out=out, nodes=nodes, shard_size=shard_bytes, flows=flows,
-                     jobs=jobs, fps=fps, jpeg_quality=jpeg_quality, splits=choose_splits(src, splits),
-                     src_kind=src_kind, progress=not no_progress)
+    cfg = PackConfig(
+        src=src,
+        out=out,
+        nodes=nodes,
+        shard_size=shard_bytes,
+        flows=flows,
+        jobs=jobs,
+        fps=fps,
+        jpeg_quality=jpeg_quality,
+        splits=choose_splits(src, splits),
+        src_kind=src_kind,
+        progress=not no_progress,
+    )
     m = pack(cfg)
     frames = sum(s.num_frames for s in m.shards)
     size = sum(s.bytes for s in m.shards)
     packed = sorted({v["split"] for s in m.shards for v in s.videos})
-    print(f"packed {sum(s.num_videos for s in m.shards)} videos, {frames} frames into {len(m.shards)} shards "
-          f"({size / 1e6:.1f} MB) for {m.nodes} nodes from split(s) {', '.join(packed)}: "
-          f"{os.path.join(cfg.out, mf.MANIFEST_NAME)}")
+    print(
+        f"packed {sum(s.num_videos for s in m.shards)} videos, {frames} frames into {len(m.shards)} shards "
+        f"({size / 1e6:.1f} MB) for {m.nodes} nodes from split(s) {', '.join(packed)}: "
+        f"{os.path.join(cfg.out, mf.MANIFEST_NAME)}"
+    )
     if cfg.splits is not None:
         left = [s for s in sources.splits_of(src, src_kind) if s not in cfg.splits]
         if left:

@@ -2,6 +2,7 @@
 handles, indexes and file offsets cached, JPEG bytes and flow chunks read with ``os.pread``.
 Names, layout and checked access come from :mod:`hdf5_tools.schema`.
 """
+
 from __future__ import annotations
 
 import os
@@ -11,10 +12,28 @@ from typing import Any, Dict, Optional, Tuple
 import h5py
 import numpy as np
 
-from hdf5_tools.schema import (FLOW_BWD, FLOW_BWD_CRC, FLOW_FWD, FLOW_FWD_CRC, FLOW_PRESENT, H5_ERRORS, JPEG,
-                               JPEG_CRC, JPEG_LENGTH, JPEG_OFFSET, check_frame_index, crc32, flow_crc,
-                               open_shard, read_array, read_dataset, shard_name, short_error, video_dataset,
-                               video_group)
+from hdf5_tools.schema import (
+    FLOW_BWD,
+    FLOW_BWD_CRC,
+    FLOW_FWD,
+    FLOW_FWD_CRC,
+    FLOW_PRESENT,
+    H5_ERRORS,
+    JPEG,
+    JPEG_CRC,
+    JPEG_LENGTH,
+    JPEG_OFFSET,
+    check_frame_index,
+    crc32,
+    flow_crc,
+    open_shard,
+    read_array,
+    read_dataset,
+    shard_name,
+    short_error,
+    video_dataset,
+    video_group,
+)
 from plumbing.errors import UserError
 
 
@@ -26,8 +45,22 @@ class _VideoHandles:
     is not allocated or the dataset is filtered); they are looked up on first use of the video.
     """
 
-    __slots__ = ("blob", "offset", "length", "crc", "fwd", "bwd", "fwd_crc", "bwd_crc", "present",
-                 "blob_at", "fwd_at", "bwd_at", "chunk_bytes", "file_size")
+    __slots__ = (
+        "blob",
+        "offset",
+        "length",
+        "crc",
+        "fwd",
+        "bwd",
+        "fwd_crc",
+        "bwd_crc",
+        "present",
+        "blob_at",
+        "fwd_at",
+        "bwd_at",
+        "chunk_bytes",
+        "file_size",
+    )
 
     def __init__(self, h5: h5py.File, g: h5py.Group, video: str):
         self.blob = video_dataset(h5, g, video, JPEG)
@@ -42,14 +75,21 @@ class _VideoHandles:
         n = self.offset.shape[0]
         for name, arr in ((JPEG_LENGTH, self.length), (JPEG_CRC, self.crc)):
             if arr.shape != (n,):
-                raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape}, "
-                                f"{JPEG_OFFSET} has {(n,)}")
+                raise UserError(
+                    f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape}, {JPEG_OFFSET} has {(n,)}"
+                )
         pairs = max(n - 1, 0)
-        for name, arr in ((FLOW_PRESENT, self.present), (FLOW_FWD_CRC, self.fwd_crc), (FLOW_BWD_CRC, self.bwd_crc),
-                          (FLOW_FWD, self.fwd), (FLOW_BWD, self.bwd)):
+        for name, arr in (
+            (FLOW_PRESENT, self.present),
+            (FLOW_FWD_CRC, self.fwd_crc),
+            (FLOW_BWD_CRC, self.bwd_crc),
+            (FLOW_FWD, self.fwd),
+            (FLOW_BWD, self.bwd),
+        ):
             if arr.shape[:1] != (pairs,) or (arr.ndim == 4) != (name in (FLOW_FWD, FLOW_BWD)):
-                raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape} "
-                                f"for {n} frames")
+                raise UserError(
+                    f"{shard_name(h5)}: video {video!r}: dataset {name} has shape {arr.shape} for {n} frames"
+                )
         self.file_size = os.path.getsize(h5.filename)
         try:
             at = self.blob.id.get_offset() if self.blob.compression is None else None
@@ -58,8 +98,9 @@ class _VideoHandles:
             self.fwd_at = self._chunk_offsets(self.fwd)
             self.bwd_at = self._chunk_offsets(self.bwd)
         except H5_ERRORS as exc:
-            raise UserError(f"{shard_name(h5)}: video {video!r}: dataset layout cannot be read "
-                            f"({short_error(exc)})") from None
+            raise UserError(
+                f"{shard_name(h5)}: video {video!r}: dataset layout cannot be read ({short_error(exc)})"
+            ) from None
 
     def _chunk_offsets(self, ds) -> np.ndarray:
         n = ds.shape[0]
@@ -68,8 +109,12 @@ class _VideoHandles:
             return out
         for k in range(ds.id.get_num_chunks()):
             info = ds.id.get_chunk_info(k)
-            if info.byte_offset is not None and info.size == self.chunk_bytes and 0 <= info.chunk_offset[0] < n \
-                    and 0 <= info.byte_offset <= self.file_size - info.size:  # damaged indexes go through h5py
+            if (
+                info.byte_offset is not None
+                and info.size == self.chunk_bytes
+                and 0 <= info.chunk_offset[0] < n
+                and 0 <= info.byte_offset <= self.file_size - info.size
+            ):  # damaged indexes go through h5py
                 out[info.chunk_offset[0]] = info.byte_offset
         return out
 
@@ -115,8 +160,10 @@ class ShardReader:
         if st.st_nlink == 0:
             return f"{self.path}: shard was deleted while training read it"
         if st.st_size != self._size:
-            return (f"{self.path}: shard changed size from {self._size} to {st.st_size} bytes while training "
-                    f"read it (truncated or rewritten)")
+            return (
+                f"{self.path}: shard changed size from {self._size} to {st.st_size} bytes while training "
+                f"read it (truncated or rewritten)"
+            )
         return None
 
     def close(self) -> None:
@@ -147,8 +194,10 @@ class ShardReader:
         check_frame_index(self.h5, video, i, h.offset.shape[0])
         off, n = int(h.offset[i]), int(h.length[i])
         if off < 0 or n < 0 or off + n > h.blob.shape[0]:
-            raise UserError(f"{self.name}: video {video!r} frame {i}: JPEG bytes [{off}, {off + n}) lie outside "
-                            f"the {h.blob.shape[0]}-byte {JPEG} dataset")
+            raise UserError(
+                f"{self.name}: video {video!r} frame {i}: JPEG bytes [{off}, {off + n}) lie outside "
+                f"the {h.blob.shape[0]}-byte {JPEG} dataset"
+            )
         if h.blob_at >= 0:
             data = self._pread(n, h.blob_at + off, f"video {video!r} frame {i}")
         else:
@@ -158,18 +207,21 @@ class ShardReader:
         return data
 
     def _read_chunks(self, ds, at: np.ndarray, start: int, count: int, video: str, label: str) -> np.ndarray:
-        sel = at[start:start + count]
+        sel = at[start : start + count]
         cb = self.chunk_bytes_of(ds)
         if (sel >= 0).all() and (count == 1 or (np.diff(sel) == cb).all()):
             buf = np.empty((count,) + ds.shape[1:], "<f2")
             try:
                 n = os.preadv(self._fd, [buf], int(sel[0]))  # type: ignore[list-item]  # numpy types ndarray as a Buffer only on 3.12+
             except (OSError, OverflowError, ValueError) as exc:
-                raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
-                                f"cannot read ({exc})") from None
+                raise UserError(
+                    f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: cannot read ({exc})"
+                ) from None
             if n != buf.nbytes:
-                raise UserError(f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
-                                f"file ends early (truncated shard)")
+                raise UserError(
+                    f"{self.name}: video {video!r} {label} pairs {start}..{start + count - 1}: "
+                    f"file ends early (truncated shard)"
+                )
             return buf
         return read_dataset(self.h5, video, label, ds, slice(start, start + count))
 
@@ -183,25 +235,25 @@ class ShardReader:
         pairs = h.present.shape[0]
         start, count = int(start), int(count)
         if start < 0 or count < 0 or start + count > pairs:
-            raise UserError(f"{self.name}: video {video!r} flow pairs [{start}, {start + count}) "
-                            f"out of range [0, {pairs})")
+            raise UserError(
+                f"{self.name}: video {video!r} flow pairs [{start}, {start + count}) out of range [0, {pairs})"
+            )
         h8, w8 = h.fwd.shape[2:]
         dtype = np.float16 if as_stored else np.float32
         if count == 0:
             return np.zeros((0, 2, h8, w8), dtype), np.zeros((0, 2, h8, w8), dtype)
-        present = h.present[start:start + count]
+        present = h.present[start : start + count]
         if not present.all():
             j = start + int(np.argmin(present))
-            raise UserError(f"{self.name}: video {video!r} flow pair {j} is missing "
-                            f"(run 'hdf5_tools flow' on this shard)")
+            raise UserError(
+                f"{self.name}: video {video!r} flow pair {j} is missing (run 'hdf5_tools flow' on this shard)"
+            )
         out = []
         for ds, at, crcs, label in ((h.fwd, h.fwd_at, h.fwd_crc, FLOW_FWD), (h.bwd, h.bwd_at, h.bwd_crc, FLOW_BWD)):
             arr = self._read_chunks(ds, at, start, count, video, label)
             if self.check_crc:
                 for j in range(count):
                     if flow_crc(arr[j]) != int(crcs[start + j]):
-                        raise UserError(f"{self.name}: video {video!r} {label} pair {start + j} "
-                                        f"fails its CRC32")
+                        raise UserError(f"{self.name}: video {video!r} {label} pair {start + j} fails its CRC32")
             out.append(arr if as_stored else arr.astype(np.float32))
         return out[0], out[1]
-

@@ -8,6 +8,7 @@ A shard is one unfiltered HDF5 file of whole videos (a clip never crosses a shar
 and ``h5ls``/``h5dump`` open, written by one process at a time. A user mistake or damaged HDF5
 raises :class:`plumbing.errors.UserError` naming the shard, the video and the index or dataset.
 """
+
 from __future__ import annotations
 
 import math
@@ -30,27 +31,43 @@ FLOW_STRIDE = 8  # flows are stored at 1/8 of the frame size: h8 = ceil(H/8), w8
 # they are pre-allocated (HDF5 allocates a chunk only when it is written, so a shard packed without
 # flows stays small) and filled by ``hdf5_tools flow``.
 VIDEOS = "videos"
-JPEG = "jpeg"                    # uint8 [total_bytes]: every frame's JPEG bytes, concatenated, contiguous
-JPEG_OFFSET = "jpeg_offset"      # int64 [T]: byte offset of frame i in JPEG
-JPEG_LENGTH = "jpeg_length"      # int64 [T]: byte length of frame i
-JPEG_CRC = "jpeg_crc32"          # uint32 [T]: zlib.crc32 of frame i's bytes
-FLOW_FWD = "flow_fwd"            # float16 [T-1, 2, h8, w8]: fwd[i] maps frame i -> i+1; one chunk per pair
-FLOW_BWD = "flow_bwd"            # float16 [T-1, 2, h8, w8]: bwd[i] maps frame i+1 -> i (time order)
+JPEG = "jpeg"  # uint8 [total_bytes]: every frame's JPEG bytes, concatenated, contiguous
+JPEG_OFFSET = "jpeg_offset"  # int64 [T]: byte offset of frame i in JPEG
+JPEG_LENGTH = "jpeg_length"  # int64 [T]: byte length of frame i
+JPEG_CRC = "jpeg_crc32"  # uint32 [T]: zlib.crc32 of frame i's bytes
+FLOW_FWD = "flow_fwd"  # float16 [T-1, 2, h8, w8]: fwd[i] maps frame i -> i+1; one chunk per pair
+FLOW_BWD = "flow_bwd"  # float16 [T-1, 2, h8, w8]: bwd[i] maps frame i+1 -> i (time order)
 FLOW_FWD_CRC = "flow_fwd_crc32"  # uint32 [T-1]: zlib.crc32 of fwd[i]'s little-endian float16 bytes
 FLOW_BWD_CRC = "flow_bwd_crc32"  # uint32 [T-1]: the same for bwd[i]
-FLOW_PRESENT = "flow_present"    # uint8 [T-1]: 1 once pair i's fwd and bwd were written
-VIDEO_DATASETS = (JPEG, JPEG_OFFSET, JPEG_LENGTH, JPEG_CRC, FLOW_FWD, FLOW_BWD, FLOW_FWD_CRC,
-                  FLOW_BWD_CRC, FLOW_PRESENT)
+FLOW_PRESENT = "flow_present"  # uint8 [T-1]: 1 once pair i's fwd and bwd were written
+VIDEO_DATASETS = (
+    JPEG,
+    JPEG_OFFSET,
+    JPEG_LENGTH,
+    JPEG_CRC,
+    FLOW_FWD,
+    FLOW_BWD,
+    FLOW_FWD_CRC,
+    FLOW_BWD_CRC,
+    FLOW_PRESENT,
+)
 # name (the group's name), split, source (where it was packed from), frame size in pixels, fps,
 # flow_height/flow_width = flow_size(height, width)
-VIDEO_ATTRS = ("name", "split", "num_frames", "height", "width", "fps", "source", "flow_height",
-               "flow_width")
+VIDEO_ATTRS = ("name", "split", "num_frames", "height", "width", "fps", "source", "flow_height", "flow_width")
 STR_ATTRS = ("name", "split", "source")
 INT_ATTRS = ("num_frames", "height", "width", "flow_height", "flow_width")
 # dtype and rank of every per-video dataset
-DATASET_TYPES = {JPEG: ("u1", 1), JPEG_OFFSET: ("i8", 1), JPEG_LENGTH: ("i8", 1), JPEG_CRC: ("u4", 1),
-                 FLOW_FWD: ("f2", 4), FLOW_BWD: ("f2", 4), FLOW_FWD_CRC: ("u4", 1), FLOW_BWD_CRC: ("u4", 1),
-                 FLOW_PRESENT: ("u1", 1)}
+DATASET_TYPES = {
+    JPEG: ("u1", 1),
+    JPEG_OFFSET: ("i8", 1),
+    JPEG_LENGTH: ("i8", 1),
+    JPEG_CRC: ("u4", 1),
+    FLOW_FWD: ("f2", 4),
+    FLOW_BWD: ("f2", 4),
+    FLOW_FWD_CRC: ("u4", 1),
+    FLOW_BWD_CRC: ("u4", 1),
+    FLOW_PRESENT: ("u1", 1),
+}
 H5_ERRORS = (KeyError, OSError, RuntimeError, ValueError, TypeError)  # what h5py raises on damaged files
 
 
@@ -97,6 +114,7 @@ def shard_name(h5: h5py.File) -> str:
 
 # --------------------------------------------------------------------------- open / create
 
+
 def open_shard(path, mode: str = "r", **kwargs) -> h5py.File:
     """Open a shard (mode "r" or "r+") and check its format and schema version.
 
@@ -134,8 +152,9 @@ def check_header(h5: h5py.File) -> None:
     if isinstance(version, np.generic):
         version = version.item()
     if not isinstance(version, int) or version != SCHEMA_VERSION:
-        raise UserError(f"{shard_name(h5)}: unknown schema_version {version!r} "
-                        f"(this code reads version {SCHEMA_VERSION})")
+        raise UserError(
+            f"{shard_name(h5)}: unknown schema_version {version!r} (this code reads version {SCHEMA_VERSION})"
+        )
     try:
         ok = VIDEOS in h5 and isinstance(h5[VIDEOS], h5py.Group)
     except H5_ERRORS as exc:
@@ -158,8 +177,9 @@ def check_video_name(name: str) -> None:
         raise UserError(f"video name {name!r} cannot be a shard group name (no '/', no blanks at the ends)")
 
 
-def add_video(h5: h5py.File, name: str, jpegs: Sequence[bytes], *, split: str, height: int,
-              width: int, fps: float, source: str) -> None:
+def add_video(
+    h5: h5py.File, name: str, jpegs: Sequence[bytes], *, split: str, height: int, width: int, fps: float, source: str
+) -> None:
     """Write one video's frames (JPEG bytes, stored as-is) and pre-allocate its flow datasets.
 
     ``height``/``width`` are the frames' size in pixels (the caller checked every frame has it).
@@ -184,26 +204,39 @@ def add_video(h5: h5py.File, name: str, jpegs: Sequence[bytes], *, split: str, h
         piece.append(b)
         piece_bytes += len(b)
         if piece_bytes >= 8 << 20:
-            blob[start:start + piece_bytes] = np.frombuffer(b"".join(piece), np.uint8)
+            blob[start : start + piece_bytes] = np.frombuffer(b"".join(piece), np.uint8)
             start, piece, piece_bytes = start + piece_bytes, [], 0
     if piece_bytes:
-        blob[start:start + piece_bytes] = np.frombuffer(b"".join(piece), np.uint8)
+        blob[start : start + piece_bytes] = np.frombuffer(b"".join(piece), np.uint8)
     g.create_dataset(JPEG_OFFSET, data=offsets)
     g.create_dataset(JPEG_LENGTH, data=lengths)
     g.create_dataset(JPEG_CRC, data=np.array([crc32(b) for b in jpegs], np.uint32))
     h8, w8 = flow_size(height, width)
     pairs = n - 1
     for ds in (FLOW_FWD, FLOW_BWD):
-        g.create_dataset(ds, shape=(pairs, 2, h8, w8), maxshape=(None, 2, h8, w8), dtype="<f2",
-                         chunks=(1, 2, h8, w8), fillvalue=0)
+        g.create_dataset(
+            ds, shape=(pairs, 2, h8, w8), maxshape=(None, 2, h8, w8), dtype="<f2", chunks=(1, 2, h8, w8), fillvalue=0
+        )
     g.create_dataset(FLOW_FWD_CRC, data=np.zeros(pairs, np.uint32))
     g.create_dataset(FLOW_BWD_CRC, data=np.zeros(pairs, np.uint32))
     g.create_dataset(FLOW_PRESENT, data=np.zeros(pairs, np.uint8))
-    g.attrs.update(dict(name=name, split=split, num_frames=n, height=int(height), width=int(width),
-                        fps=float(fps), source=str(source), flow_height=h8, flow_width=w8))
+    g.attrs.update(
+        dict(
+            name=name,
+            split=split,
+            num_frames=n,
+            height=int(height),
+            width=int(width),
+            fps=float(fps),
+            source=str(source),
+            flow_height=h8,
+            flow_width=w8,
+        )
+    )
 
 
 # --------------------------------------------------------------------------- read
+
 
 def video_group(h5: h5py.File, video: str) -> h5py.Group:
     try:
@@ -242,8 +275,9 @@ def read_dataset(h5: h5py.File, video: str, name: str, ds: h5py.Dataset, sel=())
     try:
         return ds[sel]
     except H5_ERRORS as exc:
-        raise UserError(f"{shard_name(h5)}: video {video!r}: dataset {name} cannot be read "
-                        f"({short_error(exc)})") from None
+        raise UserError(
+            f"{shard_name(h5)}: video {video!r}: dataset {name} cannot be read ({short_error(exc)})"
+        ) from None
 
 
 def read_array(h5: h5py.File, g: h5py.Group, video: str, name: str) -> np.ndarray:
@@ -286,16 +320,22 @@ def video_attrs(h5: h5py.File, video: str, g: Optional[h5py.Group] = None) -> di
             raise UserError(f"{where}: attribute {k} must be >= 1, got {int(v)}")
         out[k] = int(v)
     fps = a["fps"]
-    if not isinstance(fps, (int, float, np.integer, np.floating)) or isinstance(fps, (bool, np.bool_)) \
-            or not math.isfinite(float(fps)) or float(fps) <= 0:
+    if (
+        not isinstance(fps, (int, float, np.integer, np.floating))
+        or isinstance(fps, (bool, np.bool_))
+        or not math.isfinite(float(fps))
+        or float(fps) <= 0
+    ):
         raise UserError(f"{where}: attribute fps must be a positive number, got {_plain(fps)!r}")
     out["fps"] = float(fps)
     if out["name"] != video:
         raise UserError(f"{where}: attribute name is {out['name']!r}, not the group's name {video!r}")
     h8, w8 = flow_size(out["height"], out["width"])
     if (out["flow_height"], out["flow_width"]) != (h8, w8):
-        raise UserError(f"{where}: flow size {out['flow_height']}x{out['flow_width']} != {h8}x{w8} "
-                        f"(ceil of {out['height']}x{out['width']} / {FLOW_STRIDE})")
+        raise UserError(
+            f"{where}: flow size {out['flow_height']}x{out['flow_width']} != {h8}x{w8} "
+            f"(ceil of {out['height']}x{out['width']} / {FLOW_STRIDE})"
+        )
     return out
 
 
@@ -306,12 +346,22 @@ def video_info(h5: h5py.File, video: str) -> VideoInfo:
     try:
         has_flags = FLOW_PRESENT in g
     except H5_ERRORS as exc:
-        raise UserError(f"{shard_name(h5)}: video {video!r}: the group's links are damaged "
-                        f"({short_error(exc)})") from None
+        raise UserError(
+            f"{shard_name(h5)}: video {video!r}: the group's links are damaged ({short_error(exc)})"
+        ) from None
     present = read_array(h5, g, video, FLOW_PRESENT) if has_flags else np.zeros(0, np.uint8)
-    return VideoInfo(name=a["name"], split=a["split"], num_frames=a["num_frames"], height=a["height"],
-                     width=a["width"], fps=a["fps"], source=a["source"], flow_height=a["flow_height"],
-                     flow_width=a["flow_width"], flows_present=int(np.count_nonzero(present)))
+    return VideoInfo(
+        name=a["name"],
+        split=a["split"],
+        num_frames=a["num_frames"],
+        height=a["height"],
+        width=a["width"],
+        fps=a["fps"],
+        source=a["source"],
+        flow_height=a["flow_height"],
+        flow_width=a["flow_width"],
+        flows_present=int(np.count_nonzero(present)),
+    )
 
 
 def video_names(h5: h5py.File) -> List[str]:
@@ -364,8 +414,9 @@ def flow_pair_present(h5: h5py.File, video: str, i: int) -> bool:
     return bool(present[int(i)])
 
 
-def read_flows(h5: h5py.File, video: str, start: int, count: int,
-               check_crc: bool = True) -> Tuple[np.ndarray, np.ndarray]:
+def read_flows(
+    h5: h5py.File, video: str, start: int, count: int, check_crc: bool = True
+) -> Tuple[np.ndarray, np.ndarray]:
     """Pairs ``start .. start+count-1`` of ``video`` as float32 ``(fwd, bwd)``, each [count, 2, h8, w8].
 
     ``fwd[j]`` maps frame start+j -> start+j+1; ``bwd[j]`` maps start+j+1 -> start+j.
@@ -375,8 +426,9 @@ def read_flows(h5: h5py.File, video: str, start: int, count: int,
     pairs = video_dataset(h5, g, video, FLOW_PRESENT).shape[0]
     start, count = int(start), int(count)
     if start < 0 or count < 0 or start + count > pairs:
-        raise UserError(f"{shard_name(h5)}: video {video!r} flow pairs [{start}, {start + count}) "
-                        f"out of range [0, {pairs})")
+        raise UserError(
+            f"{shard_name(h5)}: video {video!r} flow pairs [{start}, {start + count}) out of range [0, {pairs})"
+        )
     return _read_flows(h5, video, g, start, count, check_crc)
 
 
@@ -385,12 +437,14 @@ def _read_flows(h5, video, g, start, count, check_crc):
     if count == 0:
         z = np.zeros((0, 2, h8, w8), np.float32)
         return z, z.copy()
-    present = read_dataset(h5, video, FLOW_PRESENT, video_dataset(h5, g, video, FLOW_PRESENT),
-                           slice(start, start + count))
+    present = read_dataset(
+        h5, video, FLOW_PRESENT, video_dataset(h5, g, video, FLOW_PRESENT), slice(start, start + count)
+    )
     if not present.all():
         j = start + int(np.argmin(present))
-        raise UserError(f"{shard_name(h5)}: video {video!r} flow pair {j} is missing "
-                        f"(run 'hdf5_tools flow' on this shard)")
+        raise UserError(
+            f"{shard_name(h5)}: video {video!r} flow pair {j} is missing (run 'hdf5_tools flow' on this shard)"
+        )
     out = []
     for ds, crc_ds in ((FLOW_FWD, FLOW_FWD_CRC), (FLOW_BWD, FLOW_BWD_CRC)):
         arr = read_dataset(h5, video, ds, video_dataset(h5, g, video, ds), slice(start, start + count))
@@ -398,19 +452,20 @@ def _read_flows(h5, video, g, start, count, check_crc):
             crcs = read_dataset(h5, video, crc_ds, video_dataset(h5, g, video, crc_ds), slice(start, start + count))
             for j in range(count):
                 if flow_crc(arr[j]) != int(crcs[j]):
-                    raise UserError(f"{shard_name(h5)}: video {video!r} {ds} pair {start + j} "
-                                    f"fails its CRC32")
+                    raise UserError(f"{shard_name(h5)}: video {video!r} {ds} pair {start + j} fails its CRC32")
         out.append(arr.astype(np.float32))
     return out[0], out[1]
 
 
 # --------------------------------------------------------------------------- write flows
 
+
 def _to_f16(h5, video, name, arr, shape):
     arr = np.asarray(arr)
     if tuple(arr.shape) != tuple(shape):
-        raise ValueError(f"{shard_name(h5)}: video {video!r}: {name} must have shape {tuple(shape)}, "
-                         f"got {tuple(arr.shape)}")
+        raise ValueError(
+            f"{shard_name(h5)}: video {video!r}: {name} must have shape {tuple(shape)}, got {tuple(arr.shape)}"
+        )
     if not np.isfinite(arr).all():
         raise ValueError(f"{shard_name(h5)}: video {video!r}: {name} has non-finite values")
     big = float(np.abs(arr).max()) if arr.size else 0.0
@@ -431,17 +486,19 @@ def write_flows(h5: h5py.File, video: str, fwd: np.ndarray, bwd: np.ndarray, sta
     n = fwd.shape[0] if fwd.ndim == 4 else -1
     start = int(start)
     if n < 0 or start < 0 or start + n > pairs:
-        raise ValueError(f"{shard_name(h5)}: video {video!r}: fwd must be [n, 2, {h8}, {w8}] with "
-                         f"start + n <= {pairs}, got shape {tuple(fwd.shape)} at start {start}")
+        raise ValueError(
+            f"{shard_name(h5)}: video {video!r}: fwd must be [n, 2, {h8}, {w8}] with "
+            f"start + n <= {pairs}, got shape {tuple(fwd.shape)} at start {start}"
+        )
     f16 = _to_f16(h5, video, "fwd", fwd, (n, 2, h8, w8))
     b16 = _to_f16(h5, video, "bwd", bwd, (n, 2, h8, w8))
     if n == 0:
         return
-    g[FLOW_FWD][start:start + n] = f16
-    g[FLOW_BWD][start:start + n] = b16
-    g[FLOW_FWD_CRC][start:start + n] = np.array([flow_crc(a) for a in f16], np.uint32)
-    g[FLOW_BWD_CRC][start:start + n] = np.array([flow_crc(a) for a in b16], np.uint32)
-    g[FLOW_PRESENT][start:start + n] = 1
+    g[FLOW_FWD][start : start + n] = f16
+    g[FLOW_BWD][start : start + n] = b16
+    g[FLOW_FWD_CRC][start : start + n] = np.array([flow_crc(a) for a in f16], np.uint32)
+    g[FLOW_BWD_CRC][start : start + n] = np.array([flow_crc(a) for a in b16], np.uint32)
+    g[FLOW_PRESENT][start : start + n] = 1
 
 
 def write_flow_pair(h5: h5py.File, video: str, i: int, fwd: np.ndarray, bwd: np.ndarray) -> None:
@@ -450,8 +507,10 @@ def write_flow_pair(h5: h5py.File, video: str, i: int, fwd: np.ndarray, bwd: np.
     shape = g[FLOW_FWD].shape[1:]
     fwd, bwd = np.asarray(fwd), np.asarray(bwd)
     if tuple(fwd.shape) != tuple(shape) or tuple(bwd.shape) != tuple(shape):
-        raise ValueError(f"{shard_name(h5)}: video {video!r} pair {i}: fwd and bwd must have shape "
-                         f"{tuple(shape)}, got {tuple(fwd.shape)} and {tuple(bwd.shape)}")
+        raise ValueError(
+            f"{shard_name(h5)}: video {video!r} pair {i}: fwd and bwd must have shape "
+            f"{tuple(shape)}, got {tuple(fwd.shape)} and {tuple(bwd.shape)}"
+        )
     write_flows(h5, video, fwd[None], bwd[None], start=int(i))
 
 
@@ -463,6 +522,8 @@ def short_error(exc: Exception) -> str:
 def storage_bytes(h5: h5py.File, video: str) -> dict:
     """Bytes on disk of a video's JPEG blob and its flows: {'jpeg': n, 'flow_fwd': n, 'flow_bwd': n}."""
     g = video_group(h5, video)
-    return {"jpeg": int(g[JPEG].id.get_storage_size()),
-            "flow_fwd": int(g[FLOW_FWD].id.get_storage_size()),
-            "flow_bwd": int(g[FLOW_BWD].id.get_storage_size())}
+    return {
+        "jpeg": int(g[JPEG].id.get_storage_size()),
+        "flow_fwd": int(g[FLOW_FWD].id.get_storage_size()),
+        "flow_bwd": int(g[FLOW_BWD].id.get_storage_size()),
+    }

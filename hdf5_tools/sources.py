@@ -1,4 +1,5 @@
 """Where ``pack`` reads videos from (the SRC kinds) and where it finds their flows (``--flows``)."""
+
 from __future__ import annotations
 
 import functools
@@ -49,6 +50,7 @@ class VideoSource:
 
 # --------------------------------------------------------------------------- JPEG checks
 
+
 def jpeg_size(data: bytes, where: str) -> Tuple[int, int]:
     """(height, width) from a JPEG header; UserError naming ``where`` if it is not a JPEG."""
     import simplejpeg
@@ -66,12 +68,15 @@ def check_same_size(sizes: Sequence[Tuple[int, int]], wheres: Sequence[str]) -> 
     first = sizes[0]
     for s, where in zip(sizes, wheres):
         if s != first:
-            raise UserError(f"{where}: frame size {s[1]}x{s[0]} differs from the video's first frame "
-                            f"{first[1]}x{first[0]} (mixed frame sizes in one video)")
+            raise UserError(
+                f"{where}: frame size {s[1]}x{s[0]} differs from the video's first frame "
+                f"{first[1]}x{first[0]} (mixed frame sizes in one video)"
+            )
     return first
 
 
 # --------------------------------------------------------------------------- frames
+
 
 def _load_frame_folder(folder: Path, files: List[str], fps: float) -> LoadedVideo:
     jpegs, sizes, wheres = [], [], []
@@ -101,14 +106,22 @@ def _frame_sources(images: Path, fps: float, splits: Optional[Sequence[str]] = N
             if not files:
                 continue
             est = sum(os.path.getsize(vdir / f) for f in files)
-            out.append(VideoSource(
-                name=vdir.name, split=split_dir.name, kind="frames", location=str(vdir),
-                est_frames=len(files), est_bytes=est,
-                loader=functools.partial(_load_frame_folder, vdir, files, fps)))
+            out.append(
+                VideoSource(
+                    name=vdir.name,
+                    split=split_dir.name,
+                    kind="frames",
+                    location=str(vdir),
+                    est_frames=len(files),
+                    est_bytes=est,
+                    loader=functools.partial(_load_frame_folder, vdir, files, fps),
+                )
+            )
     return out
 
 
 # --------------------------------------------------------------------------- videos
+
 
 def _decode_video(path: Path, fps: float, quality: int) -> LoadedVideo:
     """Decode ``path`` and keep one frame per 1/fps seconds (the first frame at or after each tick)."""
@@ -128,8 +141,10 @@ def _decode_video(path: Path, fps: float, quality: int) -> LoadedVideo:
                 if size is None:
                     size = rgb.shape[:2]
                 elif rgb.shape[:2] != size:
-                    raise UserError(f"{path}: frame at {ts:.3f} s has size {rgb.shape[1]}x{rgb.shape[0]}, "
-                                    f"first frame {size[1]}x{size[0]} (mixed frame sizes in one video)")
+                    raise UserError(
+                        f"{path}: frame at {ts:.3f} s has size {rgb.shape[1]}x{rgb.shape[0]}, "
+                        f"first frame {size[1]}x{size[0]} (mixed frame sizes in one video)"
+                    )
                 jpegs.append(simplejpeg.encode_jpeg(rgb, quality=quality, colorspace="RGB"))
                 next_tick = math.floor(ts * fps + 1e-6) + 1
     except UserError:
@@ -157,10 +172,17 @@ def _video_sources(videos: Path, fps: float, quality: int, splits: Optional[Sequ
             except Exception as exc:
                 raise UserError(f"{f}: cannot open video ({type(exc).__name__}: {str(exc)[:120]})") from None
             frames = max(1, int(round(duration * fps)))
-            out.append(VideoSource(
-                name=f.stem, split=split_dir.name, kind="videos", location=str(f), est_frames=frames,
-                est_bytes=frames * max(1, w * h // 4),  # ~ a q95 JPEG; only for planning
-                loader=functools.partial(_decode_video, f, fps, quality)))
+            out.append(
+                VideoSource(
+                    name=f.stem,
+                    split=split_dir.name,
+                    kind="videos",
+                    location=str(f),
+                    est_frames=frames,
+                    est_bytes=frames * max(1, w * h // 4),  # ~ a q95 JPEG; only for planning
+                    loader=functools.partial(_decode_video, f, fps, quality),
+                )
+            )
     return out
 
 
@@ -176,8 +198,9 @@ def parse_synth_spec(spec: str) -> dict:
     for part in filter(None, body.split(",")):
         key, _, value = part.partition("=")
         if key not in _SYNTH_KEYS or not value:
-            raise UserError(f"SRC {spec!r}: unknown or empty option {part!r} "
-                            f"(use {', '.join(k + '=' for k in _SYNTH_KEYS)})")
+            raise UserError(
+                f"SRC {spec!r}: unknown or empty option {part!r} (use {', '.join(k + '=' for k in _SYNTH_KEYS)})"
+            )
         try:
             opts[key] = _SYNTH_KEYS[key](value)
         except ValueError:
@@ -188,6 +211,7 @@ def parse_synth_spec(spec: str) -> dict:
 
 def _render_synth(seed: int, frames: int, size, fps: float, quality: int, with_flows: bool) -> LoadedVideo:
     import simplejpeg
+
     from synth import render_video
 
     v = render_video(seed, frames, size=size, fps=fps)
@@ -211,10 +235,17 @@ def _synth_sources(spec: str, quality: int, with_flows: bool) -> List[VideoSourc
     out = []
     for i in range(o["videos"]):
         seed = video_seed(o["seed"], i)
-        out.append(VideoSource(
-            name=video_name(i), split=split_of(scfg, i), kind="synth", location=f"{spec}#{i}",
-            est_frames=o["frames"], est_bytes=o["frames"] * max(1, w * h // 4),
-            loader=functools.partial(_render_synth, seed, o["frames"], (w, h), o["fps"], quality, with_flows)))
+        out.append(
+            VideoSource(
+                name=video_name(i),
+                split=split_of(scfg, i),
+                kind="synth",
+                location=f"{spec}#{i}",
+                est_frames=o["frames"],
+                est_bytes=o["frames"] * max(1, w * h // 4),
+                loader=functools.partial(_render_synth, seed, o["frames"], (w, h), o["fps"], quality, with_flows),
+            )
+        )
     return out
 
 
@@ -244,8 +275,11 @@ def _layout(src: str, kind: str) -> Tuple[str, Path]:
         return "frames", root
     if kind in ("auto", "videos") and name == "videos":
         return "videos", root
-    want = {"auto": "images/{split}/<video>/*.jpg or videos/{split}/*.mov",
-            "frames": "images/{split}/<video>/*.jpg", "videos": "videos/{split}/*.mov"}[kind]
+    want = {
+        "auto": "images/{split}/<video>/*.jpg or videos/{split}/*.mov",
+        "frames": "images/{split}/<video>/*.jpg",
+        "videos": "videos/{split}/*.mov",
+    }[kind]
     raise UserError(f"SRC {src}: expected {want} under it (or SRC to be that images/ or videos/ folder)")
 
 
@@ -262,8 +296,14 @@ def splits_of(src: str, kind: str = "auto") -> List[str]:
     return [p.name for p in _split_dirs(root, None)]
 
 
-def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Optional[Sequence[str]] = None,
-                synth_flows: bool = True, kind: str = "auto") -> Tuple[str, List[VideoSource]]:
+def find_videos(
+    src: str,
+    fps: float = 10.0,
+    jpeg_quality: int = 95,
+    splits: Optional[Sequence[str]] = None,
+    synth_flows: bool = True,
+    kind: str = "auto",
+) -> Tuple[str, List[VideoSource]]:
     """Return ``(kind, videos)`` for SRC, sorted by (split, name); see the module docstring.
 
     ``kind`` "auto" prefers ``images/`` over ``videos/`` when a folder has both. ``splits`` (None:
@@ -277,13 +317,16 @@ def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Opt
             videos = [v for v in videos if v.split in set(splits)]
     else:
         kind, root = _layout(src, kind)
-        videos = (_frame_sources(root, fps, splits) if kind == "frames"
-                  else _video_sources(root, fps, jpeg_quality, splits))
+        videos = (
+            _frame_sources(root, fps, splits) if kind == "frames" else _video_sources(root, fps, jpeg_quality, splits)
+        )
     if not videos:
         if splits:
             have = splits_of(src, kind if kind != "synth" else "auto")
-            raise UserError(f"SRC {src}: no videos in split(s) {', '.join(splits)} (splits here: "
-                            f"{', '.join(have) or 'none'}); choose with --split NAME or --split all")
+            raise UserError(
+                f"SRC {src}: no videos in split(s) {', '.join(splits)} (splits here: "
+                f"{', '.join(have) or 'none'}); choose with --split NAME or --split all"
+            )
         raise UserError(f"SRC {src}: no videos found")
     seen: Dict[str, str] = {}
     for v in videos:
@@ -296,6 +339,7 @@ def find_videos(src: str, fps: float = 10.0, jpeg_quality: int = 95, splits: Opt
 
 
 # --------------------------------------------------------------------------- flows
+
 
 def downsample_flow(flow: np.ndarray) -> np.ndarray:
     """Full-resolution flow [..., 2, H, W] in pixels -> [..., 2, ceil(H/8), ceil(W/8)] in 1/8-res pixels.
@@ -332,14 +376,18 @@ class FlowDir:
             if fp.is_file() and bp.is_file():
                 fwd, bwd = read_seed_pth(fp, bp)
                 if fwd.shape != want:
-                    raise UserError(f"{fp}: flow shape {tuple(fwd.shape)} does not match video {video.name!r} "
-                                    f"({num_frames} frames of {width}x{height} -> {want})")
+                    raise UserError(
+                        f"{fp}: flow shape {tuple(fwd.shape)} does not match video {video.name!r} "
+                        f"({num_frames} frames of {width}x{height} -> {want})"
+                    )
                 return fwd, bwd
             vdir = base / video.name
             if (vdir / "forward").is_dir() and (vdir / "backward").is_dir():
                 return self._load_flo(vdir, video.name, num_frames, height, width, read_flo)
-        raise UserError(f"--flows {self.root}: no flows for video {video.name!r} (looked for "
-                        f"[{video.split}/]forward/{video.name}.pth and [{video.split}/]{video.name}/forward/*.flo)")
+        raise UserError(
+            f"--flows {self.root}: no flows for video {video.name!r} (looked for "
+            f"[{video.split}/]forward/{video.name}.pth and [{video.split}/]{video.name}/forward/*.flo)"
+        )
 
     @staticmethod
     def _load_flo(vdir: Path, name: str, num_frames: int, height: int, width: int, read_flo):
@@ -347,14 +395,18 @@ class FlowDir:
         for direction in ("forward", "backward"):
             files = sorted(f for f in os.listdir(vdir / direction) if f.endswith(".flo"))
             if len(files) != num_frames - 1:
-                raise UserError(f"{vdir / direction}: {len(files)} .flo files for video {name!r} with "
-                                f"{num_frames} frames (expected {num_frames - 1})")
+                raise UserError(
+                    f"{vdir / direction}: {len(files)} .flo files for video {name!r} with "
+                    f"{num_frames} frames (expected {num_frames - 1})"
+                )
             arrs = []
             for fn in files:
                 f = read_flo(vdir / direction / fn)
                 if f.shape[1:] != (height, width):
-                    raise UserError(f"{vdir / direction / fn}: flow size {f.shape[2]}x{f.shape[1]} differs from "
-                                    f"the frames' {width}x{height}")
+                    raise UserError(
+                        f"{vdir / direction / fn}: flow size {f.shape[2]}x{f.shape[1]} differs from "
+                        f"the frames' {width}x{height}"
+                    )
                 arrs.append(downsample_flow(f))
             h8, w8 = schema.flow_size(height, width)
             out.append(np.stack(arrs) if arrs else np.zeros((0, 2, h8, w8), np.float32))

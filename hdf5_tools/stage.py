@@ -1,4 +1,5 @@
 """``hdf5_tools stage MANIFEST --node I --to DIR``: copy one node's shards to node-local storage."""
+
 from __future__ import annotations
 
 import hashlib
@@ -16,9 +17,10 @@ import click
 
 from hdf5_tools import manifest as mf
 from plumbing.atomic import atomic_copy, atomic_open
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
 from plumbing.jobenv import JobEnvironment, job_environment
-from plumbing.cli import call, command as cli_command
 from plumbing.private_dir import private_dir
 
 MARKER_NAME = ".pixpro-stage"
@@ -48,9 +50,11 @@ class StageResult:
         return self.bytes_copied / 1e6 / max(self.seconds, 1e-9)
 
     def line(self) -> str:
-        return (f"node {self.node} of {self.num_nodes}: copied {self.copied} shards "
-                f"({self.bytes_copied / 1e6:.1f} MB in {self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s), "
-                f"{self.skipped} already there and verified")
+        return (
+            f"node {self.node} of {self.num_nodes}: copied {self.copied} shards "
+            f"({self.bytes_copied / 1e6:.1f} MB in {self.seconds:.2f} s, {self.mb_per_s:.1f} MB/s), "
+            f"{self.skipped} already there and verified"
+        )
 
 
 class _Crc32:
@@ -75,8 +79,7 @@ def _hasher(name: str):
     return hashlib.sha256() if name == "SHA-256" else _Crc32()
 
 
-def _copy_checked(src: str, fo: Optional[IO[bytes]], digest: str = "SHA-256",
-                  block: int = 16 << 20) -> Tuple[str, int]:
+def _copy_checked(src: str, fo: Optional[IO[bytes]], digest: str = "SHA-256", block: int = 16 << 20) -> Tuple[str, int]:
     """Read ``src`` once, hashing it and writing it to ``fo`` when given; (hex ``digest``, bytes).
 
     A helper thread hashes each block while this one writes it and reads the next (all three
@@ -115,8 +118,13 @@ def staged_copy_good(dst: str, s: mf.ShardEntry) -> bool:
 
 def stage_marker(manifest: str, run: str) -> str:
     """The marker text of a staging directory: which run staged which manifest."""
-    return json.dumps({"format": "pixpro_of.stage", "run": run,
-                       "manifest": os.path.realpath(mf.manifest_file(manifest))}, sort_keys=True) + "\n"
+    return (
+        json.dumps(
+            {"format": "pixpro_of.stage", "run": run, "manifest": os.path.realpath(mf.manifest_file(manifest))},
+            sort_keys=True,
+        )
+        + "\n"
+    )
 
 
 def stage(cfg: StageConfig) -> StageResult:
@@ -126,8 +134,9 @@ def stage(cfg: StageConfig) -> StageResult:
     m = mf.load_manifest(cfg.manifest, check_files=False)
     num_nodes = m.nodes if cfg.num_nodes is None else cfg.num_nodes
     sets = set(mf.node_sets_for(cfg.node, num_nodes, m.nodes))
-    to = private_dir(cfg.to, what="staging directory", marker=stage_marker(cfg.manifest, cfg.run),
-                     marker_name=MARKER_NAME)
+    to = private_dir(
+        cfg.to, what="staging directory", marker=stage_marker(cfg.manifest, cfg.run), marker_name=MARKER_NAME
+    )
     copied = skipped = nbytes = 0
     t0 = time.perf_counter()
     for i, s in enumerate(m.shards):
@@ -144,16 +153,24 @@ def stage(cfg: StageConfig) -> StageResult:
         with atomic_open(dst, "wb", durable=True) as fo:  # a bad copy is removed, never renamed into place
             got, size = _copy_checked(src, fo, name)
             if got != want or size != s.bytes:
-                raise UserError(f"{src}: shard {i} has {name} {got} and {size} bytes, the manifest "
-                                f"says {want} and {s.bytes} (changed or damaged; refresh or repack)")
+                raise UserError(
+                    f"{src}: shard {i} has {name} {got} and {size} bytes, the manifest "
+                    f"says {want} and {s.bytes} (changed or damaged; refresh or repack)"
+                )
         copied += 1
         nbytes += s.bytes
     src_manifest = cfg.manifest if not os.path.isdir(cfg.manifest) else os.path.join(cfg.manifest, mf.MANIFEST_NAME)
     dst_manifest = os.path.join(to.path, mf.MANIFEST_NAME)
     if os.path.abspath(src_manifest) != os.path.abspath(dst_manifest):
         atomic_copy(src_manifest, dst_manifest)
-    return StageResult(node=cfg.node, num_nodes=num_nodes, copied=copied, skipped=skipped, bytes_copied=nbytes,
-                       seconds=time.perf_counter() - t0)
+    return StageResult(
+        node=cfg.node,
+        num_nodes=num_nodes,
+        copied=copied,
+        skipped=skipped,
+        bytes_copied=nbytes,
+        seconds=time.perf_counter() - t0,
+    )
 
 
 def slurm_step_node(job: JobEnvironment) -> Optional[tuple]:
@@ -161,8 +178,10 @@ def slurm_step_node(job: JobEnvironment) -> Optional[tuple]:
     if job.launcher != "srun":
         return None
     if job.world_size != job.nodes:
-        raise UserError(f"stage runs one copier per node: start it with srun --ntasks-per-node=1 "
-                        f"(this step has {job.world_size} tasks on {job.nodes} nodes), or give --node")
+        raise UserError(
+            f"stage runs one copier per node: start it with srun --ntasks-per-node=1 "
+            f"(this step has {job.world_size} tasks on {job.nodes} nodes), or give --node"
+        )
     return job.node, job.nodes
 
 
@@ -179,8 +198,16 @@ def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
     result, error = None, None
     if leader:
         try:
-            result = stage(StageConfig(manifest=cfg.manifest, to=cfg.to, node=node,
-                                       num_nodes=cfg.num_nodes or num_nodes, quiet=cfg.quiet, run=cfg.run))
+            result = stage(
+                StageConfig(
+                    manifest=cfg.manifest,
+                    to=cfg.to,
+                    node=node,
+                    num_nodes=cfg.num_nodes or num_nodes,
+                    quiet=cfg.quiet,
+                    run=cfg.run,
+                )
+            )
         except UserError as exc:
             error = str(exc)
         except Exception as exc:  # any failure must reach the waiting ranks, or they hang
@@ -199,10 +226,19 @@ def stage_mpi(cfg: StageConfig) -> Optional[StageResult]:
 @click.argument("manifest", metavar="MANIFEST")
 @click.option("--to", required=True, metavar="DIR", help="node-local folder to copy the shards into")
 @click.option("--node", type=int, default=None, help="this node's index (not needed under mpirun or srun)")
-@click.option("--num-nodes", type=int, default=None, help="nodes in the job (default: the manifest's node count; "
-              "under mpirun: the job's node count)")
-@click.option("--run", default="", metavar="TEXT", help="who stages (the job script gives its run directory): "
-              "recorded in DIR's marker; an existing DIR is reused only with the same run and manifest")
+@click.option(
+    "--num-nodes",
+    type=int,
+    default=None,
+    help="nodes in the job (default: the manifest's node count; under mpirun: the job's node count)",
+)
+@click.option(
+    "--run",
+    default="",
+    metavar="TEXT",
+    help="who stages (the job script gives its run directory): "
+    "recorded in DIR's marker; an existing DIR is reused only with the same run and manifest",
+)
 @click.option("--quiet", is_flag=True, help="no summary line")
 def command(manifest, to, node, num_nodes, quiet, run) -> int:
     """Copy one node's shards to node-local storage (one copier per node under mpirun or srun).

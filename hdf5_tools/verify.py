@@ -5,6 +5,7 @@ beside it) the file's size and CRC32 and, with ``--deep``, its video names, fram
 counts are compared too. Prints one line per problem (``SHARD: video 'v' frame 3: ...``) and exits 1
 if any shard is bad, 0 otherwise.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,33 @@ import numpy as np
 
 from hdf5_tools import manifest as mf
 from hdf5_tools import schema
-from hdf5_tools.schema import (DATASET_TYPES, FLOW_BWD, FLOW_BWD_CRC, FLOW_FWD, FLOW_FWD_CRC, FLOW_PRESENT,
-                               H5_ERRORS, JPEG, JPEG_CRC, JPEG_LENGTH, JPEG_OFFSET, VIDEO_DATASETS,
-                               check_header, check_video_name, crc32, flow_crc, read_dataset, short_error,
-                               video_attrs, video_dataset, video_group, video_names)
+from hdf5_tools.schema import (
+    DATASET_TYPES,
+    FLOW_BWD,
+    FLOW_BWD_CRC,
+    FLOW_FWD,
+    FLOW_FWD_CRC,
+    FLOW_PRESENT,
+    H5_ERRORS,
+    JPEG,
+    JPEG_CRC,
+    JPEG_LENGTH,
+    JPEG_OFFSET,
+    VIDEO_DATASETS,
+    check_header,
+    check_video_name,
+    crc32,
+    flow_crc,
+    read_dataset,
+    short_error,
+    video_attrs,
+    video_dataset,
+    video_group,
+    video_names,
+)
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -60,7 +82,8 @@ def _manifest_entry(path: str, manifest_path: Optional[str]):
     m = mf.load_manifest(mpath, check_files=False)
     for s in m.shards:
         if os.path.abspath(m.path_of(s)) == os.path.abspath(path) or (
-                manifest_path is None and os.path.basename(s.file) == os.path.basename(path)):
+            manifest_path is None and os.path.basename(s.file) == os.path.basename(path)
+        ):
             return s
     return None
 
@@ -83,11 +106,16 @@ def _manifest_problems(h5, entry) -> List[str]:
     for name in sorted(set(videos) & set(listed)):
         for key in ("split", "num_frames"):
             if key in listed[name] and listed[name][key] != getattr(videos[name], key):
-                out.append(f"video {name!r}: {key} is {getattr(videos[name], key)!r} in the shard, "
-                           f"{listed[name][key]!r} in the manifest")
-    counts = {"num_videos": len(videos), "num_frames": sum(v.num_frames for v in videos.values()),
-              "num_pairs": sum(v.num_pairs for v in videos.values()),
-              "pairs_present": sum(v.flows_present for v in videos.values())}
+                out.append(
+                    f"video {name!r}: {key} is {getattr(videos[name], key)!r} in the shard, "
+                    f"{listed[name][key]!r} in the manifest"
+                )
+    counts = {
+        "num_videos": len(videos),
+        "num_frames": sum(v.num_frames for v in videos.values()),
+        "num_pairs": sum(v.num_pairs for v in videos.values()),
+        "pairs_present": sum(v.flows_present for v in videos.values()),
+    }
     for key, value in counts.items():
         if getattr(entry, key) != value:
             out.append(f"{key} is {value} in the shard, {getattr(entry, key)} in the manifest")
@@ -170,9 +198,16 @@ def _video_problems(h5, name, deep, decode, require_flows=False):
         return
     n, height, width = a["num_frames"], a["height"], a["width"]
     h8, w8 = a["flow_height"], a["flow_width"]
-    expect = {JPEG_OFFSET: (n,), JPEG_LENGTH: (n,), JPEG_CRC: (n,), FLOW_FWD: (n - 1, 2, h8, w8),
-              FLOW_BWD: (n - 1, 2, h8, w8), FLOW_FWD_CRC: (n - 1,), FLOW_BWD_CRC: (n - 1,),
-              FLOW_PRESENT: (n - 1,)}
+    expect = {
+        JPEG_OFFSET: (n,),
+        JPEG_LENGTH: (n,),
+        JPEG_CRC: (n,),
+        FLOW_FWD: (n - 1, 2, h8, w8),
+        FLOW_BWD: (n - 1, 2, h8, w8),
+        FLOW_FWD_CRC: (n - 1,),
+        FLOW_BWD_CRC: (n - 1,),
+        FLOW_PRESENT: (n - 1,),
+    }
     bad = [f"{d} {ds[d].shape} != {s}" for d, s in expect.items() if ds[d].shape != s]
     if bad:
         yield f"{v}: wrong shapes: {'; '.join(bad)}"
@@ -220,13 +255,17 @@ def _video_problems(h5, name, deep, decode, require_flows=False):
     if deep:
         for i in np.flatnonzero(present == 0):
             if _pair_stored(h5, name, ds, int(i), fcrc, bcrc):
-                yield (f"{v} flow pair {int(i)}: its flows are stored and match their CRC32s but {FLOW_PRESENT} is 0 "
-                       f"(a cleared flag, or 'hdf5_tools flow' stopped before setting it; "
-                       f"training would call it missing)")
+                yield (
+                    f"{v} flow pair {int(i)}: its flows are stored and match their CRC32s but {FLOW_PRESENT} is 0 "
+                    f"(a cleared flag, or 'hdf5_tools flow' stopped before setting it; "
+                    f"training would call it missing)"
+                )
     if require_flows and n > 1 and not present.all():
         missing_pairs = np.flatnonzero(present == 0)
-        yield (f"{v}: {missing_pairs.size} of {n - 1} flow pairs are missing (first: pair {int(missing_pairs[0])}); "
-               f"run 'hdf5_tools flow' on this shard")
+        yield (
+            f"{v}: {missing_pairs.size} of {n - 1} flow pairs are missing (first: pair {int(missing_pairs[0])}); "
+            f"run 'hdf5_tools flow' on this shard"
+        )
 
 
 def _pair_stored(h5, name, ds, i, fcrc, bcrc) -> bool:
@@ -246,9 +285,13 @@ def _pair_stored(h5, name, ds, i, fcrc, bcrc) -> bool:
     return True
 
 
-
-def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = None,
-                 max_problems: int = 20, require_flows: bool = False) -> ShardReport:
+def verify_shard(
+    path: str,
+    deep: bool = False,
+    manifest_path: Optional[str] = None,
+    max_problems: int = 20,
+    require_flows: bool = False,
+) -> ShardReport:
     """Check one shard file; the report lists at most ``max_problems`` problems (plus a count)."""
     rep = ShardReport(path)
     if not os.path.exists(path):
@@ -287,17 +330,29 @@ def verify_shard(path: str, deep: bool = False, manifest_path: Optional[str] = N
 
 @cli_command("verify", epilog="Example: hdf5_tools verify shards/*.h5 --deep --require-flows")
 @click.argument("shards", nargs=-1, required=True, metavar="SHARD...")  # files, folders, manifests, patterns
-@click.option("--deep", is_flag=True, help="also decode every JPEG, check flows are finite, "
-              "flags against stored flows and names against the manifest")
-@click.option("--require-flows", is_flag=True,
-              help="every frame pair must have its flows (what training with k > 1 reads)")
-@click.option("--manifest", default=None, help="manifest to compare file sizes and checksums with "
-              "(default: manifest.json beside each shard, if any)")
+@click.option(
+    "--deep",
+    is_flag=True,
+    help="also decode every JPEG, check flows are finite, flags against stored flows and names against the manifest",
+)
+@click.option(
+    "--require-flows", is_flag=True, help="every frame pair must have its flows (what training with k > 1 reads)"
+)
+@click.option(
+    "--manifest",
+    default=None,
+    help="manifest to compare file sizes and checksums with (default: manifest.json beside each shard, if any)",
+)
 @click.option("--max-problems", type=int, default=20, show_default=True, help="problems listed per shard")
 def command(shards, deep, require_flows, manifest, max_problems) -> int:
     """Check shards: schema, counts, CRCs; one line per problem, exit 1 if any shard is bad."""
-    cfg = VerifyConfig(shards=mf.resolve_shards(shards, label="SHARD"), deep=deep, manifest=manifest,
-                       max_problems=max_problems, require_flows=require_flows)
+    cfg = VerifyConfig(
+        shards=mf.resolve_shards(shards, label="SHARD"),
+        deep=deep,
+        manifest=manifest,
+        max_problems=max_problems,
+        require_flows=require_flows,
+    )
     bad = 0
     for path in cfg.shards:
         rep = verify_shard(path, cfg.deep, cfg.manifest, cfg.max_problems, cfg.require_flows)

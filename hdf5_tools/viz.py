@@ -1,4 +1,5 @@
 """``hdf5_tools viz``: pictures of a shard clip's stored flows, chained over k frames, and FB masks."""
+
 from __future__ import annotations
 
 import os
@@ -7,13 +8,13 @@ from pathlib import Path
 from typing import Dict, List
 
 import click
-
 import numpy as np
 
 from flow.viz import clip_pictures, panel, save_pictures, save_png
 from hdf5_tools import schema
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 
 
 @dataclass
@@ -45,13 +46,21 @@ def clip_from_shard(cfg: ShardVizConfig) -> Dict[str, np.ndarray]:
         info = schema.video_info(h5, cfg.video)
         last = cfg.t + cfg.k - 1
         if cfg.t < 0 or last >= info.num_frames:
-            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} has {info.num_frames} frames; "
-                            f"--t {cfg.t} --frames {cfg.k} needs frames {cfg.t}..{last}")
-        frames = np.stack([_decode(schema.read_frame_jpeg(h5, cfg.video, i), f"{cfg.shard}: video {cfg.video!r} frame {i}")
-                           for i in (cfg.t, last)])
+            raise UserError(
+                f"{os.path.basename(cfg.shard)}: video {cfg.video!r} has {info.num_frames} frames; "
+                f"--t {cfg.t} --frames {cfg.k} needs frames {cfg.t}..{last}"
+            )
+        frames = np.stack(
+            [
+                _decode(schema.read_frame_jpeg(h5, cfg.video, i), f"{cfg.shard}: video {cfg.video!r} frame {i}")
+                for i in (cfg.t, last)
+            ]
+        )
         if frames.shape[1:3] != (info.height, info.width):
-            raise UserError(f"{os.path.basename(cfg.shard)}: video {cfg.video!r} frames are {frames.shape[2]}x{frames.shape[1]}, "
-                            f"the video's table says {info.width}x{info.height}")
+            raise UserError(
+                f"{os.path.basename(cfg.shard)}: video {cfg.video!r} frames are {frames.shape[2]}x{frames.shape[1]}, "
+                f"the video's table says {info.width}x{info.height}"
+            )
         fwd, bwd = schema.read_flows(h5, cfg.video, cfg.t, cfg.k - 1)
     return clip_pictures(frames, fwd, bwd, cfg.masks)
 
@@ -65,15 +74,20 @@ def run(cfg: ShardVizConfig) -> List[Path]:
     return written
 
 
-@cli_command("viz", epilog="Example: hdf5_tools viz shards/shard-n000-00000.h5 --video synth-00000 --t 10 --frames 6 "
-                            "--out pics/")
+@cli_command(
+    "viz", epilog="Example: hdf5_tools viz shards/shard-n000-00000.h5 --video synth-00000 --t 10 --frames 6 --out pics/"
+)
 @click.argument("shard")
 @click.option("--video", required=True, help="video name in the shard")
 @click.option("--t", type=int, default=0, show_default=True, help="first frame of the clip (0-based)")
-@click.option("--frames", "k", type=int, default=2, show_default=True,
-              help="clip length k in frames: flow t -> t+k-1")
-@click.option("--mask", type=click.Choice(["seed", "unflow", "both"]), default="both", show_default=True,
-              help="FB mask mode(s) to draw")
+@click.option("--frames", "k", type=int, default=2, show_default=True, help="clip length k in frames: flow t -> t+k-1")
+@click.option(
+    "--mask",
+    type=click.Choice(["seed", "unflow", "both"]),
+    default="both",
+    show_default=True,
+    help="FB mask mode(s) to draw",
+)
 @click.option("--out", required=True, help="output folder for the PNGs")
 def command(shard, video, t, k, mask, out) -> int:
     """PNG pictures of a shard clip's flows, chained over k frames, and its FB-consistency masks.

@@ -1,4 +1,5 @@
 """``launcher array TASKS.json --max-running C``: many small jobs as one array job with a concurrency cap."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -14,14 +15,15 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from plumbing.atomic import atomic_write_text
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
+from launcher.job_files import RunDir, now_iso
+from launcher.job_script import render_array_script, render_directives, render_script
 from launcher.options import parse_job_args
 from launcher.request import JobPlan, check_name, check_trainer_config, plan_job, safe_job_name
-from launcher.job_files import RunDir, now_iso
 from launcher.schedulers import Scheduler, get_scheduler
-from launcher.job_script import render_array_script, render_directives, render_script
+from plumbing.atomic import atomic_write_text
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 ARRAY_SCRIPT = "array.sh"
 ARRAY_RECORD = "array.json"
@@ -74,10 +76,12 @@ def load_tasks(path: str) -> List[List[str]]:
         common, data = data.get("common", []), data.get("tasks")
     words_ok = lambda v: isinstance(v, list) and all(isinstance(w, str) for w in v)  # noqa: E731
     if not words_ok(common):
-        raise UserError(f"TASKS {path}: \"common\" must be a list of words")
+        raise UserError(f'TASKS {path}: "common" must be a list of words')
     if not isinstance(data, list) or not data:
-        raise UserError(f"TASKS {path}: expected a non-empty list of tasks (each a list of 'launcher submit' words), "
-                        f"or {{\"common\": [...], \"tasks\": [[...], ...]}}")
+        raise UserError(
+            f"TASKS {path}: expected a non-empty list of tasks (each a list of 'launcher submit' words), "
+            f'or {{"common": [...], "tasks": [[...], ...]}}'
+        )
     for i, task in enumerate(data):
         if not words_ok(task):
             raise UserError(f"TASKS {path}: task {i} is not a list of words")
@@ -101,16 +105,23 @@ def _task(index: int, words: Sequence[str], template_dir: Optional[str]) -> Task
     except UserError as exc:
         raise UserError(f"task {index}: {exc}") from None
     if plan.chain != 1:
-        raise UserError(f"task {index}: --chain {plan.chain}: a task of an array job is one job (it requeues or "
-                        f"chains itself when it must resume); leave --chain out")
+        raise UserError(
+            f"task {index}: --chain {plan.chain}: a task of an array job is one job (it requeues or "
+            f"chains itself when it must resume); leave --chain out"
+        )
     sched = get_scheduler(plan.request.scheduler)
     script = render_script(plan, sched, args.template_dir, array_task=sched.name != "local")
 
     return Task(index, plan, script, request_record(plan, args, extra))
 
 
-def plan_array(task_words: Sequence[Sequence[str]], cap: int, name: str = "array", directory: Optional[str] = None,
-               template_dir: Optional[str] = None) -> ArrayPlan:
+def plan_array(
+    task_words: Sequence[Sequence[str]],
+    cap: int,
+    name: str = "array",
+    directory: Optional[str] = None,
+    template_dir: Optional[str] = None,
+) -> ArrayPlan:
     """Check every task (as ``launcher submit`` would) and render each task's script and the array's."""
     check_name(name)
     if cap < 0:
@@ -122,8 +133,10 @@ def plan_array(task_words: Sequence[Sequence[str]], cap: int, name: str = "array
     for t in tasks:
         p = t.plan
         if p.request.scheduler != sched.name or p.profile.name != first.profile.name:
-            raise UserError(f"task {t.index}: --scheduler {p.request.scheduler} --cluster {p.profile.name} differs from "
-                            f"task 0's ({sched.name}, {first.profile.name}); an array job runs on one cluster")
+            raise UserError(
+                f"task {t.index}: --scheduler {p.request.scheduler} --cluster {p.profile.name} differs from "
+                f"task 0's ({sched.name}, {first.profile.name}); an array job runs on one cluster"
+            )
         if p.run_dir in seen:
             raise UserError(f"task {t.index}: --run-dir {p.run_dir} is task {seen[p.run_dir]}'s too; give each its own")
         seen[p.run_dir] = t.index
@@ -132,18 +145,31 @@ def plan_array(task_words: Sequence[Sequence[str]], cap: int, name: str = "array
         raise UserError(f"--dir {directory} is task {seen[directory]}'s run directory; give the array its own")
     script = ""
     if sched.name != "local":
-        directives = [render_directives(dataclasses.replace(t.plan, name=safe_job_name(name)), sched, template_dir)
-                      for t in tasks]
+        directives = [
+            render_directives(dataclasses.replace(t.plan, name=safe_job_name(name)), sched, template_dir) for t in tasks
+        ]
         for t, text in zip(tasks, directives):
             if text != directives[0]:
-                mine, theirs = next((a, b) for a, b in zip(text.splitlines() + [""], directives[0].splitlines() + [""])
-                                    if a != b)
-                raise UserError(f"task {t.index}: its resources differ from task 0's ({mine or '(none)'!r} vs "
-                                f"{theirs or '(none)'!r}); an array job asks for one set of resources for every task")
-        script = render_array_script(sched, directives[0], dict(
-            name=safe_job_name(name), tasks=[t.plan.run_dir for t in tasks], cap=cap,
-            index_var=sched.array_index_var, index_base=sched.array_index_base, id_var=sched.array_id_var),
-            template_dir)
+                mine, theirs = next(
+                    (a, b) for a, b in zip(text.splitlines() + [""], directives[0].splitlines() + [""]) if a != b
+                )
+                raise UserError(
+                    f"task {t.index}: its resources differ from task 0's ({mine or '(none)'!r} vs "
+                    f"{theirs or '(none)'!r}); an array job asks for one set of resources for every task"
+                )
+        script = render_array_script(
+            sched,
+            directives[0],
+            dict(
+                name=safe_job_name(name),
+                tasks=[t.plan.run_dir for t in tasks],
+                cap=cap,
+                index_var=sched.array_index_var,
+                index_base=sched.array_index_base,
+                id_var=sched.array_id_var,
+            ),
+            template_dir,
+        )
     return ArrayPlan(name, directory, sched, cap, tasks, script, template_dir)
 
 
@@ -155,10 +181,14 @@ def _create_tasks(ap: ArrayPlan) -> List[RunDir]:
     for t in ap.tasks:
         rd = RunDir(t.plan.run_dir)
         if rd.is_done():
-            raise UserError(f"task {t.index}: --run-dir {rd.path} holds a finished run (done marker); leave the task out")
+            raise UserError(
+                f"task {t.index}: --run-dir {rd.path} holds a finished run (done marker); leave the task out"
+            )
         if rd.exists():
-            raise UserError(f"task {t.index}: --run-dir {rd.path} already holds a run; continue it with "
-                            f"'launcher resume {rd.path}' or leave the task out")
+            raise UserError(
+                f"task {t.index}: --run-dir {rd.path} already holds a run; continue it with "
+                f"'launcher resume {rd.path}' or leave the task out"
+            )
     for t in ap.tasks:
         rd = RunDir(t.plan.run_dir)
         rd.create(t.script, dict(t.record, array=ap.directory, array_index=t.index))
@@ -167,13 +197,25 @@ def _create_tasks(ap: ArrayPlan) -> List[RunDir]:
 
 
 def _write_record(ap: ArrayPlan, **extra) -> None:
-    atomic_write_text(Path(ap.directory) / ARRAY_RECORD, json.dumps(dict(
-        name=ap.name, scheduler=ap.scheduler.name, max_running=ap.cap,
-        tasks=[t.plan.run_dir for t in ap.tasks], **extra), indent=1) + "\n")
+    atomic_write_text(
+        Path(ap.directory) / ARRAY_RECORD,
+        json.dumps(
+            dict(
+                name=ap.name,
+                scheduler=ap.scheduler.name,
+                max_running=ap.cap,
+                tasks=[t.plan.run_dir for t in ap.tasks],
+                **extra,
+            ),
+            indent=1,
+        )
+        + "\n",
+    )
 
 
-def submit_array(ap: ArrayPlan, after: Optional[str] = None, needs: Sequence[str] = (), wait: bool = False,
-                 quiet: bool = False) -> Tuple[str, int]:
+def submit_array(
+    ap: ArrayPlan, after: Optional[str] = None, needs: Sequence[str] = (), wait: bool = False, quiet: bool = False
+) -> Tuple[str, int]:
     """Create the tasks' run directories and the array's, and submit; (the array job's id, exit code).
 
     ``after``: a job the array waits for whatever its end (afterany); ``needs``: jobs it waits for
@@ -216,9 +258,11 @@ def submit_array(ap: ArrayPlan, after: Optional[str] = None, needs: Sequence[str
         rd.record_job("submit", 0, ap.scheduler.array_task_id(array_id, t.index), out)
     _write_record(ap, job_id=array_id, array=True)
     if not quiet:
-        print(f"launcher: submitted array {array_id}: {len(ap.tasks)} task(s), "
-              f"{'at most ' + str(ap.cap) if ap.cap else 'no cap on how many'} running at once ({ap.directory})",
-              file=sys.stderr)
+        print(
+            f"launcher: submitted array {array_id}: {len(ap.tasks)} task(s), "
+            f"{'at most ' + str(ap.cap) if ap.cap else 'no cap on how many'} running at once ({ap.directory})",
+            file=sys.stderr,
+        )
         print(array_id)
     return array_id, 0
 
@@ -235,13 +279,24 @@ def _start_local(ap: ArrayPlan, made: List[RunDir], needs: Sequence[str], wait: 
         rd.record_submit(argv)
         rd.record_job("submit", 0, job_id, job_id)
         log = open(rd.logs / "local-runner.log", "a")
-        procs.append(subprocess.Popen(argv, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT,
-                                      stdin=subprocess.DEVNULL, start_new_session=not wait))
+        procs.append(
+            subprocess.Popen(
+                argv,
+                cwd=str(rd.path),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=not wait,
+            )
+        )
         log.close()
     _write_record(ap, job_id=array_id, array=True)
     if not quiet:
-        print(f"launcher: started {len(procs)} local task(s) {array_id}_0..{len(procs) - 1}, at most "
-              f"{ap.cap or len(procs)} at once ({ap.directory})", file=sys.stderr)
+        print(
+            f"launcher: started {len(procs)} local task(s) {array_id}_0..{len(procs) - 1}, at most "
+            f"{ap.cap or len(procs)} at once ({ap.directory})",
+            file=sys.stderr,
+        )
     rc = 0
     if wait:
         for p in procs:
@@ -253,35 +308,52 @@ def _start_local(ap: ArrayPlan, made: List[RunDir], needs: Sequence[str], wait: 
 def print_dry_run(ap: ArrayPlan, after: Optional[str] = None, needs: Sequence[str] = ()) -> None:
     """The array's script on stdout; its submit command and each task's run directory on stderr."""
     if ap.scheduler.name == "local":
-        print(f"# local: {len(ap.tasks)} runner(s) sharing {ap.cap or len(ap.tasks)} slot(s) in "
-              f"{Path(ap.directory) / 'slots'}", file=sys.stderr)
+        print(
+            f"# local: {len(ap.tasks)} runner(s) sharing {ap.cap or len(ap.tasks)} slot(s) in "
+            f"{Path(ap.directory) / 'slots'}",
+            file=sys.stderr,
+        )
     elif not ap.as_array:
         sys.stdout.write(ap.tasks[0].script)
-        print(shlex.join(ap.scheduler.submit_argv(ap.tasks[0].plan, str(RunDir(ap.tasks[0].plan.run_dir).script),
-                                                  0, None, needs)), file=sys.stderr)
+        print(
+            shlex.join(
+                ap.scheduler.submit_argv(ap.tasks[0].plan, str(RunDir(ap.tasks[0].plan.run_dir).script), 0, None, needs)
+            ),
+            file=sys.stderr,
+        )
     else:
         argv = ap.submit_argv(after, needs)  # refusals (PJM's cap) before anything is printed
         sys.stdout.write(ap.script)
         print(shlex.join(argv), file=sys.stderr)
     for t in ap.tasks:
-        print(f"# task {t.index}: {t.plan.run_dir} ({t.plan.stage.name}, {t.plan.nodes} node(s) x "
-              f"{t.plan.ranks_per_node} rank(s), {t.plan.gpus_per_node} GPU(s) per node)", file=sys.stderr)
+        print(
+            f"# task {t.index}: {t.plan.run_dir} ({t.plan.stage.name}, {t.plan.nodes} node(s) x "
+            f"{t.plan.ranks_per_node} rank(s), {t.plan.gpus_per_node} GPU(s) per node)",
+            file=sys.stderr,
+        )
 
 
-@cli_command("array", epilog="TASKS.json: {\"common\": [WORDS...], \"tasks\": [[WORDS...], ...]}, each task's "
-                             "'launcher submit' words after the common ones, e.g. --stage eval --from-run runs/k6-s0 "
-                             "--run-dir runs/eval-s0; every task must ask for the same resources.")
+@cli_command(
+    "array",
+    epilog='TASKS.json: {"common": [WORDS...], "tasks": [[WORDS...], ...]}, each task\'s '
+    "'launcher submit' words after the common ones, e.g. --stage eval --from-run runs/k6-s0 "
+    "--run-dir runs/eval-s0; every task must ask for the same resources.",
+)
 @click.argument("tasks_file", metavar="TASKS.json")
-@click.option("--max-running", type=int, default=0, show_default=True,
-              help="at most C tasks running at once (0: no cap)")
+@click.option(
+    "--max-running", type=int, default=0, show_default=True, help="at most C tasks running at once (0: no cap)"
+)
 @click.option("--name", default="array", show_default=True, help="the array job's name")
 @click.option("--dir", "directory", default=None, help="the array's directory (default: runs/NAME)")
 @click.option("--template-dir", default=None, help="directory of user templates, searched first")
 @click.option("--after", default=None, help="job id the array waits for, however it ends (afterany)")
 @click.option("--needs", multiple=True, help="job id the array waits for to succeed (afterok; repeatable)")
 @click.option("--wait", is_flag=True, help="local scheduler: wait for every task, exit with the first non-zero code")
-@click.option("--dry-run", is_flag=True,
-              help="check and render only: the array script on stdout, the submit command and the tasks on stderr")
+@click.option(
+    "--dry-run",
+    is_flag=True,
+    help="check and render only: the array script on stdout, the submit command and the tasks on stderr",
+)
 def command(tasks_file, max_running, name, directory, template_dir, after, needs, wait, dry_run) -> int:
     """Submit many small jobs (each a 'launcher submit' of its own) as one array job with a concurrency cap."""
     ap = plan_array(load_tasks(tasks_file), max_running, name, directory, template_dir)

@@ -3,6 +3,7 @@
 The ``stopped`` marker makes any link that still starts exit at once; ``launcher resume``
 clears it.
 """
+
 from __future__ import annotations
 
 import json
@@ -14,10 +15,11 @@ from types import SimpleNamespace
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
 from launcher.job_files import RunDir
 from launcher.schedulers import get_scheduler
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 
 def cancel_run(rd: RunDir, reason: str) -> str:

@@ -1,15 +1,20 @@
 """``launcher COMMAND``: render (dry run), submit, status, cancel, logs, resume, list, profile (a lazy click group)."""
+
 import sys
 
 from plumbing.cli import group, run
 
 # ``profile`` is a group of its own (``profile init``); its commands load lazily like the others.
-PROFILE = group("profile", {
-    "init": ("launcher.profile_init", "Write a cluster profile from the scheduler's own answers"),
-    "show": ("launcher.profile_show", "Print a profile with every key resolved (file or default)"),
-    "list": ("launcher.profile_list", "The profiles --cluster accepts by name"),
-}, help="Cluster profiles: write one from the cluster's answers, show one resolved, list them.",
-    epilog="Example: launcher profile init --scheduler slurm --out mycluster.toml")
+PROFILE = group(
+    "profile",
+    {
+        "init": ("launcher.profile_init", "Write a cluster profile from the scheduler's own answers"),
+        "show": ("launcher.profile_show", "Print a profile with every key resolved (file or default)"),
+        "list": ("launcher.profile_list", "The profiles --cluster accepts by name"),
+    },
+    help="Cluster profiles: write one from the cluster's answers, show one resolved, list them.",
+    epilog="Example: launcher profile init --scheduler slurm --out mycluster.toml",
+)
 
 COMMANDS: dict = {
     "render": ("launcher.render", "Dry run: the job script on stdout, the submit command on stderr"),
@@ -24,10 +29,14 @@ COMMANDS: dict = {
     "profile": PROFILE,
 }
 
-command = group("launcher", COMMANDS, help="Render, submit and follow training runs on clusters or this machine.",
-                epilog="Example: launcher submit --scheduler pbs --cluster abci3 --gpus 16 --frames 6 --group gXXXX "
-                       "--data shards/manifest.json; "
-                       "'launcher COMMAND --help' shows a command's options.")
+command = group(
+    "launcher",
+    COMMANDS,
+    help="Render, submit and follow training runs on clusters or this machine.",
+    epilog="Example: launcher submit --scheduler pbs --cluster abci3 --gpus 16 --frames 6 --group gXXXX "
+    "--data shards/manifest.json; "
+    "'launcher COMMAND --help' shows a command's options.",
+)
 
 
 def main(argv=None) -> int:

@@ -1,4 +1,5 @@
 """What a cluster says about itself, as profile lines: the scheduler's own commands and their parsers."""
+
 from __future__ import annotations
 
 import re
@@ -6,8 +7,8 @@ from collections import Counter
 from dataclasses import dataclass
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
-from plumbing.errors import UserError
 from launcher.clusters import format_hms
+from plumbing.errors import UserError
 
 Ask = Callable[[List[str]], str]
 
@@ -81,8 +82,15 @@ def parse_sinfo_nodes(text: str) -> List[Dict[str, Any]]:
             continue
         seen.add(parts[0])
         name, cpus, mem, gres = parts
-        nodes.append({"name": name, "cpus": int(cpus) if cpus.isdigit() else 0,
-                      "memory_mb": int(mem) if mem.isdigit() else 0, "gres": gres, "gpus": slurm_gpus(gres)})
+        nodes.append(
+            {
+                "name": name,
+                "cpus": int(cpus) if cpus.isdigit() else 0,
+                "memory_mb": int(mem) if mem.isdigit() else 0,
+                "gres": gres,
+                "gpus": slurm_gpus(gres),
+            }
+        )
     return nodes
 
 
@@ -133,8 +141,11 @@ def discover_slurm(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     nodes = parse_sinfo_nodes(ask(slurm_nodes_argv(name)))
     if not nodes:
         raise UserError(f"partition {name} has no nodes (sinfo -N -p {name} lists none)")
-    chose = {"--queue": "--queue", "default": "scontrol show partition: Default=YES",
-             "only": "scontrol show partition: the only partition"}[how]
+    chose = {
+        "--queue": "--queue",
+        "default": "scontrol show partition: Default=YES",
+        "only": "scontrol show partition: the only partition",
+    }[how]
     lines = [Line("queue", name, f"{chose} (partition {name})")]
     gpus, n_gpu = _mode([n["gpus"] for n in nodes])
     gres = next(n["gres"] for n in nodes if n["gpus"] == gpus)
@@ -147,27 +158,54 @@ def discover_slurm(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     if max_nodes.isdigit():
         lines.append(Line("max_nodes", int(max_nodes), f"scontrol show partition: MaxNodes={max_nodes}"))
     else:
-        lines.append(Line("max_nodes", int(total) if total.isdigit() else len(nodes),
-                          f"scontrol show partition: MaxNodes={max_nodes}, TotalNodes={total}"))
-    lines += _walltimes(part.get("MaxTime", "UNLIMITED"), "scontrol show partition: MaxTime",
-                        part.get("DefaultTime", "NONE"), "scontrol show partition: DefaultTime")
+        lines.append(
+            Line(
+                "max_nodes",
+                int(total) if total.isdigit() else len(nodes),
+                f"scontrol show partition: MaxNodes={max_nodes}, TotalNodes={total}",
+            )
+        )
+    lines += _walltimes(
+        part.get("MaxTime", "UNLIMITED"),
+        "scontrol show partition: MaxTime",
+        part.get("DefaultTime", "NONE"),
+        "scontrol show partition: DefaultTime",
+    )
     over, excl_user = part.get("OverSubscribe", "NO"), part.get("ExclusiveUser", "NO")
     if over.startswith("EXCLUSIVE"):
         lines.append(Line("exclusive", True, f"scontrol show partition: OverSubscribe={over}: nodes are given whole"))
     else:
         who = "one user's jobs share a node" if excl_user == "YES" else "jobs share nodes"
-        lines.append(Line("exclusive", False,
-                          f"scontrol show partition: OverSubscribe={over} ExclusiveUser={excl_user}: {who}; "
-                          "a job gets the CPUs and GPUs it asks for (true adds --exclusive: whole nodes)"))
-    lines.append(Line("warning_signal", "USR2", "SLURM: --signal=B:USR2@warning_lead_s before the time limit, "
-                                                "trapped by the job script (checkpoint, then requeue)"))
-    lines.append(Line("can_requeue", True, "SLURM: a job requeues itself (scontrol requeue; the script asks --requeue)"))
+        lines.append(
+            Line(
+                "exclusive",
+                False,
+                f"scontrol show partition: OverSubscribe={over} ExclusiveUser={excl_user}: {who}; "
+                "a job gets the CPUs and GPUs it asks for (true adds --exclusive: whole nodes)",
+            )
+        )
+    lines.append(
+        Line(
+            "warning_signal",
+            "USR2",
+            "SLURM: --signal=B:USR2@warning_lead_s before the time limit, "
+            "trapped by the job script (checkpoint, then requeue)",
+        )
+    )
+    lines.append(
+        Line("can_requeue", True, "SLURM: a job requeues itself (scontrol requeue; the script asks --requeue)")
+    )
     desc = f"SLURM partition {name}: {_count(len(nodes), 'node')}, {gpus} GPUs, {cpus} CPUs, {mem // 1024} GiB each"
     return desc, lines
 
 
-def _walltimes(most_text: str, most_src: str, default_text: str, default_src: str,
-               parse: Callable[[str], Optional[int]] = slurm_seconds) -> List[Line]:
+def _walltimes(
+    most_text: str,
+    most_src: str,
+    default_text: str,
+    default_src: str,
+    parse: Callable[[str], Optional[int]] = slurm_seconds,
+) -> List[Line]:
     """max_walltime and default_walltime from the scheduler's limit and default (``*_src``: which command and key)."""
     lines = []
     most, default = parse(most_text), parse(default_text)
@@ -176,13 +214,23 @@ def _walltimes(most_text: str, most_src: str, default_text: str, default_src: st
     if most:
         lines.append(Line("max_walltime", format_hms(most), said_most))
     else:
-        lines.append(missing("max_walltime", "24:00:00", f"{said_most}: the launcher needs a bound (default "
-                             "24:00:00): your site's job time limit"))
+        lines.append(
+            missing(
+                "max_walltime",
+                "24:00:00",
+                f"{said_most}: the launcher needs a bound (default 24:00:00): your site's job time limit",
+            )
+        )
     if default and (not most or default <= most):
         lines.append(Line("default_walltime", format_hms(default), said_default))
     else:
-        lines.append(missing("default_walltime", "04:00:00", f"{said_default}: the walltime of a job without "
-                             "--walltime (default 01:00:00)"))
+        lines.append(
+            missing(
+                "default_walltime",
+                "04:00:00",
+                f"{said_default}: the walltime of a job without --walltime (default 01:00:00)",
+            )
+        )
     return lines
 
 
@@ -206,7 +254,7 @@ def parse_pbs_blocks(text: str, header: str) -> Dict[str, Dict[str, str]]:
             cur[last] += raw.strip()
             continue
         if not raw[0].isspace():
-            name = raw[len(header):].strip() if header and raw.startswith(header) else raw.strip()
+            name = raw[len(header) :].strip() if header and raw.startswith(header) else raw.strip()
             cur = out.setdefault(name, {})
             last = None
             continue
@@ -233,7 +281,11 @@ def discover_pbs(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     queues = parse_pbs_blocks(ask(PBS_QUEUES), "Queue:")
     name, how = _choose_queue(list(queues), queue, server.get("default_queue"), "queue")
     q = queues[name]
-    chose = {"--queue": "--queue", "default": f"qstat -Bf: default_queue = {name}", "only": "qstat -Qf: the only queue"}[how]
+    chose = {
+        "--queue": "--queue",
+        "default": f"qstat -Bf: default_queue = {name}",
+        "only": "qstat -Qf: the only queue",
+    }[how]
     lines = [Line("queue", name, chose + (f" (queue_type {q['queue_type']})" if q.get("queue_type") else ""))]
     nodes = parse_pbs_blocks(ask(PBS_NODES), "")
     in_queue = {n: a for n, a in nodes.items() if a.get("queue", name) == name}
@@ -246,7 +298,9 @@ def discover_pbs(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     if gpus == 0 and n_gpu == n:
         lines.append(Line("gpus_per_node", 0, f"pbsnodes: no resources_available.ngpus on any of the {n} nodes"))
     else:
-        lines.append(Line("gpus_per_node", gpus, f"pbsnodes: resources_available.ngpus = {gpus} on {n_gpu} of {n} nodes"))
+        lines.append(
+            Line("gpus_per_node", gpus, f"pbsnodes: resources_available.ngpus = {gpus} on {n_gpu} of {n} nodes")
+        )
     cpus, n_cpu = _mode(ncpus)
     lines.append(Line("cpus_per_node", cpus, f"pbsnodes: resources_available.ncpus = {cpus} on {n_cpu} of {n} nodes"))
     nodect = q.get("resources_max.nodect") or server.get("resources_max.nodect")
@@ -254,20 +308,41 @@ def discover_pbs(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
         lines.append(Line("max_nodes", int(nodect), f"qstat -Qf: resources_max.nodect = {nodect}"))
     else:
         lines.append(Line("max_nodes", n, f"pbsnodes: {n} nodes serve queue {name} (no resources_max.nodect)"))
-    where = {k: ("qstat -Qf" if q.get(k) else "qstat -Bf") for k in ("resources_max.walltime", "resources_default.walltime")}
-    lines += _walltimes(q.get("resources_max.walltime") or server.get("resources_max.walltime", ""),
-                        f"{where['resources_max.walltime']}: resources_max.walltime",
-                        q.get("resources_default.walltime") or server.get("resources_default.walltime", ""),
-                        f"{where['resources_default.walltime']}: resources_default.walltime", pbs_seconds)
+    where = {
+        k: ("qstat -Qf" if q.get(k) else "qstat -Bf") for k in ("resources_max.walltime", "resources_default.walltime")
+    }
+    lines += _walltimes(
+        q.get("resources_max.walltime") or server.get("resources_max.walltime", ""),
+        f"{where['resources_max.walltime']}: resources_max.walltime",
+        q.get("resources_default.walltime") or server.get("resources_default.walltime", ""),
+        f"{where['resources_default.walltime']}: resources_default.walltime",
+        pbs_seconds,
+    )
     sharing = Counter(a.get("sharing", "default_shared") for a in in_queue.values())
     share, n_share = sharing.most_common(1)[0]
     if "excl" in share and share != "ignore_excl":
-        lines.append(Line("place", "scatter:excl", f"pbsnodes: sharing = {share} on {n_share} of {n} nodes: nodes are given whole"))
+        lines.append(
+            Line(
+                "place", "scatter:excl", f"pbsnodes: sharing = {share} on {n_share} of {n} nodes: nodes are given whole"
+            )
+        )
     else:
-        lines.append(Line("place", "scatter", f"pbsnodes: sharing = {share} on {n_share} of {n} nodes: jobs share nodes; "
-                                              "\"scatter:excl\" asks for whole nodes"))
-    lines.append(Line("can_requeue", False, "PBS: a job cannot requeue itself (qrerun needs an operator): runs "
-                                            "continue through a chain of afterany-dependent jobs"))
+        lines.append(
+            Line(
+                "place",
+                "scatter",
+                f"pbsnodes: sharing = {share} on {n_share} of {n} nodes: jobs share nodes; "
+                '"scatter:excl" asks for whole nodes',
+            )
+        )
+    lines.append(
+        Line(
+            "can_requeue",
+            False,
+            "PBS: a job cannot requeue itself (qrerun needs an operator): runs "
+            "continue through a chain of afterany-dependent jobs",
+        )
+    )
     desc = f"PBS queue {name}: {_count(n, 'node')}, {gpus} GPUs, {cpus} CPUs each"
     return desc, lines
 
@@ -338,8 +413,9 @@ def parse_qhost(text: str) -> Dict[str, Dict[str, Any]]:
             if parts[0] == "global":
                 cur = None
                 continue
-            cur = hosts.setdefault(parts[0], {"ncpu": int(parts[2]) if parts[2].isdigit() else 0,
-                                              "queues": [], "resources": {}})
+            cur = hosts.setdefault(
+                parts[0], {"ncpu": int(parts[2]) if parts[2].isdigit() else 0, "queues": [], "resources": {}}
+            )
             continue
         if cur is None:
             continue
@@ -362,16 +438,23 @@ def _sge_pe_rank(name: str, pe: Dict[str, str]) -> Tuple[int, int, str]:
 def discover_sge(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     names = [l.strip() for l in ask(SGE_QUEUES).splitlines() if l.strip()]
     name, how = _choose_queue(names, queue, "all.q" if "all.q" in names else None, "cluster queue")
-    chose = {"--queue": "--queue", "default": "qconf -sql: all.q, the default cluster queue",
-             "only": "qconf -sql: the only cluster queue"}[how]
+    chose = {
+        "--queue": "--queue",
+        "default": "qconf -sql: all.q, the default cluster queue",
+        "only": "qconf -sql: the only cluster queue",
+    }[how]
     lines = [Line("queue", name, chose)]
     q = parse_sge_config(ask(sge_queue_argv(name)))
     hosts = {h: a for h, a in parse_qhost(ask(SGE_HOSTS)).items() if name in a["queues"]}
     n = len(hosts)
     # GPUs: a consumable complex whose name says gpu, counted on each host of the queue
-    gpu_cx = [c for c in parse_sge_complexes(ask(SGE_COMPLEXES))
-              if "gpu" in c["name"].lower() and c["consumable"].upper() in ("YES", "JOB", "HOST")
-              and c["type"] in ("INT", "DOUBLE")]
+    gpu_cx = [
+        c
+        for c in parse_sge_complexes(ask(SGE_COMPLEXES))
+        if "gpu" in c["name"].lower()
+        and c["consumable"].upper() in ("YES", "JOB", "HOST")
+        and c["type"] in ("INT", "DOUBLE")
+    ]
     if gpu_cx:
         cx = gpu_cx[0]["name"]
         counts = [int(float(a["resources"].get(cx, "0") or 0)) for a in hosts.values()] or [0]
@@ -380,7 +463,9 @@ def discover_sge(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
         lines.append(Line("gpus_per_node", gpus, f"qhost -F: {cx}={gpus} on {n_gpu} of {n} hosts of {name}"))
     else:
         gpus = 0
-        lines.append(Line("gpus_per_node", 0, "qconf -sc: no consumable complex named like gpu: jobs cannot ask for GPUs"))
+        lines.append(
+            Line("gpus_per_node", 0, "qconf -sc: no consumable complex named like gpu: jobs cannot ask for GPUs")
+        )
     ncpu = [int(a["ncpu"]) for a in hosts.values()]
     if ncpu:
         cpus, n_cpu = _mode(ncpu)
@@ -398,27 +483,67 @@ def discover_sge(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     if pes:
         best = sorted(pes, key=lambda p: _sge_pe_rank(p, pes[p]))[0]
         pe = pes[best]
-        lines.append(Line("parallel_env", best, f"qconf -sq {name}: pe_list {q.get('pe_list')}; qconf -sp {best}: "
-                          f"allocation_rule {pe.get('allocation_rule')}, control_slaves {pe.get('control_slaves')}; "
-                          f"slots {q.get('slots')} per host"))
+        lines.append(
+            Line(
+                "parallel_env",
+                best,
+                f"qconf -sq {name}: pe_list {q.get('pe_list')}; qconf -sp {best}: "
+                f"allocation_rule {pe.get('allocation_rule')}, control_slaves {pe.get('control_slaves')}; "
+                f"slots {q.get('slots')} per host",
+            )
+        )
     else:
-        lines.append(missing("parallel_env", "mpi", f"qconf -sq {name}: pe_list {q.get('pe_list', 'NONE')}: no parallel "
-                             "environment: a job of several ranks needs one (or node_resource)"))
-    lines.append(missing("node_resource", "", "Grid Engine sites with an exclusive-node resource (ABCI rt_F, TSUBAME "
-                         "f_node) ask for nodes with it instead of a parallel environment"))
+        lines.append(
+            missing(
+                "parallel_env",
+                "mpi",
+                f"qconf -sq {name}: pe_list {q.get('pe_list', 'NONE')}: no parallel "
+                "environment: a job of several ranks needs one (or node_resource)",
+            )
+        )
+    lines.append(
+        missing(
+            "node_resource",
+            "",
+            "Grid Engine sites with an exclusive-node resource (ABCI rt_F, TSUBAME "
+            "f_node) ask for nodes with it instead of a parallel environment",
+        )
+    )
     h_rt = q.get("h_rt", "INFINITY")
-    lines += _walltimes(h_rt, f"qconf -sq {name}: h_rt", "", "Grid Engine: default h_rt (sge_request)", lambda t: None if t.upper() == "INFINITY" else pbs_seconds(t))
+    lines += _walltimes(
+        h_rt,
+        f"qconf -sq {name}: h_rt",
+        "",
+        "Grid Engine: default h_rt (sge_request)",
+        lambda t: None if t.upper() == "INFINITY" else pbs_seconds(t),
+    )
     notify = pbs_seconds(q.get("notify", "")) if q.get("notify") else None
     if notify:
-        lines.append(Line("warning_signal", "USR2", f"qconf -sq {name}: notify {q['notify']}: with -notify, Grid Engine "
-                          f"sends SIGUSR2 {notify} s before it kills (qdel) and the job checkpoints"))
+        lines.append(
+            Line(
+                "warning_signal",
+                "USR2",
+                f"qconf -sq {name}: notify {q['notify']}: with -notify, Grid Engine "
+                f"sends SIGUSR2 {notify} s before it kills (qdel) and the job checkpoints",
+            )
+        )
     else:
-        lines.append(missing("warning_signal", "USR2", f"qconf -sq {name}: notify {q.get('notify', 'not set')}: no "
-                             "warning before a kill"))
+        lines.append(
+            missing(
+                "warning_signal",
+                "USR2",
+                f"qconf -sq {name}: notify {q.get('notify', 'not set')}: no warning before a kill",
+            )
+        )
     tmpdir = q.get("tmpdir", "")
     if tmpdir and tmpdir != "NONE":
-        lines.append(Line("local_dir_var", "TMPDIR", f"qconf -sq {name}: tmpdir {tmpdir}: Grid Engine sets $TMPDIR "
-                                                     "to a job directory under it on each node"))
+        lines.append(
+            Line(
+                "local_dir_var",
+                "TMPDIR",
+                f"qconf -sq {name}: tmpdir {tmpdir}: Grid Engine sets $TMPDIR to a job directory under it on each node",
+            )
+        )
     lines.append(Line("can_requeue", False, "Grid Engine: runs continue through a chain of -hold_jid jobs"))
     desc = f"Grid Engine queue {name}: {_count(n, 'host')}, {gpus} GPUs, {cpus} CPUs each"
     return desc, lines
@@ -426,18 +551,31 @@ def discover_sge(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
 
 # --------------------------------------------------------------------------- PJM
 
+
 def discover_pjm(ask: Ask, queue: Optional[str]) -> Tuple[str, List[Line]]:
     """PJM: from the options alone (its resource groups are site configuration that users cannot list)."""
     lines = []
     if queue:
         lines.append(Line("queue", queue, "--queue (PJM resource group, -L rscgrp=)"))
     else:
-        lines.append(missing("queue", "cx-small", "the resource group jobs go to (pjsub -L rscgrp=; pjstat --rsc lists them)"))
+        lines.append(
+            missing("queue", "cx-small", "the resource group jobs go to (pjsub -L rscgrp=; pjstat --rsc lists them)")
+        )
     lines.append(Line("can_requeue", False, "PJM: runs continue through a chain of dependent jobs"))
-    lines.append(missing("local_dir_var", "PJM_LOCALTMP", "the variable naming node-local scratch in a job (Fujitsu "
-                         "systems: PJM_LOCALTMP; default TMPDIR, /tmp when unset)"))
+    lines.append(
+        missing(
+            "local_dir_var",
+            "PJM_LOCALTMP",
+            "the variable naming node-local scratch in a job (Fujitsu "
+            "systems: PJM_LOCALTMP; default TMPDIR, /tmp when unset)",
+        )
+    )
     return "PJM resource group " + (queue or "(not given)"), lines
 
 
 DISCOVER: Dict[str, Callable[[Ask, Optional[str]], Tuple[str, List[Line]]]] = {
-    "slurm": discover_slurm, "pbs": discover_pbs, "sge": discover_sge, "pjm": discover_pjm}
+    "slurm": discover_slurm,
+    "pbs": discover_pbs,
+    "sge": discover_sge,
+    "pjm": discover_pjm,
+}

@@ -4,6 +4,7 @@ Profiles ship as TOML files in ``configs/clusters/`` (installed as the package `
 A user directory given with ``--profile-dir`` (or ``$LAUNCHER_PROFILE_DIR``) is searched first, and
 ``--cluster`` also accepts a path to a ``.toml`` file.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,9 +18,10 @@ from importlib.resources.abc import Traversable
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
 
-from plumbing.errors import UserError
-from plumbing.parse import checked, parse_duration as parse_duration_s, signal_name
 from launcher.launchers import LAUNCH_METHODS
+from plumbing.errors import UserError
+from plumbing.parse import checked, signal_name
+from plumbing.parse import parse_duration as parse_duration_s
 
 #: signals a scheduler sends before the time limit (the trainer catches each of them)
 WARNING_SIGNALS = ("USR1", "USR2", "TERM", "INT", "HUP", "URG")
@@ -81,7 +83,9 @@ class ClusterProfile:
         if self.scheduler not in SCHEDULERS:
             raise UserError(f"profile {where}: scheduler {self.scheduler!r} is not one of {', '.join(SCHEDULERS)}")
         if self.launch_method not in LAUNCH_METHODS:
-            raise UserError(f"profile {where}: launch_method {self.launch_method!r} is not one of {', '.join(LAUNCH_METHODS)}")
+            raise UserError(
+                f"profile {where}: launch_method {self.launch_method!r} is not one of {', '.join(LAUNCH_METHODS)}"
+            )
         if self.gpus_per_node < 0 or self.cpus_per_node < 1 or self.cpu_ranks_per_node < 1:
             raise UserError(f"profile {where}: gpus_per_node must be >= 0, cpus_per_node and cpu_ranks_per_node >= 1")
         if self.gpu_memory_gib < 0:
@@ -96,7 +100,9 @@ class ClusterProfile:
         if self.default_walltime_s > self.max_walltime_s:
             raise UserError(f"profile {where}: default_walltime exceeds max_walltime")
         if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", self.local_dir_var):
-            raise UserError(f"profile {where}: local_dir_var {self.local_dir_var!r} is not an environment variable name")
+            raise UserError(
+                f"profile {where}: local_dir_var {self.local_dir_var!r} is not an environment variable name"
+            )
         for key, _ in self.env:
             if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
                 raise UserError(f"profile {where}: env name {key!r} is not an environment variable name")
@@ -106,8 +112,10 @@ class ClusterProfile:
         if self.warning_signal:
             name = checked(signal_name, self.warning_signal, f"profile {where}: warning_signal")[3:]
             if name != self.warning_signal or name not in WARNING_SIGNALS:
-                raise UserError(f"profile {where}: warning_signal {self.warning_signal!r}: "
-                                f"one of {', '.join(WARNING_SIGNALS)}, without SIG")
+                raise UserError(
+                    f"profile {where}: warning_signal {self.warning_signal!r}: "
+                    f"one of {', '.join(WARNING_SIGNALS)}, without SIG"
+                )
 
 
 def parse_duration(text: str, what: str = "--walltime") -> int:
@@ -154,10 +162,13 @@ def profile_from_dict(data: dict, source: str) -> ClusterProfile:
             continue
         if key not in _FIELDS or key in ("source",):
             known = sorted(k for k in _FIELDS if k not in ("source", "max_walltime_s", "default_walltime_s"))
-            raise UserError(f"profile {source}: unknown key {key!r} (known: {', '.join(known + ['max_walltime', 'default_walltime'])})")
+            raise UserError(
+                f"profile {source}: unknown key {key!r} (known: "
+                f"{', '.join(known + ['max_walltime', 'default_walltime'])})"
+            )
         if key == "env":
             if not isinstance(value, dict) or not all(isinstance(v, (str, int, float)) for v in value.values()):
-                raise UserError(f"profile {source}: env must be a table of NAME = \"value\"")
+                raise UserError(f'profile {source}: env must be a table of NAME = "value"')
             value = tuple((str(k), str(v)) for k, v in value.items())
         else:
             value = _check_type(key, value, source)

@@ -1,4 +1,5 @@
 """What each link of a run ran with, in ``job/env/`` of the run directory, and how two links differ."""
+
 from __future__ import annotations
 
 import importlib.metadata as metadata
@@ -14,14 +15,20 @@ import sys
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
-from plumbing.atomic import atomic_write_text
 from launcher.job_files import RunDir, now_iso
+from plumbing.atomic import atomic_write_text
 
 ENV_DIR = "env"
 PACKAGES = ("torch", "torchvision", "horovod", "h5py", "numpy")
 #: CUDA libraries that come as wheels (pip installs of torch): their version is the one in use.
-RUNTIME_WHEELS = ("nvidia-nccl-cu13", "nvidia-nccl-cu12", "nvidia-nccl-cu11",
-                  "nvidia-cuda-runtime-cu13", "nvidia-cuda-runtime-cu12", "nvidia-cuda-runtime-cu11")
+RUNTIME_WHEELS = (
+    "nvidia-nccl-cu13",
+    "nvidia-nccl-cu12",
+    "nvidia-nccl-cu11",
+    "nvidia-cuda-runtime-cu13",
+    "nvidia-cuda-runtime-cu12",
+    "nvidia-cuda-runtime-cu11",
+)
 PROJECT = "pixpro-of"
 SOURCE_ROOT = Path(__file__).resolve().parents[1]
 COMMAND_TIMEOUT_S = 10
@@ -68,8 +75,9 @@ def parse_torch_cuda(text: str) -> Optional[str]:
 
 def _run(argv: Sequence[str], cwd: Optional[Path] = None) -> Optional[str]:
     try:
-        out = subprocess.run(list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                             stdin=subprocess.DEVNULL, cwd=cwd)
+        out = subprocess.run(
+            list(argv), capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S, stdin=subprocess.DEVNULL, cwd=cwd
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout if out.returncode == 0 else None
@@ -103,9 +111,14 @@ def modules(env: Mapping[str, str]) -> dict:
     listing = None
     if any(k.startswith("BASH_FUNC_module") for k in env) or shutil.which("modulecmd") or env.get("LMOD_CMD"):
         try:
-            out = subprocess.run(["bash", "-c", "type module >/dev/null 2>&1 && module list 2>&1"],
-                                 capture_output=True, text=True, timeout=COMMAND_TIMEOUT_S,
-                                 stdin=subprocess.DEVNULL, env=dict(env))
+            out = subprocess.run(
+                ["bash", "-c", "type module >/dev/null 2>&1 && module list 2>&1"],
+                capture_output=True,
+                text=True,
+                timeout=COMMAND_TIMEOUT_S,
+                stdin=subprocess.DEVNULL,
+                env=dict(env),
+            )
             listing = out.stdout.strip() if out.returncode == 0 else None
         except (OSError, subprocess.TimeoutExpired):
             listing = None
@@ -165,8 +178,11 @@ def gather(rd: RunDir, hostfile: str, env: Mapping[str, str]) -> dict:
         "stage": env.get("LAUNCHER_STAGE", "train") or "train",
         "host": socket.gethostname(),
         "hosts": read_hosts(hostfile),
-        "python": {"executable": sys.executable, "version": platform.python_version(),
-                   "implementation": platform.python_implementation()},
+        "python": {
+            "executable": sys.executable,
+            "version": platform.python_version(),
+            "implementation": platform.python_implementation(),
+        },
         "packages": package_versions(),
         "torch_cuda": torch_cuda,
         "project": project_info(),
@@ -248,19 +264,25 @@ def describe(rec: dict) -> str:
     commit = project.get("commit") or "unknown"
     parts = [f"python {py.get('version', '?')} ({py.get('executable', '?')})"]
     parts += [f"{n} {pk[n]}" for n in ("torch", "horovod") if pk.get(n)]
-    parts.append(f"{PROJECT} {project.get('version', '?')}"
-                 + (f" at {commit[:12]}" + ("+changes" if project.get("dirty") else "") if commit != "unknown" else ""))
+    parts.append(
+        f"{PROJECT} {project.get('version', '?')}"
+        + (f" at {commit[:12]}" + ("+changes" if project.get("dirty") else "") if commit != "unknown" else "")
+    )
     parts.append(f"{len(rec.get('hosts') or [])} host(s)")
     gpu = rec.get("gpu")
     if gpu:
-        parts.append(f"{len(gpu.get('gpus') or [])} GPU(s), driver {gpu.get('driver') or '?'}, "
-                     f"CUDA {gpu.get('cuda_driver') or '?'} (torch built for {rec.get('torch_cuda') or '?'})")
+        parts.append(
+            f"{len(gpu.get('gpus') or [])} GPU(s), driver {gpu.get('driver') or '?'}, "
+            f"CUDA {gpu.get('cuda_driver') or '?'} (torch built for {rec.get('torch_cuda') or '?'})"
+        )
     return ", ".join(parts)
 
 
 def link_name(rec: dict) -> str:
     restart = rec.get("restart", 0)
-    return f"link {rec.get('link', 0)}" + (f" restart {restart}" if restart else "") + f" (job {rec.get('job_id', '?')})"
+    return (
+        f"link {rec.get('link', 0)}" + (f" restart {restart}" if restart else "") + f" (job {rec.get('job_id', '?')})"
+    )
 
 
 def warnings(rd: RunDir) -> List[str]:
@@ -283,8 +305,10 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     args = list(sys.argv[1:] if argv is None else argv)
     env = os.environ if env is None else env
     if len(args) != 1 or not env.get("RUN_DIR"):
-        print("launcher envrecord: error: usage: python -m launcher.envrecord HOSTFILE (inside a job, with RUN_DIR set)",
-              file=sys.stderr)
+        print(
+            "launcher envrecord: error: usage: python -m launcher.envrecord HOSTFILE (inside a job, with RUN_DIR set)",
+            file=sys.stderr,
+        )
         return 2
     rd = RunDir(env["RUN_DIR"])
     try:
@@ -298,8 +322,11 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     if recs and recs[0][0] != path:
         diff = differences(recs[0][1], rec)
         if diff:
-            print(f"launcher: warning: this link runs with another environment than {link_name(recs[0][1])}: "
-                  + "; ".join(diff), flush=True)
+            print(
+                f"launcher: warning: this link runs with another environment than {link_name(recs[0][1])}: "
+                + "; ".join(diff),
+                flush=True,
+            )
     return 0
 
 

@@ -7,6 +7,7 @@ script: start, staged, checkpointed, requeued, finished, failures), ``stopped`` 
 was stopped; links exit at once while it exists), ``timeout.count``/``preemption.count``.
 ``logs/run.log`` is appended by every link; ``done`` is written by the trainer.
 """
+
 from __future__ import annotations
 
 import json
@@ -80,8 +81,10 @@ class RunDir(RunLayout):
             atomic_write_text(self.script, script, chmod=0o755)
             atomic_write_text(self.job / "request.json", json.dumps(request, indent=2, sort_keys=True) + "\n")
         except OSError as exc:
-            raise UserError(f"--run-dir {self.path}: cannot create the run directory "
-                            f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})") from None
+            raise UserError(
+                f"--run-dir {self.path}: cannot create the run directory "
+                f"({exc.strerror or exc}{': ' + exc.filename if exc.filename else ''})"
+            ) from None
 
     def request(self) -> dict:
         return json.loads((self.job / "request.json").read_text())

@@ -10,6 +10,7 @@ Templates live in ``templates/`` (package ``launcher.templates``); a user direct
 - ``directive``: a value for a ``#SBATCH``/``#PBS``/``#$``/``#PJM`` line; only a safe character
   set passes, anything else fails the render.
 """
+
 from __future__ import annotations
 
 import os
@@ -18,12 +19,12 @@ from typing import Optional
 
 import jinja2
 
-from plumbing.errors import UserError
-from plumbing.runs import JOB, EXIT_RESUME
 from launcher.launchers import get_launch_method
 from launcher.request import DIRECTIVE_SAFE, JobPlan
 from launcher.schedulers import AFTER, LINK, Scheduler
 from launcher.shellwords import sh, sh_argv
+from plumbing.errors import UserError
+from plumbing.runs import EXIT_RESUME, JOB
 
 
 class _TemplateFailure(Exception):
@@ -46,8 +47,13 @@ def make_environment(template_dir: Optional[str] = None) -> jinja2.Environment:
             loaders.append(jinja2.FileSystemLoader(d))
     loaders.append(jinja2.FileSystemLoader(str(resources.files("launcher.templates"))))
     env = jinja2.Environment(
-        loader=jinja2.ChoiceLoader(loaders), undefined=jinja2.StrictUndefined, autoescape=False,
-        trim_blocks=True, lstrip_blocks=True, keep_trailing_newline=True)
+        loader=jinja2.ChoiceLoader(loaders),
+        undefined=jinja2.StrictUndefined,
+        autoescape=False,
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
     env.filters["sh"] = sh
     env.filters["sh_argv"] = sh_argv
     env.filters["directive"] = directive
@@ -63,11 +69,19 @@ def _context(plan: JobPlan, scheduler: Scheduler, array_task: bool = False) -> d
     else:
         resume_mode = "requeue" if use_requeue and scheduler.requeue_argv() else "chain"
     return dict(
-        job=plan, profile=plan.profile, scheduler=scheduler.name, use_requeue=use_requeue, resume_mode=resume_mode,
-        extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER), requeue_argv=scheduler.requeue_argv(),
-        ranks_argv=method.ranks_argv(plan), per_node_argv=method.per_node_argv(plan, scheduler.name),
-        probe_argv=method.probe_argv(plan, scheduler.name), needs_per_node=method.needs_per_node,
-        exit_resume=EXIT_RESUME, array_task=array_task,
+        job=plan,
+        profile=plan.profile,
+        scheduler=scheduler.name,
+        use_requeue=use_requeue,
+        resume_mode=resume_mode,
+        extend_argv=scheduler.submit_argv(plan, script_path, LINK, AFTER),
+        requeue_argv=scheduler.requeue_argv(),
+        ranks_argv=method.ranks_argv(plan),
+        per_node_argv=method.per_node_argv(plan, scheduler.name),
+        probe_argv=method.probe_argv(plan, scheduler.name),
+        needs_per_node=method.needs_per_node,
+        exit_resume=EXIT_RESUME,
+        array_task=array_task,
     )
 
 
@@ -77,15 +91,18 @@ def _render(env: jinja2.Environment, name: str, render) -> str:
     except _TemplateFailure as exc:
         raise UserError(f"render {name}: {exc}") from None
     except jinja2.TemplateNotFound as exc:
-        raise UserError(f"template {exc.name} not found (searched --template-dir, then the shipped templates)") from None
+        raise UserError(
+            f"template {exc.name} not found (searched --template-dir, then the shipped templates)"
+        ) from None
     except jinja2.UndefinedError as exc:
         raise UserError(f"template {name}: {exc.message}") from None
     except jinja2.TemplateSyntaxError as exc:
         raise UserError(f"template {exc.filename or exc.name}:{exc.lineno}: {exc.message}") from None
 
 
-def render_script(plan: JobPlan, scheduler: Scheduler, template_dir: Optional[str] = None,
-                  array_task: bool = False) -> str:
+def render_script(
+    plan: JobPlan, scheduler: Scheduler, template_dir: Optional[str] = None, array_task: bool = False
+) -> str:
     """The job script for ``plan`` as text (bash); ``array_task``: a task of an array job
     (:mod:`launcher.arrays`), whose job id the array's script passes in ``LAUNCHER_TASK_JOB_ID``."""
     env = make_environment(template_dir)
@@ -107,8 +124,9 @@ def render_directives(plan: JobPlan, scheduler: Scheduler, template_dir: Optiona
     return _render(env, scheduler.template, block).strip("\n")
 
 
-def render_array_script(scheduler: Scheduler, directives: str, context: dict,
-                        template_dir: Optional[str] = None) -> str:
+def render_array_script(
+    scheduler: Scheduler, directives: str, context: dict, template_dir: Optional[str] = None
+) -> str:
     """The script of an array job (``array.sh.j2``): ``directives`` and the task-index mapping."""
     env = make_environment(template_dir)
     text = _render(env, "array.sh.j2", lambda t: t.render(directives=directives, scheduler=scheduler.name, **context))

@@ -7,13 +7,14 @@ the rendezvous address), the backends its ranks can form, and how it starts one 
 (staging, ``torchrun``'s per-node agents) and one process on one host (the probe of a node that
 stopped answering).
 """
+
 from __future__ import annotations
 
 import abc
 from typing import Dict, List, Optional, Tuple
 
-from plumbing.errors import UserError
 from launcher.shellwords import array, var
+from plumbing.errors import UserError
 
 HOSTFILE = var("LAUNCHER_HOSTFILE")
 MPI_ENV = array("launcher_mpi_env")  # -x NAME for every variable the ranks need
@@ -50,10 +51,24 @@ class LaunchMethod(abc.ABC):
     def per_node_argv(self, plan, scheduler: str) -> List[str]:
         """One process per node: a SLURM step (no MPI needed), else ``mpirun`` one per node."""
         if scheduler == "slurm":
-            return ["srun", f"--nodes={plan.nodes}", "--ntasks-per-node=1", f"--ntasks={plan.nodes}",
-                    "--kill-on-bad-exit=1"]
-        return ["mpirun", "-np", str(plan.nodes), "-hostfile", HOSTFILE, "-map-by", "ppr:1:node",
-                *plan.profile.mpirun_flags, MPI_ENV]
+            return [
+                "srun",
+                f"--nodes={plan.nodes}",
+                "--ntasks-per-node=1",
+                f"--ntasks={plan.nodes}",
+                "--kill-on-bad-exit=1",
+            ]
+        return [
+            "mpirun",
+            "-np",
+            str(plan.nodes),
+            "-hostfile",
+            HOSTFILE,
+            "-map-by",
+            "ppr:1:node",
+            *plan.profile.mpirun_flags,
+            MPI_ENV,
+        ]
 
     def probe_argv(self, plan, scheduler: str) -> List[str]:
         """One process on one host, the host to follow: asks a node whether it still answers."""
@@ -67,8 +82,17 @@ class Mpirun(LaunchMethod):
     backends = ("horovod", "ddp")
 
     def ranks_argv(self, plan):
-        return ["mpirun", "-np", str(plan.ranks), "-hostfile", HOSTFILE, "-map-by", f"ppr:{plan.ranks_per_node}:node",
-                *plan.profile.mpirun_flags, MPI_ENV]
+        return [
+            "mpirun",
+            "-np",
+            str(plan.ranks),
+            "-hostfile",
+            HOSTFILE,
+            "-map-by",
+            f"ppr:{plan.ranks_per_node}:node",
+            *plan.profile.mpirun_flags,
+            MPI_ENV,
+        ]
 
 
 class Horovodrun(LaunchMethod):
@@ -76,8 +100,15 @@ class Horovodrun(LaunchMethod):
     backends = ("horovod",)
 
     def ranks_argv(self, plan):
-        return ["horovodrun", "--mpi", "-np", str(plan.ranks), "-hostfile", HOSTFILE,
-                "--mpi-args=" + " ".join(plan.profile.mpirun_flags)]
+        return [
+            "horovodrun",
+            "--mpi",
+            "-np",
+            str(plan.ranks),
+            "-hostfile",
+            HOSTFILE,
+            "--mpi-args=" + " ".join(plan.profile.mpirun_flags),
+        ]
 
 
 class Srun(LaunchMethod):
@@ -86,8 +117,14 @@ class Srun(LaunchMethod):
     schedulers = ("slurm",)
 
     def ranks_argv(self, plan):
-        return ["srun", f"--nodes={plan.nodes}", f"--ntasks-per-node={plan.ranks_per_node}", f"--ntasks={plan.ranks}",
-                f"--cpus-per-task={plan.cpus_per_rank}", "--kill-on-bad-exit=0"]
+        return [
+            "srun",
+            f"--nodes={plan.nodes}",
+            f"--ntasks-per-node={plan.ranks_per_node}",
+            f"--ntasks={plan.ranks}",
+            f"--cpus-per-task={plan.cpus_per_rank}",
+            "--kill-on-bad-exit=0",
+        ]
 
 
 class Torchrun(LaunchMethod):
@@ -97,10 +134,20 @@ class Torchrun(LaunchMethod):
 
     def ranks_argv(self, plan):
         # One torchrun agent per node, each under its own supervisor (it passes a stop to its workers).
-        return [PER_NODE, PYTHON, "-m", "launcher.supervise", "--", "torchrun", f"--nnodes={plan.nodes}",
-                f"--nproc-per-node={plan.ranks_per_node}", "--rdzv-backend=c10d",
-                f"--rdzv-endpoint={var('MASTER_ADDR')}:{var('MASTER_PORT')}", f"--rdzv-id={var('LAUNCHER_JOB_ID')}",
-                "--no-python"]
+        return [
+            PER_NODE,
+            PYTHON,
+            "-m",
+            "launcher.supervise",
+            "--",
+            "torchrun",
+            f"--nnodes={plan.nodes}",
+            f"--nproc-per-node={plan.ranks_per_node}",
+            "--rdzv-backend=c10d",
+            f"--rdzv-endpoint={var('MASTER_ADDR')}:{var('MASTER_PORT')}",
+            f"--rdzv-id={var('LAUNCHER_JOB_ID')}",
+            "--no-python",
+        ]
 
 
 LAUNCH_METHODS: Dict[str, LaunchMethod] = {m.name: m for m in (Mpirun(), Horovodrun(), Srun(), Torchrun())}

@@ -5,6 +5,7 @@ follow it, indented). Each row: step/total, samples/s, ETA at the current rate
 (:mod:`launcher.progress`), scheduler, newest job and state, from the files only: no scheduler is
 asked (``launcher status RUN`` does that, rate-limited), so a listing of many runs stays fast.
 """
+
 from __future__ import annotations
 
 import json
@@ -12,17 +13,18 @@ import os
 import sys
 from pathlib import Path
 from types import SimpleNamespace
-from typing import Iterator, List, Optional, Sequence, Tuple
+from typing import Iterator, List, Sequence, Tuple
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
-from plumbing.runs import JOB
-from launcher.progress import eta_text, format_rate, read_progress, step_text
 from launcher.job_files import RunDir
+from launcher.progress import eta_text, format_rate, read_progress, step_text
 from launcher.schedulers import get_scheduler
 from launcher.status import run_state
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
+from plumbing.runs import JOB
 
 PIPELINE_FILE = "pipeline.json"  # launcher.pipeline.PIPELINE_FILE (not imported: it pulls in the submit path)
 MAX_DEPTH = 4  #: how deep below ROOT runs and pipelines are looked for
@@ -109,8 +111,9 @@ def command(**opts) -> int:
         if kind == "pipeline":
             rows += pipeline_rows(path, name)
             try:
-                in_pipeline |= {str(Path(s["run_dir"]).resolve())
-                                for s in json.loads((path / PIPELINE_FILE).read_text())["stages"]}
+                in_pipeline |= {
+                    str(Path(s["run_dir"]).resolve()) for s in json.loads((path / PIPELINE_FILE).read_text())["stages"]
+                }
             except (OSError, ValueError, KeyError, TypeError):  # a damaged pipeline.json: its stages list as runs
                 pass
         elif str(path.resolve()) not in in_pipeline:

@@ -1,13 +1,14 @@
 """Run a job script on this machine, as a scheduler would: ``python -m launcher.local_runner SCRIPT``."""
+
 from __future__ import annotations
 
 import fcntl
 import json
 import os
 import signal
-import tempfile
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,9 +17,11 @@ from typing import Optional, Sequence
 import click
 
 from plumbing.atomic import atomic_write_text
-from plumbing.cli import command as cli_command, run
+from plumbing.cli import command as cli_command
+from plumbing.cli import run
 from plumbing.errors import UserError
-from plumbing.parse import checked, signal_name as parse_signal_name
+from plumbing.parse import checked
+from plumbing.parse import signal_name as parse_signal_name
 from plumbing.private_dir import private_dir
 from plumbing.runs import EXIT_RESUME
 
@@ -76,9 +79,18 @@ def needs_state(needs: Sequence[str]) -> Optional[str]:
     return ""
 
 
-def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: float, warn_signal: str,
-               state_file: Optional[Path], slots: int = 0, slot_dir: Optional[Path] = None,
-               needs: Sequence[str] = ()) -> int:
+def run_script(
+    script: str,
+    job_id: str,
+    link: int,
+    walltime_s: float,
+    lead_s: float,
+    warn_signal: str,
+    state_file: Optional[Path],
+    slots: int = 0,
+    slot_dir: Optional[Path] = None,
+    needs: Sequence[str] = (),
+) -> int:
     cancel = _Cancel()
     child: Optional[subprocess.Popen] = None
 
@@ -93,16 +105,24 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
     rc = 0
     if needs:  # a pipeline stage: wait for the stages it needs, as afterok does
         if state_file:
-            _write_state(state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None,
-                         needs=list(needs))
+            _write_state(
+                state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None, needs=list(needs)
+            )
         why = needs_state(needs)
         while why is None and not cancel.requested:
             time.sleep(0.5)
             why = needs_state(needs)
         if why or cancel.requested:
             if state_file:
-                _write_state(state_file, job_id=job_id, pid=os.getpid(), state="cancelled", restarts=0, rc=None,
-                             reason=why or "cancelled")
+                _write_state(
+                    state_file,
+                    job_id=job_id,
+                    pid=os.getpid(),
+                    state="cancelled",
+                    restarts=0,
+                    rc=None,
+                    reason=why or "cancelled",
+                )
             return 143 if cancel.requested else 1
     held = None  # the slot file while this job holds a slot (closed, and so released, at exit)
     if slots > 0:
@@ -110,12 +130,21 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
             slot_dir = Path(private_dir(slot_dir or default_slot_dir(), what="slot directory", tighten=True).path)
         except UserError as exc:
             if state_file:
-                _write_state(state_file, job_id=job_id, pid=os.getpid(), state="failed", restarts=0, rc=2,
-                             reason=str(exc))
+                _write_state(
+                    state_file, job_id=job_id, pid=os.getpid(), state="failed", restarts=0, rc=2, reason=str(exc)
+                )
             raise
         if state_file:
-            _write_state(state_file, job_id=job_id, pid=os.getpid(), state="queued", restarts=0, rc=None,
-                         slots=slots, slot_dir=str(slot_dir))
+            _write_state(
+                state_file,
+                job_id=job_id,
+                pid=os.getpid(),
+                state="queued",
+                restarts=0,
+                rc=None,
+                slots=slots,
+                slot_dir=str(slot_dir),
+            )
         while held is None and not cancel.requested:
             held = try_slot(slot_dir, slots)
             if held is None:
@@ -157,27 +186,44 @@ def run_script(script: str, job_id: str, link: int, walltime_s: float, lead_s: f
     return rc
 
 
-@cli_command("local_runner", epilog="Example: python -m launcher.local_runner --link 0 --walltime 3600 --lead 120 "
-                                    "runs/x/job/job.sh (what 'launcher submit --scheduler local' starts)")
+@cli_command(
+    "local_runner",
+    epilog="Example: python -m launcher.local_runner --link 0 --walltime 3600 --lead 120 "
+    "runs/x/job/job.sh (what 'launcher submit --scheduler local' starts)",
+)
 @click.argument("script")
 @click.option("--job-id", default=None, help="default: local-<pid>")
 @click.option("--link", type=int, default=0, show_default=True)
 @click.option("--walltime", type=float, default=0.0, show_default=True, help="seconds; 0 = no limit")
 @click.option("--lead", type=float, default=0.0, show_default=True, help="seconds before the walltime to send --signal")
-@click.option("--signal", "signal_name", default="USR2", show_default=True,
-              help="warning signal: USR2, SIGUSR2 or usr2; '' for none")
+@click.option(
+    "--signal",
+    "signal_name",
+    default="USR2",
+    show_default=True,
+    help="warning signal: USR2, SIGUSR2 or usr2; '' for none",
+)
 @click.option("--state-file", default=None)
-@click.option("--slots", type=int, default=None,
-              help=f"run at most N such jobs at once (default: ${SLOTS_ENV}, else no limit)")
-@click.option("--slot-dir", default=None,
-              help=f"directory of the shared slot files (default: ${SLOT_DIR_ENV}, else $TMPDIR/launcher-slots-UID)")
-@click.option("--needs", multiple=True, help="run directory whose done marker this job waits for (repeatable); "
-              "if it ends without one, this job is cancelled")
+@click.option(
+    "--slots", type=int, default=None, help=f"run at most N such jobs at once (default: ${SLOTS_ENV}, else no limit)"
+)
+@click.option(
+    "--slot-dir",
+    default=None,
+    help=f"directory of the shared slot files (default: ${SLOT_DIR_ENV}, else $TMPDIR/launcher-slots-UID)",
+)
+@click.option(
+    "--needs",
+    multiple=True,
+    help="run directory whose done marker this job waits for (repeatable); "
+    "if it ends without one, this job is cancelled",
+)
 def command(script, job_id, link, walltime, lead, signal_name, state_file, slots, slot_dir, needs) -> int:
     """Run a job script on this machine as a scheduler would, re-running it after exit 75."""
     warn = checked(parse_signal_name, signal_name, "--signal")[3:] if signal_name else ""  # USR2
-    args = SimpleNamespace(script=script, job_id=job_id, link=link, walltime=walltime, lead=lead,
-                           signal=warn, state_file=state_file)
+    args = SimpleNamespace(
+        script=script, job_id=job_id, link=link, walltime=walltime, lead=lead, signal=warn, state_file=state_file
+    )
     job_id = args.job_id or f"local-{os.getpid()}"
     if slots is None:
         text = os.environ.get(SLOTS_ENV, "").strip()
@@ -188,9 +234,18 @@ def command(script, job_id, link, walltime, lead, signal_name, state_file, slots
     if slots < 0:
         raise UserError(f"--slots {slots}: must be 0 (no limit) or more")
     slot_dir = slot_dir or os.environ.get(SLOT_DIR_ENV) or None
-    return run_script(args.script, job_id, args.link, args.walltime, args.lead, args.signal,
-                      Path(args.state_file) if args.state_file else None, slots,
-                      Path(slot_dir) if slot_dir else None, needs)
+    return run_script(
+        args.script,
+        job_id,
+        args.link,
+        args.walltime,
+        args.lead,
+        args.signal,
+        Path(args.state_file) if args.state_file else None,
+        slots,
+        Path(slot_dir) if slot_dir else None,
+        needs,
+    )
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -1,4 +1,5 @@
 """``launcher logs RUN_DIR``: the run's log (``logs/run.log``, appended by every link) and the scheduler's own files."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,10 @@ from typing import Dict, List, Optional
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
 from launcher.job_files import RunDir
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 POLL_S = 1.0
 #: After the run is done or stopped: how long the log may stay quiet before following ends
@@ -27,7 +29,9 @@ def scheduler_outputs(rd: RunDir) -> List[Path]:
     """The scheduler's own output files in ``logs/`` (everything but run.log and the trainer's
     ``train*.log``), oldest first."""
     try:
-        files = [p for p in rd.logs.iterdir() if p.is_file() and p.name != rd.log.name and not p.name.startswith("train")]
+        files = [
+            p for p in rd.logs.iterdir() if p.is_file() and p.name != rd.log.name and not p.name.startswith("train")
+        ]
     except OSError:
         return []
     return sorted(files, key=lambda p: (p.stat().st_mtime, p.name))
@@ -132,8 +136,13 @@ def follow(rd: RunDir, follower: Follower, poll_s: float = POLL_S, quiet_s: floa
 @cli_command("logs", epilog="Example: launcher logs runs/pixpro-k6-g8 -n 100 --follow")
 @click.argument("run_dir")
 @click.option("-n", "--lines", type=int, default=40, show_default=True, help="last N lines (0 = all)")
-@click.option("-f", "--follow", "follow_", is_flag=True,
-              help="keep printing, across requeues and chain links, until the run is done or stopped for good")
+@click.option(
+    "-f",
+    "--follow",
+    "follow_",
+    is_flag=True,
+    help="keep printing, across requeues and chain links, until the run is done or stopped for good",
+)
 def command(**opts) -> int:
     """The run's log (logs/run.log, appended by every link), then the scheduler's own output files
     that are not empty (what a job said before reaching its run directory, the batch system's messages)."""

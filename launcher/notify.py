@@ -8,6 +8,7 @@ in the environment (:func:`notify_env`), at most :data:`NOTIFY_TIMEOUT_S` second
 is created exclusively first, so a run tells once however many links end; ``launcher resume``
 removes it. In a pipeline only the last stage's end, or any stage's failure, is told.
 """
+
 from __future__ import annotations
 
 import os
@@ -53,16 +54,18 @@ def summary(request: Mapping, run_dir: str, ending: Ending, job_id: str) -> str:
 def notify_env(base: Mapping[str, str], request: Mapping, run_dir: str, ending: Ending, job_id: str) -> Dict[str, str]:
     """The notify command's environment: ``base`` plus the run's outcome and paths."""
     env = dict(base)
-    env.update({
-        "LAUNCHER_OUTCOME": ending.outcome,
-        "LAUNCHER_REASON": ending.reason,
-        "LAUNCHER_SUMMARY": summary(request, run_dir, ending, job_id),
-        "LAUNCHER_RUN_DIR": run_dir,
-        "LAUNCHER_RUN_NAME": str(request.get("name") or Path(run_dir).name),
-        "LAUNCHER_RUN_LOG": str(Path(run_dir) / "logs" / "run.log"),
-        "LAUNCHER_PIPELINE_DIR": str(request.get("pipeline") or ""),
-        "LAUNCHER_JOB_ID": job_id,
-    })
+    env.update(
+        {
+            "LAUNCHER_OUTCOME": ending.outcome,
+            "LAUNCHER_REASON": ending.reason,
+            "LAUNCHER_SUMMARY": summary(request, run_dir, ending, job_id),
+            "LAUNCHER_RUN_DIR": run_dir,
+            "LAUNCHER_RUN_NAME": str(request.get("name") or Path(run_dir).name),
+            "LAUNCHER_RUN_LOG": str(Path(run_dir) / "logs" / "run.log"),
+            "LAUNCHER_PIPELINE_DIR": str(request.get("pipeline") or ""),
+            "LAUNCHER_JOB_ID": job_id,
+        }
+    )
     return env
 
 
@@ -86,8 +89,15 @@ def run_command(command: str, env: Mapping[str, str], cwd: str, timeout: float =
     """Run ``bash -c COMMAND``; a one-line account of how it went and the seconds it took. Never raises."""
     t0 = time.monotonic()
     try:
-        proc = subprocess.run(["bash", "-c", command], env=dict(env), cwd=cwd, capture_output=True, text=True,
-                              timeout=timeout, stdin=subprocess.DEVNULL)
+        proc = subprocess.run(
+            ["bash", "-c", command],
+            env=dict(env),
+            cwd=cwd,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            stdin=subprocess.DEVNULL,
+        )
     except subprocess.TimeoutExpired:
         return f"the notify command did not end within {timeout:.0f} s (stopped)", time.monotonic() - t0
     except OSError as exc:

@@ -10,6 +10,7 @@ stdout for the script: ``go``, ``resume`` (staging was interrupted: go straight 
 The link's facts (job id, link number, start time, walltime, budgets, how the run resumes) come
 from the ``LAUNCHER_*`` variables the script sets (:meth:`LinkContext.from_env`).
 """
+
 from __future__ import annotations
 
 import json
@@ -23,12 +24,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, List, Mapping, Optional, Sequence
 
+from launcher.job_files import RunDir, now_iso
+from launcher.notify import Ending
+from launcher.schedulers import get_scheduler
 from plumbing.atomic import atomic_write_text
 from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME, EXIT_USAGE
-from launcher.notify import Ending
-from launcher.job_files import RunDir, now_iso
-from launcher.schedulers import get_scheduler
 
 #: How a checkpointed link continues the run: the local runner re-runs the script on exit 75,
 #: a SLURM job requeues itself, other batch systems keep a chain of dependent jobs.
@@ -92,16 +93,26 @@ class LinkContext:
 
         mode = env.get("LAUNCHER_RESUME_MODE", "chain")
         if mode not in RESUME_MODES:
-            raise SystemExit(f"launcher outcome: error: LAUNCHER_RESUME_MODE={mode!r} is not one of {', '.join(RESUME_MODES)}")
+            raise SystemExit(
+                f"launcher outcome: error: LAUNCHER_RESUME_MODE={mode!r} is not one of {', '.join(RESUME_MODES)}"
+            )
         if not env.get("RUN_DIR"):
             raise SystemExit("launcher outcome: error: RUN_DIR is not set (this runs inside a job script)")
-        return cls(run_dir=env["RUN_DIR"], job_id=env.get("LAUNCHER_JOB_ID", "?"), link=num("LAUNCHER_LINK"),
-                   restart=num("LAUNCHER_RESTART_COUNT"), start=num("LAUNCHER_START"),
-                   walltime_s=num("LAUNCHER_WALLTIME_S"), warning_lead_s=num("LAUNCHER_WARNING_LEAD_S"),
-                   chain_length=num("LAUNCHER_CHAIN_LENGTH", 1), max_timeouts=num("LAUNCHER_MAX_TIMEOUTS", 20),
-                   max_preemptions=num("LAUNCHER_MAX_PREEMPTIONS", 100), resume_mode=mode,
-                   scheduler=env.get("LAUNCHER_SCHEDULER", "local") or "local",
-                   stage=env.get("LAUNCHER_STAGE", "train") or "train")
+        return cls(
+            run_dir=env["RUN_DIR"],
+            job_id=env.get("LAUNCHER_JOB_ID", "?"),
+            link=num("LAUNCHER_LINK"),
+            restart=num("LAUNCHER_RESTART_COUNT"),
+            start=num("LAUNCHER_START"),
+            walltime_s=num("LAUNCHER_WALLTIME_S"),
+            warning_lead_s=num("LAUNCHER_WARNING_LEAD_S"),
+            chain_length=num("LAUNCHER_CHAIN_LENGTH", 1),
+            max_timeouts=num("LAUNCHER_MAX_TIMEOUTS", 20),
+            max_preemptions=num("LAUNCHER_MAX_PREEMPTIONS", 100),
+            resume_mode=mode,
+            scheduler=env.get("LAUNCHER_SCHEDULER", "local") or "local",
+            stage=env.get("LAUNCHER_STAGE", "train") or "train",
+        )
 
     @property
     def what(self) -> str:
@@ -137,7 +148,8 @@ class Link:
             return f"{latest.name}@"
 
     def request(self) -> dict:
-        """The run's ``job/request.json`` ({} when unreadable): a pipeline stage's ``pipeline``, ``stage``, ``needs_runs``."""
+        """The run's ``job/request.json`` ({} when unreadable): a pipeline stage's ``pipeline``, ``stage``,
+        ``needs_runs``."""
         try:
             return json.loads((self.rd.job / "request.json").read_text())
         except (OSError, ValueError):
@@ -180,7 +192,9 @@ class Link:
                 continue
             try:
                 out = subprocess.run(argv, capture_output=True, text=True, timeout=60, stdin=subprocess.DEVNULL)
-                note = f"exit {out.returncode}" + (f": {' '.join((out.stderr or out.stdout).split())}" if out.returncode else "")
+                note = f"exit {out.returncode}" + (
+                    f": {' '.join((out.stderr or out.stdout).split())}" if out.returncode else ""
+                )
             except (OSError, subprocess.TimeoutExpired) as exc:
                 note = f"failed ({exc.__class__.__name__})"
             self.event(f"pipeline: stage {st.name} now waits for {new_job} ({argv[0]} {note})")
@@ -212,8 +226,10 @@ class Link:
             return exit_with(EXIT_FINISHED)
         reason = self.rd.stopped_reason()
         if reason is not None:
-            self.event(f"skip: the run was stopped ({reason.splitlines()[0] if reason else ''}); "
-                       "'launcher resume' continues it")
+            self.event(
+                f"skip: the run was stopped ({reason.splitlines()[0] if reason else ''}); "
+                "'launcher resume' continues it"
+            )
             return exit_with(EXIT_FINISHED)
         for need in self.request().get("needs_runs", []):
             if not RunDir(need).is_done():
@@ -247,7 +263,9 @@ class Link:
         path.write_text(f"{n}\n")
         return n
 
-    def decide(self, rc: int, signal: str, stamp_before: str, probe: Optional[Callable[[], List[str]]] = None) -> Decision:
+    def decide(
+        self, rc: int, signal: str, stamp_before: str, probe: Optional[Callable[[], List[str]]] = None
+    ) -> Decision:
         """The command ended with ``rc`` (``signal``: the stop signal the job received, '' for none)."""
         c = self.ctx
         if rc not in (EXIT_FINISHED, EXIT_RESUME) and signal:
@@ -274,7 +292,9 @@ class Link:
             return exit_with(rc, CLEANUP_NODE_DOWN_S if silent else CLEANUP_S)
         reason = self.rd.stopped_reason()
         if reason is not None:
-            self.event(f"checkpointed; the run was stopped ({reason.splitlines()[0] if reason else ''}), not continuing")
+            self.event(
+                f"checkpointed; the run was stopped ({reason.splitlines()[0] if reason else ''}), not continuing"
+            )
             self.ending = Ending("stopped", reason.splitlines()[0] if reason else "stopped")
             return exit_with(EXIT_FINISHED)
         kind = self.stop_kind(signal)
@@ -291,8 +311,10 @@ class Link:
         elif self.checkpoint_stamp() not in ("", stamp_before):
             self.event(f"checkpointed: {kind} {n} of {most} ({latest.name if latest else 'the start'})")
         else:
-            self.event(f"stopped without a new checkpoint: {kind} {n} of {most}; the next job resumes from "
-                       f"{latest.name if latest else 'the start'}")
+            self.event(
+                f"stopped without a new checkpoint: {kind} {n} of {most}; the next job resumes from "
+                f"{latest.name if latest else 'the start'}"
+            )
         if c.resume_mode == "local":
             return exit_with(EXIT_RESUME)
         if c.resume_mode == "requeue":
@@ -349,8 +371,13 @@ def silent_hosts(hostfile: str, probe_prefix: Sequence[str], timeout: float = PR
 
     def answers(host: str) -> bool:
         try:
-            out = subprocess.run([*probe_prefix, host, "hostname"], capture_output=True, text=True,
-                                 timeout=timeout, stdin=subprocess.DEVNULL)
+            out = subprocess.run(
+                [*probe_prefix, host, "hostname"],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                stdin=subprocess.DEVNULL,
+            )
         except (OSError, subprocess.TimeoutExpired):
             return False
         return bool(out.stdout.strip())
@@ -362,8 +389,10 @@ def silent_hosts(hostfile: str, probe_prefix: Sequence[str], timeout: float = PR
     return [h for h, good in zip(hosts, ok) if not good]
 
 
-USAGE = ("usage: python -m launcher.outcome begin | staged RC SIGNAL SECONDS | stamp | "
-         "decide RC SIGNAL STAMP [HOSTFILE PROBE...] | requeued RC SIGNAL OUTPUT | extended RC LINK OUTPUT | event TEXT")
+USAGE = (
+    "usage: python -m launcher.outcome begin | staged RC SIGNAL SECONDS | stamp | "
+    "decide RC SIGNAL STAMP [HOSTFILE PROBE...] | requeued RC SIGNAL OUTPUT | extended RC LINK OUTPUT | event TEXT"
+)
 
 
 def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] = None) -> int:
@@ -408,7 +437,10 @@ def main(argv: Optional[Sequence[str]] = None, env: Optional[Mapping[str, str]] 
     else:
         print(f"launcher outcome: error: unknown step {step!r}; {USAGE}", file=sys.stderr)
         return EXIT_USAGE
-    if decision.action == "exit" and decision.arg not in (EXIT_FINISHED, EXIT_RESUME if ctx.resume_mode == "local" else -1):
+    if decision.action == "exit" and decision.arg not in (
+        EXIT_FINISHED,
+        EXIT_RESUME if ctx.resume_mode == "local" else -1,
+    ):
         link.cancel_later_stages()  # this stage ends without finishing: the stages after it cannot run
     link.tell()
     print(decision.line(), flush=True)

@@ -6,6 +6,7 @@ user fills in: modules, setup, interpreter, GPU memory, MPI flags, mail), render
 comment above each value saying where it came from (commented-out lines for what to fill in),
 checks that the text loads as a profile, and writes it atomically.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,11 +20,12 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import click
 
-from plumbing.atomic import atomic_write_text
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
 from launcher.cluster_probe import DISCOVER, Line, missing
 from launcher.clusters import format_hms, parse_duration, profile_from_dict, read_toml
+from plumbing.atomic import atomic_write_text
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 ASK_TIMEOUT_S = 60
 
@@ -61,26 +63,53 @@ def toml_value(value: object) -> str:
 def user_lines(scheduler: str) -> List[Line]:
     """What no scheduler answers: the lines a user fills in (``modules = []`` is written as it is)."""
     lines = [
-        missing("gpu_memory_gib", 40, "memory of one GPU in GiB (nvidia-smi --query-gpu=memory.total --format=csv on a "
-                "compute node); when set, submit refuses a batch that cannot fit"),
+        missing(
+            "gpu_memory_gib",
+            40,
+            "memory of one GPU in GiB (nvidia-smi --query-gpu=memory.total --format=csv on a "
+            "compute node); when set, submit refuses a batch that cannot fit",
+        ),
         missing("cpu_ranks_per_node", 2, "ranks per node of a CPU-only job (--gpus 0); default 1"),
-        Line("modules", [], "`module avail` on a login node lists your site's modules: the compiler, CUDA, NCCL and "
-             "MPI to load in every job (e.g. [\"gcc/12\", \"cuda/12.4\", \"openmpi/4.1\"]); the job script sources "
-             "the usual init script (/etc/profile.d/modules.sh, lmod) when `module` is not defined"),
-        missing("setup", ["source /etc/profile.d/modules.sh"], "shell lines run before the modules are loaded "
-                "(a site's own init script, `ulimit -n 65536`, ...)"),
-        missing("python", "/path/to/venv/bin/python", "the interpreter on the compute nodes; default: the one "
-                "running the launcher, whose venv or conda environment the job activates"),
-        missing("mpirun_flags", ["-bind-to", "none"], "extra mpirun options for your MPI and network "
-                "(e.g. [\"-mca\", \"btl\", \"^openib\"]); none by default"),
+        Line(
+            "modules",
+            [],
+            "`module avail` on a login node lists your site's modules: the compiler, CUDA, NCCL and "
+            'MPI to load in every job (e.g. ["gcc/12", "cuda/12.4", "openmpi/4.1"]); the job script sources '
+            "the usual init script (/etc/profile.d/modules.sh, lmod) when `module` is not defined",
+        ),
+        missing(
+            "setup",
+            ["source /etc/profile.d/modules.sh"],
+            "shell lines run before the modules are loaded (a site's own init script, `ulimit -n 65536`, ...)",
+        ),
+        missing(
+            "python",
+            "/path/to/venv/bin/python",
+            "the interpreter on the compute nodes; default: the one "
+            "running the launcher, whose venv or conda environment the job activates",
+        ),
+        missing(
+            "mpirun_flags",
+            ["-bind-to", "none"],
+            'extra mpirun options for your MPI and network (e.g. ["-mca", "btl", "^openib"]); none by default',
+        ),
     ]
     if scheduler != "sge":
-        lines.append(missing("local_dir_var", "TMPDIR", "the variable naming node-local scratch in a job "
-                             "(staged shards go there); default TMPDIR, /tmp when it is unset"))
+        lines.append(
+            missing(
+                "local_dir_var",
+                "TMPDIR",
+                "the variable naming node-local scratch in a job "
+                "(staged shards go there); default TMPDIR, /tmp when it is unset",
+            )
+        )
     lines += [
         missing("mail", "you@example.org", "the scheduler mails this address when a job ends or fails (--mail)"),
-        missing("notify", "mail -s \"$LAUNCHER_SUMMARY\" you@example.org < /dev/null", "a shell command run once when a run ends "
-                "for good (--notify)"),
+        missing(
+            "notify",
+            'mail -s "$LAUNCHER_SUMMARY" you@example.org < /dev/null',
+            "a shell command run once when a run ends for good (--notify)",
+        ),
     ]
     return lines
 
@@ -108,21 +137,35 @@ def merge(found: Sequence[Line], given: Sequence[Line], extra: Sequence[Line]) -
 
 
 def render(name: str, scheduler: str, description: str, lines: Sequence[Line], header: str, named: str) -> str:
-    out = [f"# Cluster profile {name!r} ({scheduler}), {header}.",
-           "# Each value has a comment above it saying where it came from; a commented-out key is one the",
-           "# cluster could not tell: fill it in or leave the default. Every key: docs/profiles.md;",
-           f"# `launcher profile show {name}.toml` prints them all, with their defaults."]
-    for line in [Line("name", name, named), Line("scheduler", scheduler, "--scheduler"),
-                 Line("description", description, "for `launcher profile list`, from the answers below"), *lines]:
+    out = [
+        f"# Cluster profile {name!r} ({scheduler}), {header}.",
+        "# Each value has a comment above it saying where it came from; a commented-out key is one the",
+        "# cluster could not tell: fill it in or leave the default. Every key: docs/profiles.md;",
+        f"# `launcher profile show {name}.toml` prints them all, with their defaults.",
+    ]
+    for line in [
+        Line("name", name, named),
+        Line("scheduler", scheduler, "--scheduler"),
+        Line("description", description, "for `launcher profile list`, from the answers below"),
+        *lines,
+    ]:
         out.append("")
         out.append("# " + line.note)
         out.append(("" if line.learned else "# ") + f"{line.key} = {toml_value(line.value)}")
     return "\n".join(out) + "\n"
 
 
-def build(scheduler: str, queue: Optional[str], name: str, ask=run_ask, gpus_per_node: Optional[int] = None,
-          cpus_per_node: Optional[int] = None, max_walltime: Optional[str] = None,
-          header: str = "", named: str = "--name") -> Tuple[str, List[Line]]:
+def build(
+    scheduler: str,
+    queue: Optional[str],
+    name: str,
+    ask=run_ask,
+    gpus_per_node: Optional[int] = None,
+    cpus_per_node: Optional[int] = None,
+    max_walltime: Optional[str] = None,
+    header: str = "",
+    named: str = "--name",
+) -> Tuple[str, List[Line]]:
     """The profile's TOML text and its lines (asks the scheduler through ``ask``)."""
     description, found = DISCOVER[scheduler](ask, queue)
     lines = merge(found, option_lines(gpus_per_node, cpus_per_node, max_walltime), user_lines(scheduler))
@@ -131,18 +174,31 @@ def build(scheduler: str, queue: Optional[str], name: str, ask=run_ask, gpus_per
 
 
 @cli_command("init", epilog="Example: launcher profile init --scheduler slurm --queue gpu --out mycluster.toml")
-@click.option("--scheduler", required=True, type=click.Choice(["slurm", "pbs", "sge", "pjm"]),
-              help="the cluster's scheduler (PJM: from the options only)")
-@click.option("--queue", default=None, help="SLURM partition, PBS or Grid Engine queue, PJM resource group "
-              "(default: the cluster's default one)")
+@click.option(
+    "--scheduler",
+    required=True,
+    type=click.Choice(["slurm", "pbs", "sge", "pjm"]),
+    help="the cluster's scheduler (PJM: from the options only)",
+)
+@click.option(
+    "--queue",
+    default=None,
+    help="SLURM partition, PBS or Grid Engine queue, PJM resource group (default: the cluster's default one)",
+)
 @click.option("--name", default=None, help="the profile's name (default: the --out file's name)")
 @click.option("--out", required=True, type=click.Path(dir_okay=False), help="the profile file to write (.toml)")
 @click.option("--force", is_flag=True, help="replace --out when it exists")
-@click.option("--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (instead of the cluster's answer)")
-@click.option("--cpus-per-node", type=click.IntRange(min=1), default=None, help="CPUs per node (instead of the cluster's answer)")
-@click.option("--max-walltime", default=None,
-              help="the longest job, HH:MM:SS, D-HH:MM:SS, 4h or 2d; a bare number is minutes "
-                   "(instead of the cluster's answer)")
+@click.option(
+    "--gpus-per-node", type=click.IntRange(min=0), default=None, help="GPUs per node (instead of the cluster's answer)"
+)
+@click.option(
+    "--cpus-per-node", type=click.IntRange(min=1), default=None, help="CPUs per node (instead of the cluster's answer)"
+)
+@click.option(
+    "--max-walltime",
+    default=None,
+    help="the longest job, HH:MM:SS, D-HH:MM:SS, 4h or 2d; a bare number is minutes (instead of the cluster's answer)",
+)
 def command(scheduler, queue, name, out, force, gpus_per_node, cpus_per_node, max_walltime) -> int:
     """Write a cluster profile from the scheduler's own answers, every value commented with its source."""
     path = Path(out)
@@ -155,8 +211,16 @@ def command(scheduler, queue, name, out, force, gpus_per_node, cpus_per_node, ma
     t0 = time.monotonic()
     stamp = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
     header = f"written by `launcher profile init` on {socket.gethostname()}, {stamp}"
-    text, lines = build(scheduler, queue, name, gpus_per_node=gpus_per_node, cpus_per_node=cpus_per_node,
-                        max_walltime=max_walltime, header=header, named=named)
+    text, lines = build(
+        scheduler,
+        queue,
+        name,
+        gpus_per_node=gpus_per_node,
+        cpus_per_node=cpus_per_node,
+        max_walltime=max_walltime,
+        header=header,
+        named=named,
+    )
     profile_from_dict(read_toml(text.encode(), str(path)), str(path))  # what is written loads and validates
     atomic_write_text(path, text)
     took = time.monotonic() - t0

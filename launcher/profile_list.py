@@ -1,13 +1,15 @@
 """``launcher profile list``: every profile the launcher can load by name, where it is, what it is."""
+
 from __future__ import annotations
 
 import sys
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
 from launcher.clusters import available_profiles, locate_profile, profile_from_dict, read_toml
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 
 @cli_command("list", epilog="Example: launcher profile list")

@@ -1,5 +1,6 @@
 """``launcher profile show NAME_OR_PATH``: a profile as the launcher resolves it, every key with its
 value and whether the file set it or the default applies."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -7,9 +8,10 @@ import sys
 
 import click
 
-from plumbing.cli import call, command as cli_command
 from launcher.clusters import ClusterProfile, format_hms, locate_profile, profile_from_dict, read_toml
 from launcher.profile_init import toml_value
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 
 #: Field name -> the key a profile file spells it with.
 TOML_KEY = {"max_walltime_s": "max_walltime", "default_walltime_s": "default_walltime"}

@@ -1,4 +1,5 @@
 """How far a training run is: step and total, samples/s, ETA, the last checkpoint's age (files only)."""
+
 from __future__ import annotations
 
 import csv
@@ -14,11 +15,13 @@ from typing import List, Optional, Sequence, Tuple
 
 from plumbing.runs import RunLayout
 
-TAIL_BYTES = 256 * 1024   #: how much of the end of metrics.csv and train.log is read
-RATE_WINDOW = 20          #: the newest logged steps a rate is taken over
+TAIL_BYTES = 256 * 1024  #: how much of the end of metrics.csv and train.log is read
+RATE_WINDOW = 20  #: the newest logged steps a rate is taken over
 
 _STEP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,(\d{1,6}))? \S+ \w+ step (\d+)/(\d+)\b")
-_START = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,\d+)? \S+ \w+ (?:starting: (\d+) steps|resumed from step (\d+))")
+_START = re.compile(
+    r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d)(?:,\d+)? \S+ \w+ (?:starting: (\d+) steps|resumed from step (\d+))"
+)
 
 
 @dataclass(frozen=True)
@@ -32,13 +35,13 @@ class LogStep:
 
 @dataclass(frozen=True)
 class Progress:
-    step: Optional[int] = None             #: the newest logged (or finished) step
-    total: Optional[int] = None            #: the run's last step
+    step: Optional[int] = None  #: the newest logged (or finished) step
+    total: Optional[int] = None  #: the run's last step
     samples_per_s: Optional[float] = None  #: the trainer's rate, mean of the newest logged steps
-    steps_per_s: Optional[float] = None    #: the ETA's rate: the clock's in the newest link, else the trainer's
-    eta_s: Optional[float] = None          #: seconds to the last step at steps_per_s
-    step_age_s: Optional[float] = None     #: seconds since the newest step was logged
-    checkpoint: Optional[str] = None       #: the newest complete checkpoint's file name
+    steps_per_s: Optional[float] = None  #: the ETA's rate: the clock's in the newest link, else the trainer's
+    eta_s: Optional[float] = None  #: seconds to the last step at steps_per_s
+    step_age_s: Optional[float] = None  #: seconds since the newest step was logged
+    checkpoint: Optional[str] = None  #: the newest complete checkpoint's file name
     checkpoint_age_s: Optional[float] = None
     done: bool = False
 
@@ -163,9 +166,17 @@ def format_rate(samples_per_s: Optional[float]) -> str:
     return f"{samples_per_s:.3g}" if samples_per_s < 100 else f"{samples_per_s:.0f}"
 
 
-def combine(rows: Sequence[dict], entries: Sequence[Tuple[str, LogStep]], batch: Optional[int],
-            done: bool, done_step: Optional[int], checkpoint: Optional[str], checkpoint_mtime: Optional[float],
-            step_mtime: Optional[float], now: float) -> Progress:
+def combine(
+    rows: Sequence[dict],
+    entries: Sequence[Tuple[str, LogStep]],
+    batch: Optional[int],
+    done: bool,
+    done_step: Optional[int],
+    checkpoint: Optional[str],
+    checkpoint_mtime: Optional[float],
+    step_mtime: Optional[float],
+    now: float,
+) -> Progress:
     """Progress from what was read: metrics rows, train.log entries, the global batch, whether the
     run is done and the step its marker names (None: none named), the newest checkpoint and its
     mtime, the time the newest step was written (the newest of metrics.csv's and train.log's mtimes)."""
@@ -179,12 +190,17 @@ def combine(rows: Sequence[dict], entries: Sequence[Tuple[str, LogStep]], batch:
         per_step = samples / batch
     if samples is None and per_step is not None and batch:
         samples = per_step * batch
-    return Progress(step=step, total=total, samples_per_s=samples, steps_per_s=per_step,
-                    eta_s=0.0 if done else eta_seconds(step, total, per_step),
-                    step_age_s=None if step_mtime is None or step is None else max(0.0, now - step_mtime),
-                    checkpoint=checkpoint,
-                    checkpoint_age_s=None if checkpoint_mtime is None else max(0.0, now - checkpoint_mtime),
-                    done=done)
+    return Progress(
+        step=step,
+        total=total,
+        samples_per_s=samples,
+        steps_per_s=per_step,
+        eta_s=0.0 if done else eta_seconds(step, total, per_step),
+        step_age_s=None if step_mtime is None or step is None else max(0.0, now - step_mtime),
+        checkpoint=checkpoint,
+        checkpoint_age_s=None if checkpoint_mtime is None else max(0.0, now - checkpoint_mtime),
+        done=done,
+    )
 
 
 # -- reading the files -------------------------------------------------------------------------
@@ -249,8 +265,17 @@ def read_progress(root: os.PathLike, now: Optional[float] = None) -> Progress:
     if ckpt is not None and ckpt_mtime is None:
         ckpt_mtime = _mtime(layout.latest)
     written = [t for t in (_mtime(layout.metrics), _mtime(log)) if t is not None]
-    return combine(rows, entries, global_batch(layout), done, fin, ckpt.name if ckpt is not None else None,
-                   ckpt_mtime, max(written) if written else None, now)
+    return combine(
+        rows,
+        entries,
+        global_batch(layout),
+        done,
+        fin,
+        ckpt.name if ckpt is not None else None,
+        ckpt_mtime,
+        max(written) if written else None,
+        now,
+    )
 
 
 def _all_lines(path: Path) -> List[str]:

@@ -9,10 +9,11 @@ The launcher knows the trainer only by its command line (``PYTHON -m pixpro_of t
 presets come from ``--list-presets``, and :func:`check_trainer_config` has the trainer resolve the
 job's config (``--print-config``) before anything waits in a queue.
 """
+
 from __future__ import annotations
 
-import json
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -23,11 +24,11 @@ from functools import lru_cache
 from pathlib import Path
 from typing import List, Optional, Sequence, Tuple
 
-from plumbing.errors import UserError
 from launcher.clusters import ClusterProfile, format_hms
 from launcher.launchers import get_launch_method
 from launcher.sharedfs import check_shared, job_paths, local_roots
 from launcher.stages import Stage, get_stage
+from plumbing.errors import UserError
 
 #: Characters allowed in values that go into scheduler directive lines (#SBATCH, #PBS, #$, #PJM).
 DIRECTIVE_SAFE = re.compile(r"^[A-Za-z0-9_.:=,+/@%^-]*$")
@@ -189,10 +190,10 @@ def trainer_presets() -> Tuple[str, ...]:
 
 def _print_config_argv(plan: "JobPlan") -> List[str]:
     """The trainer's words that resolve the job's config without running anything."""
-    argv = list(plan.command_argv[len(TRAINER_MODULE) + 1:])
+    argv = list(plan.command_argv[len(TRAINER_MODULE) + 1 :])
     if "--run-dir" in argv:  # the config check writes nothing and needs no run directory
         i = argv.index("--run-dir")
-        del argv[i:i + 2]
+        del argv[i : i + 2]
     overrides = list(plan.command_overrides)
     if plan.data_manifest and not plan.request.data_pending:
         overrides.append(f"{plan.request.data_key}=[{plan.data_manifest}]")
@@ -251,9 +252,11 @@ def _check_data_reads(plan: "JobPlan", printed: str) -> None:
     argv = list(plan.command_argv)
     config = Path(argv[argv.index("--config") + 1]).name if "--config" in argv[:-1] else "(defaults)"
     if not plan.data_manifest and not shards and not synthetic:
-        raise UserError(f"--data: the trainer config {config} reads shards (data.synthetic=false) and none are given; "
-                        f"add --data SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true "
-                        f"for the synthetic world")
+        raise UserError(
+            f"--data: the trainer config {config} reads shards (data.synthetic=false) and none are given; "
+            f"add --data SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true "
+            f"for the synthetic world"
+        )
     if plan.data_manifest and k > 1 and flow_source == "shards" and not plan.request.data_pending:
         cov = mf.flow_coverage(plan.data_manifest)
         if not cov.complete:
@@ -262,7 +265,8 @@ def _check_data_reads(plan: "JobPlan", printed: str) -> None:
                 f"--data: {cov.missing} of {cov.pairs} flow pairs are missing ({cov.shards_incomplete} of "
                 f"{cov.shards} shards) and data.k={k} reads them from the shards; fill them with "
                 f"'hdf5_tools flow {shlex.quote(folder)} --model raft-small --weights raft-small.pth' "
-                f"(or --model dis), or estimate them in training with data.flow_source=raft data.raft_weights=FILE")
+                f"(or --model dis), or estimate them in training with data.flow_source=raft data.raft_weights=FILE"
+            )
 
 
 def submitting_environment() -> Tuple[str, ...]:
@@ -311,7 +315,9 @@ def plan_job(req: JobRequest) -> JobPlan:
         gpn = 0
     else:
         if req.nodes is not None or req.ranks_per_node is not None:
-            raise UserError("--nodes/--ranks-per-node are for CPU runs (--gpus 0); with GPUs they follow from the profile")
+            raise UserError(
+                "--nodes/--ranks-per-node are for CPU runs (--gpus 0); with GPUs they follow from the profile"
+            )
         if prof.gpus_per_node == 0:
             raise UserError(f"--gpus {req.gpus}: profile {prof.name} has no GPUs (use --gpus 0)")
         if req.gpus <= prof.gpus_per_node:
@@ -319,21 +325,27 @@ def plan_job(req: JobRequest) -> JobPlan:
         elif req.gpus % prof.gpus_per_node:
             raise UserError(
                 f"--gpus {req.gpus} does not fill whole nodes of profile {prof.name} "
-                f"({prof.gpus_per_node} GPUs per node); use {_divisors_hint(req.gpus, prof.gpus_per_node)}")
+                f"({prof.gpus_per_node} GPUs per node); use {_divisors_hint(req.gpus, prof.gpus_per_node)}"
+            )
         else:
             nodes, rpn = req.gpus // prof.gpus_per_node, prof.gpus_per_node
         gpn = rpn
     if req.gpus > 0 and not stage.ranks:
         nodes, rpn, gpn = 1, 1, req.gpus  # one process with the GPUs it asked for (at most a node's)
         if req.gpus > prof.gpus_per_node:
-            raise UserError(f"--gpus {req.gpus}: --stage {stage.name} is one process; give at most the "
-                            f"{prof.gpus_per_node} GPUs of one node of profile {prof.name}")
+            raise UserError(
+                f"--gpus {req.gpus}: --stage {stage.name} is one process; give at most the "
+                f"{prof.gpus_per_node} GPUs of one node of profile {prof.name}"
+            )
     if nodes < 1 or rpn < 1:
         raise UserError("--nodes and --ranks-per-node must be at least 1")
     if nodes > prof.max_nodes:
         what = f"--gpus {req.gpus} needs {nodes} nodes" if req.gpus else f"--nodes {nodes}"
-        most = (f"at most {prof.max_nodes} nodes ({prof.max_nodes * prof.gpus_per_node} GPUs)" if req.gpus
-                else f"at most {prof.max_nodes} nodes")
+        most = (
+            f"at most {prof.max_nodes} nodes ({prof.max_nodes * prof.gpus_per_node} GPUs)"
+            if req.gpus
+            else f"at most {prof.max_nodes} nodes"
+        )
         raise UserError(f"{what}; profile {prof.name} allows {most}")
     if prof.group_required and not req.group:
         raise UserError(f"profile {prof.name} needs --group: the cluster charges every job to a group or project")
@@ -345,10 +357,15 @@ def plan_job(req: JobRequest) -> JobPlan:
     if cpus < 1:
         raise UserError(f"--cpus-per-rank {cpus}: must be at least 1")
     if cpus > max(1, cpus_each):
-        of = (f"the {node_cpus} CPUs of the job's share ({gpn} of {prof.gpus_per_node} GPUs) of a node"
-              if share else f"the {prof.cpus_per_node} CPUs of a node")
-        raise UserError(f"--cpus-per-rank {cpus}: {rpn} ranks per node x {cpus} CPUs exceed {of} of profile "
-                        f"{prof.name}; use at most {max(1, cpus_each)}")
+        of = (
+            f"the {node_cpus} CPUs of the job's share ({gpn} of {prof.gpus_per_node} GPUs) of a node"
+            if share
+            else f"the {prof.cpus_per_node} CPUs of a node"
+        )
+        raise UserError(
+            f"--cpus-per-rank {cpus}: {rpn} ranks per node x {cpus} CPUs exceed {of} of profile "
+            f"{prof.name}; use at most {max(1, cpus_each)}"
+        )
     ranks = nodes * rpn
     per_rank_batch = None
     if req.global_batch is not None:
@@ -356,13 +373,16 @@ def plan_job(req: JobRequest) -> JobPlan:
             lo = max(ranks, (req.global_batch // ranks) * ranks)
             raise UserError(
                 f"--global-batch {req.global_batch} does not divide over {ranks} ranks; "
-                f"use a multiple of {ranks} such as {lo} or {lo + ranks}")
+                f"use a multiple of {ranks} such as {lo} or {lo + ranks}"
+            )
         per_rank_batch = req.global_batch // ranks
     walltime = req.walltime_s if req.walltime_s is not None else prof.default_walltime_s
     if walltime > prof.max_walltime_s:
         raise UserError(
-            f"--walltime {format_hms(walltime)} exceeds the maximum {format_hms(prof.max_walltime_s)} of profile {prof.name}; "
-            f"use --chain to continue in further jobs")
+            f"--walltime {format_hms(walltime)} exceeds the maximum {format_hms(prof.max_walltime_s)} of "
+            f"profile {prof.name}; "
+            f"use --chain to continue in further jobs"
+        )
     margin = min(prof.deadline_margin_s, walltime // 4)
     lead = min(prof.warning_lead_s, walltime // 4)
     method = req.launch_method or prof.launch_method
@@ -385,14 +405,32 @@ def plan_job(req: JobRequest) -> JobPlan:
     stage.check_input(req)
     command, overrides = stage.command(req, python, cpus, backend)
     return JobPlan(
-        request=req, name=safe_job_name(req.name), run_dir=req.run_dir, nodes=nodes, ranks_per_node=rpn,
-        gpus_per_node=gpn, cpus_per_rank=cpus, walltime_s=walltime, walltime_hms=format_hms(walltime),
-        deadline_margin_s=margin, warning_lead_s=lead, launch_method=method, backend=backend, queue=queue,
-        group=req.group, chain=req.chain,
+        request=req,
+        name=safe_job_name(req.name),
+        run_dir=req.run_dir,
+        nodes=nodes,
+        ranks_per_node=rpn,
+        gpus_per_node=gpn,
+        cpus_per_rank=cpus,
+        walltime_s=walltime,
+        walltime_hms=format_hms(walltime),
+        deadline_margin_s=margin,
+        warning_lead_s=lead,
+        launch_method=method,
+        backend=backend,
+        queue=queue,
+        group=req.group,
+        chain=req.chain,
         max_timeouts=prof.max_timeouts if req.max_timeouts is None else req.max_timeouts,
         max_preemptions=prof.max_preemptions if req.max_preemptions is None else req.max_preemptions,
-        python=python, activate=activate, command_argv=tuple(command), command_overrides=tuple(overrides), per_rank_batch=per_rank_batch,
-        data_manifest=manifest, share=share, cpus_per_node=node_cpus,
+        python=python,
+        activate=activate,
+        command_argv=tuple(command),
+        command_overrides=tuple(overrides),
+        per_rank_batch=per_rank_batch,
+        data_manifest=manifest,
+        share=share,
+        cpus_per_node=node_cpus,
     )
 
 
@@ -407,8 +445,10 @@ def _check_mail(req: JobRequest) -> None:
         raise UserError(f"--mail {req.mail}: the local runner sends no mail; use --notify with a command that does")
     bad = [a for a in req.mail.split(",") if not MAIL_ADDRESS.match(a)]
     if bad:
-        raise UserError(f"--mail {req.mail!r}: {bad[0]!r} is not a mail address like user@example.org "
-                        f"(several: separate them with commas)")
+        raise UserError(
+            f"--mail {req.mail!r}: {bad[0]!r} is not a mail address like user@example.org "
+            f"(several: separate them with commas)"
+        )
 
 
 def _check_manifest(path: str, nodes: int) -> str:
@@ -418,8 +458,10 @@ def _check_manifest(path: str, nodes: int) -> str:
 
     if Path(path).is_dir():
         if not (Path(path) / mf.MANIFEST_NAME).is_file():
-            raise UserError(f"--data: {path} is a folder without a {mf.MANIFEST_NAME}; give the OUT folder of "
-                            f"'hdf5_tools pack' or its {mf.MANIFEST_NAME}")
+            raise UserError(
+                f"--data: {path} is a folder without a {mf.MANIFEST_NAME}; give the OUT folder of "
+                f"'hdf5_tools pack' or its {mf.MANIFEST_NAME}"
+            )
         path = str(Path(path) / mf.MANIFEST_NAME)
     elif not Path(path).is_file():
         raise UserError(f"--data: shard manifest {path} does not exist")
@@ -428,8 +470,10 @@ def _check_manifest(path: str, nodes: int) -> str:
     except UserError as exc:  # name the option
         raise UserError(f"--data: {exc}") from None
     if nodes > m.nodes:
-        raise UserError(f"--data: {path} was packed for {m.nodes} node set(s) but the job has {nodes} nodes; "
-                        f"repack with 'hdf5_tools pack --nodes {nodes}' or use at most {m.nodes} nodes")
+        raise UserError(
+            f"--data: {path} was packed for {m.nodes} node set(s) but the job has {nodes} nodes; "
+            f"repack with 'hdf5_tools pack --nodes {nodes}' or use at most {m.nodes} nodes"
+        )
     return str(Path(path).resolve())
 
 

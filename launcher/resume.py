@@ -3,6 +3,7 @@
 Clears the ``stopped`` marker, the timeout/preemption counters and the ``notified`` marker, then submits the run's
 ``job/job.sh`` again (``--chain N`` links). The trainer picks up the newest valid checkpoint.
 """
+
 from __future__ import annotations
 
 import os
@@ -13,14 +14,15 @@ from typing import cast
 import click
 
 from launcher.clusters import load_profile
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
-from launcher.notify import release
 from launcher.job_files import RunDir
+from launcher.notify import release
+from launcher.request import JobPlan
 from launcher.schedulers import get_scheduler
 from launcher.status import query_states
-from launcher.request import JobPlan
 from launcher.submit import Prepared, submit_links
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 
 class _SavedPlan:
@@ -35,8 +37,11 @@ class _SavedPlan:
         self.chain = 1
 
 
-@cli_command("resume", epilog="Examples: launcher resume runs/pixpro-k6-g8 --chain 3; launcher resume pipelines/pixpro-k6-g16 "
-                              "(a pipeline: from its first unfinished stage)")
+@cli_command(
+    "resume",
+    epilog="Examples: launcher resume runs/pixpro-k6-g8 --chain 3; launcher resume pipelines/pixpro-k6-g16 "
+    "(a pipeline: from its first unfinished stage)",
+)
 @click.argument("run_dir")
 @click.option("--chain", type=int, default=1, show_default=True, help="submit N dependent links")
 @click.option("--wait", is_flag=True, help="local scheduler: run in the foreground")
@@ -50,8 +55,11 @@ def command(**opts) -> int:
 
     pipe = PipelineDir(args.run_dir)
     if pipe.exists():
-        stages = [(st.name, st.needs, saved_run(RunDir(st.run_dir), args.chain)) for st in pipe.stages()
-                  if not RunDir(st.run_dir).is_done()]
+        stages = [
+            (st.name, st.needs, saved_run(RunDir(st.run_dir), args.chain))
+            for st in pipe.stages()
+            if not RunDir(st.run_dir).is_done()
+        ]
         if not stages:
             print(f"launcher: {pipe.path} is already done", file=sys.stderr)
             return 0
@@ -76,8 +84,9 @@ def saved_run(rd: RunDir, chain: int) -> Prepared:
     jobs = rd.jobs(sched.parse_job_id)
     ids = [j.job_id for j in jobs if j.job_id not in ("", "?")][-5:]
     if ids:
-        live = {i: st for i, st in query_states(rd, ids, 0.0).items()
-                if st.split(" ")[0] in ("queued", "running", "held")}
+        live = {
+            i: st for i, st in query_states(rd, ids, 0.0).items() if st.split(" ")[0] in ("queued", "running", "held")
+        }
         if live:
             i, st = next(iter(live.items()))
             raise UserError(f"job {i} of {rd.path} is still {st}; wait for it or 'launcher cancel' the run first")

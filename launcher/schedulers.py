@@ -6,6 +6,7 @@ prints, and maps its queue states to a few words (``queued``, ``running``, ``hel
 variables when the command is rendered into a job script (the job extends its own chain); a
 scheduler whose jobs can requeue themselves says how (:meth:`Scheduler.requeue_argv`).
 """
+
 from __future__ import annotations
 
 import abc
@@ -13,8 +14,8 @@ import re
 from dataclasses import dataclass
 from typing import ClassVar, Dict, List, Optional, Sequence
 
-from plumbing.errors import UserError
 from launcher.shellwords import var
+from plumbing.errors import UserError
 
 LINK = var("LAUNCHER_NEXT_LINK")
 AFTER = var("LAUNCHER_AFTER")
@@ -70,8 +71,9 @@ class Scheduler(abc.ABC):
     #: The fewest tasks an array job may have (fewer: the task is submitted as a plain job).
     array_min_tasks: ClassVar[int] = 1
 
-    def array_submit_argv(self, plan, script: str, tasks: int, cap: int, after: Optional[str] = None,
-                          needs: Sequence[str] = ()) -> List[str]:
+    def array_submit_argv(
+        self, plan, script: str, tasks: int, cap: int, after: Optional[str] = None, needs: Sequence[str] = ()
+    ) -> List[str]:
         """The command line that submits ``script`` as an array job of ``tasks`` tasks, at most ``cap``
         running at once (0 = no cap); ``plan.run_dir`` is the array's directory."""
         raise UserError(f"--scheduler {self.name}: array jobs are not supported")
@@ -93,18 +95,41 @@ def _first_match(pattern: str, output: str, what: str) -> str:
 
 
 class Slurm(Scheduler):
-    STATES = {"PENDING": "queued", "CONFIGURING": "queued", "REQUEUED": "queued", "REQUEUE_HOLD": "held",
-              "REQUEUE_FED": "queued", "RUNNING": "running", "COMPLETING": "running", "SUSPENDED": "held",
-              "STOPPED": "held", "RESIZING": "running", "SIGNALING": "running", "STAGE_OUT": "running",
-              "COMPLETED": "finished", "CANCELLED": "cancelled", "FAILED": "failed", "TIMEOUT": "timeout",
-              "PREEMPTED": "preempted", "NODE_FAIL": "failed", "BOOT_FAIL": "failed", "DEADLINE": "timeout",
-              "OUT_OF_MEMORY": "failed", "SPECIAL_EXIT": "held"}
+    STATES = {
+        "PENDING": "queued",
+        "CONFIGURING": "queued",
+        "REQUEUED": "queued",
+        "REQUEUE_HOLD": "held",
+        "REQUEUE_FED": "queued",
+        "RUNNING": "running",
+        "COMPLETING": "running",
+        "SUSPENDED": "held",
+        "STOPPED": "held",
+        "RESIZING": "running",
+        "SIGNALING": "running",
+        "STAGE_OUT": "running",
+        "COMPLETED": "finished",
+        "CANCELLED": "cancelled",
+        "FAILED": "failed",
+        "TIMEOUT": "timeout",
+        "PREEMPTED": "preempted",
+        "NODE_FAIL": "failed",
+        "BOOT_FAIL": "failed",
+        "DEADLINE": "timeout",
+        "OUT_OF_MEMORY": "failed",
+        "SPECIAL_EXIT": "held",
+    }
 
     def submit_argv(self, plan, script, link, after, needs=()):
         # --output is a filename pattern: a literal % in the run directory is written %%.
         out = plan.run_dir.replace("%", "%%")
-        argv = ["sbatch", "--parsable", f"--chdir={plan.run_dir}",
-                f"--output={out}/logs/slurm-%j.out", f"--export=ALL,LAUNCHER_LINK={link}"]
+        argv = [
+            "sbatch",
+            "--parsable",
+            f"--chdir={plan.run_dir}",
+            f"--output={out}/logs/slurm-%j.out",
+            f"--export=ALL,LAUNCHER_LINK={link}",
+        ]
         if after:
             argv.append(f"--dependency=afterany:{after}")
         elif needs:
@@ -131,8 +156,13 @@ class Slurm(Scheduler):
 
     def status_argv(self, ids):
         # --array: one line per task of an array job (pending tasks are otherwise one line, 12_[3-9%2])
-        return ["squeue", "--noheader", "--states=all", "--format=%i|%T|%r",
-                *(["--array"] if any("_" in i for i in ids) else [])]
+        return [
+            "squeue",
+            "--noheader",
+            "--states=all",
+            "--format=%i|%T|%r",
+            *(["--array"] if any("_" in i for i in ids) else []),
+        ]
 
     def parse_status(self, output, ids):
         found = {}
@@ -146,8 +176,20 @@ class Slurm(Scheduler):
 
 
 class PBSPro(Scheduler):
-    STATES = {"Q": "queued", "W": "queued", "T": "queued", "H": "held", "S": "held", "U": "held",
-              "R": "running", "E": "running", "B": "running", "X": "finished", "F": "finished", "M": "queued"}
+    STATES = {
+        "Q": "queued",
+        "W": "queued",
+        "T": "queued",
+        "H": "held",
+        "S": "held",
+        "U": "held",
+        "R": "running",
+        "E": "running",
+        "B": "running",
+        "X": "finished",
+        "F": "finished",
+        "M": "queued",
+    }
 
     def submit_argv(self, plan, script, link, after, needs=()):
         argv = ["qsub", "-v", f"LAUNCHER_LINK={link}", "-o", f"{plan.run_dir}/logs/pbs.out"]
@@ -267,9 +309,22 @@ class GridEngine(Scheduler):
 
 
 class PJM(Scheduler):
-    STATES = {"ACC": "queued", "QUE": "queued", "RNA": "queued", "RNP": "running", "RUN": "running",
-              "RNE": "running", "RNO": "running", "SWO": "held", "SWD": "held", "HLD": "held",
-              "EXT": "finished", "CCL": "cancelled", "ERR": "error", "RJT": "rejected"}
+    STATES = {
+        "ACC": "queued",
+        "QUE": "queued",
+        "RNA": "queued",
+        "RNP": "running",
+        "RUN": "running",
+        "RNE": "running",
+        "RNO": "running",
+        "SWO": "held",
+        "SWD": "held",
+        "HLD": "held",
+        "EXT": "finished",
+        "CCL": "cancelled",
+        "ERR": "error",
+        "RJT": "rejected",
+    }
 
     def submit_argv(self, plan, script, link, after, needs=()):
         argv = ["pjsub", "--step", "-x", f"LAUNCHER_LINK={link}", "-o", f"{plan.run_dir}/logs/pjm.out"]
@@ -288,10 +343,14 @@ class PJM(Scheduler):
 
     def array_submit_argv(self, plan, script, tasks, cap, after=None, needs=()):
         if cap and cap < tasks:
-            raise UserError(f"--max-running {cap}: PJM bulk jobs have no limit on running sub jobs; give "
-                            f"--max-running 0 (the resource group's own limits apply)")
+            raise UserError(
+                f"--max-running {cap}: PJM bulk jobs have no limit on running sub jobs; give "
+                f"--max-running 0 (the resource group's own limits apply)"
+            )
         if after or needs:
-            raise UserError("PJM bulk jobs cannot wait for another job; submit the array once the jobs it needs are done")
+            raise UserError(
+                "PJM bulk jobs cannot wait for another job; submit the array once the jobs it needs are done"
+            )
         # each sub job's own output file (PJM names it after the sub job) in the array's directory
         return ["pjsub", "--bulk", "--sparam", f"0-{tasks - 1}", "-x", "LAUNCHER_LINK=0", script]
 
@@ -316,11 +375,26 @@ class Local(Scheduler):
     def submit_argv(self, plan, script, link, after, needs=()):
         # needs: run directories; the runner waits for their done markers
         import sys
+
         prof = plan.profile
         wait = [w for d in needs for w in ("--needs", d)]
-        return [sys.executable, "-m", "launcher.local_runner", "--link", str(link),
-                "--walltime", str(plan.walltime_s), "--lead", str(plan.warning_lead_s),
-                "--signal", prof.warning_signal, "--state-file", f"{plan.run_dir}/job/local.json", *wait, script]
+        return [
+            sys.executable,
+            "-m",
+            "launcher.local_runner",
+            "--link",
+            str(link),
+            "--walltime",
+            str(plan.walltime_s),
+            "--lead",
+            str(plan.warning_lead_s),
+            "--signal",
+            prof.warning_signal,
+            "--state-file",
+            f"{plan.run_dir}/job/local.json",
+            *wait,
+            script,
+        ]
 
     def parse_job_id(self, output):
         return _first_match(r"^(local-\d+)\s*$", output, "local runner")

@@ -6,6 +6,7 @@ nodes find no interpreter, write their part of the run where no one reads it, an
 own log (written into the run directory) is lost. ``launcher submit`` refuses such a job in one
 line; ``--allow-node-local-paths`` says the folder is shared on this cluster after all.
 """
+
 from __future__ import annotations
 
 import os
@@ -52,9 +53,11 @@ def check_shared(paths: Sequence[Tuple[str, str]], nodes: int, roots: Iterable[s
             continue
         root = node_local_root(path, roots)
         if root is not None:
-            raise UserError(f"{what} {path} is under {root}, which is local to each node, and the job has {nodes} "
-                            f"nodes: put it on a filesystem every node mounts (home, project or work space), or "
-                            f"add --allow-node-local-paths if {root} is shared on this cluster")
+            raise UserError(
+                f"{what} {path} is under {root}, which is local to each node, and the job has {nodes} "
+                f"nodes: put it on a filesystem every node mounts (home, project or work space), or "
+                f"add --allow-node-local-paths if {root} is shared on this cluster"
+            )
 
 
 def job_paths(run_dir: str, python: str, manifest: str) -> List[Tuple[str, str]]:

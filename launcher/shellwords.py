@@ -6,6 +6,7 @@ it builds. Such a word is a *placeholder*, :func:`var` (``"${NAME}"`` inside any
 :func:`array` (a whole word that becomes ``"${name[@]}"``); :func:`sh_argv` renders an argv with
 every other piece quoted by ``shlex.quote``.
 """
+
 from __future__ import annotations
 
 import re
@@ -47,7 +48,7 @@ def sh_word(word: str) -> str:
     out, pos = [], 0
     for m in _VAR.finditer(word):
         if m.start() > pos:
-            out.append(sh(word[pos:m.start()]))
+            out.append(sh(word[pos : m.start()]))
         out.append(f'"${{{m.group(1)}}}"')
         pos = m.end()
     if pos < len(word) or not out:

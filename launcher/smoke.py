@@ -9,6 +9,7 @@ job has nodes, four steps of ``RANK_BATCH`` samples per rank on each) that the j
 block copies to node-local disk. Every rank runs ``python -m pixpro_of smoke``
 (:mod:`pixpro_of.smoke`); rank 0 writes the lines to the log and to ``RUN-smoke/smoke.txt``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -17,11 +18,11 @@ import sys
 from pathlib import Path
 from typing import Optional
 
-from plumbing.errors import UserError
 from launcher.request import JobPlan, JobRequest, check_name, check_trainer_config, plan_job, resolved_trainer_config
+from plumbing.errors import UserError
 
-WALLTIME_S = 300     # at most 5 minutes (less where the profile's maximum is less)
-RANK_BATCH = 2       # samples per rank in the smoke's 20 steps
+WALLTIME_S = 300  # at most 5 minutes (less where the profile's maximum is less)
+RANK_BATCH = 2  # samples per rank in the smoke's 20 steps
 STEPS_PER_EPOCH = 4  # the tiny set holds this many steps per node (the loader restarts each epoch)
 DATA = "smoke_data"  # in the smoke's run directory; the ranks read it through data.shards
 REPORT = "smoke.txt"  # written by rank 0 (pixpro_of.smoke.rank.REPORT)
@@ -39,17 +40,26 @@ def smoke_request(req: JobRequest) -> JobRequest:
     if req.stage != "train":
         raise UserError(f"--smoke checks the training run's set-up; leave out --stage {req.stage}")
     if req.trainer_command:
-        raise UserError("--smoke runs the shipped trainer ('pixpro_of smoke' around 'pixpro_of train'); "
-                        "leave out --trainer-command")
+        raise UserError(
+            "--smoke runs the shipped trainer ('pixpro_of smoke' around 'pixpro_of train'); leave out --trainer-command"
+        )
     if req.chain != 1:
         raise UserError("--smoke is one job; leave out --chain")
     name = req.name + SUFFIX
     check_name(name)
     run_dir = smoke_run_dir(req)
     return dataclasses.replace(
-        req, stage="smoke", name=name, run_dir=run_dir, chain=1, max_timeouts=0, max_preemptions=0,
+        req,
+        stage="smoke",
+        name=name,
+        run_dir=run_dir,
+        chain=1,
+        max_timeouts=0,
+        max_preemptions=0,
         walltime_s=min(req.profile.max_walltime_s, WALLTIME_S),
-        data_manifest=os.path.join(run_dir, DATA, "manifest.json"), data_pending=True)
+        data_manifest=os.path.join(run_dir, DATA, "manifest.json"),
+        data_pending=True,
+    )
 
 
 def plan_smoke(req: JobRequest) -> JobPlan:
@@ -60,8 +70,17 @@ def plan_smoke(req: JobRequest) -> JobPlan:
     if req.data_manifest:
         check_trainer_config(real)
     check_trainer_config(plan_job(dataclasses.replace(req, data_manifest=smoke.data_manifest, data_pending=True)))
-    smoke = dataclasses.replace(smoke, stage_args=(
-        "--ranks", str(real.ranks), "--gpus-per-node", str(real.gpus_per_node), "--rank-batch", str(RANK_BATCH)))
+    smoke = dataclasses.replace(
+        smoke,
+        stage_args=(
+            "--ranks",
+            str(real.ranks),
+            "--gpus-per-node",
+            str(real.gpus_per_node),
+            "--rank-batch",
+            str(RANK_BATCH),
+        ),
+    )
     return plan_job(smoke)
 
 
@@ -83,7 +102,7 @@ def _train_argv(plan: JobPlan):
     for opt in ("--ranks", "--gpus-per-node", "--rank-batch"):
         if opt in argv:
             j = argv.index(opt)
-            del argv[j:j + 2]
+            del argv[j : j + 2]
     return tuple(argv)
 
 

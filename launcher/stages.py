@@ -1,4 +1,5 @@
 """Stages: the pipeline's commands as jobs (pack, flow, verify, train, convert, eval), one type each."""
+
 from __future__ import annotations
 
 import abc
@@ -39,8 +40,12 @@ class Stage(abc.ABC):
             raise UserError(f"--stage {self.name} reads {option}; give it ({_HINT[self.reads]})")
         if self.reads == "videos" and not value.startswith("synth:") and not os.path.exists(value):
             raise UserError(f"--videos {value}: no such folder")
-        if self.reads == "run" and not req.data_pending and not (Path(value) / "job").is_dir() \
-                and not Path(value).is_file():
+        if (
+            self.reads == "run"
+            and not req.data_pending
+            and not (Path(value) / "job").is_dir()
+            and not Path(value).is_file()
+        ):
             raise UserError(f"--from-run {value}: not a run directory or checkpoint file")
 
     @abc.abstractmethod
@@ -53,8 +58,11 @@ class Stage(abc.ABC):
         return list(req.stage_args)
 
 
-_HINT = {"videos": "a BDD100K folder or a synth: spec", "data": "a shard manifest or its folder",
-         "run": "the training run's directory"}
+_HINT = {
+    "videos": "a BDD100K folder or a synth: spec",
+    "data": "a shard manifest or its folder",
+    "run": "the training run's directory",
+}
 
 
 class Pack(Stage):
@@ -63,8 +71,20 @@ class Pack(Stage):
 
     def command(self, req, python, cpus, backend):
         out = os.path.join(req.run_dir, PACK_OUT)
-        return [python, "-m", "hdf5_tools.cli", "pack", req.videos, out, "--nodes", str(req.node_sets),
-                "-j", str(max(1, cpus)), "--no-progress", *self.extra(req)], []
+        return [
+            python,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            req.videos,
+            out,
+            "--nodes",
+            str(req.node_sets),
+            "-j",
+            str(max(1, cpus)),
+            "--no-progress",
+            *self.extra(req),
+        ], []
 
 
 class Flow(Stage):
@@ -76,8 +96,11 @@ class Flow(Stage):
         return profile.gpus_per_node
 
     def command(self, req, python, cpus, backend):
-        folder = os.path.dirname(os.path.abspath(req.data_manifest)) if req.data_manifest.endswith(".json") \
+        folder = (
+            os.path.dirname(os.path.abspath(req.data_manifest))
+            if req.data_manifest.endswith(".json")
             else os.path.abspath(req.data_manifest)
+        )
         return [python, "-m", "hdf5_tools.cli", "flow", folder, "--no-progress", *self.extra(req)], []
 
 
@@ -113,8 +136,17 @@ class Convert(Stage):
     reads = "run"
 
     def command(self, req, python, cpus, backend):
-        return [python, "-m", "pixpro_of", "convert", os.path.abspath(req.from_run), "--to", "detectron2",
-                os.path.join(req.run_dir, CONVERT_OUT), *self.extra(req)], []
+        return [
+            python,
+            "-m",
+            "pixpro_of",
+            "convert",
+            os.path.abspath(req.from_run),
+            "--to",
+            "detectron2",
+            os.path.join(req.run_dir, CONVERT_OUT),
+            *self.extra(req),
+        ], []
 
 
 class Eval(Stage):
@@ -125,8 +157,18 @@ class Eval(Stage):
         return min(1, profile.gpus_per_node)
 
     def command(self, req, python, cpus, backend):
-        return [python, "-m", "pixpro_of", "eval", "seg", "--backbone", os.path.abspath(req.from_run),
-                "--out", os.path.join(req.run_dir, EVAL_OUT), *self.extra(req)], []
+        return [
+            python,
+            "-m",
+            "pixpro_of",
+            "eval",
+            "seg",
+            "--backbone",
+            os.path.abspath(req.from_run),
+            "--out",
+            os.path.join(req.run_dir, EVAL_OUT),
+            *self.extra(req),
+        ], []
 
 
 class Smoke(Stage):

@@ -10,6 +10,7 @@ Scheduler queries are rate-limited: the answer is cached in ``job/status_cache.j
 for ``--min-interval`` seconds (default 30), so a loop of ``launcher status`` does not flood the
 batch system.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,13 +24,14 @@ from typing import Dict, List
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
-from plumbing.atomic import atomic_write_text
 from launcher import envrecord
-from launcher.progress import Progress, eta_text, format_duration, format_rate, read_progress, step_text
 from launcher.job_files import RunDir
+from launcher.progress import Progress, eta_text, format_duration, format_rate, read_progress, step_text
 from launcher.schedulers import get_scheduler
+from plumbing.atomic import atomic_write_text
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 
 def pid_alive(pid: int) -> bool:
@@ -115,8 +117,11 @@ def run_state(rd: RunDir) -> str:
     return "in progress"
 
 
-@cli_command("status", epilog="Examples: launcher status runs/pixpro-k6-g8 --events 10; "
-                              "launcher status pipelines/pixpro-k6-g16 (one line per stage)")
+@cli_command(
+    "status",
+    epilog="Examples: launcher status runs/pixpro-k6-g8 --events 10; "
+    "launcher status pipelines/pixpro-k6-g16 (one line per stage)",
+)
 @click.argument("run_dir")
 @click.option("--min-interval", type=float, default=30.0, show_default=True, help="seconds between scheduler queries")
 @click.option("--events", type=int, default=5, show_default=True, help="how many recent job events to show")
@@ -146,8 +151,10 @@ def command(**opts) -> int:
             print(f"checkpt  {p.checkpoint}, written {format_duration(p.checkpoint_age_s)} ago")
         else:
             print("checkpt  none yet")
-    print(f"resumes  {counts['timeout']} after timeouts, {counts['preemption']} after preemptions "
-          f"(budgets: {most['timeout']} timeouts, {most['preemption']} preemptions)")
+    print(
+        f"resumes  {counts['timeout']} after timeouts, {counts['preemption']} after preemptions "
+        f"(budgets: {most['timeout']} timeouts, {most['preemption']} preemptions)"
+    )
     recs = envrecord.records(rd)
     if recs:
         path, newest = recs[-1]
@@ -156,7 +163,7 @@ def command(**opts) -> int:
         print(f"warning  {line}")
     for j in jobs[-5:]:
         print(f"job      {j.job_id}  link {j.link}  {j.kind:7s} {states.get(j.job_id, '')}")
-    for ev in rd.events()[-args.events:]:
+    for ev in rd.events()[-args.events :]:
         print("event    " + "  ".join(ev))
     return 0
 
@@ -185,8 +192,13 @@ def pipeline_status(pipe, min_interval: float) -> int:
             p = read_progress(rd.path)
             if p.step is not None:
                 progress = f"  step {step_text(p)}, ETA {eta_text(p, rd.stopped_reason() is not None)}"
-        print(f"{st.name:8s} {state}" + (f" ({last})" if last else "") + progress + f"  job {job}"
-              + (f" {sched_state}" if sched_state else ""))
+        print(
+            f"{st.name:8s} {state}"
+            + (f" ({last})" if last else "")
+            + progress
+            + f"  job {job}"
+            + (f" {sched_state}" if sched_state else "")
+        )
     return 0
 
 

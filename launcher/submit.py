@@ -6,6 +6,7 @@ waiting for the previous one (``afterany``); later links are added by the jobs t
 the run needs them. A submit that fails before any job was queued removes the run directory it
 created, so the same command can simply be run again.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,14 +22,15 @@ from typing import Any, List, Optional, Sequence
 
 import click
 
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
-from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, build_request, job_options
-from launcher.request import JobPlan, check_trainer_config, plan_job
 from launcher import smoke
 from launcher.job_files import RunDir
-from launcher.schedulers import Scheduler, get_scheduler
 from launcher.job_script import render_script
+from launcher.options import PASSTHROUGH, TRAINER_ARGS_HELP, build_request, job_options
+from launcher.request import JobPlan, check_trainer_config, plan_job
+from launcher.schedulers import Scheduler, get_scheduler
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 
 @dataclass(frozen=True)
@@ -98,13 +100,22 @@ def start_local(rd: RunDir, argv: List[str], link: int, wait: bool) -> tuple:
     if wait:
         rc = subprocess.call(full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT)
         return job_id, rc
-    subprocess.Popen(full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                     start_new_session=True)
+    subprocess.Popen(
+        full, cwd=str(rd.path), stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True
+    )
     return job_id, None
 
 
-def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: str, wait: bool = False,
-                 needs: Sequence[str] = (), quiet: bool = False) -> int:
+def submit_links(
+    prep: Prepared,
+    rd: RunDir,
+    first_link: int,
+    count: int,
+    kind: str,
+    wait: bool = False,
+    needs: Sequence[str] = (),
+    quiet: bool = False,
+) -> int:
     """Submit ``count`` links starting at ``first_link``, each depending on the one before (the first
     on the jobs of ``needs``, an earlier pipeline stage's: run directories for the local runner)."""
     after = None
@@ -127,20 +138,27 @@ def submit_links(prep: Prepared, rd: RunDir, first_link: int, count: int, kind: 
     return 0
 
 
-@cli_command("submit", context_settings=PASSTHROUGH,
-             epilog="Examples: launcher submit --scheduler pbs --cluster abci3 --gpus 32 --frames 6 --group gXXXX "
-                    "--data shards/manifest.json --chain 3; "
-                    "launcher submit --scheduler slurm --stage flow --data shards/ --model dis --gpus 0; "
-                    "launcher submit --gpus 0 --preset cpu_small --wait; "
-                    "launcher submit --smoke --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP)
+@cli_command(
+    "submit",
+    context_settings=PASSTHROUGH,
+    epilog="Examples: launcher submit --scheduler pbs --cluster abci3 --gpus 32 --frames 6 --group gXXXX "
+    "--data shards/manifest.json --chain 3; "
+    "launcher submit --scheduler slurm --stage flow --data shards/ --model dis --gpus 0; "
+    "launcher submit --gpus 0 --preset cpu_small --wait; "
+    "launcher submit --smoke --gpus 0 --preset cpu_small --wait. " + TRAINER_ARGS_HELP,
+)
 @job_options
-@click.option("--smoke", is_flag=True,
-              help="instead of the run: its five-minute self-check (same profile, script, nodes and trainer config; "
-                   "tiny data, 20 steps, a stop and resume) in RUN_DIR-smoke; one line per check, then "
-                   "'smoke: PASS' or 'smoke: FAIL: ...' (exit 0 only on PASS)")
+@click.option(
+    "--smoke",
+    is_flag=True,
+    help="instead of the run: its five-minute self-check (same profile, script, nodes and trainer config; "
+    "tiny data, 20 steps, a stop and resume) in RUN_DIR-smoke; one line per check, then "
+    "'smoke: PASS' or 'smoke: FAIL: ...' (exit 0 only on PASS)",
+)
 @click.option("--wait", is_flag=True, help="local scheduler: run in the foreground, exit with its code")
-@click.option("--dry-run", is_flag=True,
-              help="check and render only: the job script on stdout, the submit command(s) on stderr")
+@click.option(
+    "--dry-run", is_flag=True, help="check and render only: the job script on stdout, the submit command(s) on stderr"
+)
 def command(trainer_args, **opts) -> int:
     """Render the job script into a new run directory and submit it (--chain N: N dependent links)."""
     args, extra = SimpleNamespace(**opts), list(trainer_args)
@@ -150,8 +168,9 @@ def command(trainer_args, **opts) -> int:
         return 0
     rd = RunDir(prep.plan.run_dir)
     if args.smoke and rd.exists():
-        raise UserError(f"{rd.path} holds an earlier smoke ({rd.path / smoke.REPORT}); remove that directory "
-                        f"to run the smoke again")
+        raise UserError(
+            f"{rd.path} holds an earlier smoke ({rd.path / smoke.REPORT}); remove that directory to run the smoke again"
+        )
     if rd.is_done():
         raise UserError(f"--run-dir {rd.path} holds a finished run (done marker); choose another --run-dir or --name")
     if rd.exists():
@@ -165,8 +184,10 @@ def command(trainer_args, **opts) -> int:
         if args.smoke and args.wait and prep.scheduler.name == "local":
             return smoke.report(str(rd.path), rc)
         if args.smoke:
-            print(f"launcher: the smoke's lines go to {rd.log} and {rd.path / smoke.REPORT} "
-                  f"(launcher logs {rd.path})", file=sys.stderr)
+            print(
+                f"launcher: the smoke's lines go to {rd.log} and {rd.path / smoke.REPORT} (launcher logs {rd.path})",
+                file=sys.stderr,
+            )
         return rc
     except UserError:
         if not rd.jobs():  # nothing was queued: leave nothing behind, so a retry starts clean

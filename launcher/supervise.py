@@ -1,6 +1,7 @@
 """``python -m launcher.supervise [--shield] [--forward SIG] -- COMMAND ...``: run a rank launcher
 so that a stop signal becomes a checkpoint, whoever receives it.
 """
+
 from __future__ import annotations
 
 import os
@@ -36,8 +37,8 @@ def _proc_table() -> Dict[int, tuple]:
         except OSError:
             continue
         # comm may contain spaces and parentheses: ppid is the 2nd field after the last ')'.
-        name = stat[stat.find("(") + 1:stat.rfind(")")]
-        ppid = int(stat[stat.rfind(")") + 2:].split()[1])
+        name = stat[stat.find("(") + 1 : stat.rfind(")")]
+        ppid = int(stat[stat.rfind(")") + 2 :].split()[1])
         table[int(entry)] = (ppid, name, argv)
     return table
 
@@ -79,6 +80,7 @@ def forward_targets(child: int, table: Optional[Dict[int, tuple]] = None) -> Lis
     table = _proc_table() if table is None else table
     if child not in table:
         return []
+
     def is_mpi(pid):
         return table[pid][1] in MPI_LAUNCHERS or _base(table[pid][2]) in MPI_LAUNCHERS
 
@@ -170,8 +172,7 @@ class Supervisor:
 
     def _launcher_left_on_its_own(self) -> bool:
         code = self.codes.get(self.pid)
-        return (self.stop_reason is None and code is not None
-                and not (code > 128 and code - 128 in SHIELDED))
+        return self.stop_reason is None and code is not None and not (code > 128 and code - 128 in SHIELDED)
 
     def _end_leftovers(self, sig: int) -> None:
         """Send ``sig`` to every process still alive below this supervisor."""
@@ -181,8 +182,10 @@ class Supervisor:
             pids += [p for p in [root] + _descendants(root, table) if p not in pids]
         if sig == signal.SIGTERM and pids:
             names = ", ".join(f"{_base(table[p][2]) or table[p][1]} (pid {p})" for p in pids if p in table)
-            self.say(f"{os.path.basename(self.argv[0])} exited {self.codes.get(self.pid)} and left "
-                     f"{len(pids)} process(es) running after {LEFTOVER_GRACE_S:.0f} s: ending {names}")
+            self.say(
+                f"{os.path.basename(self.argv[0])} exited {self.codes.get(self.pid)} and left "
+                f"{len(pids)} process(es) running after {LEFTOVER_GRACE_S:.0f} s: ending {names}"
+            )
         _send(pids, sig)
         self.ended.update(pids)
 
@@ -199,8 +202,7 @@ class Supervisor:
         _become_subreaper()
         mask = set(SHIELDED) if self.shield else set()
         try:
-            self.pid = os.posix_spawnp(self.argv[0], self.argv, os.environ, setsigmask=mask,
-                                       setsigdef=STOP_SIGNALS)
+            self.pid = os.posix_spawnp(self.argv[0], self.argv, os.environ, setsigmask=mask, setsigdef=STOP_SIGNALS)
         except FileNotFoundError:
             print(f"supervise: error: {self.argv[0]}: command not found", file=sys.stderr)
             return 127
@@ -235,8 +237,10 @@ class Supervisor:
             # The launcher died of its signal and left its MPI launcher to finish: that one's code counts.
             rc = max((c for p, c in self.codes.items() if p != self.pid and p not in self.ended), default=rc) or rc
         if self.stop_reason is not None and rc != 0:
-            self.say(f"{os.path.basename(self.argv[0])} exited {rc} after {self.stop_reason}: exit {EXIT_RESUME} "
-                     f"(resume from the newest checkpoint)")
+            self.say(
+                f"{os.path.basename(self.argv[0])} exited {rc} after {self.stop_reason}: exit {EXIT_RESUME} "
+                f"(resume from the newest checkpoint)"
+            )
             return EXIT_RESUME
         return rc
 
@@ -279,12 +283,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 print(f"launcher supervise: error: --forward: {exc}", file=sys.stderr)
                 return EXIT_USAGE
         else:
-            print(f"launcher supervise: error: unknown option {opt!r} "
-                  "(usage: [--shield] [--forward SIG] [--quiet] -- COMMAND ...)", file=sys.stderr)
+            print(
+                f"launcher supervise: error: unknown option {opt!r} "
+                "(usage: [--shield] [--forward SIG] [--quiet] -- COMMAND ...)",
+                file=sys.stderr,
+            )
             return EXIT_USAGE
     if not args or args[0] != "--" or len(args) < 2:
-        print("launcher supervise: error: no command (usage: [--shield] [--forward SIG] -- COMMAND ...)",
-              file=sys.stderr)
+        print(
+            "launcher supervise: error: no command (usage: [--shield] [--forward SIG] -- COMMAND ...)", file=sys.stderr
+        )
         return EXIT_USAGE
     return Supervisor(args[1:], shield=shield, forward=forward, verbose=not quiet).run()
 

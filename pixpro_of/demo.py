@@ -1,4 +1,5 @@
 """``python -m pixpro_of demo --out DIR``: the main job on the embedded default (the synthetic world)."""
+
 from __future__ import annotations
 
 import json
@@ -13,7 +14,8 @@ from typing import Dict, List, Optional, Sequence
 
 import click
 
-from plumbing.cli import call, command as cli_command
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
 from plumbing.runs import RunLayout
 
@@ -60,8 +62,9 @@ def _prepare(out: Path) -> None:
 @click.option("--probe-iters", type=int, default=150, show_default=True, help="linear-probe iterations")
 def command(out, np_, videos, video_frames, size, epochs, probe_iters) -> int:
     """The main job on the synthetic world, end to end: synth, pack, flow, train, pictures, convert, probe."""
-    args = SimpleNamespace(out=out, np=np_, videos=videos, video_frames=video_frames, size=size, epochs=epochs,
-                           probe_iters=probe_iters)
+    args = SimpleNamespace(
+        out=out, np=np_, videos=videos, video_frames=video_frames, size=size, epochs=epochs, probe_iters=probe_iters
+    )
     if args.np < 1 or args.videos < 2 or args.video_frames < 6 or args.epochs < 2 or args.probe_iters < 1:
         raise UserError("need --np >= 1, --videos >= 2, --video-frames >= 6, --epochs >= 2, --probe-iters >= 1")
     out = Path(args.out).resolve()
@@ -82,34 +85,173 @@ def command(out, np_, videos, video_frames, size, epochs, probe_iters) -> int:
     def stage(name: str, cmd: List[str]) -> None:
         times[name] = _stage(name, cmd, out, env)
 
-    stage("synth-pretrain", [py, "-m", "pixpro_of", "synth", "--out", out / "world", "--videos", args.videos,
-                             "--video-frames", args.video_frames, "--size", args.size, "--format", "bdd", "--seed", 0,
-                             "--quiet"])
-    stage("synth-eval", [py, "-m", "pixpro_of", "synth", "--out", out / "eval_world", "--videos", 6, "--video-frames", 6,
-                         "--size", args.size, "--format", "cityscapes", "--val-videos", 2, "--seed", 1000, "--quiet"])
-    stage("pack", [py, "-m", "hdf5_tools.cli", "pack", out / "world", out / "shards", "--nodes", 1,
-                   "--split", "train", "--no-progress"])
+    stage(
+        "synth-pretrain",
+        [
+            py,
+            "-m",
+            "pixpro_of",
+            "synth",
+            "--out",
+            out / "world",
+            "--videos",
+            args.videos,
+            "--video-frames",
+            args.video_frames,
+            "--size",
+            args.size,
+            "--format",
+            "bdd",
+            "--seed",
+            0,
+            "--quiet",
+        ],
+    )
+    stage(
+        "synth-eval",
+        [
+            py,
+            "-m",
+            "pixpro_of",
+            "synth",
+            "--out",
+            out / "eval_world",
+            "--videos",
+            6,
+            "--video-frames",
+            6,
+            "--size",
+            args.size,
+            "--format",
+            "cityscapes",
+            "--val-videos",
+            2,
+            "--seed",
+            1000,
+            "--quiet",
+        ],
+    )
+    stage(
+        "pack",
+        [
+            py,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            out / "world",
+            out / "shards",
+            "--nodes",
+            1,
+            "--split",
+            "train",
+            "--no-progress",
+        ],
+    )
     stage("flow", mpirun + [py, "-m", "hdf5_tools", "flow", out / "shards", "--model", "dis", "--no-progress"])
     shards = sorted((out / "shards").glob("*.h5"))
     stage("verify", [py, "-m", "hdf5_tools.cli", "verify", *shards, "--deep"])
-    stage("train", [py, "-m", "launcher.cli", "submit", "--scheduler", "local", "--gpus", 0, "--frames", 6,
-                    "--preset", "cpu_small", "--data", out / "shards" / "manifest.json", "--run-dir", out / "run",
-                    "--python", py, "--wait", f"run.epochs={args.epochs}"])
+    stage(
+        "train",
+        [
+            py,
+            "-m",
+            "launcher.cli",
+            "submit",
+            "--scheduler",
+            "local",
+            "--gpus",
+            0,
+            "--frames",
+            6,
+            "--preset",
+            "cpu_small",
+            "--data",
+            out / "shards" / "manifest.json",
+            "--run-dir",
+            out / "run",
+            "--python",
+            py,
+            "--wait",
+            f"run.epochs={args.epochs}",
+        ],
+    )
     (out / "pictures").mkdir(exist_ok=True)
     first_video = json.loads((out / "shards" / "manifest.json").read_text())["shards"][0]["videos"][0]
     first_video = first_video["name"] if isinstance(first_video, dict) else first_video
-    stage("viz-pairs", [py, "-m", "pixpro_of", "viz", "pairs", "--shards", *shards, "--video", 0, "--t", 0,
-                        "--frames", 6, "--image-size", 128, "--seed", 3, "--out", out / "pictures" / "positive_pairs.png"])
-    stage("viz-flow", [py, "-m", "hdf5_tools", "viz", shards[0], "--video", first_video, "--t", 0, "--frames", 6,
-                       "--mask", "both", "--out", out / "pictures" / "flow"])
+    stage(
+        "viz-pairs",
+        [
+            py,
+            "-m",
+            "pixpro_of",
+            "viz",
+            "pairs",
+            "--shards",
+            *shards,
+            "--video",
+            0,
+            "--t",
+            0,
+            "--frames",
+            6,
+            "--image-size",
+            128,
+            "--seed",
+            3,
+            "--out",
+            out / "pictures" / "positive_pairs.png",
+        ],
+    )
+    stage(
+        "viz-flow",
+        [
+            py,
+            "-m",
+            "hdf5_tools",
+            "viz",
+            shards[0],
+            "--video",
+            first_video,
+            "--t",
+            0,
+            "--frames",
+            6,
+            "--mask",
+            "both",
+            "--out",
+            out / "pictures" / "flow",
+        ],
+    )
     stage("convert-d2", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "detectron2", out / "encoder_d2.pkl"])
     stage("convert-tv", [py, "-m", "pixpro_of", "convert", out / "run", "--to", "torchvision", out / "encoder_tv.pth"])
-    probe = ["--data", out / "eval_world", "--mode", "linear", "--arch", "resnet18", "--iters", args.probe_iters,
-             "--batch", 4, "--crop", "128x128", "--warmup-iters", 10, "--lr", 0.05, "--seed", 0]
-    stage("eval-pretrained", [py, "-m", "pixpro_of", "eval", "seg", "--backbone", out / "run",
-                              "--out", out / "eval" / "pretrained", *probe])
-    stage("eval-random", [py, "-m", "pixpro_of", "eval", "seg", "--backbone", "random",
-                          "--out", out / "eval" / "random", *probe])
+    probe = [
+        "--data",
+        out / "eval_world",
+        "--mode",
+        "linear",
+        "--arch",
+        "resnet18",
+        "--iters",
+        args.probe_iters,
+        "--batch",
+        4,
+        "--crop",
+        "128x128",
+        "--warmup-iters",
+        10,
+        "--lr",
+        0.05,
+        "--seed",
+        0,
+    ]
+    stage(
+        "eval-pretrained",
+        [py, "-m", "pixpro_of", "eval", "seg", "--backbone", out / "run", "--out", out / "eval" / "pretrained", *probe],
+    )
+    stage(
+        "eval-random",
+        [py, "-m", "pixpro_of", "eval", "seg", "--backbone", "random", "--out", out / "eval" / "random", *probe],
+    )
 
     scores = {name: json.loads((out / "eval" / name / "scores.json").read_text()) for name in ("pretrained", "random")}
     latest = RunLayout(out / "run").latest_checkpoint()

@@ -1,4 +1,5 @@
 """Positive cell pairs between two views from crop boxes, flips and flow (docs/original-system.md §2.4–2.7)."""
+
 from __future__ import annotations
 
 import math
@@ -30,9 +31,16 @@ def bin_size(box: torch.Tensor, grid: int) -> torch.Tensor:
     return torch.stack([(box[:, 2] - 1) / grid, (box[:, 3] - 1) / grid], dim=-1)
 
 
-def pair_positives(q: torch.Tensor, k: torch.Tensor, bin_q: torch.Tensor, bin_k: torch.Tensor,
-                   valid_q: torch.Tensor, pos_ratio: float, frame_hw: Tuple[int, int],
-                   rule: str = "pixel") -> torch.Tensor:
+def pair_positives(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    bin_q: torch.Tensor,
+    bin_k: torch.Tensor,
+    valid_q: torch.Tensor,
+    pos_ratio: float,
+    frame_hw: Tuple[int, int],
+    rule: str = "pixel",
+) -> torch.Tensor:
     """``pos [B, N, M]``: ``‖q_i − k_j‖ / max(diag_q, diag_k) < pos_ratio`` and ``valid_q[i]``.
 
     ``q [B, N, 2]`` (already warped into k's frame), ``k [B, M, 2]``, ``bin_* [B, 2]`` (pixels).
@@ -46,7 +54,9 @@ def pair_positives(q: torch.Tensor, k: torch.Tensor, bin_q: torch.Tensor, bin_k:
         scale = ops.constant((1.0, 1.0), torch.float64, q.device)
     q = q.to(torch.float64) * scale
     k = k.to(torch.float64) * scale
-    diag = torch.maximum(torch.linalg.vector_norm(bin_q * scale, dim=-1), torch.linalg.vector_norm(bin_k * scale, dim=-1))
+    diag = torch.maximum(
+        torch.linalg.vector_norm(bin_q * scale, dim=-1), torch.linalg.vector_norm(bin_k * scale, dim=-1)
+    )
     dist = torch.cdist(q, k) / diag[:, None, None]
     return (dist < pos_ratio) & valid_q[:, :, None]
 
@@ -69,8 +79,10 @@ def _prepare_flows(fwd: torch.Tensor, bwd: torch.Tensor, frame_hw: Tuple[int, in
     b, n = fwd.shape[:2]
     shard = (h, w) != (H, W)
     if shard and (h, w) != (math.ceil(H / 8), math.ceil(W / 8)):
-        raise ValueError(f"flow of size {h}x{w} matches neither the frame {H}x{W} nor its 1/8 "
-                         f"({math.ceil(H / 8)}x{math.ceil(W / 8)})")
+        raise ValueError(
+            f"flow of size {h}x{w} matches neither the frame {H}x{W} nor its 1/8 "
+            f"({math.ceil(H / 8)}x{math.ceil(W / 8)})"
+        )
     if shard and (h < 2 or w < 2):
         raise ValueError(f"flow grid {h}x{w} is too small for frame {H}x{W}")
     coarse = shard and cfg.flow_resolution != "full"
@@ -180,14 +192,14 @@ class FlowGrid:
     def displacement(self, points: torch.Tensor, backward: bool = False) -> torch.Tensor:
         """Composite flow (frame pixels) at frame points ``[B, N, 2]``: bilinear, zeros outside."""
         both = self._fields64()
-        field = both[self.batch:] if backward else both[:self.batch]
+        field = both[self.batch :] if backward else both[: self.batch]
         return self._displacement(field, points)
 
     def mask_ratio(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """Fraction of flow-grid pixels rejected by the forward and by the backward mask, ``[B]`` each
         (the seed's logged ``mask_ratio``; :func:`flow.ops.fb_consistency` on the whole grid)."""
         r = 1.0 - self._valid.flatten(1).double().mean(1)
-        return r[:self.batch], r[self.batch:]
+        return r[: self.batch], r[self.batch :]
 
 
 class Correspondence(Protocol):
@@ -195,8 +207,9 @@ class Correspondence(Protocol):
     a flow field. :class:`FlowGrid` implements it from chained flows; a
     source of exact geometry (the synthetic world) can implement it directly."""
 
-    def warp_both(self, points1: torch.Tensor, points2: torch.Tensor
-                  ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    def warp_both(
+        self, points1: torch.Tensor, points2: torch.Tensor
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
         """``points1 [B, N, 2]`` of frame t moved to frame t+k−1 and ``points2`` of frame t+k−1
         moved to frame t: ``(moved1, valid1 [B, N], moved2, valid2)``."""
 
@@ -204,10 +217,18 @@ class Correspondence(Protocol):
         """Fraction of points rejected as occluded, forward and backward, ``[B]`` each."""
 
 
-def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tensor, flip2: torch.Tensor,
-                      frame_hw: Tuple[int, int], grid: int, cfg: PositiveConfig,
-                      fwd: Optional[torch.Tensor] = None, bwd: Optional[torch.Tensor] = None,
-                      correspondence: Optional[Correspondence] = None) -> Dict[str, torch.Tensor]:
+def compute_positives(
+    box1: torch.Tensor,
+    flip1: torch.Tensor,
+    box2: torch.Tensor,
+    flip2: torch.Tensor,
+    frame_hw: Tuple[int, int],
+    grid: int,
+    cfg: PositiveConfig,
+    fwd: Optional[torch.Tensor] = None,
+    bwd: Optional[torch.Tensor] = None,
+    correspondence: Optional[Correspondence] = None,
+) -> Dict[str, torch.Tensor]:
     """Positive matrices of a batch of samples.
 
     Args:
@@ -258,7 +279,15 @@ def compute_positives(box1: torch.Tensor, flip1: torch.Tensor, box2: torch.Tenso
     pos12 = pair_positives(w1, c2, bin1, bin2, v1, cfg.pos_ratio, frame_hw, cfg.positive_rule)
     pos21 = pair_positives(w2, c1, bin2, bin1, v2, cfg.pos_ratio, frame_hw, cfg.positive_rule)
     return {
-        "pos12": pos12, "pos21": pos21, "valid1": v1, "valid2": v2,
-        "centres1": c1, "centres2": c2, "warped1": w1, "warped2": w2,
-        "mask_ratio": (ratio_f + ratio_b) / 2, "mask_ratio_fwd": ratio_f, "mask_ratio_bwd": ratio_b,
+        "pos12": pos12,
+        "pos21": pos21,
+        "valid1": v1,
+        "valid2": v2,
+        "centres1": c1,
+        "centres2": c2,
+        "warped1": w1,
+        "warped2": w2,
+        "mask_ratio": (ratio_f + ratio_b) / 2,
+        "mask_ratio_fwd": ratio_f,
+        "mask_ratio_bwd": ratio_b,
     }

@@ -9,6 +9,7 @@ the crop boxes (the box's flipped side is drawn thicker).
 Sources: ``--shards FILE [FILE ...] --video I --t T`` (the HDF5 clip reader) or ``--synthetic SEED``
 (a clip of the synthetic world with its exact flow stored at 1/8 resolution, as in shards).
 """
+
 from __future__ import annotations
 
 import os
@@ -19,7 +20,8 @@ import click
 import numpy as np
 
 from plumbing.atomic import atomic_open
-from plumbing.cli import call, command as cli_command
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
 from plumbing.parse import checked, parse_wxh
 
@@ -27,20 +29,40 @@ from plumbing.parse import checked, parse_wxh
 def _options(f):
     """The options of ``viz pairs``."""
     options = [
-        click.option("--shards", multiple=True, metavar="FILE",
-                     help="HDF5 shard files to read the clip from (--shards a.h5 b.h5 or --shards a.h5 --shards b.h5)"),
-        click.option("--synthetic", type=int, default=None, metavar="SEED",
-                     help="render a synthetic-world clip with this seed"),
+        click.option(
+            "--shards",
+            multiple=True,
+            metavar="FILE",
+            help="HDF5 shard files to read the clip from (--shards a.h5 b.h5 or --shards a.h5 --shards b.h5)",
+        ),
+        click.option(
+            "--synthetic", type=int, default=None, metavar="SEED", help="render a synthetic-world clip with this seed"
+        ),
         click.option("--video", type=int, default=0, show_default=True, help="video index in the shards"),
         click.option("--t", type=int, default=None, help="first frame of the clip (default: random)"),
-        click.option("--frames", "k", type=int, default=6, show_default=True,
-                     help="clip length k in frames; 1 = both views from one frame"),
+        click.option(
+            "--frames",
+            "k",
+            type=int,
+            default=6,
+            show_default=True,
+            help="clip length k in frames; 1 = both views from one frame",
+        ),
         click.option("--seed", type=int, default=0, show_default=True, help="augmentation seed"),
         click.option("--image-size", type=int, default=224, show_default=True, help="view side in pixels"),
-        click.option("--feature-size", type=int, default=None, help="cell grid side F (default: C5 size for --image-size)"),
-        click.option("--mask", type=click.Choice(["seed", "unflow", "none"]), default="seed", show_default=True,
-                     help="occlusion mask"),
-        click.option("--pos-ratio", type=float, default=0.7, show_default=True, help="positive threshold in bin diagonals"),
+        click.option(
+            "--feature-size", type=int, default=None, help="cell grid side F (default: C5 size for --image-size)"
+        ),
+        click.option(
+            "--mask",
+            type=click.Choice(["seed", "unflow", "none"]),
+            default="seed",
+            show_default=True,
+            help="occlusion mask",
+        ),
+        click.option(
+            "--pos-ratio", type=float, default=0.7, show_default=True, help="positive threshold in bin diagonals"
+        ),
         click.option("--size", default="640x360", show_default=True, help="synthetic frame size WIDTHxHEIGHT"),
         click.option("--out", required=True, help="PNG file to write"),
         click.argument("more_shards", nargs=-1, metavar="[FILE]..."),
@@ -64,10 +86,17 @@ def _synthetic_clip(seed: int, k: int, size: str, t: Optional[int], rng: np.rand
     t = int(rng.integers(0, frames - k + 1)) if t is None else t
     if not 0 <= t <= frames - k:
         raise UserError(f"--t must be in 0..{frames - k} for a synthetic clip of {frames} frames, got {t}")
-    fwd = full_flow_to_shard(torch.from_numpy(video.fwd[t:t + k - 1])).numpy()
-    bwd = full_flow_to_shard(torch.from_numpy(video.bwd[t:t + k - 1])).numpy()
-    return {"frame1": video.rgb[t], "frame2": video.rgb[t + k - 1], "fwd": fwd, "bwd": bwd,
-            "video": f"synthetic-{seed}", "t": t, "k": k}
+    fwd = full_flow_to_shard(torch.from_numpy(video.fwd[t : t + k - 1])).numpy()
+    bwd = full_flow_to_shard(torch.from_numpy(video.bwd[t : t + k - 1])).numpy()
+    return {
+        "frame1": video.rgb[t],
+        "frame2": video.rgb[t + k - 1],
+        "fwd": fwd,
+        "bwd": bwd,
+        "video": f"synthetic-{seed}",
+        "t": t,
+        "k": k,
+    }
 
 
 def _shard_clip(paths: Sequence[str], video: int, k: int, t: Optional[int], rng: np.random.Generator) -> dict:
@@ -96,8 +125,12 @@ def draw_pairs(sample: dict, clip: dict, feature_size: int):
     S = sample["view1"].shape[-1]
     F = feature_size
     scale = max(1, 448 // S)
-    v1 = Image.fromarray(denormalize_to_uint8(sample["view1"]).permute(1, 2, 0).numpy()).resize((S * scale, S * scale), Image.NEAREST)
-    v2 = Image.fromarray(denormalize_to_uint8(sample["view2"]).permute(1, 2, 0).numpy()).resize((S * scale, S * scale), Image.NEAREST)
+    v1 = Image.fromarray(denormalize_to_uint8(sample["view1"]).permute(1, 2, 0).numpy()).resize(
+        (S * scale, S * scale), Image.NEAREST
+    )
+    v2 = Image.fromarray(denormalize_to_uint8(sample["view2"]).permute(1, 2, 0).numpy()).resize(
+        (S * scale, S * scale), Image.NEAREST
+    )
     gap = 16
     top_w = 2 * S * scale + gap
     f1 = frame_tensor(clip["frame1"]).permute(1, 2, 0).numpy()
@@ -131,8 +164,10 @@ def draw_pairs(sample: dict, clip: dict, feature_size: int):
         for j in js:
             b = centre(int(j), S * scale + gap)
             d.line([a, b], fill=colours[i], width=1)
-    for box, flip, x0, colour in ((sample["box1"], sample["flip1"], 0, (0, 200, 255)),
-                                  (sample["box2"], sample["flip2"], fw + gap, (255, 160, 0))):
+    for box, flip, x0, colour in (
+        (sample["box1"], sample["flip1"], 0, (0, 200, 255)),
+        (sample["box2"], sample["flip2"], fw + gap, (255, 160, 0)),
+    ):
         left, top, w, h = [float(x) * fs for x in box]
         y0 = S * scale + gap
         d.rectangle([x0 + left, y0 + top, x0 + left + w, y0 + top + h], outline=colour, width=2)
@@ -140,14 +175,19 @@ def draw_pairs(sample: dict, clip: dict, feature_size: int):
         d.line([(edge, y0 + top), (edge, y0 + top + h)], fill=colour, width=5)
     n = int(pos.sum())
     flips = "".join(f"  view{i} {'flipped' if sample[f'flip{i}'] else 'not flipped'}" for i in (1, 2))
-    caption = (f"{sample['video']} t={sample['t']} k={sample['k']}{flips}  positives 1->2: {n}  "
-               f"queries without positives: {int((pos.sum(1) == 0).sum())}/{F * F}  mask ratio {sample['mask_ratio']:.3f}")
+    caption = (
+        f"{sample['video']} t={sample['t']} k={sample['k']}{flips}  positives 1->2: {n}  "
+        f"queries without positives: {int((pos.sum(1) == 0).sum())}/{F * F}  mask ratio {sample['mask_ratio']:.3f}"
+    )
     d.text((4, S * scale + gap + fh + 6), caption, fill=(0, 0, 0))
     return canvas
 
 
-@cli_command("pairs", epilog="Examples: python -m pixpro_of viz pairs --synthetic 2 --frames 3 --out pairs.png; "
-                              "python -m pixpro_of viz pairs --shards shards/*.h5 --video 0 --t 0 --frames 6 --out pairs.png")
+@cli_command(
+    "pairs",
+    epilog="Examples: python -m pixpro_of viz pairs --synthetic 2 --frames 3 --out pairs.png; "
+    "python -m pixpro_of viz pairs --shards shards/*.h5 --video 0 --t 0 --frames 6 --out pairs.png",
+)
 @_options
 def command(more_shards, **opts) -> int:
     """A PNG of one sample's two views with lines between positive cells.
@@ -179,8 +219,10 @@ def command(more_shards, **opts) -> int:
     image = draw_pairs(sample, clip, F)
     with atomic_open(args.out, "wb") as fh:
         image.save(fh, format="PNG")
-    print(f"wrote {args.out}: {int(sample['pos12'].sum())} positive pairs view1->view2, "
-          f"{int(sample['pos21'].sum())} view2->view1, mask ratio {sample['mask_ratio']:.3f}")
+    print(
+        f"wrote {args.out}: {int(sample['pos12'].sum())} positive pairs view1->view2, "
+        f"{int(sample['pos21'].sum())} view2->view1, mask ratio {sample['mask_ratio']:.3f}"
+    )
     return 0
 
 

@@ -9,6 +9,7 @@ Temporary names are ``.NAME.tmp.XXXXXX`` (what the checkpoint store sweeps after
 quota, read-only file system) into one line naming the path and the bytes needed.
 Importing this module is cheap (standard library only).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -49,8 +50,9 @@ def fsync_dir(path: PathLike) -> None:
 
 
 @contextlib.contextmanager
-def atomic_open(path: PathLike, mode: str = "wb", *, durable: bool = False,
-                chmod: Optional[int] = None) -> Iterator[IO]:
+def atomic_open(
+    path: PathLike, mode: str = "wb", *, durable: bool = False, chmod: Optional[int] = None
+) -> Iterator[IO]:
     """``with atomic_open(p) as f: ...`` writes to a temporary file; on success it becomes ``p``.
 
     On an exception the temporary file is removed and ``p`` is left as it was. The new file gets
@@ -120,11 +122,18 @@ def atomic_path(path: PathLike, *, temporary: Optional[str] = None, durable: boo
 
 # --------------------------------------------------------------------------- failed writes
 
+
 class DiskWriteError(UserError):
     """A write failed for lack of space or permission; the message names the path and the bytes."""
 
-    def __init__(self, message: str, path: PathLike, needed: Optional[int] = None, free: Optional[int] = None,
-                 errno_: Optional[int] = None):
+    def __init__(
+        self,
+        message: str,
+        path: PathLike,
+        needed: Optional[int] = None,
+        free: Optional[int] = None,
+        errno_: Optional[int] = None,
+    ):
         super().__init__(message)
         self.path = str(path)
         self.needed = needed

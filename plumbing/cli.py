@@ -1,4 +1,5 @@
 """The click frame every command line uses: lazy command groups, one-line errors, exit codes."""
+
 from __future__ import annotations
 
 import importlib
@@ -86,7 +87,7 @@ class LazyGroup(click.Group):
             return entry
         # One click object may serve under two names (``pixpro_of synth`` and ``python -m synth``):
         # the name it was invoked by is the context's, so messages name the right program.
-        return getattr(importlib.import_module(entry[0]), "command")
+        return importlib.import_module(entry[0]).command
 
     def resolve_command(self, ctx: click.Context, args: list) -> tuple:
         name = args[0]
@@ -102,8 +103,9 @@ class LazyGroup(click.Group):
 
     def shell_complete(self, ctx: click.Context, incomplete: str) -> list:
         # Command names come from the table, so completing them imports no command module.
-        items = [CompletionItem(name, help=self.short_help_of(name)) for name in self.table
-                 if name.startswith(incomplete)]
+        items = [
+            CompletionItem(name, help=self.short_help_of(name)) for name in self.table if name.startswith(incomplete)
+        ]
         return items + click.Command.shell_complete(self, ctx, incomplete)
 
 

@@ -1,4 +1,5 @@
 """Errors that are the user's to fix: the CLI prints them as one line and exits non-zero."""
+
 from typing import Optional
 
 

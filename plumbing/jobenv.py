@@ -1,6 +1,7 @@
 """The launch environment: this process's rank, local rank, node and node count, read from whichever launcher started it
 (torchrun, Open MPI/PMIx, MPICH, MVAPICH, srun/SLURM, else the batch system's host list).
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ class JobEnvironment:
     local_size: int = 1
     node: int = 0
     nodes: int = 1
-    launcher: str = ""   #: torchrun, openmpi, pmix, mpich, mvapich, srun, slurm, or "" (not started as ranks)
+    launcher: str = ""  #: torchrun, openmpi, pmix, mpich, mvapich, srun, slurm, or "" (not started as ranks)
     scheduler: str = ""  #: slurm, pbs, sge, pjm, or "" (no batch system)
 
     @property
@@ -113,15 +114,27 @@ def _slurm(env: Mapping[str, str], launcher: str, rank: Optional[int] = None) ->
     r = _int(env, "SLURM_PROCID", 0) if rank is None else rank
     w = _first(env, "SLURM_STEP_NUM_TASKS", "SLURM_NTASKS") if step else _int(env, "SLURM_NTASKS")
     node = _int(env, "SLURM_NODEID", 0)
-    nodes = (_first(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES") if step
-             else _first(env, "SLURM_NNODES", "SLURM_JOB_NUM_NODES"))
-    counts_text = (env.get("SLURM_STEP_TASKS_PER_NODE") if step else None) or env.get("SLURM_NTASKS_PER_NODE") \
+    nodes = (
+        _first(env, "SLURM_STEP_NUM_NODES", "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+        if step
+        else _first(env, "SLURM_NNODES", "SLURM_JOB_NUM_NODES")
+    )
+    counts_text = (
+        (env.get("SLURM_STEP_TASKS_PER_NODE") if step else None)
+        or env.get("SLURM_NTASKS_PER_NODE")
         or env.get("SLURM_TASKS_PER_NODE")
+    )
     counts = tasks_per_node(counts_text) if counts_text else []
     local_size = counts[node] if node < len(counts) else (counts[-1] if counts else 1)
-    return dict(launcher=launcher, rank=r, world_size=w if w is not None else 1,
-                local_rank=_int(env, "SLURM_LOCALID", 0), local_size=local_size, node=node,
-                nodes=nodes if nodes is not None else max(node + 1, 1))
+    return dict(
+        launcher=launcher,
+        rank=r,
+        world_size=w if w is not None else 1,
+        local_rank=_int(env, "SLURM_LOCALID", 0),
+        local_size=local_size,
+        node=node,
+        nodes=nodes if nodes is not None else max(node + 1, 1),
+    )
 
 
 def _batch_nodes(env: Mapping[str, str], scheduler: str, hostname: Optional[str]) -> dict:
@@ -162,8 +175,14 @@ def job_environment(env: Optional[Mapping[str, str]] = None, hostname: Optional[
         group_size = _int(env, "GROUP_WORLD_SIZE")
         f["nodes"] = group_size if group_size else -(-f["world_size"] // max(f["local_size"], 1))
     elif "OMPI_COMM_WORLD_SIZE" in env:
-        f = _ranks(env, "openmpi", "OMPI_COMM_WORLD_RANK" if "OMPI_COMM_WORLD_RANK" in env else "PMIX_RANK",
-                   "OMPI_COMM_WORLD_SIZE", "OMPI_COMM_WORLD_LOCAL_RANK", "OMPI_COMM_WORLD_LOCAL_SIZE")
+        f = _ranks(
+            env,
+            "openmpi",
+            "OMPI_COMM_WORLD_RANK" if "OMPI_COMM_WORLD_RANK" in env else "PMIX_RANK",
+            "OMPI_COMM_WORLD_SIZE",
+            "OMPI_COMM_WORLD_LOCAL_RANK",
+            "OMPI_COMM_WORLD_LOCAL_SIZE",
+        )
     elif "PMIX_RANK" in env:
         if "SLURM_PROCID" in env:
             f = _slurm(env, "pmix", rank=_int(env, "PMIX_RANK"))
@@ -172,8 +191,14 @@ def job_environment(env: Optional[Mapping[str, str]] = None, hostname: Optional[
     elif "PMI_RANK" in env and "PMI_SIZE" in env:
         f = _ranks(env, "mpich", "PMI_RANK", "PMI_SIZE", "MPI_LOCALRANKID", "MPI_LOCALNRANKS")
     elif "MV2_COMM_WORLD_SIZE" in env:
-        f = _ranks(env, "mvapich", "MV2_COMM_WORLD_RANK", "MV2_COMM_WORLD_SIZE", "MV2_COMM_WORLD_LOCAL_RANK",
-                   "MV2_COMM_WORLD_LOCAL_SIZE")
+        f = _ranks(
+            env,
+            "mvapich",
+            "MV2_COMM_WORLD_RANK",
+            "MV2_COMM_WORLD_SIZE",
+            "MV2_COMM_WORLD_LOCAL_RANK",
+            "MV2_COMM_WORLD_LOCAL_SIZE",
+        )
     elif "SLURM_STEP_NUM_NODES" in env or "SLURM_STEP_NUM_TASKS" in env:
         f = _slurm(env, "srun")
     elif "SLURM_PROCID" in env and "SLURM_NTASKS" in env:

@@ -8,6 +8,7 @@ A bare number in a duration is **minutes**, as SLURM's ``--time`` reads it. Opti
 number used to be seconds (``reproduce --time-box``, ``--poll``, ``train --deadline``) refuse it
 (``bare_number=False``) rather than silently reading ``600`` as ten hours.
 """
+
 from __future__ import annotations
 
 import datetime as _dt
@@ -41,8 +42,9 @@ def parse_duration(text: str, bare_number: bool = True) -> float:
     s = str(text).strip().lower()
     if _NUMBER.fullmatch(s):
         if not bare_number:
-            raise ValueError(f"{text!r} has no unit: write {s}s or {s}m (a bare number, minutes elsewhere, "
-                             "was seconds here before)")
+            raise ValueError(
+                f"{text!r} has no unit: write {s}s or {s}m (a bare number, minutes elsewhere, was seconds here before)"
+            )
         secs = float(s) * 60
     elif any(c.isalpha() for c in s):
         m = _UNITS.fullmatch(s)
@@ -97,8 +99,7 @@ def parse_deadline(text: str, now: Optional[float] = None) -> float:
             target += _dt.timedelta(days=1)
         return target.timestamp()
     if re.fullmatch(r"\d+:\d+(?::\d+)?", s):
-        raise ValueError(f"{text!r} is ambiguous: write T{s} for a clock time or a duration with units "
-                         "(e.g. 10h30m)")
+        raise ValueError(f"{text!r} is ambiguous: write T{s} for a clock time or a duration with units (e.g. 10h30m)")
     if re.fullmatch(r"\d{4}-\d{2}-\d{2}.*", s):
         try:
             return _dt.datetime.fromisoformat(s.replace("Z", "+00:00")).timestamp()
@@ -109,8 +110,10 @@ def parse_deadline(text: str, now: Optional[float] = None) -> float:
     except ValueError as exc:
         if "has no unit" in str(exc):
             raise
-        raise ValueError(f"{text!r} is not a deadline (a duration such as 90m or 4h, a clock time T10:30, "
-                         "an ISO date-time or @unix-seconds)") from None
+        raise ValueError(
+            f"{text!r} is not a deadline (a duration such as 90m or 4h, a clock time T10:30, "
+            "an ISO date-time or @unix-seconds)"
+        ) from None
 
 
 def parse_wxh(text: str) -> Tuple[int, int]:

@@ -7,6 +7,7 @@ fallback to another name: the path was told to the other nodes and to the traine
 leading to it must not let another user swap it: each is owned by root or this uid and writable by
 no one else (other-writable only with the sticky bit, as /tmp; group-writable only for our own group).
 """
+
 from __future__ import annotations
 
 import os
@@ -100,8 +101,9 @@ def _read_marker(dir_fd: int, name: str) -> Optional[str]:
         return f.read(1 << 16).decode("utf-8", "replace")
 
 
-def private_dir(path, what: str = "directory", marker: Optional[str] = None, marker_name: str = "",
-                tighten: bool = False) -> PrivateDir:
+def private_dir(
+    path, what: str = "directory", marker: Optional[str] = None, marker_name: str = "", tighten: bool = False
+) -> PrivateDir:
     """Create ``path`` private to this user (0700), or check the existing one (module docstring).
 
     ``marker``: text written to ``path/marker_name`` on creation; an existing directory is accepted
@@ -128,8 +130,14 @@ def private_dir(path, what: str = "directory", marker: Optional[str] = None, mar
         raise UserError(f"{what} {path}: cannot create it ({exc.strerror or exc})") from None
     before = os.lstat(path)
     problem = entry_problem(before, uid)
-    if problem and not created and tighten and stat.S_ISDIR(before.st_mode) and before.st_uid == uid \
-            and not before.st_mode & 0o022:
+    if (
+        problem
+        and not created
+        and tighten
+        and stat.S_ISDIR(before.st_mode)
+        and before.st_uid == uid
+        and not before.st_mode & 0o022
+    ):
         problem = None  # ours and writable by no one else: nothing in it can be another user's
     if problem and not created:
         if stat.S_ISLNK(before.st_mode):

@@ -1,13 +1,14 @@
 """The run directory's layout and the trainer's exit codes (ARCHITECTURE.md "Runs"): the one place that names them."""
+
 from __future__ import annotations
 
 import os
 from pathlib import Path
 from typing import Optional, Union
 
-EXIT_FINISHED = 0   #: training finished; the ``done`` marker exists
-EXIT_USAGE = 2      #: bad input or a failure reported as one line
-EXIT_RESUME = 75    #: EX_TEMPFAIL (sysexits.h): checkpointed, run the same command again to resume
+EXIT_FINISHED = 0  #: training finished; the ``done`` marker exists
+EXIT_USAGE = 2  #: bad input or a failure reported as one line
+EXIT_RESUME = 75  #: EX_TEMPFAIL (sysexits.h): checkpointed, run the same command again to resume
 
 CONFIG = "config.json"
 JOB = "job"

@@ -6,10 +6,24 @@ BDD100K / flow / Cityscapes layouts described in :mod:`synth.writers`;
 ``ExactCorrespondence`` gives positive pairs from the world's exact geometry. The world's parts
 (camera, scene, ray casting, textures, shading, ground truth) are listed in :mod:`synth.world`.
 """
+
 from synth.constants import LABEL_IDS, LABEL_NAMES, SKY_DEPTH
 from synth.correspondence import ExactCorrespondence
 from synth.world import Frame, Renderer, Video, render_video
 from synth.writers import SynthConfig, read_video, video_name, video_seed, write_dataset
 
-__all__ = ["ExactCorrespondence", "LABEL_IDS", "LABEL_NAMES", "SKY_DEPTH", "Frame", "Renderer", "Video", "render_video",
-           "SynthConfig", "write_dataset", "read_video", "video_name", "video_seed"]
+__all__ = [
+    "ExactCorrespondence",
+    "LABEL_IDS",
+    "LABEL_NAMES",
+    "SKY_DEPTH",
+    "Frame",
+    "Renderer",
+    "Video",
+    "render_video",
+    "SynthConfig",
+    "write_dataset",
+    "read_video",
+    "video_name",
+    "video_seed",
+]

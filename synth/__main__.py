@@ -1,4 +1,5 @@
 """``python -m synth``: render the synthetic driving world to disk (the same command as ``pixpro_of synth``)."""
+
 import sys
 
 from plumbing.cli import run

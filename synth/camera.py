@@ -1,4 +1,5 @@
 """The ego camera: one frame's pinhole camera and the smooth trajectory it drives along the street."""
+
 from __future__ import annotations
 
 import math
@@ -35,9 +36,11 @@ class Camera:
         a = (np.asarray(u, np.float32) - np.float32(self.cx)) / np.float32(self.f)
         b = (np.asarray(v, np.float32) - np.float32(self.cy)) / np.float32(self.f)
         r = self.rot.astype(np.float32)  # world = rot.T @ cam
-        return (r[0, 0] * a + r[1, 0] * b + r[2, 0],
-                r[0, 1] * a + r[1, 1] * b + r[2, 1],
-                r[0, 2] * a + r[1, 2] * b + r[2, 2])
+        return (
+            r[0, 0] * a + r[1, 0] * b + r[2, 0],
+            r[0, 1] * a + r[1, 1] * b + r[2, 1],
+            r[0, 2] * a + r[1, 2] * b + r[2, 2],
+        )
 
     def project_offsets(self, ox, oy, oz):
         """Project world offsets from the camera centre. Returns (u, v, z) float32 arrays."""
@@ -89,15 +92,22 @@ class CameraPath:
                 t += dur
             t += float(rng.uniform(2.0, 6.0))
         return cls(
-            v0=float(rng.uniform(7.0, 13.0)), v_amp=float(rng.uniform(0.0, 1.5)),
-            v_period=float(rng.uniform(6.0, 15.0)), v_phase=float(rng.uniform(0, 2 * math.pi)),
-            lane_x=LANE_W / 2, changes=changes,
+            v0=float(rng.uniform(7.0, 13.0)),
+            v_amp=float(rng.uniform(0.0, 1.5)),
+            v_period=float(rng.uniform(6.0, 15.0)),
+            v_phase=float(rng.uniform(0, 2 * math.pi)),
+            lane_x=LANE_W / 2,
+            changes=changes,
             weave=(float(rng.uniform(0.05, 0.25)), float(rng.uniform(4.0, 9.0)), float(rng.uniform(0, 2 * math.pi))),
-            yaw_jit=[(float(rng.uniform(0.002, 0.006)), float(rng.uniform(0.7, 3.0)), float(rng.uniform(0, 2 * math.pi)))
-                     for _ in range(2)],
+            yaw_jit=[
+                (float(rng.uniform(0.002, 0.006)), float(rng.uniform(0.7, 3.0)), float(rng.uniform(0, 2 * math.pi)))
+                for _ in range(2)
+            ],
             pitch0=float(rng.uniform(-0.05, -0.02)),
-            pitch_jit=[(float(rng.uniform(0.001, 0.004)), float(rng.uniform(0.4, 2.0)), float(rng.uniform(0, 2 * math.pi)))
-                       for _ in range(2)],
+            pitch_jit=[
+                (float(rng.uniform(0.001, 0.004)), float(rng.uniform(0.4, 2.0)), float(rng.uniform(0, 2 * math.pi)))
+                for _ in range(2)
+            ],
             height0=float(rng.uniform(1.3, 1.55)),
             bob=(float(rng.uniform(0.003, 0.012)), float(rng.uniform(0.3, 0.9)), float(rng.uniform(0, 2 * math.pi))),
         )

@@ -1,4 +1,5 @@
 """The world's shared numbers: Cityscapes label ids, street dimensions, clipping distances, sky depth."""
+
 from __future__ import annotations
 
 # Cityscapes label ids (cityscapesScripts labels.py).

@@ -10,6 +10,7 @@ geometric truth the flow-based positives approximate (the upper bound of an abla
 reference of the precision tests). ``mask_ratio`` is the fraction of the query points that are
 not visible in the other frame.
 """
+
 from __future__ import annotations
 
 from typing import List, Sequence, Tuple
@@ -25,8 +26,10 @@ class ExactCorrespondence:
 
     def __init__(self, renderers: Sequence[Renderer], starts: Sequence[int], ks: Sequence[int]):
         if not len(renderers) == len(starts) == len(ks):
-            raise ValueError(f"renderers, starts and ks should have one entry per sample, got "
-                             f"{len(renderers)}, {len(starts)} and {len(ks)}")
+            raise ValueError(
+                f"renderers, starts and ks should have one entry per sample, got "
+                f"{len(renderers)}, {len(starts)} and {len(ks)}"
+            )
         self.items = [(r, int(t), int(k)) for r, t, k in zip(renderers, starts, ks)]
         for r, t, k in self.items:
             if k < 1 or not 0 <= t <= r.n - k:
@@ -44,8 +47,10 @@ class ExactCorrespondence:
             pos, vis = r.track(a, b, p)
             moved.append(pos)
             valid.append(vis)
-        return (torch.from_numpy(np.stack(moved)).to(points.device),
-                torch.from_numpy(np.stack(valid)).to(points.device))
+        return (
+            torch.from_numpy(np.stack(moved)).to(points.device),
+            torch.from_numpy(np.stack(valid)).to(points.device),
+        )
 
     def warp_both(self, points1: torch.Tensor, points2: torch.Tensor):
         w1, v1 = self._move(points1, True)

@@ -1,4 +1,5 @@
 """Exact ground-truth flow and visibility: hit points moved by their object's motion, projected, re-cast."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -71,7 +72,6 @@ def flow_to(scene: Scene, a: FrameState, b: FrameState):
         limit = zi * np.float32(1 - VIS_RTOL) - np.float32(1e-4)
         valid[idx] = cast(scene, b.cam, u2[idx], v2[idx], b.time, limit=limit).kind == K_SKY
     return np.stack([flow_u, flow_v]), valid
-
 
 
 class Viewpoint:

@@ -1,4 +1,5 @@
 """Ray casting: the first hit of each pixel's ray against the scene's analytic geometry, culled by screen tiles."""
+
 from __future__ import annotations
 
 import math
@@ -31,8 +32,13 @@ def _object_boxes(scene: Scene, cam: Camera, time: float):
 
 def _pairs(tiles: "Tiles", boxes: np.ndarray, cam: Camera) -> Tuple[np.ndarray, np.ndarray]:
     """(ray indices, object indices) of every ray in the screen tiles under each object's box."""
-    on = (boxes[:, 0] <= boxes[:, 1]) & (boxes[:, 1] >= 0) & (boxes[:, 0] <= cam.width) \
-        & (boxes[:, 3] >= 0) & (boxes[:, 2] <= cam.height)
+    on = (
+        (boxes[:, 0] <= boxes[:, 1])
+        & (boxes[:, 1] >= 0)
+        & (boxes[:, 0] <= cam.width)
+        & (boxes[:, 3] >= 0)
+        & (boxes[:, 2] <= cam.height)
+    )
     rays, objs = [], []
     for i in np.nonzero(on)[0]:
         sel = tiles.select(*boxes[i])
@@ -46,8 +52,11 @@ def _pairs(tiles: "Tiles", boxes: np.ndarray, cam: Camera) -> Tuple[np.ndarray, 
 
 def _compute_object_boxes(scene: Scene, cam: Camera, time: float):
     r = scene.cyl_r
-    cyl = _screen_boxes(cam, np.stack([scene.cyl_x - r, scene.cyl_y - r, np.zeros_like(r)], 1),
-                        np.stack([scene.cyl_x + r, scene.cyl_y + r, scene.cyl_h], 1))
+    cyl = _screen_boxes(
+        cam,
+        np.stack([scene.cyl_x - r, scene.cyl_y - r, np.zeros_like(r)], 1),
+        np.stack([scene.cyl_x + r, scene.cyl_y + r, scene.cyl_h], 1),
+    )
     rs = scene.sph_r[:, None]
     sph = _screen_boxes(cam, scene.sph_c - rs, scene.sph_c + rs)
     shift = np.zeros_like(scene.box_lo)
@@ -66,7 +75,7 @@ def object_tiles(scene: Scene, cam: Camera, time: float) -> np.ndarray:
                 continue
             c0, c1 = max(int(u0 // TILE), 0), min(int(u1 // TILE), nc - 1)
             r0, r1 = max(int(v0 // TILE), 0), min(int(v1 // TILE), nr - 1)
-            cover[r0:r1 + 1, c0:c1 + 1] = True
+            cover[r0 : r1 + 1, c0 : c1 + 1] = True
     return cover
 
 
@@ -88,8 +97,10 @@ class Tiles:
         if c0 > c1 or r0 > r1:
             return self.order[:0]
         if c0 == 0 and c1 == self.nc - 1:
-            return self.order[self.starts[r0 * self.nc]:self.starts[(r1 + 1) * self.nc]]
-        parts = [self.order[self.starts[r * self.nc + c0]:self.starts[r * self.nc + c1 + 1]] for r in range(r0, r1 + 1)]
+            return self.order[self.starts[r0 * self.nc] : self.starts[(r1 + 1) * self.nc]]
+        parts = [
+            self.order[self.starts[r * self.nc + c0] : self.starts[r * self.nc + c1 + 1]] for r in range(r0, r1 + 1)
+        ]
         return np.concatenate(parts) if len(parts) > 1 else parts[0]
 
 
@@ -134,8 +145,15 @@ class Hits:
     d: Tuple[np.ndarray, np.ndarray, np.ndarray]  # ray directions (camera-z = 1)
 
 
-def cast(scene: Scene, cam: Camera, u: np.ndarray, v: np.ndarray, time: float,
-         tiles: Optional[Tiles] = None, limit: Optional[np.ndarray] = None) -> Hits:
+def cast(
+    scene: Scene,
+    cam: Camera,
+    u: np.ndarray,
+    v: np.ndarray,
+    time: float,
+    tiles: Optional[Tiles] = None,
+    limit: Optional[np.ndarray] = None,
+) -> Hits:
     """Cast rays through pixel positions (u, v) (flat float32 arrays) of ``cam`` at ``time`` seconds.
 
     With ``limit`` (depths, float32), only hits closer than ``limit`` are looked for, and the ground
@@ -196,8 +214,10 @@ def cast(scene: Scene, cam: Camera, u: np.ndarray, v: np.ndarray, time: float,
                 o = (cam_pos - scene.sph_c[obj]).astype(np.float32)
                 a = ddx * ddx + ddy * ddy + ddz * ddz
                 b = o[:, 0] * ddx + o[:, 1] * ddy + o[:, 2] * ddz
-                c = (np.einsum("ij,ij->i", cam_pos - scene.sph_c[obj], cam_pos - scene.sph_c[obj])
-                     - scene.sph_r[obj] ** 2).astype(np.float32)
+                c = (
+                    np.einsum("ij,ij->i", cam_pos - scene.sph_c[obj], cam_pos - scene.sph_c[obj])
+                    - scene.sph_r[obj] ** 2
+                ).astype(np.float32)
                 disc = b * b - a * c
                 t = (-b - np.sqrt(disc)) / a
                 hit = disc > 0

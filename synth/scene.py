@@ -1,4 +1,5 @@
 """The scene of one video: street, façades, poles, trees and cars, sampled from the video's seed."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -43,12 +44,31 @@ class Scene:
     tex_seed: int
 
 
-_BUILDING_COLORS = np.array([
-    [0.62, 0.36, 0.28], [0.78, 0.72, 0.60], [0.60, 0.60, 0.62], [0.85, 0.82, 0.76],
-    [0.55, 0.45, 0.38], [0.70, 0.56, 0.42], [0.45, 0.50, 0.55], [0.80, 0.66, 0.52]])
-_CAR_COLORS = np.array([
-    [0.80, 0.80, 0.82], [0.12, 0.12, 0.14], [0.60, 0.08, 0.08], [0.15, 0.22, 0.50], [0.45, 0.47, 0.50],
-    [0.85, 0.85, 0.80], [0.20, 0.35, 0.25], [0.70, 0.55, 0.15], [0.30, 0.30, 0.33]])
+_BUILDING_COLORS = np.array(
+    [
+        [0.62, 0.36, 0.28],
+        [0.78, 0.72, 0.60],
+        [0.60, 0.60, 0.62],
+        [0.85, 0.82, 0.76],
+        [0.55, 0.45, 0.38],
+        [0.70, 0.56, 0.42],
+        [0.45, 0.50, 0.55],
+        [0.80, 0.66, 0.52],
+    ]
+)
+_CAR_COLORS = np.array(
+    [
+        [0.80, 0.80, 0.82],
+        [0.12, 0.12, 0.14],
+        [0.60, 0.08, 0.08],
+        [0.15, 0.22, 0.50],
+        [0.45, 0.47, 0.50],
+        [0.85, 0.85, 0.80],
+        [0.20, 0.35, 0.25],
+        [0.70, 0.55, 0.15],
+        [0.30, 0.30, 0.33],
+    ]
+)
 
 
 def _segments(rng, y0, y1, facade_x):
@@ -87,7 +107,7 @@ def _cars(rng, path: CameraPath, duration: float, y_lo: float, y_hi: float):
         cy = y0 + vy * times
         if np.any((np.abs(cy - ego_y) < length / 2 + 6.0) & (np.abs(x - ego_x) < width / 2 + 1.4)):
             return False
-        for (x2, y2, v2, l2, w2, _, _) in cars:
+        for x2, y2, v2, l2, w2, _, _ in cars:
             if abs(x - x2) < (width + w2) / 2 + 0.3 and closest(y0 - y2, vy - v2) < (length + l2) / 2 + 1.5:
                 return False
         return True
@@ -166,7 +186,7 @@ def make_scene(rng: np.random.Generator, path: CameraPath, duration: float) -> S
 
     cars = _cars(rng, path, duration, y_start - 20.0, y_end + 180.0)
     lo, hi, vys, colors, parts, dirs = [], [], [], [], [], []
-    for (x, y0, vy, length, width, kind, d) in cars:
+    for x, y0, vy, length, width, kind, d in cars:
         col = _CAR_COLORS[rng.integers(len(_CAR_COLORS))]
         if kind == 2:  # van: one tall box
             lo.append([x - width / 2, y0 - length / 2, 0.3])
@@ -187,14 +207,26 @@ def make_scene(rng: np.random.Generator, path: CameraPath, duration: float) -> S
     sky_h = np.array([0.80, 0.86, 0.92]) * rng.uniform(0.9, 1.05)
     return Scene(
         facade_x=facade_x,
-        seg_y=[s[0] for s in seg], seg_h=[s[1] for s in seg], seg_kind=[s[2] for s in seg],
-        seg_color=[s[3] for s in seg], seg_win=[s[4] for s in seg],
-        cyl_x=np.array(cx, float), cyl_y=np.array(cy, float), cyl_r=np.array(cr, float),
-        cyl_h=np.array(ch, float), cyl_label=np.array(cl, np.uint8),
-        sph_c=np.array(sc, float).reshape(-1, 3), sph_r=np.array(sr, float), sph_tone=np.array(st, float),
-        box_lo=np.array(lo, float).reshape(-1, 3), box_hi=np.array(hi, float).reshape(-1, 3),
-        box_vy=np.array(vys, float), box_color=np.array(colors, float).reshape(-1, 3),
-        box_part=np.array(parts, int), box_dir=np.array(dirs, int),
-        sky_top=np.clip(sky_top, 0, 1), sky_horizon=np.clip(sky_h, 0, 1),
+        seg_y=[s[0] for s in seg],
+        seg_h=[s[1] for s in seg],
+        seg_kind=[s[2] for s in seg],
+        seg_color=[s[3] for s in seg],
+        seg_win=[s[4] for s in seg],
+        cyl_x=np.array(cx, float),
+        cyl_y=np.array(cy, float),
+        cyl_r=np.array(cr, float),
+        cyl_h=np.array(ch, float),
+        cyl_label=np.array(cl, np.uint8),
+        sph_c=np.array(sc, float).reshape(-1, 3),
+        sph_r=np.array(sr, float),
+        sph_tone=np.array(st, float),
+        box_lo=np.array(lo, float).reshape(-1, 3),
+        box_hi=np.array(hi, float).reshape(-1, 3),
+        box_vy=np.array(vys, float),
+        box_color=np.array(colors, float).reshape(-1, 3),
+        box_part=np.array(parts, int),
+        box_dir=np.array(dirs, int),
+        sky_top=np.clip(sky_top, 0, 1),
+        sky_horizon=np.clip(sky_h, 0, 1),
         tex_seed=int(rng.integers(1 << 30)),
     )

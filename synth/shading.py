@@ -1,4 +1,5 @@
 """Shading: the colour and Cityscapes label of every ray hit, one step per kind of surface."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -6,8 +7,16 @@ from typing import Tuple
 import numpy as np
 
 from synth.camera import Camera
-from synth.constants import (LABEL_BUILDING, LABEL_CAR, LABEL_POLE, LABEL_ROAD, LABEL_SIDEWALK, LABEL_SKY,
-                             LABEL_VEGETATION, ROAD_HALF)
+from synth.constants import (
+    LABEL_BUILDING,
+    LABEL_CAR,
+    LABEL_POLE,
+    LABEL_ROAD,
+    LABEL_SIDEWALK,
+    LABEL_SKY,
+    LABEL_VEGETATION,
+    ROAD_HALF,
+)
 from synth.raycast import K_BOX, K_CYL, K_FACADE, K_GROUND, K_SKY, K_SPHERE, Hits
 from synth.scene import Scene
 from synth.textures import box1, building_color, footprints, noise, pulses, road_color, sidewalk_color
@@ -50,8 +59,11 @@ class _View:
 
     def point(self, idx: np.ndarray, s: np.ndarray):
         """World hit points (x, y, z), float32, of the hits ``idx`` at depths ``s``."""
-        return (np.float32(self.cxw) + s * self.dx[idx], np.float32(self.cyw) + s * self.dy[idx],
-                np.float32(self.czw) + s * self.dz[idx])
+        return (
+            np.float32(self.cxw) + s * self.dx[idx],
+            np.float32(self.cyw) + s * self.dy[idx],
+            np.float32(self.czw) + s * self.dz[idx],
+        )
 
 
 def shade(scene: Scene, cam: Camera, hits: Hits, time: float) -> Tuple[np.ndarray, np.ndarray]:
@@ -187,11 +199,20 @@ def _cars(scene: Scene, view: _View, time: float):
     hi[:, 1] += (scene.box_vy[i] * time).astype(np.float32)
     p = list(view.point(idx, s))
     # Which face: the coordinate closest to a box boundary (relative to the box size).
-    dist = np.stack([np.minimum(np.abs(p[a] - lo[:, a]), np.abs(p[a] - hi[:, a])) / (hi[:, a] - lo[:, a])
-                     for a in range(3)], 1)
+    dist = np.stack(
+        [np.minimum(np.abs(p[a] - lo[:, a]), np.abs(p[a] - hi[:, a])) / (hi[:, a] - lo[:, a]) for a in range(3)], 1
+    )
     face = np.argmin(dist, 1)
-    box = _CarBox(lx=p[0] - lo[:, 0], ly=p[1] - lo[:, 1], lz=p[2] - lo[:, 2], length=hi[:, 1] - lo[:, 1],
-                  width=hi[:, 0] - lo[:, 0], height=hi[:, 2] - lo[:, 2], d=scene.box_dir[i], part=scene.box_part[i])
+    box = _CarBox(
+        lx=p[0] - lo[:, 0],
+        ly=p[1] - lo[:, 1],
+        lz=p[2] - lo[:, 2],
+        length=hi[:, 1] - lo[:, 1],
+        width=hi[:, 0] - lo[:, 0],
+        height=hi[:, 2] - lo[:, 2],
+        d=scene.box_dir[i],
+        part=scene.box_part[i],
+    )
     base = scene.box_color[i].astype(np.float32)
     col = base * (1 + 0.03 * noise((box.lx, box.ly, box.lz), (r, r, r), view.seed + 15, 3, 0.5, 3.0))[:, None]
     side = face == 0
@@ -228,8 +249,11 @@ def _car_side(box: _CarBox, col, s_y, s_z):
         wheel = np.maximum(wheel, box1(rr, -1.0, 0.38, np.maximum(s_y, s_z)))
     sill = box1(lz, -1.0, 0.12, s_z)
     dark = np.maximum(wheel * (part != 1), sill * (part != 1) * 0.6)
-    cab_win = (box1(lz, 0.08, height - 0.08, s_z) * box1(ly, 0.25, length - 0.25, s_y)
-               * (1 - box1(ly, length / 2 - 0.06, length / 2 + 0.06, s_y)))
+    cab_win = (
+        box1(lz, 0.08, height - 0.08, s_z)
+        * box1(ly, 0.25, length - 0.25, s_y)
+        * (1 - box1(ly, length / 2 - 0.06, length / 2 + 0.06, s_y))
+    )
     van_win = box1(lz, 1.0, height - 0.35, s_z) * box1(box.fwd_y, length - 1.6, length - 0.3, s_y)
     glass = np.where(part == 1, cab_win, np.where(part == 2, van_win, 0.0))
     sidecol = col * (1 - dark[:, None]) + np.float32(0.06) * dark[:, None]
@@ -240,13 +264,19 @@ def _car_front_back(box: _CarBox, col, s_x, s_z):
     """Front/back: lights near the outer corners of bodies/vans, windows on cabins/vans."""
     lx, ly, lz, length, width, height, part = box.lx, box.ly, box.lz, box.length, box.width, box.height, box.part
     front = np.where(box.d > 0, ly > length / 2, ly < length / 2)
-    lamp = (box1(lx, 0.12, 0.45, s_x) + box1(lx, width - 0.45, width - 0.12, s_x)) \
-        * box1(lz, height - 0.35, height - 0.12, s_z)
+    lamp = (box1(lx, 0.12, 0.45, s_x) + box1(lx, width - 0.45, width - 0.12, s_x)) * box1(
+        lz, height - 0.35, height - 0.12, s_z
+    )
     lamp = np.where(part == 1, 0.0, np.clip(lamp, 0, 1))
-    lamp_col = np.where(front[:, None], np.array([0.95, 0.93, 0.8], np.float32),
-                        np.array([0.75, 0.08, 0.06], np.float32))
-    fb_glass = np.where(part == 1, box1(lz, 0.06, height - 0.06, s_z) * box1(lx, 0.1, width - 0.1, s_x),
-                        np.where(part == 2, box1(lz, height - 0.95, height - 0.3, s_z)
-                                 * box1(lx, 0.12, width - 0.12, s_x) * front, 0.0))
+    lamp_col = np.where(
+        front[:, None], np.array([0.95, 0.93, 0.8], np.float32), np.array([0.75, 0.08, 0.06], np.float32)
+    )
+    fb_glass = np.where(
+        part == 1,
+        box1(lz, 0.06, height - 0.06, s_z) * box1(lx, 0.1, width - 0.1, s_x),
+        np.where(
+            part == 2, box1(lz, height - 0.95, height - 0.3, s_z) * box1(lx, 0.12, width - 0.12, s_x) * front, 0.0
+        ),
+    )
     fbcol = col * (1 - lamp[:, None]) + lamp_col * lamp[:, None]
     return fbcol * (1 - fb_glass[:, None]) + np.float32(0.12) * fb_glass[:, None]

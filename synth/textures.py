@@ -1,4 +1,5 @@
 """Procedural textures of surface coordinates, prefiltered to the pixel footprint (nothing aliases)."""
+
 from __future__ import annotations
 
 import math
@@ -72,15 +73,25 @@ def footprints(r, du, dv, dn):
 def road_color(x, y, sx, sy, seed):
     """Asphalt with lane markings: white edge lines, dashed white lane dividers, a double yellow centre line."""
     ax = np.abs(x)
-    g = 0.36 + 0.035 * noise((x, y), (sx, sy), seed + 2, 6, 0.15, 3.0) \
+    g = (
+        0.36
+        + 0.035 * noise((x, y), (sx, sy), seed + 2, 6, 0.15, 3.0)
         + 0.03 * noise((x, y), (sx, sy), seed + 3, 2, 0.02, 0.12)
-    white = (box1(ax, ROAD_HALF - 0.4, ROAD_HALF - 0.25, sx)
-             + box1(ax, LANE_W - 0.07, LANE_W + 0.07, sx) * pulses(y, 9.0, 0.35, sy))
+    )
+    white = box1(ax, ROAD_HALF - 0.4, ROAD_HALF - 0.25, sx) + box1(ax, LANE_W - 0.07, LANE_W + 0.07, sx) * pulses(
+        y, 9.0, 0.35, sy
+    )
     yellow = box1(ax, 0.08, 0.2, sx)  # the markings never overlap, so their weights just add
     g *= 1 - white - yellow
     white *= np.float32(0.86)
-    return np.stack([g + white + np.float32(0.85) * yellow, g + white + np.float32(0.68) * yellow,
-                     g * np.float32(1.04) + white + np.float32(0.18) * yellow], 1)
+    return np.stack(
+        [
+            g + white + np.float32(0.85) * yellow,
+            g + white + np.float32(0.68) * yellow,
+            g * np.float32(1.04) + white + np.float32(0.18) * yellow,
+        ],
+        1,
+    )
 
 
 def sidewalk_color(x, y, sx, sy, seed):

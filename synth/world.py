@@ -1,4 +1,5 @@
 """The synthetic world's renderer (``Renderer``, ``render_video``) and the conventions all its parts keep."""
+
 from __future__ import annotations
 
 import math
@@ -62,7 +63,6 @@ def check_size(size) -> Tuple[int, int]:
     return w, h
 
 
-
 class Renderer:
     """Renders one video frame by frame (constant memory); ``frames()`` yields :class:`Frame`.
 
@@ -83,7 +83,7 @@ class Renderer:
         self.duration = (self.n - 1) / self.fps
         self.path = CameraPath.sample(rng, self.duration)
         self.scene = make_scene(rng, self.path, self.duration)
-        vv, uu = np.mgrid[0:self.height, 0:self.width].astype(np.float32)
+        vv, uu = np.mgrid[0 : self.height, 0 : self.width].astype(np.float32)
         self.u, self.v = uu.ravel(), vv.ravel()
         self.tiles = Tiles(self.u, self.v, self.width, self.height)
 
@@ -122,8 +122,9 @@ class Renderer:
             hits = cast(self.scene, cam, self.u, self.v, time, self.tiles)
             rgb, lab = shade(self.scene, cam, hits, time)
             depth = np.where(hits.kind == K_SKY, np.float32(SKY_DEPTH), hits.s).astype(np.float32)
-            frame = Frame(t, (rgb * 255 + 0.5).astype(np.uint8).reshape(h, w, 3), depth.reshape(h, w),
-                          lab.reshape(h, w))
+            frame = Frame(
+                t, (rgb * 255 + 0.5).astype(np.uint8).reshape(h, w, 3), depth.reshape(h, w), lab.reshape(h, w)
+            )
             state = FrameState(self.scene, cam, hits, self.u, self.v, time) if self.flow else None
             if prev is not None:
                 fwd, vf = flow_to(self.scene, prev, state)
@@ -134,14 +135,21 @@ class Renderer:
             yield frame
 
 
-
 def render_video(seed: int, frames: int, size=(640, 360), fps: float = 10.0) -> Video:
     """Render a whole video with ground truth in memory (deterministic by ``seed``); see :class:`Video`."""
     r = Renderer(seed, frames, size, fps)
     t, (w, h) = r.n, (r.width, r.height)
-    out = Video(np.empty((t, h, w, 3), np.uint8), np.empty((t, h, w), np.float32), np.empty((t, h, w), np.uint8),
-                np.empty((t - 1, 2, h, w), np.float32), np.empty((t - 1, 2, h, w), np.float32),
-                np.empty((t - 1, h, w), bool), np.empty((t - 1, h, w), bool), r.fps, r.seed)
+    out = Video(
+        np.empty((t, h, w, 3), np.uint8),
+        np.empty((t, h, w), np.float32),
+        np.empty((t, h, w), np.uint8),
+        np.empty((t - 1, 2, h, w), np.float32),
+        np.empty((t - 1, 2, h, w), np.float32),
+        np.empty((t - 1, h, w), bool),
+        np.empty((t - 1, h, w), bool),
+        r.fps,
+        r.seed,
+    )
     for fr in r.frames():
         out.rgb[fr.t], out.depth[fr.t], out.labels[fr.t] = fr.rgb, fr.depth, fr.labels
         if fr.t:

@@ -1,4 +1,5 @@
 """Write synthetic videos to disk in the real datasets' layouts."""
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,27 @@ FORMATS = ("bdd", "cityscapes", "all")
 CITY = "synth"
 
 # Cityscapes label id -> train id (cityscapesScripts labels.py); everything else is 255 (ignore).
-TRAIN_IDS = {7: 0, 8: 1, 11: 2, 12: 3, 13: 4, 17: 5, 19: 6, 20: 7, 21: 8, 22: 9, 23: 10, 24: 11, 25: 12,
-             26: 13, 27: 14, 28: 15, 31: 16, 32: 17, 33: 18}
+TRAIN_IDS = {
+    7: 0,
+    8: 1,
+    11: 2,
+    12: 3,
+    13: 4,
+    17: 5,
+    19: 6,
+    20: 7,
+    21: 8,
+    22: 9,
+    23: 10,
+    24: 11,
+    25: 12,
+    26: 13,
+    27: 14,
+    28: 15,
+    31: 16,
+    32: 17,
+    33: 18,
+}
 _TRAIN_LUT = np.full(256, 255, np.uint8)
 for _k, _v in TRAIN_IDS.items():
     _TRAIN_LUT[_k] = _v
@@ -174,7 +194,11 @@ def write_video(root: Path, cfg: SynthConfig, index: int, on_frame=None) -> Dict
                 _imwrite(flow_dir / "occlusion" / "backward" / f"{pair}.png", fr.valid_bwd.astype(np.uint8) * 255)
             if cs and fr.t % cfg.cityscapes_every == 0:
                 stem = f"{CITY}_{index:06d}_{num:06d}"
-                _imwrite(root / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png", bgr, (cv2.IMWRITE_PNG_COMPRESSION, 1))
+                _imwrite(
+                    root / "leftImg8bit" / split / CITY / f"{stem}_leftImg8bit.png",
+                    bgr,
+                    (cv2.IMWRITE_PNG_COMPRESSION, 1),
+                )
                 gt = root / "gtFine" / split / CITY
                 _imwrite(gt / f"{stem}_gtFine_labelIds.png", fr.labels)
                 _imwrite(gt / f"{stem}_gtFine_labelTrainIds.png", _TRAIN_LUT[fr.labels])

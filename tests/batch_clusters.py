@@ -11,6 +11,7 @@ neither a cached OpenPBS build nor its source.
 ``reference_run()`` trains the tiny configuration the chain tests use, uninterrupted, straight
 under mpirun: its final weights are what every interrupted run must end with.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,8 +37,13 @@ CI = ROOT / ".ci"
 # built-in synthetic world), 4 epochs = 16 steps of global batch 4 on 2 Horovod ranks,
 # deterministic, a checkpoint every 2 steps. 17 s uninterrupted on the 2-core development machine
 # when quiet, about a minute when other work shares it.
-TRAIN_ARGS = ["run.epochs=4", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
-              "checkpoint.every_steps=2"]
+TRAIN_ARGS = [
+    "run.epochs=4",
+    "run.deterministic=true",
+    "data.num_workers=0",
+    "log.tensorboard=false",
+    "checkpoint.every_steps=2",
+]
 TOTAL_STEPS = 16
 
 
@@ -53,11 +59,13 @@ def wait_for(pred: Callable[[], bool], timeout: float, what: str, interval: floa
 def wait_until_done(run_dir: Path, timeout: float, what: str) -> None:
     """Wait for the run's done marker and its final "finished" event; fail at once when the run
     was stopped instead (a failed trainer, a used-up budget)."""
+
     def finished() -> bool:
         stopped = run_dir / "job" / "stopped"
         if stopped.exists():
             raise AssertionError(f"{what}: the run was stopped: {stopped.read_text().strip()}")
         return (run_dir / "done").exists() and event_texts(run_dir)[-1:] == ["finished"]
+
     wait_for(finished, timeout, what)
 
 
@@ -106,6 +114,7 @@ def _exclusive(name: str, timeout: float = 3600) -> Iterator[None]:
     complex: two test sessions at once (two checkouts on one machine) would otherwise stop each
     other's daemons."""
     import fcntl
+
     with open(f"/tmp/pixpro-of-{name}.lock", "w") as f:
         end = time.time() + timeout
         while True:
@@ -141,8 +150,7 @@ class GridEngine:
     host: str
 
     def run(self, *argv: str, check: bool = True, timeout: float = 60) -> subprocess.CompletedProcess:
-        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check,
-                              timeout=timeout)
+        return subprocess.run(list(argv), env=self.env, capture_output=True, text=True, check=check, timeout=timeout)
 
 
 @contextlib.contextmanager
@@ -156,8 +164,7 @@ def _grid_engine() -> Iterator[GridEngine]:
     if not shutil.which("apt-get") and not Path("/usr/sbin/sge_qmaster").exists():
         pytest.skip("Grid Engine is not installed and there is no apt-get to install it")
     _run_setup(["bash", str(CI / "gridengine" / "install.sh")], ".ci/gridengine/install.sh", 900)
-    info = _parse_kv(_run_setup(["bash", str(CI / "gridengine" / "start.sh")], ".ci/gridengine/start.sh",
-                                180).stdout)
+    info = _parse_kv(_run_setup(["bash", str(CI / "gridengine" / "start.sh")], ".ci/gridengine/start.sh", 180).stdout)
     started = set(filter(None, info.get("STARTED", "").split(",")))
     env = dict(os.environ, SGE_ROOT=info["SGE_ROOT"], SGE_CELL=info["SGE_CELL"])
     # Grid Engine's own qsub first: /usr/bin/qsub may be another scheduler's (PBS, Torque wrappers).
@@ -188,8 +195,15 @@ class OpenPBS:
     path: str  # PATH for commands in the namespace: PBS's bin first
     _restore: List = field(default_factory=list)
 
-    def ns(self, argv: Sequence[str], user: Optional[str] = None, env: Optional[Dict[str, str]] = None,
-           cwd: Optional[str] = None, timeout: float = 120, check: bool = False) -> subprocess.CompletedProcess:
+    def ns(
+        self,
+        argv: Sequence[str],
+        user: Optional[str] = None,
+        env: Optional[Dict[str, str]] = None,
+        cwd: Optional[str] = None,
+        timeout: float = 120,
+        check: bool = False,
+    ) -> subprocess.CompletedProcess:
         """Run ``argv`` inside the PBS network namespace, as ``user`` (default root)."""
         environ = dict(env or {})
         environ.setdefault("PATH", self.path)
@@ -215,6 +229,7 @@ class OpenPBS:
 def _user_processes(user: str, name: str) -> List[int]:
     """PIDs of ``user``'s processes whose command is ``name``."""
     import pwd
+
     uid = pwd.getpwnam(user).pw_uid
     pids = []
     for entry in os.listdir("/proc"):
@@ -261,11 +276,17 @@ def _openpbs() -> Iterator[OpenPBS]:
     if build.returncode == 4:  # neither a cached build nor the pinned source
         pytest.skip("OpenPBS cannot be installed: " + build.stderr.strip().splitlines()[-1])
     if build.returncode != 0:
-        pytest.fail(f".ci/openpbs/build.sh failed (exit {build.returncode}):\n{build.stdout[-3000:]}\n"
-                    f"{build.stderr[-3000:]}")
+        pytest.fail(
+            f".ci/openpbs/build.sh failed (exit {build.returncode}):\n{build.stdout[-3000:]}\n{build.stderr[-3000:]}"
+        )
     info = _parse_kv(_run_setup(["bash", str(CI / "openpbs" / "start.sh")], ".ci/openpbs/start.sh", 300).stdout)
-    pbs = OpenPBS(exec_dir=info["PBS_EXEC"], netns=info["NETNS"], host=info["HOST"], user=info["TEST_USER"],
-                  path=f"{info['PBS_EXEC']}/bin:/usr/local/bin:/usr/bin:/bin")
+    pbs = OpenPBS(
+        exec_dir=info["PBS_EXEC"],
+        netns=info["NETNS"],
+        host=info["HOST"],
+        user=info["TEST_USER"],
+        path=f"{info['PBS_EXEC']}/bin:/usr/local/bin:/usr/bin:/bin",
+    )
     try:
         python = Path(sys.executable)
         _grant_traverse(pbs.user, python.resolve(), pbs._restore)
@@ -297,14 +318,20 @@ def user_dir(prefix: str, user: Optional[str]) -> Path:
 # --------------------------------------------------------------------------- the reference run
 def mpirun_env() -> Dict[str, str]:
     env = dict(os.environ)
-    env.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
-               OMPI_MCA_rmaps_base_oversubscribe="1", OMPI_MCA_mpi_yield_when_idle="1", PYTHONUNBUFFERED="1")
+    env.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        PYTHONUNBUFFERED="1",
+    )
     env["PATH"] = f"{Path(sys.executable).parent}:{env.get('PATH', '')}"
     return env
 
 
 def final_checkpoint(run_dir: Path) -> Dict:
     import torch
+
     name = (run_dir / "checkpoints" / "latest").read_text().strip()
     return torch.load(run_dir / "checkpoints" / name, map_location="cpu", weights_only=True)
 
@@ -313,6 +340,7 @@ def final_checkpoint(run_dir: Path) -> Dict:
 class Reference:
     """The uninterrupted run: its final checkpoint, and how long it took to reach its first step
     (``startup_s``, from mpirun's start) and each step after that (``step_s``), for the record."""
+
     checkpoint: Dict
     startup_s: float
     step_s: float
@@ -334,6 +362,7 @@ CHAIN_STOP_MARGIN_S = 5  # stop.margin_s for the chain tests (the trainer's defa
 def link_deadline(run_dir: Path, link: int) -> Optional[float]:
     """Unix time of a link's deadline, from its "train: ... deadline ISO" event."""
     import calendar
+
     for e in events(run_dir):
         if len(e) >= 4 and e[2] == str(link) and e[3].startswith("train: ") and " deadline " in e[3]:
             iso = e[3].rsplit(" deadline ", 1)[1].strip()
@@ -354,31 +383,42 @@ def rank_pids(run_dir: Path) -> List[int]:
             continue
         # The interpreter itself runs "-m pixpro_of train" (not mpirun or the supervisor, whose
         # command lines contain the trainer's).
-        if argv[1:4] == ["-m", "pixpro_of", "train"] and "--run-dir" in argv \
-                and argv[argv.index("--run-dir") + 1:][:1] == [str(run_dir)]:
+        if (
+            argv[1:4] == ["-m", "pixpro_of", "train"]
+            and "--run-dir" in argv
+            and argv[argv.index("--run-dir") + 1 :][:1] == [str(run_dir)]
+        ):
             pids.append(int(entry))
     return pids
 
 
 def link_ended(run_dir: Path, link: int) -> bool:
-    return any(e[2] == str(link) and (e[3].startswith(("checkpointed", "stopped", "finished", "fail")))
-               for e in events(run_dir) if len(e) >= 4)
+    return any(
+        e[2] == str(link) and (e[3].startswith(("checkpointed", "stopped", "finished", "fail")))
+        for e in events(run_dir)
+        if len(e) >= 4
+    )
 
 
-def stall_link_into_its_deadline(run_dir: Path, link: int = 0, steps: int = 3,
-                                 suspend: Optional[Callable[[], None]] = None,
-                                 resume: Optional[Callable[[], None]] = None, timeout: float = 300) -> str:
+def stall_link_into_its_deadline(
+    run_dir: Path,
+    link: int = 0,
+    steps: int = 3,
+    suspend: Optional[Callable[[], None]] = None,
+    resume: Optional[Callable[[], None]] = None,
+    timeout: float = 300,
+) -> str:
     """Once chain link ``link`` has run ``steps`` steps, stop its ranks until its deadline is close
     enough for the trainer to stop at the next step boundary, then continue them.
     ``suspend``/``resume`` replace SIGSTOP/SIGCONT to the ranks (PBS: qsig -s suspend/resume).
     Returns what happened, for the test's output."""
+
     def over() -> bool:
         return link_ended(run_dir, link) or (run_dir / "done").exists()
 
     wait_for(lambda: link_deadline(run_dir, link) is not None or over(), timeout, f"link {link} to train")
     first = metrics_step(run_dir)
-    wait_for(lambda: metrics_step(run_dir) >= first + steps or over(), timeout,
-             f"{steps} steps of link {link}")
+    wait_for(lambda: metrics_step(run_dir) >= first + steps or over(), timeout, f"{steps} steps of link {link}")
     deadline = link_deadline(run_dir, link)
     pids = rank_pids(run_dir)
     if over() or deadline is None or len(pids) != 2 or metrics_step(run_dir) >= TOTAL_STEPS - 1:
@@ -406,6 +446,7 @@ def stall_link_into_its_deadline(run_dir: Path, link: int = 0, steps: int = 3,
 def _log_times(log: Path) -> Dict[int, float]:
     """{step: unix time} from the trainer's log lines ``YYYY-mm-dd HH:MM:SS,mmm rank0 INFO step N/M``."""
     import datetime as dt
+
     out = {}
     for line in log.read_text().splitlines():
         parts = line.split()
@@ -419,22 +460,45 @@ def reference_run(base: Path) -> Reference:
     """TRAIN_ARGS trained uninterrupted straight under mpirun (once per test module)."""
     ref_dir = base / "reference-run"
     t0 = time.time()
-    proc = subprocess.run(["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m",
-                           "pixpro_of", "train", "--run-dir", str(ref_dir), "--config", "cpu_small",
-                           "dist.backend=horovod", *TRAIN_ARGS], env=mpirun_env(), capture_output=True,
-                          text=True, timeout=600)
+    proc = subprocess.run(
+        [
+            "mpirun",
+            "--oversubscribe",
+            "-bind-to",
+            "none",
+            "-np",
+            "2",
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "train",
+            "--run-dir",
+            str(ref_dir),
+            "--config",
+            "cpu_small",
+            "dist.backend=horovod",
+            *TRAIN_ARGS,
+        ],
+        env=mpirun_env(),
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     times = _log_times(ref_dir / "logs" / "train.log")
     assert sorted(times) == list(range(1, TOTAL_STEPS + 1)), sorted(times)
-    ref = Reference(final_checkpoint(ref_dir), startup_s=times[1] - t0,
-                    step_s=(times[TOTAL_STEPS] - times[1]) / (TOTAL_STEPS - 1))
-    print(f"reference run: {time.time() - t0:.1f} s, first step after {ref.startup_s:.1f} s, "
-          f"{ref.step_s:.2f} s per step")
+    ref = Reference(
+        final_checkpoint(ref_dir), startup_s=times[1] - t0, step_s=(times[TOTAL_STEPS] - times[1]) / (TOTAL_STEPS - 1)
+    )
+    print(
+        f"reference run: {time.time() - t0:.1f} s, first step after {ref.startup_s:.1f} s, {ref.step_s:.2f} s per step"
+    )
     return ref
 
 
 def assert_same_weights(run_dir: Path, ref: Reference, what: str) -> None:
     import torch
+
     reference = ref.checkpoint
     got = final_checkpoint(run_dir)
     assert got["step"] == reference["step"] == TOTAL_STEPS
@@ -466,6 +530,7 @@ def job_ids(run_dir: Path, scheduler: str) -> List[str]:
     record the submit command's raw output, parsed as the launcher does)."""
     from launcher.job_files import RunDir
     from launcher.schedulers import get_scheduler
+
     return [j.job_id for j in RunDir(str(run_dir)).jobs(get_scheduler(scheduler).parse_job_id)]
 
 
@@ -476,6 +541,7 @@ def job_kinds(run_dir: Path) -> List[str]:
 def deadline_stops(run_dir: Path) -> List[int]:
     """Steps of the checkpoints written at deadline stops ("checkpointed: timeout N of M (step_X.pt)")."""
     import re
+
     out = []
     for t in event_texts(run_dir):
         m = re.match(r"checkpointed: timeout \d+ of \d+ \(step_(\d+)\.pt\)", t)
@@ -515,6 +581,7 @@ def shard_contents(path: Path) -> Dict[str, object]:
             out.update({f"{name}@{k}": str(v) for k, v in obj.attrs.items()})
             if isinstance(obj, h5py.Dataset):
                 out[name] = (obj.dtype.str, obj.shape, np.asarray(obj[()]).tobytes())
+
         f.visititems(visit)
     return out
 

@@ -1,4 +1,5 @@
 """Shared fixtures: the repo root, the venv's python, an environment for mpirun as root."""
+
 from __future__ import annotations
 
 import os

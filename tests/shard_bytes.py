@@ -1,4 +1,5 @@
 """Where a shard's datasets lie in the file: the byte offsets tests flip to inject corruption."""
+
 from __future__ import annotations
 
 import os

@@ -1,4 +1,5 @@
 """keep_freed_memory: re-allocating large blocks stops faulting pages in (glibc)."""
+
 import os
 import subprocess
 import sys

@@ -1,4 +1,5 @@
 """plumbing.atomic: a file appears under its name complete or not at all, for file-object and path writers."""
+
 from __future__ import annotations
 
 import pytest

@@ -1,10 +1,21 @@
 """BYOL view augmentations: all randomness from the passed generator; geometry matches the boxes."""
+
 import numpy as np
 import torch
 import torchvision.transforms.v2.functional as TF
 
-from pixpro_of.data.augment import (BYOL_VIEW1, BYOL_VIEW2, ViewParams, adjust_hue, apply_view, apply_view_reference,
-                                    draw_view_params, gaussian_blur, sample_crop, to_normalized_float)
+from pixpro_of.data.augment import (
+    BYOL_VIEW1,
+    BYOL_VIEW2,
+    ViewParams,
+    adjust_hue,
+    apply_view,
+    apply_view_reference,
+    draw_view_params,
+    gaussian_blur,
+    sample_crop,
+    to_normalized_float,
+)
 from pixpro_of.positives import cell_centres
 
 torch.set_num_threads(1)
@@ -145,9 +156,20 @@ def test_cpu_fast_path_gives_the_reference_bytes():
         p = draw_view_params(rng, hw, BYOL_VIEW2 if i % 3 else BYOL_VIEW1)
         if i % 4 == 0:  # every op at once, random order and factors
             order = tuple(int(j) for j in rng.permutation(4))
-            p = ViewParams(box=p.box, flip=p.flip, grayscale=bool(i % 8 == 0), blur_sigma=float(rng.uniform(0.1, 2.0)),
-                           solarize=True, jitter=(order, float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.6, 1.4)),
-                                                  float(rng.uniform(0.8, 1.2)), float(rng.uniform(-0.1, 0.1))))
+            p = ViewParams(
+                box=p.box,
+                flip=p.flip,
+                grayscale=bool(i % 8 == 0),
+                blur_sigma=float(rng.uniform(0.1, 2.0)),
+                solarize=True,
+                jitter=(
+                    order,
+                    float(rng.uniform(0.6, 1.4)),
+                    float(rng.uniform(0.6, 1.4)),
+                    float(rng.uniform(0.8, 1.2)),
+                    float(rng.uniform(-0.1, 0.1)),
+                ),
+            )
         size = int(rng.choice([32, 37, 48]))
         fast = apply_view(f, p, size)
         ref = apply_view_reference(f, p, size)
@@ -162,8 +184,14 @@ def test_fast_hue_wraps_like_np_mod():
     """Hue rotations that cross 0 and 360 degrees (both signs, up to the 0.1-turn jitter bound)."""
     img = _frame(40, 40, seed=5)
     for hue in (-0.1, -0.05, -1e-3, 1e-3, 0.05, 0.1, 0.5, -0.5):
-        p = ViewParams(box=(0, 0, 40, 40), flip=False, jitter=((3, 0, 1, 2), 1.0, 1.0, 1.0, hue), grayscale=False,
-                       blur_sigma=None, solarize=False)
+        p = ViewParams(
+            box=(0, 0, 40, 40),
+            flip=False,
+            jitter=((3, 0, 1, 2), 1.0, 1.0, 1.0, hue),
+            grayscale=False,
+            blur_sigma=None,
+            solarize=False,
+        )
         assert torch.equal(apply_view(img, p, 40), apply_view_reference(img, p, 40)), hue
 
 
@@ -179,11 +207,22 @@ def test_cpu_fast_path_gives_the_reference_bytes_on_large_frames_in_both_layouts
     for i in range(16):
         p = draw_view_params(rng, (720, 1280), BYOL_VIEW1 if i % 2 else BYOL_VIEW2)
         order = tuple(int(j) for j in rng.permutation(4))
-        jitter = (order, float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.6, 1.4)), float(rng.uniform(0.8, 1.2)),
-                  float(rng.uniform(-0.1, 0.1)))
+        jitter = (
+            order,
+            float(rng.uniform(0.6, 1.4)),
+            float(rng.uniform(0.6, 1.4)),
+            float(rng.uniform(0.8, 1.2)),
+            float(rng.uniform(-0.1, 0.1)),
+        )
         box = (int(rng.integers(0, 1000)), int(rng.integers(0, 490)), 224, 224) if i % 4 == 3 else p.box
-        p = ViewParams(box=box, flip=bool(i % 3 == 0), jitter=jitter if i % 4 else p.jitter, grayscale=bool(i % 5 == 0),
-                       blur_sigma=p.blur_sigma if i % 2 else float(rng.uniform(0.1, 2.0)), solarize=bool(i % 3 == 1))
+        p = ViewParams(
+            box=box,
+            flip=bool(i % 3 == 0),
+            jitter=jitter if i % 4 else p.jitter,
+            grayscale=bool(i % 5 == 0),
+            blur_sigma=p.blur_sigma if i % 2 else float(rng.uniform(0.1, 2.0)),
+            solarize=bool(i % 3 == 1),
+        )
         for f in frames:
             fast = apply_view(f, p, 224)
             assert fast.is_contiguous() and fast.shape == (3, 224, 224)
@@ -203,10 +242,12 @@ def test_normalisation_lookup_gives_the_formula_bits():
     g = torch.Generator().manual_seed(0)
     mean = torch.tensor([0.485, 0.456, 0.406]).view(3, 1, 1)
     std = torch.tensor([0.229, 0.224, 0.225]).view(3, 1, 1)
-    for img in (torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g),
-                torch.arange(256, dtype=torch.uint8).repeat(3, 3, 1),
-                torch.randint(0, 256, (3, 37, 37), dtype=torch.uint8, generator=g).permute(0, 2, 1),
-                torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8, generator=g)):
+    for img in (
+        torch.randint(0, 256, (3, 224, 224), dtype=torch.uint8, generator=g),
+        torch.arange(256, dtype=torch.uint8).repeat(3, 3, 1),
+        torch.randint(0, 256, (3, 37, 37), dtype=torch.uint8, generator=g).permute(0, 2, 1),
+        torch.randint(0, 256, (2, 3, 5, 5), dtype=torch.uint8, generator=g),
+    ):
         want = ((img.to(torch.float32) / 255.0) - mean) / std
         got = to_normalized_float(img)
         assert got.dtype == torch.float32 and got.shape == img.shape

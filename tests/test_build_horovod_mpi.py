@@ -1,5 +1,6 @@
 """.ci/build_horovod_nccl.sh refuses to build without MPI (a Gloo-only Horovod under mpirun is N
 one-rank worlds) and refuses a cached wheel that was built without it."""
+
 from __future__ import annotations
 
 import os
@@ -16,8 +17,11 @@ VENV = Path(sys.executable).parents[1]
 
 
 def _env(tmp_path, path=None):
-    env = {k: v for k, v in os.environ.items()
-           if k not in ("CUDA_HOME", "NCCL_HOME", "HOROVOD_CUDA_HOME", "HOROVOD_NCCL_HOME")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in ("CUDA_HOME", "NCCL_HOME", "HOROVOD_CUDA_HOME", "HOROVOD_NCCL_HOME")
+    }
     env["PIXPRO_CACHE"] = str(tmp_path / "cache")
     if path is not None:
         env["PATH"] = path
@@ -25,8 +29,13 @@ def _env(tmp_path, path=None):
 
 
 def _run(tmp_path, *args, path=None):
-    return subprocess.run(["bash", str(BUILD), "--venv", str(VENV), *args], capture_output=True, text=True,
-                          timeout=120, env=_env(tmp_path, path))
+    return subprocess.run(
+        ["bash", str(BUILD), "--venv", str(VENV), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env=_env(tmp_path, path),
+    )
 
 
 @pytest.fixture
@@ -74,8 +83,11 @@ def test_dry_run_names_mpi_and_a_cached_gloo_only_wheel_is_refused(tmp_path, cud
     wheel.write_bytes(b"not really a wheel")
     (dest / "configure-summary.txt").write_text("-- Found NCCL: /x/include\n")  # an old Gloo-only build
     r = _run(tmp_path, "--print-wheel")
-    assert r.returncode == 1 and f"was built without MPI (no 'Found MPI' in {dest}/configure-summary.txt); " \
-                                 f"remove {dest} and build again" in r.stderr, r.stderr
+    assert (
+        r.returncode == 1
+        and f"was built without MPI (no 'Found MPI' in {dest}/configure-summary.txt); remove {dest} and build again"
+        in r.stderr
+    ), r.stderr
     (dest / "configure-summary.txt").write_text("-- Found NCCL: /x/include\n-- Found MPI_CXX: /usr/lib/libmpi.so\n")
     r = _run(tmp_path, "--print-wheel")
     assert r.returncode == 0 and r.stdout.strip() == str(wheel), r.stderr

@@ -1,4 +1,5 @@
 """Checkpoint store: atomic files, latest pointer, retention, validation and fallback."""
+
 from __future__ import annotations
 
 import json
@@ -7,14 +8,18 @@ import zlib
 import pytest
 import torch
 
-from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
+from plumbing.errors import UserError
 
 
 def state(step: int, epoch: int = 0) -> dict:
     g = torch.Generator().manual_seed(step)
-    return {"step": step, "epoch": epoch, "model": {"w": torch.randn(64, generator=g)},
-            "rng": {"python": {"version": 3, "state": list(range(5)), "gauss": None}}}
+    return {
+        "step": step,
+        "epoch": epoch,
+        "model": {"w": torch.randn(64, generator=g)},
+        "rng": {"python": {"version": 3, "state": list(range(5)), "gauss": None}},
+    }
 
 
 def test_save_writes_payload_manifest_and_latest(tmp_path):
@@ -36,8 +41,7 @@ def test_keeps_the_n_newest_and_every_milestone(tmp_path):
     for step in range(1, 7):
         store.save(state(step), milestone=(step == 2))
     assert [e.step for e in store.entries()] == [6, 5, 2]
-    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step_00000002.pt", "step_00000005.pt",
-                                                             "step_00000006.pt"]
+    assert sorted(p.name for p in tmp_path.glob("*.pt")) == ["step_00000002.pt", "step_00000005.pt", "step_00000006.pt"]
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "delete_payload", "garbage_manifest"])

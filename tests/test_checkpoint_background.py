@@ -1,19 +1,21 @@
 """Checkpoints written in the background from a host copy, the time cadence, TF32 from the config,
 and Horovod's AMP order (issue 24, items 5 and 6)."""
+
 from __future__ import annotations
 
 import threading
 
 import pytest
 import torch
+from test_train_support import make_trainer
 
 from pixpro_of.train.checkpoint import BackgroundWriter, CheckpointStore, host_copy
 from plumbing.runs import EXIT_FINISHED
-from test_train_support import make_trainer
 
 
 class Gate:
     """Pickles only once ``open`` is set: holds a background write in the middle of its payload."""
+
     opened = threading.Event()
     started = threading.Event()
 
@@ -108,6 +110,7 @@ def test_fp16_under_horovod_unscales_only_after_the_allreduce():
 
                 def __exit__(self_, *exc):
                     order.append("end")
+
             return Ctx()
 
         def step(self, closure=None):

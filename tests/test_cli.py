@@ -1,4 +1,5 @@
 """The click command lines: groups, --help with an example, one-line errors, exit codes, completion."""
+
 from __future__ import annotations
 
 import os
@@ -81,19 +82,23 @@ def test_synth_has_its_own_program_and_stays_a_pixpro_of_command():
     assert top.get_command(click.Context(top), "synth") is synth_command
 
 
-@pytest.mark.parametrize("prog, argv", [
-    ("launcher", ["status", "--bogus"]),
-    ("hdf5_tools", ["verify", "x.h5", "--deep", "--nope"]),
-    ("pixpro_of", ["synth", "--out", "x", "--frames", "3"]),  # frames per video is --video-frames
-    ("pixpro-flow", ["viz", "--flo"]),
-])
+@pytest.mark.parametrize(
+    "prog, argv",
+    [
+        ("launcher", ["status", "--bogus"]),
+        ("hdf5_tools", ["verify", "x.h5", "--deep", "--nope"]),
+        ("pixpro_of", ["synth", "--out", "x", "--frames", "3"]),  # frames per video is --video-frames
+        ("pixpro-flow", ["viz", "--flo"]),
+    ],
+)
 def test_unknown_or_bad_option_is_one_line_exit_2(prog, argv, capsys):
     rc = _main(prog)(argv)
     out, err = capsys.readouterr()
     assert rc == 2 and out == ""
     lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith(f"{prog if prog != 'pixpro-flow' else 'python -m flow'} {argv[0]}: "
-                                                   "error: "), err
+    assert len(lines) == 1 and lines[0].startswith(
+        f"{prog if prog != 'pixpro-flow' else 'python -m flow'} {argv[0]}: error: "
+    ), err
 
 
 def test_unknown_command_is_one_line_exit_2(capsys):
@@ -165,21 +170,25 @@ def test_launcher_passes_unknown_words_to_the_trainer():
 
 
 def test_help_imports_no_torch():
-    code = ("import sys\n"
-            "from launcher.cli import main as a\nfrom hdf5_tools.cli import main as b\n"
-            "from pixpro_of.__main__ import main as c\nfrom flow.__main__ import main as d\n"
-            "import contextlib, io\n"
-            "with contextlib.redirect_stdout(io.StringIO()):\n"
-            "    codes = [a(['--help']), b(['--help']), c(['--help']), c(['eval', '--help']), c(['viz', '--help']),"
-            " d(['--help'])]\n"
-            "print(codes, 'torch' in sys.modules)")
+    code = (
+        "import sys\n"
+        "from launcher.cli import main as a\nfrom hdf5_tools.cli import main as b\n"
+        "from pixpro_of.__main__ import main as c\nfrom flow.__main__ import main as d\n"
+        "import contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n"
+        "    codes = [a(['--help']), b(['--help']), c(['--help']), c(['eval', '--help']), c(['viz', '--help']),"
+        " d(['--help'])]\n"
+        "print(codes, 'torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, cwd=ROOT)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[0, 0, 0, 0, 0, 0] False"
 
 
 @pytest.mark.parametrize("prog", sorted(PROGRAMS))
-@pytest.mark.parametrize("shell, marker", [("bash", "complete -o nosort -F"), ("zsh", "#compdef"), ("fish", "complete")])
+@pytest.mark.parametrize(
+    "shell, marker", [("bash", "complete -o nosort -F"), ("zsh", "#compdef"), ("fish", "complete")]
+)
 def test_completion_script_generation(prog, shell, marker):
     var = "_" + prog.replace("-", "_").upper() + "_COMPLETE"
     res = CliRunner().invoke(_group(prog), [], prog_name=prog, env={var: f"{shell}_source"})
@@ -188,12 +197,19 @@ def test_completion_script_generation(prog, shell, marker):
 
 
 def test_completion_of_command_names_and_options():
-    res = CliRunner().invoke(_group("launcher"), [], prog_name="launcher",
-                             env={"_LAUNCHER_COMPLETE": "bash_complete", "COMP_WORDS": "launcher su", "COMP_CWORD": "1"})
+    res = CliRunner().invoke(
+        _group("launcher"),
+        [],
+        prog_name="launcher",
+        env={"_LAUNCHER_COMPLETE": "bash_complete", "COMP_WORDS": "launcher su", "COMP_CWORD": "1"},
+    )
     assert res.output.split() == ["plain,submit"]
-    res = CliRunner().invoke(_group("pixpro_of"), [], prog_name="pixpro_of",
-                             env={"_PIXPRO_OF_COMPLETE": "bash_complete", "COMP_WORDS": "pixpro_of eval s",
-                                  "COMP_CWORD": "2"})
+    res = CliRunner().invoke(
+        _group("pixpro_of"),
+        [],
+        prog_name="pixpro_of",
+        env={"_PIXPRO_OF_COMPLETE": "bash_complete", "COMP_WORDS": "pixpro_of eval s", "COMP_CWORD": "2"},
+    )
     assert res.output.split() == ["plain,seg"]
 
 

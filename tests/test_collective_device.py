@@ -4,6 +4,7 @@ On CPU the training device is the host, so a host tensor passed to a collective 
 :class:`pixpro_of.dist.checked.DeviceCheckedBackend` declares the collectives on ``meta`` and
 refuses anything else, which is how these tests catch the bug class without a GPU.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,15 +17,18 @@ from pathlib import Path
 import pytest
 import torch
 
-from pixpro_of.dist.backend import (Backend, CollectiveDeviceError, SingleProcessBackend,
-                                    check_world_matches_launch, make_backend)
+from pixpro_of.dist.backend import (
+    CollectiveDeviceError,
+    SingleProcessBackend,
+    check_world_matches_launch,
+    make_backend,
+)
 from pixpro_of.dist.checked import DeviceCheckedBackend
 from pixpro_of.train.failures import TrainingFailure
 from pixpro_of.train.trainer import Trainer
 from plumbing.errors import UserError
 from plumbing.jobenv import job_environment
 from plumbing.runs import EXIT_FINISHED
-from test_train_support import make_trainer
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -40,8 +44,11 @@ def torch_globals():
 def test_checked_backend_refuses_host_tensors_and_carries_values():
     be = DeviceCheckedBackend(SingleProcessBackend(device="cpu"), declared="meta")
     assert be.collective_device == torch.device("meta") and be.device == torch.device("cpu")
-    with pytest.raises(CollectiveDeviceError, match=r"allreduce received a tensor on cpu; this backend's "
-                                                    r"collectives take tensors on meta"):
+    with pytest.raises(
+        CollectiveDeviceError,
+        match=r"allreduce received a tensor on cpu; this backend's "
+        r"collectives take tensors on meta",
+    ):
         be.allreduce(torch.tensor([1.0]), op="sum")
     with pytest.raises(CollectiveDeviceError, match="broadcast received a tensor on cpu"):
         be.broadcast(torch.zeros(2), 0)
@@ -56,15 +63,18 @@ def test_checked_backend_refuses_host_tensors_and_carries_values():
 
 def test_real_backends_refuse_a_tensor_off_their_collective_device():
     be = make_backend("single", device="cpu")
-    with pytest.raises(CollectiveDeviceError, match="allreduce received a tensor on meta; this backend's "
-                                                    "collectives take tensors on cpu"):
+    with pytest.raises(
+        CollectiveDeviceError,
+        match="allreduce received a tensor on meta; this backend's collectives take tensors on cpu",
+    ):
         be.allreduce(torch.zeros(1, device="meta"))
 
 
 def test_the_trainer_keeps_every_collective_on_the_backend_device(tmp_path, torch_globals):
     """One rank: the stop agreement runs every step through the checked collectives."""
-    from pixpro_of.config import load_config
     from test_train_support import TINY_OVERRIDES, tiny_components
+
+    from pixpro_of.config import load_config
 
     cfg = load_config(None, TINY_OVERRIDES + ["run.epochs=2"])
     be = DeviceCheckedBackend(SingleProcessBackend(device="cpu"))
@@ -74,18 +84,21 @@ def test_the_trainer_keeps_every_collective_on_the_backend_device(tmp_path, torc
 
 def test_the_check_catches_a_host_tensor_in_the_stop_agreement(tmp_path, torch_globals, monkeypatch):
     """The bug this guards against: the stop flag built on the host, as the trainer once did."""
+
     def host_stop_flag(self):
         flag = self.backend.allreduce(torch.tensor([0.0]), op="sum")
         return bool(flag.item() > 0)
 
     monkeypatch.setattr(Trainer, "_stop_requested", host_stop_flag)
-    from pixpro_of.config import load_config
     from test_train_support import TINY_OVERRIDES, tiny_components
+
+    from pixpro_of.config import load_config
 
     cfg = load_config(None, TINY_OVERRIDES)
     be = DeviceCheckedBackend(SingleProcessBackend(device="cpu"))
-    with pytest.raises(TrainingFailure, match="allreduce received a tensor on cpu; this backend's collectives "
-                                              "take tensors on meta"):
+    with pytest.raises(
+        TrainingFailure, match="allreduce received a tensor on cpu; this backend's collectives take tensors on meta"
+    ):
         Trainer(cfg, tmp_path / "run", backend=be, components=tiny_components()).run()
 
 
@@ -102,12 +115,33 @@ def test_two_gloo_ranks_run_every_agreement_on_the_declared_device(tmp_path):
     port = _free_port()
     procs = []
     for rank in range(2):
-        env = dict(os.environ, RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK="0", LOCAL_WORLD_SIZE="1",
-                   GROUP_RANK=str(rank), GROUP_WORLD_SIZE="2", MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port),
-                   OMP_NUM_THREADS="1")
-        procs.append(subprocess.Popen([sys.executable, str(ROOT / "tests/dist_workers/checked_trainer.py"),
-                                       str(tmp_path / "run"), str(tmp_path)], env=env, cwd=ROOT,
-                                      stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True))
+        env = dict(
+            os.environ,
+            RANK=str(rank),
+            WORLD_SIZE="2",
+            LOCAL_RANK="0",
+            LOCAL_WORLD_SIZE="1",
+            GROUP_RANK=str(rank),
+            GROUP_WORLD_SIZE="2",
+            MASTER_ADDR="127.0.0.1",
+            MASTER_PORT=str(port),
+            OMP_NUM_THREADS="1",
+        )
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    str(ROOT / "tests/dist_workers/checked_trainer.py"),
+                    str(tmp_path / "run"),
+                    str(tmp_path),
+                ],
+                env=env,
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        )
     outs = [p.communicate(timeout=300)[0] for p in procs]
     for rank, p in enumerate(procs):
         assert p.returncode == 0, outs[rank][-3000:]
@@ -132,9 +166,11 @@ def test_a_single_backend_under_a_multi_rank_launch_refuses_to_start(monkeypatch
     with pytest.raises(UserError) as info:
         check_world_matches_launch(be)
     msg = str(info.value)
-    assert msg == ("dist.backend=single runs 1 rank but openmpi started 8 ranks: every rank would train alone "
-                   "on the same run directory; use dist.backend=horovod (under mpirun/horovodrun) or "
-                   "dist.backend=ddp (torchrun, srun or mpirun)")
+    assert msg == (
+        "dist.backend=single runs 1 rank but openmpi started 8 ranks: every rank would train alone "
+        "on the same run directory; use dist.backend=horovod (under mpirun/horovodrun) or "
+        "dist.backend=ddp (torchrun, srun or mpirun)"
+    )
 
     class FourRanks(SingleProcessBackend):
         name = "fake4"
@@ -149,12 +185,23 @@ def test_a_single_backend_under_a_multi_rank_launch_refuses_to_start(monkeypatch
 
 def test_the_train_command_refuses_single_under_mpirun_in_one_line(tmp_path):
     env = {k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMIX_", "PMI_", "SLURM_"))}
-    env.update(OMPI_COMM_WORLD_RANK="0", OMPI_COMM_WORLD_SIZE="8", OMPI_COMM_WORLD_LOCAL_RANK="0",
-               OMPI_COMM_WORLD_LOCAL_SIZE="8")
-    res = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "cpu_small", "--run-dir",
-                          str(tmp_path / "run")], env=env, capture_output=True, text=True, timeout=120, cwd=ROOT)
+    env.update(
+        OMPI_COMM_WORLD_RANK="0",
+        OMPI_COMM_WORLD_SIZE="8",
+        OMPI_COMM_WORLD_LOCAL_RANK="0",
+        OMPI_COMM_WORLD_LOCAL_SIZE="8",
+    )
+    res = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "train", "--config", "cpu_small", "--run-dir", str(tmp_path / "run")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+    )
     assert res.returncode == 2
     lines = res.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("pixpro_of train: error: dist.backend=single runs 1 rank but "
-                                                   "openmpi started 8 ranks"), res.stderr
+    assert len(lines) == 1 and lines[0].startswith(
+        "pixpro_of train: error: dist.backend=single runs 1 rank but openmpi started 8 ranks"
+    ), res.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written

@@ -1,4 +1,5 @@
 """Training config: presets hold the seed's values, overrides are typed, mistakes are one line."""
+
 from __future__ import annotations
 
 import subprocess
@@ -31,32 +32,44 @@ def test_presets_are_listed_and_cpu_preset_is_small():
 
 
 def test_overrides_are_typed():
-    cfg = load_config("pixpro_k6", ["optim.base_lr=0.5", "data.shards=[a.h5, b.h5]", "run.deterministic=yes",
-                                    "data.batch_size=256", "stop.signals=SIGTERM,SIGUSR1", "stop.deadline=2h"])
+    cfg = load_config(
+        "pixpro_k6",
+        [
+            "optim.base_lr=0.5",
+            "data.shards=[a.h5, b.h5]",
+            "run.deterministic=yes",
+            "data.batch_size=256",
+            "stop.signals=SIGTERM,SIGUSR1",
+            "stop.deadline=2h",
+        ],
+    )
     assert cfg.optim.base_lr == 0.5 and cfg.lr() == 0.5
     assert cfg.data.shards == ["a.h5", "b.h5"] and cfg.run.deterministic is True
     assert cfg.stop.signals == ["SIGTERM", "SIGUSR1"] and cfg.stop.deadline == "2h"
 
 
-@pytest.mark.parametrize("override,message", [
-    ("optim.lrr=3", "unknown config key 'optim.lrr' (did you mean 'optim.base_lr'?)"),
-    ("optim.base_lr=abc", "optim.base_lr must be a number (got 'abc')"),
-    ("data.batch_size=0", "data.batch_size must be >= 1 (got 0)"),
-    ("data.batch_size=1.5", "data.batch_size must be an integer (got 1.5)"),
-    ("model.arch=resnet51", "model.arch must be one of resnet18, resnet34, resnet50 (got 'resnet51')"),
-    ("optim.precision=fp8", "optim.precision must be one of fp32, bf16, fp16"),
-    ("data.image_size=100", "data.image_size must be a multiple of 32"),
-    ("run.deterministic=maybe", "run.deterministic must be true or false"),
-    ("optim.warmup_epochs=2000", "optim.warmup_epochs must be in [0, run.epochs = 2000)"),
-    ("stop.signals=[SIGKILL]", "stop.signals must name catchable signals"),
-    ("stop.deadline=soon", "config: stop.deadline: 'soon' is not a deadline"),
-    ("stop.deadline=3600", "config: stop.deadline: '3600' has no unit"),
-    ("stop.signals=[12]", "stop.signals must name catchable signals like SIGUSR2: '12': give the signal's name"),
-    ("data.decode_on=gpu", "data.decode_on must be one of worker, device (got 'gpu')"),
-    ("data.decode_chunk=0", "data.decode_chunk must be >= 1 (got 0)"),
-    ("run=3", "unknown config key 'run'"),
-    ("nokey", "expected key=value"),
-])
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optim.lrr=3", "unknown config key 'optim.lrr' (did you mean 'optim.base_lr'?)"),
+        ("optim.base_lr=abc", "optim.base_lr must be a number (got 'abc')"),
+        ("data.batch_size=0", "data.batch_size must be >= 1 (got 0)"),
+        ("data.batch_size=1.5", "data.batch_size must be an integer (got 1.5)"),
+        ("model.arch=resnet51", "model.arch must be one of resnet18, resnet34, resnet50 (got 'resnet51')"),
+        ("optim.precision=fp8", "optim.precision must be one of fp32, bf16, fp16"),
+        ("data.image_size=100", "data.image_size must be a multiple of 32"),
+        ("run.deterministic=maybe", "run.deterministic must be true or false"),
+        ("optim.warmup_epochs=2000", "optim.warmup_epochs must be in [0, run.epochs = 2000)"),
+        ("stop.signals=[SIGKILL]", "stop.signals must name catchable signals"),
+        ("stop.deadline=soon", "config: stop.deadline: 'soon' is not a deadline"),
+        ("stop.deadline=3600", "config: stop.deadline: '3600' has no unit"),
+        ("stop.signals=[12]", "stop.signals must name catchable signals like SIGUSR2: '12': give the signal's name"),
+        ("data.decode_on=gpu", "data.decode_on must be one of worker, device (got 'gpu')"),
+        ("data.decode_chunk=0", "data.decode_chunk must be >= 1 (got 0)"),
+        ("run=3", "unknown config key 'run'"),
+        ("nokey", "expected key=value"),
+    ],
+)
 def test_bad_values_give_one_line_errors(override, message):
     with pytest.raises(UserError) as e:
         load_config("pixpro_k6", [override])
@@ -79,8 +92,12 @@ def test_bad_files_give_one_line_errors(tmp_path):
 
 
 def test_cli_prints_one_line_and_exits_2():
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", "x",
-                        "data.k=0"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", "x", "data.k=0"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == "pixpro_of train: error: config: data.k must be >= 1 (got 0)"
 
@@ -92,8 +109,9 @@ def test_config_round_trips_through_json():
 
 def test_resume_compatibility_allows_stop_and_log_changes_only():
     saved = load_config("pixpro_k6").to_dict()
-    check_resume_compatible(saved, load_config("pixpro_k6", ["stop.deadline=1h", "log.tensorboard=false",
-                                                             "data.num_workers=8"]), "cfg")
+    check_resume_compatible(
+        saved, load_config("pixpro_k6", ["stop.deadline=1h", "log.tensorboard=false", "data.num_workers=8"]), "cfg"
+    )
     with pytest.raises(UserError, match=r"data.k: 6 -> 2"):
         check_resume_compatible(saved, load_config("pixpro_k6", ["data.k=2"]), "cfg")
     assert isinstance(load_config(None), TrainConfig)
@@ -167,16 +185,24 @@ def test_every_key_is_declared_with_one_line_of_doc_and_its_section_knows_its_na
     DataConfig(shards=["a.h5"], synth=SynthDataConfig(frames=2)).validate()  # the world is not used: not checked
 
 
-@pytest.mark.parametrize("overrides,first", [
-    (["model.arch=x", "run.epochs=0"], "run.epochs must be >= 1"),  # sections in order: run before model
-    (["data.k=0", "data.alpha1=-1"], "data.alpha1 must be >= 0"),  # the positive keys are declared first
-    (["optim.warmup_epochs=9", "run.epochs=3", "log.every_steps=0"],
-     "optim.warmup_epochs must be in [0, run.epochs = 3)"),
-    (["data.flow_source=raft", "data.decode_on=device"], "data.decode_on must be worker when data.flow_source=raft"),
-    (["data.flow_source=raft"], "data.raft_weights must name a RAFT checkpoint"),
-    (["data.flow_source=none"], "config: data.mask must be none when data.flow_source=none"),
-    (["data.synth.width=8"], "config: data.synth.width/height must be >= 16 (got (8, 64))"),
-])
+@pytest.mark.parametrize(
+    "overrides,first",
+    [
+        (["model.arch=x", "run.epochs=0"], "run.epochs must be >= 1"),  # sections in order: run before model
+        (["data.k=0", "data.alpha1=-1"], "data.alpha1 must be >= 0"),  # the positive keys are declared first
+        (
+            ["optim.warmup_epochs=9", "run.epochs=3", "log.every_steps=0"],
+            "optim.warmup_epochs must be in [0, run.epochs = 3)",
+        ),
+        (
+            ["data.flow_source=raft", "data.decode_on=device"],
+            "data.decode_on must be worker when data.flow_source=raft",
+        ),
+        (["data.flow_source=raft"], "data.raft_weights must name a RAFT checkpoint"),
+        (["data.flow_source=none"], "config: data.mask must be none when data.flow_source=none"),
+        (["data.synth.width=8"], "config: data.synth.width/height must be >= 16 (got (8, 64))"),
+    ],
+)
 def test_checks_run_in_declaration_order_and_may_span_fields(overrides, first):
     with pytest.raises(UserError) as e:
         load_config("cpu_small", overrides)
@@ -184,9 +210,11 @@ def test_checks_run_in_declaration_order_and_may_span_fields(overrides, first):
 
 
 def test_the_config_package_imports_neither_torch_nor_numpy():
-    code = ("import sys\nfrom pixpro_of.config import load_config, dump_json\n"
-            "dump_json(load_config('pixpro_k6', ['data.k=2']))\n"
-            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    code = (
+        "import sys\nfrom pixpro_of.config import load_config, dump_json\n"
+        "dump_json(load_config('pixpro_k6', ['data.k=2']))\n"
+        "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0, out.stderr
     assert out.stdout.strip() == "[]"

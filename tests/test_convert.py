@@ -1,4 +1,5 @@
 """convert: detectron2 .pkl keys/values, torchvision .pth strict loading and features, bad input."""
+
 from __future__ import annotations
 
 import argparse
@@ -41,7 +42,8 @@ def r50(tmp_path_factory):
     model = _pixpro("resnet50")
     run = tmp_path_factory.mktemp("run50")
     info, _ = CheckpointStore(run / "checkpoints").save(
-        {"step": 5, "epoch": 1, "model": model.state_dict(), "config": {"model": {"arch": "resnet50"}}})
+        {"step": 5, "epoch": 1, "model": model.state_dict(), "config": {"model": {"arch": "resnet50"}}}
+    )
     return model, run, info.path
 
 
@@ -74,12 +76,12 @@ def torchvision_name(d2: str) -> str:
     stage, block, rest = d2.split(".", 2)
     layer = f"layer{int(stage[3:]) - 1}.{block}."
     if rest.startswith("shortcut.norm."):
-        return layer + "downsample.1." + rest[len("shortcut.norm."):]
+        return layer + "downsample.1." + rest[len("shortcut.norm.") :]
     if rest.startswith("shortcut."):
-        return layer + "downsample.0." + rest[len("shortcut."):]
+        return layer + "downsample.0." + rest[len("shortcut.") :]
     conv, field = rest.split(".", 1)
     if field.startswith("norm."):
-        return layer + f"bn{conv[4:]}." + field[len("norm."):]
+        return layer + f"bn{conv[4:]}." + field[len("norm.") :]
     return layer + rest
 
 
@@ -101,8 +103,9 @@ def test_detectron2_export_has_exactly_d2_resnet50_keys_and_encoder_values(r50, 
         src = enc[torchvision_name(key)].numpy()
         np.testing.assert_array_equal(value, src, err_msg=key)
     # online, not momentum, encoder: BN statistics were made different on purpose
-    assert not np.array_equal(obj["model"]["res5.2.conv3.norm.running_mean"],
-                              enc_k["layer4.2.bn3.running_mean"].numpy())
+    assert not np.array_equal(
+        obj["model"]["res5.2.conv3.norm.running_mean"], enc_k["layer4.2.bn3.running_mean"].numpy()
+    )
     # a run directory resolves to checkpoints/latest and gives the same file contents
     out2 = tmp_path / "from_run.pkl"
     assert cli(["convert", str(run), "--to", "detectron2", str(out2)]) == 0
@@ -165,8 +168,9 @@ def test_seed_ddp_checkpoint_is_accepted(r18, tmp_path):
     pkl = tmp_path / "seed.pkl"
     assert cli(["convert", str(seed_ckpt), "--to", "detectron2", str(pkl)]) == 0
     d2 = pickle.loads(pkl.read_bytes())["model"]
-    np.testing.assert_array_equal(d2["res3.0.shortcut.norm.running_var"],
-                                  model.encoder.layer2[0].downsample[1].running_var.numpy())
+    np.testing.assert_array_equal(
+        d2["res3.0.shortcut.norm.running_var"], model.encoder.layer2[0].downsample[1].running_var.numpy()
+    )
     assert "res2.0.shortcut.weight" not in d2  # resnet18's first block has no projection shortcut
     assert not any("num_batches_tracked" in k for k in d2)
 
@@ -215,8 +219,8 @@ def test_detectron2_key_mapping_rules():
 
 def test_detectron2_round_trip_and_safe_loading(r18, tmp_path):
     from pixpro_of.evaluation.backbone import resolve_backbone
-    from plumbing.errors import UserError
     from pixpro_of.transfer.convert import read_detectron2, torchvision_key
+    from plumbing.errors import UserError
 
     model, _, ckpt = r18
     pkl = tmp_path / "r18.pkl"
@@ -242,8 +246,8 @@ def test_detectron2_round_trip_and_safe_loading(r18, tmp_path):
 
 
 def test_run_directory_uses_newest_valid_checkpoint_and_seed_current_pth(tmp_path, capsys):
-    from plumbing.errors import UserError
     from pixpro_of.transfer.encoder_state import load_encoder_state
+    from plumbing.errors import UserError
 
     a, b = _pixpro("resnet18", seed=10), _pixpro("resnet18", seed=20)
     store = CheckpointStore(tmp_path / "run" / "checkpoints")
@@ -260,8 +264,10 @@ def test_run_directory_uses_newest_valid_checkpoint_and_seed_current_pth(tmp_pat
     assert torch.equal(got.state["layer1.0.bn1.running_mean"], a.encoder.layer1[0].bn1.running_mean)
     seed_dir = tmp_path / "seed_out"
     seed_dir.mkdir()
-    torch.save({"opt": argparse.Namespace(epochs=1),
-                "model": {f"module.{k}": v for k, v in b.state_dict().items()}}, seed_dir / "current.pth")
+    torch.save(
+        {"opt": argparse.Namespace(epochs=1), "model": {f"module.{k}": v for k, v in b.state_dict().items()}},
+        seed_dir / "current.pth",
+    )
     got = load_encoder_state(seed_dir)
     assert got.kind == "seed" and got.source.endswith("current.pth")
     empty = tmp_path / "empty"

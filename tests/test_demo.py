@@ -1,4 +1,5 @@
 """`make demo` end to end (issue 9): synth -> pack -> DIS flow -> launcher (2 ranks, Horovod) -> convert -> probe."""
+
 from __future__ import annotations
 
 import json
@@ -13,8 +14,13 @@ import pytest
 @pytest.mark.mpi
 def test_demo_runs_end_to_end(tmp_path, mpi_env):
     out = tmp_path / "demo"
-    res = subprocess.run([sys.executable, "-m", "pixpro_of", "demo", "--out", str(out), "--epochs", "4",
-                          "--probe-iters", "30"], capture_output=True, text=True, env=mpi_env, timeout=1200)
+    res = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "demo", "--out", str(out), "--epochs", "4", "--probe-iters", "30"],
+        capture_output=True,
+        text=True,
+        env=mpi_env,
+        timeout=1200,
+    )
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     run = out / "run"
     assert (run / "done").exists()
@@ -41,8 +47,9 @@ def test_demo_runs_end_to_end(tmp_path, mpi_env):
 
 def test_demo_refuses_a_folder_it_did_not_write(tmp_path):
     (tmp_path / "precious.txt").write_text("keep me")
-    res = subprocess.run([sys.executable, "-m", "pixpro_of", "demo", "--out", str(tmp_path)],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "demo", "--out", str(tmp_path)], capture_output=True, text=True, timeout=120
+    )
     assert res.returncode == 2
     assert "exists and is not a previous demo output" in res.stderr
     assert (tmp_path / "precious.txt").read_text() == "keep me"

@@ -5,6 +5,7 @@ Tolerance (stated in pixpro_of/data/device_views.py): views of the device path d
 worker path's by max |Δ| <= MAX_DIFF and mean |Δ| <= MEAN_DIFF in normalised units (1 grey level
 ≈ 0.017); boxes, flips, positives and the RNG stream are exactly equal.
 """
+
 from __future__ import annotations
 
 import os
@@ -25,7 +26,7 @@ from pixpro_of.data.strategy import FromStoredFlows, ViewsOnDevice, make_views
 from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
-MAX_DIFF = 0.25   # normalised units (≈ 13 grey levels): a handful of edge pixels where rounding differs
+MAX_DIFF = 0.25  # normalised units (≈ 13 grey levels): a handful of edge pixels where rounding differs
 MEAN_DIFF = 0.005  # ≈ 0.3 grey level on average
 K = 3
 
@@ -124,8 +125,8 @@ def test_a_frame_that_does_not_decode_is_named_in_one_line(shards):
     cfg, _, d, _ = batches(shards, n=4)
     data = d.jpeg_bytes.clone()
     start, length = (int(v) for v in d.jpeg_spans[2, 1])
-    data[start + length // 2:start + length] = 0  # sample 2's view-2 frame: scan data destroyed
-    data[start + 2:start + 40] = 7  # and its header tables
+    data[start + length // 2 : start + length] = 0  # sample 2's view-2 frame: scan data destroyed
+    data[start + 2 : start + 40] = 7  # and its header tables
     with pytest.raises(UserError) as e:
         ViewsOnDevice(cfg, "cpu", chunk=3).complete(replace(d, jpeg_bytes=data))
     msg = str(e.value)
@@ -139,8 +140,8 @@ def corrupt(d, b: int, view: int):
 
     data = d.jpeg_bytes.clone()
     start, length = (int(v) for v in d.jpeg_spans[b, view])
-    data[start + length // 2:start + length] = 0
-    data[start + 2:start + 40] = 7
+    data[start + length // 2 : start + length] = 0
+    data[start + 2 : start + 40] = 7
     return replace(d, jpeg_bytes=data)
 
 
@@ -150,7 +151,7 @@ def test_a_frame_the_device_refuses_is_decoded_on_the_host_with_the_same_result(
     cfg, _, d, _ = batches(shards, n=6)
     want = ViewsOnDevice(cfg, "cpu", chunk=4).complete(d)
     start, length = (int(v) for v in d.jpeg_spans[3, 1])
-    refused = d.jpeg_bytes[start:start + length]
+    refused = d.jpeg_bytes[start : start + length]
     real_device, real_host = device_views.decode_jpegs, device_views.decode_host
     host_calls = []
 
@@ -296,10 +297,23 @@ def test_constants_are_made_once_per_device_and_values():
 
 
 # ----------------------------------------------------------------- the trainer: exact resume
-QUICK = ["run.max_steps=3", "run.deterministic=true", "model.proj_hidden=64", "model.proj_dim=32",
-         "data.synth.videos=4", "data.synth.frames=4", "data.synth.width=96", "data.synth.height=64",
-         "data.batch_size=2", "data.k=3", "data.num_workers=1", "log.tensorboard=false",
-         "data.decode_on=device", "data.positives_on=device", "data.decode_chunk=3"]
+QUICK = [
+    "run.max_steps=3",
+    "run.deterministic=true",
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "data.synth.videos=4",
+    "data.synth.frames=4",
+    "data.synth.width=96",
+    "data.synth.height=64",
+    "data.batch_size=2",
+    "data.k=3",
+    "data.num_workers=1",
+    "log.tensorboard=false",
+    "data.decode_on=device",
+    "data.positives_on=device",
+    "data.decode_chunk=3",
+]
 
 
 def train(run: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -349,8 +363,9 @@ def test_decode_on_device_trains_and_resumes_bit_identically(tmp_path):
 # ----------------------------------------------------------------- the bench's smoke mode
 @pytest.mark.slow
 def test_input_bench_smoke_mode_prints_every_figure():
-    p = subprocess.run([sys.executable, str(ROOT / "bench" / "bench_input.py"), "--smoke"], capture_output=True,
-                       text=True, timeout=600)
+    p = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "bench_input.py"), "--smoke"], capture_output=True, text=True, timeout=600
+    )
     assert p.returncode == 0, p.stderr[-3000:]
     out = p.stdout
     for label in ("(a) CPU workers", "(b) device path", "(c) training step"):

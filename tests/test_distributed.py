@@ -1,4 +1,5 @@
 """Horovod and DDP backends under real `mpirun -np 2` (issue 7, backend level)."""
+
 from __future__ import annotations
 
 import subprocess
@@ -25,8 +26,13 @@ def test_two_ranks_equal_one_rank_with_double_batch(backend, tmp_path, mpi_env):
     one = tmp_path / "one.pt"
     res = _mpirun(2, [WORKERS / "equivalence.py", backend, 8, 5, two], mpi_env)
     assert res.returncode == 0, res.stdout + res.stderr
-    res = subprocess.run([sys.executable, str(WORKERS / "equivalence.py"), "single", "8", "5", str(one)],
-                         capture_output=True, text=True, env=mpi_env, timeout=120)
+    res = subprocess.run(
+        [sys.executable, str(WORKERS / "equivalence.py"), "single", "8", "5", str(one)],
+        capture_output=True,
+        text=True,
+        env=mpi_env,
+        timeout=120,
+    )
     assert res.returncode == 0, res.stderr
     a, b = torch.load(two), torch.load(one)
     assert sorted(a["state"]) == sorted(b["state"]), "SyncBN conversion must keep state-dict names"
@@ -48,11 +54,13 @@ def test_killed_rank_ends_the_job_within_60s(backend, mpi_env):
 
 
 def test_missing_horovod_is_a_one_line_error_naming_ddp():
-    code = ("import sys; sys.modules['horovod'] = None; sys.modules['horovod.torch'] = None\n"
-            "from pixpro_of.dist.backend import make_backend\n"
-            "from plumbing.errors import UserError\n"
-            "try:\n    make_backend('horovod', device='cpu')\n"
-            "except UserError as e:\n    print(e)\n")
+    code = (
+        "import sys; sys.modules['horovod'] = None; sys.modules['horovod.torch'] = None\n"
+        "from pixpro_of.dist.backend import make_backend\n"
+        "from plumbing.errors import UserError\n"
+        "try:\n    make_backend('horovod', device='cpu')\n"
+        "except UserError as e:\n    print(e)\n"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert res.returncode == 0, res.stderr
     msg = res.stdout.strip()
@@ -70,8 +78,11 @@ def test_ddp_topology_from_scheduler_variables():
         return job.rank, job.world_size, job.local_rank
 
     assert topology({"RANK": "3", "WORLD_SIZE": "8", "LOCAL_RANK": "1"}) == (3, 8, 1)
-    assert topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16",
-                     "OMPI_COMM_WORLD_LOCAL_RANK": "1"}) == (5, 16, 1)
+    assert topology({"OMPI_COMM_WORLD_RANK": "5", "OMPI_COMM_WORLD_SIZE": "16", "OMPI_COMM_WORLD_LOCAL_RANK": "1"}) == (
+        5,
+        16,
+        1,
+    )
     assert topology({"SLURM_PROCID": "2", "SLURM_NTASKS": "4", "SLURM_LOCALID": "0"}) == (2, 4, 0)
     assert topology({}) == (0, 1, 0)
 
@@ -88,10 +99,11 @@ def test_collective_batchnorm_matches_batchnorm_on_one_rank():
     x = torch.randn(6, 3, 8, 8)
     y_ref, y = ref(x), conv(x)
     torch.testing.assert_close(y, y_ref, rtol=1e-5, atol=1e-5)
-    (y_ref ** 2).sum().backward()
-    (y ** 2).sum().backward()
+    (y_ref**2).sum().backward()
+    (y**2).sum().backward()
     torch.testing.assert_close(conv[0].weight.grad, ref[0].weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv[1].weight.grad, ref[1].weight.grad, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(conv[1].running_var, ref[1].running_var)
-    ref.eval(); conv.eval()
+    ref.eval()
+    conv.eval()
     torch.testing.assert_close(conv(x), ref(x), rtol=1e-5, atol=1e-5)

@@ -22,6 +22,7 @@ absolute placeholders (``/data/bdd100k`` ...):
 A line whose program is not ours must start with a prefix in FOREIGN (with the reason it is not
 run); anything else fails, so a new kind of line needs a decision here.
 """
+
 from __future__ import annotations
 
 import glob
@@ -94,8 +95,9 @@ SUBSTITUTE = [
 
 #: Lines that need a real cluster or a GPU and have no dry-run form: exact command -> reason.
 SKIP = {
-    "mpirun -np 64 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth --amp bf16":
-        "64 ranks of RAFT on GPUs with a local checkpoint; the same options are parsed from the epilog's RAFT example",
+    "mpirun -np 64 hdf5_tools flow shards/ --model raft-small --weights raft-small.pth --amp bf16": (
+        "64 ranks of RAFT on GPUs with a local checkpoint; the same options are parsed from the epilog's RAFT example"
+    ),
 }
 
 #: Lines known to fail today whose source this session may not edit: exact command -> owner and fix.
@@ -103,11 +105,19 @@ SKIP = {
 PENDING: dict = {}
 
 #: (program, subcommand words) run as written on the fixtures.
-RUN = {("hdf5_tools", "pack"), ("hdf5_tools", "verify"), ("hdf5_tools", "info"), ("hdf5_tools", "viz"),
-       ("hdf5_tools", "stage"), ("launcher", "render"), ("launcher", "list")}
+RUN = {
+    ("hdf5_tools", "pack"),
+    ("hdf5_tools", "verify"),
+    ("hdf5_tools", "info"),
+    ("hdf5_tools", "viz"),
+    ("hdf5_tools", "stage"),
+    ("launcher", "render"),
+    ("launcher", "list"),
+}
 
 
 # ------------------------------------------------------------------ finding the lines
+
 
 def markdown_lines() -> List[Tuple[str, str]]:
     """(where, command line) for every line of every fenced code block of README.md and docs/*.md."""
@@ -211,7 +221,8 @@ def documented_commands() -> List[Tuple[str, str]]:
     return out
 
 
-# ------------------------------------------------------------------ fixtures: the synthetic world under the documented names
+# -------------------------------------------------------- fixtures: the synthetic world under the documented names
+
 
 @pytest.fixture(scope="module")
 def world():
@@ -228,8 +239,16 @@ def world():
     w = Path(tempfile.mkdtemp(prefix="documented-", dir=ROOT / "build"))
     try:
         write_dataset(w / "world", SynthConfig(videos=6, frames=16, size=(64, 48), fps=10, seed=0, format="all"))
-        pack(PackConfig(src=str(w / "world"), out=str(w / "shards"), nodes=4, flows=str(w / "world" / "flow"),
-                        splits=["train"], progress=False))
+        pack(
+            PackConfig(
+                src=str(w / "world"),
+                out=str(w / "shards"),
+                nodes=4,
+                flows=str(w / "world" / "flow"),
+                splits=["train"],
+                progress=False,
+            )
+        )
         yield w
     finally:
         shutil.rmtree(w, ignore_errors=True)
@@ -248,9 +267,11 @@ def _workdir(w: Path, n: int) -> Path:
     (cwd / "localdir").mkdir()
     (cwd / "raft-small.pth").write_bytes(b"")  # a checkpoint path that exists, for the submit-time checks
     # what 'launcher profile init --out mycluster.toml' writes on a SLURM cluster of 4-GPU nodes
-    (cwd / "mycluster.toml").write_text('name = "mycluster"\nscheduler = "slurm"\nqueue = "gpu"\ngpus_per_node = 4\n'
-                                        'cpus_per_node = 64\nmax_walltime = "2-00:00:00"\nexclusive = false\n'
-                                        'warning_signal = "USR2"\ncan_requeue = true\n')
+    (cwd / "mycluster.toml").write_text(
+        'name = "mycluster"\nscheduler = "slurm"\nqueue = "gpu"\ngpus_per_node = 4\n'
+        'cpus_per_node = 64\nmax_walltime = "2-00:00:00"\nexclusive = false\n'
+        'warning_signal = "USR2"\ncan_requeue = true\n'
+    )
     return cwd
 
 
@@ -261,6 +282,7 @@ def substitute(cmd: str, w: Path, cwd: Path) -> str:
 
 
 # ------------------------------------------------------------------ running one command
+
 
 def parse_only(prog: str, words: List[str]) -> None:
     """Parse ``words`` as click would run them (options, types, choices, required), without running."""
@@ -321,10 +343,15 @@ def run_command(where: str, cmd: str, w: Path, n: int) -> Tuple[str, str]:
         if out_arg and (cwd / out_arg[0]).is_symlink():  # pack writes a fresh OUT, not the fixture
             (cwd / out_arg[0].rstrip("/")).unlink()
         expanded.append("--no-progress")
-    env = dict(os.environ, PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}", PYTHONPATH=str(ROOT),
-               OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1")
+    env = dict(
+        os.environ,
+        PATH=f"{BIN}{os.pathsep}{os.environ.get('PATH', '')}",
+        PYTHONPATH=str(ROOT),
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+    )
     # "mpirun -npernode 1 PROG ..." runs under mpirun as written (one rank on this one machine)
-    mpirun = words[:len(words) - len(rest) - len(prog.split())] if words[:1] == ["mpirun"] else []
+    mpirun = words[: len(words) - len(rest) - len(prog.split())] if words[:1] == ["mpirun"] else []
     argv = mpirun + PROGRAMS[prog][1] + expanded
     r = subprocess.run(argv, cwd=cwd, env=env, capture_output=True, text=True, timeout=300)
     if stdout_to:
@@ -336,6 +363,7 @@ def run_command(where: str, cmd: str, w: Path, n: int) -> Tuple[str, str]:
 
 
 # ------------------------------------------------------------------ the tests
+
 
 def test_the_documentation_shows_commands_of_every_program():
     cmds = documented_commands()
@@ -351,8 +379,9 @@ def test_the_documentation_shows_commands_of_every_program():
             continue
         prog, words = _program(shlex.split(c))
         if prog is None:
-            assert False, (
-                f"{where}: {c!r}: neither one of our programs nor a known other tool (add it to FOREIGN with a reason)")
+            raise AssertionError(
+                f"{where}: {c!r}: neither one of our programs nor a known other tool (add it to FOREIGN with a reason)"
+            )
     for key in list(SKIP) + list(PENDING):
         assert key in texts, f"{key!r} is listed in SKIP/PENDING but no longer documented: remove the entry"
 
@@ -360,7 +389,9 @@ def test_the_documentation_shows_commands_of_every_program():
 def test_the_extraction_rules():
     assert split_commands("launcher status r ; launcher logs r") == ["launcher status r", "launcher logs r"]
     assert split_commands("hdf5_tools verify s/*.h5 && hdf5_tools info s/m.json") == [
-        "hdf5_tools verify s/*.h5", "hdf5_tools info s/m.json"]
+        "hdf5_tools verify s/*.h5",
+        "hdf5_tools info s/m.json",
+    ]
     assert _strip_comment("make demo    # the main job") == "make demo    "
     assert _strip_comment("x 'a # b'") == "x 'a # b'"
     assert _program(["mpirun", "-np", "2", "hdf5_tools", "flow", "s"]) == ("hdf5_tools", ["flow", "s"])

@@ -1,4 +1,5 @@
 """Cityscapes mIoU: a hand-computed example, agreement with cityscapesScripts, label definitions."""
+
 from __future__ import annotations
 
 import copy

@@ -1,4 +1,5 @@
 """eval seg: frozen dilated backbone, heads, schedule, data, and end-to-end runs on a tiny synthetic tree."""
+
 from __future__ import annotations
 
 import csv
@@ -99,8 +100,8 @@ def test_warmup_poly_schedule():
     cfg = SegConfig(iters=100, lr=0.01, warmup_iters=10, warmup_factor=0.001, poly_power=0.9)
     assert lr_at(cfg, 0) == pytest.approx(0.01 * 0.001)
     assert lr_at(cfg, 5) == pytest.approx(0.01 * (0.001 * 0.5 + 0.5) * (1 - 0.05) ** 0.9)
-    assert lr_at(cfg, 10) == pytest.approx(0.01 * 0.9 ** 0.9)
-    assert lr_at(cfg, 99) == pytest.approx(0.01 * 0.01 ** 0.9)
+    assert lr_at(cfg, 10) == pytest.approx(0.01 * 0.9**0.9)
+    assert lr_at(cfg, 99) == pytest.approx(0.01 * 0.01**0.9)
 
 
 def test_train_samples_have_crop_shape_and_valid_labels(cs_root):
@@ -122,14 +123,56 @@ def test_train_samples_have_crop_shape_and_valid_labels(cs_root):
 
 def test_linear_probe_end_to_end_writes_scores_and_picture(cs_root, r18_run, tmp_path, capsys):
     out = tmp_path / "eval"
-    rc = cli(["eval", "seg", "--backbone", str(r18_run), "--data", str(cs_root), "--out", str(out),
-              "--mode", "linear", "--iters", "3", "--batch", "2", "--crop", "32x48", "--workers", "0",
-              "--vis", "2", "--log-every", "1", "--save-preds"])
+    rc = cli(
+        [
+            "eval",
+            "seg",
+            "--backbone",
+            str(r18_run),
+            "--data",
+            str(cs_root),
+            "--out",
+            str(out),
+            "--mode",
+            "linear",
+            "--iters",
+            "3",
+            "--batch",
+            "2",
+            "--crop",
+            "32x48",
+            "--workers",
+            "0",
+            "--vis",
+            "2",
+            "--log-every",
+            "1",
+            "--save-preds",
+        ]
+    )
     assert rc == 0
     scores = json.loads((out / "scores.json").read_text())
-    assert set(scores["class_iou"]) == {"road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
-                                        "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car",
-                                        "truck", "bus", "train", "motorcycle", "bicycle"}
+    assert set(scores["class_iou"]) == {
+        "road",
+        "sidewalk",
+        "building",
+        "wall",
+        "fence",
+        "pole",
+        "traffic light",
+        "traffic sign",
+        "vegetation",
+        "terrain",
+        "sky",
+        "person",
+        "rider",
+        "car",
+        "truck",
+        "bus",
+        "train",
+        "motorcycle",
+        "bicycle",
+    }
     defined = [v for v in scores["class_iou"].values() if v is not None]
     assert scores["classes_evaluated"] == len(defined) >= 2
     assert scores["mIoU"] == pytest.approx(sum(defined) / len(defined), abs=1e-3)
@@ -152,8 +195,9 @@ def test_linear_probe_end_to_end_writes_scores_and_picture(cs_root, r18_run, tmp
     from cityscapesscripts.evaluation import evalPixelLevelSemanticLabeling as ev
 
     gts = sorted(str(p) for p in (cs_root / "gtFine" / "val").glob("*/*_gtFine_labelIds.png"))
-    preds = [str(out / "val_preds" / "synth" / p.split("/")[-1].replace("_gtFine_labelIds", "_pred_labelIds"))
-             for p in gts]
+    preds = [
+        str(out / "val_preds" / "synth" / p.split("/")[-1].replace("_gtFine_labelIds", "_pred_labelIds")) for p in gts
+    ]
     args = copy.copy(ev.args)
     args.quiet, args.JSONOutput, args.evalInstLevelScore, args.evalPixelAccuracy = True, False, False, False
     result = ev.evaluateImgLists(preds, gts, args)
@@ -162,8 +206,32 @@ def test_linear_probe_end_to_end_writes_scores_and_picture(cs_root, r18_run, tmp
 
 def test_deeplab_head_on_random_backbone_end_to_end(cs_root, tmp_path):
     out = tmp_path / "dl"
-    rc = cli(["eval", "seg", "--backbone", "random", "--arch", "resnet18", "--data", str(cs_root), "--out", str(out),
-              "--iters", "2", "--batch", "2", "--crop", "32x32", "--workers", "0", "--max-val", "1", "--vis", "1"])
+    rc = cli(
+        [
+            "eval",
+            "seg",
+            "--backbone",
+            "random",
+            "--arch",
+            "resnet18",
+            "--data",
+            str(cs_root),
+            "--out",
+            str(out),
+            "--iters",
+            "2",
+            "--batch",
+            "2",
+            "--crop",
+            "32x32",
+            "--workers",
+            "0",
+            "--max-val",
+            "1",
+            "--vis",
+            "1",
+        ]
+    )
     assert rc == 0
     scores = json.loads((out / "scores.json").read_text())
     assert scores["config"]["mode"] == "deeplab" and scores["n_val_images"] == 1
@@ -171,12 +239,15 @@ def test_deeplab_head_on_random_backbone_end_to_end(cs_root, tmp_path):
     assert (out / "predictions.png").is_file()
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--data", "{missing}"], "leftImg8bit/train: no such folder"),
-    (["--backbone", "{missing}/ckpt.pt"], "ckpt.pt: no such file"),
-    (["--backbone", "torchvision:{run}/checkpoints/step_00000001.pt"], "not a torchvision ResNet state dict"),
-    (["--iters", "0"], "--iters must be >= 1"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--data", "{missing}"], "leftImg8bit/train: no such folder"),
+        (["--backbone", "{missing}/ckpt.pt"], "ckpt.pt: no such file"),
+        (["--backbone", "torchvision:{run}/checkpoints/step_00000001.pt"], "not a torchvision ResNet state dict"),
+        (["--iters", "0"], "--iters must be >= 1"),
+    ],
+)
 def test_bad_input_is_one_line_user_error(args, needle, cs_root, r18_run, tmp_path, capsys):
     opts = {"--backbone": str(r18_run), "--data": str(cs_root), "--out": str(tmp_path / "o"), "--iters": "1"}
     opts.update({k: v.format(missing=tmp_path / "nowhere", run=r18_run) for k, v in zip(args[::2], args[1::2])})

@@ -1,5 +1,6 @@
 """Config values that cannot train are refused up front, and checks that do not apply to the data
 source are not run (issue 14)."""
+
 from __future__ import annotations
 
 import math
@@ -12,10 +13,17 @@ from pixpro_of.config import TrainConfig, check_resume_compatible, config_from_d
 from plumbing.errors import UserError
 
 
-@pytest.mark.parametrize("override, shown", [
-    ("optim.base_lr=inf", "'inf'"), ("optim.base_lr=.inf", "inf"), ("optim.weight_decay=nan", "'nan'"),
-    ("data.alpha1=-.inf", "-inf"), ("stop.margin_s=.nan", "nan"), ("data.crop_scale=[0.1,.inf]", "inf"),
-])
+@pytest.mark.parametrize(
+    "override, shown",
+    [
+        ("optim.base_lr=inf", "'inf'"),
+        ("optim.base_lr=.inf", "inf"),
+        ("optim.weight_decay=nan", "'nan'"),
+        ("data.alpha1=-.inf", "-inf"),
+        ("stop.margin_s=.nan", "nan"),
+        ("data.crop_scale=[0.1,.inf]", "inf"),
+    ],
+)
 def test_non_finite_numbers_are_refused_naming_the_key(override, shown):
     key = override.split("=")[0]
     with pytest.raises(UserError) as info:
@@ -37,11 +45,26 @@ def test_non_finite_numbers_from_files_and_code_are_refused(tmp_path):
 
 
 def test_the_cli_refuses_inf_with_one_line_before_anything_runs(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "cpu_small", "--run-dir",
-                        str(tmp_path / "run"), "optim.base_lr=inf"], capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "train",
+            "--config",
+            "cpu_small",
+            "--run-dir",
+            str(tmp_path / "run"),
+            "optim.base_lr=inf",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 2
-    assert r.stderr.strip() == ("pixpro_of train: error: override 'optim.base_lr=inf': optim.base_lr must be a "
-                                "finite number (got 'inf')")
+    assert r.stderr.strip() == (
+        "pixpro_of train: error: override 'optim.base_lr=inf': optim.base_lr must be a finite number (got 'inf')"
+    )
     assert not (tmp_path / "run").exists()
 
 

@@ -5,6 +5,7 @@ resumes bit-identically once space (or write access) is back.
 The run directory lives on a small tmpfs mounted for the test (root needed; skipped with the
 reason otherwise); the trainer runs in process with the small doubles of test_train_support.py.
 """
+
 from __future__ import annotations
 
 import errno
@@ -15,12 +16,12 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_support import make_trainer
 
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.failures import TrainingFailure
 from pixpro_of.train.trainer import Trainer
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
-from test_train_support import make_trainer
 
 TOTAL_STEPS = 24
 
@@ -92,6 +93,7 @@ def assert_identical(a: dict, b: dict) -> None:
 
 class FillBeforeCheckpoint(Trainer):
     """Fills the disk just before the checkpoint of step ``at`` is written."""
+
     at = 5
 
     def save_checkpoint(self, milestone: bool = False) -> None:
@@ -106,9 +108,12 @@ def test_disk_full_during_a_checkpoint_then_resume(tmpfs, reference, torch_globa
         make_trainer(run, trainer_cls=FillBeforeCheckpoint).run()
     msg = str(info.value)
     ck = run / "checkpoints"
-    m = re.fullmatch(rf"{re.escape(str(ck))}/step_00000005\.pt: no space left on device while writing the checkpoint "
-                     rf"of step 5: needs (\d+) bytes \([0-9.]+ KiB\), (\d+) bytes free; free some space and run the "
-                     rf"same command again to resume", msg)
+    m = re.fullmatch(
+        rf"{re.escape(str(ck))}/step_00000005\.pt: no space left on device while writing the checkpoint "
+        rf"of step 5: needs (\d+) bytes \([0-9.]+ KiB\), (\d+) bytes free; free some space and run the "
+        rf"same command again to resume",
+        msg,
+    )
     assert m, msg
     store = CheckpointStore(ck)
     previous = store.entries()[0]
@@ -130,6 +135,7 @@ def test_disk_full_during_a_checkpoint_then_resume(tmpfs, reference, torch_globa
 def test_a_leftover_temporary_is_removed_before_config_json_is_rewritten(tmpfs, reference, torch_globals):
     """A writer killed mid-checkpoint on a full disk leaves a temporary file that holds the space:
     the rerun must remove it before it writes anything (here config.json changes)."""
+
     class StopAt6(Trainer):
         def train_step(self, batch):
             if self.step == 5:
@@ -161,8 +167,9 @@ def test_read_only_run_dir_is_one_line_then_resumes(tmpfs, reference, torch_glob
             make_trainer(run).run()
     finally:
         _mount(tmpfs, "", ro=False, remount=True)
-    assert re.fullmatch(rf"{re.escape(str(run))}/logs/train\.log: read-only file system while opening the log",
-                        str(info.value)), str(info.value)
+    assert re.fullmatch(
+        rf"{re.escape(str(run))}/logs/train\.log: read-only file system while opening the log", str(info.value)
+    ), str(info.value)
     assert make_trainer(run).run() == EXIT_FINISHED
     assert_identical(CheckpointStore(run / "checkpoints").load_latest()[0], reference)
 
@@ -170,6 +177,7 @@ def test_read_only_run_dir_is_one_line_then_resumes(tmpfs, reference, torch_glob
 def test_checkpoint_folder_turning_read_only_mid_run(tmpfs, reference, torch_globals):
     """The checkpoints folder on its own mount, made read-only between two saves (nothing is
     open for writing there then): the save names the path and the bytes it needed."""
+
     class ReadOnlyAt7(Trainer):
         def save_checkpoint(self, milestone: bool = False) -> None:
             if self.step == 7:
@@ -185,8 +193,11 @@ def test_checkpoint_folder_turning_read_only_mid_run(tmpfs, reference, torch_glo
     try:
         with pytest.raises(TrainingFailure) as info:
             make_trainer(run, trainer_cls=ReadOnlyAt7).run()
-        assert re.fullmatch(rf"{re.escape(str(ck))}/step_00000007\.pt: read-only file system while writing the "
-                            rf"checkpoint of step 7 \(needs \d+ bytes \([0-9.]+ KiB\)\)", str(info.value)), str(info.value)
+        assert re.fullmatch(
+            rf"{re.escape(str(ck))}/step_00000007\.pt: read-only file system while writing the "
+            rf"checkpoint of step 7 \(needs \d+ bytes \([0-9.]+ KiB\)\)",
+            str(info.value),
+        ), str(info.value)
         assert CheckpointStore(ck).load_latest()[1].step == 6 and temporaries(run) == []
         assert _mount(ck, "", ro=False, remount=True).returncode == 0
         assert make_trainer(run).run() == EXIT_FINISHED

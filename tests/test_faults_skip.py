@@ -8,6 +8,7 @@ Driver: ``python tests/test_faults_skip.py RUN_DIR [key=value ...]`` trains with
 (videos from env ``BAD_VIDEOS``, default 3,7) and exits with the trainer's code (2 with one line
 on a failure); env ``TINY_STEP_SLEEP`` slows every step so a test can kill it at random moments.
 """
+
 from __future__ import annotations
 
 import os
@@ -22,16 +23,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from test_train_support import TinyBuilder, TinyClips, tiny_collate, tiny_components
 
-from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.components import FixedClips
 from pixpro_of.train.data import BadSample, EpochBatches, SafeCollate, SampleSet, make_loader
 from pixpro_of.train.failures import TrainingFailure
 from pixpro_of.train.metrics_log import read_csv
 from pixpro_of.train.trainer import Trainer
+from plumbing.errors import UserError
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
-from test_train_support import TinyBuilder, TinyClips, make_trainer, tiny_collate, tiny_components
 
 HERE = Path(__file__).resolve().parent
 DRIVER = Path(__file__).resolve()
@@ -59,8 +60,9 @@ def bad_components(bad=(3, 7)):
 
 
 def bad_trainer(run_dir, overrides=(), bad=(3, 7), trainer_cls=Trainer, stop=None):
-    from pixpro_of.config import load_config
     from test_train_support import TINY_OVERRIDES
+
+    from pixpro_of.config import load_config
 
     cfg = load_config(None, TINY_OVERRIDES + list(overrides))
     return trainer_cls(cfg, run_dir, components=bad_components(bad), stop=stop)
@@ -75,6 +77,7 @@ def torch_globals():
 
 
 # --------------------------------------------------------------------------- the sample set
+
 
 def test_a_bad_clip_comes_back_as_a_record_or_a_deterministic_substitute():
     clips = BadClips(bad=(3,))
@@ -126,12 +129,16 @@ def test_the_loader_passes_records_through_workers():
 
 # --------------------------------------------------------------------------- the trainer
 
+
 def test_fail_is_the_default_and_names_the_sample(tmp_path, torch_globals):
     with pytest.raises(TrainingFailure) as info:
         bad_trainer(tmp_path / "run").run()
     msg = str(info.value)
-    assert re.fullmatch(r"shard-n000-00000\.h5: video 'vid00[37]' frame \d: JPEG bytes fail their CRC32 "
-                        r"\(epoch 0, batch \d; data\.on_bad_sample=skip would skip it\)", msg), msg
+    assert re.fullmatch(
+        r"shard-n000-00000\.h5: video 'vid00[37]' frame \d: JPEG bytes fail their CRC32 "
+        r"\(epoch 0, batch \d; data\.on_bad_sample=skip would skip it\)",
+        msg,
+    ), msg
     assert "\n" not in msg
 
 
@@ -141,25 +148,31 @@ def test_skip_trains_on_substitutes_logs_and_counts_each_skip(tmp_path, torch_gl
     rows = read_csv(run / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, TOTAL_STEPS + 1))
     skipped = [int(float(r["data/skipped"])) for r in rows]
-    per_epoch = [sum(skipped[e * 6:(e + 1) * 6]) for e in range(4)]
+    per_epoch = [sum(skipped[e * 6 : (e + 1) * 6]) for e in range(4)]
     assert all(n >= 2 for n in per_epoch), per_epoch  # videos 3 and 7 once per epoch, plus bad substitutes
     # data/skipped_epoch is the running count, reset each epoch
     for e in range(4):
-        running = np.cumsum(skipped[e * 6:(e + 1) * 6]).tolist()
-        assert [int(float(r["data/skipped_epoch"])) for r in rows[e * 6:(e + 1) * 6]] == running
+        running = np.cumsum(skipped[e * 6 : (e + 1) * 6]).tolist()
+        assert [int(float(r["data/skipped_epoch"])) for r in rows[e * 6 : (e + 1) * 6]] == running
     log = (run / "logs" / "train.log").read_text()
     lines = re.findall(r"skipped bad sample \(epoch (\d) sample (\d+)\): (.*)", log)
     assert len(lines) == sum(skipped)
-    assert {m for _, _, m in lines} <= {f"shard-n000-00000.h5: video 'vid00{v}' frame {t}: JPEG bytes fail their CRC32"
-                                        for v in (3, 7) for t in range(8)}
+    assert {m for _, _, m in lines} <= {
+        f"shard-n000-00000.h5: video 'vid00{v}' frame {t}: JPEG bytes fail their CRC32"
+        for v in (3, 7)
+        for t in range(8)
+    }
 
 
 def test_the_budget_is_per_epoch_and_failing_names_the_count(tmp_path, torch_globals):
     with pytest.raises(TrainingFailure) as info:
         bad_trainer(tmp_path / "run", ["data.on_bad_sample=skip", "data.bad_sample_budget=1"]).run()
     msg = str(info.value)
-    assert re.match(r"data\.bad_sample_budget=1 spent: [23] bad samples in epoch 0; the last: shard-n000-00000\.h5: "
-                    r"video 'vid00[37]' frame \d: JPEG bytes fail their CRC32$", msg), msg
+    assert re.match(
+        r"data\.bad_sample_budget=1 spent: [23] bad samples in epoch 0; the last: shard-n000-00000\.h5: "
+        r"video 'vid00[37]' frame \d: JPEG bytes fail their CRC32$",
+        msg,
+    ), msg
 
 
 class _StopAt(Trainer):
@@ -196,6 +209,7 @@ def test_the_epoch_count_survives_a_resume(tmp_path, torch_globals):
 
 # --------------------------------------------------------------------------- kill -9 and resume
 
+
 def _final(run: Path) -> dict:
     state, info = CheckpointStore(run / "checkpoints").load_latest()
     assert info.step == TOTAL_STEPS and (run / "done").exists()
@@ -204,10 +218,16 @@ def _final(run: Path) -> dict:
 
 def _start(run: Path, **env) -> subprocess.Popen:
     e = dict(os.environ, **{k: str(v) for k, v in env.items()})
-    e["PYTHONPATH"] = os.pathsep.join([str(HERE), str(HERE.parent)] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
-    return subprocess.Popen([sys.executable, str(DRIVER), str(run), "data.on_bad_sample=skip",
-                             "data.bad_sample_budget=10"], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            text=True)
+    e["PYTHONPATH"] = os.pathsep.join(
+        [str(HERE), str(HERE.parent)] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p]
+    )
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), str(run), "data.on_bad_sample=skip", "data.bad_sample_budget=10"],
+        env=e,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _steps(run: Path):

@@ -15,6 +15,7 @@ ARGS...`` with a tiny PixPro double (:class:`FaultPixPro`: stride-32 encoder, re
 branch) in place of ResNet, so a step takes milliseconds and the real CLI, trainer, reader,
 pipeline, DataLoader and backends are what is tested.
 """
+
 from __future__ import annotations
 
 import copy
@@ -28,17 +29,24 @@ import uuid
 from pathlib import Path
 from typing import Callable, Dict, List, Optional
 
-import numpy as np
-
 HERE = Path(__file__).resolve().parent
 DRIVER = Path(__file__).resolve()
 ERROR_LINE = "pixpro_of train: error: "
 # The cpu_small preset with the tiny model: global batch 4, 16 videos -> 4 steps per epoch.
-BASE = ["--config", "cpu_small", "run.deterministic=true", "log.tensorboard=false", "data.num_workers=1",
-        "checkpoint.every_epochs=0", "checkpoint.every_steps=2", "run.epochs=40"]
+BASE = [
+    "--config",
+    "cpu_small",
+    "run.deterministic=true",
+    "log.tensorboard=false",
+    "data.num_workers=1",
+    "checkpoint.every_epochs=0",
+    "checkpoint.every_steps=2",
+    "run.epochs=40",
+]
 
 
 # --------------------------------------------------------------------------- the model double
+
 
 def _tiny_pixpro_class():
     import torch.nn.functional as F
@@ -49,10 +57,15 @@ def _tiny_pixpro_class():
 
         def __init__(self, cfg=None, width: int = 8, dim: int = 4):
             super().__init__()
-            self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, stride=4, padding=1), nn.BatchNorm2d(width),
-                                         nn.ReLU(), nn.Conv2d(width, width, 3, stride=8, padding=1))
-            self.projector = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                                           nn.Conv2d(width, dim, 1))
+            self.encoder = nn.Sequential(
+                nn.Conv2d(3, width, 3, stride=4, padding=1),
+                nn.BatchNorm2d(width),
+                nn.ReLU(),
+                nn.Conv2d(width, width, 3, stride=8, padding=1),
+            )
+            self.projector = nn.Sequential(
+                nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, dim, 1)
+            )
             self.encoder_k = copy.deepcopy(self.encoder)
             self.projector_k = copy.deepcopy(self.projector)
             for p in list(self.encoder_k.parameters()) + list(self.projector_k.parameters()):
@@ -101,13 +114,17 @@ def _driver(argv: List[str]) -> int:
 
 # --------------------------------------------------------------------------- data and faults
 
+
 def make_shards(root: Path, videos: int = 16, frames: int = 8) -> Path:
     """Pack the synthetic world into ``root`` (one shard); returns the manifest path."""
     from hdf5_tools.pack import PackConfig, pack
 
     root = Path(root)
-    pack(PackConfig(src=f"synth:videos={videos},frames={frames},size=128x64,seed=0", out=str(root), nodes=1,
-                    progress=False))
+    pack(
+        PackConfig(
+            src=f"synth:videos={videos},frames={frames},size=128x64,seed=0", out=str(root), nodes=1, progress=False
+        )
+    )
     return root / "manifest.json"
 
 
@@ -138,25 +155,27 @@ def video_names(shard: Path) -> List[str]:
 def corrupt_jpegs(shard: Path, videos: Optional[List[str]] = None) -> None:
     """Flip a byte in the middle of every frame of ``videos`` (default: all): CRC failures."""
     import h5py
+    from shard_bytes import file_offset
 
     from hdf5_tools import schema
-    from shard_bytes import file_offset
 
     offsets = []
     with h5py.File(shard, "r") as h5:
         for v in videos or sorted(h5[schema.VIDEOS].keys()):
             g = h5[schema.VIDEOS][v]
             base = file_offset(shard, v, schema.JPEG)
-            offsets += [base + int(o) + int(n) // 2 for o, n in zip(g[schema.JPEG_OFFSET][()], g[schema.JPEG_LENGTH][()])]
+            offsets += [
+                base + int(o) + int(n) // 2 for o, n in zip(g[schema.JPEG_OFFSET][()], g[schema.JPEG_LENGTH][()])
+            ]
     _flip(shard, offsets)
 
 
 def corrupt_flows(shard: Path, videos: Optional[List[str]] = None) -> None:
     """Flip a byte in every stored flow_fwd chunk of ``videos`` (default: all)."""
     import h5py
+    from shard_bytes import file_offset
 
     from hdf5_tools import schema
-    from shard_bytes import file_offset
 
     offsets = []
     with h5py.File(shard, "r") as h5:
@@ -176,6 +195,7 @@ def delete(shard: Path) -> None:
 
 
 # --------------------------------------------------------------------------- processes
+
 
 def _environ(pid: str) -> bytes:
     try:
@@ -224,8 +244,7 @@ def kill_worker(token: str, timeout: float = 30.0) -> int:
 
 
 def train_cmd(run_dir: Path, shards: Path, ranks: int = 1, backend: str = "horovod", extra=()) -> List[str]:
-    py = [sys.executable, str(DRIVER), "train", "--run-dir", str(run_dir), *BASE,
-          f"data.shards=[{shards}]", *extra]
+    py = [sys.executable, str(DRIVER), "train", "--run-dir", str(run_dir), *BASE, f"data.shards=[{shards}]", *extra]
     if ranks == 1:
         return py + ["dist.backend=single"]
     return ["mpirun", "--oversubscribe", "--bind-to", "none", "-np", str(ranks)] + py + [f"dist.backend={backend}"]
@@ -233,8 +252,13 @@ def train_cmd(run_dir: Path, shards: Path, ranks: int = 1, backend: str = "horov
 
 def mpi_env(env: Optional[dict] = None) -> dict:
     e = dict(os.environ if env is None else env)
-    e.update(OMPI_ALLOW_RUN_AS_ROOT="1", OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1", OMPI_MCA_rmaps_base_oversubscribe="1",
-             OMPI_MCA_mpi_yield_when_idle="1", PYTHONUNBUFFERED="1")
+    e.update(
+        OMPI_ALLOW_RUN_AS_ROOT="1",
+        OMPI_ALLOW_RUN_AS_ROOT_CONFIRM="1",
+        OMPI_MCA_rmaps_base_oversubscribe="1",
+        OMPI_MCA_mpi_yield_when_idle="1",
+        PYTHONUNBUFFERED="1",
+    )
     e["PATH"] = f"{Path(sys.executable).parent}:{e.get('PATH', '')}"
     e["PYTHONPATH"] = os.pathsep.join([str(HERE.parent)] + [p for p in e.get("PYTHONPATH", "").split(os.pathsep) if p])
     return e
@@ -257,16 +281,23 @@ def first_bad_read(run_dir: Path) -> Optional[float]:
     return min(times) if times else None
 
 
-def run_with_fault(cmd: List[str], run_dir: Path, inject: Optional[Callable[[str], None]], at_step: int = 2,
-                   env: Optional[dict] = None, timeout: float = 120.0) -> Dict[str, object]:
+def run_with_fault(
+    cmd: List[str],
+    run_dir: Path,
+    inject: Optional[Callable[[str], None]],
+    at_step: int = 2,
+    env: Optional[dict] = None,
+    timeout: float = 120.0,
+) -> Dict[str, object]:
     """Run ``cmd``, call ``inject(token)`` once step ``at_step`` is logged (None: no injection),
     and wait for the job to end. Returns rc, output, the injection and exit times, the first bad
     read the trainer logged, and the job's processes still alive 2 s after the exit."""
     token = uuid.uuid4().hex
     e = mpi_env(env)
     e["FAULT_TOKEN"] = token
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=e, start_new_session=True
+    )
     t_inject = None
     try:
         if inject is not None:
@@ -296,8 +327,14 @@ def run_with_fault(cmd: List[str], run_dir: Path, inject: Optional[Callable[[str
             os.kill(pid, signal.SIGKILL)
         except ProcessLookupError:
             pass
-    return {"rc": proc.returncode, "output": out, "t_inject": t_inject, "t_exit": t_exit,
-            "first_bad_read": first_bad_read(run_dir), "left": left}
+    return {
+        "rc": proc.returncode,
+        "output": out,
+        "t_inject": t_inject,
+        "t_exit": t_exit,
+        "first_bad_read": first_bad_read(run_dir),
+        "left": left,
+    }
 
 
 def error_lines(output: str) -> List[str]:

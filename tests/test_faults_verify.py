@@ -10,6 +10,7 @@ shards give one-line errors naming the shard and the dataset, from verify and fr
   verify and the training reader raise nothing but one-line errors, and whenever reading the
   clips training reads fails, ``verify --deep`` has reported the shard.
 """
+
 from __future__ import annotations
 
 import json
@@ -70,18 +71,24 @@ def test_a_cleared_flow_flag_over_stored_flows_is_caught_by_deep(packed, tmp_pat
     assert verify_shard(str(path)).ok  # a missing pair alone is a legal state ('hdf5_tools flow' not run)
     assert verify_shard(str(path), deep=True).problems == [
         "video 'synth-00001' flow pair 2: its flows are stored and match their CRC32s but flow_present is 0 "
-        "(a cleared flag, or 'hdf5_tools flow' stopped before setting it; training would call it missing)"]
+        "(a cleared flag, or 'hdf5_tools flow' stopped before setting it; training would call it missing)"
+    ]
     assert verify_shard(str(path), require_flows=True).problems == [
-        "video 'synth-00001': 1 of 5 flow pairs are missing (first: pair 2); run 'hdf5_tools flow' on this shard"]
+        "video 'synth-00001': 1 of 5 flow pairs are missing (first: pair 2); run 'hdf5_tools flow' on this shard"
+    ]
     r = _cli("verify", "--deep", str(path))
-    assert r.returncode == 1 and r.stderr.splitlines()[0].startswith(f"{path}: video 'synth-00001' flow pair 2: its flows")
+    assert r.returncode == 1 and r.stderr.splitlines()[0].startswith(
+        f"{path}: video 'synth-00001' flow pair 2: its flows"
+    )
 
 
 def test_a_flag_that_is_neither_0_nor_1_is_reported(packed, tmp_path):
     path = _copy(packed, tmp_path)
     with h5py.File(path, "r+") as h5:
         h5["videos/synth-00002/flow_present"][0] = 17
-    assert verify_shard(str(path)).problems == ["video 'synth-00002': flow_present holds 17 at pair 0 (flags are 0 or 1)"]
+    assert verify_shard(str(path)).problems == [
+        "video 'synth-00002': flow_present holds 17 at pair 0 (flags are 0 or 1)"
+    ]
 
 
 def test_a_renamed_video_is_caught_by_verify_and_named_by_the_reader(packed, tmp_path):
@@ -95,13 +102,16 @@ def test_a_renamed_video_is_caught_by_verify_and_named_by_the_reader(packed, tmp
     assert str(info.value) == f"{path.name}: {expected}"
 
 
-@pytest.mark.parametrize("attr, value, message", [
-    ("num_frames", "6", "attribute num_frames must be an integer, got str '6'"),
-    ("height", 0, "attribute height must be >= 1, got 0"),
-    ("fps", float("nan"), "attribute fps must be a positive number, got nan"),
-    ("split", 7, "attribute split must be a string, got int64 7"),
-    ("flow_width", 9, "flow size 4x9 != 4x8 (ceil of 32x64 / 8)"),
-])
+@pytest.mark.parametrize(
+    "attr, value, message",
+    [
+        ("num_frames", "6", "attribute num_frames must be an integer, got str '6'"),
+        ("height", 0, "attribute height must be >= 1, got 0"),
+        ("fps", float("nan"), "attribute fps must be a positive number, got nan"),
+        ("split", 7, "attribute split must be a string, got int64 7"),
+        ("flow_width", 9, "flow size 4x9 != 4x8 (ceil of 32x64 / 8)"),
+    ],
+)
 def test_attribute_types_and_ranges(attr, value, message, packed, tmp_path):
     path = _copy(packed, tmp_path)
     with h5py.File(path, "r+") as h5:
@@ -119,7 +129,8 @@ def test_a_dataset_with_the_wrong_dtype_is_reported(packed, tmp_path):
         del g["jpeg_crc32"]
         g.create_dataset("jpeg_crc32", data=data.astype(np.int32))
     assert verify_shard(str(path)).problems == [
-        "video 'synth-00000': wrong dataset types: jpeg_crc32 is <i4 with 1 dimensions (expected u4, 1)"]
+        "video 'synth-00000': wrong dataset types: jpeg_crc32 is <i4 with 1 dimensions (expected u4, 1)"
+    ]
 
 
 def test_a_deleted_dataset_is_named_by_verify_and_the_reader(packed, tmp_path):
@@ -168,6 +179,7 @@ def test_names_and_counts_are_compared_with_the_manifest(packed, tmp_path):
 
 
 # --------------------------------------------------------------------------- fuzz
+
 
 def _data_ranges(path: Path):
     """[start, end) byte ranges of raw dataset data (everything else is HDF5 metadata)."""
@@ -227,10 +239,21 @@ def test_fuzz_every_read_failure_is_caught_by_verify_first(packed, tmp_path):
     offsets = meta[::step] + sorted(int(x) for x in rng.integers(0, size, 40)) + [o for o in KNOWN if o < size]
     results, todo = [], list(offsets)
     while todo:  # a crash of the child (HDF5 on damaged metadata) is recorded, the rest goes on
-        r = subprocess.run([sys.executable, "-c", "import sys, json; import test_faults_verify as t; "
-                            "t.fuzz_child(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3])",
-                            str(packed), json.dumps(todo), str(tmp_path)],
-                           capture_output=True, text=True, cwd=HERE, timeout=600)
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                "import sys, json; import test_faults_verify as t; "
+                "t.fuzz_child(sys.argv[1], json.loads(sys.argv[2]), sys.argv[3])",
+                str(packed),
+                json.dumps(todo),
+                str(tmp_path),
+            ],
+            capture_output=True,
+            text=True,
+            cwd=HERE,
+            timeout=600,
+        )
         rows = [json.loads(ln) for ln in r.stdout.splitlines() if ln.startswith("{")]
         results += rows
         done = len(rows)

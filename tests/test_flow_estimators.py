@@ -1,4 +1,5 @@
 """flow.estimators and flow.raft_weights: official checkpoints load strictly, RAFT and DIS outputs."""
+
 import os
 import sys
 import types
@@ -9,10 +10,10 @@ import torch
 import torch.nn.functional as F
 from torchvision.models.optical_flow import raft_large, raft_small
 
-from plumbing.errors import UserError
 from flow.estimators import make_estimator
 from flow.ops import full_flow_to_shard, shard_flow_to_full
 from flow.raft_weights import load_raft_state, official_to_torchvision, torchvision_to_official
+from plumbing.errors import UserError
 
 torch.set_num_threads(1)
 
@@ -40,8 +41,12 @@ def test_official_layout_has_official_names_and_loads_strictly(small, random_raf
     # The official checkpoints hold 106 (raft-small) and 179 (raft-large) entries, all under module.
     assert len(off) == (106 if small else 179)
     assert all(k.startswith("module.") for k in off)
-    for key in ("module.fnet.conv1.weight", "module.cnet.layer3.1.conv2.bias", "module.update_block.encoder.convf1.weight",
-                "module.update_block.flow_head.conv2.bias"):
+    for key in (
+        "module.fnet.conv1.weight",
+        "module.cnet.layer3.1.conv2.bias",
+        "module.update_block.encoder.convf1.weight",
+        "module.update_block.flow_head.conv2.bias",
+    ):
         assert key in off
     if small:
         assert "module.update_block.gru.convz.weight" in off and "module.fnet.layer2.0.conv3.weight" in off
@@ -68,7 +73,11 @@ def test_strict_mapping_rejects_foreign_missing_and_edited_keys(random_raft):
     off = torchvision_to_official(random_raft[True].state_dict(), True)
     extra = dict(off)
     extra["module.fnet.layer9.0.conv1.weight"] = torch.zeros(1)
-    with pytest.raises(UserError, match=r"ckpt: 1 key\(s\) are not part of raft-small, first 'module.fnet.layer9.0.conv1.weight' \(official layout\)"):
+    with pytest.raises(
+        UserError,
+        match=r"ckpt: 1 key\(s\) are not part of raft-small, first 'module.fnet.layer9.0.conv1.weight' "
+        r"\(official layout\)",
+    ):
         load_raft_state(small, extra, True, source="ckpt")
     missing = dict(off)
     del missing["module.update_block.flow_head.conv1.bias"]
@@ -98,7 +107,9 @@ def test_bad_weight_files_give_one_line_errors(random_raft, tmp_path):
         make_estimator("raft-small", weights=notdict)
     wrong = tmp_path / "large.pth"
     torch.save(torchvision_to_official(random_raft[False].state_dict(), False), wrong)
-    with pytest.raises(UserError, match=r"large.pth: official-layout weights for raft-large, but the model is raft-small"):
+    with pytest.raises(
+        UserError, match=r"large.pth: official-layout weights for raft-large, but the model is raft-small"
+    ):
         make_estimator("raft-small", weights=wrong)
     with pytest.raises(UserError, match="model should be one of raft-small, raft-large, dis"):
         make_estimator("flownet")
@@ -169,7 +180,9 @@ def test_raft_with_official_code_when_available(random_raft, tmp_path):
         off = torchvision_to_official(random_raft[small].state_dict(), small)
         path = tmp_path / "w.pth"
         torch.save(off, path)
-        ref = torch.nn.DataParallel(RAFT(argparse.Namespace(small=small, mixed_precision=False, alternate_corr=False, dropout=0)))
+        ref = torch.nn.DataParallel(
+            RAFT(argparse.Namespace(small=small, mixed_precision=False, alternate_corr=False, dropout=0))
+        )
         ref.load_state_dict(torch.load(path), strict=True)
         ref = ref.module.eval()
         x1 = torch.from_numpy(a).permute(0, 3, 1, 2).float()

@@ -1,12 +1,25 @@
 """flow.ops: chaining, FB consistency masks, sampling, warping and resizing on analytic flows."""
+
 import math
 
 import numpy as np
 import pytest
 import torch
 
-from flow.ops import (chain_backward, chain_flows, endpoint_error, fb_consistency, full_flow_to_shard, in_frame,
-                      pixel_grid, resize_flow, sample_at, shard_flow_to_full, upsample_flow, warp_image)
+from flow.ops import (
+    chain_backward,
+    chain_flows,
+    endpoint_error,
+    fb_consistency,
+    full_flow_to_shard,
+    in_frame,
+    pixel_grid,
+    resize_flow,
+    sample_at,
+    shard_flow_to_full,
+    upsample_flow,
+    warp_image,
+)
 
 
 def affine_flow(A, t, h, w):
@@ -70,9 +83,9 @@ def moving_square(h=64, w=64, d=6, top=20, left=10, size=16):
     fwd = torch.zeros(1, 2, h, w)
     bwd = torch.zeros(1, 2, h, w)
     sq1 = torch.zeros(h, w, dtype=torch.bool)
-    sq1[top:top + size, left:left + size] = True
+    sq1[top : top + size, left : left + size] = True
     sq2 = torch.zeros(h, w, dtype=torch.bool)
-    sq2[top:top + size, left + d:left + d + size] = True
+    sq2[top : top + size, left + d : left + d + size] = True
     fwd[0, 0][sq1] = d
     bwd[0, 0][sq2] = -d
     # Frame-1 pixel is visible in frame 2 unless it is background covered by the square in frame 2.
@@ -249,7 +262,7 @@ def _seed_reference(flows, fwd, bwd, alpha1=0.01, alpha2=0.5):
     c1 = to_unit(grid, h, w) + fn
     mask = (c1[:, 0].abs() < 1) & (c1[:, 1].abs() < 1)
     bi = F.grid_sample(bn, c1.permute(0, 2, 3, 1), align_corners=True)
-    eps = alpha1 * ((fn ** 2).sum(1) + (bi ** 2).sum(1)) + alpha2 / math.sqrt(h * h + w * w)
+    eps = alpha1 * ((fn**2).sum(1) + (bi**2).sum(1)) + alpha2 / math.sqrt(h * h + w * w)
     return chain, mask & (((fn + bi) ** 2).sum(1) - eps <= 0)
 
 

@@ -1,19 +1,20 @@
-"""flow.io round trips, ``python -m flow viz`` / ``hdf5_tools viz`` pictures and ``python -m pixpro_of eval flow`` on the synthetic world."""
+"""flow.io round trips, ``python -m flow viz`` / ``hdf5_tools viz`` pictures and ``python -m pixpro_of eval flow``
+on the synthetic world."""
+
 import json
 
 import numpy as np
 import pytest
 import torch
 from PIL import Image
+from test_flow_compute import make_shards
 
 from flow.__main__ import main as flow_main
+from flow.io import read_flo, read_seed_pth, write_flo, write_seed_pth
+from flow.ops import fb_consistency, in_frame
 from hdf5_tools.cli import main as shard_main
 from pixpro_of.evaluation.cli import main as eval_main
 from plumbing.errors import UserError
-from flow.io import read_flo, read_seed_pth, write_flo, write_seed_pth
-from flow.ops import fb_consistency, in_frame
-
-from test_flow_compute import make_shards
 
 
 def test_flo_round_trip_and_damaged_files(tmp_path):
@@ -71,8 +72,18 @@ def test_viz_writes_flow_mask_and_composite_pictures(tmp_path, capsys):
     shard = _shard_with_flows(tmp_path)
     out = tmp_path / "pics"
     assert shard_main(["viz", str(shard), "--video", "v0", "--t", "1", "--frames", "3", "--out", str(out)]) == 0
-    names = {"frame_first", "frame_last", "flow_fwd", "flow_bwd", "mask_fwd_seed", "mask_bwd_seed", "mask_fwd_unflow",
-             "mask_bwd_unflow", "overlay_fwd", "panel"}
+    names = {
+        "frame_first",
+        "frame_last",
+        "flow_fwd",
+        "flow_bwd",
+        "mask_fwd_seed",
+        "mask_bwd_seed",
+        "mask_fwd_unflow",
+        "mask_bwd_unflow",
+        "overlay_fwd",
+        "panel",
+    }
     assert {p.stem for p in out.glob("*.png")} == names
     for n in names - {"panel"}:
         im = np.asarray(Image.open(out / f"{n}.png"))
@@ -97,8 +108,20 @@ def test_viz_of_a_flo_file(tmp_path):
     flow[0] = np.linspace(-3, 3, 30)[None, :]
     write_flo(tmp_path / "f.flo", flow)
     Image.fromarray(np.full((20, 30, 3), 128, np.uint8)).save(tmp_path / "frame.png")
-    assert flow_main(["viz", "--flo", str(tmp_path / "f.flo"), "--frame", str(tmp_path / "frame.png"),
-                      "--out", str(tmp_path / "o")]) == 0
+    assert (
+        flow_main(
+            [
+                "viz",
+                "--flo",
+                str(tmp_path / "f.flo"),
+                "--frame",
+                str(tmp_path / "frame.png"),
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     img = np.asarray(Image.open(tmp_path / "o" / "flow.png")).astype(int)
     assert img.shape == (20, 30, 3)
     assert np.abs(img[:, 0] - img[:, -1]).sum() > 100  # left and right flow point opposite ways
@@ -107,8 +130,12 @@ def test_viz_of_a_flo_file(tmp_path):
 
 def test_evaluate_reports_epe_and_mask_figures(tmp_path, capsys):
     out = tmp_path / "ev.json"
-    assert eval_main(["flow", "--videos", "1", "--video-frames", "4", "--size", "96x64", "--kmax", "3",
-                      "--json", str(out)]) == 0
+    assert (
+        eval_main(
+            ["flow", "--videos", "1", "--video-frames", "4", "--size", "96x64", "--kmax", "3", "--json", str(out)]
+        )
+        == 0
+    )
     r = json.loads(out.read_text())
     epe = {(e["k"], e["flow"]): e["epe_px"] for e in r["epe"]}
     assert set(epe) == {(2, "full"), (2, "stored"), (3, "stored")}

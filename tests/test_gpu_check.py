@@ -4,6 +4,7 @@ the wrapper and the Makefile targets say what travels, and (slow) the whole chec
 on the CPU with tiny sizes, writing its summary within the 8 result files. Its first step is the
 launcher's smoke (pixpro_of/smoke/) as one rank: the device check's environment and DDP
 stop/resume checks live there now."""
+
 from __future__ import annotations
 
 import json
@@ -25,7 +26,9 @@ import gpu_check  # noqa: E402
 
 
 def driver(*args, timeout=120):
-    return subprocess.run([sys.executable, str(DRIVER), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT)
+    return subprocess.run(
+        [sys.executable, str(DRIVER), *args], capture_output=True, text=True, timeout=timeout, cwd=ROOT
+    )
 
 
 def parse_plan(out: str):
@@ -47,9 +50,11 @@ def test_dry_run_prints_every_step_with_its_budget_within_one_device_command():
 
 
 def test_dry_run_and_help_import_no_torch():
-    code = ("import runpy, sys; sys.argv = ['gpu_check', '--dry-run']\n"
-            "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
-            "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % str(DRIVER))
+    code = (
+        "import runpy, sys; sys.argv = ['gpu_check', '--dry-run']\n"
+        "try:\n    runpy.run_path(%r, run_name='__main__')\nexcept SystemExit:\n    pass\n"
+        "print('TORCH' if 'torch' in sys.modules else 'NO-TORCH')" % str(DRIVER)
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert r.stdout.strip().splitlines()[-1] == "NO-TORCH", r.stdout + r.stderr
 
@@ -67,22 +72,29 @@ def test_plan_scales_every_step_into_a_smaller_budget_and_keeps_the_order():
     assert [n for n, _ in steps] == ["smoke", "raft"] and total <= 240 and budget == 240
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--budget", "600"], "--budget must be in 1..480 s (one device command), got 600"),
-    (["--only", "smoke,bogus"], "--only: unknown step 'bogus' (steps: smoke, input, step_fp32, step_bf16, raft)"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--budget", "600"], "--budget must be in 1..480 s (one device command), got 600"),
+        (["--only", "smoke,bogus"], "--only: unknown step 'bogus' (steps: smoke, input, step_fp32, step_bf16, raft)"),
+    ],
+)
 def test_bad_arguments_are_one_line(args, message):
     p = driver("--dry-run", *args)
     assert p.returncode == 2 and p.stderr.strip().splitlines()[-1].endswith(message), p.stderr
 
 
 def test_without_data_a_step_fails_naming_what_to_run(tmp_path):
-    p = driver("--cpu", "--only", "smoke", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=300)
+    p = driver(
+        "--cpu", "--only", "smoke", "--data", str(tmp_path / "none"), "--out", str(tmp_path / "out"), timeout=300
+    )
     assert p.returncode == 1
     summary = (tmp_path / "out" / "summary.txt").read_text()
     assert re.search(r"smoke: limit_s \d+, took_s [0-9.]+, status FAIL \(exit 1\)", summary), summary
     log = (tmp_path / "out" / "steps.log").read_text()
-    assert f"gpu_check: no packed data at {tmp_path / 'none' / 'manifest.json'} (make gpu-check-data, or --prepare)" in log
+    assert (
+        f"gpu_check: no packed data at {tmp_path / 'none' / 'manifest.json'} (make gpu-check-data, or --prepare)" in log
+    )
 
 
 def test_wrapper_passes_shellcheck_and_its_dry_run_runs_the_driver_without_installing(tmp_path):
@@ -91,9 +103,17 @@ def test_wrapper_passes_shellcheck_and_its_dry_run_runs_the_driver_without_insta
     if shutil.which("shellcheck"):
         r = subprocess.run(["shellcheck", "--severity=info", str(WRAPPER)], capture_output=True, text=True)
         assert r.returncode == 0, r.stdout[:4000]
-    r = subprocess.run(["bash", str(WRAPPER), "--dry-run"], capture_output=True, text=True, timeout=120,
-                       env={"PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin", "PYTHON": sys.executable,
-                            "GPU_CHECK_SITE": str(tmp_path / "site")})
+    r = subprocess.run(
+        ["bash", str(WRAPPER), "--dry-run"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={
+            "PATH": f"{Path(sys.executable).parent}:/usr/bin:/bin",
+            "PYTHON": sys.executable,
+            "GPU_CHECK_SITE": str(tmp_path / "site"),
+        },
+    )
     assert r.returncode == 0, r.stderr
     assert parse_plan(r.stdout)[0][0][0] == "smoke"
     assert not (tmp_path / "site").exists()  # a dry run installs nothing
@@ -105,8 +125,16 @@ def test_make_targets_download_cp312_manylinux_wheels_and_pack_on_this_machine()
     r = subprocess.run(["make", "-n", "gpu-wheels"], capture_output=True, text=True, cwd=ROOT)
     assert r.returncode == 0, r.stderr
     cmd = r.stdout
-    for part in ("pip download", "--no-deps", "--only-binary=:all:", "--python-version 3.12", "--implementation cp",
-                 "--platform manylinux2014_x86_64", "-d gpu_wheels", "simplejpeg=="):
+    for part in (
+        "pip download",
+        "--no-deps",
+        "--only-binary=:all:",
+        "--python-version 3.12",
+        "--implementation cp",
+        "--platform manylinux2014_x86_64",
+        "-d gpu_wheels",
+        "simplejpeg==",
+    ):
         assert part in cmd, (part, cmd)
     r = subprocess.run(["make", "-n", "gpu-check-data"], capture_output=True, text=True, cwd=ROOT)
     assert "bench/gpu_check.py --prepare" in r.stdout
@@ -130,8 +158,15 @@ def test_the_whole_check_runs_end_to_end_on_the_cpu(tmp_path):
     assert all(e["status"] == "PASS" for e in s.values()), s
     assert s["smoke"]["torch"] and s["smoke"]["torchvision"] and s["smoke"]["passed"]
     # the launcher's smoke, as one rank: its six lines and the verdict
-    assert [ln.split(":")[0] for ln in s["smoke"]["lines"]] == ["imports", "gpus", "allreduce", "scratch", "train",
-                                                              "stop/resume", "smoke"]
+    assert [ln.split(":")[0] for ln in s["smoke"]["lines"]] == [
+        "imports",
+        "gpus",
+        "allreduce",
+        "scratch",
+        "train",
+        "stop/resume",
+        "smoke",
+    ]
     assert "allreduce: OK: 1 rank, torch.distributed gloo" in s["smoke"]["lines"][2]
     assert "1 rank: no transfer" in s["smoke"]["lines"][2] and "0 GPUs (CPU ranks)" in s["smoke"]["lines"][1]
     assert "resumed from step 20 to step 24, exit 0 (done marker)" in s["smoke"]["lines"][5]

@@ -1,4 +1,5 @@
 """hdf5_tools pack: round trips (frames, seed .pth flows, .flo flows, synth), planning, resume, bad input."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ import sys
 import numpy as np
 import pytest
 
-from hdf5_tools import pack as pack_mod
 from hdf5_tools import fake_sources, schema
-from plumbing.cli import call
-from plumbing.errors import UserError
+from hdf5_tools import pack as pack_mod
 from hdf5_tools.manifest import load_manifest
 from hdf5_tools.pack import PackConfig, pack
+from plumbing.cli import call
+from plumbing.errors import UserError
 
 SIZE = (64, 48)  # W, H -> flows 6 x 8
 
@@ -180,7 +181,9 @@ def test_interrupted_pack_resumes_without_redoing_finished_shards(tmp_path, rend
     assert len(done) == 2 and not (out / "manifest.json").exists()
     mtimes = {p: os.stat(out / p).st_mtime_ns for p in done}
     calls.clear()
-    monkeypatch.setattr(pack_mod, "write_shard", lambda plan, *a, **kw: (calls.append(plan.file), real(plan, *a, **kw))[1])
+    monkeypatch.setattr(
+        pack_mod, "write_shard", lambda plan, *a, **kw: (calls.append(plan.file), real(plan, *a, **kw))[1]
+    )
     m = pack(_cfg(src, out, nodes=1, shard_size=len(frame) * 3))
     assert len(m.shards) == 4 and sorted(calls) == sorted(set(s.file for s in m.shards) - set(done))
     assert {p: os.stat(out / p).st_mtime_ns for p in done} == mtimes
@@ -197,13 +200,15 @@ def test_parallel_pack_equals_serial(tmp_path):
         fake_sources.write_frame_folder(src, "train", f"v{i}", rgb=rng.integers(0, 255, (3, 16, 16, 3), np.uint8))
     a = pack(_cfg(src, tmp_path / "a", nodes=2, shard_size=1, jobs=1))
     b = pack(_cfg(src, tmp_path / "b", nodes=2, shard_size=1, jobs=2))
-    assert [(s.file, s.node, s.num_frames, s.videos) for s in a.shards] == \
-           [(s.file, s.node, s.num_frames, s.videos) for s in b.shards]
+    assert [(s.file, s.node, s.num_frames, s.videos) for s in a.shards] == [
+        (s.file, s.node, s.num_frames, s.videos) for s in b.shards
+    ]
     for s in a.shards:
         with schema.open_shard(a.path_of(s)) as h5a, schema.open_shard(b.path_of(s)) as h5b:
             v = s.videos[0]["name"]
-            assert [schema.read_frame_jpeg(h5a, v, i) for i in range(3)] == \
-                   [schema.read_frame_jpeg(h5b, v, i) for i in range(3)]
+            assert [schema.read_frame_jpeg(h5a, v, i) for i in range(3)] == [
+                schema.read_frame_jpeg(h5b, v, i) for i in range(3)
+            ]
     # A bad frame found by a worker is the same one-line error, and leaves no partial shard.
     (src / "images/train/v2/00002.jpg").write_bytes(b"not a jpeg")
     with pytest.raises(UserError, match=r"v2/00002\.jpg: not a JPEG file"):
@@ -239,7 +244,10 @@ def test_cli_pack_then_bad_src_exit_codes(tmp_path):
     src = tmp_path / "src"
     black = fake_sources.encode(np.zeros((16, 16, 3), np.uint8))
     fake_sources.write_frame_folder(src, "train", "v0", jpegs=[black] * 2)
-    run = lambda *a: subprocess.run([sys.executable, "-m", "hdf5_tools.cli", *a], capture_output=True, text=True)
+
+    def run(*a):
+        return subprocess.run([sys.executable, "-m", "hdf5_tools.cli", *a], capture_output=True, text=True)
+
     r = run("pack", str(src), str(tmp_path / "out"), "--nodes", "1", "--no-progress")
     assert r.returncode == 0, r.stderr
     assert "packed 1 videos, 2 frames into 1 shards" in r.stdout
@@ -247,15 +255,16 @@ def test_cli_pack_then_bad_src_exit_codes(tmp_path):
     assert data["nodes"] == 1 and data["shards"][0]["file"] == "shard-n000-00000.h5"
     r = run("pack", str(tmp_path / "nope"), str(tmp_path / "out2"), "--nodes", "1")
     assert r.returncode == 2
-    assert r.stderr.strip().splitlines() == [f"hdf5_tools pack: error: SRC {tmp_path / 'nope'}: not a folder (nor a synth:... spec)"]
+    assert r.stderr.strip().splitlines() == [
+        f"hdf5_tools pack: error: SRC {tmp_path / 'nope'}: not a folder (nor a synth:... spec)"
+    ]
 
 
 def test_one_rule_resolves_shard_paths(tmp_path):
     """hdf5_tools.manifest.resolve_shards: what `hdf5_tools flow SHARDS...` and the trainer's data.shards accept."""
     from hdf5_tools.manifest import resolve_shards
 
-    m = pack(_cfg(f"synth:videos=4,frames=3,size={SIZE[0]}x{SIZE[1]},seed=1", tmp_path / "p", nodes=2,
-                  shard_size=1))
+    m = pack(_cfg(f"synth:videos=4,frames=3,size={SIZE[0]}x{SIZE[1]},seed=1", tmp_path / "p", nodes=2, shard_size=1))
     every = [m.path_of(s) for s in m.shards]
     node1 = [m.path_of(s) for s in m.shards if s.node == 1]
     manifest = str(tmp_path / "p" / "manifest.json")
@@ -272,8 +281,12 @@ def test_one_rule_resolves_shard_paths(tmp_path):
         ([manifest], "data.shards: the job has 3 nodes but the shards were packed for 2"),
     ]:
         with pytest.raises(UserError) as info:
-            resolve_shards(entries, node_index=0 if "3 nodes" in message else None,
-                           num_nodes=3 if "3 nodes" in message else None, label="data.shards")
+            resolve_shards(
+                entries,
+                node_index=0 if "3 nodes" in message else None,
+                num_nodes=3 if "3 nodes" in message else None,
+                label="data.shards",
+            )
         assert message in str(info.value)
 
 
@@ -284,7 +297,14 @@ def test_flow_coverage_counts_missing_pairs_from_the_manifest(tmp_path, rendered
     _make_src(src, rendered)  # vid0: 5 frames (train), vid1: 6 frames (val), no flows
     m = pack(_cfg(src, tmp_path / "out", nodes=2, shard_size=1))
     cov = mf.flow_coverage(tmp_path / "out")  # the folder finds its manifest.json
-    assert (cov.pairs, cov.present, cov.missing, cov.shards, cov.shards_incomplete, cov.complete) == (9, 0, 9, 2, 2, False)
+    assert (cov.pairs, cov.present, cov.missing, cov.shards, cov.shards_incomplete, cov.complete) == (
+        9,
+        0,
+        9,
+        2,
+        2,
+        False,
+    )
     full = pack(_cfg(f"synth:videos=3,frames=4,size={SIZE[0]}x{SIZE[1]},seed=0", tmp_path / "synth", nodes=1))
     cov = mf.flow_coverage(full)  # a Manifest object too; synth: carries its exact flows
     assert (cov.pairs, cov.present, cov.missing, cov.complete) == (9, 9, 0, True)
@@ -305,10 +325,16 @@ def test_a_file_that_is_not_a_manifest_says_so_in_one_line(tmp_path):
     (tmp_path / "bin.json").write_bytes(b"\xff\xfe\x00garbage")
     (tmp_path / "other.json").write_text('{"format": "something.else"}')
     for path, message in [
-        (shard, f"{shard}: cannot read manifest: this is an HDF5 shard; give the manifest.json that "
-                "'hdf5_tools pack' wrote beside the shards (or its folder)"),
-        (tmp_path / "bin.json", f"{tmp_path / 'bin.json'}: cannot read manifest: this is not JSON text; give the "
-                                "manifest.json that 'hdf5_tools pack' wrote beside the shards (or its folder)"),
+        (
+            shard,
+            f"{shard}: cannot read manifest: this is an HDF5 shard; give the manifest.json that "
+            "'hdf5_tools pack' wrote beside the shards (or its folder)",
+        ),
+        (
+            tmp_path / "bin.json",
+            f"{tmp_path / 'bin.json'}: cannot read manifest: this is not JSON text; give the "
+            "manifest.json that 'hdf5_tools pack' wrote beside the shards (or its folder)",
+        ),
         (tmp_path / "other.json", f"{tmp_path / 'other.json'}: not a shard manifest (format 'something.else')"),
         (tmp_path / "nope.json", f"{tmp_path / 'nope.json'}: manifest not found"),
     ]:

@@ -1,5 +1,6 @@
 """Packing what synth.write_dataset writes (frames + .flo, and .mov videos); the fast
 reader path (pread of the JPEG blob and flow chunks) and its corruption checks."""
+
 from __future__ import annotations
 
 import shutil
@@ -8,14 +9,14 @@ import numpy as np
 import pytest
 import simplejpeg
 import torch
+from shard_bytes import file_offset
 
 from hdf5_tools import fake_sources, schema
-from hdf5_tools.reader import ShardReader
 from hdf5_tools.pack import PackConfig, pack
+from hdf5_tools.reader import ShardReader
 from pixpro_of.data import ShardClipDataset
 from pixpro_of.data.shards import f16_to_f32
 from plumbing.errors import UserError
-from shard_bytes import file_offset
 
 
 @pytest.fixture(scope="module")
@@ -35,8 +36,11 @@ def _block_mean8(flow):
 def test_write_dataset_frames_and_flo_flows_pack_exactly(synth_tree, tmp_path):
     from synth import render_video, video_seed
 
-    m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1,
-                        flows=str(synth_tree / "flow"), progress=False))
+    m = pack(
+        PackConfig(
+            src=str(synth_tree), out=str(tmp_path / "out"), nodes=1, flows=str(synth_tree / "flow"), progress=False
+        )
+    )
     with schema.open_shard(m.path_of(m.shards[0])) as h5:
         infos = {v.name: v for v in schema.list_videos(h5)}
         assert sorted(infos) == ["synth-00000", "synth-00001"]
@@ -53,8 +57,9 @@ def test_write_dataset_frames_and_flo_flows_pack_exactly(synth_tree, tmp_path):
 def test_mov_videos_decode_at_fps_into_jpeg_frames(synth_tree, tmp_path):
     from synth import render_video, video_seed
 
-    m = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1, src_kind="videos", fps=10,
-                        progress=False))
+    m = pack(
+        PackConfig(src=str(synth_tree), out=str(tmp_path / "out"), nodes=1, src_kind="videos", fps=10, progress=False)
+    )
     with schema.open_shard(m.path_of(m.shards[0])) as h5:
         v = {x.name: x for x in schema.list_videos(h5)}["synth-00000"]
         assert (v.num_frames, v.width, v.height, v.fps) == (5, 64, 48, 10.0)
@@ -65,8 +70,9 @@ def test_mov_videos_decode_at_fps_into_jpeg_frames(synth_tree, tmp_path):
         errs = [np.abs(frames[i].astype(int) - truth[j]).mean() for j in range(5)]
         assert int(np.argmin(errs)) == i and errs[i] < 12
     # At 5 fps every other frame is kept.
-    m5 = pack(PackConfig(src=str(synth_tree), out=str(tmp_path / "out5"), nodes=1, src_kind="videos", fps=5,
-                         progress=False))
+    m5 = pack(
+        PackConfig(src=str(synth_tree), out=str(tmp_path / "out5"), nodes=1, src_kind="videos", fps=5, progress=False)
+    )
     assert {x["name"]: x["num_frames"] for s in m5.shards for x in s.videos}["synth-00000"] == 3
 
 
@@ -92,8 +98,11 @@ def one_shard(tmp_path):
     jpegs = fake_sources.write_frame_folder(tmp_path / "src", "train", "v", rgb)
     fwd, bwd = fake_sources.random_flows(rng, 5, 32, 48)
     fake_sources.write_seed_flows(tmp_path / "flow", "train", "v", fwd, bwd)
-    m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1,
-                        flows=str(tmp_path / "flow"), progress=False))
+    m = pack(
+        PackConfig(
+            src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, flows=str(tmp_path / "flow"), progress=False
+        )
+    )
     path = tmp_path / "shard.h5"
     shutil.copyfile(m.path_of(m.shards[0]), path)
     return path, jpegs, fwd, bwd
@@ -168,15 +177,20 @@ def _pack_cli(*args):
     import subprocess
     import sys
 
-    return subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack", *map(str, args), "--no-progress"],
-                          capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hdf5_tools.cli", "pack", *map(str, args), "--no-progress"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def _packed_videos(out):
     import json
 
-    return sorted((v["split"], v["name"]) for s in json.loads((out / "manifest.json").read_text())["shards"]
-                  for v in s["videos"])
+    return sorted(
+        (v["split"], v["name"]) for s in json.loads((out / "manifest.json").read_text())["shards"] for v in s["videos"]
+    )
 
 
 def test_pack_takes_the_folder_a_user_gives_and_packs_the_train_split_unless_told(synth_tree, tmp_path):
@@ -205,13 +219,20 @@ def test_pack_takes_the_folder_a_user_gives_and_packs_the_train_split_unless_tol
     assert r.returncode == 0 and "from split(s) train, val:" in r.stdout
     # Mistakes: one line naming the option or SRC, exit 2.
     for args, message in [
-        ((synth_tree, tmp_path / "x", "--nodes", "1", "--split", "test"),
-         f"SRC {synth_tree}: no videos in split(s) test (splits here: train, val); choose with --split NAME or --split all"),
-        ((synth_tree, tmp_path / "x", "--nodes", "1", "--split", "all", "--split", "val"),
-         "--split all packs every split; give it alone"),
-        ((synth_tree / "flow", tmp_path / "x", "--nodes", "1"),
-         f"SRC {synth_tree / 'flow'}: expected images/{{split}}/<video>/*.jpg or videos/{{split}}/*.mov under it "
-         f"(or SRC to be that images/ or videos/ folder)"),
+        (
+            (synth_tree, tmp_path / "x", "--nodes", "1", "--split", "test"),
+            f"SRC {synth_tree}: no videos in split(s) test (splits here: train, val); choose with --split NAME "
+            "or --split all",
+        ),
+        (
+            (synth_tree, tmp_path / "x", "--nodes", "1", "--split", "all", "--split", "val"),
+            "--split all packs every split; give it alone",
+        ),
+        (
+            (synth_tree / "flow", tmp_path / "x", "--nodes", "1"),
+            f"SRC {synth_tree / 'flow'}: expected images/{{split}}/<video>/*.jpg or videos/{{split}}/*.mov under it "
+            f"(or SRC to be that images/ or videos/ folder)",
+        ),
     ]:
         r = _pack_cli(*args)
         assert r.returncode == 2 and r.stderr.strip().splitlines() == [f"hdf5_tools pack: error: {message}"], r.stderr

@@ -1,4 +1,5 @@
 """hdf5_tools stage (plain and under mpirun) and a pack killed with SIGKILL that resumes."""
+
 from __future__ import annotations
 
 import os
@@ -12,21 +13,21 @@ import numpy as np
 import pytest
 
 from hdf5_tools import fake_sources
-from plumbing.errors import UserError
 from hdf5_tools.manifest import file_crc32, load_manifest
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.stage import StageConfig, stage
 from hdf5_tools.verify import verify_shard
+from plumbing.errors import UserError
 
 
 @pytest.fixture()
 def packed(tmp_path):
     rng = np.random.default_rng(4)
     for i in range(4):
-        fake_sources.write_frame_folder(tmp_path / "src", "train", f"v{i}",
-                                    rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8))
-    return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1,
-                           progress=False))
+        fake_sources.write_frame_folder(
+            tmp_path / "src", "train", f"v{i}", rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8)
+        )
+    return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1, progress=False))
 
 
 def test_stage_copies_one_nodes_shards_and_skips_verified_copies(packed, tmp_path):
@@ -57,18 +58,26 @@ def test_stage_refuses_a_changed_source_and_a_missing_file(packed, tmp_path):
     with open(src, "r+b") as f:
         f.seek(s.bytes - 10)
         f.write(b"\x00" * 10 if f.read(10) != b"\x00" * 10 else b"\x01" * 10)
-    with pytest.raises(UserError, match=rf"{s.file}: shard \d+ has SHA-256 [0-9a-f]{{64}} .* the manifest says {s.sha256}"):
+    with pytest.raises(
+        UserError, match=rf"{s.file}: shard \d+ has SHA-256 [0-9a-f]{{64}} .* the manifest says {s.sha256}"
+    ):
         stage(StageConfig(manifest=manifest, to=str(tmp_path / "local"), node=0))
     assert not list((tmp_path / "local").glob("*.h5"))
     assert [p.name for p in (tmp_path / "local").glob(".*")] == [".pixpro-stage"]  # only the marker
     os.unlink(src)
-    r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--node", "0", "--to",
-                        str(tmp_path / "l2")], capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--node", "0", "--to", str(tmp_path / "l2")],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip() == f"hdf5_tools stage: error: {manifest}: shard 0 lists a missing file {src}"
-    r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--to", str(tmp_path / "l3")],
-                       capture_output=True, text=True, env={k: v for k, v in os.environ.items()
-                                                            if not k.startswith(("OMPI_", "PMI"))})
+    r = subprocess.run(
+        [sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--to", str(tmp_path / "l3")],
+        capture_output=True,
+        text=True,
+        env={k: v for k, v in os.environ.items() if not k.startswith(("OMPI_", "PMI"))},
+    )
     assert r.returncode == 2 and "--node is required outside mpirun" in r.stderr
 
 
@@ -77,8 +86,18 @@ def test_stage_under_mpirun_elects_one_copier_per_node(packed, tmp_path, mpi_env
     if shutil.which("mpirun") is None:
         pytest.skip("mpirun not installed")
     dst = tmp_path / "local"
-    cmd = ["mpirun", "-np", "3", sys.executable, "-m", "hdf5_tools.cli", "stage",
-           os.path.join(packed.root, "manifest.json"), "--to", str(dst)]
+    cmd = [
+        "mpirun",
+        "-np",
+        "3",
+        sys.executable,
+        "-m",
+        "hdf5_tools.cli",
+        "stage",
+        os.path.join(packed.root, "manifest.json"),
+        "--to",
+        str(dst),
+    ]
     r = subprocess.run(cmd, capture_output=True, text=True, env=mpi_env, timeout=120)
     assert r.returncode == 0, r.stdout + r.stderr
     lines = [ln for ln in r.stdout.splitlines() if ln.startswith("stage:")]
@@ -90,8 +109,19 @@ def test_stage_under_mpirun_elects_one_copier_per_node(packed, tmp_path, mpi_env
 def test_pack_killed_with_sigkill_resumes(tmp_path):
     src = "synth:videos=8,frames=12,size=96x64,seed=1"
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "hdf5_tools.cli", "pack", src, str(out), "--nodes", "2", "--shard-size", "1",
-           "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "hdf5_tools.cli",
+        "pack",
+        src,
+        str(out),
+        "--nodes",
+        "2",
+        "--shard-size",
+        "1",
+        "--no-progress",
+    ]
     proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.time() + 60
     while time.time() < deadline and not list(out.glob("shard-*.h5")) and proc.poll() is None:
@@ -114,8 +144,14 @@ def test_an_srun_step_gives_the_node_and_must_have_one_task_per_node():
     from hdf5_tools.stage import slurm_step_node
     from plumbing.jobenv import job_environment
 
-    step = {"SLURM_PROCID": "1", "SLURM_STEP_NUM_TASKS": "2", "SLURM_STEP_NUM_NODES": "2", "SLURM_NODEID": "1",
-            "SLURM_LOCALID": "0", "SLURM_STEP_TASKS_PER_NODE": "1(x2)"}
+    step = {
+        "SLURM_PROCID": "1",
+        "SLURM_STEP_NUM_TASKS": "2",
+        "SLURM_STEP_NUM_NODES": "2",
+        "SLURM_NODEID": "1",
+        "SLURM_LOCALID": "0",
+        "SLURM_STEP_TASKS_PER_NODE": "1(x2)",
+    }
     assert slurm_step_node(job_environment(step)) == (1, 2)
     assert slurm_step_node(job_environment({})) is None  # not in a step: --node or mpirun
     assert slurm_step_node(job_environment(dict(step, OMPI_COMM_WORLD_SIZE="2", OMPI_COMM_WORLD_RANK="1"))) is None

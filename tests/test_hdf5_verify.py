@@ -1,4 +1,5 @@
 """hdf5_tools verify/info and the shard schema: injected corruption is caught and named; h5ls reads shards."""
+
 from __future__ import annotations
 
 import json
@@ -9,12 +10,12 @@ import sys
 import h5py
 import numpy as np
 import pytest
+from shard_bytes import file_offset
 
 from hdf5_tools import fake_sources, schema
-from plumbing.errors import UserError
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.verify import verify_shard
-from shard_bytes import file_offset
+from plumbing.errors import UserError
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +29,9 @@ def packed(tmp_path_factory):
         jpegs[name] = fake_sources.write_frame_folder(root / "src", "train", name, rgb)
         flows[name] = fake_sources.random_flows(rng, 4, 32, 48)
         fake_sources.write_seed_flows(root / "flow", "train", name, *flows[name])
-    m = pack(PackConfig(src=str(root / "src"), out=str(root / "out"), nodes=1, flows=str(root / "flow"),
-                        progress=False))
+    m = pack(
+        PackConfig(src=str(root / "src"), out=str(root / "out"), nodes=1, flows=str(root / "flow"), progress=False)
+    )
     return m.path_of(m.shards[0]), jpegs, flows
 
 
@@ -119,7 +121,7 @@ def test_deep_catches_a_jpeg_that_does_not_decode(tmp_path):
     """A frame whose header parses but whose body is garbage passes pack and CRCs; --deep catches it."""
     ok = fake_sources.encode((np.random.default_rng(0).random((32, 32, 3)) * 255).astype(np.uint8))
     sos = ok.index(b"\xff\xda")  # start of scan: the header before it stays intact
-    broken = ok[:sos + 40]
+    broken = ok[: sos + 40]
     fake_sources.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken, ok])
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     shard = m.path_of(m.shards[0])
@@ -136,8 +138,9 @@ def test_h5ls_reads_a_shard_without_plugins(packed):
     assert r.returncode == 0, r.stderr
     assert "/videos/alpha/jpeg" in r.stdout
     assert "/videos/alpha/flow_fwd Dataset {4/Inf, 2, 4, 6}" in " ".join(r.stdout.split())
-    r = subprocess.run([shutil.which("h5dump"), "-d", "/videos/beta/jpeg_length", packed[0]],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [shutil.which("h5dump"), "-d", "/videos/beta/jpeg_length", packed[0]], capture_output=True, text=True
+    )
     assert r.returncode == 0
     lengths = [len(b) for b in (packed[1]["beta"])]
     assert ", ".join(map(str, lengths)) in " ".join(r.stdout.split())
@@ -181,6 +184,7 @@ def test_write_flow_pair_api_for_flow_compute(tmp_path):
     # Flow chunks are allocated when written, so the file grew: the stale manifest entry is reported.
     assert "the manifest says" in verify_shard(path).problems[0]
     from hdf5_tools.manifest import refresh_manifest
+
     refresh_manifest(tmp_path / "out" / "manifest.json")
     assert verify_shard(path).ok
 
@@ -192,8 +196,9 @@ def test_manifest_listing_a_missing_file_is_a_one_line_error(packed, tmp_path):
     shard.unlink()
     r = _cli("info", str(out / "manifest.json"))
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"hdf5_tools info: error: {out / 'manifest.json'}: shard 0 lists a missing file "
-                                f"{shard}")
+    assert r.stderr.strip() == (
+        f"hdf5_tools info: error: {out / 'manifest.json'}: shard 0 lists a missing file {shard}"
+    )
     data = json.loads((out / "manifest.json").read_text())
     data["schema_version"] = 7
     (out / "manifest.json").write_text(json.dumps(data))

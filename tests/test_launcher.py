@@ -4,6 +4,7 @@ and one-line errors for bad requests. Fast: nothing here submits a job.
 Regenerate the golden scripts after an intended template change with
 ``LAUNCHER_UPDATE_GOLDEN=1 pytest tests/test_launcher.py`` and read the diff.
 """
+
 from __future__ import annotations
 
 import os
@@ -16,11 +17,11 @@ import pytest
 
 from launcher import cli
 from launcher.clusters import available_profiles, load_profile, parse_duration
-from plumbing.errors import UserError
 from launcher.options import build_request, parse_job_args
 from launcher.request import passthrough_args, plan_job, safe_job_name
 from launcher.schedulers import AFTER, LINK
 from launcher.shellwords import array, sh_argv
+from plumbing.errors import UserError
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = ROOT / "tests" / "golden" / "launcher"
@@ -42,11 +43,20 @@ def plan_for(argv):
 
 # ------------------------------------------------------------------ profiles
 
+
 def test_shipped_profiles_load_and_match_their_scheduler():
     assert set(SHIPPED) <= set(available_profiles())
     sched = {p: load_profile(p).scheduler for p in SHIPPED}
-    assert sched == {"abci2": "sge", "abci3": "pbs", "local": "local", "pbs": "pbs", "pjm": "pjm",
-                     "sge": "sge", "slurm": "slurm", "tsubame3": "sge"}
+    assert sched == {
+        "abci2": "sge",
+        "abci3": "pbs",
+        "local": "local",
+        "pbs": "pbs",
+        "pjm": "pjm",
+        "sge": "sge",
+        "slurm": "slurm",
+        "tsubame3": "sge",
+    }
     abci3 = load_profile("abci3")
     assert (abci3.gpus_per_node, abci3.queue, abci3.local_dir_var) == (8, "rt_HF", "PBS_LOCALDIR")
     abci2 = load_profile("abci2")
@@ -78,24 +88,56 @@ def test_parse_duration_forms():
 
 # ------------------------------------------------------------------ resource math
 
-@pytest.mark.parametrize("cluster,sched,gpus,nodes,rpn", [
-    ("abci3", "pbs", 16, 2, 8), ("abci2", "sge", 16, 4, 4), ("tsubame3", "sge", 8, 2, 4),
-    ("pjm", "pjm", 16, 4, 4), ("slurm", "slurm", 2, 1, 2), ("abci3", "pbs", 8, 1, 8),
-])
+
+@pytest.mark.parametrize(
+    "cluster,sched,gpus,nodes,rpn",
+    [
+        ("abci3", "pbs", 16, 2, 8),
+        ("abci2", "sge", 16, 4, 4),
+        ("tsubame3", "sge", 8, 2, 4),
+        ("pjm", "pjm", 16, 4, 4),
+        ("slurm", "slurm", 2, 1, 2),
+        ("abci3", "pbs", 8, 1, 8),
+    ],
+)
 def test_gpus_become_nodes_and_ranks(cluster, sched, gpus, nodes, rpn):
-    plan = plan_for(["--scheduler", sched, "--cluster", cluster, "--gpus", str(gpus), "--global-batch", "256",
-                     "--group", "grp01"])
+    plan = plan_for(
+        ["--scheduler", sched, "--cluster", cluster, "--gpus", str(gpus), "--global-batch", "256", "--group", "grp01"]
+    )
     assert (plan.nodes, plan.ranks_per_node, plan.ranks) == (nodes, rpn, gpus)
     assert plan.per_rank_batch == 256 // gpus
     assert "data.batch_size=256" in plan.command_overrides  # the trainer's batch is global
 
 
 def test_frames_select_preset_and_other_options_pass_through(tmp_path):
-    plan = plan_for(["--scheduler", "slurm", "--gpus", "4", "--frames", "6", "--run-dir", str(tmp_path / "r"),
-                     "--lr", "0.5", "optim.wd=1e-5", "--amp", "--epochs=3"])
+    plan = plan_for(
+        [
+            "--scheduler",
+            "slurm",
+            "--gpus",
+            "4",
+            "--frames",
+            "6",
+            "--run-dir",
+            str(tmp_path / "r"),
+            "--lr",
+            "0.5",
+            "optim.wd=1e-5",
+            "--amp",
+            "--epochs=3",
+        ]
+    )
     # The job runs the interpreter that submitted it (absolute path), not whatever "python3" is there.
-    assert plan.command_argv == (sys.executable, "-m", "pixpro_of", "train", "--run-dir", str(tmp_path / "r"),
-                                 "--config", "pixpro_k6")
+    assert plan.command_argv == (
+        sys.executable,
+        "-m",
+        "pixpro_of",
+        "train",
+        "--run-dir",
+        str(tmp_path / "r"),
+        "--config",
+        "pixpro_k6",
+    )
     assert plan.command_overrides == ("dist.backend=horovod", "lr=0.5", "optim.wd=1e-5", "amp=true", "epochs=3")
     cpu = plan_for(["--gpus", "0", "--preset", "cpu_small", "--frames", "2"])
     assert cpu.command_argv[-2:] == ("--config", "cpu_small") and "data.k=2" in cpu.command_overrides
@@ -122,8 +164,9 @@ def test_trainer_options_are_not_taken_as_abbreviated_launcher_options(capsys):
     assert rc == 2 and len(err.strip().splitlines()) == 1
     assert "the trainer refuses this config: " in err and "'ch=3'" in err
     # ... and a custom trainer command (which the launcher cannot check) receives them as key=value
-    rc, out, err = render(["--scheduler", "pbs", "--gpus", "4", "--trainer-command", "python3 train.py",
-                           "--ch", "3", "--na", "x"], capsys)
+    rc, out, err = render(
+        ["--scheduler", "pbs", "--gpus", "4", "--trainer-command", "python3 train.py", "--ch", "3", "--na", "x"], capsys
+    )
     assert rc == 0 and len(err.strip().splitlines()) == 1  # no --chain 3
     assert "dist.backend=horovod ch=3 na=x)" in out
 
@@ -153,25 +196,42 @@ def test_safe_job_name():
 
 # ------------------------------------------------------------------ bad requests: one line, exit 2
 
-@pytest.mark.parametrize("args,message", [
-    (["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "12"],
-     "--gpus 12 does not fill whole nodes of profile abci3 (8 GPUs per node); use 8 or 16"),
-    (["--scheduler", "sge", "--cluster", "abci2", "--gpus", "6"],
-     "--gpus 6 does not fill whole nodes of profile abci2 (4 GPUs per node); use 4 or 8"),
-    (["--scheduler", "pbs", "--cluster", "nosuch"], "--cluster: unknown profile 'nosuch' (available: "),
-    (["--scheduler", "sge", "--cluster", "tsubame3", "--walltime", "25:00:00"],
-     "--walltime 25:00:00 exceeds the maximum 24:00:00 of profile tsubame3"),
-    (["--scheduler", "slurm", "--data", "/nonexistent/shards.manifest"],
-     "--data: shard manifest /nonexistent/shards.manifest does not exist"),
-    (["--scheduler", "slurm", "--gpus", "8", "--global-batch", "100"],
-     "--global-batch 100 does not divide over 8 ranks; use a multiple of 8 such as 96 or 104"),
-    (["--scheduler", "slurm", "--cluster", "abci3"], "--cluster abci3 is a pbs profile, not slurm"),
-    (["--scheduler", "pbs", "--launch", "srun"], "--launch srun needs --scheduler slurm"),
-    (["--scheduler", "pbs", "--group", "grp;rm"], "--group 'grp;rm': only letters"),
-    (["--walltime", "soon"], "--walltime: 'soon' is not a duration"),
-    (["--chain", "3"], "--chain is for batch schedulers"),
-    (["--scheduler", "local", "--gpus", "12"], "--gpus 12 does not fill whole nodes of profile local (8 GPUs per node); use 8 or 16"),
-])
+
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "12"],
+            "--gpus 12 does not fill whole nodes of profile abci3 (8 GPUs per node); use 8 or 16",
+        ),
+        (
+            ["--scheduler", "sge", "--cluster", "abci2", "--gpus", "6"],
+            "--gpus 6 does not fill whole nodes of profile abci2 (4 GPUs per node); use 4 or 8",
+        ),
+        (["--scheduler", "pbs", "--cluster", "nosuch"], "--cluster: unknown profile 'nosuch' (available: "),
+        (
+            ["--scheduler", "sge", "--cluster", "tsubame3", "--walltime", "25:00:00"],
+            "--walltime 25:00:00 exceeds the maximum 24:00:00 of profile tsubame3",
+        ),
+        (
+            ["--scheduler", "slurm", "--data", "/nonexistent/shards.manifest"],
+            "--data: shard manifest /nonexistent/shards.manifest does not exist",
+        ),
+        (
+            ["--scheduler", "slurm", "--gpus", "8", "--global-batch", "100"],
+            "--global-batch 100 does not divide over 8 ranks; use a multiple of 8 such as 96 or 104",
+        ),
+        (["--scheduler", "slurm", "--cluster", "abci3"], "--cluster abci3 is a pbs profile, not slurm"),
+        (["--scheduler", "pbs", "--launch", "srun"], "--launch srun needs --scheduler slurm"),
+        (["--scheduler", "pbs", "--group", "grp;rm"], "--group 'grp;rm': only letters"),
+        (["--walltime", "soon"], "--walltime: 'soon' is not a duration"),
+        (["--chain", "3"], "--chain is for batch schedulers"),
+        (
+            ["--scheduler", "local", "--gpus", "12"],
+            "--gpus 12 does not fill whole nodes of profile local (8 GPUs per node); use 8 or 16",
+        ),
+    ],
+)
 def test_bad_requests_are_one_line_errors(args, message, capsys):
     rc, out, err = render(args, capsys)
     assert rc == 2
@@ -203,8 +263,18 @@ GOLDEN_CASES = {
     "slurm-chain": ["--scheduler", "slurm", "--cluster", "slurm", "--gpus", "8", "--chain", "3"],
     "pbs": ["--scheduler", "pbs", "--cluster", "pbs", "--gpus", "8", "--group", "grp01", "--queue", "workq"],
     "abci3": ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "16", "--group", "grp01", "--walltime", "24:00:00"],
-    "abci3-horovodrun": ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "16", "--group", "grp01",
-                         "--launch", "horovodrun"],
+    "abci3-horovodrun": [
+        "--scheduler",
+        "pbs",
+        "--cluster",
+        "abci3",
+        "--gpus",
+        "16",
+        "--group",
+        "grp01",
+        "--launch",
+        "horovodrun",
+    ],
     "sge": ["--scheduler", "sge", "--cluster", "sge", "--gpus", "8", "--group", "proj1"],
     "abci2": ["--scheduler", "sge", "--cluster", "abci2", "--gpus", "16", "--group", "grp01", "--chain", "2"],
     "tsubame3": ["--scheduler", "sge", "--cluster", "tsubame3", "--gpus", "8", "--group", "grp01"],
@@ -214,8 +284,18 @@ GOLDEN_CASES = {
 
 
 def _render_case(name, capsys):
-    args = GOLDEN_CASES[name] + ["--frames", "6", "--data", str(MANIFEST), "--global-batch", "256",
-                                 "--name", f"golden-{name}", "--run-dir", f"/runs/golden-{name}"]
+    args = GOLDEN_CASES[name] + [
+        "--frames",
+        "6",
+        "--data",
+        str(MANIFEST),
+        "--global-batch",
+        "256",
+        "--name",
+        f"golden-{name}",
+        "--run-dir",
+        f"/runs/golden-{name}",
+    ]
     rc, out, err = render(args, capsys)
     assert rc == 0, err
     # The job's interpreter is this one (python or python3, wherever it lives), and it activates
@@ -228,13 +308,17 @@ def _render_case(name, capsys):
 @pytest.mark.parametrize("name", sorted(GOLDEN_CASES))
 def test_golden_scripts(name, capsys):
     script, submit = _render_case(name, capsys)
-    text = script + "\n# ---- submit command(s) on stderr ----\n" + "".join("# " + l + "\n" for l in submit.splitlines())
+    text = (
+        script + "\n# ---- submit command(s) on stderr ----\n" + "".join("# " + l + "\n" for l in submit.splitlines())
+    )
     path = GOLDEN / f"{name}.sh"
     if os.environ.get("LAUNCHER_UPDATE_GOLDEN") or not path.exists():
         if not os.environ.get("LAUNCHER_UPDATE_GOLDEN"):
             pytest.fail(f"{path} is missing: run with LAUNCHER_UPDATE_GOLDEN=1 and read it")
         path.write_text(text)
-    assert text == path.read_text(), f"{name}: rendered script differs from {path} (LAUNCHER_UPDATE_GOLDEN=1 regenerates)"
+    assert text == path.read_text(), (
+        f"{name}: rendered script differs from {path} (LAUNCHER_UPDATE_GOLDEN=1 regenerates)"
+    )
 
 
 def test_rendered_scripts_have_the_scheduler_facts(capsys):
@@ -250,8 +334,16 @@ def test_rendered_scripts_have_the_scheduler_facts(capsys):
     assert " -hold_jid '<job id of link 0>' " in second
     assert "btl_tcp_if_include bond0" in s and "$SGE_JOB_HOSTLIST" in s
     s, sub = _render_case("slurm", capsys)
-    for d in ("--nodes=2", "--ntasks-per-node=4", "--gres=gpu:4", "--partition=gpu", "--account=grp01",
-              "--requeue", "--signal=B:USR2@300", "--open-mode=append"):
+    for d in (
+        "--nodes=2",
+        "--ntasks-per-node=4",
+        "--gres=gpu:4",
+        "--partition=gpu",
+        "--account=grp01",
+        "--requeue",
+        "--signal=B:USR2@300",
+        "--open-mode=append",
+    ):
         assert f"#SBATCH {d}\n" in s
     assert 'launcher_out=$(scontrol requeue "${SLURM_JOB_ID}" 2>&1)' in s
     assert "--dependency" not in sub
@@ -262,15 +354,17 @@ def test_rendered_scripts_have_the_scheduler_facts(capsys):
     for d in ("-L node=4", "--mpi proc=16", "-L rscgrp=cxgfs-small", "-L elapse=168:00:00", "-g jh0001"):
         assert f"#PJM {d}\n" in s
     # the step job id a sub job waits for comes from the policy (launcher.outcome: 4567_2 -> 4567)
-    assert 'LAUNCHER_AFTER=$launcher_arg2' in s and "--sparam jid=\"${LAUNCHER_AFTER}\"" in s
+    assert "LAUNCHER_AFTER=$launcher_arg2" in s and '--sparam jid="${LAUNCHER_AFTER}"' in s
     s, _ = _render_case("local", capsys)
     assert "#SBATCH" not in s and "launcher_hosts() { echo localhost; }" in s
     for case in GOLDEN_CASES:
         s, _ = _render_case(case, capsys)
         assert '--deadline "$LAUNCHER_DEADLINE_ISO"' in s and "--config pixpro_k6" in s
-        assert 'launcher_command+=(\'data.shards=[\'"$LAUNCHER_DATA_DIR/manifest.json]")' in s
-        assert ("hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to \"$LAUNCHER_DATA_DIR\" "
-                "--run \"$RUN_DIR\"") in s
+        assert "launcher_command+=('data.shards=['\"$LAUNCHER_DATA_DIR/manifest.json]\")" in s
+        assert (
+            'hdf5_tools.cli stage <REPO>/tests/golden/launcher/shards.manifest --to "$LAUNCHER_DATA_DIR" '
+            '--run "$RUN_DIR"'
+        ) in s
 
 
 def _all_variants():
@@ -281,10 +375,25 @@ def _all_variants():
         # (the trainer refuses a per-GPU batch that cannot fit a profile's gpu_memory_gib)
         gpus = "0" if prof == "local" else str(load_profile(prof).gpus_per_node * 4)
         for method in ("mpirun", "horovodrun", "torchrun") + (("srun",) if sched == "slurm" else ()):
-            for chain in (("1",) if sched == "local" else ("1", "3")):
+            for chain in ("1",) if sched == "local" else ("1", "3"):
                 for data in ([], ["--data", str(MANIFEST)]) if chain == "1" else ([],):
-                    out.append(["--scheduler", sched, "--cluster", prof, "--gpus", gpus, "--launch", method,
-                                "--chain", chain, "--group", "g1"] + data)
+                    out.append(
+                        [
+                            "--scheduler",
+                            sched,
+                            "--cluster",
+                            prof,
+                            "--gpus",
+                            gpus,
+                            "--launch",
+                            method,
+                            "--chain",
+                            chain,
+                            "--group",
+                            "g1",
+                        ]
+                        + data
+                    )
     return out
 
 
@@ -308,13 +417,14 @@ def test_every_rendered_script_passes_bash_n_and_shellcheck(tmp_path, capsys):
 def test_user_template_dir_overrides_a_block(tmp_path, capsys):
     (tmp_path / "slurm.sh.j2").write_text(
         '{% extends "base.sh.j2" %}\n{% block directives %}\n#SBATCH --job-name={{ job.name|directive }}\n'
-        '#SBATCH --constraint=site-special\n{% endblock %}\n'
+        "#SBATCH --constraint=site-special\n{% endblock %}\n"
         '{% block job_env %}\nLAUNCHER_JOB_ID="$SLURM_JOB_ID"\nLAUNCHER_RESTART_COUNT=0\n'
-        'launcher_hosts() { hostname; }\n{% endblock %}\n')
+        "launcher_hosts() { hostname; }\n{% endblock %}\n"
+    )
     rc, out, err = render(["--scheduler", "slurm", "--template-dir", str(tmp_path)], capsys)
     assert rc == 0, err
     assert "#SBATCH --constraint=site-special\n" in out and "--gres" not in out
-    (tmp_path / "slurm.sh.j2").write_text('{{ job.no_such_field }}')
+    (tmp_path / "slurm.sh.j2").write_text("{{ job.no_such_field }}")
     rc, out, err = render(["--scheduler", "slurm", "--template-dir", str(tmp_path)], capsys)
     assert rc == 2 and "no_such_field" in err
 
@@ -324,18 +434,22 @@ def test_render_prints_the_exact_submit_commands(capsys):
     assert rc == 0 and out.startswith("#!/bin/bash\n#PBS -N ")
     lines = err.strip().splitlines()
     assert lines[0] == "qsub -v LAUNCHER_LINK=0 -o '/r/x y/logs/pbs.out' '/r/x y/job/job.sh'"
-    assert lines[1] == ("qsub -v LAUNCHER_LINK=1 -o '/r/x y/logs/pbs.out' -W "
-                        "'depend=afterany:<job id of link 0>' '/r/x y/job/job.sh'")
+    assert lines[1] == (
+        "qsub -v LAUNCHER_LINK=1 -o '/r/x y/logs/pbs.out' -W 'depend=afterany:<job id of link 0>' '/r/x y/job/job.sh'"
+    )
 
 
 def test_sh_argv_turns_placeholders_into_variables():
-    assert sh_argv(["sbatch", f"--dependency=afterany:{AFTER}", f"LINK={LINK}", "/a b/job.sh"]) == \
-        "sbatch --dependency=afterany:\"${LAUNCHER_AFTER}\" LINK=\"${LAUNCHER_NEXT_LINK}\" '/a b/job.sh'"
+    assert (
+        sh_argv(["sbatch", f"--dependency=afterany:{AFTER}", f"LINK={LINK}", "/a b/job.sh"])
+        == 'sbatch --dependency=afterany:"${LAUNCHER_AFTER}" LINK="${LAUNCHER_NEXT_LINK}" \'/a b/job.sh\''
+    )
     assert sh_argv([f"x y{AFTER}"]) == "'x y'\"${LAUNCHER_AFTER}\""
     assert sh_argv([array("launcher_mpi_env"), "", "a,b"]) == "\"${launcher_mpi_env[@]}\" '' 'a,b'"
 
 
 # ------------------------------------------------------------------ quoting: nothing executes
+
 
 def test_hostile_values_execute_nothing(tmp_path, mpi_env):
     """Job names, paths, trainer values and profile env values with ; $( ) backticks quotes
@@ -347,16 +461,43 @@ def test_hostile_values_execute_nothing(tmp_path, mpi_env):
     profdir.mkdir()
     (profdir / "hostile.toml").write_text(
         'name = "hostile"\nscheduler = "local"\ncpu_ranks_per_node = 1\nmpirun_flags = ["--oversubscribe"]\n'
-        '[env]\nHOSTILE = "$(touch PWNED_f); `touch PWNED_g`"\n')
+        '[env]\nHOSTILE = "$(touch PWNED_f); `touch PWNED_g`"\n'
+    )
     env = dict(mpi_env, PATH=f"{Path(sys.executable).parent}:{mpi_env['PATH']}")
-    cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "local", "--cluster", "hostile",
-           "--profile-dir", str(profdir), "--gpus", "0", "--name", bad, "--run-dir", str(run_dir), "--wait",
-           "--trainer-command", f"{sys.executable} {fixture}", "steps=1", "step_time=0", f"note={bad}",
-           "--msg", bad]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.cli",
+        "submit",
+        "--scheduler",
+        "local",
+        "--cluster",
+        "hostile",
+        "--profile-dir",
+        str(profdir),
+        "--gpus",
+        "0",
+        "--name",
+        bad,
+        "--run-dir",
+        str(run_dir),
+        "--wait",
+        "--trainer-command",
+        f"{sys.executable} {fixture}",
+        "steps=1",
+        "step_time=0",
+        f"note={bad}",
+        "--msg",
+        bad,
+    ]
     r = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
-    assert r.returncode == 0, (r.stderr, (run_dir / "logs" / "run.log").read_text() if (run_dir / "logs" / "run.log").exists() else "")
+    assert r.returncode == 0, (
+        r.stderr,
+        (run_dir / "logs" / "run.log").read_text() if (run_dir / "logs" / "run.log").exists() else "",
+    )
     assert list(tmp_path.rglob("PWNED*")) == [] and list(Path.cwd().glob("PWNED*")) == []
     import json
+
     argv = json.loads((run_dir / "argv.log").read_text().splitlines()[0])
     assert f"note={bad}" in argv and f"msg={bad}" in argv
     assert argv[argv.index("--run-dir") + 1] == str(run_dir)
@@ -364,6 +505,7 @@ def test_hostile_values_execute_nothing(tmp_path, mpi_env):
 
 
 # ------------------------------------------------------------------ what the job will read, checked at submit
+
 
 def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
     """No shards, a folder, a shard for a manifest, missing flow pairs: one line at submit, not on the node."""
@@ -376,8 +518,9 @@ def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
     pack(PackConfig(src="synth:videos=2,frames=6,size=64x48,seed=0", out=str(full), nodes=2, progress=False))
     src = tmp_path / "src"  # frames only: every flow pair missing until 'hdf5_tools flow'
     for i in range(3):
-        fake_sources.write_frame_folder(src, "train", f"v{i}",
-                                        jpegs=[fake_sources.encode(np.zeros((16, 16, 3), np.uint8))] * 4)
+        fake_sources.write_frame_folder(
+            src, "train", f"v{i}", jpegs=[fake_sources.encode(np.zeros((16, 16, 3), np.uint8))] * 4
+        )
     bare = tmp_path / "bare"
     pack(PackConfig(src=str(src), out=str(bare), nodes=2, shard_size=1, progress=False))
     (tmp_path / "empty").mkdir()
@@ -390,21 +533,26 @@ def test_data_the_job_reads_is_checked_before_submitting(tmp_path, capsys):
 
     assert err("--frames", "6") == (
         "--data: the trainer config pixpro_k6 reads shards (data.synthetic=false) and none are given; add --data "
-        "SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true for the synthetic world")
+        "SHARDS/manifest.json (written by 'hdf5_tools pack'), or data.synthetic=true for the synthetic world"
+    )
     assert err("--frames", "3").startswith("--data: the trainer config pixpro_k6 reads shards")
     assert err("--frames", "6", "--data", bare) == (
         f"--data: 9 of 9 flow pairs are missing (3 of 3 shards) and data.k=6 reads them from the shards; fill them "
         f"with 'hdf5_tools flow {bare} --model raft-small --weights raft-small.pth' (or --model dis), or estimate "
-        f"them in training with data.flow_source=raft data.raft_weights=FILE")
+        f"them in training with data.flow_source=raft data.raft_weights=FILE"
+    )
     shard = bare / "shard-n000-00000.h5"
     assert err("--frames", "6", "--data", shard) == (
         f"--data: {shard}: cannot read manifest: this is an HDF5 shard; give the manifest.json that "
-        f"'hdf5_tools pack' wrote beside the shards (or its folder)")
+        f"'hdf5_tools pack' wrote beside the shards (or its folder)"
+    )
     assert err("--frames", "6", "--data", tmp_path / "empty") == (
         f"--data: {tmp_path / 'empty'} is a folder without a manifest.json; give the OUT folder of 'hdf5_tools pack' "
-        f"or its manifest.json")
-    rc, _, e = render(["--scheduler", "slurm", "--gpus", "0", "--nodes", "3", "--frames", "6", "--data", str(full)],
-                      capsys)
+        f"or its manifest.json"
+    )
+    rc, _, e = render(
+        ["--scheduler", "slurm", "--gpus", "0", "--nodes", "3", "--frames", "6", "--data", str(full)], capsys
+    )
     assert rc == 2 and f"--data: {full}/manifest.json was packed for 2 node set(s) but the job has 3 nodes" in e
 
     def ok(*args):

@@ -6,6 +6,7 @@ the ``local`` scheduler through ``launcher.local_runner``. The trainer is the fi
 ``tests/fake_schedulers/fixture_trainer.py`` (same exit codes as the real one). Every run must
 end with the state of an uninterrupted run.
 """
+
 from __future__ import annotations
 
 import json
@@ -43,8 +44,14 @@ def env(tmp_path, mpi_env):
 
 
 def launcher(env, cwd, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *map(str, args)], env=env, cwd=str(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *map(str, args)],
+        env=env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for(pred, timeout, what, run_dir=None):
@@ -63,8 +70,10 @@ def wait_for(pred, timeout, what, run_dir=None):
 
 def finished(run_dir):
     ev = Path(run_dir) / "job" / "events.tsv"
-    return lambda: ev.exists() and (ev.read_text().rstrip().endswith("finished")
-                                    or "\tstop:" in ev.read_text() or "\tfail:" in ev.read_text())
+    return lambda: (
+        ev.exists()
+        and (ev.read_text().rstrip().endswith("finished") or "\tstop:" in ev.read_text() or "\tfail:" in ev.read_text())
+    )
 
 
 def jobs_tsv(run_dir):
@@ -88,9 +97,30 @@ def calls(env):
 
 def test_pbs_chain_presubmitted_then_extended_by_the_job(env, tmp_path):
     run = tmp_path / "pbs run"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "2",
-                 "--chain", "2", "--name", "pbs-chain", "--run-dir", run, "--walltime", "00:10:00",
-                 "--trainer-command", TRAINER, "steps=9", "stop_every=3", "step_time=0.05")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "2",
+        "--chain",
+        "2",
+        "--name",
+        "pbs-chain",
+        "--run-dir",
+        run,
+        "--walltime",
+        "00:10:00",
+        "--trainer-command",
+        TRAINER,
+        "steps=9",
+        "stop_every=3",
+        "step_time=0.05",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.split() == ["100.fakepbs", "101.fakepbs"]
     wait_for(finished(run), 90, "the chain to finish", run)
@@ -118,8 +148,9 @@ def test_pbs_chain_presubmitted_then_extended_by_the_job(env, tmp_path):
     launcher(env, tmp_path, "status", run, "--min-interval", "0")
     assert sum(c.startswith("qstat") for c in calls(env)) == n0 + 2
     # the same scheduler answers (the ages of the newest step and checkpoint move on with the clock)
-    assert [l for l in s2.stdout.splitlines() if l.startswith("job ")] == \
-        [l for l in s1.stdout.splitlines() if l.startswith("job ")]
+    assert [l for l in s2.stdout.splitlines() if l.startswith("job ")] == [
+        l for l in s1.stdout.splitlines() if l.startswith("job ")
+    ]
     logs = launcher(env, tmp_path, "logs", run, "-n", "0")
     assert logs.stdout.count("launcher: start restart=") == 3 and "fixture: done" in logs.stdout
     lst = launcher(env, tmp_path, "list", tmp_path)
@@ -130,9 +161,28 @@ def test_pbs_chain_presubmitted_then_extended_by_the_job(env, tmp_path):
 
 def test_pjm_step_jobs_continue_the_run(env, tmp_path):
     run = tmp_path / "pjm"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pjm", "--gpus", "0", "--ranks-per-node", "2",
-                 "--run-dir", run, "--walltime", "00:10:00", "--group", "jh0001",
-                 "--trainer-command", TRAINER, "steps=6", "stop_every=3", "step_time=0.05")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pjm",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "2",
+        "--run-dir",
+        run,
+        "--walltime",
+        "00:10:00",
+        "--group",
+        "jh0001",
+        "--trainer-command",
+        TRAINER,
+        "steps=6",
+        "stop_every=3",
+        "step_time=0.05",
+    )
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "100_0"
     wait_for(finished(run), 90, "the PJM step jobs to finish", run)
@@ -140,8 +190,10 @@ def test_pjm_step_jobs_continue_the_run(env, tmp_path):
     # each step job loaded the profile's modules in order (tests/fake_schedulers/module)
     loaded = (Path(env["FAKE_SCHED_DIR"]) / "modules.log").read_text().split()
     assert loaded == ["cuda/10.2.89_440.33.01", "nccl/2.7.3", "gcc/8.4.0", "cudnn/8.2.1", "openmpi/4.0.4"] * 2
-    assert [row[3:5] for row in jobs_tsv(run)] == [["100_0", "[INFO] PJM 0000 pjsub Job 100_0 submitted."],
-                                                   ["", "[INFO] PJM 0000 pjsub Job 100_1 submitted."]]
+    assert [row[3:5] for row in jobs_tsv(run)] == [
+        ["100_0", "[INFO] PJM 0000 pjsub Job 100_0 submitted."],
+        ["", "[INFO] PJM 0000 pjsub Job 100_1 submitted."],
+    ]
     submits = [c for c in calls(env) if c.startswith("pjsub")]
     assert "--sparam jid=100" in submits[1] and "-x LAUNCHER_LINK=1" in submits[1]
     status = launcher(env, tmp_path, "status", run)
@@ -153,9 +205,26 @@ def test_pbs_walltime_sigterm_without_warning_signal_resumes(env, tmp_path):
     """PBS has no warning signal: at the walltime the job gets SIGTERM (then SIGKILL); the
     script passes it on, the trainer checkpoints, and the chain continues the run."""
     run = tmp_path / "wall"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--run-dir", run, "--walltime", "00:00:06", "--trainer-command", TRAINER,
-                 "steps=40", "step_time=0.2", "ignore_deadline=1")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--run-dir",
+        run,
+        "--walltime",
+        "00:00:06",
+        "--trainer-command",
+        TRAINER,
+        "steps=40",
+        "step_time=0.2",
+        "ignore_deadline=1",
+    )
     assert r.returncode == 0, r.stderr
     wait_for(finished(run), 150, "the run to finish across walltime kills", run)
     assert json.loads((run / "checkpoints" / "state.json").read_text()) == expected_state(40)
@@ -168,10 +237,32 @@ def test_pbs_walltime_sigterm_without_warning_signal_resumes(env, tmp_path):
 
 def test_budget_stops_the_run_and_resume_continues_it(env, tmp_path):
     run = tmp_path / "budget"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--run-dir", run, "--walltime", "00:10:00", "--max-timeouts", "1", "--mail", "me@example.org",
-                 "--notify", notify_cmd(tmp_path), "--trainer-command", TRAINER, "steps=9", "stop_every=3",
-                 "step_time=0.05")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--run-dir",
+        run,
+        "--walltime",
+        "00:10:00",
+        "--max-timeouts",
+        "1",
+        "--mail",
+        "me@example.org",
+        "--notify",
+        notify_cmd(tmp_path),
+        "--trainer-command",
+        TRAINER,
+        "steps=9",
+        "stop_every=3",
+        "step_time=0.05",
+    )
     assert r.returncode == 0, r.stderr
     script = (run / "job" / "job.sh").read_text()
     assert "#PBS -M me@example.org\n#PBS -m ae\n" in script
@@ -198,9 +289,24 @@ def test_budget_stops_the_run_and_resume_continues_it(env, tmp_path):
 
 def test_refused_chain_extension_stops_the_run(env, tmp_path):
     run = tmp_path / "refused"
-    r = launcher(dict(env, FAKE_REFUSE_LINK="2"), tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0",
-                 "--ranks-per-node", "1", "--run-dir", run, "--trainer-command", TRAINER,
-                 "steps=9", "stop_every=3", "step_time=0.05")
+    r = launcher(
+        dict(env, FAKE_REFUSE_LINK="2"),
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--run-dir",
+        run,
+        "--trainer-command",
+        TRAINER,
+        "steps=9",
+        "stop_every=3",
+        "step_time=0.05",
+    )
     assert r.returncode == 0, r.stderr
     wait_for(finished(run), 60, "the refused extension", run)
     events = (run / "job" / "events.tsv").read_text()
@@ -212,21 +318,59 @@ def test_refused_chain_extension_stops_the_run(env, tmp_path):
 
 def test_trainer_failure_stops_the_chain(env, tmp_path):
     run = tmp_path / "fail"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--chain", "2", "--run-dir", run, "--notify", notify_cmd(tmp_path), "--trainer-command", TRAINER,
-                 "steps=9", "fail_at=2", "step_time=0.05")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--chain",
+        "2",
+        "--run-dir",
+        run,
+        "--notify",
+        notify_cmd(tmp_path),
+        "--trainer-command",
+        TRAINER,
+        "steps=9",
+        "fail_at=2",
+        "step_time=0.05",
+    )
     assert r.returncode == 0, r.stderr
     ev = run / "job" / "events.tsv"
     wait_for(lambda: ev.exists() and "skip: the run was stopped" in ev.read_text(), 60, "link 1 to skip", run)
     assert (run / "job" / "stopped").read_text().startswith("trainer exited 3 in job 100.fakepbs")
     assert not (run / "done").exists()
-    assert [(t[0], t[2]) for t in told(tmp_path)] == [("failed", f"run {run}: failed (trainer exited 3) in job 100.fakepbs")]
+    assert [(t[0], t[2]) for t in told(tmp_path)] == [
+        ("failed", f"run {run}: failed (trainer exited 3) in job 100.fakepbs")
+    ]
 
 
 def test_pbs_cancel_stops_the_running_link_and_deletes_the_queued_one(env, tmp_path):
     run = tmp_path / "cancel"
-    r = launcher(env, tmp_path, "submit", "--scheduler", "pbs", "--gpus", "0", "--ranks-per-node", "1",
-                 "--chain", "2", "--run-dir", run, "--trainer-command", TRAINER, "steps=200", "step_time=0.1")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--chain",
+        "2",
+        "--run-dir",
+        run,
+        "--trainer-command",
+        TRAINER,
+        "steps=200",
+        "step_time=0.1",
+    )
     assert r.returncode == 0, r.stderr
     steps_log = run / "steps.log"
     wait_for(lambda: steps_log.exists() and len(steps_log.read_text().splitlines()) >= 3, 60, "first steps", run)
@@ -245,8 +389,21 @@ def test_pbs_cancel_stops_the_running_link_and_deletes_the_queued_one(env, tmp_p
 
 def test_local_cancel_then_resume_from_checkpoint(env, tmp_path):
     run = tmp_path / "local"
-    r = launcher(env, tmp_path, "submit", "--gpus", "0", "--run-dir", run, "--trainer-command", TRAINER,
-                 "--notify", notify_cmd(tmp_path), "steps=30", "step_time=0.1")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--gpus",
+        "0",
+        "--run-dir",
+        run,
+        "--trainer-command",
+        TRAINER,
+        "--notify",
+        notify_cmd(tmp_path),
+        "steps=30",
+        "step_time=0.1",
+    )
     assert r.returncode == 0, r.stderr
     steps_log = run / "steps.log"
     wait_for(lambda: steps_log.exists() and len(steps_log.read_text().splitlines()) >= 5, 60, "first steps", run)
@@ -274,9 +431,26 @@ def test_local_walltime_warning_signal_and_rerun(env, tmp_path):
     """The local runner plays a batch system's time limit: USR2 before the end, the trainer
     checkpoints and exits 75, the runner runs the script again until the run is done."""
     run = tmp_path / "lw"
-    r = launcher(env, tmp_path, "submit", "--gpus", "0", "--ranks-per-node", "1", "--run-dir", run,
-                 "--walltime", "00:00:05", "--wait", "--trainer-command", TRAINER,
-                 "steps=25", "step_time=0.2", "ignore_deadline=1", timeout=150)
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--run-dir",
+        run,
+        "--walltime",
+        "00:00:05",
+        "--wait",
+        "--trainer-command",
+        TRAINER,
+        "steps=25",
+        "step_time=0.2",
+        "ignore_deadline=1",
+        timeout=150,
+    )
     assert r.returncode == 0, r.stderr
     assert json.loads((run / "checkpoints" / "state.json").read_text()) == expected_state(25)
     state = json.loads((run / "job" / "local.json").read_text())
@@ -290,16 +464,44 @@ def test_local_walltime_warning_signal_and_rerun(env, tmp_path):
 def test_local_job_stages_shards_once_per_node_and_passes_the_staged_manifest(env, tmp_path):
     """The job runs ``hdf5_tools stage`` (one copier per node under mpirun) before training."""
     shards = tmp_path / "shards"
-    r = subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "pack", "synth:videos=2,frames=3,size=32x24,seed=0",
-                        str(shards), "--nodes", "1", "--no-progress"], env=env, capture_output=True, text=True,
-                       timeout=120)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            "synth:videos=2,frames=3,size=32x24,seed=0",
+            str(shards),
+            "--nodes",
+            "1",
+            "--no-progress",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0, r.stderr
     nodelocal = tmp_path / "nodelocal"
     nodelocal.mkdir()
     run = tmp_path / "staged run"
-    r = launcher(dict(env, TMPDIR=str(nodelocal)), tmp_path, "submit", "--gpus", "0", "--run-dir", run,
-                 "--data", shards / "manifest.json", "--wait", "--trainer-command", TRAINER,
-                 "steps=2", "step_time=0", timeout=150)
+    r = launcher(
+        dict(env, TMPDIR=str(nodelocal)),
+        tmp_path,
+        "submit",
+        "--gpus",
+        "0",
+        "--run-dir",
+        run,
+        "--data",
+        shards / "manifest.json",
+        "--wait",
+        "--trainer-command",
+        TRAINER,
+        "steps=2",
+        "step_time=0",
+        timeout=150,
+    )
     assert r.returncode == 0, r.stderr
     # Staged into a directory private to the run and the job, removed when the job ended.
     job_id = (run / "job" / "jobs.tsv").read_text().split("\t")[3]
@@ -318,9 +520,25 @@ def test_real_trainer_under_the_local_scheduler(env, tmp_path):
     """``python -m pixpro_of train`` (cpu_small preset, 2 Horovod ranks through mpirun) started by
     the job script: it gets the run dir, the deadline and the backend, and finishes."""
     run = tmp_path / "real"
-    r = launcher(env, tmp_path, "submit", "--gpus", "0", "--preset", "cpu_small", "--run-dir", run, "--wait",
-                 "--python", sys.executable, "run.epochs=1", "optim.warmup_epochs=0", "data.num_workers=0", "log.tensorboard=false",
-                 timeout=400)
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--run-dir",
+        run,
+        "--wait",
+        "--python",
+        sys.executable,
+        "run.epochs=1",
+        "optim.warmup_epochs=0",
+        "data.num_workers=0",
+        "log.tensorboard=false",
+        timeout=400,
+    )
     log = (run / "logs" / "run.log").read_text() if (run / "logs" / "run.log").exists() else ""
     assert r.returncode == 0, (r.stderr, log[-3000:])
     assert (run / "done").exists() and (run / "checkpoints" / "latest").exists()
@@ -330,5 +548,6 @@ def test_real_trainer_under_the_local_scheduler(env, tmp_path):
     start = [l for l in (run / "job" / "events.tsv").read_text().splitlines() if "\ttrain:" in l][0]
     iso = start.split("deadline ")[1]
     from datetime import datetime
+
     assert deadline == datetime.fromisoformat(iso).timestamp()
     assert (run / "job" / "events.tsv").read_text().rstrip().endswith("finished")

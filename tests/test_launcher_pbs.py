@@ -20,6 +20,7 @@ addresses), and jobs are submitted by an ordinary user (pbs_mom ignores root's p
 The module fixture builds OpenPBS once when missing (cached under ~/.cache/pixpro-of), starts
 it and stops, by PID, the daemons it started.
 """
+
 from __future__ import annotations
 
 import sys
@@ -29,10 +30,29 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
-                            assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
-                            events, job_ids, job_kinds, metrics_step, openpbs, reference_run,
-                            assert_two_pipelines, stage_gaps, stall_link_into_its_deadline, user_dir, wait_for, wait_until_done)
+from batch_clusters import (  # noqa: E402
+    CHAIN_STOP_MARGIN_S,
+    CHAIN_WALLTIME,
+    TOTAL_STEPS,
+    TRAIN_ARGS,
+    assert_same_weights,
+    assert_two_pipelines,
+    checkpoint_steps,
+    deadline_stops,
+    dump_run,
+    event_texts,
+    events,
+    job_ids,
+    job_kinds,
+    metrics_step,
+    openpbs,
+    reference_run,
+    stage_gaps,
+    stall_link_into_its_deadline,
+    user_dir,
+    wait_for,
+    wait_until_done,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -69,6 +89,7 @@ def reference(tmp_path_factory):
 def home(pbs, request):
     """A directory the job user owns, holding the profile; removed afterwards unless the test failed."""
     import shutil
+
     failed = request.session.testsfailed
     d = user_dir("launcher-pbs-", pbs.user)
     (d / "pbs-one-node.toml").write_text(PROFILE)
@@ -85,8 +106,23 @@ def launcher(pbs, home, *args, timeout=120):
 
 
 def job_args(home, name, run_dir, *options, extra=(), cluster="pbs-one-node.toml"):
-    return ["--scheduler", "pbs", "--cluster", str(home / cluster), "--gpus", "0",
-            "--preset", "cpu_small", "--name", name, "--run-dir", str(run_dir), *options, *TRAIN_ARGS, *extra]
+    return [
+        "--scheduler",
+        "pbs",
+        "--cluster",
+        str(home / cluster),
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--name",
+        name,
+        "--run-dir",
+        str(run_dir),
+        *options,
+        *TRAIN_ARGS,
+        *extra,
+    ]
 
 
 def submit(pbs, home, name, run_dir, *options, extra=(), cluster="pbs-one-node.toml"):
@@ -118,13 +154,22 @@ def init_profile(pbs, home) -> str:
     assert out.returncode == 0, out.stderr
     text = (home / "initpbs.toml").read_text()
     print(f"profile init on OpenPBS: {took:.2f} s (with the interpreter's start, in the namespace)\n{out.stdout}{text}")
-    for line in ('queue = "workq"', "gpus_per_node = 0", "cpus_per_node = 2", 'place = "scatter"',
-                 "can_requeue = false", "modules = []", "# qstat -Bf: default_queue = workq (queue_type Execution)",
-                 "# pbsnodes: resources_available.ncpus = 2 on 1 of 1 nodes", '# max_walltime = "24:00:00"'):
+    for line in (
+        'queue = "workq"',
+        "gpus_per_node = 0",
+        "cpus_per_node = 2",
+        'place = "scatter"',
+        "can_requeue = false",
+        "modules = []",
+        "# qstat -Bf: default_queue = workq (queue_type Execution)",
+        "# pbsnodes: resources_available.ncpus = 2 on 1 of 1 nodes",
+        '# max_walltime = "24:00:00"',
+    ):
         assert line in text.splitlines(), line
     bad = launcher(pbs, home, "profile", "init", "--scheduler", "pbs", "--queue", "gpu", "--out", str(home / "x.toml"))
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
-        "--queue gpu: no such queue (there are: workq, rt_HF)"), bad.stderr
+        "--queue gpu: no such queue (there are: workq, rt_HF)"
+    ), bad.stderr
     return "initpbs.toml"
 
 
@@ -133,8 +178,9 @@ def test_pbs_qdel_stops_the_run_cleanly_and_resume_finishes_it(pbs, reference, h
     # The profile `launcher profile init` wrote from this server's answers, used unchanged (2 CPU ranks
     # are asked on the command line: CPU-only runs are not what a profile is written for).
     cluster = init_profile(pbs, home)
-    (job_id,) = submit(pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00", "--ranks-per-node", "2",
-                       cluster=cluster)
+    (job_id,) = submit(
+        pbs, home, "pbs-cancel", run_dir, "--walltime", "00:30:00", "--ranks-per-node", "2", cluster=cluster
+    )
     try:
         wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
         # launcher cancel: the stopped marker, then qdel: SIGTERM to every process of the job
@@ -178,8 +224,19 @@ def test_pbs_afterany_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     # at its deadline partway. Here PBS itself suspends the first link (qsig -s suspend: SIGSTOP
     # to every process of the job) until its deadline is near and resumes it.
     t0 = time.time()
-    ids = submit(pbs, home, "pbs-chain", run_dir, "--walltime", CHAIN_WALLTIME, "--chain", "2",
-                 "--max-timeouts", "50", extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"])
+    ids = submit(
+        pbs,
+        home,
+        "pbs-chain",
+        run_dir,
+        "--walltime",
+        CHAIN_WALLTIME,
+        "--chain",
+        "2",
+        "--max-timeouts",
+        "50",
+        extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"],
+    )
     assert len(ids) == 2
     second = pbs.job_attrs(ids[1])
     assert second["depend"].startswith(f"afterany:{ids[0]}"), second["depend"]
@@ -195,15 +252,18 @@ def test_pbs_afterany_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     try:
         how = stall_link_into_its_deadline(run_dir, 0, suspend=suspend, resume=resume)
         wait_until_done(run_dir, 600, "the chain to finish the run")
-        wait_for(lambda: all(state(pbs, i) == "F" for i in job_ids(run_dir, "pbs")), 60,
-                 "every job of the chain to finish")
+        wait_for(
+            lambda: all(state(pbs, i) == "F" for i in job_ids(run_dir, "pbs")), 60, "every job of the chain to finish"
+        )
     except AssertionError:
         print(show(pbs, run_dir))
         raise
     texts = event_texts(run_dir)
     links = [t for t in texts if t.startswith("start restart=")]
-    print(f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
-          f"{deadline_stops(run_dir)}; {how}; events:\n" + "\n".join(texts))
+    print(
+        f"pbs chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
+        f"{deadline_stops(run_dir)}; {how}; events:\n" + "\n".join(texts)
+    )
     stops = [s for s in deadline_stops(run_dir) if 0 < s < TOTAL_STEPS]
     assert stops, texts
     assert f"resumed from step {stops[0]} " in (run_dir / "logs" / "train.log").read_text()
@@ -254,22 +314,49 @@ def test_pbs_qsig_int_checkpoints_at_the_current_step_and_continues_the_chain(pb
     assert checkpoint_steps(run_dir)[-1] == metrics_step(run_dir), texts
 
 
-@pytest.mark.parametrize("profile_args, expect", [
-    # data.synthetic=true: the job never starts, and submit refuses a shard preset without --data
-    (["--cluster", "abci3", "--gpus", "16", "--frames", "6", "--group", "gXXXX", "data.synthetic=true"],
-     {"queue": "rt_HF", "project": "gXXXX", "select": "2:mpiprocs=8", "nodect": 2, "place": None}),
-    (["--gpus", "8", "--frames", "6", "data.synthetic=true"],
-     {"queue": "workq", "project": "_pbs_project_default", "select": "2:ncpus=32:ngpus=4:mpiprocs=4",
-      "nodect": 2, "place": "scatter:excl"}),
-], ids=["abci3", "generic-gpu"])
+@pytest.mark.parametrize(
+    "profile_args, expect",
+    [
+        # data.synthetic=true: the job never starts, and submit refuses a shard preset without --data
+        (
+            ["--cluster", "abci3", "--gpus", "16", "--frames", "6", "--group", "gXXXX", "data.synthetic=true"],
+            {"queue": "rt_HF", "project": "gXXXX", "select": "2:mpiprocs=8", "nodect": 2, "place": None},
+        ),
+        (
+            ["--gpus", "8", "--frames", "6", "data.synthetic=true"],
+            {
+                "queue": "workq",
+                "project": "_pbs_project_default",
+                "select": "2:ncpus=32:ngpus=4:mpiprocs=4",
+                "nodect": 2,
+                "place": "scatter:excl",
+            },
+        ),
+    ],
+    ids=["abci3", "generic-gpu"],
+)
 def test_pbs_server_accepts_the_profiles_directives(pbs, home, profile_args, expect):
     """Submitted for real through the launcher. The jobs never start here: rt_HF accepts jobs
     but is not started, and the generic profile's two exclusive GPU nodes do not exist."""
     run_dir = home / "directives"
     # two nodes: the test user's home is under /tmp, which the launcher takes for node-local unless told
-    out = launcher(pbs, home, "submit", "--scheduler", "pbs", *profile_args, "--name", "pbs-directives",
-                   "--run-dir", str(run_dir), "--walltime", "12:00:00", "--allow-node-local-paths",
-                   "--mail", "me@example.org")
+    out = launcher(
+        pbs,
+        home,
+        "submit",
+        "--scheduler",
+        "pbs",
+        *profile_args,
+        "--name",
+        "pbs-directives",
+        "--run-dir",
+        str(run_dir),
+        "--walltime",
+        "12:00:00",
+        "--allow-node-local-paths",
+        "--mail",
+        "me@example.org",
+    )
     assert out.returncode == 0, out.stderr
     (job_id,) = out.stdout.split()
     try:
@@ -302,20 +389,46 @@ def test_pbs_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_del
     and fails: its later stages are deleted without ever starting and ``status`` names the stage."""
     good, bad = home / "pipe", home / "failing"
     (home / "empty" / "videos" / "train").mkdir(parents=True)
-    common = ["--scheduler", "pbs", "--cluster", str(home / "pbs-one-node.toml"), "--gpus", "0", "--preset",
-              "cpu_small", "--flow-model", "dis", "data.synthetic=false", *TRAIN_ARGS]
+    common = [
+        "--scheduler",
+        "pbs",
+        "--cluster",
+        str(home / "pbs-one-node.toml"),
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--flow-model",
+        "dis",
+        "data.synthetic=false",
+        *TRAIN_ARGS,
+    ]
     t0 = time.time()
-    out = launcher(pbs, home, "pipeline", *common, "--videos", "synth:videos=8,frames=6,size=128x64,seed=0",
-                   "--dir", str(good), "--walltime", CHAIN_WALLTIME, "--max-timeouts", "50",
-                   f"stop.margin_s={CHAIN_STOP_MARGIN_S}")
+    out = launcher(
+        pbs,
+        home,
+        "pipeline",
+        *common,
+        "--videos",
+        "synth:videos=8,frames=6,size=128x64,seed=0",
+        "--dir",
+        str(good),
+        "--walltime",
+        CHAIN_WALLTIME,
+        "--max-timeouts",
+        "50",
+        f"stop.margin_s={CHAIN_STOP_MARGIN_S}",
+    )
     assert out.returncode == 0, out.stderr
     out = launcher(pbs, home, "pipeline", *common, "--videos", str(home / "empty"), "--dir", str(bad))
     assert out.returncode == 0, out.stderr
     stages = ("pack", "flow", "verify", "train", "convert")
 
     def stage_jobs(pipe, stage):
-        return [l.split("\t")[3] or l.split("\t")[4].strip() for l in
-                (pipe / stage / "job" / "jobs.tsv").read_text().splitlines()]
+        return [
+            l.split("\t")[3] or l.split("\t")[4].strip()
+            for l in (pipe / stage / "job" / "jobs.tsv").read_text().splitlines()
+        ]
 
     first = {s: stage_jobs(good, s)[0] for s in stages}
     assert pbs.job_attrs(first["flow"])["depend"].startswith(f"afterok:{first['pack']}")
@@ -340,7 +453,14 @@ def test_pbs_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_del
             print(f"==== {p}\n{p.read_text()[-2000:]}")
         raise
     texts = event_texts(train)
-    print(f"pbs pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
-          f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts))
-    assert_two_pipelines(good, bad, stages, launcher(pbs, home, "status", str(good)).stdout,
-                         launcher(pbs, home, "status", str(bad)).stdout)
+    print(
+        f"pbs pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
+        f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts)
+    )
+    assert_two_pipelines(
+        good,
+        bad,
+        stages,
+        launcher(pbs, home, "status", str(good)).stdout,
+        launcher(pbs, home, "status", str(bad)).stdout,
+    )

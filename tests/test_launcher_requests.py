@@ -1,6 +1,7 @@
 """launcher: every request is checked before anything is written or submitted; a dry run never
 submits; a failed submit leaves nothing behind; the script runs the submitting interpreter and
 activates its environment. Fast: nothing here starts a job on a real scheduler."""
+
 from __future__ import annotations
 
 import json
@@ -35,30 +36,51 @@ def one_line_error(args, capsys, command="render"):
     return lines[0]
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--scheduler", "slurm", "--gpus", "1000000000"],
-     "--gpus 1000000000 needs 250000000 nodes; profile slurm allows at most 256 nodes (1024 GPUs)"),
-    (["--scheduler", "slurm", "--gpus", "0", "--nodes", "300"], "--nodes 300; profile slurm allows at most 256 nodes"),
-    (["--scheduler", "local", "--gpus", "16"], "--gpus 16 needs 2 nodes; profile local allows at most 1 nodes (8 GPUs)"),
-    (["--walltime", "99:99:99"], "--walltime: '99:99:99': minutes and seconds must be 0-59"),
-    (["--walltime", "1-25:00:00"], "hours must be 0-23 after a day count"),
-    (["--preset", "nosuchpreset"], "--preset 'nosuchpreset': no such trainer preset (presets: cpu_small, "),
-    (["--max-timeouts", "-3"], "--max-timeouts -3: must be 0 or more"),
-    (["--max-preemptions", "-1"], "--max-preemptions -1: must be 0 or more"),
-    (["--name", ""], "--name: the run name is empty"),
-    (["--name", "x" * 300], "--name: 300 bytes is too long for a file name; use at most 200"),
-    (["--name=-rf"], "--name '-rf': give a name without '/' that does not start with '-'"),
-    (["--profile-dir", "/no/such/profiles"], "--profile-dir: /no/such/profiles is not a directory of cluster profiles"),
-    (["--data", "/etc/passwd"], "--data: /etc/passwd: cannot read manifest"),
-    (["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "8"],
-     "profile abci3 needs --group: the cluster charges every job to a group or project"),
-    (["--scheduler", "sge", "--cluster", "abci2", "--gpus", "4"], "profile abci2 needs --group"),
-    (["--scheduler", "slurm", "--gpus", "4", "--cpus-per-rank", "64"],
-     "--cpus-per-rank 64: 4 ranks per node x 64 CPUs exceed the 32 CPUs of a node of profile slurm; use at most 8"),
-    (["--scheduler", "slurm", "--gpus", "4", "--cpus-per-rank", "0"], "--cpus-per-rank 0: must be at least 1"),
-    (["--scheduler", "slurm", "--gpus", "32", "--data", str(MANIFEST)],
-     "was packed for 4 node set(s) but the job has 8 nodes; repack with 'hdf5_tools pack --nodes 8'"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (
+            ["--scheduler", "slurm", "--gpus", "1000000000"],
+            "--gpus 1000000000 needs 250000000 nodes; profile slurm allows at most 256 nodes (1024 GPUs)",
+        ),
+        (
+            ["--scheduler", "slurm", "--gpus", "0", "--nodes", "300"],
+            "--nodes 300; profile slurm allows at most 256 nodes",
+        ),
+        (
+            ["--scheduler", "local", "--gpus", "16"],
+            "--gpus 16 needs 2 nodes; profile local allows at most 1 nodes (8 GPUs)",
+        ),
+        (["--walltime", "99:99:99"], "--walltime: '99:99:99': minutes and seconds must be 0-59"),
+        (["--walltime", "1-25:00:00"], "hours must be 0-23 after a day count"),
+        (["--preset", "nosuchpreset"], "--preset 'nosuchpreset': no such trainer preset (presets: cpu_small, "),
+        (["--max-timeouts", "-3"], "--max-timeouts -3: must be 0 or more"),
+        (["--max-preemptions", "-1"], "--max-preemptions -1: must be 0 or more"),
+        (["--name", ""], "--name: the run name is empty"),
+        (["--name", "x" * 300], "--name: 300 bytes is too long for a file name; use at most 200"),
+        (["--name=-rf"], "--name '-rf': give a name without '/' that does not start with '-'"),
+        (
+            ["--profile-dir", "/no/such/profiles"],
+            "--profile-dir: /no/such/profiles is not a directory of cluster profiles",
+        ),
+        (["--data", "/etc/passwd"], "--data: /etc/passwd: cannot read manifest"),
+        (
+            ["--scheduler", "pbs", "--cluster", "abci3", "--gpus", "8"],
+            "profile abci3 needs --group: the cluster charges every job to a group or project",
+        ),
+        (["--scheduler", "sge", "--cluster", "abci2", "--gpus", "4"], "profile abci2 needs --group"),
+        (
+            ["--scheduler", "slurm", "--gpus", "4", "--cpus-per-rank", "64"],
+            "--cpus-per-rank 64: 4 ranks per node x 64 CPUs exceed the 32 CPUs of a node of profile slurm; use "
+            "at most 8",
+        ),
+        (["--scheduler", "slurm", "--gpus", "4", "--cpus-per-rank", "0"], "--cpus-per-rank 0: must be at least 1"),
+        (
+            ["--scheduler", "slurm", "--gpus", "32", "--data", str(MANIFEST)],
+            "was packed for 4 node set(s) but the job has 8 nodes; repack with 'hdf5_tools pack --nodes 8'",
+        ),
+    ],
+)
 def test_bad_requests_are_one_line_errors_that_say_what_works(args, message, capsys):
     assert message in one_line_error(args, capsys)
 
@@ -146,8 +168,9 @@ def test_the_job_runs_this_interpreter_and_activates_its_environment(capsys):
 def test_the_job_forwards_its_environment_to_every_rank(tmp_path, capsys):
     prof = tmp_path / "site.toml"
     prof.write_text('name = "site"\nscheduler = "pbs"\ngpus_per_node = 4\nenv = { NCCL_IB_HCA = "mlx5" }\n')
-    rc, out, _ = run_cli(["render", "--scheduler", "pbs", "--cluster", str(prof), "--gpus", "8",
-                          "--data", str(MANIFEST)], capsys)
+    rc, out, _ = run_cli(
+        ["render", "--scheduler", "pbs", "--cluster", str(prof), "--gpus", "8", "--data", str(MANIFEST)], capsys
+    )
     assert rc == 0
     fwd = [l for l in out.splitlines() if l.startswith("launcher_forward=(")][0]
     for var in ("PATH", "LD_LIBRARY_PATH", "NCCL_IB_HCA", "OMPI_ALLOW_RUN_AS_ROOT"):
@@ -162,8 +185,20 @@ def test_a_dry_run_never_submits(tmp_path, capsys):
     env_path = os.environ["PATH"]
     os.environ["PATH"] = "/nonexistent"  # no sbatch could run anyway
     try:
-        rc, out, err = run_cli(["submit", "--dry-run", "--scheduler", "slurm", "--run-dir", str(run),
-                                "--frames", "6", "data.synthetic=true"], capsys)
+        rc, out, err = run_cli(
+            [
+                "submit",
+                "--dry-run",
+                "--scheduler",
+                "slurm",
+                "--run-dir",
+                str(run),
+                "--frames",
+                "6",
+                "data.synthetic=true",
+            ],
+            capsys,
+        )
     finally:
         os.environ["PATH"] = env_path
     assert rc == 0 and not run.exists()
@@ -179,8 +214,20 @@ def _fake_env(tmp_path: Path) -> dict:
 
 def test_a_failed_submit_leaves_nothing_and_the_retry_works(tmp_path):
     run = tmp_path / "retry"
-    args = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "pbs", "--gpus", "0",
-            "--run-dir", str(run), "--trainer-command", "true"]
+    args = [
+        sys.executable,
+        "-m",
+        "launcher.cli",
+        "submit",
+        "--scheduler",
+        "pbs",
+        "--gpus",
+        "0",
+        "--run-dir",
+        str(run),
+        "--trainer-command",
+        "true",
+    ]
     env = _fake_env(tmp_path)
     (tmp_path / "emptybin").mkdir()
     no_qsub = dict(env, PATH=str(tmp_path / "emptybin"))
@@ -203,8 +250,8 @@ def test_list_shows_the_ids_of_links_a_job_submitted(tmp_path, capsys):
     (run / "job").mkdir(parents=True)
     (run / "job" / "request.json").write_text(json.dumps({"scheduler": "pbs", "profile": "pbs"}))
     (run / "job" / "jobs.tsv").write_text(
-        "2026-01-01T00:00:00Z\tsubmit\t0\t100.server\t100.server\n"
-        "2026-01-01T01:00:00Z\textend\t1\t\t101.server\n")  # the job script records raw qsub output
+        "2026-01-01T00:00:00Z\tsubmit\t0\t100.server\t100.server\n2026-01-01T01:00:00Z\textend\t1\t\t101.server\n"
+    )  # the job script records raw qsub output
     rc, out, _ = run_cli(["list", str(tmp_path / "runs")], capsys)
     assert rc == 0
     assert "101.server" in out.splitlines()[1]

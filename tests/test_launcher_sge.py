@@ -14,6 +14,7 @@ links), training the real model (cpu_small, 2 Horovod ranks under mpirun).
 The module fixture installs the cell when missing (``.ci/gridengine/install.sh``), starts
 sge_qmaster and sge_execd (``.ci/gridengine/start.sh``) and stops, by PID, the ones it started.
 """
+
 from __future__ import annotations
 
 import subprocess
@@ -24,10 +25,28 @@ from pathlib import Path
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_clusters import (CHAIN_STOP_MARGIN_S, CHAIN_WALLTIME, TOTAL_STEPS, TRAIN_ARGS,  # noqa: E402
-                            assert_same_weights, checkpoint_steps, deadline_stops, dump_run, event_texts,
-                            events, grid_engine, job_ids, job_kinds, metrics_step, reference_run,
-                            assert_two_pipelines, stage_gaps, stall_link_into_its_deadline, wait_for, wait_until_done)
+from batch_clusters import (  # noqa: E402
+    CHAIN_STOP_MARGIN_S,
+    CHAIN_WALLTIME,
+    TOTAL_STEPS,
+    TRAIN_ARGS,
+    assert_same_weights,
+    assert_two_pipelines,
+    checkpoint_steps,
+    deadline_stops,
+    dump_run,
+    event_texts,
+    events,
+    grid_engine,
+    job_ids,
+    job_kinds,
+    metrics_step,
+    reference_run,
+    stage_gaps,
+    stall_link_into_its_deadline,
+    wait_for,
+    wait_until_done,
+)
 
 pytestmark = [pytest.mark.slow, pytest.mark.mpi]
 
@@ -44,16 +63,37 @@ def reference(tmp_path_factory):
 
 
 def launcher(sge, *args, cwd, timeout=120):
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], env=sge.env, cwd=str(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        env=sge.env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def submit(sge, run_dir: Path, name: str, *options: str, extra=()):
     # The generic profile as shipped unless --cluster is among the options, CPU ranks (--gpus 0: 2 ranks
     # on one node, -pe mpi 2). No --python: the job runs the interpreter (and activates the venv) that submitted it.
-    out = launcher(sge, "submit", "--scheduler", "sge", "--gpus", "0", "--preset", "cpu_small",
-                   "--name", name, "--run-dir", str(run_dir), *options,
-                   *TRAIN_ARGS, *extra, cwd=run_dir.parent)
+    out = launcher(
+        sge,
+        "submit",
+        "--scheduler",
+        "sge",
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--name",
+        name,
+        "--run-dir",
+        str(run_dir),
+        *options,
+        *TRAIN_ARGS,
+        *extra,
+        cwd=run_dir.parent,
+    )
     assert out.returncode == 0, out.stderr
     ids = out.stdout.split()
     assert ids and all(i.isdigit() for i in ids), out.stdout
@@ -78,14 +118,34 @@ def init_profile(sge, tmp_path: Path) -> Path:
     assert out.returncode == 0, out.stderr
     text = profile.read_text()
     print(f"profile init on Grid Engine: {took:.2f} s (with the interpreter's start)\n{out.stdout}{text}")
-    for line in ('queue = "all.q"', 'parallel_env = "mpi"', "gpus_per_node = 0", "cpus_per_node = 2",
-                 'warning_signal = "USR2"', 'local_dir_var = "TMPDIR"', "can_requeue = false", "modules = []",
-                 "# qhost: NCPU=2 on 1 of 1 hosts of all.q", '# max_walltime = "24:00:00"'):
+    for line in (
+        'queue = "all.q"',
+        'parallel_env = "mpi"',
+        "gpus_per_node = 0",
+        "cpus_per_node = 2",
+        'warning_signal = "USR2"',
+        'local_dir_var = "TMPDIR"',
+        "can_requeue = false",
+        "modules = []",
+        "# qhost: NCPU=2 on 1 of 1 hosts of all.q",
+        '# max_walltime = "24:00:00"',
+    ):
         assert line in text.splitlines(), line
-    bad = launcher(sge, "profile", "init", "--scheduler", "sge", "--queue", "gpu.q", "--out", str(tmp_path / "x.toml"),
-                   cwd=tmp_path)
+    bad = launcher(
+        sge,
+        "profile",
+        "init",
+        "--scheduler",
+        "sge",
+        "--queue",
+        "gpu.q",
+        "--out",
+        str(tmp_path / "x.toml"),
+        cwd=tmp_path,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
-        "--queue gpu.q: no such cluster queue (there are: all.q)"), bad.stderr
+        "--queue gpu.q: no such cluster queue (there are: all.q)"
+    ), bad.stderr
     return profile
 
 
@@ -94,8 +154,9 @@ def test_sge_notify_qdel_stops_the_run_cleanly_and_resume_finishes_it(sge, refer
     # The profile `launcher profile init` wrote from this cell's answers, used unchanged (2 CPU ranks
     # are asked on the command line: CPU-only runs are not what a profile is written for).
     profile = init_profile(sge, tmp_path)
-    (job_id,) = submit(sge, run_dir, "sge-cancel", "--walltime", "00:30:00", "--cluster", str(profile),
-                       "--ranks-per-node", "2")
+    (job_id,) = submit(
+        sge, run_dir, "sge-cancel", "--walltime", "00:30:00", "--cluster", str(profile), "--ranks-per-node", "2"
+    )
     try:
         wait_for(lambda: metrics_step(run_dir) >= 3, 240, "step 3 of the first job")
         # The launcher's way to stop a run: the stopped marker, then qdel (with -notify, Grid
@@ -143,24 +204,40 @@ def test_sge_hold_jid_chain_through_a_deadline_stop_ends_with_uninterrupted_weig
     # submits the third link itself (qsub -hold_jid on itself, from inside the job), which
     # finishes the run.
     t0 = time.time()
-    ids = submit(sge, run_dir, "sge-chain", "--walltime", CHAIN_WALLTIME, "--chain", "2", "--max-timeouts", "50",
-                 extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"])
+    ids = submit(
+        sge,
+        run_dir,
+        "sge-chain",
+        "--walltime",
+        CHAIN_WALLTIME,
+        "--chain",
+        "2",
+        "--max-timeouts",
+        "50",
+        extra=[f"stop.margin_s={CHAIN_STOP_MARGIN_S}"],
+    )
     assert len(ids) == 2
     detail = sge.run("qstat", "-j", ids[1], check=False).stdout
-    assert any(l.split(":")[0].strip() == "jid_predecessor_list" and ids[0] in l for l in detail.splitlines()) \
-        or not job_listed(sge, ids[0]), detail
+    assert any(
+        l.split(":")[0].strip() == "jid_predecessor_list" and ids[0] in l for l in detail.splitlines()
+    ) or not job_listed(sge, ids[0]), detail
     try:
         how = [stall_link_into_its_deadline(run_dir, 0), stall_link_into_its_deadline(run_dir, 1, steps=2)]
         wait_until_done(run_dir, 600, "the chain to finish the run")
-        wait_for(lambda: not any(job_listed(sge, i) for i in job_ids(run_dir, "sge")), 60,
-                 "the chain's jobs to leave the queue")
+        wait_for(
+            lambda: not any(job_listed(sge, i) for i in job_ids(run_dir, "sge")),
+            60,
+            "the chain's jobs to leave the queue",
+        )
     except AssertionError:
         print(dump_run(run_dir, sge.run("qstat", "-f", check=False).stdout))
         raise
     texts = event_texts(run_dir)
     links = [t for t in texts if t.startswith("start restart=")]
-    print(f"sge chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
-          f"{deadline_stops(run_dir)}; {how}; events:\n" + "\n".join(texts))
+    print(
+        f"sge chain: {time.time() - t0:.0f} s, {len(links)} links, deadline stops at steps "
+        f"{deadline_stops(run_dir)}; {how}; events:\n" + "\n".join(texts)
+    )
     # A link (the first, unless the machine was too busy for it to run a step) stopped at its
     # deadline partway, with a checkpoint the next link resumed from; the first link left the
     # run to the pre-submitted second one.
@@ -190,12 +267,34 @@ def test_sge_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_sto
     the stage."""
     good, bad = tmp_path / "pipe", tmp_path / "failing"
     (tmp_path / "empty" / "videos" / "train").mkdir(parents=True)
-    common = ["--scheduler", "sge", "--gpus", "0", "--preset", "cpu_small", "--flow-model", "dis",
-              "data.synthetic=false", *TRAIN_ARGS]
+    common = [
+        "--scheduler",
+        "sge",
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--flow-model",
+        "dis",
+        "data.synthetic=false",
+        *TRAIN_ARGS,
+    ]
     t0 = time.time()
-    out = launcher(sge, "pipeline", *common, "--videos", "synth:videos=8,frames=6,size=128x64,seed=0",
-                   "--dir", str(good), "--walltime", CHAIN_WALLTIME, "--max-timeouts", "50",
-                   f"stop.margin_s={CHAIN_STOP_MARGIN_S}", cwd=tmp_path)
+    out = launcher(
+        sge,
+        "pipeline",
+        *common,
+        "--videos",
+        "synth:videos=8,frames=6,size=128x64,seed=0",
+        "--dir",
+        str(good),
+        "--walltime",
+        CHAIN_WALLTIME,
+        "--max-timeouts",
+        "50",
+        f"stop.margin_s={CHAIN_STOP_MARGIN_S}",
+        cwd=tmp_path,
+    )
     assert out.returncode == 0, out.stderr
     out = launcher(sge, "pipeline", *common, "--videos", str(tmp_path / "empty"), "--dir", str(bad), cwd=tmp_path)
     assert out.returncode == 0, out.stderr
@@ -218,7 +317,14 @@ def test_sge_pipeline_moves_its_dependents_onto_new_links_and_a_failed_stage_sto
             print(f"==== {p}\n{p.read_text()[-2000:]}")
         raise
     texts = event_texts(train)
-    print(f"sge pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
-          f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts))
-    assert_two_pipelines(good, bad, stages, launcher(sge, "status", str(good), cwd=tmp_path).stdout,
-                         launcher(sge, "status", str(bad), cwd=tmp_path).stdout)
+    print(
+        f"sge pipeline: {time.time() - t0:.0f} s; {how}; stage end -> next start: "
+        f"{stage_gaps(good, stages)}; train events:\n" + "\n".join(texts)
+    )
+    assert_two_pipelines(
+        good,
+        bad,
+        stages,
+        launcher(sge, "status", str(good), cwd=tmp_path).stdout,
+        launcher(sge, "status", str(bad), cwd=tmp_path).stdout,
+    )

@@ -1,4 +1,5 @@
 """``launcher.local_runner --slots N``: at most N local jobs sharing a slot directory run at once."""
+
 import json
 import os
 import subprocess
@@ -55,15 +56,39 @@ def test_slots_bound_the_jobs_running_at_once(tmp_path, slots, env_only):
 def test_a_queued_job_says_so_and_a_cancelled_one_never_runs(tmp_path):
     slots = tmp_path / "slots"
     long, long_log = _script(tmp_path, "long", seconds=30)
-    first = subprocess.Popen([sys.executable, "-m", "launcher.local_runner", "--slots", "1", "--slot-dir", str(slots),
-                              "--state-file", str(tmp_path / "long.json"), str(long)])
+    first = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher.local_runner",
+            "--slots",
+            "1",
+            "--slot-dir",
+            str(slots),
+            "--state-file",
+            str(tmp_path / "long.json"),
+            str(long),
+        ]
+    )
     deadline = time.time() + 60
     while not long_log.exists() and time.time() < deadline:
         time.sleep(0.1)
     assert long_log.exists()
     short, short_log = _script(tmp_path, "short", seconds=0)
-    second = subprocess.Popen([sys.executable, "-m", "launcher.local_runner", "--slots", "1", "--slot-dir", str(slots),
-                               "--state-file", str(tmp_path / "short.json"), str(short)])
+    second = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "launcher.local_runner",
+            "--slots",
+            "1",
+            "--slot-dir",
+            str(slots),
+            "--state-file",
+            str(tmp_path / "short.json"),
+            str(short),
+        ]
+    )
     while not (tmp_path / "short.json").exists() and time.time() < deadline:
         time.sleep(0.1)
     time.sleep(1.0)
@@ -79,6 +104,10 @@ def test_a_queued_job_says_so_and_a_cancelled_one_never_runs(tmp_path):
 
 def test_bad_slot_count_is_one_line(tmp_path):
     script, _ = _script(tmp_path, "x", 0)
-    r = subprocess.run([sys.executable, "-m", "launcher.local_runner", str(script)], capture_output=True, text=True,
-                       env=dict(os.environ, LAUNCHER_LOCAL_SLOTS="two"))
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.local_runner", str(script)],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ, LAUNCHER_LOCAL_SLOTS="two"),
+    )
     assert r.returncode == 2 and "LAUNCHER_LOCAL_SLOTS='two'" in r.stderr and r.stderr.strip().count("\n") == 0

@@ -10,6 +10,7 @@ SIGTERM and SIGKILL on requeue or preemption). Only process tracking and task bi
 (``proctrack/linuxproc``, ``task/none``: this machine gives no cgroup tree to slurmd).
 Installs ``slurm-wlm munge`` from Debian when they are missing (root only).
 """
+
 from __future__ import annotations
 
 import json
@@ -41,8 +42,13 @@ def _install_if_missing() -> None:
     if os.geteuid() != 0 or not shutil.which("apt-get"):
         pytest.skip("slurm-wlm/munge are not installed and this user cannot install them")
     env = dict(os.environ, DEBIAN_FRONTEND="noninteractive")
-    subprocess.run(["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"],
-                   check=True, env=env, capture_output=True, timeout=600)
+    subprocess.run(
+        ["apt-get", "install", "-y", "--no-install-recommends", "slurm-wlm", "munge"],
+        check=True,
+        env=env,
+        capture_output=True,
+        timeout=600,
+    )
 
 
 def _free_port() -> int:
@@ -107,23 +113,44 @@ SlurmdTimeout=30
 InactiveLimit=0
 MinJobAge=300
 Waittime=0
-NodeName={host} NodeAddr=127.0.0.1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 RealMemory=2000 State=UNKNOWN
+NodeName={host} NodeAddr=127.0.0.1 CPUs=2 Boards=1 SocketsPerBoard=1 CoresPerSocket=2 ThreadsPerCore=1 \
+RealMemory=2000 State=UNKNOWN
 PartitionName=launchertest Nodes={host} Default=YES MaxTime=INFINITE State=UP
 """)
     env = dict(os.environ, SLURM_CONF=str(conf))
     procs = []
     munged = subprocess.Popen(
-        ["runuser", "-u", "munge", "--", "munged", "--foreground", f"--socket={sock}",
-         f"--pid-file={base}/munge/munged.pid", f"--seed-file={base}/munge/seed", "--log-file=/dev/null"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        [
+            "runuser",
+            "-u",
+            "munge",
+            "--",
+            "munged",
+            "--foreground",
+            f"--socket={sock}",
+            f"--pid-file={base}/munge/munged.pid",
+            f"--seed-file={base}/munge/seed",
+            "--log-file=/dev/null",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     procs.append(munged)
     try:
         _wait(sock.exists, 10, "munged's socket")
-        ctld = subprocess.Popen(["slurmctld", "-D", "-c", "-f", str(conf)], env=env,
-                                stdout=open(base / "log" / "ctld.out", "w"), stderr=subprocess.STDOUT)
+        ctld = subprocess.Popen(
+            ["slurmctld", "-D", "-c", "-f", str(conf)],
+            env=env,
+            stdout=open(base / "log" / "ctld.out", "w"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(ctld)
-        slurmd = subprocess.Popen(["slurmd", "-D", "-f", str(conf)], env=env,
-                                  stdout=open(base / "log" / "d.out", "w"), stderr=subprocess.STDOUT)
+        slurmd = subprocess.Popen(
+            ["slurmd", "-D", "-f", str(conf)],
+            env=env,
+            stdout=open(base / "log" / "d.out", "w"),
+            stderr=subprocess.STDOUT,
+        )
         procs.append(slurmd)
 
         _wait(lambda: _node_idle(env), 30, "the SLURM node to become idle")
@@ -192,8 +219,7 @@ def _restart_now(env, job_id, restarts_seen):
         # job started while its previous instance is still cleaning up fails at once.
         # slurmd also refuses, for a few seconds, to launch a job id it has just killed
         # ("already killed, do not launch batch job"), hence the settling time.
-        if (_job_state(env, job_id) == "PENDING|BeginTime" and _node_idle(env)
-                and not _stepd_alive(job_id)):
+        if _job_state(env, job_id) == "PENDING|BeginTime" and _node_idle(env) and not _stepd_alive(job_id):
             if settled is None:
                 settled = time.time()
             elif time.time() - settled >= 3.0:
@@ -216,14 +242,29 @@ def _init_profile(env, tmp_path: Path) -> Path:
     assert out.returncode == 0, out.stderr
     text = profile.read_text()
     print(f"profile init on SLURM: {took:.2f} s (with the interpreter's start)\n{out.stdout}{text}")
-    for line in ('queue = "launchertest"', "gpus_per_node = 0", "cpus_per_node = 2", "exclusive = false",
-                 'warning_signal = "USR2"', "can_requeue = true", "# max_walltime = ", "modules = []",
-                 "# sinfo: CPUs=2 on 1 of 1 nodes", "# scontrol show partition: Default=YES (partition launchertest)"):
+    for line in (
+        'queue = "launchertest"',
+        "gpus_per_node = 0",
+        "cpus_per_node = 2",
+        "exclusive = false",
+        'warning_signal = "USR2"',
+        "can_requeue = true",
+        "# max_walltime = ",
+        "modules = []",
+        "# sinfo: CPUs=2 on 1 of 1 nodes",
+        "# scontrol show partition: Default=YES (partition launchertest)",
+    ):
         assert line in text.splitlines() or any(l.startswith(line) for l in text.splitlines()), line
-    bad = subprocess.run(argv[:-2] + ["--queue", "gpu", "--out", str(tmp_path / "other.toml")], env=env,
-                         capture_output=True, text=True, timeout=60)
+    bad = subprocess.run(
+        argv[:-2] + ["--queue", "gpu", "--out", str(tmp_path / "other.toml")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert bad.returncode == 2 and bad.stderr.strip().endswith(
-        "--queue gpu: no such partition (there are: launchertest)"), bad.stderr
+        "--queue gpu: no such partition (there are: launchertest)"
+    ), bad.stderr
     return profile
 
 
@@ -234,11 +275,33 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
     profile = _init_profile(env, tmp_path)
     steps = 40
     run_dir = tmp_path / "run with space"
-    cmd = [sys.executable, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(profile),
-           "--gpus", "0", "--ranks-per-node", "2", "--name", "slurm-requeue", "--run-dir", str(run_dir),
-           "--mail", "me@example.org", "--notify", f'date +%s.%N >> {tmp_path}/told; echo "$LAUNCHER_SUMMARY" >> {tmp_path}/told',
-           "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25",
-           "deadline_at_step=5"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.cli",
+        "submit",
+        "--scheduler",
+        "slurm",
+        "--cluster",
+        str(profile),
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "2",
+        "--name",
+        "slurm-requeue",
+        "--run-dir",
+        str(run_dir),
+        "--mail",
+        "me@example.org",
+        "--notify",
+        f'date +%s.%N >> {tmp_path}/told; echo "$LAUNCHER_SUMMARY" >> {tmp_path}/told',
+        "--trainer-command",
+        f"{sys.executable} {FIXTURE}",
+        f"steps={steps}",
+        "step_time=0.25",
+        "deadline_at_step=5",
+    ]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
@@ -270,8 +333,11 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
         subprocess.run(["scontrol", "requeue", job_id], env=env, check=True, timeout=30)
         restart_now()
         events_file = run_dir / "job" / "events.tsv"
-        _wait(lambda: (run_dir / "done").exists() and "\tnotify: done: " in events_file.read_text(),
-              90, "the run to finish after the requeues and tell it")
+        _wait(
+            lambda: (run_dir / "done").exists() and "\tnotify: done: " in events_file.read_text(),
+            90,
+            "the run to finish after the requeues and tell it",
+        )
     except AssertionError:
         show = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True)
         for f in ("logs/run.log", "job/events.tsv"):
@@ -280,8 +346,12 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
         print("==== scontrol show job\n" + show.stdout + show.stderr)
         slurmd_log = Path(env["SLURM_CONF"]).parent / "log" / "slurmd.log"
         print("==== slurmd.log\n" + "\n".join(slurmd_log.read_text().splitlines()[-40:]))
-        print("==== squeue/sinfo", _job_state(env, job_id), _node_idle(env),
-              subprocess.run(["sinfo"], env=env, capture_output=True, text=True).stdout)
+        print(
+            "==== squeue/sinfo",
+            _job_state(env, job_id),
+            _node_idle(env),
+            subprocess.run(["sinfo"], env=env, capture_output=True, text=True).stdout,
+        )
         raise
     state = json.loads((run_dir / "checkpoints" / "state.json").read_text())
     expected = 0
@@ -315,8 +385,13 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
     assert "launcher: received SIGUSR2" in log
     stops = [l.split() for l in (run_dir / "stops.log").read_text().splitlines()]
     assert stops[0] == ["5", "deadline"] and stops[1] == [str(segments[1][-1]), "SIGUSR2"], stops
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(run_dir)], env=env,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", str(run_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0 and "state    done" in status.stdout
     # told once, at the end, not at each of the three requeues
     _wait(lambda: (tmp_path / "told").exists(), 30, "the notify command")
@@ -329,14 +404,29 @@ def test_slurm_requeue_resumes_from_checkpoint(slurm, tmp_path, mpi_env, repo_ro
 
 PREEMPTIONS = 3
 FLOW_ARGS = "--chunk 1 --batch 1 --threads 1 -v"  # one pair a write, a line each: a stop lands mid-stage
-PROBE = ["--arch", "resnet18", "--iters", "3", "--batch", "2", "--crop", "64x64", "--warmup-iters", "1",
-         "--max-val", "2", "--workers", "0"]
+PROBE = [
+    "--arch",
+    "resnet18",
+    "--iters",
+    "3",
+    "--batch",
+    "2",
+    "--crop",
+    "64x64",
+    "--warmup-iters",
+    "1",
+    "--max-val",
+    "2",
+    "--workers",
+    "0",
+]
 
 
 def _profile(tmp_path: Path, default_walltime: str = "00:20:00") -> Path:
     """The one-node test cluster as a user would describe it: 2 CPUs, shared, self-requeue."""
     profile = tmp_path / "slurmtest.toml"
-    profile.write_text("""name = "slurmtest"
+    profile.write_text(
+        """name = "slurmtest"
 scheduler = "slurm"
 gpus_per_node = 0
 cpus_per_node = 2
@@ -349,7 +439,8 @@ warning_signal = "USR2"
 warning_lead_s = 60
 deadline_margin_s = 60
 can_requeue = true
-""".replace("{default_walltime}", default_walltime))
+""".replace("{default_walltime}", default_walltime)
+    )
     return profile
 
 
@@ -383,35 +474,118 @@ def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand
 
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
     world = tmp_path / "eval_world"
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(world), "--videos", "3",
-                        "--video-frames", "3", "--size", "128x64", "--format", "cityscapes", "--val-videos", "1",
-                        "--seed", "1000", "--quiet"], env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "synth",
+            "--out",
+            str(world),
+            "--videos",
+            "3",
+            "--video-frames",
+            "3",
+            "--size",
+            "128x64",
+            "--format",
+            "cityscapes",
+            "--val-videos",
+            "1",
+            "--seed",
+            "1000",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     profile = _profile(tmp_path)
     # No periodic checkpoints: every resume starts from the checkpoint the stop itself wrote.
-    train_args = ["run.epochs=25", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
-                  "checkpoint.every_steps=0", "checkpoint.every_epochs=100", "data.synthetic=false"]
+    train_args = [
+        "run.epochs=25",
+        "run.deterministic=true",
+        "data.num_workers=0",
+        "log.tensorboard=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.every_epochs=100",
+        "data.synthetic=false",
+    ]
     # A BDD100K-layout folder (no flows: the flow stage computes them all)
     videos = str(tmp_path / "bdd")
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", videos, "--videos", "9",
-                        "--video-frames", "12", "--size", "384x192", "--format", "bdd", "--seed", "0", "--quiet"],
-                       env=env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "synth",
+            "--out",
+            videos,
+            "--videos",
+            "9",
+            "--video-frames",
+            "12",
+            "--size",
+            "384x192",
+            "--format",
+            "bdd",
+            "--seed",
+            "0",
+            "--quiet",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     pipe = tmp_path / "pipe"
     nodelocal = tmp_path / "nodelocal"
     nodelocal.mkdir()
     t_start = time.time()
-    cmd = [sys.executable, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--cluster", str(profile),
-           "--gpus", "0", "--preset", "cpu_small", "--videos", videos, "--flow-model", "dis", "--flow-args", FLOW_ARGS,
-           "--eval-data", str(world), "--eval-mode", "linear", "--eval-args", " ".join(PROBE), "--dir", str(pipe),
-           *train_args]
-    out = subprocess.run(cmd, env=dict(env, TMPDIR=str(nodelocal)), capture_output=True, text=True,
-                         cwd=str(tmp_path), timeout=120)
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.cli",
+        "pipeline",
+        "--scheduler",
+        "slurm",
+        "--cluster",
+        str(profile),
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--videos",
+        videos,
+        "--flow-model",
+        "dis",
+        "--flow-args",
+        FLOW_ARGS,
+        "--eval-data",
+        str(world),
+        "--eval-mode",
+        "linear",
+        "--eval-args",
+        " ".join(PROBE),
+        "--dir",
+        str(pipe),
+        *train_args,
+    ]
+    out = subprocess.run(
+        cmd, env=dict(env, TMPDIR=str(nodelocal)), capture_output=True, text=True, cwd=str(tmp_path), timeout=120
+    )
     assert out.returncode == 0, out.stderr
     stages = ("pack", "flow", "verify", "train", "convert", "eval")
     ids = {s: _stage_job(pipe, s) for s in stages}
-    deps = {s: subprocess.run(["scontrol", "show", "job", ids[s]], env=env, capture_output=True, text=True,
-                              timeout=30).stdout for s in stages}
+    deps = {
+        s: subprocess.run(
+            ["scontrol", "show", "job", ids[s]], env=env, capture_output=True, text=True, timeout=30
+        ).stdout
+        for s in stages
+    }
     assert f"Dependency=afterok:{ids['pack']}" in deps["flow"] and f"afterok:{ids['train']}" in deps["eval"]
 
     def dump():
@@ -449,41 +623,56 @@ def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand
             os.kill(pid, signal.SIGSTOP)
         pairs_at_stop = written_pairs()
         subprocess.run(["scontrol", "requeue", ids["flow"]], env=env, check=True, timeout=30)
-        _wait(lambda: _job_state(env, ids["flow"]).startswith("PENDING") and not _stepd_alive(ids["flow"]), 90,
-              "the preempted flow job to end")
+        _wait(
+            lambda: _job_state(env, ids["flow"]).startswith("PENDING") and not _stepd_alive(ids["flow"]),
+            90,
+            "the preempted flow job to end",
+        )
         _restart_now(env, ids["flow"], lambda: restarts_seen("flow"))
         _wait(lambda: (pipe / "flow" / "done").exists(), 300, "the flow stage to finish")
         flow_events = (pipe / "flow" / "job" / "events.tsv").read_text()
         assert "stopped to continue: preemption 1 of" in flow_events, flow_events
         for i in range(PREEMPTIONS):
             target = last_step() + rng.randint(2, 5)
-            _wait(lambda: last_step() >= target, 300, f"step {target}")
+            _wait(lambda target=target: last_step() >= target, 300, f"step {target}")
             t0 = time.time()
             subprocess.run(["scontrol", "requeue", ids["train"]], env=env, check=True, timeout=30)
             at.append(last_step())
-            _wait(lambda: _job_state(env, ids["train"]).startswith("PENDING") and not _stepd_alive(ids["train"]), 90,
-                  "the preempted job to end")
+            _wait(
+                lambda: _job_state(env, ids["train"]).startswith("PENDING") and not _stepd_alive(ids["train"]),
+                90,
+                "the preempted job to end",
+            )
             reached = last_step()  # every step the preempted job logged
             _restart_now(env, ids["train"], restarts_seen)
-            _wait(lambda: len(resumed_steps()) == i + 1, 120, "the resumed job to load its checkpoint")
+            _wait(lambda i=i: len(resumed_steps()) == i + 1, 120, "the resumed job to load its checkpoint")
             lost.append(reached - resumed_steps()[-1])
             _wait(lambda: last_step() > resumed_steps()[-1], 120, "the resumed job's first step")
             back_s.append(time.time() - t0)
-        _wait(lambda: (pipe / "eval" / "done").exists() and not _stepd_alive(ids["eval"]), 600,
-              "the pipeline to finish")
+        _wait(
+            lambda: (pipe / "eval" / "done").exists() and not _stepd_alive(ids["eval"]), 600, "the pipeline to finish"
+        )
     except AssertionError:
         dump()
         raise
     pipeline_s = time.time() - t_start
-    print(f"pipeline on SLURM: {pipeline_s:.0f} s; flow stopped after {pairs_at_stop} pairs; train preempted at "
-          f"steps {at}; steps lost {lost}; requeue -> training again {[round(t, 1) for t in back_s]} s "
-          f"(with StartTime=now instead of SLURM's 120 s hold)")
+    print(
+        f"pipeline on SLURM: {pipeline_s:.0f} s; flow stopped after {pairs_at_stop} pairs; train preempted at "
+        f"steps {at}; steps lost {lost}; requeue -> training again {[round(t, 1) for t in back_s]} s "
+        f"(with StartTime=now instead of SLURM's 120 s hold)"
+    )
     gaps = []
     for before, after in zip(stages, stages[1:]):
-        ends = [l.split("\t")[0] for l in (pipe / before / "job" / "events.tsv").read_text().splitlines()
-                if l.endswith("\tfinished")]
-        starts = [l.split("\t")[0] for l in (pipe / after / "job" / "events.tsv").read_text().splitlines()
-                  if "\tstart restart=" in l]
+        ends = [
+            l.split("\t")[0]
+            for l in (pipe / before / "job" / "events.tsv").read_text().splitlines()
+            if l.endswith("\tfinished")
+        ]
+        starts = [
+            l.split("\t")[0]
+            for l in (pipe / after / "job" / "events.tsv").read_text().splitlines()
+            if "\tstart restart=" in l
+        ]
         gaps.append((after, ends[-1], starts[0]))
     print("stage end -> next stage start (event times): " + "; ".join(f"{a}: {e} -> {s}" for a, e, s in gaps))
     assert lost == [0] * PREEMPTIONS, (at, lost)
@@ -493,21 +682,80 @@ def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand
     assert "stopped without a new checkpoint" not in events
     left = [p.name for p in nodelocal.iterdir() if p.name.startswith("pipe-")]  # <job name>-<job id>
     assert left == [], f"staged shards left: {left}\n" + (run_dir / "logs" / "run.log").read_text()[-3000:]
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env, capture_output=True, text=True, timeout=60
+    )
     assert [l.split()[:2] for l in status.stdout.splitlines()[1:]] == [[s, "done"] for s in stages], status.stdout
     # The same stages by hand: pack, DIS flow with 2 ranks, training straight under mpirun, eval.
     hand = tmp_path / "hand"
     shards = hand / "shards"
-    for argv in ([sys.executable, "-m", "hdf5_tools.cli", "pack", videos, str(shards), "--nodes", "1", "-j", "2",
-                  "--no-progress"],
-                 ["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m", "hdf5_tools.cli",
-                  "flow", str(shards), "--model", "dis", "--no-progress", *FLOW_ARGS.split()],
-                 ["mpirun", "--oversubscribe", "-bind-to", "none", "-np", "2", sys.executable, "-m", "pixpro_of",
-                  "train", "--run-dir", str(hand / "train"), "--config", "cpu_small", "dist.backend=horovod",
-                  f"data.shards=[{shards / 'manifest.json'}]", *train_args],
-                 [sys.executable, "-m", "pixpro_of", "eval", "seg", "--backbone", str(hand / "train"), "--out",
-                  str(hand / "eval"), "--data", str(world), "--mode", "linear", *PROBE]):
+    for argv in (
+        [
+            sys.executable,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            videos,
+            str(shards),
+            "--nodes",
+            "1",
+            "-j",
+            "2",
+            "--no-progress",
+        ],
+        [
+            "mpirun",
+            "--oversubscribe",
+            "-bind-to",
+            "none",
+            "-np",
+            "2",
+            sys.executable,
+            "-m",
+            "hdf5_tools.cli",
+            "flow",
+            str(shards),
+            "--model",
+            "dis",
+            "--no-progress",
+            *FLOW_ARGS.split(),
+        ],
+        [
+            "mpirun",
+            "--oversubscribe",
+            "-bind-to",
+            "none",
+            "-np",
+            "2",
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "train",
+            "--run-dir",
+            str(hand / "train"),
+            "--config",
+            "cpu_small",
+            "dist.backend=horovod",
+            f"data.shards=[{shards / 'manifest.json'}]",
+            *train_args,
+        ],
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "eval",
+            "seg",
+            "--backbone",
+            str(hand / "train"),
+            "--out",
+            str(hand / "eval"),
+            "--data",
+            str(world),
+            "--mode",
+            "linear",
+            *PROBE,
+        ],
+    ):
         r = subprocess.run(argv, env=mpi_env, capture_output=True, text=True, timeout=600, cwd=str(tmp_path))
         assert r.returncode == 0, (argv, r.stderr[-3000:])
 
@@ -527,8 +775,10 @@ def test_slurm_pipeline_with_preempted_flow_and_train_matches_the_stages_by_hand
     assert a["step"] == b["step"] > 0
     for k, v in a["model"].items():
         assert torch.equal(b["model"][k], v), f"{k} differs after the SLURM preemptions"
-    assert json.loads((pipe / "eval" / "eval" / "scores.json").read_text())["mIoU"] == \
-        json.loads((hand / "eval" / "scores.json").read_text())["mIoU"]
+    assert (
+        json.loads((pipe / "eval" / "eval" / "scores.json").read_text())["mIoU"]
+        == json.loads((hand / "eval" / "scores.json").read_text())["mIoU"]
+    )
 
 
 def test_slurm_pipeline_stage_that_fails_cancels_the_later_stages(slurm, tmp_path, mpi_env):
@@ -538,26 +788,55 @@ def test_slurm_pipeline_stage_that_fails_cancels_the_later_stages(slurm, tmp_pat
     empty = tmp_path / "bdd" / "videos" / "train"
     empty.mkdir(parents=True)
     pipe = tmp_path / "failing"
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--gpus", "0",
-                          "--cluster", str(_profile(tmp_path)), "--preset", "cpu_small", "--videos", str(tmp_path / "bdd"),
-                          "--flow-model", "dis", "--dir", str(pipe), "data.synthetic=false", "--walltime", "00:10:00"],
-                         env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "pipeline",
+            "--scheduler",
+            "slurm",
+            "--gpus",
+            "0",
+            "--cluster",
+            str(_profile(tmp_path)),
+            "--preset",
+            "cpu_small",
+            "--videos",
+            str(tmp_path / "bdd"),
+            "--flow-model",
+            "dis",
+            "--dir",
+            str(pipe),
+            "data.synthetic=false",
+            "--walltime",
+            "00:10:00",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     ids = {s: _stage_job(pipe, s) for s in ("pack", "flow", "verify", "train", "convert")}
 
     def state(job_id):
-        out = subprocess.run(["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True,
-                             timeout=30).stdout
+        out = subprocess.run(
+            ["scontrol", "show", "job", job_id], env=env, capture_output=True, text=True, timeout=30
+        ).stdout
         return out.split("JobState=", 1)[1].split()[0] if "JobState=" in out else ""
 
-    _wait(lambda: all(state(ids[s]) in ("CANCELLED", "FAILED", "COMPLETED") for s in ids), 120,
-          "every stage's job to end")
+    _wait(
+        lambda: all(state(ids[s]) in ("CANCELLED", "FAILED", "COMPLETED") for s in ids), 120, "every stage's job to end"
+    )
     assert state(ids["pack"]) == "FAILED"
     for s in ("flow", "verify", "train", "convert"):
         assert state(ids[s]) == "CANCELLED", (s, state(ids[s]))
         assert not (pipe / s / "logs" / "run.log").exists(), f"{s} must never start"
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env,
-                            capture_output=True, text=True, timeout=60).stdout
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", str(pipe)], env=env, capture_output=True, text=True, timeout=60
+    ).stdout
     assert "pack     failed: pack command exited 2" in status, status
     assert "flow     cancelled: stage pack did not finish (pack command exited 2" in status, status
 
@@ -567,20 +846,54 @@ def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(sl
     resumes from its checkpoint; every task ends with the uninterrupted state, never two at once."""
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
     profile = tmp_path / "slurmtest.toml"  # 2 CPUs, shared: two 1-CPU tasks could run together but for the cap
-    profile.write_text('name = "slurmtest"\nscheduler = "slurm"\ngpus_per_node = 0\ncpus_per_node = 2\n'
-                       'cpu_ranks_per_node = 1\nexclusive = false\nmax_walltime = "01:00:00"\n'
-                       'default_walltime = "00:10:00"\nmpirun_flags = ["--oversubscribe", "-bind-to", "none"]\n'
-                       'warning_signal = "USR2"\nwarning_lead_s = 60\ndeadline_margin_s = 60\ncan_requeue = true\n')
+    profile.write_text(
+        'name = "slurmtest"\nscheduler = "slurm"\ngpus_per_node = 0\ncpus_per_node = 2\n'
+        'cpu_ranks_per_node = 1\nexclusive = false\nmax_walltime = "01:00:00"\n'
+        'default_walltime = "00:10:00"\nmpirun_flags = ["--oversubscribe", "-bind-to", "none"]\n'
+        'warning_signal = "USR2"\nwarning_lead_s = 60\ndeadline_margin_s = 60\ncan_requeue = true\n'
+    )
     steps = 12
-    common = ["--scheduler", "slurm", "--cluster", str(profile), "--gpus", "0", "--nodes", "1", "--ranks-per-node", "1",
-              "--trainer-command", f"{sys.executable} {FIXTURE}", f"steps={steps}", "step_time=0.25"]
+    common = [
+        "--scheduler",
+        "slurm",
+        "--cluster",
+        str(profile),
+        "--gpus",
+        "0",
+        "--nodes",
+        "1",
+        "--ranks-per-node",
+        "1",
+        "--trainer-command",
+        f"{sys.executable} {FIXTURE}",
+        f"steps={steps}",
+        "step_time=0.25",
+    ]
     runs = [tmp_path / f"task {i}" for i in range(3)]
     spec = tmp_path / "tasks.json"
-    spec.write_text(json.dumps({"common": common, "tasks": [["--run-dir", str(r), "--name", f"t{i}"]
-                                                            for i, r in enumerate(runs)]}))
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "array", str(spec), "--max-running", "1",
-                          "--name", "arr", "--dir", str(tmp_path / "arr")],
-                         env=env, capture_output=True, text=True, cwd=str(tmp_path), timeout=60)
+    spec.write_text(
+        json.dumps({"common": common, "tasks": [["--run-dir", str(r), "--name", f"t{i}"] for i, r in enumerate(runs)]})
+    )
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "array",
+            str(spec),
+            "--max-running",
+            "1",
+            "--name",
+            "arr",
+            "--dir",
+            str(tmp_path / "arr"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     array_id = out.stdout.strip()
     assert array_id.isdigit()
@@ -588,8 +901,9 @@ def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(sl
     most_running = [0]
 
     def running():
-        r = subprocess.run(["squeue", "-h", "-r", "-j", array_id, "-t", "RUNNING", "-o", "%i"], env=env,
-                           capture_output=True, text=True)
+        r = subprocess.run(
+            ["squeue", "-h", "-r", "-j", array_id, "-t", "RUNNING", "-o", "%i"], env=env, capture_output=True, text=True
+        )
         ids = r.stdout.split()
         most_running[0] = max(most_running[0], len(ids))
         return ids
@@ -606,8 +920,9 @@ def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(sl
     try:
         _wait(lambda: running() == [task1] and len(steps_of(runs[1])) >= 4, 90, "task 1 to be 4 steps in")
         subprocess.run(["scontrol", "requeue", task1], env=env, check=True, timeout=30)
-        raw = subprocess.run(["squeue", "-h", "-j", task1, "-o", "%A"], env=env, capture_output=True,
-                             text=True).stdout.strip()
+        raw = subprocess.run(
+            ["squeue", "-h", "-j", task1, "-o", "%A"], env=env, capture_output=True, text=True
+        ).stdout.strip()
         _restart_now(env, raw, restarts_seen)
         _wait(lambda: running() == [] and all((r / "done").exists() for r in runs), 120, "every task to finish")
     except AssertionError:
@@ -630,8 +945,13 @@ def test_slurm_array_of_three_tasks_holds_its_cap_and_a_requeued_task_resumes(sl
     assert again[0] == first[-1] + 1 and again[-1] == steps, "the requeued task resumes from its checkpoint"
     assert "checkpointed: preemption 1 of 100" in (runs[1] / "job" / "events.tsv").read_text()
     assert most_running[0] == 1, "the cap: never two tasks running at once"
-    status = subprocess.run([sys.executable, "-m", "launcher.cli", "status", str(runs[2])], env=env,
-                            capture_output=True, text=True, timeout=60)
+    status = subprocess.run(
+        [sys.executable, "-m", "launcher.cli", "status", str(runs[2])],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert status.returncode == 0 and "state    done" in status.stdout, status.stdout
 
 
@@ -640,10 +960,32 @@ def test_slurm_smoke_job_reports_every_line_and_passes(slurm, tmp_path, mpi_env)
     Horovod, cpu_small) as one job of at most 5 minutes; its lines land in the run's log and smoke.txt."""
     env = dict(mpi_env, **{k: v for k, v in slurm.items() if k == "SLURM_CONF"})
     t0 = time.time()
-    out = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--smoke", "--scheduler", "slurm",
-                          "--cluster", str(_profile(tmp_path)), "--gpus", "0", "--preset", "cpu_small", "--name", "k2",
-                          "--run-dir", str(tmp_path / "runs" / "k2")], env=env, capture_output=True, text=True,
-                         cwd=str(tmp_path), timeout=120)
+    out = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "submit",
+            "--smoke",
+            "--scheduler",
+            "slurm",
+            "--cluster",
+            str(_profile(tmp_path)),
+            "--gpus",
+            "0",
+            "--preset",
+            "cpu_small",
+            "--name",
+            "k2",
+            "--run-dir",
+            str(tmp_path / "runs" / "k2"),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(tmp_path),
+        timeout=120,
+    )
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
     run = tmp_path / "runs" / "k2-smoke"
@@ -657,8 +999,15 @@ def test_slurm_smoke_job_reports_every_line_and_passes(slurm, tmp_path, mpi_env)
     took = time.time() - t0
     lines = (run / "smoke.txt").read_text().splitlines()
     print(f"smoke on SLURM: {took:.1f} s from submit to the job's end\n" + "\n".join(lines))
-    assert [l.split(":")[0] for l in lines] == ["imports", "gpus", "allreduce", "scratch", "train", "stop/resume",
-                                               "smoke"], lines
+    assert [l.split(":")[0] for l in lines] == [
+        "imports",
+        "gpus",
+        "allreduce",
+        "scratch",
+        "train",
+        "stop/resume",
+        "smoke",
+    ], lines
     assert all(": OK: " in l for l in lines[:6]), lines
     assert "horovod 0.28.1" in lines[0] and "Horovod MPI" in lines[2] and "0 GPUs (CPU ranks)" in lines[1]
     assert "20 steps of cpu_small, global batch 4 (2 per rank)" in lines[4]

@@ -6,6 +6,7 @@ its 12 steps and exits 75, the runner runs the job script again (the local reque
 link finishes. ``logs -f`` started before the first link follows both links and ends by itself;
 ``status`` shows progress, the checkpoint, the budgets and the links' environment records.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,8 +24,14 @@ pytestmark = pytest.mark.mpi
 
 
 def launcher(env, cwd, *args, timeout=120):
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *map(str, args)], env=env, cwd=str(cwd),
-                          capture_output=True, text=True, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *map(str, args)],
+        env=env,
+        cwd=str(cwd),
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
 
 
 def wait_for(pred, timeout, what, run_dir):
@@ -41,20 +48,45 @@ def test_status_logs_follow_and_list_on_a_requeued_local_run(tmp_path, mpi_env):
     env = dict(mpi_env)
     pipe = tmp_path / "pipe"
     run = pipe / "train"
-    r = launcher(env, tmp_path, "submit", "--gpus", "0", "--ranks-per-node", "1", "--run-dir", run,
-                 "--max-timeouts", "5", "--trainer-command", f"{sys.executable} {FIXTURE}",
-                 "steps=12", "stop_every=6", "step_time=0.5")
+    r = launcher(
+        env,
+        tmp_path,
+        "submit",
+        "--gpus",
+        "0",
+        "--ranks-per-node",
+        "1",
+        "--run-dir",
+        run,
+        "--max-timeouts",
+        "5",
+        "--trainer-command",
+        f"{sys.executable} {FIXTURE}",
+        "steps=12",
+        "stop_every=6",
+        "step_time=0.5",
+    )
     assert r.returncode == 0, r.stderr
-    follow = subprocess.Popen([sys.executable, "-m", "launcher.cli", "logs", str(run), "-f"], env=env,
-                              cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    follow = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli", "logs", str(run), "-f"],
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
     # while the first link trains: step/total, samples/s and the ETA at the clock's rate
     steps = run / "steps.log"
     wait_for(lambda: steps.exists() and len(steps.read_text().splitlines()) >= 3, 90, "three steps", run)
     st = launcher(env, tmp_path, "status", run)
     assert st.returncode == 0, st.stderr
-    m = re.search(r"^progress step (\d+)/12 \((\d+)%\), ([\d.]+) samples/s, ETA (\S+) at that rate "
-                  r"\(time in the queue not counted\); last step logged (\S+) ago$", st.stdout, re.MULTILINE)
+    m = re.search(
+        r"^progress step (\d+)/12 \((\d+)%\), ([\d.]+) samples/s, ETA (\S+) at that rate "
+        r"\(time in the queue not counted\); last step logged (\S+) ago$",
+        st.stdout,
+        re.MULTILINE,
+    )
     assert m, st.stdout
     step = int(m.group(1))
     assert 3 <= step <= 6 and int(m.group(2)) == round(100 * step / 12)
@@ -97,13 +129,22 @@ def test_status_logs_follow_and_list_on_a_requeued_local_run(tmp_path, mpi_env):
     recs[0].write_text(json.dumps(first))
     st = launcher(env, tmp_path, "status", run)
     warn = [l for l in st.stdout.splitlines() if l.startswith("warning  ")]
-    assert warn == [f"warning  link 0 restart 1 (job {job_id}) ran with another environment than link 0 "
-                    f"(job {job_id}): torch {torch_now} (first: 0.0.1)"]
+    assert warn == [
+        f"warning  link 0 restart 1 (job {job_id}) ran with another environment than link 0 "
+        f"(job {job_id}): torch {torch_now} (first: 0.0.1)"
+    ]
 
     # the run as the train stage of a pipeline: its line has step/total and the ETA
-    (pipe / "pipeline.json").write_text(json.dumps({"stages": [
-        {"name": "train", "run_dir": str(run), "needs": []},
-        {"name": "convert", "run_dir": str(pipe / "convert"), "needs": ["train"]}]}))
+    (pipe / "pipeline.json").write_text(
+        json.dumps(
+            {
+                "stages": [
+                    {"name": "train", "run_dir": str(run), "needs": []},
+                    {"name": "convert", "run_dir": str(pipe / "convert"), "needs": ["train"]},
+                ]
+            }
+        )
+    )
     ps = launcher(env, tmp_path, "status", pipe)
     assert ps.returncode == 0, ps.stderr
     assert ps.stdout.splitlines()[1].startswith(f"train    done  step 12/12, ETA done  job {job_id}")
@@ -127,29 +168,33 @@ def test_status_logs_follow_and_list_on_a_requeued_local_run(tmp_path, mpi_env):
 
     # what the scheduler's own output file holds is shown when the job never reached run.log
     (other / "logs").mkdir()
-    (other / "logs" / "slurm-77.out").write_text("/var/spool/slurmd/job00077/slurm_script: line 52: cd: "
-                                                 "/tmp/runs/early: No such file or directory\n")
+    (other / "logs" / "slurm-77.out").write_text(
+        "/var/spool/slurmd/job00077/slurm_script: line 52: cd: /tmp/runs/early: No such file or directory\n"
+    )
     (other / "logs" / "slurm-78.out").write_text("")
     lg = launcher(env, tmp_path, "logs", other)
     assert lg.returncode == 0, lg.stderr
-    assert lg.stdout.splitlines() == ["==> logs/slurm-77.out (the scheduler's own output) <==",
-                                      "/var/spool/slurmd/job00077/slurm_script: line 52: cd: /tmp/runs/early: "
-                                      "No such file or directory"]
+    assert lg.stdout.splitlines() == [
+        "==> logs/slurm-77.out (the scheduler's own output) <==",
+        "/var/spool/slurmd/job00077/slurm_script: line 52: cd: /tmp/runs/early: No such file or directory",
+    ]
     (other / "logs" / "slurm-77.out").unlink()
     lg = launcher(env, tmp_path, "logs", other)
     assert lg.returncode == 2 and "run.log does not exist yet (no job of this run has started)" in lg.stderr
 
 
 def test_watch_commands_do_not_import_torch(tmp_path):
-    code = ("import sys; import launcher.status, launcher.list_runs, launcher.logs, launcher.envrecord, "
-            "launcher.progress; print('torch' in sys.modules)")
+    code = (
+        "import sys; import launcher.status, launcher.list_runs, launcher.logs, launcher.envrecord, "
+        "launcher.progress; print('torch' in sys.modules)"
+    )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, cwd=HERE.parent)
     assert out.stdout.strip() == "False", out.stderr
 
 
 def test_follow_reads_whole_lines_and_output_files_written_anew(tmp_path):
-    from launcher.logs import Follower
     from launcher.job_files import RunDir
+    from launcher.logs import Follower
 
     rd = RunDir(str(tmp_path / "run"))
     rd.logs.mkdir(parents=True)

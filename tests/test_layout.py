@@ -3,6 +3,7 @@
 Every import statement counts, including those inside functions (lazy imports are still
 dependencies), so no import runs back up and no two packages import each other.
 """
+
 from __future__ import annotations
 
 import ast
@@ -13,12 +14,12 @@ ROOT = Path(__file__).resolve().parent.parent
 
 #: floor of each package; a package may import only packages on lower floors
 FLOORS = {
-    "plumbing": 0,    # errors, atomic writes, CLI frame, run layout and exit codes, launch environment
-    "flow": 1,        # flow kernels, estimators, file formats, pictures
-    "synth": 2,       # the synthetic driving world
+    "plumbing": 0,  # errors, atomic writes, CLI frame, run layout and exit codes, launch environment
+    "flow": 1,  # flow kernels, estimators, file formats, pictures
+    "synth": 2,  # the synthetic driving world
     "hdf5_tools": 3,  # the shard format, pack, flows into shards, verify, stage
-    "launcher": 4,    # job scripts, schedulers, runs kept alive
-    "pixpro_of": 5,   # the method: model, samples, trainer, transfer, evaluation, reproduction
+    "launcher": 4,  # job scripts, schedulers, runs kept alive
+    "pixpro_of": 5,  # the method: model, samples, trainer, transfer, evaluation, reproduction
 }
 
 

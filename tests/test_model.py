@@ -1,14 +1,15 @@
 """PixPro model and loss: −4 at perfect agreement, the momentum branch, shapes and init."""
+
 import math
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from plumbing.errors import UserError
 from pixpro_of.losses import pixpro_loss
 from pixpro_of.model import ModelConfig, PixPro, momentum_at
 from pixpro_of.model.encoder import build_encoder, c5_size
+from plumbing.errors import UserError
 
 torch.set_num_threads(1)
 SMALL = dict(arch="resnet18", proj_hidden=64, proj_dim=32)
@@ -152,7 +153,9 @@ def test_encoder_shapes_and_seed_init():
 
 
 def test_bad_model_config_is_a_one_line_user_error():
-    with pytest.raises(UserError, match=r"config: model.arch must be one of resnet18, resnet34, resnet50 \(got 'vgg'\)"):
+    with pytest.raises(
+        UserError, match=r"config: model.arch must be one of resnet18, resnet34, resnet50 \(got 'vgg'\)"
+    ):
         PixPro(ModelConfig(arch="vgg"))
     with pytest.raises(UserError, match="model.loss_norm"):
         ModelConfig(loss_norm="mean").validate()

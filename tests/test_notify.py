@@ -4,6 +4,7 @@ Each ending a link can reach is played through the job's policy as the job scrip
 notify command writes its environment to a file, so the test sees exactly what a user's command
 would get. Real jobs (fake PBS, local runner) that notify are in test_launcher_jobs.py.
 """
+
 from __future__ import annotations
 
 import json
@@ -13,9 +14,9 @@ import sys
 
 import pytest
 
-from launcher.notify import Ending, NOTIFIED, release, summary, tells
-from launcher.outcome import Link, LinkContext
 from launcher.job_files import RunDir
+from launcher.notify import NOTIFIED, Ending, release, summary, tells
+from launcher.outcome import Link, LinkContext
 
 START = 1_000_000
 RECORD = 'printf "%s|%s|%s|%s\\n" "$LAUNCHER_OUTCOME" "$LAUNCHER_REASON" "$LAUNCHER_SUMMARY" "$LAUNCHER_RUN_NAME" >> '
@@ -31,9 +32,21 @@ def make_run(tmp_path, notify, name="r1", **request):
 
 
 def link_for(run, job_id="7.pbs", link=0, mode="chain", chain=1, max_timeouts=1, now=START + 3500, stage="train"):
-    ctx = LinkContext(run_dir=str(run), job_id=job_id, link=link, start=START, walltime_s=3600, warning_lead_s=300,
-                      chain_length=chain, max_timeouts=max_timeouts, max_preemptions=1, resume_mode=mode,
-                      scheduler="pbs", stage=stage, clock=lambda: now)
+    ctx = LinkContext(
+        run_dir=str(run),
+        job_id=job_id,
+        link=link,
+        start=START,
+        walltime_s=3600,
+        warning_lead_s=300,
+        chain_length=chain,
+        max_timeouts=max_timeouts,
+        max_preemptions=1,
+        resume_mode=mode,
+        scheduler="pbs",
+        stage=stage,
+        clock=lambda: now,
+    )
     return Link(ctx, say=lambda text: None)
 
 
@@ -53,9 +66,15 @@ def test_tells_only_runs_with_a_command_and_a_pipeline_only_at_its_last_stage_or
 
 def test_summary_names_the_run_or_the_pipeline_stage():
     assert summary({"name": "k6"}, "/r/k6", Ending("done", "done"), "12") == "run /r/k6: done in job 12"
-    assert (summary({"name": "p-train", "pipeline": "/p", "stage": "train"}, "/p/train",
-                    Ending("failed", "trainer exited 3"), "12.s")
-            == "pipeline /p: stage train: failed (trainer exited 3) in job 12.s")
+    assert (
+        summary(
+            {"name": "p-train", "pipeline": "/p", "stage": "train"},
+            "/p/train",
+            Ending("failed", "trainer exited 3"),
+            "12.s",
+        )
+        == "pipeline /p: stage train: failed (trainer exited 3) in job 12.s"
+    )
 
 
 @pytest.mark.parametrize("case", ["done", "failed", "budget", "stopped", "staging", "chain", "requeue"])
@@ -63,11 +82,15 @@ def test_every_end_for_good_is_told_once_with_its_outcome(tmp_path, case):
     run = make_run(tmp_path, RECORD + str(tmp_path / "told.txt"))
     rd = RunDir(str(run))
     lk = link_for(run)
-    expect = {"done": ("done", "done"), "failed": ("failed", "trainer exited 3"),
-              "budget": ("budget", "timeout budget of 1 used up"),
-              "stopped": ("stopped", "cancelled by the user"), "staging": ("failed", "staging failed (exit 2)"),
-              "chain": ("failed", "could not submit link 1 of the chain"),
-              "requeue": ("stopped", "scontrol requeue refused; 'launcher resume' continues the run")}[case]
+    expect = {
+        "done": ("done", "done"),
+        "failed": ("failed", "trainer exited 3"),
+        "budget": ("budget", "timeout budget of 1 used up"),
+        "stopped": ("stopped", "cancelled by the user"),
+        "staging": ("failed", "staging failed (exit 2)"),
+        "chain": ("failed", "could not submit link 1 of the chain"),
+        "requeue": ("stopped", "scontrol requeue refused; 'launcher resume' continues the run"),
+    }[case]
     if case == "done":
         rd.done.write_text("")
         lk.decide(0, "", "")
@@ -155,9 +178,20 @@ def test_pipeline_stages_tell_the_failure_and_the_last_stage_only(tmp_path):
 def test_outcome_main_tells_through_the_job_scripts_entry(tmp_path):
     run = make_run(tmp_path, RECORD + str(tmp_path / "told.txt"))
     RunDir(str(run)).done.write_text("")
-    env = dict(os.environ, RUN_DIR=str(run), LAUNCHER_JOB_ID="55", LAUNCHER_RESUME_MODE="chain",
-               LAUNCHER_SCHEDULER="pbs", LAUNCHER_STAGE="train")
-    out = subprocess.run([sys.executable, "-m", "launcher.outcome", "decide", "0", "", ""], env=env,
-                         capture_output=True, text=True, timeout=60)
+    env = dict(
+        os.environ,
+        RUN_DIR=str(run),
+        LAUNCHER_JOB_ID="55",
+        LAUNCHER_RESUME_MODE="chain",
+        LAUNCHER_SCHEDULER="pbs",
+        LAUNCHER_STAGE="train",
+    )
+    out = subprocess.run(
+        [sys.executable, "-m", "launcher.outcome", "decide", "0", "", ""],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert out.returncode == 0 and out.stdout == "exit 0 120\n", out.stderr
     assert told(tmp_path) == [["done", "done", f"run {run}: done in job 55", "r1"]]

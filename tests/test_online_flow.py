@@ -1,4 +1,5 @@
 """Flow on the fly (data.flow_source=raft): frame pairs, directions, positives and the trainer path."""
+
 from __future__ import annotations
 
 import os
@@ -66,7 +67,7 @@ def test_positives_on_the_fly_equal_those_of_stored_flows(video, dis, k):
     deferred = SampleBuilder(SampleConfig(image_size=64), feature_size=7, carry="frames")
     ref, later = [], []
     for i, t in enumerate(range(T - k + 1)):
-        frames = video.rgb[t:t + k]
+        frames = video.rgb[t : t + k]
         fwd = dis(frames[:-1], frames[1:]).low.numpy()
         bwd = dis(frames[1:], frames[:-1]).low.numpy()
         clip = {"frame1": frames[0], "frame2": frames[-1], "fwd": fwd, "bwd": bwd, "video": "v", "t": t, "k": k}
@@ -85,8 +86,8 @@ def test_positives_on_the_fly_equal_those_of_stored_flows(video, dis, k):
 
 
 def test_reader_gives_every_frame_and_skips_flows(tmp_path):
-    from hdf5_tools.pack import PackConfig, pack
     from hdf5_tools.manifest import shards_for_node
+    from hdf5_tools.pack import PackConfig, pack
     from pixpro_of.data.shards import ShardClipDataset
 
     pack(PackConfig(src="synth:videos=2,frames=5,size=64x32,seed=1", out=str(tmp_path), nodes=1, progress=False))
@@ -98,9 +99,20 @@ def test_reader_gives_every_frame_and_skips_flows(tmp_path):
     assert not np.array_equal(clip["frames"][1], both["frame1"])
 
 
-QUICK = ["run.max_steps=2", "run.deterministic=true", "model.proj_hidden=64", "model.proj_dim=32",
-         "data.synth.videos=4", "data.synth.frames=4", f"data.synth.width={W}", f"data.synth.height={H}",
-         "data.batch_size=2", "data.k=3", "data.num_workers=0", "log.tensorboard=false"]
+QUICK = [
+    "run.max_steps=2",
+    "run.deterministic=true",
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "data.synth.videos=4",
+    "data.synth.frames=4",
+    f"data.synth.width={W}",
+    f"data.synth.height={H}",
+    "data.batch_size=2",
+    "data.k=3",
+    "data.num_workers=0",
+    "log.tensorboard=false",
+]
 
 
 def train(run: Path, *extra: str) -> subprocess.CompletedProcess:
@@ -144,8 +156,13 @@ def test_trainer_estimates_raft_flow_on_the_fly_and_resumes_exactly(tmp_path):
     torch.manual_seed(0)
     weights = tmp_path / "raft-small.pth"
     torch.save(raft_small(weights=None).state_dict(), weights)  # a real checkpoint file (random weights)
-    raft = ("data.flow_source=raft", f"data.raft_weights={weights}", "data.raft_iters=2", "data.raft_chunk=3",
-            "run.max_steps=3")
+    raft = (
+        "data.flow_source=raft",
+        f"data.raft_weights={weights}",
+        "data.raft_iters=2",
+        "data.raft_chunk=3",
+        "run.max_steps=3",
+    )
     run = tmp_path / "run"
     p = train(run, *raft)
     assert p.returncode == 0, p.stderr[-3000:]

@@ -1,4 +1,5 @@
 """LARS equals a hand computation; parameter groups; the warm-up + cosine schedule."""
+
 import copy
 
 import numpy as np
@@ -6,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from plumbing.errors import UserError
 from pixpro_of.optim import LARS, build_lr_scheduler, lr_at, param_groups
+from plumbing.errors import UserError
 
 
 def test_lars_two_steps_equal_a_hand_computation():
@@ -18,8 +19,14 @@ def test_lars_two_steps_equal_a_hand_computation():
     lr, wd, mom, trust = 0.1, 0.01, 0.9, 0.001
     W = nn.Parameter(torch.tensor(w0, dtype=torch.float64))
     B = nn.Parameter(torch.tensor(b0, dtype=torch.float64))
-    opt = LARS([{"params": [W], "weight_decay": wd, "lars_exclude": False},
-                {"params": [B], "weight_decay": 0.0, "lars_exclude": True}], lr=lr, momentum=mom)
+    opt = LARS(
+        [
+            {"params": [W], "weight_decay": wd, "lars_exclude": False},
+            {"params": [B], "weight_decay": 0.0, "lars_exclude": True},
+        ],
+        lr=lr,
+        momentum=mom,
+    )
     w, b = w0.copy(), b0.copy()
     buf_w = buf_b = None
     for step in range(2):
@@ -79,7 +86,7 @@ def test_schedule_warmup_then_cosine():
     opt = LARS(param_groups([nn.Linear(2, 2)], 0.0), lr=123.0)
     sched = build_lr_scheduler(opt, base, warm, total)
     seen = []
-    for it in range(total + 2):
+    for _ in range(total + 2):
         seen.append(opt.param_groups[0]["lr"])
         opt.step()
         sched.step()

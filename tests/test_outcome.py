@@ -4,6 +4,7 @@ Each case builds a run directory, plays one link's steps as the job script would
 (``begin``, ``staged``, ``decide``, ``requeued``, ``extended``) and checks the action the script
 is told, the events, the ``stopped`` marker, the counters and ``jobs.tsv``.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import sys
 
 import pytest
 
-from launcher.outcome import Decision, Link, LinkContext, main, silent_hosts
 from launcher.job_files import RunDir
+from launcher.outcome import Decision, Link, LinkContext, main, silent_hosts
 
 # scheduler -> how its links continue a checkpointed run (as the templates render it)
 MODES = {"local": "local", "slurm": "requeue", "slurm-chain": "chain", "pbs": "chain", "sge": "chain", "pjm": "chain"}
@@ -22,16 +23,27 @@ LEAD = 300
 START = 1_000_000
 
 
-def make_link(tmp_path, sched="pbs", link=0, chain=1, now=START + 100, max_timeouts=2, max_preemptions=3,
-              job_id="123.server"):
+def make_link(
+    tmp_path, sched="pbs", link=0, chain=1, now=START + 100, max_timeouts=2, max_preemptions=3, job_id="123.server"
+):
     run = tmp_path / "run"
     for sub in ("job", "logs", "checkpoints"):
         (run / sub).mkdir(parents=True, exist_ok=True)
     said = []
-    ctx = LinkContext(run_dir=str(run), job_id=job_id, link=link, start=START, walltime_s=WALLTIME,
-                      warning_lead_s=LEAD, chain_length=chain, max_timeouts=max_timeouts,
-                      max_preemptions=max_preemptions, resume_mode=MODES[sched],
-                      scheduler=sched.split("-")[0], clock=lambda: now)
+    ctx = LinkContext(
+        run_dir=str(run),
+        job_id=job_id,
+        link=link,
+        start=START,
+        walltime_s=WALLTIME,
+        warning_lead_s=LEAD,
+        chain_length=chain,
+        max_timeouts=max_timeouts,
+        max_preemptions=max_preemptions,
+        resume_mode=MODES[sched],
+        scheduler=sched.split("-")[0],
+        clock=lambda: now,
+    )
     return Link(ctx, say=said.append), RunDir(str(run)), said
 
 
@@ -47,6 +59,7 @@ def write_checkpoint(rd, step):
 
 
 # ------------------------------------------------------------------ begin
+
 
 @pytest.mark.parametrize("sched", sorted(MODES))
 def test_begin_goes_on_and_skips_a_done_or_stopped_run(tmp_path, sched):
@@ -66,6 +79,7 @@ def test_begin_goes_on_and_skips_a_done_or_stopped_run(tmp_path, sched):
 
 # ------------------------------------------------------------------ staging
 
+
 def test_staging_success_signal_and_failure(tmp_path):
     link, rd, _ = make_link(tmp_path)
     assert link.staged(0, "", 7) == Decision("go") and events(rd) == ["staged in 7 s"]
@@ -75,6 +89,7 @@ def test_staging_success_signal_and_failure(tmp_path):
 
 
 # ------------------------------------------------------------------ decide
+
 
 @pytest.mark.parametrize("sched", sorted(MODES))
 def test_finished(tmp_path, sched):
@@ -123,7 +138,9 @@ def test_a_term_long_before_the_walltime_is_a_preemption(tmp_path, sched):
     # mpirun aborted on the scheduler's SIGTERM (exit 143): still a resumable stop
     d = link.decide(143, "TERM", stamp)
     assert events(rd)[0] == "interrupted by SIGTERM (exit 143); resuming from the last checkpoint"
-    assert events(rd)[1] == "stopped without a new checkpoint: preemption 1 of 3; the next job resumes from step_000005.pt"
+    assert (
+        events(rd)[1] == "stopped without a new checkpoint: preemption 1 of 3; the next job resumes from step_000005.pt"
+    )
     assert rd.counters() == {"timeout": 0, "preemption": 1}
     assert d.line() == "exit 75 120" if MODES[sched] == "local" else d.action in ("requeue", "extend")
     # the same TERM inside the warning lead is the walltime's own
@@ -132,7 +149,9 @@ def test_a_term_long_before_the_walltime_is_a_preemption(tmp_path, sched):
     assert rd2.counters() == {"timeout": 1, "preemption": 0}
 
 
-@pytest.mark.parametrize("kind,signal,now,most", [("timeout", "USR2", START + 10, 2), ("preemption", "TERM", START + 10, 3)])
+@pytest.mark.parametrize(
+    "kind,signal,now,most", [("timeout", "USR2", START + 10, 2), ("preemption", "TERM", START + 10, 3)]
+)
 @pytest.mark.parametrize("sched", sorted(MODES))
 def test_budgets_stop_the_run(tmp_path, sched, kind, signal, now, most):
     link, rd, _ = make_link(tmp_path, sched, now=now)
@@ -163,14 +182,16 @@ def test_a_presubmitted_chain_link_is_not_submitted_again(tmp_path):
 
 # ------------------------------------------------------------------ the scheduler's answer
 
+
 def test_requeue_answers(tmp_path):
     link, rd, _ = make_link(tmp_path, "slurm")
     assert link.requeued(0, "", "USR2").line() == "exit 0 120" and events(rd) == ["requeued"]
     assert link.requeued(1, "busy", "TERM").line() == "exit 0 120"
     assert events(rd)[-1] == "requeued by SLURM (preemption or scontrol requeue)"
     assert link.requeued(1, "scontrol: error: Requeue\nnot allowed", "USR2").line() == "exit 75 120"
-    assert events(rd)[-1] == ("scontrol requeue refused (scontrol: error: Requeue not allowed); "
-                              "'launcher resume' continues the run")
+    assert events(rd)[-1] == (
+        "scontrol requeue refused (scontrol: error: Requeue not allowed); 'launcher resume' continues the run"
+    )
 
 
 def test_extend_answers_record_the_job_or_stop_the_run(tmp_path):
@@ -186,10 +207,18 @@ def test_extend_answers_record_the_job_or_stop_the_run(tmp_path):
 
 # ------------------------------------------------------------------ the script's entry
 
+
 def _env(run, **extra):
-    env = {"RUN_DIR": str(run), "LAUNCHER_JOB_ID": "9", "LAUNCHER_LINK": "0", "LAUNCHER_START": str(START),
-           "LAUNCHER_WALLTIME_S": str(WALLTIME), "LAUNCHER_WARNING_LEAD_S": str(LEAD),
-           "LAUNCHER_RESUME_MODE": "chain", "LAUNCHER_SCHEDULER": "sge"}
+    env = {
+        "RUN_DIR": str(run),
+        "LAUNCHER_JOB_ID": "9",
+        "LAUNCHER_LINK": "0",
+        "LAUNCHER_START": str(START),
+        "LAUNCHER_WALLTIME_S": str(WALLTIME),
+        "LAUNCHER_WARNING_LEAD_S": str(LEAD),
+        "LAUNCHER_RESUME_MODE": "chain",
+        "LAUNCHER_SCHEDULER": "sge",
+    }
     env.update(extra)
     return env
 
@@ -213,11 +242,16 @@ def test_the_module_runs_as_the_job_script_calls_it(tmp_path):
     run = tmp_path / "run"
     (run / "job").mkdir(parents=True)
     env = dict(os.environ, **_env(run))
-    r = subprocess.run([sys.executable, "-m", "launcher.outcome", "decide", "3", "", ""], env=env,
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.outcome", "decide", "3", "", ""], env=env, capture_output=True, text=True
+    )
     assert r.returncode == 0 and r.stdout == "exit 3 120\n" and "launcher: fail: trainer exited 3" in r.stderr
-    r = subprocess.run([sys.executable, "-m", "launcher.outcome", "begin"], env=dict(env, LAUNCHER_LINK="x"),
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.outcome", "begin"],
+        env=dict(env, LAUNCHER_LINK="x"),
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2 and r.stderr.strip() == "launcher outcome: error: LAUNCHER_LINK='x' is not a whole number"
 
 

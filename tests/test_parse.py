@@ -1,4 +1,5 @@
 """The one grammar of each value (plumbing/parse.py), table by table, and the commands that use it."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -10,23 +11,54 @@ from pathlib import Path
 import pytest
 
 from plumbing.errors import UserError
-from plumbing.parse import (checked, parse_bytes, parse_deadline, parse_duration, parse_hxw, parse_wxh,
-                            signal_name, signal_number)
+from plumbing.parse import (
+    checked,
+    parse_bytes,
+    parse_deadline,
+    parse_duration,
+    parse_hxw,
+    parse_wxh,
+    signal_name,
+    signal_number,
+)
 
 ROOT = Path(__file__).resolve().parent.parent
 
 DURATIONS = [
-    ("600", 36000), ("30", 1800), ("1.5", 90), ("90s", 90), ("10m", 600), ("4h", 14400), ("2d", 172800),
-    ("1h30m", 5400), ("1.5h", 5400), ("2d4h", 187200), (" 10M ", 600), ("00:10:00", 600), ("25:00:00", 90000),
-    ("100:39:00", 362340), ("10:30", 37800), ("0:05", 300), ("1-00:00:00", 86400), ("7-00:00:00", 604800),
-    ("1-12", 129600), ("1-12:30", 131400),
+    ("600", 36000),
+    ("30", 1800),
+    ("1.5", 90),
+    ("90s", 90),
+    ("10m", 600),
+    ("4h", 14400),
+    ("2d", 172800),
+    ("1h30m", 5400),
+    ("1.5h", 5400),
+    ("2d4h", 187200),
+    (" 10M ", 600),
+    ("00:10:00", 600),
+    ("25:00:00", 90000),
+    ("100:39:00", 362340),
+    ("10:30", 37800),
+    ("0:05", 300),
+    ("1-00:00:00", 86400),
+    ("7-00:00:00", 604800),
+    ("1-12", 129600),
+    ("1-12:30", 131400),
 ]
 BAD_DURATIONS = [
-    ("soon", "is not a duration"), ("", "is not a duration"), ("1h30", "is not a duration"),
-    ("10x", "is not a duration"), ("1:2:3:4", "is not a duration"), ("-5", "is not a duration"),
-    ("99:99", "minutes and seconds must be 0-59"), ("99:99:99", "minutes and seconds must be 0-59"),
-    ("1-25:00:00", "hours must be 0-23 after a day count"), ("0", "must be a positive duration"),
-    ("00:00:00", "must be a positive duration"), ("0s", "must be a positive duration"),
+    ("soon", "is not a duration"),
+    ("", "is not a duration"),
+    ("1h30", "is not a duration"),
+    ("10x", "is not a duration"),
+    ("1:2:3:4", "is not a duration"),
+    ("-5", "is not a duration"),
+    ("99:99", "minutes and seconds must be 0-59"),
+    ("99:99:99", "minutes and seconds must be 0-59"),
+    ("1-25:00:00", "hours must be 0-23 after a day count"),
+    ("0", "must be a positive duration"),
+    ("00:00:00", "must be a positive duration"),
+    ("0s", "must be a positive duration"),
 ]
 
 
@@ -55,16 +87,27 @@ def test_checked_names_the_option():
 
 NOW = dt.datetime(2026, 12, 7, 12, 0, 0).timestamp()  # local noon
 DEADLINES = [
-    ("@1767225600", 1767225600.0), ("@1767225600.5", 1767225600.5), ("90m", NOW + 5400), ("4h", NOW + 14400),
-    ("2s", NOW + 2), ("1-00:00:00", NOW + 86400), ("2026-12-07T13:30:00", NOW + 5400),
+    ("@1767225600", 1767225600.0),
+    ("@1767225600.5", 1767225600.5),
+    ("90m", NOW + 5400),
+    ("4h", NOW + 14400),
+    ("2s", NOW + 2),
+    ("1-00:00:00", NOW + 86400),
+    ("2026-12-07T13:30:00", NOW + 5400),
     ("2026-12-07T11:00:00+00:00", dt.datetime(2026, 12, 7, 11, tzinfo=dt.timezone.utc).timestamp()),
     ("2026-12-07T11:00:00Z", dt.datetime(2026, 12, 7, 11, tzinfo=dt.timezone.utc).timestamp()),
-    ("T13:00", NOW + 3600), ("T11:00", NOW + 23 * 3600), ("t12:00:30", NOW + 30),
+    ("T13:00", NOW + 3600),
+    ("T11:00", NOW + 23 * 3600),
+    ("t12:00:30", NOW + 30),
 ]
 BAD_DEADLINES = [
-    ("3600", "has no unit: write 3600s or 3600m"), ("10:30", "ambiguous: write T10:30 for a clock time"),
-    ("T25:00", "not a valid clock time"), ("@soon", "'@' must be followed by a Unix time"),
-    ("2026-13-01T00:00", "not an ISO 8601 date-time"), ("tomorrow", "is not a deadline"), ("", "empty value"),
+    ("3600", "has no unit: write 3600s or 3600m"),
+    ("10:30", "ambiguous: write T10:30 for a clock time"),
+    ("T25:00", "not a valid clock time"),
+    ("@soon", "'@' must be followed by a Unix time"),
+    ("2026-13-01T00:00", "not an ISO 8601 date-time"),
+    ("tomorrow", "is not a deadline"),
+    ("", "empty value"),
 ]
 
 
@@ -105,12 +148,31 @@ def test_bad_sizes(text):
 
 
 BYTES = [
-    ("123", 123), ("123B", 123), ("60KB", 60_000), ("60kb", 60_000), ("512MB", 512_000_000), ("8GB", 8_000_000_000),
-    ("1TB", 10 ** 12), ("8GiB", 8 << 30), ("500MiB", 500 << 20), ("60KiB", 60 << 10), ("8G", 8 << 30),
-    ("500M", 500 << 20), ("1.5G", 3 << 29), ("1.5GiB", 3 << 29), (" 2 MB ", 2_000_000),
+    ("123", 123),
+    ("123B", 123),
+    ("60KB", 60_000),
+    ("60kb", 60_000),
+    ("512MB", 512_000_000),
+    ("8GB", 8_000_000_000),
+    ("1TB", 10**12),
+    ("8GiB", 8 << 30),
+    ("500MiB", 500 << 20),
+    ("60KiB", 60 << 10),
+    ("8G", 8 << 30),
+    ("500M", 500 << 20),
+    ("1.5G", 3 << 29),
+    ("1.5GiB", 3 << 29),
+    (" 2 MB ", 2_000_000),
 ]
-BAD_BYTES = [("", "is not a size"), ("8XB", "is not a size"), ("GiB", "is not a size"), ("8 GiBs", "is not a size"),
-             ("0", "must be a positive size"), ("0GiB", "must be a positive size"), ("-3", "is not a size")]
+BAD_BYTES = [
+    ("", "is not a size"),
+    ("8XB", "is not a size"),
+    ("GiB", "is not a size"),
+    ("8 GiBs", "is not a size"),
+    ("0", "must be a positive size"),
+    ("0GiB", "must be a positive size"),
+    ("-3", "is not a size"),
+]
 
 
 @pytest.mark.parametrize("text, n", BYTES)
@@ -124,11 +186,25 @@ def test_bad_byte_sizes(text, message):
         parse_bytes(text)
 
 
-SIGNALS = [("USR2", "SIGUSR2"), ("SIGUSR2", "SIGUSR2"), ("usr2", "SIGUSR2"), ("sigusr2", "SIGUSR2"),
-           (" term ", "SIGTERM"), ("INT", "SIGINT"), ("hup", "SIGHUP"), ("KILL", "SIGKILL"), ("URG", "SIGURG")]
-BAD_SIGNALS = [("12", "not its number"), ("USR3", "is not a signal name"), ("", "is not a signal name"),
-               ("SIG", "is not a signal name"), ("SIG_DFL", "is not a signal name"),
-               ("SIG_IGN", "is not a signal name")]
+SIGNALS = [
+    ("USR2", "SIGUSR2"),
+    ("SIGUSR2", "SIGUSR2"),
+    ("usr2", "SIGUSR2"),
+    ("sigusr2", "SIGUSR2"),
+    (" term ", "SIGTERM"),
+    ("INT", "SIGINT"),
+    ("hup", "SIGHUP"),
+    ("KILL", "SIGKILL"),
+    ("URG", "SIGURG"),
+]
+BAD_SIGNALS = [
+    ("12", "not its number"),
+    ("USR3", "is not a signal name"),
+    ("", "is not a signal name"),
+    ("SIG", "is not a signal name"),
+    ("SIG_DFL", "is not a signal name"),
+    ("SIG_IGN", "is not a signal name"),
+]
 
 
 @pytest.mark.parametrize("text, name", SIGNALS)
@@ -151,27 +227,39 @@ def test_uncatchable_signals_are_refused_where_a_handler_must_see_them(text):
 
 # --------------------------------------------------------------------------- the commands use them
 
+
 def _run(*argv):
     return subprocess.run([sys.executable, "-m", *argv], cwd=ROOT, capture_output=True, text=True, timeout=120)
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["launcher.cli", "submit", "--scheduler", "slurm", "--dry-run", "--walltime", "99:99"],
-     "--walltime: '99:99': minutes and seconds must be 0-59"),
-    (["pixpro_of", "reproduce", "--dry-run", "--time-box", "600"], "'600' has no unit: write 600s or 600m"),
-    (["pixpro_of", "reproduce", "--dry-run", "--eval-size", "64"], "'64' is not WIDTHxHEIGHT"),
-    (["pixpro_of", "eval", "flow", "--size", "320"], "--size: '320' is not WIDTHxHEIGHT"),
-    (["pixpro_of", "eval", "seg", "--backbone", "random", "--data", "d", "--out", "o", "--crop", "5"],
-     "'--crop': '5' is not HEIGHTxWIDTH"),
-    (["pixpro_of", "eval", "propagate", "--backbone", "b", "--out", "o", "--size", "3"],
-     "'--size': '3' is not WIDTHxHEIGHT"),
-    (["synth", "--out", "/nonexistent/x", "--size", "640"], "--size: '640' is not WIDTHxHEIGHT"),
-    (["hdf5_tools", "pack", "a", "b", "--nodes", "1", "--shard-size", "8XB"],
-     "--shard-size: '8XB' is not a size in bytes"),
-    (["pixpro_of", "train", "--deadline", "3600"], "--deadline: '3600' has no unit"),
-    (["pixpro_of", "train", "--signals", "12"], "not its number"),
-    (["launcher.supervise", "--forward", "USR3", "--", "true"], "--forward: 'USR3' is not a signal name"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (
+            ["launcher.cli", "submit", "--scheduler", "slurm", "--dry-run", "--walltime", "99:99"],
+            "--walltime: '99:99': minutes and seconds must be 0-59",
+        ),
+        (["pixpro_of", "reproduce", "--dry-run", "--time-box", "600"], "'600' has no unit: write 600s or 600m"),
+        (["pixpro_of", "reproduce", "--dry-run", "--eval-size", "64"], "'64' is not WIDTHxHEIGHT"),
+        (["pixpro_of", "eval", "flow", "--size", "320"], "--size: '320' is not WIDTHxHEIGHT"),
+        (
+            ["pixpro_of", "eval", "seg", "--backbone", "random", "--data", "d", "--out", "o", "--crop", "5"],
+            "'--crop': '5' is not HEIGHTxWIDTH",
+        ),
+        (
+            ["pixpro_of", "eval", "propagate", "--backbone", "b", "--out", "o", "--size", "3"],
+            "'--size': '3' is not WIDTHxHEIGHT",
+        ),
+        (["synth", "--out", "/nonexistent/x", "--size", "640"], "--size: '640' is not WIDTHxHEIGHT"),
+        (
+            ["hdf5_tools", "pack", "a", "b", "--nodes", "1", "--shard-size", "8XB"],
+            "--shard-size: '8XB' is not a size in bytes",
+        ),
+        (["pixpro_of", "train", "--deadline", "3600"], "--deadline: '3600' has no unit"),
+        (["pixpro_of", "train", "--signals", "12"], "not its number"),
+        (["launcher.supervise", "--forward", "USR3", "--", "true"], "--forward: 'USR3' is not a signal name"),
+    ],
+)
 def test_each_command_refuses_a_bad_value_in_one_line_naming_the_option(argv, message):
     p = _run(*argv)
     assert p.returncode != 0 and "Traceback" not in p.stderr, p.stderr

@@ -1,4 +1,5 @@
 """Clip → sample: shapes, determinism, k = 1 and k > 1, JPEG input, errors, collate."""
+
 import numpy as np
 import pytest
 import torch
@@ -38,6 +39,7 @@ def test_k1_pairs_same_frame_cells_and_k3_follows_the_flow():
     b = SampleBuilder(cfg, feature_size=7)
     clip = _clip(k=1)
     clip["fwd"] = clip["bwd"] = np.zeros((0, 2, H // 8, W // 8), np.float32)
+
     def unflipped(clip):  # the first generator seed whose sample has neither view flipped
         for seed in range(50):
             s = b(clip, np.random.default_rng(seed))
@@ -85,7 +87,9 @@ def test_bad_clips_and_configs_are_user_errors():
     b = SampleBuilder(SampleConfig(image_size=64), 2)
     clip = _clip(k=3)
     clip["fwd"] = clip["fwd"][:1]
-    with pytest.raises(UserError, match=r"clip \(video 'vid7', t=4, k=3\): needs fwd and bwd of shape \[2, 2, h8, w8\]"):
+    with pytest.raises(
+        UserError, match=r"clip \(video 'vid7', t=4, k=3\): needs fwd and bwd of shape \[2, 2, h8, w8\]"
+    ):
         b(clip, np.random.default_rng(0))
     clip = _clip(k=2)
     clip["fwd"] = clip["bwd"] = np.zeros((1, 2, 5, 5), np.float32)
@@ -169,8 +173,9 @@ def test_the_loader_pins_a_batch(monkeypatch):
         return self.clone()
 
     monkeypatch.setattr(torch.Tensor, "pin_memory", fake_pin)
-    batch = collate([SampleBuilder(SampleConfig(image_size=64), 2)(_clip(seed=i), np.random.default_rng(i))
-                     for i in range(2)])
+    batch = collate(
+        [SampleBuilder(SampleConfig(image_size=64), 2)(_clip(seed=i), np.random.default_rng(i)) for i in range(2)]
+    )
     out = pin_memory(LoadedBatch(batch, []))
     assert isinstance(out, LoadedBatch) and out.bad == [] and out.batch.video == batch.video
     assert torch.equal(out.batch.view1, batch.view1) and out.batch.view1 is not batch.view1

@@ -2,6 +2,7 @@
 dependent jobs on the synthetic world. A stage that fails leaves the later ones cancelled (never
 run) and ``status`` names it; ``resume`` continues from the first unfinished stage; the pipeline's
 shards, weights and evaluation equal those of the same commands run one by one by hand."""
+
 from __future__ import annotations
 
 import json
@@ -15,8 +16,22 @@ import pytest
 PY = sys.executable
 pytestmark = [pytest.mark.mpi, pytest.mark.slow]
 TRAIN = ["run.max_steps=3", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false"]
-PROBE = ["--arch", "resnet18", "--iters", "3", "--batch", "2", "--crop", "64x64", "--warmup-iters", "1",
-         "--max-val", "2", "--workers", "0"]
+PROBE = [
+    "--arch",
+    "resnet18",
+    "--iters",
+    "3",
+    "--batch",
+    "2",
+    "--crop",
+    "64x64",
+    "--warmup-iters",
+    "1",
+    "--max-val",
+    "2",
+    "--workers",
+    "0",
+]
 
 
 def run(env, cwd, *argv, timeout=600):
@@ -50,6 +65,7 @@ def checksums(manifest):
 
 def weights(run_dir):
     import torch
+
     latest = (Path(run_dir) / "checkpoints" / "latest").read_text().strip()
     return torch.load(Path(run_dir) / "checkpoints" / latest, map_location="cpu", weights_only=False)
 
@@ -58,27 +74,100 @@ def test_pipeline_fails_cancels_resumes_and_matches_the_commands_by_hand(tmp_pat
     env = dict(mpi_env, PATH=f"{Path(PY).parent}:{mpi_env['PATH']}")
     videos, world = tmp_path / "bdd", tmp_path / "eval_world"
     (videos / "videos" / "train").mkdir(parents=True)  # no video yet: pack fails
-    run(env, tmp_path, PY, "-m", "pixpro_of", "synth", "--out", world, "--videos", "3", "--video-frames", "3",
-        "--size", "128x64", "--format", "cityscapes", "--val-videos", "1", "--seed", "1000", "--quiet")
+    run(
+        env,
+        tmp_path,
+        PY,
+        "-m",
+        "pixpro_of",
+        "synth",
+        "--out",
+        world,
+        "--videos",
+        "3",
+        "--video-frames",
+        "3",
+        "--size",
+        "128x64",
+        "--format",
+        "cityscapes",
+        "--val-videos",
+        "1",
+        "--seed",
+        "1000",
+        "--quiet",
+    )
     pipe = tmp_path / "pipe"
     t0 = time.time()
-    r = run(env, tmp_path, PY, "-m", "launcher.cli", "pipeline", "--scheduler", "local", "--gpus", "0",
-            "--frames", "2", "--preset", "cpu_small", "--videos", videos, "--flow-model", "dis", "--dir", pipe,
-            "--eval-data", world, "--eval-mode", "linear", "--eval-args", " ".join(PROBE), *TRAIN)
-    assert [l.split(": ")[1] for l in r.stderr.splitlines() if l.startswith("launcher: stage")] == \
-        [f"stage {s}" for s in ("pack", "flow", "verify", "train", "convert", "eval")]
+    r = run(
+        env,
+        tmp_path,
+        PY,
+        "-m",
+        "launcher.cli",
+        "pipeline",
+        "--scheduler",
+        "local",
+        "--gpus",
+        "0",
+        "--frames",
+        "2",
+        "--preset",
+        "cpu_small",
+        "--videos",
+        videos,
+        "--flow-model",
+        "dis",
+        "--dir",
+        pipe,
+        "--eval-data",
+        world,
+        "--eval-mode",
+        "linear",
+        "--eval-args",
+        " ".join(PROBE),
+        *TRAIN,
+    )
+    assert [l.split(": ")[1] for l in r.stderr.splitlines() if l.startswith("launcher: stage")] == [
+        f"stage {s}" for s in ("pack", "flow", "verify", "train", "convert", "eval")
+    ]
     # pack fails; every later stage is cancelled and never runs
-    wait_for(lambda: all(stopped(pipe, s) for s in ("pack", "flow", "verify", "train", "convert", "eval")), 120,
-             "the failed pack to cancel the later stages", pipe)
+    wait_for(
+        lambda: all(stopped(pipe, s) for s in ("pack", "flow", "verify", "train", "convert", "eval")),
+        120,
+        "the failed pack to cancel the later stages",
+        pipe,
+    )
     assert stopped(pipe, "pack").startswith("pack command exited ")
     assert stopped(pipe, "train") == f"cancelled: stage pack did not finish ({stopped(pipe, 'pack')})"
     for stage in ("flow", "verify", "train", "convert", "eval"):
         assert not (pipe / stage / "logs" / "run.log").exists(), f"{stage} must never start"
     status = run(env, tmp_path, PY, "-m", "launcher.cli", "status", pipe).stdout
-    assert "pack     failed: pack command exited" in status and "train    cancelled: stage pack did not finish" in status
+    assert (
+        "pack     failed: pack command exited" in status and "train    cancelled: stage pack did not finish" in status
+    )
     # the videos arrive; resume runs every stage from the first unfinished one
-    run(env, tmp_path, PY, "-m", "pixpro_of", "synth", "--out", tmp_path / "bddsrc", "--videos", "8",
-        "--video-frames", "6", "--size", "128x64", "--format", "bdd", "--seed", "3", "--quiet")
+    run(
+        env,
+        tmp_path,
+        PY,
+        "-m",
+        "pixpro_of",
+        "synth",
+        "--out",
+        tmp_path / "bddsrc",
+        "--videos",
+        "8",
+        "--video-frames",
+        "6",
+        "--size",
+        "128x64",
+        "--format",
+        "bdd",
+        "--seed",
+        "3",
+        "--quiet",
+    )
     for f in (tmp_path / "bddsrc").rglob("*"):
         if f.is_file():
             dst = videos / f.relative_to(tmp_path / "bddsrc")
@@ -86,32 +175,99 @@ def test_pipeline_fails_cancels_resumes_and_matches_the_commands_by_hand(tmp_pat
             dst.write_bytes(f.read_bytes())
     t1 = time.time()
     run(env, tmp_path, PY, "-m", "launcher.cli", "resume", pipe)
-    wait_for(lambda: (pipe / "eval" / "done").exists() or stopped(pipe, "eval") is not None, 300,
-             "the resumed pipeline to finish", pipe)
+    wait_for(
+        lambda: (pipe / "eval" / "done").exists() or stopped(pipe, "eval") is not None,
+        300,
+        "the resumed pipeline to finish",
+        pipe,
+    )
     pipeline_s = time.time() - t1
     status = run(env, tmp_path, PY, "-m", "launcher.cli", "status", pipe).stdout
-    assert [l.split()[:2] for l in status.splitlines()[1:]] == [[s, "done"] for s in
-                                                               ("pack", "flow", "verify", "train", "convert", "eval")]
+    assert [l.split()[:2] for l in status.splitlines()[1:]] == [
+        [s, "done"] for s in ("pack", "flow", "verify", "train", "convert", "eval")
+    ]
     # the same commands, one by one, by hand
     hand = tmp_path / "hand"
     hand.mkdir()
     t2 = time.time()
-    run(env, hand, PY, "-m", "hdf5_tools.cli", "pack", videos, hand / "shards", "--nodes", "1", "-j", "2",
-        "--no-progress")
-    run(env, hand, "mpirun", "-np", "2", PY, "-m", "hdf5_tools.cli", "flow", hand / "shards", "--model", "dis",
-        "--no-progress")
-    run(env, hand, "mpirun", "-np", "2", PY, "-m", "pixpro_of", "train", "--run-dir", hand / "train", "--config",
-        "cpu_small", "data.k=2", "dist.backend=horovod", *TRAIN, f"data.shards=[{hand / 'shards' / 'manifest.json'}]")
-    run(env, hand, PY, "-m", "pixpro_of", "eval", "seg", "--backbone", hand / "train", "--out", hand / "eval",
-        "--data", world, "--mode", "linear", *PROBE)
+    run(
+        env,
+        hand,
+        PY,
+        "-m",
+        "hdf5_tools.cli",
+        "pack",
+        videos,
+        hand / "shards",
+        "--nodes",
+        "1",
+        "-j",
+        "2",
+        "--no-progress",
+    )
+    run(
+        env,
+        hand,
+        "mpirun",
+        "-np",
+        "2",
+        PY,
+        "-m",
+        "hdf5_tools.cli",
+        "flow",
+        hand / "shards",
+        "--model",
+        "dis",
+        "--no-progress",
+    )
+    run(
+        env,
+        hand,
+        "mpirun",
+        "-np",
+        "2",
+        PY,
+        "-m",
+        "pixpro_of",
+        "train",
+        "--run-dir",
+        hand / "train",
+        "--config",
+        "cpu_small",
+        "data.k=2",
+        "dist.backend=horovod",
+        *TRAIN,
+        f"data.shards=[{hand / 'shards' / 'manifest.json'}]",
+    )
+    run(
+        env,
+        hand,
+        PY,
+        "-m",
+        "pixpro_of",
+        "eval",
+        "seg",
+        "--backbone",
+        hand / "train",
+        "--out",
+        hand / "eval",
+        "--data",
+        world,
+        "--mode",
+        "linear",
+        *PROBE,
+    )
     hand_s = time.time() - t2
     assert checksums(pipe / "pack" / "shards" / "manifest.json") == checksums(hand / "shards" / "manifest.json")
     import torch
+
     a, b = weights(pipe / "train"), weights(hand / "train")
     assert a["step"] == b["step"] == 3
     assert all(torch.equal(a["model"][k], b["model"][k]) for k in b["model"]), "bit-identical weights"
     got = json.loads((pipe / "eval" / "eval" / "scores.json").read_text())["mIoU"]
     assert got == json.loads((hand / "eval" / "scores.json").read_text())["mIoU"]
     assert (pipe / "convert" / "encoder_d2.pkl").stat().st_size > 1000
-    print(f"pipeline (local): failed pack + cancellations {t1 - t0:.1f} s; resumed pipeline {pipeline_s:.1f} s; "
-          f"the same stages by hand {hand_s:.1f} s (without convert)")
+    print(
+        f"pipeline (local): failed pack + cancellations {t1 - t0:.1f} s; resumed pipeline {pipeline_s:.1f} s; "
+        f"the same stages by hand {hand_s:.1f} s (without convert)"
+    )

@@ -1,8 +1,8 @@
 """``python -m pixpro_of viz pairs`` writes a picture of a sample; bad input is a one-line error."""
+
 import os
 
 import numpy as np
-
 from PIL import Image
 
 from pixpro_of.__main__ import main as cli
@@ -10,8 +10,24 @@ from pixpro_of.__main__ import main as cli
 
 def test_viz_pairs_writes_a_png(tmp_path, capsys):
     out = tmp_path / "pairs.png"
-    rc = cli(["viz", "pairs", "--synthetic", "2", "--size", "128x72", "--frames", "3", "--image-size", "64",
-              "--feature-size", "4", "--out", str(out)])
+    rc = cli(
+        [
+            "viz",
+            "pairs",
+            "--synthetic",
+            "2",
+            "--size",
+            "128x72",
+            "--frames",
+            "3",
+            "--image-size",
+            "64",
+            "--feature-size",
+            "4",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     img = Image.open(out)
     assert img.format == "PNG" and img.size[0] == 2 * 64 * 7 + 16

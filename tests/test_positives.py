@@ -1,4 +1,5 @@
 """Positives equal a brute-force reference for random crops, flips and known affine flows."""
+
 import math
 
 import numpy as np
@@ -98,7 +99,9 @@ def ref_positives(q_box, q_flip, k_box, k_flip, W, H, F, maps, grid, ratio=0.7):
             for A in maps:
                 c = A(c)
             valid = 0 < c[0] < W - 1 and 0 < c[1] < H - 1
-            amb[i] = valid and not (neighbours_inside(q, maps) and neighbours_inside(qr, maps) and neighbours_inside(c, inverse))
+            amb[i] = valid and not (
+                neighbours_inside(q, maps) and neighbours_inside(qr, maps) and neighbours_inside(c, inverse)
+            )
         for j, kk in enumerate(kc):
             pos[i, j] = valid and math.hypot(p[0] - kk[0], p[1] - kk[1]) / md < ratio
     return pos, amb
@@ -115,7 +118,9 @@ def _case(rng):
 
 
 def _run(b1, f1, b2, f2, W, H, F, cfg, fwd=None, bwd=None):
-    t = lambda b: torch.tensor([b], dtype=torch.float64)
+    def t(b):
+        return torch.tensor([b], dtype=torch.float64)
+
     return compute_positives(t(b1), torch.tensor([f1]), t(b2), torch.tensor([f2]), (H, W), F, cfg, fwd, bwd)
 
 
@@ -126,7 +131,9 @@ def test_cell_centres_and_bins_follow_the_seed_formula():
         got = cell_centres(torch.tensor([b1], dtype=torch.float64), torch.tensor([f1]), F)[0].numpy()
         want, diag = ref_centres(b1, f1, W, H, F)
         np.testing.assert_allclose(got, np.array(want), atol=1e-9)
-        assert float(torch.linalg.vector_norm(bin_size(torch.tensor([b1], dtype=torch.float64), F))) == pytest.approx(diag)
+        assert float(torch.linalg.vector_norm(bin_size(torch.tensor([b1], dtype=torch.float64), F))) == pytest.approx(
+            diag
+        )
     # a flipped view numbers cells from the right: cell 0 sits at the box's right end
     c = cell_centres(torch.tensor([[10.0, 0.0, 71.0, 71.0]]), torch.tensor([True]), 7)[0]
     assert c[0, 0].item() == pytest.approx(10 + 70 - 0.5 * 70 / 7)
@@ -144,7 +151,9 @@ def test_same_frame_positives_equal_brute_force(rule):
         sx, sy = (1.0, 1.0) if rule == "pixel" else (1.0 / (W - 1), 1.0 / (H - 1))
         dq = math.hypot((b1[2] - 1) / F * sx, (b1[3] - 1) / F * sy)
         dk = math.hypot((b2[2] - 1) / F * sx, (b2[3] - 1) / F * sy)
-        want = np.array([[math.hypot((q[0] - k[0]) * sx, (q[1] - k[1]) * sy) / max(dq, dk) < 0.7 for k in kc] for q in qc])
+        want = np.array(
+            [[math.hypot((q[0] - k[0]) * sx, (q[1] - k[1]) * sy) / max(dq, dk) < 0.7 for k in kc] for q in qc]
+        )
         want21 = want.T.copy()  # no flow: the relation is symmetric
         np.testing.assert_array_equal(out["pos12"][0].numpy(), want)
         np.testing.assert_array_equal(out["pos21"][0].numpy(), want21)
@@ -230,8 +239,18 @@ def test_mask_none_keeps_out_of_frame_queries_and_seed_mask_drops_them():
 
 def test_flow_shape_mismatch_is_reported():
     with pytest.raises(ValueError, match="matches neither the frame"):
-        _run((0, 0, 50, 50), False, (0, 0, 50, 50), False, 96, 64, 7, PositiveConfig(),
-             torch.zeros(1, 1, 2, 9, 9), torch.zeros(1, 1, 2, 9, 9))
+        _run(
+            (0, 0, 50, 50),
+            False,
+            (0, 0, 50, 50),
+            False,
+            96,
+            64,
+            7,
+            PositiveConfig(),
+            torch.zeros(1, 1, 2, 9, 9),
+            torch.zeros(1, 1, 2, 9, 9),
+        )
 
 
 # ---------------------------------------------------------------- the fast paths equal the plain ones
@@ -261,7 +280,7 @@ def test_flow_grid_composites_and_masks_equal_flow_ops():
         b_ref = ops.chain_backward(bwd * unit)
         assert torch.equal(grid.fwd, f_ref) and torch.equal(grid.bwd, b_ref)
         if mask == "seed":
-            a2 = cfg.alpha2 * math.sqrt(15 ** 2 + 25 ** 2) / math.sqrt(H * H + W * W)
+            a2 = cfg.alpha2 * math.sqrt(15**2 + 25**2) / math.sqrt(H * H + W * W)
             want = ops.fb_consistency(f_ref, b_ref, "seed", cfg.alpha1, a2)
         else:
             want = ops.fb_consistency(f_ref, b_ref, "unflow", cfg.alpha1, cfg.alpha2, alpha2_size=(H, W))

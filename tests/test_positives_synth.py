@@ -5,6 +5,7 @@ sub-pixel centre, the hit point moved and projected into the other frame, visibi
 there). A positive pair (i, j) is *correct* when query cell i is visible in the other frame and
 lands within 0.7 bin diagonals of key cell j. Precision = correct / all positives, both directions.
 """
+
 import numpy as np
 import pytest
 import torch
@@ -54,17 +55,24 @@ def centres(box, flip, F=7):
 
 
 def clip_from(video, t, k, flows="gt", dis=None):
-    fwd = torch.from_numpy(video.fwd[t:t + k - 1])
-    bwd = torch.from_numpy(video.bwd[t:t + k - 1])
+    fwd = torch.from_numpy(video.fwd[t : t + k - 1])
+    bwd = torch.from_numpy(video.bwd[t : t + k - 1])
     if flows == "gt":
         f8, b8 = full_flow_to_shard(fwd), full_flow_to_shard(bwd)
     elif flows == "swapped":  # a deliberately wrong direction: the check must notice
         f8, b8 = full_flow_to_shard(bwd), full_flow_to_shard(fwd)
     else:
-        fr = video.rgb[t:t + k]
+        fr = video.rgb[t : t + k]
         f8, b8 = dis(fr[:-1], fr[1:]).low, dis(fr[1:], fr[:-1]).low
-    return {"frame1": video.rgb[t], "frame2": video.rgb[t + k - 1], "fwd": f8.numpy(), "bwd": b8.numpy(),
-            "video": "synth", "t": t, "k": k}
+    return {
+        "frame1": video.rgb[t],
+        "frame2": video.rgb[t + k - 1],
+        "fwd": f8.numpy(),
+        "bwd": b8.numpy(),
+        "video": "synth",
+        "t": t,
+        "k": k,
+    }
 
 
 def samples(video, world, k, flows="gt", n=30, seed=0):
@@ -79,7 +87,9 @@ def samples(video, world, k, flows="gt", n=30, seed=0):
         from flow.estimators import make_estimator
 
         dis = make_estimator("dis")
-    builder = SampleBuilder(SampleConfig(image_size=64), feature_size=7, carry="positives" if flows == "gt" else "flows")
+    builder = SampleBuilder(
+        SampleConfig(image_size=64), feature_size=7, carry="positives" if flows == "gt" else "flows"
+    )
     rng = np.random.default_rng(seed)
     for _ in range(n):
         t = int(rng.integers(0, T - k + 1))
@@ -87,13 +97,23 @@ def samples(video, world, k, flows="gt", n=30, seed=0):
         if flows == "gt":
             yield t, s, s["pos12"], s["pos21"]
             continue
-        args = (s["box1"][None].double(), torch.tensor([s["flip1"]]), s["box2"][None].double(),
-                torch.tensor([s["flip2"]]), (H, W), 7, PositiveConfig())
+        args = (
+            s["box1"][None].double(),
+            torch.tensor([s["flip1"]]),
+            s["box2"][None].double(),
+            torch.tensor([s["flip2"]]),
+            (H, W),
+            7,
+            PositiveConfig(),
+        )
         if flows == "exact":
             out = compute_positives(*args, correspondence=ExactCorrespondence([world], [t], [k]))
         elif flows == "gt-full":
-            out = compute_positives(*args, torch.from_numpy(video.fwd[t:t + k - 1])[None],
-                                    torch.from_numpy(video.bwd[t:t + k - 1])[None])
+            out = compute_positives(
+                *args,
+                torch.from_numpy(video.fwd[t : t + k - 1])[None],
+                torch.from_numpy(video.bwd[t : t + k - 1])[None],
+            )
         else:
             c = clip_from(video, t, k, flows, dis)
             out = compute_positives(*args, torch.from_numpy(c["fwd"])[None], torch.from_numpy(c["bwd"])[None])
@@ -158,8 +178,10 @@ def test_ground_truth_flow_positives_land_on_the_same_point(video, world, k, flo
     points that an occluder moving almost like them hides (measured and reported, floors guard)."""
     p, r, n = precision(video, world, k, "gt")
     pf, rf, nf = precision(video, world, k, "gt-full")
-    print(f"\nGT flow k={k}: 1/8 shard flows precision {p:.4f} recall {r:.4f} ({n} pairs); "
-          f"full-resolution flows precision {pf:.4f} recall {rf:.4f} ({nf} pairs)")
+    print(
+        f"\nGT flow k={k}: 1/8 shard flows precision {p:.4f} recall {r:.4f} ({n} pairs); "
+        f"full-resolution flows precision {pf:.4f} recall {rf:.4f} ({nf} pairs)"
+    )
     assert n > 500 and nf > 500
     assert p >= floor and pf >= floor
 
@@ -182,13 +204,13 @@ def test_smooth_visible_cells_are_warped_exactly(video):
         t = int(rng.integers(0, T - k + 1))
         box = torch.tensor([[rng.integers(0, 60), rng.integers(0, 30), 150, 90]], dtype=torch.float64)
         flip = torch.tensor([bool(rng.random() < 0.5)])
-        fwd = torch.from_numpy(video.fwd[t:t + k - 1])[None]
-        bwd = torch.from_numpy(video.bwd[t:t + k - 1])[None]
+        fwd = torch.from_numpy(video.fwd[t : t + k - 1])[None]
+        bwd = torch.from_numpy(video.bwd[t : t + k - 1])[None]
         out = compute_positives(box, flip, box, flip, (H, W), 7, PositiveConfig(), fwd, bwd)
         q = out["centres1"][0].numpy()
         # smooth: integer query points (no interpolation ambiguity) whose 3x3 flow neighbourhood is flat
         qi = np.floor(q + 0.5)
-        true_pos, ok = gt_track(qi, video.fwd[t:t + k - 1], video.valid_fwd[t:t + k - 1])
+        true_pos, ok = gt_track(qi, video.fwd[t : t + k - 1], video.valid_fwd[t : t + k - 1])
         p = qi.copy()
         smooth = ok.copy()
         for s in range(k - 1):
@@ -209,6 +231,8 @@ def test_smooth_visible_cells_are_warped_exactly(video):
 def test_dis_flow_precision_is_reported(video, world):
     p2, r2, n2 = precision(video, world, 2, "dis", n=20)
     p6, r6, n6 = precision(video, world, 6, "dis", n=20)
-    print(f"\nDIS flow (medium, 1/8, seed FB mask): k=2 precision {p2:.4f} recall {r2:.4f} ({n2} pairs), "
-          f"k=6 precision {p6:.4f} recall {r6:.4f} ({n6} pairs)")
+    print(
+        f"\nDIS flow (medium, 1/8, seed FB mask): k=2 precision {p2:.4f} recall {r2:.4f} ({n2} pairs), "
+        f"k=6 precision {p6:.4f} recall {r6:.4f} ({n6} pairs)"
+    )
     assert p2 >= 0.8 and p6 >= 0.65

@@ -2,6 +2,7 @@
 slot directory refuse what another user (a real second uid, ``nobody``) planted at their predictable
 paths; a staged shard is reused by its SHA-256 (a forged CRC32 is not enough) or inside this run's
 own marked directory; the manifest records SHA-256 at pack time and after a refresh."""
+
 from __future__ import annotations
 
 import hashlib
@@ -18,8 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hdf5_tools import manifest as mf
 from hdf5_tools import fake_sources, schema
+from hdf5_tools import manifest as mf
 from hdf5_tools.pack import PackConfig, pack
 from hdf5_tools.stage import MARKER_NAME, StageConfig, stage
 from plumbing.errors import UserError
@@ -43,7 +44,7 @@ def forge_crc32(data: bytes, target: int) -> bytes:
 def forged_copy(path: Path, crc32_hex: str) -> bytes:
     """Other bytes than ``path``'s (a payload in the middle), same size, same CRC32."""
     data = bytearray(path.read_bytes())
-    data[len(data) // 2:len(data) // 2 + 8] = b"EVILDATA"
+    data[len(data) // 2 : len(data) // 2 + 8] = b"EVILDATA"
     out = forge_crc32(bytes(data), int(crc32_hex, 16))
     assert len(out) == len(data) and f"{zlib.crc32(out):08x}" == crc32_hex and out != path.read_bytes()
     return out
@@ -51,10 +52,12 @@ def forged_copy(path: Path, crc32_hex: str) -> bytes:
 
 def as_nobody(*argv: str) -> None:
     """Run ``argv`` as the second user (uid/gid 65534), as another user of the node would."""
+
     def drop():
         os.setgroups([])
         os.setgid(NOBODY)
         os.setuid(NOBODY)
+
     subprocess.run(list(argv), preexec_fn=drop, check=True, capture_output=True)
 
 
@@ -71,10 +74,10 @@ def scratch():
 def packed(tmp_path):
     rng = np.random.default_rng(8)
     for i in range(4):
-        fake_sources.write_frame_folder(tmp_path / "src", "train", f"v{i}",
-                                    rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8))
-    return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1,
-                           progress=False))
+        fake_sources.write_frame_folder(
+            tmp_path / "src", "train", f"v{i}", rgb=(rng.random((3 + i, 16, 16, 3)) * 255).astype(np.uint8)
+        )
+    return pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=2, shard_size=1, progress=False))
 
 
 def old_manifest(m: mf.Manifest) -> str:
@@ -89,8 +92,12 @@ def old_manifest(m: mf.Manifest) -> str:
 
 
 def stage_cli(manifest: str, to: Path, run: str = "/runs/r1") -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--node", "0", "--to", str(to),
-                           "--run", run], capture_output=True, text=True, timeout=120)
+    return subprocess.run(
+        [sys.executable, "-m", "hdf5_tools.cli", "stage", manifest, "--node", "0", "--to", str(to), "--run", run],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
 
 
 def node0(m: mf.Manifest):
@@ -131,8 +138,10 @@ def test_a_directory_another_user_planted_with_a_forged_shard_is_refused(packed,
     assert (planted.stat().st_uid, (planted / s.file).stat().st_uid) == (NOBODY, NOBODY)
     r = stage_cli(manifest, planted)
     assert r.returncode == 2, r.stdout + r.stderr
-    assert r.stderr.strip() == (f"hdf5_tools stage: error: staging directory {planted} is owned by uid {NOBODY}, "
-                                f"not you (uid 0): refusing to use it (remove it, or choose another place)")
+    assert r.stderr.strip() == (
+        f"hdf5_tools stage: error: staging directory {planted} is owned by uid {NOBODY}, "
+        f"not you (uid 0): refusing to use it (remove it, or choose another place)"
+    )
     assert sorted(p.name for p in planted.iterdir()) == [s.file]  # nothing staged next to the bait
     assert (planted / s.file).read_bytes() == bait.read_bytes()
 
@@ -145,8 +154,10 @@ def test_a_symlink_another_user_planted_is_refused_and_nothing_goes_through_it(p
     assert link.lstat().st_uid == NOBODY
     r = stage_cli(os.path.join(packed.root, mf.MANIFEST_NAME), link)
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"hdf5_tools stage: error: staging directory {link} is a symbolic link (to {target}): "
-                                f"refusing to use it (remove it, or choose another place)")
+    assert r.stderr.strip() == (
+        f"hdf5_tools stage: error: staging directory {link} is a symbolic link (to {target}): "
+        f"refusing to use it (remove it, or choose another place)"
+    )
     assert list(target.iterdir()) == []
     # A link to a folder of ours is refused just the same: the link is theirs to repoint later.
     mine = scratch / "mine"
@@ -163,9 +174,11 @@ def test_a_parent_folder_another_user_controls_is_refused(packed, scratch):
     as_nobody("mkdir", "-m", "0755", str(scratch / "theirs"))
     r = stage_cli(manifest, scratch / "theirs" / "data")
     assert r.returncode == 2
-    assert r.stderr.strip() == (f"hdf5_tools stage: error: staging directory {scratch}/theirs/data: unsafe parent "
-                                f"folder: {scratch}/theirs is owned by uid {NOBODY} (another user could replace "
-                                f"what is in it); choose another place")
+    assert r.stderr.strip() == (
+        f"hdf5_tools stage: error: staging directory {scratch}/theirs/data: unsafe parent "
+        f"folder: {scratch}/theirs is owned by uid {NOBODY} (another user could replace "
+        f"what is in it); choose another place"
+    )
     as_nobody("ln", "-s", str(scratch), str(scratch / "hop"))
     r = stage_cli(manifest, scratch / "hop" / "data")
     assert r.returncode == 2 and f"{scratch}/hop is a symbolic link owned by uid {NOBODY}" in r.stderr
@@ -186,8 +199,11 @@ def test_a_requeued_job_reuses_its_own_directory_but_not_a_shard_with_a_forged_c
     assert (first.copied, first.skipped) == (len(mine), 0)
     st = to.stat()
     assert (st.st_uid, stat.S_IMODE(st.st_mode)) == (0, 0o700)
-    assert json.loads((to / MARKER_NAME).read_text()) == {"format": "pixpro_of.stage", "run": "/runs/r1",
-                                                            "manifest": os.path.realpath(manifest)}
+    assert json.loads((to / MARKER_NAME).read_text()) == {
+        "format": "pixpro_of.stage",
+        "run": "/runs/r1",
+        "manifest": os.path.realpath(manifest),
+    }
     # The requeue (same run, same job id): its own copies are verified by SHA-256 and kept.
     again = stage(StageConfig(manifest=manifest, to=str(to), node=0, run="/runs/r1"))
     assert (again.copied, again.skipped) == (0, len(mine))
@@ -201,10 +217,14 @@ def test_a_requeued_job_reuses_its_own_directory_but_not_a_shard_with_a_forged_c
         stage(StageConfig(manifest=manifest, to=str(to), node=0, run="/runs/r2"))
     bare = scratch / "pixpro-g0-78"
     bare.mkdir(mode=0o700)
-    with pytest.raises(UserError, match=rf"^staging directory {bare} has no {MARKER_NAME} marker: not made by this run"):
+    with pytest.raises(
+        UserError, match=rf"^staging directory {bare} has no {MARKER_NAME} marker: not made by this run"
+    ):
         stage(StageConfig(manifest=manifest, to=str(bare), node=0, run="/runs/r1"))
     to.chmod(0o755)
-    with pytest.raises(UserError, match=rf"^staging directory {to} is open to other users \(mode 0755, expected 0700\)"):
+    with pytest.raises(
+        UserError, match=rf"^staging directory {to} is open to other users \(mode 0755, expected 0700\)"
+    ):
         stage(StageConfig(manifest=manifest, to=str(to), node=0, run="/runs/r1"))
 
 
@@ -272,16 +292,35 @@ def test_a_slot_directory_another_user_planted_is_refused(tmp_path, scratch):
             as_nobody("ln", "-s", str(scratch / "slots"), str(planted))
             why = f"is a symbolic link (to {scratch / 'slots'})"
         state = tmp_path / f"{planted.name}.json"
-        r = subprocess.run([sys.executable, "-m", "launcher.local_runner", "--slots", "1", "--slot-dir", str(planted),
-                            "--state-file", str(state), str(script)], capture_output=True, text=True, timeout=60)
-        line = (f"slot directory {planted} {why}: refusing to use it (remove it, or choose another place)")
+        r = subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "launcher.local_runner",
+                "--slots",
+                "1",
+                "--slot-dir",
+                str(planted),
+                "--state-file",
+                str(state),
+                str(script),
+            ],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        line = f"slot directory {planted} {why}: refusing to use it (remove it, or choose another place)"
         assert r.returncode == 2 and r.stderr.strip() == f"python -m launcher.local_runner: error: {line}", r.stderr
         assert json.loads(state.read_text())["state"] == "failed" and json.loads(state.read_text())["reason"] == line
         assert not ran.exists() and list((scratch / "slots").iterdir()) == []
     # Our own slot directory in the same place is made private and used.
     ours = scratch / "my-slots"
-    r = subprocess.run([sys.executable, "-m", "launcher.local_runner", "--slots", "1", "--slot-dir", str(ours),
-                        str(script)], capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.local_runner", "--slots", "1", "--slot-dir", str(ours), str(script)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.returncode == 0 and ran.exists()
     assert stat.S_IMODE(ours.stat().st_mode) == 0o700 and [p.name for p in ours.iterdir()] == ["slot.0"]
 
@@ -296,14 +335,36 @@ def test_a_local_job_whose_scratch_another_user_controls_stops_at_staging(packed
     env["PATH"] = f"{Path(__file__).resolve().parent / 'fake_schedulers'}:{env['PATH']}"
     run = tmp_path / "run"
     trainer = f"{sys.executable} {Path(__file__).resolve().parent / 'fake_schedulers' / 'fixture_trainer.py'}"
-    r = subprocess.run([sys.executable, "-m", "launcher.cli", "submit", "--gpus", "0", "--run-dir", str(run), "--data",
-                        os.path.join(packed.root, mf.MANIFEST_NAME), "--wait", "--trainer-command", trainer,
-                        "steps=2", "step_time=0"], env=env, cwd=str(tmp_path), capture_output=True, text=True,
-                       timeout=150)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.cli",
+            "submit",
+            "--gpus",
+            "0",
+            "--run-dir",
+            str(run),
+            "--data",
+            os.path.join(packed.root, mf.MANIFEST_NAME),
+            "--wait",
+            "--trainer-command",
+            trainer,
+            "steps=2",
+            "step_time=0",
+        ],
+        env=env,
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=150,
+    )
     assert r.returncode != 0, r.stdout + r.stderr
     job_id = (run / "job" / "jobs.tsv").read_text().split("\t")[3]
-    line = (f"hdf5_tools stage: error: staging directory {theirs}/pixpro-g0-{job_id}: unsafe parent folder: {theirs} "
-            f"is owned by uid {NOBODY} (another user could replace what is in it); choose another place")
+    line = (
+        f"hdf5_tools stage: error: staging directory {theirs}/pixpro-g0-{job_id}: unsafe parent folder: {theirs} "
+        f"is owned by uid {NOBODY} (another user could replace what is in it); choose another place"
+    )
     log = (run / "logs" / "run.log").read_text()
     assert line in log.splitlines(), log[-3000:]
     assert not (run / "argv.log").exists() and not (run / "done").exists()  # the trainer never started

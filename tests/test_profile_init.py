@@ -8,6 +8,7 @@ GPU clusters are those answers with GPU lines added in their own formats. The sa
 against the live daemons in tests/test_launcher_{slurm,pbs,sge}.py, where the written profile
 runs a job unchanged.
 """
+
 from __future__ import annotations
 
 import os
@@ -40,24 +41,39 @@ def asker(table):
         asked.append(tuple(argv))
         assert tuple(argv) in table, f"unexpected command {argv}"
         return table[tuple(argv)]
+
     ask.asked = asked
     return ask
 
 
-SLURM = {tuple(cp.SLURM_PARTITIONS): answer("slurm-scontrol-show-partition-o.txt"),
-         tuple(cp.slurm_nodes_argv("launchertest")): answer("slurm-sinfo-N-p-launchertest.txt")}
-PBS = {tuple(cp.PBS_SERVER): answer("pbs-qstat-Bf.txt"), tuple(cp.PBS_QUEUES): answer("pbs-qstat-Qf.txt"),
-       tuple(cp.PBS_NODES): answer("pbs-pbsnodes-av.txt")}
-SGE = {tuple(cp.SGE_QUEUES): answer("sge-qconf-sql.txt"), tuple(cp.sge_queue_argv("all.q")): answer("sge-qconf-sq-all.q.txt"),
-       tuple(cp.SGE_PES): answer("sge-qconf-spl.txt"), tuple(cp.sge_pe_argv("mpi")): answer("sge-qconf-sp-mpi.txt"),
-       tuple(cp.SGE_COMPLEXES): answer("sge-qconf-sc.txt"), tuple(cp.SGE_HOSTS): answer("sge-qhost-q-F.txt")}
+SLURM = {
+    tuple(cp.SLURM_PARTITIONS): answer("slurm-scontrol-show-partition-o.txt"),
+    tuple(cp.slurm_nodes_argv("launchertest")): answer("slurm-sinfo-N-p-launchertest.txt"),
+}
+PBS = {
+    tuple(cp.PBS_SERVER): answer("pbs-qstat-Bf.txt"),
+    tuple(cp.PBS_QUEUES): answer("pbs-qstat-Qf.txt"),
+    tuple(cp.PBS_NODES): answer("pbs-pbsnodes-av.txt"),
+}
+SGE = {
+    tuple(cp.SGE_QUEUES): answer("sge-qconf-sql.txt"),
+    tuple(cp.sge_queue_argv("all.q")): answer("sge-qconf-sq-all.q.txt"),
+    tuple(cp.SGE_PES): answer("sge-qconf-spl.txt"),
+    tuple(cp.sge_pe_argv("mpi")): answer("sge-qconf-sp-mpi.txt"),
+    tuple(cp.SGE_COMPLEXES): answer("sge-qconf-sc.txt"),
+    tuple(cp.SGE_HOSTS): answer("sge-qhost-q-F.txt"),
+}
 
 
 def lines_of(text: str):
     """{key: (value or None when commented out, the comment above it)} of a written profile."""
     out, note = {}, ""
     for line in text.splitlines():
-        if line.startswith("# ") and " = " in line and not line[2:].startswith(("sinfo", "scontrol", "qstat", "pbsnodes", "qconf", "qhost")):
+        if (
+            line.startswith("# ")
+            and " = " in line
+            and not line[2:].startswith(("sinfo", "scontrol", "qstat", "pbsnodes", "qconf", "qhost"))
+        ):
             key = line[2:].split(" = ", 1)[0]
             if key.isidentifier():
                 out[key] = (None, note)
@@ -76,6 +92,7 @@ def loads(text: str) -> ClusterProfile:
 
 # ------------------------------------------------------------------ SLURM
 
+
 def test_slurm_answers_of_the_test_cluster():
     text, _ = build("slurm", None, "mine", asker(SLURM))
     got = lines_of(text)
@@ -85,8 +102,11 @@ def test_slurm_answers_of_the_test_cluster():
     assert got["exclusive"][0] is False and "OverSubscribe=NO ExclusiveUser=NO" in got["exclusive"][1]
     assert got["warning_signal"][0] == "USR2" and got["can_requeue"][0] is True
     # MaxTime=UNLIMITED, DefaultTime=NONE: nothing to learn, a commented line saying what to fill in
-    assert got["max_walltime"] == (None, "scontrol show partition: MaxTime=UNLIMITED: the launcher needs a bound "
-                                         "(default 24:00:00): your site's job time limit")
+    assert got["max_walltime"] == (
+        None,
+        "scontrol show partition: MaxTime=UNLIMITED: the launcher needs a bound "
+        "(default 24:00:00): your site's job time limit",
+    )
     assert got["default_walltime"][0] is None and "DefaultTime=NONE" in got["default_walltime"][1]
     assert got["modules"][0] == [] and "module avail" in got["modules"][1]
     for key in ("gpu_memory_gib", "setup", "python", "mpirun_flags", "mail", "notify", "local_dir_var"):
@@ -99,11 +119,18 @@ def test_slurm_answers_of_the_test_cluster():
 def test_slurm_gpu_partition_with_limits():
     """A university GPU partition: 4x A100 on 3 of 4 nodes, 2-day limit, 4-hour default, whole nodes."""
     line = answer("slurm-scontrol-show-partition-o.txt").strip()
-    gpu = (line.replace("PartitionName=launchertest", "PartitionName=gpu").replace("Default=YES", "Default=NO")
-           .replace("MaxTime=UNLIMITED", "MaxTime=2-00:00:00").replace("DefaultTime=NONE", "DefaultTime=04:00:00")
-           .replace("OverSubscribe=NO", "OverSubscribe=EXCLUSIVE").replace("TotalNodes=1", "TotalNodes=4"))
-    nodes = "".join(f"g{i:02d}|64|512000|{g}\n" for i, g in
-                    enumerate(["gpu:a100:4(S:0-1)", "gpu:a100:4(S:0-1)", "gpu:a100:4(S:0-1)", "gpu:a100:2(S:0)"]))
+    gpu = (
+        line.replace("PartitionName=launchertest", "PartitionName=gpu")
+        .replace("Default=YES", "Default=NO")
+        .replace("MaxTime=UNLIMITED", "MaxTime=2-00:00:00")
+        .replace("DefaultTime=NONE", "DefaultTime=04:00:00")
+        .replace("OverSubscribe=NO", "OverSubscribe=EXCLUSIVE")
+        .replace("TotalNodes=1", "TotalNodes=4")
+    )
+    nodes = "".join(
+        f"g{i:02d}|64|512000|{g}\n"
+        for i, g in enumerate(["gpu:a100:4(S:0-1)", "gpu:a100:4(S:0-1)", "gpu:a100:4(S:0-1)", "gpu:a100:2(S:0)"])
+    )
     ask = asker({tuple(cp.SLURM_PARTITIONS): line + "\n" + gpu + "\n", tuple(cp.slurm_nodes_argv("gpu")): nodes})
     text, _ = build("slurm", "gpu", "uni", ask)
     got = lines_of(text)
@@ -141,6 +168,7 @@ def test_unknown_queues_are_one_line_naming_the_ones_there_are():
 
 # ------------------------------------------------------------------ PBS
 
+
 def test_pbs_answers_of_the_test_cluster():
     text, _ = build("pbs", None, "mine", asker(PBS))
     got = lines_of(text)
@@ -156,13 +184,23 @@ def test_pbs_answers_of_the_test_cluster():
 
 def test_pbs_gpu_queue_with_walltime_limits():
     nodes = answer("pbs-pbsnodes-av.txt")
-    gpu_nodes = "".join(nodes.replace("vm\n", f"gn{i}\n", 1).replace("     resources_available.ncpus = 2\n",
-                        "     resources_available.ncpus = 96\n     resources_available.ngpus = 8\n")
-                        .replace("sharing = default_shared", "sharing = default_excl") for i in range(3))
-    queues = answer("pbs-qstat-Qf.txt").replace("Queue: rt_HF\n", "Queue: rt_HF\n    resources_max.walltime = 168:00:00\n"
-                                                 "    resources_default.walltime = 01:00:00\n    resources_max.nodect = 2\n")
-    ask = asker({tuple(cp.PBS_SERVER): answer("pbs-qstat-Bf.txt"), tuple(cp.PBS_QUEUES): queues,
-                 tuple(cp.PBS_NODES): gpu_nodes})
+    gpu_nodes = "".join(
+        nodes.replace("vm\n", f"gn{i}\n", 1)
+        .replace(
+            "     resources_available.ncpus = 2\n",
+            "     resources_available.ncpus = 96\n     resources_available.ngpus = 8\n",
+        )
+        .replace("sharing = default_shared", "sharing = default_excl")
+        for i in range(3)
+    )
+    queues = answer("pbs-qstat-Qf.txt").replace(
+        "Queue: rt_HF\n",
+        "Queue: rt_HF\n    resources_max.walltime = 168:00:00\n"
+        "    resources_default.walltime = 01:00:00\n    resources_max.nodect = 2\n",
+    )
+    ask = asker(
+        {tuple(cp.PBS_SERVER): answer("pbs-qstat-Bf.txt"), tuple(cp.PBS_QUEUES): queues, tuple(cp.PBS_NODES): gpu_nodes}
+    )
     got = lines_of(build("pbs", "rt_HF", "abci-like", ask)[0])
     assert got["gpus_per_node"] == (8, "pbsnodes: resources_available.ngpus = 8 on 3 of 3 nodes")
     assert got["cpus_per_node"][0] == 96
@@ -182,13 +220,16 @@ def test_pbs_blocks_join_continued_lines():
 
 # ------------------------------------------------------------------ Grid Engine
 
+
 def test_sge_answers_of_the_test_cluster():
     ask = asker(SGE)
     text, _ = build("sge", None, "mine", ask)
     got = lines_of(text)
     assert got["queue"] == ("all.q", "qconf -sql: all.q, the default cluster queue")
-    assert got["parallel_env"] == ("mpi", "qconf -sq all.q: pe_list mpi; qconf -sp mpi: allocation_rule $fill_up, "
-                                          "control_slaves TRUE; slots 2 per host")
+    assert got["parallel_env"] == (
+        "mpi",
+        "qconf -sq all.q: pe_list mpi; qconf -sp mpi: allocation_rule $fill_up, control_slaves TRUE; slots 2 per host",
+    )
     assert got["gpus_per_node"] == (0, "qconf -sc: no consumable complex named like gpu: jobs cannot ask for GPUs")
     assert got["cpus_per_node"] == (2, "qhost: NCPU=2 on 1 of 1 hosts of all.q")
     assert got["warning_signal"][0] == "USR2" and "notify 00:00:60" in got["warning_signal"][1]
@@ -202,11 +243,16 @@ def test_sge_answers_of_the_test_cluster():
 def test_sge_gpu_complex_and_h_rt():
     table = dict(SGE)
     table[tuple(cp.SGE_COMPLEXES)] = answer("sge-qconf-sc.txt").replace(
-        "h_core ", "gpu                 gpu        INT       <=    YES         YES        0        0\nh_core ", 1)
-    table[tuple(cp.sge_queue_argv("all.q"))] = (answer("sge-qconf-sq-all.q.txt")
-                                                .replace("h_rt                  INFINITY", "h_rt                  72:00:00")
-                                                .replace("slots                 2", "slots                 1,[vm=4]"))
-    table[tuple(cp.SGE_HOSTS)] = answer("sge-qhost-q-F.txt").replace("   hl:arch=lx-amd64", "   hc:gpu=4.000000\n   hl:arch=lx-amd64")
+        "h_core ", "gpu                 gpu        INT       <=    YES         YES        0        0\nh_core ", 1
+    )
+    table[tuple(cp.sge_queue_argv("all.q"))] = (
+        answer("sge-qconf-sq-all.q.txt")
+        .replace("h_rt                  INFINITY", "h_rt                  72:00:00")
+        .replace("slots                 2", "slots                 1,[vm=4]")
+    )
+    table[tuple(cp.SGE_HOSTS)] = answer("sge-qhost-q-F.txt").replace(
+        "   hl:arch=lx-amd64", "   hc:gpu=4.000000\n   hl:arch=lx-amd64"
+    )
     got = lines_of(build("sge", "all.q", "gpu", asker(table))[0])
     assert got["gpu_resource"] == ("gpu", "qconf -sc: gpu is a consumable complex (YES)")
     assert got["gpus_per_node"] == (4, "qhost -F: gpu=4 on 1 of 1 hosts of all.q")
@@ -217,9 +263,11 @@ def test_sge_gpu_complex_and_h_rt():
 
 # ------------------------------------------------------------------ PJM, the written file, the commands
 
+
 def test_pjm_from_the_options_alone():
-    got = lines_of(build("pjm", "cx-small", "flow", asker({}), gpus_per_node=4, cpus_per_node=40,
-                         max_walltime="168:00:00")[0])
+    got = lines_of(
+        build("pjm", "cx-small", "flow", asker({}), gpus_per_node=4, cpus_per_node=40, max_walltime="168:00:00")[0]
+    )
     assert got["queue"] == ("cx-small", "--queue (PJM resource group, -L rscgrp=)")
     assert got["gpus_per_node"] == (4, "--gpus-per-node") and got["cpus_per_node"] == (40, "--cpus-per-node")
     assert got["max_walltime"] == ("168:00:00", "--max-walltime")
@@ -246,14 +294,32 @@ def test_every_key_a_written_file_names_is_a_profile_key():
 
 
 def launcher(*args, env=None, cwd=None):
-    return subprocess.run([sys.executable, "-m", "launcher.cli", *args], capture_output=True, text=True,
-                          env=env or dict(os.environ), cwd=cwd, timeout=60)
+    return subprocess.run(
+        [sys.executable, "-m", "launcher.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env or dict(os.environ),
+        cwd=cwd,
+        timeout=60,
+    )
 
 
 def test_init_writes_a_loadable_profile_refuses_to_overwrite_and_show_prints_every_key(tmp_path):
     out = tmp_path / "flow.toml"
-    r = launcher("profile", "init", "--scheduler", "pjm", "--queue", "cx-small", "--gpus-per-node", "4",
-                 "--cpus-per-node", "40", "--out", str(out))
+    r = launcher(
+        "profile",
+        "init",
+        "--scheduler",
+        "pjm",
+        "--queue",
+        "cx-small",
+        "--gpus-per-node",
+        "4",
+        "--cpus-per-node",
+        "40",
+        "--out",
+        str(out),
+    )
     assert r.returncode == 0, r.stderr
     assert f"wrote {out} (pjm profile 'flow')" in r.stdout
     said = dict(l.strip().split(": ", 1) for l in r.stdout.splitlines()[1:3])
@@ -261,13 +327,14 @@ def test_init_writes_a_loadable_profile_refuses_to_overwrite_and_show_prints_eve
     todo = said["to fill in"].split(", ")
     assert {"gpu_memory_gib", "modules", "mail", "notify"} <= set(todo)
     assert not {"queue", "gpus_per_node", "cpus_per_node"} & set(todo)
-    assert "# the --out file's name (--name sets another)\nname = \"flow\"\n" in out.read_text()
+    assert '# the --out file\'s name (--name sets another)\nname = "flow"\n' in out.read_text()
     prof = load_profile(str(out))
     assert (prof.name, prof.queue, prof.gpus_per_node) == ("flow", "cx-small", 4)
     before = out.read_text()
     r = launcher("profile", "init", "--scheduler", "pjm", "--out", str(out))
     assert r.returncode == 2 and r.stderr.strip().splitlines() == [
-        f"launcher profile init: error: --out {out} exists (add --force to replace it)"]
+        f"launcher profile init: error: --out {out} exists (add --force to replace it)"
+    ]
     assert out.read_text() == before
     r = launcher("profile", "show", str(out))
     assert r.returncode == 0, r.stderr
@@ -277,7 +344,11 @@ def test_init_writes_a_loadable_profile_refuses_to_overwrite_and_show_prints_eve
     assert rows["gpu_memory_gib"].split() == ["gpu_memory_gib", "=", "0", "#", "default"]
     assert rows["max_walltime"].split() == ["max_walltime", "=", '"24:00:00"', "#", "default"]
     r = launcher("profile", "show", "abci3")  # a shipped profile, by name
-    assert r.returncode == 0 and '"rt_HF"  # file' in r.stdout and r.stdout.startswith("# profile abci3 (pbs) from abci3.toml")
+    assert (
+        r.returncode == 0
+        and '"rt_HF"  # file' in r.stdout
+        and r.stdout.startswith("# profile abci3 (pbs) from abci3.toml")
+    )
     (tmp_path / "broken.toml").write_text('name = "broken"\nscheduler = "slurm"\ngpus = 4\n')
     r = launcher("profile", "list", "--profile-dir", str(tmp_path))
     assert r.returncode == 0 and f"[{out}]" in r.stdout and "abci3" in r.stdout
@@ -288,18 +359,29 @@ def test_init_without_the_scheduler_commands_is_one_line_and_writes_nothing(tmp_
     env = dict(os.environ, PATH=str(tmp_path / "empty"))
     out = tmp_path / "c.toml"
     for sched, cmd in (("slurm", "scontrol"), ("pbs", "qstat"), ("sge", "qconf")):
-        r = subprocess.run([sys.executable, "-m", "launcher.cli", "profile", "init", "--scheduler", sched, "--out",
-                            str(out)], capture_output=True, text=True, env=env, timeout=60)
+        r = subprocess.run(
+            [sys.executable, "-m", "launcher.cli", "profile", "init", "--scheduler", sched, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=60,
+        )
         assert r.returncode == 2
         assert r.stderr.strip().splitlines() == [
-            f"launcher profile init: error: {cmd}: command not found — run this on a login node of the cluster"]
+            f"launcher profile init: error: {cmd}: command not found — run this on a login node of the cluster"
+        ]
         assert not out.exists() and list(tmp_path.iterdir()) == []
 
 
 # ------------------------------------------------------------------ modules in the job script
 
-MODULE_INITS = ("/etc/profile.d/modules.sh", "/etc/profile.d/lmod.sh", "/usr/share/lmod/lmod/init/bash",
-                "/usr/share/Modules/init/bash", "/usr/share/modules/init/bash")
+MODULE_INITS = (
+    "/etc/profile.d/modules.sh",
+    "/etc/profile.d/lmod.sh",
+    "/usr/share/lmod/lmod/init/bash",
+    "/usr/share/Modules/init/bash",
+    "/usr/share/modules/init/bash",
+)
 
 
 def _run_script(tmp_path, profile_text):
@@ -322,15 +404,20 @@ def test_modules_without_a_module_command_stop_the_job_with_one_line(tmp_path):
     assert rc == 1
     assert log.strip().splitlines() == [
         "launcher: profile m lists modules but this node has no 'module' command (no /etc/profile.d/modules.sh "
-        "or lmod.sh): put the line that defines it in the profile's setup"]
+        "or lmod.sh): put the line that defines it in the profile's setup"
+    ]
 
 
 def test_modules_load_in_order_and_a_failing_one_stops_the_job(tmp_path):
     # `module` defined by the profile's setup line, as a site's init script would; bad/1 does not load.
     setup = 'module() { echo "$*" >> "$RUN_DIR/modules.log"; [ "$2" != bad/1 ]; }'
-    rc, log, run_dir = _run_script(tmp_path, f'name = "m"\nscheduler = "slurm"\nsetup = [{toml_value(setup)}]\n'
-                                             'modules = ["cuda/12.4", "bad/1", "never/2"]\n')
+    rc, log, run_dir = _run_script(
+        tmp_path,
+        f'name = "m"\nscheduler = "slurm"\nsetup = [{toml_value(setup)}]\n'
+        'modules = ["cuda/12.4", "bad/1", "never/2"]\n',
+    )
     assert rc == 1
     assert (run_dir / "modules.log").read_text().splitlines() == ["load cuda/12.4", "load bad/1"]
-    assert log.strip().splitlines()[-1] == ("launcher: module load bad/1 failed (profile m; 'module avail' lists "
-                                            "what there is)")
+    assert log.strip().splitlines()[-1] == (
+        "launcher: module load bad/1 failed (profile m; 'module avail' lists what there is)"
+    )

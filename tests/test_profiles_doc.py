@@ -1,4 +1,5 @@
 """docs/profiles.md documents every profile key, and only those; its example profile loads and validates."""
+
 from __future__ import annotations
 
 import re
@@ -65,7 +66,12 @@ def test_documented_defaults_are_the_real_ones():
 def test_the_example_profile_loads_and_validates():
     data = tomllib.loads(example_profile())
     prof = profile_from_dict(data, "docs/profiles.md")
-    assert (prof.scheduler, prof.queue, prof.gpus_per_node, prof.gpu_memory_gib, prof.exclusive) == \
-        ("slurm", "gpu", 4, 40, False)
+    assert (prof.scheduler, prof.queue, prof.gpus_per_node, prof.gpu_memory_gib, prof.exclusive) == (
+        "slurm",
+        "gpu",
+        4,
+        40,
+        False,
+    )
     assert prof.max_walltime_s == 2 * 86400 and prof.local_dir_var == "TMPDIR" and prof.modules
     assert set(data) <= {key for _, key in profile_keys()}

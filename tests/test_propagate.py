@@ -1,4 +1,5 @@
 """Video label propagation (``pixpro_of eval propagate``): a brute-force reference, exact cases, the command."""
+
 from __future__ import annotations
 
 import json
@@ -52,7 +53,7 @@ def test_propagation_equals_the_brute_force_reference(radius, context, topk):
 
 def test_features_that_name_their_position_carry_the_labels_unchanged():
     h, w = 3, 4
-    code = torch.eye(h * w).reshape(h * w, h, w)           # cell (y, x) has its own one-hot feature
+    code = torch.eye(h * w).reshape(h * w, h, w)  # cell (y, x) has its own one-hot feature
     feats = code[None].repeat(6, 1, 1, 1)
     labels = np.array([[0, 0, 1, 1], [2, 2, 1, 255], [2, 0, 0, 1]])
     first = cell_labels(labels, 3, (h, w))
@@ -63,9 +64,8 @@ def test_features_that_name_their_position_carry_the_labels_unchanged():
 
 
 def test_cell_labels_average_one_hot_pixels_and_skip_ignored_ones():
-    lab = np.array([[0, 0, 1, 1],
-                    [0, 255, 1, 2]])
-    cells = cell_labels(lab, 3, (1, 2))                    # two cells of 2x2 pixels
+    lab = np.array([[0, 0, 1, 1], [0, 255, 1, 2]])
+    cells = cell_labels(lab, 3, (1, 2))  # two cells of 2x2 pixels
     torch.testing.assert_close(cells[:, 0, 0], torch.tensor([0.75, 0.0, 0.0]))
     torch.testing.assert_close(cells[:, 0, 1], torch.tensor([0.0, 0.75, 0.25]))
     with pytest.raises(ValueError, match="outside 0..2"):
@@ -74,7 +74,7 @@ def test_cell_labels_average_one_hot_pixels_and_skip_ignored_ones():
 
 def test_miou_per_distance_pools_each_distance_and_skips_empty_ones():
     perfect = np.diag([10, 5, 0]).astype(np.int64)
-    half = np.array([[5, 5, 0], [0, 0, 0], [0, 0, 0]], np.int64)   # class 0: IoU 0.5, class 1: 0
+    half = np.array([[5, 5, 0], [0, 0, 0], [0, 0, 0]], np.int64)  # class 0: IoU 0.5, class 1: 0
     per, mean = miou_per_distance([perfect, half, np.zeros((3, 3), np.int64)])
     assert per[0] == 100.0 and per[1] == 25.0 and per[2] is None
     assert mean == 62.5
@@ -82,8 +82,23 @@ def test_miou_per_distance_pools_each_distance_and_skips_empty_ones():
 
 def test_the_command_scores_held_out_synthetic_videos(tmp_path, capsys):
     out = tmp_path / "prop"
-    rc = eval_main(["propagate", "--backbone", "random", "--arch", "resnet18", "--videos", "1", "--video-frames", "4",
-                    "--size", "96x64", "--out", str(out)])
+    rc = eval_main(
+        [
+            "propagate",
+            "--backbone",
+            "random",
+            "--arch",
+            "resnet18",
+            "--videos",
+            "1",
+            "--video-frames",
+            "4",
+            "--size",
+            "96x64",
+            "--out",
+            str(out),
+        ]
+    )
     assert rc == 0
     scores = json.loads((out / "scores.json").read_text())
     assert scores["distances"] == [1, 2, 3] and len(scores["mIoU_per_distance"]) == 3
@@ -97,6 +112,24 @@ def test_bad_options_are_one_line(tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and "--video-frames should be >= 2" in err
     (tmp_path / "f").write_text("")
-    assert eval_main(["propagate", "--backbone", "random", "--out", str(tmp_path / "f"), "--videos", "1",
-                      "--video-frames", "2", "--size", "32x32", "--arch", "resnet18"]) == 2
+    assert (
+        eval_main(
+            [
+                "propagate",
+                "--backbone",
+                "random",
+                "--out",
+                str(tmp_path / "f"),
+                "--videos",
+                "1",
+                "--video-frames",
+                "2",
+                "--size",
+                "32x32",
+                "--arch",
+                "resnet18",
+            ]
+        )
+        == 2
+    )
     assert "exists and is not a folder" in capsys.readouterr().err

@@ -1,4 +1,5 @@
 """The clip reader (ShardClipDataset) and its deterministic sampler (ClipSampler)."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,8 +28,16 @@ def shards(tmp_path_factory):
         fwd, bwd = fake_sources.random_flows(rng, n - 1, H, W)
         fake_sources.write_seed_flows(root / "flow", "train", name, fwd, bwd)
         truth[name] = (jpegs, fwd, bwd)
-    m = pack(PackConfig(src=str(root / "src"), out=str(root / "out"), nodes=2, shard_size=1,
-                        flows=str(root / "flow"), progress=False))
+    m = pack(
+        PackConfig(
+            src=str(root / "src"),
+            out=str(root / "out"),
+            nodes=2,
+            shard_size=1,
+            flows=str(root / "flow"),
+            progress=False,
+        )
+    )
     return m, truth
 
 
@@ -70,15 +79,16 @@ def test_dataloader_with_two_workers_reads_clips_correctly(shards):
     ds = ShardClipDataset(_all_paths(m), k=2)
     ds.get_clip(0, 0)  # open handles in the parent first: workers must not reuse them
     sampler = ClipSampler(ds, seed=3, epoch=1)
-    loader = torch.utils.data.DataLoader(ds, batch_size=None, sampler=sampler, num_workers=2,
-                                         multiprocessing_context="fork")
+    loader = torch.utils.data.DataLoader(
+        ds, batch_size=None, sampler=sampler, num_workers=2, multiprocessing_context="fork"
+    )
     seen = []
     for clip, (vi, t) in zip(loader, list(sampler)):
         name = ds.video_name(vi)
         jpegs, fwd, _ = truth[name]
         assert clip["video"] == name and int(clip["t"]) == t
         np.testing.assert_array_equal(clip["frame2"].numpy(), simplejpeg.decode_jpeg(jpegs[t + 1]))
-        np.testing.assert_array_equal(clip["fwd"].numpy(), fwd[t:t + 1].astype(np.float16).astype(np.float32))
+        np.testing.assert_array_equal(clip["fwd"].numpy(), fwd[t : t + 1].astype(np.float16).astype(np.float32))
         seen.append(name)
     assert sorted(seen) == sorted(LENGTHS)
     # Batched collation works too (same frame size everywhere).
@@ -158,7 +168,7 @@ def test_bad_input_names_shard_video_and_index(shards, tmp_path):
 
 def test_corrupt_jpeg_body_is_named_at_read_time(tmp_path):
     ok = fake_sources.encode((np.random.default_rng(1).random((H, W, 3)) * 255).astype(np.uint8))
-    broken = ok[:ok.index(b"\xff\xda") + 30]
+    broken = ok[: ok.index(b"\xff\xda") + 30]
     fake_sources.write_frame_folder(tmp_path / "src", "train", "v", jpegs=[ok, broken])
     m = pack(PackConfig(src=str(tmp_path / "src"), out=str(tmp_path / "out"), nodes=1, progress=False))
     ds = ShardClipDataset([m.path_of(m.shards[0])], k=1)

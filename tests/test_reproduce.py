@@ -1,5 +1,6 @@
 """``python -m pixpro_of reproduce``: every run through the launcher, end to end in miniature; the plan,
 the GPU profile's dry run, where a run stands, the summary maths, and bad input."""
+
 import json
 import math
 import os
@@ -9,16 +10,48 @@ import sys
 
 import pytest
 
-from plumbing.errors import UserError
 from pixpro_of.reproduction import cli as rp
 from pixpro_of.reproduction import data as rdata
 from pixpro_of.reproduction import job as rjob
 from pixpro_of.reproduction import plan, report
+from plumbing.errors import UserError
 
-TINY = ["--seeds", "0", "--videos", "4", "--video-frames", "6", "--size", "64x32", "--image-size", "64",
-        "--eval-videos", "3", "--eval-val-videos", "1", "--eval-frames", "2", "--eval-every", "1",
-        "--eval-size", "64x32", "--eval-iters", "3", "--eval-batch", "2", "--eval-crop", "32x64",
-        "--prop-videos", "1", "--prop-frames", "3", "--prop-size", "64x32", "--poll", "1s"]
+TINY = [
+    "--seeds",
+    "0",
+    "--videos",
+    "4",
+    "--video-frames",
+    "6",
+    "--size",
+    "64x32",
+    "--image-size",
+    "64",
+    "--eval-videos",
+    "3",
+    "--eval-val-videos",
+    "1",
+    "--eval-frames",
+    "2",
+    "--eval-every",
+    "1",
+    "--eval-size",
+    "64x32",
+    "--eval-iters",
+    "3",
+    "--eval-batch",
+    "2",
+    "--eval-crop",
+    "32x64",
+    "--prop-videos",
+    "1",
+    "--prop-frames",
+    "3",
+    "--prop-size",
+    "64x32",
+    "--poll",
+    "1s",
+]
 
 
 def _cfg(argv=()):
@@ -30,8 +63,21 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     """Random init and k = 6 without flow, one seed: a pretraining stopped by its time box and five
     evaluations, each a local launcher run; the table, pictures and results; a rerun redoes nothing."""
     out = tmp_path / "rep"
-    argv = ["--out", str(out), *TINY, "--rows", "random,stats-only,k6-noflow", "--steps", "100000", "--time-box", "60s",
-            "--eval-modes", "linear,deeplab,propagate", "--deeplab-rows", "random"]
+    argv = [
+        "--out",
+        str(out),
+        *TINY,
+        "--rows",
+        "random,stats-only,k6-noflow",
+        "--steps",
+        "100000",
+        "--time-box",
+        "60s",
+        "--eval-modes",
+        "linear,deeplab,propagate",
+        "--deeplab-rows",
+        "random",
+    ]
     assert rp.main(argv) == 0
     printed = capsys.readouterr().out
 
@@ -50,9 +96,17 @@ def test_tiny_reproduction_through_the_launcher(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert res["failed"] == []
     runs = {r["name"]: r for r in res["runs"]}
-    assert set(runs) == {"random-s0-linear", "random-s0-deeplab", "random-s0-propagate", "k6-noflow-s0",
-                         "k6-noflow-s0-linear", "k6-noflow-s0-propagate", "stats-only-s0", "stats-only-s0-linear",
-                         "stats-only-s0-propagate"}
+    assert set(runs) == {
+        "random-s0-linear",
+        "random-s0-deeplab",
+        "random-s0-propagate",
+        "k6-noflow-s0",
+        "k6-noflow-s0-linear",
+        "k6-noflow-s0-propagate",
+        "stats-only-s0",
+        "stats-only-s0-linear",
+        "stats-only-s0-propagate",
+    }
     train = runs["k6-noflow-s0"]
     assert train["state"] == "time-boxed" and train["train"]["step"] > 0
     assert train["train"]["diagnostics"]["mask_ratio"] == 0.0
@@ -137,8 +191,30 @@ def test_gpu_profile_dry_run_lists_every_row_with_resnet50_at_224(tmp_path, caps
 
 
 def test_cluster_dry_run_passes_scheduler_options_through(tmp_path, capsys):
-    assert rp.main(["--profile", "gpu", "--scheduler", "slurm", "--gpus", "8", "--group", "grp", "--queue", "gpu",
-                    "--rows", "k6", "--seeds", "0", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        rp.main(
+            [
+                "--profile",
+                "gpu",
+                "--scheduler",
+                "slurm",
+                "--gpus",
+                "8",
+                "--group",
+                "grp",
+                "--queue",
+                "gpu",
+                "--rows",
+                "k6",
+                "--seeds",
+                "0",
+                "--dry-run",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     cmds = [shlex.split(ln) for ln in capsys.readouterr().out.splitlines() if "launcher.cli submit" in ln]
     train = [c for c in cmds if "--trainer-command" not in c]
     assert len(train) == 1
@@ -156,14 +232,27 @@ def test_default_plan_controls_grid_and_metrics():
     assert cfg.profile == "cpu" and cfg.grid >= 4 and cfg.image_size >= 128
     assert cfg.rows == ("random", "stats-only", "k1", "k6-noflow", "k6", "k6-exact", "k2-nomask", "k2-mask")
     assert [(plan.ROWS[r].k, plan.ROWS[r].mask, plan.ROWS[r].flow) for r in cfg.rows[1:]] == [
-        (1, "none", None), (1, "none", None), (6, "none", "none"), (6, "seed", "est"), (6, "seed", "gt"),
-        (2, "none", "est"), (2, "seed", "est")]
+        (1, "none", None),
+        (1, "none", None),
+        (6, "none", "none"),
+        (6, "seed", "est"),
+        (6, "seed", "gt"),
+        (2, "none", "est"),
+        (2, "seed", "est"),
+    ]
     assert cfg.seeds == (0, 1, 2) and cfg.time_box_s == 360 and cfg.flow == "dis" and cfg.scheduler == "local"
     assert (cfg.steps, cfg.lr, cfg.batch_size) == (400, 1.0, 4)
     assert cfg.eval_modes == ("linear", "propagate")  # DeepLabV3 on request on the CPU profile
     assert not cfg.deeplab_for("k6")
     full = _cfg(["--eval-modes", "linear,deeplab,propagate"])
-    assert [r for r in full.rows if full.deeplab_for(r)] == ["random", "stats-only", "k1", "k6-noflow", "k6", "k6-exact"]
+    assert [r for r in full.rows if full.deeplab_for(r)] == [
+        "random",
+        "stats-only",
+        "k1",
+        "k6-noflow",
+        "k6",
+        "k6-exact",
+    ]
     assert full.modes_for("k2-mask") == ("linear", "propagate")
     gpu = _cfg(["--profile", "gpu"])
     assert (gpu.arch, gpu.image_size, gpu.grid, gpu.time_box_s, gpu.gpus) == ("resnet50", 224, 7, 600, 1)
@@ -176,8 +265,9 @@ def test_which_shards_each_row_reads(tmp_path):
     cfg = _cfg(["--seeds", "0", "--eval-modes", "linear"])
     shards = rdata.shard_dirs(cfg, tmp_path)
     jobs = {j.name: j for j in plan.build_jobs(cfg, tmp_path, shards, tmp_path / "cs")}
-    shard_of = {name: [w for w in j.submit if w.startswith("data.shards=")][0] for name, j in jobs.items()
-                if j.kind == "train"}
+    shard_of = {
+        name: [w for w in j.submit if w.startswith("data.shards=")][0] for name, j in jobs.items() if j.kind == "train"
+    }
     assert shard_of["k6-s0"].endswith("pretrain_dis]") and shard_of["k2-mask-s0"].endswith("pretrain_dis]")
     assert shard_of["k6-exact-s0"].endswith("pretrain_gt]") and shard_of["k6-noflow-s0"].endswith("pretrain_gt]")
     assert "data.flow_source=none" in jobs["k6-noflow-s0"].submit
@@ -247,8 +337,20 @@ def test_job_state_from_the_run_directory(tmp_path):
 
 def test_eval_job_takes_the_launchers_words_off():
     words, run_dir = rjob.split_launcher_words(
-        ["eval", "seg", "--backbone", "r", "--out", "/e", "--run-dir", "/e", "--deadline", "2026-01-01T00:00:00Z",
-         "dist.backend=horovod"])
+        [
+            "eval",
+            "seg",
+            "--backbone",
+            "r",
+            "--out",
+            "/e",
+            "--run-dir",
+            "/e",
+            "--deadline",
+            "2026-01-01T00:00:00Z",
+            "dist.backend=horovod",
+        ]
+    )
     assert words == ["eval", "seg", "--backbone", "r", "--out", "/e"] and run_dir == "/e"
 
 
@@ -275,16 +377,19 @@ def test_schedule_and_durations():
         rp.main(["--time-box", "75", "--dry-run"])
 
 
-@pytest.mark.parametrize("argv, message", [
-    (["--rows", "k1,k9"], "--rows: unknown row 'k9'"),
-    (["--eval-modes", "svm"], "--eval-modes: unknown mode 'svm'"),
-    (["--deeplab-rows", "k7"], "--deeplab-rows: unknown row 'k7'"),
-    (["--eval-seed", "100"], "--eval-seed 100: must differ from --data-seed"),
-    (["--prop-seed", "1000"], "--prop-seed 1000: --data-seed, --eval-seed and --prop-seed must differ"),
-    (["--rows", "k6", "--video-frames", "4"], "--video-frames 4: the k=6 row needs at least 6 frames"),
-    (["--videos", "3"], "--videos 3: fewer than one batch of 4 clips"),
-    (["--image-size", "100"], "--image-size must be a multiple of 32"),
-])
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--rows", "k1,k9"], "--rows: unknown row 'k9'"),
+        (["--eval-modes", "svm"], "--eval-modes: unknown mode 'svm'"),
+        (["--deeplab-rows", "k7"], "--deeplab-rows: unknown row 'k7'"),
+        (["--eval-seed", "100"], "--eval-seed 100: must differ from --data-seed"),
+        (["--prop-seed", "1000"], "--prop-seed 1000: --data-seed, --eval-seed and --prop-seed must differ"),
+        (["--rows", "k6", "--video-frames", "4"], "--video-frames 4: the k=6 row needs at least 6 frames"),
+        (["--videos", "3"], "--videos 3: fewer than one batch of 4 clips"),
+        (["--image-size", "100"], "--image-size must be a multiple of 32"),
+    ],
+)
 def test_bad_options_are_one_line_errors(tmp_path, argv, message):
     with pytest.raises(UserError, match="^" + message.replace("(", r"\(").replace("+", r"\+")):
         rp.main(["--out", str(tmp_path / "o"), *argv])
@@ -292,8 +397,22 @@ def test_bad_options_are_one_line_errors(tmp_path, argv, message):
 
 
 def test_cli_prints_one_line_and_exits_2(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "reproduce", "--out", str(tmp_path / "o"),
-                        "--seeds", "0", "--rows", "nope"], capture_output=True, text=True)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "reproduce",
+            "--out",
+            str(tmp_path / "o"),
+            "--seeds",
+            "0",
+            "--rows",
+            "nope",
+        ],
+        capture_output=True,
+        text=True,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "unknown row 'nope'" in r.stderr
     assert "Traceback" not in r.stderr
@@ -301,16 +420,41 @@ def test_cli_prints_one_line_and_exits_2(tmp_path):
 
 def test_cluster_dry_run_submits_array_jobs_with_a_cap(tmp_path, capsys):
     """On a batch scheduler the runs go out as array jobs (one per kind and evaluation mode), each with its cap."""
-    assert rp.main(["--profile", "gpu", "--scheduler", "slurm", "--gpus", "1", "--max-running", "3", "--rows",
-                    "random,k6", "--seeds", "0,1", "--dry-run", "--out", str(tmp_path / "o")]) == 0
+    assert (
+        rp.main(
+            [
+                "--profile",
+                "gpu",
+                "--scheduler",
+                "slurm",
+                "--gpus",
+                "1",
+                "--max-running",
+                "3",
+                "--rows",
+                "random,k6",
+                "--seeds",
+                "0,1",
+                "--dry-run",
+                "--out",
+                str(tmp_path / "o"),
+            ]
+        )
+        == 0
+    )
     out = capsys.readouterr().out
     heads = [ln for ln in out.splitlines() if ln.startswith("# array ")]
-    assert [h.split(":")[0] for h in heads] == ["# array eval-linear", "# array eval-deeplab", "# array eval-propagate",
-                                                "# array train"]
+    assert [h.split(":")[0] for h in heads] == [
+        "# array eval-linear",
+        "# array eval-deeplab",
+        "# array eval-propagate",
+        "# array train",
+    ]
     assert "# array train: 2 tasks, at most 3 running at once, submitted at once" in heads[3]
     assert all("4 tasks, at most 3 running at once" in h for h in heads[:3])
     arrays = [shlex.split(ln) for ln in out.splitlines() if "launcher.cli array" in ln]
     assert len(arrays) == 4 and all(a[a.index("--max-running") + 1] == "3" for a in arrays)
-    assert out.rstrip().endswith("# 14 runs (2 pretrainings, 12 evaluations) as at least 4 array jobs, "
-                                 "at most 3 tasks of each running at once")
+    assert out.rstrip().endswith(
+        "# 14 runs (2 pretrainings, 12 evaluations) as at least 4 array jobs, at most 3 tasks of each running at once"
+    )
     assert not (tmp_path / "o").exists()  # a dry run writes nothing

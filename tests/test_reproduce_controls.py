@@ -1,21 +1,28 @@
 """The reproduction's controls: ``data.flow_source=none`` (k frames, positives from the crop geometry alone)."""
+
 import numpy as np
 import pytest
 import torch
 
-from plumbing.errors import UserError
 from pixpro_of.config import DataConfig
 from pixpro_of.data.pipeline import SampleBuilder
 from pixpro_of.positives import cell_centres, compute_positives
+from plumbing.errors import UserError
 
 
 def _clip(k, H=64, W=96, seed=0):
     rng = np.random.default_rng(seed)
     h8, w8 = -(-H // 8), -(-W // 8)
     flows = rng.normal(0.0, 2.0, size=(2, k - 1, 2, h8, w8)).astype(np.float32)  # large, nonzero motion
-    return {"frame1": rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
-            "frame2": rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
-            "fwd": flows[0], "bwd": flows[1], "video": "v", "t": 0, "k": k}
+    return {
+        "frame1": rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
+        "frame2": rng.integers(0, 255, (H, W, 3), dtype=np.uint8),
+        "fwd": flows[0],
+        "bwd": flows[1],
+        "video": "v",
+        "t": 0,
+        "k": k,
+    }
 
 
 def _cfg(**kw):
@@ -46,17 +53,20 @@ def test_flow_source_none_is_zero_flow_and_no_mask():
     assert bool(pz["valid1"].all()) and bool(pz["valid2"].all())
     # brute force: centre distance over the larger bin diagonal below pos_ratio, every cell valid
     c1, c2 = cell_centres(b1, f1, F)[0], cell_centres(b2, f2, F)[0]
+
     def diag(box):
         w, h = float(box[0, 2]), float(box[0, 3])
         return (((w - 1) / F) ** 2 + ((h - 1) / F) ** 2) ** 0.5
 
     d = max(diag(b1), diag(b2))
-    brute = torch.tensor([[float(torch.dist(c1[i], c2[j])) / d < cfg.pos_ratio for j in range(F * F)]
-                          for i in range(F * F)])
+    brute = torch.tensor(
+        [[float(torch.dist(c1[i], c2[j])) / d < cfg.pos_ratio for j in range(F * F)] for i in range(F * F)]
+    )
     assert torch.equal(s["pos12"], brute) and torch.equal(s["pos21"], brute.T)
     # the flow rows do move the positives on this clip (so the control differs from them)
-    moved = compute_positives(b1, f1, b2, f2, (64, 96), F, _cfg(),
-                              torch.full((1, 5, 2, 8, 12), 3.0), torch.full((1, 5, 2, 8, 12), -3.0))
+    moved = compute_positives(
+        b1, f1, b2, f2, (64, 96), F, _cfg(), torch.full((1, 5, 2, 8, 12), 3.0), torch.full((1, 5, 2, 8, 12), -3.0)
+    )
     assert not torch.equal(moved["pos12"][0], s["pos12"])
 
 
@@ -88,11 +98,27 @@ def test_positive_precision_bench_scores_each_rows_positives_against_the_world(t
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[1]
-    out = subprocess.run([sys.executable, str(root / "bench" / "positive_precision.py"), "--videos", "1",
-                          "--samples", "12", "--flows", "none,gt"], capture_output=True, text=True, timeout=300)
+    out = subprocess.run(
+        [
+            sys.executable,
+            str(root / "bench" / "positive_precision.py"),
+            "--videos",
+            "1",
+            "--samples",
+            "12",
+            "--flows",
+            "none,gt",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert out.returncode == 0, out.stderr
-    rows = {ln.split(" | ")[0][2:]: ln.strip(" |").split(" | ") for ln in out.stdout.splitlines()
-            if ln.startswith("| ") and not ln.startswith("| positives")}
+    rows = {
+        ln.split(" | ")[0][2:]: ln.strip(" |").split(" | ")
+        for ln in out.stdout.splitlines()
+        if ln.startswith("| ") and not ln.startswith("| positives")
+    }
     assert set(rows) == {"none", "gt", "(the right pairs)"}
     prec = {name: float(cells[1]) for name, cells in rows.items() if name != "(the right pairs)"}
     assert 0 < prec["none"] < prec["gt"] <= 1

@@ -1,4 +1,5 @@
 """Deadline parsing, the stop rule, and flag-only signal handlers."""
+
 from __future__ import annotations
 
 import datetime as dt
@@ -7,17 +8,26 @@ import signal
 
 import pytest
 
-from plumbing.errors import UserError
 from pixpro_of.train.stopping import StopControl, parse_deadline, signal_numbers
+from plumbing.errors import UserError
 
 NOW = 1_800_000_000.0
 
 
 # the grammar is plumbing.parse's (tests/test_parse.py): a duration needs a unit here, since a
 # bare number, seconds before, is minutes in every other option
-@pytest.mark.parametrize("text,seconds", [
-    ("3600s", 3600), ("45s", 45), ("1-00:00:00", 86400), ("90m", 5400), ("1h30m", 5400), ("2d", 172800), ("1.5h", 5400),
-])
+@pytest.mark.parametrize(
+    "text,seconds",
+    [
+        ("3600s", 3600),
+        ("45s", 45),
+        ("1-00:00:00", 86400),
+        ("90m", 5400),
+        ("1h30m", 5400),
+        ("2d", 172800),
+        ("1.5h", 5400),
+    ],
+)
 def test_durations_count_from_now(text, seconds):
     assert parse_deadline(text, now=NOW) == NOW + seconds
 

@@ -2,6 +2,7 @@
 at once ends in a checkpoint on every rank and exit 75, under real mpirun, horovodrun and torchrun.
 Without the supervisor, SIGTERM to mpirun aborts the job (exit 1, ranks killed): that contrast is
 tested too, so the test fails if the supervisor stops mattering."""
+
 from __future__ import annotations
 
 import os
@@ -28,8 +29,15 @@ def _env(mpi_env):
 
 
 def _start(argv, env, tmp_path, new_session=True):
-    return subprocess.Popen(argv, env=env, cwd=str(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, start_new_session=new_session)
+    return subprocess.Popen(
+        argv,
+        env=env,
+        cwd=str(tmp_path),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=new_session,
+    )
 
 
 def _wait_up(out: Path, n: int, proc, timeout=60):
@@ -72,8 +80,17 @@ def test_sigterm_to_plain_mpirun_aborts_the_ranks(mpi_env, tmp_path):
 
 @pytest.mark.parametrize("target", ["launcher", "supervisor", "everyone"])
 def test_stop_under_mpirun_checkpoints_every_rank_and_exits_75(target, mpi_env, tmp_path):
-    argv = [sys.executable, "-m", "launcher.supervise", "--shield", "--", *MPIRUN, sys.executable, str(RANK),
-            str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "launcher.supervise",
+        "--shield",
+        "--",
+        *MPIRUN,
+        sys.executable,
+        str(RANK),
+        str(tmp_path),
+    ]
     p = _start(argv, _env(mpi_env), tmp_path)
     _wait_up(tmp_path, 2, p)
     t0 = time.time()
@@ -93,17 +110,42 @@ def test_stop_under_mpirun_checkpoints_every_rank_and_exits_75(target, mpi_env, 
 
 def test_exit_codes_pass_through_without_a_stop(mpi_env, tmp_path):
     env = _env(mpi_env)
-    ok = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", sys.executable, "-c",
-                         "import sys; sys.exit(0)"], env=env, timeout=60)
+    ok = subprocess.run(
+        [sys.executable, "-m", "launcher.supervise", "--shield", "--", sys.executable, "-c", "import sys; sys.exit(0)"],
+        env=env,
+        timeout=60,
+    )
     assert ok.returncode == 0
-    bad = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", *MPIRUN, sys.executable,
-                          str(RANK), str(tmp_path), "3"], env=env, capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.supervise",
+            "--shield",
+            "--",
+            *MPIRUN,
+            sys.executable,
+            str(RANK),
+            str(tmp_path),
+            "3",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert bad.returncode == 3, bad.stdout + bad.stderr  # a failure is not turned into "resume me"
-    usage = subprocess.run([sys.executable, "-m", "launcher.supervise", "--bogus"], env=env, capture_output=True,
-                           text=True, timeout=60)
+    usage = subprocess.run(
+        [sys.executable, "-m", "launcher.supervise", "--bogus"], env=env, capture_output=True, text=True, timeout=60
+    )
     assert usage.returncode == 2 and usage.stderr.count("\n") == 1 and "unknown option '--bogus'" in usage.stderr
-    missing = subprocess.run([sys.executable, "-m", "launcher.supervise", "--", "no-such-launcher"], env=env,
-                             capture_output=True, text=True, timeout=60)
+    missing = subprocess.run(
+        [sys.executable, "-m", "launcher.supervise", "--", "no-such-launcher"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert missing.returncode == 127 and "no-such-launcher: command not found" in missing.stderr
 
 
@@ -113,8 +155,14 @@ def test_leftovers_of_a_launcher_that_exited_on_its_own_are_ended(mpi_env, tmp_p
     period and returns the launcher's own code (tests/test_twonode.py kills a real node)."""
     script = "sleep 300 & echo $! > leftover.pid; exit 3"
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", "bash", "-c", script],
-                       env=_env(mpi_env), cwd=str(tmp_path), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.supervise", "--shield", "--", "bash", "-c", script],
+        env=_env(mpi_env),
+        cwd=str(tmp_path),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     took = time.time() - t0
     assert r.returncode == 3, r.stderr
     assert took < supervise.LEFTOVER_GRACE_S + 10, took
@@ -125,13 +173,37 @@ def test_leftovers_of_a_launcher_that_exited_on_its_own_are_ended(mpi_env, tmp_p
 
 def test_the_shield_blocks_sigterm_in_the_launcher_only(mpi_env, tmp_path):
     """The launcher starts with SIGTERM blocked; the ranks Open MPI starts have it unblocked."""
-    script = ("import signal; b = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
-              "print(signal.SIGTERM in b, signal.SIGUSR2 in b)")
-    r = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", sys.executable, "-c", script],
-                       env=_env(mpi_env), capture_output=True, text=True, timeout=60)
+    script = (
+        "import signal; b = signal.pthread_sigmask(signal.SIG_BLOCK, []); "
+        "print(signal.SIGTERM in b, signal.SIGUSR2 in b)"
+    )
+    r = subprocess.run(
+        [sys.executable, "-m", "launcher.supervise", "--shield", "--", sys.executable, "-c", script],
+        env=_env(mpi_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.split() == ["True", "False"]
-    r = subprocess.run([sys.executable, "-m", "launcher.supervise", "--shield", "--", "mpirun", "-np", "1",
-                        sys.executable, "-c", script], env=_env(mpi_env), capture_output=True, text=True, timeout=60)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "launcher.supervise",
+            "--shield",
+            "--",
+            "mpirun",
+            "-np",
+            "1",
+            sys.executable,
+            "-c",
+            script,
+        ],
+        env=_env(mpi_env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert r.stdout.split() == ["False", "False"], r.stdout + r.stderr
 
 
@@ -139,8 +211,21 @@ def test_the_shield_blocks_sigterm_in_the_launcher_only(mpi_env, tmp_path):
 def test_sigterm_to_horovodrun_checkpoints_and_exits_75(mpi_env, tmp_path):
     if not shutil.which("horovodrun", path=mpi_env["PATH"]):
         pytest.skip("horovodrun is not installed")
-    argv = [sys.executable, "-m", "launcher.supervise", "--shield", "--", "horovodrun", "--mpi", "-np", "2",
-            "--mpi-args=--oversubscribe", sys.executable, str(RANK), str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "launcher.supervise",
+        "--shield",
+        "--",
+        "horovodrun",
+        "--mpi",
+        "-np",
+        "2",
+        "--mpi-args=--oversubscribe",
+        sys.executable,
+        str(RANK),
+        str(tmp_path),
+    ]
     p = _start(argv, _env(mpi_env), tmp_path)
     _wait_up(tmp_path, 2, p, timeout=120)
     # horovodrun execs "sh -c 'mpirun ...'": the stop goes to that mpirun, not to the shell.
@@ -158,8 +243,20 @@ def test_sigterm_to_torchrun_checkpoints_and_exits_75(mpi_env, tmp_path):
     torchrun = shutil.which("torchrun", path=mpi_env["PATH"])
     if not torchrun:
         pytest.skip("torchrun is not installed")
-    argv = [sys.executable, "-m", "launcher.supervise", "--shield", "--", torchrun, "--standalone",
-            "--nproc-per-node=2", "--no-python", sys.executable, str(RANK), str(tmp_path)]
+    argv = [
+        sys.executable,
+        "-m",
+        "launcher.supervise",
+        "--shield",
+        "--",
+        torchrun,
+        "--standalone",
+        "--nproc-per-node=2",
+        "--no-python",
+        sys.executable,
+        str(RANK),
+        str(tmp_path),
+    ]
     p = _start(argv, _env(mpi_env), tmp_path)
     _wait_up(tmp_path, 2, p, timeout=120)
     os.kill(_pid_named(p.pid, "torchrun"), signal.SIGTERM)

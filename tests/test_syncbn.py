@@ -1,5 +1,6 @@
 """CollectiveBatchNorm (the SyncBN of Horovod on GPU and of every backend on CPU) against torch's
 BatchNorm: equal results on one rank and on two thread "ranks", channels_last kept."""
+
 from __future__ import annotations
 
 import threading
@@ -32,6 +33,7 @@ class ThreadRanks:
             if rank == 0:
                 self.calls.append((name, t.dtype, tuple(t.shape)))
             return total
+
         return allreduce_sum
 
 
@@ -126,7 +128,9 @@ def test_two_thread_ranks_equal_batchnorm_over_the_whole_batch():
         assert out[r][0].is_contiguous(memory_format=torch.channels_last)
     # One collective forward (2C+1 float64 values), one backward (2C float32 values).
     assert [(n.rsplit(".", 1)[1], d, s) for n, d, s in ranks.calls] == [
-        ("fwd", torch.float64, (17,)), ("bwd", torch.float32, (16,))]
+        ("fwd", torch.float64, (17,)),
+        ("bwd", torch.float32, (16,)),
+    ]
 
 
 def test_bf16_input_keeps_its_dtype_and_matches_fp32_batchnorm():

@@ -1,4 +1,5 @@
 """The synthetic world's ground truth: flow, occlusion, labels, depth and determinism."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,8 +22,12 @@ def bilinear(img: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
     x0 = np.clip(np.floor(x).astype(int), 0, w - 2)
     y0 = np.clip(np.floor(y).astype(int), 0, h - 2)
     fx, fy = (x - x0)[..., None], (y - y0)[..., None]
-    return (img[y0, x0] * (1 - fx) * (1 - fy) + img[y0, x0 + 1] * fx * (1 - fy)
-            + img[y0 + 1, x0] * (1 - fx) * fy + img[y0 + 1, x0 + 1] * fx * fy)
+    return (
+        img[y0, x0] * (1 - fx) * (1 - fy)
+        + img[y0, x0 + 1] * fx * (1 - fy)
+        + img[y0 + 1, x0] * (1 - fx) * fy
+        + img[y0 + 1, x0 + 1] * fx * fy
+    )
 
 
 def same_surface_cell(depth: np.ndarray, labels: np.ndarray, x: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -164,13 +169,16 @@ def test_bdd_resolution_renders():
     assert v.valid_fwd.mean() > 0.5
 
 
-@pytest.mark.parametrize("kwargs, match", [
-    (dict(seed=-1, frames=2, size=(64, 48)), "seed"),
-    (dict(seed=0, frames=0, size=(64, 48)), "frames"),
-    (dict(seed=0, frames=2, size=(0, 0)), "size 0x0"),
-    (dict(seed=0, frames=2, size=(4000, 48)), "size 4000x48"),
-    (dict(seed=0, frames=2, size=(64, 48), fps=0.0), "fps"),
-])
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(seed=-1, frames=2, size=(64, 48)), "seed"),
+        (dict(seed=0, frames=0, size=(64, 48)), "frames"),
+        (dict(seed=0, frames=2, size=(0, 0)), "size 0x0"),
+        (dict(seed=0, frames=2, size=(4000, 48)), "size 4000x48"),
+        (dict(seed=0, frames=2, size=(64, 48), fps=0.0), "fps"),
+    ],
+)
 def test_bad_arguments_raise_user_error(kwargs, match):
     with pytest.raises(UserError, match=match):
         render_video(**kwargs)

@@ -1,4 +1,5 @@
 """Writing the synthetic world: BDD100K / flow / Cityscapes layouts, video round trip, CLI errors."""
+
 from __future__ import annotations
 
 import json
@@ -13,15 +14,14 @@ import pytest
 from flow.io import read_flo
 from pixpro_of.__main__ import main as pixpro_main
 from plumbing.errors import UserError
-from synth import SynthConfig, read_video, render_video, video_name, video_seed, write_dataset
-from synth import writers
+from synth import SynthConfig, read_video, render_video, video_name, video_seed, write_dataset, writers
 
 W, H, T = 160, 96, 5
 
 
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
-    return float(10 * np.log10(255.0 ** 2 / max(mse, 1e-12)))
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-12)))
 
 
 @pytest.fixture(scope="module")
@@ -39,8 +39,9 @@ def test_layout_split_and_manifest(dataset):
     assert json.loads((out / "synth.json").read_text()) == manifest
     assert sorted(p.name for p in (out / "videos" / "train").iterdir()) == ["synth-00000.mov", "synth-00001.mov"]
     assert sorted(p.name for p in (out / "videos" / "val").iterdir()) == ["synth-00002.mov"]
-    assert sorted(p.name for p in (out / "images" / "val" / "synth-00002").iterdir()) == \
-        [f"{i:05d}.jpg" for i in range(1, T + 1)]
+    assert sorted(p.name for p in (out / "images" / "val" / "synth-00002").iterdir()) == [
+        f"{i:05d}.jpg" for i in range(1, T + 1)
+    ]
     flow_dir = out / "flow" / "train" / "synth-00001"
     for sub in ("forward", "backward"):
         assert sorted(p.name for p in (flow_dir / sub).iterdir()) == [f"{i:05d}.flo" for i in range(1, T)]
@@ -76,8 +77,9 @@ def test_files_hold_the_rendered_ground_truth(dataset):
     assert np.array_equal(png, v.rgb[2])
     lab = cv2.imread(str(out / "gtFine" / "train" / "synth" / f"{stem}_gtFine_labelIds.png"), cv2.IMREAD_UNCHANGED)
     assert lab.dtype == np.uint8 and lab.ndim == 2 and np.array_equal(lab, v.labels[2])
-    train = cv2.imread(str(out / "gtFine" / "train" / "synth" / f"{stem}_gtFine_labelTrainIds.png"),
-                       cv2.IMREAD_UNCHANGED)
+    train = cv2.imread(
+        str(out / "gtFine" / "train" / "synth" / f"{stem}_gtFine_labelTrainIds.png"), cv2.IMREAD_UNCHANGED
+    )
     expect = {7: 0, 8: 1, 11: 2, 17: 5, 21: 8, 23: 10, 26: 13}
     for lid, tid in expect.items():
         assert np.all(train[lab == lid] == tid)
@@ -185,16 +187,19 @@ def run_cli(argv, capsys):
     return rc, captured.out, captured.err
 
 
-@pytest.mark.parametrize("args, needle", [
-    (["--size", "0x0"], "--size: '0x0': width and height must be positive"),
-    (["--size", "4000x360"], "--size: size 4000x360 out of range"),
-    (["--size", "640by360"], "--size: '640by360' is not WIDTHxHEIGHT"),
-    (["--videos", "-1"], "--videos: videos must be a positive integer, got -1"),
-    (["--video-frames", "0"], "--video-frames: frames must be a positive integer, got 0"),
-    (["--seed", "-3"], "--seed: seed must be a non-negative integer"),
-    (["--fps", "0"], "--fps: fps must be in (0, 240]"),
-    (["--val-videos", "9"], "--val-videos: val_videos must be in 0..8"),
-])
+@pytest.mark.parametrize(
+    "args, needle",
+    [
+        (["--size", "0x0"], "--size: '0x0': width and height must be positive"),
+        (["--size", "4000x360"], "--size: size 4000x360 out of range"),
+        (["--size", "640by360"], "--size: '640by360' is not WIDTHxHEIGHT"),
+        (["--videos", "-1"], "--videos: videos must be a positive integer, got -1"),
+        (["--video-frames", "0"], "--video-frames: frames must be a positive integer, got 0"),
+        (["--seed", "-3"], "--seed: seed must be a non-negative integer"),
+        (["--fps", "0"], "--fps: fps must be in (0, 240]"),
+        (["--val-videos", "9"], "--val-videos: val_videos must be in 0..8"),
+    ],
+)
 def test_cli_bad_arguments_one_line_error_no_output(tmp_path, capsys, args, needle):
     out = tmp_path / "out"
     rc, _, err = run_cli(["--out", str(out), "--quiet", *args], capsys)
@@ -207,8 +212,9 @@ def test_cli_bad_arguments_one_line_error_no_output(tmp_path, capsys, args, need
 def test_cli_unwritable_out(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    rc, _, err = run_cli(["--out", str(blocker / "out"), "--videos", "1", "--video-frames", "2", "--size", "32x24",
-                          "--quiet"], capsys)
+    rc, _, err = run_cli(
+        ["--out", str(blocker / "out"), "--videos", "1", "--video-frames", "2", "--size", "32x24", "--quiet"], capsys
+    )
     assert rc == 2
     lines = err.strip().splitlines()
     assert len(lines) == 1 and str(blocker / "out") in lines[0] and "cannot write" in lines[0]
@@ -217,8 +223,27 @@ def test_cli_unwritable_out(tmp_path, capsys):
 
 def test_cli_writes_dataset(tmp_path, capsys):
     out = tmp_path / "ds"
-    rc, stdout, _ = run_cli(["--out", str(out), "--videos", "2", "--video-frames", "3", "--size", "64x48", "--fps", "5",
-                             "--seed", "4", "--format", "all", "--quiet", "--no-videos"], capsys)
+    rc, stdout, _ = run_cli(
+        [
+            "--out",
+            str(out),
+            "--videos",
+            "2",
+            "--video-frames",
+            "3",
+            "--size",
+            "64x48",
+            "--fps",
+            "5",
+            "--seed",
+            "4",
+            "--format",
+            "all",
+            "--quiet",
+            "--no-videos",
+        ],
+        capsys,
+    )
     assert rc == 0
     manifest = json.loads((out / "synth.json").read_text())
     assert manifest["config"]["fps"] == 5.0 and manifest["config"]["size"] == [64, 48]
@@ -232,12 +257,33 @@ def test_cli_subprocess_progress_and_help(tmp_path):
     env = dict(os.environ, PYTHONWARNINGS="ignore")
     r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--help"], capture_output=True, text=True, env=env)
     assert r.returncode == 0 and "--format [bdd|cityscapes|all]" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(tmp_path / "d"), "--videos", "1",
-                        "--video-frames", "2", "--size", "32x24"], capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixpro_of",
+            "synth",
+            "--out",
+            str(tmp_path / "d"),
+            "--videos",
+            "1",
+            "--video-frames",
+            "2",
+            "--size",
+            "32x24",
+        ],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 0, r.stderr
     assert "2/2" in r.stderr  # tqdm progress bar counts frames
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "synth", "--out", str(tmp_path / "e"), "--size", "0x0"],
-                       capture_output=True, text=True, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "synth", "--out", str(tmp_path / "e"), "--size", "0x0"],
+        capture_output=True,
+        text=True,
+        env=env,
+    )
     assert r.returncode == 2 and "Traceback" not in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "e").exists()
 

@@ -1,16 +1,17 @@
 """The backend interface (single process), precision modes and the run directory's logs."""
+
 from __future__ import annotations
 
 import sys
 
 import pytest
 import torch
+from test_train_support import make_trainer
 
 from pixpro_of.dist.backend import Backend, SingleProcessBackend, make_backend, register_backend
-from plumbing.errors import UserError
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.metrics_log import read_csv
-from test_train_support import make_trainer
+from plumbing.errors import UserError
 
 
 @pytest.fixture
@@ -68,9 +69,10 @@ def test_batch_must_split_evenly_over_ranks(tmp_path, torch_globals):
         def world_size(self):
             return 3
 
+    from test_train_support import TINY_OVERRIDES, tiny_components
+
     from pixpro_of.config import load_config
     from pixpro_of.train.trainer import Trainer
-    from test_train_support import TINY_OVERRIDES, tiny_components
 
     cfg = load_config(None, TINY_OVERRIDES)
     t = Trainer(cfg, tmp_path / "run", backend=ThreeRanks(device="cpu"), components=tiny_components())
@@ -103,8 +105,18 @@ def test_metrics_hold_the_seed_keys_and_the_time_split(tmp_path, torch_globals):
     rows = read_csv(run / "metrics.csv")
     assert [int(r["step"]) for r in rows] == list(range(1, 8))
     assert [int(r["epoch"]) for r in rows] == [0] * 6 + [1]
-    for key in ("loss", "loss/plus", "lr", "momentum", "positive_pair/num", "positive_pair/avg", "mask_ratio",
-                "time/data", "time/compute", "time/step"):
+    for key in (
+        "loss",
+        "loss/plus",
+        "lr",
+        "momentum",
+        "positive_pair/num",
+        "positive_pair/avg",
+        "mask_ratio",
+        "time/data",
+        "time/compute",
+        "time/step",
+    ):
         assert key in rows[0], key
     r = rows[0]
     assert float(r["loss/plus"]) == pytest.approx(float(r["loss"]) + 4)

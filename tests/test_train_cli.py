@@ -1,4 +1,5 @@
 """``python -m pixpro_of train`` end to end on the synthetic world with the real model and pipeline."""
+
 from __future__ import annotations
 
 import os
@@ -14,8 +15,16 @@ import torch
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.metrics_log import read_csv
 
-QUICK = ["run.max_steps=6", "run.deterministic=true", "model.proj_hidden=64", "model.proj_dim=32",
-         "data.synth.videos=8", "data.synth.frames=4", "data.batch_size=2", "log.tensorboard=false"]
+QUICK = [
+    "run.max_steps=6",
+    "run.deterministic=true",
+    "model.proj_hidden=64",
+    "model.proj_dim=32",
+    "data.synth.videos=8",
+    "data.synth.frames=4",
+    "data.batch_size=2",
+    "log.tensorboard=false",
+]
 
 
 def train(run: Path, *extra: str, **popen) -> subprocess.Popen:
@@ -75,8 +84,12 @@ def test_cpu_preset_trains_stops_on_sigterm_to_the_job_and_resumes_exactly(tmp_p
 
 
 def test_seed_preset_without_shards_says_so(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir",
-                        str(tmp_path / "run")], capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 2
     assert r.stderr.strip().splitlines()[-1].startswith("pixpro_of train: error: data.shards is empty")
 

@@ -2,6 +2,7 @@
 
 Uses the shipped CPU preset on the synthetic world: 16 videos, global batch 4, 4 steps per epoch.
 """
+
 from __future__ import annotations
 
 import os
@@ -94,8 +95,14 @@ def test_kill_and_resume_under_two_ranks_is_bit_identical(tmp_path, mpi_env):
     extra = ("run.epochs=3", "checkpoint.every_steps=2")
     res = _run(_train_cmd(ref, 2, "horovod", *extra), mpi_env)
     assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen(_train_cmd(run, 2, "horovod", *extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=mpi_env, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(run, 2, "horovod", *extra),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=mpi_env,
+        start_new_session=True,
+    )
     try:
         _wait_for_step(run, 7, proc)
     finally:
@@ -125,8 +132,14 @@ def test_kill_and_resume_under_two_ranks_is_bit_identical(tmp_path, mpi_env):
 @pytest.mark.parametrize("backend", ["horovod", "ddp"])
 def test_signal_to_rank1_only_stops_every_rank_at_the_same_step(backend, tmp_path, mpi_env):
     run = tmp_path / "run"
-    proc = subprocess.Popen(_train_cmd(run, 2, backend, "run.epochs=20"), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=mpi_env, start_new_session=True)
+    proc = subprocess.Popen(
+        _train_cmd(run, 2, backend, "run.epochs=20"),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=mpi_env,
+        start_new_session=True,
+    )
     try:
         _wait_for_step(run, 2, proc)
         ranks = _rank_pids(proc.pid)
@@ -163,8 +176,9 @@ def test_resume_with_a_different_world_size_continues_the_same_sample_order(tmp_
     extra = ("run.epochs=3",)
     res = _run(_train_cmd(ref, 1, "single", *extra), mpi_env)
     assert res.returncode == 0, res.stderr[-3000:]
-    proc = subprocess.Popen(_train_cmd(run, 1, "single", *extra), stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, env=mpi_env)
+    proc = subprocess.Popen(
+        _train_cmd(run, 1, "single", *extra), stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=mpi_env
+    )
     _wait_for_step(run, 5, proc)
     proc.send_signal(signal.SIGUSR2)
     out, _ = proc.communicate(timeout=120)

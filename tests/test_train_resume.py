@@ -3,6 +3,7 @@
 The trainer runs with small doubles (tests/test_train_support.py) and the real LARS, LR schedule,
 momentum schedule, checkpoints, sampler and stop logic; CPU, deterministic mode, one thread.
 """
+
 from __future__ import annotations
 
 import json
@@ -16,13 +17,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from test_train_support import make_trainer
 
 from pixpro_of.train.checkpoint import CheckpointStore
 from pixpro_of.train.metrics_log import read_csv
 from pixpro_of.train.stopping import StopControl
 from pixpro_of.train.trainer import Trainer
 from plumbing.runs import EXIT_FINISHED, EXIT_RESUME
-from test_train_support import make_trainer
 
 HERE = Path(__file__).resolve().parent
 DRIVER = HERE / "test_train_support.py"
@@ -72,8 +73,9 @@ def logged_steps(run: Path):
 
 def start(run: Path, **env) -> subprocess.Popen:
     e = dict(os.environ, **{k: str(v) for k, v in env.items()})
-    return subprocess.Popen([sys.executable, str(DRIVER), str(run)], env=e, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, str(DRIVER), str(run)], env=e, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
 
 
 def wait_for_new_step(run: Path, proc: subprocess.Popen, after: int, timeout: float = 120.0) -> None:
@@ -140,8 +142,12 @@ def test_external_sigterm_stops_with_a_checkpoint(tmp_path):
 
 def test_a_configured_signal_replaces_the_defaults(tmp_path):
     run = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, str(DRIVER), str(run), "stop.signals=[SIGUSR1]"],
-                            env=dict(os.environ, TINY_STEP_SLEEP="0.05"), stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        [sys.executable, str(DRIVER), str(run), "stop.signals=[SIGUSR1]"],
+        env=dict(os.environ, TINY_STEP_SLEEP="0.05"),
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     wait_for_new_step(run, proc, 1)
     proc.send_signal(signal.SIGUSR1)
     _, err = proc.communicate(timeout=120)
@@ -183,8 +189,12 @@ def test_a_finished_run_exits_0_at_once(tmp_path, torch_globals):
     assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # nothing touched
     # Through the command line too: exit 0 without loading torch's model code.
     t0 = time.time()
-    r = subprocess.run([sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", str(run)],
-                       capture_output=True, text=True, timeout=120)
+    r = subprocess.run(
+        [sys.executable, "-m", "pixpro_of", "train", "--config", "pixpro_k6", "--run-dir", str(run)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert r.returncode == 0 and "finished already" in r.stderr
 
 
@@ -218,22 +228,24 @@ def test_resuming_with_a_different_config_is_refused(tmp_path, torch_globals):
     run = tmp_path / "run"
     assert make_trainer(run, ["run.max_steps=2"]).run() == EXIT_FINISHED
     (run / "done").unlink()
-    with pytest.raises(UserError, match=r"config.json: this run was started with a different config \(optim.base_lr: 1.0 -> 0.5"):
+    with pytest.raises(
+        UserError, match=r"config.json: this run was started with a different config \(optim.base_lr: 1.0 -> 0.5"
+    ):
         make_trainer(run, ["run.max_steps=2", "optim.base_lr=0.5"]).run()
 
 
 def test_batches_do_not_depend_on_the_number_of_workers():
+    from test_train_support import TinyBuilder, TinyClips, tiny_collate
+
     from pixpro_of.data.sampler import ClipSampler
     from pixpro_of.train.data import EpochBatches, SampleSet, make_loader
-    from test_train_support import TinyBuilder, TinyClips, tiny_collate
 
     clips = TinyClips()
     order = ClipSampler(clips, seed=3, epoch=2).items()
     samples = SampleSet(clips, TinyBuilder(), seed=3)
     runs = []
     for workers in (0, 2):
-        loader = make_loader(samples, EpochBatches(order, 2, 3, start_batch=1), tiny_collate, workers, 2,
-                             False, 3, 0)
+        loader = make_loader(samples, EpochBatches(order, 2, 3, start_batch=1), tiny_collate, workers, 2, False, 3, 0)
         runs.append(list(loader))
     assert len(runs[0]) == 3  # 12 videos / 3 = 4 batches, from batch 1
     for a, b in zip(*runs):

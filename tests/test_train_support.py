@@ -14,6 +14,7 @@ Driver: ``python tests/test_train_support.py RUN_DIR [key=value ...]`` trains wi
 and exits with the trainer's code; env ``TINY_STEP_SLEEP`` (seconds) slows every step so a test
 can kill it at a random moment; ``TINY_SIGNAL_AT`` sends SIGUSR2 to itself during that step.
 """
+
 from __future__ import annotations
 
 import copy
@@ -29,10 +30,21 @@ import torch.nn.functional as F
 from torch import nn
 
 TINY_OVERRIDES = [
-    "run.epochs=4", "run.deterministic=true", "run.threads=1", "run.device=cpu",
-    "data.k=2", "data.image_size=32", "data.batch_size=2", "data.num_workers=0",
-    "optim.warmup_epochs=1", "optim.channels_last=false", "checkpoint.every_steps=1", "checkpoint.keep=2",
-    "checkpoint.keep_epochs=[]", "log.tensorboard=false", "stop.margin_s=0",
+    "run.epochs=4",
+    "run.deterministic=true",
+    "run.threads=1",
+    "run.device=cpu",
+    "data.k=2",
+    "data.image_size=32",
+    "data.batch_size=2",
+    "data.num_workers=0",
+    "optim.warmup_epochs=1",
+    "optim.channels_last=false",
+    "checkpoint.every_steps=1",
+    "checkpoint.keep=2",
+    "checkpoint.keep_epochs=[]",
+    "log.tensorboard=false",
+    "stop.margin_s=0",
 ]
 
 
@@ -65,8 +77,15 @@ class TinyClips:
         frames = rng.integers(0, 256, size=(self._frames[v], h, w, 3), dtype=np.uint8)
         h8, w8 = -(-h // 8), -(-w // 8)
         zeros = np.zeros((self.k - 1, 2, h8, w8), np.float32)
-        return {"frame1": frames[t], "frame2": frames[t + self.k - 1], "fwd": zeros, "bwd": zeros.copy(),
-                "video": self.video_name(v), "t": int(t), "k": self.k}
+        return {
+            "frame1": frames[t],
+            "frame2": frames[t + self.k - 1],
+            "fwd": zeros,
+            "bwd": zeros.copy(),
+            "video": self.video_name(v),
+            "t": int(t),
+            "k": self.k,
+        }
 
 
 def _crop(rng, h, w):
@@ -94,7 +113,7 @@ class TinyBuilder:
 
     def _view(self, frame, box):
         left, top, cw, ch = box
-        x = torch.from_numpy(frame[top:top + ch, left:left + cw]).permute(2, 0, 1)[None].float() / 255.0
+        x = torch.from_numpy(frame[top : top + ch, left : left + cw]).permute(2, 0, 1)[None].float() / 255.0
         return F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=True)[0]
 
     def __call__(self, clip: dict, rng: np.random.Generator) -> dict:
@@ -104,8 +123,13 @@ class TinyBuilder:
         c2, d2 = _centres(b2, self.feat)
         dist = np.linalg.norm(c1[:, None] - c2[None], axis=2) / max(d1, d2)
         pos12 = torch.from_numpy(dist < self.pos_ratio)
-        return {"view1": self._view(clip["frame1"], b1), "view2": self._view(clip["frame2"], b2),
-                "pos12": pos12, "pos21": pos12.T.contiguous(), "mask_ratio": torch.tensor(0.0)}
+        return {
+            "view1": self._view(clip["frame1"], b1),
+            "view2": self._view(clip["frame2"], b2),
+            "pos12": pos12,
+            "pos21": pos12.T.contiguous(),
+            "mask_ratio": torch.tensor(0.0),
+        }
 
 
 def tiny_collate(samples: List[dict]):
@@ -119,10 +143,15 @@ class TinyPixPro(nn.Module):
 
     def __init__(self, width: int = 8, dim: int = 4):
         super().__init__()
-        self.encoder = nn.Sequential(nn.Conv2d(3, width, 3, stride=2, padding=1), nn.BatchNorm2d(width), nn.ReLU(),
-                                     nn.Conv2d(width, width, 3, stride=4, padding=1))
-        self.projector = nn.Sequential(nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU(),
-                                       nn.Conv2d(width, dim, 1))
+        self.encoder = nn.Sequential(
+            nn.Conv2d(3, width, 3, stride=2, padding=1),
+            nn.BatchNorm2d(width),
+            nn.ReLU(),
+            nn.Conv2d(width, width, 3, stride=4, padding=1),
+        )
+        self.projector = nn.Sequential(
+            nn.Conv2d(width, width, 1), nn.BatchNorm2d(width), nn.ReLU(), nn.Conv2d(width, dim, 1)
+        )
         self.encoder_k = copy.deepcopy(self.encoder)
         self.projector_k = copy.deepcopy(self.projector)
         for p in list(self.encoder_k.parameters()) + list(self.projector_k.parameters()):
@@ -156,8 +185,9 @@ def tiny_components():
     return Components(
         model=lambda cfg: TinyPixPro(),
         clips=lambda cfg, run_dir: FixedClips(TinyClips(k=cfg.data.k)),
-        sample_builder=lambda cfg, positives: TinyBuilder(cfg.data.image_size, cfg.data.image_size // 8,
-                                                          cfg.data.pos_ratio),
+        sample_builder=lambda cfg, positives: TinyBuilder(
+            cfg.data.image_size, cfg.data.image_size // 8, cfg.data.pos_ratio
+        ),
         collate=tiny_collate,
     )
 

@@ -8,6 +8,7 @@ Training is the cpu_small preset (ResNet-18, 64-px views) on 16 synthetic videos
 nodes (2 shards per node set), global batch 4: 4 steps per epoch, 2 epochs, a checkpoint every 2
 steps. Each node has 2 slots but both share this machine's 2 cores: a step takes 1-2 s.
 """
+
 from __future__ import annotations
 
 import json
@@ -51,8 +52,16 @@ PROFILE_VAR = ("PIXPRO_TWONODE_PROFILE_VAR", "set by the profile")
 # Every training run: 2 epochs x 4 steps, a checkpoint every 2 steps (all kept).
 EPOCHS, STEPS_PER_EPOCH = 2, 4
 TOTAL = EPOCHS * STEPS_PER_EPOCH
-TRAIN = [f"run.epochs={EPOCHS}", "run.deterministic=true", "data.num_workers=0", "log.tensorboard=false",
-         "data.synthetic=false", "checkpoint.every_steps=2", "checkpoint.every_epochs=0", "checkpoint.keep=10"]
+TRAIN = [
+    f"run.epochs={EPOCHS}",
+    "run.deterministic=true",
+    "data.num_workers=0",
+    "log.tensorboard=false",
+    "data.synthetic=false",
+    "checkpoint.every_steps=2",
+    "checkpoint.every_epochs=0",
+    "checkpoint.keep=10",
+]
 # The cluster's nodes are namespaces of this machine: its /tmp (where the work folder is) is shared by
 # both, which a real cluster's /tmp is not; the launcher refuses it unless told (launcher/sharedfs.py).
 SHARED_TMP = ["--allow-node-local-paths"]
@@ -81,8 +90,11 @@ def cluster():
     yield c
     t0 = time.time()
     twonode.down()
-    print(f"\ntwo-node timings (s): " + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items())
-          + f", cluster down {time.time() - t0:.1f}")
+    print(
+        "\ntwo-node timings (s): "
+        + ", ".join(f"{k} {v:.1f}" for k, v in TIMINGS.items())
+        + f", cluster down {time.time() - t0:.1f}"
+    )
 
 
 @pytest.fixture(scope="module")
@@ -90,9 +102,25 @@ def work(cluster, tmp_path_factory):
     """A directory both nodes see (the shared file system), with the profile and the shards."""
     d = tmp_path_factory.mktemp("twonode")
     (d / "twonode.toml").write_text(PROFILE + f'\n[env]\n{PROFILE_VAR[0]} = "{PROFILE_VAR[1]}"\n')
-    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "pack", "synth:videos=16,frames=6,size=128x64,seed=0",
-                        str(d / "shards"), "--nodes", "2", "--shard-size", "60KB", "--no-progress"],
-                       env=cluster.env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            "synth:videos=16,frames=6,size=128x64,seed=0",
+            str(d / "shards"),
+            "--nodes",
+            "2",
+            "--shard-size",
+            "60KB",
+            "--no-progress",
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return d
 
@@ -101,9 +129,25 @@ def work(cluster, tmp_path_factory):
 def shards15(cluster, work):
     """15 videos packed for 2 nodes: node sets of 8 and 7 videos (pack balances frames)."""
     shards = work / "shards15"
-    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "pack", "synth:videos=15,frames=6,size=128x64,seed=0",
-                        str(shards), "--nodes", "2", "--shard-size", "40KB", "--no-progress"], env=cluster.env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [
+            PY,
+            "-m",
+            "hdf5_tools.cli",
+            "pack",
+            "synth:videos=15,frames=6,size=128x64,seed=0",
+            str(shards),
+            "--nodes",
+            "2",
+            "--shard-size",
+            "40KB",
+            "--no-progress",
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     return shards
 
@@ -118,8 +162,24 @@ def manifest_sets(shards: Path):
 
 def submit(cluster, work, name, *args, env=None):
     run_dir = work / name
-    cmd = [PY, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster", str(work / "twonode.toml"),
-           "--gpus", "0", "--name", name, "--run-dir", str(run_dir), *SHARED_TMP, *args]
+    cmd = [
+        PY,
+        "-m",
+        "launcher.cli",
+        "submit",
+        "--scheduler",
+        "slurm",
+        "--cluster",
+        str(work / "twonode.toml"),
+        "--gpus",
+        "0",
+        "--name",
+        name,
+        "--run-dir",
+        str(run_dir),
+        *SHARED_TMP,
+        *args,
+    ]
     out = subprocess.run(cmd, env=env or cluster.env, capture_output=True, text=True, cwd=str(work), timeout=60)
     assert out.returncode == 0, out.stderr
     job_id = out.stdout.strip()
@@ -128,8 +188,23 @@ def submit(cluster, work, name, *args, env=None):
 
 
 def train_submit(cluster, work, name, *extra, nodes=2, rpn=1, launch="mpirun"):
-    return submit(cluster, work, name, "--preset", "cpu_small", "--nodes", str(nodes), "--ranks-per-node", str(rpn),
-                  "--launch", launch, "--data", str(work / "shards" / "manifest.json"), *TRAIN, *extra)
+    return submit(
+        cluster,
+        work,
+        name,
+        "--preset",
+        "cpu_small",
+        "--nodes",
+        str(nodes),
+        "--ranks-per-node",
+        str(rpn),
+        "--launch",
+        launch,
+        "--data",
+        str(work / "shards" / "manifest.json"),
+        *TRAIN,
+        *extra,
+    )
 
 
 def events(run_dir):
@@ -151,11 +226,13 @@ def metrics(run_dir):
 
 def wait_done(run_dir, timeout, what, since=0):
     """Wait for the done marker and a final "finished" event (among the events after the first ``since``)."""
+
     def finished():
         ev = events(run_dir)[since:]
         if ev and ev[-1].startswith("fail"):
             raise AssertionError(f"{what}: {ev[-1]}\n" + tail(run_dir / "logs" / "run.log"))
         return (run_dir / "done").exists() and ev[-1:] == ["finished"]
+
     try:
         wait_for(finished, timeout, what)
     except AssertionError:
@@ -187,8 +264,11 @@ def same_weights(a, b, exact=True):
 
 
 def max_weight_diff(a, b):
-    return max((a["model"][k].double() - b["model"][k].double()).abs().max().item()
-               for k in a["model"] if a["model"][k].is_floating_point())
+    return max(
+        (a["model"][k].double() - b["model"][k].double()).abs().max().item()
+        for k in a["model"]
+        if a["model"][k].is_floating_point()
+    )
 
 
 def rank_pids(node):
@@ -196,7 +276,11 @@ def rank_pids(node):
     out = []
     for p in twonode.pids_on(node):
         argv = twonode.cmdline(p)
-        if len(argv) >= 4 and os.path.basename(argv[0]).startswith("python") and argv[1:4] == ["-m", "pixpro_of", "train"]:
+        if (
+            len(argv) >= 4
+            and os.path.basename(argv[0]).startswith("python")
+            and argv[1:4] == ["-m", "pixpro_of", "train"]
+        ):
             out.append(p)
     return out
 
@@ -225,7 +309,9 @@ def observe_nodes(cluster, run_dir, name, job_id, timeout=240):
 
     def look():
         if (run_dir / "done").exists() or (events(run_dir)[-1:] or [""])[0].startswith("fail"):
-            raise AssertionError("the run ended before both nodes were seen reading\n" + tail(run_dir / "logs" / "run.log"))
+            raise AssertionError(
+                "the run ended before both nodes were seen reading\n" + tail(run_dir / "logs" / "run.log")
+            )
         for n in twonode.NODES:
             d = cluster.local_dir(n) / staged_name
             if d.is_dir():  # (a copy in progress has a hidden temporary name)
@@ -261,8 +347,10 @@ def job_state(cluster, job_id):
 
 def stepd_alive(job_id):
     tag = f"[{job_id}."
-    return any(" ".join(twonode.cmdline(p)).startswith("slurmstepd") and tag in " ".join(twonode.cmdline(p))
-               for p in twonode._pids())
+    return any(
+        " ".join(twonode.cmdline(p)).startswith("slurmstepd") and tag in " ".join(twonode.cmdline(p))
+        for p in twonode._pids()
+    )
 
 
 @pytest.fixture(scope="module")
@@ -273,10 +361,34 @@ def ref(cluster, work):
     convert), each stage a job that waits for the one before it (afterok)."""
     t0 = time.time()
     pipe = work / "ref-pipe"
-    cmd = [PY, "-m", "launcher.cli", "pipeline", "--scheduler", "slurm", "--cluster", str(work / "twonode.toml"),
-           "--gpus", "0", "--preset", "cpu_small", "--nodes", "2", "--ranks-per-node", "1", "--launch", "mpirun",
-           "--data", str(work / "shards" / "manifest.json"), "--flow-model", "dis", "--dir", str(pipe), *SHARED_TMP,
-           *TRAIN]
+    cmd = [
+        PY,
+        "-m",
+        "launcher.cli",
+        "pipeline",
+        "--scheduler",
+        "slurm",
+        "--cluster",
+        str(work / "twonode.toml"),
+        "--gpus",
+        "0",
+        "--preset",
+        "cpu_small",
+        "--nodes",
+        "2",
+        "--ranks-per-node",
+        "1",
+        "--launch",
+        "mpirun",
+        "--data",
+        str(work / "shards" / "manifest.json"),
+        "--flow-model",
+        "dis",
+        "--dir",
+        str(pipe),
+        *SHARED_TMP,
+        *TRAIN,
+    ]
     out = subprocess.run(cmd, env=cluster.env, capture_output=True, text=True, cwd=str(work), timeout=120)
     assert out.returncode == 0, out.stderr
     run_dir = pipe / "train"
@@ -289,10 +401,12 @@ def ref(cluster, work):
     TIMINGS["ref 2x1 mpirun (pipeline)"] = time.time() - t0
     flow_log = (pipe / "flow" / "logs" / "run.log").read_text()
     assert "flow: mpirun with 2 ranks" in flow_log and "launcher: start restart=0 host=node1" in flow_log
-    status = subprocess.run([PY, "-m", "launcher.cli", "status", str(pipe)], env=cluster.env, capture_output=True,
-                            text=True, timeout=60).stdout
-    assert [l.split()[:2] for l in status.splitlines()[1:]] == [[s, "done"] for s in ("flow", "verify", "train",
-                                                                                       "convert")], status
+    status = subprocess.run(
+        [PY, "-m", "launcher.cli", "status", str(pipe)], env=cluster.env, capture_output=True, text=True, timeout=60
+    ).stdout
+    assert [l.split()[:2] for l in status.splitlines()[1:]] == [
+        [s, "done"] for s in ("flow", "verify", "train", "convert")
+    ], status
     return {"run_dir": run_dir, "job_id": job_id, "name": name, "seen": seen}
 
 
@@ -300,8 +414,15 @@ def ref(cluster, work):
 def test_the_cluster_has_two_real_nodes(cluster, work):
     """Hostnames, addresses, node-local scratch, no route out, SLURM's view, the ssh stand-in."""
     for n in twonode.NODES:
-        r = cluster.run_on(n, ["sh", "-c", "hostname; ip -4 -o addr show dev eth0; ip -4 route; "
-                               "echo x > \"$PIXPRO_TWONODE_ROOT/local/mark\"; ls \"$PIXPRO_TWONODE_ROOT/local\""])
+        r = cluster.run_on(
+            n,
+            [
+                "sh",
+                "-c",
+                "hostname; ip -4 -o addr show dev eth0; ip -4 route; "
+                'echo x > "$PIXPRO_TWONODE_ROOT/local/mark"; ls "$PIXPRO_TWONODE_ROOT/local"',
+            ],
+        )
         assert r.returncode == 0, r.stderr
         lines = r.stdout.splitlines()
         assert lines[0] == n
@@ -310,22 +431,47 @@ def test_the_cluster_has_two_real_nodes(cluster, work):
         assert (cluster.local_dir(n) / "mark").exists()
     assert not (cluster.local_mount / "mark").exists(), "node-local scratch must not be the shared directory"
     # The stand-in: options on both sides of the host (as horovodrun writes them), a fresh environment.
-    r = subprocess.run(["ssh", "-o", "StrictHostKeyChecking=no", "node2", "-p", "22",
-                        "echo $(hostname) ${PIXPRO_TWONODE_ROOT:-fresh}"], env=cluster.env,
-                       capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            "ssh",
+            "-o",
+            "StrictHostKeyChecking=no",
+            "node2",
+            "-p",
+            "22",
+            "echo $(hostname) ${PIXPRO_TWONODE_ROOT:-fresh}",
+        ],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert (r.returncode, r.stdout.strip()) == (0, "node2 fresh"), r.stderr
     r = subprocess.run(["ssh", "node9", "true"], env=cluster.env, capture_output=True, text=True, timeout=30)
     assert r.returncode == 255 and "node9" in r.stderr
     assert cluster.node_states() == {"node1": "idle", "node2": "idle"}
     # An sbatch job over both nodes: the batch script on node1, one srun task per node.
     out = work / "hello.out"
-    r = subprocess.run(["sbatch", "--nodes=2", "--ntasks-per-node=1", f"--output={out}", "--wrap",
-                        "echo batch $(hostname) $SLURM_JOB_NODELIST; srun hostname | sort"],
-                       env=cluster.env, cwd=str(work), capture_output=True, text=True, timeout=30)
+    r = subprocess.run(
+        [
+            "sbatch",
+            "--nodes=2",
+            "--ntasks-per-node=1",
+            f"--output={out}",
+            "--wrap",
+            "echo batch $(hostname) $SLURM_JOB_NODELIST; srun hostname | sort",
+        ],
+        env=cluster.env,
+        cwd=str(work),
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
     assert r.returncode == 0, r.stderr
     job = r.stdout.split()[-1]
-    wait_for(lambda: out.exists() and len(out.read_text().splitlines()) >= 3 and not stepd_alive(job), 60,
-             "the hello job")
+    wait_for(
+        lambda: out.exists() and len(out.read_text().splitlines()) >= 3 and not stepd_alive(job), 60, "the hello job"
+    )
     assert out.read_text().splitlines() == ["batch node1 node[1-2]", "node1", "node2"]
 
 
@@ -395,8 +541,12 @@ def restart_now(cluster, job_id, restarts_seen):
     end = time.time() + 90
     while time.time() < end:
         f = cluster.job_fields(job_id)
-        if (f.get("JobState") == "PENDING" and f.get("Reason") == "BeginTime" and not stepd_alive(job_id)
-                and all(s == "idle" for s in cluster.node_states().values())):
+        if (
+            f.get("JobState") == "PENDING"
+            and f.get("Reason") == "BeginTime"
+            and not stepd_alive(job_id)
+            and all(s == "idle" for s in cluster.node_states().values())
+        ):
             # slurmd refuses for a few seconds to launch a job id it has just killed.
             settled = settled or time.time()
             if time.time() - settled >= 3.0:
@@ -426,8 +576,11 @@ def test_scontrol_requeue_of_a_two_node_job_loses_no_step(cluster, work, ref):
     wait_for(lambda: last_step(run_dir) >= at, 300, f"step {at}")
     t_req = time.time()
     cluster.scontrol("requeue", job_id)
-    wait_for(lambda: job_state(cluster, job_id) == "PENDING" and not stepd_alive(job_id), 120,
-             "the preempted job to end on both nodes")
+    wait_for(
+        lambda: job_state(cluster, job_id) == "PENDING" and not stepd_alive(job_id),
+        120,
+        "the preempted job to end on both nodes",
+    )
     reached = last_step(run_dir)
     restart_now(cluster, job_id, restarts)
     wait_for(lambda: resumed(), 120, "the resumed job to load its checkpoint")
@@ -435,8 +588,10 @@ def test_scontrol_requeue_of_a_two_node_job_loses_no_step(cluster, work, ref):
     wait_done(run_dir, 300, "the requeued run")
     wait_for(lambda: not stepd_alive(job_id), 60, "the job to end")
     TIMINGS["requeue run"] = time.time() - t0
-    print(f"requeued at step {at}: preempted job reached step {reached}, resumed from {resumed()[0]}; "
-          f"requeue -> resumed {back:.1f} s (StartTime=now instead of the 120 s hold)")
+    print(
+        f"requeued at step {at}: preempted job reached step {reached}, resumed from {resumed()[0]}; "
+        f"requeue -> resumed {back:.1f} s (StartTime=now instead of the 120 s hold)"
+    )
     assert resumed() == [reached], "the stop checkpoint is the step the preempted job reached: 0 steps lost"
     ev = "\n".join(events(run_dir))
     assert "checkpointed: preemption 1 of 100" in ev and "requeued by SLURM" in ev
@@ -472,8 +627,10 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
         time.sleep(0.2)
     end_s = time.time() - killed_at
     f = cluster.job_fields(job_id)
-    print(f"killed {n_killed} processes on node2 at step {step_at_death}: fail event after {fail_s} s, "
-          f"SLURM job {f.get('JobState')} exit {f.get('ExitCode')} after {end_s:.1f} s")
+    print(
+        f"killed {n_killed} processes on node2 at step {step_at_death}: fail event after {fail_s} s, "
+        f"SLURM job {f.get('JobState')} exit {f.get('ExitCode')} after {end_s:.1f} s"
+    )
     print(tail(run_dir / "logs" / "run.log", 12))
     assert fail_s is not None and end_s <= 60, f"the job must end within 60 s of the node's death: {f}"
     assert f.get("ExitCode", "0:0").split(":")[0] != "0"
@@ -484,15 +641,23 @@ def test_a_dead_node_ends_the_job_within_60s_naming_it_and_the_next_link_resumes
     cluster.start_slurmd("node2")
     cluster.wait_idle(120)
     before = len(events(run_dir))
-    r = subprocess.run([PY, "-m", "launcher.cli", "resume", str(run_dir)], env=cluster.env, capture_output=True,
-                       text=True, timeout=60, cwd=str(work))
+    r = subprocess.run(
+        [PY, "-m", "launcher.cli", "resume", str(run_dir)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=str(work),
+    )
     assert r.returncode == 0, r.stderr
     wait_done(run_dir, 300, "the resumed run", since=before)
     TIMINGS["node death + resume"] = time.time() - t0
     train_log = (run_dir / "logs" / "train.log").read_text()
     newest = int(re.search(r"step_(\d+)", saved_latest).group(1))
     assert newest >= 2 and step_at_death - newest <= 3
-    assert re.findall(r"resumed from step (\d+)", train_log) == [str(newest)], "the next link resumes from the newest checkpoint"
+    assert re.findall(r"resumed from step (\d+)", train_log) == [str(newest)], (
+        "the next link resumes from the newest checkpoint"
+    )
     same_weights(checkpoint(ref["run_dir"]), checkpoint(run_dir), exact=True)
     left = [p.name for p in cluster.local_dir("node1").iterdir() if p.name.startswith(f"{name}-")]
     assert left == [], f"node1 kept the dead job's staged data: {left}"
@@ -507,11 +672,33 @@ def mpirun_on(cluster, hosts, ranks, run_dir, work, *extra, shards=None):
     hostfile = run_dir.parent / f"{run_dir.name}.hosts"
     hostfile.write_text("".join(f"{h} slots={ranks // len(hosts)}\n" for h in hosts))
     fwd = [a for v in ("PATH", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") for a in ("-x", v)]
-    return cluster.on("node1", ["mpirun", "-np", str(ranks), "-hostfile", hostfile, "-map-by",
-                                f"ppr:{ranks // len(hosts)}:node", "-bind-to", "none", *fwd,
-                                PY, "-m", "pixpro_of", "train", "--run-dir", run_dir, "--config", "cpu_small",
-                                *TRAIN, f"data.shards=[{(shards or work / 'shards') / 'manifest.json'}]",
-                                "dist.backend=horovod", *extra])
+    return cluster.on(
+        "node1",
+        [
+            "mpirun",
+            "-np",
+            str(ranks),
+            "-hostfile",
+            hostfile,
+            "-map-by",
+            f"ppr:{ranks // len(hosts)}:node",
+            "-bind-to",
+            "none",
+            *fwd,
+            PY,
+            "-m",
+            "pixpro_of",
+            "train",
+            "--run-dir",
+            run_dir,
+            "--config",
+            "cpu_small",
+            *TRAIN,
+            f"data.shards=[{(shards or work / 'shards') / 'manifest.json'}]",
+            "dist.backend=horovod",
+            *extra,
+        ],
+    )
 
 
 def run_until_stopped(cluster, argv, run_dir, at_least):
@@ -540,8 +727,9 @@ def test_resume_on_another_node_count_keeps_step_and_schedule(cluster, work, ref
     s1 = run_until_stopped(cluster, mpirun_on(cluster, ["node1"], 2, run_dir, work), run_dir, 2)
     s2 = run_until_stopped(cluster, mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work), run_dir, s1 + 1)
     env = dict(cluster.env, **OMPI_ROOT)
-    r = subprocess.run(mpirun_on(cluster, ["node1"], 2, run_dir, work), env=env, capture_output=True,
-                       text=True, timeout=300)
+    r = subprocess.run(
+        mpirun_on(cluster, ["node1"], 2, run_dir, work), env=env, capture_output=True, text=True, timeout=300
+    )
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
     TIMINGS["1 -> 2 -> 1 nodes"] = time.time() - t0
     log = (run_dir / "logs" / "train.log").read_text()
@@ -550,8 +738,9 @@ def test_resume_on_another_node_count_keeps_step_and_schedule(cluster, work, ref
     rows, ref_rows = metrics(run_dir), metrics(ref["run_dir"])
     assert [int(r["step"]) for r in rows] == list(range(1, TOTAL + 1)), "no step lost or repeated"
     assert [r["lr"] for r in rows] == [r["lr"] for r in ref_rows], "the schedule carries over"
-    assert all(a["loss"] != b["loss"] for a, b in zip(rows[:s1], ref_rows[:s1])), \
+    assert all(a["loss"] != b["loss"] for a, b in zip(rows[:s1], ref_rows[:s1])), (
         "1 node reads both node sets in its own order: other batches than 2 nodes from step 1"
+    )
     final = checkpoint(run_dir)
     assert final["step"] == TOTAL and final["steps_per_epoch"] == STEPS_PER_EPOCH and final["world_size"] == 2
     d = max_weight_diff(checkpoint(ref["run_dir"]), final)
@@ -568,8 +757,9 @@ def test_node_sets_of_different_sizes_take_the_same_steps_on_every_node(cluster,
         videos[s["node"]] = videos.get(s["node"], 0) + s["num_videos"]
     assert videos == {0: 8, 1: 7}
     run_dir = work / "uneven"
-    argv = mpirun_on(cluster, ["node1", "node2"], 2, run_dir, work, "run.epochs=1", "optim.warmup_epochs=0",
-                     shards=shards15)
+    argv = mpirun_on(
+        cluster, ["node1", "node2"], 2, run_dir, work, "run.epochs=1", "optim.warmup_epochs=0", shards=shards15
+    )
     r = subprocess.run(argv, env=dict(cluster.env, **OMPI_ROOT), capture_output=True, text=True, timeout=300)
     TIMINGS["uneven node sets"] = time.time() - t0
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
@@ -587,14 +777,38 @@ def test_profile_and_run_variables_reach_the_rank_on_node2(cluster, work):
     there sees 2 hosts (local size 1, cross size 2)."""
     (work / "twonode-rsh.toml").write_text(
         PROFILE.replace('name = "twonode"', 'name = "twonode-rsh"')
-        + f'\n[env]\n{PROFILE_VAR[0]} = "{PROFILE_VAR[1]}"\nOMPI_MCA_plm = "rsh"\n')
+        + f'\n[env]\n{PROFILE_VAR[0]} = "{PROFILE_VAR[1]}"\nOMPI_MCA_plm = "rsh"\n'
+    )
     env = dict(cluster.env, PIXPRO_TWONODE_SUBMIT_ONLY="not forwarded")
     run_dir = work / "envcheck"
-    out = subprocess.run([PY, "-m", "launcher.cli", "submit", "--scheduler", "slurm", "--cluster",
-                          str(work / "twonode-rsh.toml"), "--gpus", "0", "--nodes", "2", "--name", "envcheck", *SHARED_TMP,
-                          "--run-dir", str(run_dir), "--trainer-command",
-                          f"{PY} {HERE / 'twonode' / 'rank_env.py'}"], env=env, capture_output=True, text=True,
-                         cwd=str(work), timeout=60)
+    out = subprocess.run(
+        [
+            PY,
+            "-m",
+            "launcher.cli",
+            "submit",
+            "--scheduler",
+            "slurm",
+            "--cluster",
+            str(work / "twonode-rsh.toml"),
+            "--gpus",
+            "0",
+            "--nodes",
+            "2",
+            "--name",
+            "envcheck",
+            *SHARED_TMP,
+            "--run-dir",
+            str(run_dir),
+            "--trainer-command",
+            f"{PY} {HERE / 'twonode' / 'rank_env.py'}",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        cwd=str(work),
+        timeout=60,
+    )
     assert out.returncode == 0, out.stderr
     wait_for(lambda: (events(run_dir)[-1:] or [""])[0].startswith(("finished", "fail")), 120, "the env job")
     recs = {}
@@ -604,8 +818,14 @@ def test_profile_and_run_variables_reach_the_rank_on_node2(cluster, work):
         recs[i] = json.loads(p.read_text())
     assert recs[0]["host"] == "node1" and recs[1]["host"] == "node2"
     for i in range(2):  # Horovod sees two hosts: one local rank each, cross rank = node
-        assert recs[i]["horovod"] == {"rank": i, "size": 2, "local_rank": 0, "local_size": 1, "cross_rank": i,
-                                      "cross_size": 2}, recs[i].get("horovod")
+        assert recs[i]["horovod"] == {
+            "rank": i,
+            "size": 2,
+            "local_rank": 0,
+            "local_size": 1,
+            "cross_rank": i,
+            "cross_size": 2,
+        }, recs[i].get("horovod")
     assert recs[1]["netns"] == os.stat(f"/run/netns/{twonode.NETNS['node2']}").st_ino
     r1, r0 = recs[1]["env"], recs[0]["env"]
     assert r1.get(PROFILE_VAR[0]) == PROFILE_VAR[1]
@@ -627,10 +847,29 @@ def test_stage_under_mpirun_elects_one_copier_on_each_node(cluster, work):
     hostfile.write_text("node1 slots=2\nnode2 slots=2\n")
     dest = cluster.local_mount / "stage-mpi"
     fwd = [a for v in ("PATH", "OMPI_ALLOW_RUN_AS_ROOT", "OMPI_ALLOW_RUN_AS_ROOT_CONFIRM") for a in ("-x", v)]
-    r = cluster.run_on("node1", ["mpirun", "-np", "4", "-hostfile", hostfile, "-map-by", "ppr:2:node",
-                                 "-bind-to", "none", *fwd, PY, "-m", "hdf5_tools.cli", "stage",
-                                 work / "shards" / "manifest.json", "--to", dest],
-                       env=dict(cluster.env, **OMPI_ROOT))
+    r = cluster.run_on(
+        "node1",
+        [
+            "mpirun",
+            "-np",
+            "4",
+            "-hostfile",
+            hostfile,
+            "-map-by",
+            "ppr:2:node",
+            "-bind-to",
+            "none",
+            *fwd,
+            PY,
+            "-m",
+            "hdf5_tools.cli",
+            "stage",
+            work / "shards" / "manifest.json",
+            "--to",
+            dest,
+        ],
+        env=dict(cluster.env, **OMPI_ROOT),
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     lines = sorted(l for l in r.stdout.splitlines() if l.startswith("stage: "))
     assert [l.split(":")[1].strip() for l in lines] == ["node 0 of 2", "node 1 of 2"], r.stdout
@@ -651,8 +890,13 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     shutil.copytree(src, two)
     shard_names = sorted(p.name for p in src.glob("*.h5"))
     assert len(shard_names) >= 4, shard_names
-    r = subprocess.run([PY, "-m", "hdf5_tools", "flow", str(one), "--model", "dis", "--recompute", "--no-progress"],
-                       env=cluster.env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [PY, "-m", "hdf5_tools", "flow", str(one), "--model", "dis", "--recompute", "--no-progress"],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr
     hostfile = work / "flow.hosts"
     hostfile.write_text("node1 slots=1\nnode2 slots=1\n")
@@ -688,10 +932,37 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     t = threading.Thread(target=watch, daemon=True)
     t.start()
     try:
-        r = cluster.run_on("node1", ["mpirun", "-np", "2", "-hostfile", hostfile, "-map-by", "ppr:1:node",
-                                     "-bind-to", "none", *fwd, PY, "-m", "hdf5_tools", "flow", two, "--model", "dis",
-                                     "--recompute", "--no-progress", "--chunk", "1", "--batch", "1", "-v"],
-                           env=dict(cluster.env, **OMPI_ROOT), timeout=300)
+        r = cluster.run_on(
+            "node1",
+            [
+                "mpirun",
+                "-np",
+                "2",
+                "-hostfile",
+                hostfile,
+                "-map-by",
+                "ppr:1:node",
+                "-bind-to",
+                "none",
+                *fwd,
+                PY,
+                "-m",
+                "hdf5_tools",
+                "flow",
+                two,
+                "--model",
+                "dis",
+                "--recompute",
+                "--no-progress",
+                "--chunk",
+                "1",
+                "--batch",
+                "1",
+                "-v",
+            ],
+            env=dict(cluster.env, **OMPI_ROOT),
+            timeout=300,
+        )
     finally:
         stop.set()
         t.join(timeout=10)
@@ -705,8 +976,13 @@ def test_flow_compute_over_mpirun_on_both_nodes_has_one_writer_per_shard(cluster
     assert clashes == [], f"a shard open for writing was open in another process at the same time: {clashes[:3]}"
     nodes = {n for who in writers.values() for n, _ in who}
     assert nodes == set(twonode.NODES), f"the writers of the shards should be on both nodes: {writers}"
-    r = subprocess.run([PY, "-m", "hdf5_tools.cli", "verify", *map(str, sorted(two.glob("*.h5")))],
-                       env=cluster.env, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [PY, "-m", "hdf5_tools.cli", "verify", *map(str, sorted(two.glob("*.h5")))],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stdout + r.stderr
     for name in shard_names:
         assert (one / name).read_bytes() == (two / name).read_bytes(), f"{name} differs from the 1-process run"

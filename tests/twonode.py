@@ -25,6 +25,7 @@ tests skip with its reason); SLURM, munge and iproute2 are installed from Debian
 ``python tests/twonode.py up|down|status`` does the same by hand. ROOT is
 ``$PIXPRO_TWONODE_ROOT`` (default ``/tmp/pixpro-twonode``).
 """
+
 from __future__ import annotations
 
 import os
@@ -202,9 +203,18 @@ def _stop(pids: Sequence[int], timeout: float = 10.0) -> None:
 
 # ---------------------------------------------------------------------------- set-up
 def _install_if_missing() -> None:
-    need = [pkg for tool, pkg in (("ip", "iproute2"), ("nsenter", "util-linux"), ("slurmctld", "slurmctld"),
-                                  ("slurmd", "slurmd"), ("sbatch", "slurm-client"), ("munged", "munge"))
-            if not shutil.which(tool)]
+    need = [
+        pkg
+        for tool, pkg in (
+            ("ip", "iproute2"),
+            ("nsenter", "util-linux"),
+            ("slurmctld", "slurmctld"),
+            ("slurmd", "slurmd"),
+            ("sbatch", "slurm-client"),
+            ("munged", "munge"),
+        )
+        if not shutil.which(tool)
+    ]
     if not need:
         return
     if not shutil.which("apt-get"):
@@ -217,7 +227,9 @@ def _slurm_conf(root: Path, ctld_port: int) -> str:
     host = socket.gethostname().split(".")[0]
     nodes = "\n".join(
         f"NodeName={n} NodeAddr={ADDR[n]} NodeHostname={n} CPUs=2 Boards=1 SocketsPerBoard=1 "
-        f"CoresPerSocket=2 ThreadsPerCore=1 RealMemory=2000 State=UNKNOWN" for n in NODES)
+        f"CoresPerSocket=2 ThreadsPerCore=1 RealMemory=2000 State=UNKNOWN"
+        for n in NODES
+    )
     return f"""# Two-node test cluster (tests/twonode.py). SLURM's defaults except where noted.
 ClusterName=pxtwonode
 SlurmctldHost={host}({BRIDGE_ADDR})
@@ -248,7 +260,7 @@ JobCompType=jobcomp/none
 JobAcctGatherType=jobacct_gather/none
 AccountingStorageType=accounting_storage/none
 {nodes}
-PartitionName=twonode Nodes={','.join(NODES)} Default=YES MaxTime=INFINITE State=UP
+PartitionName=twonode Nodes={",".join(NODES)} Default=YES MaxTime=INFINITE State=UP
 """
 
 
@@ -286,19 +298,29 @@ class Cluster:
     # -- SLURM
     def start_slurmd(self, node: str) -> int:
         log = open(self.root / "log" / f"slurmd.{node}.out", "a")
-        p = subprocess.Popen(self.on(node, ["slurmd", "-D", "-N", node, "-f", self.conf]), env=self.env,
-                             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True)
+        p = subprocess.Popen(
+            self.on(node, ["slurmd", "-D", "-N", node, "-f", self.conf]),
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
         log.close()
         return p.pid
 
     def node_states(self) -> Dict[str, str]:
-        r = subprocess.run(["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True,
-                           timeout=30)
+        r = subprocess.run(
+            ["sinfo", "-h", "-N", "-o", "%N %t"], env=self.env, capture_output=True, text=True, timeout=30
+        )
         return dict(line.split() for line in r.stdout.splitlines() if len(line.split()) == 2)
 
     def wait_idle(self, timeout: float = 60, nodes: Sequence[str] = NODES) -> None:
-        _wait(lambda: all(self.node_states().get(n) == "idle" for n in nodes), timeout,
-              f"{', '.join(nodes)} to be idle in SLURM")
+        _wait(
+            lambda: all(self.node_states().get(n) == "idle" for n in nodes),
+            timeout,
+            f"{', '.join(nodes)} to be idle in SLURM",
+        )
 
     def scontrol(self, *args: str, check: bool = True) -> str:
         r = _run(["scontrol", *args], check=check, env=self.env)
@@ -389,8 +411,13 @@ def _build(root: Path) -> None:
         routes = _run([*ns, "ip", "-4", "route", "show"]).stdout
         if "default" in routes:
             raise RuntimeError(f"{n} has a default route: {routes}")
-    got = subprocess.run([str(ON_NODE), "node2", "hostname"], capture_output=True, text=True, timeout=30,
-                         env=dict(os.environ, PIXPRO_TWONODE_ROOT=str(root)))
+    got = subprocess.run(
+        [str(ON_NODE), "node2", "hostname"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env=dict(os.environ, PIXPRO_TWONODE_ROOT=str(root)),
+    )
     if got.stdout.strip() != "node2":
         raise RuntimeError(f"entering node2 failed: {got.stdout!r} {got.stderr!r}")
 
@@ -401,14 +428,33 @@ def _start_slurm(root: Path) -> None:
     conf.write_text(_slurm_conf(root, _free_port()))
     env = dict(os.environ, SLURM_CONF=str(conf), PIXPRO_TWONODE_ROOT=str(root))
     sock = root / "munge" / "munge.sock"
-    subprocess.Popen(["runuser", "-u", "munge", "--", "munged", "--foreground", f"--socket={sock}",
-                      f"--pid-file={root}/munge/munged.pid", f"--seed-file={root}/munge/seed",
-                      "--log-file=/dev/null"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                     stdin=subprocess.DEVNULL, start_new_session=True)
+    subprocess.Popen(
+        [
+            "runuser",
+            "-u",
+            "munge",
+            "--",
+            "munged",
+            "--foreground",
+            f"--socket={sock}",
+            f"--pid-file={root}/munge/munged.pid",
+            f"--seed-file={root}/munge/seed",
+            "--log-file=/dev/null",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        stdin=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     _wait(sock.exists, 10, "munged's socket")
-    subprocess.Popen(["slurmctld", "-D", "-c", "-f", str(conf)], env=env, stdin=subprocess.DEVNULL,
-                     stdout=open(root / "log" / "slurmctld.out", "w"), stderr=subprocess.STDOUT,
-                     start_new_session=True)
+    subprocess.Popen(
+        ["slurmctld", "-D", "-c", "-f", str(conf)],
+        env=env,
+        stdin=subprocess.DEVNULL,
+        stdout=open(root / "log" / "slurmctld.out", "w"),
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
     c = Cluster(root)
     for n in NODES:
         c.start_slurmd(n)
@@ -430,8 +476,10 @@ def main(argv: Sequence[str]) -> int:
         except Unavailable as exc:
             print(f"twonode: unavailable: {exc}", file=sys.stderr)
             return 2
-        print(f"twonode: up in {time.time() - t0:.1f} s: {c.node_states()}; SLURM_CONF={c.conf}; "
-              f"enter a node with {ON_NODE} NODE CMD")
+        print(
+            f"twonode: up in {time.time() - t0:.1f} s: {c.node_states()}; SLURM_CONF={c.conf}; "
+            f"enter a node with {ON_NODE} NODE CMD"
+        )
         return 0
     if cmd == "down":
         t0 = time.time()
@@ -441,9 +489,11 @@ def main(argv: Sequence[str]) -> int:
     if cmd == "status":
         c = Cluster()
         up_ = all(_netns_inode(n) is not None for n in NODES)
-        print(f"twonode: namespaces {'up' if up_ else 'absent'}; "
-              f"processes: {', '.join(f'{n}={len(pids_on(n))}' for n in NODES)}; "
-              f"SLURM: {c.node_states() if c.conf.exists() else 'not configured'}")
+        print(
+            f"twonode: namespaces {'up' if up_ else 'absent'}; "
+            f"processes: {', '.join(f'{n}={len(pids_on(n))}' for n in NODES)}; "
+            f"SLURM: {c.node_states() if c.conf.exists() else 'not configured'}"
+        )
         return 0
     print("usage: python tests/twonode.py up|down|status", file=sys.stderr)
     return 2

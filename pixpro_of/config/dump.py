@@ -1,5 +1,6 @@
 """Writing a config out: the JSON of ``RUN_DIR/config.json`` and ``--print-config`` (sorted keys,
 two-space indent), which :func:`pixpro_of.config.config_from_dict` reads back."""
+
 from __future__ import annotations
 
 import json

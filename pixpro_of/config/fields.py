@@ -4,6 +4,7 @@ A check is a :class:`Rule` (a predicate and the words of its error) or a :class:
 plumbing/parse.py); :meth:`Section.validate` runs every field's checks in declaration order. A failed
 check raises the one shape of a config error, ``config: KEY WHAT (got VALUE)``.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -25,6 +26,7 @@ def need(ok: bool, key: str, what: str, value: Any) -> None:
 class Scope:
     """What a check sees besides its value: its section, the section holding that (``up``) and the
     whole config (``root``); ``up``/``root`` are None when a section is validated on its own."""
+
     sec: Any
     up: Any = None
     root: Any = None
@@ -34,6 +36,7 @@ class Scope:
 class Rule:
     """``ok(value, scope)`` or the error ``config: KEY WHAT (got VALUE)``; ``key``/``got`` name another
     key and value in the message (a check over two fields), ``when(scope)`` says whether it applies."""
+
     ok: Callable[[Any, Scope], bool]
     what: Union[str, Callable[[Scope], str]]
     key: Optional[str] = None
@@ -53,6 +56,7 @@ class Grammar:
     """A value one of plumbing/parse.py's grammars must accept: ``parse(text)`` raises ValueError.
     ``what`` set: each item of a list is parsed and a bad one is ``config: KEY WHAT: WHY (got ITEM)``;
     unset: the value itself, and a bad one is ``config: KEY: WHY`` (None is not parsed)."""
+
     parse: Callable[[str], Any]
     what: Optional[str] = None
 
@@ -134,6 +138,7 @@ def float_values(obj: Any, prefix: str = "") -> Iterator[Tuple[str, float]]:
 
 class Section:
     """A config section: ``KEY`` is the name it has in the whole config (``data``, ``model``)."""
+
     KEY: ClassVar[str] = ""
 
     def validate(self) -> None:

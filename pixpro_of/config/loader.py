@@ -2,6 +2,7 @@
 chain), then dotted ``key=value`` overrides; each value coerced to its field's type, an unknown key
 answered with the closest known one, and the result validated. Every mistake is one line.
 """
+
 from __future__ import annotations
 
 import dataclasses

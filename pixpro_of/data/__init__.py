@@ -4,6 +4,7 @@
 - :class:`ClipSampler` (``pixpro_of.data.sampler``): ``(video_index, t)`` per rank, from (seed, epoch).
 - :func:`node_shard_paths`: the shards one node reads, from the pack manifest.
 """
+
 from pixpro_of.data.sampler import ClipSampler, node_shard_paths
 from pixpro_of.data.shards import ShardClipDataset, decode_jpeg
 

@@ -1,4 +1,5 @@
 """The seed's two BYOL view augmentations (docs/original-system.md §2.4), with the crop box and flip kept."""
+
 from __future__ import annotations
 
 import math
@@ -42,8 +43,13 @@ class ViewParams:
     solarize: bool
 
 
-def sample_crop(rng: np.random.Generator, height: int, width: int, scale: Sequence[float] = (0.08, 1.0),
-                ratio: Sequence[float] = (3 / 4, 4 / 3)) -> Tuple[int, int, int, int]:
+def sample_crop(
+    rng: np.random.Generator,
+    height: int,
+    width: int,
+    scale: Sequence[float] = (0.08, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> Tuple[int, int, int, int]:
     """RandomResizedCrop box ``(left, top, w, h)``: torchvision's algorithm, drawn from ``rng``."""
     area = height * width
     log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
@@ -66,9 +72,13 @@ def sample_crop(rng: np.random.Generator, height: int, width: int, scale: Sequen
     return (width - w) // 2, (height - h) // 2, w, h
 
 
-def draw_view_params(rng: np.random.Generator, frame_hw: Tuple[int, int], aug: ViewAugment,
-                     crop_scale: Sequence[float] = (0.08, 1.0),
-                     crop_ratio: Sequence[float] = (3 / 4, 4 / 3)) -> ViewParams:
+def draw_view_params(
+    rng: np.random.Generator,
+    frame_hw: Tuple[int, int],
+    aug: ViewAugment,
+    crop_scale: Sequence[float] = (0.08, 1.0),
+    crop_ratio: Sequence[float] = (3 / 4, 4 / 3),
+) -> ViewParams:
     """All random choices of one view, drawn from ``rng`` in pipeline order."""
     height, width = frame_hw
     box = sample_crop(rng, height, width, crop_scale, crop_ratio)
@@ -77,8 +87,13 @@ def draw_view_params(rng: np.random.Generator, frame_hw: Tuple[int, int], aug: V
     if rng.random() < aug.jitter_p:
         b, c, s, h = aug.jitter
         order = tuple(int(i) for i in rng.permutation(4))
-        jitter = (order, float(rng.uniform(max(0.0, 1 - b), 1 + b)), float(rng.uniform(max(0.0, 1 - c), 1 + c)),
-                  float(rng.uniform(max(0.0, 1 - s), 1 + s)), float(rng.uniform(-h, h)))
+        jitter = (
+            order,
+            float(rng.uniform(max(0.0, 1 - b), 1 + b)),
+            float(rng.uniform(max(0.0, 1 - c), 1 + c)),
+            float(rng.uniform(max(0.0, 1 - s), 1 + s)),
+            float(rng.uniform(-h, h)),
+        )
     grayscale = bool(rng.random() < aug.grayscale_p)
     blur_sigma = float(rng.uniform(*aug.blur_sigma)) if rng.random() < aug.blur_p else None
     solarize = bool(rng.random() < aug.solarize_p)
@@ -182,7 +197,7 @@ def _apply_view_cpu(frame: torch.Tensor, params: ViewParams, size: int) -> torch
     import cv2
 
     left, top, w, h = params.box
-    crop = frame[:, top:top + h, left:left + w].permute(1, 2, 0).contiguous()
+    crop = frame[:, top : top + h, left : left + w].permute(1, 2, 0).contiguous()
     img = TF.resize(crop.permute(2, 0, 1), [size, size], antialias=True)
     a, hwc = np.ascontiguousarray(img.permute(1, 2, 0).numpy()), True
     if params.flip:
@@ -333,8 +348,13 @@ def to_normalized_float(img: torch.Tensor) -> torch.Tensor:
     ramp (:func:`_normalize_lut`), instead of four passes over the float image; subtraction and
     division are correctly rounded however they are vectorised, so the values are the same bits.
     """
-    if img.device.type == "cpu" and img.dtype == torch.uint8 and img.ndim == 3 and img.shape[0] == 3 \
-            and img.is_contiguous():
+    if (
+        img.device.type == "cpu"
+        and img.dtype == torch.uint8
+        and img.ndim == 3
+        and img.shape[0] == 3
+        and img.is_contiguous()
+    ):
         import cv2
 
         out = np.empty(tuple(img.shape), dtype=np.float32)

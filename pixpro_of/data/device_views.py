@@ -1,4 +1,5 @@
 """Both views of a batch built on the training device from JPEG bytes (``data.decode_on=device``)."""
+
 from __future__ import annotations
 
 import math
@@ -13,8 +14,26 @@ from pixpro_of.data.augment import IMAGENET_MEAN, IMAGENET_STD, ViewParams
 from plumbing.errors import UserError
 
 # Columns of a packed view-parameter row (float64: every draw is an exact double or a small int).
-PARAM_COLUMNS = ("left", "top", "width", "height", "flip", "jitter", "order0", "order1", "order2", "order3",
-                 "brightness", "contrast", "saturation", "hue", "grayscale", "blur", "sigma", "solarize")
+PARAM_COLUMNS = (
+    "left",
+    "top",
+    "width",
+    "height",
+    "flip",
+    "jitter",
+    "order0",
+    "order1",
+    "order2",
+    "order3",
+    "brightness",
+    "contrast",
+    "saturation",
+    "hue",
+    "grayscale",
+    "blur",
+    "sigma",
+    "solarize",
+)
 NUM_PARAMS = len(PARAM_COLUMNS)
 _C = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 
@@ -22,8 +41,20 @@ _C = {name: i for i, name in enumerate(PARAM_COLUMNS)}
 def pack_view_params(p: ViewParams) -> torch.Tensor:
     """One view's draws as a float64 ``[NUM_PARAMS]`` row (:data:`PARAM_COLUMNS`)."""
     order, b, c, s, h = p.jitter if p.jitter is not None else ((0, 1, 2, 3), 1.0, 1.0, 1.0, 0.0)
-    row = [*p.box, float(p.flip), float(p.jitter is not None), *order, b, c, s, h, float(p.grayscale),
-           float(p.blur_sigma is not None), p.blur_sigma if p.blur_sigma is not None else 0.0, float(p.solarize)]
+    row = [
+        *p.box,
+        float(p.flip),
+        float(p.jitter is not None),
+        *order,
+        b,
+        c,
+        s,
+        h,
+        float(p.grayscale),
+        float(p.blur_sigma is not None),
+        p.blur_sigma if p.blur_sigma is not None else 0.0,
+        float(p.solarize),
+    ]
     return torch.tensor(row, dtype=torch.float64)
 
 
@@ -32,11 +63,21 @@ def unpack_view_params(row: Sequence[float]) -> ViewParams:
     r = [float(v) for v in row]
     jitter = None
     if r[_C["jitter"]]:
-        jitter = (tuple(int(r[_C[f"order{i}"]]) for i in range(4)), r[_C["brightness"]], r[_C["contrast"]],
-                  r[_C["saturation"]], r[_C["hue"]])
-    return ViewParams(box=tuple(int(r[_C[k]]) for k in ("left", "top", "width", "height")), flip=bool(r[_C["flip"]]),
-                      jitter=jitter, grayscale=bool(r[_C["grayscale"]]),
-                      blur_sigma=r[_C["sigma"]] if r[_C["blur"]] else None, solarize=bool(r[_C["solarize"]]))
+        jitter = (
+            tuple(int(r[_C[f"order{i}"]]) for i in range(4)),
+            r[_C["brightness"]],
+            r[_C["contrast"]],
+            r[_C["saturation"]],
+            r[_C["hue"]],
+        )
+    return ViewParams(
+        box=tuple(int(r[_C[k]]) for k in ("left", "top", "width", "height")),
+        flip=bool(r[_C["flip"]]),
+        jitter=jitter,
+        grayscale=bool(r[_C["grayscale"]]),
+        blur_sigma=r[_C["sigma"]] if r[_C["blur"]] else None,
+        solarize=bool(r[_C["solarize"]]),
+    )
 
 
 def decode_jpegs(data: List[torch.Tensor], device: torch.device) -> List[torch.Tensor]:
@@ -58,8 +99,12 @@ def _first_line(exc: BaseException) -> str:
     return (str(exc).strip().splitlines() or [type(exc).__name__])[0][:160]
 
 
-def _decode_chunk(data: List[torch.Tensor], device: torch.device, name: Callable[[int], str],
-                  bad: Optional[List[Tuple[int, str]]] = None) -> List[Optional[torch.Tensor]]:
+def _decode_chunk(
+    data: List[torch.Tensor],
+    device: torch.device,
+    name: Callable[[int], str],
+    bad: Optional[List[Tuple[int, str]]] = None,
+) -> List[Optional[torch.Tensor]]:
     """:func:`decode_jpegs` of a chunk. When the batched call fails, each frame is decoded alone;
     a frame the device refuses is decoded on the host (:func:`decode_host`) and copied to
     ``device``; a frame neither decodes is named in one line (``name(j)``, called only then):
@@ -117,8 +162,9 @@ def _rotate_hue(x: torch.Tensor, turns: torch.Tensor) -> torch.Tensor:
     v = rgb.amax(1)
     d = v - rgb.amin(1)
     span = torch.where(d > 0, d, torch.ones_like(d))
-    h = torch.where(v == r, torch.remainder((g - b) / span, 6.0),
-                    torch.where(v == g, (b - r) / span + 2.0, (r - g) / span + 4.0))
+    h = torch.where(
+        v == r, torch.remainder((g - b) / span, 6.0), torch.where(v == g, (b - r) / span + 2.0, (r - g) / span + 4.0)
+    )
     h = torch.where(d > 0, h, torch.zeros_like(h))
     h = torch.remainder(h + 6.0 * turns.view(-1, 1, 1).to(h.dtype), 6.0)
     s = torch.where(v > 0, d / torch.where(v > 0, v, torch.ones_like(v)), torch.zeros_like(v))
@@ -144,8 +190,8 @@ def _blur(x: torch.Tensor, sigmas: List[Optional[float]]) -> torch.Tensor:
             kernels[i, R] = 1.0
             continue
         r = max(1, min(int(math.ceil(3.0 * s)), ww - 1, hh - 1))
-        k = torch.exp(-0.5 * (taps[R - r:R + r + 1] / s) ** 2)
-        kernels[i, R - r:R + r + 1] = k / k.sum()
+        k = torch.exp(-0.5 * (taps[R - r : R + r + 1] / s) ** 2)
+        kernels[i, R - r : R + r + 1] = k / k.sum()
     w = kernels.to(torch.float32).repeat_interleave(3, 0).to(x.device)
     y = F.pad(x.reshape(1, n * 3, hh, ww), (R, R, R, R), mode="reflect")
     y = F.conv2d(y, w.view(n * 3, 1, 1, -1), groups=n * 3)
@@ -170,7 +216,7 @@ def colour_views(x: torch.Tensor, params: torch.Tensor, rows: List[List[float]])
                 flat.extend(take)
     index = torch.tensor(flat, dtype=torch.long).to(x.device, non_blocking=True) if flat else None
     for op, start, n in plan:
-        idx = index[start:start + n]
+        idx = index[start : start + n]
         sub, q = x.index_select(0, idx), p.index_select(0, idx)
         if op == 0:
             sub = (sub * q[:, _C["brightness"]].view(-1, 1, 1, 1)).clamp_(0.0, 255.0).floor_()
@@ -199,14 +245,22 @@ def crop_resize(frame: torch.Tensor, box: Tuple[int, int, int, int], size: int) 
     """A uint8 ``[3, H, W]`` frame's crop ``box`` (left, top, w, h) → float ``[3, S, S]`` with integer
     values: bilinear, antialiased, on float32, rounded."""
     left, top, w, h = box
-    crop = frame[:, top:top + h, left:left + w].unsqueeze(0).to(torch.float32)
+    crop = frame[:, top : top + h, left : left + w].unsqueeze(0).to(torch.float32)
     out = F.interpolate(crop, size=(size, size), mode="bilinear", align_corners=False, antialias=True)
     return out[0].round_().clamp_(0.0, 255.0)
 
 
-def build_views(jpeg_bytes: torch.Tensor, spans: torch.Tensor, params1: torch.Tensor, params2: torch.Tensor,
-                size: int, device, chunk: int = 64, names: Optional[Callable[[int, int], str]] = None,
-                bad: Optional[List[Tuple[int, int, str]]] = None) -> Tuple[torch.Tensor, torch.Tensor]:
+def build_views(
+    jpeg_bytes: torch.Tensor,
+    spans: torch.Tensor,
+    params1: torch.Tensor,
+    params2: torch.Tensor,
+    size: int,
+    device,
+    chunk: int = 64,
+    names: Optional[Callable[[int, int], str]] = None,
+    bad: Optional[List[Tuple[int, int, str]]] = None,
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """``(view1, view2)`` float32 ``[B, 3, S, S]`` ImageNet-normalised, on ``device``.
 
     ``jpeg_bytes``: uint8 host tensor with every JPEG of the batch; ``spans`` int64 ``[B, 2, 2]``:
@@ -233,7 +287,7 @@ def build_views(jpeg_bytes: torch.Tensor, spans: torch.Tensor, params1: torch.Te
     rows = params.tolist()  # sample i, B + i: view 2; a no-op copy for host params, as the trainer keeps them
     sp = spans.to("cpu").tolist()
     data = jpeg_bytes.to("cpu")
-    frames = [data[s:s + n] for v in (0, 1) for (s, n) in (sp[b][v] for b in range(B))]
+    frames = [data[s : s + n] for v in (0, 1) for (s, n) in (sp[b][v] for b in range(B))]
     label = names or (lambda b, v: f"sample {b} view {v + 1}")
     out = torch.zeros(2 * B, 3, size, size, dtype=torch.float32, device=device)
     alive: "deque" = deque()  # (decoded frames, event after their crops): at most two chunks
@@ -242,7 +296,7 @@ def build_views(jpeg_bytes: torch.Tensor, spans: torch.Tensor, params1: torch.Te
             _, ev = alive.popleft()
             if ev is not None:
                 ev.synchronize()
-        part = frames[i:i + chunk]
+        part = frames[i : i + chunk]
         failed: Optional[List[Tuple[int, str]]] = [] if bad is not None else None
         decoded = _decode_chunk(part, device, lambda j, i=i: label((i + j) % B, (i + j) // B), failed)
         for j, msg in failed or ():

@@ -1,4 +1,5 @@
 """Flow estimated on the fly for a batch of clips (the seed's no-storage mode, docs/original-system.md §2.5)."""
+
 from __future__ import annotations
 
 from typing import Dict, Tuple
@@ -33,7 +34,7 @@ class ClipFlow:
         dst = torch.cat([later, earlier], 0)
         out = []
         for i in range(0, 2 * n, self.chunk):
-            out.append(self.estimator(src[i:i + self.chunk], dst[i:i + self.chunk]).low)
+            out.append(self.estimator(src[i : i + self.chunk], dst[i : i + self.chunk]).low)
         low = torch.cat(out, 0)
         h8, w8 = low.shape[-2:]
         fwd = low[:n].reshape(b, k - 1, 2, h8, w8)
@@ -50,7 +51,9 @@ def positives_on_the_fly(batch, flow: ClipFlow, cfg, feature_size: int) -> Dict[
 
     frames = batch.frames
     if frames is None:
-        raise ValueError("the batch has no frames: build its samples with carry='frames' from clips read with all_frames=True")
+        raise ValueError(
+            "the batch has no frames: build its samples with carry='frames' from clips read with all_frames=True"
+        )
     if frames.shape[1] < 2:
         return batch_positives(batch, None, None, cfg, feature_size)
     fwd, bwd = flow(frames)

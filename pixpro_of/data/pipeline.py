@@ -1,4 +1,5 @@
 """From a clip to a training sample and a typed batch: two augmented views and their positive pairs."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass, field, fields, replace
@@ -17,7 +18,9 @@ CARRY = ("positives", "flows", "frames")  # what a sample carries for its positi
 VIEWS = ("worker", "device")  # where the views are built (data.decode_on; see the module docstring)
 
 
-def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[str, torch.device] = "cpu") -> torch.Tensor:
+def frame_tensor(
+    frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[str, torch.device] = "cpu"
+) -> torch.Tensor:
     """Decode seam: a uint8 [H, W, 3] array, uint8 [3, H, W] tensor or JPEG bytes → uint8 [3, H, W].
 
     JPEG bytes are decoded with simplejpeg on CPU (as the shard reader does) and with
@@ -38,15 +41,18 @@ def frame_tensor(frame: Union[np.ndarray, bytes, torch.Tensor], device: Union[st
         return torch.from_numpy(frame).permute(2, 0, 1).to(device)
     if isinstance(frame, torch.Tensor) and frame.dtype == torch.uint8 and frame.ndim == 3 and frame.shape[0] == 3:
         return frame.to(device)
-    raise ValueError(f"frame should be a uint8 [H, W, 3] array, a uint8 [3, H, W] tensor or JPEG bytes, got {type(frame).__name__}")
+    raise ValueError(
+        f"frame should be a uint8 [H, W, 3] array, a uint8 [3, H, W] tensor or JPEG bytes, got {type(frame).__name__}"
+    )
 
 
 def jpeg_of(frame) -> bytes:
     """A frame given as JPEG bytes, as bytes (``data.decode_on=device`` needs the reader's bytes)."""
     if isinstance(frame, (bytes, bytearray, memoryview)):
         return bytes(frame)
-    raise ValueError(f"views built on the device need JPEG bytes from the reader (data.decode_on=device), "
-                     f"got {type(frame).__name__}")
+    raise ValueError(
+        f"views built on the device need JPEG bytes from the reader (data.decode_on=device), got {type(frame).__name__}"
+    )
 
 
 def jpeg_size(data: bytes) -> tuple:
@@ -56,7 +62,9 @@ def jpeg_size(data: bytes) -> tuple:
     try:
         h, w = simplejpeg.decode_jpeg_header(data)[:2]
     except Exception as exc:  # noqa: BLE001 - simplejpeg raises ValueError/RuntimeError on damage
-        raise ValueError(f"cannot read the JPEG header ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise ValueError(
+            f"cannot read the JPEG header ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        ) from None
     return int(h), int(w)
 
 
@@ -102,34 +110,54 @@ class SampleBuilder:
         bwd = clip.get("bwd")
         k = int(clip.get("k", 1))
         n = 0 if fwd is None else int(np.shape(fwd)[0])
-        if k > 1 and self.carry != "frames" and not self.no_flow and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd)):
-            raise UserError(f"{self._where(clip)}: needs fwd and bwd of shape [{k - 1}, 2, h8, w8], "
-                            f"got {None if fwd is None else tuple(np.shape(fwd))} and {None if bwd is None else tuple(np.shape(bwd))}")
+        if (
+            k > 1
+            and self.carry != "frames"
+            and not self.no_flow
+            and (fwd is None or bwd is None or n != k - 1 or np.shape(bwd) != np.shape(fwd))
+        ):
+            raise UserError(
+                f"{self._where(clip)}: needs fwd and bwd of shape [{k - 1}, 2, h8, w8], "
+                f"got {None if fwd is None else tuple(np.shape(fwd))} and "
+                f"{None if bwd is None else tuple(np.shape(bwd))}"
+            )
         S = int(self.cfg.image_size)
         p1 = draw_view_params(rng, (H, W), BYOL_VIEW1, self.cfg.crop_scale, self.cfg.crop_ratio)
         p2 = draw_view_params(rng, (H, W), BYOL_VIEW2, self.cfg.crop_scale, self.cfg.crop_ratio)
         if self.views == "device":  # the device decodes and builds the views (device_views)
-            pixels: Dict[str, object] = {"jpeg1": f1, "jpeg2": f2,
-                                         "params1": pack_view_params(p1), "params2": pack_view_params(p2)}
+            pixels: Dict[str, object] = {
+                "jpeg1": f1,
+                "jpeg2": f2,
+                "params1": pack_view_params(p1),
+                "params2": pack_view_params(p2),
+            }
         else:
-            pixels = {"view1": to_normalized_float(apply_view(f1, p1, S)),
-                      "view2": to_normalized_float(apply_view(f2, p2, S))}
+            pixels = {
+                "view1": to_normalized_float(apply_view(f1, p1, S)),
+                "view2": to_normalized_float(apply_view(f2, p2, S)),
+            }
         box1 = torch.tensor([p1.box], dtype=torch.float64)
         box2 = torch.tensor([p2.box], dtype=torch.float64)
         flip1 = torch.tensor([p1.flip])
         flip2 = torch.tensor([p2.flip])
         out = {
             **pixels,
-            "box1": box1[0].float(), "box2": box2[0].float(),
-            "flip1": bool(p1.flip), "flip2": bool(p2.flip),
-            "video": clip.get("video", ""), "t": int(clip.get("t", 0)), "k": k,
+            "box1": box1[0].float(),
+            "box2": box2[0].float(),
+            "flip1": bool(p1.flip),
+            "flip2": bool(p2.flip),
+            "video": clip.get("video", ""),
+            "t": int(clip.get("t", 0)),
+            "k": k,
             "frame_hw": (H, W),
         }
         if self.carry == "frames":
             frames = clip.get("frames")
             if frames is None or np.shape(frames)[0] != k:
-                raise UserError(f"{self._where(clip)}: needs every frame of the clip (frames [{k}, H, W, 3]) for flow "
-                                f"on the fly, got {None if frames is None else tuple(np.shape(frames))}")
+                raise UserError(
+                    f"{self._where(clip)}: needs every frame of the clip (frames [{k}, H, W, 3]) for flow "
+                    f"on the fly, got {None if frames is None else tuple(np.shape(frames))}"
+                )
             out["frames"] = torch.from_numpy(np.ascontiguousarray(frames))
             return out
         if k > 1 and not self.no_flow:
@@ -139,16 +167,22 @@ class SampleBuilder:
                 out["fwd"], out["bwd"] = fwd_t, bwd_t
                 return out
             try:
-                pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.cfg,
-                                        fwd_t[None], bwd_t[None])
+                pos = compute_positives(
+                    box1, flip1, box2, flip2, (H, W), self.feature_size, self.cfg, fwd_t[None], bwd_t[None]
+                )
             except ValueError as exc:
                 raise UserError(f"{self._where(clip)}: {exc}") from None
         elif self.carry == "flows":
             return out  # k = 1: no flow, the device computes the same-frame positives
         else:
             pos = compute_positives(box1, flip1, box2, flip2, (H, W), self.feature_size, self.cfg)
-        out.update(pos12=pos["pos12"][0], pos21=pos["pos21"][0], mask_ratio=float(pos["mask_ratio"][0]),
-                   mask_ratio_fwd=float(pos["mask_ratio_fwd"][0]), mask_ratio_bwd=float(pos["mask_ratio_bwd"][0]))
+        out.update(
+            pos12=pos["pos12"][0],
+            pos21=pos["pos21"][0],
+            mask_ratio=float(pos["mask_ratio"][0]),
+            mask_ratio_fwd=float(pos["mask_ratio_fwd"][0]),
+            mask_ratio_bwd=float(pos["mask_ratio_bwd"][0]),
+        )
         return out
 
 
@@ -170,6 +204,7 @@ class Batch:
     :data:`pixpro_of.data.device_views.PARAM_COLUMNS`).
     Fields a source does not give (e.g. a test double's) stay None.
     """
+
     view1: Optional[torch.Tensor] = None
     view2: Optional[torch.Tensor] = None
     pos12: Optional[torch.Tensor] = None
@@ -211,14 +246,25 @@ class Batch:
     def pin_memory(self) -> "Batch":
         """The batch with its tensors in page-locked memory (the DataLoader calls this with
         ``pin_memory=True``, so the copies to the GPU can be asynchronous)."""
-        return Batch(**{f.name: (v.pin_memory() if torch.is_tensor(v) else v)
-                        for f in fields(self) for v in (getattr(self, f.name),)})
+        return Batch(
+            **{
+                f.name: (v.pin_memory() if torch.is_tensor(v) else v)
+                for f in fields(self)
+                for v in (getattr(self, f.name),)
+            }
+        )
 
     def with_positives(self, pos: Dict[str, torch.Tensor]) -> "Batch":
         """The batch with ``pos12``, ``pos21`` and ``mask_ratio{,_fwd,_bwd}`` from
         :func:`pixpro_of.positives.compute_positives`'s dict (mask ratios as float32)."""
-        return replace(self, pos12=pos["pos12"], pos21=pos["pos21"], mask_ratio=pos["mask_ratio"].float(),
-                       mask_ratio_fwd=pos["mask_ratio_fwd"].float(), mask_ratio_bwd=pos["mask_ratio_bwd"].float())
+        return replace(
+            self,
+            pos12=pos["pos12"],
+            pos21=pos["pos21"],
+            mask_ratio=pos["mask_ratio"].float(),
+            mask_ratio_fwd=pos["mask_ratio_fwd"].float(),
+            mask_ratio_bwd=pos["mask_ratio_bwd"].float(),
+        )
 
 
 def collate(samples: Sequence[dict]) -> Batch:
@@ -252,8 +298,9 @@ def collate(samples: Sequence[dict]) -> Batch:
     return Batch(**out)
 
 
-def batch_positives(batch: Batch, fwd: Optional[torch.Tensor], bwd: Optional[torch.Tensor], cfg: PositiveConfig,
-                    feature_size: int) -> Dict[str, torch.Tensor]:
+def batch_positives(
+    batch: Batch, fwd: Optional[torch.Tensor], bwd: Optional[torch.Tensor], cfg: PositiveConfig, feature_size: int
+) -> Dict[str, torch.Tensor]:
     """Positives of a collated batch whose samples did not compute them.
 
     ``fwd``/``bwd``: ``[B, k−1, 2, h, w]`` flows in time order (full resolution or 1/8 shard units,
@@ -268,6 +315,14 @@ def batch_positives(batch: Batch, fwd: Optional[torch.Tensor], bwd: Optional[tor
         raise ValueError(f"batch_positives needs one frame size per batch, got {sorted(set(map(tuple, hw.tolist())))}")
     device = fwd.device if fwd is not None else batch.box1.device
     frame_hw = (int(hw[0, 0]), int(hw[0, 1]))
-    return compute_positives(batch.box1.to(device, torch.float64), batch.flip1.to(device),
-                             batch.box2.to(device, torch.float64), batch.flip2.to(device),
-                             frame_hw, feature_size, cfg, fwd, bwd)
+    return compute_positives(
+        batch.box1.to(device, torch.float64),
+        batch.flip1.to(device),
+        batch.box2.to(device, torch.float64),
+        batch.flip2.to(device),
+        frame_hw,
+        feature_size,
+        cfg,
+        fwd,
+        bwd,
+    )

@@ -1,4 +1,5 @@
 """Batch N+1's views built while step N runs (``data.decode_on=device``)."""
+
 from __future__ import annotations
 
 import time
@@ -18,8 +19,9 @@ class ViewsPrefetcher:
     debugging). Call :meth:`close` when done (the trainer's loop drops it with its loader).
     """
 
-    def __init__(self, source: Iterator[Any], views, device, channels_last: bool = False, epoch: int = 0,
-                 threaded: bool = True):
+    def __init__(
+        self, source: Iterator[Any], views, device, channels_last: bool = False, epoch: int = 0, threaded: bool = True
+    ):
         self.source = source
         self.views = views
         self.device = torch.device(device)
@@ -109,8 +111,9 @@ class ViewsPrefetcher:
     def _record(self, message: str, skippable: bool = True):
         from pixpro_of.train.data import BadSample
 
-        return BadSample(epoch=self.epoch, position=-1, video_index=-1, t=-1, message=message,
-                         skippable=skippable, when=time.time())
+        return BadSample(
+            epoch=self.epoch, position=-1, video_index=-1, t=-1, message=message, skippable=skippable, when=time.time()
+        )
 
     def _failed(self, item, message: str):
         """``item`` as a batch that could not be built: under ``fail`` a frame's record (the

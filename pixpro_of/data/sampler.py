@@ -1,4 +1,5 @@
 """Deterministic clip order: one clip per video per epoch, resumable mid-epoch."""
+
 from __future__ import annotations
 
 import zlib
@@ -20,8 +21,16 @@ def _name_key(name: str) -> int:
 class ClipSampler(torch.utils.data.Sampler):
     """Yields ``(video_index, t)`` for one rank; see the module docstring for the exact rules."""
 
-    def __init__(self, dataset, seed: int, epoch: int, rank: int = 0, world_size: int = 1,
-                 start: int = 0, num_samples: Optional[int] = None):
+    def __init__(
+        self,
+        dataset,
+        seed: int,
+        epoch: int,
+        rank: int = 0,
+        world_size: int = 1,
+        start: int = 0,
+        num_samples: Optional[int] = None,
+    ):
         if world_size < 1 or not 0 <= rank < world_size:
             raise UserError(f"rank {rank} outside [0, world_size={world_size})")
         self.dataset = dataset
@@ -40,21 +49,20 @@ class ClipSampler(torch.utils.data.Sampler):
         n = self.dataset.num_videos
         rng = np.random.default_rng([self.seed, self.epoch, _SALT_ORDER])
         perm = rng.permutation(n)
-        mine = perm[self.rank::self.world_size]
+        mine = perm[self.rank :: self.world_size]
         rounds = 1
         while mine.shape[0] < self.per_rank:  # num_samples larger than one pass: continue
             extra = np.random.default_rng([self.seed, self.epoch, _SALT_ORDER, rounds]).permutation(n)
-            mine = np.concatenate([mine, extra[self.rank::self.world_size]])
+            mine = np.concatenate([mine, extra[self.rank :: self.world_size]])
             rounds += 1
-        return mine[:self.per_rank]
+        return mine[: self.per_rank]
 
     def clip_start(self, video_index: int, repeat: int = 0) -> int:
         """The start frame t drawn for ``video_index`` in this epoch (uniform in [0, T - k])."""
         n_frames = self.dataset.num_frames(video_index)
         k = self.dataset.k
         if n_frames < k:
-            raise UserError(f"video {self.dataset.video_name(video_index)!r} has {n_frames} frames, "
-                            f"fewer than k={k}")
+            raise UserError(f"video {self.dataset.video_name(video_index)!r} has {n_frames} frames, fewer than k={k}")
         key = _name_key(self.dataset.video_name(video_index))
         rng = np.random.default_rng([self.seed, self.epoch, _SALT_START, key, repeat])
         return int(rng.integers(0, n_frames - k + 1))
@@ -70,7 +78,7 @@ class ClipSampler(torch.utils.data.Sampler):
         return out
 
     def __iter__(self) -> Iterator[Tuple[int, int]]:
-        return iter(self.items()[self.start:])
+        return iter(self.items()[self.start :])
 
     def __len__(self) -> int:
         return self.per_rank - self.start

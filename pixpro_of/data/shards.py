@@ -1,4 +1,5 @@
 """The clip reader: a torch Dataset over HDF5 shards whose item is one clip (video, t, k)."""
+
 from __future__ import annotations
 
 import os
@@ -33,7 +34,10 @@ def checked_jpeg(data: bytes, where: str) -> bytes:
     try:
         simplejpeg.decode_jpeg_header(data)
     except Exception as exc:  # noqa: BLE001 - simplejpeg raises ValueError/RuntimeError for damaged data
-        raise UserError(f"{where}: cannot read the JPEG header ({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})") from None
+        raise UserError(
+            f"{where}: cannot read the JPEG header "
+            f"({str(exc).splitlines()[0][:120] if str(exc) else type(exc).__name__})"
+        ) from None
     return data
 
 
@@ -58,8 +62,16 @@ class ShardClipDataset(torch.utils.data.Dataset):
     ``check_crc`` verifies every JPEG's and flow chunk's CRC32 on read.
     """
 
-    def __init__(self, shard_paths: Sequence, k: int, check_crc: bool = True, drop_short: bool = False,
-                 all_frames: bool = False, flows: bool = True, decode: bool = True):
+    def __init__(
+        self,
+        shard_paths: Sequence,
+        k: int,
+        check_crc: bool = True,
+        drop_short: bool = False,
+        all_frames: bool = False,
+        flows: bool = True,
+        decode: bool = True,
+    ):
         if int(k) < 1:
             raise UserError(f"clip length k must be >= 1, got {k}")
         self.k = int(k)
@@ -80,8 +92,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
                 if v.num_frames < self.k:
                     if drop_short:
                         continue
-                    raise UserError(f"{os.path.basename(path)}: video {v.name!r} has {v.num_frames} "
-                                    f"frames, fewer than k={self.k}")
+                    raise UserError(
+                        f"{os.path.basename(path)}: video {v.name!r} has {v.num_frames} frames, fewer than k={self.k}"
+                    )
                 names.append(v.name)
                 shard_idx.append(si)
                 frames.append(v.num_frames)
@@ -143,8 +156,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
         name = str(self._names[vi])
         shard = self.shard_paths[int(self._shard[vi])]
         if not 0 <= t <= n - k:
-            raise IndexError(f"{os.path.basename(shard)}: video {name!r}: clip start {t} out of range "
-                             f"[0, {n - k}] for k={k}")
+            raise IndexError(
+                f"{os.path.basename(shard)}: video {name!r}: clip start {t} out of range [0, {n - k}] for k={k}"
+            )
         reader = self._reader(int(self._shard[vi]))
         gone = reader.changed()
         if gone:
@@ -178,8 +192,9 @@ class ShardClipDataset(torch.utils.data.Dataset):
             gone = reader.changed(every_s=0.0)
             if gone:
                 raise ShardUnavailableError(gone) from None
-            raise UserError(f"{where} {t}: cannot read ({type(exc).__name__}: "
-                            f"{str(exc).splitlines()[0][:160] if str(exc) else ''})") from None
+            raise UserError(
+                f"{where} {t}: cannot read ({type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''})"
+            ) from None
         if k == 1 and self.decode:
             frame2 = frame1.copy()
         clip = {"frame1": frame1, "frame2": frame2, "fwd": fwd, "bwd": bwd, "video": name, "t": t, "k": k}

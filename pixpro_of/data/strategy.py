@@ -1,4 +1,5 @@
 """Where a batch's positives are computed: one strategy, chosen once from the config."""
+
 from __future__ import annotations
 
 import logging
@@ -74,8 +75,9 @@ class FromOnlineFlow(PositivesStrategy):
         return batch.with_positives(positives_on_the_fly(batch, self.clip_flow, self.cfg, self.feature_size))
 
 
-def make_positives(mode: str, cfg: PositiveConfig, feature_size: int,
-                   clip_flow: Optional[Callable[[], object]] = None) -> PositivesStrategy:
+def make_positives(
+    mode: str, cfg: PositiveConfig, feature_size: int, clip_flow: Optional[Callable[[], object]] = None
+) -> PositivesStrategy:
     """The strategy for ``mode`` (``DataConfig.positives_mode()``). ``clip_flow``: for ``raft``, a
     function that builds the flow estimator on the device (called here, once)."""
     if mode not in POSITIVES_MODES:
@@ -129,8 +131,9 @@ class ViewsOnDevice(ViewsStage):
 
     mode, decodes_in_worker, on_device = "device", False, True
 
-    def __init__(self, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64,
-                 channels_last: bool = False):
+    def __init__(
+        self, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64, channels_last: bool = False
+    ):
         if int(chunk) < 1:
             raise ValueError(f"chunk should be >= 1 frames, got {chunk}")
         self.size = int(cfg.image_size)
@@ -155,12 +158,23 @@ class ViewsOnDevice(ViewsStage):
         from pixpro_of.data.device_views import build_views
 
         if batch.jpeg_bytes is None or batch.params1 is None:
-            raise RuntimeError("the views were to be built on the device, but the batch has no JPEG bytes "
-                               "(build its samples with views='device' from clips read with decode=False)")
+            raise RuntimeError(
+                "the views were to be built on the device, but the batch has no JPEG bytes "
+                "(build its samples with views='device' from clips read with decode=False)"
+            )
         bad: Optional[List[Tuple[int, int, str]]] = [] if self.skip_bad else None
         with stage_timer(self.device) as clock:
-            v1, v2 = build_views(batch.jpeg_bytes, batch.jpeg_spans, batch.params1, batch.params2, self.size,
-                                 self.device, self.chunk, names=lambda b, v: self.frame_name(batch, b, v), bad=bad)
+            v1, v2 = build_views(
+                batch.jpeg_bytes,
+                batch.jpeg_spans,
+                batch.params1,
+                batch.params2,
+                self.size,
+                self.device,
+                self.chunk,
+                names=lambda b, v: self.frame_name(batch, b, v),
+                bad=bad,
+            )
             if self.channels_last:
                 v1 = v1.contiguous(memory_format=torch.channels_last)
                 v2 = v2.contiguous(memory_format=torch.channels_last)
@@ -230,8 +244,9 @@ class stage_timer:
             self.seconds = time.perf_counter() - self._t0
 
 
-def make_views(mode: str, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64,
-               channels_last: bool = False) -> ViewsStage:
+def make_views(
+    mode: str, cfg: SampleConfig, device: Union[str, torch.device], chunk: int = 64, channels_last: bool = False
+) -> ViewsStage:
     """The views stage for ``mode`` (``data.decode_on``)."""
     if mode not in VIEWS_MODES:
         raise ValueError(f"mode should be one of {VIEWS_MODES}, got {mode!r}")

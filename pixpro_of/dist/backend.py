@@ -1,4 +1,5 @@
 """The distributed backend interface the trainer talks to, and its single-process implementation."""
+
 from __future__ import annotations
 
 import abc
@@ -15,8 +16,10 @@ class CollectiveDeviceError(ValueError):
 def check_collective_device(tensor, expected, what: str) -> None:
     """Raise :class:`CollectiveDeviceError` when ``tensor`` is not on ``expected``."""
     if tensor.device != expected:
-        raise CollectiveDeviceError(f"{what} received a tensor on {tensor.device}; this backend's collectives "
-                                    f"take tensors on {expected} (move host values with to_collective())")
+        raise CollectiveDeviceError(
+            f"{what} received a tensor on {tensor.device}; this backend's collectives "
+            f"take tensors on {expected} (move host values with to_collective())"
+        )
 
 
 class Backend(abc.ABC):
@@ -125,7 +128,7 @@ class Backend(abc.ABC):
         """``scaler.step(optimizer)`` (which unscales first when the scaler is enabled)."""
         scaler.step(optimizer)
 
-    def shutdown(self) -> None:
+    def shutdown(self) -> None:  # noqa: B027 - optional hook: most backends hold nothing to release
         """Release the runtime (no-op by default)."""
 
 
@@ -211,8 +214,12 @@ def check_world_matches_launch(backend: Backend, job=None) -> None:
         return
     if backend.world_size == 1:
         choice = "dist.backend=horovod (under mpirun/horovodrun) or dist.backend=ddp (torchrun, srun or mpirun)"
-        raise UserError(f"dist.backend={backend.name} runs 1 rank but {job.launcher} started {job.world_size} "
-                        f"ranks: every rank would train alone on the same run directory; use {choice}")
-    raise UserError(f"dist.backend={backend.name} sees {backend.world_size} ranks but {job.launcher} started "
-                    f"{job.world_size}; start the trainer with the launcher its backend expects "
-                    f"(horovod: mpirun/horovodrun; ddp: torchrun, srun or mpirun)")
+        raise UserError(
+            f"dist.backend={backend.name} runs 1 rank but {job.launcher} started {job.world_size} "
+            f"ranks: every rank would train alone on the same run directory; use {choice}"
+        )
+    raise UserError(
+        f"dist.backend={backend.name} sees {backend.world_size} ranks but {job.launcher} started "
+        f"{job.world_size}; start the trainer with the launcher its backend expects "
+        f"(horovod: mpirun/horovodrun; ddp: torchrun, srun or mpirun)"
+    )

@@ -1,4 +1,5 @@
 """A backend wrapper that catches host tensors handed to collectives, without a GPU."""
+
 from __future__ import annotations
 
 import collections
@@ -52,8 +53,10 @@ class DeviceCheckedBackend(Backend):
     def _values(self, tensor, what: str):
         host = getattr(tensor, _HOST, None)
         if host is None:
-            raise CollectiveDeviceError(f"{what} received a tensor on {self.declared} that was not made by "
-                                        f"to_collective(); build host values there with to_collective()")
+            raise CollectiveDeviceError(
+                f"{what} received a tensor on {self.declared} that was not made by "
+                f"to_collective(); build host values there with to_collective()"
+            )
         return host
 
     def _record(self, what: str) -> None:

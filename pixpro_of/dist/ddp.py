@@ -1,4 +1,5 @@
 """PyTorch DDP backend (``dist.backend=ddp``): ``torch.distributed`` with NCCL on GPU, gloo on CPU."""
+
 from __future__ import annotations
 
 import datetime

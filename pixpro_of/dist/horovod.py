@@ -1,4 +1,5 @@
 """Horovod backend (``dist.backend=horovod``): ``horovod.torch`` over MPI, started by plain ``mpirun``."""
+
 from __future__ import annotations
 
 import sys
@@ -82,8 +83,10 @@ class HorovodBackend(Backend):
             # Horovod 0.28's zero_grad() takes no arguments; keep its pending-allreduce check
             # and accept torch's set_to_none.
             if self._handles:
-                raise AssertionError("optimizer.zero_grad() called between backward() and step(): "
-                                     "Horovod gradient allreduces are still in flight")
+                raise AssertionError(
+                    "optimizer.zero_grad() called between backward() and step(): "
+                    "Horovod gradient allreduces are still in flight"
+                )
             return base_class.zero_grad(self, set_to_none=set_to_none)
 
         opt.zero_grad = types.MethodType(zero_grad, opt)
@@ -95,6 +98,7 @@ class HorovodBackend(Backend):
         if self.world_size == 1:
             return module
         if self.device.type == "cuda":
+
             def allreduce_sum(t, name):
                 return hvd.allreduce(t, op=hvd.Sum, name=name)
 
@@ -113,6 +117,7 @@ class HorovodBackend(Backend):
                 comm.Allreduce(MPI.IN_PLACE, out.numpy(), op=MPI.SUM)
                 return out
         else:
+
             def allreduce_sum(t, name):
                 return hvd.allreduce(t, op=hvd.Sum, name=name)
 

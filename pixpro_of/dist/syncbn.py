@@ -1,4 +1,5 @@
 """Synchronised batch norm that works on any device and any backend, plus the module converter."""
+
 from __future__ import annotations
 
 from typing import Callable, Optional
@@ -24,12 +25,17 @@ class _CollectiveBN(torch.autograd.Function):
             var_l, mean_l = torch.var_mean(xf, dim=dims, correction=0)
             n_l = float(x.numel() // c)
             mean_l, var_l = mean_l.double(), var_l.double()
-            local = torch.cat([mean_l * n_l, (var_l + mean_l * mean_l) * n_l,
-                               torch.full((1,), n_l, dtype=torch.float64, device=x.device)])
+            local = torch.cat(
+                [
+                    mean_l * n_l,
+                    (var_l + mean_l * mean_l) * n_l,
+                    torch.full((1,), n_l, dtype=torch.float64, device=x.device),
+                ]
+            )
             total = allreduce(local, f"{name}.fwd")
             n = total[2 * c]
             mean64 = total[:c] / n
-            var64 = (total[c:2 * c] / n - mean64 * mean64).clamp_min(0.0)
+            var64 = (total[c : 2 * c] / n - mean64 * mean64).clamp_min(0.0)
             if running_mean is not None:
                 with torch.no_grad():
                     unbiased = var64 * (n / (n - 1).clamp_min(1.0))
@@ -65,8 +71,18 @@ class _CollectiveBN(torch.autograd.Function):
             if weight is None:
                 return dx.to(dy.dtype), None, None, None, None, None, None, None, None, None
             x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
-            return (dx.to(dy.dtype), (dyf * x_hat).sum(dims).to(weight.dtype), dyf.sum(dims).to(weight.dtype),
-                    None, None, None, None, None, None, None)
+            return (
+                dx.to(dy.dtype),
+                (dyf * x_hat).sum(dims).to(weight.dtype),
+                dyf.sum(dims).to(weight.dtype),
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+                None,
+            )
         x_hat = (x.float() - mean.view(shape)) * invstd.view(shape)
         sum_dy = dyf.sum(dims)
         sum_dy_xhat = (dyf * x_hat).sum(dims)
@@ -92,9 +108,15 @@ class CollectiveBatchNorm(nn.modules.batchnorm._BatchNorm):
 
     _counter = 0
 
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: Optional[float] = 0.1,
-                 affine: bool = True, track_running_stats: bool = True,
-                 allreduce_sum: Optional[AllreduceSum] = None):
+    def __init__(
+        self,
+        num_features: int,
+        eps: float = 1e-5,
+        momentum: Optional[float] = 0.1,
+        affine: bool = True,
+        track_running_stats: bool = True,
+        allreduce_sum: Optional[AllreduceSum] = None,
+    ):
         super().__init__(num_features, eps, momentum, affine, track_running_stats)
         self.allreduce_sum = allreduce_sum
         CollectiveBatchNorm._counter += 1
@@ -115,13 +137,30 @@ class CollectiveBatchNorm(nn.modules.batchnorm._BatchNorm):
             momentum = self.momentum
         if self.allreduce_sum is None:
             # No collective attached: plain batch norm (e.g. the module was built outside a backend).
-            return F.batch_norm(x, self.running_mean if not self.training or self.track_running_stats else None,
-                                self.running_var if not self.training or self.track_running_stats else None,
-                                self.weight, self.bias, use_batch_stats, momentum, self.eps)
+            return F.batch_norm(
+                x,
+                self.running_mean if not self.training or self.track_running_stats else None,
+                self.running_var if not self.training or self.track_running_stats else None,
+                self.weight,
+                self.bias,
+                use_batch_stats,
+                momentum,
+                self.eps,
+            )
         running_mean = self.running_mean if self.track_running_stats else None
         running_var = self.running_var if self.track_running_stats else None
-        return _CollectiveBN.apply(x, self.weight, self.bias, running_mean, running_var, self.eps,
-                                   momentum, use_batch_stats, self.allreduce_sum, self._sync_name)
+        return _CollectiveBN.apply(
+            x,
+            self.weight,
+            self.bias,
+            running_mean,
+            running_var,
+            self.eps,
+            momentum,
+            use_batch_stats,
+            self.allreduce_sum,
+            self._sync_name,
+        )
 
 
 def convert_batchnorm(module: nn.Module, factory: Callable[[nn.modules.batchnorm._BatchNorm], nn.Module]) -> nn.Module:
@@ -150,7 +189,8 @@ def collective_bn_factory(allreduce_sum: AllreduceSum) -> Callable[[nn.modules.b
     """A :func:`convert_batchnorm` factory for :class:`CollectiveBatchNorm` bound to ``allreduce_sum``."""
 
     def make(bn: nn.modules.batchnorm._BatchNorm) -> nn.Module:
-        return CollectiveBatchNorm(bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats,
-                                   allreduce_sum=allreduce_sum)
+        return CollectiveBatchNorm(
+            bn.num_features, bn.eps, bn.momentum, bn.affine, bn.track_running_stats, allreduce_sum=allreduce_sum
+        )
 
     return make

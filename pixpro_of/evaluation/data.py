@@ -1,4 +1,5 @@
 """Cityscapes-layout segmentation data: file pairs, training augmentation, validation images."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -8,8 +9,8 @@ from typing import List, Tuple
 import cv2
 import numpy as np
 
-from plumbing.errors import UserError
 from pixpro_of.evaluation.labels import IGNORE, label_ids_to_train_ids
+from plumbing.errors import UserError
 
 PIXEL_MEAN = (123.675, 116.28, 103.53)  # RGB, 0..255
 PIXEL_STD = (58.395, 57.12, 57.375)
@@ -67,8 +68,10 @@ def resize_pair(rgb: np.ndarray, lab: np.ndarray, scale: float) -> Tuple[np.ndar
     nh, nw = max(1, int(round(h * scale))), max(1, int(round(w * scale)))
     if (nh, nw) == (h, w):
         return rgb, lab
-    return (cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR),
-            cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST))
+    return (
+        cv2.resize(rgb, (nw, nh), interpolation=cv2.INTER_LINEAR),
+        cv2.resize(lab, (nw, nh), interpolation=cv2.INTER_NEAREST),
+    )
 
 
 def random_crop_pad(rgb: np.ndarray, lab: np.ndarray, crop: Tuple[int, int], rng: np.random.Generator):
@@ -77,7 +80,7 @@ def random_crop_pad(rgb: np.ndarray, lab: np.ndarray, crop: Tuple[int, int], rng
     h, w = lab.shape
     top = int(rng.integers(0, h - ch + 1)) if h > ch else 0
     left = int(rng.integers(0, w - cw + 1)) if w > cw else 0
-    rgb, lab = rgb[top:top + ch, left:left + cw], lab[top:top + ch, left:left + cw]
+    rgb, lab = rgb[top : top + ch, left : left + cw], lab[top : top + ch, left : left + cw]
     if lab.shape != (ch, cw):
         ph, pw = ch - lab.shape[0], cw - lab.shape[1]
         mean = np.array(PIXEL_MEAN, np.float32).round().astype(rgb.dtype)
@@ -97,8 +100,15 @@ class TrainSegDataset:
     Iterate with any sampler; item = (image ``[3, crop_h, crop_w]``, labels ``[crop_h, crop_w]``).
     """
 
-    def __init__(self, pairs: List[Pair], crop: Tuple[int, int], scale_range: Tuple[float, float] = (0.5, 2.0),
-                 flip: bool = True, seed: int = 0, length: int = 1 << 30):
+    def __init__(
+        self,
+        pairs: List[Pair],
+        crop: Tuple[int, int],
+        scale_range: Tuple[float, float] = (0.5, 2.0),
+        flip: bool = True,
+        seed: int = 0,
+        length: int = 1 << 30,
+    ):
         self.pairs, self.crop, self.scale_range = list(pairs), tuple(crop), tuple(scale_range)
         self.flip, self.seed, self.length = bool(flip), int(seed), int(length)
 
@@ -133,8 +143,9 @@ class ValSegDataset:
         rgb, lab = read_pair(self.pairs[i])
         if self.scale != 1.0:
             h, w = lab.shape
-            rgb = cv2.resize(rgb, (max(1, round(w * self.scale)), max(1, round(h * self.scale))),
-                             interpolation=cv2.INTER_LINEAR)
+            rgb = cv2.resize(
+                rgb, (max(1, round(w * self.scale)), max(1, round(h * self.scale))), interpolation=cv2.INTER_LINEAR
+            )
         return torch.from_numpy(normalize(rgb)), torch.from_numpy(lab.astype(np.int64)), i
 
     def raw(self, i: int) -> Tuple[np.ndarray, np.ndarray]:

@@ -1,4 +1,5 @@
 """Frozen ResNet backbone and the segmentation heads (DeepLabV3 with ASPP, or a linear probe)."""
+
 from __future__ import annotations
 
 from typing import Dict, Optional, Sequence, Tuple
@@ -7,8 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state
+from plumbing.errors import UserError
 
 C5_CHANNELS = {"resnet18": 512, "resnet34": 512, "resnet50": 2048, "resnet101": 2048, "resnet152": 2048}
 
@@ -34,8 +35,9 @@ class FrozenBackbone(nn.Module):
     ``forward(x)`` returns C5 ``[B, C, H/os, W/os]`` computed under ``torch.no_grad()``.
     """
 
-    def __init__(self, arch: str, state: Dict[str, torch.Tensor], output_stride: int = 16,
-                 multi_grid: Sequence[int] = (1, 2, 4)):
+    def __init__(
+        self, arch: str, state: Dict[str, torch.Tensor], output_stride: int = 16, multi_grid: Sequence[int] = (1, 2, 4)
+    ):
         super().__init__()
         import torchvision
 
@@ -73,11 +75,18 @@ def _conv_bn_relu(cin: int, cout: int, k: int, dilation: int = 1) -> nn.Sequenti
 class ASPP(nn.Module):
     """Atrous spatial pyramid pooling: ``[B, cin, h, w]`` -> ``[B, cout, h, w]`` (see module doc)."""
 
-    def __init__(self, cin: int, cout: int = 256, dilations: Sequence[int] = (6, 12, 18),
-                 pool_kernel: Optional[Tuple[int, int]] = None, dropout: float = 0.1):
+    def __init__(
+        self,
+        cin: int,
+        cout: int = 256,
+        dilations: Sequence[int] = (6, 12, 18),
+        pool_kernel: Optional[Tuple[int, int]] = None,
+        dropout: float = 0.1,
+    ):
         super().__init__()
-        self.branches = nn.ModuleList([_conv_bn_relu(cin, cout, 1)] +
-                                      [_conv_bn_relu(cin, cout, 3, d) for d in dilations])
+        self.branches = nn.ModuleList(
+            [_conv_bn_relu(cin, cout, 1)] + [_conv_bn_relu(cin, cout, 3, d) for d in dilations]
+        )
         self.pool_kernel = None if pool_kernel is None else (int(pool_kernel[0]), int(pool_kernel[1]))
         self.pool_conv = nn.Conv2d(cin, cout, 1, bias=True)
         nn.init.kaiming_uniform_(self.pool_conv.weight, a=1)
@@ -107,9 +116,15 @@ def _predictor(cin: int, num_classes: int) -> nn.Conv2d:
 class DeepLabV3Head(nn.Module):
     """ASPP then a 1x1 predictor: C5 ``[B, C, h, w]`` -> logits ``[B, K, h, w]``."""
 
-    def __init__(self, cin: int, num_classes: int = 19, channels: int = 256,
-                 dilations: Sequence[int] = (6, 12, 18), pool_kernel: Optional[Tuple[int, int]] = None,
-                 dropout: float = 0.1):
+    def __init__(
+        self,
+        cin: int,
+        num_classes: int = 19,
+        channels: int = 256,
+        dilations: Sequence[int] = (6, 12, 18),
+        pool_kernel: Optional[Tuple[int, int]] = None,
+        dropout: float = 0.1,
+    ):
         super().__init__()
         self.aspp = ASPP(cin, channels, dilations, pool_kernel, dropout)
         self.predictor = _predictor(channels, num_classes)
@@ -141,9 +156,15 @@ class SegmentationModel(nn.Module):
         return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)
 
 
-def build_model(arch: str, state: Dict[str, torch.Tensor], mode: str = "deeplab", num_classes: int = 19,
-                crop: Tuple[int, int] = (512, 1024), output_stride: int = 16,
-                multi_grid: Sequence[int] = (1, 2, 4)) -> SegmentationModel:
+def build_model(
+    arch: str,
+    state: Dict[str, torch.Tensor],
+    mode: str = "deeplab",
+    num_classes: int = 19,
+    crop: Tuple[int, int] = (512, 1024),
+    output_stride: int = 16,
+    multi_grid: Sequence[int] = (1, 2, 4),
+) -> SegmentationModel:
     """The seed's frozen-backbone DeepLabV3 (``mode="deeplab"``) or the linear probe (``"linear"``).
 
     ``crop`` (height, width) sets the ASPP image-pooling kernel to ``crop / output_stride``.

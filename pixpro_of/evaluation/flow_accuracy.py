@@ -1,4 +1,5 @@
 """``python -m pixpro_of eval flow``: flow accuracy and FB-mask quality on the synthetic driving world."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,9 @@ import numpy as np
 import torch
 
 from plumbing.atomic import atomic_write_text
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import call, command as cli_command
 from plumbing.parse import checked, parse_wxh
 
 
@@ -47,7 +49,7 @@ def chain_validity(flows: torch.Tensor, valids: torch.Tensor) -> torch.Tensor:
     pos = pixel_grid(h, w, flows.device, torch.float32).unsqueeze(0).expand(b, -1, -1, -1).clone()
     ok = torch.ones(b, h, w, dtype=torch.bool)
     for s in range(n):
-        v = _sample_grid(valids[:, s:s + 1].float(), pos)[:, 0]
+        v = _sample_grid(valids[:, s : s + 1].float(), pos)[:, 0]
         ok &= v >= 0.999
         pos = pos + _sample_grid(flows[:, s].float(), pos)
     return ok
@@ -59,7 +61,7 @@ def _estimate(est, rgb: np.ndarray, batch: int):
     b = np.concatenate([rgb[1:], rgb[:-1]])
     full, low = [], []
     for s in range(0, len(a), batch):
-        r = est(a[s:s + batch], b[s:s + batch])
+        r = est(a[s : s + batch], b[s : s + batch])
         full.append(r.full.cpu())
         low.append(r.low.cpu())
     full, low = torch.cat(full), torch.cat(low)
@@ -99,11 +101,11 @@ def evaluate(cfg: EvalConfig, log=print) -> Dict:
         for k in range(2, cfg.kmax + 1):
             n = k - 1
             for t in range(0, cfg.frames - n):
-                gfc = chain_flows(gt_f[None, t:t + n])
-                gbc = chain_backward(gt_b[None, t:t + n])
-                valid = chain_validity(gt_f[None, t:t + n], val_f[None, t:t + n])
-                efc = chain_flows(st_f[None, t:t + n])
-                ebc = chain_backward(st_b[None, t:t + n])
+                gfc = chain_flows(gt_f[None, t : t + n])
+                gbc = chain_backward(gt_b[None, t : t + n])
+                valid = chain_validity(gt_f[None, t : t + n], val_f[None, t : t + n])
+                efc = chain_flows(st_f[None, t : t + n])
+                ebc = chain_backward(st_b[None, t : t + n])
                 if k > 2:
                     err = torch.linalg.vector_norm(efc - gfc, dim=1)
                     epe[(k, "stored")][0] += float(err[valid].sum())
@@ -125,27 +127,41 @@ def evaluate(cfg: EvalConfig, log=print) -> Dict:
     for (k, key), (s, n) in sorted(epe.items()):
         result["epe"].append({"k": k, "flow": key, "epe_px": s / max(n, 1), "pixels": n})
     for (k, mode, flow_name, subset), (tp, fp, fn, total) in sorted(conf.items()):
-        result["masks"].append({"k": k, "mode": mode, "flow": flow_name, "pixels": subset,
-                                "precision": tp / (tp + fp) if tp + fp else float("nan"),
-                                "recall": tp / (tp + fn) if tp + fn else float("nan"),
-                                "flagged": (tp + fp) / total, "gt_invalid": (tp + fn) / total})
+        result["masks"].append(
+            {
+                "k": k,
+                "mode": mode,
+                "flow": flow_name,
+                "pixels": subset,
+                "precision": tp / (tp + fp) if tp + fp else float("nan"),
+                "recall": tp / (tp + fn) if tp + fn else float("nan"),
+                "flagged": (tp + fp) / total,
+                "gt_invalid": (tp + fn) / total,
+            }
+        )
     return result
 
 
 def format_result(r: Dict) -> str:
     c = r["config"]
-    lines = [f"model {c['model']}{' ' + c['dis_preset'] if c['model'] == 'dis' else ''}, {c['videos']} synthetic video(s) "
-             f"x {c['frames']} frames at {c['size'][0]}x{c['size'][1]}",
-             "end-point error (px, over ground-truth-valid pixels)",
-             f"{'k':>3} {'flow':<8} {'EPE':>8} {'pixels':>10}"]
+    lines = [
+        f"model {c['model']}{' ' + c['dis_preset'] if c['model'] == 'dis' else ''}, {c['videos']} synthetic video(s) "
+        f"x {c['frames']} frames at {c['size'][0]}x{c['size'][1]}",
+        "end-point error (px, over ground-truth-valid pixels)",
+        f"{'k':>3} {'flow':<8} {'EPE':>8} {'pixels':>10}",
+    ]
     for e in r["epe"]:
         lines.append(f"{e['k']:>3} {e['flow']:<8} {e['epe_px']:>8.3f} {e['pixels']:>10}")
-    lines += ["FB masks (positive = invalid: occluded or leaving the frame; in-frame = pixels whose true target is "
-              "inside the frame, i.e. occlusion only)",
-              f"{'k':>3} {'mode':<7} {'flow':<5} {'pixels':<8} {'precision':>9} {'recall':>7} {'flagged':>8} {'gt':>7}"]
+    lines += [
+        "FB masks (positive = invalid: occluded or leaving the frame; in-frame = pixels whose true target is "
+        "inside the frame, i.e. occlusion only)",
+        f"{'k':>3} {'mode':<7} {'flow':<5} {'pixels':<8} {'precision':>9} {'recall':>7} {'flagged':>8} {'gt':>7}",
+    ]
     for m in r["masks"]:
-        lines.append(f"{m['k']:>3} {m['mode']:<7} {m['flow']:<5} {m['pixels']:<8} {m['precision']:>9.3f} {m['recall']:>7.3f} "
-                     f"{m['flagged']:>8.3f} {m['gt_invalid']:>7.3f}")
+        lines.append(
+            f"{m['k']:>3} {m['mode']:<7} {m['flow']:<5} {m['pixels']:<8} {m['precision']:>9.3f} {m['recall']:>7.3f} "
+            f"{m['flagged']:>8.3f} {m['gt_invalid']:>7.3f}"
+        )
     return "\n".join(lines)
 
 
@@ -157,8 +173,11 @@ def frame_size(text: str) -> Tuple[int, int]:
     return w, h
 
 
-@cli_command("flow", epilog="Example: python -m pixpro_of eval flow --model dis --videos 2 --video-frames 7 "
-                             "--size 320x192 --kmax 6 --json flow.json")
+@cli_command(
+    "flow",
+    epilog="Example: python -m pixpro_of eval flow --model dis --videos 2 --video-frames 7 "
+    "--size 320x192 --kmax 6 --json flow.json",
+)
 @click.option("--model", type=click.Choice(["raft-small", "raft-large", "dis"]), default="dis", show_default=True)
 @click.option("--weights", default=None, help="RAFT checkpoint (official or torchvision layout)")
 @click.option("--dis-preset", type=click.Choice(["ultrafast", "fast", "medium"]), default="medium", show_default=True)
@@ -176,8 +195,18 @@ def command(model, weights, dis_preset, iters, device, videos, video_frames, siz
         raise UserError(f"--weights is required for {model}")
     if weights is not None and not os.path.isfile(weights):
         raise UserError(f"{weights}: weights file not found")
-    cfg = EvalConfig(model=model, weights=weights, dis_preset=dis_preset, iters=iters, device=device,
-                     videos=videos, frames=video_frames, size=frame_size(size), seed=seed, kmax=kmax)
+    cfg = EvalConfig(
+        model=model,
+        weights=weights,
+        dis_preset=dis_preset,
+        iters=iters,
+        device=device,
+        videos=videos,
+        frames=video_frames,
+        size=frame_size(size),
+        seed=seed,
+        kmax=kmax,
+    )
     r = evaluate(cfg)
     print(format_result(r))
     if json_out:

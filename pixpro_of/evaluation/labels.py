@@ -5,6 +5,7 @@ installed; otherwise from :data:`FALLBACK_CLASSES`, a copy of its 19 evaluated c
 checks the two agree). Every label id that is not one of the 19 maps to train id 255 (ignore),
 as do negative train ids (``license plate``).
 """
+
 from __future__ import annotations
 
 from functools import lru_cache
@@ -17,13 +18,25 @@ IGNORE = 255
 
 # (train id, name, label id, colour RGB) for the 19 evaluated Cityscapes classes.
 FALLBACK_CLASSES = (
-    (0, "road", 7, (128, 64, 128)), (1, "sidewalk", 8, (244, 35, 232)), (2, "building", 11, (70, 70, 70)),
-    (3, "wall", 12, (102, 102, 156)), (4, "fence", 13, (190, 153, 153)), (5, "pole", 17, (153, 153, 153)),
-    (6, "traffic light", 19, (250, 170, 30)), (7, "traffic sign", 20, (220, 220, 0)),
-    (8, "vegetation", 21, (107, 142, 35)), (9, "terrain", 22, (152, 251, 152)), (10, "sky", 23, (70, 130, 180)),
-    (11, "person", 24, (220, 20, 60)), (12, "rider", 25, (255, 0, 0)), (13, "car", 26, (0, 0, 142)),
-    (14, "truck", 27, (0, 0, 70)), (15, "bus", 28, (0, 60, 100)), (16, "train", 31, (0, 80, 100)),
-    (17, "motorcycle", 32, (0, 0, 230)), (18, "bicycle", 33, (119, 11, 32)),
+    (0, "road", 7, (128, 64, 128)),
+    (1, "sidewalk", 8, (244, 35, 232)),
+    (2, "building", 11, (70, 70, 70)),
+    (3, "wall", 12, (102, 102, 156)),
+    (4, "fence", 13, (190, 153, 153)),
+    (5, "pole", 17, (153, 153, 153)),
+    (6, "traffic light", 19, (250, 170, 30)),
+    (7, "traffic sign", 20, (220, 220, 0)),
+    (8, "vegetation", 21, (107, 142, 35)),
+    (9, "terrain", 22, (152, 251, 152)),
+    (10, "sky", 23, (70, 130, 180)),
+    (11, "person", 24, (220, 20, 60)),
+    (12, "rider", 25, (255, 0, 0)),
+    (13, "car", 26, (0, 0, 142)),
+    (14, "truck", 27, (0, 0, 70)),
+    (15, "bus", 28, (0, 60, 100)),
+    (16, "train", 31, (0, 80, 100)),
+    (17, "motorcycle", 32, (0, 0, 230)),
+    (18, "bicycle", 33, (119, 11, 32)),
 )
 
 
@@ -34,8 +47,9 @@ def classes() -> Tuple[Tuple[int, str, int, Tuple[int, int, int]], ...]:
         from cityscapesscripts.helpers.labels import labels
     except ImportError:
         return FALLBACK_CLASSES
-    found = sorted((l.trainId, l.name, l.id, tuple(l.color)) for l in labels
-                   if 0 <= l.trainId < IGNORE and not l.ignoreInEval)
+    found = sorted(
+        (l.trainId, l.name, l.id, tuple(l.color)) for l in labels if 0 <= l.trainId < IGNORE and not l.ignoreInEval
+    )
     return tuple(found)
 
 

@@ -1,4 +1,5 @@
 """Cityscapes 19-class IoU, as cityscapesScripts' ``evalPixelLevelSemanticLabeling`` defines it."""
+
 from __future__ import annotations
 
 import math
@@ -88,5 +89,9 @@ def score_report(conf: np.ndarray) -> Dict[str, object]:
             raise RuntimeError("cityscapesScripts and the confusion-matrix IoU disagree")
         evaluator = "cityscapesscripts.evaluation.evalPixelLevelSemanticLabeling"
     pct = lambda x: None if math.isnan(x) else round(100.0 * x, 4)  # noqa: E731
-    return {"mIoU": pct(miou), "class_iou": {n: pct(x) for n, x in zip(class_names(), iou)},
-            "classes_evaluated": sum(not math.isnan(x) for x in iou), "evaluator": evaluator}
+    return {
+        "mIoU": pct(miou),
+        "class_iou": {n: pct(x) for n, x in zip(class_names(), iou)},
+        "classes_evaluated": sum(not math.isnan(x) for x in iou),
+        "evaluator": evaluator,
+    }

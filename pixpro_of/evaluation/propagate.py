@@ -1,4 +1,5 @@
 """``python -m pixpro_of eval propagate``: video label propagation through frozen features."""
+
 from __future__ import annotations
 
 import json
@@ -11,9 +12,10 @@ import click
 import numpy as np
 
 from plumbing.atomic import atomic_write_text
-from plumbing.cli import Converted, call, command as cli_command
-from plumbing.parse import parse_wxh
+from plumbing.cli import Converted, call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
+from plumbing.parse import parse_wxh
 
 
 @dataclass
@@ -39,7 +41,9 @@ class PropagateConfig:
         if self.videos < 1:
             raise UserError(f"--videos should be >= 1, got {self.videos}")
         if self.video_frames < 2:
-            raise UserError(f"--video-frames should be >= 2 (a first frame and one to propagate to), got {self.video_frames}")
+            raise UserError(
+                f"--video-frames should be >= 2 (a first frame and one to propagate to), got {self.video_frames}"
+            )
         if self.topk < 1:
             raise UserError(f"--topk should be >= 1, got {self.topk}")
         if not self.temperature > 0:
@@ -56,6 +60,7 @@ class PropagateConfig:
 
 
 # --------------------------------------------------------------------------- the propagation
+
 
 def cell_labels(labels, num_classes: int, grid_hw: Tuple[int, int]):
     """Train ids ``[H, W]`` (255 = ignore) -> area-averaged one-hot ``[K, h, w]`` on a ``grid_hw`` grid.
@@ -81,8 +86,9 @@ def cell_labels(labels, num_classes: int, grid_hw: Tuple[int, int]):
     return (out / count).reshape(num_classes, h, w)
 
 
-def propagate_labels(feats, first, topk: int = 10, temperature: float = 0.07, radius: Optional[int] = None,
-                     context: int = 20):
+def propagate_labels(
+    feats, first, topk: int = 10, temperature: float = 0.07, radius: Optional[int] = None, context: int = 20
+):
     """Label distributions of every frame, propagated from the first.
 
     ``feats`` float ``[T, C, h, w]`` (normalised here over C), ``first`` float ``[K, h, w]`` (frame
@@ -106,15 +112,15 @@ def propagate_labels(feats, first, topk: int = 10, temperature: float = 0.07, ra
         near = ((ys[:, None] - ys[None, :]).abs() <= radius) & ((xs[:, None] - xs[None, :]).abs() <= radius)
     for t in range(1, T):
         ctx = [0] + [j for j in range(max(1, t - context), t)]
-        keys = f[ctx]                                        # [n, C, hw]
-        aff = torch.einsum("cq,ncp->qnp", f[t], keys) / temperature   # [hw_q, n, hw_p]
+        keys = f[ctx]  # [n, C, hw]
+        aff = torch.einsum("cq,ncp->qnp", f[t], keys) / temperature  # [hw_q, n, hw_p]
         if near is not None:
             aff = aff.masked_fill(~near[:, None, :], float("-inf"))
         aff = aff.reshape(h * w, -1)
         k = min(topk, aff.shape[1])
         top, idx = aff.topk(k, dim=1)
-        weight = torch.softmax(top, dim=1)                   # -inf entries (outside the radius) get 0
-        values = out[ctx].permute(0, 2, 1).reshape(-1, K)    # [n·hw_p, K]
+        weight = torch.softmax(top, dim=1)  # -inf entries (outside the radius) get 0
+        values = out[ctx].permute(0, 2, 1).reshape(-1, K)  # [n·hw_p, K]
         out[t] = (weight[:, :, None] * values[idx]).sum(1).T
     return out.reshape(T, K, h, w)
 
@@ -140,6 +146,7 @@ def miou_per_distance(confusions: Sequence[np.ndarray]) -> Tuple[List[Optional[f
 
 
 # --------------------------------------------------------------------------- the run
+
 
 def _features(backbone, frames: np.ndarray, device):
     """Frozen features ``[T, C, h, w]`` of uint8 frames ``[T, H, W, 3]``, one frame at a time."""
@@ -167,9 +174,11 @@ def run(cfg: PropagateConfig, log=print) -> Dict[str, object]:
     device = torch.device(cfg.device)
     bb = resolve_backbone(cfg.backbone, cfg.arch, cfg.init_seed)
     backbone = FrozenBackbone(bb.arch, bb.state, output_stride=cfg.output_stride, multi_grid=(1, 1, 1)).to(device)
-    log(f"eval propagate: frozen {bb.description}; {cfg.videos} held-out videos x {cfg.video_frames} frames at "
+    log(
+        f"eval propagate: frozen {bb.description}; {cfg.videos} held-out videos x {cfg.video_frames} frames at "
         f"{cfg.size[0]}x{cfg.size[1]} (world seed {cfg.seed}), stride {cfg.output_stride}, top-{cfg.topk}, "
-        f"radius {cfg.radius}, context {cfg.context}")
+        f"radius {cfg.radius}, context {cfg.context}"
+    )
     start = time.time()
     conf = [ConfusionMatrix(NUM_CLASSES) for _ in range(cfg.video_frames - 1)]
     with torch.no_grad():
@@ -182,51 +191,99 @@ def run(cfg: PropagateConfig, log=print) -> Dict[str, object]:
             for t in range(1, cfg.video_frames):
                 conf[t - 1].update(truth[t], predict(probs[t], truth.shape[1:]))
     per, mean = miou_per_distance([c.conf for c in conf])
-    scores = {"mIoU_per_distance": per, "mIoU_mean": mean, "distances": list(range(1, cfg.video_frames)),
-              "backbone": {"spec": cfg.backbone, "arch": bb.arch, "description": bb.description},
-              "seconds": round(time.time() - start, 3), "config": asdict(cfg)}
+    scores = {
+        "mIoU_per_distance": per,
+        "mIoU_mean": mean,
+        "distances": list(range(1, cfg.video_frames)),
+        "backbone": {"spec": cfg.backbone, "arch": bb.arch, "description": bb.description},
+        "seconds": round(time.time() - start, 3),
+        "config": asdict(cfg),
+    }
     atomic_write_text(out / "scores.json", json.dumps(scores, indent=1) + "\n")
     shown = ", ".join("n/a" if m is None else f"{m:.1f}" for m in per)
-    log(f"mIoU by frame distance 1..{cfg.video_frames - 1}: {shown}; mean "
-        f"{'n/a' if mean is None else f'{mean:.2f}'} -> {out / 'scores.json'}")
+    log(
+        f"mIoU by frame distance 1..{cfg.video_frames - 1}: {shown}; mean "
+        f"{'n/a' if mean is None else f'{mean:.2f}'} -> {out / 'scores.json'}"
+    )
     return scores
 
 
 _D = PropagateConfig()
 
 
-@cli_command("propagate", epilog="Examples: python -m pixpro_of eval propagate --backbone runs/k6 --out eval/k6-prop; "
-                                  "python -m pixpro_of eval propagate --backbone random --arch resnet18 "
-                                  "--videos 2 --video-frames 8 --out /tmp/prop")
-@click.option("--backbone", required=True,
-              help="checkpoint file or run directory, 'torchvision:PATH', 'detectron2:PATH', or 'random'")
+@cli_command(
+    "propagate",
+    epilog="Examples: python -m pixpro_of eval propagate --backbone runs/k6 --out eval/k6-prop; "
+    "python -m pixpro_of eval propagate --backbone random --arch resnet18 "
+    "--videos 2 --video-frames 8 --out /tmp/prop",
+)
+@click.option(
+    "--backbone",
+    required=True,
+    help="checkpoint file or run directory, 'torchvision:PATH', 'detectron2:PATH', or 'random'",
+)
 @click.option("--out", required=True, help="output folder (scores.json)")
 @click.option("--arch", default=_D.arch, show_default=True, help="architecture for --backbone random")
 @click.option("--videos", type=int, default=_D.videos, show_default=True, help="held-out synthetic videos")
 @click.option("--video-frames", type=int, default=_D.video_frames, show_default=True, help="frames per video")
-@click.option("--size", type=Converted(parse_wxh, "WIDTHxHEIGHT"), default="x".join(map(str, _D.size)),
-              show_default=True, help="frame size WIDTHxHEIGHT")
-@click.option("--seed", type=int, default=_D.seed, show_default=True,
-              help="the world's seed for the held-out videos (the pretraining world uses data.synth.seed, 0)")
-@click.option("--init-seed", type=int, default=_D.init_seed, show_default=True,
-              help="seed of the random weights of --backbone random (the pretraining seed of the row it stands for)")
+@click.option(
+    "--size",
+    type=Converted(parse_wxh, "WIDTHxHEIGHT"),
+    default="x".join(map(str, _D.size)),
+    show_default=True,
+    help="frame size WIDTHxHEIGHT",
+)
+@click.option(
+    "--seed",
+    type=int,
+    default=_D.seed,
+    show_default=True,
+    help="the world's seed for the held-out videos (the pretraining world uses data.synth.seed, 0)",
+)
+@click.option(
+    "--init-seed",
+    type=int,
+    default=_D.init_seed,
+    show_default=True,
+    help="seed of the random weights of --backbone random (the pretraining seed of the row it stands for)",
+)
 @click.option("--topk", type=int, default=_D.topk, show_default=True, help="context cells kept per target cell")
 @click.option("--temperature", type=float, default=_D.temperature, show_default=True, help="softmax temperature")
 @click.option("--radius", type=int, default=_D.radius, show_default=True, help="neighbourhood in feature cells")
-@click.option("--context", type=int, default=_D.context, show_default=True, help="previous frames used besides the first")
-@click.option("--output-stride", type=click.Choice(["16", "32"]), default=str(_D.output_stride), show_default=True,
-              help="16: dilated res5; 32: plain ResNet")
+@click.option(
+    "--context", type=int, default=_D.context, show_default=True, help="previous frames used besides the first"
+)
+@click.option(
+    "--output-stride",
+    type=click.Choice(["16", "32"]),
+    default=str(_D.output_stride),
+    show_default=True,
+    help="16: dilated res5; 32: plain ResNet",
+)
 @click.option("--device", default=_D.device, show_default=True, help="cpu, cuda or cuda:N")
 def command(**o) -> int:
     """Video label propagation through frozen features on held-out synthetic videos; mIoU per frame distance."""
     import torch
 
     torch.set_flush_denormal(True)
-    run(PropagateConfig(backbone=o["backbone"], out=o["out"], arch=o["arch"], videos=o["videos"],
-                        video_frames=o["video_frames"], size=tuple(o["size"]), seed=o["seed"], init_seed=o["init_seed"],
-                        topk=o["topk"],
-                        temperature=o["temperature"], radius=o["radius"], context=o["context"],
-                        output_stride=int(o["output_stride"]), device=o["device"]))
+    run(
+        PropagateConfig(
+            backbone=o["backbone"],
+            out=o["out"],
+            arch=o["arch"],
+            videos=o["videos"],
+            video_frames=o["video_frames"],
+            size=tuple(o["size"]),
+            seed=o["seed"],
+            init_seed=o["init_seed"],
+            topk=o["topk"],
+            temperature=o["temperature"],
+            radius=o["radius"],
+            context=o["context"],
+            output_stride=int(o["output_stride"]),
+            device=o["device"],
+        )
+    )
     return 0
 
 

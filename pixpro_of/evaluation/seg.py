@@ -1,4 +1,5 @@
 """``python -m pixpro_of eval seg``: frozen-backbone semantic segmentation on a Cityscapes-layout tree."""
+
 from __future__ import annotations
 
 import csv
@@ -16,8 +17,9 @@ import click
 import numpy as np
 
 from plumbing.atomic import atomic_write_bytes
+from plumbing.cli import Converted, call
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
-from plumbing.cli import Converted, call, command as cli_command
 from plumbing.parse import parse_hxw
 
 MODES = ("deeplab", "linear")
@@ -112,8 +114,10 @@ def _param_groups(head, cfg: SegConfig) -> List[Dict]:
     for m in head.modules():
         params = [p for p in m.parameters(recurse=False) if p.requires_grad]
         (norm if isinstance(m, torch.nn.modules.batchnorm._BatchNorm) else other).extend(params)
-    return [{"params": other, "weight_decay": cfg.weight_decay},
-            {"params": norm, "weight_decay": cfg.weight_decay_norm}]
+    return [
+        {"params": other, "weight_decay": cfg.weight_decay},
+        {"params": norm, "weight_decay": cfg.weight_decay_norm},
+    ]
 
 
 def train_head(model, cfg: SegConfig, pairs, device, log) -> Dict[str, object]:
@@ -124,8 +128,14 @@ def train_head(model, cfg: SegConfig, pairs, device, log) -> Dict[str, object]:
     from pixpro_of.evaluation.data import TrainSegDataset
 
     ds = TrainSegDataset(pairs, cfg.crop, cfg.scale_range, cfg.flip, cfg.seed, length=cfg.iters * cfg.batch)
-    loader = torch.utils.data.DataLoader(ds, batch_size=cfg.batch, shuffle=False, num_workers=cfg.workers,
-                                         drop_last=True, pin_memory=device.type == "cuda")
+    loader = torch.utils.data.DataLoader(
+        ds,
+        batch_size=cfg.batch,
+        shuffle=False,
+        num_workers=cfg.workers,
+        drop_last=True,
+        pin_memory=device.type == "cuda",
+    )
     opt = torch.optim.SGD(_param_groups(model.head, cfg), lr=cfg.lr, momentum=cfg.momentum)
     model.train()
     rows, t0, loss_val = [], time.perf_counter(), float("nan")
@@ -146,13 +156,16 @@ def train_head(model, cfg: SegConfig, pairs, device, log) -> Dict[str, object]:
             raise RuntimeError(f"eval seg: loss became {loss_val} at iteration {it}")
         rows.append((it, lr, loss_val))
         if cfg.log_every and (it % cfg.log_every == 0 or it == cfg.iters - 1):
-            log(f"iter {it + 1}/{cfg.iters}  lr {lr:.5f}  loss {loss_val:.4f}  "
-                f"{(time.perf_counter() - t0) / (it + 1):.3f} s/iter")
+            log(
+                f"iter {it + 1}/{cfg.iters}  lr {lr:.5f}  loss {loss_val:.4f}  "
+                f"{(time.perf_counter() - t0) / (it + 1):.3f} s/iter"
+            )
     return {"rows": rows, "final_loss": loss_val, "seconds": time.perf_counter() - t0}
 
 
-def evaluate(model, cfg: SegConfig, pairs, device, log,
-             preds_dir: Optional[Path] = None) -> Tuple[np.ndarray, List[Tuple[np.ndarray, ...]], float]:
+def evaluate(
+    model, cfg: SegConfig, pairs, device, log, preds_dir: Optional[Path] = None
+) -> Tuple[np.ndarray, List[Tuple[np.ndarray, ...]], float]:
     """Confusion matrix over the val images, the first ``cfg.vis`` (image, gt, pred) triples, seconds.
 
     With ``preds_dir``, each prediction is also written as a label-id PNG
@@ -162,10 +175,8 @@ def evaluate(model, cfg: SegConfig, pairs, device, log,
     import torch
     import torch.nn.functional as F
 
-    from pixpro_of.evaluation.data import IMG_SUFFIX
+    from pixpro_of.evaluation.data import IMG_SUFFIX, ValSegDataset
     from pixpro_of.evaluation.labels import train_id_to_label_id
-
-    from pixpro_of.evaluation.data import ValSegDataset
     from pixpro_of.evaluation.miou import ConfusionMatrix
 
     ds = ValSegDataset(pairs, cfg.test_scale)
@@ -211,9 +222,11 @@ def prediction_picture(shown: Sequence[Tuple[np.ndarray, np.ndarray, np.ndarray]
         h, w = gt.shape
         s = min(1.0, max_width / w)
         size = (max(1, round(w * s)), max(1, round(h * s)))
-        panels = [cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
-                  cv2.resize(colorize(gt), size, interpolation=cv2.INTER_NEAREST),
-                  cv2.resize(colorize(pred), size, interpolation=cv2.INTER_NEAREST)]
+        panels = [
+            cv2.resize(rgb, size, interpolation=cv2.INTER_AREA),
+            cv2.resize(colorize(gt), size, interpolation=cv2.INTER_NEAREST),
+            cv2.resize(colorize(pred), size, interpolation=cv2.INTER_NEAREST),
+        ]
         gap = np.full((size[1], 4, 3), 255, np.uint8)
         rows.append(np.concatenate([panels[0], gap, panels[1], gap, panels[2]], axis=1))
     width = max(r.shape[1] for r in rows)
@@ -247,23 +260,31 @@ def run(cfg: SegConfig, log=print) -> Dict[str, object]:
         torch.backends.cudnn.benchmark = True  # as the seed; fixed crop and val sizes on Cityscapes
     bb = resolve_backbone(cfg.backbone, cfg.arch, cfg.seed)
     torch.manual_seed(cfg.seed)
-    model = build_model(bb.arch, bb.state, cfg.mode, crop=tuple(cfg.crop), output_stride=cfg.output_stride,
-                        multi_grid=cfg.multi_grid).to(device)
-    log(f"eval seg: {cfg.mode} head on frozen {bb.description}; {len(train_pairs)} train / "
+    model = build_model(
+        bb.arch, bb.state, cfg.mode, crop=tuple(cfg.crop), output_stride=cfg.output_stride, multi_grid=cfg.multi_grid
+    ).to(device)
+    log(
+        f"eval seg: {cfg.mode} head on frozen {bb.description}; {len(train_pairs)} train / "
         f"{len(val_pairs)} val images; {cfg.iters} iters x batch {cfg.batch}, crop {cfg.crop[0]}x{cfg.crop[1]}, "
-        f"device {device}")
+        f"device {device}"
+    )
     trained = train_head(model, cfg, train_pairs, device, log)
     out.mkdir(parents=True, exist_ok=True)
     conf, shown, eval_s = evaluate(model, cfg, val_pairs, device, log, out / "val_preds" if cfg.save_preds else None)
     report = score_report(conf)
     scores = dict(report)
-    scores.update({
-        "n_val_images": len(val_pairs), "n_train_images": len(train_pairs),
-        "backbone": {"spec": cfg.backbone, "arch": bb.arch, "description": bb.description},
-        "train": {"iters": cfg.iters, "final_loss": trained["final_loss"], "seconds": round(trained["seconds"], 3)},
-        "eval_seconds": round(eval_s, 3), "device": str(device),
-        "confusion": conf.tolist(), "config": asdict(cfg),
-    })
+    scores.update(
+        {
+            "n_val_images": len(val_pairs),
+            "n_train_images": len(train_pairs),
+            "backbone": {"spec": cfg.backbone, "arch": bb.arch, "description": bb.description},
+            "train": {"iters": cfg.iters, "final_loss": trained["final_loss"], "seconds": round(trained["seconds"], 3)},
+            "eval_seconds": round(eval_s, 3),
+            "device": str(device),
+            "confusion": conf.tolist(),
+            "config": asdict(cfg),
+        }
+    )
     buf = io.StringIO()
     w = csv.writer(buf)
     w.writerow(["iter", "lr", "loss"])
@@ -276,8 +297,10 @@ def run(cfg: SegConfig, log=print) -> Dict[str, object]:
         atomic_write_bytes(out / "predictions.png", png.tobytes())
     atomic_write_bytes(out / "scores.json", (json.dumps(scores, indent=1) + "\n").encode())
     miou = "n/a" if scores["mIoU"] is None else f"{scores['mIoU']:.2f}"
-    log(f"mIoU {miou} over {report['classes_evaluated']} classes -> {out / 'scores.json'}"
-        + (f", {out / 'predictions.png'}" if shown else ""))
+    log(
+        f"mIoU {miou} over {report['classes_evaluated']} classes -> {out / 'scores.json'}"
+        + (f", {out / 'predictions.png'}" if shown else "")
+    )
     return scores
 
 
@@ -285,41 +308,79 @@ def _options(f):
     """The options of ``eval seg``; defaults are :class:`SegConfig`'s (the seed's)."""
     d = SegConfig()
     options = [
-        click.option("--backbone", required=True,
-                     help="checkpoint file or run directory, 'torchvision:PATH' (a torchvision ResNet state dict), "
-                          "'detectron2:PATH' (a detectron2 ResNet .pkl), "
-                          "or 'random' (pretraining initialisation, see --arch)"),
+        click.option(
+            "--backbone",
+            required=True,
+            help="checkpoint file or run directory, 'torchvision:PATH' (a torchvision ResNet state dict), "
+            "'detectron2:PATH' (a detectron2 ResNet .pkl), "
+            "or 'random' (pretraining initialisation, see --arch)",
+        ),
         click.option("--data", required=True, help="Cityscapes root (leftImg8bit/, gtFine/)"),
         click.option("--out", required=True, help="output folder (scores.json, predictions.png, train_log.csv)"),
-        click.option("--mode", type=click.Choice(MODES), default=d.mode, show_default=True,
-                     help="head: DeepLabV3 (ASPP) or a 1x1 linear probe"),
+        click.option(
+            "--mode",
+            type=click.Choice(MODES),
+            default=d.mode,
+            show_default=True,
+            help="head: DeepLabV3 (ASPP) or a 1x1 linear probe",
+        ),
         click.option("--arch", default=d.arch, show_default=True, help="architecture for --backbone random"),
         click.option("--iters", type=int, default=d.iters, show_default=True, help="training iterations"),
         click.option("--batch", type=int, default=d.batch, show_default=True, help="images per iteration"),
-        click.option("--crop", type=Converted(parse_hxw, "HEIGHTxWIDTH"), default="x".join(map(str, d.crop)),
-                     show_default=True,
-                     help="training crop HEIGHTxWIDTH, height first as in the seed's 512x1024 "
-                          "(frame sizes elsewhere are WIDTHxHEIGHT)"),
+        click.option(
+            "--crop",
+            type=Converted(parse_hxw, "HEIGHTxWIDTH"),
+            default="x".join(map(str, d.crop)),
+            show_default=True,
+            help="training crop HEIGHTxWIDTH, height first as in the seed's 512x1024 "
+            "(frame sizes elsewhere are WIDTHxHEIGHT)",
+        ),
         click.option("--lr", type=float, default=d.lr, show_default=True, help="base learning rate"),
         click.option("--weight-decay", type=float, default=d.weight_decay, show_default=True),
         click.option("--warmup-iters", type=int, default=d.warmup_iters, show_default=True, help="linear warmup"),
-        click.option("--scale-range", type=float, nargs=2, default=d.scale_range, show_default=True,
-                     metavar="MIN MAX", help="random resize factor range"),
+        click.option(
+            "--scale-range",
+            type=float,
+            nargs=2,
+            default=d.scale_range,
+            show_default=True,
+            metavar="MIN MAX",
+            help="random resize factor range",
+        ),
         click.option("--no-flip", is_flag=True, help="no random horizontal flip"),
         click.option("--test-scale", type=float, default=d.test_scale, show_default=True, help="val resize factor"),
-        click.option("--output-stride", type=click.Choice(["16", "32"]), default=str(d.output_stride),
-                     show_default=True, help="16: dilated res5 with multi-grid 1-2-4 (the seed); 32: plain ResNet"),
-        click.option("--max-val", type=int, default=d.max_val, show_default=True,
-                     help="score only the first N val images (0 = all)"),
+        click.option(
+            "--output-stride",
+            type=click.Choice(["16", "32"]),
+            default=str(d.output_stride),
+            show_default=True,
+            help="16: dilated res5 with multi-grid 1-2-4 (the seed); 32: plain ResNet",
+        ),
+        click.option(
+            "--max-val",
+            type=int,
+            default=d.max_val,
+            show_default=True,
+            help="score only the first N val images (0 = all)",
+        ),
         click.option("--vis", type=int, default=d.vis, show_default=True, help="val images drawn in predictions.png"),
-        click.option("--save-preds", is_flag=True,
-                     help="also write every val prediction as OUT/val_preds/<city>/<stem>_pred_labelIds.png"),
-        click.option("--workers", type=int, default=min(d.workers, os.cpu_count() or 1), show_default=True,
-                     help="data loader workers"),
+        click.option(
+            "--save-preds",
+            is_flag=True,
+            help="also write every val prediction as OUT/val_preds/<city>/<stem>_pred_labelIds.png",
+        ),
+        click.option(
+            "--workers",
+            type=int,
+            default=min(d.workers, os.cpu_count() or 1),
+            show_default=True,
+            help="data loader workers",
+        ),
         click.option("--device", default=d.device, show_default=True, help="auto, cpu, cuda or cuda:N"),
         click.option("--seed", type=int, default=d.seed, show_default=True, help="random seed"),
-        click.option("--log-every", type=int, default=d.log_every, show_default=True,
-                     help="print every N iterations (0 = never)"),
+        click.option(
+            "--log-every", type=int, default=d.log_every, show_default=True, help="print every N iterations (0 = never)"
+        ),
     ]
     for option in reversed(options):
         f = option(f)
@@ -328,17 +389,37 @@ def _options(f):
 
 def config_from_args(args) -> SegConfig:
     """The SegConfig of parsed options (an object with one attribute per option)."""
-    return SegConfig(backbone=args.backbone, data=args.data, out=args.out, mode=args.mode, arch=args.arch,
-                     iters=args.iters, batch=args.batch, crop=tuple(args.crop), lr=args.lr,
-                     weight_decay=args.weight_decay, warmup_iters=args.warmup_iters,
-                     scale_range=tuple(args.scale_range), flip=not args.no_flip, test_scale=args.test_scale,
-                     output_stride=int(args.output_stride), max_val=args.max_val, vis=args.vis,
-                     save_preds=args.save_preds, workers=args.workers,
-                     device=args.device, seed=args.seed, log_every=args.log_every)
+    return SegConfig(
+        backbone=args.backbone,
+        data=args.data,
+        out=args.out,
+        mode=args.mode,
+        arch=args.arch,
+        iters=args.iters,
+        batch=args.batch,
+        crop=tuple(args.crop),
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        warmup_iters=args.warmup_iters,
+        scale_range=tuple(args.scale_range),
+        flip=not args.no_flip,
+        test_scale=args.test_scale,
+        output_stride=int(args.output_stride),
+        max_val=args.max_val,
+        vis=args.vis,
+        save_preds=args.save_preds,
+        workers=args.workers,
+        device=args.device,
+        seed=args.seed,
+        log_every=args.log_every,
+    )
 
 
-@cli_command("seg", epilog="Examples: python -m pixpro_of eval seg --backbone runs/k6 --data data/cityscapes --out eval/k6; "
-                            "python -m pixpro_of eval seg --backbone random --mode linear --data data/synth --out eval/rand")
+@cli_command(
+    "seg",
+    epilog="Examples: python -m pixpro_of eval seg --backbone runs/k6 --data data/cityscapes --out eval/k6; "
+    "python -m pixpro_of eval seg --backbone random --mode linear --data data/synth --out eval/rand",
+)
 @_options
 def command(**opts) -> int:
     """Frozen-backbone semantic segmentation on a Cityscapes-layout tree; 19-class mIoU.

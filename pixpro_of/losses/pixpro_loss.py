@@ -1,4 +1,5 @@
 """The PixPro pixel-to-propagation consistency loss for one direction (seed ``regression_loss``)."""
+
 from __future__ import annotations
 
 from typing import Tuple
@@ -8,8 +9,9 @@ import torch
 from pixpro_of.config import LOSS_NORMS  # model.loss_norm's choices, owned by the config
 
 
-def pixpro_loss(pred: torch.Tensor, target: torch.Tensor, pos: torch.Tensor,
-                norm: str = "seed") -> Tuple[torch.Tensor, torch.Tensor]:
+def pixpro_loss(
+    pred: torch.Tensor, target: torch.Tensor, pos: torch.Tensor, norm: str = "seed"
+) -> Tuple[torch.Tensor, torch.Tensor]:
     """Returns ``(loss, pairs)``: the scalar loss and the positive-pair count per image ``[B]``."""
     if pred.ndim != 4:
         raise ValueError(f"pred should be a 4D tensor [B, C, H, W], got shape {tuple(pred.shape)}")

@@ -4,6 +4,7 @@ The names below load :mod:`pixpro_of.model.pixpro` (and torch) on first use, so 
 torch-free modules (:mod:`pixpro_of.model.memory`, the per-GPU memory estimate the launcher asks
 for) import without it.
 """
+
 __all__ = ["ModelConfig", "PixPro", "momentum_at"]
 
 

@@ -7,6 +7,7 @@ Initialisation follows the seed (docs/original-system.md §2.1): convolutions ``
 (Kaiming normal, fan-out), BN γ = 1 and β = 0, and the last BN of every residual block zero-initialised
 (torchvision's ``zero_init_residual=True``: ``bn3`` of a Bottleneck, ``bn2`` of a BasicBlock).
 """
+
 from __future__ import annotations
 
 import torch

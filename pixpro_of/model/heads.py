@@ -3,6 +3,7 @@
 All heads are 1×1 convolutions, so they work on ``[B, C, H, W]`` maps of any size and on
 channels_last tensors.
 """
+
 from __future__ import annotations
 
 import torch
@@ -28,8 +29,9 @@ def _onednn_linear():
                     x = torch.linspace(-1.0, 1.0, 35).view(5, 7)
                     w = torch.linspace(-2.0, 0.5, 21).view(3, 7)
                     b = torch.tensor([0.5, -1.0, 2.0])
-                    ok = (torch.allclose(op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5)
-                          and torch.allclose(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x, rtol=1e-5, atol=1e-5))
+                    ok = torch.allclose(
+                        op(x, w, b, "none", [], ""), F.linear(x, w, b), rtol=1e-5, atol=1e-5
+                    ) and torch.allclose(op(x.t(), x.t(), None, "none", [], ""), x.t() @ x, rtol=1e-5, atol=1e-5)
                 op = op if ok else None
             except (AttributeError, RuntimeError, TypeError):
                 op = None
@@ -75,9 +77,16 @@ def pointwise_linear(x: torch.Tensor, weight: torch.Tensor, bias=None) -> torch.
     to oneDNN (see :class:`Conv1x1`), everything else (CUDA, other dtypes, autocast, oneDNN
     switched off with ``torch.backends.mkldnn.flags(enabled=False)``, and code traced by
     ``torch.compile``, which picks its own CPU kernels) to ``F.linear``."""
-    if (x.device.type == "cpu" and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and (bias is None or bias.dtype == torch.float32) and not torch.is_autocast_enabled("cpu")
-            and torch.backends.mkldnn.enabled and not torch.compiler.is_compiling() and _onednn_linear() is not None):
+    if (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and weight.dtype == torch.float32
+        and (bias is None or bias.dtype == torch.float32)
+        and not torch.is_autocast_enabled("cpu")
+        and torch.backends.mkldnn.enabled
+        and not torch.compiler.is_compiling()
+        and _onednn_linear() is not None
+    ):
         return _LinearOneDNN.apply(x, weight, bias)
     return F.linear(x, weight, bias)
 
@@ -102,8 +111,9 @@ class Conv1x1(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, c, h, w = x.shape
-        y = pointwise_linear(x.permute(0, 2, 3, 1).reshape(b * h * w, c), self.weight.view(self.out_channels, c),
-                             self.bias)
+        y = pointwise_linear(
+            x.permute(0, 2, 3, 1).reshape(b * h * w, c), self.weight.view(self.out_channels, c), self.bias
+        )
         return y.view(b, h, w, self.out_channels).permute(0, 3, 1, 2)
 
 

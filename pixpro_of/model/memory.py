@@ -1,4 +1,5 @@
 """How much GPU memory one rank needs, estimated from the config alone (no torch import)."""
+
 from __future__ import annotations
 
 import math
@@ -24,6 +25,7 @@ BDD100K_FRAME = (720, 1280)
 @dataclass
 class MemoryEstimate:
     """Bytes per GPU, total and by part (``parts``: name -> bytes)."""
+
     total: int
     rank_batch: int
     parts: Dict[str, int] = field(default_factory=dict)
@@ -45,8 +47,9 @@ def model_params(arch: str, proj_hidden: int, proj_dim: int, ppm_layers: int) ->
     return backbone + projector + ppm, backbone + projector
 
 
-def estimate_bytes(cfg, rank_batch: int, frame_hw: Optional[Tuple[int, int]] = None,
-                   distributed: bool = True) -> MemoryEstimate:
+def estimate_bytes(
+    cfg, rank_batch: int, frame_hw: Optional[Tuple[int, int]] = None, distributed: bool = True
+) -> MemoryEstimate:
     """The per-GPU estimate for ``cfg`` (a :class:`~pixpro_of.config.TrainConfig`) with
     ``rank_batch`` samples per rank; see the module docstring for what is counted."""
     m, d, o = cfg.model, cfg.data, cfg.optim
@@ -60,8 +63,10 @@ def estimate_bytes(cfg, rank_batch: int, frame_hw: Optional[Tuple[int, int]] = N
         weights += 2 * online  # autocast's weight copies
     parts["weights+optimizer"] = weights
     pixels = d.image_size * d.image_size
-    per_px = ACTIVATION_BYTES_PER_PIXEL[m.arch] + (HEAD_BYTES_PER_CELL[0] * m.proj_hidden
-                                                   + HEAD_BYTES_PER_CELL[1] * m.proj_dim) / 1024.0
+    per_px = (
+        ACTIVATION_BYTES_PER_PIXEL[m.arch]
+        + (HEAD_BYTES_PER_CELL[0] * m.proj_hidden + HEAD_BYTES_PER_CELL[1] * m.proj_dim) / 1024.0
+    )
     act = 2 * rank_batch * pixels * per_px * (HALF_ACTIVATION_FACTOR if half else 1.0)
     parts["activations"] = int(act * TRANSIENT_FACTOR)
     if frame_hw is None:
@@ -98,10 +103,21 @@ def check_fits(cfg, gpu_memory_gib: float, ranks: int) -> MemoryEstimate:
     if est.total <= gpu_memory_gib * GIB:
         return est
     # the fewest ranks (dividing the batch) whose share fits
-    need = next((r for r in range(ranks + 1, batch + 1) if batch % r == 0
-                 and estimate_bytes(cfg, batch // r).total <= gpu_memory_gib * GIB), None)
-    more = (f"use at least {need} GPUs ({batch // need} per GPU)" if need is not None
-            else "no number of GPUs makes one sample fit")
-    raise UserError(f"data.batch_size={batch} over {ranks} GPUs is {rank_batch} per GPU and needs {est.summary()} "
-                    f"but a GPU has {gpu_memory_gib:g} GiB; {more}, or train with gradient accumulation "
-                    f"(not in this trainer yet) or a smaller data.batch_size (a different recipe)")
+    need = next(
+        (
+            r
+            for r in range(ranks + 1, batch + 1)
+            if batch % r == 0 and estimate_bytes(cfg, batch // r).total <= gpu_memory_gib * GIB
+        ),
+        None,
+    )
+    more = (
+        f"use at least {need} GPUs ({batch // need} per GPU)"
+        if need is not None
+        else "no number of GPUs makes one sample fit"
+    )
+    raise UserError(
+        f"data.batch_size={batch} over {ranks} GPUs is {rank_batch} per GPU and needs {est.summary()} "
+        f"but a GPU has {gpu_memory_gib:g} GiB; {more}, or train with gradient accumulation "
+        f"(not in this trainer yet) or a smaller data.batch_size (a different recipe)"
+    )

@@ -1,4 +1,5 @@
 """PixPro with a momentum branch (docs/original-system.md §2.1), taking precomputed positive-pair masks."""
+
 from __future__ import annotations
 
 import copy
@@ -90,10 +91,14 @@ class PixPro(nn.Module):
         want = (view1.shape[0], f * f, f * f)
         for name, pos in (("pos12", pos12), ("pos21", pos21)):
             if tuple(pos.shape) != want:
-                raise ValueError(f"{name} should have shape [B, F*F, F*F] = {want} for {view1.shape[-1]}px views, got {tuple(pos.shape)}")
+                raise ValueError(
+                    f"{name} should have shape [B, F*F, F*F] = {want} for {view1.shape[-1]}px views, got "
+                    f"{tuple(pos.shape)}"
+                )
 
-    def forward(self, view1: torch.Tensor, view2: torch.Tensor, pos12: torch.Tensor,
-                pos21: torch.Tensor) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
+    def forward(
+        self, view1: torch.Tensor, view2: torch.Tensor, pos12: torch.Tensor, pos21: torch.Tensor
+    ) -> Tuple[torch.Tensor, Dict[str, torch.Tensor]]:
         """Returns ``(loss, metrics)``; see the module docstring for shapes.
 
         metrics (detached 0-d tensors, this process's batch only): ``loss/1``, ``loss/2`` (the two

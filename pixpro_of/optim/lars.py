@@ -1,4 +1,5 @@
 """LARS with the seed's semantics (docs/original-system.md §2.2; the seed wrapped ``SGD(momentum=0.9)``)."""
+
 from __future__ import annotations
 
 from typing import Dict, Iterable, List
@@ -12,16 +13,24 @@ class LARS(torch.optim.Optimizer):
 
     # lr has a default because Horovod's DistributedOptimizer re-creates the optimizer from its
     # param groups alone (each group carries its own lr, so the default is never used then).
-    def __init__(self, params, lr: float = 1.0, momentum: float = 0.9, weight_decay: float = 0.0,
-                 trust_coef: float = 0.001, eps: float = 1e-8):
+    def __init__(
+        self,
+        params,
+        lr: float = 1.0,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        trust_coef: float = 0.001,
+        eps: float = 1e-8,
+    ):
         if lr < 0:
             raise ValueError(f"lr should be >= 0, got {lr}")
         if not 0.0 <= momentum < 1.0:
             raise ValueError(f"momentum should be in [0, 1), got {momentum}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay should be >= 0, got {weight_decay}")
-        defaults = dict(lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef,
-                        eps=eps, lars_exclude=False)
+        defaults = dict(
+            lr=lr, momentum=momentum, weight_decay=weight_decay, trust_coef=trust_coef, eps=eps, lars_exclude=False
+        )
         super().__init__(params, defaults)
 
     @torch.no_grad()

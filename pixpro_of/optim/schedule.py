@@ -1,4 +1,5 @@
 """Learning-rate schedule of the seed (docs/original-system.md §2.2), stepped once per iteration."""
+
 from __future__ import annotations
 
 import math
@@ -8,8 +9,14 @@ import torch
 from plumbing.errors import UserError
 
 
-def lr_at(it: int, base_lr: float, warmup_iters: int, total_iters: int,
-          warmup_multiplier: float = 100.0, eta_min: float = 1e-6) -> float:
+def lr_at(
+    it: int,
+    base_lr: float,
+    warmup_iters: int,
+    total_iters: int,
+    warmup_multiplier: float = 100.0,
+    eta_min: float = 1e-6,
+) -> float:
     """The learning rate after ``it`` scheduler steps (see module docstring)."""
     if warmup_iters > 0 and it <= warmup_iters:
         return base_lr / warmup_multiplier * ((warmup_multiplier - 1.0) * it / warmup_iters + 1.0)
@@ -29,8 +36,14 @@ class _Factor:
         return lr_at(it, base, w, t, mult, eta) / base if base > 0 else 0.0
 
 
-def build_lr_scheduler(optimizer: torch.optim.Optimizer, base_lr: float, warmup_iters: int, total_iters: int,
-                       warmup_multiplier: float = 100.0, eta_min: float = 1e-6) -> torch.optim.lr_scheduler.LambdaLR:
+def build_lr_scheduler(
+    optimizer: torch.optim.Optimizer,
+    base_lr: float,
+    warmup_iters: int,
+    total_iters: int,
+    warmup_multiplier: float = 100.0,
+    eta_min: float = 1e-6,
+) -> torch.optim.lr_scheduler.LambdaLR:
     """Set every group's lr to follow :func:`lr_at`; call ``scheduler.step()`` after each optimizer step.
 
     Raises :class:`UserError` for inconsistent settings (names the offending value).

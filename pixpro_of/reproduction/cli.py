@@ -1,4 +1,5 @@
 """``python -m pixpro_of reproduce --out DIR``: the mini-reproduction on the synthetic world (``make reproduce``)."""
+
 from __future__ import annotations
 
 import json
@@ -14,14 +15,25 @@ from typing import Dict, List, Sequence, Tuple
 
 import click
 
+from pixpro_of.reproduction.data import data_commands, prepare_eval_set, prepare_pretraining_shards, shard_dirs
+from pixpro_of.reproduction.plan import (
+    FINISHED,
+    PROFILES,
+    ROWS,
+    Job,
+    ReproduceConfig,
+    array_batches,
+    array_command,
+    build_jobs,
+    job_state,
+    profile_defaults,
+)
+from pixpro_of.reproduction.report import bar_chart, collect, markdown_table, propagation_chart
 from plumbing.atomic import atomic_write_text
-from plumbing.cli import Converted, call, command as cli_command, words
+from plumbing.cli import Converted, call, words
+from plumbing.cli import command as cli_command
 from plumbing.errors import UserError
 from plumbing.parse import parse_duration, parse_hxw, parse_wxh
-from pixpro_of.reproduction.data import data_commands, prepare_eval_set, prepare_pretraining_shards, shard_dirs
-from pixpro_of.reproduction.plan import (FINISHED, PROFILES, ROWS, Job, ReproduceConfig, array_batches, array_command,
-                                         build_jobs, job_state, profile_defaults)
-from pixpro_of.reproduction.report import bar_chart, collect, markdown_table, propagation_chart
 
 
 def submit(job: Job) -> Tuple[bool, str]:
@@ -35,8 +47,10 @@ def submit(job: Job) -> Tuple[bool, str]:
 def dry_run(cfg: ReproduceConfig, out: Path) -> int:
     """Print the data steps and every run's submit command; write and submit nothing."""
     data = out / "data"
-    print(f"# reproduce --dry-run: profile {cfg.profile}, {cfg.arch}, views {cfg.image_size} px "
-          f"({cfg.grid}x{cfg.grid} C5 grid), scheduler {cfg.scheduler}; nothing is written or submitted")
+    print(
+        f"# reproduce --dry-run: profile {cfg.profile}, {cfg.arch}, views {cfg.image_size} px "
+        f"({cfg.grid}x{cfg.grid} C5 grid), scheduler {cfg.scheduler}; nothing is written or submitted"
+    )
     if any(ROWS[r].k for r in cfg.rows):
         for name, cmd, _ in data_commands(cfg, data):
             print(f"# data: {name}\n{shlex.join(cmd)}")
@@ -48,13 +62,17 @@ def dry_run(cfg: ReproduceConfig, out: Path) -> int:
         for name, batch in arrays:
             cmd, tasks_file, spec = array_command(cfg, out, name, batch)
             when = "at once" if name == "train" else "as their pretrainings finish (one array per pass)"
-            print(f"# array {name}: {len(batch)} tasks, at most {cfg.max_running or len(batch)} running at once, "
-                  f"submitted {when}; tasks file {tasks_file}:")
+            print(
+                f"# array {name}: {len(batch)} tasks, at most {cfg.max_running or len(batch)} running at once, "
+                f"submitted {when}; tasks file {tasks_file}:"
+            )
             for j in batch:  # each task is this 'launcher submit', run by the array job
                 print(f"#   task {j.name} -> {j.run_dir}\n{j.shell()}")
             print(shlex.join(cmd))
-        print(f"# {len(jobs)} runs ({n_train} pretrainings, {len(jobs) - n_train} evaluations) as at least "
-              f"{len(arrays)} array jobs, at most {cfg.max_running} tasks of each running at once")
+        print(
+            f"# {len(jobs)} runs ({n_train} pretrainings, {len(jobs) - n_train} evaluations) as at least "
+            f"{len(arrays)} array jobs, at most {cfg.max_running} tasks of each running at once"
+        )
         return 0
     for job in jobs:
         after = f" after {job.after}" if job.after else ""
@@ -74,8 +92,10 @@ def submit_arrays(cfg: ReproduceConfig, out: Path, ready: List[Job]) -> Dict[str
         proc = subprocess.run(cmd, capture_output=True, text=True, stdin=subprocess.DEVNULL)
         lines = [ln for ln in (proc.stderr + proc.stdout).splitlines() if ln.strip()]
         line = lines[-1] if lines else f"exit {proc.returncode}"
-        print(f"[reproduce] array {name}: {len(batch)} runs, at most {cfg.max_running or len(batch)} at once: {line}",
-              flush=True)
+        print(
+            f"[reproduce] array {name}: {len(batch)} runs, at most {cfg.max_running or len(batch)} at once: {line}",
+            flush=True,
+        )
         for j in batch:
             result[j.name] = (proc.returncode == 0, line)
     return result
@@ -95,8 +115,9 @@ def run(cfg: ReproduceConfig, command: str = "") -> int:
         raise UserError(f"--out {cfg.out}: cannot create ({exc.strerror})") from None
     t0 = time.time()
     shards = prepare_pretraining_shards(cfg, data, logs)
-    cs_root = prepare_eval_set(cfg, data) if any(m in cfg.eval_modes for m in ("linear", "deeplab")) \
-        else data / "cityscapes"
+    cs_root = (
+        prepare_eval_set(cfg, data) if any(m in cfg.eval_modes for m in ("linear", "deeplab")) else data / "cityscapes"
+    )
     jobs = build_jobs(cfg, out, shards, cs_root)
     states = drive(cfg, jobs)
     results = collect(cfg, jobs, states)
@@ -110,8 +131,10 @@ def run(cfg: ReproduceConfig, command: str = "") -> int:
     propagation_chart(cfg, results, out / "propagation.png")
     print()
     print(table)
-    print(f"[reproduce] {len(jobs)} runs in {results['seconds'] / 60:.1f} min; "
-          f"{out / 'table.md'}, {out / 'miou.png'}, {out / 'propagation.png'}, {out / 'results.json'}")
+    print(
+        f"[reproduce] {len(jobs)} runs in {results['seconds'] / 60:.1f} min; "
+        f"{out / 'table.md'}, {out / 'miou.png'}, {out / 'propagation.png'}, {out / 'results.json'}"
+    )
     pending = [n for n, (s, _) in states.items() if s in ("new", "running")]
     if results["failed"]:
         print(f"[reproduce] FAILED: {'; '.join(results['failed'])}", file=sys.stderr)
@@ -158,8 +181,11 @@ def drive(cfg: ReproduceConfig, jobs: List[Job]) -> Dict[str, Tuple[str, str]]:
             if n not in reported and (s in FINISHED or s == "failed"):
                 reported.add(n)
                 print(f"[reproduce] {n}: {s} ({detail})", flush=True)
-        waiting = [n for n, (s, _) in states.items() if s == "running"
-                   or (s == "new" and by_name[n].after and states[by_name[n].after][0] in ("new", "running"))]
+        waiting = [
+            n
+            for n, (s, _) in states.items()
+            if s == "running" or (s == "new" and by_name[n].after and states[by_name[n].after][0] in ("new", "running"))
+        ]
         if not waiting or not cfg.wait:
             return states
         time.sleep(cfg.poll_s)
@@ -195,11 +221,20 @@ _UNITS = "90s, 10m, 1h30m or HH:MM:SS; a bare number is refused: it meant second
 OPTIONS = [
     ("--rows", "rows", _STRS, f"rows to run, from {', '.join(ROWS)}"),
     ("--seeds", "seeds", _INTS, "seeds (pretraining and head)"),
-    ("--time-box", "time_box_s", _DUR, "wall-clock box of each pretraining: its deadline; the latest "
-                                       f"checkpoint is the result ({_UNITS})"),
+    (
+        "--time-box",
+        "time_box_s",
+        _DUR,
+        f"wall-clock box of each pretraining: its deadline; the latest checkpoint is the result ({_UNITS})",
+    ),
     ("--steps", "steps", int, "step budget of each pretraining (schedules span it)"),
-    ("--lr", "lr", float, "peak learning rate per pretraining step (optim.base_lr = LR x 256 / batch); "
-                          "0 = the trainer config's rule, base_lr x batch / 256"),
+    (
+        "--lr",
+        "lr",
+        float,
+        "peak learning rate per pretraining step (optim.base_lr = LR x 256 / batch); "
+        "0 = the trainer config's rule, base_lr x batch / 256",
+    ),
     ("--train-config", "train_config", str, "pretraining config file or preset"),
     ("--arch", "arch", click.Choice(("resnet18", "resnet34", "resnet50")), "backbone (model.arch)"),
     ("--image-size", "image_size", int, "view side in pixels (data.image_size); the C5 grid is its 1/32"),
@@ -211,8 +246,12 @@ OPTIONS = [
     ("--video-frames", "frames", int, "frames per pretraining video"),
     ("--size", "size", _SIZE, "pretraining frame WIDTHxHEIGHT"),
     ("--data-seed", "data_seed", int, "world seed of the pretraining videos"),
-    ("--flow", "flow", click.Choice(("dis", "gt")), "flow of the estimated-flow rows (k6, k2-*): OpenCV DIS "
-                                                    "or the world's exact flow"),
+    (
+        "--flow",
+        "flow",
+        click.Choice(("dis", "gt")),
+        "flow of the estimated-flow rows (k6, k2-*): OpenCV DIS or the world's exact flow",
+    ),
     ("--prep-threads", "prep_threads", int, "threads of the DIS flow step"),
     ("--eval-modes", "eval_modes", _STRS, "evaluations: linear, deeplab, propagate (comma-separated)"),
     ("--deeplab-rows", "deeplab_rows", _STRS, "rows with the DeepLabV3 column: row names, main, all or none"),
@@ -233,8 +272,12 @@ OPTIONS = [
     ("--prop-frames", "prop_frames", int, "frames per propagation video (distances 1..N-1)"),
     ("--prop-size", "prop_size", _SIZE, "propagation frame WIDTHxHEIGHT"),
     ("--prop-seed", "prop_seed", int, "world seed of the propagation videos"),
-    ("--scheduler", "scheduler", click.Choice(("local", "slurm", "pbs", "sge", "pjm")),
-     "the launcher's scheduler for every run"),
+    (
+        "--scheduler",
+        "scheduler",
+        click.Choice(("local", "slurm", "pbs", "sge", "pjm")),
+        "the launcher's scheduler for every run",
+    ),
     ("--cluster", "cluster", str, "launcher cluster profile (default: the scheduler's generic one)"),
     ("--profile-dir", "profile_dir", str, "directory of user cluster profiles"),
     ("--group", "group", str, "group/project/account to charge (launcher --group)"),
@@ -247,16 +290,29 @@ OPTIONS = [
 
 
 def _options(f):
-    opts = [click.option("--out", default="reproduce_out", show_default=True, help="output folder"),
-            click.option("--profile", type=click.Choice(tuple(PROFILES)), default="cpu", show_default=True,
-                         help="defaults for this machine (cpu: resnet18, 128-px views) or one GPU per pretraining "
-                              "(gpu: resnet50, 224-px views, 10-minute box)")]
+    opts = [
+        click.option("--out", default="reproduce_out", show_default=True, help="output folder"),
+        click.option(
+            "--profile",
+            type=click.Choice(tuple(PROFILES)),
+            default="cpu",
+            show_default=True,
+            help="defaults for this machine (cpu: resnet18, 128-px views) or one GPU per pretraining "
+            "(gpu: resnet50, 224-px views, 10-minute box)",
+        ),
+    ]
     for flag, _, typ, text in OPTIONS:
         opts.append(click.option(flag, type=typ, default=None, help=text + " [default: the profile's]"))
-    opts += [click.option("--train-set", multiple=True, metavar="KEY=VALUE",
-                          help="extra pretraining override (repeatable), e.g. optim.base_lr=0.5"),
-             click.option("--no-wait", is_flag=True, help="submit what is ready, write the table so far, and exit"),
-             click.option("--dry-run", is_flag=True, help="print every run's submit command; write and submit nothing")]
+    opts += [
+        click.option(
+            "--train-set",
+            multiple=True,
+            metavar="KEY=VALUE",
+            help="extra pretraining override (repeatable), e.g. optim.base_lr=0.5",
+        ),
+        click.option("--no-wait", is_flag=True, help="submit what is ready, write the table so far, and exit"),
+        click.option("--dry-run", is_flag=True, help="print every run's submit command; write and submit nothing"),
+    ]
     for option in reversed(opts):
         f = option(f)
     return f
@@ -272,23 +328,30 @@ def config_from_args(a) -> ReproduceConfig:
     if "none" in d["deeplab_rows"]:
         d["deeplab_rows"] = ()
     if d["data_seed"] == d["eval_seed"]:
-        raise UserError(f"--eval-seed {d['eval_seed']}: must differ from --data-seed so the pretraining videos "
-                        f"and the evaluation scenes are disjoint")
+        raise UserError(
+            f"--eval-seed {d['eval_seed']}: must differ from --data-seed so the pretraining videos "
+            f"and the evaluation scenes are disjoint"
+        )
     d.update(out=a.out, train_overrides=tuple(a.train_set), wait=not a.no_wait, dry_run=a.dry_run)
     return ReproduceConfig(**d)
 
 
-@cli_command("reproduce", epilog="Examples: python -m pixpro_of reproduce --out reproduce_out (make reproduce); "
-                                 "python -m pixpro_of reproduce --profile gpu --dry-run; "
-                                 "python -m pixpro_of reproduce --profile gpu --scheduler slurm --gpus 8 --out rep; "
-                                 "python -m pixpro_of reproduce --rows random,k6-noflow --seeds 0 --steps 50 "
-                                 "--time-box 2m --out tiny")
+@cli_command(
+    "reproduce",
+    epilog="Examples: python -m pixpro_of reproduce --out reproduce_out (make reproduce); "
+    "python -m pixpro_of reproduce --profile gpu --dry-run; "
+    "python -m pixpro_of reproduce --profile gpu --scheduler slurm --gpus 8 --out rep; "
+    "python -m pixpro_of reproduce --rows random,k6-noflow --seeds 0 --steps 50 "
+    "--time-box 2m --out tiny",
+)
 @_options
 @click.pass_context
 def command(ctx: click.Context, **opts) -> int:
     """The reproduction on the synthetic world: the seed's table with its controls, every run through the launcher."""
-    return run(config_from_args(SimpleNamespace(**opts)),
-               command=shlex.join(["python", "-m", "pixpro_of", "reproduce", *words(ctx)]))
+    return run(
+        config_from_args(SimpleNamespace(**opts)),
+        command=shlex.join(["python", "-m", "pixpro_of", "reproduce", *words(ctx)]),
+    )
 
 
 def parse_args(argv: Sequence[str] = ()) -> SimpleNamespace:

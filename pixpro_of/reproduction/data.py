@@ -2,6 +2,7 @@
 
 Each step runs once: a marker file (the manifest, ``.dis-done``, ``synth.json``) says it is done.
 """
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ import time
 from pathlib import Path
 from typing import Dict, List, Tuple
 
-from plumbing.errors import UserError
 from pixpro_of.reproduction.plan import ROWS, ReproduceConfig
+from plumbing.errors import UserError
 
 
 def _env() -> Dict[str, str]:
@@ -50,12 +51,35 @@ def data_commands(cfg: ReproduceConfig, data: Path) -> List[Tuple[str, List[str]
     py = sys.executable
     dirs = shard_dirs(cfg, data)
     spec = f"synth:videos={cfg.videos},frames={cfg.frames},size={cfg.size[0]}x{cfg.size[1]},seed={cfg.data_seed}"
-    steps = [("pack", [py, "-m", "hdf5_tools.cli", "pack", spec, str(dirs["gt"]), "--nodes", "1", "--no-progress"],
-              dirs["gt"] / "manifest.json")]
+    steps = [
+        (
+            "pack",
+            [py, "-m", "hdf5_tools.cli", "pack", spec, str(dirs["gt"]), "--nodes", "1", "--no-progress"],
+            dirs["gt"] / "manifest.json",
+        )
+    ]
     if "dis" in dirs:
-        steps.append(("flow dis", [py, "-m", "hdf5_tools", "flow", str(dirs["gt"]), "--model", "dis", "--recompute",
-                                   "--into", str(dirs["dis"]), "--threads", str(cfg.prep_threads), "--no-progress"],
-                      dirs["dis"] / ".dis-done"))
+        steps.append(
+            (
+                "flow dis",
+                [
+                    py,
+                    "-m",
+                    "hdf5_tools",
+                    "flow",
+                    str(dirs["gt"]),
+                    "--model",
+                    "dis",
+                    "--recompute",
+                    "--into",
+                    str(dirs["dis"]),
+                    "--threads",
+                    str(cfg.prep_threads),
+                    "--no-progress",
+                ],
+                dirs["dis"] / ".dis-done",
+            )
+        )
     return steps
 
 
@@ -79,8 +103,19 @@ def prepare_eval_set(cfg: ReproduceConfig, data: Path) -> Path:
     if (root / "synth.json").is_file():
         return root
     t0 = time.time()
-    write_dataset(root, SynthConfig(videos=cfg.eval_videos, frames=cfg.eval_frames, size=tuple(cfg.eval_size),
-                                    seed=cfg.eval_seed, format="cityscapes", val_videos=cfg.eval_val_videos,
-                                    cityscapes_every=cfg.eval_every, workers=1, overwrite=True))
+    write_dataset(
+        root,
+        SynthConfig(
+            videos=cfg.eval_videos,
+            frames=cfg.eval_frames,
+            size=tuple(cfg.eval_size),
+            seed=cfg.eval_seed,
+            format="cityscapes",
+            val_videos=cfg.eval_val_videos,
+            cityscapes_every=cfg.eval_every,
+            workers=1,
+            overwrite=True,
+        ),
+    )
     print(f"[reproduce] evaluation set: {root} in {time.time() - t0:.1f}s", flush=True)
     return root

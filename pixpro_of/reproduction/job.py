@@ -1,4 +1,5 @@
-"""An evaluation as a launcher run: ``launcher submit --trainer-command "PYTHON -m pixpro_of.reproduction.job eval ..."``.
+"""An evaluation as a launcher run:
+``launcher submit --trainer-command "PYTHON -m pixpro_of.reproduction.job eval ..."``.
 
 The launcher starts its "trainer" as ``TRAINER_COMMAND --run-dir DIR --deadline ISO key=value ...``
 (it knows the trainer only by its command line and exit codes, ARCHITECTURE.md "Runs"). This
@@ -9,6 +10,7 @@ marker when it succeeded and left ``scores.json``, so ``launcher status`` and a 
 launcher never re-runs it; there is nothing to resume). ``key=value`` words are the launcher's
 trainer overrides (``dist.backend=...``); an evaluation has no use for them.
 """
+
 from __future__ import annotations
 
 import re

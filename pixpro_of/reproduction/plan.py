@@ -5,6 +5,7 @@ scheduler by default, a cluster's with ``--scheduler``): :func:`build_jobs` give
 directory and its exact submit command, :func:`job_state` reads where it stands from the run
 directory alone (so a rerun of ``reproduce`` skips what is finished and waits for what runs).
 """
+
 from __future__ import annotations
 
 import json
@@ -42,19 +43,31 @@ class Row:
     steps: Optional[int] = None
 
 
-ROWS: Dict[str, Row] = {r.name: r for r in (
-    Row("random", "Random init (no pretraining)", None, None, None, None, main=True),
-    # the floor a pretraining has to beat: the trainer with a learning rate of exactly 0, so the
-    # weights stay at their random init and only BatchNorm's running statistics see the views
-    Row("stats-only", "Random weights, BatchNorm statistics of the pretraining views (lr 0)", 1, "none", None, None,
-        main=True, overrides=("optim.base_lr=0", "optim.eta_min=0"), steps=200),
-    Row("k1", "PixPro, k=1 (same frame)", 1, "none", None, 53.0, main=True),
-    Row("k6-noflow", "k=6 without flow (crop geometry only)", 6, "none", "none", None, main=True),
-    Row("k6", "PixPro + OF, k=6, estimated flow, FB mask", 6, "seed", "est", 53.4, main=True),
-    Row("k6-exact", "k=6, exact flow, FB mask", 6, "seed", "gt", None, main=True),
-    Row("k2-nomask", "Ablation k=2, no mask", 2, "none", "est", 48.37),
-    Row("k2-mask", "Ablation k=2, FB mask", 2, "seed", "est", 48.71),
-)}
+ROWS: Dict[str, Row] = {
+    r.name: r
+    for r in (
+        Row("random", "Random init (no pretraining)", None, None, None, None, main=True),
+        # the floor a pretraining has to beat: the trainer with a learning rate of exactly 0, so the
+        # weights stay at their random init and only BatchNorm's running statistics see the views
+        Row(
+            "stats-only",
+            "Random weights, BatchNorm statistics of the pretraining views (lr 0)",
+            1,
+            "none",
+            None,
+            None,
+            main=True,
+            overrides=("optim.base_lr=0", "optim.eta_min=0"),
+            steps=200,
+        ),
+        Row("k1", "PixPro, k=1 (same frame)", 1, "none", None, 53.0, main=True),
+        Row("k6-noflow", "k=6 without flow (crop geometry only)", 6, "none", "none", None, main=True),
+        Row("k6", "PixPro + OF, k=6, estimated flow, FB mask", 6, "seed", "est", 53.4, main=True),
+        Row("k6-exact", "k=6, exact flow, FB mask", 6, "seed", "gt", None, main=True),
+        Row("k2-nomask", "Ablation k=2, no mask", 2, "none", "est", 48.37),
+        Row("k2-mask", "Ablation k=2, FB mask", 2, "seed", "est", 48.71),
+    )
+}
 EVAL_MODES = ("linear", "deeplab", "propagate")
 
 #: Settings a profile changes (everything else is :class:`ReproduceConfig`'s default). ``cpu``:
@@ -65,12 +78,37 @@ EVAL_MODES = ("linear", "deeplab", "propagate")
 #: 10-minute box each, and all three evaluations.
 PROFILES: Dict[str, Dict[str, object]] = {
     "cpu": {},
-    "gpu": dict(train_config="pixpro_k6", arch="resnet50", image_size=224, batch_size=64, steps=6000, lr=0.0,
-                eval_modes=EVAL_MODES,
-                time_box_s=600.0, gpus=1, threads=0, workers=8, device="cuda", videos=128, frames=16, size=(448, 224), prep_threads=8,
-                eval_videos=24, eval_val_videos=6, eval_frames=12, eval_size=(448, 224), eval_iters=2000,
-                eval_batch=16, eval_crop=(224, 448), eval_device="cuda", eval_workers=4,
-                prop_videos=8, prop_frames=16, prop_size=(448, 224), jobs=1),
+    "gpu": dict(
+        train_config="pixpro_k6",
+        arch="resnet50",
+        image_size=224,
+        batch_size=64,
+        steps=6000,
+        lr=0.0,
+        eval_modes=EVAL_MODES,
+        time_box_s=600.0,
+        gpus=1,
+        threads=0,
+        workers=8,
+        device="cuda",
+        videos=128,
+        frames=16,
+        size=(448, 224),
+        prep_threads=8,
+        eval_videos=24,
+        eval_val_videos=6,
+        eval_frames=12,
+        eval_size=(448, 224),
+        eval_iters=2000,
+        eval_batch=16,
+        eval_crop=(224, 448),
+        eval_device="cuda",
+        eval_workers=4,
+        prop_videos=8,
+        prop_frames=16,
+        prop_size=(448, 224),
+        jobs=1,
+    ),
 }
 
 
@@ -163,22 +201,37 @@ class ReproduceConfig:
             raise UserError(f"--seeds: need one or more non-negative integers, got {list(self.seeds)}")
         bad = [m for m in self.eval_modes if m not in EVAL_MODES]
         if bad or not self.eval_modes:
-            raise UserError(f"--eval-modes: unknown mode {bad[0] if bad else '(none given)'!r}; "
-                            f"choose from {', '.join(EVAL_MODES)}")
+            raise UserError(
+                f"--eval-modes: unknown mode {bad[0] if bad else '(none given)'!r}; choose from {', '.join(EVAL_MODES)}"
+            )
         bad = [r for r in self.deeplab_rows if r not in ROWS and r not in ("main", "all", "none")]
         if bad:
             raise UserError(f"--deeplab-rows: unknown row {bad[0]!r}; give row names, main, all or none")
         if self.flow not in ("dis", "gt"):
             raise UserError(f"--flow must be dis or gt, got {self.flow!r}")
-        for name in ("steps", "videos", "frames", "eval_videos", "eval_frames", "eval_every", "eval_iters",
-                     "eval_batch", "jobs", "batch_size", "prop_videos", "prep_threads"):
+        for name in (
+            "steps",
+            "videos",
+            "frames",
+            "eval_videos",
+            "eval_frames",
+            "eval_every",
+            "eval_iters",
+            "eval_batch",
+            "jobs",
+            "batch_size",
+            "prop_videos",
+            "prep_threads",
+        ):
             if int(getattr(self, name)) < 1:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         for name in ("threads", "workers", "gpus", "eval_workers", "max_running"):
             if int(getattr(self, name)) < 0:
                 raise UserError(f"--{name.replace('_', '-')} must be >= 0, got {getattr(self, name)}")
         if self.prop_frames < 2:
-            raise UserError(f"--prop-frames must be >= 2 (a first frame and one to propagate to), got {self.prop_frames}")
+            raise UserError(
+                f"--prop-frames must be >= 2 (a first frame and one to propagate to), got {self.prop_frames}"
+            )
         if self.image_size < 32 or self.image_size % 32:
             raise UserError(f"--image-size must be a multiple of 32 (the C5 stride), got {self.image_size}")
         if not self.lr >= 0:
@@ -191,14 +244,18 @@ class ReproduceConfig:
             raise UserError(f"--poll must be > 0, got {self.poll_s}")
         ks = [ROWS[r].k for r in self.rows if ROWS[r].k]
         if ks and self.frames < max(ks):
-            raise UserError(f"--video-frames {self.frames}: the k={max(ks)} row needs at least {max(ks)} frames per video")
+            raise UserError(
+                f"--video-frames {self.frames}: the k={max(ks)} row needs at least {max(ks)} frames per video"
+            )
         if self.videos // self.batch_size < 1:
             raise UserError(f"--videos {self.videos}: fewer than one batch of {self.batch_size} clips per epoch")
         if not 1 <= self.eval_val_videos < self.eval_videos:
             raise UserError(f"--eval-val-videos must be in 1..{self.eval_videos - 1}, got {self.eval_val_videos}")
         if len({self.data_seed, self.eval_seed, self.prop_seed}) < 3:
-            raise UserError(f"--prop-seed {self.prop_seed}: --data-seed, --eval-seed and --prop-seed must differ so the "
-                            f"pretraining videos and the evaluation scenes are disjoint")
+            raise UserError(
+                f"--prop-seed {self.prop_seed}: --data-seed, --eval-seed and --prop-seed must differ so the "
+                f"pretraining videos and the evaluation scenes are disjoint"
+            )
         return self
 
 
@@ -270,21 +327,35 @@ def _launcher_head(cfg: ReproduceConfig, name: str, run_dir: Path, gpus: int, wa
     if gpus == 0:
         argv += ["--nodes", "1", "--ranks-per-node", "1"]
     # --max-timeouts 0: a run that reaches its time box ends there (its checkpoint is the result)
-    argv += ["--name", f"reproduce-{name}", "--run-dir", str(run_dir), "--walltime", format_hms(walltime_s),
-             "--max-timeouts", "0"]
+    argv += [
+        "--name",
+        f"reproduce-{name}",
+        "--run-dir",
+        str(run_dir),
+        "--walltime",
+        format_hms(walltime_s),
+        "--max-timeouts",
+        "0",
+    ]
     return argv
 
 
 def build_jobs(cfg: ReproduceConfig, out: Path, shards: Dict[str, Path], cs_root: Path) -> List[Job]:
     """Every run of the plan, pretrainings before the evaluations that need them."""
     py = sys.executable
-    env = {"LAUNCHER_LOCAL_SLOTS": str(cfg.jobs), "LAUNCHER_LOCAL_SLOT_DIR": str(out / "slots")} \
-        if cfg.scheduler == "local" else {}
+    env = (
+        {"LAUNCHER_LOCAL_SLOTS": str(cfg.jobs), "LAUNCHER_LOCAL_SLOT_DIR": str(out / "slots")}
+        if cfg.scheduler == "local"
+        else {}
+    )
     train_wall = walltime_for(cfg, cfg.time_box_s)
     eval_wall = int(math.ceil(cfg.eval_walltime_s))
     eval_gpus = 1 if cfg.gpus > 0 else 0
-    config_flag = ["--config", str(Path(cfg.train_config).resolve())] if Path(cfg.train_config).is_file() \
+    config_flag = (
+        ["--config", str(Path(cfg.train_config).resolve())]
+        if Path(cfg.train_config).is_file()
         else ["--preset", cfg.train_config]
+    )
     lr_words = [f"optim.base_lr={cfg.lr * 256.0 / cfg.batch_size:g}"] if cfg.lr > 0 else []
     jobs: List[Job] = []
     for row_name in cfg.rows:
@@ -294,40 +365,109 @@ def build_jobs(cfg: ReproduceConfig, out: Path, shards: Dict[str, Path], cs_root
             run_dir = out / "runs" / rid
             if row.k is not None:
                 kind = "gt" if row.flow in ("gt", "none", None) or cfg.flow == "gt" else "dis"
-                data = [f"data.shards=[{shards.get(kind, out / 'data' / ('pretrain_' + kind))}]",
-                        "data.synthetic=false", f"data.k={row.k}", f"data.mask={row.mask}"]
+                data = [
+                    f"data.shards=[{shards.get(kind, out / 'data' / ('pretrain_' + kind))}]",
+                    "data.synthetic=false",
+                    f"data.k={row.k}",
+                    f"data.mask={row.mask}",
+                ]
                 if row.flow == "none":
                     data.append("data.flow_source=none")
                 steps = min(cfg.steps, row.steps or cfg.steps)
-                cmd = _launcher_head(cfg, rid, run_dir, cfg.gpus, train_wall) + config_flag + [
-                    "--global-batch", str(cfg.batch_size),
-                    *data, f"model.arch={cfg.arch}", f"data.image_size={cfg.image_size}",
-                    f"run.seed={seed}", f"run.epochs={schedule_epochs(steps, cfg.videos, cfg.batch_size)}",
-                    f"run.max_steps={steps}",
-                    f"run.threads={cfg.threads}", f"run.device={cfg.device}", f"data.num_workers={cfg.workers}",
-                    "checkpoint.every_epochs=0", "checkpoint.every_steps=0", "checkpoint.keep=1",
-                    "log.tensorboard=false", *lr_words, *cfg.train_overrides, *row.overrides]  # the row's own settings win
+                cmd = (
+                    _launcher_head(cfg, rid, run_dir, cfg.gpus, train_wall)
+                    + config_flag
+                    + [
+                        "--global-batch",
+                        str(cfg.batch_size),
+                        *data,
+                        f"model.arch={cfg.arch}",
+                        f"data.image_size={cfg.image_size}",
+                        f"run.seed={seed}",
+                        f"run.epochs={schedule_epochs(steps, cfg.videos, cfg.batch_size)}",
+                        f"run.max_steps={steps}",
+                        f"run.threads={cfg.threads}",
+                        f"run.device={cfg.device}",
+                        f"data.num_workers={cfg.workers}",
+                        "checkpoint.every_epochs=0",
+                        "checkpoint.every_steps=0",
+                        "checkpoint.keep=1",
+                        "log.tensorboard=false",
+                        *lr_words,
+                        *cfg.train_overrides,
+                        *row.overrides,
+                    ]
+                )  # the row's own settings win
                 jobs.append(Job(rid, "train", row_name, seed, run_dir, cmd, dict(env)))
             backbone = ["--backbone", "random", "--arch", cfg.arch] if row.k is None else ["--backbone", str(run_dir)]
             for mode in cfg.modes_for(row_name):
                 eid = f"{rid}-{mode}"
                 ev = out / "eval" / eid
                 if mode == "propagate":
-                    words = ["eval", "propagate", *backbone, "--out", str(ev), "--videos", str(cfg.prop_videos),
-                             "--video-frames", str(cfg.prop_frames), "--size", f"{cfg.prop_size[0]}x{cfg.prop_size[1]}",
-                             "--seed", str(cfg.prop_seed), "--device", cfg.eval_device]
+                    words = [
+                        "eval",
+                        "propagate",
+                        *backbone,
+                        "--out",
+                        str(ev),
+                        "--videos",
+                        str(cfg.prop_videos),
+                        "--video-frames",
+                        str(cfg.prop_frames),
+                        "--size",
+                        f"{cfg.prop_size[0]}x{cfg.prop_size[1]}",
+                        "--seed",
+                        str(cfg.prop_seed),
+                        "--device",
+                        cfg.eval_device,
+                    ]
                     if row.k is None:  # random weights: each seed its own draw, as in the linear probe
                         words += ["--init-seed", str(seed)]
                 else:
-                    words = ["eval", "seg", *backbone, "--data", str(cs_root), "--mode", mode, "--out", str(ev),
-                             "--iters", str(cfg.eval_iters), "--batch", str(cfg.eval_batch),
-                             "--crop", f"{cfg.eval_crop[0]}x{cfg.eval_crop[1]}", "--lr", str(cfg.eval_lr),
-                             "--warmup-iters", str(max(1, cfg.eval_iters // 10)), "--workers", str(cfg.eval_workers),
-                             "--device", cfg.eval_device, "--seed", str(seed), "--log-every", "50"]
+                    words = [
+                        "eval",
+                        "seg",
+                        *backbone,
+                        "--data",
+                        str(cs_root),
+                        "--mode",
+                        mode,
+                        "--out",
+                        str(ev),
+                        "--iters",
+                        str(cfg.eval_iters),
+                        "--batch",
+                        str(cfg.eval_batch),
+                        "--crop",
+                        f"{cfg.eval_crop[0]}x{cfg.eval_crop[1]}",
+                        "--lr",
+                        str(cfg.eval_lr),
+                        "--warmup-iters",
+                        str(max(1, cfg.eval_iters // 10)),
+                        "--workers",
+                        str(cfg.eval_workers),
+                        "--device",
+                        cfg.eval_device,
+                        "--seed",
+                        str(seed),
+                        "--log-every",
+                        "50",
+                    ]
                 trainer = shlex.join([py, "-m", "pixpro_of.reproduction.job", *words])
                 cmd = _launcher_head(cfg, eid, ev, eval_gpus, eval_wall) + ["--trainer-command", trainer]
-                jobs.append(Job(eid, "eval", row_name, seed, ev, cmd, dict(env), mode=mode,
-                                after=rid if row.k is not None else None))
+                jobs.append(
+                    Job(
+                        eid,
+                        "eval",
+                        row_name,
+                        seed,
+                        ev,
+                        cmd,
+                        dict(env),
+                        mode=mode,
+                        after=rid if row.k is not None else None,
+                    )
+                )
     return jobs
 
 
@@ -411,10 +551,22 @@ def array_batches(jobs: List[Job]) -> List[Tuple[str, List[Job]]]:
 
 
 def array_command(cfg: ReproduceConfig, out: Path, name: str, batch: List[Job]) -> Tuple[List[str], Path, dict]:
-    """``launcher array`` for ``batch`` (each job's ``launcher submit`` words a task): (command, tasks file, its JSON)."""
+    """``launcher array`` for ``batch`` (each job's ``launcher submit`` words a task): (command, tasks file,
+    its JSON)."""
     stamp = f"{name}-{batch[0].name}"
     tasks_file = out / "arrays" / f"{stamp}.json"
     spec = {"tasks": [j.submit[4:] for j in batch]}  # after PYTHON -m launcher.cli submit
-    cmd = [sys.executable, "-m", "launcher.cli", "array", str(tasks_file), "--max-running", str(cfg.max_running),
-           "--name", f"reproduce-{name}", "--dir", str(out / "arrays" / stamp)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "launcher.cli",
+        "array",
+        str(tasks_file),
+        "--max-running",
+        str(cfg.max_running),
+        "--name",
+        f"reproduce-{name}",
+        "--dir",
+        str(out / "arrays" / stamp),
+    ]
     return cmd, tasks_file, spec

@@ -4,6 +4,7 @@ Everything is read from the run directories (``runs/<row>-s<seed>/``: steps, wal
 ``metrics.csv``; ``eval/<row>-s<seed>-<mode>/scores.json``), so the report of a rerun is the
 same whatever ran when. A run that failed is shown as failed in its cell, never left out.
 """
+
 from __future__ import annotations
 
 import csv
@@ -12,13 +13,16 @@ import math
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
+from pixpro_of.reproduction.plan import FINISHED, ROWS, Job, ReproduceConfig, train_result
 from plumbing.atomic import atomic_open
 from plumbing.errors import UserError
 from plumbing.runs import RunLayout
-from pixpro_of.reproduction.plan import FINISHED, ROWS, Job, ReproduceConfig, train_result
 
-MODE_TITLES = {"linear": "Linear probe mIoU", "deeplab": "DeepLabV3 mIoU",
-               "propagate": "Label propagation mIoU (mean over distances)"}
+MODE_TITLES = {
+    "linear": "Linear probe mIoU",
+    "deeplab": "DeepLabV3 mIoU",
+    "propagate": "Label propagation mIoU (mean over distances)",
+}
 
 
 def _mean_std(values: Sequence[float]) -> Tuple[Optional[float], Optional[float]]:
@@ -47,7 +51,7 @@ def train_diagnostics(run_dir: Path, tail: float = 0.2) -> Dict[str, float]:
         return {}
     with open(path, newline="") as f:
         rows = list(csv.DictReader(f))
-    rows = rows[-max(1, int(len(rows) * tail)):] if rows else []
+    rows = rows[-max(1, int(len(rows) * tail)) :] if rows else []
     out = {}
     for key in DIAGNOSTICS:
         vals = []
@@ -110,8 +114,17 @@ def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, 
     runs, rows, failed = [], [], []
     for job in jobs:
         state, detail = states.get(job.name, ("new", ""))
-        rec = {"name": job.name, "kind": job.kind, "row": job.row, "seed": job.seed, "mode": job.mode,
-               "state": state, "detail": detail, "run_dir": str(job.run_dir), "command": job.shell()}
+        rec = {
+            "name": job.name,
+            "kind": job.kind,
+            "row": job.row,
+            "seed": job.seed,
+            "mode": job.mode,
+            "state": state,
+            "detail": detail,
+            "run_dir": str(job.run_dir),
+            "command": job.shell(),
+        }
         if job.kind == "train":
             rec["train"] = train_result(job.run_dir)
             rec["train"]["diagnostics"] = train_diagnostics(job.run_dir)
@@ -138,27 +151,47 @@ def collect(cfg: ReproduceConfig, jobs: List[Job], states: Dict[str, Tuple[str, 
         steps = [r["train"]["step"] for r in ok_trains if "step" in r["train"]]
         minutes = [r["train"]["seconds"] / 60 for r in ok_trains if "seconds" in r["train"]]
         diags = [r["train"]["diagnostics"] for r in ok_trains if r["train"]["diagnostics"]]
-        summary = {"row": row_name, "label": row.label, "k": row.k, "mask": row.mask, "flow": flow_label(cfg, row_name),
-                   "seed_miou": row.seed_miou, "modes": {},
-                   "trains": {"done": len(ok_trains), "failed": sum(r["state"] == "failed" for r in trains),
-                              "time_boxed": sum(r["state"] == "time-boxed" for r in trains), "n": len(trains)},
-                   "steps_mean": sum(steps) / len(steps) if steps else None,
-                   "pretrain_minutes_mean": sum(minutes) / len(minutes) if minutes else None,
-                   "diagnostics": {k: sum(d[k] for d in diags) / len(diags)
-                                   for k in (*DIAGNOSTICS, "weights_moved") if diags and all(k in d for d in diags)}}
+        summary = {
+            "row": row_name,
+            "label": row.label,
+            "k": row.k,
+            "mask": row.mask,
+            "flow": flow_label(cfg, row_name),
+            "seed_miou": row.seed_miou,
+            "modes": {},
+            "trains": {
+                "done": len(ok_trains),
+                "failed": sum(r["state"] == "failed" for r in trains),
+                "time_boxed": sum(r["state"] == "time-boxed" for r in trains),
+                "n": len(trains),
+            },
+            "steps_mean": sum(steps) / len(steps) if steps else None,
+            "pretrain_minutes_mean": sum(minutes) / len(minutes) if minutes else None,
+            "diagnostics": {
+                k: sum(d[k] for d in diags) / len(diags)
+                for k in (*DIAGNOSTICS, "weights_moved")
+                if diags and all(k in d for d in diags)
+            },
+        }
         for mode in cfg.modes_for(row_name):
             evs = [r for r in mine if r["mode"] == mode]
             vals = [r["mIoU"] for r in evs if r.get("mIoU") is not None]
             mean, std = _mean_std(vals)
-            m = {"mean": mean, "std": std, "n": len(vals), "values": vals,
-                 "failed": sum(r["state"] == "failed" for r in evs),
-                 "pending": sum(r["state"] in ("new", "running") for r in evs)}
+            m = {
+                "mean": mean,
+                "std": std,
+                "n": len(vals),
+                "values": vals,
+                "failed": sum(r["state"] == "failed" for r in evs),
+                "pending": sum(r["state"] in ("new", "running") for r in evs),
+            }
             if mode == "propagate":
                 curves = [r["per_distance"] for r in evs if r.get("per_distance")]
                 if curves:
                     n = max(len(c) for c in curves)
-                    m["per_distance"] = [_mean_std([c[i] for c in curves if i < len(c) and c[i] is not None])[0]
-                                         for i in range(n)]
+                    m["per_distance"] = [
+                        _mean_std([c[i] for c in curves if i < len(c) and c[i] is not None])[0] for i in range(n)
+                    ]
                     m["per_distance_seeds"] = curves
             summary["modes"][mode] = m
         rows.append(summary)
@@ -183,13 +216,27 @@ def _cell(m: Optional[Dict]) -> str:
 def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
     modes = list(cfg.eval_modes)
     views = f"{cfg.image_size} px ({cfg.grid}×{cfg.grid})"
-    head = ["Method", "Frames k", "Flow", "Mask", "Views (C5 grid)", "Pretrainings", "Steps (mean)",
-            "Pretrain min (mean)", *[MODE_TITLES[m] for m in modes], "Seed's mIoU (BDD→Cityscapes)"]
-    lines = [f"Profile {cfg.profile}: {cfg.arch}, views {views}, batch {cfg.batch_size}, "
-             f"{'peak lr ' + format(cfg.lr, 'g') if cfg.lr > 0 else 'the config' + chr(39) + 's lr rule'}, "
-             f"a {cfg.time_box_s / 60:g}-minute box and {cfg.steps} steps per pretraining; mean ± sample std over seeds "
-             f"{','.join(map(str, cfg.seeds))}.", "",
-             "| " + " | ".join(head) + " |", "|" + "|".join("---" for _ in head) + "|"]
+    head = [
+        "Method",
+        "Frames k",
+        "Flow",
+        "Mask",
+        "Views (C5 grid)",
+        "Pretrainings",
+        "Steps (mean)",
+        "Pretrain min (mean)",
+        *[MODE_TITLES[m] for m in modes],
+        "Seed's mIoU (BDD→Cityscapes)",
+    ]
+    lines = [
+        f"Profile {cfg.profile}: {cfg.arch}, views {views}, batch {cfg.batch_size}, "
+        f"{'peak lr ' + format(cfg.lr, 'g') if cfg.lr > 0 else 'the config' + chr(39) + 's lr rule'}, "
+        f"a {cfg.time_box_s / 60:g}-minute box and {cfg.steps} steps per pretraining; mean ± sample std over seeds "
+        f"{','.join(map(str, cfg.seeds))}.",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|" + "|".join("---" for _ in head) + "|",
+    ]
     for r in results["rows"]:
         t = r["trains"]
         if r["k"] is None:
@@ -200,17 +247,27 @@ def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
                 pre += f" ({t['time_boxed']} boxed)"
             if t["failed"]:
                 pre += f", {t['failed']} failed"
-        cells = [r["label"], "–" if r["k"] is None else str(r["k"]), r["flow"], r["mask"] or "–",
-                 "–" if r["k"] is None else views, pre,
-                 "–" if r["steps_mean"] is None else f"{r['steps_mean']:.0f}",
-                 "–" if r["pretrain_minutes_mean"] is None else f"{r['pretrain_minutes_mean']:.1f}"]
+        cells = [
+            r["label"],
+            "–" if r["k"] is None else str(r["k"]),
+            r["flow"],
+            r["mask"] or "–",
+            "–" if r["k"] is None else views,
+            pre,
+            "–" if r["steps_mean"] is None else f"{r['steps_mean']:.0f}",
+            "–" if r["pretrain_minutes_mean"] is None else f"{r['pretrain_minutes_mean']:.1f}",
+        ]
         cells += [_cell(r["modes"].get(m)) for m in modes]
         cells.append("–" if r["seed_miou"] is None else f"{r['seed_miou']:g}")
         lines.append("| " + " | ".join(cells) + " |")
     # per seed
-    lines += ["", "Per seed (mIoU %: " + " / ".join(modes) + "; – = not evaluated that way):", "",
-              "| Row | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |",
-              "|---|" + "|".join("---" for _ in cfg.seeds) + "|"]
+    lines += [
+        "",
+        "Per seed (mIoU %: " + " / ".join(modes) + "; – = not evaluated that way):",
+        "",
+        "| Row | " + " | ".join(f"seed {s}" for s in cfg.seeds) + " |",
+        "|---|" + "|".join("---" for _ in cfg.seeds) + "|",
+    ]
     for r in results["rows"]:
         cells = []
         for s in cfg.seeds:
@@ -233,23 +290,37 @@ def markdown_table(cfg: ReproduceConfig, results: Dict) -> str:
     prop = [r for r in results["rows"] if r["modes"].get("propagate", {}).get("per_distance")]
     if prop:
         n = max(len(r["modes"]["propagate"]["per_distance"]) for r in prop)
-        lines += ["", "Label propagation, mIoU by frame distance (mean over seeds):", "",
-                  "| Row | " + " | ".join(str(d) for d in range(1, n + 1)) + " |",
-                  "|---|" + "|".join("---" for _ in range(n)) + "|"]
+        lines += [
+            "",
+            "Label propagation, mIoU by frame distance (mean over seeds):",
+            "",
+            "| Row | " + " | ".join(str(d) for d in range(1, n + 1)) + " |",
+            "|---|" + "|".join("---" for _ in range(n)) + "|",
+        ]
         for r in prop:
             pd = r["modes"]["propagate"]["per_distance"]
-            lines.append(f"| {r['row']} | " + " | ".join("–" if i >= len(pd) or pd[i] is None else f"{pd[i]:.1f}"
-                                                       for i in range(n)) + " |")
+            lines.append(
+                f"| {r['row']} | "
+                + " | ".join("–" if i >= len(pd) or pd[i] is None else f"{pd[i]:.1f}" for i in range(n))
+                + " |"
+            )
     pre = [r for r in results["rows"] if r["diagnostics"]]
     if pre:
-        lines += ["", "Pretraining diagnostics (means over the last 20% of steps, then over seeds):", "",
-                  "| Method | loss | positive pairs per image | images without positives | FB-rejected flow fraction "
-                  "| weights moved from init (‖w − w₀‖ / ‖w₀‖) |",
-                  "|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Pretraining diagnostics (means over the last 20% of steps, then over seeds):",
+            "",
+            "| Method | loss | positive pairs per image | images without positives | FB-rejected flow fraction "
+            "| weights moved from init (‖w − w₀‖ / ‖w₀‖) |",
+            "|---|---|---|---|---|---|",
+        ]
         for r in pre:
             d = r["diagnostics"]
-            lines.append("| " + " | ".join([r["label"]] + [f"{d[k]:.3f}" if k in d else "–"
-                                                           for k in (*DIAGNOSTICS, "weights_moved")]) + " |")
+            lines.append(
+                "| "
+                + " | ".join([r["label"]] + [f"{d[k]:.3f}" if k in d else "–" for k in (*DIAGNOSTICS, "weights_moved")])
+                + " |"
+            )
     if results["failed"]:
         lines += ["", "Failed runs:", ""] + [f"- {f}" for f in results["failed"]]
     return "\n".join(lines) + "\n"
@@ -285,8 +356,11 @@ def bar_chart(cfg: ReproduceConfig, results: Dict, path: Path) -> None:
     ax.set_xticks(range(len(rows)))
     ax.set_xticklabels([r["row"] for r in rows], fontsize=8)
     ax.set_ylabel("mIoU (%)")
-    ax.set_title(f"Synthetic world, frozen {cfg.arch}, views {cfg.image_size} px ({cfg.grid}×{cfg.grid} C5); "
-                 f"seeds {','.join(map(str, cfg.seeds))}", fontsize=9)
+    ax.set_title(
+        f"Synthetic world, frozen {cfg.arch}, views {cfg.image_size} px ({cfg.grid}×{cfg.grid} C5); "
+        f"seeds {','.join(map(str, cfg.seeds))}",
+        fontsize=9,
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)
@@ -308,15 +382,22 @@ def propagation_chart(cfg: ReproduceConfig, results: Dict, path: Path) -> bool:
     for r in rows:
         m = r["modes"]["propagate"]
         xs = list(range(1, len(m["per_distance"]) + 1))
-        line, = ax.plot(xs, [v if v is not None else float("nan") for v in m["per_distance"]], marker="o", ms=3,
-                        label=r["row"])
+        (line,) = ax.plot(
+            xs, [v if v is not None else float("nan") for v in m["per_distance"]], marker="o", ms=3, label=r["row"]
+        )
         for c in m.get("per_distance_seeds", []):
-            ax.plot(range(1, len(c) + 1), [v if v is not None else float("nan") for v in c], color=line.get_color(),
-                    alpha=0.25, lw=0.8)
+            ax.plot(
+                range(1, len(c) + 1),
+                [v if v is not None else float("nan") for v in c],
+                color=line.get_color(),
+                alpha=0.25,
+                lw=0.8,
+            )
     ax.set_xlabel("frame distance from the labelled first frame")
     ax.set_ylabel("propagated label mIoU (%)")
-    ax.set_title(f"Label propagation through frozen {cfg.arch} features (held-out videos, seed {cfg.prop_seed})",
-                 fontsize=9)
+    ax.set_title(
+        f"Label propagation through frozen {cfg.arch} features (held-out videos, seed {cfg.prop_seed})", fontsize=9
+    )
     ax.legend(fontsize=7)
     fig.tight_layout()
     _save(fig, path)

@@ -1,5 +1,6 @@
 """What each rank of the smoke checks: its imports, GPUs and staged shards (by itself), the allreduce across every
 rank, and the trainer's 20 steps with a self-sent stop and the resume. Each returns a record for the report."""
+
 from __future__ import annotations
 
 import os
@@ -11,9 +12,9 @@ import time
 from pathlib import Path
 from typing import Dict, List, Optional
 
-STEPS = 20          # training steps measured before the stop
-AFTER_STOP = 4      # steps the resumed trainer runs to finish
-RANK_BATCH = 2      # samples per rank (the tiny shard set holds 4 steps of them per node)
+STEPS = 20  # training steps measured before the stop
+AFTER_STOP = 4  # steps the resumed trainer runs to finish
+RANK_BATCH = 2  # samples per rank (the tiny shard set holds 4 steps of them per node)
 MESSAGE_MIB = {"cuda": 256, "cpu": 16}  # the allreduce's message, fixed per device kind
 
 
@@ -56,8 +57,7 @@ def probe_gpus() -> Dict:
         uuids = [str(getattr(torch.cuda.get_device_properties(i), "uuid", "")) for i in range(n)]
     except BaseException as exc:  # noqa: BLE001
         return {"count": 0, "names": [], "uuids": [], "error": (str(exc).splitlines() or ["?"])[0][:200]}
-    return {"count": n, "names": names, "uuids": uuids,
-            "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
+    return {"count": n, "names": names, "uuids": uuids, "visible": os.environ.get("CUDA_VISIBLE_DEVICES")}
 
 
 def probe_scratch(manifest: Optional[str], node: int, nodes: int) -> Dict:
@@ -144,11 +144,20 @@ def _library(be) -> str:
 
 def smoke_overrides(world: int, rank_batch: int, epochs: int) -> List[str]:
     """What the smoke changes in the run's config: the batch, the step count, no milestone files."""
-    return [f"data.batch_size={world * rank_batch}", f"run.max_steps={STEPS + AFTER_STOP}",
-            f"run.epochs={max(epochs, STEPS + AFTER_STOP)}", "data.synthetic=false",
-            "checkpoint.every_steps=0", "checkpoint.every_epochs=0", "checkpoint.every_minutes=0",
-            "checkpoint.keep_epochs=[]", "checkpoint.keep=2", "log.every_steps=1", "log.tensorboard=false",
-            "log.wandb=off"]
+    return [
+        f"data.batch_size={world * rank_batch}",
+        f"run.max_steps={STEPS + AFTER_STOP}",
+        f"run.epochs={max(epochs, STEPS + AFTER_STOP)}",
+        "data.synthetic=false",
+        "checkpoint.every_steps=0",
+        "checkpoint.every_epochs=0",
+        "checkpoint.every_minutes=0",
+        "checkpoint.keep_epochs=[]",
+        "checkpoint.keep=2",
+        "log.every_steps=1",
+        "log.tensorboard=false",
+        "log.wandb=off",
+    ]
 
 
 def _self_stop_control(cfg, send_at: Optional[int]):
@@ -184,12 +193,22 @@ def train_check(cfg, be, run: Path, into: Dict, phase=lambda name: None) -> None
     rows = read_csv(run / "metrics.csv") if (run / "metrics.csv").exists() else []
     steps1 = [r for r in rows if int(r["step"]) <= STEPS]
     rates = [float(r["samples_per_s"]) for r in steps1 if r.get("samples_per_s")]
-    train = {"rc": rc1, "steps": len(steps1), "seconds": round(t1 - t0, 1), "reason": first.reason,
-             "samples_per_s": statistics.median(rates[len(rates) // 3:]) if rates else None,
-             "median_from": len(rates) // 3 + 1, "batch": cfg.data.batch_size,
-             "loss": [float(steps1[0]["loss"]), float(steps1[-1]["loss"])] if steps1 else None}
-    stop = {"rc1": rc1, "signal": signal.Signals(first.signal_nums[0]).name, "sent_at": first.sent_at_step,
-            "reason": first.reason}
+    train = {
+        "rc": rc1,
+        "steps": len(steps1),
+        "seconds": round(t1 - t0, 1),
+        "reason": first.reason,
+        "samples_per_s": statistics.median(rates[len(rates) // 3 :]) if rates else None,
+        "median_from": len(rates) // 3 + 1,
+        "batch": cfg.data.batch_size,
+        "loss": [float(steps1[0]["loss"]), float(steps1[-1]["loss"])] if steps1 else None,
+    }
+    stop = {
+        "rc1": rc1,
+        "signal": signal.Signals(first.signal_nums[0]).name,
+        "sent_at": first.sent_at_step,
+        "reason": first.reason,
+    }
     into["train"] = train
     if rc1 != 75:
         into["stop"] = stop
@@ -204,6 +223,11 @@ def train_check(cfg, be, run: Path, into: Dict, phase=lambda name: None) -> None
     text = log.read_text(errors="replace") if log.exists() else ""
     resumed = [ln.split("resumed from step", 1)[1].split()[0] for ln in text.splitlines() if "resumed from step" in ln]
     rows = read_csv(run / "metrics.csv") if (run / "metrics.csv").exists() else []
-    stop.update(rc2=rc2, resumed_from=int(resumed[-1]) if resumed else None, done=RunLayout(run).is_done(),
-                last_step=int(rows[-1]["step"]) if rows else None, seconds=round(time.perf_counter() - t1, 1))
+    stop.update(
+        rc2=rc2,
+        resumed_from=int(resumed[-1]) if resumed else None,
+        done=RunLayout(run).is_done(),
+        last_step=int(rows[-1]["step"]) if rows else None,
+        seconds=round(time.perf_counter() - t1, 1),
+    )
     into["stop"] = stop

@@ -1,5 +1,6 @@
 """The older quick check, ``python -m pixpro_of smoke --np N``: this machine's Horovod and mpi4py collectives
 under ``mpirun``."""
+
 from __future__ import annotations
 
 import os
@@ -12,8 +13,8 @@ from plumbing.errors import UserError
 
 def worker() -> int:
     """One MPI rank: Horovod and mpi4py collectives checked against their known results; rank 0 prints."""
-    import torch
     import horovod.torch as hvd
+    import torch
     from mpi4py import MPI
 
     hvd.init()
@@ -51,8 +52,10 @@ def worker() -> int:
         flat = [f"rank {r}: {e}" for r, errs in enumerate(all_errors) for e in errs]
         import horovod
 
-        print(f"horovod {horovod.__version__} size={size} mpi_enabled={hvd.mpi_enabled()} "
-              f"sum={s.tolist()[0]:g} avg={a.tolist()[0]:g} mpi4py_sum={m}")
+        print(
+            f"horovod {horovod.__version__} size={size} mpi_enabled={hvd.mpi_enabled()} "
+            f"sum={s.tolist()[0]:g} avg={a.tolist()[0]:g} mpi4py_sum={m}"
+        )
         for line in flat:
             print("FAIL", line)
         print("smoke: OK" if not flat else "smoke: FAILED")
@@ -82,6 +85,7 @@ def run_worker() -> int:
         return worker()
     except BaseException:
         import traceback
+
         from mpi4py import MPI
 
         traceback.print_exc()

@@ -1,5 +1,6 @@
 """One rank of the smoke: its records in ``RUN/smoke/rank-NNNNN.{start,end}.json``; rank 0 waits for the others,
 writes the report (``RUN/smoke.txt`` and stdout) and, when a check hangs, reports by the deadline anyway."""
+
 from __future__ import annotations
 
 import json
@@ -12,8 +13,14 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Dict, Tuple
 
-from pixpro_of.smoke.checks import (allreduce_check, probe_gpus, probe_imports, probe_scratch, smoke_overrides,
-                                    train_check)
+from pixpro_of.smoke.checks import (
+    allreduce_check,
+    probe_gpus,
+    probe_imports,
+    probe_scratch,
+    smoke_overrides,
+    train_check,
+)
 from pixpro_of.smoke.report import compose
 
 REPORT = "smoke.txt"
@@ -58,9 +65,16 @@ class _Rank:
             if self.reported:
                 return False
             self.reported = True
-            ok, lines = compose(self.read_all("start"), self.read_all("end"), self.opts.ranks,
-                                self.opts.gpus_per_node, self.opts.preset, time.time() - self.start, hung,
-                                self.opts.rank_batch)
+            ok, lines = compose(
+                self.read_all("start"),
+                self.read_all("end"),
+                self.opts.ranks,
+                self.opts.gpus_per_node,
+                self.opts.preset,
+                time.time() - self.start,
+                hung,
+                self.opts.rank_batch,
+            )
             text = "\n".join(lines) + "\n"
             sys.stdout.write(text)
             sys.stdout.flush()
@@ -100,22 +114,32 @@ def run_rank(opts: SimpleNamespace) -> int:
     if me.rank == 0:
         threading.Thread(target=me.watchdog, args=(deadline - 5,), daemon=True).start()
     manifest = (cfg.data.shards or [None])[0]
-    me.write("start", {"host": socket.gethostname(), "node": me.job.node, "local_rank": me.job.local_rank,
-                       "imports": probe_imports(cfg.dist.backend), "gpus": probe_gpus(),
-                       "scratch": probe_scratch(manifest, me.job.node, me.job.nodes)})
+    me.write(
+        "start",
+        {
+            "host": socket.gethostname(),
+            "node": me.job.node,
+            "local_rank": me.job.local_rank,
+            "imports": probe_imports(cfg.dist.backend),
+            "gpus": probe_gpus(),
+            "scratch": probe_scratch(manifest, me.job.node, me.job.nodes),
+        },
+    )
     be = None
     try:
         from pixpro_of.dist.backend import make_backend
 
         me.phase = "allreduce"
-        be = make_backend(cfg.dist.backend, device=cfg.run.device,
-                          timeout_s=min(60.0 * cfg.dist.timeout_minutes, 120.0))
+        be = make_backend(
+            cfg.dist.backend, device=cfg.run.device, timeout_s=min(60.0 * cfg.dist.timeout_minutes, 120.0)
+        )
         me.end["allreduce"] = allreduce_check(be, opts.ranks)
         if "error" not in me.end["allreduce"]:
             me.phase = "train"
             cfg = load_config(opts.config, overrides + smoke_overrides(be.world_size, opts.rank_batch, cfg.run.epochs))
-            train_check(cfg, be, Path(opts.run_dir) / RANKS_DIR / "train", me.end,
-                        lambda name: setattr(me, "phase", name))
+            train_check(
+                cfg, be, Path(opts.run_dir) / RANKS_DIR / "train", me.end, lambda name: setattr(me, "phase", name)
+            )
     except BaseException as exc:  # noqa: BLE001 - every failure is a finding for the report
         why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:300]
         me.end["errors"][me.phase] = why

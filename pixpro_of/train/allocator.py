@@ -8,6 +8,7 @@ minor page faults and ~10 % of a ResNet-18 PixPro step on one core (``bench/benc
 ``MALLOC_TRIM_THRESHOLD_`` do at start-up), so freed blocks are reused instead. The process keeps
 its peak heap; DataLoader workers forked later inherit the setting. GPU memory is unaffected.
 """
+
 from __future__ import annotations
 
 import ctypes

@@ -1,6 +1,7 @@
 """Bad samples skipped under ``data.on_bad_sample=skip``: each one logged (rank 0 names every
 rank's, the others their own), counted over all ranks, and held against ``data.bad_sample_budget``.
 The samples themselves are substituted in the DataLoader workers (:mod:`pixpro_of.train.data`)."""
+
 from __future__ import annotations
 
 import logging
@@ -40,8 +41,11 @@ def log_skips(backend, bad: Sequence) -> List[Record]:
 def check_budget(skipped: int, budget: int, epoch: int, records: List[Record], bad: Sequence, main: bool) -> None:
     """Fail (every rank alike; rank 0 reports) once the epoch's ``skipped`` count passes ``budget``."""
     if skipped > budget:
-        raise TrainingFailure(budget_spent(budget, skipped, epoch, records[-1][2]), quiet=not main,
-                              when=min((r.when for r in bad), default=None))
+        raise TrainingFailure(
+            budget_spent(budget, skipped, epoch, records[-1][2]),
+            quiet=not main,
+            when=min((r.when for r in bad), default=None),
+        )
 
 
 def failed_batch(batch, backend, data_cfg, batch_in_epoch: int, skipped_in_epoch: int) -> TrainingFailure:
@@ -49,6 +53,12 @@ def failed_batch(batch, backend, data_cfg, batch_in_epoch: int, skipped_in_epoch
     substitutes it had taken (``batch.bad``); ``data_cfg``: ``cfg.data``."""
     for rec in batch.bad:
         log_skip(rec)
-    return sample_failure(batch.failed, backend.rank, backend.world_size, batch_in_epoch,
-                          data_cfg.on_bad_sample == "skip", data_cfg.bad_sample_budget,
-                          skipped_in_epoch + len(batch.bad))
+    return sample_failure(
+        batch.failed,
+        backend.rank,
+        backend.world_size,
+        batch_in_epoch,
+        data_cfg.on_bad_sample == "skip",
+        data_cfg.bad_sample_budget,
+        skipped_in_epoch + len(batch.bad),
+    )

@@ -2,6 +2,7 @@
 epoch and the run take (node sets equalised to the smallest), and when a checkpoint is written.
 The trainer gathers the inputs (collectives, clocks); these only turn numbers into numbers.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -12,6 +13,7 @@ from typing import Sequence, Tuple
 class DataSplit:
     """Which clips a rank reads: node ``node_index`` of ``num_nodes`` node sets, and its place
     ``sampler_rank`` of ``sampler_world`` in that node set's clip order."""
+
     node_index: int
     num_nodes: int
     sampler_rank: int
@@ -35,6 +37,7 @@ def steps_per_epoch(num_videos: int, sampler_world: int, rank_batch: int) -> int
 class NodeSteps:
     """The steps per epoch every rank takes, from the node set with the fewest (``node``, holding
     ``videos`` videos); ``differ``: the node sets did not all give the same count."""
+
     steps: int
     videos: int
     node: int
@@ -69,13 +72,17 @@ def minutes_passed(now: float, last_checkpoint: float, every_minutes: float) -> 
     return every_minutes > 0 and now - last_checkpoint >= 60.0 * every_minutes
 
 
-def checkpoint_after(step: int, epochs_done: int, epoch_end: bool, ck, minutes_due: bool,
-                     stopping: bool) -> Tuple[bool, bool]:
+def checkpoint_after(
+    step: int, epochs_done: int, epoch_end: bool, ck, minutes_due: bool, stopping: bool
+) -> Tuple[bool, bool]:
     """``(write, milestone)`` after step ``step`` under ``ck`` (``cfg.checkpoint``). A milestone (the
     end of an epoch in ``ck.keep_epochs``) is always written; the other cadences (``every_steps``,
     ``every_epochs``, ``every_minutes`` as ``minutes_due``) are left to the stop's own checkpoint
     when the run is ``stopping``."""
     milestone = epoch_end and epochs_done in ck.keep_epochs
-    due = (bool(ck.every_steps) and step % ck.every_steps == 0) or minutes_due or \
-        (epoch_end and bool(ck.every_epochs) and epochs_done % ck.every_epochs == 0)
+    due = (
+        (bool(ck.every_steps) and step % ck.every_steps == 0)
+        or minutes_due
+        or (epoch_end and bool(ck.every_epochs) and epochs_done % ck.every_epochs == 0)
+    )
     return milestone or (due and not stopping), milestone

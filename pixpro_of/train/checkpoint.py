@@ -18,6 +18,7 @@ A save that fails (a full disk, a quota, a read-only file system) removes what i
 previous checkpoint stays the newest valid one, and raises
 :class:`~plumbing.atomic.DiskWriteError`: one line naming the path and the bytes needed.
 """
+
 from __future__ import annotations
 
 import json
@@ -66,6 +67,7 @@ class _HashingWriter:
 @dataclass
 class CheckpointInfo:
     """One checkpoint on disk, as described by its manifest."""
+
     step: int
     epoch: int
     path: Path
@@ -98,10 +100,18 @@ class CheckpointStore:
                 continue
             try:
                 m = json.loads(p.read_text())
-                out.append(CheckpointInfo(step=int(m["step"]), epoch=int(m["epoch"]), path=self.dir / m["file"],
-                                          manifest=p, crc32=str(m["crc32"]), size=int(m["size"]),
-                                          milestone=bool(m.get("milestone", False)),
-                                          save_seconds=float(m.get("save_seconds", 0.0))))
+                out.append(
+                    CheckpointInfo(
+                        step=int(m["step"]),
+                        epoch=int(m["epoch"]),
+                        path=self.dir / m["file"],
+                        manifest=p,
+                        crc32=str(m["crc32"]),
+                        size=int(m["size"]),
+                        milestone=bool(m.get("milestone", False)),
+                        save_seconds=float(m.get("save_seconds", 0.0)),
+                    )
+                )
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("checkpoint manifest %s is damaged (%s); ignoring it", p, exc)
         out.sort(key=lambda e: e.step, reverse=True)
@@ -139,8 +149,16 @@ class CheckpointStore:
                 torch.save(state, writer)  # streamed: no second copy of the state in memory
             digest, size = f"{writer.crc:08x}", writer.size
             seconds = time.perf_counter() - t0
-            manifest = {"file": name, "size": size, "crc32": digest, "step": step, "epoch": epoch,
-                        "milestone": bool(milestone), "time": time.time(), "save_seconds": seconds}
+            manifest = {
+                "file": name,
+                "size": size,
+                "crc32": digest,
+                "step": step,
+                "epoch": epoch,
+                "milestone": bool(milestone),
+                "time": time.time(),
+                "save_seconds": seconds,
+            }
             target = mpath
             atomic_write_bytes(mpath, (json.dumps(manifest, indent=1) + "\n").encode(), durable=True)
             counted = True  # payload + manifest: a valid checkpoint from here on
@@ -155,8 +173,9 @@ class CheckpointStore:
                     pass  # a read-only file system: nothing could be written there either
             if cause is None:
                 raise  # not a failed write (e.g. a bug in what is saved)
-            raise disk_error(cause, target, needed=state_nbytes(state),
-                             what=f"writing the checkpoint of step {step}") from None
+            raise disk_error(
+                cause, target, needed=state_nbytes(state), what=f"writing the checkpoint of step {step}"
+            ) from None
         self.prune()
         seconds = time.perf_counter() - t0
         info = CheckpointInfo(step, epoch, final, mpath, digest, size, bool(milestone), seconds)
@@ -168,7 +187,7 @@ class CheckpointStore:
         latest = self.latest_name()
         regular = [e for e in entries if not e.milestone]
         removed = []
-        for e in regular[self.keep:]:
+        for e in regular[self.keep :]:
             if e.path.name == latest:
                 continue
             e.manifest.unlink(missing_ok=True)  # manifest first: a checkpoint without one is ignored

@@ -2,6 +2,7 @@
 rank learns whether a write failed (so none goes on into a collective with a rank that has left),
 and a resume loads the checkpoint rank 0 chose. The files themselves: :mod:`pixpro_of.train.checkpoint`.
 """
+
 from __future__ import annotations
 
 import io
@@ -61,8 +62,7 @@ class CheckpointWrites:
         if done is None:
             return None, 0.0
         info, seconds = done
-        log.info("checkpoint %s (step %d, epoch %d) written in %.2f s", info.path.name, info.step, info.epoch,
-                 seconds)
+        log.info("checkpoint %s (step %d, epoch %d) written in %.2f s", info.path.name, info.step, info.epoch, seconds)
         return None, seconds
 
     def _agree(self, problem: Optional[str], seconds: float) -> float:
@@ -83,8 +83,9 @@ class CheckpointWrites:
             return loaded[0]
         info = next((e for e in self.store.entries() if e.path.name == name), None)
         if info is None:
-            raise UserError(f"{self.store.dir}: rank {be.rank} cannot see checkpoint {name} "
-                            f"(not a shared file system?)")
+            raise UserError(
+                f"{self.store.dir}: rank {be.rank} cannot see checkpoint {name} (not a shared file system?)"
+            )
         return self.store.load(info)
 
 

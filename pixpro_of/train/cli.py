@@ -5,6 +5,7 @@ checkpointed and stopped early (deadline or signal), resume by running the same 
 2 failure with a one-line error (bad input, a bad sample, a full disk, a failed rank; with more
 than one rank the whole job is aborted, see :func:`fail_job`); anything else is a failure.
 """
+
 from __future__ import annotations
 
 import json
@@ -23,25 +24,39 @@ from plumbing.runs import EXIT_FINISHED, RunLayout
 __all__ = ["command", "main"]
 
 
-@cli_command("train", epilog="Examples: python -m pixpro_of train --config pixpro_k6 --run-dir runs/k6 "
-                             "optim.base_lr=0.5 data.shards=[a.h5,b.h5]; python -m pixpro_of train --config cpu_small "
-                             "--print-config; python -m pixpro_of train --list-presets")
+@cli_command(
+    "train",
+    epilog="Examples: python -m pixpro_of train --config pixpro_k6 --run-dir runs/k6 "
+    "optim.base_lr=0.5 data.shards=[a.h5,b.h5]; python -m pixpro_of train --config cpu_small "
+    "--print-config; python -m pixpro_of train --list-presets",
+)
 @click.option("--config", default=None, help="YAML file, or a preset name (see --list-presets)")
 @click.option("--run-dir", default=None, help="run directory (created; resumed when it holds checkpoints)")
-@click.option("--deadline", default=None,
-              help="stop with a checkpoint before this: a duration from now with a unit (90s, 90m, 4h, 1h30m, "
-                   "1-00:00:00), a clock time THH:MM, an ISO date-time or @unix (a bare number or HH:MM is "
-                   "refused: they were seconds and a clock time here before); overrides stop.deadline")
-@click.option("--signals", default=None,
-              help="comma-separated stop signals by name: USR2, SIGUSR2 or usr2 (default SIGUSR2,SIGTERM,SIGINT); "
-                   "overrides stop.signals")
+@click.option(
+    "--deadline",
+    default=None,
+    help="stop with a checkpoint before this: a duration from now with a unit (90s, 90m, 4h, 1h30m, "
+    "1-00:00:00), a clock time THH:MM, an ISO date-time or @unix (a bare number or HH:MM is "
+    "refused: they were seconds and a clock time here before); overrides stop.deadline",
+)
+@click.option(
+    "--signals",
+    default=None,
+    help="comma-separated stop signals by name: USR2, SIGUSR2 or usr2 (default SIGUSR2,SIGTERM,SIGINT); "
+    "overrides stop.signals",
+)
 @click.option("--print-config", is_flag=True, help="print the resolved config as JSON and exit")
 @click.option("--list-presets", is_flag=True, help="list the shipped presets and exit")
-@click.option("--gpu-memory-gib", type=float, default=None,
-              help="refuse (exit 2, one line) when data.batch_size over --ranks GPUs of this many GiB cannot fit "
-                   "(estimate: pixpro_of/model/memory.py); with --print-config, the launcher's check before submitting")
-@click.option("--ranks", type=int, default=1, show_default=True,
-              help="GPUs the batch is split over, for --gpu-memory-gib")
+@click.option(
+    "--gpu-memory-gib",
+    type=float,
+    default=None,
+    help="refuse (exit 2, one line) when data.batch_size over --ranks GPUs of this many GiB cannot fit "
+    "(estimate: pixpro_of/model/memory.py); with --print-config, the launcher's check before submitting",
+)
+@click.option(
+    "--ranks", type=int, default=1, show_default=True, help="GPUs the batch is split over, for --gpu-memory-gib"
+)
 @click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")
 def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_memory_gib, ranks, overrides) -> int:
     """Pretrain PixPro(+flow); exit 0 = finished, 75 = checkpointed (run again to resume), 2 = error.
@@ -49,8 +64,15 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
     Config = dataclass defaults < --config file or preset < KEY=VALUE overrides (e.g.
     optim.base_lr=0.5 data.shards=[a.h5,b.h5]).
     """
-    args = SimpleNamespace(config=config, run_dir=run_dir, deadline=deadline, signals=signals,
-                           print_config=print_config, list_presets=list_presets, overrides=overrides)
+    args = SimpleNamespace(
+        config=config,
+        run_dir=run_dir,
+        deadline=deadline,
+        signals=signals,
+        print_config=print_config,
+        list_presets=list_presets,
+        overrides=overrides,
+    )
     from pixpro_of.config import list_presets, load_config
     from plumbing.parse import checked, parse_deadline, signal_name
 
@@ -70,8 +92,10 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         from pixpro_of.model.memory import check_fits
 
         est = check_fits(cfg, gpu_memory_gib, ranks)
-        print(f"pixpro_of train: {est.rank_batch} samples per GPU need {est.summary()} of {gpu_memory_gib:g}",
-              file=sys.stderr)
+        print(
+            f"pixpro_of train: {est.rank_batch} samples per GPU need {est.summary()} of {gpu_memory_gib:g}",
+            file=sys.stderr,
+        )
     elif ranks != 1:
         raise UserError("--ranks is used only with --gpu-memory-gib")
     if args.print_config:

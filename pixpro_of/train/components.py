@@ -2,6 +2,7 @@
 schedules come from. :class:`Components` holds the real ones by default; tests inject small
 doubles (``Components(clips=...)``), which the loop treats alike.
 """
+
 from __future__ import annotations
 
 import os
@@ -91,8 +92,12 @@ def build_positives(cfg: TrainConfig, device: torch.device):
     from pixpro_of.data.strategy import make_positives
     from pixpro_of.model.pixpro import PixPro
 
-    return make_positives(cfg.data.positives_mode(), cfg.data, PixPro.feature_size(cfg.data.image_size),
-                          clip_flow=lambda: build_clip_flow(cfg, device))
+    return make_positives(
+        cfg.data.positives_mode(),
+        cfg.data,
+        PixPro.feature_size(cfg.data.image_size),
+        clip_flow=lambda: build_clip_flow(cfg, device),
+    )
 
 
 def build_views(cfg: TrainConfig, device: torch.device):
@@ -100,8 +105,9 @@ def build_views(cfg: TrainConfig, device: torch.device):
     DataLoader workers, or decoded and built on ``device`` in chunks of ``data.decode_chunk`` frames."""
     from pixpro_of.data.strategy import make_views
 
-    return make_views(cfg.data.decode_on, cfg.data, device, chunk=cfg.data.decode_chunk,
-                      channels_last=cfg.optim.channels_last)
+    return make_views(
+        cfg.data.decode_on, cfg.data, device, chunk=cfg.data.decode_chunk, channels_last=cfg.optim.channels_last
+    )
 
 
 def build_sample_builder(cfg: TrainConfig, positives) -> Callable:
@@ -111,8 +117,9 @@ def build_sample_builder(cfg: TrainConfig, positives) -> Callable:
     from pixpro_of.data.pipeline import SampleBuilder
     from pixpro_of.model.pixpro import PixPro
 
-    return SampleBuilder(cfg.data, feature_size=PixPro.feature_size(cfg.data.image_size), carry=positives.carry,
-                         views=cfg.data.decode_on)
+    return SampleBuilder(
+        cfg.data, feature_size=PixPro.feature_size(cfg.data.image_size), carry=positives.carry, views=cfg.data.decode_on
+    )
 
 
 def build_clip_flow(cfg: TrainConfig, device: torch.device):
@@ -123,11 +130,17 @@ def build_clip_flow(cfg: TrainConfig, device: torch.device):
 
     path = Path(os.path.expanduser(d.raft_weights))
     if not path.is_file():
-        raise UserError(f"data.raft_weights: {d.raft_weights} is not a file (a RAFT checkpoint is needed "
-                        f"for data.flow_source=raft)")
+        raise UserError(
+            f"data.raft_weights: {d.raft_weights} is not a file (a RAFT checkpoint is needed for data.flow_source=raft)"
+        )
     try:
-        est = make_estimator(d.raft_model, weights=str(path), device=device, iters=d.raft_iters,
-                             amp=None if d.raft_amp == "fp32" else d.raft_amp)
+        est = make_estimator(
+            d.raft_model,
+            weights=str(path),
+            device=device,
+            iters=d.raft_iters,
+            amp=None if d.raft_amp == "fp32" else d.raft_amp,
+        )
     except UserError as exc:  # name the setting
         raise UserError(f"data.raft_weights: {exc}") from None
     return ClipFlow(est, chunk=d.raft_chunk)
@@ -143,15 +156,25 @@ def build_optimizer(cfg: TrainConfig, model: torch.nn.Module, lr: float) -> torc
     from pixpro_of.optim.lars import LARS, param_groups
 
     modules = model.online_modules() if hasattr(model, "online_modules") else [model]
-    return LARS(param_groups(modules, cfg.optim.weight_decay), lr=lr, momentum=cfg.optim.momentum,
-                weight_decay=cfg.optim.weight_decay)
+    return LARS(
+        param_groups(modules, cfg.optim.weight_decay),
+        lr=lr,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+    )
 
 
 def build_scheduler(cfg: TrainConfig, optimizer, lr: float, warmup_iters: int, total_iters: int):
     from pixpro_of.optim.schedule import build_lr_scheduler
 
-    return build_lr_scheduler(optimizer, lr, warmup_iters, total_iters,
-                              warmup_multiplier=cfg.optim.warmup_multiplier, eta_min=cfg.optim.eta_min)
+    return build_lr_scheduler(
+        optimizer,
+        lr,
+        warmup_iters,
+        total_iters,
+        warmup_multiplier=cfg.optim.warmup_multiplier,
+        eta_min=cfg.optim.eta_min,
+    )
 
 
 def momentum_schedule(step: int, total_steps: int, base: float) -> float:
@@ -168,6 +191,7 @@ class Components:
     (:mod:`pixpro_of.data.strategy`); ``views(cfg, device)`` the views stage (same module);
     ``sample_builder(cfg, positives)`` the ``(clip, rng) -> sample`` function; ``collate`` makes a
     :class:`~pixpro_of.data.pipeline.Batch`."""
+
     model: Callable[[TrainConfig], torch.nn.Module] = build_model
     clips: Callable[[TrainConfig, Path], ClipSource] = ShardClips
     positives: Callable[[TrainConfig, torch.device], Any] = build_positives

@@ -3,6 +3,7 @@ epoch batches, the DataLoader and its workers (which die with the trainer). Ever
 function of ``(seed, epoch, node, position)``; ARCHITECTURE.md "The trainer" says why and how bad
 samples travel. Shard paths: :func:`hdf5_tools.manifest.resolve_shards`.
 """
+
 from __future__ import annotations
 
 import ctypes
@@ -37,6 +38,7 @@ class BadSample:
     frame (from the reader); ``skippable`` is false for errors that are not about one sample's data
     (a shard that cannot be opened, a bug in the sample pipeline), whose traceback is ``detail``.
     ``when`` is the Unix time of the failed read (for the fail-fast measurements)."""
+
     epoch: int
     position: int
     video_index: int
@@ -100,8 +102,15 @@ class SampleSet(torch.utils.data.Dataset):
             try:
                 clip = self.clips[(video_index, t)]
             except Exception as exc:  # noqa: BLE001 - every read error becomes a record, see above
-                bad = BadSample(epoch, position, video_index, t, _one_line(exc),
-                                skippable=not is_unavailable_shard(exc), when=time.time())
+                bad = BadSample(
+                    epoch,
+                    position,
+                    video_index,
+                    t,
+                    _one_line(exc),
+                    skippable=not is_unavailable_shard(exc),
+                    when=time.time(),
+                )
                 if not isinstance(exc, (UserError, OSError)) and not is_unavailable_shard(exc):
                     bad.detail = traceback.format_exc()
                 if not bad.skippable or attempt >= self.substitutes:
@@ -114,10 +123,19 @@ class SampleSet(torch.utils.data.Dataset):
                 sample = self.build(clip, rng)
             except Exception as exc:  # noqa: BLE001 - a bug in the pipeline: fail with its traceback
                 where = f"video {clip.get('video', video_index)!r} frame {t}" if isinstance(clip, dict) else ""
-                return {"_failed": BadSample(epoch, position, video_index, t,
-                                             f"building the sample of {where}: {type(exc).__name__}: {_one_line(exc)}",
-                                             skippable=False, when=time.time(), detail=traceback.format_exc()),
-                        "_bad": skipped}
+                return {
+                    "_failed": BadSample(
+                        epoch,
+                        position,
+                        video_index,
+                        t,
+                        f"building the sample of {where}: {type(exc).__name__}: {_one_line(exc)}",
+                        skippable=False,
+                        when=time.time(),
+                        detail=traceback.format_exc(),
+                    ),
+                    "_bad": skipped,
+                }
             if skipped:
                 sample = dict(sample)
                 sample["_bad"] = skipped
@@ -130,6 +148,7 @@ class LoadedBatch:
     :class:`~pixpro_of.data.pipeline.Batch`; None when a sample could not be built), the records
     of the samples skipped to make it (``bad``) and the first sample that could not be built
     (``failed``)."""
+
     batch: Any
     bad: List[BadSample]
     failed: Optional[BadSample] = None
@@ -166,8 +185,15 @@ class EpochBatches(torch.utils.data.Sampler):
     Incomplete last batches are dropped (as the seed's ``drop_last=True``).
     """
 
-    def __init__(self, order: Sequence[Tuple[int, int]], epoch: int, batch_size: int, start_batch: int = 0,
-                 sampler_rank: int = 0, sampler_world: int = 1):
+    def __init__(
+        self,
+        order: Sequence[Tuple[int, int]],
+        epoch: int,
+        batch_size: int,
+        start_batch: int = 0,
+        sampler_rank: int = 0,
+        sampler_world: int = 1,
+    ):
         self.order = list(order)
         self.epoch = int(epoch)
         self.batch_size = int(batch_size)
@@ -242,8 +268,9 @@ class _OrphanQuiet:
 
 
 class _WorkerInit:
-    def __init__(self, seed: int, epoch: int, rank: int, ignore_signals: Sequence[int] = (),
-                 parent_pid: Optional[int] = None):
+    def __init__(
+        self, seed: int, epoch: int, rank: int, ignore_signals: Sequence[int] = (), parent_pid: Optional[int] = None
+    ):
         self.seed, self.epoch, self.rank = seed, epoch, rank
         self.ignore_signals = tuple(int(s) for s in ignore_signals)
         self.parent_pid = os.getpid() if parent_pid is None else int(parent_pid)
@@ -257,9 +284,17 @@ class _WorkerInit:
         _seed_worker(self.seed, self.epoch, self.rank, worker_id)
 
 
-def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, num_workers: int,
-                prefetch_factor: int, pin_memory: bool, seed: int, rank: int,
-                ignore_signals: Sequence[int] = ()) -> torch.utils.data.DataLoader:
+def make_loader(
+    samples: SampleSet,
+    batches: EpochBatches,
+    collate: Callable,
+    num_workers: int,
+    prefetch_factor: int,
+    pin_memory: bool,
+    seed: int,
+    rank: int,
+    ignore_signals: Sequence[int] = (),
+) -> torch.utils.data.DataLoader:
     """A DataLoader over ``batches`` (one epoch, from its start batch).
 
     ``collate`` is wrapped in :class:`SafeCollate` (it yields :class:`LoadedBatch` items, see the module
@@ -272,10 +307,18 @@ def make_loader(samples: SampleSet, batches: EpochBatches, collate: Callable, nu
     gen.manual_seed(int(np.random.SeedSequence([seed, batches.epoch, rank, 0x10AD]).generate_state(1)[0]))
     kw = {}
     if num_workers > 0:
-        kw = dict(prefetch_factor=prefetch_factor,
-                  worker_init_fn=_WorkerInit(seed, batches.epoch, rank, ignore_signals))
-    return torch.utils.data.DataLoader(samples, batch_sampler=batches, collate_fn=SafeCollate(collate),
-                                       num_workers=num_workers, pin_memory=pin_memory, generator=gen, **kw)
+        kw = dict(
+            prefetch_factor=prefetch_factor, worker_init_fn=_WorkerInit(seed, batches.epoch, rank, ignore_signals)
+        )
+    return torch.utils.data.DataLoader(
+        samples,
+        batch_sampler=batches,
+        collate_fn=SafeCollate(collate),
+        num_workers=num_workers,
+        pin_memory=pin_memory,
+        generator=gen,
+        **kw,
+    )
 
 
 def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
@@ -321,8 +364,9 @@ class EpochLoader:
         self.batches: Optional[Iterator] = None
         self.ahead = None  # the views prefetcher over ``it`` (data.decode_on=device)
 
-    def open(self, loader: torch.utils.data.DataLoader, views, device: torch.device, channels_last: bool,
-             epoch: int) -> None:
+    def open(
+        self, loader: torch.utils.data.DataLoader, views, device: torch.device, channels_last: bool, epoch: int
+    ) -> None:
         self.it = iter(loader)
         stop_worker_watch(self.it)
         from pixpro_of.data.prefetch import prefetch_views  # views of batch N+1 built during step N

@@ -2,6 +2,7 @@
 a dead DataLoader worker, a failed collective, a bad sample, a spent skip budget), and the probing
 of a loader's workers around torch's SIGCHLD handler. The full story goes to the rank's log file.
 """
+
 from __future__ import annotations
 
 import errno
@@ -28,8 +29,9 @@ class TrainingFailure(UserError):
     for the default). ``when``: Unix time of the fault, if known.
     """
 
-    def __init__(self, message: str, quiet: bool = False, grace_s: Optional[float] = None,
-                 when: Optional[float] = None):
+    def __init__(
+        self, message: str, quiet: bool = False, grace_s: Optional[float] = None, when: Optional[float] = None
+    ):
         super().__init__(message)
         self.quiet = quiet
         self.grace_s = grace_s
@@ -43,7 +45,7 @@ def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     lines = [ln for ln in text.splitlines() if ln.strip()]
     if len(lines) > 1 and lines[0].startswith("Caught ") and "DataLoader worker" in lines[0]:
-        worker = lines[0][len("Caught "):].split(" in ", 1)[-1].rstrip(".")
+        worker = lines[0][len("Caught ") :].split(" in ", 1)[-1].rstrip(".")
         return f"{worker}: {lines[-1].strip()}"
     return (lines[0] if lines else "") or type(exc).__name__
 
@@ -58,8 +60,9 @@ def budget_spent(budget: int, total: int, epoch: int, last: str, mine: str = "")
     return f"data.bad_sample_budget={budget} spent: {total} bad samples in epoch {epoch}{mine}; the last: {last}"
 
 
-def sample_failure(rec, rank: int, world_size: int, batch_in_epoch: int, skip_bad: bool, budget: int,
-                   skipped: int) -> TrainingFailure:
+def sample_failure(
+    rec, rank: int, world_size: int, batch_in_epoch: int, skip_bad: bool, budget: int, skipped: int
+) -> TrainingFailure:
     """The line for a sample that could not be built (``rec``: a :class:`~pixpro_of.train.data.BadSample`)
     in batch ``batch_in_epoch``; ``skipped``: the epoch's skipped samples before it, its batch's included."""
     where = f"rank {rank}, " if world_size > 1 else ""
@@ -77,6 +80,7 @@ def sample_failure(rec, rank: int, world_size: int, batch_in_epoch: int, skip_ba
 
 
 # ------------------------------------------------------------------ a loader's workers
+
 
 def stop_worker_watch(loader_it) -> None:
     """Stop torch's SIGCHLD handler from raising for this loader's workers: while a dead worker
@@ -114,12 +118,14 @@ def dead_workers(loader_it, wait_s: float = 0.0) -> str:
 
 # ------------------------------------------------------------------ any exception as one line
 
+
 def _is_user_error(exc: BaseException) -> bool:
     return isinstance(exc, UserError) or type(exc).__name__ == "UserError"  # flow/hdf5_tools errors too
 
 
-def describe(exc: BaseException, rank: int, world_size: int, doing: str, run_dir: Path,
-             dead: str = "") -> TrainingFailure:
+def describe(
+    exc: BaseException, rank: int, world_size: int, doing: str, run_dir: Path, dead: str = ""
+) -> TrainingFailure:
     """The one-line failure for ``exc``, met while ``doing``; ``dead``: :func:`dead_workers`."""
     who = rank_prefix(rank, world_size)
     if isinstance(exc, TrainingFailure):
@@ -138,12 +144,10 @@ def describe(exc: BaseException, rank: int, world_size: int, doing: str, run_dir
         # torch: "DataLoader worker (pid(s) 123) exited unexpectedly" / "... is killed by signal: Killed."
         return TrainingFailure(f"{who}{first_line(exc)} while {doing}")
     rank_name = f"rank {rank}" if world_size > 1 else "the trainer"
-    return TrainingFailure(f"{rank_name} failed while {doing}: {type(exc).__name__}: {first_line(exc)}",
-                           grace_s=3.0)
+    return TrainingFailure(f"{rank_name} failed while {doing}: {type(exc).__name__}: {first_line(exc)}", grace_s=3.0)
 
 
-def report(exc: BaseException, loader_it, rank: int, world_size: int, doing: str,
-           run_dir: Path) -> TrainingFailure:
+def report(exc: BaseException, loader_it, rank: int, world_size: int, doing: str, run_dir: Path) -> TrainingFailure:
     """:func:`describe` with the loader's dead workers; the log file gets the line and the traceback
     (stderr gets the one line from the command, :mod:`pixpro_of.train.cli`)."""
     # A pipe torn by a dying worker can be seen before the worker's exit status: wait a moment.
@@ -155,16 +159,18 @@ def report(exc: BaseException, loader_it, rank: int, world_size: int, doing: str
     else:
         log.error("failed: %s", failure, extra=FILE_ONLY)
     if failure.when is not None:
-        log.error("first bad read at %.3f (Unix time), %.3f s ago", failure.when, time.time() - failure.when,
-                  extra=FILE_ONLY)
+        log.error(
+            "first bad read at %.3f (Unix time), %.3f s ago", failure.when, time.time() - failure.when, extra=FILE_ONLY
+        )
     if not _is_user_error(exc):
         tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
         log.error("while %s:\n%s", doing, tb, extra=FILE_ONLY)
     return failure
 
 
-def safe_report(exc: BaseException, loader_it, rank: int, world_size: int, doing: str,
-                run_dir: Path) -> TrainingFailure:
+def safe_report(
+    exc: BaseException, loader_it, rank: int, world_size: int, doing: str, run_dir: Path
+) -> TrainingFailure:
     """:func:`report`, retried when an asynchronous exception (torch's SIGCHLD handler reporting
     the same dead worker again) interrupts it."""
     for _ in range(5):

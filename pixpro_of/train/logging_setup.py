@@ -1,5 +1,6 @@
 """The trainer's logging: ``logs/train.log`` per rank (rank 0 also on stderr), a file handler
 that stays quiet on a full disk, and :data:`FILE_ONLY` for records kept out of stderr."""
+
 from __future__ import annotations
 
 import logging

@@ -13,6 +13,7 @@ Keys follow the seed (docs/original-system.md §1.3): ``loss``, ``loss/plus`` (l
 (seconds waiting for the batch), ``time/compute`` (forward, backward, optimizer step) and
 ``time/step``.
 """
+
 from __future__ import annotations
 
 import csv
@@ -30,9 +31,18 @@ train_log = logging.getLogger("pixpro_of.train")  # the step lines, with the tra
 class MetricsLog:
     """Appends metric rows; ``enabled=False`` (non-zero ranks) makes every call a no-op."""
 
-    def __init__(self, run_dir: os.PathLike, enabled: bool = True, csv_enabled: bool = True,
-                 tensorboard: bool = True, resume_step: int = 0, wandb: str = "off",
-                 wandb_project: str = "pixpro_of", wandb_entity: str = "", config: Optional[dict] = None):
+    def __init__(
+        self,
+        run_dir: os.PathLike,
+        enabled: bool = True,
+        csv_enabled: bool = True,
+        tensorboard: bool = True,
+        resume_step: int = 0,
+        wandb: str = "off",
+        wandb_project: str = "pixpro_of",
+        wandb_entity: str = "",
+        config: Optional[dict] = None,
+    ):
         self.run_dir = Path(run_dir)
         self.enabled = enabled
         self.csv_path = RunLayout(self.run_dir).metrics
@@ -59,9 +69,17 @@ class MetricsLog:
     @classmethod
     def from_config(cls, run_dir: os.PathLike, log_cfg, enabled: bool, resume_step: int, config: dict) -> "MetricsLog":
         """The metrics of ``cfg.log`` (CSV, TensorBoard, wandb); ``config`` goes to wandb."""
-        return cls(run_dir, enabled=enabled, csv_enabled=log_cfg.csv, tensorboard=log_cfg.tensorboard,
-                   resume_step=resume_step, wandb=log_cfg.wandb, wandb_project=log_cfg.wandb_project,
-                   wandb_entity=log_cfg.wandb_entity, config=config)
+        return cls(
+            run_dir,
+            enabled=enabled,
+            csv_enabled=log_cfg.csv,
+            tensorboard=log_cfg.tensorboard,
+            resume_step=resume_step,
+            wandb=log_cfg.wandb,
+            wandb_project=log_cfg.wandb_project,
+            wandb_entity=log_cfg.wandb_entity,
+            config=config,
+        )
 
     def write(self, step: int, values: Mapping[str, float]) -> None:
         """Log one step. ``values`` maps metric names to numbers (tensors must be converted)."""
@@ -76,8 +94,9 @@ class MetricsLog:
                     if self._fields is None:
                         self._fields = ["step", "epoch"] + sorted(k for k in row if k not in ("step", "epoch"))
                     self._file = open(self.csv_path, "a", newline="")
-                    self._writer = csv.DictWriter(self._file, fieldnames=self._fields, extrasaction="ignore",
-                                                  restval="")
+                    self._writer = csv.DictWriter(
+                        self._file, fieldnames=self._fields, extrasaction="ignore", restval=""
+                    )
                     if new:
                         self._writer.writeheader()
                 self._writer.writerow({k: _fmt(v) for k, v in row.items()})
@@ -127,8 +146,15 @@ class MetricsLog:
                 self._wandb = None
 
 
-def step_values(loss, lr: float, momentum: float, model_metrics: Mapping, mask_ratio=None,
-                positives_s: Optional[float] = None, views_s: Optional[float] = None) -> Dict[str, float]:
+def step_values(
+    loss,
+    lr: float,
+    momentum: float,
+    model_metrics: Mapping,
+    mask_ratio=None,
+    positives_s: Optional[float] = None,
+    views_s: Optional[float] = None,
+) -> Dict[str, float]:
     """One step's metrics as floats (keys: the module docstring); tensors give their mean."""
     import torch
 
@@ -145,19 +171,35 @@ def step_values(loss, lr: float, momentum: float, model_metrics: Mapping, mask_r
     return out
 
 
-def with_timing(values: Dict[str, float], epoch: int, data_s: float, compute_s: float,
-                batch_size: int) -> Dict[str, float]:
+def with_timing(
+    values: Dict[str, float], epoch: int, data_s: float, compute_s: float, batch_size: int
+) -> Dict[str, float]:
     """``values`` plus the step's epoch, time split (``time/...``) and ``samples_per_s``."""
-    values.update({"epoch": epoch, "time/data": data_s, "time/compute": compute_s, "time/step": data_s + compute_s,
-                   "samples_per_s": batch_size / max(data_s + compute_s, 1e-9)})
+    values.update(
+        {
+            "epoch": epoch,
+            "time/data": data_s,
+            "time/compute": compute_s,
+            "time/step": data_s + compute_s,
+            "samples_per_s": batch_size / max(data_s + compute_s, 1e-9),
+        }
+    )
     return values
 
 
 def log_step(step: int, end_step: int, values: Mapping[str, float]) -> None:
     """The step's line in the training log."""
-    train_log.info("step %d/%d epoch %d loss %.4f lr %.4g m %.5f data %.3fs compute %.3fs", step, end_step,
-                   values["epoch"], values["loss"], values["lr"], values["momentum"], values["time/data"],
-                   values["time/compute"])
+    train_log.info(
+        "step %d/%d epoch %d loss %.4f lr %.4g m %.5f data %.3fs compute %.3fs",
+        step,
+        end_step,
+        values["epoch"],
+        values["loss"],
+        values["lr"],
+        values["momentum"],
+        values["time/data"],
+        values["time/compute"],
+    )
 
 
 def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dict, resume_step: int):
@@ -184,8 +226,16 @@ def start_wandb(run_dir: Path, mode: str, project: str, entity: str, config: dic
         atomic_write_text(id_file, run_id + "\n")
     (run_dir / "wandb").mkdir(exist_ok=True)
     log.info("wandb %s run %s (resuming at step %d)", mode, run_id, resume_step)
-    return wandb.init(project=project, entity=entity or None, name=run_dir.name, id=run_id, dir=str(run_dir),
-                      mode=mode, config=config, resume="allow")
+    return wandb.init(
+        project=project,
+        entity=entity or None,
+        name=run_dir.name,
+        id=run_id,
+        dir=str(run_dir),
+        mode=mode,
+        config=config,
+        resume="allow",
+    )
 
 
 def _disk_error(exc: OSError, path: Path, what: str):

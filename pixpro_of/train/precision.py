@@ -5,6 +5,7 @@ torch 2.9 added ``torch.backends.cuda.matmul.fp32_precision`` / ``cudnn.conv.fp3
 refused by newer torch. :func:`set_tf32` uses the new one where it exists, the flags otherwise,
 so the trainer and the benches state the same precision on torch 2.x.
 """
+
 from __future__ import annotations
 
 
@@ -30,6 +31,7 @@ def tf32_enabled() -> bool:
     import torch
 
     if _new_api(torch):
-        return (torch.backends.cuda.matmul.fp32_precision == "tf32"
-                and torch.backends.cudnn.conv.fp32_precision == "tf32")
+        return (
+            torch.backends.cuda.matmul.fp32_precision == "tf32" and torch.backends.cudnn.conv.fp32_precision == "tf32"
+        )
     return bool(torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32)

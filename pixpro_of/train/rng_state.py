@@ -1,5 +1,6 @@
 """Every global RNG state (torch, CUDA, numpy, python) captured into and restored from a
 checkpoint, as tensors and plain Python values (``weights_only``-loadable)."""
+
 from __future__ import annotations
 
 import random
@@ -15,8 +16,13 @@ def rng_state() -> Dict[str, Any]:
     py = random.getstate()
     state = {
         "torch": torch.get_rng_state(),
-        "numpy": {"kind": kind, "keys": torch.from_numpy(np.asarray(keys, np.int64)), "pos": int(pos),
-                  "has_gauss": int(has_gauss), "cached": float(cached)},
+        "numpy": {
+            "kind": kind,
+            "keys": torch.from_numpy(np.asarray(keys, np.int64)),
+            "pos": int(pos),
+            "has_gauss": int(has_gauss),
+            "cached": float(cached),
+        },
         "python": {"version": py[0], "state": list(py[1]), "gauss": py[2]},
         "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
     }

@@ -1,6 +1,7 @@
 """The trainer's own files in the run directory (plumbing.runs names them): the directory made
 ready at the start (temporaries of a writer that died removed), ``config.json`` (checked against
 a resumed run's), and the ``done`` marker at the end."""
+
 from __future__ import annotations
 
 import json
@@ -14,8 +15,9 @@ from plumbing.errors import UserError
 from plumbing.runs import RunLayout
 
 
-def prepare_run_dir(cfg: TrainConfig, layout: RunLayout, store: CheckpointStore, backend,
-                    prepare_data: Callable[[], None]) -> None:
+def prepare_run_dir(
+    cfg: TrainConfig, layout: RunLayout, store: CheckpointStore, backend, prepare_data: Callable[[], None]
+) -> None:
     """Rank 0 prepares the run directory (:func:`_prepare_on_main`) and the data (``prepare_data``);
     every rank learns of a set-up error and raises it: no rank waits in a collective for one that
     has left, and each prints the same one-line message."""

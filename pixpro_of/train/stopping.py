@@ -8,6 +8,7 @@ The deadline rule: stop when ``time left < safety_factor × (step time + checkpo
 where the step time is the slowest of the recent steps and the checkpoint time is the slowest
 checkpoint measured so far (or an estimate until one has been written).
 """
+
 from __future__ import annotations
 
 import signal
@@ -36,9 +37,15 @@ class StopControl:
     ``deadline``: Unix time or None. ``clock``: a ``time.time``-like function (tests pass a fake).
     """
 
-    def __init__(self, deadline: Optional[float] = None, margin_s: float = 30.0, safety_factor: float = 1.5,
-                 signals: Iterable[str] = ("SIGUSR2", "SIGTERM"), clock: Callable[[], float] = time.time,
-                 window: int = 20):
+    def __init__(
+        self,
+        deadline: Optional[float] = None,
+        margin_s: float = 30.0,
+        safety_factor: float = 1.5,
+        signals: Iterable[str] = ("SIGUSR2", "SIGTERM"),
+        clock: Callable[[], float] = time.time,
+        window: int = 20,
+    ):
         self.deadline = deadline
         self.margin_s = float(margin_s)
         self.safety_factor = float(safety_factor)
@@ -53,8 +60,9 @@ class StopControl:
     @classmethod
     def from_config(cls, stop) -> "StopControl":
         """The control of ``cfg.stop`` (deadline, margin, safety factor, signals)."""
-        return cls(parse_deadline(stop.deadline) if stop.deadline else None, stop.margin_s, stop.safety_factor,
-                   stop.signals)
+        return cls(
+            parse_deadline(stop.deadline) if stop.deadline else None, stop.margin_s, stop.safety_factor, stop.signals
+        )
 
     # -- signals
     def _handler(self, signum, frame) -> None:  # noqa: ARG002 - signal API
@@ -100,8 +108,10 @@ class StopControl:
             return True
         left = self.time_left()
         if left is not None and left < self.needed_s():
-            self.reason = (f"deadline: {left:.1f} s left < {self.needed_s():.1f} s needed "
-                           f"(step {self.step_estimate():.2f} s, checkpoint {self.checkpoint_s:.2f} s, "
-                           f"x{self.safety_factor:g} + {self.margin_s:g} s margin)")
+            self.reason = (
+                f"deadline: {left:.1f} s left < {self.needed_s():.1f} s needed "
+                f"(step {self.step_estimate():.2f} s, checkpoint {self.checkpoint_s:.2f} s, "
+                f"x{self.safety_factor:g} + {self.margin_s:g} s margin)"
+            )
             return True
         return False

@@ -4,6 +4,7 @@ Used when ``data.shards`` is empty and ``data.synthetic`` is true. ``hdf5_tools 
 ``data.synth.videos`` videos of ``data.synth.frames`` frames at ``width``×``height`` with their
 exact flows into one node set; the pack is resumable, so a killed first job simply finishes it.
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -40,6 +41,8 @@ def data_entries(cfg: TrainConfig, run_dir: Path) -> list:
     if cfg.data.shards:
         return list(cfg.data.shards)
     if not cfg.data.synthetic:
-        raise UserError("data.shards is empty: give shard files, folders or a manifest.json "
-                        "(data.shards=[PATH,...]), or set data.synthetic=true for the synthetic world")
+        raise UserError(
+            "data.shards is empty: give shard files, folders or a manifest.json "
+            "(data.shards=[PATH,...]), or set data.synthetic=true for the synthetic world"
+        )
     return [str(synthetic_manifest(run_dir))]

@@ -1,5 +1,6 @@
 """The process-wide torch settings a run trains under: threads, denormals, TF32, the CPU
 allocator, and deterministic kernels (``run.deterministic``) or cuDNN's autotuner."""
+
 from __future__ import annotations
 
 import os

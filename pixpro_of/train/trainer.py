@@ -3,6 +3,7 @@
 checkpoint (returns :data:`EXIT_RESUME`, 75: run the same command again). Exact resume, failing
 fast and the run directory: ARCHITECTURE.md "The trainer".
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -40,13 +41,20 @@ log = logging.getLogger("pixpro_of.train")
 class Trainer:
     """One training run in ``run_dir``; see the module docstring."""
 
-    def __init__(self, cfg: TrainConfig, run_dir: os.PathLike, backend: Optional[Backend] = None,
-                 components: Optional[Components] = None, stop: Optional[StopControl] = None):
+    def __init__(
+        self,
+        cfg: TrainConfig,
+        run_dir: os.PathLike,
+        backend: Optional[Backend] = None,
+        components: Optional[Components] = None,
+        stop: Optional[StopControl] = None,
+    ):
         self.cfg = cfg
         self.run_dir = Path(run_dir)
         self.layout = RunLayout(self.run_dir)
-        self.backend = backend or make_backend(cfg.dist.backend, device=cfg.run.device,
-                                               timeout_s=60.0 * cfg.dist.timeout_minutes)
+        self.backend = backend or make_backend(
+            cfg.dist.backend, device=cfg.run.device, timeout_s=60.0 * cfg.dist.timeout_minutes
+        )
         check_world_matches_launch(self.backend)  # mpirun -np 8 ... dist.backend=single: refuse
         self.parts = components or Components()
         self.source: ClipSource = self.parts.clips(cfg, self.run_dir)
@@ -118,14 +126,18 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "world_size": self.backend.world_size,
             "steps_per_epoch": self.steps_per_epoch,
-            "timing": {"step_s": self.stop.step_estimate() if self.stop else 0.0,
-                       "checkpoint_s": self.stop.checkpoint_s if self.stop else 0.0},
+            "timing": {
+                "step_s": self.stop.step_estimate() if self.stop else 0.0,
+                "checkpoint_s": self.stop.checkpoint_s if self.stop else 0.0,
+            },
         }
 
     def load_state_dict(self, state: Dict[str, Any]) -> None:
         if int(state.get("steps_per_epoch", self.steps_per_epoch)) != self.steps_per_epoch:
-            raise UserError(f"checkpoint step {state['step']}: it had {state['steps_per_epoch']} steps per epoch, "
-                            f"this run has {self.steps_per_epoch} (different data or world size)")
+            raise UserError(
+                f"checkpoint step {state['step']}: it had {state['steps_per_epoch']} steps per epoch, "
+                f"this run has {self.steps_per_epoch} (different data or world size)"
+            )
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
         self.scheduler.load_state_dict(state["scheduler"])
@@ -169,8 +181,11 @@ class Trainer:
         b = batch.to(self.device, channels_last=self.cfg.optim.channels_last)
         b, views_s = self._complete(self.views, b, own_clock=True)  # decoded and built unless the workers did
         b, positives_s = self._complete(self.positives, b)  # on the device unless the workers computed them
-        ctx = (torch.autocast(self.device.type, dtype=self.autocast_dtype) if self.autocast_dtype is not None
-               else contextlib.nullcontext())
+        ctx = (
+            torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            if self.autocast_dtype is not None
+            else contextlib.nullcontext()
+        )
         with ctx:
             loss, metrics = self.forward_model(b.view1, b.view2, b.pos12, b.pos21)
         self.optimizer.zero_grad(set_to_none=True)
@@ -285,8 +300,13 @@ class Trainer:
             return False
         self.load_state_dict(state)
         self._last_saved_step = self.step
-        log.info("resumed from step %d (epoch %d, batch %d of %d)", self.step, self.epoch,
-                 self.batch_in_epoch, self.steps_per_epoch)
+        log.info(
+            "resumed from step %d (epoch %d, batch %d of %d)",
+            self.step,
+            self.epoch,
+            self.batch_in_epoch,
+            self.steps_per_epoch,
+        )
         return True
 
     def _setup_and_loop(self) -> int:
@@ -294,9 +314,15 @@ class Trainer:
         self._configure_torch()
         self._build()
         if not self._resume():
-            log.info("starting: %d steps (%d epochs x %d steps), global batch %d on %d rank(s), lr %.4g",
-                     self.end_step, cfg.run.epochs, self.steps_per_epoch, cfg.data.batch_size, be.world_size,
-                     self.lr)
+            log.info(
+                "starting: %d steps (%d epochs x %d steps), global batch %d on %d rank(s), lr %.4g",
+                self.end_step,
+                cfg.run.epochs,
+                self.steps_per_epoch,
+                cfg.data.batch_size,
+                be.world_size,
+                self.lr,
+            )
         if self.stop.deadline is not None and self.stop.checkpoint_s == 0.0:
             self.stop.record_checkpoint(estimate_seconds(self.state_dict()))
         metrics = MetricsLog.from_config(self.run_dir, cfg.log, be.is_main, self.step, cfg.to_dict())
@@ -373,8 +399,9 @@ class Trainer:
                     break
                 stop = self._stop_requested()  # also agrees whether checkpoint.every_minutes have passed
                 # a stop writes its own checkpoint, below
-                write, milestone = cadence.checkpoint_after(self.step, self.epoch, epoch_end, cfg.checkpoint,
-                                                            self._checkpoint_due, stopping=stop)
+                write, milestone = cadence.checkpoint_after(
+                    self.step, self.epoch, epoch_end, cfg.checkpoint, self._checkpoint_due, stopping=stop
+                )
                 if write:
                     metrics.flush()
                     self.save_checkpoint(milestone=milestone)

@@ -1,4 +1,5 @@
 """``python -m pixpro_of convert CKPT --to {detectron2,torchvision} OUT``: export the online encoder."""
+
 from __future__ import annotations
 
 import os
@@ -10,10 +11,11 @@ from typing import Dict, Optional, Sequence
 
 import click
 
-from plumbing.atomic import atomic_open
-from plumbing.cli import call, command as cli_command
-from plumbing.errors import UserError
 from pixpro_of.transfer.encoder_state import complete_trunk_state, infer_arch, load_encoder_state
+from plumbing.atomic import atomic_open
+from plumbing.cli import call
+from plumbing.cli import command as cli_command
+from plumbing.errors import UserError
 
 TARGETS = ("detectron2", "torchvision")
 D2_AUTHOR = "PixPro"  # the seed's value; detectron2 only reads matching_heuristics
@@ -88,13 +90,20 @@ def torchvision_key(d2: str) -> str:
 class _NumpyOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts of numpy arrays and nothing else (no arbitrary code from a .pkl)."""
 
-    _NUMPY_MODULES = {"numpy", "numpy.core.multiarray", "numpy._core.multiarray", "numpy.core.numeric",
-                      "numpy._core.numeric"}
+    _NUMPY_MODULES = {
+        "numpy",
+        "numpy.core.multiarray",
+        "numpy._core.multiarray",
+        "numpy.core.numeric",
+        "numpy._core.numeric",
+    }
     _NUMPY_NAMES = {"_reconstruct", "scalar", "ndarray", "dtype", "_frombuffer"}
 
     def find_class(self, module, name):
         if (module in self._NUMPY_MODULES and name in self._NUMPY_NAMES) or (module, name) in (
-                ("collections", "OrderedDict"), ("_codecs", "encode")):
+            ("collections", "OrderedDict"),
+            ("_codecs", "encode"),
+        ):
             return super().find_class(module, name)
         raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
 
@@ -124,8 +133,9 @@ def read_detectron2(path) -> Dict[str, object]:
         try:
             tv = torchvision_key(str(k))
         except ValueError:
-            raise UserError(f"{path}: {k!r} is not a detectron2 ResNet key "
-                            f"(caffe2-named weights are not supported)") from None
+            raise UserError(
+                f"{path}: {k!r} is not a detectron2 ResNet key (caffe2-named weights are not supported)"
+            ) from None
         out[tv] = torch.from_numpy(np.array(v, copy=True))
     if not out:
         raise UserError(f"{path}: no ResNet weights in 'model'")
@@ -181,8 +191,11 @@ def features_c5(net, x):
     return net.layer4(net.layer3(net.layer2(net.layer1(x))))
 
 
-@cli_command("convert", epilog="Examples: python -m pixpro_of convert runs/k6 --to detectron2 k6.pkl; "
-                                "python -m pixpro_of convert runs/k6/checkpoints/step_000500.pt --to torchvision k6.pth")
+@cli_command(
+    "convert",
+    epilog="Examples: python -m pixpro_of convert runs/k6 --to detectron2 k6.pkl; "
+    "python -m pixpro_of convert runs/k6/checkpoints/step_000500.pt --to torchvision k6.pth",
+)
 @click.argument("checkpoint")
 @click.option("--to", required=True, type=click.Choice(TARGETS), help="output format")
 @click.argument("out")

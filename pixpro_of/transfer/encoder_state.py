@@ -1,4 +1,5 @@
 """Find the online encoder in a checkpoint and return it under torchvision ResNet key names."""
+
 from __future__ import annotations
 
 import argparse
@@ -57,7 +58,7 @@ def strip_wrappers(key: str) -> str:
         changed = False
         for p in WRAPPER_PREFIXES:
             if key.startswith(p):
-                key, changed = key[len(p):], True
+                key, changed = key[len(p) :], True
     return key
 
 
@@ -72,8 +73,9 @@ def infer_arch(state: Mapping[str, object], source: str = "state dict") -> str:
     for arch, layout in ARCH_LAYOUTS.items():
         if layout == (kind, tuple(counts)):
             return arch
-    raise UserError(f"{source}: encoder keys match no ResNet ({kind} blocks {counts} per layer; "
-                    f"known: {', '.join(ARCH_LAYOUTS)})")
+    raise UserError(
+        f"{source}: encoder keys match no ResNet ({kind} blocks {counts} per layer; known: {', '.join(ARCH_LAYOUTS)})"
+    )
 
 
 def read_torch_file(path: Path) -> object:
@@ -128,7 +130,7 @@ def extract_encoder(obj: object, source: str) -> Tuple[Dict[str, object], str]:
 
     model, seed = _model_dict(obj, source)
     keys = {strip_wrappers(str(k)): v for k, v in model.items()}
-    enc = {k[len(ENCODER_PREFIX):]: v for k, v in keys.items() if k.startswith(ENCODER_PREFIX)}
+    enc = {k[len(ENCODER_PREFIX) :]: v for k, v in keys.items() if k.startswith(ENCODER_PREFIX)}
     kind = "seed" if seed else "pixpro_of"
     if not enc:
         if "conv1.weight" in keys and any(k.startswith("layer1.") for k in keys):
@@ -136,8 +138,10 @@ def extract_encoder(obj: object, source: str) -> Tuple[Dict[str, object], str]:
             kind = "torchvision"
         else:
             sample = ", ".join(sorted(keys)[:3]) or "no keys"
-            raise UserError(f"{source}: no online-encoder weights (no 'encoder.*' or torchvision ResNet keys; "
-                            f"found {sample}{', ...' if len(keys) > 3 else ''})")
+            raise UserError(
+                f"{source}: no online-encoder weights (no 'encoder.*' or torchvision ResNet keys; "
+                f"found {sample}{', ...' if len(keys) > 3 else ''})"
+            )
     bad = [k for k, v in enc.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise UserError(f"{source}: encoder entry {bad[0]!r} is not a tensor")

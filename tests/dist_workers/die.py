@@ -2,6 +2,7 @@
 
 usage: die.py BACKEND
 """
+
 import os
 import signal
 import sys

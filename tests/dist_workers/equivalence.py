@@ -4,6 +4,7 @@ usage: equivalence.py BACKEND GLOBAL_BATCH STEPS OUT.pt
 Every rank takes an interleaved share of each global batch (rank r: items r, r+R, ...), as the
 trainer's sampler does, so R ranks x b and 1 rank x R*b see the same samples per step.
 """
+
 import sys
 
 import torch
@@ -18,8 +19,9 @@ def main() -> int:
     torch.use_deterministic_algorithms(True)
     torch.set_num_threads(1)
     be = make_backend(backend_name, device="cpu")
-    net = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(),
-                        nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4))
+    net = nn.Sequential(
+        nn.Conv2d(3, 8, 3, padding=1), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 4, 3, padding=1), nn.BatchNorm2d(4)
+    )
     net = be.convert_sync_batchnorm(net)
     be.broadcast_parameters(net)
     model = be.wrap_model(net)

@@ -1,6 +1,7 @@
 """A stand-in rank for the supervisor tests: counts steps, and on SIGTERM/SIGUSR2 finishes its
 step, writes ``OUT/rank<R>.txt`` (the step and the signal it saw) and exits 75, as the trainer does.
 Usage: stop_rank.py OUT [EXIT_CODE_WHEN_DONE]. Prints "up" once its handlers are installed."""
+
 import os
 import signal
 import sys

@@ -13,6 +13,7 @@ Supported: PBS ``qsub [-v A=1,B=2] [-W depend=afterany:ID[:ID]] [-o PATH] [-N NA
 PJM ``pjsub [--step [--sparam jid=ID]] [-x A=1] [-o PATH] SCRIPT`` with ``#PJM -L node=N``,
 ``--mpi proc=P`` and ``-L elapse=``; ``pjstat``; ``pjdel IDS``.
 """
+
 import fcntl
 import json
 import os
@@ -63,11 +64,12 @@ def directives(script, prefix):
     with open(script) as f:
         for line in f:
             if line.startswith(prefix):
-                out += shlex.split(line[len(prefix):])
+                out += shlex.split(line[len(prefix) :])
     return out
 
 
 # ---------------------------------------------------------------- submit
+
 
 def submit_pbs(argv):
     env, deps, out, name = {}, [], None, None
@@ -121,10 +123,22 @@ def submit_pbs(argv):
         n = st["next"]
         st["next"] += 1
         job_id = f"{n}.fakepbs"
-        st["jobs"][job_id] = dict(kind="pbs", state="Q", deps=deps, script=os.path.abspath(script), env=env,
-                                  out=out or os.path.join(os.getcwd(), f"{name or 'job'}.o{n}"), name=name or "job",
-                                  nodes=nodes, procs=procs, walltime=walltime, cwd=os.getcwd(), rc=None, pid=None,
-                                  submitted=time.time())
+        st["jobs"][job_id] = dict(
+            kind="pbs",
+            state="Q",
+            deps=deps,
+            script=os.path.abspath(script),
+            env=env,
+            out=out or os.path.join(os.getcwd(), f"{name or 'job'}.o{n}"),
+            name=name or "job",
+            nodes=nodes,
+            procs=procs,
+            walltime=walltime,
+            cwd=os.getcwd(),
+            rc=None,
+            pid=None,
+            submitted=time.time(),
+        )
     start_worker(job_id)
     print(job_id)
 
@@ -181,17 +195,34 @@ def submit_pjm(argv):
             n = st["next"]
             st["next"] += 1
             job_id = f"{n}_0" if step else str(n)
-        st["jobs"][job_id] = dict(kind="pjm", state="QUE", deps=deps, script=os.path.abspath(script), env=env,
-                                  out=out or os.path.join(os.getcwd(), f"{name or 'job'}.{job_id}.out"),
-                                  name=name or "job", nodes=nodes, procs=max(1, procs // max(nodes, 1)),
-                                  walltime=walltime, cwd=os.getcwd(), rc=None, pid=None, submitted=time.time())
+        st["jobs"][job_id] = dict(
+            kind="pjm",
+            state="QUE",
+            deps=deps,
+            script=os.path.abspath(script),
+            env=env,
+            out=out or os.path.join(os.getcwd(), f"{name or 'job'}.{job_id}.out"),
+            name=name or "job",
+            nodes=nodes,
+            procs=max(1, procs // max(nodes, 1)),
+            walltime=walltime,
+            cwd=os.getcwd(),
+            rc=None,
+            pid=None,
+            submitted=time.time(),
+        )
     start_worker(job_id)
     print(f"[INFO] PJM 0000 pjsub Job {job_id} submitted.")
 
 
 def start_worker(job_id):
-    subprocess.Popen([sys.executable, os.path.abspath(__file__), "_worker", job_id], start_new_session=True,
-                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    subprocess.Popen(
+        [sys.executable, os.path.abspath(__file__), "_worker", job_id],
+        start_new_session=True,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
 
 
 # ---------------------------------------------------------------- worker
@@ -228,15 +259,35 @@ def worker(job_id):
     env.update(job["env"])
     env["TMPDIR"] = scratch
     if job["kind"] == "pbs":
-        env.update(PBS_JOBID=job_id, PBS_JOBNAME=job["name"], PBS_NODEFILE=nodefile, PBS_O_WORKDIR=job["cwd"],
-                   PBS_LOCALDIR=scratch, PBS_ENVIRONMENT="PBS_BATCH", PBS_QUEUE="workq")
+        env.update(
+            PBS_JOBID=job_id,
+            PBS_JOBNAME=job["name"],
+            PBS_NODEFILE=nodefile,
+            PBS_O_WORKDIR=job["cwd"],
+            PBS_LOCALDIR=scratch,
+            PBS_ENVIRONMENT="PBS_BATCH",
+            PBS_QUEUE="workq",
+        )
     else:
-        env.update(PJM_JOBID=job_id, PJM_JOBNAME=job["name"], PJM_O_NODEINF=nodefile, PJM_O_WORKDIR=job["cwd"],
-                   PJM_LOCALTMP=scratch, PJM_MPI_PROC=str(job["procs"] * job["nodes"]),
-                   PJM_PROC_BY_NODE=str(job["procs"]), PJM_SUBJOBID=job_id)
+        env.update(
+            PJM_JOBID=job_id,
+            PJM_JOBNAME=job["name"],
+            PJM_O_NODEINF=nodefile,
+            PJM_O_WORKDIR=job["cwd"],
+            PJM_LOCALTMP=scratch,
+            PJM_MPI_PROC=str(job["procs"] * job["nodes"]),
+            PJM_PROC_BY_NODE=str(job["procs"]),
+            PJM_SUBJOBID=job_id,
+        )
     with open(job["out"], "a") as out:
-        proc = subprocess.Popen(["bash", job["script"]], cwd=os.environ.get("HOME", "/"), env=env,
-                                stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(
+            ["bash", job["script"]],
+            cwd=os.environ.get("HOME", "/"),
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
     with locked_state() as st:
         st["jobs"][job_id]["pid"] = proc.pid
     delay = float(os.environ.get("FAKE_KILL_DELAY", "10"))
@@ -259,6 +310,7 @@ def worker(job_id):
 
 # ---------------------------------------------------------------- query, delete
 
+
 def qstat(argv):
     ids = [a for a in argv if not a.startswith("-")]
     with locked_state() as st:
@@ -280,7 +332,10 @@ def pjstat(argv):
     for jid, j in jobs.items():
         if j["kind"] != "pjm" or j["state"] in FINISHED:
             continue
-        print(f"{jid:10s} {j['name'][:10]:10s} NM {j['state']:7s} root     -               {j['walltime']:10d} {j['nodes']}")
+        print(
+            f"{jid:10s} {j['name'][:10]:10s} NM {j['state']:7s} root     -               {j['walltime']:10d} "
+            f"{j['nodes']}"
+        )
 
 
 def delete(argv, kind):
@@ -315,8 +370,14 @@ def main():
         os.makedirs(STATE_DIR, exist_ok=True)
         with open(os.path.join(STATE_DIR, "calls.log"), "a") as f:
             f.write(" ".join([tool] + args) + "\n")
-    {"qsub": submit_pbs, "pjsub": submit_pjm, "qstat": qstat, "pjstat": pjstat,
-     "qdel": lambda a: delete(a, "pbs"), "pjdel": lambda a: delete(a, "pjm")}[tool](args)
+    {
+        "qsub": submit_pbs,
+        "pjsub": submit_pjm,
+        "qstat": qstat,
+        "pjstat": pjstat,
+        "qdel": lambda a: delete(a, "pbs"),
+        "pjdel": lambda a: delete(a, "pjm"),
+    }[tool](args)
 
 
 if __name__ == "__main__":

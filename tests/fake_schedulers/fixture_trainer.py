@@ -18,6 +18,7 @@ Like the trainer, rank 0 also writes ``RUN_DIR/metrics.csv`` (``step,epoch,sampl
 one row per step, batch 1) and ``RUN_DIR/logs/train.log`` (``starting: N steps``/``resumed from step S``,
 then ``step S/N ...`` lines), which ``launcher status`` and ``launcher list`` read.
 """
+
 import json
 import os
 import signal
@@ -134,7 +135,10 @@ def main(argv):
             metrics_row(run_dir, state["step"], time.monotonic() - t0)
             trainer_log(run_dir, f"step {state['step']}/{steps} epoch 0 loss 0.0000")
             with open(os.path.join(run_dir, "steps.log"), "a") as f:
-                f.write(f"{state['step']} {os.environ.get('LAUNCHER_JOB_ID', '')} {os.environ.get('LAUNCHER_RESTART_COUNT', '')}\n")
+                f.write(
+                    f"{state['step']} {os.environ.get('LAUNCHER_JOB_ID', '')} "
+                    f"{os.environ.get('LAUNCHER_RESTART_COUNT', '')}\n"
+                )
     save()
     if me == 0:
         with open(os.path.join(run_dir, "done"), "w") as f:

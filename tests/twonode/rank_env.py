@@ -7,6 +7,7 @@ environment it got, then exits 0.
 ``dist.backend=horovod`` among the arguments also ``"horovod"``: Horovod's rank, size, local and
 cross rank and size after ``hvd.init()``.
 """
+
 import json
 import os
 import socket
@@ -15,18 +16,27 @@ import sys
 
 def main(argv):
     run_dir = argv[argv.index("--run-dir") + 1]
-    rank = next((int(os.environ[v]) for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "RANK")
-                 if v in os.environ), 0)
+    rank = next(
+        (int(os.environ[v]) for v in ("OMPI_COMM_WORLD_RANK", "PMIX_RANK", "SLURM_PROCID", "RANK") if v in os.environ),
+        0,
+    )
     out = os.path.join(run_dir, "env")
     os.makedirs(out, exist_ok=True)
-    rec = {"rank": rank, "host": socket.gethostname(), "netns": os.stat("/proc/self/ns/net").st_ino,
-           "python": sys.executable, "argv": argv, "env": dict(os.environ)}
+    rec = {
+        "rank": rank,
+        "host": socket.gethostname(),
+        "netns": os.stat("/proc/self/ns/net").st_ino,
+        "python": sys.executable,
+        "argv": argv,
+        "env": dict(os.environ),
+    }
     if "dist.backend=horovod" in argv:
         import horovod.torch as hvd
 
         hvd.init()
-        rec["horovod"] = {k: getattr(hvd, k)() for k in ("rank", "size", "local_rank", "local_size",
-                                                          "cross_rank", "cross_size")}
+        rec["horovod"] = {
+            k: getattr(hvd, k)() for k in ("rank", "size", "local_rank", "local_size", "cross_rank", "cross_size")
+        }
     tmp = os.path.join(out, f".rank{rank}.json.tmp")
     with open(tmp, "w") as f:
         json.dump(rec, f)
