@@ -23,9 +23,9 @@ JPEG_BYTES = 110_700  # seed's 1280x720 frames (ffmpeg -q:v 0): images/train 3.1
 K = 6  # clip length of the flow run (seed scripts, configs/train/pixpro_k6.yaml)
 GLOBAL_BATCH = 1024  # seed: 16 GPUs x 64 (configs/train/pixpro_k6.yaml)
 EPOCHS = 2000  # seed: 2000 "video epochs", one clip per video per epoch
-PIPELINE_VS_DECODE = 0.66  # sample pipeline (k=6, two 224 views, positives deferred to the GPU as the GPU
-#                            presets do) / decoding its two JPEGs, one worker: bench/bench_pipeline.py, 0.661 and
-#                            0.663 on 2026-12-08 on the 2-core development VM (README, "Measured on a 2-core CPU machine")
+# sample pipeline (k=6, two 224 views, positives deferred to the GPU as the GPU presets do) / decoding its two
+# JPEGs, one worker: bench/bench_pipeline.py, 0.661 and 0.663 on 2026-12-08 on the 2-core development VM
+PIPELINE_VS_DECODE = 0.66
 SSL_PER_SUPERVISED = 8 / 3  # backbone work of one PixPro sample in supervised-image units (bench_gpu_step.py)
 GPU_RATES = {  # samples/s per GPU
     # PixPro on ImageNet, 8x V100-32GB, ~58 h per 100 epochs (zdaxie/PixPro issue #7, a user report):
