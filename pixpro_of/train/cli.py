@@ -8,7 +8,6 @@ than one rank the whole job is aborted, see :func:`fail_job`); anything else is 
 
 from __future__ import annotations
 
-import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -73,7 +72,7 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
         list_presets=list_presets,
         overrides=overrides,
     )
-    from pixpro_of.config import list_presets, load_config
+    from pixpro_of.config import dump_json, list_presets, load_config
     from plumbing.parse import checked, parse_deadline, signal_name
 
     if args.list_presets:
@@ -99,7 +98,7 @@ def command(config, run_dir, deadline, signals, print_config, list_presets, gpu_
     elif ranks != 1:
         raise UserError("--ranks is used only with --gpu-memory-gib")
     if args.print_config:
-        print(json.dumps(cfg.to_dict(), indent=2, sort_keys=True))
+        sys.stdout.write(dump_json(cfg))  # the same bytes as the run's config.json
         return 0
     if not args.run_dir:
         raise UserError("--run-dir is required")
