@@ -92,7 +92,12 @@ def run(cfg: ShardVizConfig) -> List[Path]:
 def command(shard, video, t, k, mask, out) -> int:
     """PNG pictures of a shard clip's flows, chained over k frames, and its FB-consistency masks.
 
-    SHARD is a shard with flows (see 'hdf5_tools flow').
+    SHARD is a shard with flows (see 'hdf5_tools flow'). Writes into the --out folder, printing each path:
+    frame_first.png and frame_last.png (frames t and t+k-1), flow_fwd.png and flow_bwd.png (the
+    chained flows: hue = direction, saturation = speed), mask_fwd_MODE.png and mask_bwd_MODE.png
+    for each --mask mode (white = consistent, black = occluded or leaving the frame), overlay_fwd.png
+    (the forward flow over the first frame, masked by the first mode's mask) and panel.png (all of
+    them in one picture).
     """
     masks = ["seed", "unflow"] if mask == "both" else [mask]
     for w in run(ShardVizConfig(shard=shard, video=video, t=t, k=k, out=out, masks=masks)):

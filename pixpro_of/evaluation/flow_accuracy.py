@@ -190,7 +190,20 @@ def frame_size(text: str) -> Tuple[int, int]:
 @click.option("--kmax", type=int, default=6, show_default=True, help="longest clip, in frames")
 @click.option("--json", "json_out", default=None, help="also write the figures to this JSON file")
 def command(model, weights, dis_preset, iters, device, videos, video_frames, size, seed, kmax, json_out) -> int:
-    """End-point error (adjacent and chained) and FB-mask precision/recall on the synthetic driving world."""
+    """End-point error (adjacent and chained) and FB-mask precision/recall on the synthetic driving world.
+
+    \b
+    The estimator runs on every adjacent pair of each rendered video, both directions; every figure
+    is pooled over videos and clip starts and compared with the world's exact flow and validity.
+    - EPE (pixels, over truly valid pixels): adjacent pairs from the estimator's full-resolution
+      output (full) and from what a shard stores (stored: 1/8 resolution in float16, up-sampled x8
+      as the trainer does); clips of k = 3..--kmax frames: the chain of stored flows against the
+      chain of exact flows, over pixels that stay valid at every step.
+    - FB masks (seed, unflow) on the chained estimated flows: precision and recall with "invalid"
+      (occluded or leaving the frame) as the positive class; flagged = fraction a mode rejects,
+      gt = true fraction. in-frame rows keep only pixels whose true target is inside the frame
+      (occlusion alone); flow=gt rows apply the rules to the exact flows.
+    """
     if model != "dis" and weights is None:
         raise UserError(f"--weights is required for {model}")
     if weights is not None and not os.path.isfile(weights):

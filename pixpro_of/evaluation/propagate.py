@@ -262,7 +262,19 @@ _D = PropagateConfig()
 )
 @click.option("--device", default=_D.device, show_default=True, help="cpu, cuda or cuda:N")
 def command(**o) -> int:
-    """Video label propagation through frozen features on held-out synthetic videos; mIoU per frame distance."""
+    """Video label propagation through frozen features on held-out synthetic videos; mIoU per frame distance.
+
+    \b
+    No training: the first frame's true labels are carried to every later frame t by the affinities
+    of the frozen, L2-normalised features alone (the DAVIS / JHMDB protocol).
+    - context of frame t: the first frame (true labels) and the --context frames before t (their
+      predicted label distributions);
+    - affinity of a target cell to a context cell within --radius cells (Chebyshev): their feature
+      dot product / --temperature; the --topk largest over all context cells are soft-maxed, and
+      the target's labels are the weighted sum of those cells' label distributions;
+    - predictions are upsampled to the frame and scored against the world's exact labels with the
+      Cityscapes 19-class IoU: mIoU per frame distance t = 1..T-1 (pooled over videos), and the mean.
+    """
     import torch
 
     torch.set_flush_denormal(True)
