@@ -321,17 +321,18 @@ def make_loader(
     )
 
 
-def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
+def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> str:
     """End a DataLoader iterator's workers now, leaving no process behind.
 
     ``kill=True`` (after an error): SIGKILL the workers first, without waiting for them to finish
     what they read. Otherwise they are asked to exit (torch's own shutdown) and killed only if they
     have not within ``timeout`` seconds. Workers ignore the stop signals (SIGTERM among them), so
     torch's ``terminate()`` alone would leave them running and Python's exit would wait for them
-    forever.
+    forever. Returns, without ``kill``, the workers that died of something else before they were
+    asked to exit or while they did (:func:`dead_workers`' words; "" when none).
     """
     if it is None:
-        return
+        return ""
     workers = list(getattr(it, "_workers", ()))
     if kill and workers:
         stop_worker_watch(it)  # first: these deaths are ours, not a failure to report
@@ -346,9 +347,13 @@ def close_loader_iter(it, kill: bool = False, timeout: float = 5.0) -> None:
     deadline = time.monotonic() + timeout
     for w in workers:
         w.join(timeout=max(0.0, deadline - time.monotonic()))
+    # before the kill below: these deaths are not ours (nor a SIGTERM from torch's shutdown)
+    died = "" if kill else dead_workers(it, ignore=(-signal.SIGTERM,))
+    for w in workers:
         if w.is_alive():
             _kill(w.pid)
             w.join(timeout=timeout)
+    return died
 
 
 class EpochLoader:
@@ -391,13 +396,17 @@ class EpochLoader:
             self.check_workers(f"found at the end of epoch {epoch}")
             return None
 
-    def close(self, kill: bool) -> None:
-        """End the workers (at once with ``kill``, after an error), leaving no process behind."""
+    def close(self, kill: bool, check: bool = False) -> None:
+        """End the workers (at once with ``kill``, after an error), leaving no process behind.
+        ``check`` (at an epoch's end): fail with one line if a worker died while they ended, which
+        :meth:`check_workers` just before could not see yet."""
         ahead, self.ahead = self.ahead, None
         if ahead is not None:
             ahead.close(wait=not kill)
         it, self.it, self.batches = self.it, None, None
-        close_loader_iter(it, kill=kill)
+        died = close_loader_iter(it, kill=kill)
+        if check and died:
+            raise TrainingFailure(f"{self.who}{died} (found when the epoch's workers ended)")
 
 
 def _kill(pid: Optional[int]) -> None:

@@ -11,7 +11,7 @@ import signal
 import time
 import traceback
 from pathlib import Path
-from typing import Optional
+from typing import Optional, Tuple
 
 from pixpro_of.train.logging_setup import FILE_ONLY
 from plumbing.atomic import DiskWriteError, disk_error
@@ -92,9 +92,10 @@ def stop_worker_watch(loader_it) -> None:
         loader_it._worker_pids_set = False
 
 
-def dead_workers(loader_it, wait_s: float = 0.0) -> str:
+def dead_workers(loader_it, wait_s: float = 0.0, ignore: Tuple[int, ...] = ()) -> str:
     """Which DataLoader workers died and how, e.g. "DataLoader worker (pid 123) was killed by
-    SIGKILL (the OOM killer?; ...)"; empty when none is known to have died (within ``wait_s``)."""
+    SIGKILL (the OOM killer?; ...)"; empty when none is known to have died (within ``wait_s``).
+    Exit codes in ``ignore`` do not count."""
     workers = [w for w in getattr(loader_it, "_workers", ()) if w.pid is not None]
     deadline = time.monotonic() + wait_s
     while True:
@@ -104,7 +105,7 @@ def dead_workers(loader_it, wait_s: float = 0.0) -> str:
         time.sleep(0.02)
     out = []
     for w, code in codes:
-        if code is None or code == 0:
+        if code is None or code == 0 or code in ignore:
             continue
         if code < 0:
             name = signal.Signals(-code).name if -code in signal.valid_signals() else f"signal {-code}"

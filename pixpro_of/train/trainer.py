@@ -412,7 +412,7 @@ class Trainer:
                     break
                 t_ready = time.perf_counter()
             self.loader.check_workers(f"found after the last batch read in epoch {loader_epoch}")
-            self.loader.close(kill=False)
+            self.loader.close(kill=False, check=True)
             if not stepped:
                 raise RuntimeError(f"epoch {self.epoch} yielded no batch from batch {self.batch_in_epoch}")
         metrics.flush()
